@@ -1,0 +1,40 @@
+# seckill-proxy: `make run` (sandbox + proxy in the foreground), `make test`, `make bench`.
+SANDBOX ?= .sandbox
+VENV := .venv/bin
+
+.PHONY: deps run stop sandbox test lint bench bench-hotrow clean
+
+deps:
+	./scripts/install-deps.sh
+
+sandbox: deps
+	$(VENV)/python -m proxy.sandbox start --dir $(SANDBOX)
+
+run: sandbox
+	@echo "DSN: mysql://app:app@127.0.0.1:6033/shop   (mysql -h127.0.0.1 -P6033 -uapp -papp shop)"
+	@echo "admin: mysql -h127.0.0.1 -P6032 -uadmin -padmin    metrics: http://127.0.0.1:9104/metrics"
+	exec $(VENV)/seckill-proxy --config conf/proxy.yaml
+
+stop:
+	$(VENV)/python -m proxy.sandbox stop --dir $(SANDBOX)
+
+lint:
+	$(VENV)/ruff check proxy tests bench
+	$(VENV)/mypy
+
+test:
+	WITH_TEST=1 ./scripts/install-deps.sh
+	$(VENV)/ruff check proxy tests bench
+	$(VENV)/mypy
+	$(VENV)/pytest -q -p no:cacheprovider
+
+bench:
+	WITH_BENCH=1 ./scripts/install-deps.sh
+	$(VENV)/python -m bench.core
+
+bench-hotrow:
+	WITH_BENCH=1 ./scripts/install-deps.sh
+	$(VENV)/python -m bench.hotrow
+
+clean:
+	$(VENV)/python -m proxy.sandbox destroy --dir $(SANDBOX) || true

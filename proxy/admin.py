@@ -1,0 +1,178 @@
+"""The DBA console: MySQL protocol on its own port and accounts, SQL-like commands.
+
+    mysql -h127.0.0.1 -P6032 -uadmin -padmin
+    SHOW HELP; SHOW BACKENDS; SHOW HOTROW RULES; SHOW HOT KEYS;
+    SET hotrow.mode = 'merge' [FOR TABLE shop.inventory]; RELOAD CONFIG;
+    SHOW QUERY DIGEST [n]; RESET QUERY DIGEST; SET log_level = 'debug';
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from mysql_mimic.connection import Connection
+from mysql_mimic.errors import ErrorCode, MysqlError
+from mysql_mimic.session import BaseSession
+from mysql_mimic.variables import GlobalVariables, SessionVariables
+
+from . import config as C
+from . import metrics as M
+from .frontend import ConfigIdentityProvider, ProxyConnection, ProxyStream
+
+if TYPE_CHECKING:
+    from .server import App
+
+log = logging.getLogger("seckill.admin")
+
+HELP = [
+    ("SHOW BACKENDS", "servers, role, state and reason, pool connections"),
+    ("SHOW HOTROW RULES", "configured hot-row rules, mode per table, primary-key check"),
+    ("SHOW HOT KEYS", "top hot keys now: waiting, in flight, batches/s, average batch size"),
+    ("SET hotrow.mode = 'off|queue|merge' [FOR TABLE db.tbl]", "change hot-row mode at once"),
+    ("RELOAD CONFIG", "re-read the config file (users, hot-row rules and mode, log level)"),
+    ("SHOW QUERY DIGEST [n]", "top statement shapes by total time"),
+    ("RESET QUERY DIGEST", "clear the digest table"),
+    ("SET log_level = 'debug|info|warning|error'", "change the log level"),
+    ("SHOW HELP", "this list"),
+]
+
+
+class AdminSession(BaseSession):
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.variables = SessionVariables(GlobalVariables())
+        self.variables.set("version", app.server_version, force=True)
+        self.username: str | None = None
+        self.database: str | None = None
+        self.commands: list[tuple[re.Pattern[str], Callable[..., Any]]] = [
+            (re.compile(r"select\s+@@version_comment(\s+limit\s+1)?", re.I), self._version_comment),
+            (re.compile(r"show\s+help", re.I), self._help),
+            (re.compile(r"show\s+backends", re.I), self._backends),
+            (re.compile(r"show\s+hotrow\s+rules", re.I), self._rules),
+            (re.compile(r"show\s+hot\s+keys", re.I), self._hot_keys),
+            (re.compile(r"set\s+hotrow\.mode\s*=\s*'?(\w+)'?(?:\s+for\s+table\s+`?(\w+)`?\.`?(\w+)`?)?", re.I),
+             self._set_mode),
+            (re.compile(r"reload\s+config", re.I), self._reload),
+            (re.compile(r"show\s+query\s+digest(?:\s+(\d+))?", re.I), self._digest),
+            (re.compile(r"reset\s+query\s+digest", re.I), self._reset_digest),
+            (re.compile(r"set\s+log_level\s*=\s*'?(\w+)'?", re.I), self._log_level),
+            (re.compile(r"select\s+1", re.I), lambda: ([(1,)], ["1"])),
+        ]
+
+    async def handle_query(self, sql: str, attrs: dict[str, str]) -> Any:
+        if not self.username:
+            raise MysqlError("Access denied", ErrorCode.ACCESS_DENIED_ERROR)
+        text = sql.strip().rstrip(";").strip()
+        for rx, fn in self.commands:
+            m = rx.fullmatch(text)
+            if m:
+                res = fn(*m.groups())
+                if asyncio.iscoroutine(res):
+                    res = await res
+                return res
+        if not text:
+            return None
+        raise MysqlError(
+            f"Unknown admin command near '{text[:40]}'; try SHOW HELP", ErrorCode.PARSE_ERROR
+        )
+
+    def _version_comment(self, *_: Any) -> Any:
+        return [("seckill-proxy admin console",)], ["@@version_comment"]
+
+    def _help(self) -> Any:
+        return HELP, ["command", "description"]
+
+    def _backends(self) -> Any:
+        rows = []
+        for p in self.app.pools.values():
+            rows.append((str(p.addr), p.role, "closed" if p.closed else "up", "",
+                         p.in_use, p.idle_count(), p.total))
+        return rows, ["backend", "role", "state", "reason", "conn_in_use", "conn_idle", "conn_total"]
+
+    def _rules(self) -> Any:
+        return self.app.hotrow.rules_table()
+
+    def _hot_keys(self) -> Any:
+        return self.app.hotrow.hot_keys_table()
+
+    def _set_mode(self, mode: str, schema: str | None, table: str | None) -> Any:
+        mode = mode.lower()
+        if mode not in C.HOTROW_MODES:
+            raise MysqlError(
+                f"Variable 'hotrow.mode' can't be set to the value of '{mode}'",
+                ErrorCode.WRONG_VALUE_FOR_VAR,
+            )
+        target = f"{schema}.{table}".lower() if schema and table else None
+        self.app.hotrow.set_mode(mode, target)
+        log.info("hotrow.mode set to %s for %s by admin %s", mode, target or "all tables", self.username)
+        return None
+
+    async def _reload(self) -> Any:
+        try:
+            cfg = C.load(self.app.cfg.source)
+        except C.ConfigError as e:
+            M.CONFIG_RELOADS.labels("error").inc()
+            raise MysqlError(f"RELOAD CONFIG failed: {e}", ErrorCode.WRONG_VALUE_FOR_VAR) from None
+        notes = self.app.apply_config(cfg)
+        M.CONFIG_RELOADS.labels("ok").inc()
+        return [(n,) for n in notes] or [("reloaded",)], ["result"]
+
+    def _digest(self, n: str | None) -> Any:
+        return self.app.digest.top(int(n) if n else 50), [
+            "digest", "count", "sum_time_us", "avg_time_us", "max_time_us", "route", "hotrow_mode"
+        ]
+
+    def _reset_digest(self) -> Any:
+        self.app.digest.reset()
+        return None
+
+    def _log_level(self, level: str) -> Any:
+        level = level.upper()
+        if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise MysqlError(
+                f"Variable 'log_level' can't be set to the value of '{level}'",
+                ErrorCode.WRONG_VALUE_FOR_VAR,
+            )
+        logging.getLogger().setLevel(level)
+        return None
+
+
+class AdminConnection(ProxyConnection):
+    """Admin clients use mysql-mimic's own command loop (results are small Python tables)."""
+
+    async def command_phase(self) -> None:
+        await Connection.command_phase(self)
+
+
+class AdminConsole:
+    def __init__(self, app: App) -> None:
+        self.app = app
+
+    def users(self) -> dict[str, str]:
+        return {u.name: u.password for u in self.app.cfg.admin.users}
+
+    async def start(self) -> asyncio.Server:
+        a = self.app.cfg.admin.listen
+        return await asyncio.start_server(self._client, a.host, a.port, reuse_address=True)
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        session = AdminSession(self.app)
+        conn = AdminConnection(
+            stream=ProxyStream(reader, writer, 1 << 20),
+            session=session,
+            control=self.app.control,
+            identity_provider=ConfigIdentityProvider(self.users),
+        )
+        try:
+            await asyncio.wait_for(conn.connection_phase(), self.app.cfg.limits.handshake_timeout_s)
+            if conn.authenticated:
+                await session.init(conn)
+                await conn.command_phase()
+        except Exception as e:  # noqa: BLE001 - a broken admin client must not hurt the proxy
+            log.info("admin client ended: %s", type(e).__name__)
+        finally:
+            writer.close()

@@ -1,0 +1,387 @@
+"""One connection to a MySQL/MariaDB server: aiomysql logs in, then the proxy speaks raw packets.
+
+aiomysql does the handshake and authentication; after that the proxy reads and writes packets on
+the same socket itself, because forwarding result-set packets untouched (instead of decoding
+rows into Python objects and encoding them again) is what makes a Python proxy fast enough and
+keeps every column type byte-exact in both text and binary protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import aiomysql
+
+from . import protocol as P
+from .config import Address
+from .errors import BackendError, BackendLost
+
+log = logging.getLogger("seckill.backend")
+
+# What the proxy asks of every backend connection: session-state tracking tells it, from the OK
+# packets it already reads, which variables/schema changed and the GTID of each commit.
+_TRACK_MARIADB = (
+    "SET SESSION session_track_system_variables='*', session_track_schema=ON, "
+    "session_track_state_change=ON"
+)
+_TRACK_MYSQL = (
+    "SET SESSION session_track_system_variables='*', session_track_schema=ON, "
+    "session_track_state_change=ON, session_track_gtids=OWN_GTID"
+)
+BACKEND_FLAGS = P.CLIENT_SESSION_TRACK | P.CLIENT_PS_MULTI_RESULTS | P.CLIENT_MULTI_RESULTS
+STMT_CACHE = 512
+_READ_CHUNK = 256 * 1024
+_FLUSH_AT = 256 * 1024
+
+
+@dataclass
+class Relayed:
+    """What the proxy learned while forwarding one command's response."""
+
+    ok: P.OkPacket | None = None
+    err: P.ErrPacket | None = None
+    status: int = 0
+    rows: int = 0
+    affected_rows: int = 0
+    sysvars: dict[str, str] = field(default_factory=dict)
+    schema: str | None = None
+    state_changed: bool = False
+    gtid: str | None = None
+    sent_to_client: bool = False
+
+
+class BackendConn:
+    """A raw-packet connection. State is tracked from OK packets so the pool can reset it."""
+
+    def __init__(self, conn: aiomysql.Connection, addr: Address, user: str, flags: int) -> None:
+        self.conn = conn
+        self.addr = addr
+        self.user = user
+        self.flags = flags
+        self.reader: asyncio.StreamReader = conn._reader
+        self.writer: asyncio.StreamWriter = conn._writer
+        self.thread_id: int = conn.server_thread_id[0]
+        self.mariadb = "mariadb" in conn.get_server_info().lower()
+        self.schema: str | None = None
+        self.sysvars: dict[str, str] = {}
+        self.status = P.SERVER_STATUS_AUTOCOMMIT
+        self.dirty = False  # state that only a reset clears (user vars, temp tables, locks...)
+        self.broken = False
+        self.stmts: OrderedDict[str, P.PrepareOk] = OrderedDict()
+        self.last_insert_id = 0
+        self.last_used = time.monotonic()
+
+    @classmethod
+    async def connect(
+        cls, addr: Address, user: str, password: str, timeout: float, found_rows: bool = False
+    ) -> BackendConn:
+        flags = BACKEND_FLAGS | (P.CLIENT_FOUND_ROWS if found_rows else 0)
+        try:
+            conn = await aiomysql.connect(
+                host=addr.host,
+                port=addr.port,
+                user=user,
+                password=password,
+                charset="utf8mb4",
+                autocommit=True,
+                connect_timeout=timeout,
+                client_flag=flags,
+            )
+        except Exception as e:  # aiomysql raises OperationalError, OSError or TimeoutError
+            raise _connect_error(e, addr) from e
+        bc = cls(conn, addr, user, flags)
+        await bc.init_session()
+        return bc
+
+    async def init_session(self) -> None:
+        await self.execute(_TRACK_MARIADB if self.mariadb else _TRACK_MYSQL)
+        self.sysvars.clear()
+
+    # ---- raw packet I/O ---------------------------------------------------------------
+
+    def send(self, payload: bytes, seq: int = 0) -> int:
+        """Frame and write one command; return the next sequence id."""
+        w = self.writer
+        while True:
+            chunk = payload[:P.MAX_PACKET]
+            payload = payload[P.MAX_PACKET:]
+            w.write(struct.pack("<I", len(chunk) | (seq << 24)) + chunk)
+            seq = (seq + 1) & 0xFF
+            if len(chunk) < P.MAX_PACKET:
+                return seq
+
+    async def read_packet(self) -> bytes:
+        try:
+            data = b""
+            while True:
+                hdr = await self.reader.readexactly(4)
+                n = hdr[0] | (hdr[1] << 8) | (hdr[2] << 16)
+                data += await self.reader.readexactly(n) if n else b""
+                if n < P.MAX_PACKET:
+                    return data
+        except (asyncio.IncompleteReadError, ConnectionError, OSError) as e:
+            self.broken = True
+            raise BackendLost(f"lost connection to {self.addr}: {type(e).__name__}") from e
+
+    async def command(self, payload: bytes) -> None:
+        self.last_used = time.monotonic()
+        self.send(payload)
+        try:
+            await self.writer.drain()
+        except (ConnectionError, OSError) as e:
+            self.broken = True
+            raise BackendLost(f"lost connection to {self.addr}: {e}", sent=False) from e
+
+    # ---- internal queries -------------------------------------------------------------
+
+    async def execute(self, sql: str) -> P.OkPacket:
+        """Run a statement that returns no rows; raise BackendError on ERR."""
+        rows, ok = await self.query(sql)
+        assert ok is not None or rows is not None
+        return ok or P.OkPacket()
+
+    async def query(self, sql: str) -> tuple[list[list[str | None]] | None, P.OkPacket | None]:
+        """Run one text-protocol statement and decode its rows as strings (internal use only)."""
+        await self.command(bytes((P.COM_QUERY,)) + sql.encode())
+        rows: list[list[str | None]] | None = None
+        ok: P.OkPacket | None = None
+        while True:
+            pkt = await self.read_packet()
+            if pkt[0] == 0xFF:
+                e = P.parse_err(pkt)
+                await self._drain_more()
+                raise BackendError(e.code, e.sqlstate, e.message, pkt)
+            if pkt[0] == 0x00:
+                ok = P.parse_ok(pkt, True)
+                self._track(ok.status, ok)
+                if ok.status & P.SERVER_MORE_RESULTS_EXISTS:
+                    continue
+                return rows, ok
+            ncols, _ = P.lenenc_int(pkt, 0)
+            for _ in range(ncols):
+                await self.read_packet()
+            await self.read_packet()  # EOF
+            rows = []
+            while True:
+                pkt = await self.read_packet()
+                if pkt[0] == 0xFF:
+                    e = P.parse_err(pkt)
+                    raise BackendError(e.code, e.sqlstate, e.message, pkt)
+                if P.is_eof(pkt):
+                    st = P.eof_status(pkt)
+                    self._track(st, None)
+                    break
+                rows.append(_text_row(pkt, ncols))
+            if not self.status & P.SERVER_MORE_RESULTS_EXISTS:
+                return rows, ok
+
+    async def _drain_more(self) -> None:
+        """Nothing follows an ERR packet; kept as a hook for symmetry with relay()."""
+
+    async def fetch_one(self, sql: str) -> list[str | None] | None:
+        rows, _ = await self.query(sql)
+        return rows[0] if rows else None
+
+    # ---- forwarding -------------------------------------------------------------------
+
+    async def relay(
+        self,
+        out: asyncio.StreamWriter | None,
+        ok_hook: Callable[[P.OkPacket], bytes] | None = None,
+        field_list: bool = False,
+    ) -> Relayed:
+        """Forward one command's whole response to `out` (None: swallow it).
+
+        Result-set packets are copied untouched; OK packets go through `ok_hook`, which returns
+        the bytes the client should get (session tracking stripped, counters kept).
+        """
+        r = Relayed()
+        buf = bytearray()
+        outbuf = bytearray()
+        pos = 0
+        state = 3 if field_list else 0  # 0 first, 1 columns, 2 column-EOF, 3 rows, 9 done
+        cols_left = 0
+        cont = False
+        reader = self.reader
+        while state != 9:
+            try:
+                chunk = await reader.read(_READ_CHUNK)
+            except (ConnectionError, OSError) as e:
+                chunk = b""
+                reason = str(e)
+            else:
+                reason = "EOF"
+            if not chunk:
+                self.broken = True
+                if out is not None and outbuf:
+                    out.write(bytes(outbuf))
+                    r.sent_to_client = True
+                raise BackendLost(f"lost connection to {self.addr} during query ({reason})")
+            buf += chunk
+            n = len(buf)
+            while state != 9 and n - pos >= 4:
+                plen = buf[pos] | (buf[pos + 1] << 8) | (buf[pos + 2] << 16)
+                end = pos + 4 + plen
+                if end > n:
+                    break
+                if cont:  # continuation of a packet >= 16 MiB: opaque bytes
+                    outbuf += buf[pos:end]
+                    cont = plen == P.MAX_PACKET
+                    pos = end
+                    continue
+                b0 = buf[pos + 4] if plen else 0
+                cont = plen == P.MAX_PACKET
+                if state == 3:
+                    if b0 == 0xFE and plen < 9:
+                        st = buf[pos + 7] | (buf[pos + 8] << 8) if plen >= 5 else 0
+                        outbuf += buf[pos:end]
+                        self._track(st, None)
+                        r.status = st
+                        state = 0 if st & P.SERVER_MORE_RESULTS_EXISTS else 9
+                    elif b0 == 0xFF:
+                        outbuf += buf[pos:end]
+                        r.err = P.parse_err(bytes(buf[pos + 4 : end]))
+                        state = 9
+                    else:
+                        outbuf += buf[pos:end]
+                        r.rows += 1
+                elif state == 1:
+                    outbuf += buf[pos:end]
+                    cols_left -= 1
+                    if cols_left == 0:
+                        state = 2
+                elif state == 2:
+                    outbuf += buf[pos:end]
+                    state = 3
+                elif b0 == 0x00 or (b0 == 0xFE and plen < 9 and plen >= 7):
+                    ok = P.parse_ok(bytes(buf[pos + 4 : end]), True)
+                    self._track(ok.status, ok)
+                    r.ok = ok
+                    r.status = ok.status
+                    r.affected_rows += ok.affected_rows
+                    if ok.sysvars:
+                        r.sysvars.update(ok.sysvars)
+                    if ok.schema is not None:
+                        r.schema = ok.schema
+                    r.state_changed |= ok.state_changed
+                    if ok.gtid:
+                        r.gtid = ok.gtid
+                    payload = ok_hook(ok) if ok_hook else P.make_ok(
+                        ok.affected_rows, ok.last_insert_id, ok.status, ok.warnings, ok.info
+                    )
+                    outbuf += struct.pack("<I", len(payload) | (buf[pos + 3] << 24)) + payload
+                    state = 0 if ok.status & P.SERVER_MORE_RESULTS_EXISTS else 9
+                elif b0 == 0xFF:
+                    outbuf += buf[pos:end]
+                    r.err = P.parse_err(bytes(buf[pos + 4 : end]))
+                    state = 9
+                else:
+                    cols_left, _ = P.lenenc_int(buf, pos + 4)
+                    outbuf += buf[pos:end]
+                    state = 1 if cols_left else 2
+                pos = end
+            if pos:
+                del buf[:pos]
+                pos = 0
+            if out is not None and len(outbuf) >= _FLUSH_AT:
+                out.write(bytes(outbuf))
+                outbuf.clear()
+                r.sent_to_client = True
+                await out.drain()
+        if buf:
+            self.broken = True  # trailing bytes after a complete response: protocol desync
+            raise BackendLost(f"protocol desync on {self.addr}")
+        if out is not None:
+            out.write(bytes(outbuf))
+            r.sent_to_client = True
+        return r
+
+    def _track(self, status: int, ok: P.OkPacket | None) -> None:
+        self.status = status
+        if ok is None:
+            return
+        if ok.sysvars:
+            self.sysvars.update(ok.sysvars)
+        if ok.schema is not None:
+            self.schema = ok.schema or None
+        if ok.last_insert_id:
+            self.last_insert_id = ok.last_insert_id
+
+    @property
+    def in_trans(self) -> bool:
+        return bool(self.status & P.SERVER_STATUS_IN_TRANS)
+
+    # ---- prepared statements ----------------------------------------------------------
+
+    async def prepare(self, sql: str) -> P.PrepareOk:
+        """Prepare `sql` here unless already cached on this connection."""
+        got = self.stmts.get(sql)
+        if got is not None:
+            self.stmts.move_to_end(sql)
+            return got
+        await self.command(bytes((P.COM_STMT_PREPARE,)) + sql.encode())
+        pkt = await self.read_packet()
+        if pkt[0] == 0xFF:
+            e = P.parse_err(pkt)
+            raise BackendError(e.code, e.sqlstate, e.message, pkt)
+        pok = P.parse_prepare_ok(pkt)
+        for _ in range(pok.num_params + (1 if pok.num_params else 0)):
+            await self.read_packet()
+        for _ in range(pok.num_columns + (1 if pok.num_columns else 0)):
+            await self.read_packet()
+        self.stmts[sql] = pok
+        if len(self.stmts) > STMT_CACHE:
+            _, old = self.stmts.popitem(last=False)
+            self.send(bytes((P.COM_STMT_CLOSE,)) + struct.pack("<I", old.stmt_id))
+        return pok
+
+    # ---- reset and close --------------------------------------------------------------
+
+    async def reset(self) -> None:
+        """COM_RESET_CONNECTION: roll back, drop temp tables, user vars, locks, statements."""
+        await self.command(bytes((P.COM_RESET_CONNECTION,)))
+        pkt = await self.read_packet()
+        if pkt[0] == 0xFF:
+            e = P.parse_err(pkt)
+            raise BackendError(e.code, e.sqlstate, e.message, pkt)
+        self.stmts.clear()
+        self.dirty = False
+        self.status = P.SERVER_STATUS_AUTOCOMMIT
+        self.last_insert_id = 0
+        await self.init_session()
+
+    def close(self) -> None:
+        self.broken = True
+        try:
+            self.writer.write(b"\x01\x00\x00\x00\x01")  # COM_QUIT
+            self.writer.close()
+        except Exception:  # noqa: BLE001 - closing a dead socket may fail any way it likes
+            pass
+
+
+def _text_row(pkt: bytes, ncols: int) -> list[str | None]:
+    out: list[str | None] = []
+    pos = 0
+    for _ in range(ncols):
+        if pkt[pos] == 0xFB:
+            out.append(None)
+            pos += 1
+        else:
+            s, pos = P.lenenc_str(pkt, pos)
+            out.append(s.decode("utf-8", "replace"))
+    return out
+
+
+def _connect_error(e: Exception, addr: Address) -> Exception:
+    args = getattr(e, "args", ())
+    if args and isinstance(args[0], int) and len(args) > 1:
+        code = int(args[0])
+        if code < 2000:  # a server-side error, e.g. 1045 access denied: keep it
+            return BackendError(code, "28000" if code == 1045 else "HY000", str(args[1]))
+    return BackendLost(f"can't connect to backend {addr}: {e}", sent=False)

@@ -1,0 +1,74 @@
+"""Command line: `seckill-proxy --config FILE` runs, `--check-config FILE` validates."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import time
+
+from . import config as C
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, with the client connection id when there is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        d = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        conn_id = getattr(record, "conn_id", None)
+        if conn_id is not None:
+            d["conn_id"] = conn_id
+        if record.exc_info:
+            d["exc"] = self.formatException(record.exc_info)
+        return json.dumps(d)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="seckill-proxy", description=__doc__)
+    ap.add_argument("--config", help="YAML config file to run with")
+    ap.add_argument("--check-config", metavar="FILE", help="validate FILE and exit")
+    a = ap.parse_args(argv)
+    if a.check_config:
+        try:
+            C.load(a.check_config)
+        except C.ConfigError as e:
+            print(f"config error: {e}", file=sys.stderr)
+            return 2
+        print(f"{a.check_config}: ok")
+        return 0
+    if not a.config:
+        ap.error("--config FILE is required")
+    try:
+        cfg = C.load(a.config)
+    except C.ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter())
+    logging.basicConfig(level=cfg.log_level, handlers=[handler])
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover - uvloop is a dependency, but the proxy runs without it
+        pass
+    from .server import serve
+
+    try:
+        asyncio.run(serve(cfg))
+    except OSError as e:
+        print(f"cannot start: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

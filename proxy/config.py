@@ -1,0 +1,332 @@
+"""Configuration: load YAML, expand ${ENV}, then validate into typed dataclasses.
+
+Loading and validation are separate steps (as in uvicorn) so that `--check-config` and
+`RELOAD CONFIG` run exactly the same checks as start-up, and every error names the key path
+(`backends.replicas[1]: port must be 1..65535`). Unknown keys are errors: a typo such as
+`max_conections` must not silently fall back to a default on flash-sale day.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config problem, with the dotted key path of the offending value."""
+
+    def __init__(self, path: str, msg: str) -> None:
+        super().__init__(f"{path}: {msg}" if path else msg)
+        self.path = path
+
+
+@dataclass(frozen=True)
+class Address:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class UserCfg:
+    name: str
+    password: str
+
+
+@dataclass(frozen=True)
+class AdminCfg:
+    listen: Address
+    users: tuple[UserCfg, ...]
+
+
+@dataclass(frozen=True)
+class PoolCfg:
+    max_connections: int = 200
+    connect_timeout_s: float = 5.0
+    acquire_timeout_s: float = 10.0
+    idle_timeout_s: float = 300.0
+
+
+@dataclass(frozen=True)
+class BackendsCfg:
+    primary: Address
+    replicas: tuple[Address, ...]
+    pool: PoolCfg
+
+
+@dataclass(frozen=True)
+class HotRowRule:
+    schema: str
+    table: str
+    key: str
+    column: str
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.table}"
+
+
+@dataclass(frozen=True)
+class HotRowCfg:
+    mode: str = "off"
+    rules: tuple[HotRowRule, ...] = ()
+    max_batch: int = 256
+    max_wait_us: int = 200
+    queue_concurrency: int = 1
+    queue_max_waiting: int = 10000
+    queue_wait_timeout_ms: int = 5000
+    batch_schema: str = "seckill_proxy"
+    prune_after_s: int = 3600
+
+
+@dataclass(frozen=True)
+class LimitsCfg:
+    max_client_connections: int = 10000
+    handshake_timeout_s: float = 10.0
+    shutdown_grace_s: float = 10.0
+    max_allowed_packet: int = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Config:
+    listen: Address
+    admin: AdminCfg
+    metrics_listen: Address | None
+    users: tuple[UserCfg, ...]
+    backends: BackendsCfg
+    hotrow: HotRowCfg = field(default_factory=HotRowCfg)
+    limits: LimitsCfg = field(default_factory=LimitsCfg)
+    log_level: str = "INFO"
+    source: str = ""
+
+    def password_of(self, user: str) -> str | None:
+        for u in self.users:
+            if u.name == user:
+                return u.password
+        return None
+
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+HOTROW_MODES = ("off", "queue", "merge")
+
+
+def _expand_env(value: Any, path: str) -> Any:
+    if isinstance(value, str):
+
+        def sub(m: re.Match[str]) -> str:
+            name, default = m.group(1), m.group(2)
+            if name in os.environ:
+                return os.environ[name]
+            if default is not None:
+                return default
+            raise ConfigError(path, f"environment variable {name} is not set")
+
+        return _ENV.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: _expand_env(v, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_env(v, f"{path}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+class _Node:
+    """A mapping being validated: tracks which keys were read so leftovers become errors."""
+
+    def __init__(self, data: Any, path: str) -> None:
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(path, "must be a mapping")
+        self.data: dict[str, Any] = data
+        self.path = path
+        self.seen: set[str] = set()
+
+    def key(self, k: str) -> str:
+        return f"{self.path}.{k}" if self.path else k
+
+    def get(self, k: str, default: Any = None, required: bool = False) -> Any:
+        self.seen.add(k)
+        if k not in self.data:
+            if required:
+                raise ConfigError(self.key(k), "is required")
+            return default
+        return self.data[k]
+
+    def child(self, k: str) -> _Node:
+        return _Node(self.get(k), self.key(k))
+
+    def done(self) -> None:
+        extra = sorted(set(map(str, self.data)) - self.seen)
+        if extra:
+            raise ConfigError(self.key(extra[0]), "unknown key")
+
+
+def _int(v: Any, path: str, lo: int, hi: int, what: str = "value") -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ConfigError(path, f"{what} must be an integer")
+    if not lo <= v <= hi:
+        raise ConfigError(path, f"{what} must be {lo}..{hi}")
+    return v
+
+
+def _num(v: Any, path: str, lo: float, hi: float) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise ConfigError(path, "must be a number")
+    if not lo <= v <= hi:
+        raise ConfigError(path, f"must be {lo}..{hi}")
+    return float(v)
+
+
+def _str(v: Any, path: str) -> str:
+    if not isinstance(v, str) or not v:
+        raise ConfigError(path, "must be a non-empty string")
+    return v
+
+
+def parse_address(v: Any, path: str) -> Address:
+    if isinstance(v, int):
+        v = f"127.0.0.1:{v}"
+    if not isinstance(v, str) or ":" not in v:
+        raise ConfigError(path, "must be host:port")
+    host, _, port = v.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        p = int(port)
+    except ValueError:
+        raise ConfigError(path, "port must be 1..65535") from None
+    if not 1 <= p <= 65535:
+        raise ConfigError(path, "port must be 1..65535")
+    return Address(host, p)
+
+
+def _users(v: Any, path: str) -> tuple[UserCfg, ...]:
+    if not isinstance(v, list) or not v:
+        raise ConfigError(path, "must be a non-empty list of {name, password}")
+    out = []
+    names: set[str] = set()
+    for i, u in enumerate(v):
+        n = _Node(u, f"{path}[{i}]")
+        name = _str(n.get("name", required=True), n.key("name"))
+        pw = n.get("password", required=True)
+        if not isinstance(pw, str):
+            raise ConfigError(n.key("password"), "must be a string")
+        n.done()
+        if name in names:
+            raise ConfigError(n.key("name"), f"duplicate user {name!r}")
+        names.add(name)
+        out.append(UserCfg(name, pw))
+    return tuple(out)
+
+
+def _hotrow(n: _Node) -> HotRowCfg:
+    mode = n.get("mode", "off")
+    if mode not in HOTROW_MODES:
+        raise ConfigError(n.key("mode"), f"must be one of {', '.join(HOTROW_MODES)}")
+    rules = []
+    raw_rules = n.get("rules", []) or []
+    if not isinstance(raw_rules, list):
+        raise ConfigError(n.key("rules"), "must be a list")
+    for i, r in enumerate(raw_rules):
+        rn = _Node(r, f"{n.key('rules')}[{i}]")
+        table = _str(rn.get("table", required=True), rn.key("table"))
+        if table.count(".") != 1:
+            raise ConfigError(rn.key("table"), "must be schema.table")
+        schema, tbl = table.split(".")
+        rules.append(
+            HotRowRule(
+                schema.strip("`").lower(),
+                tbl.strip("`").lower(),
+                _str(rn.get("key", required=True), rn.key("key")).strip("`").lower(),
+                _str(rn.get("column", required=True), rn.key("column")).strip("`").lower(),
+            )
+        )
+        rn.done()
+    m = n.child("merge")
+    max_batch = _int(m.get("max_batch", 256), m.key("max_batch"), 1, 100000)
+    max_wait = _int(m.get("max_wait_us", 200), m.key("max_wait_us"), 0, 10_000_000)
+    m.done()
+    q = n.child("queue")
+    qc = _int(q.get("concurrency", 1), q.key("concurrency"), 1, 1000)
+    qm = _int(q.get("max_waiting", 10000), q.key("max_waiting"), 1, 10_000_000)
+    qt = _int(q.get("wait_timeout_ms", 5000), q.key("wait_timeout_ms"), 1, 3_600_000)
+    q.done()
+    bs = _str(n.get("batch_schema", "seckill_proxy"), n.key("batch_schema"))
+    prune = _int(n.get("prune_after_s", 3600), n.key("prune_after_s"), 1, 10**8)
+    n.done()
+    return HotRowCfg(mode, tuple(rules), max_batch, max_wait, qc, qm, qt, bs, prune)
+
+
+def validate(raw: Any, source: str = "") -> Config:
+    """Turn a parsed YAML document into a Config, or raise ConfigError naming the key."""
+    raw = _expand_env(raw, "")
+    top = _Node(raw, "")
+    listen = parse_address(top.get("listen", "127.0.0.1:6033"), "listen")
+
+    an = top.child("admin")
+    admin = AdminCfg(
+        parse_address(an.get("listen", "127.0.0.1:6032"), an.key("listen")),
+        _users(an.get("users", [{"name": "admin", "password": "admin"}]), an.key("users")),
+    )
+    an.done()
+
+    mn = top.child("metrics")
+    m_listen = mn.get("listen", "127.0.0.1:9104")
+    metrics_listen = None if m_listen in (None, False) else parse_address(m_listen, mn.key("listen"))
+    mn.done()
+
+    users = _users(top.get("users", required=True), "users")
+
+    bn = top.child("backends")
+    primary = parse_address(bn.get("primary", required=True), bn.key("primary"))
+    reps_raw = bn.get("replicas", []) or []
+    if not isinstance(reps_raw, list):
+        raise ConfigError(bn.key("replicas"), "must be a list")
+    replicas = tuple(parse_address(r, f"{bn.key('replicas')}[{i}]") for i, r in enumerate(reps_raw))
+    pn = bn.child("pool")
+    pool = PoolCfg(
+        _int(pn.get("max_connections", 200), pn.key("max_connections"), 1, 100000),
+        _num(pn.get("connect_timeout_s", 5), pn.key("connect_timeout_s"), 0.01, 3600),
+        _num(pn.get("acquire_timeout_s", 10), pn.key("acquire_timeout_s"), 0.01, 3600),
+        _num(pn.get("idle_timeout_s", 300), pn.key("idle_timeout_s"), 1, 86400),
+    )
+    pn.done()
+    bn.done()
+
+    hotrow = _hotrow(top.child("hotrow"))
+
+    ln = top.child("limits")
+    limits = LimitsCfg(
+        _int(ln.get("max_client_connections", 10000), ln.key("max_client_connections"), 1, 10**6),
+        _num(ln.get("handshake_timeout_s", 10), ln.key("handshake_timeout_s"), 0.1, 3600),
+        _num(ln.get("shutdown_grace_s", 10), ln.key("shutdown_grace_s"), 0, 3600),
+        _int(ln.get("max_allowed_packet", 64 * 1024 * 1024), ln.key("max_allowed_packet"), 1024, 1 << 30),
+    )
+    ln.done()
+
+    level = str(top.get("log_level", "INFO")).upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError("log_level", "must be DEBUG, INFO, WARNING or ERROR")
+    top.done()
+    return Config(listen, admin, metrics_listen, users, BackendsCfg(primary, replicas, pool),
+                  hotrow, limits, level, source)
+
+
+def load(path: str | Path) -> Config:
+    """Read and validate a config file."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ConfigError("", f"cannot read {p}: {e.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError("", f"{p}: invalid YAML: {e}") from None
+    return validate(raw, str(p))

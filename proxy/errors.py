@@ -1,0 +1,58 @@
+"""Errors the proxy itself reports, with the MySQL codes and SQLSTATEs clients already handle.
+
+Errors that come from MySQL are never rebuilt: their ERR packets are forwarded byte for byte.
+"""
+
+from __future__ import annotations
+
+from .protocol import make_err
+
+ER_CON_COUNT_ERROR = (1040, "08004")
+ER_ACCESS_DENIED = (1045, "28000")
+ER_UNKNOWN_COM_ERROR = (1047, "08S01")
+ER_NET_PACKET_TOO_LARGE = (1153, "08S01")
+ER_LOCK_WAIT_TIMEOUT = (1205, "HY000")
+ER_PARSE_ERROR = (1064, "42000")
+ER_UNKNOWN_SYSTEM_VARIABLE = (1193, "HY000")
+ER_UNKNOWN_STMT_HANDLER = (1243, "HY000")
+ER_WRONG_VALUE_FOR_VAR = (1231, "42000")
+ER_NOT_SUPPORTED_YET = (1235, "42000")
+ER_QUERY_INTERRUPTED = (1317, "70100")
+ER_SERVER_SHUTDOWN = (1053, "08S01")
+ER_OPTION_PREVENTS_STATEMENT = (1290, "HY000")
+CR_SERVER_LOST = (2013, "HY000")
+CR_CONN_HOST_ERROR = (2003, "HY000")
+
+
+class ProxyError(Exception):
+    """An error answered to the client as an ERR packet."""
+
+    def __init__(self, err: tuple[int, str], message: str, *, fatal: bool = False) -> None:
+        super().__init__(message)
+        self.code, self.sqlstate = err
+        self.message = message
+        # fatal: the client connection is closed after the error (e.g. its transaction is gone).
+        self.fatal = fatal
+
+    def packet(self) -> bytes:
+        return make_err(self.code, self.sqlstate, self.message)
+
+
+class BackendError(Exception):
+    """An ERR packet from MySQL on an internal query (kept raw for forwarding)."""
+
+    def __init__(self, code: int, sqlstate: str, message: str, raw: bytes = b"") -> None:
+        super().__init__(f"({code}) {message}")
+        self.code = code
+        self.sqlstate = sqlstate
+        self.message = message
+        self.raw = raw or make_err(code, sqlstate, message)
+
+
+class BackendLost(Exception):
+    """The backend connection broke; `sent` tells whether the command may have reached MySQL."""
+
+    def __init__(self, reason: str, sent: bool = True) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.sent = sent

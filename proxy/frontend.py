@@ -1,0 +1,212 @@
+"""The client side: mysql-mimic does the handshake and authentication, the proxy the rest.
+
+`ProxyConnection` extends mysql-mimic's Connection (not a fork): it keeps mimic's connection
+phase, turns any failed login (unknown user included) into 1045 followed by a close, and
+replaces the command loop so each command goes to the session as raw bytes, with replies that
+carry the backend's affected rows, insert id, warnings, info and status flags.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+from collections.abc import Callable
+from typing import Any
+
+from mysql_mimic.auth import IdentityProvider, NativePasswordAuthPlugin, User
+from mysql_mimic.connection import Connection
+from mysql_mimic.stream import ConnectionClosed, MysqlStream
+from mysql_mimic.types import Capabilities
+
+from . import metrics as M
+from . import protocol as P
+from .errors import ER_NET_PACKET_TOO_LARGE, ER_UNKNOWN_COM_ERROR, BackendError, ProxyError
+
+log = logging.getLogger("seckill.frontend")
+
+# What the proxy offers clients. Deliberately without CLIENT_DEPRECATE_EOF (result sets are
+# forwarded as the backend framed them, with EOF packets), CLIENT_QUERY_ATTRIBUTES and
+# CLIENT_SESSION_TRACK (OK packets are rebuilt for the client without backend tracking data).
+SERVER_CAPABILITIES = (
+    Capabilities.CLIENT_LONG_PASSWORD
+    | Capabilities.CLIENT_FOUND_ROWS
+    | Capabilities.CLIENT_LONG_FLAG
+    | Capabilities.CLIENT_CONNECT_WITH_DB
+    | Capabilities.CLIENT_PROTOCOL_41
+    | Capabilities.CLIENT_TRANSACTIONS
+    | Capabilities.CLIENT_SECURE_CONNECTION
+    | Capabilities.CLIENT_MULTI_STATEMENTS
+    | Capabilities.CLIENT_MULTI_RESULTS
+    | Capabilities.CLIENT_PS_MULTI_RESULTS
+    | Capabilities.CLIENT_PLUGIN_AUTH
+    | Capabilities.CLIENT_CONNECT_ATTRS
+    | Capabilities.CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA
+    | Capabilities.CLIENT_IGNORE_SPACE
+    | Capabilities.CLIENT_INTERACTIVE
+)
+
+
+class PacketTooLarge(Exception):
+    pass
+
+
+class ProxyStream:
+    """mysql-mimic's stream (compiled, so wrapped rather than subclassed) with a read that
+    cannot be fooled by short reads and refuses packets above max_allowed_packet."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, limit: int) -> None:
+        self.inner = MysqlStream(reader, writer)
+        self.reader = reader
+        self.writer = writer
+        self.limit = limit
+        self.seq = self.inner.seq
+        self.write = self.inner.write
+        self.write_many = self.inner.write_many
+        self.drain = self.inner.drain
+        self.reset_seq = self.inner.reset_seq
+        self.start_tls = self.inner.start_tls
+
+    async def read(self) -> bytes:
+        data = b""
+        while True:
+            try:
+                header = await self.reader.readexactly(4)
+            except (asyncio.IncompleteReadError, ConnectionError) as e:
+                raise ConnectionClosed() from e
+            n = header[0] | (header[1] << 8) | (header[2] << 16)
+            sequence_id = header[3]
+            expected = next(self.seq)
+            if sequence_id != expected:
+                raise ProxyError((1835, "08S01"), "Malformed communication packet (sequence)",
+                                 fatal=True)
+            if len(data) + n > self.limit:
+                raise PacketTooLarge()
+            if n:
+                try:
+                    data += await self.reader.readexactly(n)
+                except (asyncio.IncompleteReadError, ConnectionError) as e:
+                    raise ConnectionClosed() from e
+            if n < P.MAX_PACKET:
+                return data
+
+
+class ConfigIdentityProvider(IdentityProvider):
+    """Users from the config file, mysql_native_password.
+
+    An unknown user gets a user record no password can match, so it fails exactly like a wrong
+    password (1045) and does not reveal which user names exist.
+    """
+
+    def __init__(self, users: Callable[[], dict[str, str]]) -> None:
+        self._users = users
+
+    def get_plugins(self) -> list[Any]:
+        return [NativePasswordAuthPlugin()]
+
+    async def get_user(self, username: str) -> User | None:
+        pw = self._users().get(username)
+        auth = NativePasswordAuthPlugin.create_auth_string(pw) if pw is not None else "00" * 20
+        if pw == "":
+            auth = ""
+        return User(name=username, auth_string=auth, auth_plugin="mysql_native_password")
+
+
+class ProxyConnection(Connection):
+    """A client connection; `dispatch` maps each command to the session (or admin console)."""
+
+    session: Any
+
+    def __init__(self, *a: Any, **kw: Any) -> None:
+        super().__init__(*a, **kw)
+        self.authenticated = False
+        self.close_reason = "client quit"
+
+    async def authenticate(self, username: str, *a: Any, **kw: Any) -> None:
+        self.session.username = None
+        await super().authenticate(username, *a, **kw)
+        self.authenticated = bool(self.session.username)
+
+    async def command_phase(self) -> None:
+        while True:
+            self.stream.reset_seq()
+            try:
+                data = await self.stream.read()
+            except ConnectionClosed:
+                self.close_reason = "client closed connection"
+                return
+            except PacketTooLarge:
+                await self.stream.write(
+                    P.make_err(*ER_NET_PACKET_TOO_LARGE, "Got a packet bigger than 'max_allowed_packet' bytes")
+                )
+                self.close_reason = "packet too large"
+                return
+            if not data:
+                await self.stream.write(P.make_err(*ER_UNKNOWN_COM_ERROR, "Unknown command"))
+                continue
+            if data[0] == P.COM_QUIT:
+                self.close_reason = "client quit"
+                return
+            self.session.busy = True
+            try:
+                await self.dispatch(data)
+            except ProxyError as e:
+                await self._error(e.packet())
+                if e.fatal:
+                    self.close_reason = f"fatal error {e.code}: {e.message}"
+                    return
+            except BackendError as e:
+                await self._error(e.raw)
+            except (ConnectionError, ConnectionClosed):
+                self.close_reason = "client connection lost"
+                return
+            finally:
+                self.session.busy = False
+            if not self.authenticated:  # a failed COM_CHANGE_USER ends the connection
+                self.close_reason = "authentication failed"
+                return
+
+    async def _error(self, packet: bytes) -> None:
+        try:
+            await self.stream.write(packet)
+        except ConnectionError:
+            pass
+
+    async def dispatch(self, data: bytes) -> None:
+        s = self.session
+        cmd = data[0]
+        if cmd == P.COM_QUERY:
+            await s.com_query(data)
+        elif cmd == P.COM_STMT_EXECUTE:
+            await s.com_stmt_execute(data)
+        elif cmd == P.COM_STMT_PREPARE:
+            await s.com_stmt_prepare(data)
+        elif cmd == P.COM_STMT_CLOSE:
+            await s.com_stmt_close(data)
+        elif cmd == P.COM_STMT_SEND_LONG_DATA:
+            await s.com_stmt_send_long_data(data)
+        elif cmd == P.COM_STMT_RESET:
+            await s.com_stmt_reset(data)
+        elif cmd == P.COM_STMT_FETCH:
+            await s.com_stmt_fetch(data)
+        elif cmd == P.COM_PING:
+            await s.com_ping()
+        elif cmd == P.COM_INIT_DB:
+            await s.com_init_db(data)
+        elif cmd == P.COM_FIELD_LIST:
+            await s.com_field_list(data)
+        elif cmd == P.COM_RESET_CONNECTION:
+            await s.com_reset_connection()
+        elif cmd == P.COM_CHANGE_USER:
+            await s.reset()
+            await self.handle_change_user(data[1:])
+        elif cmd == P.COM_STATISTICS:
+            await s.com_statistics(data)
+        elif cmd == P.COM_SET_OPTION:
+            await self.stream.write(P.make_eof(s.status))
+        else:
+            raise ProxyError(ER_UNKNOWN_COM_ERROR, f"Unknown command 0x{cmd:02x}")
+
+
+def stmt_id_of(payload: bytes) -> int:
+    return int(struct.unpack_from("<I", payload, 1)[0])

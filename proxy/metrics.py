@@ -1,0 +1,78 @@
+"""Every metric the proxy exports, declared in one place (names, types, help, labels).
+
+Label values are bounded by construction: backend addresses from config, fixed reason/kind
+strings from the code. Never SQL text, key values or anything a client typed.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, Info
+
+P = "seckill_proxy_"
+_LAT = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+
+BUILD = Info(P + "build", "Build information of the running proxy")
+CONFIG_RELOADS = Counter(P + "config_reloads_total", "Config reloads by outcome", ["outcome"])
+
+CLIENT_CONNECTIONS = Gauge(P + "client_connections", "Client connections currently open")
+CLIENT_ACCEPTED = Counter(P + "client_connections_accepted_total", "Client connections accepted")
+CLIENT_REJECTED = Counter(
+    P + "client_connections_rejected_total", "Client connections rejected, by reason", ["reason"]
+)
+CLIENT_DISCONNECTS = Counter(
+    P + "client_disconnects_total", "Client disconnects, by reason", ["reason"]
+)
+
+STATEMENTS = Counter(
+    P + "statements_total", "Statements handled, by kind, route and outcome",
+    ["kind", "route", "outcome"],
+)
+STATEMENT_LATENCY = Histogram(
+    P + "statement_duration_seconds", "Statement latency seen by the proxy, by route", ["route"],
+    buckets=_LAT,
+)
+
+POOL_IN_USE = Gauge(P + "backend_pool_in_use", "Backend connections lent out", ["backend"])
+POOL_IDLE = Gauge(P + "backend_pool_idle", "Idle backend connections", ["backend"])
+POOL_WAIT = Histogram(
+    P + "backend_pool_wait_seconds", "Time to get a backend connection", ["backend"], buckets=_LAT
+)
+POOL_EXHAUSTED = Counter(
+    P + "backend_pool_exhausted_total", "Acquires that timed out on a full pool", ["backend"]
+)
+BACKEND_CONNECTS = Counter(
+    P + "backend_connects_total", "Backend connections opened", ["backend"]
+)
+BACKEND_CONNECT_ERRORS = Counter(
+    P + "backend_connect_errors_total", "Failed backend connection attempts", ["backend"]
+)
+BACKEND_DISCONNECTS = Counter(
+    P + "backend_disconnects_total", "Backend connections closed, by reason", ["backend", "reason"]
+)
+BACKEND_UP = Gauge(P + "backend_up", "1 if the backend answered its last check", ["backend", "role"])
+
+HOTROW_STATEMENTS = Counter(
+    P + "hotrow_statements_total", "Hot-row statements by mode and outcome", ["mode", "outcome"]
+)
+HOTROW_BATCH_SIZE = Histogram(
+    P + "hotrow_batch_size", "Members per merged batch",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+)
+HOTROW_BATCH_COMMIT = Histogram(
+    P + "hotrow_batch_commit_seconds", "Merged batch transaction latency (lock to COMMIT OK)",
+    buckets=_LAT,
+)
+HOTROW_QUEUE_DEPTH = Gauge(P + "hotrow_queue_depth", "Statements waiting in hot-row queues")
+HOTROW_QUEUE_WAIT = Histogram(
+    P + "hotrow_queue_wait_seconds", "Time waiting for a hot-row queue slot", buckets=_LAT
+)
+HOTROW_IN_DOUBT = Counter(
+    P + "hotrow_batch_in_doubt_total", "Batches whose COMMIT was interrupted, by resolution",
+    ["resolution"],
+)
+
+
+def render() -> bytes:
+    from prometheus_client import generate_latest
+
+    return generate_latest(REGISTRY)

@@ -1,0 +1,183 @@
+"""Backend connection pools, one per server, shared by every client session.
+
+As in asyncpg: a connection goes back to the pool through one shielded release that resets it
+when it carries state (open transaction, temp tables, user variables, locks), so a connection
+handed to the next session carries nothing across; a broken one is closed, never reused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+
+from . import metrics as M
+from .backend import BackendConn
+from .config import Address, PoolCfg
+from .errors import ER_CON_COUNT_ERROR, BackendError, BackendLost, ProxyError
+
+log = logging.getLogger("seckill.pool")
+
+# Session variables that are per-statement counters or ids, never replayed or reverted.
+_VOLATILE = frozenset(
+    {"last_gtid", "last_insert_id", "insert_id", "identity", "warning_count", "error_count",
+     "rand_seed1", "rand_seed2", "timestamp", "gtid_seq_no", "in_transaction"}
+)
+_NUMERIC = frozenset("0123456789-.")
+
+
+def sql_value(v: str) -> str:
+    if v and all(c in _NUMERIC for c in v) and any(c.isdigit() for c in v):
+        return v
+    return "'" + v.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+class Pool:
+    """Connections to one server. Keyed by (user, found_rows) because the login user and the
+    CLIENT_FOUND_ROWS capability are fixed per connection."""
+
+    def __init__(self, addr: Address, cfg: PoolCfg, role: str) -> None:
+        self.addr = addr
+        self.cfg = cfg
+        self.role = role
+        self.idle: dict[tuple[str, bool], deque[BackendConn]] = {}
+        self.total = 0
+        self.in_use = 0
+        self._cond = asyncio.Condition()
+        self.closed = False
+
+    def _label(self) -> str:
+        return str(self.addr)
+
+    async def acquire(
+        self, user: str, password: str, found_rows: bool = False, prefer: BackendConn | None = None
+    ) -> BackendConn:
+        key = (user, found_rows)
+        t0 = time.perf_counter()
+        deadline = time.monotonic() + self.cfg.acquire_timeout_s
+        while True:
+            if self.closed:
+                raise BackendLost(f"pool for {self.addr} is closed", sent=False)
+            q = self.idle.get(key)
+            while q:
+                if prefer is not None and prefer in q and not prefer.broken:
+                    q.remove(prefer)
+                    c = prefer
+                else:
+                    c = q.pop()
+                if c.broken or c.reader.at_eof():
+                    self._discard(c, "stale")
+                    continue
+                return self._lend(c, t0)
+            if self.total < self.cfg.max_connections:
+                self.total += 1
+                try:
+                    c = await BackendConn.connect(
+                        self.addr, user, password, self.cfg.connect_timeout_s, found_rows
+                    )
+                except BaseException:
+                    self.total -= 1
+                    M.BACKEND_CONNECT_ERRORS.labels(self._label()).inc()
+                    async with self._cond:
+                        self._cond.notify()
+                    raise
+                M.BACKEND_CONNECTS.labels(self._label()).inc()
+                return self._lend(c, t0)
+            if not self._free_idle_other(key):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    M.POOL_EXHAUSTED.labels(self._label()).inc()
+                    raise ProxyError(
+                        ER_CON_COUNT_ERROR,
+                        f"Too many connections: backend pool {self.addr} has all "
+                        f"{self.cfg.max_connections} connections in use",
+                    )
+                async with self._cond:
+                    try:
+                        await asyncio.wait_for(self._cond.wait(), timeout=left)
+                    except TimeoutError:
+                        pass
+
+    def _free_idle_other(self, key: tuple[str, bool]) -> bool:
+        """At the limit, close an idle connection of another user to make room."""
+        for k, q in self.idle.items():
+            if k != key and q:
+                self._discard(q.popleft(), "evicted for another user")
+                return True
+        return False
+
+    def _lend(self, c: BackendConn, t0: float) -> BackendConn:
+        self.in_use += 1
+        M.POOL_WAIT.labels(self._label()).observe(time.perf_counter() - t0)
+        M.POOL_IN_USE.labels(self._label()).set(self.in_use)
+        return c
+
+    def _discard(self, c: BackendConn, reason: str) -> None:
+        c.close()
+        self.total -= 1
+        M.BACKEND_DISCONNECTS.labels(self._label(), reason).inc()
+        log.debug("closed backend connection %s to %s: %s", c.thread_id, self.addr, reason)
+
+    async def release(self, c: BackendConn, reason: str = "") -> None:
+        """Give a connection back; shielded so a cancelled client cannot leak or poison it."""
+        await asyncio.shield(self._release(c, reason))
+
+    async def _release(self, c: BackendConn, reason: str) -> None:
+        self.in_use -= 1
+        M.POOL_IN_USE.labels(self._label()).set(self.in_use)
+        if c.broken or self.closed:
+            self._discard(c, reason or "broken")
+        else:
+            if c.dirty or c.in_trans:
+                try:
+                    await asyncio.wait_for(c.reset(), timeout=self.cfg.connect_timeout_s)
+                except (BackendError, BackendLost, TimeoutError, OSError) as e:
+                    self._discard(c, f"reset failed: {e}")
+                    c = None  # type: ignore[assignment]
+            if c is not None:
+                self.idle.setdefault((c.user, bool(c.flags & 2)), deque()).append(c)
+        async with self._cond:
+            self._cond.notify()
+
+    async def apply_state(
+        self, c: BackendConn, schema: str | None, sysvars: dict[str, str]
+    ) -> None:
+        """Make a pooled connection carry the session's database and variables.
+
+        Variables the previous user changed and this session did not are set back to the
+        server default (`= DEFAULT`), so no setting leaks from one session to the next.
+        """
+        want = {k: v for k, v in sysvars.items() if k not in _VOLATILE}
+        have = {k: v for k, v in c.sysvars.items() if k not in _VOLATILE}
+        if want != have:
+            parts = [f"{k}=DEFAULT" for k in have if k not in want]
+            parts += [f"{k}={sql_value(v)}" for k, v in want.items() if have.get(k) != v]
+            if parts:
+                await c.execute("SET SESSION " + ", ".join(parts))
+            c.sysvars = dict(want)
+        if schema and c.schema != schema:
+            await c.execute(f"USE `{schema.replace('`', '``')}`")
+            c.schema = schema
+
+    def idle_count(self) -> int:
+        return sum(len(q) for q in self.idle.values())
+
+    async def reap(self) -> None:
+        """Close connections idle longer than idle_timeout_s (runs periodically)."""
+        now = time.monotonic()
+        for q in self.idle.values():
+            keep = deque(c for c in q if now - c.last_used < self.cfg.idle_timeout_s)
+            for c in q:
+                if c not in keep:
+                    self._discard(c, "idle timeout")
+            q.clear()
+            q.extend(keep)
+
+    async def close(self) -> None:
+        self.closed = True
+        for q in self.idle.values():
+            while q:
+                self._discard(q.pop(), "shutdown")
+        async with self._cond:
+            self._cond.notify_all()

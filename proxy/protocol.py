@@ -1,0 +1,305 @@
+"""MySQL wire-format helpers: pure functions over bytes, no I/O.
+
+The proxy forwards result sets as raw packets (no row decoding) and only parses the packets it
+must understand: OK (to carry affected rows, insert id, status and session-state tracking to
+the client), EOF (status flags, more-results), ERR and the prepare-OK header.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+# Commands
+COM_QUIT = 0x01
+COM_INIT_DB = 0x02
+COM_QUERY = 0x03
+COM_FIELD_LIST = 0x04
+COM_STATISTICS = 0x09
+COM_PING = 0x0E
+COM_CHANGE_USER = 0x11
+COM_STMT_PREPARE = 0x16
+COM_STMT_EXECUTE = 0x17
+COM_STMT_SEND_LONG_DATA = 0x18
+COM_STMT_CLOSE = 0x19
+COM_STMT_RESET = 0x1A
+COM_SET_OPTION = 0x1B
+COM_STMT_FETCH = 0x1C
+COM_RESET_CONNECTION = 0x1F
+
+# Server status flags
+SERVER_STATUS_IN_TRANS = 0x0001
+SERVER_STATUS_AUTOCOMMIT = 0x0002
+SERVER_MORE_RESULTS_EXISTS = 0x0008
+SERVER_STATUS_CURSOR_EXISTS = 0x0040
+SERVER_STATUS_IN_TRANS_READONLY = 0x2000
+SERVER_SESSION_STATE_CHANGED = 0x4000
+
+# Capability flags (the ones the proxy reasons about)
+CLIENT_FOUND_ROWS = 1 << 1
+CLIENT_MULTI_STATEMENTS = 1 << 16
+CLIENT_MULTI_RESULTS = 1 << 17
+CLIENT_PS_MULTI_RESULTS = 1 << 18
+CLIENT_SESSION_TRACK = 1 << 23
+CLIENT_DEPRECATE_EOF = 1 << 24
+
+# Session state tracker types
+TRACK_SYSTEM_VARIABLES = 0
+TRACK_SCHEMA = 1
+TRACK_STATE_CHANGE = 2
+TRACK_GTIDS = 3
+
+MAX_PACKET = 0xFFFFFF
+
+
+def lenenc_int(buf: bytes | bytearray | memoryview, pos: int) -> tuple[int, int]:
+    """Decode a length-encoded integer at pos; return (value, new_pos)."""
+    b = buf[pos]
+    if b < 0xFB:
+        return b, pos + 1
+    if b == 0xFC:
+        return buf[pos + 1] | (buf[pos + 2] << 8), pos + 3
+    if b == 0xFD:
+        return buf[pos + 1] | (buf[pos + 2] << 8) | (buf[pos + 3] << 16), pos + 4
+    if b == 0xFE:
+        return struct.unpack_from("<Q", buf, pos + 1)[0], pos + 9
+    raise ValueError(f"invalid length-encoded integer prefix 0x{b:02x}")
+
+
+def enc_lenenc_int(n: int) -> bytes:
+    if n < 0xFB:
+        return bytes((n,))
+    if n < 1 << 16:
+        return b"\xfc" + struct.pack("<H", n)
+    if n < 1 << 24:
+        return b"\xfd" + struct.pack("<I", n)[:3]
+    return b"\xfe" + struct.pack("<Q", n)
+
+
+def lenenc_str(buf: bytes | bytearray | memoryview, pos: int) -> tuple[bytes, int]:
+    n, pos = lenenc_int(buf, pos)
+    if pos + n > len(buf):
+        raise ValueError("truncated length-encoded string")
+    return bytes(buf[pos : pos + n]), pos + n
+
+
+def enc_lenenc_str(s: bytes) -> bytes:
+    return enc_lenenc_int(len(s)) + s
+
+
+@dataclass
+class OkPacket:
+    """A parsed OK packet, including what session-state tracking reported."""
+
+    affected_rows: int = 0
+    last_insert_id: int = 0
+    status: int = 0
+    warnings: int = 0
+    info: bytes = b""
+    sysvars: dict[str, str] = field(default_factory=dict)
+    schema: str | None = None
+    state_changed: bool = False
+    gtid: str | None = None
+
+
+def parse_ok(payload: bytes, session_track: bool) -> OkPacket:
+    """Parse an OK (0x00) or EOF-style OK (0xFE) packet from a server."""
+    pos = 1
+    affected, pos = lenenc_int(payload, pos)
+    insert_id, pos = lenenc_int(payload, pos)
+    status, warnings = struct.unpack_from("<HH", payload, pos)
+    pos += 4
+    ok = OkPacket(affected, insert_id, status, warnings)
+    if not session_track:
+        if pos < len(payload):
+            ok.info, _ = lenenc_str(payload, pos)
+        return ok
+    if pos < len(payload):
+        ok.info, pos = lenenc_str(payload, pos)
+    if status & SERVER_SESSION_STATE_CHANGED and pos < len(payload):
+        block, pos = lenenc_str(payload, pos)
+        _parse_state(block, ok)
+    return ok
+
+
+def _parse_state(block: bytes, ok: OkPacket) -> None:
+    p = 0
+    while p < len(block):
+        kind = block[p]
+        data, p = lenenc_str(block, p + 1)
+        if kind == TRACK_SYSTEM_VARIABLES:
+            q = 0
+            while q < len(data):
+                name, q = lenenc_str(data, q)
+                value, q = lenenc_str(data, q)
+                ok.sysvars[name.decode().lower()] = value.decode("utf-8", "replace")
+        elif kind == TRACK_SCHEMA:
+            name, _ = lenenc_str(data, 0)
+            ok.schema = name.decode("utf-8", "replace")
+        elif kind == TRACK_STATE_CHANGE:
+            ok.state_changed = True
+        elif kind == TRACK_GTIDS:
+            # MySQL: one byte encoding specification, then the GTID set.
+            if len(data) > 1:
+                gt, _ = lenenc_str(data, 1)
+                ok.gtid = gt.decode()
+    if "last_gtid" in ok.sysvars:
+        ok.gtid = ok.sysvars.pop("last_gtid") or ok.gtid
+
+
+def make_ok(
+    affected_rows: int = 0,
+    last_insert_id: int = 0,
+    status: int = SERVER_STATUS_AUTOCOMMIT,
+    warnings: int = 0,
+    info: bytes = b"",
+    eof_header: bool = False,
+) -> bytes:
+    """An OK packet for a client that did not negotiate CLIENT_SESSION_TRACK.
+
+    The info string is length-encoded, as MySQL's net_send_ok() writes it (and as libmariadb
+    reads it) whatever the capability flags say.
+    """
+    return (
+        (b"\xfe" if eof_header else b"\x00")
+        + enc_lenenc_int(affected_rows)
+        + enc_lenenc_int(last_insert_id)
+        + struct.pack("<HH", status & ~SERVER_SESSION_STATE_CHANGED, warnings)
+        + (enc_lenenc_str(info) if info else b"")
+    )
+
+
+def make_eof(status: int, warnings: int = 0) -> bytes:
+    return b"\xfe" + struct.pack("<HH", warnings, status)
+
+
+def make_err(code: int, sqlstate: str, message: str) -> bytes:
+    return (
+        b"\xff"
+        + struct.pack("<H", code)
+        + b"#"
+        + sqlstate.encode()[:5].ljust(5, b"0")
+        + message.encode("utf-8", "replace")
+    )
+
+
+@dataclass(frozen=True)
+class ErrPacket:
+    code: int
+    sqlstate: str
+    message: str
+
+
+def parse_err(payload: bytes) -> ErrPacket:
+    code = struct.unpack_from("<H", payload, 1)[0]
+    if len(payload) > 3 and payload[3:4] == b"#":
+        return ErrPacket(code, payload[4:9].decode(), payload[9:].decode("utf-8", "replace"))
+    return ErrPacket(code, "HY000", payload[3:].decode("utf-8", "replace"))
+
+
+def is_eof(payload: bytes | bytearray | memoryview) -> bool:
+    return len(payload) < 9 and payload[0] == 0xFE
+
+
+def eof_status(payload: bytes | bytearray | memoryview) -> int:
+    return int(payload[3] | (payload[4] << 8)) if len(payload) >= 5 else 0
+
+
+@dataclass(frozen=True)
+class PrepareOk:
+    stmt_id: int
+    num_columns: int
+    num_params: int
+    warnings: int
+
+
+def parse_prepare_ok(payload: bytes) -> PrepareOk:
+    stmt_id, ncols, nparams = struct.unpack_from("<IHH", payload, 1)
+    warnings = struct.unpack_from("<H", payload, 10)[0] if len(payload) >= 12 else 0
+    return PrepareOk(stmt_id, ncols, nparams, warnings)
+
+
+def with_stmt_id(payload: bytes, stmt_id: int) -> bytes:
+    """Replace the 4-byte statement id that follows the first byte (command or 0x00 status)."""
+    return payload[:1] + struct.pack("<I", stmt_id) + payload[5:]
+
+
+@dataclass
+class ExecuteParts:
+    """COM_STMT_EXECUTE split so params can be re-bound on another backend connection."""
+
+    stmt_id: int
+    flags: int
+    iterations: bytes
+    null_bitmap: bytes
+    bound: bool
+    types: bytes
+    values: bytes
+
+
+def split_execute(payload: bytes, num_params: int) -> ExecuteParts:
+    """Split a COM_STMT_EXECUTE payload (command byte included)."""
+    if len(payload) < 10:
+        raise ValueError("COM_STMT_EXECUTE too short")
+    stmt_id, flags = struct.unpack_from("<IB", payload, 1)
+    iterations = payload[6:10]
+    if num_params == 0:
+        return ExecuteParts(stmt_id, flags, iterations, b"", False, b"", b"")
+    nb = (num_params + 7) // 8
+    pos = 10
+    if len(payload) < pos + nb + 1:
+        raise ValueError("COM_STMT_EXECUTE truncated")
+    null_bitmap = payload[pos : pos + nb]
+    pos += nb
+    bound = payload[pos] == 1
+    pos += 1
+    types = b""
+    if bound:
+        types = payload[pos : pos + 2 * num_params]
+        if len(types) != 2 * num_params:
+            raise ValueError("COM_STMT_EXECUTE truncated parameter types")
+        pos += 2 * num_params
+    return ExecuteParts(stmt_id, flags, iterations, null_bitmap, bound, types, payload[pos:])
+
+
+def join_execute(p: ExecuteParts, stmt_id: int, types: bytes) -> bytes:
+    """Rebuild COM_STMT_EXECUTE for a backend statement id, always sending parameter types."""
+    head = bytes((COM_STMT_EXECUTE,)) + struct.pack("<IB", stmt_id, p.flags) + p.iterations
+    if not types and not p.null_bitmap:
+        return head
+    return head + p.null_bitmap + b"\x01" + types + p.values
+
+
+def decode_binary_params(p: ExecuteParts, types: bytes, num_params: int) -> list[object]:
+    """Decode bound parameter values (for hot-row recognition of prepared statements).
+
+    Only the integer, decimal and string types are decoded; anything else raises ValueError so
+    the statement takes the normal path.
+    """
+    out: list[object] = []
+    pos = 0
+    v = p.values
+    for i in range(num_params):
+        if p.null_bitmap[i // 8] & (1 << (i % 8)):
+            out.append(None)
+            continue
+        t = types[2 * i]
+        unsigned = bool(types[2 * i + 1] & 0x80)
+        if t == 1:  # TINY
+            out.append(struct.unpack_from("<B" if unsigned else "<b", v, pos)[0])
+            pos += 1
+        elif t in (2, 13):  # SHORT, YEAR
+            out.append(struct.unpack_from("<H" if unsigned else "<h", v, pos)[0])
+            pos += 2
+        elif t in (3, 9):  # LONG, INT24
+            out.append(struct.unpack_from("<I" if unsigned else "<i", v, pos)[0])
+            pos += 4
+        elif t == 8:  # LONGLONG
+            out.append(struct.unpack_from("<Q" if unsigned else "<q", v, pos)[0])
+            pos += 8
+        elif t in (0, 246, 15, 253, 254, 249, 250, 251, 252):  # decimal/strings/blobs
+            s, pos = lenenc_str(v, pos)
+            out.append(s.decode("utf-8", "replace"))
+        else:
+            raise ValueError(f"parameter type {t} not decoded")
+    return out

@@ -1,0 +1,276 @@
+"""The proxy process: listeners, shared state, and a clean startup / drain / shutdown.
+
+As in uvicorn: the config is loaded and validated before anything listens; SIGTERM stops
+accepting, lets in-flight statements finish within `limits.shutdown_grace_s`, then closes the
+remaining client connections (their backend connections are reset, which rolls back open
+transactions) and the pools.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from mysql_mimic.control import LocalControl
+
+from . import metrics as M
+from . import protocol as P
+from .backend import BackendConn
+from .classify import Shape
+from .config import Config
+from .digest import QueryDigest
+from .errors import ER_CON_COUNT_ERROR, BackendError, BackendLost
+from .frontend import SERVER_CAPABILITIES, ConfigIdentityProvider, ProxyConnection, ProxyStream
+from .pool import Pool
+from .session import ProxySession
+
+if TYPE_CHECKING:
+    from .protocol import ExecuteParts
+    from .session import ClientStmt
+
+log = logging.getLogger("seckill.server")
+DEFAULT_VERSION = "10.11.0-MariaDB-seckill-proxy"
+
+
+class App:
+    """Everything shared by sessions: config, pools, digest, hot-row engine, admin state."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.pools: dict[str, Pool] = {}
+        self.server_version = DEFAULT_VERSION
+        self.digest = QueryDigest()
+        self.control = LocalControl()
+        self.connections: set[ProxyConnection] = set()
+        self.servers: list[asyncio.Server] = []
+        self.started_at = time.time()
+        self.draining = False
+        self.primary_gtid: str | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.hotrow: Any = None
+        self.admin: Any = None
+        self._build_pools()
+
+    def _build_pools(self) -> None:
+        b = self.cfg.backends
+        want = {str(b.primary): ("primary", b.primary)}
+        for r in b.replicas:
+            want.setdefault(str(r), ("replica", r))
+        for key, (role, addr) in want.items():
+            if key not in self.pools:
+                self.pools[key] = Pool(addr, b.pool, role)
+            self.pools[key].role = role
+
+    def primary_pool(self) -> Pool:
+        return self.pools[str(self.cfg.backends.primary)]
+
+    def users(self) -> dict[str, str]:
+        return {u.name: u.password for u in self.cfg.users}
+
+    async def ready(self) -> tuple[bool, str]:
+        """Ready when the config is loaded and the primary answers a connection attempt."""
+        if self.draining:
+            return False, "draining"
+        try:
+            r, w = await asyncio.wait_for(
+                asyncio.open_connection(self.cfg.backends.primary.host, self.cfg.backends.primary.port),
+                2,
+            )
+            w.close()
+        except (OSError, TimeoutError) as e:
+            return False, f"primary {self.cfg.backends.primary} unreachable: {e}"
+        return True, "ready"
+
+    def apply_config(self, cfg: Config) -> list[str]:
+        """RELOAD CONFIG: users, pools, hot-row rules and mode, log level change at once."""
+        old = self.cfg
+        notes = []
+        if (cfg.listen, cfg.admin.listen, cfg.metrics_listen) != (
+            old.listen, old.admin.listen, old.metrics_listen
+        ):
+            notes.append("listen addresses change only on restart")
+        self.cfg = replace(
+            cfg, listen=old.listen, admin=replace(cfg.admin, listen=old.admin.listen),
+            metrics_listen=old.metrics_listen, source=old.source,
+        )
+        self._build_pools()
+        if self.hotrow is not None:
+            self.hotrow.apply_config(cfg.hotrow)
+        logging.getLogger().setLevel(cfg.log_level)
+        return notes
+
+    def note_gtid(self, gtid: str) -> None:
+        self.primary_gtid = gtid
+
+    # ---- statement interception (hot-row, proxy-answered statements) ---------------------
+
+    async def intercept(self, session: ProxySession, sql: str, shape: Shape) -> tuple[str, str] | None:
+        if self.hotrow is not None:
+            return await self.hotrow.intercept(session, sql, shape)  # type: ignore[no-any-return]
+        return None
+
+    async def intercept_execute(
+        self, session: ProxySession, st: ClientStmt, parts: ExecuteParts
+    ) -> tuple[str, str] | None:
+        if self.hotrow is not None:
+            return await self.hotrow.intercept_execute(session, st, parts)  # type: ignore[no-any-return]
+        return None
+
+    # ---- lifecycle ------------------------------------------------------------------------
+
+    async def probe_primary(self) -> None:
+        """Learn the server version to announce; the proxy starts even if the primary is down."""
+        cfg = self.cfg
+        user = cfg.users[0]
+        try:
+            c = await BackendConn.connect(
+                cfg.backends.primary, user.name, user.password, cfg.backends.pool.connect_timeout_s
+            )
+        except (BackendError, BackendLost) as e:
+            log.warning("primary %s not reachable at start: %s", cfg.backends.primary, e)
+            M.BACKEND_UP.labels(str(cfg.backends.primary), "primary").set(0)
+            return
+        self.server_version = c.conn.server_version
+        M.BACKEND_UP.labels(str(cfg.backends.primary), "primary").set(1)
+        c.close()
+
+    async def start(self) -> None:
+        from .admin import AdminConsole
+        from .hotrow import HotRowEngine
+        from .httpd import start_http
+
+        M.BUILD.info({"version": "0.1.0"})
+        await self.probe_primary()
+        self.hotrow = HotRowEngine(self)
+        await self.hotrow.start()
+        self.admin = AdminConsole(self)
+        c = self.cfg
+        srv = await asyncio.start_server(
+            self._client, c.listen.host, c.listen.port, reuse_address=True, backlog=1024
+        )
+        self.servers.append(srv)
+        self.servers.append(await self.admin.start())
+        if c.metrics_listen is not None:
+            self.servers.append(await start_http(self, c.metrics_listen))
+        self._tasks.append(asyncio.create_task(self._housekeeping()))
+        log.info("listening on %s (admin %s, metrics %s), primary %s",
+                 c.listen, c.admin.listen, c.metrics_listen, c.backends.primary)
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await asyncio.sleep(5)
+            for p in self.pools.values():
+                await p.reap()
+                M.POOL_IDLE.labels(str(p.addr)).set(p.idle_count())
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        limits = self.cfg.limits
+        stream = ProxyStream(reader, writer, limits.max_allowed_packet)
+        if self.draining or len(self.connections) >= limits.max_client_connections:
+            reason = "shutting down" if self.draining else "too many connections"
+            M.CLIENT_REJECTED.labels(reason).inc()
+            await _say_and_close(writer, P.make_err(*ER_CON_COUNT_ERROR, "Too many connections"))
+            return
+        session = ProxySession(self)
+        conn = ProxyConnection(
+            stream=stream,
+            session=session,
+            control=self.control,
+            identity_provider=ConfigIdentityProvider(self.users),
+            server_capabilities=SERVER_CAPABILITIES,
+        )
+        conn.connection_id = await self.control.add(conn)
+        self.connections.add(conn)
+        M.CLIENT_ACCEPTED.inc()
+        M.CLIENT_CONNECTIONS.inc()
+        reason = "closed"
+        try:
+            try:
+                await asyncio.wait_for(conn.connection_phase(), limits.handshake_timeout_s)
+            except TimeoutError:
+                reason = "handshake timeout"
+                return
+            except Exception as e:  # noqa: BLE001 - any garbage in the handshake ends it
+                reason = f"bad handshake: {type(e).__name__}"
+                return
+            if not conn.authenticated:
+                reason = "authentication failed"
+                return
+            await session.init(conn)
+            await conn.command_phase()
+            reason = conn.close_reason
+        except asyncio.CancelledError:
+            reason = "proxy shutdown"
+        except Exception as e:
+            reason = f"internal error: {type(e).__name__}: {e}"
+            log.exception("client %s: internal error", conn.connection_id)
+        finally:
+            try:
+                await session.close()
+            except Exception as e:  # noqa: BLE001
+                log.warning("client %s: cleanup failed: %s", conn.connection_id, e)
+            self.connections.discard(conn)
+            await self.control.remove(conn.connection_id)
+            M.CLIENT_CONNECTIONS.dec()
+            M.CLIENT_DISCONNECTS.labels(_reason_label(reason)).inc()
+            log.info("client %s disconnected: %s", conn.connection_id, reason,
+                     extra={"conn_id": conn.connection_id})
+            writer.close()
+
+    async def shutdown(self) -> None:
+        self.draining = True
+        for s in self.servers:
+            s.close()
+        grace = self.cfg.limits.shutdown_grace_s
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(c.session.busy for c in self.connections):
+            await asyncio.sleep(0.05)
+        for t in self._tasks:
+            t.cancel()
+        if self.hotrow is not None:
+            await self.hotrow.stop()
+        for c in list(self.connections):
+            c.kill()
+        for _ in range(100):
+            if not self.connections:
+                break
+            await asyncio.sleep(0.02)
+        for p in self.pools.values():
+            await p.close()
+
+
+def _reason_label(reason: str) -> str:
+    for known in ("client quit", "client closed connection", "handshake timeout", "bad handshake",
+                  "authentication failed", "packet too large", "fatal error", "proxy shutdown",
+                  "internal error", "client connection lost"):
+        if reason.startswith(known):
+            return known
+    return "other"
+
+
+async def _say_and_close(writer: asyncio.StreamWriter, payload: bytes) -> None:
+    try:
+        writer.write(len(payload).to_bytes(3, "little") + b"\x00" + payload)
+        await writer.drain()
+    except ConnectionError:
+        pass
+    writer.close()
+
+
+async def serve(cfg: Config) -> None:
+    """Run until SIGINT/SIGTERM, then drain and shut down."""
+    app = App(cfg)
+    await app.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"seckill-proxy ready: mysql://{cfg.users[0].name}:***@{cfg.listen}/  "
+          f"(admin {cfg.admin.listen}, metrics {cfg.metrics_listen})", flush=True)
+    await stop.wait()
+    log.info("shutting down")
+    await app.shutdown()

@@ -1,0 +1,394 @@
+"""One client session: which backend connection serves it, and the state it must carry.
+
+Backend connections are lent per statement (or per transaction) and given back as soon as the
+session holds nothing on them, so 10,000 clients can share a few hundred MySQL connections. The
+session keeps what must follow it from connection to connection (database, session variables,
+LAST_INSERT_ID) and replays it on the connection it gets. When a statement leaves state the
+proxy cannot replay (user variables, temporary tables, named locks...), the session is pinned
+to its connection until it disconnects or resets; the pin always carries a reason string.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from mysql_mimic.session import BaseSession
+from mysql_mimic.variables import GlobalVariables, SessionVariables
+
+from . import metrics as M
+from . import protocol as P
+from .backend import BackendConn, Relayed
+from .classify import Shape, classify
+from .errors import (
+    CR_SERVER_LOST,
+    ER_UNKNOWN_STMT_HANDLER,
+    BackendError,
+    BackendLost,
+    ProxyError,
+)
+
+if TYPE_CHECKING:
+    from .frontend import ProxyConnection
+    from .pool import Pool
+    from .server import App
+
+log = logging.getLogger("seckill.session")
+
+
+@dataclass
+class ClientStmt:
+    """A statement the client prepared; re-prepared on whichever backend connection runs it."""
+
+    sql: str
+    shape: Shape
+    num_params: int
+    num_columns: int
+    types: bytes = b""
+
+
+class ProxySession(BaseSession):
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.variables = SessionVariables(GlobalVariables())
+        self.variables.set("version", app.server_version, force=True)
+        self.username: str | None = None
+        self.database: str | None = None
+        self.connection: ProxyConnection | None = None
+        self.conn: BackendConn | None = None
+        self.conn_pool: Pool | None = None
+        self.last_conn: BackendConn | None = None
+        self.pin: str | None = None
+        self.sysvars: dict[str, str] = {}
+        self.base_sysvars: dict[str, str] = {}
+        self.status = P.SERVER_STATUS_AUTOCOMMIT
+        self.last_insert_id = 0
+        self.last_gtid: str | None = None
+        self.stmts: dict[int, ClientStmt] = {}
+        self._next_stmt = 1
+        self.found_rows = False
+        self.busy = False
+
+    # ---- mysql-mimic hooks --------------------------------------------------------------
+
+    async def init(self, connection: Any) -> None:
+        self.connection = connection
+        self.found_rows = bool(int(connection.capabilities) & P.CLIENT_FOUND_ROWS)
+        cs = str(self.variables.get("character_set_client"))
+        if cs not in ("utf8mb4",):
+            self.base_sysvars = {
+                "character_set_client": cs,
+                "character_set_connection": cs,
+                "character_set_results": cs,
+            }
+        self.sysvars = dict(self.base_sysvars)
+
+    async def close(self) -> None:
+        await self._drop_conn("client disconnected", force_reset=True)
+
+    async def reset(self) -> None:
+        """COM_RESET_CONNECTION / COM_CHANGE_USER: back to a fresh session."""
+        await self._drop_conn("session reset", force_reset=True)
+        self.sysvars = dict(self.base_sysvars)
+        self.status = P.SERVER_STATUS_AUTOCOMMIT
+        self.stmts.clear()
+        self.last_insert_id = 0
+        self.pin = None
+
+    async def use(self, database: str) -> None:  # not used: COM_INIT_DB is forwarded
+        self.database = database
+
+    # ---- backend connection management --------------------------------------------------
+
+    @property
+    def password(self) -> str:
+        return self.app.cfg.password_of(self.username or "") or ""
+
+    async def _get_conn(self) -> BackendConn:
+        if self.conn is not None:
+            return self.conn
+        pool = self.app.primary_pool()
+        c = await pool.acquire(self.username or "", self.password, self.found_rows, self.last_conn)
+        try:
+            await pool.apply_state(c, self.database, self.sysvars)
+        except (BackendError, BackendLost):
+            await pool.release(c, "state replay failed")
+            raise
+        self.conn, self.conn_pool, self.last_conn = c, pool, c
+        return c
+
+    def _holds(self) -> bool:
+        return bool(self.pin) or bool(self.status & P.SERVER_STATUS_IN_TRANS)
+
+    async def _maybe_release(self) -> None:
+        if self.conn is not None and not self._holds():
+            c, pool = self.conn, self.conn_pool
+            self.conn = self.conn_pool = None
+            assert pool is not None
+            await pool.release(c)
+
+    async def _drop_conn(self, reason: str, force_reset: bool = False) -> None:
+        if self.conn is None:
+            return
+        c, pool = self.conn, self.conn_pool
+        self.conn = self.conn_pool = None
+        self.last_conn = None
+        if force_reset and (self.pin or c.in_trans or c.stmts):
+            c.dirty = c.dirty or bool(self.pin) or c.in_trans
+        assert pool is not None
+        await pool.release(c, reason)
+
+    # ---- writing to the client ----------------------------------------------------------
+
+    @property
+    def out(self) -> asyncio.StreamWriter:
+        assert self.connection is not None
+        return self.connection.stream.writer
+
+    async def send(self, payload: bytes) -> None:
+        assert self.connection is not None
+        await self.connection.stream.write(payload)
+
+    def ok_packet(self, affected: int = 0, insert_id: int = 0, warnings: int = 0, info: bytes = b"") -> bytes:
+        return P.make_ok(affected, insert_id, self.status, warnings, info)
+
+    def _ok_hook(self, ok: P.OkPacket) -> bytes:
+        if ok.last_insert_id:
+            self.last_insert_id = ok.last_insert_id
+        return P.make_ok(ok.affected_rows, ok.last_insert_id, ok.status, ok.warnings, ok.info)
+
+    # ---- statements ---------------------------------------------------------------------
+
+    async def com_query(self, payload: bytes) -> None:
+        sql = payload[1:].decode("utf-8", "surrogateescape")
+        shape = classify(sql)
+        t0 = time.perf_counter()
+        route = "primary"
+        outcome = "ok"
+        try:
+            handled = await self.app.intercept(self, sql, shape)
+            if handled is not None:
+                route, outcome = handled
+                return
+            r = await self._forward(payload, shape)
+            if r.err is not None:
+                outcome = "error"
+        except ProxyError:
+            outcome = "error"
+            raise
+        finally:
+            dt = time.perf_counter() - t0
+            M.STATEMENTS.labels(shape.verb.lower()[:12] or "other", route, outcome).inc()
+            M.STATEMENT_LATENCY.labels(route).observe(dt)
+            self.app.digest.record(shape, dt, route)
+
+    async def _forward(
+        self, payload: bytes, shape: Shape | None, field_list: bool = False
+    ) -> Relayed:
+        """Send one command to the session's backend connection and relay the answer."""
+        for attempt in (0, 1):
+            c = await self._get_conn()
+            if shape is not None:
+                if shape.pin and not self.pin:
+                    self.pin = shape.pin
+                if shape.pin:
+                    c.dirty = True
+                if shape.uses_last_insert_id and c.last_insert_id != self.last_insert_id:
+                    await c.execute(f"SELECT LAST_INSERT_ID({self.last_insert_id})")
+            try:
+                await c.command(payload)
+                r = await c.relay(self.out, self._ok_hook, field_list=field_list)
+            except BackendLost as e:
+                await self._lost(e, retry=attempt == 0 and not e.sent, shape=shape)
+                continue
+            await self.out.drain()
+            self._after(c, r)
+            await self._maybe_release()
+            return r
+        raise AssertionError("unreachable")
+
+    async def _lost(self, e: BackendLost, retry: bool, shape: Shape | None) -> None:
+        """The backend connection died under a statement: retry, or tell the client the truth."""
+        held = self._holds()
+        await self._drop_conn(e.reason)
+        self.status &= ~P.SERVER_STATUS_IN_TRANS
+        if retry and not held:
+            return  # nothing reached MySQL: the loop runs the statement on a fresh connection
+        if held:
+            self.pin = None
+            raise ProxyError(
+                CR_SERVER_LOST,
+                f"Lost connection to MySQL server during query ({e.reason}); "
+                "the transaction was rolled back or its outcome is unknown",
+                fatal=True,
+            )
+        what = "outcome unknown" if shape is None or shape.is_write else "not executed"
+        raise ProxyError(CR_SERVER_LOST, f"Lost connection to MySQL server during query ({what})")
+
+    def _after(self, c: BackendConn, r: Relayed) -> None:
+        self.status = r.status
+        if r.sysvars:
+            for k, v in r.sysvars.items():
+                self.sysvars[k] = v
+        if r.schema is not None:
+            self.database = r.schema or None
+        if r.state_changed and not r.sysvars and r.schema is None and not self.pin:
+            self.pin = "session state changed"
+            c.dirty = True
+        if r.gtid:
+            self.last_gtid = r.gtid
+            self.app.note_gtid(r.gtid)
+
+    # ---- other commands -------------------------------------------------------------------
+
+    async def com_init_db(self, payload: bytes) -> None:
+        r = await self._forward(payload, None)
+        if r.err is None:
+            self.database = payload[1:].decode("utf-8", "surrogateescape")
+
+    async def com_field_list(self, payload: bytes) -> None:
+        await self._forward(payload, None, field_list=True)
+
+    async def com_ping(self) -> None:
+        await self.send(self.ok_packet())
+
+    async def com_reset_connection(self) -> None:
+        await self.reset()
+        await self.send(self.ok_packet())
+
+    async def com_statistics(self, payload: bytes) -> None:
+        c = await self._get_conn()
+        await c.command(payload)
+        text = await c.read_packet()
+        await self._maybe_release()
+        await self.send(text)
+
+    # ---- prepared statements ------------------------------------------------------------
+
+    async def com_stmt_prepare(self, payload: bytes) -> None:
+        sql = payload[1:].decode("utf-8", "surrogateescape")
+        c = await self._get_conn()
+        try:
+            await c.command(payload)
+            first = await c.read_packet()
+            if first[0] == 0xFF:
+                await self.send(first)
+                return
+            pok = P.parse_prepare_ok(first)
+            rest = [
+                await c.read_packet()
+                for _ in range(
+                    pok.num_params + (1 if pok.num_params else 0)
+                    + pok.num_columns + (1 if pok.num_columns else 0)
+                )
+            ]
+        except BackendLost as e:
+            await self._lost(e, retry=False, shape=None)
+            return
+        old = c.stmts.pop(sql, None)
+        if old is not None:
+            c.send(bytes((P.COM_STMT_CLOSE,)) + struct.pack("<I", old.stmt_id))
+        c.stmts[sql] = pok
+        sid = self._next_stmt
+        self._next_stmt += 1
+        self.stmts[sid] = ClientStmt(sql, classify(sql), pok.num_params, pok.num_columns)
+        assert self.connection is not None
+        stream = self.connection.stream
+        stream.write_many([P.with_stmt_id(first, sid), *rest])
+        await stream.drain()
+        await self._maybe_release()
+
+    def _stmt(self, payload: bytes, what: str) -> ClientStmt:
+        if len(payload) < 5:
+            raise ProxyError((1835, "08S01"), "Malformed communication packet")
+        sid = struct.unpack_from("<I", payload, 1)[0]
+        st = self.stmts.get(sid)
+        if st is None:
+            raise ProxyError(
+                ER_UNKNOWN_STMT_HANDLER,
+                f"Unknown prepared statement handler ({sid}) given to {what}",
+            )
+        return st
+
+    async def com_stmt_execute(self, payload: bytes) -> None:
+        st = self._stmt(payload, "mysqld_stmt_execute")
+        try:
+            parts = P.split_execute(payload, st.num_params)
+        except ValueError as e:
+            raise ProxyError((1835, "08S01"), f"Malformed communication packet ({e})") from None
+        if parts.bound:
+            st.types = parts.types
+        t0 = time.perf_counter()
+        route, outcome = "primary", "ok"
+        try:
+            handled = await self.app.intercept_execute(self, st, parts)
+            if handled is not None:
+                route, outcome = handled
+                return
+            if parts.flags & 0x01 and not self.pin:
+                self.pin = "server-side cursor"
+            for attempt in (0, 1):
+                c = await self._get_conn()
+                try:
+                    pok = await c.prepare(st.sql)
+                    await c.command(P.join_execute(parts, pok.stmt_id, st.types))
+                    r = await c.relay(self.out, self._ok_hook)
+                except BackendError as e:
+                    await self._maybe_release()
+                    await self.send(e.raw)
+                    outcome = "error"
+                    return
+                except BackendLost as e:
+                    await self._lost(e, retry=attempt == 0 and not e.sent, shape=st.shape)
+                    continue
+                await self.out.drain()
+                if r.err is not None:
+                    outcome = "error"
+                self._after(c, r)
+                if self.pin == "long data pending":
+                    self.pin = None
+                await self._maybe_release()
+                return
+        finally:
+            dt = time.perf_counter() - t0
+            M.STATEMENTS.labels(st.shape.verb.lower()[:12] or "other", route, outcome).inc()
+            M.STATEMENT_LATENCY.labels(route).observe(dt)
+            self.app.digest.record(st.shape, dt, route)
+
+    async def com_stmt_send_long_data(self, payload: bytes) -> None:
+        st = self._stmt(payload, "mysqld_stmt_send_long_data")
+        self.pin = self.pin or "long data pending"
+        c = await self._get_conn()
+        pok = await c.prepare(st.sql)
+        await c.command(P.with_stmt_id(payload, pok.stmt_id))  # no response by protocol
+
+    async def com_stmt_fetch(self, payload: bytes) -> None:
+        st = self._stmt(payload, "mysqld_stmt_fetch")
+        c = await self._get_conn()
+        pok = await c.prepare(st.sql)
+        await c.command(P.with_stmt_id(payload, pok.stmt_id))
+        r = await c.relay(self.out, self._ok_hook, field_list=True)
+        await self.out.drain()
+        self._after(c, r)
+
+    async def com_stmt_reset(self, payload: bytes) -> None:
+        st = self._stmt(payload, "mysqld_stmt_reset")
+        if self.conn is not None and st.sql in self.conn.stmts:
+            c = self.conn
+            await c.command(P.with_stmt_id(payload, c.stmts[st.sql].stmt_id))
+            r = await c.relay(self.out, self._ok_hook)
+            await self.out.drain()
+            self._after(c, r)
+        else:
+            await self.send(self.ok_packet())
+        if self.pin in ("long data pending", "server-side cursor"):
+            self.pin = None
+            await self._maybe_release()
+
+    async def com_stmt_close(self, payload: bytes) -> None:
+        if len(payload) >= 5:
+            self.stmts.pop(struct.unpack_from("<I", payload, 1)[0], None)

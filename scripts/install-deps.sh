@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what the proxy, its tests and benchmarks need: Debian packages (when missing) and a venv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+need=()
+command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || need+=(mariadb-server)
+command -v mariadb >/dev/null 2>&1 || need+=(mariadb-client)
+if [ "${WITH_BENCH:-0}" = 1 ] || [ "${WITH_TEST:-0}" = 1 ]; then
+  command -v sysbench >/dev/null 2>&1 || need+=(sysbench)
+fi
+if [ "${WITH_TEST:-0}" = 1 ]; then
+  command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
+fi
+if [ "${#need[@]}" -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  # Debian's package may start a system server; the proxy uses its own sandbox servers.
+  $SUDO pkill -x mariadbd 2>/dev/null || true
+fi
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+stamp=.venv/.installed-$(sha1sum pyproject.toml | cut -c1-12)
+if [ ! -f "$stamp" ]; then
+  .venv/bin/pip install -q --upgrade pip >/dev/null
+  .venv/bin/pip install -q -e '.[test]'
+  touch "$stamp"
+fi
