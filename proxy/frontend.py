@@ -17,7 +17,7 @@ from typing import Any
 from mysql_mimic.auth import IdentityProvider, NativePasswordAuthPlugin, User
 from mysql_mimic.connection import Connection
 from mysql_mimic.stream import ConnectionClosed, MysqlStream
-from mysql_mimic.types import Capabilities
+from mysql_mimic.types import Capabilities, ServerStatus
 
 from . import metrics as M
 from . import protocol as P
@@ -119,6 +119,9 @@ class ProxyConnection(Connection):
 
     def __init__(self, *a: Any, **kw: Any) -> None:
         super().__init__(*a, **kw)
+        # Drivers read the initial autocommit mode from the handshake (PyMySQL sends
+        # SET AUTOCOMMIT only when it differs), so announce the server's default: on.
+        self.status_flags = ServerStatus.SERVER_STATUS_AUTOCOMMIT
         self.authenticated = False
         self.close_reason = "client quit"
 

@@ -1,0 +1,141 @@
+"""Shared fixtures: a real MariaDB primary + GTID replica, and the proxy run as users run it."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pymysql
+import pytest
+import yaml
+
+from proxy.sandbox import Sandbox, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+    sb = Sandbox(tmp_path_factory.mktemp("sandbox"))
+    sb.start()
+    try:
+        yield sb
+    finally:
+        sb.destroy()
+
+
+def wait_port(port: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"port {port} did not open")
+
+
+@dataclass
+class ProxyProc:
+    port: int
+    admin_port: int
+    metrics_port: int
+    config_path: Path
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    def connect(self, **kw: Any) -> pymysql.connections.Connection:  # type: ignore[type-arg]
+        args: dict[str, Any] = dict(host="127.0.0.1", port=self.port, user="app", password="app",
+                                    database="shop", autocommit=True)
+        args.update(kw)
+        return pymysql.connect(**args)
+
+    def admin(self, sql: str) -> list[tuple[Any, ...]]:
+        c = pymysql.connect(host="127.0.0.1", port=self.admin_port, user="admin", password="admin")
+        try:
+            with c.cursor() as cur:
+                cur.execute(sql)
+                return list(cur.fetchall())
+        finally:
+            c.close()
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def stop(self, sig: int = 15, timeout: float = 20) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                return self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                return self.proc.wait()
+        return self.proc.returncode
+
+
+def make_config(sb: Sandbox, **over: Any) -> dict[str, Any]:
+    cfg: dict[str, Any] = {
+        "listen": f"127.0.0.1:{free_port()}",
+        "admin": {"listen": f"127.0.0.1:{free_port()}", "users": [{"name": "admin", "password": "admin"}]},
+        "metrics": {"listen": f"127.0.0.1:{free_port()}"},
+        "users": [{"name": "app", "password": "app"}],
+        "backends": {
+            "primary": f"127.0.0.1:{sb.primary_port}",
+            "replicas": [f"127.0.0.1:{p}" for p in sb.replica_ports],
+            "pool": {"max_connections": 200, "connect_timeout_s": 5},
+        },
+        "hotrow": {
+            "mode": "merge",
+            "rules": [{"table": "shop.inventory", "key": "sku_id", "column": "quantity"}],
+        },
+    }
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(cfg.get(k), dict):
+            cfg[k] = {**cfg[k], **v}
+        else:
+            cfg[k] = v
+    return cfg
+
+
+def start_proxy(tmp: Path, cfg: dict[str, Any]) -> ProxyProc:
+    path = tmp / f"proxy-{free_port()}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    log_path = path.with_suffix(".log")
+    logf = open(log_path, "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "proxy.cli", "--config", str(path)],
+        cwd=ROOT, stdout=logf, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    port = int(cfg["listen"].rsplit(":", 1)[1])
+    p = ProxyProc(port, int(cfg["admin"]["listen"].rsplit(":", 1)[1]),
+                  int(cfg["metrics"]["listen"].rsplit(":", 1)[1]), path, proc, log_path)
+    try:
+        wait_port(port)
+    except RuntimeError:
+        p.stop()
+        raise RuntimeError("proxy did not start:\n" + p.log()) from None
+    return p
+
+
+@pytest.fixture(scope="session")
+def proxy(sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProc]:
+    p = start_proxy(tmp_path_factory.mktemp("proxy"), make_config(sandbox))
+    try:
+        yield p
+    finally:
+        p.stop()
+
+
+@pytest.fixture
+def direct(sandbox: Sandbox) -> Iterator[pymysql.connections.Connection]:  # type: ignore[type-arg]
+    c = pymysql.connect(host="127.0.0.1", port=sandbox.primary_port, user="app", password="app",
+                        database="shop", autocommit=True)
+    yield c
+    c.close()
