@@ -61,6 +61,120 @@ def parse_hints(sql: str) -> dict[str, str]:
     return out
 
 
+# ---- hot decrements -------------------------------------------------------------------------
+
+_IDENT = r"(?:`(?:[^`]|``)+`|[A-Za-z_$][\w$]*)"
+_HOT_UPDATE = re.compile(
+    rf"^UPDATE\s+(?:/\*\+.*?\*/\s*)?(?P<tbl>{_IDENT}(?:\s*\.\s*{_IDENT})?)\s+SET\s+"
+    rf"(?P<c1>{_IDENT})\s*=\s*(?P<c2>{_IDENT})\s*-\s*(?P<amt>\?)\s+WHERE\s+(?P<where>.+)$",
+    re.I | re.S,
+)
+_AND = re.compile(r"\s+AND\s+", re.I)
+_P_KEY = re.compile(rf"^\(?\s*(?P<col>{_IDENT})\s*=\s*\?\s*\)?$")
+_P_CMP = re.compile(rf"^\(?\s*(?P<col>{_IDENT})\s*(?P<op>>=|>)\s*\?\s*\)?$")
+_P_SUB = re.compile(rf"^\(?\s*(?P<col>{_IDENT})\s*-\s*\?\s*(?P<op>>=|>)\s*\?\s*\)?$")
+
+
+def _ident(s: str) -> str:
+    s = s.strip()
+    return s[1:-1].replace("``", "`").lower() if s.startswith("`") else s.lower()
+
+
+@dataclass(frozen=True)
+class HotTemplate:
+    """`UPDATE [schema.]table SET c = c - ? WHERE key = ? [AND guard]`, with value positions.
+
+    Positions index the statement's values in order (literals and `?` parameters alike). The
+    guard is `c OP bound`, where bound = value[guard_pos] (+ value[guard_sub_pos] for the
+    `c - N >= 0` form, which is `c >= N + 0`).
+    """
+
+    schema: str | None
+    table: str
+    column: str
+    key: str
+    amount_pos: int
+    key_pos: int
+    guard_op: str | None = None
+    guard_pos: int | None = None
+    guard_sub_pos: int | None = None
+
+
+def hot_template(dg: str) -> HotTemplate | None:
+    """Recognise the hot-decrement shape in a digest; anything else is None (never rewritten)."""
+    m = _HOT_UPDATE.match(dg)
+    if not m:
+        return None
+    c1, c2 = _ident(m.group("c1")), _ident(m.group("c2"))
+    if c1 != c2:
+        return None
+    parts = [p.strip() for p in _AND.split(m.group("where").strip())]
+    if not 1 <= len(parts) <= 2:
+        return None
+    tbl = [_ident(x) for x in re.split(r"\s*\.\s*(?=(?:[^`]*`[^`]*`)*[^`]*$)", m.group("tbl"))]
+    schema, table = (tbl[0], tbl[1]) if len(tbl) == 2 else (None, tbl[0])
+    pos = 1  # value 0 is the amount
+    key = key_pos = None
+    guard: tuple[str, int, int | None] | None = None
+    for p in parts:
+        km = _P_KEY.match(p)
+        if km and key is None and _ident(km.group("col")) != c1:
+            key, key_pos = _ident(km.group("col")), pos
+            pos += 1
+            continue
+        cm = _P_CMP.match(p)
+        if cm and guard is None and _ident(cm.group("col")) == c1:
+            guard = (cm.group("op"), pos, None)
+            pos += 1
+            continue
+        sm = _P_SUB.match(p)
+        if sm and guard is None and _ident(sm.group("col")) == c1:
+            guard = (sm.group("op"), pos + 1, pos)
+            pos += 2
+            continue
+        return None
+    if key is None or key_pos is None:
+        return None
+    return HotTemplate(
+        schema, table, c1, key, 0, key_pos,
+        guard[0] if guard else None, guard[1] if guard else None, guard[2] if guard else None,
+    )
+
+
+@dataclass(frozen=True)
+class Unsupported:
+    """A literal the hot path does not reproduce exactly (hex, decimal, float): normal path."""
+
+    text: str
+
+
+_VALUE = re.compile(
+    rf"(?P<s>{_STR})|(?P<q>`(?:[^`]|``)*`)|(?P<c>/\*.*?\*/|--[ \t][^\n]*|#[^\n]*)"
+    r"|(?P<n>(?<![\w$.])(?:0x[0-9a-fA-F]+|\d+(?:\.\d*)?(?:[eE][+-]?\d+)?|\.\d+))|(?P<p>\?)",
+    re.S,
+)
+
+
+def statement_values(sql: str, params: list[object] | None = None) -> list[object]:
+    """Literal values and bound parameters, in statement order (what `?` stands for in a digest).
+
+    Numbers become int (or str for non-integers), strings lose their quotes.
+    """
+    out: list[object] = []
+    it = iter(params or [])
+    for m in _VALUE.finditer(sql):
+        if m.group("n") is not None:
+            t = m.group("n")
+            out.append(int(t) if t.isdigit() else Unsupported(t))
+        elif m.group("s") is not None:
+            t = m.group("s")
+            q = t[0]
+            out.append(t[1:-1].replace(q + q, q).replace("\\" + q, q))
+        elif m.group("p") is not None:
+            out.append(next(it, None))
+    return out
+
+
 # ---- shape inference -----------------------------------------------------------------------
 
 _LEADING = re.compile(r"^(?:\s|/\*.*?\*/|\(|--[ \t][^\n]*\n|#[^\n]*\n)*", re.S)
@@ -96,6 +210,7 @@ class Shape:
     hints: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
     uses_last_insert_id: bool = False
     multi: bool = False
+    hot: HotTemplate | None = None
 
     @property
     def is_write(self) -> bool:
@@ -123,6 +238,7 @@ def shape_of(dg: str) -> Shape:
         hints=parse_hints(dg),
         uses_last_insert_id="LAST_INSERT_ID" in dg.upper(),
         multi=";" in dg,
+        hot=hot_template(dg) if verb == "UPDATE" else None,
     )
 
 

@@ -27,7 +27,8 @@ class QueryDigest:
         self.limit = limit
         self.rows: dict[tuple[str, str], DigestRow] = {}
 
-    def record(self, shape: Shape, seconds: float, route: str, hot_mode: str = "") -> None:
+    def record(self, shape: Shape, seconds: float, route: str) -> None:
+        hot_mode = route.split("-", 1)[1] if route.startswith("hotrow-") else ""
         key = (shape.digest, route)
         row = self.rows.get(key)
         if row is None:

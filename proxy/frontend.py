@@ -19,7 +19,6 @@ from mysql_mimic.connection import Connection
 from mysql_mimic.stream import ConnectionClosed, MysqlStream
 from mysql_mimic.types import Capabilities, ServerStatus
 
-from . import metrics as M
 from . import protocol as P
 from .errors import ER_NET_PACKET_TOO_LARGE, ER_UNKNOWN_COM_ERROR, BackendError, ProxyError
 
@@ -66,6 +65,7 @@ class ProxyStream:
         self.drain = self.inner.drain
         self.reset_seq = self.inner.reset_seq
         self.start_tls = self.inner.start_tls
+        self.write_text_rows = self.inner.write_text_rows
 
     async def read(self) -> bytes:
         data = b""

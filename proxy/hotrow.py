@@ -1,16 +1,623 @@
-"""placeholder"""
+"""Hot-row engine: queue or merge hot inventory decrements, leader/follower style.
+
+merge: the first decrement for a key opens a group; followers join until `max_batch` members or
+`max_wait_us`, and while the previous group of that key is still committing (two groups
+alternate). One backend transaction serves the group: lock the row, allocate members in arrival
+order with each one's own amount and guard (pure `allocate`), one UPDATE by the total, one batch
+record, COMMIT. Every member then gets the reply MySQL would have given it alone, and nobody gets
+a reply before COMMIT returned OK. If the connection dies during COMMIT, the batch record tells
+whether it committed; a batch that provably did not commit is retried once.
+
+queue: a FIFO per key with `concurrency` slots; inside a client transaction the slot is held
+until the transaction ends. A full queue or a timed-out wait is a 1205 error naming the key.
+"""
+
 from __future__ import annotations
-from typing import Any
+
+import asyncio
+import itertools
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pymysql.converters import escape_string
+
+from . import metrics as M
+from . import protocol as P
+from .classify import HotTemplate, Shape, Unsupported, statement_values
+from .config import HOTROW_MODES, HotRowCfg, HotRowRule
+from .errors import CR_SERVER_LOST, ER_LOCK_WAIT_TIMEOUT, BackendError, BackendLost, ProxyError
+
+if TYPE_CHECKING:
+    from .backend import BackendConn
+    from .protocol import ExecuteParts
+    from .server import App
+    from .session import ClientStmt, ProxySession
+
+log = logging.getLogger("seckill.hotrow")
+
+RESOLVE_TIMEOUT_S = 60.0
+INFO_HIT = b"Rows matched: 1  Changed: 1  Warnings: 0"
+INFO_MISS = b"Rows matched: 0  Changed: 0  Warnings: 0"
+
+
+# ---- pure parts -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class HotStmt:
+    """A recognised hot decrement bound to its values."""
+
+    rule: HotRowRule
+    key_value: int | str
+    amount: int
+    guard_op: str | None
+    bound: int | None
+
+    @property
+    def key_id(self) -> tuple[str, str, int | str]:
+        return (self.rule.schema, self.rule.table, self.key_value)
+
+
+def bind(
+    tpl: HotTemplate, values: list[object], database: str | None,
+    rules: dict[tuple[str, str], HotRowRule],
+) -> HotStmt | None:
+    """Match a template and its values against the rules; None means: take the normal path."""
+    schema = tpl.schema or (database.lower() if database else None)
+    if schema is None:
+        return None
+    rule = rules.get((schema, tpl.table))
+    if rule is None or rule.key != tpl.key or rule.column != tpl.column:
+        return None
+    need = max(p for p in (tpl.amount_pos, tpl.key_pos, tpl.guard_pos, tpl.guard_sub_pos)
+               if p is not None)
+    if len(values) <= need:
+        return None
+    amount = values[tpl.amount_pos]
+    key = values[tpl.key_pos]
+    if not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
+        return None
+    if isinstance(key, Unsupported) or not isinstance(key, int | str) or isinstance(key, bool):
+        return None
+    bound = None
+    if tpl.guard_pos is not None:
+        b = values[tpl.guard_pos]
+        if not isinstance(b, int) or isinstance(b, bool):
+            return None
+        bound = b
+        if tpl.guard_sub_pos is not None:
+            s = values[tpl.guard_sub_pos]
+            if not isinstance(s, int) or isinstance(s, bool) or s <= 0:
+                return None
+            bound += s  # c - s >= b  <=>  c >= b + s
+    return HotStmt(rule, key, amount, tpl.guard_op, bound)
+
+
+@dataclass
+class Member:
+    amount: int
+    guard_op: str | None
+    bound: int | None
+    fut: asyncio.Future[int] = field(repr=False, default=None)  # type: ignore[arg-type]
+    arrived: float = 0.0
+
+
+def allocate(current: int | None, members: list[Member], unsigned: bool) -> tuple[list[int], int]:
+    """Decide each member in arrival order, as if each ran alone: 1 hit, 0 miss, -1 run alone.
+
+    A member without a guard on an UNSIGNED column that would go below zero gets -1: MySQL would
+    answer it with an out-of-range error, which the proxy does not imitate; it runs alone instead.
+    Returns (decisions, total deducted).
+    """
+    if current is None:
+        return [0] * len(members), 0
+    out = []
+    cur = current
+    for m in members:
+        if m.guard_op == ">":
+            ok = cur > (m.bound or 0)
+        elif m.guard_op == ">=":
+            ok = cur >= (m.bound or 0)
+        else:
+            ok = True
+        if ok and m.guard_op is None and unsigned and cur - m.amount < 0:
+            out.append(-1)
+            continue
+        if ok:
+            cur -= m.amount
+        out.append(1 if ok else 0)
+    return out, current - cur
+
+
+# ---- runtime ----------------------------------------------------------------------------------
+
+@dataclass
+class Group:
+    members: list[Member] = field(default_factory=list)
+    full: asyncio.Event = field(default_factory=asyncio.Event)
+    done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    prev: asyncio.Future[None] | None = None
+
+
+@dataclass
+class KeyState:
+    sem: asyncio.Semaphore
+    waiting: int = 0
+    collecting: Group | None = None
+    tail: asyncio.Future[None] | None = None
+    in_flight: int = 0
+    batches: int = 0
+    statements: int = 0
+    recent: deque[tuple[float, int]] = field(default_factory=deque)
+    last_seen: float = 0.0
+    mode: str = ""
+
+
+@dataclass
+class RuleState:
+    ok: bool | None = None
+    reason: str = "not checked yet"
+    unsigned: bool = False
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class NotCommitted(Exception):
+    """The batch provably did not commit (error before or at COMMIT, or connection lost before
+    COMMIT was sent, or the batch record is absent after an interrupted COMMIT)."""
+
+    def __init__(self, err: ProxyError | BackendError) -> None:
+        super().__init__(str(err))
+        self.err = err
 
 
 class HotRowEngine:
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: App) -> None:
         self.app = app
+        self.keys: dict[tuple[str, str, int | str], KeyState] = {}
+        self.rule_state: dict[tuple[str, str], RuleState] = {}
+        self.table_modes: dict[str, str] = {}
+        self.proxy_id = random.getrandbits(31)
+        self._seq = itertools.count(1)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._bg: list[asyncio.Task[Any]] = []
+        self.apply_config(app.cfg.hotrow)
 
-    async def start(self) -> None: ...
-    async def stop(self) -> None: ...
-    def apply_config(self, cfg: Any) -> None: ...
-    async def intercept(self, *a: Any) -> None:
-        return None
-    async def intercept_execute(self, *a: Any) -> None:
-        return None
+    # ---- configuration and DBA control ----------------------------------------------------
+
+    def apply_config(self, cfg: HotRowCfg) -> None:
+        self.cfg = cfg
+        self.rules = {(r.schema, r.table): r for r in cfg.rules}
+        self.global_mode = cfg.mode
+        self.table_modes = {}
+        for k in list(self.rule_state):
+            if k not in self.rules or self.rule_state[k].ok is False:
+                self.rule_state.pop(k)
+
+    def set_mode(self, mode: str, table: str | None) -> None:
+        assert mode in HOTROW_MODES
+        if table is None:
+            self.global_mode = mode
+            self.table_modes.clear()
+        else:
+            self.table_modes[table] = mode
+
+    def mode_for(self, shape: Shape, table: str) -> str:
+        h = shape.hints
+        if "HOTROW" in h and h["HOTROW"].lower() in HOTROW_MODES:
+            return h["HOTROW"].lower()
+        if "QUEUE_ON_PK" in h:
+            return "queue"
+        return self.table_modes.get(table, self.global_mode)
+
+    def rules_table(self) -> Any:
+        rows = []
+        for (s, t), r in self.rules.items():
+            st = self.rule_state.get((s, t), RuleState())
+            rows.append((f"{s}.{t}", r.key, r.column, self.table_modes.get(f"{s}.{t}", self.global_mode),
+                         "ok" if st.ok else ("invalid: " if st.ok is False else "") + st.reason))
+        return rows, ["table", "key", "column", "mode", "status"]
+
+    def hot_keys_table(self, n: int = 20) -> Any:
+        now = time.monotonic()
+        rows = []
+        for (s, t, k), ks in self.keys.items():
+            while ks.recent and now - ks.recent[0][0] > 10:
+                ks.recent.popleft()
+            b = len(ks.recent)
+            members = sum(x for _, x in ks.recent)
+            rows.append((f"{s}.{t}", str(k), ks.mode, ks.waiting, ks.in_flight, round(b / 10, 1),
+                         round(members / b, 1) if b else 0.0, ks.batches, ks.statements))
+        rows.sort(key=lambda r: (r[3] + r[4], r[5], r[8]), reverse=True)
+        return rows[:n], ["table", "key", "mode", "waiting", "in_flight", "batches_per_s_10s",
+                          "avg_batch_10s", "batches_total", "statements_total"]
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._bg.append(asyncio.create_task(self._housekeeping()))
+
+    async def stop(self) -> None:
+        for t in self._bg:
+            t.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=self.app.cfg.limits.shutdown_grace_s)
+
+    async def _housekeeping(self) -> None:
+        last_prune = 0.0
+        while True:
+            await asyncio.sleep(5)
+            now = time.monotonic()
+            for k, ks in list(self.keys.items()):
+                if (not ks.waiting and not ks.in_flight and ks.collecting is None
+                        and now - ks.last_seen > 60):
+                    del self.keys[k]
+            if now - last_prune > 60:
+                last_prune = now
+                try:
+                    await self._prune()
+                except (BackendError, BackendLost, ProxyError) as e:
+                    log.info("batch record pruning skipped: %s", e)
+
+    async def _prune(self) -> None:
+        if not self.rules:
+            return
+        c = await self._conn(self.app.cfg.users[0].name)
+        try:
+            await c.execute(
+                f"DELETE FROM `{self.cfg.batch_schema}`.`hotrow_batch` WHERE created_at < "
+                f"NOW(6) - INTERVAL {self.cfg.prune_after_s} SECOND LIMIT 10000"
+            )
+        except BackendError:
+            pass
+        finally:
+            await self.app.primary_pool().release(c)
+
+    async def _conn(self, user: str) -> BackendConn:
+        pool = self.app.primary_pool()
+        c = await pool.acquire(user, self.app.cfg.password_of(user) or "")
+        try:
+            await pool.apply_state(c, None, {})
+        except (BackendError, BackendLost):
+            await pool.release(c, "state reset failed")
+            raise
+        return c
+
+    async def _check_rule(self, rule: HotRowRule, user: str) -> RuleState:
+        """Verify against the schema that `key` is the whole primary key and `column` an integer
+        without UPDATE triggers; creates the batch-record table. Checked once per rule."""
+        st = self.rule_state.setdefault((rule.schema, rule.table), RuleState())
+        if st.ok is not None:
+            return st
+        async with st.lock:
+            if st.ok is not None:
+                return st
+            c = await self._conn(user)
+            try:
+                s, t = escape_string(rule.schema), escape_string(rule.table)
+                pk, _ = await c.query(
+                    "SELECT COLUMN_NAME FROM information_schema.STATISTICS WHERE TABLE_SCHEMA="
+                    f"'{s}' AND TABLE_NAME='{t}' AND INDEX_NAME='PRIMARY' ORDER BY SEQ_IN_INDEX")
+                col, _ = await c.query(
+                    "SELECT DATA_TYPE, COLUMN_TYPE FROM information_schema.COLUMNS WHERE "
+                    f"TABLE_SCHEMA='{s}' AND TABLE_NAME='{t}' AND COLUMN_NAME='{escape_string(rule.column)}'")
+                trg, _ = await c.query(
+                    "SELECT COUNT(*) FROM information_schema.TRIGGERS WHERE EVENT_OBJECT_SCHEMA="
+                    f"'{s}' AND EVENT_OBJECT_TABLE='{t}' AND EVENT_MANIPULATION='UPDATE'")
+                keys = [r[0].lower() for r in pk or [] if r[0]]
+                if not pk and not col:
+                    st.ok, st.reason = None, "table not found (checked again on next use)"
+                    return st
+                if keys != [rule.key]:
+                    st.ok, st.reason = False, f"primary key is ({', '.join(keys) or 'none'}), not ({rule.key})"
+                elif not col or (col[0][0] or "").lower() not in (
+                        "tinyint", "smallint", "mediumint", "int", "bigint"):
+                    st.ok, st.reason = False, f"column {rule.column} is not an integer column"
+                elif trg and trg[0][0] not in ("0", None):
+                    st.ok, st.reason = False, "table has UPDATE triggers"
+                else:
+                    bs = self.cfg.batch_schema.replace("`", "``")
+                    await c.execute(f"CREATE DATABASE IF NOT EXISTS `{bs}`")
+                    await c.execute(
+                        f"CREATE TABLE IF NOT EXISTS `{bs}`.`hotrow_batch` ("
+                        "id BIGINT UNSIGNED NOT NULL PRIMARY KEY, "
+                        "created_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6), "
+                        "table_name VARCHAR(192) NOT NULL, key_value VARCHAR(255) NOT NULL, "
+                        "members INT NOT NULL, total BIGINT NOT NULL, KEY (created_at)) ENGINE=InnoDB")
+                    st.ok, st.reason = True, "ok"
+                    st.unsigned = "unsigned" in (col[0][1] or "").lower()
+                if st.ok is False:
+                    log.warning("hot-row rule %s disabled: %s", rule.qualified, st.reason)
+            finally:
+                await self.app.primary_pool().release(c)
+        return st
+
+    # ---- entry points from the session ------------------------------------------------------
+
+    async def intercept(
+        self, session: ProxySession, sql: str, shape: Shape,
+        forward: Callable[[], Awaitable[Any]],
+    ) -> tuple[str, str] | None:
+        if shape.hot is None:
+            return None
+        return await self._handle(session, shape, statement_values(sql), forward)
+
+    async def intercept_execute(
+        self, session: ProxySession, st: ClientStmt, parts: ExecuteParts,
+        forward: Callable[[], Awaitable[Any]],
+    ) -> tuple[str, str] | None:
+        if st.shape.hot is None:
+            return None
+        try:
+            params = P.decode_binary_params(parts, st.types, st.num_params)
+        except (ValueError, IndexError):
+            return None
+        return await self._handle(session, st.shape, statement_values(st.sql, params), forward)
+
+    async def _handle(
+        self, session: ProxySession, shape: Shape, values: list[object],
+        forward: Callable[[], Awaitable[Any]],
+    ) -> tuple[str, str] | None:
+        assert shape.hot is not None
+        hs = bind(shape.hot, values, session.database, self.rules)
+        if hs is None:
+            return None
+        mode = self.mode_for(shape, hs.rule.qualified)
+        if mode == "off":
+            return None
+        rs = await self._check_rule(hs.rule, session.username or "")
+        if not rs.ok:
+            return None
+        in_txn = bool(session.status & P.SERVER_STATUS_IN_TRANS) or (
+            session.sysvars.get("autocommit", "ON").upper() in ("OFF", "0"))
+        if mode == "merge" and in_txn:
+            mode = "queue"
+        ks = self._key(hs, mode)
+        if mode == "queue":
+            return await self._queue(session, hs, ks, forward)
+        return await self._merge(session, hs, ks, rs.unsigned, forward)
+
+    def _key(self, hs: HotStmt, mode: str) -> KeyState:
+        ks = self.keys.get(hs.key_id)
+        if ks is None:
+            ks = self.keys[hs.key_id] = KeyState(asyncio.Semaphore(self.cfg.queue_concurrency))
+        ks.last_seen = time.monotonic()
+        ks.statements += 1
+        ks.mode = mode
+        return ks
+
+    # ---- queue -----------------------------------------------------------------------------
+
+    async def _queue(
+        self, session: ProxySession, hs: HotStmt, ks: KeyState, forward: Callable[[], Awaitable[Any]]
+    ) -> tuple[str, str]:
+        name = f"{hs.rule.qualified} {hs.rule.key}={hs.key_value}"
+        if ks.waiting >= self.cfg.queue_max_waiting:
+            M.HOTROW_STATEMENTS.labels("queue", "rejected").inc()
+            raise ProxyError(ER_LOCK_WAIT_TIMEOUT,
+                             f"Lock wait timeout exceeded; seckill-proxy hot-row queue for {name} is "
+                             f"full ({self.cfg.queue_max_waiting} waiting)")
+        if ks.sem not in session.held_slots:
+            ks.waiting += 1
+            M.HOTROW_QUEUE_DEPTH.inc()
+            t0 = time.perf_counter()
+            try:
+                await asyncio.wait_for(ks.sem.acquire(), self.cfg.queue_wait_timeout_ms / 1000)
+            except TimeoutError:
+                M.HOTROW_STATEMENTS.labels("queue", "timeout").inc()
+                raise ProxyError(ER_LOCK_WAIT_TIMEOUT,
+                                 f"Lock wait timeout exceeded; waited {self.cfg.queue_wait_timeout_ms} ms "
+                                 f"in seckill-proxy hot-row queue for {name}") from None
+            finally:
+                ks.waiting -= 1
+                M.HOTROW_QUEUE_DEPTH.dec()
+                M.HOTROW_QUEUE_WAIT.observe(time.perf_counter() - t0)
+            session.held_slots.append(ks.sem)
+        ks.in_flight += 1
+        outcome = "error"
+        try:
+            r = await forward()
+            if r is not None and r.err is None:
+                outcome = "succeeded" if r.affected_rows else "sold_out"
+        finally:
+            ks.in_flight -= 1
+            session.release_slots()
+            M.HOTROW_STATEMENTS.labels("queue", outcome).inc()
+        return "hotrow-queue", "ok" if outcome != "error" else "error"
+
+    # ---- merge -----------------------------------------------------------------------------
+
+    async def _merge(
+        self, session: ProxySession, hs: HotStmt, ks: KeyState, unsigned: bool,
+        forward: Callable[[], Awaitable[Any]],
+    ) -> tuple[str, str]:
+        loop = asyncio.get_running_loop()
+        m = Member(hs.amount, hs.guard_op, hs.bound, loop.create_future(), loop.time())
+        g = ks.collecting
+        if g is None or len(g.members) >= self.cfg.max_batch:
+            g = Group(prev=ks.tail)
+            ks.collecting = g
+            ks.tail = g.done
+            t = asyncio.create_task(self._lead(hs, ks, g, session.username or "", unsigned))
+            self._tasks.add(t)
+            t.add_done_callback(self._tasks.discard)
+        g.members.append(m)
+        if len(g.members) >= self.cfg.max_batch:
+            g.full.set()
+        ks.waiting += 1
+        try:
+            decision = await asyncio.shield(m.fut)
+        finally:
+            ks.waiting -= 1
+        if decision == -1:
+            M.HOTROW_STATEMENTS.labels("merge", "run_alone").inc()
+            await forward()
+            return "hotrow-merge", "ok"
+        M.HOTROW_STATEMENTS.labels("merge", "succeeded" if decision else "sold_out").inc()
+        await session.send(session.ok_packet(decision, 0, 0, INFO_HIT if decision else INFO_MISS))
+        return "hotrow-merge", "ok"
+
+    async def _lead(self, hs: HotStmt, ks: KeyState, g: Group, user: str, unsigned: bool) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.cfg.max_wait_us / 1e6
+        try:
+            if g.prev is not None and not g.prev.done():
+                await asyncio.shield(g.prev)
+            left = deadline - loop.time()
+            if left > 0 and not g.full.is_set():
+                try:
+                    await asyncio.wait_for(g.full.wait(), left)
+                except TimeoutError:
+                    pass
+            if ks.collecting is g:
+                ks.collecting = None
+            ks.in_flight += len(g.members)
+            await self._commit_group(hs, g, user, unsigned, ks)
+        except BaseException as e:  # never leave a member waiting forever
+            for m in g.members:
+                if not m.fut.done():
+                    m.fut.set_exception(
+                        e if isinstance(e, ProxyError) else
+                        ProxyError(CR_SERVER_LOST, f"seckill-proxy batch aborted: {type(e).__name__}"))
+            if not isinstance(e, Exception):
+                raise
+        finally:
+            ks.in_flight -= len(g.members)
+            if ks.collecting is g:
+                ks.collecting = None
+            if not g.done.done():
+                g.done.set_result(None)
+
+    async def _commit_group(
+        self, hs: HotStmt, g: Group, user: str, unsigned: bool, ks: KeyState
+    ) -> None:
+        last: NotCommitted | None = None
+        for attempt in (1, 2):
+            try:
+                decisions = await self._batch(hs, g.members, user, unsigned)
+            except NotCommitted as e:
+                last = e
+                log.warning("hot-row batch for %s did not commit (attempt %d): %s",
+                            hs.rule.qualified, attempt, e)
+                continue
+            ks.batches += 1
+            ks.recent.append((time.monotonic(), len(g.members)))
+            for m, d in zip(g.members, decisions, strict=True):
+                if not m.fut.done():
+                    m.fut.set_result(d)
+            return
+        assert last is not None
+        err = last.err
+        for m in g.members:
+            if not m.fut.done():
+                M.HOTROW_STATEMENTS.labels("merge", "error").inc()
+                m.fut.set_exception(err if isinstance(err, ProxyError) else _as_proxy_error(err))
+
+    async def _batch(
+        self, hs: HotStmt, members: list[Member], user: str, unsigned: bool
+    ) -> list[int]:
+        """One backend transaction for the whole group; returns each member's decision."""
+        r = hs.rule
+        tbl = f"`{r.schema}`.`{r.table}`"
+        key = _sql_literal(hs.key_value)
+        batch_id = (self.proxy_id << 32) | (next(self._seq) & 0xFFFFFFFF)
+        t0 = time.perf_counter()
+        try:
+            c = await self._conn(user)
+        except (BackendLost, BackendError) as e:
+            raise NotCommitted(_as_proxy_error(e)) from None
+        pool = self.app.primary_pool()
+        commit_sent = False
+        try:
+            rows, _ = await c.query(
+                f"START TRANSACTION; SELECT `{r.column}` FROM {tbl} WHERE `{r.key}` = {key} FOR UPDATE")
+            current = int(rows[0][0]) if rows and rows[0][0] is not None else None
+            decisions, total = allocate(current, members, unsigned)
+            stmts = []
+            if total:
+                stmts.append(f"UPDATE {tbl} SET `{r.column}` = `{r.column}` - {total} "
+                             f"WHERE `{r.key}` = {key}")
+            stmts.append(
+                f"INSERT INTO `{self.cfg.batch_schema}`.`hotrow_batch` "
+                f"(id, table_name, key_value, members, total) VALUES ({batch_id}, "
+                f"'{escape_string(r.qualified)}', {_sql_literal(str(hs.key_value))}, {len(members)}, {total})")
+            stmts.append("COMMIT")
+            commit_sent = True
+            _, ok = await c.query("; ".join(stmts))
+        except BackendError as e:
+            # MySQL stops a multi-statement at its first error, so COMMIT did not run.
+            c.dirty = True
+            await pool.release(c, "batch error")
+            raise NotCommitted(e) from None
+        except BackendLost as e:
+            await pool.release(c, "batch connection lost")
+            if not commit_sent:
+                raise NotCommitted(_as_proxy_error(e)) from None
+            return await self._in_doubt(hs, batch_id, user, decisions, e)
+        await pool.release(c)
+        if ok is not None and ok.gtid:
+            self.app.note_gtid(ok.gtid)
+        M.HOTROW_BATCH_SIZE.observe(len(members))
+        M.HOTROW_BATCH_COMMIT.observe(time.perf_counter() - t0)
+        return decisions
+
+    async def _in_doubt(
+        self, hs: HotStmt, batch_id: int, user: str, decisions: list[int], e: BackendLost
+    ) -> list[int]:
+        """COMMIT was sent and the connection died: look the batch record up to learn the truth.
+
+        A locking read waits for a COMMIT still in flight on the server; after a primary restart,
+        crash recovery has settled the transaction before the server accepts connections.
+        """
+        log.warning("hot-row batch %d: connection lost during COMMIT (%s); resolving", batch_id, e)
+        deadline = time.monotonic() + RESOLVE_TIMEOUT_S
+        while time.monotonic() < deadline:
+            try:
+                c = await self._conn(user)
+            except (BackendLost, BackendError, ProxyError):
+                await asyncio.sleep(0.2)
+                continue
+            try:
+                rows, _ = await c.query(
+                    f"SELECT id FROM `{self.cfg.batch_schema}`.`hotrow_batch` WHERE id = {batch_id} "
+                    "LOCK IN SHARE MODE")
+            except (BackendLost, BackendError):
+                await self.app.primary_pool().release(c, "in-doubt lookup failed")
+                await asyncio.sleep(0.2)
+                continue
+            await self.app.primary_pool().release(c)
+            if rows:
+                M.HOTROW_IN_DOUBT.labels("committed").inc()
+                log.warning("hot-row batch %d committed", batch_id)
+                return decisions
+            M.HOTROW_IN_DOUBT.labels("not_committed").inc()
+            log.warning("hot-row batch %d did not commit", batch_id)
+            raise NotCommitted(ProxyError(
+                CR_SERVER_LOST, "Lost connection to MySQL server during COMMIT; "
+                "seckill-proxy verified the statement was NOT applied"))
+        M.HOTROW_IN_DOUBT.labels("unknown").inc()
+        err = ProxyError(CR_SERVER_LOST, "Lost connection to MySQL server during COMMIT; "
+                         "outcome unknown (primary unreachable)")
+        raise _Unknown(err)
+
+
+class _Unknown(ProxyError):
+    def __init__(self, err: ProxyError) -> None:
+        super().__init__((err.code, err.sqlstate), err.message)
+
+
+def _sql_literal(v: int | str) -> str:
+    if isinstance(v, int):
+        return str(v)
+    return "'" + escape_string(v) + "'"
+
+
+def _as_proxy_error(e: BackendError | BackendLost | ProxyError) -> ProxyError:
+    if isinstance(e, ProxyError):
+        return e
+    if isinstance(e, BackendError):
+        return ProxyError((e.code, e.sqlstate), e.message)
+    return ProxyError(CR_SERVER_LOST, f"Lost connection to MySQL server ({e.reason}); statement not applied")

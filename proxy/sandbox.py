@@ -133,11 +133,9 @@ class Server:
                 time.sleep(0.1)
         raise RuntimeError(f"{self.name} did not start in {timeout}s; see {self.log_file}")
 
-    def root(self, **kw: object) -> pymysql.connections.Connection:  # type: ignore[type-arg]
+    def root(self) -> pymysql.connections.Connection:  # type: ignore[type-arg]
         """A root connection over the unix socket (root has no TCP access)."""
-        return pymysql.connect(
-            unix_socket=str(self.socket_path), user="root", autocommit=True, **kw  # type: ignore[arg-type]
-        )
+        return pymysql.connect(unix_socket=str(self.socket_path), user="root", autocommit=True)
 
     def sql(self, *stmts: str) -> list[tuple[object, ...]]:
         conn = self.root()

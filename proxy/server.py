@@ -12,6 +12,7 @@ import asyncio
 import logging
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -108,16 +109,20 @@ class App:
 
     # ---- statement interception (hot-row, proxy-answered statements) ---------------------
 
-    async def intercept(self, session: ProxySession, sql: str, shape: Shape) -> tuple[str, str] | None:
-        if self.hotrow is not None:
-            return await self.hotrow.intercept(session, sql, shape)  # type: ignore[no-any-return]
+    async def intercept(
+        self, session: ProxySession, sql: str, shape: Shape, forward: Callable[[], Awaitable[Any]]
+    ) -> tuple[str, str] | None:
+        """Statements the proxy handles itself; None sends the statement on its normal path."""
+        if shape.hot is not None and self.hotrow is not None:
+            return await self.hotrow.intercept(session, sql, shape, forward)  # type: ignore[no-any-return]
         return None
 
     async def intercept_execute(
-        self, session: ProxySession, st: ClientStmt, parts: ExecuteParts
+        self, session: ProxySession, st: ClientStmt, parts: ExecuteParts,
+        forward: Callable[[], Awaitable[Any]],
     ) -> tuple[str, str] | None:
-        if self.hotrow is not None:
-            return await self.hotrow.intercept_execute(session, st, parts)  # type: ignore[no-any-return]
+        if st.shape.hot is not None and self.hotrow is not None:
+            return await self.hotrow.intercept_execute(session, st, parts, forward)  # type: ignore[no-any-return]
         return None
 
     # ---- lifecycle ------------------------------------------------------------------------

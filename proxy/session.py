@@ -72,6 +72,7 @@ class ProxySession(BaseSession):
         self._next_stmt = 1
         self.found_rows = False
         self.busy = False
+        self.held_slots: list[asyncio.Semaphore] = []  # hot-row queue slots held to txn end
 
     # ---- mysql-mimic hooks --------------------------------------------------------------
 
@@ -89,12 +90,22 @@ class ProxySession(BaseSession):
 
     async def close(self) -> None:
         await self._drop_conn("client disconnected", force_reset=True)
+        self.status &= ~P.SERVER_STATUS_IN_TRANS
+        self.release_slots()
+
+    def release_slots(self) -> None:
+        """Give back hot-row queue slots once no transaction holds them."""
+        if self.held_slots and not self.status & P.SERVER_STATUS_IN_TRANS:
+            for sem in self.held_slots:
+                sem.release()
+            self.held_slots.clear()
 
     async def reset(self) -> None:
         """COM_RESET_CONNECTION / COM_CHANGE_USER: back to a fresh session."""
         await self._drop_conn("session reset", force_reset=True)
         self.sysvars = dict(self.base_sysvars)
         self.status = P.SERVER_STATUS_AUTOCOMMIT
+        self.release_slots()
         self.stmts.clear()
         self.last_insert_id = 0
         self.pin = None
@@ -170,7 +181,8 @@ class ProxySession(BaseSession):
         route = "primary"
         outcome = "ok"
         try:
-            handled = await self.app.intercept(self, sql, shape)
+            handled = await self.app.intercept(
+                self, sql, shape, lambda: self._forward(payload, shape))
             if handled is not None:
                 route, outcome = handled
                 return
@@ -216,6 +228,7 @@ class ProxySession(BaseSession):
         held = self._holds()
         await self._drop_conn(e.reason)
         self.status &= ~P.SERVER_STATUS_IN_TRANS
+        self.release_slots()
         if retry and not held:
             return  # nothing reached MySQL: the loop runs the statement on a fresh connection
         if held:
@@ -242,6 +255,7 @@ class ProxySession(BaseSession):
         if r.gtid:
             self.last_gtid = r.gtid
             self.app.note_gtid(r.gtid)
+        self.release_slots()
 
     # ---- other commands -------------------------------------------------------------------
 
@@ -325,39 +339,44 @@ class ProxySession(BaseSession):
         t0 = time.perf_counter()
         route, outcome = "primary", "ok"
         try:
-            handled = await self.app.intercept_execute(self, st, parts)
+            handled = await self.app.intercept_execute(
+                self, st, parts, lambda: self._execute(st, parts))
             if handled is not None:
                 route, outcome = handled
                 return
-            if parts.flags & 0x01 and not self.pin:
-                self.pin = "server-side cursor"
-            for attempt in (0, 1):
-                c = await self._get_conn()
-                try:
-                    pok = await c.prepare(st.sql)
-                    await c.command(P.join_execute(parts, pok.stmt_id, st.types))
-                    r = await c.relay(self.out, self._ok_hook)
-                except BackendError as e:
-                    await self._maybe_release()
-                    await self.send(e.raw)
-                    outcome = "error"
-                    return
-                except BackendLost as e:
-                    await self._lost(e, retry=attempt == 0 and not e.sent, shape=st.shape)
-                    continue
-                await self.out.drain()
-                if r.err is not None:
-                    outcome = "error"
-                self._after(c, r)
-                if self.pin == "long data pending":
-                    self.pin = None
-                await self._maybe_release()
-                return
+            r = await self._execute(st, parts)
+            if r is None or r.err is not None:
+                outcome = "error"
         finally:
             dt = time.perf_counter() - t0
             M.STATEMENTS.labels(st.shape.verb.lower()[:12] or "other", route, outcome).inc()
             M.STATEMENT_LATENCY.labels(route).observe(dt)
             self.app.digest.record(st.shape, dt, route)
+
+    async def _execute(self, st: ClientStmt, parts: P.ExecuteParts) -> Relayed | None:
+        """Run a client's prepared statement on the session's backend connection."""
+        if parts.flags & 0x01 and not self.pin:
+            self.pin = "server-side cursor"
+        for attempt in (0, 1):
+            c = await self._get_conn()
+            try:
+                pok = await c.prepare(st.sql)
+                await c.command(P.join_execute(parts, pok.stmt_id, st.types))
+                r = await c.relay(self.out, self._ok_hook)
+            except BackendError as e:
+                await self._maybe_release()
+                await self.send(e.raw)
+                return None
+            except BackendLost as e:
+                await self._lost(e, retry=attempt == 0 and not e.sent, shape=st.shape)
+                continue
+            await self.out.drain()
+            self._after(c, r)
+            if self.pin == "long data pending":
+                self.pin = None
+            await self._maybe_release()
+            return r
+        raise AssertionError("unreachable")
 
     async def com_stmt_send_long_data(self, payload: bytes) -> None:
         st = self._stmt(payload, "mysqld_stmt_send_long_data")
