@@ -61,6 +61,10 @@ class AdminSession(BaseSession):
             (re.compile(r"reset\s+query\s+digest", re.I), self._reset_digest),
             (re.compile(r"set\s+log_level\s*=\s*'?(\w+)'?", re.I), self._log_level),
             (re.compile(r"select\s+1", re.I), lambda: ([(1,)], ["1"])),
+            # What drivers send on connect (SET NAMES, SET autocommit=1...) is accepted as a no-op.
+            (re.compile(r"set\s+(?:names|character\s+set|autocommit|session|sql_mode|@@)\b.*", re.I | re.S),
+             lambda: None),
+            (re.compile(r"(?:commit|rollback|begin)", re.I), lambda: None),
         ]
 
     async def handle_query(self, sql: str, attrs: dict[str, str]) -> Any:

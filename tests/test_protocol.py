@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import datetime
-import socket
 import decimal
+import socket
 import subprocess
 import threading
 import time
@@ -407,7 +407,7 @@ def test_large_result_streams(proxy: ProxyProc) -> None:
     cur.execute("SELECT seq, REPEAT('x', 100) FROM seq_1_to_1000000")
     n = 0
     peak = before
-    for i, row in enumerate(cur):
+    for i, _row in enumerate(cur):
         n += 1
         if i % 100000 == 0:
             peak = max(peak, proc.memory_info().rss)

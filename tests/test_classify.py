@@ -1,0 +1,203 @@
+"""Pure classification and hot-row allocation: table-driven and property-based, no I/O."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from proxy.classify import classify, digest, hot_template, parse_hints, statement_values
+from proxy.config import HotRowRule
+from proxy.hotrow import Member, allocate, bind
+
+RULES = {("shop", "inventory"): HotRowRule("shop", "inventory", "sku_id", "quantity")}
+
+HOT = [
+    # sql, params, expected (key, amount, guard_op, bound)
+    ("UPDATE inventory SET quantity = quantity - 1 WHERE sku_id = 42 AND quantity > 0", None,
+     (42, 1, ">", 0)),
+    ("update inventory set quantity=quantity-3 where quantity>=3 and sku_id=7", None, (7, 3, ">=", 3)),
+    ("UPDATE `shop`.`inventory` SET `quantity` = `quantity` - 2 WHERE `sku_id` = 9", None,
+     (9, 2, None, None)),
+    ("UPDATE inventory SET quantity = quantity - 2 WHERE sku_id = 5 AND quantity - 2 >= 0", None,
+     (5, 2, ">=", 2)),
+    ("UPDATE /*+ HOTROW(queue) */ shop.inventory SET quantity = quantity - ? WHERE sku_id = ? "
+     "AND quantity >= ?", [4, 11, 4], (11, 4, ">=", 4)),
+    ("  UPDATE inventory\n  SET quantity = quantity - 1\n  WHERE (sku_id = 'A-1') AND (quantity > 0);",
+     None, ("A-1", 1, ">", 0)),
+    ("UPDATE inventory SET quantity = quantity - ? WHERE sku_id = ? AND quantity > 0", [1, 3],
+     (3, 1, ">", 0)),
+]
+
+NOT_HOT = [
+    "UPDATE inventory SET quantity = quantity + 1 WHERE sku_id = 42",
+    "UPDATE inventory SET quantity = 5 WHERE sku_id = 42",
+    "UPDATE inventory SET quantity = quantity - 1 WHERE sku_id = 42 OR quantity > 0",
+    "UPDATE inventory SET quantity = quantity - 1 WHERE sku_id > 42",
+    "UPDATE inventory SET quantity = quantity - 1, updated_at = NOW() WHERE sku_id = 42",
+    "UPDATE inventory SET quantity = other - 1 WHERE sku_id = 42",
+    "UPDATE inventory SET quantity = quantity - 1 WHERE sku_id = 42 AND quantity > 0 AND x = 1",
+    "UPDATE inventory SET quantity = quantity - 1 WHERE sku_id IN (1, 2)",
+    "UPDATE inventory SET quantity = quantity - 1 WHERE sku_id = 42 LIMIT 1",
+    "UPDATE inventory SET quantity = quantity - 1.5 WHERE sku_id = 42",
+    "UPDATE inventory SET quantity = quantity - 0 WHERE sku_id = 42",
+    "UPDATE inventory SET quantity = quantity - 1 WHERE sku_id = 0x2A",
+    "UPDATE inventory SET quantity = quantity - 1 WHERE quantity = 42",
+    "UPDATE inventory i JOIN x ON x.id = i.sku_id SET quantity = quantity - 1 WHERE sku_id = 1",
+    "UPDATE other SET quantity = quantity - 1 WHERE sku_id = 42",
+    "UPDATE inventory SET stock = stock - 1 WHERE sku_id = 42",
+    "SELECT quantity - 1 FROM inventory WHERE sku_id = 42",
+]
+
+
+@pytest.mark.parametrize("sql,params,want", HOT)
+def test_hot_decrements_recognised(sql: str, params: list[object] | None, want: tuple[object, ...]) -> None:
+    shape = classify(sql)
+    assert shape.hot is not None, sql
+    hs = bind(shape.hot, statement_values(sql, params), "shop", RULES)
+    assert hs is not None
+    assert (hs.key_value, hs.amount, hs.guard_op, hs.bound) == want
+
+
+@pytest.mark.parametrize("sql", NOT_HOT)
+def test_not_hot_is_never_rewritten(sql: str) -> None:
+    shape = classify(sql)
+    hs = None if shape.hot is None else bind(shape.hot, statement_values(sql), "shop", RULES)
+    assert hs is None, sql
+
+
+def test_unqualified_table_needs_a_database() -> None:
+    sql = HOT[0][0]
+    assert bind(classify(sql).hot, statement_values(sql), None, RULES) is None  # type: ignore[arg-type]
+    assert bind(classify(sql).hot, statement_values(sql), "other", RULES) is None  # type: ignore[arg-type]
+
+
+def test_hints() -> None:
+    assert parse_hints("UPDATE /*+ HOTROW(merge) */ t SET a=a-1") == {"HOTROW": "merge"}
+    assert parse_hints("UPDATE /*+ QUEUE_ON_PK(1) TARGET_AFFECT_ROW(1) */ t") == {
+        "QUEUE_ON_PK": "1", "TARGET_AFFECT_ROW": "1"}
+    assert parse_hints("SELECT /*+ ROUTE(primary) READ_AFTER_GTID('0-1-5') */ 1") == {
+        "ROUTE": "primary", "READ_AFTER_GTID": "0-1-5"}
+    assert parse_hints("SELECT /* HOTROW(merge) */ 1") == {}
+
+
+@pytest.mark.parametrize("sql,pin", [
+    ("SELECT 1", None),
+    ("SET @a = 1", "user variable"),
+    ("SELECT @a := 5", "user variable"),
+    ("SELECT 'mail@example.com'", None),
+    ("SELECT @@version", None),
+    ("CREATE TEMPORARY TABLE t (a int)", "temporary table"),
+    ("SELECT GET_LOCK('x', 1)", "named lock"),
+    ("LOCK TABLES t WRITE", "table lock"),
+    ("PREPARE s FROM 'SELECT 1'", "connection-local statement"),
+    ("SELECT SQL_CALC_FOUND_ROWS * FROM t", "found_rows"),
+    ("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", "next-transaction setting"),
+    ("SELECT NEXTVAL(s)", "sequence"),
+])
+def test_pinning_rules(sql: str, pin: str | None) -> None:
+    assert classify(sql).pin == pin
+
+
+def test_digest_normalises_literals() -> None:
+    a = digest("SELECT * FROM t WHERE id = 5 AND name = 'x''y' /* c */")
+    b = digest("select * FROM t WHERE id =   77 AND name = \"zz\"")
+    assert a == "SELECT * FROM t WHERE id = ? AND name = ?"
+    assert b == "select * FROM t WHERE id = ? AND name = ?"
+    assert digest("SELECT * FROM t WHERE id IN (1, 2, 3)") == "SELECT * FROM t WHERE id IN (?,...)"
+
+
+# ---- properties -------------------------------------------------------------------------------
+
+idents = st.sampled_from(["quantity", "`quantity`", "QUANTITY"])
+spaces = st.sampled_from([" ", "  ", "\n", "\t "])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    amount=st.integers(1, 10**6), key=st.integers(0, 2**62), bound=st.integers(0, 10**6),
+    guard=st.sampled_from(["none", "gt", "ge", "sub"]), swap=st.booleans(), sp=spaces, col=idents,
+    upper=st.booleans(),
+)
+def test_generated_hot_statements_bind_their_values(
+    amount: int, key: int, bound: int, guard: str, swap: bool, sp: str, col: str, upper: bool
+) -> None:
+    preds = [f"sku_id{sp}={sp}{key}"]
+    if guard == "gt":
+        preds.append(f"{col} > {bound}")
+    elif guard == "ge":
+        preds.append(f"{col}>={bound}")
+    elif guard == "sub":
+        preds.append(f"{col} - {amount} >= 0")
+    if swap:
+        preds.reverse()
+    sql = f"UPDATE{sp}inventory SET {col} ={sp}{col} - {amount} WHERE " + " AND ".join(preds)
+    if upper:
+        sql = sql.replace("WHERE", "where").replace("SET", "set")
+    shape = classify(sql)
+    assert shape.hot is not None, sql
+    hs = bind(shape.hot, statement_values(sql), "shop", RULES)
+    assert hs is not None
+    assert (hs.key_value, hs.amount) == (key, amount)
+    if guard == "none":
+        assert hs.guard_op is None
+    elif guard == "sub":
+        assert (hs.guard_op, hs.bound) == (">=", amount)
+    else:
+        assert (hs.guard_op, hs.bound) == ({"gt": ">", "ge": ">="}[guard], bound)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("UPDATE inventorySETquantity=-+1 WHERsku_id>0AND()`'?,;")),
+               min_size=0, max_size=90))
+def test_random_text_is_rewritten_only_if_it_is_a_hot_decrement(text: str) -> None:
+    """Whatever the text, a recognised statement re-renders to the same logical decrement."""
+    shape = classify(text)
+    if shape.hot is None:
+        return
+    hs = bind(shape.hot, statement_values(text), "shop", RULES)
+    if hs is None:
+        return
+    # If recognised, the digest must have exactly the hot shape: UPDATE ... SET c = c - ? WHERE ...
+    assert hot_template(shape.digest) == shape.hot
+    assert hs.amount > 0
+
+
+members_st = st.lists(
+    st.tuples(st.integers(1, 5), st.sampled_from([None, ">", ">="]), st.integers(0, 5)),
+    min_size=1, max_size=60,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(current=st.one_of(st.none(), st.integers(0, 100)), ms=members_st, unsigned=st.booleans())
+def test_allocation_is_what_serial_execution_gives(
+    current: int | None, ms: list[tuple[int, str | None, int]], unsigned: bool
+) -> None:
+    members = [Member(a, op, b if op else None) for a, op, b in ms]
+    decisions, total = allocate(current, members, unsigned)
+    # Reference: run the UPDATEs one by one, as MySQL would with autocommit.
+    cur = current
+    expect = []
+    for m in members:
+        if cur is None:
+            expect.append(0)
+            continue
+        ok = m.guard_op is None or (cur > m.bound if m.guard_op == ">" else cur >= m.bound)  # type: ignore[operator]
+        if ok and m.guard_op is None and unsigned and cur - m.amount < 0:
+            expect.append(-1)
+            continue
+        if ok:
+            cur -= m.amount
+        expect.append(1 if ok else 0)
+    assert decisions == expect
+    assert total == sum(m.amount for m, d in zip(members, decisions, strict=True) if d == 1)
+    if current is not None:
+        final = current - total
+        if all(m.guard_op is not None for m in members) or unsigned:
+            guarded_ok = all(
+                (m.guard_op == ">" and (m.bound or 0) >= m.amount - 1)
+                or (m.guard_op == ">=" and (m.bound or 0) >= m.amount)
+                for m in members if m.guard_op)
+            if guarded_ok and all(m.guard_op for m in members):
+                assert final >= 0  # guards of the seckill form never let stock go negative
