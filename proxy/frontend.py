@@ -20,7 +20,15 @@ from mysql_mimic.stream import ConnectionClosed, MysqlStream
 from mysql_mimic.types import Capabilities, ServerStatus
 
 from . import protocol as P
-from .errors import ER_NET_PACKET_TOO_LARGE, ER_UNKNOWN_COM_ERROR, BackendError, ProxyError
+from .errors import (
+    CR_CONN_HOST_ERROR,
+    CR_SERVER_LOST,
+    ER_NET_PACKET_TOO_LARGE,
+    ER_UNKNOWN_COM_ERROR,
+    BackendError,
+    BackendLost,
+    ProxyError,
+)
 
 log = logging.getLogger("seckill.frontend")
 
@@ -66,8 +74,20 @@ class ProxyStream:
         self.reset_seq = self.inner.reset_seq
         self.start_tls = self.inner.start_tls
         self.write_text_rows = self.inner.write_text_rows
+        self.check_next: Callable[[bytes], bytes] | None = None
 
     async def read(self) -> bytes:
+        data = await self._read()
+        if self.check_next is not None:
+            check, self.check_next = self.check_next, None
+            try:
+                data = check(data)
+            except ValueError as e:
+                raise ProxyError((1835, "08S01"), f"Malformed communication packet ({e})",
+                                 fatal=True) from None
+        return data
+
+    async def _read(self) -> bytes:
         data = b""
         while True:
             try:
@@ -125,6 +145,11 @@ class ProxyConnection(Connection):
         self.authenticated = False
         self.close_reason = "client quit"
 
+    async def connection_phase(self) -> None:
+        caps = int(self.server_capabilities)
+        self.stream.check_next = lambda d: P.check_handshake_response(d, caps)
+        await super().connection_phase()
+
     async def authenticate(self, username: str, *a: Any, **kw: Any) -> None:
         self.session.username = None
         await super().authenticate(username, *a, **kw)
@@ -160,6 +185,10 @@ class ProxyConnection(Connection):
                     return
             except BackendError as e:
                 await self._error(e.raw)
+            except BackendLost as e:
+                # Reaching the backend failed before the statement was sent (e.g. connect refused).
+                code = CR_CONN_HOST_ERROR if not e.sent else CR_SERVER_LOST
+                await self._error(P.make_err(*code, f"Can't reach MySQL server: {e.reason}"))
             except (ConnectionError, ConnectionClosed):
                 self.close_reason = "client connection lost"
                 return
@@ -201,6 +230,11 @@ class ProxyConnection(Connection):
         elif cmd == P.COM_RESET_CONNECTION:
             await s.com_reset_connection()
         elif cmd == P.COM_CHANGE_USER:
+            try:
+                P.check_change_user(data[1:], int(self.capabilities))
+            except ValueError as e:
+                raise ProxyError((1835, "08S01"), f"Malformed communication packet ({e})",
+                                 fatal=True) from None
             await s.reset()
             await self.handle_change_user(data[1:])
         elif cmd == P.COM_STATISTICS:

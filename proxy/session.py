@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import struct
 import time
 from dataclasses import dataclass
@@ -38,6 +39,10 @@ if TYPE_CHECKING:
     from .server import App
 
 log = logging.getLogger("seckill.session")
+_SET_NAMES = re.compile(r"SET\s+NAMES\s+('?\w+'?|`\w+`)", re.I)
+_CHARSETS = frozenset(
+    {"utf8mb4", "utf8", "utf8mb3", "latin1", "ascii", "binary", "gbk", "gb2312", "big5", "ujis",
+     "sjis", "cp1250", "cp1251", "cp1252", "latin2", "utf16", "utf32", "ucs2", "euckr", "koi8r"})
 
 
 @dataclass
@@ -177,6 +182,8 @@ class ProxySession(BaseSession):
     async def com_query(self, payload: bytes) -> None:
         sql = payload[1:].decode("utf-8", "surrogateescape")
         shape = classify(sql)
+        if shape.verb == "SET" and await self._local_set_names(shape):
+            return
         t0 = time.perf_counter()
         route = "primary"
         outcome = "ok"
@@ -197,6 +204,24 @@ class ProxySession(BaseSession):
             M.STATEMENTS.labels(shape.verb.lower()[:12] or "other", route, outcome).inc()
             M.STATEMENT_LATENCY.labels(route).observe(dt)
             self.app.digest.record(shape, dt, route)
+
+    async def _local_set_names(self, shape: Shape) -> bool:
+        """`SET NAMES cs` (what most drivers send on every connect) is recorded, not sent: it
+        travels with the session to whichever backend connection serves it next."""
+        m = _SET_NAMES.fullmatch(shape.digest)
+        if m is None or self.conn is not None:
+            return False
+        cs = m.group(1).strip("'\"`").lower()
+        if cs not in _CHARSETS:
+            return False
+        for k in ("character_set_client", "character_set_connection", "character_set_results",
+                  "collation_connection"):
+            self.sysvars.pop(k, None)
+        if cs != "utf8mb4":
+            self.sysvars.update(
+                character_set_client=cs, character_set_connection=cs, character_set_results=cs)
+        await self.send(self.ok_packet())
+        return True
 
     async def _forward(
         self, payload: bytes, shape: Shape | None, field_list: bool = False

@@ -1,0 +1,71 @@
+"""A fault-injecting TCP forwarder (as in asyncpg's tests): put it between the proxy and MariaDB
+to cut live connections or refuse new ones, and watch the proxy tell clients the truth."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+from proxy.sandbox import free_port
+
+
+class FaultProxy:
+    def __init__(self, target_port: int) -> None:
+        self.target = target_port
+        self.port = free_port()
+        self.refuse = False
+        self._conns: set[asyncio.StreamWriter] = set()
+        self.loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        self._ready.wait(5)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_until_complete(self._start())
+        self._ready.set()
+        self.loop.run_forever()
+
+    async def _start(self) -> None:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+
+    async def _handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        if self.refuse:
+            w.close()
+            return
+        try:
+            ur, uw = await asyncio.open_connection("127.0.0.1", self.target)
+        except OSError:
+            w.close()
+            return
+        self._conns.update((w, uw))
+
+        async def pipe(a: asyncio.StreamReader, b: asyncio.StreamWriter) -> None:
+            try:
+                while data := await a.read(65536):
+                    b.write(data)
+                    await b.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                b.close()
+
+        await asyncio.gather(pipe(r, uw), pipe(ur, w))
+        self._conns.discard(w)
+        self._conns.discard(uw)
+
+    def cut(self) -> None:
+        """Drop every live connection (like a backend crash, seen from the proxy)."""
+
+        def _cut() -> None:
+            for w in list(self._conns):
+                w.transport.abort()
+            self._conns.clear()
+
+        self.loop.call_soon_threadsafe(_cut)
+
+    def close(self) -> None:
+        self.cut()
+        self.loop.call_soon_threadsafe(self.server.close)
+        self.loop.call_soon_threadsafe(self.loop.stop)
