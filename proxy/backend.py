@@ -132,6 +132,8 @@ class BackendConn:
     async def command(self, payload: bytes) -> None:
         self.last_used = time.monotonic()
         self.send(payload)
+        if self.writer.transport.get_write_buffer_size() < 65536 and not self.writer.transport.is_closing():
+            return  # nothing queued: drain() would return at once, skip the coroutine
         try:
             await self.writer.drain()
         except (ConnectionError, OSError) as e:

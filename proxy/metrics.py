@@ -6,6 +6,8 @@ strings from the code. Never SQL text, key values or anything a client typed.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, Info
 
 P = "seckill_proxy_"
@@ -70,6 +72,23 @@ HOTROW_IN_DOUBT = Counter(
     P + "hotrow_batch_in_doubt_total", "Batches whose COMMIT was interrupted, by resolution",
     ["resolution"],
 )
+
+
+_VERBS = frozenset({"select", "insert", "update", "delete", "replace", "begin", "start", "commit",
+                    "rollback", "set", "use", "show", "call", "create", "drop", "alter"})
+_stmt_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+
+
+def count_statement(verb: str, route: str, outcome: str, seconds: float) -> None:
+    """Hot path: one counter and one histogram per statement, children cached by label tuple."""
+    key = (verb, route, outcome)
+    ch = _stmt_children.get(key)
+    if ch is None:
+        kind = verb.lower() if verb.lower() in _VERBS else "other"
+        ch = _stmt_children[key] = (STATEMENTS.labels(kind, route, outcome),
+                                    STATEMENT_LATENCY.labels(route))
+    ch[0].inc()
+    ch[1].observe(seconds)
 
 
 def render() -> bytes:

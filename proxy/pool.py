@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from typing import Any
 
 from . import metrics as M
 from .backend import BackendConn
@@ -44,11 +45,26 @@ class Pool:
         self.idle: dict[tuple[str, bool], deque[BackendConn]] = {}
         self.total = 0
         self.in_use = 0
-        self._cond = asyncio.Condition()
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        # Clean connections that idle sessions keep until someone else needs one ("soft hold").
+        self.soft: dict[BackendConn, Any] = {}
         self.closed = False
+        self.label = str(addr)
+        # Gauges are read at scrape time (no cost per statement); the wait histogram is only
+        # observed when an acquire had to wait or connect (the instant path is the common one).
+        self._m_wait = M.POOL_WAIT.labels(self.label)
+        M.POOL_IN_USE.labels(self.label).set_function(lambda: self.in_use)
+        M.POOL_IDLE.labels(self.label).set_function(self.idle_count)
 
     def _label(self) -> str:
-        return str(self.addr)
+        return self.label
+
+    def _wake(self) -> None:
+        while self._waiters:
+            w = self._waiters.popleft()
+            if not w.done():
+                w.set_result(None)
+                return
 
     async def acquire(
         self, user: str, password: str, found_rows: bool = False, prefer: BackendConn | None = None
@@ -56,12 +72,13 @@ class Pool:
         key = (user, found_rows)
         t0 = time.perf_counter()
         deadline = time.monotonic() + self.cfg.acquire_timeout_s
+        waited = False
         while True:
             if self.closed:
                 raise BackendLost(f"pool for {self.addr} is closed", sent=False)
             q = self.idle.get(key)
             while q:
-                if prefer is not None and prefer in q and not prefer.broken:
+                if prefer is not None and q[-1] is not prefer and prefer in q:
                     q.remove(prefer)
                     c = prefer
                 else:
@@ -69,7 +86,10 @@ class Pool:
                 if c.broken or c.reader.at_eof():
                     self._discard(c, "stale")
                     continue
-                return self._lend(c, t0)
+                self.in_use += 1
+                if waited:
+                    self._m_wait.observe(time.perf_counter() - t0)
+                return c
             if self.total < self.cfg.max_connections:
                 self.total += 1
                 try:
@@ -79,11 +99,15 @@ class Pool:
                 except BaseException:
                     self.total -= 1
                     M.BACKEND_CONNECT_ERRORS.labels(self._label()).inc()
-                    async with self._cond:
-                        self._cond.notify()
+                    self._wake()
                     raise
                 M.BACKEND_CONNECTS.labels(self._label()).inc()
-                return self._lend(c, t0)
+                self.in_use += 1
+                self._m_wait.observe(time.perf_counter() - t0)
+                return c
+            stolen = self._take_soft(key)
+            if stolen is not None:
+                return stolen
             if not self._free_idle_other(key):
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -93,11 +117,41 @@ class Pool:
                         f"Too many connections: backend pool {self.addr} has all "
                         f"{self.cfg.max_connections} connections in use",
                     )
-                async with self._cond:
-                    try:
-                        await asyncio.wait_for(self._cond.wait(), timeout=left)
-                    except TimeoutError:
-                        pass
+                w = asyncio.get_running_loop().create_future()
+                self._waiters.append(w)
+                waited = True
+                try:
+                    await asyncio.wait_for(w, timeout=left)
+                except TimeoutError:
+                    pass
+
+    def hold_soft(self, c: BackendConn, owner: Any) -> None:
+        """A session keeps its clean connection between statements; the pool may take it back
+        whenever it is soft-held, which by construction means no statement is using it."""
+        self.soft[c] = owner
+        if self._waiters:  # someone is already waiting: don't keep it
+            self._wake()
+
+    def unhold_soft(self, c: BackendConn) -> None:
+        self.soft.pop(c, None)
+
+    def _take_soft(self, key: tuple[str, bool]) -> BackendConn | None:
+        for c, owner in self.soft.items():
+            if (c.user, bool(c.flags & 2)) == key:
+                del self.soft[c]
+                owner.lose_conn(c)
+                if c.broken or c.reader.at_eof():
+                    self.in_use -= 1
+                    self._discard(c, "stale")
+                    return None
+                return c
+        for c, owner in self.soft.items():  # another user's: close it to make room
+            del self.soft[c]
+            owner.lose_conn(c)
+            self.in_use -= 1
+            self._discard(c, "evicted for another user")
+            return None
+        return None
 
     def _free_idle_other(self, key: tuple[str, bool]) -> bool:
         """At the limit, close an idle connection of another user to make room."""
@@ -107,12 +161,6 @@ class Pool:
                 return True
         return False
 
-    def _lend(self, c: BackendConn, t0: float) -> BackendConn:
-        self.in_use += 1
-        M.POOL_WAIT.labels(self._label()).observe(time.perf_counter() - t0)
-        M.POOL_IN_USE.labels(self._label()).set(self.in_use)
-        return c
-
     def _discard(self, c: BackendConn, reason: str) -> None:
         c.close()
         self.total -= 1
@@ -120,12 +168,19 @@ class Pool:
         log.debug("closed backend connection %s to %s: %s", c.thread_id, self.addr, reason)
 
     async def release(self, c: BackendConn, reason: str = "") -> None:
-        """Give a connection back; shielded so a cancelled client cannot leak or poison it."""
+        """Give a connection back. A clean one goes straight back (no await, nothing to cancel);
+        one that needs a reset is reset under shield, so a cancelled client cannot leak or
+        poison it."""
+        if not (c.broken or self.closed or c.dirty or c.in_trans):
+            self.in_use -= 1
+            self.idle.setdefault((c.user, bool(c.flags & 2)), deque()).append(c)
+            if self._waiters:
+                self._wake()
+            return
         await asyncio.shield(self._release(c, reason))
 
     async def _release(self, c: BackendConn, reason: str) -> None:
         self.in_use -= 1
-        M.POOL_IN_USE.labels(self._label()).set(self.in_use)
         if c.broken or self.closed:
             self._discard(c, reason or "broken")
         else:
@@ -137,8 +192,7 @@ class Pool:
                     c = None  # type: ignore[assignment]
             if c is not None:
                 self.idle.setdefault((c.user, bool(c.flags & 2)), deque()).append(c)
-        async with self._cond:
-            self._cond.notify()
+        self._wake()
 
     async def apply_state(
         self, c: BackendConn, schema: str | None, sysvars: dict[str, str]
@@ -148,6 +202,11 @@ class Pool:
         Variables the previous user changed and this session did not are set back to the
         server default (`= DEFAULT`), so no setting leaks from one session to the next.
         """
+        if not sysvars and not c.sysvars:
+            if schema and c.schema != schema:
+                await c.execute(f"USE `{schema.replace('`', '``')}`")
+                c.schema = schema
+            return
         want = {k: v for k, v in sysvars.items() if k not in _VOLATILE}
         have = {k: v for k, v in c.sysvars.items() if k not in _VOLATILE}
         if want != have:
@@ -179,5 +238,5 @@ class Pool:
         for q in self.idle.values():
             while q:
                 self._discard(q.pop(), "shutdown")
-        async with self._cond:
-            self._cond.notify_all()
+        while self._waiters:
+            self._wake()

@@ -65,9 +65,10 @@ class App:
             if key not in self.pools:
                 self.pools[key] = Pool(addr, b.pool, role)
             self.pools[key].role = role
+        self._primary = self.pools[str(b.primary)]
 
     def primary_pool(self) -> Pool:
-        return self.pools[str(self.cfg.backends.primary)]
+        return self._primary
 
     def users(self) -> dict[str, str]:
         return {u.name: u.password for u in self.cfg.users}

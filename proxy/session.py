@@ -78,6 +78,8 @@ class ProxySession(BaseSession):
         self.found_rows = False
         self.busy = False
         self.held_slots: list[asyncio.Semaphore] = []  # hot-row queue slots held to txn end
+        self.soft = False  # self.conn is soft-held: the pool may take it back while idle
+        self.state_stale = False  # session state changed locally, not yet on self.conn
 
     # ---- mysql-mimic hooks --------------------------------------------------------------
 
@@ -126,6 +128,19 @@ class ProxySession(BaseSession):
 
     async def _get_conn(self) -> BackendConn:
         if self.conn is not None:
+            if self.soft:
+                self.soft = False
+                assert self.conn_pool is not None
+                self.conn_pool.unhold_soft(self.conn)
+                if self.conn.broken or self.conn.reader.at_eof():
+                    # died while idle (backend restart, idle timeout): replace it silently
+                    self.conn.broken = True
+                    await self._drop_conn("stale while idle")
+                    return await self._get_conn()
+            if self.state_stale:
+                self.state_stale = False
+                assert self.conn_pool is not None
+                await self.conn_pool.apply_state(self.conn, self.database, self.sysvars)
             return self.conn
         pool = self.app.primary_pool()
         c = await pool.acquire(self.username or "", self.password, self.found_rows, self.last_conn)
@@ -135,17 +150,28 @@ class ProxySession(BaseSession):
             await pool.release(c, "state replay failed")
             raise
         self.conn, self.conn_pool, self.last_conn = c, pool, c
+        self.state_stale = False
         return c
 
     def _holds(self) -> bool:
         return bool(self.pin) or bool(self.status & P.SERVER_STATUS_IN_TRANS)
 
     async def _maybe_release(self) -> None:
-        if self.conn is not None and not self._holds():
+        if self.conn is not None and not self._holds() and not self.soft:
             c, pool = self.conn, self.conn_pool
-            self.conn = self.conn_pool = None
             assert pool is not None
-            await pool.release(c)
+            if c.dirty or c.broken or c.in_trans:
+                self.conn = self.conn_pool = None
+                await pool.release(c)
+            else:
+                self.soft = True
+                pool.hold_soft(c, self)
+
+    def lose_conn(self, c: BackendConn) -> None:
+        """The pool took back the connection this idle session soft-held."""
+        if self.conn is c:
+            self.conn = self.conn_pool = None
+            self.soft = False
 
     async def _drop_conn(self, reason: str, force_reset: bool = False) -> None:
         if self.conn is None:
@@ -153,6 +179,10 @@ class ProxySession(BaseSession):
         c, pool = self.conn, self.conn_pool
         self.conn = self.conn_pool = None
         self.last_conn = None
+        assert pool is not None
+        if self.soft:
+            self.soft = False
+            pool.unhold_soft(c)
         if force_reset and (self.pin or c.in_trans or c.stmts):
             c.dirty = c.dirty or bool(self.pin) or c.in_trans
         assert pool is not None
@@ -201,15 +231,14 @@ class ProxySession(BaseSession):
             raise
         finally:
             dt = time.perf_counter() - t0
-            M.STATEMENTS.labels(shape.verb.lower()[:12] or "other", route, outcome).inc()
-            M.STATEMENT_LATENCY.labels(route).observe(dt)
+            M.count_statement(shape.verb, route, outcome, dt)
             self.app.digest.record(shape, dt, route)
 
     async def _local_set_names(self, shape: Shape) -> bool:
         """`SET NAMES cs` (what most drivers send on every connect) is recorded, not sent: it
         travels with the session to whichever backend connection serves it next."""
         m = _SET_NAMES.fullmatch(shape.digest)
-        if m is None or self.conn is not None:
+        if m is None or self._holds():
             return False
         cs = m.group(1).strip("'\"`").lower()
         if cs not in _CHARSETS:
@@ -220,6 +249,7 @@ class ProxySession(BaseSession):
         if cs != "utf8mb4":
             self.sysvars.update(
                 character_set_client=cs, character_set_connection=cs, character_set_results=cs)
+        self.state_stale = True
         await self.send(self.ok_packet())
         return True
 
@@ -242,11 +272,16 @@ class ProxySession(BaseSession):
             except BackendLost as e:
                 await self._lost(e, retry=attempt == 0 and not e.sent, shape=shape)
                 continue
-            await self.out.drain()
+            await self._drain()
             self._after(c, r)
             await self._maybe_release()
             return r
         raise AssertionError("unreachable")
+
+    async def _drain(self) -> None:
+        out = self.out
+        if out.transport.get_write_buffer_size() >= 65536 or out.transport.is_closing():
+            await out.drain()
 
     async def _lost(self, e: BackendLost, retry: bool, shape: Shape | None) -> None:
         """The backend connection died under a statement: retry, or tell the client the truth."""
@@ -374,8 +409,7 @@ class ProxySession(BaseSession):
                 outcome = "error"
         finally:
             dt = time.perf_counter() - t0
-            M.STATEMENTS.labels(st.shape.verb.lower()[:12] or "other", route, outcome).inc()
-            M.STATEMENT_LATENCY.labels(route).observe(dt)
+            M.count_statement(st.shape.verb, route, outcome, dt)
             self.app.digest.record(st.shape, dt, route)
 
     async def _execute(self, st: ClientStmt, parts: P.ExecuteParts) -> Relayed | None:
@@ -395,7 +429,7 @@ class ProxySession(BaseSession):
             except BackendLost as e:
                 await self._lost(e, retry=attempt == 0 and not e.sent, shape=st.shape)
                 continue
-            await self.out.drain()
+            await self._drain()
             self._after(c, r)
             if self.pin == "long data pending":
                 self.pin = None
@@ -422,7 +456,7 @@ class ProxySession(BaseSession):
     async def com_stmt_reset(self, payload: bytes) -> None:
         st = self._stmt(payload, "mysqld_stmt_reset")
         if self.conn is not None and st.sql in self.conn.stmts:
-            c = self.conn
+            c = await self._get_conn()
             await c.command(P.with_stmt_id(payload, c.stmts[st.sql].stmt_id))
             r = await c.relay(self.out, self._ok_hook)
             await self.out.drain()
