@@ -155,13 +155,48 @@ _VALUE = re.compile(
 )
 
 
+@dataclass(frozen=True)
+class Param:
+    """Position of a `?` parameter marker in a prepared statement's value template."""
+
+    index: int
+
+
+@lru_cache(maxsize=4096)
+def value_template(sql: str) -> tuple[object, ...]:
+    """The statement's literal values, with Param(i) where the i-th `?` marker stands: computed
+    once per prepared statement text, then filled with each execution's parameters."""
+    n = 0
+    out: list[object] = []
+    for v in _values(sql, None):
+        if v is _MARKER:
+            out.append(Param(n))
+            n += 1
+        else:
+            out.append(v)
+    return tuple(out)
+
+
+def fill(template: tuple[object, ...], params: list[object]) -> list[object]:
+    return [params[v.index] if isinstance(v, Param) and v.index < len(params) else v
+            for v in template]
+
+
+_MARKER = object()
+
+
 def statement_values(sql: str, params: list[object] | None = None) -> list[object]:
     """Literal values and bound parameters, in statement order (what `?` stands for in a digest).
 
-    Numbers become int (or str for non-integers), strings lose their quotes.
+    Numbers become int (Unsupported for hex and non-integers), strings lose their quotes.
     """
+    if params is not None:
+        return fill(value_template(sql), params)
+    return _values(sql, None)
+
+
+def _values(sql: str, params: list[object] | None) -> list[object]:
     out: list[object] = []
-    it = iter(params or [])
     for m in _VALUE.finditer(sql):
         if m.group("n") is not None:
             t = m.group("n")
@@ -171,7 +206,7 @@ def statement_values(sql: str, params: list[object] | None = None) -> list[objec
             q = t[0]
             out.append(t[1:-1].replace(q + q, q).replace("\\" + q, q))
         elif m.group("p") is not None:
-            out.append(next(it, None))
+            out.append(_MARKER)
     return out
 
 

@@ -1,8 +1,8 @@
 """Hot-row engine: queue or merge hot inventory decrements, leader/follower style.
 
-merge: the first decrement for a key opens a group; followers join until `max_batch` members or
-`max_wait_us`, and while the previous group of that key is still committing (two groups
-alternate). One backend transaction serves the group: lock the row, allocate members in arrival
+merge: the first decrement for a key opens a group; followers join while the previous group of
+that key is still committing (two groups alternate), then for up to `max_wait_us` or until
+`max_batch` members. A leader with no group ahead of it commits at once. One backend transaction serves the group: lock the row, allocate members in arrival
 order with each one's own amount and guard (pure `allocate`), one UPDATE by the total, one batch
 record, COMMIT. Every member then gets the reply MySQL would have given it alone, and nobody gets
 a reply before COMMIT returned OK. If the connection dies during COMMIT, the batch record tells
@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("seckill.hotrow")
 
 RESOLVE_TIMEOUT_S = 60.0
+_M_HIT = M.HOTROW_STATEMENTS.labels("merge", "succeeded")
+_M_MISS = M.HOTROW_STATEMENTS.labels("merge", "sold_out")
 INFO_HIT = b"Rows matched: 1  Changed: 1  Warnings: 0"
 INFO_MISS = b"Rows matched: 0  Changed: 0  Warnings: 0"
 
@@ -368,7 +370,9 @@ class HotRowEngine:
         mode = self.mode_for(shape, hs.rule.qualified)
         if mode == "off":
             return None
-        rs = await self._check_rule(hs.rule, session.username or "")
+        rs = self.rule_state.get((hs.rule.schema, hs.rule.table))
+        if rs is None or rs.ok is None:
+            rs = await self._check_rule(hs.rule, session.username or "")
         if not rs.ok:
             return None
         in_txn = bool(session.status & P.SERVER_STATUS_IN_TRANS) or (
@@ -449,14 +453,14 @@ class HotRowEngine:
             g.full.set()
         ks.waiting += 1
         try:
-            decision = await asyncio.shield(m.fut)
+            decision = await m.fut  # the group runs in its own task: no shield needed
         finally:
             ks.waiting -= 1
         if decision == -1:
             M.HOTROW_STATEMENTS.labels("merge", "run_alone").inc()
             await forward()
             return "hotrow-merge", "ok"
-        M.HOTROW_STATEMENTS.labels("merge", "succeeded" if decision else "sold_out").inc()
+        (_M_HIT if decision else _M_MISS).inc()
         await session.send(session.ok_packet(decision, 0, 0, INFO_HIT if decision else INFO_MISS))
         return "hotrow-merge", "ok"
 
@@ -464,10 +468,15 @@ class HotRowEngine:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.cfg.max_wait_us / 1e6
         try:
-            if g.prev is not None and not g.prev.done():
+            busy = g.prev is not None and not g.prev.done()
+            if busy:
+                assert g.prev is not None
                 await asyncio.shield(g.prev)
+            # With no earlier group in flight the leader commits at once (waiting would only add
+            # latency); when one is in flight, followers gather while it commits, and after it
+            # the leader may still wait up to max_wait_us for the group to fill.
             left = deadline - loop.time()
-            if left > 0 and not g.full.is_set():
+            if busy and left > 0 and not g.full.is_set():
                 try:
                     await asyncio.wait_for(g.full.wait(), left)
                 except TimeoutError:

@@ -196,8 +196,18 @@ class ProxySession(BaseSession):
         return self.connection.stream.writer
 
     async def send(self, payload: bytes) -> None:
+        """One reply packet with the next sequence id; drains only when the socket is backed up."""
         assert self.connection is not None
-        await self.connection.stream.write(payload)
+        stream = self.connection.stream
+        seq = next(stream.seq)
+        if len(payload) >= P.MAX_PACKET:
+            stream.seq.value = seq  # rewind: mimic's writer splits large packets itself
+            await stream.write(payload)
+            return
+        w = stream.writer
+        w.write(struct.pack("<I", len(payload) | (seq << 24)) + payload)
+        if w.transport.get_write_buffer_size() >= 65536:
+            await w.drain()
 
     def ok_packet(self, affected: int = 0, insert_id: int = 0, warnings: int = 0, info: bytes = b"") -> bytes:
         return P.make_ok(affected, insert_id, self.status, warnings, info)
@@ -455,7 +465,10 @@ class ProxySession(BaseSession):
 
     async def com_stmt_reset(self, payload: bytes) -> None:
         st = self._stmt(payload, "mysqld_stmt_reset")
-        if self.conn is not None and st.sql in self.conn.stmts:
+        # Only long data and an open cursor live on the backend statement; without them the
+        # reset is a no-op there, so the proxy answers it (drivers send one per execution).
+        backend_state = self.pin in ("long data pending", "server-side cursor")
+        if backend_state and self.conn is not None and st.sql in self.conn.stmts:
             c = await self._get_conn()
             await c.command(P.with_stmt_id(payload, c.stmts[st.sql].stmt_id))
             r = await c.relay(self.out, self._ok_hook)
@@ -463,7 +476,7 @@ class ProxySession(BaseSession):
             self._after(c, r)
         else:
             await self.send(self.ok_packet())
-        if self.pin in ("long data pending", "server-side cursor"):
+        if backend_state:
             self.pin = None
             await self._maybe_release()
 

@@ -1,0 +1,111 @@
+"""Benchmark plumbing: a fresh sandbox, the proxy as a subprocess, sysbench runs, CPU accounting.
+
+Benchmarks are not tests: they print and write tables of ratios measured in one run.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from proxy.sandbox import Sandbox, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "bench" / "out"
+
+
+@dataclass
+class Result:
+    tps: float
+    qps: float
+    p95_ms: float
+    errors: float
+    proxy_cpu_s: float = 0.0
+
+
+def sysbench(args: list[str], port: int, threads: int, seconds: int, script: str,
+             extra: list[str] | None = None) -> Result:
+    cmd = ["sysbench", script, "--mysql-host=127.0.0.1", f"--mysql-port={port}",
+           "--mysql-user=app", "--mysql-password=app", "--mysql-db=shop", f"--threads={threads}",
+           f"--time={seconds}", "--report-interval=0", "--percentile=95", *args, *(extra or []), "run"]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT / "bench").stdout
+    def num(pattern: str) -> float:
+        m = re.search(pattern, out)
+        return float(m.group(1)) if m else 0.0
+    return Result(num(r"transactions:\s+\d+\s+\(([\d.]+) per sec"),
+                  num(r"queries:\s+\d+\s+\(([\d.]+) per sec"),
+                  num(r"95th percentile:\s+([\d.]+)"),
+                  num(r"ignored errors:\s+\d+\s+\(([\d.]+) per sec"))
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Proxy:
+    def __init__(self, sb: Sandbox, hotrow: dict[str, Any] | None = None) -> None:
+        self.port, self.admin_port, self.metrics_port = free_port(), free_port(), free_port()
+        cfg = {
+            "listen": f"127.0.0.1:{self.port}",
+            "admin": {"listen": f"127.0.0.1:{self.admin_port}", "users": [{"name": "admin", "password": "admin"}]},
+            "metrics": {"listen": f"127.0.0.1:{self.metrics_port}"},
+            "users": [{"name": "app", "password": "app"}],
+            "backends": {"primary": f"127.0.0.1:{sb.primary_port}", "replicas": [],
+                         "pool": {"max_connections": 300}},
+            "hotrow": hotrow or {"mode": "off"},
+            "log_level": "WARNING",
+        }
+        OUT.mkdir(parents=True, exist_ok=True)
+        path = OUT / "proxy.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        self.proc = subprocess.Popen([sys.executable, "-m", "proxy.cli", "--config", str(path)],
+                                     cwd=ROOT, stdout=open(OUT / "proxy.log", "ab"),
+                                     stderr=subprocess.STDOUT)
+        import socket
+        for _ in range(200):
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("proxy did not start")
+
+    def admin(self, sql: str) -> list[tuple[Any, ...]]:
+        import pymysql
+        c = pymysql.connect(host="127.0.0.1", port=self.admin_port, user="admin", password="admin")
+        try:
+            with c.cursor() as cur:
+                cur.execute(sql)
+                return list(cur.fetchall())
+        finally:
+            c.close()
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.proc.pid)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
+def sandbox() -> Sandbox:
+    sb = Sandbox(OUT / "sandbox", replicas_n=0)
+    if (OUT / "sandbox" / "sandbox.json").exists():
+        sb = Sandbox.load(OUT / "sandbox")
+    sb.start()
+    return sb
+
+
+def machine() -> str:
+    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
+    ver = subprocess.run(["mariadbd", "--version"], capture_output=True, text=True).stdout.split("Ver ")[-1].split(" for")[0]
+    return f"{os.cpu_count()} cores ({cpu}), MariaDB {ver}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
