@@ -91,11 +91,19 @@ class AdminSession(BaseSession):
         return HELP, ["command", "description"]
 
     def _backends(self) -> Any:
+        from .monitor import durable_problems
+
         rows = []
-        for p in self.app.pools.values():
-            rows.append((str(p.addr), p.role, "closed" if p.closed else "up", "",
+        for key, p in self.app.pools.items():
+            st = self.app.monitor.states.get(key) if self.app.monitor else None
+            d = st.durability if st else {}
+            dur = ", ".join(durable_problems(d)) or ("durable" if d else "")
+            rows.append((key, p.role, st.state if st else "unknown", st.reason if st else "",
+                         None if not st or st.read_only is None else int(st.read_only),
+                         st.lag_s if st else None, st.gtid if st else "", dur,
                          p.in_use, p.idle_count(), p.total))
-        return rows, ["backend", "role", "state", "reason", "conn_in_use", "conn_idle", "conn_total"]
+        return rows, ["backend", "role", "state", "reason", "read_only", "lag_s", "gtid_position",
+                      "durability", "conn_in_use", "conn_idle", "conn_total"]
 
     def _rules(self) -> Any:
         return self.app.hotrow.rules_table()

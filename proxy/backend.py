@@ -148,7 +148,15 @@ class BackendConn:
         assert ok is not None or rows is not None
         return ok or P.OkPacket()
 
-    async def query(self, sql: str) -> tuple[list[list[str | None]] | None, P.OkPacket | None]:
+    async def query_named(self, sql: str) -> list[dict[str, str | None]]:
+        """Rows of the last result set as {column name: value}."""
+        names: list[str] = []
+        rows, _ = await self.query(sql, names)
+        return [dict(zip(names, r, strict=False)) for r in rows or []]
+
+    async def query(
+        self, sql: str, names: list[str] | None = None
+    ) -> tuple[list[list[str | None]] | None, P.OkPacket | None]:
         """Run one text-protocol statement and decode its rows as strings (internal use only)."""
         await self.command(bytes((P.COM_QUERY,)) + sql.encode())
         rows: list[list[str | None]] | None = None
@@ -166,8 +174,15 @@ class BackendConn:
                     continue
                 return rows, ok
             ncols, _ = P.lenenc_int(pkt, 0)
+            if names is not None:
+                names.clear()
             for _ in range(ncols):
-                await self.read_packet()
+                col = await self.read_packet()
+                if names is not None:
+                    pos = 0
+                    for _field in range(4):  # catalog, schema, table, org_table
+                        _, pos = P.lenenc_str(col, pos)
+                    names.append(P.lenenc_str(col, pos)[0].decode("utf-8", "replace"))
             await self.read_packet()  # EOF
             rows = []
             while True:

@@ -51,6 +51,18 @@ BACKEND_DISCONNECTS = Counter(
     P + "backend_disconnects_total", "Backend connections closed, by reason", ["backend", "reason"]
 )
 BACKEND_UP = Gauge(P + "backend_up", "1 if the backend answered its last check", ["backend", "role"])
+REPLICA_LAG = Gauge(P + "replica_lag_seconds", "Seconds_Behind_Master of each replica", ["backend"])
+BACKEND_GTID_SEQ = Gauge(
+    P + "backend_gtid_sequence", "Highest GTID sequence number per replication domain",
+    ["backend", "domain"],
+)
+PRIMARY_SETTING = Gauge(
+    P + "primary_durability_setting", "Durability-relevant settings of the primary", ["setting"]
+)
+PRIMARY_DURABLE = Gauge(
+    P + "primary_durable",
+    "1 if innodb_flush_log_at_trx_commit=1, sync_binlog=1 and the binlog is on, else 0",
+)
 
 HOTROW_STATEMENTS = Counter(
     P + "hotrow_statements_total", "Hot-row statements by mode and outcome", ["mode", "outcome"]

@@ -54,6 +54,7 @@ class App:
         self._tasks: list[asyncio.Task[Any]] = []
         self.hotrow: Any = None
         self.admin: Any = None
+        self.monitor: Any = None
         self._build_pools()
 
     def _build_pools(self) -> None:
@@ -100,6 +101,8 @@ class App:
             metrics_listen=old.metrics_listen, source=old.source,
         )
         self._build_pools()
+        if self.monitor is not None:
+            self.monitor.sync()
         if self.hotrow is not None:
             self.hotrow.apply_config(cfg.hotrow)
         logging.getLogger().setLevel(cfg.log_level)
@@ -148,11 +151,14 @@ class App:
         from .admin import AdminConsole
         from .hotrow import HotRowEngine
         from .httpd import start_http
+        from .monitor import Monitor
 
         M.BUILD.info({"version": "0.1.0"})
         await self.probe_primary()
         self.hotrow = HotRowEngine(self)
         await self.hotrow.start()
+        self.monitor = Monitor(self)
+        self.monitor.start()
         self.admin = AdminConsole(self)
         c = self.cfg
         srv = await asyncio.start_server(
@@ -239,6 +245,8 @@ class App:
             t.cancel()
         if self.hotrow is not None:
             await self.hotrow.stop()
+        if self.monitor is not None:
+            await self.monitor.stop()
         for c in list(self.connections):
             c.kill()
         for _ in range(100):

@@ -1,0 +1,161 @@
+"""Backend monitor: every second, what each server is (reachable, writable, replicating, lag,
+GTID position) and how durable the primary is. Results go to metrics and SHOW BACKENDS; the
+routing and durability work builds on the same state.
+
+One dedicated connection per server, outside the pools, so a full pool cannot blind the monitor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from . import metrics as M
+from .backend import BackendConn
+from .config import Address
+from .errors import BackendError, BackendLost
+
+if TYPE_CHECKING:
+    from .server import App
+
+log = logging.getLogger("seckill.monitor")
+INTERVAL_S = 1.0
+
+
+@dataclass
+class BackendState:
+    addr: Address
+    role: str
+    up: bool = False
+    state: str = "unknown"
+    reason: str = "not checked yet"
+    read_only: bool | None = None
+    lag_s: float | None = None
+    gtid: str = ""
+    durability: dict[str, str] = field(default_factory=dict)
+    checked_at: float = 0.0
+
+
+def durable_problems(d: dict[str, str]) -> list[str]:
+    """Settings under which an acknowledged commit can be lost on a crash (pure)."""
+    out = []
+    if d.get("innodb_flush_log_at_trx_commit") not in (None, "1"):
+        out.append(f"innodb_flush_log_at_trx_commit={d['innodb_flush_log_at_trx_commit']}")
+    if d.get("sync_binlog") not in (None, "1"):
+        out.append(f"sync_binlog={d['sync_binlog']}")
+    if d.get("log_bin") in ("0", "OFF"):
+        out.append("log_bin=OFF")
+    return out
+
+
+def gtid_domains(pos: str) -> dict[str, int]:
+    """MariaDB `domain-server-seq` list → {domain: seq} (pure; MySQL sets are left to routing)."""
+    out: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in pos.split(","))):
+        bits = part.split("-")
+        if len(bits) == 3 and all(b.isdigit() for b in bits):
+            out[bits[0]] = max(out.get(bits[0], 0), int(bits[2]))
+    return out
+
+
+class Monitor:
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.states: dict[str, BackendState] = {}
+        self._conns: dict[str, BackendConn] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.sync()
+
+    def sync(self) -> None:
+        """Follow the configured backends (after RELOAD CONFIG)."""
+        b = self.app.cfg.backends
+        want = {str(b.primary): ("primary", b.primary)}
+        for r in b.replicas:
+            want.setdefault(str(r), ("replica", r))
+        for k, (role, addr) in want.items():
+            st = self.states.setdefault(k, BackendState(addr, role))
+            st.role = role
+        for k in list(self.states):
+            if k not in want:
+                del self.states[k]
+                c = self._conns.pop(k, None)
+                if c:
+                    c.close()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+        for c in self._conns.values():
+            c.close()
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.gather(*(self._check(k, st) for k, st in list(self.states.items())))
+            await asyncio.sleep(INTERVAL_S)
+
+    async def _check(self, key: str, st: BackendState) -> None:
+        cfg = self.app.cfg
+        user = cfg.users[0]
+        try:
+            c = self._conns.get(key)
+            if c is None or c.broken or c.reader.at_eof():
+                c = await BackendConn.connect(st.addr, user.name, user.password,
+                                              cfg.backends.pool.connect_timeout_s)
+                self._conns[key] = c
+            row = await asyncio.wait_for(c.fetch_one(
+                "SELECT @@read_only, @@innodb_flush_log_at_trx_commit, @@sync_binlog, "
+                "@@binlog_format, @@log_bin, @@gtid_binlog_pos, @@gtid_current_pos"
+                if c.mariadb else
+                "SELECT @@read_only, @@innodb_flush_log_at_trx_commit, @@sync_binlog, "
+                "@@binlog_format, @@log_bin, @@gtid_executed, @@gtid_executed"), 5)
+            assert row is not None
+            st.read_only = row[0] == "1"
+            st.durability = {"innodb_flush_log_at_trx_commit": row[1] or "", "sync_binlog": row[2] or "",
+                             "binlog_format": row[3] or "", "log_bin": row[4] or ""}
+            st.gtid = (row[6] or row[5] or "") if st.role == "replica" else (row[5] or "")
+            st.lag_s = None
+            st.up, st.state, st.reason = True, "up", ""
+            if st.role == "replica":
+                rows = await asyncio.wait_for(c.query_named(
+                    "SHOW ALL SLAVES STATUS" if c.mariadb else "SHOW REPLICA STATUS"), 5)
+                self._replica_state(st, rows)
+        except (BackendError, BackendLost, TimeoutError, OSError, AssertionError) as e:
+            st.up, st.state, st.reason = False, "down", str(e)[:200]
+            c = self._conns.pop(key, None)
+            if c:
+                c.close()
+        st.checked_at = time.time()
+        self._publish(key, st)
+
+    def _replica_state(self, st: BackendState, rows: list[dict[str, str | None]]) -> None:
+        if not rows:
+            st.state, st.reason = "broken", "not replicating (no replication configured)"
+            return
+        r = rows[0]
+        io = r.get("Slave_IO_Running", r.get("Replica_IO_Running"))
+        sql = r.get("Slave_SQL_Running", r.get("Replica_SQL_Running"))
+        lag = r.get("Seconds_Behind_Master", r.get("Seconds_Behind_Source"))
+        if io != "Yes" or sql != "Yes":
+            st.state, st.reason = "broken", f"replication threads io={io} sql={sql}"
+        st.lag_s = float(lag) if lag not in (None, "") else None
+
+    def _publish(self, key: str, st: BackendState) -> None:
+        M.BACKEND_UP.labels(key, st.role).set(1 if st.up else 0)
+        if st.lag_s is not None:
+            M.REPLICA_LAG.labels(key).set(st.lag_s)
+        for domain, seq in gtid_domains(st.gtid).items():
+            M.BACKEND_GTID_SEQ.labels(key, domain).set(seq)
+        if st.role == "primary" and st.up:
+            d = st.durability
+            for name in ("innodb_flush_log_at_trx_commit", "sync_binlog"):
+                try:
+                    M.PRIMARY_SETTING.labels(name).set(float(d.get(name) or 0))
+                except ValueError:
+                    pass
+            M.PRIMARY_DURABLE.set(0 if durable_problems(d) else 1)
