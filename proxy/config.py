@@ -104,6 +104,7 @@ class Config:
     hotrow: HotRowCfg = field(default_factory=HotRowCfg)
     limits: LimitsCfg = field(default_factory=LimitsCfg)
     log_level: str = "INFO"
+    slow_query_ms: int = 1000
     source: str = ""
 
     def password_of(self, user: str) -> str | None:
@@ -313,9 +314,10 @@ def validate(raw: Any, source: str = "") -> Config:
     level = str(top.get("log_level", "INFO")).upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError("log_level", "must be DEBUG, INFO, WARNING or ERROR")
+    slow = _int(top.get("slow_query_ms", 1000), "slow_query_ms", 0, 86_400_000)
     top.done()
     return Config(listen, admin, metrics_listen, users, BackendsCfg(primary, replicas, pool),
-                  hotrow, limits, level, source)
+                  hotrow, limits, level, slow, source)
 
 
 def load(path: str | Path) -> Config:

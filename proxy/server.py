@@ -42,6 +42,7 @@ class App:
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
+        self.slow_ms = cfg.slow_query_ms
         self.pools: dict[str, Pool] = {}
         self.server_version = DEFAULT_VERSION
         self.digest = QueryDigest()
@@ -106,6 +107,7 @@ class App:
         if self.hotrow is not None:
             self.hotrow.apply_config(cfg.hotrow)
         logging.getLogger().setLevel(cfg.log_level)
+        self.slow_ms = cfg.slow_query_ms
         return notes
 
     def note_gtid(self, gtid: str) -> None:

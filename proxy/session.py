@@ -243,6 +243,14 @@ class ProxySession(BaseSession):
             dt = time.perf_counter() - t0
             M.count_statement(shape.verb, route, outcome, dt)
             self.app.digest.record(shape, dt, route)
+            if dt * 1000 >= self.app.slow_ms > 0:
+                self._slow(shape, dt, route, outcome)
+
+    def _slow(self, shape: Shape, dt: float, route: str, outcome: str) -> None:
+        conn_id = self.connection.connection_id if self.connection else None
+        log.warning("slow statement: %.1f ms route=%s outcome=%s user=%s digest=%s",
+                    dt * 1000, route, outcome, self.username, shape.digest[:500],
+                    extra={"conn_id": conn_id})
 
     async def _local_set_names(self, shape: Shape) -> bool:
         """`SET NAMES cs` (what most drivers send on every connect) is recorded, not sent: it
@@ -421,6 +429,8 @@ class ProxySession(BaseSession):
             dt = time.perf_counter() - t0
             M.count_statement(st.shape.verb, route, outcome, dt)
             self.app.digest.record(st.shape, dt, route)
+            if dt * 1000 >= self.app.slow_ms > 0:
+                self._slow(st.shape, dt, route, outcome)
 
     async def _execute(self, st: ClientStmt, parts: P.ExecuteParts) -> Relayed | None:
         """Run a client's prepared statement on the session's backend connection."""

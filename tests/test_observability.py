@@ -1,0 +1,198 @@
+"""Metrics scraped by a real Prometheus, promtool checks, operator files against live metrics."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import threading
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from proxy import config as C
+from proxy.sandbox import Sandbox, free_port
+
+from .conftest import ROOT, ProxyProc, wait_port
+
+DEPLOY = ROOT / "deploy"
+
+
+def get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def load(proxy: ProxyProc, seconds: float, sandbox: Sandbox) -> None:
+    sandbox.primary.sql("CREATE TABLE IF NOT EXISTS shop.inventory (sku_id INT PRIMARY KEY, quantity INT NOT NULL)",
+                        "INSERT IGNORE INTO shop.inventory VALUES (900, 1000000)")
+    c = proxy.connect()
+    end = time.monotonic() + seconds
+    with c.cursor() as cur:
+        while time.monotonic() < end:
+            cur.execute("SELECT 1")
+            cur.execute("UPDATE inventory SET quantity = quantity - 1 WHERE sku_id = 900 AND quantity > 0")
+            try:
+                cur.execute("SELECT * FROM no_such_table_obs")
+            except Exception:  # noqa: BLE001 - errors are part of the load
+                pass
+            time.sleep(0.005)
+    c.close()
+
+
+def test_health_endpoints(proxy: ProxyProc) -> None:
+    base = f"http://127.0.0.1:{proxy.metrics_port}"
+    assert get(base + "/healthz") == (200, "ok\n")
+    assert get(base + "/readyz")[0] == 200
+    assert get(base + "/nope")[0] == 404
+
+
+def test_promtool_checks_live_metrics_and_rules(proxy: ProxyProc, sandbox: Sandbox) -> None:
+    load(proxy, 1, sandbox)
+    _, text = get(f"http://127.0.0.1:{proxy.metrics_port}/metrics")
+    r = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    for name in ("seckill_proxy_statements_total", "seckill_proxy_statement_duration_seconds_bucket",
+                 "seckill_proxy_hotrow_statements_total", "seckill_proxy_hotrow_batch_size_bucket",
+                 "seckill_proxy_backend_up", "seckill_proxy_replica_lag_seconds",
+                 "seckill_proxy_primary_durable", "seckill_proxy_client_connections",
+                 "seckill_proxy_build_info"):
+        assert re.search(rf"^{name}[{{ ]", text, re.M), name
+    # Label values are bounded: no SQL text or key values in any label.
+    assert "no_such_table" not in text and "sku_id" not in text
+    r = subprocess.run(["promtool", "check", "rules", str(DEPLOY / "prometheus" / "alerts.yml")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = subprocess.run(["promtool", "test", "rules", "alerts_test.yml"], cwd=DEPLOY / "prometheus",
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_real_prometheus_scrapes_moving_series(proxy: ProxyProc, sandbox: Sandbox, tmp_path: Path) -> None:
+    cfg = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    cfg["global"]["scrape_interval"] = "1s"
+    cfg["global"]["evaluation_interval"] = "1s"
+    cfg["rule_files"] = [str(DEPLOY / "prometheus" / "alerts.yml")]
+    cfg["scrape_configs"][0]["static_configs"][0]["targets"] = [f"127.0.0.1:{proxy.metrics_port}"]
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(cfg))
+    port = free_port()
+    prom = subprocess.Popen(
+        ["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}",
+         f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port, 30)
+        th = threading.Thread(target=load, args=(proxy, 8, sandbox))
+        th.start()
+        th.join()
+
+        def query(q: str) -> list[Any]:
+            _, body = get(f"http://127.0.0.1:{port}/api/v1/query?query=" + urllib.parse.quote(q))
+            return json.loads(body)["data"]["result"]  # type: ignore[no-any-return]
+
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not query("rate(seckill_proxy_statements_total[5s]) > 0"):
+            time.sleep(1)
+        moving = query("rate(seckill_proxy_statements_total[10s]) > 0")
+        assert moving, "no statement series moving in Prometheus"
+        routes = {r["metric"]["route"] for r in moving}
+        assert {"primary", "hotrow-merge"} <= routes
+        assert query('up{job="seckill-proxy"} == 1')
+        assert query("seckill_proxy_hotrow_batch_size_count > 0")
+        assert query('seckill_proxy_statements_total{outcome="error"} > 0')
+        assert query("seckill_proxy_primary_durable == 1")
+        _, rules = get(f"http://127.0.0.1:{port}/api/v1/rules")
+        assert len(json.loads(rules)["data"]["groups"][0]["rules"]) == 6
+    finally:
+        prom.terminate()
+        prom.wait(10)
+
+
+def test_grafana_dashboard_uses_only_exported_metrics(proxy: ProxyProc, sandbox: Sandbox) -> None:
+    load(proxy, 0.5, sandbox)
+    _, text = get(f"http://127.0.0.1:{proxy.metrics_port}/metrics")
+    exported = set(re.findall(r"^# TYPE (\S+) (\w+)", text, re.M))
+    names = set()
+    for name, kind in exported:
+        names.add(name)
+        if kind == "histogram":
+            names |= {name + "_bucket", name + "_sum", name + "_count"}
+        if kind == "counter" and not name.endswith("_total"):
+            names.add(name + "_total")
+    names.add("up")
+    dash = json.loads((DEPLOY / "grafana" / "seckill-proxy-dashboard.json").read_text())
+    used = {m for p in dash["panels"] for t in p["targets"]
+            for m in re.findall(r"\b(seckill_proxy_\w+)", t["expr"])}
+    assert len(used) >= 12
+    assert used <= names, used - names
+
+
+def test_compose_file_structure() -> None:
+    doc = yaml.safe_load((DEPLOY / "compose" / "docker-compose.yml").read_text())
+    svc = doc["services"]
+    assert set(svc) == {"mysql-primary", "mysql-replica", "proxy", "prometheus", "grafana"}
+    assert svc["mysql-primary"]["image"] == "mysql:8.4" and svc["mysql-replica"]["image"] == "mysql:8.4"
+    assert "--gtid-mode=ON" in svc["mysql-primary"]["command"]
+    assert "--gtid-mode=ON" in svc["mysql-replica"]["command"]
+    for s in svc.values():
+        for v in s.get("volumes", []):
+            src = v.split(":")[0]
+            assert (DEPLOY / "compose" / src).resolve().exists(), src
+    assert (DEPLOY / "Dockerfile").exists()
+    proxy_cfg = yaml.safe_load((DEPLOY / "compose" / "proxy.yaml").read_text())
+    C.validate(proxy_cfg)
+
+
+def test_k8s_manifests(monkeypatch: pytest.MonkeyPatch) -> None:
+    docs = list(yaml.safe_load_all((DEPLOY / "k8s" / "seckill-proxy.yaml").read_text()))
+    kinds = {d["kind"]: d for d in docs}
+    assert set(kinds) == {"ConfigMap", "Deployment", "Service", "ServiceMonitor"}
+    c = kinds["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert kinds["Deployment"]["spec"]["replicas"] > 1
+    monkeypatch.setenv("APP_PASSWORD", "x")
+    monkeypatch.setenv("ADMIN_PASSWORD", "y")
+    C.validate(yaml.safe_load(kinds["ConfigMap"]["data"]["proxy.yaml"]))
+
+
+def test_query_digest_and_log_lines(proxy: ProxyProc) -> None:
+    proxy.admin("RESET QUERY DIGEST")
+    c = proxy.connect()
+    with c.cursor() as cur:
+        for i in range(5):
+            cur.execute(f"SELECT {i} + 1 AS digest_probe")
+    c.close()
+    rows = proxy.admin("SHOW QUERY DIGEST 100")
+    probe = [r for r in rows if "digest_probe" in r[0]]
+    assert probe and probe[0][0] == "SELECT ? + ? AS digest_probe" and probe[0][1] == 5
+    proxy.admin("RESET QUERY DIGEST")
+    assert not [r for r in proxy.admin("SHOW QUERY DIGEST") if "digest_probe" in r[0]]
+    time.sleep(0.2)
+    lines = [json.loads(ln) for ln in proxy.log().splitlines() if ln.startswith("{")]
+    disc = [ln for ln in lines if "disconnected" in ln["msg"]]
+    assert disc and all("conn_id" in ln for ln in disc)
+    assert any(ln["msg"].endswith(": client quit") for ln in disc)
+
+
+def test_slow_statement_log_and_log_level(proxy: ProxyProc) -> None:
+    c = proxy.connect()
+    with c.cursor() as cur:
+        cur.execute("SELECT SLEEP(1.05) AS slow_probe")
+    c.close()
+    time.sleep(0.2)
+    slow = [json.loads(ln) for ln in proxy.log().splitlines()
+            if ln.startswith("{") and "slow statement" in ln]
+    assert slow and "SLEEP(?) AS slow_probe" in slow[-1]["msg"] and "conn_id" in slow[-1]
+    proxy.admin("SET log_level = 'debug'")
+    proxy.admin("SET log_level = 'info'")
+    with pytest.raises(Exception, match="log_level"):
+        proxy.admin("SET log_level = 'loud'")
