@@ -33,7 +33,8 @@ HELP = [
     ("SHOW HOTROW RULES", "configured hot-row rules, mode per table, primary-key check"),
     ("SHOW HOT KEYS", "top hot keys now: waiting, in flight, batches/s, average batch size"),
     ("SET hotrow.mode = 'off|queue|merge' [FOR TABLE db.tbl]", "change hot-row mode at once"),
-    ("RELOAD CONFIG", "re-read the config file (users, hot-row rules and mode, log level)"),
+    ("RELOAD CONFIG", "re-read the config file (users, hot-row rules and mode, routing, log level)"),
+    ("SET routing.read_consistency = 'eventual|session|global|primary'", "default read consistency"),
     ("SHOW QUERY DIGEST [n]", "top statement shapes by total time"),
     ("RESET QUERY DIGEST", "clear the digest table"),
     ("SET log_level = 'debug|info|warning|error'", "change the log level"),
@@ -57,6 +58,7 @@ class AdminSession(BaseSession):
             (re.compile(r"set\s+hotrow\.mode\s*=\s*'?(\w+)'?(?:\s+for\s+table\s+`?(\w+)`?\.`?(\w+)`?)?", re.I),
              self._set_mode),
             (re.compile(r"reload\s+config", re.I), self._reload),
+            (re.compile(r"set\s+routing\.read_consistency\s*=\s*'?(\w+)'?", re.I), self._set_consistency),
             (re.compile(r"show\s+query\s+digest(?:\s+(\d+))?", re.I), self._digest),
             (re.compile(r"reset\s+query\s+digest", re.I), self._reset_digest),
             (re.compile(r"set\s+log_level\s*=\s*'?(\w+)'?", re.I), self._log_level),
@@ -101,9 +103,10 @@ class AdminSession(BaseSession):
             rows.append((key, p.role, st.state if st else "unknown", st.reason if st else "",
                          None if not st or st.read_only is None else int(st.read_only),
                          st.lag_s if st else None, st.gtid if st else "", dur,
-                         p.in_use, p.idle_count(), p.total))
+                         p.in_use, p.idle_count(), p.total,
+                         self.app.reads.reads.get(key, 0) if self.app.reads else 0))
         return rows, ["backend", "role", "state", "reason", "read_only", "lag_s", "gtid_position",
-                      "durability", "conn_in_use", "conn_idle", "conn_total"]
+                      "durability", "conn_in_use", "conn_idle", "conn_total", "reads_served"]
 
     def _rules(self) -> Any:
         return self.app.hotrow.rules_table()
@@ -121,6 +124,15 @@ class AdminSession(BaseSession):
         target = f"{schema}.{table}".lower() if schema and table else None
         self.app.hotrow.set_mode(mode, target)
         log.info("hotrow.mode set to %s for %s by admin %s", mode, target or "all tables", self.username)
+        return None
+
+    def _set_consistency(self, value: str) -> Any:
+        if value.lower() not in C.CONSISTENCY:
+            raise MysqlError(
+                f"Variable 'routing.read_consistency' can't be set to the value of '{value}'",
+                ErrorCode.WRONG_VALUE_FOR_VAR,
+            )
+        self.app.read_consistency = value.lower()
         return None
 
     async def _reload(self) -> Any:

@@ -239,7 +239,8 @@ class BackendConn:
                 if out is not None and outbuf:
                     out.write(bytes(outbuf))
                     r.sent_to_client = True
-                raise BackendLost(f"lost connection to {self.addr} during query ({reason})")
+                raise BackendLost(f"lost connection to {self.addr} during query ({reason})",
+                                  delivered=r.sent_to_client)
             buf += chunk
             n = len(buf)
             while state != 9 and n - pos >= 4:

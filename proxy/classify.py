@@ -229,6 +229,19 @@ _PIN_RULES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"\bNEXTVAL\s*\(|\bNEXT\s+VALUE\s+FOR\b|\bLASTVAL\s*\(", re.I), "sequence"),
 ]
 
+# A SELECT may run on a replica only if it cannot write or lock and reads no connection-local
+# state; the first matching reason keeps it on the primary.
+_NOT_FOR_REPLICA: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(r"\bFOR\s+UPDATE\b|\bLOCK\s+IN\s+SHARE\s+MODE\b|\bFOR\s+SHARE\b", re.I), "locking read"),
+    (re.compile(r"\bINTO\b", re.I), "SELECT ... INTO"),
+    (re.compile(r"\b(?:GET_LOCK|RELEASE_LOCK|RELEASE_ALL_LOCKS|IS_USED_LOCK|IS_FREE_LOCK|LAST_INSERT_ID|"
+                r"FOUND_ROWS|ROW_COUNT|CONNECTION_ID|NEXTVAL|LASTVAL|SETVAL|MASTER_POS_WAIT|"
+                r"MASTER_GTID_WAIT|WAIT_FOR_EXECUTED_GTID_SET|GTID_SUBSET)\s*\(|\bNEXT\s+VALUE\s+FOR\b",
+                re.I), "connection-local or side-effecting function"),
+    (re.compile(r"@"), "variable"),
+    (re.compile(r";"), "multi-statement"),
+]
+
 _WRITE_VERBS = frozenset(
     {"INSERT", "UPDATE", "DELETE", "REPLACE", "CREATE", "DROP", "ALTER", "TRUNCATE", "RENAME",
      "GRANT", "REVOKE", "CALL", "LOAD", "OPTIMIZE", "ANALYZE", "REPAIR"}
@@ -246,6 +259,7 @@ class Shape:
     uses_last_insert_id: bool = False
     multi: bool = False
     hot: HotTemplate | None = None
+    replica_ok: str | None = None  # None: may read from a replica; else why not
 
     @property
     def is_write(self) -> bool:
@@ -274,7 +288,20 @@ def shape_of(dg: str) -> Shape:
         uses_last_insert_id="LAST_INSERT_ID" in dg.upper(),
         multi=";" in dg,
         hot=hot_template(dg) if verb == "UPDATE" else None,
+        replica_ok=_replica_reason(verb, dg),
     )
+
+
+def _replica_reason(verb: str, dg: str) -> str | None:
+    if verb != "SELECT":
+        return "not a SELECT"
+    for rx, reason in _NOT_FOR_REPLICA:
+        if rx.search(dg):
+            return reason
+    return None
+
+
+READ_ONLY_TXN = re.compile(r"^START\s+TRANSACTION\s+READ\s+ONLY$", re.I)
 
 
 def classify(sql: str) -> Shape:

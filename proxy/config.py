@@ -59,6 +59,23 @@ class BackendsCfg:
     primary: Address
     replicas: tuple[Address, ...]
     pool: PoolCfg
+    weights: tuple[int, ...] = ()  # one per replica (load-balancing weight)
+
+    def weight(self, addr: Address) -> int:
+        for a, w in zip(self.replicas, self.weights, strict=False):
+            if a == addr:
+                return w
+        return 1
+
+
+CONSISTENCY = ("eventual", "session", "global", "primary")
+
+
+@dataclass(frozen=True)
+class RoutingCfg:
+    read_consistency: str = "session"
+    max_replica_lag_s: float = 5.0
+    max_wait_ms: int = 50
 
 
 @dataclass(frozen=True)
@@ -103,6 +120,7 @@ class Config:
     backends: BackendsCfg
     hotrow: HotRowCfg = field(default_factory=HotRowCfg)
     limits: LimitsCfg = field(default_factory=LimitsCfg)
+    routing: RoutingCfg = field(default_factory=RoutingCfg)
     log_level: str = "INFO"
     slow_query_ms: int = 1000
     source: str = ""
@@ -289,7 +307,19 @@ def validate(raw: Any, source: str = "") -> Config:
     reps_raw = bn.get("replicas", []) or []
     if not isinstance(reps_raw, list):
         raise ConfigError(bn.key("replicas"), "must be a list")
-    replicas = tuple(parse_address(r, f"{bn.key('replicas')}[{i}]") for i, r in enumerate(reps_raw))
+    replicas_l: list[Address] = []
+    weights: list[int] = []
+    for i, r in enumerate(reps_raw):
+        path = f"{bn.key('replicas')}[{i}]"
+        if isinstance(r, dict):
+            rn = _Node(r, path)
+            replicas_l.append(parse_address(rn.get("address", required=True), rn.key("address")))
+            weights.append(_int(rn.get("weight", 1), rn.key("weight"), 0, 1000))
+            rn.done()
+        else:
+            replicas_l.append(parse_address(r, path))
+            weights.append(1)
+    replicas = tuple(replicas_l)
     pn = bn.child("pool")
     pool = PoolCfg(
         _int(pn.get("max_connections", 200), pn.key("max_connections"), 1, 100000),
@@ -299,6 +329,17 @@ def validate(raw: Any, source: str = "") -> Config:
     )
     pn.done()
     bn.done()
+
+    rn = top.child("routing")
+    rc = rn.get("read_consistency", "session")
+    if rc not in CONSISTENCY:
+        raise ConfigError(rn.key("read_consistency"), f"must be one of {', '.join(CONSISTENCY)}")
+    routing = RoutingCfg(
+        rc,
+        _num(rn.get("max_replica_lag_s", 5), rn.key("max_replica_lag_s"), 0, 86400),
+        _int(rn.get("max_wait_ms", 50), rn.key("max_wait_ms"), 0, 60000),
+    )
+    rn.done()
 
     hotrow = _hotrow(top.child("hotrow"))
 
@@ -316,8 +357,9 @@ def validate(raw: Any, source: str = "") -> Config:
         raise ConfigError("log_level", "must be DEBUG, INFO, WARNING or ERROR")
     slow = _int(top.get("slow_query_ms", 1000), "slow_query_ms", 0, 86_400_000)
     top.done()
-    return Config(listen, admin, metrics_listen, users, BackendsCfg(primary, replicas, pool),
-                  hotrow, limits, level, slow, source)
+    return Config(listen, admin, metrics_listen, users,
+                  BackendsCfg(primary, replicas, pool, tuple(weights)),
+                  hotrow, limits, routing, level, slow, source)
 
 
 def load(path: str | Path) -> Config:

@@ -52,7 +52,9 @@ class BackendError(Exception):
 class BackendLost(Exception):
     """The backend connection broke; `sent` tells whether the command may have reached MySQL."""
 
-    def __init__(self, reason: str, sent: bool = True) -> None:
+    def __init__(self, reason: str, sent: bool = True, delivered: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.sent = sent
+        # delivered: part of the answer already reached the client (no transparent retry)
+        self.delivered = delivered

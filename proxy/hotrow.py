@@ -106,6 +106,7 @@ class Member:
     bound: int | None
     fut: asyncio.Future[int] = field(repr=False, default=None)  # type: ignore[arg-type]
     arrived: float = 0.0
+    gtid: str | None = None
 
 
 def allocate(current: int | None, members: list[Member], unsigned: bool) -> tuple[list[int], int]:
@@ -456,6 +457,8 @@ class HotRowEngine:
             decision = await m.fut  # the group runs in its own task: no shield needed
         finally:
             ks.waiting -= 1
+        if m.gtid:
+            session.last_gtid = m.gtid  # read-your-writes covers merged deductions too
         if decision == -1:
             M.HOTROW_STATEMENTS.labels("merge", "run_alone").inc()
             await forward()
@@ -569,6 +572,8 @@ class HotRowEngine:
         await pool.release(c)
         if ok is not None and ok.gtid:
             self.app.note_gtid(ok.gtid)
+            for m in members:
+                m.gtid = ok.gtid
         M.HOTROW_BATCH_SIZE.observe(len(members))
         M.HOTROW_BATCH_COMMIT.observe(time.perf_counter() - t0)
         return decisions

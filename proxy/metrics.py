@@ -64,6 +64,12 @@ PRIMARY_DURABLE = Gauge(
     "1 if innodb_flush_log_at_trx_commit=1, sync_binlog=1 and the binlog is on, else 0",
 )
 
+READS = Counter(
+    P + "reads_total",
+    "Replica-eligible reads by consistency level and outcome (replica, replica_waited, "
+    "primary_fallback)", ["consistency", "outcome"],
+)
+
 HOTROW_STATEMENTS = Counter(
     P + "hotrow_statements_total", "Hot-row statements by mode and outcome", ["mode", "outcome"]
 )

@@ -131,6 +131,8 @@ class Monitor:
             if c:
                 c.close()
         st.checked_at = time.time()
+        if st.up and st.role == "replica" and self.app.reads is not None:
+            self.app.reads.note_replica(key, st.gtid)
         self._publish(key, st)
 
     def _replica_state(self, st: BackendState, rows: list[dict[str, str | None]]) -> None:

@@ -169,6 +169,17 @@ def make_ok(
     )
 
 
+def column_def(name: str) -> bytes:
+    """A VAR_STRING utf8mb4 column definition (for result sets the proxy answers itself)."""
+    n = name.encode()
+    return (enc_lenenc_str(b"def") + b"\0\0\0" + enc_lenenc_str(n) + enc_lenenc_str(n)
+            + b"\x0c" + struct.pack("<HIBHB", 45, 1024, 0xFD, 0, 0x27) + b"\0\0")
+
+
+def text_row(values: list[str | None]) -> bytes:
+    return b"".join(b"\xfb" if v is None else enc_lenenc_str(v.encode()) for v in values)
+
+
 def make_eof(status: int, warnings: int = 0) -> bytes:
     return b"\xfe" + struct.pack("<HH", warnings, status)
 

@@ -43,6 +43,7 @@ class App:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.slow_ms = cfg.slow_query_ms
+        self.read_consistency = cfg.routing.read_consistency
         self.pools: dict[str, Pool] = {}
         self.server_version = DEFAULT_VERSION
         self.digest = QueryDigest()
@@ -56,6 +57,7 @@ class App:
         self.hotrow: Any = None
         self.admin: Any = None
         self.monitor: Any = None
+        self.reads: Any = None
         self._build_pools()
 
     def _build_pools(self) -> None:
@@ -108,6 +110,7 @@ class App:
             self.hotrow.apply_config(cfg.hotrow)
         logging.getLogger().setLevel(cfg.log_level)
         self.slow_ms = cfg.slow_query_ms
+        self.read_consistency = cfg.routing.read_consistency
         return notes
 
     def note_gtid(self, gtid: str) -> None:
@@ -154,11 +157,13 @@ class App:
         from .hotrow import HotRowEngine
         from .httpd import start_http
         from .monitor import Monitor
+        from .readsplit import ReadRouter
 
         M.BUILD.info({"version": "0.1.0"})
         await self.probe_primary()
         self.hotrow = HotRowEngine(self)
         await self.hotrow.start()
+        self.reads = ReadRouter(self)
         self.monitor = Monitor(self)
         self.monitor.start()
         self.admin = AdminConsole(self)

@@ -15,6 +15,7 @@ import logging
 import re
 import struct
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -23,8 +24,10 @@ from mysql_mimic.variables import GlobalVariables, SessionVariables
 
 from . import metrics as M
 from . import protocol as P
+from . import readsplit
 from .backend import BackendConn, Relayed
-from .classify import Shape, classify
+from .classify import READ_ONLY_TXN, Shape, classify
+from .config import CONSISTENCY
 from .errors import (
     CR_SERVER_LOST,
     ER_UNKNOWN_STMT_HANDLER,
@@ -32,6 +35,8 @@ from .errors import (
     BackendLost,
     ProxyError,
 )
+from .gtid import GtidError
+from .gtid import parse as gtid_parse
 
 if TYPE_CHECKING:
     from .frontend import ProxyConnection
@@ -39,6 +44,9 @@ if TYPE_CHECKING:
     from .server import App
 
 log = logging.getLogger("seckill.session")
+_LAST_GTID = re.compile(r"SELECT\s+@@(?:SESSION\.)?last_gtid", re.I)
+_SET_PROXY_VAR = re.compile(
+    r"SET\s+(?:SESSION\s+|@@SESSION\.|@@)?(read_after_gtid|read_consistency)\s*=\s*'([^']*)'", re.I)
 _SET_NAMES = re.compile(r"SET\s+NAMES\s+('?\w+'?|`\w+`)", re.I)
 _CHARSETS = frozenset(
     {"utf8mb4", "utf8", "utf8mb3", "latin1", "ascii", "binary", "gbk", "gb2312", "big5", "ujis",
@@ -80,6 +88,8 @@ class ProxySession(BaseSession):
         self.held_slots: list[asyncio.Semaphore] = []  # hot-row queue slots held to txn end
         self.soft = False  # self.conn is soft-held: the pool may take it back while idle
         self.state_stale = False  # session state changed locally, not yet on self.conn
+        self.read_consistency: str | None = None  # session override of routing.read_consistency
+        self.read_after_gtid: str | None = None  # token: reads must see this GTID
 
     # ---- mysql-mimic hooks --------------------------------------------------------------
 
@@ -160,7 +170,7 @@ class ProxySession(BaseSession):
         if self.conn is not None and not self._holds() and not self.soft:
             c, pool = self.conn, self.conn_pool
             assert pool is not None
-            if c.dirty or c.broken or c.in_trans:
+            if c.dirty or c.broken or c.in_trans or pool is not self.app.primary_pool():
                 self.conn = self.conn_pool = None
                 await pool.release(c)
             else:
@@ -222,8 +232,13 @@ class ProxySession(BaseSession):
     async def com_query(self, payload: bytes) -> None:
         sql = payload[1:].decode("utf-8", "surrogateescape")
         shape = classify(sql)
-        if shape.verb == "SET" and await self._local_set_names(shape):
+        if shape.verb == "SET" and await self._local_set(shape, sql):
             return
+        if shape.verb == "SELECT" and _LAST_GTID.fullmatch(shape.digest):
+            await self._answer([("@@last_gtid", self.last_gtid or "")])
+            return
+        if shape.verb == "START" and READ_ONLY_TXN.match(shape.digest):
+            await self._begin_read_only()
         t0 = time.perf_counter()
         route = "primary"
         outcome = "ok"
@@ -233,6 +248,13 @@ class ProxySession(BaseSession):
             if handled is not None:
                 route, outcome = handled
                 return
+            if shape.verb == "SELECT":
+                rr = await self._read(shape, lambda c: self._relay_on(c, payload))
+                if rr is not None:
+                    route = "replica"
+                    if rr.err is not None:
+                        outcome = "error"
+                    return
             r = await self._forward(payload, shape)
             if r.err is not None:
                 outcome = "error"
@@ -246,15 +268,111 @@ class ProxySession(BaseSession):
             if dt * 1000 >= self.app.slow_ms > 0:
                 self._slow(shape, dt, route, outcome)
 
+    # ---- replica reads ---------------------------------------------------------------------
+
+    @property
+    def consistency(self) -> str:
+        return self.read_consistency or self.app.read_consistency
+
+    async def _read(
+        self, shape: Shape, run: Callable[[BackendConn], Awaitable[Relayed]]
+    ) -> Relayed | None:
+        """Serve a SELECT from a replica that has the watermark; None: the caller uses the primary."""
+        in_txn = bool(self.status & P.SERVER_STATUS_IN_TRANS) or (
+            self.sysvars.get("autocommit", "ON").upper() in ("OFF", "0"))
+        plan = readsplit.plan(shape, self.consistency, self.read_after_gtid, in_txn, self.pin,
+                              bool(self.app.cfg.backends.replicas))
+        if not plan.replica:
+            return None
+        router = self.app.reads
+        got = await router.acquire(self, plan)
+        if got is None:
+            router.count(plan.consistency, "primary_fallback")
+            return None
+        c, pool, outcome = got
+        try:
+            r = await run(c)
+        except BackendLost as e:
+            await pool.release(c, e.reason)
+            if e.delivered:
+                raise ProxyError(CR_SERVER_LOST, f"Lost connection to replica during query ({e.reason})") from None
+            router.count(plan.consistency, "primary_fallback")
+            return None  # nothing reached the client: the primary answers instead
+        except BackendError as e:
+            await pool.release(c)
+            await self.send(e.raw)
+            return Relayed(err=P.ErrPacket(e.code, e.sqlstate, e.message))
+        await pool.release(c)
+        router.count(plan.consistency, outcome, pool.label)
+        return r
+
+    async def _relay_on(self, c: BackendConn, payload: bytes) -> Relayed:
+        await c.command(payload)
+        r = await c.relay(self.out, self._ok_hook)
+        await self._drain()
+        return r
+
+    async def _execute_on(self, c: BackendConn, st: ClientStmt, parts: P.ExecuteParts) -> Relayed:
+        pok = await c.prepare(st.sql)
+        await c.command(P.join_execute(parts, pok.stmt_id, st.types))
+        r = await c.relay(self.out, self._ok_hook)
+        await self._drain()
+        return r
+
+    async def _begin_read_only(self) -> None:
+        """START TRANSACTION READ ONLY runs on one replica for the whole transaction."""
+        if self._holds() or not self.app.cfg.backends.replicas:
+            return
+        plan = readsplit.plan(classify("SELECT 1"), self.consistency, self.read_after_gtid,
+                              False, self.pin, True)
+        if not plan.replica:
+            return
+        got = await self.app.reads.acquire(self, plan)
+        if got is None:
+            self.app.reads.count(plan.consistency, "primary_fallback")
+            return
+        await self._drop_conn("read-only transaction on a replica")
+        self.conn, self.conn_pool, _ = got
+        self.app.reads.count(plan.consistency, got[2], got[1].label)
+
+    async def _answer(self, cols_rows: list[tuple[str, str | None]]) -> None:
+        """A one-row result set the proxy answers itself."""
+        assert self.connection is not None
+        stream = self.connection.stream
+        stream.write_many([P.enc_lenenc_int(len(cols_rows)),
+                           *[P.column_def(n) for n, _ in cols_rows],
+                           P.make_eof(self.status), P.text_row([v for _, v in cols_rows]),
+                           P.make_eof(self.status)])
+        await stream.drain()
+
     def _slow(self, shape: Shape, dt: float, route: str, outcome: str) -> None:
         conn_id = self.connection.connection_id if self.connection else None
         log.warning("slow statement: %.1f ms route=%s outcome=%s user=%s digest=%s",
                     dt * 1000, route, outcome, self.username, shape.digest[:500],
                     extra={"conn_id": conn_id})
 
-    async def _local_set_names(self, shape: Shape) -> bool:
-        """`SET NAMES cs` (what most drivers send on every connect) is recorded, not sent: it
-        travels with the session to whichever backend connection serves it next."""
+    async def _local_set(self, shape: Shape, sql: str) -> bool:
+        """Settings the proxy keeps itself: the read watermark and consistency of the session,
+        and `SET NAMES cs` (what most drivers send on every connect), which is recorded, not
+        sent: it travels with the session to whichever backend connection serves it next."""
+        m = _SET_PROXY_VAR.fullmatch(sql.strip().rstrip(";").strip())
+        if m is not None:
+            name, value = m.group(1).lower(), m.group(2)
+            if name == "read_after_gtid":
+                if value:
+                    try:
+                        gtid_parse(value)
+                    except GtidError as e:
+                        raise ProxyError((1231, "42000"),
+                                         f"Variable 'read_after_gtid' can't be set to the value of '{value}' ({e})") from None
+                self.read_after_gtid = value or None
+            else:
+                if value.lower() not in CONSISTENCY:
+                    raise ProxyError((1231, "42000"),
+                                     f"Variable 'read_consistency' can't be set to the value of '{value}'")
+                self.read_consistency = value.lower()
+            await self.send(self.ok_packet())
+            return True
         m = _SET_NAMES.fullmatch(shape.digest)
         if m is None or self._holds():
             return False
@@ -422,6 +540,11 @@ class ProxySession(BaseSession):
             if handled is not None:
                 route, outcome = handled
                 return
+            if st.shape.verb == "SELECT" and not parts.flags & 0x01:
+                rr = await self._read(st.shape, lambda c: self._execute_on(c, st, parts))
+                if rr is not None:
+                    route = "replica"
+                    return
             r = await self._execute(st, parts)
             if r is None or r.err is not None:
                 outcome = "error"

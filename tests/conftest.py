@@ -95,6 +95,9 @@ def make_config(sb: Sandbox, **over: Any) -> dict[str, Any]:
             "mode": "merge",
             "rules": [{"table": "shop.inventory", "key": "sku_id", "column": "quantity"}],
         },
+        # Many tests write straight to MariaDB and read through the proxy: global consistency
+        # makes those reads see every commit made before them, replica or not.
+        "routing": {"read_consistency": "global", "max_wait_ms": 2000},
     }
     for k, v in over.items():
         if isinstance(v, dict) and isinstance(cfg.get(k), dict):

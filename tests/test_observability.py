@@ -104,7 +104,7 @@ def test_real_prometheus_scrapes_moving_series(proxy: ProxyProc, sandbox: Sandbo
         moving = query("rate(seckill_proxy_statements_total[10s]) > 0")
         assert moving, "no statement series moving in Prometheus"
         routes = {r["metric"]["route"] for r in moving}
-        assert {"primary", "hotrow-merge"} <= routes
+        assert {"replica", "hotrow-merge"} <= routes
         assert query('up{job="seckill-proxy"} == 1')
         assert query("seckill_proxy_hotrow_batch_size_count > 0")
         assert query('seckill_proxy_statements_total{outcome="error"} > 0')

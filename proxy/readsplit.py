@@ -1,0 +1,215 @@
+"""Read/write split behind a GTID watermark.
+
+A read goes to a replica only once that replica has applied the GTID the reader must see:
+`session` — the session's own last write; `global` — the primary's position when the read
+starts; a token — `READ_AFTER_GTID('...')` or the session's `read_after_gtid`; `eventual` — no
+watermark, only replicas within `max_replica_lag_s`. Replica positions come from the monitor
+(every second) and from successful waits; when no replica is known to have the watermark, one
+waits at most `max_wait_ms` (MASTER_GTID_WAIT / WAIT_FOR_EXECUTED_GTID_SET) and otherwise the
+read goes to the primary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from . import gtid as G
+from . import metrics as M
+from .backend import BackendConn
+from .classify import Shape
+from .config import CONSISTENCY
+from .errors import BackendError, BackendLost, ProxyError
+
+if TYPE_CHECKING:
+    from .pool import Pool
+    from .server import App
+    from .session import ProxySession
+
+log = logging.getLogger("seckill.readsplit")
+
+
+@dataclass(frozen=True)
+class ReadPlan:
+    """Where a statement may read, decided without I/O."""
+
+    replica: bool
+    consistency: str
+    token: str | None = None
+    reason: str = ""
+
+
+def plan(shape: Shape, consistency: str, token: str | None, in_txn: bool, pinned: str | None,
+         has_replicas: bool) -> ReadPlan:
+    """Pure routing decision: hints first, then eligibility, then the consistency level."""
+    h = shape.hints
+    c = h.get("CONSISTENCY", consistency).lower()
+    if c not in CONSISTENCY:
+        c = consistency
+    tok = h.get("READ_AFTER_GTID") or token
+    route = h.get("ROUTE", "").lower()
+    if route == "primary":
+        return ReadPlan(False, c, tok, "hint ROUTE(primary)")
+    if shape.replica_ok is not None:
+        return ReadPlan(False, c, tok, shape.replica_ok)
+    if in_txn:
+        return ReadPlan(False, c, tok, "inside a read-write transaction")
+    if pinned:
+        return ReadPlan(False, c, tok, f"session pinned ({pinned})")
+    if not has_replicas:
+        return ReadPlan(False, c, tok, "no replicas configured")
+    if c == "primary" and route != "replica":
+        return ReadPlan(False, c, tok, "consistency primary")
+    if c == "primary":
+        c = "global"  # ROUTE(replica) under 'primary': the strongest replica-served level
+    return ReadPlan(True, c, tok)
+
+
+class ReadRouter:
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.known: dict[str, G.Gtid] = {}  # replica key -> position known to be applied
+        self.reads: dict[str, int] = {}
+        self._pos_fetch: asyncio.Future[G.Gtid] | None = None
+        self._next_fetch: asyncio.Future[G.Gtid] | None = None
+
+    # ---- positions ----------------------------------------------------------------------
+
+    def note_replica(self, key: str, pos: str) -> None:
+        try:
+            g = G.parse(pos)
+        except G.GtidError:
+            return
+        old = self.known.get(key)
+        try:
+            self.known[key] = g if old is None else G.union(old, g)
+        except G.GtidError:
+            self.known[key] = g
+
+    async def primary_position(self) -> G.Gtid:
+        """The primary's position, fetched after the caller asked (never a stale cached one).
+
+        Concurrent callers share fetches: one that arrives while a fetch is in flight waits for
+        the next one, which starts after its arrival, so every caller gets a position taken
+        after its read started, at the cost of one primary round trip per group of callers.
+        """
+        if self._pos_fetch is None:
+            self._pos_fetch = asyncio.get_running_loop().create_future()
+            asyncio.create_task(self._fetch_primary(self._pos_fetch))
+            return await asyncio.shield(self._pos_fetch)
+        if self._next_fetch is None:
+            self._next_fetch = asyncio.get_running_loop().create_future()
+        return await asyncio.shield(self._next_fetch)
+
+    async def _fetch_primary(self, fut: asyncio.Future[G.Gtid]) -> None:
+        pool = self.app.primary_pool()
+        user = self.app.cfg.users[0]
+        try:
+            c = await pool.acquire(user.name, user.password)
+            try:
+                row = await c.fetch_one("SELECT @@gtid_binlog_pos" if c.mariadb else "SELECT @@gtid_executed")
+            finally:
+                await pool.release(c)
+            fut.set_result(G.parse((row or [""])[0] or ""))
+        except (BackendError, BackendLost, ProxyError, G.GtidError) as e:
+            fut.set_exception(ProxyError((2013, "HY000"), f"cannot read the primary's GTID position: {e}"))
+            fut.exception()  # mark retrieved
+        finally:
+            nxt, self._pos_fetch, self._next_fetch = self._next_fetch, None, None
+            if nxt is not None:
+                self._pos_fetch = nxt
+                asyncio.create_task(self._fetch_primary(nxt))
+
+    # ---- choosing a replica --------------------------------------------------------------
+
+    def candidates(self, consistency: str) -> list[Pool]:
+        """Healthy replicas in weighted random order."""
+        cfg = self.app.cfg
+        out: list[tuple[float, Pool]] = []
+        for key, st in self.app.monitor.states.items():
+            if st.role != "replica" or not st.up or st.state != "up":
+                continue
+            if consistency == "eventual" and (st.lag_s is None or st.lag_s > cfg.routing.max_replica_lag_s):
+                continue
+            if st.lag_s is not None and st.lag_s > max(cfg.routing.max_replica_lag_s, 3600):
+                continue
+            w = cfg.backends.weight(st.addr)
+            if w <= 0:
+                continue
+            out.append((random.random() ** (1.0 / w), self.app.pools[key]))
+        out.sort(key=lambda t: t[0], reverse=True)
+        return [p for _, p in out]
+
+    async def watermark(self, session: ProxySession, p: ReadPlan) -> G.Gtid | None:
+        if p.token:
+            return G.parse(p.token)
+        if p.consistency == "global":
+            return await self.primary_position()
+        if p.consistency == "session" and session.last_gtid:
+            return G.parse(session.last_gtid)
+        return None
+
+    async def acquire(self, session: ProxySession, p: ReadPlan) -> tuple[BackendConn, Pool, str] | None:
+        """A replica connection that has applied the watermark, or None: read from the primary.
+        Returns (connection, pool, outcome) with outcome 'replica' or 'replica_waited'."""
+        try:
+            wm = await self.watermark(session, p)
+        except G.GtidError as e:
+            raise ProxyError((1231, "42000"), f"Invalid GTID for READ_AFTER_GTID: {e}") from None
+        pools = self.candidates(p.consistency)
+        if not pools:
+            return None
+        if wm is not None:
+            ready = [pl for pl in pools if _has(self.known.get(pl.label), wm)]
+            pools = ready + [pl for pl in pools if pl not in ready]
+        wait_s = self.app.cfg.routing.max_wait_ms / 1000
+        for i, pool in enumerate(pools[:2]):
+            try:
+                c = await pool.acquire(session.username or "", session.password, session.found_rows)
+            except (BackendLost, BackendError, ProxyError):
+                continue
+            try:
+                await pool.apply_state(c, session.database, session.sysvars)
+                if wm is None or _has(self.known.get(pool.label), wm):
+                    return c, pool, "replica"
+                if i == 0 and wait_s > 0:
+                    if await self._wait(c, wm, wait_s):
+                        self.known[pool.label] = _union(self.known.get(pool.label), wm)
+                        return c, pool, "replica_waited"
+            except (BackendLost, BackendError):
+                pass
+            await pool.release(c)
+        return None
+
+    async def _wait(self, c: BackendConn, wm: G.Gtid, wait_s: float) -> bool:
+        if c.mariadb:
+            row = await c.fetch_one(f"SELECT MASTER_GTID_WAIT('{wm}', {wait_s:.3f})")
+        else:
+            row = await c.fetch_one(f"SELECT WAIT_FOR_EXECUTED_GTID_SET('{wm}', {wait_s:.3f})")
+        return row is not None and row[0] == "0"
+
+    def count(self, consistency: str, outcome: str, backend: str | None = None) -> None:
+        M.READS.labels(consistency, outcome).inc()
+        if backend:
+            self.reads[backend] = self.reads.get(backend, 0) + 1
+
+
+def _has(pos: G.Gtid | None, wm: G.Gtid) -> bool:
+    if pos is None:
+        return False
+    try:
+        return G.contains(pos, wm)
+    except G.GtidError:
+        return False
+
+
+def _union(a: G.Gtid | None, b: G.Gtid) -> G.Gtid:
+    if a is None:
+        return b
+    try:
+        return G.union(a, b)
+    except G.GtidError:
+        return b
