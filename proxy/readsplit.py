@@ -49,7 +49,7 @@ def plan(shape: Shape, consistency: str, token: str | None, in_txn: bool, pinned
     c = h.get("CONSISTENCY", consistency).lower()
     if c not in CONSISTENCY:
         c = consistency
-    tok = h.get("READ_AFTER_GTID") or token
+    tok = token  # the caller resolves READ_AFTER_GTID from the raw text (digests hide literals)
     route = h.get("ROUTE", "").lower()
     if route == "primary":
         return ReadPlan(False, c, tok, "hint ROUTE(primary)")

@@ -26,7 +26,7 @@ from . import metrics as M
 from . import protocol as P
 from . import readsplit
 from .backend import BackendConn, Relayed
-from .classify import READ_ONLY_TXN, Shape, classify
+from .classify import READ_ONLY_TXN, Shape, classify, parse_hints
 from .config import CONSISTENCY
 from .errors import (
     CR_SERVER_LOST,
@@ -249,7 +249,7 @@ class ProxySession(BaseSession):
                 route, outcome = handled
                 return
             if shape.verb == "SELECT":
-                rr = await self._read(shape, lambda c: self._relay_on(c, payload))
+                rr = await self._read(shape, sql, lambda c: self._relay_on(c, payload))
                 if rr is not None:
                     route = "replica"
                     if rr.err is not None:
@@ -275,12 +275,15 @@ class ProxySession(BaseSession):
         return self.read_consistency or self.app.read_consistency
 
     async def _read(
-        self, shape: Shape, run: Callable[[BackendConn], Awaitable[Relayed]]
+        self, shape: Shape, sql: str, run: Callable[[BackendConn], Awaitable[Relayed]]
     ) -> Relayed | None:
         """Serve a SELECT from a replica that has the watermark; None: the caller uses the primary."""
         in_txn = bool(self.status & P.SERVER_STATUS_IN_TRANS) or (
             self.sysvars.get("autocommit", "ON").upper() in ("OFF", "0"))
-        plan = readsplit.plan(shape, self.consistency, self.read_after_gtid, in_txn, self.pin,
+        token = self.read_after_gtid
+        if "READ_AFTER_GTID" in shape.hints:
+            token = parse_hints(sql).get("READ_AFTER_GTID") or token
+        plan = readsplit.plan(shape, self.consistency, token, in_txn, self.pin,
                               bool(self.app.cfg.backends.replicas))
         if not plan.replica:
             return None
@@ -541,7 +544,7 @@ class ProxySession(BaseSession):
                 route, outcome = handled
                 return
             if st.shape.verb == "SELECT" and not parts.flags & 0x01:
-                rr = await self._read(st.shape, lambda c: self._execute_on(c, st, parts))
+                rr = await self._read(st.shape, st.sql, lambda c: self._execute_on(c, st, parts))
                 if rr is not None:
                     route = "replica"
                     return
