@@ -52,16 +52,19 @@ def cpu_seconds(pid: int) -> float:
 
 
 class Proxy:
-    def __init__(self, sb: Sandbox, hotrow: dict[str, Any] | None = None) -> None:
+    def __init__(self, sb: Sandbox, hotrow: dict[str, Any] | None = None,
+                 routing: dict[str, Any] | None = None) -> None:
         self.port, self.admin_port, self.metrics_port = free_port(), free_port(), free_port()
         cfg = {
             "listen": f"127.0.0.1:{self.port}",
             "admin": {"listen": f"127.0.0.1:{self.admin_port}", "users": [{"name": "admin", "password": "admin"}]},
             "metrics": {"listen": f"127.0.0.1:{self.metrics_port}"},
             "users": [{"name": "app", "password": "app"}],
-            "backends": {"primary": f"127.0.0.1:{sb.primary_port}", "replicas": [],
+            "backends": {"primary": f"127.0.0.1:{sb.primary_port}",
+                         "replicas": [f"127.0.0.1:{p}" for p in sb.replica_ports],
                          "pool": {"max_connections": 300}},
             "hotrow": hotrow or {"mode": "off"},
+            "routing": routing or {"read_consistency": "primary"},
             "log_level": "WARNING",
         }
         OUT.mkdir(parents=True, exist_ok=True)
@@ -97,12 +100,25 @@ class Proxy:
         self.proc.wait(30)
 
 
-def sandbox() -> Sandbox:
-    sb = Sandbox(OUT / "sandbox", replicas_n=0)
-    if (OUT / "sandbox" / "sandbox.json").exists():
-        sb = Sandbox.load(OUT / "sandbox")
+def sandbox(name: str = "sandbox", replicas: int = 0) -> Sandbox:
+    if (OUT / name / "sandbox.json").exists():
+        sb = Sandbox.load(OUT / name)
+    else:
+        sb = Sandbox(OUT / name, replicas_n=replicas)
     sb.start()
     return sb
+
+
+def metrics(port: int) -> dict[str, float]:
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            k, _, v = line.rpartition(" ")
+            out[k] = float(v)
+    return out
 
 
 def machine() -> str:
