@@ -56,6 +56,19 @@ class Relayed:
     sent_to_client: bool = False
 
 
+class BufferWriter:
+    """Stands in for the client writer when a reply must be held (ack: replica)."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.buf += data
+
+    async def drain(self) -> None:
+        return None
+
+
 class BackendConn:
     """A raw-packet connection. State is tracked from OK packets so the pool can reset it."""
 
@@ -209,7 +222,7 @@ class BackendConn:
 
     async def relay(
         self,
-        out: asyncio.StreamWriter | None,
+        out: asyncio.StreamWriter | BufferWriter | None,
         ok_hook: Callable[[P.OkPacket], bytes] | None = None,
         field_list: bool = False,
     ) -> Relayed:

@@ -72,6 +72,16 @@ CONSISTENCY = ("eventual", "session", "global", "primary")
 
 
 @dataclass(frozen=True)
+class DurabilityCfg:
+    require: str = "warn"  # strict | warn | off
+    ack: str = "commit"  # commit | replica
+    replica_acks: int = 1
+    replica_ack_timeout_ms: int = 1000
+    on_ack_timeout: str = "degrade"  # degrade | error
+    track_commits: str = "hotrow"  # hotrow | all | off
+
+
+@dataclass(frozen=True)
 class RoutingCfg:
     read_consistency: str = "session"
     max_replica_lag_s: float = 5.0
@@ -121,6 +131,7 @@ class Config:
     hotrow: HotRowCfg = field(default_factory=HotRowCfg)
     limits: LimitsCfg = field(default_factory=LimitsCfg)
     routing: RoutingCfg = field(default_factory=RoutingCfg)
+    durability: DurabilityCfg = field(default_factory=DurabilityCfg)
     log_level: str = "INFO"
     slow_query_ms: int = 1000
     source: str = ""
@@ -341,6 +352,27 @@ def validate(raw: Any, source: str = "") -> Config:
     )
     rn.done()
 
+    dn = top.child("durability")
+
+    def choice(key: str, default: str, allowed: tuple[str, ...]) -> str:
+        v = dn.get(key, default)
+        if v not in allowed:
+            raise ConfigError(dn.key(key), f"must be one of {', '.join(allowed)}")
+        return str(v)
+
+    durability = DurabilityCfg(
+        choice("require", "warn", ("strict", "warn", "off")),
+        choice("ack", "commit", ("commit", "replica")),
+        _int(dn.get("replica_acks", 1), dn.key("replica_acks"), 1, 64),
+        _int(dn.get("replica_ack_timeout_ms", 1000), dn.key("replica_ack_timeout_ms"), 1, 600_000),
+        choice("on_ack_timeout", "degrade", ("degrade", "error")),
+        choice("track_commits", "hotrow", ("hotrow", "all", "off")),
+    )
+    dn.done()
+    if durability.ack == "replica" and len(replicas) < durability.replica_acks:
+        raise ConfigError("durability.replica_acks",
+                          f"needs at least {durability.replica_acks} replica(s) in backends.replicas")
+
     hotrow = _hotrow(top.child("hotrow"))
 
     ln = top.child("limits")
@@ -359,7 +391,7 @@ def validate(raw: Any, source: str = "") -> Config:
     top.done()
     return Config(listen, admin, metrics_listen, users,
                   BackendsCfg(primary, replicas, pool, tuple(weights)),
-                  hotrow, limits, routing, level, slow, source)
+                  hotrow, limits, routing, durability, level, slow, source)
 
 
 def load(path: str | Path) -> Config:

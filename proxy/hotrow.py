@@ -371,6 +371,7 @@ class HotRowEngine:
         mode = self.mode_for(shape, hs.rule.qualified)
         if mode == "off":
             return None
+        self.app.durability.check_write()
         rs = self.rule_state.get((hs.rule.schema, hs.rule.table))
         if rs is None or rs.ok is None:
             rs = await self._check_rule(hs.rule, session.username or "")
@@ -517,9 +518,19 @@ class HotRowEngine:
                 continue
             ks.batches += 1
             ks.recent.append((time.monotonic(), len(g.members)))
+            ack_err: ProxyError | None = None
+            gtid = g.members[0].gtid if g.members else None
+            if gtid and self.app.durability.wants_ack and any(d == 1 for d in decisions):
+                try:
+                    await self.app.durability.wait_ack(gtid)  # one wait serves the whole batch
+                except ProxyError as e:
+                    ack_err = e
             for m, d in zip(g.members, decisions, strict=True):
                 if not m.fut.done():
-                    m.fut.set_result(d)
+                    if ack_err is not None and d == 1:
+                        m.fut.set_exception(ack_err)
+                    else:
+                        m.fut.set_result(d)
             return
         assert last is not None
         err = last.err

@@ -70,6 +70,24 @@ READS = Counter(
     "primary_fallback)", ["consistency", "outcome"],
 )
 
+DURABILITY_REFUSED = Counter(
+    P + "durability_refused_writes_total", "Writes refused because the primary is not durable (strict)"
+)
+DURABILITY_UNSAFE_WRITES = Counter(
+    P + "durability_unsafe_writes_total", "Writes sent to a primary that is not durable (warn)"
+)
+ACKS = Counter(
+    P + "replica_acks_total", "Write acknowledgements under ack: replica, by outcome "
+    "(replica, degraded, error)", ["outcome"],
+)
+ACK_WAIT = Histogram(
+    P + "replica_ack_wait_seconds", "Time a write's OK was held for replica confirmation",
+    buckets=_LAT,
+)
+PRIMARY_SEMI_SYNC = Gauge(
+    P + "primary_semi_sync", "Semi-synchronous replication on the primary", ["state"]
+)
+
 HOTROW_STATEMENTS = Counter(
     P + "hotrow_statements_total", "Hot-row statements by mode and outcome", ["mode", "outcome"]
 )

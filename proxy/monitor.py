@@ -121,6 +121,14 @@ class Monitor:
             st.gtid = (row[6] or row[5] or "") if st.role == "replica" else (row[5] or "")
             st.lag_s = None
             st.up, st.state, st.reason = True, "up", ""
+            if st.role == "primary" and c.mariadb:
+                semi = await asyncio.wait_for(c.query_named(
+                    "SELECT VARIABLE_NAME AS n, VARIABLE_VALUE AS v FROM information_schema.GLOBAL_VARIABLES "
+                    "WHERE VARIABLE_NAME = 'RPL_SEMI_SYNC_MASTER_ENABLED' UNION ALL "
+                    "SELECT VARIABLE_NAME, VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS "
+                    "WHERE VARIABLE_NAME = 'RPL_SEMI_SYNC_MASTER_STATUS'"), 5)
+                for r in semi:
+                    st.durability[(r["n"] or "").lower()] = r["v"] or ""
             if st.role == "replica":
                 rows = await asyncio.wait_for(c.query_named(
                     "SHOW ALL SLAVES STATUS" if c.mariadb else "SHOW REPLICA STATUS"), 5)
@@ -161,3 +169,7 @@ class Monitor:
                 except ValueError:
                     pass
             M.PRIMARY_DURABLE.set(0 if durable_problems(d) else 1)
+            M.PRIMARY_SEMI_SYNC.labels("enabled").set(
+                1 if d.get("rpl_semi_sync_master_enabled") == "ON" else 0)
+            M.PRIMARY_SEMI_SYNC.labels("active").set(
+                1 if d.get("rpl_semi_sync_master_status") == "ON" else 0)

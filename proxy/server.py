@@ -58,6 +58,7 @@ class App:
         self.admin: Any = None
         self.monitor: Any = None
         self.reads: Any = None
+        self.durability: Any = None
         self._build_pools()
 
     def _build_pools(self) -> None:
@@ -154,6 +155,7 @@ class App:
 
     async def start(self) -> None:
         from .admin import AdminConsole
+        from .durability import Durability
         from .hotrow import HotRowEngine
         from .httpd import start_http
         from .monitor import Monitor
@@ -164,6 +166,7 @@ class App:
         self.hotrow = HotRowEngine(self)
         await self.hotrow.start()
         self.reads = ReadRouter(self)
+        self.durability = Durability(self)
         self.monitor = Monitor(self)
         self.monitor.start()
         self.admin = AdminConsole(self)

@@ -25,7 +25,7 @@ from mysql_mimic.variables import GlobalVariables, SessionVariables
 from . import metrics as M
 from . import protocol as P
 from . import readsplit
-from .backend import BackendConn, Relayed
+from .backend import BackendConn, BufferWriter, Relayed
 from .classify import READ_ONLY_TXN, Shape, classify, parse_hints
 from .config import CONSISTENCY
 from .errors import (
@@ -396,6 +396,13 @@ class ProxySession(BaseSession):
         self, payload: bytes, shape: Shape | None, field_list: bool = False
     ) -> Relayed:
         """Send one command to the session's backend connection and relay the answer."""
+        dur = self.app.durability
+        hold = None
+        if shape is not None and (shape.is_write or shape.verb in ("COMMIT", "END")):
+            if shape.is_write:
+                dur.check_write()
+            if dur.wants_ack:
+                hold = BufferWriter()
         for attempt in (0, 1):
             c = await self._get_conn()
             if shape is not None:
@@ -407,15 +414,23 @@ class ProxySession(BaseSession):
                     await c.execute(f"SELECT LAST_INSERT_ID({self.last_insert_id})")
             try:
                 await c.command(payload)
-                r = await c.relay(self.out, self._ok_hook, field_list=field_list)
+                r = await c.relay(hold or self.out, self._ok_hook, field_list=field_list)
             except BackendLost as e:
                 await self._lost(e, retry=attempt == 0 and not e.sent, shape=shape)
                 continue
-            await self._drain()
             self._after(c, r)
             await self._maybe_release()
+            if hold is not None:
+                await self._release_held(hold, r)
+            await self._drain()
             return r
         raise AssertionError("unreachable")
+
+    async def _release_held(self, hold: BufferWriter, r: Relayed) -> None:
+        """ack: replica — the OK goes out once replicas confirmed the write's GTID."""
+        if r.gtid and r.err is None:
+            await self.app.durability.wait_ack(r.gtid)
+        self.out.write(bytes(hold.buf))
 
     async def _drain(self) -> None:
         out = self.out
@@ -562,12 +577,17 @@ class ProxySession(BaseSession):
         """Run a client's prepared statement on the session's backend connection."""
         if parts.flags & 0x01 and not self.pin:
             self.pin = "server-side cursor"
+        hold = None
+        if st.shape.is_write:
+            self.app.durability.check_write()
+            if self.app.durability.wants_ack:
+                hold = BufferWriter()
         for attempt in (0, 1):
             c = await self._get_conn()
             try:
                 pok = await c.prepare(st.sql)
                 await c.command(P.join_execute(parts, pok.stmt_id, st.types))
-                r = await c.relay(self.out, self._ok_hook)
+                r = await c.relay(hold or self.out, self._ok_hook)
             except BackendError as e:
                 await self._maybe_release()
                 await self.send(e.raw)
@@ -575,11 +595,13 @@ class ProxySession(BaseSession):
             except BackendLost as e:
                 await self._lost(e, retry=attempt == 0 and not e.sent, shape=st.shape)
                 continue
-            await self._drain()
             self._after(c, r)
             if self.pin == "long data pending":
                 self.pin = None
             await self._maybe_release()
+            if hold is not None:
+                await self._release_held(hold, r)
+            await self._drain()
             return r
         raise AssertionError("unreachable")
 

@@ -1,0 +1,154 @@
+"""Durability audit and replica acknowledgement against a real primary + replica."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pymysql
+import pytest
+
+from proxy.monitor import durable_problems
+from proxy.sandbox import Sandbox
+
+from .conftest import ProxyProc, make_config, start_proxy
+
+
+def test_durable_problems_table() -> None:
+    assert durable_problems({"innodb_flush_log_at_trx_commit": "1", "sync_binlog": "1", "log_bin": "1"}) == []
+    assert durable_problems({"innodb_flush_log_at_trx_commit": "2", "sync_binlog": "0", "log_bin": "1"}) == [
+        "innodb_flush_log_at_trx_commit=2", "sync_binlog=0"]
+    assert durable_problems({"innodb_flush_log_at_trx_commit": "1", "sync_binlog": "1", "log_bin": "0"}) == [
+        "log_bin=OFF"]
+
+
+@pytest.fixture(scope="module")
+def dsb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+    sb = Sandbox(tmp_path_factory.mktemp("durability-sandbox"))
+    sb.start()
+    sb.primary.sql("CREATE TABLE shop.orders (id INT AUTO_INCREMENT PRIMARY KEY, v INT)",
+                   "CREATE TABLE shop.inventory (sku_id INT PRIMARY KEY, quantity INT NOT NULL)",
+                   "INSERT INTO shop.inventory VALUES (1, 100000)")
+    sb.wait_replicas()
+    yield sb
+    sb.destroy()
+
+
+def metric(p: ProxyProc, pattern: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{p.metrics_port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    m = re.search("^" + pattern + r" (\S+)$", text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def proxy_with(sb: Sandbox, tmp: Path, **durability: object) -> ProxyProc:
+    p = start_proxy(tmp, make_config(sb, durability=durability,
+                                     routing={"read_consistency": "primary"}))
+    time.sleep(1.5)  # first monitor round
+    return p
+
+
+def test_strict_refuses_writes_while_primary_not_durable(dsb: Sandbox, tmp_path: Path) -> None:
+    p = proxy_with(dsb, tmp_path, require="strict")
+    try:
+        c = p.connect()
+        cur = c.cursor()
+        cur.execute("INSERT INTO orders (v) VALUES (1)")
+        dsb.primary.sql("SET GLOBAL sync_binlog = 0")
+        time.sleep(1.5)
+        with pytest.raises(pymysql.err.OperationalError) as ei:
+            cur.execute("INSERT INTO orders (v) VALUES (2)")
+        assert ei.value.args[0] == 1290 and "sync_binlog=0" in ei.value.args[1]
+        with pytest.raises(pymysql.err.OperationalError) as ei:
+            cur.execute("UPDATE inventory SET quantity = quantity - 1 WHERE sku_id = 1 AND quantity > 0")
+        assert ei.value.args[0] == 1290
+        cur.execute("SELECT COUNT(*) FROM orders WHERE v = 2")  # reads go on
+        assert cur.fetchone() == (0,)
+        backends = p.admin("SHOW BACKENDS")
+        assert "sync_binlog=0" in next(r[7] for r in backends if r[1] == "primary")
+        assert metric(p, "seckill_proxy_primary_durable") == 0
+        assert metric(p, "seckill_proxy_durability_refused_writes_total") >= 2
+        dsb.primary.sql("SET GLOBAL sync_binlog = 1")
+        time.sleep(1.5)
+        cur.execute("INSERT INTO orders (v) VALUES (3)")
+        assert metric(p, "seckill_proxy_primary_durable") == 1
+        c.close()
+    finally:
+        dsb.primary.sql("SET GLOBAL sync_binlog = 1")
+        p.stop()
+
+
+def test_warn_counts_unsafe_writes(dsb: Sandbox, tmp_path: Path) -> None:
+    p = proxy_with(dsb, tmp_path, require="warn")
+    try:
+        dsb.primary.sql("SET GLOBAL innodb_flush_log_at_trx_commit = 2")
+        time.sleep(1.5)
+        c = p.connect()
+        c.cursor().execute("INSERT INTO orders (v) VALUES (4)")
+        c.close()
+        assert metric(p, "seckill_proxy_durability_unsafe_writes_total") >= 1
+        assert "not durable" in p.log()
+    finally:
+        dsb.primary.sql("SET GLOBAL innodb_flush_log_at_trx_commit = 1")
+        p.stop()
+
+
+def test_ack_replica_ok_means_on_the_replica(dsb: Sandbox, tmp_path: Path) -> None:
+    p = proxy_with(dsb, tmp_path, ack="replica", replica_acks=1, replica_ack_timeout_ms=2000,
+                   on_ack_timeout="error")
+    try:
+        c = p.connect()
+        cur = c.cursor()
+        for i in range(30):
+            cur.execute("INSERT INTO orders (v) VALUES (%s)", (1000 + i,))
+            new_id = cur.lastrowid
+            # the OK arrived: the row must already be on the replica, no waiting here
+            got = dsb.replicas[0].sql(f"SELECT v FROM shop.orders WHERE id = {new_id}")
+            assert got == [(1000 + i,)]
+        # A merged hot-row batch is acknowledged once the replica has the deduction.
+        async def buy() -> list[int]:
+            import aiomysql
+
+            async def one() -> int:
+                conn = await aiomysql.connect(host="127.0.0.1", port=p.port, user="app",
+                                              password="app", db="shop", autocommit=True)
+                async with conn.cursor() as k:
+                    n = await k.execute("UPDATE inventory SET quantity = quantity - 1 "
+                                        "WHERE sku_id = 1 AND quantity > 0")
+                conn.close()
+                return n
+            return await asyncio.gather(*(one() for _ in range(40)))
+
+        before = dsb.replicas[0].sql("SELECT quantity FROM shop.inventory WHERE sku_id = 1")[0][0]
+        assert sum(asyncio.run(buy())) == 40
+        after = dsb.replicas[0].sql("SELECT quantity FROM shop.inventory WHERE sku_id = 1")[0][0]
+        assert before - after == 40
+        # Replication stopped: the write commits on the primary, and the client is told exactly that.
+        dsb.replicas[0].sql("STOP SLAVE SQL_THREAD")
+        t0 = time.monotonic()
+        with pytest.raises(pymysql.err.OperationalError) as ei:
+            cur.execute("INSERT INTO orders (v) VALUES (7777)")
+        assert ei.value.args[0] == 9101 and "Committed on the primary" in ei.value.args[1]
+        assert 1.5 < time.monotonic() - t0 < 6
+        assert dsb.primary.sql("SELECT COUNT(*) FROM shop.orders WHERE v = 7777") == [(1,)]
+        c.close()
+    finally:
+        dsb.replicas[0].sql("START SLAVE SQL_THREAD")
+        p.stop()
+
+
+def test_ack_timeout_degrades_and_counts(dsb: Sandbox, tmp_path: Path) -> None:
+    p = proxy_with(dsb, tmp_path, ack="replica", replica_ack_timeout_ms=300, on_ack_timeout="degrade")
+    try:
+        dsb.replicas[0].sql("STOP SLAVE SQL_THREAD")
+        c = p.connect()
+        c.cursor().execute("INSERT INTO orders (v) VALUES (8888)")  # acknowledged (degraded)
+        c.close()
+        assert metric(p, 'seckill_proxy_replica_acks_total{outcome="degraded"}') >= 1
+    finally:
+        dsb.replicas[0].sql("START SLAVE SQL_THREAD")
+        p.stop()
