@@ -147,7 +147,7 @@ class AdminSession(BaseSession):
 
     def _digest(self, n: str | None) -> Any:
         return self.app.digest.top(int(n) if n else 50), [
-            "digest", "count", "sum_time_us", "avg_time_us", "max_time_us", "route", "hotrow_mode"
+            "digest", "count", "sum_time_us", "avg_time_us", "max_time_us", "rows", "route", "hotrow_mode"
         ]
 
     def _reset_digest(self) -> Any:

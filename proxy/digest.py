@@ -15,6 +15,7 @@ class DigestRow:
     count: int = 0
     total_s: float = 0.0
     max_s: float = 0.0
+    rows: int = 0
     hot_mode: str = ""
 
 
@@ -27,7 +28,7 @@ class QueryDigest:
         self.limit = limit
         self.rows: dict[tuple[str, str], DigestRow] = {}
 
-    def record(self, shape: Shape, seconds: float, route: str) -> None:
+    def record(self, shape: Shape, seconds: float, route: str, rows: int = 0) -> None:
         hot_mode = route.split("-", 1)[1] if route.startswith("hotrow-") else ""
         key = (shape.digest, route)
         row = self.rows.get(key)
@@ -38,6 +39,7 @@ class QueryDigest:
             if row is None:
                 row = self.rows[key] = DigestRow(key[0][:1000], route)
         row.count += 1
+        row.rows += rows
         row.total_s += seconds
         if seconds > row.max_s:
             row.max_s = seconds
@@ -48,7 +50,7 @@ class QueryDigest:
         rows = sorted(self.rows.values(), key=lambda r: r.total_s, reverse=True)[:n]
         return [
             (r.digest, r.count, round(r.total_s * 1e6), round(r.total_s / r.count * 1e6),
-             round(r.max_s * 1e6), r.route, r.hot_mode or "-")
+             round(r.max_s * 1e6), r.rows, r.route, r.hot_mode or "-")
             for r in rows
         ]
 

@@ -242,6 +242,7 @@ class ProxySession(BaseSession):
         t0 = time.perf_counter()
         route = "primary"
         outcome = "ok"
+        rows = 0
         try:
             handled = await self.app.intercept(
                 self, sql, shape, lambda: self._forward(payload, shape))
@@ -252,10 +253,12 @@ class ProxySession(BaseSession):
                 rr = await self._read(shape, sql, lambda c: self._relay_on(c, payload))
                 if rr is not None:
                     route = "replica"
+                    rows = rr.rows
                     if rr.err is not None:
                         outcome = "error"
                     return
             r = await self._forward(payload, shape)
+            rows = r.rows or r.affected_rows
             if r.err is not None:
                 outcome = "error"
         except ProxyError:
@@ -264,7 +267,7 @@ class ProxySession(BaseSession):
         finally:
             dt = time.perf_counter() - t0
             M.count_statement(shape.verb, route, outcome, dt)
-            self.app.digest.record(shape, dt, route)
+            self.app.digest.record(shape, dt, route, rows)
             if dt * 1000 >= self.app.slow_ms > 0:
                 self._slow(shape, dt, route, outcome)
 

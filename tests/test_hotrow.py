@@ -289,3 +289,50 @@ def test_primary_restart_mid_load(proxy: ProxyProc, sandbox: Sandbox) -> None:
     assert t.ok.get(60, 0) > 0
     # the replica reconnects to the restarted primary on its own
     sandbox.replicas[0].sql("START SLAVE")
+
+
+def test_merge_mode_inside_transaction_uses_queue(proxy: ProxyProc, sandbox: Sandbox) -> None:
+    reset_stock(sandbox, {70: 5})
+    b0 = batches(sandbox)
+    c = proxy.connect()
+    c.begin()
+    with c.cursor() as cur:
+        assert cur.execute("UPDATE inventory SET quantity = quantity - 1 WHERE sku_id = 70 AND quantity > 0") == 1
+        cur.execute("SELECT quantity FROM inventory WHERE sku_id = 70")
+        assert cur.fetchone() == (4,)  # visible inside the client's own transaction
+    assert stock_of(sandbox)[70] == 5  # not committed yet: it was not merged into a batch
+    c.rollback()
+    assert stock_of(sandbox)[70] == 5
+    assert batches(sandbox) == b0
+    keys = {r[1]: r[2] for r in proxy.admin("SHOW HOT KEYS")}
+    assert keys.get("70") == "queue"
+    c.close()
+
+
+def test_reload_config_changes_rules_without_dropping_clients(sandbox: Sandbox, tmp_path: Any) -> None:
+    import yaml
+
+    from .conftest import make_config, start_proxy
+
+    cfg = make_config(sandbox)
+    cfg["hotrow"] = {"mode": "merge", "rules": []}
+    p = start_proxy(tmp_path, cfg)
+    try:
+        reset_stock(sandbox, {80: 10})
+        c = p.connect()
+        assert p.admin("SHOW HOTROW RULES") == []
+        cfg["hotrow"]["rules"] = [{"table": "shop.inventory", "key": "sku_id", "column": "quantity"}]
+        p.config_path.write_text(yaml.safe_dump(cfg))
+        assert p.admin("RELOAD CONFIG")
+        assert [r[0] for r in p.admin("SHOW HOTROW RULES")] == ["shop.inventory"]
+        b0 = batches(sandbox)
+        with c.cursor() as cur:  # the same client connection, now merged
+            assert cur.execute("UPDATE inventory SET quantity = quantity - 1 WHERE sku_id = 80 AND quantity > 0") == 1
+        assert batches(sandbox)[1] == b0[1] + 1
+        cfg["hotrow"]["mode"] = "bogus"
+        p.config_path.write_text(yaml.safe_dump(cfg))
+        with pytest.raises(pymysql.err.MySQLError, match="hotrow.mode"):
+            p.admin("RELOAD CONFIG")
+        c.close()
+    finally:
+        p.stop()

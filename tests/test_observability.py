@@ -174,6 +174,7 @@ def test_query_digest_and_log_lines(proxy: ProxyProc) -> None:
     rows = proxy.admin("SHOW QUERY DIGEST 100")
     probe = [r for r in rows if "digest_probe" in r[0]]
     assert probe and probe[0][0] == "SELECT ? + ? AS digest_probe" and probe[0][1] == 5
+    assert probe[0][5] == 5  # rows returned
     proxy.admin("RESET QUERY DIGEST")
     assert not [r for r in proxy.admin("SHOW QUERY DIGEST") if "digest_probe" in r[0]]
     time.sleep(0.2)

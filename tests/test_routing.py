@@ -268,3 +268,19 @@ def test_replica_dying_mid_read_retries_on_primary(rsb: Sandbox, tmp_path: Path)
     finally:
         p.stop()
         fp.close()
+
+
+def test_read_only_transaction_runs_on_one_replica(rsb: Sandbox, rproxy: ProxyProc) -> None:
+    c = rproxy.connect()
+    with c.cursor() as cur:
+        cur.execute("START TRANSACTION READ ONLY")
+        ids = set()
+        for _ in range(5):
+            cur.execute("SELECT @@server_id")  # variables would otherwise keep a read on the primary
+            ids.add(cur.fetchone()[0])
+        cur.execute("COMMIT")
+        assert ids == {2}  # the replica's server id, for the whole transaction
+        cur.execute("INSERT INTO rw (v) VALUES (-1)")  # and the session writes to the primary after
+        cur.execute("SELECT @@server_id")
+        assert cur.fetchone()[0] == 1
+    c.close()
