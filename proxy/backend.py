@@ -15,6 +15,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiomysql
 
@@ -89,6 +90,7 @@ class BackendConn:
         self.stmts: OrderedDict[str, P.PrepareOk] = OrderedDict()
         self.last_insert_id = 0
         self.last_used = time.monotonic()
+        self.pool: Any = None  # the Pool that lent it (set by the pool)
 
     @classmethod
     async def connect(

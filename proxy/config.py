@@ -60,6 +60,7 @@ class BackendsCfg:
     replicas: tuple[Address, ...]
     pool: PoolCfg
     weights: tuple[int, ...] = ()  # one per replica (load-balancing weight)
+    failover_wait_s: float = 10.0
 
     def weight(self, addr: Address) -> int:
         for a, w in zip(self.replicas, self.weights, strict=False):
@@ -339,6 +340,7 @@ def validate(raw: Any, source: str = "") -> Config:
         _num(pn.get("idle_timeout_s", 300), pn.key("idle_timeout_s"), 1, 86400),
     )
     pn.done()
+    failover_wait = _num(bn.get("failover_wait_s", 10), bn.key("failover_wait_s"), 0, 3600)
     bn.done()
 
     rn = top.child("routing")
@@ -390,7 +392,7 @@ def validate(raw: Any, source: str = "") -> Config:
     slow = _int(top.get("slow_query_ms", 1000), "slow_query_ms", 0, 86_400_000)
     top.done()
     return Config(listen, admin, metrics_listen, users,
-                  BackendsCfg(primary, replicas, pool, tuple(weights)),
+                  BackendsCfg(primary, replicas, pool, tuple(weights), failover_wait),
                   hotrow, limits, routing, durability, level, slow, source)
 
 

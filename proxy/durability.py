@@ -41,10 +41,13 @@ class Durability:
         return self.app.cfg.durability
 
     def check_write(self) -> None:
-        """Called before a write reaches the primary."""
+        """Called before a write reaches the primary (also on connections a session kept)."""
+        if self.app.writes_blocked is not None:
+            raise ProxyError(ER_SECKILL_NOT_DURABLE,
+                             f"seckill-proxy: writes stopped ({self.app.writes_blocked})")
         if self.cfg.require == "off" or self.app.monitor is None:
             return
-        st = self.app.monitor.states.get(str(self.app.cfg.backends.primary))
+        st = self.app.monitor.states.get(self.app.primary_key())
         if st is None or not st.up or not st.durability:
             return  # unknown yet: the connection attempt itself will tell the client
         problems = durable_problems(st.durability)

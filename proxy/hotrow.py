@@ -277,10 +277,10 @@ class HotRowEngine:
         except BackendError:
             pass
         finally:
-            await self.app.primary_pool().release(c)
+            await c.pool.release(c)
 
     async def _conn(self, user: str) -> BackendConn:
-        pool = self.app.primary_pool()
+        pool = await self.app.writable_primary()
         c = await pool.acquire(user, self.app.cfg.password_of(user) or "")
         try:
             await pool.apply_state(c, None, {})
@@ -335,7 +335,7 @@ class HotRowEngine:
                 if st.ok is False:
                     log.warning("hot-row rule %s disabled: %s", rule.qualified, st.reason)
             finally:
-                await self.app.primary_pool().release(c)
+                await c.pool.release(c)
         return st
 
     # ---- entry points from the session ------------------------------------------------------
@@ -552,7 +552,7 @@ class HotRowEngine:
             c = await self._conn(user)
         except (BackendLost, BackendError) as e:
             raise NotCommitted(_as_proxy_error(e)) from None
-        pool = self.app.primary_pool()
+        pool = c.pool
         commit_sent = False
         try:
             rows, _ = await c.query(
@@ -610,10 +610,10 @@ class HotRowEngine:
                     f"SELECT id FROM `{self.cfg.batch_schema}`.`hotrow_batch` WHERE id = {batch_id} "
                     "LOCK IN SHARE MODE")
             except (BackendLost, BackendError):
-                await self.app.primary_pool().release(c, "in-doubt lookup failed")
+                await c.pool.release(c, "in-doubt lookup failed")
                 await asyncio.sleep(0.2)
                 continue
-            await self.app.primary_pool().release(c)
+            await c.pool.release(c)
             if rows:
                 M.HOTROW_IN_DOUBT.labels("committed").inc()
                 log.warning("hot-row batch %d committed", batch_id)

@@ -84,6 +84,8 @@ ACK_WAIT = Histogram(
     P + "replica_ack_wait_seconds", "Time a write's OK was held for replica confirmation",
     buckets=_LAT,
 )
+SPLIT_BRAIN = Gauge(P + "split_brain", "1 while more than one backend is writable (writes stopped)")
+FAILOVERS = Counter(P + "failovers_total", "Times writes moved to a newly promoted primary")
 PRIMARY_SEMI_SYNC = Gauge(
     P + "primary_semi_sync", "Semi-synchronous replication on the primary", ["state"]
 )

@@ -37,6 +37,7 @@ class BackendState:
     gtid: str = ""
     durability: dict[str, str] = field(default_factory=dict)
     checked_at: float = 0.0
+    replicating: bool = False
 
 
 def durable_problems(d: dict[str, str]) -> list[str]:
@@ -77,7 +78,8 @@ class Monitor:
             want.setdefault(str(r), ("replica", r))
         for k, (role, addr) in want.items():
             st = self.states.setdefault(k, BackendState(addr, role))
-            st.role = role
+            if st.role != "fenced" and self.app.primary_key() == str(b.primary):
+                st.role = role
         for k in list(self.states):
             if k not in want:
                 del self.states[k]
@@ -97,7 +99,43 @@ class Monitor:
     async def _run(self) -> None:
         while True:
             await asyncio.gather(*(self._check(k, st) for k, st in list(self.states.items())))
+            self._follow_primary()
             await asyncio.sleep(INTERVAL_S)
+
+    def _follow_primary(self) -> None:
+        """Roles follow the servers: the writable server is the primary.
+
+        - two writable servers at once: writes stop (split brain), never split;
+        - the primary down or read-only and exactly one other server writable and not
+          replicating (a promoted replica): writes move there;
+        - a failed primary that comes back is not taken back on its own (it stays fenced, and if
+          it is writable, that is two writable servers: writes stop until a DBA sets it read-only).
+        """
+        writable = [k for k, st in self.states.items() if st.up and st.read_only is False]
+        if len(writable) > 1:
+            reason = "two writable servers: " + ", ".join(sorted(writable))
+            if self.app.writes_blocked != reason:
+                log.error("split brain, writes stopped: %s", reason)
+            self.app.writes_blocked = reason
+            M.SPLIT_BRAIN.set(1)
+            return
+        M.SPLIT_BRAIN.set(0)
+        self.app.writes_blocked = None
+        cur = self.app.primary_key()
+        if writable == [cur]:
+            return
+        if not writable:
+            return  # no writable server: writes wait (failover_wait_s), reads go on
+        new = writable[0]
+        st = self.states[new]
+        if st.replicating or st.role == "fenced":
+            return
+        log.warning("primary moved: %s -> %s (old primary %s)", cur, new,
+                    "down" if not self.states[cur].up else "read-only")
+        self.states[cur].role = "fenced"
+        self.states[cur].reason = "former primary (failed over); not taken back automatically"
+        st.role = "primary"
+        self.app.switch_primary(new)
 
     async def _check(self, key: str, st: BackendState) -> None:
         cfg = self.app.cfg
@@ -129,10 +167,15 @@ class Monitor:
                     "WHERE VARIABLE_NAME = 'RPL_SEMI_SYNC_MASTER_STATUS'"), 5)
                 for r in semi:
                     st.durability[(r["n"] or "").lower()] = r["v"] or ""
+            rows = await asyncio.wait_for(c.query_named(
+                "SHOW ALL SLAVES STATUS" if c.mariadb else "SHOW REPLICA STATUS"), 5)
+            st.replicating = any(
+                r.get("Slave_IO_Running", r.get("Replica_IO_Running")) == "Yes"
+                or r.get("Slave_SQL_Running", r.get("Replica_SQL_Running")) == "Yes" for r in rows)
             if st.role == "replica":
-                rows = await asyncio.wait_for(c.query_named(
-                    "SHOW ALL SLAVES STATUS" if c.mariadb else "SHOW REPLICA STATUS"), 5)
                 self._replica_state(st, rows)
+            elif st.role == "fenced":
+                st.state = "fenced"
         except (BackendError, BackendLost, TimeoutError, OSError, AssertionError) as e:
             st.up, st.state, st.reason = False, "down", str(e)[:200]
             c = self._conns.pop(key, None)

@@ -87,6 +87,7 @@ class Pool:
                     self._discard(c, "stale")
                     continue
                 self.in_use += 1
+                c.pool = self
                 if waited:
                     self._m_wait.observe(time.perf_counter() - t0)
                 return c
@@ -102,6 +103,7 @@ class Pool:
                     self._wake()
                     raise
                 M.BACKEND_CONNECTS.labels(self._label()).inc()
+                c.pool = self
                 self.in_use += 1
                 self._m_wait.observe(time.perf_counter() - t0)
                 return c

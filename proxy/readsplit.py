@@ -105,9 +105,9 @@ class ReadRouter:
         return await asyncio.shield(self._next_fetch)
 
     async def _fetch_primary(self, fut: asyncio.Future[G.Gtid]) -> None:
-        pool = self.app.primary_pool()
         user = self.app.cfg.users[0]
         try:
+            pool = await self.app.writable_primary()
             c = await pool.acquire(user.name, user.password)
             try:
                 row = await c.fetch_one("SELECT @@gtid_binlog_pos" if c.mariadb else "SELECT @@gtid_executed")

@@ -24,7 +24,13 @@ from .backend import BackendConn
 from .classify import Shape
 from .config import Config
 from .digest import QueryDigest
-from .errors import ER_CON_COUNT_ERROR, BackendError, BackendLost
+from .errors import (
+    ER_CON_COUNT_ERROR,
+    ER_OPTION_PREVENTS_STATEMENT,
+    BackendError,
+    BackendLost,
+    ProxyError,
+)
 from .frontend import SERVER_CAPABILITIES, ConfigIdentityProvider, ProxyConnection, ProxyStream
 from .pool import Pool
 from .session import ProxySession
@@ -40,6 +46,8 @@ DEFAULT_VERSION = "10.11.0-MariaDB-seckill-proxy"
 class App:
     """Everything shared by sessions: config, pools, digest, hot-row engine, admin state."""
 
+    _primary: Pool
+
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.slow_ms = cfg.slow_query_ms
@@ -51,6 +59,9 @@ class App:
         self.connections: set[ProxyConnection] = set()
         self.servers: list[asyncio.Server] = []
         self.started_at = time.time()
+        self.writes_blocked: str | None = None
+        self.primary_generation = 0
+        self._primary_waiters: list[asyncio.Future[None]] = []
         self.draining = False
         self.primary_gtid: str | None = None
         self._tasks: list[asyncio.Task[Any]] = []
@@ -63,6 +74,9 @@ class App:
 
     def _build_pools(self) -> None:
         b = self.cfg.backends
+        if getattr(self, "_primary", None) is not None and self._primary.role == "primary" \
+                and self._primary.label != str(b.primary):
+            return  # after a failover the config's primary is stale: keep following the servers
         want = {str(b.primary): ("primary", b.primary)}
         for r in b.replicas:
             want.setdefault(str(r), ("replica", r))
@@ -74,6 +88,41 @@ class App:
 
     def primary_pool(self) -> Pool:
         return self._primary
+
+    def primary_key(self) -> str:
+        return self._primary.label
+
+    def switch_primary(self, key: str) -> None:
+        """Failover: writes go to `key` from now on (sessions drop old-primary connections)."""
+        old = self._primary
+        self._primary = self.pools[key]
+        self._primary.role = "primary"
+        old.role = "fenced"
+        self.primary_generation += 1
+        M.FAILOVERS.inc()
+        for w in list(self._primary_waiters):
+            if not w.done():
+                w.set_result(None)
+
+    async def writable_primary(self) -> Pool:
+        """The primary pool; while there is none (failover in progress, split brain), wait up to
+        backends.failover_wait_s, then fail with a clear error."""
+        if self.writes_blocked is None and self.monitor is not None:
+            st = self.monitor.states.get(self._primary.label)
+            if st is None or st.up or st.checked_at == 0:
+                return self._primary
+        elif self.writes_blocked is None:
+            return self._primary
+        deadline = time.monotonic() + self.cfg.backends.failover_wait_s
+        while time.monotonic() < deadline:
+            st = self.monitor.states.get(self._primary.label)
+            if self.writes_blocked is None and st is not None and st.up:
+                return self._primary
+            await asyncio.sleep(0.1)
+        why = self.writes_blocked or f"primary {self._primary.label} is down and no replica was promoted"
+        raise ProxyError(ER_OPTION_PREVENTS_STATEMENT,
+                         f"seckill-proxy: no writable primary ({why}); waited "
+                         f"{self.cfg.backends.failover_wait_s:g} s")
 
     def users(self) -> dict[str, str]:
         return {u.name: u.password for u in self.cfg.users}

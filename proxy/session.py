@@ -137,6 +137,9 @@ class ProxySession(BaseSession):
         return self.app.cfg.password_of(self.username or "") or ""
 
     async def _get_conn(self) -> BackendConn:
+        if self.conn is not None and self.conn_pool is not None and self.conn_pool.role == "fenced":
+            self.conn.broken = True  # a connection to the former primary: never write there again
+            await self._drop_conn("primary moved")
         if self.conn is not None:
             if self.soft:
                 self.soft = False
@@ -152,7 +155,7 @@ class ProxySession(BaseSession):
                 assert self.conn_pool is not None
                 await self.conn_pool.apply_state(self.conn, self.database, self.sysvars)
             return self.conn
-        pool = self.app.primary_pool()
+        pool = await self.app.writable_primary()
         c = await pool.acquire(self.username or "", self.password, self.found_rows, self.last_conn)
         try:
             await pool.apply_state(c, self.database, self.sysvars)

@@ -252,13 +252,19 @@ def test_backend_down_at_start(sandbox: Sandbox, tmp_path: Path) -> None:
     fp = FaultProxy(sandbox.primary_port)
     fp.refuse = True
     p = start_proxy(tmp_path, make_config(sandbox, backends={
-        "primary": f"127.0.0.1:{fp.port}", "replicas": [], "pool": {"connect_timeout_s": 1}}))
+        "primary": f"127.0.0.1:{fp.port}", "replicas": [], "failover_wait_s": 1,
+        "pool": {"connect_timeout_s": 1}}))
     try:
         c = p.connect()  # the proxy itself accepts logins while the backend is down
         with pytest.raises(pymysql.err.OperationalError) as ei:
             c.cursor().execute("SELECT 1")
-        assert ei.value.args[0] in (2003, 2013)
-        assert "127.0.0.1" in str(ei.value.args[1])
+        # 2003 before the monitor noticed; afterwards 1290 "no writable primary" after failover_wait_s
+        assert ei.value.args[0] in (2003, 2013, 1290)
+        assert f"127.0.0.1:{fp.port}" in str(ei.value.args[1])
+        time.sleep(1.5)
+        with pytest.raises(pymysql.err.OperationalError) as ei:
+            c.cursor().execute("SELECT 1")
+        assert ei.value.args[0] == 1290 and "no writable primary" in ei.value.args[1]
         fp.refuse = False
         assert c.cursor().execute("SELECT 1") == 1
     finally:

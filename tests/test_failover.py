@@ -1,0 +1,186 @@
+"""Zero loss of acknowledged orders: kill -9 the primary under load, promote the replica with SQL,
+the proxy follows; with ack: replica nothing acknowledged is lost. Also: split brain stops writes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiomysql
+import pymysql
+import pytest
+
+from proxy.sandbox import Sandbox
+
+from .conftest import ProxyProc, make_config, start_proxy
+
+SKUS = (1, 2, 3)
+STOCK = 100000
+
+
+@dataclass
+class Log:
+    acked_orders: set[str] = field(default_factory=set)
+    unknown_orders: set[str] = field(default_factory=set)
+    acked: dict[int, int] = field(default_factory=dict)
+    unknown: dict[int, int] = field(default_factory=dict)
+    errors: list[tuple[int, str]] = field(default_factory=list)
+
+
+def setup(sb: Sandbox) -> None:
+    sb.primary.sql(
+        "CREATE TABLE IF NOT EXISTS shop.inventory (sku_id INT PRIMARY KEY, quantity INT NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS shop.orders (id VARCHAR(40) PRIMARY KEY, sku INT)",
+        "DELETE FROM shop.inventory", "DELETE FROM shop.orders",
+        *[f"INSERT INTO shop.inventory VALUES ({s}, {STOCK})" for s in SKUS],
+    )
+    sb.wait_replicas()
+
+
+async def client(port: int, cid: int, stop: asyncio.Event, log: Log) -> None:
+    conn = None
+    i = 0
+    while not stop.is_set():
+        i += 1
+        sku = SKUS[(cid + i) % len(SKUS)]
+        oid = f"c{cid}-{i}"
+        try:
+            if conn is None or conn.closed:
+                conn = await aiomysql.connect(host="127.0.0.1", port=port, user="app", password="app",
+                                              db="shop", autocommit=True, connect_timeout=5)
+            async with conn.cursor() as cur:
+                try:
+                    n = await cur.execute("UPDATE inventory SET quantity = quantity - 1 "
+                                          "WHERE sku_id = %s AND quantity > 0", (sku,))
+                    if n == 1:
+                        log.acked[sku] = log.acked.get(sku, 0) + 1
+                except pymysql.err.MySQLError as e:
+                    log.errors.append((e.args[0], str(e.args[1:])))
+                    if "NOT applied" not in str(e.args[1:]):
+                        log.unknown[sku] = log.unknown.get(sku, 0) + 1
+                    raise
+                try:
+                    await cur.execute("INSERT INTO orders VALUES (%s, %s)", (oid, sku))
+                    log.acked_orders.add(oid)
+                except pymysql.err.MySQLError as e:
+                    log.errors.append((e.args[0], str(e.args[1:])))
+                    log.unknown_orders.add(oid)
+                    raise
+        except (TimeoutError, pymysql.err.MySQLError, OSError):
+            if conn is not None:
+                conn.close()
+            conn = None
+            await asyncio.sleep(0.05)
+    if conn is not None:
+        conn.close()
+
+
+def promote(sb: Sandbox) -> None:
+    r = sb.replicas[0]
+    r.sql("STOP SLAVE", "RESET SLAVE ALL", "SET GLOBAL read_only = 0")
+
+
+def run_failover(sb: Sandbox, p: ProxyProc, clients: int = 40) -> tuple[Log, dict[int, int], set[str]]:
+    log = Log()
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        tasks = [asyncio.create_task(client(p.port, c, stop, log)) for c in range(clients)]
+        await asyncio.sleep(2.0)
+        await asyncio.to_thread(sb.primary.kill9)
+        await asyncio.sleep(0.3)
+        await asyncio.to_thread(promote, sb)
+        await asyncio.sleep(5.0)
+        stop.set()
+        await asyncio.gather(*tasks)
+
+    asyncio.run(scenario())
+    new = sb.replicas[0]
+    stock = {int(k): int(v) for k, v in new.sql("SELECT sku_id, quantity FROM shop.inventory")}
+    orders = {str(r[0]) for r in new.sql("SELECT id FROM shop.orders")}
+    return log, stock, orders
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ack", ["replica", "commit"])
+def test_kill9_primary_promote_replica(tmp_path_factory: pytest.TempPathFactory, ack: str) -> None:
+    sb = Sandbox(tmp_path_factory.mktemp(f"failover-{ack}"))
+    sb.start()
+    p = None
+    try:
+        setup(sb)
+        p = start_proxy(tmp_path_factory.mktemp("fproxy"), make_config(
+            sb, durability={"ack": ack, "replica_acks": 1, "replica_ack_timeout_ms": 500,
+                            "on_ack_timeout": "degrade", "require": "warn"},
+            backends={"primary": f"127.0.0.1:{sb.primary_port}",
+                      "replicas": [f"127.0.0.1:{x}" for x in sb.replica_ports],
+                      "failover_wait_s": 10, "pool": {"connect_timeout_s": 1}},
+            routing={"read_consistency": "primary"}))
+        time.sleep(1.5)
+        log, stock, orders = run_failover(sb, p)
+        lost_orders = log.acked_orders - orders
+        lost_units = {s: max(0, log.acked.get(s, 0) - (STOCK - stock[s])) for s in SKUS}
+        extra_units = {s: (STOCK - stock[s]) - log.acked.get(s, 0) - log.unknown.get(s, 0) for s in SKUS}
+        print(f"\nack={ack}: acknowledged orders {len(log.acked_orders)}, lost {len(lost_orders)}; "
+              f"acknowledged deductions {sum(log.acked.values())}, lost {sum(lost_units.values())}; "
+              f"errors {len(log.errors)}")
+        assert len(log.acked_orders) > 100 and sum(log.acked.values()) > 100
+        # the proxy followed the promotion: writes after the kill were acknowledged by the new primary
+        rows = p.admin("SHOW BACKENDS")
+        roles = {r[0]: r[1] for r in rows}
+        assert roles[f"127.0.0.1:{sb.replica_ports[0]}"] == "primary"
+        assert roles[f"127.0.0.1:{sb.primary_port}"] == "fenced"
+        # nothing applied twice, nothing beyond what clients were told or not told
+        assert all(v <= 0 for v in extra_units.values()), extra_units
+        assert orders - log.acked_orders <= log.unknown_orders
+        if ack == "replica":
+            assert lost_orders == set()
+            assert sum(lost_units.values()) == 0
+    finally:
+        if p is not None:
+            p.stop()
+        sb.destroy()
+
+
+def test_split_brain_stops_writes_and_old_primary_stays_fenced(tmp_path_factory: pytest.TempPathFactory) -> None:
+    sb = Sandbox(tmp_path_factory.mktemp("splitbrain"))
+    sb.start()
+    p: ProxyProc | None = None
+    try:
+        setup(sb)
+        p = start_proxy(tmp_path_factory.mktemp("sbproxy"), make_config(
+            sb, backends={"primary": f"127.0.0.1:{sb.primary_port}",
+                          "replicas": [f"127.0.0.1:{x}" for x in sb.replica_ports],
+                          "failover_wait_s": 1, "pool": {"connect_timeout_s": 1}},
+            routing={"read_consistency": "primary"}))
+        time.sleep(1.5)
+        sb.primary.kill9()
+        c = p.connect()
+        with pytest.raises(pymysql.err.OperationalError) as ei:  # no writable primary yet
+            c.cursor().execute("INSERT INTO orders VALUES ('x1', 1)")
+        assert ei.value.args[0] in (1290, 2003, 2013)
+        promote(sb)
+        time.sleep(2.5)
+        c.cursor().execute("INSERT INTO orders VALUES ('x2', 1)")  # to the promoted replica
+        assert sb.replicas[0].sql("SELECT COUNT(*) FROM shop.orders WHERE id = 'x2'") == [(1,)]
+        sb.primary.start()  # the old primary returns, still writable: two writable servers
+        time.sleep(2.5)
+        with pytest.raises(pymysql.err.OperationalError) as ei:
+            c.cursor().execute("INSERT INTO orders VALUES ('x3', 1)")
+        assert ei.value.args[0] == 1290 and "two writable servers" in ei.value.args[1]
+        sb.primary.sql("SET GLOBAL read_only = 1")  # the DBA fences it
+        time.sleep(2.5)
+        c.cursor().execute("INSERT INTO orders VALUES ('x4', 1)")
+        assert sb.replicas[0].sql("SELECT COUNT(*) FROM shop.orders WHERE id = 'x4'") == [(1,)]
+        assert sb.primary.sql("SELECT COUNT(*) FROM shop.orders WHERE id IN ('x2', 'x4')") == [(0,)]
+        c.close()
+    finally:
+        if p is not None:
+            p.stop()
+        sb.destroy()
+
+
+_ = (Any, Path)
