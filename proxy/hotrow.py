@@ -262,8 +262,10 @@ class HotRowEngine:
                 last_prune = now
                 try:
                     await self._prune()
+                    if self.app.outcomes is not None and self.app.outcomes._ready:
+                        await self.app.outcomes.prune()
                 except (BackendError, BackendLost, ProxyError) as e:
-                    log.info("batch record pruning skipped: %s", e)
+                    log.info("outcome record pruning skipped: %s", e)
 
     async def _prune(self) -> None:
         if not self.rules:

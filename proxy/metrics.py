@@ -84,6 +84,10 @@ ACK_WAIT = Histogram(
     P + "replica_ack_wait_seconds", "Time a write's OK was held for replica confirmation",
     buckets=_LAT,
 )
+COMMIT_IN_DOUBT = Counter(
+    P + "commit_in_doubt_total", "Tracked COMMITs interrupted by a lost connection, by resolution",
+    ["resolution"],
+)
 SPLIT_BRAIN = Gauge(P + "split_brain", "1 while more than one backend is writable (writes stopped)")
 FAILOVERS = Counter(P + "failovers_total", "Times writes moved to a newly promoted primary")
 PRIMARY_SEMI_SYNC = Gauge(

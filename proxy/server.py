@@ -70,6 +70,7 @@ class App:
         self.monitor: Any = None
         self.reads: Any = None
         self.durability: Any = None
+        self.outcomes: Any = None
         self._build_pools()
 
     def _build_pools(self) -> None:
@@ -208,6 +209,7 @@ class App:
         from .hotrow import HotRowEngine
         from .httpd import start_http
         from .monitor import Monitor
+        from .outcome import OutcomeTracker
         from .readsplit import ReadRouter
 
         M.BUILD.info({"version": "0.1.0"})
@@ -216,6 +218,12 @@ class App:
         await self.hotrow.start()
         self.reads = ReadRouter(self)
         self.durability = Durability(self)
+        self.outcomes = OutcomeTracker(self)
+        if self.outcomes.wants():
+            try:
+                await self.outcomes.ensure_table()
+            except (BackendError, BackendLost) as e:
+                log.warning("outcome table not created yet (%s); retried on first COMMIT", e)
         self.monitor = Monitor(self)
         self.monitor.start()
         self.admin = AdminConsole(self)

@@ -37,6 +37,7 @@ from .errors import (
 )
 from .gtid import GtidError
 from .gtid import parse as gtid_parse
+from .outcome import ER_SECKILL_NOT_COMMITTED
 
 if TYPE_CHECKING:
     from .frontend import ProxyConnection
@@ -404,6 +405,10 @@ class ProxySession(BaseSession):
         """Send one command to the session's backend connection and relay the answer."""
         dur = self.app.durability
         hold = None
+        if (shape is not None and shape.verb == "COMMIT" and self.conn is not None
+                and self.status & P.SERVER_STATUS_IN_TRANS and self.app.outcomes.wants()
+                and self.conn_pool is self.app.primary_pool()):
+            return await self._tracked_commit(payload, shape)
         if shape is not None and (shape.is_write or shape.verb in ("COMMIT", "END")):
             if shape.is_write:
                 dur.check_write()
@@ -431,6 +436,48 @@ class ProxySession(BaseSession):
             await self._drain()
             return r
         raise AssertionError("unreachable")
+
+    async def _tracked_commit(self, payload: bytes, shape: Shape) -> Relayed:
+        """COMMIT with an outcome record, so a lost connection still gets a true answer."""
+        c = self.conn
+        assert c is not None
+        tracker = self.app.outcomes
+        oid = tracker.next_id()
+        try:
+            await tracker.ensure_table(c)
+            await c.execute(f"INSERT INTO {tracker.table} (id) VALUES ({oid})")
+        except BackendError:
+            oid = 0  # e.g. a read-only transaction: commit untracked
+        except BackendLost as e:
+            await self._lost(e, retry=False, shape=shape)
+        hold = BufferWriter() if self.app.durability.wants_ack else None
+        try:
+            await c.command(payload)
+            r = await c.relay(hold or self.out, self._ok_hook)
+        except BackendLost as e:
+            if not oid:
+                await self._lost(e, retry=False, shape=shape)
+            await self._drop_conn(e.reason)
+            self.status &= ~P.SERVER_STATUS_IN_TRANS
+            self.pin = None
+            self.release_slots()
+            log.warning("connection lost during COMMIT (%s); resolving outcome %d", e.reason, oid)
+            committed = await tracker.resolve(oid, self.username or "", self.password)
+            if committed:
+                await self.send(self.ok_packet())
+                return Relayed(status=self.status)
+            if committed is False:
+                raise ProxyError(ER_SECKILL_NOT_COMMITTED,
+                                 "Transaction NOT committed: the connection to MySQL was lost during "
+                                 "COMMIT and seckill-proxy verified that nothing was committed") from None
+            raise ProxyError(CR_SERVER_LOST, "Lost connection to MySQL server during COMMIT; outcome "
+                             "unknown (the primary could not be asked)", fatal=True) from None
+        self._after(c, r)
+        await self._maybe_release()
+        if hold is not None:
+            await self._release_held(hold, r)
+        await self._drain()
+        return r
 
     async def _release_held(self, hold: BufferWriter, r: Relayed) -> None:
         """ack: replica — the OK goes out once replicas confirmed the write's GTID."""

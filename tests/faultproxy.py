@@ -14,6 +14,9 @@ class FaultProxy:
         self.target = target_port
         self.port = free_port()
         self.refuse = False
+        self.drop_replies = False  # server -> client bytes vanish (the reply to a COMMIT, say)
+        self.drop_requests = False  # client -> server bytes vanish (the COMMIT never arrives)
+        self.on_commit: str | None = None  # "drop_reply" / "drop_request" once a COMMIT passes
         self._conns: set[asyncio.StreamWriter] = set()
         self.loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -41,9 +44,17 @@ class FaultProxy:
             return
         self._conns.update((w, uw))
 
-        async def pipe(a: asyncio.StreamReader, b: asyncio.StreamWriter) -> None:
+        async def pipe(a: asyncio.StreamReader, b: asyncio.StreamWriter, to_server: bool) -> None:
             try:
                 while data := await a.read(65536):
+                    if to_server and self.on_commit and b"\x03COMMIT" in data:
+                        trigger, self.on_commit = self.on_commit, None
+                        if trigger == "drop_request":
+                            self.drop_requests = True
+                        else:
+                            self.drop_replies = True
+                    if self.drop_requests if to_server else self.drop_replies:
+                        continue
                     b.write(data)
                     await b.drain()
             except (ConnectionError, OSError):
@@ -51,7 +62,7 @@ class FaultProxy:
             finally:
                 b.close()
 
-        await asyncio.gather(pipe(r, uw), pipe(ur, w))
+        await asyncio.gather(pipe(r, uw, True), pipe(ur, w, False))
         self._conns.discard(w)
         self._conns.discard(uw)
 

@@ -152,3 +152,49 @@ def test_ack_timeout_degrades_and_counts(dsb: Sandbox, tmp_path: Path) -> None:
     finally:
         dsb.replicas[0].sql("START SLAVE SQL_THREAD")
         p.stop()
+
+
+def test_tracked_commit_tells_the_truth_after_connection_loss(dsb: Sandbox, tmp_path: Path) -> None:
+    import threading
+
+    from .faultproxy import FaultProxy
+
+    fp = FaultProxy(dsb.primary_port)
+    p = start_proxy(tmp_path, make_config(
+        dsb, durability={"track_commits": "all"}, routing={"read_consistency": "primary"},
+        backends={"primary": f"127.0.0.1:{fp.port}", "replicas": [], "failover_wait_s": 30,
+                  "pool": {"connect_timeout_s": 2}}))
+
+    def heal_soon() -> None:
+        def heal() -> None:
+            fp.cut()
+            fp.drop_replies = fp.drop_requests = False
+        threading.Timer(0.5, heal).start()
+
+    try:
+        time.sleep(1.5)
+        c = p.connect()
+        # 1. COMMIT reaches MySQL and commits, but its reply is lost: the client gets OK.
+        c.begin()
+        c.cursor().execute("INSERT INTO orders (v) VALUES (4242)")
+        fp.on_commit = "drop_reply"
+        heal_soon()
+        c.commit()
+        assert dsb.primary.sql("SELECT COUNT(*) FROM shop.orders WHERE v = 4242") == [(1,)]
+        # 2. COMMIT never reaches MySQL: the client is told it did NOT commit (9102), not "unknown".
+        c.begin()
+        c.cursor().execute("INSERT INTO orders (v) VALUES (4343)")
+        fp.on_commit = "drop_request"
+        heal_soon()
+        with pytest.raises(pymysql.err.MySQLError) as ei:
+            c.commit()
+        assert ei.value.args[0] == 9102 and "NOT committed" in ei.value.args[1]
+        assert dsb.primary.sql("SELECT COUNT(*) FROM shop.orders WHERE v = 4343") == [(0,)]
+        # the same client connection goes on working
+        c.cursor().execute("INSERT INTO orders (v) VALUES (4444)")
+        assert metric(p, 'seckill_proxy_commit_in_doubt_total{resolution="committed"}') == 1
+        assert metric(p, 'seckill_proxy_commit_in_doubt_total{resolution="not_committed"}') == 1
+        c.close()
+    finally:
+        p.stop()
+        fp.close()
