@@ -2,7 +2,7 @@
 SANDBOX ?= .sandbox
 VENV := .venv/bin
 
-.PHONY: deps run stop sandbox test lint bench bench-hotrow bench-readsplit clean
+.PHONY: deps run stop sandbox test lint bench bench-hotrow bench-readsplit bench-durability clean
 
 deps:
 	./scripts/install-deps.sh
@@ -31,6 +31,10 @@ test:
 bench:
 	WITH_BENCH=1 ./scripts/install-deps.sh
 	$(VENV)/python -m bench.core
+
+bench-durability:
+	WITH_BENCH=1 ./scripts/install-deps.sh
+	$(VENV)/python -m bench.durability
 
 bench-readsplit:
 	WITH_BENCH=1 ./scripts/install-deps.sh

@@ -53,7 +53,8 @@ def cpu_seconds(pid: int) -> float:
 
 class Proxy:
     def __init__(self, sb: Sandbox, hotrow: dict[str, Any] | None = None,
-                 routing: dict[str, Any] | None = None) -> None:
+                 routing: dict[str, Any] | None = None,
+                 durability: dict[str, Any] | None = None) -> None:
         self.port, self.admin_port, self.metrics_port = free_port(), free_port(), free_port()
         cfg = {
             "listen": f"127.0.0.1:{self.port}",
@@ -65,6 +66,7 @@ class Proxy:
                          "pool": {"max_connections": 300}},
             "hotrow": hotrow or {"mode": "off"},
             "routing": routing or {"read_consistency": "primary"},
+            "durability": durability or {},
             "log_level": "WARNING",
         }
         OUT.mkdir(parents=True, exist_ok=True)

@@ -201,3 +201,16 @@ def test_allocation_is_what_serial_execution_gives(
                 for m in members if m.guard_op)
             if guarded_ok and all(m.guard_op for m in members):
                 assert final >= 0  # guards of the seckill form never let stock go negative
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("SELECT *FROMtwhere=id'\\\"0123456789.eE-+x,()_ ")),
+               max_size=80))
+def test_fast_digest_equals_full_digest(text: str) -> None:
+    from proxy.classify import _TOKEN, _digest_sub
+
+    full = " ".join(_TOKEN.sub(_digest_sub, text).split()).rstrip(";").strip()
+    fast = digest(text)
+    import re as _re
+
+    assert fast == _re.sub(r"\(\s*\?(?:\s*,\s*\?)+\s*\)", "(?,...)", full)
