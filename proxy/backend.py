@@ -216,6 +216,12 @@ class BackendConn:
     async def _drain_more(self) -> None:
         """Nothing follows an ERR packet; kept as a hook for symmetry with relay()."""
 
+    async def wait_gtid(self, gtid: str, timeout_s: float) -> bool:
+        """Bounded wait until this server applied `gtid` (MariaDB or MySQL flavour)."""
+        fn = "MASTER_GTID_WAIT" if self.mariadb else "WAIT_FOR_EXECUTED_GTID_SET"
+        row = await self.fetch_one(f"SELECT {fn}('{gtid}', {timeout_s:.3f})")
+        return row is not None and row[0] == "0"
+
     async def fetch_one(self, sql: str) -> list[str | None] | None:
         rows, _ = await self.query(sql)
         return rows[0] if rows else None

@@ -80,7 +80,7 @@ class Durability:
         reads = self.app.reads
         pools: list[Pool] = [self.app.pools[k] for k, st in self.app.monitor.states.items()
                              if st.role == "replica" and st.up]
-        have = [p for p in pools if _known(reads.known.get(p.label), wm)]
+        have = [p for p in pools if G.applied(reads.known.get(p.label), wm)]
         if len(have) < need:
             rest = [p for p in pools if p not in have]
             results = await asyncio.gather(*(self._wait_one(p, wm, timeout) for p in rest))
@@ -106,21 +106,10 @@ class Durability:
         except (BackendLost, BackendError, ProxyError, TimeoutError):
             return False
         try:
-            fn = "MASTER_GTID_WAIT" if c.mariadb else "WAIT_FOR_EXECUTED_GTID_SET"
-            row = await c.fetch_one(f"SELECT {fn}('{wm}', {timeout:.3f})")
-            ok = row is not None and row[0] == "0"
+            ok = await c.wait_gtid(str(wm), timeout)
         except (BackendLost, BackendError):
             ok = False
         await pool.release(c)
         if ok:
             self.app.reads.note_replica(pool.label, str(wm))
         return ok
-
-
-def _known(pos: G.Gtid | None, wm: G.Gtid) -> bool:
-    if pos is None:
-        return False
-    try:
-        return G.contains(pos, wm)
-    except G.GtidError:
-        return False

@@ -144,3 +144,23 @@ def union(a: str | Gtid, b: str | Gtid) -> Gtid:
     if type(x) is not type(y):
         raise GtidError("cannot combine a MariaDB position with a MySQL GTID set")
     return x.union(y)  # type: ignore[arg-type]
+
+
+def applied(pos: Gtid | None, want: Gtid) -> bool:
+    """Has a server at `pos` (None: unknown) applied `want`? Unknown or mixed flavours: no."""
+    if pos is None:
+        return False
+    try:
+        return contains(pos, want)
+    except GtidError:
+        return False
+
+
+def merged(a: Gtid | None, b: Gtid) -> Gtid:
+    """`a` ∪ `b`, tolerating an unknown `a` (and mixed flavours, keeping the newer `b`)."""
+    if a is None:
+        return b
+    try:
+        return union(a, b)
+    except GtidError:
+        return b

@@ -31,6 +31,7 @@ from . import protocol as P
 from .classify import HotTemplate, Shape, Unsupported, statement_values
 from .config import HOTROW_MODES, HotRowCfg, HotRowRule
 from .errors import CR_SERVER_LOST, ER_LOCK_WAIT_TIMEOUT, BackendError, BackendLost, ProxyError
+from .outcome import find_record
 
 if TYPE_CHECKING:
     from .backend import BackendConn
@@ -40,7 +41,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("seckill.hotrow")
 
-RESOLVE_TIMEOUT_S = 60.0
 _M_HIT = M.HOTROW_STATEMENTS.labels("merge", "succeeded")
 _M_MISS = M.HOTROW_STATEMENTS.labels("merge", "sold_out")
 INFO_HIT = b"Rows matched: 1  Changed: 1  Warnings: 0"
@@ -600,35 +600,21 @@ class HotRowEngine:
         crash recovery has settled the transaction before the server accepts connections.
         """
         log.warning("hot-row batch %d: connection lost during COMMIT (%s); resolving", batch_id, e)
-        deadline = time.monotonic() + RESOLVE_TIMEOUT_S
-        while time.monotonic() < deadline:
-            try:
-                c = await self._conn(user)
-            except (BackendLost, BackendError, ProxyError):
-                await asyncio.sleep(0.2)
-                continue
-            try:
-                rows, _ = await c.query(
-                    f"SELECT id FROM `{self.cfg.batch_schema}`.`hotrow_batch` WHERE id = {batch_id} "
-                    "LOCK IN SHARE MODE")
-            except (BackendLost, BackendError):
-                await c.pool.release(c, "in-doubt lookup failed")
-                await asyncio.sleep(0.2)
-                continue
-            await c.pool.release(c)
-            if rows:
-                M.HOTROW_IN_DOUBT.labels("committed").inc()
-                log.warning("hot-row batch %d committed", batch_id)
-                return decisions
+        found = await find_record(self.app, f"`{self.cfg.batch_schema}`.`hotrow_batch`", batch_id,
+                                  user, self.app.cfg.password_of(user) or "")
+        if found:
+            M.HOTROW_IN_DOUBT.labels("committed").inc()
+            log.warning("hot-row batch %d committed", batch_id)
+            return decisions
+        if found is False:
             M.HOTROW_IN_DOUBT.labels("not_committed").inc()
             log.warning("hot-row batch %d did not commit", batch_id)
             raise NotCommitted(ProxyError(
                 CR_SERVER_LOST, "Lost connection to MySQL server during COMMIT; "
                 "seckill-proxy verified the statement was NOT applied"))
         M.HOTROW_IN_DOUBT.labels("unknown").inc()
-        err = ProxyError(CR_SERVER_LOST, "Lost connection to MySQL server during COMMIT; "
-                         "outcome unknown (primary unreachable)")
-        raise _Unknown(err)
+        raise _Unknown(ProxyError(CR_SERVER_LOST, "Lost connection to MySQL server during COMMIT; "
+                                  "outcome unknown (primary unreachable)"))
 
 
 class _Unknown(ProxyError):

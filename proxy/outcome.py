@@ -72,25 +72,9 @@ class OutcomeTracker:
 
     async def resolve(self, oid: int, user: str, password: str) -> bool | None:
         """True: committed; False: not committed; None: could not be learned in time."""
-        deadline = time.monotonic() + RESOLVE_TIMEOUT_S
-        while time.monotonic() < deadline:
-            try:
-                pool = await self.app.writable_primary()
-                c = await pool.acquire(user, password)
-            except (BackendLost, BackendError, ProxyError):
-                await asyncio.sleep(0.2)
-                continue
-            try:
-                rows, _ = await c.query(f"SELECT id FROM {self.table} WHERE id = {oid} LOCK IN SHARE MODE")
-            except (BackendLost, BackendError):
-                await pool.release(c, "outcome lookup failed")
-                await asyncio.sleep(0.2)
-                continue
-            await pool.release(c)
-            M.COMMIT_IN_DOUBT.labels("committed" if rows else "not_committed").inc()
-            return bool(rows)
-        M.COMMIT_IN_DOUBT.labels("unknown").inc()
-        return None
+        found = await find_record(self.app, self.table, oid, user, password)
+        M.COMMIT_IN_DOUBT.labels({True: "committed", False: "not_committed", None: "unknown"}[found]).inc()
+        return found
 
     async def prune(self) -> None:
         pool = self.app.primary_pool()
@@ -103,3 +87,29 @@ class OutcomeTracker:
             pass
         finally:
             await pool.release(c)
+
+
+async def find_record(app: App, table: str, rid: int, user: str, password: str) -> bool | None:
+    """Does record `rid` exist on the primary (whichever server that is by now)?
+
+    A locking read waits for a COMMIT still in flight; after a restart, crash recovery has
+    settled the transaction before the server accepts connections; during a failover the
+    lookup goes to the promoted server. None: not learned within RESOLVE_TIMEOUT_S.
+    """
+    deadline = time.monotonic() + RESOLVE_TIMEOUT_S
+    while time.monotonic() < deadline:
+        try:
+            pool = await app.writable_primary()
+            c = await pool.acquire(user, password)
+        except (BackendLost, BackendError, ProxyError):
+            await asyncio.sleep(0.2)
+            continue
+        try:
+            rows, _ = await c.query(f"SELECT id FROM {table} WHERE id = {rid} LOCK IN SHARE MODE")
+        except (BackendLost, BackendError):
+            await pool.release(c, "record lookup failed")
+            await asyncio.sleep(0.2)
+            continue
+        await pool.release(c)
+        return bool(rows)
+    return None

@@ -163,7 +163,7 @@ class ReadRouter:
         if not pools:
             return None
         if wm is not None:
-            ready = [pl for pl in pools if _has(self.known.get(pl.label), wm)]
+            ready = [pl for pl in pools if G.applied(self.known.get(pl.label), wm)]
             pools = ready + [pl for pl in pools if pl not in ready]
         wait_s = self.app.cfg.routing.max_wait_ms / 1000
         for i, pool in enumerate(pools[:2]):
@@ -173,43 +173,19 @@ class ReadRouter:
                 continue
             try:
                 await pool.apply_state(c, session.database, session.sysvars)
-                if wm is None or _has(self.known.get(pool.label), wm):
+                if wm is None or G.applied(self.known.get(pool.label), wm):
                     return c, pool, "replica"
                 if i == 0 and wait_s > 0:
-                    if await self._wait(c, wm, wait_s):
-                        self.known[pool.label] = _union(self.known.get(pool.label), wm)
+                    if await c.wait_gtid(str(wm), wait_s):
+                        self.known[pool.label] = G.merged(self.known.get(pool.label), wm)
                         return c, pool, "replica_waited"
             except (BackendLost, BackendError):
                 pass
             await pool.release(c)
         return None
 
-    async def _wait(self, c: BackendConn, wm: G.Gtid, wait_s: float) -> bool:
-        if c.mariadb:
-            row = await c.fetch_one(f"SELECT MASTER_GTID_WAIT('{wm}', {wait_s:.3f})")
-        else:
-            row = await c.fetch_one(f"SELECT WAIT_FOR_EXECUTED_GTID_SET('{wm}', {wait_s:.3f})")
-        return row is not None and row[0] == "0"
 
     def count(self, consistency: str, outcome: str, backend: str | None = None) -> None:
         M.READS.labels(consistency, outcome).inc()
         if backend:
             self.reads[backend] = self.reads.get(backend, 0) + 1
-
-
-def _has(pos: G.Gtid | None, wm: G.Gtid) -> bool:
-    if pos is None:
-        return False
-    try:
-        return G.contains(pos, wm)
-    except G.GtidError:
-        return False
-
-
-def _union(a: G.Gtid | None, b: G.Gtid) -> G.Gtid:
-    if a is None:
-        return b
-    try:
-        return G.union(a, b)
-    except G.GtidError:
-        return b
