@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from .common import OUT, ROOT, Proxy, machine, sandbox, sysbench
+from .common import ROOT, Proxy, machine, sandbox, sysbench
 
 THREADS = [1, 16, 64, 128, 256]
 SECONDS = int(sys.argv[1]) if len(sys.argv) > 1 else 10
@@ -84,7 +84,6 @@ def plot(rows: list[tuple]) -> None:  # type: ignore[type-arg]
     ax.legend()
     fig.tight_layout()
     fig.savefig(ROOT / "docs" / "bench-hotrow.png", dpi=110)
-    _ = OUT
 
 
 if __name__ == "__main__":

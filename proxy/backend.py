@@ -180,7 +180,6 @@ class BackendConn:
             pkt = await self.read_packet()
             if pkt[0] == 0xFF:
                 e = P.parse_err(pkt)
-                await self._drain_more()
                 raise BackendError(e.code, e.sqlstate, e.message, pkt)
             if pkt[0] == 0x00:
                 ok = P.parse_ok(pkt, True)
@@ -212,9 +211,6 @@ class BackendConn:
                 rows.append(_text_row(pkt, ncols))
             if not self.status & P.SERVER_MORE_RESULTS_EXISTS:
                 return rows, ok
-
-    async def _drain_more(self) -> None:
-        """Nothing follows an ERR packet; kept as a hook for symmetry with relay()."""
 
     async def wait_gtid(self, gtid: str, timeout_s: float) -> bool:
         """Bounded wait until this server applied `gtid` (MariaDB or MySQL flavour)."""

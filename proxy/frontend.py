@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -244,6 +243,3 @@ class ProxyConnection(Connection):
         else:
             raise ProxyError(ER_UNKNOWN_COM_ERROR, f"Unknown command 0x{cmd:02x}")
 
-
-def stmt_id_of(payload: bytes) -> int:
-    return int(struct.unpack_from("<I", payload, 1)[0])

@@ -584,7 +584,6 @@ class HotRowEngine:
             return await self._in_doubt(hs, batch_id, user, decisions, e)
         await pool.release(c)
         if ok is not None and ok.gtid:
-            self.app.note_gtid(ok.gtid)
             for m in members:
                 m.gtid = ok.gtid
         M.HOTROW_BATCH_SIZE.observe(len(members))

@@ -63,7 +63,6 @@ class App:
         self.primary_generation = 0
         self._primary_waiters: list[asyncio.Future[None]] = []
         self.draining = False
-        self.primary_gtid: str | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self.hotrow: Any = None
         self.admin: Any = None
@@ -163,9 +162,6 @@ class App:
         self.slow_ms = cfg.slow_query_ms
         self.read_consistency = cfg.routing.read_consistency
         return notes
-
-    def note_gtid(self, gtid: str) -> None:
-        self.primary_gtid = gtid
 
     # ---- statement interception (hot-row, proxy-answered statements) ---------------------
 

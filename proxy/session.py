@@ -409,6 +409,8 @@ class ProxySession(BaseSession):
                 and self.status & P.SERVER_STATUS_IN_TRANS and self.app.outcomes.wants()
                 and self.conn_pool is self.app.primary_pool()):
             return await self._tracked_commit(payload, shape)
+        if shape is not None and self._track_autocommit(shape):
+            return await self._tracked_autocommit(shape, lambda c, out: self._run_on(c, payload, out))
         if shape is not None and (shape.is_write or shape.verb in ("COMMIT", "END")):
             if shape.is_write:
                 dur.check_write()
@@ -436,6 +438,87 @@ class ProxySession(BaseSession):
             await self._drain()
             return r
         raise AssertionError("unreachable")
+
+    def _track_autocommit(self, shape: Shape) -> bool:
+        """track_commits: all also covers autocommit writes (single statements, no results)."""
+        return (shape.is_write and shape.verb not in ("CALL", "CREATE", "DROP", "ALTER", "TRUNCATE",
+                                                       "RENAME", "GRANT", "REVOKE", "LOAD")
+                and not shape.multi and "RETURNING" not in shape.digest.upper()
+                and self.app.outcomes.wants() and not self._holds()
+                and self.sysvars.get("autocommit", "ON").upper() not in ("OFF", "0"))
+
+    async def _run_on(self, c: BackendConn, payload: bytes, out: Any) -> Relayed:
+        await c.command(payload)
+        return await c.relay(out, self._ok_hook)
+
+    async def _run_execute_on(self, c: BackendConn, st: ClientStmt, parts: P.ExecuteParts,
+                              out: Any) -> Relayed:
+        pok = await c.prepare(st.sql)
+        await c.command(P.join_execute(parts, pok.stmt_id, st.types))
+        return await c.relay(out, self._ok_hook)
+
+    async def _tracked_autocommit(
+        self, shape: Shape, run: Callable[[BackendConn, Any], Awaitable[Relayed]]
+    ) -> Relayed:
+        """An autocommit write with an outcome record: START TRANSACTION, the statement (its
+        reply held), the record and COMMIT; the client's OK goes out once COMMIT returned."""
+        self.app.durability.check_write()
+        c = await self._get_conn()
+        tracker = self.app.outcomes
+        oid = tracker.next_id()
+        hold = BufferWriter()
+        try:
+            await tracker.ensure_table(c)
+            await c.execute("START TRANSACTION")
+            r = await run(c, hold)
+        except BackendLost as e:
+            # Died before COMMIT: the server rolls the transaction back, nothing was applied.
+            await self._drop_conn(e.reason)
+            self.status = P.SERVER_STATUS_AUTOCOMMIT
+            raise ProxyError(CR_SERVER_LOST, f"Lost connection to MySQL server during query "
+                             f"({e.reason}); the statement was NOT applied") from None
+        if r.err is not None or r.ok is None:
+            await self._finish_tracked(c, "ROLLBACK")
+            self.out.write(bytes(hold.buf))  # the statement's own error (or result) as MySQL sent it
+            await self._drain()
+            return r
+        try:
+            _, ok = await c.query(f"INSERT INTO {tracker.table} (id) VALUES ({oid}); COMMIT")
+        except BackendError as e:
+            await self._finish_tracked(c, "ROLLBACK")
+            await self.send(e.raw)
+            return r
+        except BackendLost as e:
+            await self._drop_conn(e.reason)
+            self.status = P.SERVER_STATUS_AUTOCOMMIT
+            log.warning("connection lost during COMMIT (%s); resolving outcome %d", e.reason, oid)
+            committed = await tracker.resolve(oid, self.username or "", self.password)
+            if committed is False:
+                raise ProxyError(ER_SECKILL_NOT_COMMITTED,
+                                 "Statement NOT applied: the connection to MySQL was lost during "
+                                 "COMMIT and seckill-proxy verified that nothing was committed") from None
+            if committed is None:
+                raise ProxyError(CR_SERVER_LOST, "Lost connection to MySQL server during COMMIT; "
+                                 "outcome unknown (the primary could not be asked)") from None
+            ok = None
+        self.status = P.SERVER_STATUS_AUTOCOMMIT
+        c.status = P.SERVER_STATUS_AUTOCOMMIT
+        if ok is not None and ok.gtid:
+            self.last_gtid = ok.gtid
+            if self.app.durability.wants_ack:
+                await self.app.durability.wait_ack(ok.gtid)
+        await self._maybe_release()
+        o = r.ok
+        await self.send(P.make_ok(o.affected_rows, o.last_insert_id, self.status, o.warnings, o.info))
+        return r
+
+    async def _finish_tracked(self, c: BackendConn, sql: str) -> None:
+        try:
+            await c.execute(sql)
+        except (BackendError, BackendLost):
+            c.broken = True
+        self.status = P.SERVER_STATUS_AUTOCOMMIT
+        await self._maybe_release()
 
     async def _tracked_commit(self, payload: bytes, shape: Shape) -> Relayed:
         """COMMIT with an outcome record, so a lost connection still gets a true answer."""
@@ -521,7 +604,6 @@ class ProxySession(BaseSession):
             c.dirty = True
         if r.gtid:
             self.last_gtid = r.gtid
-            self.app.note_gtid(r.gtid)
         self.release_slots()
 
     # ---- other commands -------------------------------------------------------------------
@@ -630,6 +712,9 @@ class ProxySession(BaseSession):
         """Run a client's prepared statement on the session's backend connection."""
         if parts.flags & 0x01 and not self.pin:
             self.pin = "server-side cursor"
+        if self._track_autocommit(st.shape):
+            return await self._tracked_autocommit(
+                st.shape, lambda c, out: self._run_execute_on(c, st, parts, out))
         hold = None
         if st.shape.is_write:
             self.app.durability.check_write()

@@ -17,6 +17,7 @@ class FaultProxy:
         self.drop_replies = False  # server -> client bytes vanish (the reply to a COMMIT, say)
         self.drop_requests = False  # client -> server bytes vanish (the COMMIT never arrives)
         self.on_commit: str | None = None  # "drop_reply" / "drop_request" once a COMMIT passes
+        self.trigger = b"\x03COMMIT"  # what on_commit looks for in client -> server bytes
         self._conns: set[asyncio.StreamWriter] = set()
         self.loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -47,7 +48,7 @@ class FaultProxy:
         async def pipe(a: asyncio.StreamReader, b: asyncio.StreamWriter, to_server: bool) -> None:
             try:
                 while data := await a.read(65536):
-                    if to_server and self.on_commit and b"\x03COMMIT" in data:
+                    if to_server and self.on_commit and self.trigger in data:
                         trigger, self.on_commit = self.on_commit, None
                         if trigger == "drop_request":
                             self.drop_requests = True

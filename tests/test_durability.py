@@ -8,7 +8,9 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import aiomysql
 import pymysql
 import pytest
 
@@ -195,6 +197,128 @@ def test_tracked_commit_tells_the_truth_after_connection_loss(dsb: Sandbox, tmp_
         assert metric(p, 'seckill_proxy_commit_in_doubt_total{resolution="committed"}') == 1
         assert metric(p, 'seckill_proxy_commit_in_doubt_total{resolution="not_committed"}') == 1
         c.close()
+    finally:
+        p.stop()
+        fp.close()
+
+
+@pytest.mark.parametrize("trigger,action,expect", [
+    (b"FOR UPDATE", "drop_request", "retried"),      # lost while locking the row (collection done)
+    (b"FOR UPDATE", "drop_reply", "retried"),        # row locked, reply lost: rolled back, retried
+    (b"hotrow_batch", "drop_request", "retried"),    # UPDATE+record+COMMIT never arrive
+    (b"hotrow_batch", "drop_reply", "in_doubt_ok"),  # COMMIT ran, its reply lost: record found
+])
+def test_batch_connection_lost_at_each_phase(dsb: Sandbox, tmp_path: Path, trigger: bytes,
+                                             action: str, expect: str) -> None:
+    """Every member gets the true outcome whatever phase the batch connection dies in."""
+    import threading
+
+    from .faultproxy import FaultProxy
+
+    fp = FaultProxy(dsb.primary_port)
+    dsb.primary.sql("UPDATE shop.inventory SET quantity = 1000 WHERE sku_id = 1")
+    p = start_proxy(tmp_path, make_config(
+        dsb, routing={"read_consistency": "primary"},
+        backends={"primary": f"127.0.0.1:{fp.port}", "replicas": [], "failover_wait_s": 30,
+                  "pool": {"connect_timeout_s": 2}}))
+    try:
+        time.sleep(1.5)
+        warm = p.connect()  # first use checks the rule and creates the batch table
+        assert warm.cursor().execute("UPDATE inventory SET quantity = quantity - 1 WHERE sku_id = 1 AND quantity > 0") == 1
+        warm.close()
+        fp.trigger = trigger
+        fp.on_commit = action
+
+        def heal() -> None:
+            fp.cut()
+            fp.drop_replies = fp.drop_requests = False
+
+        threading.Timer(0.5, heal).start()
+
+        async def members() -> list[Any]:
+            async def one() -> Any:
+                conn = await aiomysql.connect(host="127.0.0.1", port=p.port, user="app",
+                                              password="app", db="shop", autocommit=True)
+                try:
+                    async with conn.cursor() as k:
+                        return await k.execute("UPDATE inventory SET quantity = quantity - 1 "
+                                               "WHERE sku_id = 1 AND quantity > 0")
+                except pymysql.err.MySQLError as e:
+                    return e.args
+                finally:
+                    conn.close()
+            return await asyncio.gather(*(one() for _ in range(20)))
+
+        results = asyncio.run(members())
+        ok = sum(1 for r in results if r == 1)
+        left = dsb.primary.sql("SELECT quantity FROM shop.inventory WHERE sku_id = 1")[0][0]
+        assert 999 - left == ok, (results, left)  # told-success == applied, nothing twice
+        assert ok == 20, results  # retried once (not committed) or resolved (committed)
+        inds = metric(p, 'seckill_proxy_hotrow_batch_in_doubt_total{resolution="committed"}')
+        assert inds == (1 if expect == "in_doubt_ok" else 0)
+    finally:
+        p.stop()
+        fp.close()
+
+
+def test_tracked_autocommit_writes(dsb: Sandbox, tmp_path: Path) -> None:
+    import threading
+
+    import mysql.connector
+
+    from .faultproxy import FaultProxy
+
+    dsb.primary.sql("CREATE TABLE IF NOT EXISTS shop.uq (id INT AUTO_INCREMENT PRIMARY KEY, "
+                    "code VARCHAR(20) UNIQUE)")
+    fp = FaultProxy(dsb.primary_port)
+    p = start_proxy(tmp_path, make_config(
+        dsb, durability={"track_commits": "all"}, routing={"read_consistency": "primary"},
+        backends={"primary": f"127.0.0.1:{fp.port}", "replicas": [], "failover_wait_s": 30,
+                  "pool": {"connect_timeout_s": 2}}))
+
+    def heal_soon() -> None:
+        def heal() -> None:
+            fp.cut()
+            fp.drop_replies = fp.drop_requests = False
+        threading.Timer(0.5, heal).start()
+
+    def count(code: str) -> int:
+        return int(dsb.primary.sql(f"SELECT COUNT(*) FROM shop.uq WHERE code = '{code}'")[0][0])
+
+    try:
+        time.sleep(1.5)
+        c = p.connect()
+        cur = c.cursor()
+        assert cur.execute("INSERT INTO uq (code) VALUES ('a1')") == 1
+        new_id = cur.lastrowid
+        assert new_id and count("a1") == 1
+        cur.execute("SELECT LAST_INSERT_ID()")
+        assert cur.fetchone()[0] == new_id
+        with pytest.raises(pymysql.err.IntegrityError) as ei:  # MySQL's own error, unchanged
+            cur.execute("INSERT INTO uq (code) VALUES ('a1')")
+        assert ei.value.args[0] == 1062
+        # COMMIT's reply lost: the proxy finds the record and answers OK
+        fp.trigger, fp.on_commit = b"commit_outcome", "drop_reply"
+        heal_soon()
+        assert cur.execute("INSERT INTO uq (code) VALUES ('a2')") == 1
+        assert count("a2") == 1
+        # COMMIT never arrives: verified not applied
+        fp.trigger, fp.on_commit = b"commit_outcome", "drop_request"
+        heal_soon()
+        with pytest.raises(pymysql.err.MySQLError) as ei:
+            cur.execute("INSERT INTO uq (code) VALUES ('a3')")
+        assert ei.value.args[0] == 9102
+        assert count("a3") == 0
+        c.close()
+        # server-side prepared statements are tracked the same way
+        mc = mysql.connector.connect(host="127.0.0.1", port=p.port, user="app", password="app",
+                                     database="shop", autocommit=True, use_pure=True)
+        mcur = mc.cursor(prepared=True)
+        mcur.execute("INSERT INTO uq (code) VALUES (?)", ("a4",))
+        assert mcur.rowcount == 1 and count("a4") == 1
+        mc.close()
+        n = int(dsb.primary.sql("SELECT COUNT(*) FROM seckill_proxy.commit_outcome")[0][0])
+        assert n >= 3
     finally:
         p.stop()
         fp.close()

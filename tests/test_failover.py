@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import aiomysql
 import pymysql
@@ -182,5 +180,3 @@ def test_split_brain_stops_writes_and_old_primary_stays_fenced(tmp_path_factory:
             p.stop()
         sb.destroy()
 
-
-_ = (Any, Path)
