@@ -194,9 +194,12 @@ class Monitor:
         io = r.get("Slave_IO_Running", r.get("Replica_IO_Running"))
         sql = r.get("Slave_SQL_Running", r.get("Replica_SQL_Running"))
         lag = r.get("Seconds_Behind_Master", r.get("Seconds_Behind_Source"))
+        st.lag_s = float(lag) if lag not in (None, "") else None
+        max_lag = self.app.cfg.routing.max_replica_lag_s
         if io != "Yes" or sql != "Yes":
             st.state, st.reason = "broken", f"replication threads io={io} sql={sql}"
-        st.lag_s = float(lag) if lag not in (None, "") else None
+        elif st.lag_s is not None and st.lag_s > max_lag:
+            st.state, st.reason = "lagging", f"{st.lag_s:g}s behind the primary (max_replica_lag_s {max_lag:g})"
 
     def _publish(self, key: str, st: BackendState) -> None:
         M.BACKEND_UP.labels(key, st.role).set(1 if st.up else 0)

@@ -132,10 +132,8 @@ class ReadRouter:
         for key, st in self.app.monitor.states.items():
             if st.role != "replica" or not st.up or st.state != "up":
                 continue
-            if consistency == "eventual" and (st.lag_s is None or st.lag_s > cfg.routing.max_replica_lag_s):
-                continue
-            if st.lag_s is not None and st.lag_s > max(cfg.routing.max_replica_lag_s, 3600):
-                continue
+            if consistency == "eventual" and st.lag_s is None:
+                continue  # lag unknown: not good enough for reads without a watermark
             w = cfg.backends.weight(st.addr)
             if w <= 0:
                 continue

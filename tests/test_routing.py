@@ -284,3 +284,35 @@ def test_read_only_transaction_runs_on_one_replica(rsb: Sandbox, rproxy: ProxyPr
         cur.execute("SELECT @@server_id")
         assert cur.fetchone()[0] == 1
     c.close()
+
+
+def test_lagging_replica_leaves_rotation_with_reason(rsb: Sandbox, tmp_path: Path) -> None:
+    p = start_proxy(tmp_path, make_config(rsb, routing={"read_consistency": "eventual",
+                                                         "max_replica_lag_s": 1}))
+    rep = rsb.replicas[0]
+    try:
+        time.sleep(1.5)
+        rep.sql("STOP SLAVE", "CHANGE MASTER TO MASTER_DELAY = 4", "START SLAVE")
+        rsb.primary.sql("INSERT INTO shop.rw (v) VALUES (-5)")
+        time.sleep(0.5)
+        rsb.primary.sql("INSERT INTO shop.rw (v) VALUES (-6)")
+
+        def state() -> tuple[str, str]:
+            r = next(r for r in p.admin("SHOW BACKENDS") if r[1] == "replica")
+            return r[2], r[3]
+
+        _wait_for(lambda: state()[0] == "lagging", 15)
+        assert "behind the primary" in state()[1]
+        before = reads(p)
+        c = p.connect()
+        with c.cursor() as cur:
+            for _ in range(20):
+                cur.execute("SELECT COUNT(*) FROM rw")
+        c.close()
+        after = reads(p)
+        assert delta(before, after, "replica") == 0 and delta(before, after, "primary_fallback") == 20
+        rep.sql("STOP SLAVE", "CHANGE MASTER TO MASTER_DELAY = 0", "START SLAVE")
+        _wait_for(lambda: state()[0] == "up", 20)
+    finally:
+        rep.sql("STOP SLAVE", "CHANGE MASTER TO MASTER_DELAY = 0", "START SLAVE")
+        p.stop()
