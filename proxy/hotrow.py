@@ -517,6 +517,10 @@ class HotRowEngine:
                 last = e
                 log.warning("hot-row batch for %s did not commit (attempt %d): %s",
                             hs.rule.qualified, attempt, e)
+                if attempt == 1 and e.err.code == 2013 and self.app.monitor is not None:
+                    # The connection died: let the monitor see the servers again (a restart or
+                    # a failover) before the one retry, so it goes to a live primary.
+                    await self.app.monitor.next_round()
                 continue
             ks.batches += 1
             ks.recent.append((time.monotonic(), len(g.members)))
@@ -632,4 +636,4 @@ def _as_proxy_error(e: BackendError | BackendLost | ProxyError) -> ProxyError:
         return e
     if isinstance(e, BackendError):
         return ProxyError((e.code, e.sqlstate), e.message)
-    return ProxyError(CR_SERVER_LOST, f"Lost connection to MySQL server ({e.reason}); statement not applied")
+    return ProxyError(CR_SERVER_LOST, f"Lost connection to MySQL server ({e.reason}); statement NOT applied")

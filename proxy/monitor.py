@@ -68,6 +68,7 @@ class Monitor:
         self.states: dict[str, BackendState] = {}
         self._conns: dict[str, BackendConn] = {}
         self._task: asyncio.Task[None] | None = None
+        self._round: asyncio.Future[None] | None = None
         self.sync()
 
     def sync(self) -> None:
@@ -100,7 +101,19 @@ class Monitor:
         while True:
             await asyncio.gather(*(self._check(k, st) for k, st in list(self.states.items())))
             self._follow_primary()
+            if self._round is not None and not self._round.done():
+                self._round.set_result(None)
+            self._round = None
             await asyncio.sleep(INTERVAL_S)
+
+    async def next_round(self, timeout: float = 5.0) -> None:
+        """Wait until the monitor has checked every server again (after a lost connection)."""
+        if self._round is None:
+            self._round = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._round), timeout)
+        except TimeoutError:
+            pass
 
     def _follow_primary(self) -> None:
         """Roles follow the servers: the writable server is the primary.

@@ -110,7 +110,7 @@ def test_real_prometheus_scrapes_moving_series(proxy: ProxyProc, sandbox: Sandbo
         assert query('seckill_proxy_statements_total{outcome="error"} > 0')
         assert query("seckill_proxy_primary_durable == 1")
         _, rules = get(f"http://127.0.0.1:{port}/api/v1/rules")
-        assert len(json.loads(rules)["data"]["groups"][0]["rules"]) == 6
+        assert len(json.loads(rules)["data"]["groups"][0]["rules"]) == 7
     finally:
         prom.terminate()
         prom.wait(10)
