@@ -145,7 +145,17 @@ class ReadRouter:
         if p.token:
             return G.parse(p.token)
         if p.consistency == "global":
-            return await self.primary_position()
+            st = self.app.monitor.states.get(self.app.primary_key())
+            if st is not None and st.checked_at and not st.up:
+                # No primary to ask (crashed, failover in progress): nothing can commit there
+                # now, so the last position seen on it is the watermark replicas must reach.
+                return G.parse(st.gtid) if st.gtid else None
+            try:
+                return await self.primary_position()
+            except ProxyError:
+                if st is None or not st.gtid:
+                    raise
+                return G.parse(st.gtid)  # the primary just became unreachable: same reasoning
         if p.consistency == "session" and session.last_gtid:
             return G.parse(session.last_gtid)
         return None

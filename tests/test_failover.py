@@ -161,6 +161,13 @@ def test_split_brain_stops_writes_and_old_primary_stays_fenced(tmp_path_factory:
         with pytest.raises(pymysql.err.OperationalError) as ei:  # no writable primary yet
             c.cursor().execute("INSERT INTO orders VALUES ('x1', 1)")
         assert ei.value.args[0] in (1290, 2003, 2013)
+        reader = p.connect()  # reads go on from the replica, global consistency included
+        with reader.cursor() as cur:
+            for level in ("eventual", "session", "global"):
+                cur.execute(f"SET read_consistency = '{level}'")
+                cur.execute("SELECT COUNT(*) FROM orders")
+                assert cur.fetchone() == (0,)
+        reader.close()
         promote(sb)
         time.sleep(2.5)
         c.cursor().execute("INSERT INTO orders VALUES ('x2', 1)")  # to the promoted replica
