@@ -254,7 +254,7 @@ class ProxySession(BaseSession):
                 route, outcome = handled
                 return
             if shape.verb == "SELECT":
-                rr = await self._read(shape, sql, lambda c: self._relay_on(c, payload))
+                rr = await self._read(shape, sql, lambda c: self._run_on(c, payload, self.out))
                 if rr is not None:
                     route = "replica"
                     rows = rr.rows
@@ -302,6 +302,7 @@ class ProxySession(BaseSession):
         c, pool, outcome = got
         try:
             r = await run(c)
+            await self._drain()
         except BackendLost as e:
             await pool.release(c, e.reason)
             if e.delivered:
@@ -314,19 +315,6 @@ class ProxySession(BaseSession):
             return Relayed(err=P.ErrPacket(e.code, e.sqlstate, e.message))
         await pool.release(c)
         router.count(plan.consistency, outcome, pool.label)
-        return r
-
-    async def _relay_on(self, c: BackendConn, payload: bytes) -> Relayed:
-        await c.command(payload)
-        r = await c.relay(self.out, self._ok_hook)
-        await self._drain()
-        return r
-
-    async def _execute_on(self, c: BackendConn, st: ClientStmt, parts: P.ExecuteParts) -> Relayed:
-        pok = await c.prepare(st.sql)
-        await c.command(P.join_execute(parts, pok.stmt_id, st.types))
-        r = await c.relay(self.out, self._ok_hook)
-        await self._drain()
         return r
 
     async def _begin_read_only(self) -> None:
@@ -431,13 +419,18 @@ class ProxySession(BaseSession):
             except BackendLost as e:
                 await self._lost(e, retry=attempt == 0 and not e.sent, shape=shape)
                 continue
-            self._after(c, r)
-            await self._maybe_release()
-            if hold is not None:
-                await self._release_held(hold, r)
-            await self._drain()
-            return r
+            return await self._finish(c, r, hold)
         raise AssertionError("unreachable")
+
+    async def _finish(self, c: BackendConn, r: Relayed, hold: BufferWriter | None) -> Relayed:
+        """After a statement's reply: take over session state, give the connection back, then
+        let the (possibly held) reply go out."""
+        self._after(c, r)
+        await self._maybe_release()
+        if hold is not None:
+            await self._release_held(hold, r)
+        await self._drain()
+        return r
 
     def _track_autocommit(self, shape: Shape) -> bool:
         """track_commits: all also covers autocommit writes (single statements, no results)."""
@@ -555,12 +548,7 @@ class ProxySession(BaseSession):
                                  "COMMIT and seckill-proxy verified that nothing was committed") from None
             raise ProxyError(CR_SERVER_LOST, "Lost connection to MySQL server during COMMIT; outcome "
                              "unknown (the primary could not be asked)", fatal=True) from None
-        self._after(c, r)
-        await self._maybe_release()
-        if hold is not None:
-            await self._release_held(hold, r)
-        await self._drain()
-        return r
+        return await self._finish(c, r, hold)
 
     async def _release_held(self, hold: BufferWriter, r: Relayed) -> None:
         """ack: replica — the OK goes out once replicas confirmed the write's GTID."""
@@ -694,7 +682,8 @@ class ProxySession(BaseSession):
                 route, outcome = handled
                 return
             if st.shape.verb == "SELECT" and not parts.flags & 0x01:
-                rr = await self._read(st.shape, st.sql, lambda c: self._execute_on(c, st, parts))
+                rr = await self._read(st.shape, st.sql,
+                                      lambda c: self._run_execute_on(c, st, parts, self.out))
                 if rr is not None:
                     route = "replica"
                     return
@@ -723,9 +712,7 @@ class ProxySession(BaseSession):
         for attempt in (0, 1):
             c = await self._get_conn()
             try:
-                pok = await c.prepare(st.sql)
-                await c.command(P.join_execute(parts, pok.stmt_id, st.types))
-                r = await c.relay(hold or self.out, self._ok_hook)
+                r = await self._run_execute_on(c, st, parts, hold or self.out)
             except BackendError as e:
                 await self._maybe_release()
                 await self.send(e.raw)
@@ -733,14 +720,9 @@ class ProxySession(BaseSession):
             except BackendLost as e:
                 await self._lost(e, retry=attempt == 0 and not e.sent, shape=st.shape)
                 continue
-            self._after(c, r)
             if self.pin == "long data pending":
                 self.pin = None
-            await self._maybe_release()
-            if hold is not None:
-                await self._release_held(hold, r)
-            await self._drain()
-            return r
+            return await self._finish(c, r, hold)
         raise AssertionError("unreachable")
 
     async def com_stmt_send_long_data(self, payload: bytes) -> None:
