@@ -89,6 +89,14 @@ class Durability:
         if len(have) >= need:
             M.ACKS.labels("replica").inc()
             return
+        st = self.app.monitor.states.get(self.app.primary_key()) if self.app.monitor else None
+        if st is not None and not st.up:
+            # The primary is gone while the write waited: it may never reach a replica, so
+            # acknowledging it (even degraded) could be a lie.
+            M.ACKS.labels("unknown").inc()
+            raise ProxyError((2013, "HY000"),
+                             f"Lost the primary while waiting for a replica to confirm GTID {gtid}; "
+                             "outcome unknown")
         if self.cfg.on_ack_timeout == "degrade":
             M.ACKS.labels("degraded").inc()
             log.warning("acknowledged GTID %s with %d of %d replica confirmations (timeout %d ms)",

@@ -112,8 +112,8 @@ def test_kill9_primary_promote_replica(tmp_path_factory: pytest.TempPathFactory,
     try:
         setup(sb)
         p = start_proxy(tmp_path_factory.mktemp("fproxy"), make_config(
-            sb, durability={"ack": ack, "replica_acks": 1, "replica_ack_timeout_ms": 500,
-                            "on_ack_timeout": "degrade", "require": "warn"},
+            sb, durability={"ack": ack, "replica_acks": 1, "replica_ack_timeout_ms": 2000,
+                            "on_ack_timeout": "error", "require": "warn"},
             backends={"primary": f"127.0.0.1:{sb.primary_port}",
                       "replicas": [f"127.0.0.1:{x}" for x in sb.replica_ports],
                       "failover_wait_s": 10, "pool": {"connect_timeout_s": 1}},
