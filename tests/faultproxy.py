@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 from proxy.sandbox import free_port
 
@@ -66,6 +67,22 @@ class FaultProxy:
         await asyncio.gather(pipe(r, uw, True), pipe(ur, w, False))
         self._conns.discard(w)
         self._conns.discard(uw)
+
+    def heal_after_trigger(self, delay: float = 0.3, timeout: float = 30.0) -> threading.Thread:
+        """Once the armed trigger has fired (and `delay` later), drop every live connection and
+        stop dropping bytes: the fault lasts exactly from the trigger to the cut."""
+
+        def run() -> None:
+            deadline = time.monotonic() + timeout
+            while self.on_commit is not None and time.monotonic() < deadline:
+                time.sleep(0.001)
+            time.sleep(delay)
+            self.cut()
+            self.drop_replies = self.drop_requests = False
+
+        th = threading.Thread(target=run, daemon=True)
+        th.start()
+        return th
 
     def cut(self) -> None:
         """Drop every live connection (like a backend crash, seen from the proxy)."""

@@ -157,7 +157,6 @@ def test_ack_timeout_degrades_and_counts(dsb: Sandbox, tmp_path: Path) -> None:
 
 
 def test_tracked_commit_tells_the_truth_after_connection_loss(dsb: Sandbox, tmp_path: Path) -> None:
-    import threading
 
     from .faultproxy import FaultProxy
 
@@ -168,10 +167,7 @@ def test_tracked_commit_tells_the_truth_after_connection_loss(dsb: Sandbox, tmp_
                   "pool": {"connect_timeout_s": 2}}))
 
     def heal_soon() -> None:
-        def heal() -> None:
-            fp.cut()
-            fp.drop_replies = fp.drop_requests = False
-        threading.Timer(0.5, heal).start()
+        fp.heal_after_trigger()
 
     try:
         time.sleep(1.5)
@@ -211,7 +207,6 @@ def test_tracked_commit_tells_the_truth_after_connection_loss(dsb: Sandbox, tmp_
 def test_batch_connection_lost_at_each_phase(dsb: Sandbox, tmp_path: Path, trigger: bytes,
                                              action: str, expect: str) -> None:
     """Every member gets the true outcome whatever phase the batch connection dies in."""
-    import threading
 
     from .faultproxy import FaultProxy
 
@@ -228,12 +223,7 @@ def test_batch_connection_lost_at_each_phase(dsb: Sandbox, tmp_path: Path, trigg
         warm.close()
         fp.trigger = trigger
         fp.on_commit = action
-
-        def heal() -> None:
-            fp.cut()
-            fp.drop_replies = fp.drop_requests = False
-
-        threading.Timer(0.5, heal).start()
+        fp.heal_after_trigger()
 
         async def members() -> list[Any]:
             async def one() -> Any:
@@ -262,7 +252,6 @@ def test_batch_connection_lost_at_each_phase(dsb: Sandbox, tmp_path: Path, trigg
 
 
 def test_tracked_autocommit_writes(dsb: Sandbox, tmp_path: Path) -> None:
-    import threading
 
     import mysql.connector
 
@@ -277,10 +266,7 @@ def test_tracked_autocommit_writes(dsb: Sandbox, tmp_path: Path) -> None:
                   "pool": {"connect_timeout_s": 2}}))
 
     def heal_soon() -> None:
-        def heal() -> None:
-            fp.cut()
-            fp.drop_replies = fp.drop_requests = False
-        threading.Timer(0.5, heal).start()
+        fp.heal_after_trigger()
 
     def count(code: str) -> int:
         return int(dsb.primary.sql(f"SELECT COUNT(*) FROM shop.uq WHERE code = '{code}'")[0][0])
