@@ -127,3 +127,18 @@ def machine() -> str:
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
     ver = subprocess.run(["mariadbd", "--version"], capture_output=True, text=True).stdout.split("Ver ")[-1].split(" for")[0]
     return f"{os.cpu_count()} cores ({cpu}), MariaDB {ver}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+
+
+def prepare_oltp(sb: Sandbox, table_args: list[str]) -> None:
+    """Fresh sysbench oltp tables on the sandbox primary."""
+    args = ["--mysql-host=127.0.0.1", f"--mysql-port={sb.primary_port}", "--mysql-user=app",
+            "--mysql-password=app", "--mysql-db=shop", *table_args]
+    subprocess.run(["sysbench", "oltp_common", *args, "cleanup"], capture_output=True)
+    subprocess.run(["sysbench", "oltp_common", *args, "prepare"], capture_output=True, check=True)
+
+
+def publish(name: str, lines: list[str]) -> None:
+    """Write a result table to docs/<name> and print it."""
+    (ROOT / "docs").mkdir(exist_ok=True)
+    (ROOT / "docs" / name).write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))

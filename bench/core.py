@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from .common import OUT, Proxy, machine, sandbox, sysbench
+from .common import Proxy, machine, prepare_oltp, publish, sandbox, sysbench
 
 THREADS = [1, 16, 64]
 SECONDS = int(sys.argv[1]) if len(sys.argv) > 1 else 10
@@ -15,13 +15,7 @@ def main() -> None:
     sb = sandbox()
     p = Proxy(sb)
     try:
-        import subprocess
-        subprocess.run(["sysbench", "oltp_common", "--mysql-host=127.0.0.1",
-                        f"--mysql-port={sb.primary_port}", "--mysql-user=app", "--mysql-password=app",
-                        "--mysql-db=shop", *TABLE, "cleanup"], capture_output=True)
-        subprocess.run(["sysbench", "oltp_common", "--mysql-host=127.0.0.1",
-                        f"--mysql-port={sb.primary_port}", "--mysql-user=app", "--mysql-password=app",
-                        "--mysql-db=shop", *TABLE, "prepare"], capture_output=True, check=True)
+        prepare_oltp(sb, TABLE)
         rows = []
         for test, extra in (("oltp_point_select", []), ("oltp_point_select", ["--db-ps-mode=disable"]),
                             ("oltp_write_only", [])):
@@ -42,10 +36,7 @@ def main() -> None:
                  "|---|---|---|---|---|---|---|---|"]
         for r in rows:
             lines.append(f"| {r[0]} | {r[1]} | {r[2]:.0f} | {r[3]:.0f} | {r[4]:.2f} | {r[5]:.2f} | {r[6]:.2f} | {r[7]:.0f} |")
-        OUT.mkdir(parents=True, exist_ok=True)
-        (ROOT_DOCS := OUT.parent.parent / "docs").mkdir(exist_ok=True)
-        (ROOT_DOCS / "bench-core.md").write_text("\n".join(lines) + "\n")
-        print("\n".join(lines))
+        publish("bench-core.md", lines)
     finally:
         p.stop()
         sb.stop()

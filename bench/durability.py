@@ -8,11 +8,10 @@ ack: replica (one replica must have applied each write before its OK), track_com
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import time
 
-from .common import ROOT, Proxy, machine, sandbox, sysbench
+from .common import Proxy, machine, prepare_oltp, publish, sandbox, sysbench
 from .hotrow import reset
 
 SECONDS = int(sys.argv[1]) if len(sys.argv) > 1 else 10
@@ -24,10 +23,7 @@ VARIANTS = [("ack: commit", {"ack": "commit"}),
 
 def main() -> None:
     sb = sandbox("sandbox-rs", replicas=1)
-    args = ["--mysql-host=127.0.0.1", f"--mysql-port={sb.primary_port}", "--mysql-user=app",
-            "--mysql-password=app", "--mysql-db=shop", *TABLE]
-    subprocess.run(["sysbench", "oltp_common", *args, "cleanup"], capture_output=True)
-    subprocess.run(["sysbench", "oltp_common", *args, "prepare"], capture_output=True, check=True)
+    prepare_oltp(sb, TABLE)
     reset(sb, 1)
     sb.wait_replicas()
     rows = []
@@ -53,8 +49,7 @@ def main() -> None:
              "|---|---|---|---|---|---|---|"]
     for name, ht, hp, wt, wp in rows:
         lines.append(f"| {name} | {ht:.0f} | {ht / base[1]:.2f} | {hp:.2f} | {wt:.0f} | {wt / base[3]:.2f} | {wp:.2f} |")
-    (ROOT / "docs" / "bench-durability.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    publish("bench-durability.md", lines)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from .common import ROOT, Proxy, machine, sandbox, sysbench
+from .common import ROOT, Proxy, machine, publish, sandbox, sysbench
 
 THREADS = [1, 16, 64, 128, 256]
 SECONDS = int(sys.argv[1]) if len(sys.argv) > 1 else 10
@@ -55,9 +55,7 @@ def main() -> None:
                  "|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             lines.append(f"| {r[0]} | {r[1]} | {r[2]:.0f} | {r[3]:.2f} | {r[4]:.0f} | {r[5]:.0f} | {r[6]:.0f} | {r[7]:.2f} | {r[8]:.1f}x | {r[9]:.1f} |")
-        (ROOT / "docs").mkdir(exist_ok=True)
-        (ROOT / "docs" / "bench-hotrow.md").write_text("\n".join(lines) + "\n")
-        print("\n".join(lines))
+        publish("bench-hotrow.md", lines)
         plot([r for r in rows if r[0] == 1])
     finally:
         p.stop()

@@ -3,11 +3,10 @@ replica vs everything on the primary; share of reads served by the replica, wait
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import time
 
-from .common import ROOT, Proxy, machine, metrics, sandbox, sysbench
+from .common import Proxy, machine, metrics, prepare_oltp, publish, sandbox, sysbench
 
 SECONDS = int(sys.argv[1]) if len(sys.argv) > 1 else 10
 TABLE = ["--tables=4", "--table-size=10000"]
@@ -17,10 +16,7 @@ def main() -> None:
     sb = sandbox("sandbox-rs", replicas=1)
     p = Proxy(sb, routing={"read_consistency": "session", "max_wait_ms": 50})
     try:
-        args = ["--mysql-host=127.0.0.1", f"--mysql-port={sb.primary_port}", "--mysql-user=app",
-                "--mysql-password=app", "--mysql-db=shop", *TABLE]
-        subprocess.run(["sysbench", "oltp_common", *args, "cleanup"], capture_output=True)
-        subprocess.run(["sysbench", "oltp_common", *args, "prepare"], capture_output=True, check=True)
+        prepare_oltp(sb, TABLE)
         sb.wait_replicas()
         time.sleep(1.5)
         rows = []
@@ -47,8 +43,7 @@ def main() -> None:
                  "|---|---|---|---|---|---|---|---|"]
         for t, mode, tps, qps, p95, share, waited, fb in rows:
             lines.append(f"| {t} | {mode} | {tps:.0f} | {qps:.0f} | {p95:.2f} | {share:.0%} | {waited:.0f} | {fb:.0f} |")
-        (ROOT / "docs" / "bench-readsplit.md").write_text("\n".join(lines) + "\n")
-        print("\n".join(lines))
+        publish("bench-readsplit.md", lines)
     finally:
         p.stop()
         sb.stop()

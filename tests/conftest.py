@@ -136,6 +136,31 @@ def proxy(sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         p.stop()
 
 
+def concurrent_decrements(port: int, n: int, sku: int = 1) -> list[Any]:
+    """`n` clients at once, each one autocommit hot decrement through the proxy: the rows
+    affected (0/1) or the error args each client got, in client order."""
+    import asyncio
+
+    import aiomysql
+
+    async def one() -> Any:
+        conn = await aiomysql.connect(host="127.0.0.1", port=port, user="app", password="app",
+                                      db="shop", autocommit=True)
+        try:
+            async with conn.cursor() as k:
+                return await k.execute("UPDATE inventory SET quantity = quantity - 1 "
+                                       f"WHERE sku_id = {sku} AND quantity > 0")
+        except pymysql.err.MySQLError as e:
+            return e.args
+        finally:
+            conn.close()
+
+    async def run() -> list[Any]:
+        return list(await asyncio.gather(*(one() for _ in range(n))))
+
+    return asyncio.run(run())
+
+
 @pytest.fixture
 def direct(sandbox: Sandbox) -> Iterator[pymysql.connections.Connection]:  # type: ignore[type-arg]
     c = pymysql.connect(host="127.0.0.1", port=sandbox.primary_port, user="app", password="app",

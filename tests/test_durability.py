@@ -8,16 +8,14 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import aiomysql
 import pymysql
 import pytest
 
 from proxy.monitor import durable_problems
 from proxy.sandbox import Sandbox
 
-from .conftest import ProxyProc, make_config, start_proxy
+from .conftest import ProxyProc, concurrent_decrements, make_config, start_proxy
 
 
 def test_durable_problems_table() -> None:
@@ -225,21 +223,7 @@ def test_batch_connection_lost_at_each_phase(dsb: Sandbox, tmp_path: Path, trigg
         fp.on_commit = action
         fp.heal_after_trigger()
 
-        async def members() -> list[Any]:
-            async def one() -> Any:
-                conn = await aiomysql.connect(host="127.0.0.1", port=p.port, user="app",
-                                              password="app", db="shop", autocommit=True)
-                try:
-                    async with conn.cursor() as k:
-                        return await k.execute("UPDATE inventory SET quantity = quantity - 1 "
-                                               "WHERE sku_id = 1 AND quantity > 0")
-                except pymysql.err.MySQLError as e:
-                    return e.args
-                finally:
-                    conn.close()
-            return await asyncio.gather(*(one() for _ in range(20)))
-
-        results = asyncio.run(members())
+        results = concurrent_decrements(p.port, 20)
         ok = sum(1 for r in results if r == 1)
         left = dsb.primary.sql("SELECT quantity FROM shop.inventory WHERE sku_id = 1")[0][0]
         assert 999 - left == ok, (results, left)  # told-success == applied, nothing twice

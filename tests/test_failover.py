@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import aiomysql
 import pymysql
@@ -14,7 +13,7 @@ import pytest
 
 from proxy.sandbox import Sandbox
 
-from .conftest import ProxyProc, make_config, start_proxy
+from .conftest import ProxyProc, concurrent_decrements, make_config, start_proxy
 
 SKUS = (1, 2, 3)
 STOCK = 100000
@@ -233,21 +232,7 @@ def test_kill9_primary_at_batch_phase(tmp_path_factory: pytest.TempPathFactory, 
         th = threading.Thread(target=killer)
         th.start()
 
-        async def members() -> list[Any]:
-            async def one() -> Any:
-                conn = await aiomysql.connect(host="127.0.0.1", port=p.port, user="app",
-                                              password="app", db="shop", autocommit=True)
-                try:
-                    async with conn.cursor() as k:
-                        return await k.execute("UPDATE inventory SET quantity = quantity - 1 "
-                                               "WHERE sku_id = 1 AND quantity > 0")
-                except pymysql.err.MySQLError as e:
-                    return e.args
-                finally:
-                    conn.close()
-            return await asyncio.gather(*(one() for _ in range(20)))
-
-        results = asyncio.run(members())
+        results = concurrent_decrements(p.port, 20)
         th.join()
         told_ok = sum(1 for r in results if r == 1)
         unknown = sum(1 for r in results if r != 1 and "NOT applied" not in str(r))
