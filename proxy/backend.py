@@ -22,6 +22,7 @@ import aiomysql
 from . import protocol as P
 from .config import Address
 from .errors import BackendError, BackendLost
+from .wire import PacketIO, adopt
 
 log = logging.getLogger("seckill.backend")
 
@@ -78,8 +79,9 @@ class BackendConn:
         self.addr = addr
         self.user = user
         self.flags = flags
-        self.reader: asyncio.StreamReader = conn._reader
-        self.writer: asyncio.StreamWriter = conn._writer
+        # aiomysql logged in; from here on the proxy's own protocol object owns the socket.
+        self.io = adopt(conn._writer, conn._reader)
+        self.reader = self.writer = self.io
         self.thread_id: int = conn.server_thread_id[0]
         self.mariadb = "mariadb" in conn.get_server_info().lower()
         self.schema: str | None = None
@@ -226,24 +228,23 @@ class BackendConn:
 
     async def relay(
         self,
-        out: asyncio.StreamWriter | BufferWriter | None,
+        out: PacketIO | BufferWriter | None,
         ok_hook: Callable[[P.OkPacket], bytes] | None = None,
         field_list: bool = False,
     ) -> Relayed:
         """Forward one command's whole response to `out` (None: swallow it).
 
         Result-set packets are copied untouched; OK packets go through `ok_hook`, which returns
-        the bytes the client should get (session tracking stripped, counters kept).
+        the bytes the client should get (session tracking stripped, counters kept). Bytes reach
+        the client once the response is complete or 256 KiB are pending, so a failure before
+        that leaves the client untouched and the statement can be retried elsewhere.
         """
-        r = Relayed()
-        buf = bytearray()
-        outbuf = bytearray()
-        pos = 0
-        state = 3 if field_list else 0  # 0 first, 1 columns, 2 column-EOF, 3 rows, 9 done
-        cols_left = 0
-        cont = False
+        sc = ReplyScanner(self, ok_hook, field_list)
+        r = sc.r
+        pending: list[bytes] = []
+        size = 0
         reader = self.reader
-        while state != 9:
+        while not sc.done:
             try:
                 chunk = await reader.read(_READ_CHUNK)
             except (ConnectionError, OSError) as e:
@@ -253,87 +254,26 @@ class BackendConn:
                 reason = "EOF"
             if not chunk:
                 self.broken = True
-                if out is not None and outbuf:
-                    out.write(bytes(outbuf))
+                if out is not None and pending:
+                    out.write(b"".join(pending))
                     r.sent_to_client = True
                 raise BackendLost(f"lost connection to {self.addr} during query ({reason})",
                                   delivered=r.sent_to_client)
-            buf += chunk
-            n = len(buf)
-            while state != 9 and n - pos >= 4:
-                plen = buf[pos] | (buf[pos + 1] << 8) | (buf[pos + 2] << 16)
-                end = pos + 4 + plen
-                if end > n:
-                    break
-                if cont:  # continuation of a packet >= 16 MiB: opaque bytes
-                    outbuf += buf[pos:end]
-                    cont = plen == P.MAX_PACKET
-                    pos = end
-                    continue
-                b0 = buf[pos + 4] if plen else 0
-                cont = plen == P.MAX_PACKET
-                if state == 3:
-                    if b0 == 0xFE and plen < 9:
-                        st = buf[pos + 7] | (buf[pos + 8] << 8) if plen >= 5 else 0
-                        outbuf += buf[pos:end]
-                        self._track(st, None)
-                        r.status = st
-                        state = 0 if st & P.SERVER_MORE_RESULTS_EXISTS else 9
-                    elif b0 == 0xFF:
-                        outbuf += buf[pos:end]
-                        r.err = P.parse_err(bytes(buf[pos + 4 : end]))
-                        state = 9
-                    else:
-                        outbuf += buf[pos:end]
-                        r.rows += 1
-                elif state == 1:
-                    outbuf += buf[pos:end]
-                    cols_left -= 1
-                    if cols_left == 0:
-                        state = 2
-                elif state == 2:
-                    outbuf += buf[pos:end]
-                    state = 3
-                elif b0 == 0x00 or (b0 == 0xFE and plen < 9 and plen >= 7):
-                    ok = P.parse_ok(bytes(buf[pos + 4 : end]), True)
-                    self._track(ok.status, ok)
-                    r.ok = ok
-                    r.status = ok.status
-                    r.affected_rows += ok.affected_rows
-                    if ok.sysvars:
-                        r.sysvars.update(ok.sysvars)
-                    if ok.schema is not None:
-                        r.schema = ok.schema
-                    r.state_changed |= ok.state_changed
-                    if ok.gtid:
-                        r.gtid = ok.gtid
-                    payload = ok_hook(ok) if ok_hook else P.make_ok(
-                        ok.affected_rows, ok.last_insert_id, ok.status, ok.warnings, ok.info
-                    )
-                    outbuf += struct.pack("<I", len(payload) | (buf[pos + 3] << 24)) + payload
-                    state = 0 if ok.status & P.SERVER_MORE_RESULTS_EXISTS else 9
-                elif b0 == 0xFF:
-                    outbuf += buf[pos:end]
-                    r.err = P.parse_err(bytes(buf[pos + 4 : end]))
-                    state = 9
-                else:
-                    cols_left, _ = P.lenenc_int(buf, pos + 4)
-                    outbuf += buf[pos:end]
-                    state = 1 if cols_left else 2
-                pos = end
-            if pos:
-                del buf[:pos]
-                pos = 0
-            if out is not None and len(outbuf) >= _FLUSH_AT:
-                out.write(bytes(outbuf))
-                outbuf.clear()
+            piece = sc.feed(chunk)
+            if piece:
+                pending.append(piece)
+                size += len(piece)
+            if out is not None and size >= _FLUSH_AT:
+                out.write(b"".join(pending))
+                pending.clear()
+                size = 0
                 r.sent_to_client = True
                 await out.drain()
-        if buf:
+        if sc.tail:
             self.broken = True  # trailing bytes after a complete response: protocol desync
             raise BackendLost(f"protocol desync on {self.addr}")
         if out is not None:
-            out.write(bytes(outbuf))
+            out.write(pending[0] if len(pending) == 1 else b"".join(pending))
             r.sent_to_client = True
         return r
 
@@ -398,6 +338,100 @@ class BackendConn:
             self.writer.close()
         except Exception:  # noqa: BLE001 - closing a dead socket may fail any way it likes
             pass
+
+
+class ReplyScanner:
+    """Incremental parser of one command's response, fed whatever the socket delivered.
+
+    Shared by the awaiting relay and the fast lane's callbacks. `feed` returns the bytes to
+    forward: complete packets, untouched except OK packets, which `ok_hook` rewrites (the client
+    never negotiated session tracking). A result set in one chunk comes back as that chunk.
+    """
+
+    __slots__ = ("conn", "ok_hook", "state", "cols_left", "cont", "r", "tail")
+
+    def __init__(self, conn: BackendConn, ok_hook: Callable[[P.OkPacket], bytes] | None,
+                 field_list: bool = False) -> None:
+        self.conn = conn
+        self.ok_hook = ok_hook
+        self.state = 3 if field_list else 0  # 0 first, 1 columns, 2 column-EOF, 3 rows, 9 done
+        self.cols_left = 0
+        self.cont = False
+        self.r = Relayed()
+        self.tail = b""
+
+    @property
+    def done(self) -> bool:
+        return self.state == 9
+
+    def feed(self, data: bytes) -> bytes:
+        buf = self.tail + data if self.tail else data
+        n = len(buf)
+        pos = start = 0
+        state, cols_left, cont, r = self.state, self.cols_left, self.cont, self.r
+        pieces: list[bytes] = []
+        while state != 9 and n - pos >= 4:
+            plen = buf[pos] | (buf[pos + 1] << 8) | (buf[pos + 2] << 16)
+            end = pos + 4 + plen
+            if end > n:
+                break
+            if cont:  # continuation of a packet >= 16 MiB: opaque bytes
+                cont = plen == P.MAX_PACKET
+                pos = end
+                continue
+            b0 = buf[pos + 4] if plen else 0
+            cont = plen == P.MAX_PACKET
+            if state == 3:
+                if b0 == 0xFE and plen < 9:
+                    st = buf[pos + 7] | (buf[pos + 8] << 8) if plen >= 5 else 0
+                    self.conn.status = r.status = st
+                    state = 0 if st & P.SERVER_MORE_RESULTS_EXISTS else 9
+                elif b0 == 0xFF:
+                    r.err = P.parse_err(bytes(buf[pos + 4 : end]))
+                    state = 9
+                else:
+                    r.rows += 1
+            elif state == 1:
+                cols_left -= 1
+                if cols_left == 0:
+                    state = 2
+            elif state == 2:
+                state = 3
+            elif b0 == 0x00 or (b0 == 0xFE and 7 <= plen < 9):
+                ok = P.parse_ok(bytes(buf[pos + 4 : end]), True)
+                self.conn._track(ok.status, ok)
+                r.ok = ok
+                r.status = ok.status
+                r.affected_rows += ok.affected_rows
+                if ok.sysvars:
+                    r.sysvars.update(ok.sysvars)
+                if ok.schema is not None:
+                    r.schema = ok.schema
+                r.state_changed |= ok.state_changed
+                if ok.gtid:
+                    r.gtid = ok.gtid
+                payload = self.ok_hook(ok) if self.ok_hook else P.make_ok(
+                    ok.affected_rows, ok.last_insert_id, ok.status, ok.warnings, ok.info
+                )
+                pieces.append(buf[start:pos])
+                pieces.append(struct.pack("<I", len(payload) | (buf[pos + 3] << 24)) + payload)
+                start = end
+                state = 0 if ok.status & P.SERVER_MORE_RESULTS_EXISTS else 9
+            elif b0 == 0xFF:
+                r.err = P.parse_err(bytes(buf[pos + 4 : end]))
+                state = 9
+            else:
+                cols_left, _ = P.lenenc_int(buf, pos + 4)
+                state = 1 if cols_left else 2
+            pos = end
+        self.state, self.cols_left, self.cont = state, cols_left, cont
+        self.tail = buf[pos:] if pos < n else b""
+        if pieces:
+            pieces.append(buf[start:pos])
+            return b"".join(pieces)
+        if start == 0 and pos == n:
+            return buf
+        return buf[start:pos]
 
 
 def _text_row(pkt: bytes, ncols: int) -> list[str | None]:

@@ -28,6 +28,7 @@ from .errors import (
     BackendLost,
     ProxyError,
 )
+from .wire import ClientIO
 
 log = logging.getLogger("seckill.frontend")
 
@@ -61,7 +62,7 @@ class ProxyStream:
     """mysql-mimic's stream (compiled, so wrapped rather than subclassed) with a read that
     cannot be fooled by short reads and refuses packets above max_allowed_packet."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, limit: int) -> None:
+    def __init__(self, reader: Any, writer: Any, limit: int) -> None:
         self.inner = MysqlStream(reader, writer)
         self.reader = reader
         self.writer = writer
@@ -86,11 +87,27 @@ class ProxyStream:
                                  fatal=True) from None
         return data
 
-    async def _read(self) -> bytes:
+    async def read_command(self) -> bytes:
+        """The next command; while the task waits for it, the fast lane may answer commands
+        without waking it (ClientIO.armed)."""
+        reader = self.reader
+        if isinstance(reader, ClientIO):
+            reader.armed = True
+            try:
+                header = await reader.readexactly(4)
+            except (asyncio.IncompleteReadError, ConnectionError) as e:
+                raise ConnectionClosed() from e
+            finally:
+                reader.armed = False
+            return await self._read(header)
+        return await self._read()
+
+    async def _read(self, first: bytes | None = None) -> bytes:
         data = b""
         while True:
             try:
-                header = await self.reader.readexactly(4)
+                header = first or await self.reader.readexactly(4)
+                first = None
             except (asyncio.IncompleteReadError, ConnectionError) as e:
                 raise ConnectionClosed() from e
             n = header[0] | (header[1] << 8) | (header[2] << 16)
@@ -158,9 +175,9 @@ class ProxyConnection(Connection):
         while True:
             self.stream.reset_seq()
             try:
-                data = await self.stream.read()
+                data = await self.stream.read_command()
             except ConnectionClosed:
-                self.close_reason = "client closed connection"
+                self.close_reason = self.session.end_reason or "client closed connection"
                 return
             except PacketTooLarge:
                 await self.stream.write(

@@ -26,7 +26,7 @@ from . import metrics as M
 from . import protocol as P
 from . import readsplit
 from .backend import BackendConn, BufferWriter, Relayed
-from .classify import READ_ONLY_TXN, Shape, classify, parse_hints
+from .classify import LAST_GTID, READ_ONLY_TXN, Shape, classify, parse_hints
 from .config import CONSISTENCY
 from .errors import (
     CR_SERVER_LOST,
@@ -35,9 +35,11 @@ from .errors import (
     BackendLost,
     ProxyError,
 )
+from .fastlane import FastLane
 from .gtid import GtidError
 from .gtid import parse as gtid_parse
 from .outcome import ER_SECKILL_NOT_COMMITTED
+from .wire import ClientIO
 
 if TYPE_CHECKING:
     from .frontend import ProxyConnection
@@ -45,7 +47,6 @@ if TYPE_CHECKING:
     from .server import App
 
 log = logging.getLogger("seckill.session")
-_LAST_GTID = re.compile(r"SELECT\s+@@(?:SESSION\.)?last_gtid", re.I)
 _SET_PROXY_VAR = re.compile(
     r"SET\s+(?:SESSION\s+|@@SESSION\.|@@)?(read_after_gtid|read_consistency)\s*=\s*'([^']*)'", re.I)
 _SET_NAMES = re.compile(r"SET\s+NAMES\s+('?\w+'?|`\w+`)", re.I)
@@ -91,6 +92,8 @@ class ProxySession(BaseSession):
         self.state_stale = False  # session state changed locally, not yet on self.conn
         self.read_consistency: str | None = None  # session override of routing.read_consistency
         self.read_after_gtid: str | None = None  # token: reads must see this GTID
+        self.lane: FastLane | None = None
+        self.end_reason: str | None = None  # why the fast lane ended the connection
 
     # ---- mysql-mimic hooks --------------------------------------------------------------
 
@@ -105,8 +108,14 @@ class ProxySession(BaseSession):
                 "character_set_results": cs,
             }
         self.sysvars = dict(self.base_sysvars)
+        reader = connection.stream.reader
+        if isinstance(reader, ClientIO):
+            self.lane = FastLane(self, reader)
+            reader.fast = self.lane.try_start
 
     async def close(self) -> None:
+        if self.lane is not None:
+            self.lane.abandon()
         await self._drop_conn("client disconnected", force_reset=True)
         self.status &= ~P.SERVER_STATUS_IN_TRANS
         self.release_slots()
@@ -205,9 +214,9 @@ class ProxySession(BaseSession):
     # ---- writing to the client ----------------------------------------------------------
 
     @property
-    def out(self) -> asyncio.StreamWriter:
+    def out(self) -> ClientIO:
         assert self.connection is not None
-        return self.connection.stream.writer
+        return self.connection.stream.writer  # type: ignore[no-any-return]
 
     async def send(self, payload: bytes) -> None:
         """One reply packet with the next sequence id; drains only when the socket is backed up."""
@@ -238,7 +247,7 @@ class ProxySession(BaseSession):
         shape = classify(sql)
         if shape.verb == "SET" and await self._local_set(shape, sql):
             return
-        if shape.verb == "SELECT" and _LAST_GTID.fullmatch(shape.digest):
+        if shape.verb == "SELECT" and LAST_GTID.fullmatch(shape.digest):
             await self._answer([("@@last_gtid", self.last_gtid or "")])
             return
         if shape.verb == "START" and READ_ONLY_TXN.match(shape.digest):
@@ -278,6 +287,10 @@ class ProxySession(BaseSession):
     # ---- replica reads ---------------------------------------------------------------------
 
     @property
+    def autocommit_off(self) -> bool:
+        return self.sysvars.get("autocommit", "ON").upper() in ("OFF", "0")
+
+    @property
     def consistency(self) -> str:
         return self.read_consistency or self.app.read_consistency
 
@@ -285,8 +298,7 @@ class ProxySession(BaseSession):
         self, shape: Shape, sql: str, run: Callable[[BackendConn], Awaitable[Relayed]]
     ) -> Relayed | None:
         """Serve a SELECT from a replica that has the watermark; None: the caller uses the primary."""
-        in_txn = bool(self.status & P.SERVER_STATUS_IN_TRANS) or (
-            self.sysvars.get("autocommit", "ON").upper() in ("OFF", "0"))
+        in_txn = bool(self.status & P.SERVER_STATUS_IN_TRANS) or self.autocommit_off
         token = self.read_after_gtid
         if "READ_AFTER_GTID" in shape.hints:
             token = parse_hints(sql).get("READ_AFTER_GTID") or token

@@ -1,0 +1,242 @@
+"""The fast lane: a plain SELECT on the session's own primary connection, run entirely in the
+event loop's socket callbacks.
+
+The session task (session.py) is the general path: every statement can go there. But most
+statements of an online shop are point reads, and for those the task's machinery (wake-ups,
+awaits through the session, pool and relay layers) cost more CPU than the proxy's actual work.
+So while the task is idle between commands, a command that arrives is first offered here: if
+it is a statement the general path would simply send to the connection the session already
+holds and relay back, the lane does exactly that from the client socket's callback, relays the
+reply from the backend socket's callback, and does the same bookkeeping (session state,
+metrics, digest, slow log). Anything else — and anything that goes wrong before the client saw
+a byte — is handed to the task untouched, which then runs it on the general path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+import time
+from typing import TYPE_CHECKING
+
+from . import metrics as M
+from . import protocol as P
+from . import readsplit
+from .backend import BackendConn, ReplyScanner
+from .classify import Shape, classify
+from .errors import BackendLost, ProxyError
+
+if TYPE_CHECKING:
+    from .session import ProxySession
+    from .wire import ClientIO
+
+log = logging.getLogger("seckill.fastlane")
+
+_FLUSH_AT = 256 * 1024
+_unpack_id = struct.Struct("<I").unpack_from
+_pack_id = struct.Struct("<I").pack
+
+
+class FastLane:
+    """One per client session; at most one command in flight (the protocol is request/reply)."""
+
+    def __init__(self, session: ProxySession, client: ClientIO) -> None:
+        self.s = session
+        self.client = client
+        self.conn: BackendConn | None = None
+        self.command = b""
+        self.shape: Shape | None = None
+        self.scanner: ReplyScanner | None = None
+        self.pending: list[bytes] = []
+        self.size = 0
+        self.sent = False
+        self.was_soft = False
+        self.t0 = 0.0
+        self._fail_task: asyncio.Future[None] | None = None
+
+    @property
+    def in_flight(self) -> bool:
+        return self.conn is not None
+
+    # ---- start: called by the client socket with a chunk that arrived while the task idles ----
+
+    def try_start(self, data: bytes) -> bool:
+        n = len(data)
+        if n < 5:
+            return False
+        plen = data[0] | (data[1] << 8) | (data[2] << 16)
+        if plen + 4 != n or data[3] != 0 or plen >= P.MAX_PACKET - 64:
+            return False  # not exactly one whole command
+        s = self.s
+        c = s.conn
+        if (c is None or s.pin or s.state_stale or c.broken or c.io.eof
+                or s.conn_pool is not s.app.primary_pool()):
+            return False
+        in_txn = bool(s.status & P.SERVER_STATUS_IN_TRANS)
+        if not s.soft and not in_txn:
+            return False
+        cmd = data[4]
+        if cmd == P.COM_STMT_EXECUTE:
+            if n < 14:
+                return False
+            st = s.stmts.get(_unpack_id(data, 5)[0])
+            if st is None or not st.shape.lane or data[9] & 0x01:  # flags & 1: a cursor
+                return False
+            pok = c.stmts.get(st.sql)
+            if pok is None:
+                return False
+            # Same command for the backend's statement id; parameter types always included
+            # (the backend connection may never have seen them: see protocol.join_execute).
+            k = st.num_params
+            if k == 0:
+                payload = b"\x17" + _pack_id(pok.stmt_id) + data[9:14]
+            else:
+                pos = 14 + (k + 7) // 8
+                if n <= pos:
+                    return False
+                if data[pos] == 1:
+                    if n < pos + 1 + 2 * k:
+                        return False
+                    st.types = data[pos + 1 : pos + 1 + 2 * k]
+                    payload = b"\x17" + _pack_id(pok.stmt_id) + data[9:]
+                elif data[pos] == 0 and len(st.types) == 2 * k:
+                    payload = (b"\x17" + _pack_id(pok.stmt_id) + data[9:pos] + b"\x01" + st.types
+                               + data[pos + 1 :])
+                else:
+                    return False
+            packet = _pack_id(len(payload)) + payload
+            shape = st.shape
+            c.stmts.move_to_end(st.sql)
+        elif cmd == P.COM_QUERY:
+            shape = classify(data[5:].decode("utf-8", "surrogateescape"))
+            if not shape.lane:
+                return False
+            if shape.uses_last_insert_id and c.last_insert_id != s.last_insert_id:
+                return False
+            packet = data
+        else:
+            return False
+        if shape.hot is not None or (s.app.cfg.backends.replicas and readsplit.plan(
+                shape, s.consistency, s.read_after_gtid, in_txn or s.autocommit_off, s.pin,
+                True).replica):
+            return False
+        # Take the connection out of the soft hold: the pool cannot take it back mid-statement.
+        self.was_soft = s.soft
+        if s.soft:
+            s.soft = False
+            assert s.conn_pool is not None
+            s.conn_pool.unhold_soft(c)
+        self.conn, self.command, self.shape = c, data, shape
+        self.scanner = ReplyScanner(c, s._ok_hook)
+        self.pending, self.size, self.sent = [], 0, False
+        self.t0 = time.perf_counter()
+        s.busy = True
+        self.client.held = True
+        c.last_used = time.monotonic()
+        c.io.sink = self._on_reply
+        c.io.sink_lost = self._on_lost
+        c.io.transport.write(packet)
+        return True
+
+    # ---- reply: called by the backend socket ---------------------------------------------
+
+    def _on_reply(self, data: bytes) -> None:
+        sc = self.scanner
+        assert sc is not None
+        piece = sc.feed(data)
+        if piece:
+            self.pending.append(piece)
+            self.size += len(piece)
+        if sc.done:
+            self._flush()
+            self._complete()
+        elif self.size >= _FLUSH_AT:
+            self._flush()
+            if self.client.write_paused:  # the client reads slowly: stop reading MySQL too
+                c = self.conn
+                assert c is not None
+                c.io.transport.pause_reading()
+                self.client.on_resume = c.io.transport.resume_reading
+
+    def _flush(self) -> None:
+        if self.pending:
+            p = self.pending
+            self.client.transport.write(p[0] if len(p) == 1 else b"".join(p))
+            self.pending = []
+            self.size = 0
+            self.sent = True
+
+    def _complete(self) -> None:
+        c, sc, shape = self.conn, self.scanner, self.shape
+        assert c is not None and sc is not None and shape is not None
+        s = self.s
+        c.io.sink = c.io.sink_lost = None
+        if sc.tail:  # bytes after a complete reply: protocol desync, never reuse the connection
+            c.broken = True
+        r = sc.r
+        s._after(c, r)
+        if not s._holds() and not c.broken:
+            s.soft = True
+            assert s.conn_pool is not None
+            s.conn_pool.hold_soft(c, s)
+        self._done("error" if r.err is not None else "ok", r.rows)
+
+    def _on_lost(self) -> None:
+        """The backend connection died under the command: the same answer as the general path
+        (session.py `_lost`), given from a short task while the client stays held."""
+        c = self.conn
+        assert c is not None
+        c.broken = True
+        if self.sent:
+            # Part of a large result set already went out: the client can only learn that it
+            # was cut short by losing its connection too.
+            conn_id = self.s.connection.connection_id if self.s.connection else None
+            log.warning("backend connection lost after a partial result; closing the client",
+                        extra={"conn_id": conn_id})
+            self.client.transport.abort()
+            self._done("error", 0)
+            return
+        self._fail_task = asyncio.ensure_future(self._fail(c))
+
+    async def _fail(self, c: BackendConn) -> None:
+        s = self.s
+        try:
+            await s._lost(BackendLost(f"lost connection to {c.addr} during query (EOF)"),
+                          retry=False, shape=self.shape)
+        except ProxyError as e:
+            err = e.packet()
+            self.client.transport.write(struct.pack("<I", len(err) | (1 << 24)) + err)
+            if e.fatal:
+                s.end_reason = f"fatal error {e.code}: {e.message}"
+                self.client.transport.close()
+        except Exception:  # noqa: BLE001 - never leave the client held
+            log.exception("fast lane: failure handling failed")
+            self.client.transport.abort()
+        self._done("error", 0)
+
+    def _done(self, outcome: str, rows: int) -> None:
+        s, shape = self.s, self.shape
+        assert shape is not None
+        dt = time.perf_counter() - self.t0
+        self._reset()
+        M.count_statement(shape.verb, "primary", outcome, dt)
+        s.app.digest.record(shape, dt, "primary", rows)
+        if dt * 1000 >= s.app.slow_ms > 0:
+            s._slow(shape, dt, "primary", outcome)
+        s.busy = False
+        self.client.release()
+
+    def _reset(self) -> None:
+        self.conn = self.scanner = self.shape = None
+        self.command = b""
+        self.pending = []
+
+    def abandon(self) -> None:
+        """The session ends with a command in flight: its connection can never be reused."""
+        c = self.conn
+        if c is not None:
+            c.broken = True
+            c.io.sink = c.io.sink_lost = None
+            self._reset()
+
