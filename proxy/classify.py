@@ -268,7 +268,7 @@ class Shape:
     multi: bool = False
     hot: HotTemplate | None = None
     replica_ok: str | None = None  # None: may read from a replica; else why not
-    lane: bool = False  # a plain SELECT the fast lane may run (fastlane.py)
+    lane: str = ""  # what the fast lane (fastlane.py) may run: read, write, begin, commit, rollback
 
     @property
     def is_write(self) -> bool:
@@ -300,9 +300,26 @@ def shape_of(dg: str) -> Shape:
         multi=multi,
         hot=hot_template(dg) if verb == "UPDATE" else None,
         replica_ok=_replica_reason(verb, dg),
-        lane=(verb == "SELECT" and pin is None and not hints and not multi
-              and LAST_GTID.fullmatch(dg) is None),
+        lane=_lane(verb, dg) if pin is None and not hints and not multi else "",
     )
+
+
+_LANE_WRITES = frozenset({"INSERT", "UPDATE", "DELETE", "REPLACE"})
+_BEGIN = re.compile(r"^(?:BEGIN(?:\s+WORK)?|START\s+TRANSACTION(?:\s+READ\s+WRITE)?)$", re.I)
+
+
+def _lane(verb: str, dg: str) -> str:
+    """Statements whose general path is "send it on the session's primary connection and relay
+    the reply": the fast lane may run them (with its run-time checks on top)."""
+    if verb == "SELECT":
+        return "" if LAST_GTID.fullmatch(dg) else "read"
+    if verb in _LANE_WRITES:
+        return "write"
+    if _BEGIN.match(dg):
+        return "begin"
+    if verb in ("COMMIT", "ROLLBACK"):
+        return verb.lower()
+    return ""
 
 
 def _replica_reason(verb: str, dg: str) -> str | None:

@@ -1,15 +1,15 @@
-"""The fast lane: a plain SELECT on the session's own primary connection, run entirely in the
-event loop's socket callbacks.
+"""The fast lane: a plain statement on the session's own primary connection, run entirely in
+the event loop's socket callbacks.
 
 The session task (session.py) is the general path: every statement can go there. But most
-statements of an online shop are point reads, and for those the task's machinery (wake-ups,
-awaits through the session, pool and relay layers) cost more CPU than the proxy's actual work.
-So while the task is idle between commands, a command that arrives is first offered here: if
-it is a statement the general path would simply send to the connection the session already
-holds and relay back, the lane does exactly that from the client socket's callback, relays the
-reply from the backend socket's callback, and does the same bookkeeping (session state,
-metrics, digest, slow log). Anything else — and anything that goes wrong before the client saw
-a byte — is handed to the task untouched, which then runs it on the general path.
+statements of an online shop are point reads and small writes, and for those the task's
+machinery (wake-ups, awaits through session, pool and relay layers) cost more CPU than the
+proxy's actual work. So while the task is idle between commands, a command that arrives is
+first offered here: if it is a statement the general path would simply send to the connection
+the session already holds and relay back, the lane does exactly that from the client socket's
+callback, relays the reply from the backend socket's callback, and does the same bookkeeping
+(session state, metrics, digest, slow log). Anything else goes to the task untouched; a
+backend failure gets the general path's own answer (`ProxySession._lost`).
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ class FastLane:
         s = self.s
         c = s.conn
         if (c is None or s.pin or s.state_stale or c.broken or c.io.eof
-                or s.conn_pool is not s.app.primary_pool()):
+                or c.io.transport.is_closing() or s.conn_pool is not s.app.primary_pool()):
             return False
         in_txn = bool(s.status & P.SERVER_STATUS_IN_TRANS)
         if not s.soft and not in_txn:
@@ -112,14 +112,12 @@ class FastLane:
             shape = classify(data[5:].decode("utf-8", "surrogateescape"))
             if not shape.lane:
                 return False
-            if shape.uses_last_insert_id and c.last_insert_id != s.last_insert_id:
-                return False
             packet = data
         else:
             return False
-        if shape.hot is not None or (s.app.cfg.backends.replicas and readsplit.plan(
-                shape, s.consistency, s.read_after_gtid, in_txn or s.autocommit_off, s.pin,
-                True).replica):
+        if shape.uses_last_insert_id and c.last_insert_id != s.last_insert_id:
+            return False  # the general path first gives this connection the session's value
+        if not self._plain(shape, in_txn):
             return False
         # Take the connection out of the soft hold: the pool cannot take it back mid-statement.
         self.was_soft = s.soft
@@ -138,6 +136,29 @@ class FastLane:
         c.io.sink_lost = self._on_lost
         c.io.transport.write(packet)
         return True
+
+    def _plain(self, shape: Shape, in_txn: bool) -> bool:
+        """The run-time half of the general path's decisions (session.py `com_query`,
+        `_forward`): True only where it would just forward to the primary connection."""
+        s = self.s
+        app = s.app
+        kind = shape.lane
+        if kind == "read":
+            return not (app.cfg.backends.replicas and readsplit.plan(
+                shape, s.consistency, s.read_after_gtid, in_txn or s.autocommit_off, s.pin,
+                True).replica)
+        dur = app.durability
+        if kind == "write":
+            if dur.wants_ack or shape.hot is not None or s._track_autocommit(shape):
+                return False
+            try:
+                dur.check_write()
+            except ProxyError:
+                return False  # the general path gives the error
+            return True
+        if kind == "commit":
+            return not dur.wants_ack and not (in_txn and app.outcomes.wants())
+        return kind in ("begin", "rollback")
 
     # ---- reply: called by the backend socket ---------------------------------------------
 
@@ -162,7 +183,7 @@ class FastLane:
     def _flush(self) -> None:
         if self.pending:
             p = self.pending
-            self.client.transport.write(p[0] if len(p) == 1 else b"".join(p))
+            self.client.write(p[0] if len(p) == 1 else b"".join(p))
             self.pending = []
             self.size = 0
             self.sent = True
@@ -206,21 +227,22 @@ class FastLane:
                           retry=False, shape=self.shape)
         except ProxyError as e:
             err = e.packet()
-            self.client.transport.write(struct.pack("<I", len(err) | (1 << 24)) + err)
+            self.client.write(struct.pack("<I", len(err) | (1 << 24)) + err)
             if e.fatal:
                 s.end_reason = f"fatal error {e.code}: {e.message}"
                 self.client.transport.close()
         except Exception:  # noqa: BLE001 - never leave the client held
             log.exception("fast lane: failure handling failed")
             self.client.transport.abort()
-        self._done("error", 0)
+        finally:
+            self._done("error", 0)
 
     def _done(self, outcome: str, rows: int) -> None:
         s, shape = self.s, self.shape
         assert shape is not None
         dt = time.perf_counter() - self.t0
         self._reset()
-        M.count_statement(shape.verb, "primary", outcome, dt)
+        M.count_lane_statement(shape.verb, outcome, dt)
         s.app.digest.record(shape, dt, "primary", rows)
         if dt * 1000 >= s.app.slow_ms > 0:
             s._slow(shape, dt, "primary", outcome)

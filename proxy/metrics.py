@@ -30,6 +30,8 @@ CLIENT_DISCONNECTS = Counter(
 
 STATEMENTS_NAME = P + "statements_total"
 STATEMENTS_HELP = "Statements handled, by kind, route and outcome"
+FASTLANE_NAME = P + "fastlane_statements_total"
+FASTLANE_HELP = "Statements (of statements_total) run by the fast lane, without waking a session task"
 STATEMENT_LATENCY_NAME = P + "statement_duration_seconds"
 STATEMENT_LATENCY_HELP = "Statement latency seen by the proxy, by route"
 
@@ -127,6 +129,7 @@ class _StatementStats(Collector):
     def __init__(self) -> None:
         self.counts: dict[tuple[str, str, str], int] = {}
         self.hist: dict[str, list[float]] = {}  # route -> bucket counts..., +Inf count, sum
+        self.lane = 0
 
     def observe(self, verb: str, route: str, outcome: str, seconds: float) -> None:
         key = (verb, route, outcome)
@@ -157,6 +160,7 @@ class _StatementStats(Collector):
                 buckets.append((bound, acc))
             hf.add_metric([route], buckets, h[-1])
         yield hf
+        yield CounterMetricFamily(FASTLANE_NAME, FASTLANE_HELP, value=self.lane)
 
 
 STATEMENT_STATS = _StatementStats()
@@ -165,6 +169,11 @@ REGISTRY.register(STATEMENT_STATS)
 
 def count_statement(verb: str, route: str, outcome: str, seconds: float) -> None:
     STATEMENT_STATS.observe(verb, route, outcome, seconds)
+
+
+def count_lane_statement(verb: str, outcome: str, seconds: float) -> None:
+    STATEMENT_STATS.observe(verb, "primary", outcome, seconds)
+    STATEMENT_STATS.lane += 1
 
 
 def render() -> bytes:

@@ -56,6 +56,7 @@ class PacketIO(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.eof = True
+        self._write_paused = False
         if exc is not None:
             self.exc = exc
         self._wake()
@@ -149,7 +150,11 @@ class PacketIO(asyncio.Protocol):
     # ---- writing --------------------------------------------------------------------------
 
     def write(self, data: bytes | bytearray) -> None:
-        self.transport.write(data)
+        """Write, or drop the bytes if the peer is gone (connection_lost tells the rest); a
+        closed uvloop transport raises on write, an asyncio one ignores it."""
+        t = self.transport
+        if not t.is_closing():
+            t.write(data)
 
     async def drain(self) -> None:
         if self.transport.is_closing():
@@ -238,6 +243,9 @@ class ClientIO(PacketIO):
                 if not w.done():
                     w.set_exception(ConnectionResetError("Connection lost"))
             self._drain_waiters.clear()
+            self._write_paused = False
+            if self.on_resume is not None:  # nobody will read: let the reply drain to nowhere
+                self.on_resume()
             return
         super().connection_lost(exc)
 
