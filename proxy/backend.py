@@ -103,6 +103,7 @@ class BackendConn:
             conn = await aiomysql.connect(
                 host=addr.host,
                 port=addr.port,
+                unix_socket=addr.unix,
                 user=user,
                 password=password,
                 charset="utf8mb4",

@@ -54,6 +54,8 @@ class FastLane:
         self.was_soft = False
         self.t0 = 0.0
         self._fail_task: asyncio.Future[None] | None = None
+        self._reply_cb = self._on_reply  # bound once, not per statement
+        self._lost_cb = self._on_lost
 
     @property
     def in_flight(self) -> bool:
@@ -132,9 +134,10 @@ class FastLane:
         s.busy = True
         self.client.held = True
         c.last_used = time.monotonic()
-        c.io.sink = self._on_reply
-        c.io.sink_lost = self._on_lost
-        c.io.transport.write(packet)
+        io = c.io
+        io.sink = self._reply_cb
+        io.sink_lost = self._lost_cb
+        io.transport.write(packet)
         return True
 
     def _plain(self, shape: Shape, in_txn: bool) -> bool:
@@ -166,6 +169,12 @@ class FastLane:
         sc = self.scanner
         assert sc is not None
         piece = sc.feed(data)
+        if sc.done and not self.pending:  # the usual case: the whole reply in one chunk
+            if piece:
+                self.client.write(piece)
+                self.sent = True
+            self._complete()
+            return
         if piece:
             self.pending.append(piece)
             self.size += len(piece)
@@ -201,7 +210,7 @@ class FastLane:
             s.soft = True
             assert s.conn_pool is not None
             s.conn_pool.hold_soft(c, s)
-        self._done("error" if r.err is not None else "ok", r.rows)
+        self._done("error" if r.err is not None else "ok", r.rows or r.affected_rows)
 
     def _on_lost(self) -> None:
         """The backend connection died under the command: the same answer as the general path

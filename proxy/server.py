@@ -134,8 +134,10 @@ class App:
         if self.draining:
             return False, "draining"
         try:
+            a = self.cfg.backends.primary
             r, w = await asyncio.wait_for(
-                asyncio.open_connection(self.cfg.backends.primary.host, self.cfg.backends.primary.port),
+                asyncio.open_unix_connection(a.unix) if a.unix
+                else asyncio.open_connection(a.host, a.port),
                 2,
             )
             w.close()

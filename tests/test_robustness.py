@@ -314,8 +314,33 @@ def test_check_config_names_the_key(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "proxy.cli", "--check-config", str(bad)],
                        cwd=ROOT, capture_output=True, text=True)
     assert r.returncode != 0 and "hotrow.max_conections: unknown key" in r.stderr
+    bad.write_text("users: [{name: app, password: app}]\nbackends: {primary: 'unix:mysqld.sock'}\n")
+    r = subprocess.run([sys.executable, "-m", "proxy.cli", "--check-config", str(bad)],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode != 0 and "backends.primary: unix socket path must be absolute" in r.stderr
     good = ROOT / "conf" / "proxy.yaml"
     env = {**os.environ, "APP_PASSWORD": "s3cret"}
     r = subprocess.run([sys.executable, "-m", "proxy.cli", "--check-config", str(good)],
                        cwd=ROOT, capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
+
+
+def test_backend_over_unix_socket(sandbox: Sandbox, tmp_path: Path) -> None:
+    """A proxy on the database host may reach MariaDB over its unix socket."""
+    p = start_proxy(tmp_path, make_config(sandbox, routing={"read_consistency": "primary"}, backends={
+        "primary": f"unix:{sandbox.primary.socket_path}", "replicas": []}))
+    try:
+        c = p.connect()
+        cur = c.cursor()
+        cur.execute("SELECT @@port, 1")
+        assert cur.fetchone() == (sandbox.primary_port, 1)
+        cur.execute("CREATE TABLE IF NOT EXISTS shop.unix_t (id INT PRIMARY KEY)")
+        cur.execute("REPLACE INTO shop.unix_t VALUES (7)")
+        cur.execute("SELECT id FROM shop.unix_t WHERE id = %s", (7,))  # the fast lane
+        assert cur.fetchone() == (7,)
+        import urllib.request
+        with urllib.request.urlopen(f"http://127.0.0.1:{p.metrics_port}/readyz", timeout=5) as r:
+            assert r.status == 200
+        c.close()
+    finally:
+        p.stop()
