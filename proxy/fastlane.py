@@ -88,25 +88,10 @@ class FastLane:
             pok = c.stmts.get(st.sql)
             if pok is None:
                 return False
-            # Same command for the backend's statement id; parameter types always included
-            # (the backend connection may never have seen them: see protocol.join_execute).
-            k = st.num_params
-            if k == 0:
-                payload = b"\x17" + _pack_id(pok.stmt_id) + data[9:14]
-            else:
-                pos = 14 + (k + 7) // 8
-                if n <= pos:
-                    return False
-                if data[pos] == 1:
-                    if n < pos + 1 + 2 * k:
-                        return False
-                    st.types = data[pos + 1 : pos + 1 + 2 * k]
-                    payload = b"\x17" + _pack_id(pok.stmt_id) + data[9:]
-                elif data[pos] == 0 and len(st.types) == 2 * k:
-                    payload = (b"\x17" + _pack_id(pok.stmt_id) + data[9:pos] + b"\x01" + st.types
-                               + data[pos + 1 :])
-                else:
-                    return False
+            rebound = P.rebind_execute(data, 4, st.num_params, pok.stmt_id, st.types)
+            if rebound is None:
+                return False
+            payload, st.types = rebound
             packet = _pack_id(len(payload)) + payload
             shape = st.shape
             c.stmts.move_to_end(st.sql)

@@ -281,6 +281,30 @@ def join_execute(p: ExecuteParts, stmt_id: int, types: bytes) -> bytes:
     return head + p.null_bitmap + b"\x01" + types + p.values
 
 
+def rebind_execute(payload: bytes, start: int, num_params: int, stmt_id: int,
+                   types: bytes) -> tuple[bytes, bytes] | None:
+    """`join_execute(split_execute(...))` in three slices, for the fast lane: the command at
+    payload[start:] for backend statement `stmt_id`, with the parameter types it carries or
+    else `types`; returns (command, types) or None where the careful path must decide."""
+    n = len(payload)
+    head = b"\x17" + struct.pack("<I", stmt_id)
+    if n < start + 10:
+        return None
+    if num_params == 0:
+        return head + payload[start + 5 : start + 10], types
+    pos = start + 10 + (num_params + 7) // 8
+    if n <= pos:
+        return None
+    if payload[pos] == 1:
+        end = pos + 1 + 2 * num_params
+        if n < end:
+            return None
+        return head + payload[start + 5 :], payload[pos + 1 : end]
+    if payload[pos] == 0 and len(types) == 2 * num_params:
+        return head + payload[start + 5 : pos] + b"\x01" + types + payload[pos + 1 :], types
+    return None
+
+
 def decode_binary_params(p: ExecuteParts, types: bytes, num_params: int) -> list[object]:
     """Decode bound parameter values (for hot-row recognition of prepared statements).
 

@@ -250,12 +250,11 @@ class App:
 
     async def _client(self, io: ClientIO) -> None:
         limits = self.cfg.limits
-        writer = io
         stream = ProxyStream(io, io, limits.max_allowed_packet)
         if self.draining or len(self.connections) >= limits.max_client_connections:
             reason = "shutting down" if self.draining else "too many connections"
             M.CLIENT_REJECTED.labels(reason).inc()
-            await _say_and_close(writer, P.make_err(*ER_CON_COUNT_ERROR, "Too many connections"))
+            await _say_and_close(io, P.make_err(*ER_CON_COUNT_ERROR, "Too many connections"))
             return
         session = ProxySession(self)
         conn = ProxyConnection(
@@ -301,7 +300,7 @@ class App:
             M.CLIENT_DISCONNECTS.labels(_reason_label(reason)).inc()
             log.info("client %s disconnected: %s", conn.connection_id, reason,
                      extra={"conn_id": conn.connection_id})
-            writer.close()
+            io.close()
 
     async def shutdown(self) -> None:
         self.draining = True

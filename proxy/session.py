@@ -402,7 +402,10 @@ class ProxySession(BaseSession):
     async def _forward(
         self, payload: bytes, shape: Shape | None, field_list: bool = False
     ) -> Relayed:
-        """Send one command to the session's backend connection and relay the answer."""
+        """Send one command to the session's backend connection and relay the answer.
+
+        The fast lane (fastlane.py `FastLane._plain`) runs a statement itself only where this
+        method would do nothing but forward it: keep the two in step."""
         dur = self.app.durability
         hold = None
         if (shape is not None and shape.verb == "COMMIT" and self.conn is not None

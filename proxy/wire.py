@@ -142,11 +142,6 @@ class PacketIO(asyncio.Protocol):
     def at_eof(self) -> bool:
         return self.eof and not self.buf
 
-    def push_back(self, data: bytes) -> None:
-        """Put bytes back in front of the buffer (a command the fast lane handed back)."""
-        self.buf[:0] = data
-        self._wake()
-
     # ---- writing --------------------------------------------------------------------------
 
     def write(self, data: bytes | bytearray) -> None:
@@ -220,34 +215,16 @@ class ClientIO(PacketIO):
         if (self.armed and not self.held and not self.buf and self.fast is not None
                 and self.waiting and self.fast(data)):
             return
-        self.buf += data
-        if self.held:
-            return
-        if len(self.buf) > _READ_HIGH and not self._read_paused:
-            self._read_paused = True
-            self.transport.pause_reading()
-        self._wake()
+        super().data_received(data)
 
-    def eof_received(self) -> bool:
-        self.eof = True
-        if not self.held:
-            self._wake()
-        return False
+    def _wake(self) -> None:
+        if not self.held:  # while the fast lane answers a command, the task sleeps on
+            super()._wake()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.held:  # the fast lane finishes its command first, then wakes the task
-            self.eof = True
-            if exc is not None:
-                self.exc = exc
-            for w in self._drain_waiters:
-                if not w.done():
-                    w.set_exception(ConnectionResetError("Connection lost"))
-            self._drain_waiters.clear()
-            self._write_paused = False
-            if self.on_resume is not None:  # nobody will read: let the reply drain to nowhere
-                self.on_resume()
-            return
         super().connection_lost(exc)
+        if self.held and self.on_resume is not None:
+            self.on_resume()  # nobody will read: let the lane's reply drain to nowhere
 
     def release(self) -> None:
         """The fast lane's command is answered: whatever came meanwhile goes to the task."""

@@ -21,6 +21,12 @@ def _packet(payload: bytes) -> bytes:
     return struct.pack("<I", len(payload))[:3] + b"\x00" + payload
 
 
+def _open_lane(cur: pymysql.cursors.Cursor) -> None:
+    """Run one statement: the session then holds a backend connection, and the lane is open."""
+    cur.execute("SELECT 1")
+    cur.fetchall()
+
+
 def _hang_up(c: pymysql.connections.Connection) -> None:  # type: ignore[type-arg]
     """Close the client's socket for real (PyMySQL's file object keeps it open otherwise)."""
     import socket
@@ -51,7 +57,7 @@ def test_lane_runs_plain_statements_with_general_path_answers(primary_proxy: Pro
     c = primary_proxy.connect()
     cur = c.cursor()
     cur.execute("CREATE TABLE IF NOT EXISTS lane_t (id INT AUTO_INCREMENT PRIMARY KEY, v INT)")
-    cur.execute("SELECT 1")  # the session now holds a connection: the lane is open
+    _open_lane(cur)
     before = _lane_count(primary_proxy)
     cur.execute("INSERT INTO lane_t (v) VALUES (1), (2)")
     assert cur.rowcount == 2 and c.insert_id() > 0
@@ -72,7 +78,7 @@ def test_lane_runs_plain_statements_with_general_path_answers(primary_proxy: Pro
 
 def test_pipelined_commands_answer_in_order(primary_proxy: ProxyProc) -> None:
     c = primary_proxy.connect()
-    c.cursor().execute("SELECT 1")
+    _open_lane(c.cursor())
     # Two commands in one TCP write: the lane takes only whole single commands, the session
     # task the rest, and the answers come back in order.
     c._sock.sendall(_packet(b"\x03SELECT 2") + _packet(b"\x03SELECT 3"))
@@ -91,7 +97,7 @@ def test_client_gone_mid_statement_leaks_nothing(sandbox: Sandbox, tmp_path: Pat
                                           backends={"replicas": [], "pool": {"max_connections": 1}}))
     try:
         a = p.connect()
-        a.cursor().execute("SELECT 1")
+        _open_lane(a.cursor())
         a._sock.sendall(_packet(b"\x03SELECT SLEEP(1), 'a'"))
         _hang_up(a)
         # The only backend connection had a reply pending: the next client must not get it.
@@ -105,7 +111,7 @@ def test_client_gone_mid_statement_leaks_nothing(sandbox: Sandbox, tmp_path: Pat
         # A client that leaves in the middle of a large result it stopped reading (the lane
         # has paused reading MySQL for it): the connection is freed for the next client.
         a = p.connect()
-        a.cursor().execute("SELECT 1")
+        _open_lane(a.cursor())
         a._sock.sendall(_packet(b"\x03SELECT seq, REPEAT('z', 1000) FROM seq_1_to_200000"))
         a._sock.recv(65536)
         time.sleep(0.5)
@@ -127,7 +133,7 @@ def test_backend_lost_under_lane_statements(sandbox: Sandbox, tmp_path: Path) ->
         c = p.connect()
         cur = c.cursor()
         cur.execute("CREATE TABLE IF NOT EXISTS lane_cut (v INT)")
-        cur.execute("SELECT 1")
+        _open_lane(cur)
         # A write cut before its reply: outcome unknown, as on the general path.
         threading.Timer(0.3, fp.cut).start()
         with pytest.raises(pymysql.err.OperationalError) as ei:
@@ -146,8 +152,7 @@ def test_backend_lost_under_lane_statements(sandbox: Sandbox, tmp_path: Path) ->
         # A large result cut after part of it reached the client: the client learns it too.
         c = p.connect(cursorclass=pymysql.cursors.SSCursor)
         cur = c.cursor()
-        cur.execute("SELECT 1")
-        cur.fetchall()
+        _open_lane(cur)
         cur.execute("SELECT seq, REPEAT('x', 200) FROM seq_1_to_2000000")
         rows = 0
         with pytest.raises(pymysql.err.OperationalError) as ei:
@@ -173,8 +178,7 @@ def test_slow_reader_of_a_large_lane_result(primary_proxy: ProxyProc) -> None:
     result still arrives intact."""
     c = primary_proxy.connect(cursorclass=pymysql.cursors.SSCursor)
     cur = c.cursor()
-    cur.execute("SELECT 1")
-    cur.fetchall()
+    _open_lane(cur)
     cur.execute("SELECT seq, REPEAT('y', 1000) FROM seq_1_to_20000")
     n = 0
     for i, row in enumerate(cur):

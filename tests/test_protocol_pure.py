@@ -56,3 +56,37 @@ def test_handshake_check_never_hangs_or_crashes_unexpectedly(data: bytes) -> Non
         P.check_handshake_response(data, 0xFFFFFFFF)
     except ValueError:
         pass
+
+
+@given(
+    num_params=st.integers(0, 20),
+    client_id=st.integers(0, 2**32 - 1),
+    backend_id=st.integers(0, 2**32 - 1),
+    flags=st.sampled_from([0, 0x08]),
+    bound=st.booleans(),
+    data=st.data(),
+)
+def test_rebind_execute_equals_split_then_join(num_params: int, client_id: int, backend_id: int,
+                                               flags: int, bound: bool, data: st.DataObject) -> None:
+    """The fast lane's three-slice rebinding builds exactly what the general path builds."""
+    nb = (num_params + 7) // 8
+    bitmap = data.draw(st.binary(min_size=nb, max_size=nb))
+    types = data.draw(st.binary(min_size=2 * num_params, max_size=2 * num_params))
+    values = data.draw(st.binary(max_size=40))
+    body = struct.pack("<IB", client_id, flags) + b"\x01\x00\x00\x00"
+    if num_params:
+        body += bitmap + (b"\x01" + types if bound else b"\x00") + values
+    payload = b"\x17" + body
+    known = types if not bound else data.draw(st.sampled_from([b"", types]))
+    got = P.rebind_execute(b"HDR!" + payload, 4, num_params, backend_id, known)
+    parts = P.split_execute(payload, num_params)
+    want_types = parts.types if parts.bound else known
+    assert got == (P.join_execute(parts, backend_id, want_types), want_types)
+
+
+def test_rebind_execute_declines_what_it_cannot_rebuild() -> None:
+    two = struct.pack("<IB", 1, 0) + b"\x01\x00\x00\x00" + b"\x00" + b"\x00"  # unbound, 2 params
+    assert P.rebind_execute(b"\x17" + two + b"x", 0, 2, 9, b"") is None  # no types known yet
+    assert P.rebind_execute(b"\x17" + two[:5], 0, 2, 9, b"\x03\x00" * 2) is None  # truncated
+    bound_short = struct.pack("<IB", 1, 0) + b"\x01\x00\x00\x00" + b"\x00" + b"\x01" + b"\x03"
+    assert P.rebind_execute(b"\x17" + bound_short, 0, 2, 9, b"") is None
