@@ -51,46 +51,44 @@ class FastLane:
         self.pending: list[bytes] = []
         self.size = 0
         self.sent = False
-        self.was_soft = False
         self.t0 = 0.0
-        self._fail_task: asyncio.Future[None] | None = None
+        self._fail_task: asyncio.Future[None] | None = None  # keeps the failure task alive
         self._reply_cb = self._on_reply  # bound once, not per statement
         self._lost_cb = self._on_lost
 
-    @property
-    def in_flight(self) -> bool:
-        return self.conn is not None
-
     # ---- start: called by the client socket with a chunk that arrived while the task idles ----
 
-    def try_start(self, data: bytes) -> bool:
+    def _decide(self, data: bytes) -> tuple[BackendConn, Shape, bytes] | None:
+        """What to send where, if this command is the lane's. It changes nothing the general
+        path would not change for the same command (a statement's parameter types, the
+        backend statement cache's recency), so a command it declines goes there unharmed."""
         n = len(data)
         if n < 5:
-            return False
+            return None
         plen = data[0] | (data[1] << 8) | (data[2] << 16)
         if plen + 4 != n or data[3] != 0 or plen >= P.MAX_PACKET - 64:
-            return False  # not exactly one whole command
+            return None  # not exactly one whole command
         s = self.s
         c = s.conn
         if (c is None or s.pin or s.state_stale or c.broken or c.io.eof
                 or c.io.transport.is_closing() or s.conn_pool is not s.app.primary_pool()):
-            return False
+            return None
         in_txn = bool(s.status & P.SERVER_STATUS_IN_TRANS)
         if not s.soft and not in_txn:
-            return False
+            return None
         cmd = data[4]
         if cmd == P.COM_STMT_EXECUTE:
             if n < 14:
-                return False
+                return None
             st = s.stmts.get(_unpack_id(data, 5)[0])
             if st is None or not st.shape.lane or data[9] & 0x01:  # flags & 1: a cursor
-                return False
+                return None
             pok = c.stmts.get(st.sql)
             if pok is None:
-                return False
+                return None
             rebound = P.rebind_execute(data, 4, st.num_params, pok.stmt_id, st.types)
             if rebound is None:
-                return False
+                return None
             payload, st.types = rebound
             packet = _pack_id(len(payload)) + payload
             shape = st.shape
@@ -98,16 +96,27 @@ class FastLane:
         elif cmd == P.COM_QUERY:
             shape = classify(data[5:].decode("utf-8", "surrogateescape"))
             if not shape.lane:
-                return False
+                return None
             packet = data
         else:
-            return False
+            return None
         if shape.uses_last_insert_id and c.last_insert_id != s.last_insert_id:
-            return False  # the general path first gives this connection the session's value
+            return None  # the general path first gives this connection the session's value
         if not self._plain(shape, in_txn):
+            return None
+        return c, shape, packet
+
+    def try_start(self, data: bytes) -> bool:
+        try:
+            got = self._decide(data)
+        except Exception:  # noqa: BLE001 - never fail in a socket callback; the task decides
+            log.exception("fast lane: cannot classify a command; the session task takes it")
             return False
+        if got is None:
+            return False
+        c, shape, packet = got
+        s = self.s
         # Take the connection out of the soft hold: the pool cannot take it back mid-statement.
-        self.was_soft = s.soft
         if s.soft:
             s.soft = False
             assert s.conn_pool is not None
