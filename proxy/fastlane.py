@@ -45,7 +45,6 @@ class FastLane:
         self.s = session
         self.client = client
         self.conn: BackendConn | None = None
-        self.command = b""
         self.shape: Shape | None = None
         self.scanner: ReplyScanner | None = None
         self.pending: list[bytes] = []
@@ -121,7 +120,7 @@ class FastLane:
             s.soft = False
             assert s.conn_pool is not None
             s.conn_pool.unhold_soft(c)
-        self.conn, self.command, self.shape = c, data, shape
+        self.conn, self.shape = c, shape
         self.scanner = ReplyScanner(c, s._ok_hook)
         self.pending, self.size, self.sent = [], 0, False
         self.t0 = time.perf_counter()
@@ -242,7 +241,9 @@ class FastLane:
 
     def _done(self, outcome: str, rows: int) -> None:
         s, shape = self.s, self.shape
-        assert shape is not None
+        if shape is None:  # abandoned meanwhile: the session is closing
+            self.client.release()
+            return
         dt = time.perf_counter() - self.t0
         self._reset()
         M.count_lane_statement(shape.verb, outcome, dt)
@@ -254,7 +255,6 @@ class FastLane:
 
     def _reset(self) -> None:
         self.conn = self.scanner = self.shape = None
-        self.command = b""
         self.pending = []
 
     def abandon(self) -> None:
