@@ -16,6 +16,7 @@ from proxy.monitor import durable_problems
 from proxy.sandbox import Sandbox
 
 from .conftest import ProxyProc, concurrent_decrements, make_config, start_proxy
+from .faultproxy import FaultProxy
 
 
 def test_durable_problems_table() -> None:
@@ -154,19 +155,18 @@ def test_ack_timeout_degrades_and_counts(dsb: Sandbox, tmp_path: Path) -> None:
         p.stop()
 
 
-def test_tracked_commit_tells_the_truth_after_connection_loss(dsb: Sandbox, tmp_path: Path) -> None:
-
-    from .faultproxy import FaultProxy
-
+def _tracking_proxy_behind_faults(dsb: Sandbox, tmp_path: Path) -> tuple[FaultProxy, ProxyProc]:
+    """A proxy with track_commits: all whose primary connections run through a fault proxy."""
     fp = FaultProxy(dsb.primary_port)
     p = start_proxy(tmp_path, make_config(
         dsb, durability={"track_commits": "all"}, routing={"read_consistency": "primary"},
         backends={"primary": f"127.0.0.1:{fp.port}", "replicas": [], "failover_wait_s": 30,
                   "pool": {"connect_timeout_s": 2}}))
+    return fp, p
 
-    def heal_soon() -> None:
-        fp.heal_after_trigger()
 
+def test_tracked_commit_tells_the_truth_after_connection_loss(dsb: Sandbox, tmp_path: Path) -> None:
+    fp, p = _tracking_proxy_behind_faults(dsb, tmp_path)
     try:
         time.sleep(1.5)
         c = p.connect()
@@ -174,14 +174,14 @@ def test_tracked_commit_tells_the_truth_after_connection_loss(dsb: Sandbox, tmp_
         c.begin()
         c.cursor().execute("INSERT INTO orders (v) VALUES (4242)")
         fp.on_commit = "drop_reply"
-        heal_soon()
+        fp.heal_after_trigger()
         c.commit()
         assert dsb.primary.sql("SELECT COUNT(*) FROM shop.orders WHERE v = 4242") == [(1,)]
         # 2. COMMIT never reaches MySQL: the client is told it did NOT commit (9102), not "unknown".
         c.begin()
         c.cursor().execute("INSERT INTO orders (v) VALUES (4343)")
         fp.on_commit = "drop_request"
-        heal_soon()
+        fp.heal_after_trigger()
         with pytest.raises(pymysql.err.MySQLError) as ei:
             c.commit()
         assert ei.value.args[0] == 9102 and "NOT committed" in ei.value.args[1]
@@ -206,7 +206,6 @@ def test_batch_connection_lost_at_each_phase(dsb: Sandbox, tmp_path: Path, trigg
                                              action: str, expect: str) -> None:
     """Every member gets the true outcome whatever phase the batch connection dies in."""
 
-    from .faultproxy import FaultProxy
 
     fp = FaultProxy(dsb.primary_port)
     dsb.primary.sql("UPDATE shop.inventory SET quantity = 1000 WHERE sku_id = 1")
@@ -239,18 +238,9 @@ def test_tracked_autocommit_writes(dsb: Sandbox, tmp_path: Path) -> None:
 
     import mysql.connector
 
-    from .faultproxy import FaultProxy
-
     dsb.primary.sql("CREATE TABLE IF NOT EXISTS shop.uq (id INT AUTO_INCREMENT PRIMARY KEY, "
                     "code VARCHAR(20) UNIQUE)")
-    fp = FaultProxy(dsb.primary_port)
-    p = start_proxy(tmp_path, make_config(
-        dsb, durability={"track_commits": "all"}, routing={"read_consistency": "primary"},
-        backends={"primary": f"127.0.0.1:{fp.port}", "replicas": [], "failover_wait_s": 30,
-                  "pool": {"connect_timeout_s": 2}}))
-
-    def heal_soon() -> None:
-        fp.heal_after_trigger()
+    fp, p = _tracking_proxy_behind_faults(dsb, tmp_path)
 
     def count(code: str) -> int:
         return int(dsb.primary.sql(f"SELECT COUNT(*) FROM shop.uq WHERE code = '{code}'")[0][0])
@@ -269,12 +259,12 @@ def test_tracked_autocommit_writes(dsb: Sandbox, tmp_path: Path) -> None:
         assert ei.value.args[0] == 1062
         # COMMIT's reply lost: the proxy finds the record and answers OK
         fp.trigger, fp.on_commit = b"commit_outcome", "drop_reply"
-        heal_soon()
+        fp.heal_after_trigger()
         assert cur.execute("INSERT INTO uq (code) VALUES ('a2')") == 1
         assert count("a2") == 1
         # COMMIT never arrives: verified not applied
         fp.trigger, fp.on_commit = b"commit_outcome", "drop_request"
-        heal_soon()
+        fp.heal_after_trigger()
         with pytest.raises(pymysql.err.MySQLError) as ei:
             cur.execute("INSERT INTO uq (code) VALUES ('a3')")
         assert ei.value.args[0] == 9102
