@@ -81,7 +81,6 @@ class BackendConn:
         self.flags = flags
         # aiomysql logged in; from here on the proxy's own protocol object owns the socket.
         self.io = adopt(conn._writer, conn._reader)
-        self.reader = self.writer = self.io
         self.thread_id: int = conn.server_thread_id[0]
         self.mariadb = "mariadb" in conn.get_server_info().lower()
         self.schema: str | None = None
@@ -125,7 +124,7 @@ class BackendConn:
 
     def send(self, payload: bytes, seq: int = 0) -> int:
         """Frame and write one command; return the next sequence id."""
-        w = self.writer
+        w = self.io
         while True:
             chunk = payload[:P.MAX_PACKET]
             payload = payload[P.MAX_PACKET:]
@@ -138,9 +137,9 @@ class BackendConn:
         try:
             data = b""
             while True:
-                hdr = await self.reader.readexactly(4)
+                hdr = await self.io.readexactly(4)
                 n = hdr[0] | (hdr[1] << 8) | (hdr[2] << 16)
-                data += await self.reader.readexactly(n) if n else b""
+                data += await self.io.readexactly(n) if n else b""
                 if n < P.MAX_PACKET:
                     return data
         except (asyncio.IncompleteReadError, ConnectionError, OSError) as e:
@@ -150,10 +149,10 @@ class BackendConn:
     async def command(self, payload: bytes) -> None:
         self.last_used = time.monotonic()
         self.send(payload)
-        if self.writer.transport.get_write_buffer_size() < 65536 and not self.writer.transport.is_closing():
+        if self.io.transport.get_write_buffer_size() < 65536 and not self.io.transport.is_closing():
             return  # nothing queued: drain() would return at once, skip the coroutine
         try:
-            await self.writer.drain()
+            await self.io.drain()
         except (ConnectionError, OSError) as e:
             self.broken = True
             raise BackendLost(f"lost connection to {self.addr}: {e}", sent=False) from e
@@ -244,10 +243,10 @@ class BackendConn:
         r = sc.r
         pending: list[bytes] = []
         size = 0
-        reader = self.reader
+        io = self.io
         while not sc.done:
             try:
-                chunk = await reader.read(_READ_CHUNK)
+                chunk = await io.read(_READ_CHUNK)
             except (ConnectionError, OSError) as e:
                 chunk = b""
                 reason = str(e)
@@ -335,8 +334,8 @@ class BackendConn:
     def close(self) -> None:
         self.broken = True
         try:
-            self.writer.write(b"\x01\x00\x00\x00\x01")  # COM_QUIT
-            self.writer.close()
+            self.io.write(b"\x01\x00\x00\x00\x01")  # COM_QUIT
+            self.io.close()
         except Exception:  # noqa: BLE001 - closing a dead socket may fail any way it likes
             pass
 

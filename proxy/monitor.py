@@ -155,7 +155,7 @@ class Monitor:
         user = cfg.users[0]
         try:
             c = self._conns.get(key)
-            if c is None or c.broken or c.reader.at_eof():
+            if c is None or c.broken or c.io.at_eof():
                 c = await BackendConn.connect(st.addr, user.name, user.password,
                                               cfg.backends.pool.connect_timeout_s)
                 self._conns[key] = c

@@ -83,7 +83,7 @@ class Pool:
                     c = prefer
                 else:
                     c = q.pop()
-                if c.broken or c.reader.at_eof():
+                if c.broken or c.io.at_eof():
                     self._discard(c, "stale")
                     continue
                 self.in_use += 1
@@ -142,7 +142,7 @@ class Pool:
             if (c.user, bool(c.flags & 2)) == key:
                 del self.soft[c]
                 owner.lose_conn(c)
-                if c.broken or c.reader.at_eof():
+                if c.broken or c.io.at_eof():
                     self.in_use -= 1
                     self._discard(c, "stale")
                     return None

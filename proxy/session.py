@@ -155,7 +155,7 @@ class ProxySession(BaseSession):
                 self.soft = False
                 assert self.conn_pool is not None
                 self.conn_pool.unhold_soft(self.conn)
-                if self.conn.broken or self.conn.reader.at_eof():
+                if self.conn.broken or self.conn.io.at_eof():
                     # died while idle (backend restart, idle timeout): replace it silently
                     self.conn.broken = True
                     await self._drop_conn("stale while idle")
