@@ -170,12 +170,6 @@ class PacketIO(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-    def is_closing(self) -> bool:
-        return self.transport is None or self.transport.is_closing()
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return self.transport.get_extra_info(name, default)
-
 
 def adopt(writer: asyncio.StreamWriter, reader: asyncio.StreamReader) -> PacketIO:
     """Take over a socket that a StreamReader served so far (aiomysql's, after its login)."""
