@@ -22,6 +22,7 @@ import aiomysql
 from . import protocol as P
 from .config import Address
 from .errors import BackendError, BackendLost
+from .state import LOGIN_NAMES, Catalog, Names, absorb, split_reported
 from .wire import PacketIO, adopt
 
 log = logging.getLogger("seckill.backend")
@@ -74,6 +75,9 @@ class BufferWriter:
 class BackendConn:
     """A raw-packet connection. State is tracked from OK packets so the pool can reset it."""
 
+    # Collation ids and defaults of the servers (set once at startup from the primary).
+    catalog: Catalog = Catalog.builtin()
+
     def __init__(self, conn: aiomysql.Connection, addr: Address, user: str, flags: int) -> None:
         self.conn = conn
         self.addr = addr
@@ -84,7 +88,8 @@ class BackendConn:
         self.thread_id: int = conn.server_thread_id[0]
         self.mariadb = "mariadb" in conn.get_server_info().lower()
         self.schema: str | None = None
-        self.sysvars: dict[str, str] = {}
+        self.names: Names = LOGIN_NAMES
+        self.sysvars: dict[str, str] = {}  # replayable variables changed since login/reset
         self.status = P.SERVER_STATUS_AUTOCOMMIT
         self.dirty = False  # state that only a reset clears (user vars, temp tables, locks...)
         self.broken = False
@@ -119,6 +124,7 @@ class BackendConn:
     async def init_session(self) -> None:
         await self.execute(_TRACK_MARIADB if self.mariadb else _TRACK_MYSQL)
         self.sysvars.clear()
+        self.names = LOGIN_NAMES
 
     # ---- raw packet I/O ---------------------------------------------------------------
 
@@ -282,7 +288,11 @@ class BackendConn:
         if ok is None:
             return
         if ok.sysvars:
-            self.sysvars.update(ok.sysvars)
+            self.names = absorb(self.names, ok.sysvars, self.catalog)
+            keep, pin = split_reported(ok.sysvars)
+            self.sysvars.update(keep)
+            if pin:
+                self.dirty = True  # e.g. SET timestamp: only a reset takes it away
         if ok.schema is not None:
             self.schema = ok.schema or None
         if ok.last_insert_id:

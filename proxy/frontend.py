@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from mysql_mimic.auth import IdentityProvider, NativePasswordAuthPlugin, User
@@ -19,6 +19,7 @@ from mysql_mimic.stream import ConnectionClosed, MysqlStream
 from mysql_mimic.types import Capabilities, ServerStatus
 
 from . import protocol as P
+from .backend import BackendConn
 from .errors import (
     CR_CONN_HOST_ERROR,
     CR_SERVER_LOST,
@@ -68,13 +69,25 @@ class ProxyStream:
         self.writer = writer
         self.limit = limit
         self.seq = self.inner.seq
-        self.write = self.inner.write
         self.write_many = self.inner.write_many
         self.drain = self.inner.drain
         self.reset_seq = self.inner.reset_seq
         self.start_tls = self.inner.start_tls
         self.write_text_rows = self.inner.write_text_rows
         self.check_next: Callable[[bytes], bytes] | None = None
+        # Runs before mysql-mimic's "login OK" goes out; an ERR packet it returns is sent instead.
+        self.ok_gate: Callable[[], Awaitable[bytes | None]] | None = None
+        self.gate_refused = False
+
+    async def write(self, data: bytes) -> None:
+        gate = self.ok_gate
+        if gate is not None and data[:1] == b"\x00":
+            self.ok_gate = None
+            refusal = await gate()
+            if refusal is not None:
+                self.gate_refused = True
+                data = refusal
+        await self.inner.write(data)
 
     async def read(self) -> bytes:
         data = await self._read()
@@ -160,16 +173,40 @@ class ProxyConnection(Connection):
         self.status_flags = ServerStatus.SERVER_STATUS_AUTOCOMMIT
         self.authenticated = False
         self.close_reason = "client quit"
+        self.client_collation = 255
+        self.client_names = BackendConn.catalog.server_default
+
+    def _handshake(self, data: bytes) -> bytes:
+        """Validate the handshake response and take its collation id out of mysql-mimic's hands:
+        mimic decodes names with a Python codec of that charset (none exists for `binary`, ids
+        above its table fail) and keeps only the charset. The proxy keeps the exact collation
+        (state.py) and lets mimic read the packet as utf8mb4."""
+        data = P.check_handshake_response(data, int(self.server_capabilities))
+        if len(data) > 32:
+            self.client_collation = data[8]
+            self.client_names = BackendConn.catalog.handshake_names(
+                data[8], BackendConn.catalog.server_default)
+            data = data[:8] + b"\xff" + data[9:]
+        return data
 
     async def connection_phase(self) -> None:
-        caps = int(self.server_capabilities)
-        self.stream.check_next = lambda d: P.check_handshake_response(d, caps)
+        self.stream.check_next = self._handshake
         await super().connection_phase()
 
     async def authenticate(self, username: str, *a: Any, **kw: Any) -> None:
         self.session.username = None
-        await super().authenticate(username, *a, **kw)
-        self.authenticated = bool(self.session.username)
+        self.stream.ok_gate = self._login_gate
+        self.stream.gate_refused = False
+        try:
+            await super().authenticate(username, *a, **kw)
+        finally:
+            self.stream.ok_gate = None
+        self.authenticated = bool(self.session.username) and not self.stream.gate_refused
+
+    async def _login_gate(self) -> bytes | None:
+        """Before the login OK: what MySQL checks at login (the default database exists)."""
+        await self.session.init(self)
+        return await self.session.check_login()  # type: ignore[no-any-return]
 
     async def command_phase(self) -> None:
         while True:

@@ -32,6 +32,7 @@ from .classify import HotTemplate, Shape, Unsupported, statement_values
 from .config import HOTROW_MODES, HotRowCfg, HotRowRule
 from .errors import CR_SERVER_LOST, ER_LOCK_WAIT_TIMEOUT, BackendError, BackendLost, ProxyError
 from .outcome import find_record
+from .state import SERVICE
 
 if TYPE_CHECKING:
     from .backend import BackendConn
@@ -283,13 +284,7 @@ class HotRowEngine:
 
     async def _conn(self, user: str) -> BackendConn:
         pool = await self.app.writable_primary()
-        c = await pool.acquire(user, self.app.cfg.password_of(user) or "")
-        try:
-            await pool.apply_state(c, None, {})
-        except (BackendError, BackendLost):
-            await pool.release(c, "state reset failed")
-            raise
-        return c
+        return await pool.acquire(user, self.app.cfg.password_of(user) or "", want=SERVICE)
 
     async def _check_rule(self, rule: HotRowRule, user: str) -> RuleState:
         """Verify against the schema that `key` is the whole primary key and `column` an integer

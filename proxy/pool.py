@@ -17,21 +17,9 @@ from . import metrics as M
 from .backend import BackendConn
 from .config import Address, PoolCfg
 from .errors import ER_CON_COUNT_ERROR, BackendError, BackendLost, ProxyError
+from .state import Wanted
 
 log = logging.getLogger("seckill.pool")
-
-# Session variables that are per-statement counters or ids, never replayed or reverted.
-_VOLATILE = frozenset(
-    {"last_gtid", "last_insert_id", "insert_id", "identity", "warning_count", "error_count",
-     "rand_seed1", "rand_seed2", "timestamp", "gtid_seq_no", "in_transaction"}
-)
-_NUMERIC = frozenset("0123456789-.")
-
-
-def sql_value(v: str) -> str:
-    if v and all(c in _NUMERIC for c in v) and any(c.isdigit() for c in v):
-        return v
-    return "'" + v.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
 class Pool:
@@ -67,7 +55,33 @@ class Pool:
                 return
 
     async def acquire(
-        self, user: str, password: str, found_rows: bool = False, prefer: BackendConn | None = None
+        self, user: str, password: str, found_rows: bool = False,
+        prefer: BackendConn | None = None, want: Wanted | None = None,
+    ) -> BackendConn:
+        """A connection for `user` carrying the state `want` (database, names, variables).
+
+        Among idle connections one already in the wanted database is preferred; a session
+        without a default database needs a connection that never had one (MySQL has no way to
+        unselect a database), so when none is idle a new one is opened."""
+        c = await self._acquire(user, password, found_rows, prefer,
+                                None if want is None or want.any_db else want.database)
+        if want is None:
+            return c
+        try:
+            if not await self.apply_state(c, want):
+                # It has a default database and the session has none: replace it.
+                self.in_use -= 1
+                self._discard(c, "needs no database")
+                c = await self._acquire(user, password, found_rows, None, None, fresh=True)
+                await self.apply_state(c, want)
+        except (BackendError, BackendLost):
+            await self.release(c, "state replay failed")
+            raise
+        return c
+
+    async def _acquire(
+        self, user: str, password: str, found_rows: bool, prefer: BackendConn | None,
+        schema: str | None, fresh: bool = False,
     ) -> BackendConn:
         key = (user, found_rows)
         t0 = time.perf_counter()
@@ -76,13 +90,16 @@ class Pool:
         while True:
             if self.closed:
                 raise BackendLost(f"pool for {self.addr} is closed", sent=False)
-            q = self.idle.get(key)
+            q = None if fresh else self.idle.get(key)
             while q:
-                if prefer is not None and q[-1] is not prefer and prefer in q:
+                if prefer is None or prefer not in q:
+                    prefer = _matching(q, schema)
+                if prefer is not None and q[-1] is not prefer:
                     q.remove(prefer)
                     c = prefer
                 else:
                     c = q.pop()
+                prefer = None
                 if c.broken or c.io.at_eof():
                     self._discard(c, "stale")
                     continue
@@ -196,30 +213,26 @@ class Pool:
                 self.idle.setdefault((c.user, bool(c.flags & 2)), deque()).append(c)
         self._wake()
 
-    async def apply_state(
-        self, c: BackendConn, schema: str | None, sysvars: dict[str, str]
-    ) -> None:
-        """Make a pooled connection carry the session's database and variables.
+    @staticmethod
+    async def apply_state(c: BackendConn, want: Wanted) -> bool:
+        """Make a connection carry the session's state (state.py decides what to send).
 
-        Variables the previous user changed and this session did not are set back to the
-        server default (`= DEFAULT`), so no setting leaks from one session to the next.
-        """
-        if not sysvars and not c.sysvars:
-            if schema and c.schema != schema:
-                await c.execute(f"USE `{schema.replace('`', '``')}`")
-                c.schema = schema
-            return
-        want = {k: v for k, v in sysvars.items() if k not in _VOLATILE}
-        have = {k: v for k, v in c.sysvars.items() if k not in _VOLATILE}
-        if want != have:
-            parts = [f"{k}=DEFAULT" for k in have if k not in want]
-            parts += [f"{k}={sql_value(v)}" for k, v in want.items() if have.get(k) != v]
-            if parts:
-                await c.execute("SET SESSION " + ", ".join(parts))
-            c.sysvars = dict(want)
-        if schema and c.schema != schema:
-            await c.execute(f"USE `{schema.replace('`', '``')}`")
-            c.schema = schema
+        Variables the previous user changed and this session did not go back to the server
+        default, the character set is always set explicitly: nothing leaks from one session to
+        the next. False: impossible on this connection (it has a database, the session none)."""
+        if (c.names == want.names and c.sysvars == want.vars
+                and (want.any_db or c.schema == want.database)):
+            return True
+        ch = want.change_from(c.schema, c.names, c.sysvars)
+        if ch.needs_fresh:
+            return False
+        for sql in ch.statements:
+            await c.execute(sql)
+        c.names = want.names
+        c.sysvars = dict(want.vars)
+        if not want.any_db:
+            c.schema = want.database
+        return True
 
     def idle_count(self) -> int:
         return sum(len(q) for q in self.idle.values())
@@ -242,3 +255,12 @@ class Pool:
                 self._discard(q.pop(), "shutdown")
         while self._waiters:
             self._wake()
+
+
+def _matching(q: deque[BackendConn], schema: str | None) -> BackendConn | None:
+    """The most recently used idle connection already in `schema` (None: that never had a
+    database). Looks at the few most recent ones only: this runs on every acquire."""
+    for i in range(len(q) - 1, max(-1, len(q) - 9), -1):
+        if q[i].schema == schema:
+            return q[i]
+    return None

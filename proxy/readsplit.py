@@ -176,11 +176,11 @@ class ReadRouter:
         wait_s = self.app.cfg.routing.max_wait_ms / 1000
         for i, pool in enumerate(pools[:2]):
             try:
-                c = await pool.acquire(session.username or "", session.password, session.found_rows)
+                c = await pool.acquire(session.username or "", session.password, session.found_rows,
+                                       want=session.wanted())
             except (BackendLost, BackendError, ProxyError):
                 continue
             try:
-                await pool.apply_state(c, session.database, session.sysvars)
                 if wm is None or G.applied(self.known.get(pool.label), wm):
                     return c, pool, "replica"
                 if i == 0 and wait_s > 0:

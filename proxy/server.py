@@ -35,6 +35,7 @@ from .errors import (
 from .frontend import SERVER_CAPABILITIES, ConfigIdentityProvider, ProxyConnection, ProxyStream
 from .pool import Pool
 from .session import ProxySession
+from .state import Catalog, Names
 from .wire import ClientIO
 
 if TYPE_CHECKING:
@@ -201,6 +202,10 @@ class App:
             return
         self.server_version = c.conn.server_version
         M.BACKEND_UP.labels(str(cfg.backends.primary), "primary").set(1)
+        try:
+            BackendConn.catalog = await load_catalog(c)
+        except (BackendError, BackendLost) as e:
+            log.warning("collation table not read (%s); using mysql-mimic's", e)
         c.close()
 
     async def start(self) -> None:
@@ -324,6 +329,20 @@ class App:
             await asyncio.sleep(0.02)
         for p in self.pools.values():
             await p.close()
+
+
+async def load_catalog(c: BackendConn) -> Catalog:
+    """The server's collations and the character set it gives clients it cannot match."""
+    rows = await c.query_named(
+        "SELECT ID, COLLATION_NAME, CHARACTER_SET_NAME, IS_DEFAULT "
+        "FROM information_schema.COLLATIONS WHERE ID IS NOT NULL")
+    g = await c.fetch_one(
+        "SELECT @@global.character_set_client, @@global.character_set_connection, "
+        "@@global.character_set_results, @@global.collation_connection")
+    assert g is not None
+    default = Names(*(v or "" for v in g))
+    return Catalog(((int(r["ID"] or 0), r["COLLATION_NAME"] or "", r["CHARACTER_SET_NAME"] or "",
+                     r["IS_DEFAULT"] == "Yes") for r in rows), default)
 
 
 def _reason_label(reason: str) -> str:

@@ -39,6 +39,7 @@ from .fastlane import FastLane
 from .gtid import GtidError
 from .gtid import parse as gtid_parse
 from .outcome import ER_SECKILL_NOT_COMMITTED
+from .state import LOGIN_NAMES, Names, Wanted, absorb, split_reported
 from .wire import ClientIO
 
 if TYPE_CHECKING:
@@ -49,7 +50,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("seckill.session")
 _SET_PROXY_VAR = re.compile(
     r"SET\s+(?:SESSION\s+|@@SESSION\.|@@)?(read_after_gtid|read_consistency)\s*=\s*'([^']*)'", re.I)
-_SET_NAMES = re.compile(r"SET\s+NAMES\s+('?\w+'?|`\w+`)", re.I)
+_SET_NAMES = re.compile(r"SET\s+NAMES\s+('?\w+'?|`\w+`)(?:\s+COLLATE\s+('?\w+'?|`\w+`))?", re.I)
 _CHARSETS = frozenset(
     {"utf8mb4", "utf8", "utf8mb3", "latin1", "ascii", "binary", "gbk", "gb2312", "big5", "ujis",
      "sjis", "cp1250", "cp1251", "cp1252", "latin2", "utf16", "utf32", "ucs2", "euckr", "koi8r"})
@@ -78,8 +79,9 @@ class ProxySession(BaseSession):
         self.conn_pool: Pool | None = None
         self.last_conn: BackendConn | None = None
         self.pin: str | None = None
-        self.sysvars: dict[str, str] = {}
-        self.base_sysvars: dict[str, str] = {}
+        self.sysvars: dict[str, str] = {}  # replayable session variables the client changed
+        self.names: Names = LOGIN_NAMES  # character set and collation (state.py)
+        self.handshake_names: Names = LOGIN_NAMES
         self.status = P.SERVER_STATUS_AUTOCOMMIT
         self.last_insert_id = 0
         self.last_gtid: str | None = None
@@ -98,20 +100,31 @@ class ProxySession(BaseSession):
     # ---- mysql-mimic hooks --------------------------------------------------------------
 
     async def init(self, connection: Any) -> None:
+        if self.connection is connection:
+            return  # already run by the login check (frontend `_login_gate`)
         self.connection = connection
         self.found_rows = bool(int(connection.capabilities) & P.CLIENT_FOUND_ROWS)
-        cs = str(self.variables.get("character_set_client"))
-        if cs not in ("utf8mb4",):
-            self.base_sysvars = {
-                "character_set_client": cs,
-                "character_set_connection": cs,
-                "character_set_results": cs,
-            }
-        self.sysvars = dict(self.base_sysvars)
+        self.handshake_names = self.names = connection.client_names
+        self.sysvars = {}
         reader = connection.stream.reader
         if isinstance(reader, ClientIO):
             self.lane = FastLane(self, reader)
             reader.fast = self.lane.try_start
+
+    async def check_login(self) -> bytes | None:
+        """What MySQL refuses at login rather than at the first query: a default database that
+        does not exist (1049) or a user MySQL does not accept. The connection used for the
+        check stays with the session for its first statement. Returns MySQL's ERR packet."""
+        if not self.database:
+            return None
+        try:
+            await self._get_conn()
+        except BackendError as e:
+            return e.raw
+        except (BackendLost, ProxyError):
+            return None  # MySQL unreachable now: the first statement reports it
+        await self._maybe_release()
+        return None
 
     async def close(self) -> None:
         if self.lane is not None:
@@ -130,7 +143,8 @@ class ProxySession(BaseSession):
     async def reset(self) -> None:
         """COM_RESET_CONNECTION / COM_CHANGE_USER: back to a fresh session."""
         await self._drop_conn("session reset", force_reset=True)
-        self.sysvars = dict(self.base_sysvars)
+        self.sysvars = {}
+        self.names = self.handshake_names
         self.status = P.SERVER_STATUS_AUTOCOMMIT
         self.release_slots()
         self.stmts.clear()
@@ -141,6 +155,10 @@ class ProxySession(BaseSession):
         self.database = database
 
     # ---- backend connection management --------------------------------------------------
+
+    def wanted(self) -> Wanted:
+        """The state a backend connection must carry to serve this session."""
+        return Wanted(self.database, self.names, self.sysvars)
 
     @property
     def password(self) -> str:
@@ -163,15 +181,13 @@ class ProxySession(BaseSession):
             if self.state_stale:
                 self.state_stale = False
                 assert self.conn_pool is not None
-                await self.conn_pool.apply_state(self.conn, self.database, self.sysvars)
+                if not await self.conn_pool.apply_state(self.conn, self.wanted()):
+                    await self._drop_conn("needs no database")
+                    return await self._get_conn()
             return self.conn
         pool = await self.app.writable_primary()
-        c = await pool.acquire(self.username or "", self.password, self.found_rows, self.last_conn)
-        try:
-            await pool.apply_state(c, self.database, self.sysvars)
-        except (BackendError, BackendLost):
-            await pool.release(c, "state replay failed")
-            raise
+        c = await pool.acquire(self.username or "", self.password, self.found_rows, self.last_conn,
+                               self.wanted())
         self.conn, self.conn_pool, self.last_conn = c, pool, c
         self.state_stale = False
         return c
@@ -387,14 +403,10 @@ class ProxySession(BaseSession):
         if m is None or self._holds():
             return False
         cs = m.group(1).strip("'\"`").lower()
-        if cs not in _CHARSETS:
-            return False
-        for k in ("character_set_client", "character_set_connection", "character_set_results",
-                  "collation_connection"):
-            self.sysvars.pop(k, None)
-        if cs != "utf8mb4":
-            self.sysvars.update(
-                character_set_client=cs, character_set_connection=cs, character_set_results=cs)
+        coll = (m.group(2) or "").strip("'\"`").lower() or BackendConn.catalog.default_collation(cs)
+        if cs not in _CHARSETS or coll is None or not coll.startswith(cs if cs != "utf8" else "utf8mb3"):
+            return False  # MySQL answers it (errors included)
+        self.names = Names.uniform("utf8mb3" if cs == "utf8" else cs, coll)
         self.state_stale = True
         await self.send(self.ok_packet())
         return True
@@ -598,8 +610,11 @@ class ProxySession(BaseSession):
     def _after(self, c: BackendConn, r: Relayed) -> None:
         self.status = r.status
         if r.sysvars:
-            for k, v in r.sysvars.items():
-                self.sysvars[k] = v
+            self.names = absorb(self.names, r.sysvars, BackendConn.catalog)
+            keep, unreplayable = split_reported(r.sysvars)
+            self.sysvars.update(keep)
+            if unreplayable and not self.pin:
+                self.pin = f"session variable {unreplayable}"
         if r.schema is not None:
             self.database = r.schema or None
         if r.state_changed and not r.sysvars and r.schema is None and not self.pin:
