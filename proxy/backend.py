@@ -89,6 +89,7 @@ class BackendConn:
         self.mariadb = "mariadb" in conn.get_server_info().lower()
         self.schema: str | None = None
         self.names: Names = LOGIN_NAMES
+        self.multi = True  # aiomysql logs in with CLIENT_MULTI_STATEMENTS
         self.sysvars: dict[str, str] = {}  # replayable variables changed since login/reset
         self.status = P.SERVER_STATUS_AUTOCOMMIT
         self.dirty = False  # state that only a reset clears (user vars, temp tables, locks...)
@@ -220,6 +221,26 @@ class BackendConn:
             if not self.status & P.SERVER_MORE_RESULTS_EXISTS:
                 return rows, ok
 
+    async def set_multi(self, on: bool) -> None:
+        """COM_SET_OPTION: multi-statements as the session's client has them (a client that did
+        not ask for them gets MySQL's 1064 for `a; b`, never both statements run)."""
+        await self.command(bytes((P.COM_SET_OPTION, 0 if on else 1, 0)))
+        pkt = await self.read_packet()
+        if pkt[0] == 0xFF:
+            e = P.parse_err(pkt)
+            raise BackendError(e.code, e.sqlstate, e.message, pkt)
+        self.multi = on
+
+    async def run_all(self, stmts: list[str]) -> P.OkPacket | None:
+        """Run statements in one round trip where multi-statements are on, else one by one;
+        returns the last OK."""
+        if self.multi:
+            return (await self.query("; ".join(stmts)))[1]
+        ok = None
+        for sql in stmts:
+            ok = (await self.query(sql))[1]
+        return ok
+
     async def wait_gtid(self, gtid: str, timeout_s: float) -> bool:
         """Bounded wait until this server applied `gtid` (MariaDB or MySQL flavour)."""
         fn = "MASTER_GTID_WAIT" if self.mariadb else "WAIT_FOR_EXECUTED_GTID_SET"
@@ -246,6 +267,15 @@ class BackendConn:
         that leaves the client untouched and the statement can be retried elsewhere.
         """
         sc = ReplyScanner(self, ok_hook, field_list)
+        try:
+            return await self._relay(sc, out)
+        finally:
+            if not sc.done:
+                # Left mid-reply (client gone, cancelled): the rest of the reply is still on
+                # the wire, so this connection can never serve another command.
+                self.broken = True
+
+    async def _relay(self, sc: ReplyScanner, out: PacketIO | BufferWriter | None) -> Relayed:
         r = sc.r
         pending: list[bytes] = []
         size = 0

@@ -79,7 +79,7 @@ class ProxyStream:
         self.ok_gate: Callable[[], Awaitable[bytes | None]] | None = None
         self.gate_refused = False
 
-    async def write(self, data: bytes) -> None:
+    async def write(self, data: bytes, drain: bool = True) -> None:
         gate = self.ok_gate
         if gate is not None and data[:1] == b"\x00":
             self.ok_gate = None
@@ -87,7 +87,7 @@ class ProxyStream:
             if refusal is not None:
                 self.gate_refused = True
                 data = refusal
-        await self.inner.write(data)
+        await self.inner.write(data, drain)
 
     async def read(self) -> bytes:
         data = await self._read()
@@ -205,8 +205,11 @@ class ProxyConnection(Connection):
 
     async def _login_gate(self) -> bytes | None:
         """Before the login OK: what MySQL checks at login (the default database exists)."""
+        check = getattr(self.session, "check_login", None)
+        if check is None:
+            return None  # the admin console's sessions have no backend
         await self.session.init(self)
-        return await self.session.check_login()  # type: ignore[no-any-return]
+        return await check()  # type: ignore[no-any-return]
 
     async def command_phase(self) -> None:
         while True:
@@ -293,7 +296,7 @@ class ProxyConnection(Connection):
         elif cmd == P.COM_STATISTICS:
             await s.com_statistics(data)
         elif cmd == P.COM_SET_OPTION:
-            await self.stream.write(P.make_eof(s.status))
+            await s.com_set_option(data)
         else:
             raise ProxyError(ER_UNKNOWN_COM_ERROR, f"Unknown command 0x{cmd:02x}")
 

@@ -144,6 +144,10 @@ class Pool:
                 except TimeoutError:
                     pass
 
+    def can_lend_now(self) -> bool:
+        """An acquire would not wait (an idle connection, or room to open one)."""
+        return self.total < self.cfg.max_connections or any(self.idle.values())
+
     def hold_soft(self, c: BackendConn, owner: Any) -> None:
         """A session keeps its clean connection between statements; the pool may take it back
         whenever it is soft-held, which by construction means no statement is using it."""
@@ -220,6 +224,8 @@ class Pool:
         Variables the previous user changed and this session did not go back to the server
         default, the character set is always set explicitly: nothing leaks from one session to
         the next. False: impossible on this connection (it has a database, the session none)."""
+        if c.multi != want.multi:
+            await c.set_multi(want.multi)
         if (c.names == want.names and c.sysvars == want.vars
                 and (want.any_db or c.schema == want.database)):
             return True

@@ -82,6 +82,7 @@ class ProxySession(BaseSession):
         self.sysvars: dict[str, str] = {}  # replayable session variables the client changed
         self.names: Names = LOGIN_NAMES  # character set and collation (state.py)
         self.handshake_names: Names = LOGIN_NAMES
+        self.multi = True  # CLIENT_MULTI_STATEMENTS, from the handshake and COM_SET_OPTION
         self.status = P.SERVER_STATUS_AUTOCOMMIT
         self.last_insert_id = 0
         self.last_gtid: str | None = None
@@ -104,6 +105,7 @@ class ProxySession(BaseSession):
             return  # already run by the login check (frontend `_login_gate`)
         self.connection = connection
         self.found_rows = bool(int(connection.capabilities) & P.CLIENT_FOUND_ROWS)
+        self.multi = bool(int(connection.capabilities) & P.CLIENT_MULTI_STATEMENTS)
         self.handshake_names = self.names = connection.client_names
         self.sysvars = {}
         reader = connection.stream.reader
@@ -115,8 +117,8 @@ class ProxySession(BaseSession):
         """What MySQL refuses at login rather than at the first query: a default database that
         does not exist (1049) or a user MySQL does not accept. The connection used for the
         check stays with the session for its first statement. Returns MySQL's ERR packet."""
-        if not self.database:
-            return None
+        if not self.database or not self.app.primary_pool().can_lend_now():
+            return None  # never make a login wait for a busy pool: the first statement will
         try:
             await self._get_conn()
         except BackendError as e:
@@ -158,7 +160,7 @@ class ProxySession(BaseSession):
 
     def wanted(self) -> Wanted:
         """The state a backend connection must carry to serve this session."""
-        return Wanted(self.database, self.names, self.sysvars)
+        return Wanted(self.database, self.names, self.sysvars, multi=self.multi)
 
     @property
     def password(self) -> str:
@@ -341,6 +343,9 @@ class ProxySession(BaseSession):
             await pool.release(c)
             await self.send(e.raw)
             return Relayed(err=P.ErrPacket(e.code, e.sqlstate, e.message))
+        except BaseException:
+            await pool.release(c, "client gone")  # mid-reply: relay() marked it broken
+            raise
         await pool.release(c)
         router.count(plan.consistency, outcome, pool.label)
         return r
@@ -503,7 +508,7 @@ class ProxySession(BaseSession):
             await self._drain()
             return r
         try:
-            _, ok = await c.query(f"INSERT INTO {tracker.table} (id) VALUES ({oid}); COMMIT")
+            ok = await c.run_all([f"INSERT INTO {tracker.table} (id) VALUES ({oid})", "COMMIT"])
         except BackendError as e:
             await self._finish_tracked(c, "ROLLBACK")
             await self.send(e.raw)
@@ -640,6 +645,15 @@ class ProxySession(BaseSession):
     async def com_reset_connection(self) -> None:
         await self.reset()
         await self.send(self.ok_packet())
+
+    async def com_set_option(self, payload: bytes) -> None:
+        """COM_SET_OPTION: multi-statements on (0) or off (1) for this session; it travels
+        with the session to whichever backend connection serves it (state.py)."""
+        if len(payload) != 3 or payload[1] > 1 or payload[2]:
+            raise ProxyError((1047, "08S01"), "Unknown command")
+        self.multi = payload[1] == 0
+        self.state_stale = self.conn is not None
+        await self.send(P.make_eof(self.status))
 
     async def com_statistics(self, payload: bytes) -> None:
         c = await self._get_conn()

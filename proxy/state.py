@@ -189,6 +189,7 @@ class Wanted:
     names: Names
     vars: Mapping[str, str]
     any_db: bool = False  # the proxy's own service queries name their schema explicitly
+    multi: bool = True  # CLIENT_MULTI_STATEMENTS as the client negotiated or set it
 
     def change_from(self, have_db: str | None, have_names: Names,
                     have_vars: Mapping[str, str]) -> Change:

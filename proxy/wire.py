@@ -215,6 +215,14 @@ class ClientIO(PacketIO):
         if not self.held:  # while the fast lane answers a command, the task sleeps on
             super()._wake()
 
+    def eof_received(self) -> bool:
+        """A MySQL client never half-closes (it sends COM_QUIT): EOF means it is gone. Abort at
+        once; a graceful close would wait for a reply it will never read to drain, and hold the
+        backend connection that produces it."""
+        super().eof_received()
+        self.transport.abort()
+        return False
+
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         if self.held and self.on_resume is not None:
