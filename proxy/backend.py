@@ -38,7 +38,9 @@ _TRACK_MYSQL = (
     "session_track_state_change=ON, session_track_gtids=OWN_GTID"
 )
 BACKEND_FLAGS = P.CLIENT_SESSION_TRACK | P.CLIENT_PS_MULTI_RESULTS | P.CLIENT_MULTI_RESULTS
-STMT_CACHE = 512
+# Per connection: 200 pooled connections x 64 stay well under MariaDB's default
+# max_prepared_stmt_count (16382), which counts every connection's statements together.
+STMT_CACHE = 64
 _READ_CHUNK = 256 * 1024
 _FLUSH_AT = 256 * 1024
 
@@ -94,7 +96,9 @@ class BackendConn:
         self.status = P.SERVER_STATUS_AUTOCOMMIT
         self.dirty = False  # state that only a reset clears (user vars, temp tables, locks...)
         self.broken = False
-        self.stmts: OrderedDict[str, P.PrepareOk] = OrderedDict()
+        # Prepared statements by (database at PREPARE, text): MariaDB resolves a statement's
+        # tables in the database current when it was prepared.
+        self.stmts: OrderedDict[tuple[str | None, str], P.PrepareOk] = OrderedDict()
         self.last_insert_id = 0
         self.last_used = time.monotonic()
         self.pool: Any = None  # the Pool that lent it (set by the pool)
@@ -231,16 +235,6 @@ class BackendConn:
             raise BackendError(e.code, e.sqlstate, e.message, pkt)
         self.multi = on
 
-    async def run_all(self, stmts: list[str]) -> P.OkPacket | None:
-        """Run statements in one round trip where multi-statements are on, else one by one;
-        returns the last OK."""
-        if self.multi:
-            return (await self.query("; ".join(stmts)))[1]
-        ok = None
-        for sql in stmts:
-            ok = (await self.query(sql))[1]
-        return ok
-
     async def wait_gtid(self, gtid: str, timeout_s: float) -> bool:
         """Bounded wait until this server applied `gtid` (MariaDB or MySQL flavour)."""
         fn = "MASTER_GTID_WAIT" if self.mariadb else "WAIT_FOR_EXECUTED_GTID_SET"
@@ -334,11 +328,21 @@ class BackendConn:
 
     # ---- prepared statements ----------------------------------------------------------
 
+    def stmt_key(self, sql: str) -> tuple[str | None, str]:
+        return (self.schema, sql)
+
+    def close_stmt(self, sql: str) -> None:
+        """The client closed its statement: close it here too (COM_STMT_CLOSE has no reply)."""
+        pok = self.stmts.pop(self.stmt_key(sql), None)
+        if pok is not None:
+            self.send(bytes((P.COM_STMT_CLOSE,)) + struct.pack("<I", pok.stmt_id))
+
     async def prepare(self, sql: str) -> P.PrepareOk:
         """Prepare `sql` here unless already cached on this connection."""
-        got = self.stmts.get(sql)
+        key = self.stmt_key(sql)
+        got = self.stmts.get(key)
         if got is not None:
-            self.stmts.move_to_end(sql)
+            self.stmts.move_to_end(key)
             return got
         await self.command(bytes((P.COM_STMT_PREPARE,)) + sql.encode())
         pkt = await self.read_packet()
@@ -350,7 +354,7 @@ class BackendConn:
             await self.read_packet()
         for _ in range(pok.num_columns + (1 if pok.num_columns else 0)):
             await self.read_packet()
-        self.stmts[sql] = pok
+        self.stmts[key] = pok
         if len(self.stmts) > STMT_CACHE:
             _, old = self.stmts.popitem(last=False)
             self.send(bytes((P.COM_STMT_CLOSE,)) + struct.pack("<I", old.stmt_id))

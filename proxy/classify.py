@@ -8,8 +8,10 @@ and is cached, so a statement the proxy has seen before costs two regex passes, 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
+
+from .builtins import BUILTIN
 
 # Literal-aware tokenisation for digests: strings, quoted identifiers, numbers, comments.
 _STR = r"'(?:[^'\\]|\\.|'')*'|\"(?:[^\"\\]|\\.|\"\")*\""
@@ -35,8 +37,16 @@ _LITERAL = re.compile(
     rf"{_STR}|(?<![\w$.])(?:0x[0-9a-fA-F]+|\d+(?:\.\d*)?(?:[eE][+-]?\d+)?|\.\d+)", re.S)
 
 
+# Executable comments: MySQL and MariaDB run what is inside `/*! ... */`, `/*!50000 ... */`
+# and `/*M!100100 ... */`, so for deciding a statement they are text, not comments.
+_EXECUTABLE = re.compile(r"/\*M?!\d{0,6}(.*?)\*/", re.S)
+
+
 def digest(sql: str) -> str:
-    """Normalised statement shape: literals → ?, comments dropped (hints kept), spaces folded."""
+    """Normalised statement shape: literals → ?, comments dropped (hints and executable
+    comments kept as text), spaces folded."""
+    if "/*!" in sql or "/*M!" in sql:
+        sql = _EXECUTABLE.sub(r" \1 ", sql)
     if "`" in sql or "/*" in sql or "--" in sql or "#" in sql:
         d = _TOKEN.sub(_digest_sub, sql)
     else:
@@ -88,6 +98,11 @@ def _ident(s: str) -> str:
     return s[1:-1].replace("``", "`").lower() if s.startswith("`") else s.lower()
 
 
+def _name(s: str) -> str:
+    s = s.strip()
+    return s[1:-1].replace("``", "`") if s.startswith("`") else s
+
+
 @dataclass(frozen=True)
 class HotTemplate:
     """`UPDATE [schema.]table SET c = c - ? WHERE key = ? [AND guard]`, with value positions.
@@ -119,7 +134,9 @@ def hot_template(dg: str) -> HotTemplate | None:
     parts = [p.strip() for p in _AND.split(m.group("where").strip())]
     if not 1 <= len(parts) <= 2:
         return None
-    tbl = [_ident(x) for x in re.split(r"\s*\.\s*(?=(?:[^`]*`[^`]*`)*[^`]*$)", m.group("tbl"))]
+    # Schema and table keep their case: with lower_case_table_names=0 (the Linux default)
+    # `SHOP.INVENTORY` is another table than `shop.inventory` and must not be merged as it.
+    tbl = [_name(x) for x in re.split(r"\s*\.\s*(?=(?:[^`]*`[^`]*`)*[^`]*$)", m.group("tbl"))]
     schema, table = (tbl[0], tbl[1]) if len(tbl) == 2 else (None, tbl[0])
     pos = 1  # value 0 is the amount
     key = key_pos = None
@@ -248,7 +265,28 @@ _NOT_FOR_REPLICA: list[tuple[re.Pattern[str], str]] = [
                 re.I), "connection-local or side-effecting function"),
     (re.compile(r"@"), "variable"),
     (re.compile(r";"), "multi-statement"),
+    (re.compile(r"(?<![\w$])`?(?:information_schema|performance_schema|mysql|sys)`?\s*\.", re.I),
+     "server-local table"),
 ]
+
+# An identifier (optionally qualified or quoted) directly followed by `(`: a function call, or
+# a keyword such as IN ( / USING ( / VALUES (.
+_CALL = re.compile(
+    r"(?<![\w$.`])((?:`(?:[^`]|``)+`|[A-Za-z_$][\w$]*)(?:\s*\.\s*(?:`(?:[^`]|``)+`|[A-Za-z_$][\w$]*))?)"
+    r"\s*\(")
+
+
+def stored_call(dg: str) -> str | None:
+    """The first call of something that is not a MariaDB built-in (function or keyword): a
+    stored function, which may write. None if every call is built in."""
+    for m in _CALL.finditer(dg):
+        name = m.group(1)
+        if "." in name or "`" in name:
+            return name
+        up = name.upper()
+        if up not in BUILTIN and not up.startswith(("ST_", "MBR")):
+            return name
+    return None
 
 _WRITE_VERBS = frozenset(
     {"INSERT", "UPDATE", "DELETE", "REPLACE", "CREATE", "DROP", "ALTER", "TRUNCATE", "RENAME",
@@ -299,7 +337,8 @@ def shape_of(dg: str) -> Shape:
         uses_last_insert_id="LAST_INSERT_ID" in dg.upper(),
         multi=multi,
         hot=hot_template(dg) if verb == "UPDATE" else None,
-        replica_ok=_replica_reason(verb, dg),
+        # a statement that pins must run where the session's state is: never on a replica
+        replica_ok=_replica_reason(verb, dg) or pin,
         lane=_lane(verb, dg) if pin is None and not hints and not multi else "",
     )
 
@@ -328,6 +367,8 @@ def _replica_reason(verb: str, dg: str) -> str | None:
     for rx, reason in _NOT_FOR_REPLICA:
         if rx.search(dg):
             return reason
+    if "(" in dg and stored_call(dg) is not None:
+        return "stored function"
     return None
 
 
@@ -337,4 +378,8 @@ READ_ONLY_TXN = re.compile(r"^START\s+TRANSACTION\s+READ\s+ONLY$", re.I)
 
 
 def classify(sql: str) -> Shape:
-    return shape_of(digest(sql))
+    shape = shape_of(digest(sql))
+    if shape.hot is not None and ("/*!" in sql or "/*M!" in sql):
+        # the hot path binds values from the raw text, which an executable comment can shift
+        return replace(shape, hot=None)
+    return shape

@@ -284,8 +284,8 @@ def _hotrow(n: _Node) -> HotRowCfg:
         schema, tbl = table.split(".")
         rules.append(
             HotRowRule(
-                schema.strip("`").lower(),
-                tbl.strip("`").lower(),
+                schema.strip("`"),  # table names are case-sensitive (lower_case_table_names=0)
+                tbl.strip("`"),
                 _str(rn.get("key", required=True), rn.key("key")).strip("`").lower(),
                 _str(rn.get("column", required=True), rn.key("column")).strip("`").lower(),
             )

@@ -5,6 +5,8 @@ Errors that come from MySQL are never rebuilt: their ERR packets are forwarded b
 
 from __future__ import annotations
 
+from enum import Enum
+
 from .protocol import make_err
 
 ER_CON_COUNT_ERROR = (1040, "08004")
@@ -58,3 +60,53 @@ class BackendLost(Exception):
         self.sent = sent
         # delivered: part of the answer already reached the client (no transparent retry)
         self.delivered = delivered
+
+
+class LeaseReason(Enum):
+    """Why a session's hold on a backend connection changed (lease.py); a metric label."""
+
+    ACQUIRED = "acquired"
+    STATEMENT_DONE = "statement_done"
+    TRANSACTION = "transaction"
+    PINNED = "pinned"
+    READ_ONLY_TXN = "read_only_txn"
+    ROUTE_CHANGE = "route_change"  # the next statement needs another server's connection
+    POOL_RECLAIMED = "pool_reclaimed"  # the pool took back a soft-held connection
+    STALE_WHILE_IDLE = "stale_while_idle"
+    PRIMARY_MOVED = "primary_moved"
+    NEEDS_NO_DATABASE = "needs_no_database"
+    BACKEND_LOST = "backend_lost"
+    CLIENT_GONE = "client_gone"
+    SESSION_RESET = "session_reset"
+
+
+class CloseReason(Enum):
+    """Why the proxy closed a backend connection (pool.py); a metric label, details go to
+    the log."""
+
+    BROKEN = "broken"
+    STALE = "stale"
+    RESET_FAILED = "reset_failed"
+    IDLE_TIMEOUT = "idle_timeout"
+    EVICTED = "evicted_for_another_user"
+    NEEDS_NO_DATABASE = "needs_no_database"
+    SHUTDOWN = "shutdown"
+    CLIENT_GONE = "client_gone"
+    STATE_REPLAY_FAILED = "state_replay_failed"
+
+
+class DisconnectReason(Enum):
+    """Why a client connection ended (server.py); a metric label, details go to the log."""
+
+    CLIENT_QUIT = "client quit"
+    CLIENT_CLOSED = "client closed connection"
+    CLIENT_LOST = "client connection lost"
+    HANDSHAKE_TIMEOUT = "handshake timeout"
+    BAD_HANDSHAKE = "bad handshake"
+    AUTH_FAILED = "authentication failed"
+    PACKET_TOO_LARGE = "packet too large"
+    FATAL_ERROR = "fatal error"
+    IDLE_TIMEOUT = "idle timeout"
+    KILLED = "killed"
+    PROXY_SHUTDOWN = "proxy shutdown"
+    INTERNAL_ERROR = "internal error"

@@ -22,10 +22,11 @@ from typing import TYPE_CHECKING
 
 from . import metrics as M
 from . import protocol as P
-from . import readsplit
 from .backend import BackendConn, ReplyScanner
 from .classify import Shape, classify
-from .errors import BackendLost, ProxyError
+from .errors import BackendLost, LeaseReason, ProxyError
+from .lease import LeaseState
+from .plan import Plan, Route, plan
 
 if TYPE_CHECKING:
     from .session import ProxySession
@@ -46,6 +47,8 @@ class FastLane:
         self.client = client
         self.conn: BackendConn | None = None
         self.shape: Shape | None = None
+        self.plan: Plan | None = None
+        self.command = b""  # the client's command, for a replica read retried on the primary
         self.scanner: ReplyScanner | None = None
         self.pending: list[bytes] = []
         self.size = 0
@@ -57,10 +60,12 @@ class FastLane:
 
     # ---- start: called by the client socket with a chunk that arrived while the task idles ----
 
-    def _decide(self, data: bytes) -> tuple[BackendConn, Shape, bytes] | None:
-        """What to send where, if this command is the lane's. It changes nothing the general
-        path would not change for the same command (a statement's parameter types, the
-        backend statement cache's recency), so a command it declines goes there unharmed."""
+    def _decide(self, data: bytes) -> tuple[BackendConn, Shape, bytes, Plan] | None:
+        """What to send where, if this command is the lane's: its plan (plan.py, the same the
+        general path would make) only forwards, and the lease holds a connection that can
+        serve it now. It changes nothing the general path would not change for the same
+        command (a statement's parameter types, the backend statement cache's recency), so a
+        command it declines goes there unharmed."""
         n = len(data)
         if n < 5:
             return None
@@ -68,12 +73,10 @@ class FastLane:
         if plen + 4 != n or data[3] != 0 or plen >= P.MAX_PACKET - 64:
             return None  # not exactly one whole command
         s = self.s
-        c = s.conn
-        if (c is None or s.pin or s.state_stale or c.broken or c.io.eof
-                or c.io.transport.is_closing() or s.conn_pool is not s.app.primary_pool()):
-            return None
-        in_txn = bool(s.status & P.SERVER_STATUS_IN_TRANS)
-        if not s.soft and not in_txn:
+        L = s.lease
+        c = L.conn
+        if (c is None or s.state_stale or c.broken or c.io.eof or c.io.transport.is_closing()
+                or (L.state is not LeaseState.SOFT and L.state is not LeaseState.TRANSACTION)):
             return None
         cmd = data[4]
         if cmd == P.COM_STMT_EXECUTE:
@@ -82,28 +85,47 @@ class FastLane:
             st = s.stmts.get(_unpack_id(data, 5)[0])
             if st is None or not st.shape.lane or data[9] & 0x01:  # flags & 1: a cursor
                 return None
-            pok = c.stmts.get(st.sql)
+            key = c.stmt_key(st.sql)
+            pok = c.stmts.get(key)
             if pok is None:
+                return None
+            shape = st.shape
+            p = plan(shape, s, s.app.policy)
+            if not self._can_run(p, c):
                 return None
             rebound = P.rebind_execute(data, 4, st.num_params, pok.stmt_id, st.types)
             if rebound is None:
                 return None
             payload, st.types = rebound
             packet = _pack_id(len(payload)) + payload
-            shape = st.shape
-            c.stmts.move_to_end(st.sql)
+            c.stmts.move_to_end(key)
         elif cmd == P.COM_QUERY:
             shape = classify(data[5:].decode("utf-8", "surrogateescape"))
             if not shape.lane:
+                return None
+            p = plan(shape, s, s.app.policy)
+            if not self._can_run(p, c):
                 return None
             packet = data
         else:
             return None
         if shape.uses_last_insert_id and c.last_insert_id != s.last_insert_id:
             return None  # the general path first gives this connection the session's value
-        if not self._plain(shape, in_txn):
-            return None
-        return c, shape, packet
+        return c, shape, packet, p
+
+    def _can_run(self, p: Plan, c: BackendConn) -> bool:
+        """The plan only forwards, and the lease's connection is the one it forwards to."""
+        if not p.lane:
+            return False
+        s = self.s
+        L = s.lease
+        if p.route is Route.REPLICA:
+            assert L.pool is not None and p.read is not None
+            return (L.state is LeaseState.SOFT and L.pool.role == "replica"
+                    and s.app.reads.ready_now(L.pool, p.read, s.last_gtid))
+        if L.state is LeaseState.SOFT and L.pool is not s.app.primary_pool():
+            return False  # a replica's connection: the general path changes to the primary
+        return True
 
     def try_start(self, data: bytes) -> bool:
         try:
@@ -113,14 +135,20 @@ class FastLane:
             return False
         if got is None:
             return False
-        c, shape, packet = got
+        c, shape, packet, p = got
         s = self.s
-        # Take the connection out of the soft hold: the pool cannot take it back mid-statement.
-        if s.soft:
-            s.soft = False
-            assert s.conn_pool is not None
-            s.conn_pool.unhold_soft(c)
-        self.conn, self.shape = c, shape
+        if p.gate_write:
+            try:
+                s.app.durability.check_write()  # the gate runs once, here
+            except ProxyError as e:
+                err = e.packet()
+                self.client.write(struct.pack("<I", len(err) | (1 << 24)) + err)
+                M.count_lane_statement(shape.verb, "primary", "error", 0.0)
+                return True
+        # Out of the soft hold: the pool cannot take the connection back mid-statement.
+        if s.lease.state is LeaseState.SOFT:
+            s.lease.transition(LeaseState.STATEMENT, LeaseReason.ACQUIRED)
+        self.conn, self.shape, self.plan, self.command = c, shape, p, data[4:]
         self.scanner = ReplyScanner(c, s._ok_hook)
         self.pending, self.size, self.sent = [], 0, False
         self.t0 = time.perf_counter()
@@ -132,29 +160,6 @@ class FastLane:
         io.sink_lost = self._lost_cb
         io.transport.write(packet)
         return True
-
-    def _plain(self, shape: Shape, in_txn: bool) -> bool:
-        """The run-time half of the general path's decisions (session.py `com_query`,
-        `_forward`): True only where it would just forward to the primary connection."""
-        s = self.s
-        app = s.app
-        kind = shape.lane
-        if kind == "read":
-            return not (app.cfg.backends.replicas and readsplit.plan(
-                shape, s.consistency, s.read_after_gtid, in_txn or s.autocommit_off, s.pin,
-                True).replica)
-        dur = app.durability
-        if kind == "write":
-            if dur.wants_ack or shape.hot is not None or s._track_autocommit(shape):
-                return False
-            try:
-                dur.check_write()
-            except ProxyError:
-                return False  # the general path gives the error
-            return True
-        if kind == "commit":
-            return not dur.wants_ack and not (in_txn and app.outcomes.wants())
-        return kind in ("begin", "rollback")
 
     # ---- reply: called by the backend socket ---------------------------------------------
 
@@ -198,11 +203,11 @@ class FastLane:
         if sc.tail:  # bytes after a complete reply: protocol desync, never reuse the connection
             c.broken = True
         r = sc.r
-        s._after(c, r)
-        if not s._holds() and not c.broken:
-            s.soft = True
-            assert s.conn_pool is not None
-            s.conn_pool.hold_soft(c, s)
+        p = self.plan
+        assert p is not None
+        if p.route is Route.PRIMARY:
+            s._after(c, r)
+        s.settle()
         self._done("error" if r.err is not None else "ok", r.rows or r.affected_rows)
 
     def _on_lost(self) -> None:
@@ -224,7 +229,15 @@ class FastLane:
 
     async def _fail(self, c: BackendConn) -> None:
         s = self.s
+        p = self.plan
         try:
+            if p is not None and p.route is Route.REPLICA:
+                # Nothing reached the client: as the general path does, the read is retried
+                # (the replica's connection is gone; the monitor takes a dead replica out).
+                await s.lease.release(LeaseReason.BACKEND_LOST)
+                cmd, self.shape = self.command, None  # the general path counts it
+                await (s.com_query(cmd) if cmd[0] == P.COM_QUERY else s.com_stmt_execute(cmd))
+                return
             await s._lost(BackendLost(f"lost connection to {c.addr} during query (EOF)"),
                           retry=False, shape=self.shape)
         except ProxyError as e:
@@ -245,16 +258,22 @@ class FastLane:
             self.client.release()
             return
         dt = time.perf_counter() - self.t0
+        p = self.plan
+        route = "primary"
+        if p is not None and p.route is Route.REPLICA and p.read is not None:
+            route = "replica"
+            pool = s.lease.pool
+            s.app.reads.count(p.read.consistency, "replica", pool.label if pool else None)
         self._reset()
-        M.count_lane_statement(shape.verb, outcome, dt)
-        s.app.digest.record(shape, dt, "primary", rows)
+        M.count_lane_statement(shape.verb, route, outcome, dt)
+        s.app.digest.record(shape, dt, route, rows)
         if dt * 1000 >= s.app.slow_ms > 0:
-            s._slow(shape, dt, "primary", outcome)
+            s._slow(shape, dt, route, outcome)
         s.busy = False
         self.client.release()
 
     def _reset(self) -> None:
-        self.conn = self.scanner = self.shape = None
+        self.conn = self.scanner = self.shape = self.plan = None
         self.pending = []
 
     def abandon(self) -> None:

@@ -70,7 +70,7 @@ def bind(
     rules: dict[tuple[str, str], HotRowRule],
 ) -> HotStmt | None:
     """Match a template and its values against the rules; None means: take the normal path."""
-    schema = tpl.schema or (database.lower() if database else None)
+    schema = tpl.schema or database  # case-sensitive, as table names are in MySQL on Linux
     if schema is None:
         return None
     rule = rules.get((schema, tpl.table))
@@ -98,6 +98,11 @@ def bind(
                 return None
             bound += s  # c - s >= b  <=>  c >= b + s
     return HotStmt(rule, key, amount, tpl.guard_op, bound)
+
+
+def _read_only(sysvars: dict[str, str]) -> bool:
+    v = sysvars.get("transaction_read_only", sysvars.get("tx_read_only", "OFF"))
+    return v.upper() in ("ON", "1")
 
 
 @dataclass
@@ -145,6 +150,7 @@ class Group:
     full: asyncio.Event = field(default_factory=asyncio.Event)
     done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     prev: asyncio.Future[None] | None = None
+    user: str = ""  # the batch runs as its members' user: MySQL checks their privileges
 
 
 @dataclass
@@ -368,7 +374,6 @@ class HotRowEngine:
         mode = self.mode_for(shape, hs.rule.qualified)
         if mode == "off":
             return None
-        self.app.durability.check_write()
         rs = self.rule_state.get((hs.rule.schema, hs.rule.table))
         if rs is None or rs.ok is None:
             rs = await self._check_rule(hs.rule, session.username or "")
@@ -376,7 +381,11 @@ class HotRowEngine:
             return None
         in_txn = bool(session.status & P.SERVER_STATUS_IN_TRANS) or (
             session.sysvars.get("autocommit", "ON").upper() in ("OFF", "0"))
-        if mode == "merge" and in_txn:
+        if mode == "merge" and (in_txn or session.pin or _read_only(session.sysvars)):
+            # Merged, the statement would run on another connection: not for a transaction,
+            # a session pinned to state on its own connection (a temporary table shadowing the
+            # rule's table, LOCK TABLES, user variables) or a read-only session. Queued, it
+            # runs on the session's own connection and MySQL answers it.
             mode = "queue"
         ks = self._key(hs, mode)
         if mode == "queue":
@@ -440,11 +449,12 @@ class HotRowEngine:
         loop = asyncio.get_running_loop()
         m = Member(hs.amount, hs.guard_op, hs.bound, loop.create_future(), loop.time())
         g = ks.collecting
-        if g is None or len(g.members) >= self.cfg.max_batch:
-            g = Group(prev=ks.tail)
+        user = session.username or ""
+        if g is None or len(g.members) >= self.cfg.max_batch or g.user != user:
+            g = Group(prev=ks.tail, user=user)
             ks.collecting = g
             ks.tail = g.done
-            t = asyncio.create_task(self._lead(hs, ks, g, session.username or "", unsigned))
+            t = asyncio.create_task(self._lead(hs, ks, g, user, unsigned))
             self._tasks.add(t)
             t.add_done_callback(self._tasks.discard)
         g.members.append(m)

@@ -52,6 +52,10 @@ BACKEND_CONNECT_ERRORS = Counter(
 BACKEND_DISCONNECTS = Counter(
     P + "backend_disconnects_total", "Backend connections closed, by reason", ["backend", "reason"]
 )
+LEASE_TRANSITIONS = Counter(
+    P + "lease_transitions_total", "Changes of sessions' hold on backend connections (lease.py)",
+    ["to", "reason"],
+)
 BACKEND_UP = Gauge(P + "backend_up", "1 if the backend answered its last check", ["backend", "role"])
 REPLICA_LAG = Gauge(P + "replica_lag_seconds", "Seconds_Behind_Master of each replica", ["backend"])
 BACKEND_GTID_SEQ = Gauge(
@@ -171,8 +175,8 @@ def count_statement(verb: str, route: str, outcome: str, seconds: float) -> None
     STATEMENT_STATS.observe(verb, route, outcome, seconds)
 
 
-def count_lane_statement(verb: str, outcome: str, seconds: float) -> None:
-    STATEMENT_STATS.observe(verb, "primary", outcome, seconds)
+def count_lane_statement(verb: str, route: str, outcome: str, seconds: float) -> None:
+    STATEMENT_STATS.observe(verb, route, outcome, seconds)
     STATEMENT_STATS.lane += 1
 
 

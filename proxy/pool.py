@@ -16,7 +16,14 @@ from typing import Any
 from . import metrics as M
 from .backend import BackendConn
 from .config import Address, PoolCfg
-from .errors import ER_CON_COUNT_ERROR, BackendError, BackendLost, ProxyError
+from .errors import (
+    ER_CON_COUNT_ERROR,
+    BackendError,
+    BackendLost,
+    CloseReason,
+    LeaseReason,
+    ProxyError,
+)
 from .state import Wanted
 
 log = logging.getLogger("seckill.pool")
@@ -71,7 +78,7 @@ class Pool:
             if not await self.apply_state(c, want):
                 # It has a default database and the session has none: replace it.
                 self.in_use -= 1
-                self._discard(c, "needs no database")
+                self._discard(c, CloseReason.NEEDS_NO_DATABASE)
                 c = await self._acquire(user, password, found_rows, None, None, fresh=True)
                 await self.apply_state(c, want)
         except (BackendError, BackendLost):
@@ -101,7 +108,7 @@ class Pool:
                     c = q.pop()
                 prefer = None
                 if c.broken or c.io.at_eof():
-                    self._discard(c, "stale")
+                    self._discard(c, CloseReason.STALE)
                     continue
                 self.in_use += 1
                 c.pool = self
@@ -162,17 +169,17 @@ class Pool:
         for c, owner in self.soft.items():
             if (c.user, bool(c.flags & 2)) == key:
                 del self.soft[c]
-                owner.lose_conn(c)
+                owner.reclaimed(c)
                 if c.broken or c.io.at_eof():
                     self.in_use -= 1
-                    self._discard(c, "stale")
+                    self._discard(c, CloseReason.STALE)
                     return None
                 return c
         for c, owner in self.soft.items():  # another user's: close it to make room
             del self.soft[c]
-            owner.lose_conn(c)
+            owner.reclaimed(c)
             self.in_use -= 1
-            self._discard(c, "evicted for another user")
+            self._discard(c, CloseReason.EVICTED)
             return None
         return None
 
@@ -180,15 +187,32 @@ class Pool:
         """At the limit, close an idle connection of another user to make room."""
         for k, q in self.idle.items():
             if k != key and q:
-                self._discard(q.popleft(), "evicted for another user")
+                self._discard(q.popleft(), CloseReason.EVICTED)
                 return True
         return False
 
-    def _discard(self, c: BackendConn, reason: str) -> None:
+    def _discard(self, c: BackendConn, reason: CloseReason, detail: str = "") -> None:
         c.close()
         self.total -= 1
-        M.BACKEND_DISCONNECTS.labels(self._label(), reason).inc()
-        log.debug("closed backend connection %s to %s: %s", c.thread_id, self.addr, reason)
+        M.BACKEND_DISCONNECTS.labels(self._label(), reason.value).inc()
+        log.debug("closed backend connection %s to %s: %s %s", c.thread_id, self.addr,
+                  reason.value, detail)
+
+    def give_back(self, c: BackendConn, reason: LeaseReason) -> asyncio.Future[None] | None:
+        """A lease gives its connection back (lease.py). A clean or broken one is done at once;
+        one that needs a reset is reset in a shielded task, returned so the lease can wait."""
+        if c.broken or self.closed or not (c.dirty or c.in_trans):
+            if not c.broken and not self.closed:
+                self.in_use -= 1
+                self.idle.setdefault((c.user, bool(c.flags & 2)), deque()).append(c)
+                if self._waiters:
+                    self._wake()
+            else:
+                self.in_use -= 1
+                self._discard(c, CloseReason.BROKEN, reason.value)
+                self._wake()
+            return None
+        return asyncio.ensure_future(self._release(c, reason.value))
 
     async def release(self, c: BackendConn, reason: str = "") -> None:
         """Give a connection back. A clean one goes straight back (no await, nothing to cancel);
@@ -205,13 +229,13 @@ class Pool:
     async def _release(self, c: BackendConn, reason: str) -> None:
         self.in_use -= 1
         if c.broken or self.closed:
-            self._discard(c, reason or "broken")
+            self._discard(c, CloseReason.BROKEN, reason)
         else:
             if c.dirty or c.in_trans:
                 try:
                     await asyncio.wait_for(c.reset(), timeout=self.cfg.connect_timeout_s)
                 except (BackendError, BackendLost, TimeoutError, OSError) as e:
-                    self._discard(c, f"reset failed: {e}")
+                    self._discard(c, CloseReason.RESET_FAILED, str(e))
                     c = None  # type: ignore[assignment]
             if c is not None:
                 self.idle.setdefault((c.user, bool(c.flags & 2)), deque()).append(c)
@@ -224,8 +248,6 @@ class Pool:
         Variables the previous user changed and this session did not go back to the server
         default, the character set is always set explicitly: nothing leaks from one session to
         the next. False: impossible on this connection (it has a database, the session none)."""
-        if c.multi != want.multi:
-            await c.set_multi(want.multi)
         if (c.names == want.names and c.sysvars == want.vars
                 and (want.any_db or c.schema == want.database)):
             return True
@@ -250,7 +272,7 @@ class Pool:
             keep = deque(c for c in q if now - c.last_used < self.cfg.idle_timeout_s)
             for c in q:
                 if c not in keep:
-                    self._discard(c, "idle timeout")
+                    self._discard(c, CloseReason.IDLE_TIMEOUT)
             q.clear()
             q.extend(keep)
 
@@ -258,7 +280,7 @@ class Pool:
         self.closed = True
         for q in self.idle.values():
             while q:
-                self._discard(q.pop(), "shutdown")
+                self._discard(q.pop(), CloseReason.SHUTDOWN)
         while self._waiters:
             self._wake()
 

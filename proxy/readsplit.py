@@ -14,15 +14,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from . import gtid as G
 from . import metrics as M
 from .backend import BackendConn
-from .classify import Shape
-from .config import CONSISTENCY
 from .errors import BackendError, BackendLost, ProxyError
+from .plan import ReadPlan
 
 if TYPE_CHECKING:
     from .pool import Pool
@@ -30,42 +28,6 @@ if TYPE_CHECKING:
     from .session import ProxySession
 
 log = logging.getLogger("seckill.readsplit")
-
-
-@dataclass(frozen=True)
-class ReadPlan:
-    """Where a statement may read, decided without I/O."""
-
-    replica: bool
-    consistency: str
-    token: str | None = None
-    reason: str = ""
-
-
-def plan(shape: Shape, consistency: str, token: str | None, in_txn: bool, pinned: str | None,
-         has_replicas: bool) -> ReadPlan:
-    """Pure routing decision: hints first, then eligibility, then the consistency level."""
-    h = shape.hints
-    c = h.get("CONSISTENCY", consistency).lower()
-    if c not in CONSISTENCY:
-        c = consistency
-    tok = token  # the caller resolves READ_AFTER_GTID from the raw text (digests hide literals)
-    route = h.get("ROUTE", "").lower()
-    if route == "primary":
-        return ReadPlan(False, c, tok, "hint ROUTE(primary)")
-    if shape.replica_ok is not None:
-        return ReadPlan(False, c, tok, shape.replica_ok)
-    if in_txn:
-        return ReadPlan(False, c, tok, "inside a read-write transaction")
-    if pinned:
-        return ReadPlan(False, c, tok, f"session pinned ({pinned})")
-    if not has_replicas:
-        return ReadPlan(False, c, tok, "no replicas configured")
-    if c == "primary" and route != "replica":
-        return ReadPlan(False, c, tok, "consistency primary")
-    if c == "primary":
-        c = "global"  # ROUTE(replica) under 'primary': the strongest replica-served level
-    return ReadPlan(True, c, tok)
 
 
 class ReadRouter:
@@ -140,6 +102,24 @@ class ReadRouter:
             out.append((random.random() ** (1.0 / w), self.app.pools[key]))
         out.sort(key=lambda t: t[0], reverse=True)
         return [p for _, p in out]
+
+    def ready_now(self, pool: Pool, p: ReadPlan, last_gtid: str | None) -> bool:
+        """Whether `pool`'s replica may serve this read at once, with nothing to fetch or wait
+        for: in rotation and known to have applied the watermark (the fast lane's test)."""
+        st = self.app.monitor.states.get(pool.label) if self.app.monitor else None
+        if st is None or st.role != "replica" or not st.up or st.state != "up":
+            return False
+        if p.consistency == "eventual":
+            return st.lag_s is not None and self.app.cfg.backends.weight(st.addr) > 0
+        token = p.token or (last_gtid if p.consistency == "session" else None)
+        if p.consistency not in ("session", "eventual") and not p.token:
+            return False  # global: the primary's position must be fetched first
+        if token is None:
+            return True
+        try:
+            return G.applied(self.known.get(pool.label), G.parse(token))
+        except G.GtidError:
+            return False
 
     async def watermark(self, session: ProxySession, p: ReadPlan) -> G.Gtid | None:
         if p.token:

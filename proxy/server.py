@@ -13,7 +13,6 @@ import gc
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +21,6 @@ from mysql_mimic.control import LocalControl
 from . import metrics as M
 from . import protocol as P
 from .backend import BackendConn
-from .classify import Shape
 from .config import Config
 from .digest import QueryDigest
 from .errors import (
@@ -33,14 +31,14 @@ from .errors import (
     ProxyError,
 )
 from .frontend import SERVER_CAPABILITIES, ConfigIdentityProvider, ProxyConnection, ProxyStream
+from .plan import Policy
 from .pool import Pool
 from .session import ProxySession
 from .state import Catalog, Names
 from .wire import ClientIO
 
 if TYPE_CHECKING:
-    from .protocol import ExecuteParts
-    from .session import ClientStmt
+    pass
 
 log = logging.getLogger("seckill.server")
 DEFAULT_VERSION = "10.11.0-MariaDB-seckill-proxy"
@@ -74,6 +72,13 @@ class App:
         self.durability: Any = None
         self.outcomes: Any = None
         self._build_pools()
+        self.policy = self._policy()
+
+    def _policy(self) -> Policy:
+        """What the planner (plan.py) needs of config and engines; rebuilt on RELOAD CONFIG."""
+        d = self.cfg.durability
+        return Policy(has_replicas=bool(self.cfg.backends.replicas), wants_ack=d.ack == "replica",
+                      track_all=d.track_commits == "all", hotrow=self.hotrow is not None)
 
     def _build_pools(self) -> None:
         b = self.cfg.backends
@@ -166,25 +171,8 @@ class App:
         logging.getLogger().setLevel(cfg.log_level)
         self.slow_ms = cfg.slow_query_ms
         self.read_consistency = cfg.routing.read_consistency
+        self.policy = self._policy()
         return notes
-
-    # ---- statement interception (hot-row, proxy-answered statements) ---------------------
-
-    async def intercept(
-        self, session: ProxySession, sql: str, shape: Shape, forward: Callable[[], Awaitable[Any]]
-    ) -> tuple[str, str] | None:
-        """Statements the proxy handles itself; None sends the statement on its normal path."""
-        if shape.hot is not None and self.hotrow is not None:
-            return await self.hotrow.intercept(session, sql, shape, forward)  # type: ignore[no-any-return]
-        return None
-
-    async def intercept_execute(
-        self, session: ProxySession, st: ClientStmt, parts: ExecuteParts,
-        forward: Callable[[], Awaitable[Any]],
-    ) -> tuple[str, str] | None:
-        if st.shape.hot is not None and self.hotrow is not None:
-            return await self.hotrow.intercept_execute(session, st, parts, forward)  # type: ignore[no-any-return]
-        return None
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -221,6 +209,7 @@ class App:
         await self.probe_primary()
         self.hotrow = HotRowEngine(self)
         await self.hotrow.start()
+        self.policy = self._policy()
         self.reads = ReadRouter(self)
         self.durability = Durability(self)
         self.outcomes = OutcomeTracker(self)

@@ -16,7 +16,7 @@ import re
 import struct
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from mysql_mimic.session import BaseSession
@@ -24,21 +24,23 @@ from mysql_mimic.variables import GlobalVariables, SessionVariables
 
 from . import metrics as M
 from . import protocol as P
-from . import readsplit
 from .backend import BackendConn, BufferWriter, Relayed
-from .classify import LAST_GTID, READ_ONLY_TXN, Shape, classify, parse_hints
+from .classify import Shape, classify, parse_hints
 from .config import CONSISTENCY
 from .errors import (
     CR_SERVER_LOST,
     ER_UNKNOWN_STMT_HANDLER,
     BackendError,
     BackendLost,
+    LeaseReason,
     ProxyError,
 )
 from .fastlane import FastLane
 from .gtid import GtidError
 from .gtid import parse as gtid_parse
+from .lease import Lease, LeaseState
 from .outcome import ER_SECKILL_NOT_COMMITTED
+from .plan import Plan, Route, Track, names_of, plan
 from .state import LOGIN_NAMES, Names, Wanted, absorb, split_reported
 from .wire import ClientIO
 
@@ -50,10 +52,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("seckill.session")
 _SET_PROXY_VAR = re.compile(
     r"SET\s+(?:SESSION\s+|@@SESSION\.|@@)?(read_after_gtid|read_consistency)\s*=\s*'([^']*)'", re.I)
-_SET_NAMES = re.compile(r"SET\s+NAMES\s+('?\w+'?|`\w+`)(?:\s+COLLATE\s+('?\w+'?|`\w+`))?", re.I)
-_CHARSETS = frozenset(
-    {"utf8mb4", "utf8", "utf8mb3", "latin1", "ascii", "binary", "gbk", "gb2312", "big5", "ujis",
-     "sjis", "cp1250", "cp1251", "cp1252", "latin2", "utf16", "utf32", "ucs2", "euckr", "koi8r"})
+
+MAX_CLIENT_STMTS = 16382  # per client, as MariaDB's default max_prepared_stmt_count
 
 
 @dataclass
@@ -75,8 +75,7 @@ class ProxySession(BaseSession):
         self.username: str | None = None
         self.database: str | None = None
         self.connection: ProxyConnection | None = None
-        self.conn: BackendConn | None = None
-        self.conn_pool: Pool | None = None
+        self.lease = Lease()
         self.last_conn: BackendConn | None = None
         self.pin: str | None = None
         self.sysvars: dict[str, str] = {}  # replayable session variables the client changed
@@ -91,7 +90,6 @@ class ProxySession(BaseSession):
         self.found_rows = False
         self.busy = False
         self.held_slots: list[asyncio.Semaphore] = []  # hot-row queue slots held to txn end
-        self.soft = False  # self.conn is soft-held: the pool may take it back while idle
         self.state_stale = False  # session state changed locally, not yet on self.conn
         self.read_consistency: str | None = None  # session override of routing.read_consistency
         self.read_after_gtid: str | None = None  # token: reads must see this GTID
@@ -131,7 +129,7 @@ class ProxySession(BaseSession):
     async def close(self) -> None:
         if self.lane is not None:
             self.lane.abandon()
-        await self._drop_conn("client disconnected", force_reset=True)
+        await self._drop_conn(LeaseReason.CLIENT_GONE)
         self.status &= ~P.SERVER_STATUS_IN_TRANS
         self.release_slots()
 
@@ -144,7 +142,7 @@ class ProxySession(BaseSession):
 
     async def reset(self) -> None:
         """COM_RESET_CONNECTION / COM_CHANGE_USER: back to a fresh session."""
-        await self._drop_conn("session reset", force_reset=True)
+        await self._drop_conn(LeaseReason.SESSION_RESET)
         self.sysvars = {}
         self.names = self.handshake_names
         self.status = P.SERVER_STATUS_AUTOCOMMIT
@@ -156,78 +154,112 @@ class ProxySession(BaseSession):
     async def use(self, database: str) -> None:  # not used: COM_INIT_DB is forwarded
         self.database = database
 
-    # ---- backend connection management --------------------------------------------------
+    # ---- the view a plan reads (plan.SessionView) -----------------------------------------
+
+    @property
+    def in_txn(self) -> bool:
+        return bool(self.status & P.SERVER_STATUS_IN_TRANS)
+
+    @property
+    def replica_txn(self) -> bool:
+        return self.lease.state is LeaseState.REPLICA_TXN
+
+    # ---- the lease: this session's hold on a backend connection (lease.py) ---------------
+
+    @property
+    def conn(self) -> BackendConn | None:
+        return self.lease.conn
+
+    @property
+    def conn_pool(self) -> Pool | None:
+        return self.lease.pool
 
     def wanted(self) -> Wanted:
         """The state a backend connection must carry to serve this session."""
-        return Wanted(self.database, self.names, self.sysvars, multi=self.multi)
+        return Wanted(self.database, self.names, self.sysvars)
 
     @property
     def password(self) -> str:
         return self.app.cfg.password_of(self.username or "") or ""
 
     async def _get_conn(self) -> BackendConn:
-        if self.conn is not None and self.conn_pool is not None and self.conn_pool.role == "fenced":
-            self.conn.broken = True  # a connection to the former primary: never write there again
-            await self._drop_conn("primary moved")
-        if self.conn is not None:
-            if self.soft:
-                self.soft = False
-                assert self.conn_pool is not None
-                self.conn_pool.unhold_soft(self.conn)
-                if self.conn.broken or self.conn.io.at_eof():
-                    # died while idle (backend restart, idle timeout): replace it silently
-                    self.conn.broken = True
-                    await self._drop_conn("stale while idle")
-                    return await self._get_conn()
+        """The connection a statement for the primary runs on: the one the lease holds (a
+        transaction or pin holds it wherever it is), else a primary connection."""
+        L = self.lease
+        c = L.conn
+        if c is not None and L.pool is not None and L.pool.role == "fenced":
+            c.broken = True  # a connection to the former primary: never write there again
+            await L.release(LeaseReason.PRIMARY_MOVED)
+            c = None
+        if c is not None and L.state is LeaseState.SOFT:
+            if L.pool is not self.app.primary_pool():
+                await L.release(LeaseReason.ROUTE_CHANGE)  # a replica's, kept after a read
+                c = None
+            elif c.broken or c.io.at_eof():
+                c.broken = True  # died while idle (backend restart, idle timeout): replace it
+                await L.release(LeaseReason.STALE_WHILE_IDLE)
+                c = None
+            else:
+                L.transition(LeaseState.STATEMENT, LeaseReason.ACQUIRED)
+        if c is not None:
             if self.state_stale:
                 self.state_stale = False
-                assert self.conn_pool is not None
-                if not await self.conn_pool.apply_state(self.conn, self.wanted()):
-                    await self._drop_conn("needs no database")
+                assert L.pool is not None
+                if not await L.pool.apply_state(c, self.wanted()):
+                    await L.release(LeaseReason.NEEDS_NO_DATABASE)
                     return await self._get_conn()
-            return self.conn
+            return c
         pool = await self.app.writable_primary()
-        c = await pool.acquire(self.username or "", self.password, self.found_rows, self.last_conn,
-                               self.wanted())
-        self.conn, self.conn_pool, self.last_conn = c, pool, c
+        c = await pool.acquire(self.username or "", self.password, self.found_rows,
+                               self.last_conn, self.wanted())
+        L.transition(LeaseState.STATEMENT, LeaseReason.ACQUIRED, c, pool)
+        self.last_conn = c
         self.state_stale = False
         return c
 
     def _holds(self) -> bool:
-        return bool(self.pin) or bool(self.status & P.SERVER_STATUS_IN_TRANS)
+        return bool(self.pin) or self.in_txn
+
+    def settle(self) -> None:
+        """After a statement: what the lease becomes (one decision for both paths)."""
+        L = self.lease
+        c = L.conn
+        if c is None:
+            return
+        if L.state is LeaseState.REPLICA_TXN:
+            if self.in_txn:
+                return
+            if self.pin:
+                # State taken inside a read-only transaction on a replica cannot follow the
+                # session to the primary; the replica connection is reset, the pin dropped.
+                log.warning("session state set inside a replica read-only transaction was "
+                            "dropped at its end (%s)", self.pin)
+                self.pin = None
+                c.dirty = True
+            L.transition(LeaseState.NONE, LeaseReason.STATEMENT_DONE)
+        elif c.broken:
+            L.transition(LeaseState.NONE, LeaseReason.BACKEND_LOST)
+        elif self.pin:
+            c.dirty = True
+            L.transition(LeaseState.PINNED, LeaseReason.PINNED)
+        elif self.in_txn:
+            L.transition(LeaseState.TRANSACTION, LeaseReason.TRANSACTION)
+        elif c.dirty or c.in_trans:
+            L.transition(LeaseState.NONE, LeaseReason.STATEMENT_DONE)
+        else:
+            L.transition(LeaseState.SOFT, LeaseReason.STATEMENT_DONE)
 
     async def _maybe_release(self) -> None:
-        if self.conn is not None and not self._holds() and not self.soft:
-            c, pool = self.conn, self.conn_pool
-            assert pool is not None
-            if c.dirty or c.broken or c.in_trans or pool is not self.app.primary_pool():
-                self.conn = self.conn_pool = None
-                await pool.release(c)
-            else:
-                self.soft = True
-                pool.hold_soft(c, self)
+        self.settle()
 
-    def lose_conn(self, c: BackendConn) -> None:
-        """The pool took back the connection this idle session soft-held."""
-        if self.conn is c:
-            self.conn = self.conn_pool = None
-            self.soft = False
-
-    async def _drop_conn(self, reason: str, force_reset: bool = False) -> None:
-        if self.conn is None:
+    async def _drop_conn(self, reason: LeaseReason) -> None:
+        c = self.lease.conn
+        if c is None:
             return
-        c, pool = self.conn, self.conn_pool
-        self.conn = self.conn_pool = None
         self.last_conn = None
-        assert pool is not None
-        if self.soft:
-            self.soft = False
-            pool.unhold_soft(c)
-        if force_reset and (self.pin or c.in_trans or c.stmts):
-            c.dirty = c.dirty or bool(self.pin) or c.in_trans
-        assert pool is not None
-        await pool.release(c, reason)
+        if self.pin:
+            c.dirty = True
+        await self.lease.release(reason)
 
     # ---- writing to the client ----------------------------------------------------------
 
@@ -263,35 +295,54 @@ class ProxySession(BaseSession):
     async def com_query(self, payload: bytes) -> None:
         sql = payload[1:].decode("utf-8", "surrogateescape")
         shape = classify(sql)
-        if shape.verb == "SET" and await self._local_set(shape, sql):
+        p = plan(shape, self, self.app.policy)
+        if p.route is Route.LOCAL_SET:
+            await self._local_set(shape, sql, payload)
             return
-        if shape.verb == "SELECT" and LAST_GTID.fullmatch(shape.digest):
+        if p.route is Route.LOCAL_GTID:
             await self._answer([("@@last_gtid", self.last_gtid or "")])
             return
-        if shape.verb == "START" and READ_ONLY_TXN.match(shape.digest):
-            await self._begin_read_only()
+        await self._run_plan(p, shape, lambda c, out: self._run_on(c, payload, out, shape),
+                             lambda q: self._forward(payload, shape, q),
+                             lambda fwd: self.app.hotrow.intercept(self, sql, shape, fwd), sql)
+
+    async def _run_plan(
+        self, p: Plan, shape: Shape,
+        run: Callable[[BackendConn, Any], Awaitable[Relayed]],
+        forward: Callable[[Plan], Awaitable[Relayed | None]],
+        hot: Callable[[Callable[[], Awaitable[Any]]], Awaitable[tuple[str, str] | None]],
+        sql: str,
+    ) -> None:
+        """The general path: run a plan (statement text or prepared), with one set of
+        statement metrics, digest row and slow-log line."""
         t0 = time.perf_counter()
         route = "primary"
         outcome = "ok"
         rows = 0
         try:
-            handled = await self.app.intercept(
-                self, sql, shape, lambda: self._forward(payload, shape))
-            if handled is not None:
-                route, outcome = handled
-                return
-            if shape.verb == "SELECT":
-                rr = await self._read(shape, sql, lambda c: self._run_on(c, payload, self.out))
+            if p.gate_write:
+                self.app.durability.check_write()  # the gate runs once, here
+                p = replace(p, gate_write=False)
+            if p.route is Route.HOTROW:
+                handled = await hot(lambda: forward(p))
+                if handled is not None:
+                    route, outcome = handled
+                    return
+            elif p.route is Route.REPLICA_TXN:
+                await self._begin_read_only(p)
+            elif p.route is Route.REPLICA:
+                rr = await self._read(p, sql, lambda c: run(c, self.out))
                 if rr is not None:
                     route = "replica"
                     rows = rr.rows
                     if rr.err is not None:
                         outcome = "error"
                     return
-            r = await self._forward(payload, shape)
-            rows = r.rows or r.affected_rows
-            if r.err is not None:
+            r = await forward(p)
+            if r is None or r.err is not None:
                 outcome = "error"
+            elif r is not None:
+                rows = r.rows or r.affected_rows
         except ProxyError:
             outcome = "error"
             raise
@@ -312,59 +363,71 @@ class ProxySession(BaseSession):
     def consistency(self) -> str:
         return self.read_consistency or self.app.read_consistency
 
+    async def _replica_conn(self, p: Plan, sql: str) -> tuple[BackendConn, Pool, str] | None:
+        """A replica connection for this read: the one the lease keeps from the last read if
+        that replica may serve it at once, else the router's choice (None: the primary)."""
+        assert p.read is not None
+        rp = p.read
+        if "/*+" in sql:  # READ_AFTER_GTID('...'): the digest hides the literal
+            tok = parse_hints(sql).get("READ_AFTER_GTID")
+            if tok:
+                rp = replace(rp, token=tok)
+        L = self.lease
+        router = self.app.reads
+        if (L.state is LeaseState.SOFT and L.pool is not None and L.conn is not None
+                and L.pool.role == "replica" and not L.conn.broken
+                and router.ready_now(L.pool, rp, self.last_gtid)):
+            L.transition(LeaseState.STATEMENT, LeaseReason.ACQUIRED)
+            return L.conn, L.pool, "replica"
+        got = await router.acquire(self, rp)
+        if got is None:
+            router.count(rp.consistency, "primary_fallback")
+            return None
+        if L.state is not LeaseState.NONE:
+            await L.release(LeaseReason.ROUTE_CHANGE)
+        L.transition(LeaseState.STATEMENT, LeaseReason.ACQUIRED, got[0], got[1])
+        return got
+
     async def _read(
-        self, shape: Shape, sql: str, run: Callable[[BackendConn], Awaitable[Relayed]]
+        self, p: Plan, sql: str, run: Callable[[BackendConn], Awaitable[Relayed]]
     ) -> Relayed | None:
         """Serve a SELECT from a replica that has the watermark; None: the caller uses the primary."""
-        in_txn = bool(self.status & P.SERVER_STATUS_IN_TRANS) or self.autocommit_off
-        token = self.read_after_gtid
-        if "READ_AFTER_GTID" in shape.hints:
-            token = parse_hints(sql).get("READ_AFTER_GTID") or token
-        plan = readsplit.plan(shape, self.consistency, token, in_txn, self.pin,
-                              bool(self.app.cfg.backends.replicas))
-        if not plan.replica:
-            return None
-        router = self.app.reads
-        got = await router.acquire(self, plan)
+        assert p.read is not None
+        got = await self._replica_conn(p, sql)
         if got is None:
-            router.count(plan.consistency, "primary_fallback")
             return None
         c, pool, outcome = got
+        router = self.app.reads
         try:
             r = await run(c)
             await self._drain()
         except BackendLost as e:
-            await pool.release(c, e.reason)
+            await self.lease.release(LeaseReason.BACKEND_LOST)
             if e.delivered:
                 raise ProxyError(CR_SERVER_LOST, f"Lost connection to replica during query ({e.reason})") from None
-            router.count(plan.consistency, "primary_fallback")
+            router.count(p.read.consistency, "primary_fallback")
             return None  # nothing reached the client: the primary answers instead
         except BackendError as e:
-            await pool.release(c)
+            self.settle()
             await self.send(e.raw)
             return Relayed(err=P.ErrPacket(e.code, e.sqlstate, e.message))
         except BaseException:
-            await pool.release(c, "client gone")  # mid-reply: relay() marked it broken
+            await self.lease.release(LeaseReason.CLIENT_GONE)  # relay() marked it broken
             raise
-        await pool.release(c)
-        router.count(plan.consistency, outcome, pool.label)
+        self.settle()
+        router.count(p.read.consistency, outcome, pool.label)
         return r
 
-    async def _begin_read_only(self) -> None:
+    async def _begin_read_only(self, p: Plan) -> None:
         """START TRANSACTION READ ONLY runs on one replica for the whole transaction."""
-        if self._holds() or not self.app.cfg.backends.replicas:
-            return
-        plan = readsplit.plan(classify("SELECT 1"), self.consistency, self.read_after_gtid,
-                              False, self.pin, True)
-        if not plan.replica:
-            return
-        got = await self.app.reads.acquire(self, plan)
+        assert p.read is not None
+        got = await self.app.reads.acquire(self, p.read)
         if got is None:
-            self.app.reads.count(plan.consistency, "primary_fallback")
+            self.app.reads.count(p.read.consistency, "primary_fallback")
             return
-        await self._drop_conn("read-only transaction on a replica")
-        self.conn, self.conn_pool, _ = got
-        self.app.reads.count(plan.consistency, got[2], got[1].label)
+        await self.lease.release(LeaseReason.READ_ONLY_TXN)
+        self.lease.transition(LeaseState.REPLICA_TXN, LeaseReason.READ_ONLY_TXN, got[0], got[1])
+        self.app.reads.count(p.read.consistency, got[2], got[1].label)
 
     async def _answer(self, cols_rows: list[tuple[str, str | None]]) -> None:
         """A one-row result set the proxy answers itself."""
@@ -382,12 +445,17 @@ class ProxySession(BaseSession):
                     dt * 1000, route, outcome, self.username, shape.digest[:500],
                     extra={"conn_id": conn_id})
 
-    async def _local_set(self, shape: Shape, sql: str) -> bool:
-        """Settings the proxy keeps itself: the read watermark and consistency of the session,
-        and `SET NAMES cs` (what most drivers send on every connect), which is recorded, not
-        sent: it travels with the session to whichever backend connection serves it next."""
-        m = _SET_PROXY_VAR.fullmatch(sql.strip().rstrip(";").strip())
-        if m is not None:
+    async def _local_set(self, shape: Shape, sql: str, payload: bytes) -> None:
+        """Settings the proxy keeps itself (Route.LOCAL_SET): the read watermark and
+        consistency of the session, and `SET NAMES cs [COLLATE coll]` (what most drivers send
+        on every connect), which is recorded, not sent: it travels with the session to
+        whichever backend connection serves it next (state.py)."""
+        names = names_of(shape)
+        if names is None:
+            m = _SET_PROXY_VAR.fullmatch(sql.strip().rstrip(";").strip())
+            if m is None:
+                raise ProxyError((1231, "42000"), "Variable can't be set to this value "
+                                 "(read_after_gtid and read_consistency take a quoted string)")
             name, value = m.group(1).lower(), m.group(2)
             if name == "read_after_gtid":
                 if value:
@@ -403,51 +471,46 @@ class ProxySession(BaseSession):
                                      f"Variable 'read_consistency' can't be set to the value of '{value}'")
                 self.read_consistency = value.lower()
             await self.send(self.ok_packet())
-            return True
-        m = _SET_NAMES.fullmatch(shape.digest)
-        if m is None or self._holds():
-            return False
-        cs = m.group(1).strip("'\"`").lower()
-        coll = (m.group(2) or "").strip("'\"`").lower() or BackendConn.catalog.default_collation(cs)
-        if cs not in _CHARSETS or coll is None or not coll.startswith(cs if cs != "utf8" else "utf8mb3"):
-            return False  # MySQL answers it (errors included)
-        self.names = Names.uniform("utf8mb3" if cs == "utf8" else cs, coll)
+            return
+        cs, coll = names
+        cs = "utf8mb3" if cs == "utf8" else cs
+        coll = coll or BackendConn.catalog.default_collation(cs)
+        if coll is None or BackendConn.catalog.charset_of(coll) != cs:
+            await self._forward(payload, shape)  # MySQL answers it (its errors included)
+            return
+        self.names = Names.uniform(cs, coll)
         self.state_stale = True
         await self.send(self.ok_packet())
-        return True
 
     async def _forward(
-        self, payload: bytes, shape: Shape | None, field_list: bool = False
+        self, payload: bytes, shape: Shape | None, p: Plan | None = None, field_list: bool = False
     ) -> Relayed:
-        """Send one command to the session's backend connection and relay the answer.
-
-        The fast lane (fastlane.py `FastLane._plain`) runs a statement itself only where this
-        method would do nothing but forward it: keep the two in step."""
-        dur = self.app.durability
-        hold = None
-        if (shape is not None and shape.verb == "COMMIT" and self.conn is not None
-                and self.status & P.SERVER_STATUS_IN_TRANS and self.app.outcomes.wants()
-                and self.conn_pool is self.app.primary_pool()):
-            return await self._tracked_commit(payload, shape)
-        if shape is not None and self._track_autocommit(shape):
-            return await self._tracked_autocommit(shape, lambda c, out: self._run_on(c, payload, out))
-        if shape is not None and (shape.is_write or shape.verb in ("COMMIT", "END")):
-            if shape.is_write:
-                dur.check_write()
-            if dur.wants_ack:
-                hold = BufferWriter()
+        """Run a statement on the primary path as its plan says: tracked commit, tracked
+        autocommit write, or sent on the session's connection with the reply relayed (held
+        for a replica acknowledgement when the plan says so). The fast lane runs exactly the
+        plans that only forward (`Plan.lane`)."""
+        if p is not None and p.track is Track.COMMIT:
+            return await self._tracked_commit(payload, p)
+        if p is not None and p.track is Track.AUTOCOMMIT:
+            assert shape is not None
+            return await self._tracked_autocommit(
+                shape, p, lambda c, out: self._run_on(c, payload, out, shape))
+        hold = BufferWriter() if p is not None and p.hold_ack else None
         for attempt in (0, 1):
             c = await self._get_conn()
             if shape is not None:
-                if shape.pin and not self.pin:
-                    self.pin = shape.pin
+                if p is not None and p.pin and not self.pin:
+                    self.pin = p.pin
                 if shape.pin:
                     c.dirty = True
                 if shape.uses_last_insert_id and c.last_insert_id != self.last_insert_id:
                     await c.execute(f"SELECT LAST_INSERT_ID({self.last_insert_id})")
             try:
-                await c.command(payload)
-                r = await c.relay(hold or self.out, self._ok_hook, field_list=field_list)
+                if field_list:
+                    await c.command(payload)
+                    r = await c.relay(hold or self.out, self._ok_hook, field_list=True)
+                else:
+                    r = await self._run_on(c, payload, hold or self.out, shape)
             except BackendLost as e:
                 await self._lost(e, retry=attempt == 0 and not e.sent, shape=shape)
                 continue
@@ -464,15 +527,16 @@ class ProxySession(BaseSession):
         await self._drain()
         return r
 
-    def _track_autocommit(self, shape: Shape) -> bool:
-        """track_commits: all also covers autocommit writes (single statements, no results)."""
-        return (shape.is_write and shape.verb not in ("CALL", "CREATE", "DROP", "ALTER", "TRUNCATE",
-                                                       "RENAME", "GRANT", "REVOKE", "LOAD")
-                and not shape.multi and "RETURNING" not in shape.digest.upper()
-                and self.app.outcomes.wants() and not self._holds()
-                and self.sysvars.get("autocommit", "ON").upper() not in ("OFF", "0"))
-
-    async def _run_on(self, c: BackendConn, payload: bytes, out: Any) -> Relayed:
+    async def _run_on(self, c: BackendConn, payload: bytes, out: Any,
+                      shape: Shape | None = None) -> Relayed:
+        if shape is not None and shape.multi and not self.multi:
+            await c.set_multi(False)
+            try:
+                await c.command(payload)
+                return await c.relay(out, self._ok_hook)
+            finally:
+                if not c.broken:
+                    await c.set_multi(True)
         await c.command(payload)
         return await c.relay(out, self._ok_hook)
 
@@ -483,11 +547,10 @@ class ProxySession(BaseSession):
         return await c.relay(out, self._ok_hook)
 
     async def _tracked_autocommit(
-        self, shape: Shape, run: Callable[[BackendConn, Any], Awaitable[Relayed]]
+        self, shape: Shape, p: Plan, run: Callable[[BackendConn, Any], Awaitable[Relayed]]
     ) -> Relayed:
         """An autocommit write with an outcome record: START TRANSACTION, the statement (its
         reply held), the record and COMMIT; the client's OK goes out once COMMIT returned."""
-        self.app.durability.check_write()
         c = await self._get_conn()
         tracker = self.app.outcomes
         oid = tracker.next_id()
@@ -498,7 +561,7 @@ class ProxySession(BaseSession):
             r = await run(c, hold)
         except BackendLost as e:
             # Died before COMMIT: the server rolls the transaction back, nothing was applied.
-            await self._drop_conn(e.reason)
+            await self._drop_conn(LeaseReason.BACKEND_LOST)
             self.status = P.SERVER_STATUS_AUTOCOMMIT
             raise ProxyError(CR_SERVER_LOST, f"Lost connection to MySQL server during query "
                              f"({e.reason}); the statement was NOT applied") from None
@@ -508,13 +571,13 @@ class ProxySession(BaseSession):
             await self._drain()
             return r
         try:
-            ok = await c.run_all([f"INSERT INTO {tracker.table} (id) VALUES ({oid})", "COMMIT"])
+            _, ok = await c.query(f"INSERT INTO {tracker.table} (id) VALUES ({oid}); COMMIT")
         except BackendError as e:
             await self._finish_tracked(c, "ROLLBACK")
             await self.send(e.raw)
             return r
         except BackendLost as e:
-            await self._drop_conn(e.reason)
+            await self._drop_conn(LeaseReason.BACKEND_LOST)
             self.status = P.SERVER_STATUS_AUTOCOMMIT
             log.warning("connection lost during COMMIT (%s); resolving outcome %d", e.reason, oid)
             committed = await tracker.resolve(oid, self.username or "", self.password)
@@ -530,7 +593,7 @@ class ProxySession(BaseSession):
         c.status = P.SERVER_STATUS_AUTOCOMMIT
         if ok is not None and ok.gtid:
             self.last_gtid = ok.gtid
-            if self.app.durability.wants_ack:
+            if p.hold_ack:
                 await self.app.durability.wait_ack(ok.gtid)
         await self._maybe_release()
         o = r.ok
@@ -545,7 +608,7 @@ class ProxySession(BaseSession):
         self.status = P.SERVER_STATUS_AUTOCOMMIT
         await self._maybe_release()
 
-    async def _tracked_commit(self, payload: bytes, shape: Shape) -> Relayed:
+    async def _tracked_commit(self, payload: bytes, p: Plan) -> Relayed:
         """COMMIT with an outcome record, so a lost connection still gets a true answer."""
         c = self.conn
         assert c is not None
@@ -557,15 +620,15 @@ class ProxySession(BaseSession):
         except BackendError:
             oid = 0  # e.g. a read-only transaction: commit untracked
         except BackendLost as e:
-            await self._lost(e, retry=False, shape=shape)
-        hold = BufferWriter() if self.app.durability.wants_ack else None
+            await self._lost(e, retry=False, shape=None)
+        hold = BufferWriter() if p.hold_ack else None
         try:
             await c.command(payload)
             r = await c.relay(hold or self.out, self._ok_hook)
         except BackendLost as e:
             if not oid:
-                await self._lost(e, retry=False, shape=shape)
-            await self._drop_conn(e.reason)
+                await self._lost(e, retry=False, shape=None)
+            await self._drop_conn(LeaseReason.BACKEND_LOST)
             self.status &= ~P.SERVER_STATUS_IN_TRANS
             self.pin = None
             self.release_slots()
@@ -596,7 +659,7 @@ class ProxySession(BaseSession):
     async def _lost(self, e: BackendLost, retry: bool, shape: Shape | None) -> None:
         """The backend connection died under a statement: retry, or tell the client the truth."""
         held = self._holds()
-        await self._drop_conn(e.reason)
+        await self._drop_conn(LeaseReason.BACKEND_LOST)
         self.status &= ~P.SERVER_STATUS_IN_TRANS
         self.release_slots()
         if retry and not held:
@@ -647,12 +710,13 @@ class ProxySession(BaseSession):
         await self.send(self.ok_packet())
 
     async def com_set_option(self, payload: bytes) -> None:
-        """COM_SET_OPTION: multi-statements on (0) or off (1) for this session; it travels
-        with the session to whichever backend connection serves it (state.py)."""
+        """COM_SET_OPTION: multi-statements on (0) or off (1) for this session. Backend
+        connections keep them on (the proxy's own commit records need them); a statement with
+        `;` from a session that has them off runs with them off (`_run_on`), so MySQL answers
+        it as it would this client."""
         if len(payload) != 3 or payload[1] > 1 or payload[2]:
             raise ProxyError((1047, "08S01"), "Unknown command")
         self.multi = payload[1] == 0
-        self.state_stale = self.conn is not None
         await self.send(P.make_eof(self.status))
 
     async def com_statistics(self, payload: bytes) -> None:
@@ -684,10 +748,17 @@ class ProxySession(BaseSession):
         except BackendLost as e:
             await self._lost(e, retry=False, shape=None)
             return
-        old = c.stmts.pop(sql, None)
+        key = c.stmt_key(sql)
+        old = c.stmts.pop(key, None)
         if old is not None:
             c.send(bytes((P.COM_STMT_CLOSE,)) + struct.pack("<I", old.stmt_id))
-        c.stmts[sql] = pok
+        c.stmts[key] = pok
+        if len(self.stmts) >= MAX_CLIENT_STMTS:
+            await self.send(P.make_err(1461, "42000", "Can't create more than "
+                                       f"max_prepared_stmt_count statements (current value: "
+                                       f"{MAX_CLIENT_STMTS})"))
+            self.settle()
+            return
         sid = self._next_stmt
         self._next_stmt += 1
         self.stmts[sid] = ClientStmt(sql, classify(sql), pok.num_params, pok.num_columns)
@@ -717,48 +788,26 @@ class ProxySession(BaseSession):
             raise ProxyError((1835, "08S01"), f"Malformed communication packet ({e})") from None
         if parts.bound:
             st.types = parts.types
-        t0 = time.perf_counter()
-        route, outcome = "primary", "ok"
-        try:
-            handled = await self.app.intercept_execute(
-                self, st, parts, lambda: self._execute(st, parts))
-            if handled is not None:
-                route, outcome = handled
-                return
-            if st.shape.verb == "SELECT" and not parts.flags & 0x01:
-                rr = await self._read(st.shape, st.sql,
-                                      lambda c: self._run_execute_on(c, st, parts, self.out))
-                if rr is not None:
-                    route = "replica"
-                    return
-            r = await self._execute(st, parts)
-            if r is None or r.err is not None:
-                outcome = "error"
-        finally:
-            dt = time.perf_counter() - t0
-            M.count_statement(st.shape.verb, route, outcome, dt)
-            self.app.digest.record(st.shape, dt, route)
-            if dt * 1000 >= self.app.slow_ms > 0:
-                self._slow(st.shape, dt, route, outcome)
+        p = plan(st.shape, self, self.app.policy, cursor=bool(parts.flags & 0x01))
+        await self._run_plan(p, st.shape, lambda c, out: self._run_execute_on(c, st, parts, out),
+                             lambda q: self._execute(st, parts, q),
+                             lambda fwd: self.app.hotrow.intercept_execute(self, st, parts, fwd),
+                             st.sql)
 
-    async def _execute(self, st: ClientStmt, parts: P.ExecuteParts) -> Relayed | None:
-        """Run a client's prepared statement on the session's backend connection."""
-        if parts.flags & 0x01 and not self.pin:
-            self.pin = "server-side cursor"
-        if self._track_autocommit(st.shape):
+    async def _execute(self, st: ClientStmt, parts: P.ExecuteParts, p: Plan) -> Relayed | None:
+        """Run a client's prepared statement on the primary path as its plan says."""
+        if p.pin and not self.pin:
+            self.pin = p.pin
+        if p.track is Track.AUTOCOMMIT:
             return await self._tracked_autocommit(
-                st.shape, lambda c, out: self._run_execute_on(c, st, parts, out))
-        hold = None
-        if st.shape.is_write:
-            self.app.durability.check_write()
-            if self.app.durability.wants_ack:
-                hold = BufferWriter()
+                st.shape, p, lambda c, out: self._run_execute_on(c, st, parts, out))
+        hold = BufferWriter() if p.hold_ack else None
         for attempt in (0, 1):
             c = await self._get_conn()
             try:
                 r = await self._run_execute_on(c, st, parts, hold or self.out)
             except BackendError as e:
-                await self._maybe_release()
+                self.settle()
                 await self.send(e.raw)
                 return None
             except BackendLost as e:
@@ -790,9 +839,10 @@ class ProxySession(BaseSession):
         # Only long data and an open cursor live on the backend statement; without them the
         # reset is a no-op there, so the proxy answers it (drivers send one per execution).
         backend_state = self.pin in ("long data pending", "server-side cursor")
-        if backend_state and self.conn is not None and st.sql in self.conn.stmts:
+        if (backend_state and self.conn is not None
+                and self.conn.stmt_key(st.sql) in self.conn.stmts):
             c = await self._get_conn()
-            await c.command(P.with_stmt_id(payload, c.stmts[st.sql].stmt_id))
+            await c.command(P.with_stmt_id(payload, c.stmts[c.stmt_key(st.sql)].stmt_id))
             r = await c.relay(self.out, self._ok_hook)
             await self.out.drain()
             self._after(c, r)
@@ -803,5 +853,12 @@ class ProxySession(BaseSession):
             await self._maybe_release()
 
     async def com_stmt_close(self, payload: bytes) -> None:
-        if len(payload) >= 5:
-            self.stmts.pop(struct.unpack_from("<I", payload, 1)[0], None)
+        """Forget the client's statement; the backend statement goes too when the session's
+        connection has it and no other statement of this client uses the same text."""
+        if len(payload) < 5:
+            return
+        st = self.stmts.pop(struct.unpack_from("<I", payload, 1)[0], None)
+        c = self.lease.conn
+        if (st is not None and c is not None and not c.broken
+                and all(o.sql != st.sql for o in self.stmts.values())):
+            c.close_stmt(st.sql)

@@ -102,6 +102,12 @@ class Catalog:
             return fallback
         return Names.uniform(got[0], got[1])
 
+    def charset_of(self, collation: str) -> str | None:
+        for cs, coll in self.by_id.values():
+            if coll == collation:
+                return cs
+        return None
+
     def default_collation(self, charset: str) -> str | None:
         return self.default.get(_canon(charset))
 
@@ -189,7 +195,6 @@ class Wanted:
     names: Names
     vars: Mapping[str, str]
     any_db: bool = False  # the proxy's own service queries name their schema explicitly
-    multi: bool = True  # CLIENT_MULTI_STATEMENTS as the client negotiated or set it
 
     def change_from(self, have_db: str | None, have_names: Names,
                     have_vars: Mapping[str, str]) -> Change:

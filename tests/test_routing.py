@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from proxy.classify import classify
-from proxy.readsplit import plan
+from proxy.plan import read_plan as plan
 from proxy.sandbox import Sandbox
 
 from .conftest import ProxyProc, make_config, start_proxy

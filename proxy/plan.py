@@ -1,0 +1,186 @@
+"""One plan per statement: a pure decision, taken once, run by the fast lane or the general path.
+
+As in Vitess (plan, then execute against a narrow cursor) and PgCat's query router (which
+imports no pool or client): `plan()` is a function of the statement's shape, a read-only view
+of the session and the policy in force (config and admin), with no I/O and no side effects.
+It says where the statement goes (answered by the proxy, offered to the hot-row engine, a
+replica, a read-only transaction on a replica, the primary), whether its commit is tracked,
+whether its OK waits for a replica acknowledgement, whether it passes the durability gate,
+which pin it takes, and whether it only forwards — which is exactly when the fast lane may run
+it. Execution (session.py, fastlane.py) does what the plan says, and every side effect
+(durability gate and its counter, metrics, digest) happens there, once.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import Enum
+from typing import Protocol
+
+from .classify import LAST_GTID, READ_ONLY_TXN, Shape, classify
+from .config import CONSISTENCY
+
+
+class Route(Enum):
+    LOCAL_SET = "local_set"  # a setting the proxy keeps (read_after_gtid, read_consistency, NAMES)
+    LOCAL_GTID = "local_gtid"  # SELECT @@last_gtid: the proxy knows it, a replica may not
+    HOTROW = "hotrow"  # offered to the hot-row engine; the primary if it declines
+    REPLICA = "replica"  # a replica that has the watermark; the primary if none has it in time
+    REPLICA_TXN = "replica_txn"  # START TRANSACTION READ ONLY on one replica
+    PRIMARY = "primary"
+
+
+class Track(Enum):
+    NONE = "none"
+    AUTOCOMMIT = "autocommit"  # START TRANSACTION, the statement, an outcome record, COMMIT
+    COMMIT = "commit"  # an outcome record written just before the client's COMMIT
+
+
+class SessionView(Protocol):
+    """What a plan may read of a session (ProxySession implements it)."""
+
+    @property
+    def in_txn(self) -> bool: ...  # an explicit transaction is open
+
+    @property
+    def autocommit_off(self) -> bool: ...
+
+    @property
+    def pin(self) -> str | None: ...
+
+    @property
+    def consistency(self) -> str: ...
+
+    @property
+    def read_after_gtid(self) -> str | None: ...
+
+    @property
+    def replica_txn(self) -> bool: ...  # a read-only transaction runs on a replica
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What config and admin decide for every session (rebuilt on RELOAD CONFIG)."""
+
+    has_replicas: bool = False
+    wants_ack: bool = False  # durability.ack: replica
+    track_all: bool = False  # durability.track_commits: all
+    hotrow: bool = False  # a hot-row engine runs
+
+
+@dataclass(frozen=True)
+class Plan:
+    route: Route
+    read: ReadPlan | None = None
+    track: Track = Track.NONE
+    hold_ack: bool = False  # the OK goes out only once replicas confirmed the write
+    gate_write: bool = False  # the durability gate (require: strict/warn) runs first
+    pin: str | None = None  # the statement leaves state only its connection has
+    lane: bool = False  # it only forwards: the fast lane may run it
+
+
+# Settings the proxy keeps itself (the value is read from the statement text at execution).
+_PROXY_VAR = re.compile(
+    r"SET\s+(?:SESSION\s+|@@SESSION\.|@@)?(?:read_after_gtid|read_consistency)\s*=\s*\?", re.I)
+_NAMES = re.compile(r"SET\s+NAMES\s+('?\w+'?|`\w+`)(?:\s+COLLATE\s+('?\w+'?|`\w+`))?", re.I)
+# Character sets whose SET NAMES the proxy records instead of sending (what drivers send on
+# every connect); others go to MySQL, which answers them, errors included.
+NAMES_CHARSETS = frozenset(
+    {"utf8mb4", "utf8", "utf8mb3", "latin1", "ascii", "binary", "gbk", "gb2312", "big5", "ujis",
+     "sjis", "cp1250", "cp1251", "cp1252", "latin2", "euckr", "koi8r"})
+# Autocommit writes whose commit can be tracked: one statement, no result set, not DDL.
+_UNTRACKED_VERBS = frozenset(
+    {"CALL", "CREATE", "DROP", "ALTER", "TRUNCATE", "RENAME", "GRANT", "REVOKE", "LOAD"})
+
+
+def names_of(shape: Shape) -> tuple[str, str | None] | None:
+    """`SET NAMES cs [COLLATE coll]` the proxy records: (charset, collation or None)."""
+    m = _NAMES.fullmatch(shape.digest)
+    if m is None:
+        return None
+    cs = m.group(1).strip("'\"`").lower()
+    if cs not in NAMES_CHARSETS:
+        return None
+    return cs, (m.group(2) or "").strip("'\"`").lower() or None
+
+
+def plan(shape: Shape, s: SessionView, policy: Policy, cursor: bool = False) -> Plan:
+    """The plan for one statement (COM_QUERY, or COM_STMT_EXECUTE with `cursor` = the cursor
+    flag). Pure: the same inputs give the same plan."""
+    held = s.in_txn or bool(s.pin)
+    verb = shape.verb
+    if verb == "SET" and not shape.multi:
+        if _PROXY_VAR.fullmatch(shape.digest):
+            return Plan(Route.LOCAL_SET)
+        if not held and names_of(shape) is not None:
+            return Plan(Route.LOCAL_SET)
+    if verb == "SELECT" and LAST_GTID.fullmatch(shape.digest):
+        return Plan(Route.LOCAL_GTID)
+    pin = shape.pin or ("server-side cursor" if cursor else None)
+    if verb == "START" and READ_ONLY_TXN.match(shape.digest) and not held and policy.has_replicas:
+        rp = read_plan(_SELECT_1, s.consistency, s.read_after_gtid, False, None, True)
+        if rp.replica:
+            return Plan(Route.REPLICA_TXN, read=rp)
+    if verb == "SELECT" and not cursor:
+        rp = read_plan(shape, s.consistency, s.read_after_gtid, s.in_txn or s.autocommit_off,
+                       s.pin, policy.has_replicas)
+        if rp.replica:
+            # The lane reads from a replica only where no position must be fetched first.
+            return Plan(Route.REPLICA, read=rp,
+                        lane=shape.lane == "read" and rp.consistency in ("session", "eventual")
+                        and "READ_AFTER_GTID" not in shape.hints)
+    is_write = shape.is_write
+    track = Track.NONE
+    if policy.track_all and not s.replica_txn:
+        if verb == "COMMIT" and s.in_txn:
+            track = Track.COMMIT
+        elif (is_write and verb not in _UNTRACKED_VERBS and not shape.multi and not held
+              and not s.autocommit_off and "RETURNING" not in shape.digest.upper()):
+            track = Track.AUTOCOMMIT
+    hold = policy.wants_ack and (is_write or verb in ("COMMIT", "END"))
+    if shape.hot is not None and policy.hotrow:
+        # The engine takes it or declines; declined, it runs as this plan's primary path.
+        return Plan(Route.HOTROW, track=track, hold_ack=hold, gate_write=True, pin=pin)
+    lane = bool(shape.lane) and track is Track.NONE and not hold and pin is None
+    return Plan(Route.PRIMARY, track=track, hold_ack=hold, gate_write=is_write, pin=pin,
+                lane=lane)
+
+
+_SELECT_1 = classify("SELECT 1")
+
+
+@dataclass(frozen=True)
+class ReadPlan:
+    """Where a SELECT may read."""
+
+    replica: bool
+    consistency: str
+    token: str | None = None
+    reason: str = ""
+
+
+def read_plan(shape: Shape, consistency: str, token: str | None, in_txn: bool,
+              pinned: str | None, has_replicas: bool) -> ReadPlan:
+    """Routing of a read: hints first, then eligibility, then the consistency level."""
+    h = shape.hints
+    c = h.get("CONSISTENCY", consistency).lower()
+    if c not in CONSISTENCY:
+        c = consistency
+    tok = token  # the caller resolves READ_AFTER_GTID from the raw text (digests hide literals)
+    route = h.get("ROUTE", "").lower()
+    if route == "primary":
+        return ReadPlan(False, c, tok, "hint ROUTE(primary)")
+    if shape.replica_ok is not None:
+        return ReadPlan(False, c, tok, shape.replica_ok)
+    if in_txn:
+        return ReadPlan(False, c, tok, "inside a read-write transaction")
+    if pinned:
+        return ReadPlan(False, c, tok, f"session pinned ({pinned})")
+    if not has_replicas:
+        return ReadPlan(False, c, tok, "no replicas configured")
+    if c == "primary" and route != "replica":
+        return ReadPlan(False, c, tok, "consistency primary")
+    if c == "primary":
+        c = "global"  # ROUTE(replica) under 'primary': the strongest replica-served level
+    return ReadPlan(True, c, tok)
