@@ -173,6 +173,7 @@ class ProxyConnection(Connection):
         self.status_flags = ServerStatus.SERVER_STATUS_AUTOCOMMIT
         self.authenticated = False
         self.close_reason = "client quit"
+        self._idle_timer: asyncio.TimerHandle | None = None
         self.client_collation = 255
         self.client_names = BackendConn.catalog.server_default
 
@@ -211,13 +212,51 @@ class ProxyConnection(Connection):
         await self.session.init(self)
         return await check()  # type: ignore[no-any-return]
 
+    def arm_idle_timer(self) -> None:
+        """MySQL's wait_timeout (interactive_timeout for CLIENT_INTERACTIVE clients): a client
+        idle that long is disconnected. One timer per connection, re-armed when it fires or
+        when the session changes wait_timeout; no cost per command."""
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        io = self.stream.reader
+        if not isinstance(io, ClientIO):
+            return
+        loop = asyncio.get_running_loop()
+        if io.last_activity == 0.0:
+            io.last_activity = loop.time()
+        timeout = self.session.idle_timeout()
+        due = io.last_activity + timeout - loop.time()
+        self._idle_timer = loop.call_later(max(due, 0.0), self._idle_check)
+
+    def _idle_check(self) -> None:
+        self._idle_timer = None
+        io = self.stream.reader
+        loop = asyncio.get_running_loop()
+        if (not self.session.busy and isinstance(io, ClientIO) and not io.held
+                and loop.time() - io.last_activity >= self.session.idle_timeout()):
+            self.close_reason = "idle timeout (wait_timeout)"
+            io.transport.abort()
+            return
+        if isinstance(io, ClientIO) and self.session.busy:
+            io.last_activity = loop.time()  # a running statement is not idleness
+        self.arm_idle_timer()
+
     async def command_phase(self) -> None:
+        self.arm_idle_timer()
+        try:
+            await self._command_loop()
+        finally:
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
+
+    async def _command_loop(self) -> None:
         while True:
             self.stream.reset_seq()
             try:
                 data = await self.stream.read_command()
             except ConnectionClosed:
-                self.close_reason = self.session.end_reason or "client closed connection"
+                if not self.close_reason.startswith("idle timeout"):
+                    self.close_reason = self.session.end_reason or "client closed connection"
                 return
             except PacketTooLarge:
                 await self.stream.write(

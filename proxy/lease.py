@@ -47,8 +47,10 @@ _ALLOWED: dict[LeaseState, frozenset[LeaseState]] = {
     S.NONE: frozenset({S.STATEMENT, S.REPLICA_TXN}),
     S.SOFT: frozenset({S.STATEMENT, S.NONE}),
     S.STATEMENT: frozenset({S.SOFT, S.NONE, S.TRANSACTION, S.PINNED, S.REPLICA_TXN}),
-    S.TRANSACTION: frozenset({S.STATEMENT, S.NONE, S.PINNED}),
-    S.PINNED: frozenset({S.STATEMENT, S.NONE}),
+    # a statement on a held connection keeps it held (no STATEMENT step); the one that ends
+    # the transaction or the pin moves it on directly
+    S.TRANSACTION: frozenset({S.STATEMENT, S.SOFT, S.NONE, S.PINNED}),
+    S.PINNED: frozenset({S.STATEMENT, S.SOFT, S.NONE, S.TRANSACTION}),
     S.REPLICA_TXN: frozenset({S.STATEMENT, S.NONE}),
 }
 

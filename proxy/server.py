@@ -28,6 +28,7 @@ from .errors import (
     ER_OPTION_PREVENTS_STATEMENT,
     BackendError,
     BackendLost,
+    DisconnectReason,
     ProxyError,
 )
 from .frontend import SERVER_CAPABILITIES, ConfigIdentityProvider, ProxyConnection, ProxyStream
@@ -136,19 +137,24 @@ class App:
         return {u.name: u.password for u in self.cfg.users}
 
     async def ready(self) -> tuple[bool, str]:
-        """Ready when the config is loaded and the primary answers a connection attempt."""
+        """Ready when the config is loaded and the primary accepts a login (a pooled connection
+        answers a ping). Never a bare TCP connect: MariaDB counts a connection that sends no
+        handshake towards max_connect_errors and would end up blocking the proxy's host."""
         if self.draining:
             return False, "draining"
+        user = self.cfg.users[0]
+        pool = self._primary
         try:
-            a = self.cfg.backends.primary
-            r, w = await asyncio.wait_for(
-                asyncio.open_unix_connection(a.unix) if a.unix
-                else asyncio.open_connection(a.host, a.port),
-                2,
-            )
-            w.close()
-        except (OSError, TimeoutError) as e:
-            return False, f"primary {self.cfg.backends.primary} unreachable: {e}"
+            c = await asyncio.wait_for(pool.acquire(user.name, user.password), 2)
+        except (BackendError, BackendLost, ProxyError, TimeoutError) as e:
+            return False, f"primary {pool.label} unreachable: {e}"
+        try:
+            await asyncio.wait_for(c.execute("DO 1"), 2)
+        except (BackendError, BackendLost, TimeoutError) as e:
+            c.broken = True
+            return False, f"primary {pool.label} does not answer: {e}"
+        finally:
+            await pool.release(c)
         return True, "ready"
 
     def apply_config(self, cfg: Config) -> list[str]:
@@ -327,19 +333,21 @@ async def load_catalog(c: BackendConn) -> Catalog:
         "FROM information_schema.COLLATIONS WHERE ID IS NOT NULL")
     g = await c.fetch_one(
         "SELECT @@global.character_set_client, @@global.character_set_connection, "
-        "@@global.character_set_results, @@global.collation_connection")
+        "@@global.character_set_results, @@global.collation_connection, "
+        "@@global.wait_timeout, @@global.interactive_timeout")
     assert g is not None
-    default = Names(*(v or "" for v in g))
-    return Catalog(((int(r["ID"] or 0), r["COLLATION_NAME"] or "", r["CHARACTER_SET_NAME"] or "",
-                     r["IS_DEFAULT"] == "Yes") for r in rows), default)
+    default = Names(*(v or "" for v in g[:4]))
+    cat = Catalog(((int(r["ID"] or 0), r["COLLATION_NAME"] or "", r["CHARACTER_SET_NAME"] or "",
+                    r["IS_DEFAULT"] == "Yes") for r in rows), default)
+    cat.wait_timeout, cat.interactive_timeout = int(g[4] or 28800), int(g[5] or 28800)
+    return cat
 
 
 def _reason_label(reason: str) -> str:
-    for known in ("client quit", "client closed connection", "handshake timeout", "bad handshake",
-                  "authentication failed", "packet too large", "fatal error", "proxy shutdown",
-                  "internal error", "client connection lost"):
-        if reason.startswith(known):
-            return known
+    """The bounded metric label (errors.DisconnectReason) of a log line's reason."""
+    for known in DisconnectReason:
+        if reason.startswith(known.value):
+            return known.value
     return "other"
 
 

@@ -174,6 +174,19 @@ class ProxySession(BaseSession):
     def conn_pool(self) -> Pool | None:
         return self.lease.pool
 
+    def idle_timeout(self) -> float:
+        """Seconds of client silence after which MySQL closes the connection."""
+        v = self.sysvars.get("wait_timeout")
+        if v is not None:
+            try:
+                return max(float(v), 1.0)
+            except ValueError:
+                pass
+        cat = BackendConn.catalog
+        interactive = self.connection is not None and bool(
+            int(self.connection.capabilities) & P.CLIENT_INTERACTIVE)
+        return float(cat.interactive_timeout if interactive else cat.wait_timeout)
+
     def wanted(self) -> Wanted:
         """The state a backend connection must carry to serve this session."""
         return Wanted(self.database, self.names, self.sysvars)
@@ -681,6 +694,8 @@ class ProxySession(BaseSession):
             self.names = absorb(self.names, r.sysvars, BackendConn.catalog)
             keep, unreplayable = split_reported(r.sysvars)
             self.sysvars.update(keep)
+            if "wait_timeout" in keep and self.connection is not None:
+                self.connection.arm_idle_timer()
             if unreplayable and not self.pin:
                 self.pin = f"session variable {unreplayable}"
         if r.schema is not None:

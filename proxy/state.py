@@ -74,6 +74,8 @@ class Catalog:
     def __init__(self, rows: Iterable[tuple[int, str, str, bool]],
                  server_default: Names = LOGIN_NAMES) -> None:
         self.server_default = server_default  # what the server gives an unknown handshake id
+        self.wait_timeout = 28800  # the server's globals (set at startup)
+        self.interactive_timeout = 28800
         self.by_id: dict[int, tuple[str, str]] = {}
         self.default: dict[str, str] = {}
         for cid, coll, cs, is_default in rows:

@@ -199,6 +199,7 @@ class ClientIO(PacketIO):
         # between commands; True means it took the command.
         self.fast: Callable[[bytes], bool] | None = None
         self.armed = False  # the session task waits for the header of its next command
+        self.last_activity = 0.0  # loop time of the last bytes from the client (wait_timeout)
         self.held = False  # a fast-lane command is in flight: buffer, wake nobody
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -206,6 +207,7 @@ class ClientIO(PacketIO):
         self.task = asyncio.get_running_loop().create_task(self._start(self))
 
     def data_received(self, data: bytes) -> None:
+        self.last_activity = asyncio.get_running_loop().time()
         if (self.armed and not self.held and not self.buf and self.fast is not None
                 and self.waiting and self.fast(data)):
             return

@@ -1,0 +1,273 @@
+"""The planner (plan.py) and session state (state.py): pure, in tables and with hypothesis."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from proxy import protocol as P
+from proxy.classify import classify
+from proxy.fastlane import FastLane
+from proxy.lease import Lease, LeaseState
+from proxy.plan import Plan, Policy, Route, Track, plan
+from proxy.state import (
+    LOGIN_NAMES,
+    Catalog,
+    Names,
+    Wanted,
+    absorb,
+    split_reported,
+    transition,
+)
+
+
+@dataclass
+class View:
+    in_txn: bool = False
+    autocommit_off: bool = False
+    pin: str | None = None
+    consistency: str = "session"
+    read_after_gtid: str | None = None
+    replica_txn: bool = False
+    # what the lane stub needs besides the view
+    last_gtid: str | None = None
+    last_insert_id: int = 0
+    state_stale: bool = False
+    stmts: dict[int, Any] = field(default_factory=dict)
+
+
+FULL = Policy(has_replicas=True, wants_ack=False, track_all=False, hotrow=True)
+
+# (statement, view overrides, policy, expected route, track, hold, lane)
+TABLE: list[tuple[str, dict[str, Any], Policy, Route, Track, bool, bool]] = [
+    ("SET NAMES utf8mb4", {}, FULL, Route.LOCAL_SET, Track.NONE, False, False),
+    ("SET NAMES latin1", {"in_txn": True}, FULL, Route.PRIMARY, Track.NONE, False, False),
+    ("SET read_consistency = 'global'", {"in_txn": True}, FULL, Route.LOCAL_SET, Track.NONE,
+     False, False),
+    ("SELECT @@last_gtid", {}, FULL, Route.LOCAL_GTID, Track.NONE, False, False),
+    ("SELECT * FROM t WHERE id = 1", {}, FULL, Route.REPLICA, Track.NONE, False, True),
+    ("SELECT * FROM t WHERE id = 1", {"consistency": "global"}, FULL, Route.REPLICA,
+     Track.NONE, False, False),
+    ("SELECT * FROM t WHERE id = 1", {"in_txn": True}, FULL, Route.PRIMARY, Track.NONE, False,
+     True),
+    ("SELECT * FROM t WHERE id = 1", {}, Policy(), Route.PRIMARY, Track.NONE, False, True),
+    ("SELECT f(id) FROM t", {}, FULL, Route.PRIMARY, Track.NONE, False, True),
+    ("SELECT * FROM t /*!50000 FOR UPDATE */", {}, FULL, Route.PRIMARY, Track.NONE, False, True),
+    ("SELECT SQL_CALC_FOUND_ROWS * FROM t", {}, FULL, Route.PRIMARY, Track.NONE, False, False),
+    ("SELECT * FROM information_schema.PROCESSLIST", {}, FULL, Route.PRIMARY, Track.NONE,
+     False, True),
+    ("INSERT INTO t VALUES (1)", {}, FULL, Route.PRIMARY, Track.NONE, False, True),
+    ("INSERT INTO t VALUES (1)", {}, Policy(track_all=True), Route.PRIMARY, Track.AUTOCOMMIT,
+     False, False),
+    ("INSERT INTO t VALUES (1)", {"in_txn": True}, Policy(track_all=True), Route.PRIMARY,
+     Track.NONE, False, True),
+    ("INSERT INTO t VALUES (1)", {}, Policy(wants_ack=True), Route.PRIMARY, Track.NONE, True,
+     False),
+    ("COMMIT", {"in_txn": True}, Policy(track_all=True), Route.PRIMARY, Track.COMMIT, False,
+     False),
+    ("COMMIT", {"in_txn": True, "replica_txn": True}, Policy(track_all=True), Route.PRIMARY,
+     Track.NONE, False, True),
+    ("UPDATE inventory SET quantity = quantity - 1 WHERE sku_id = 1 AND quantity > 0", {},
+     FULL, Route.HOTROW, Track.NONE, False, False),
+    ("UPDATE inventory SET quantity = quantity - 1 WHERE sku_id = 1 AND quantity > 0", {},
+     Policy(), Route.PRIMARY, Track.NONE, False, True),
+    ("START TRANSACTION READ ONLY", {}, FULL, Route.REPLICA_TXN, Track.NONE, False, False),
+    ("START TRANSACTION READ ONLY", {"pin": "user variable"}, FULL, Route.PRIMARY, Track.NONE,
+     False, False),
+    ("SET @x = 1", {}, FULL, Route.PRIMARY, Track.NONE, False, False),
+    ("BEGIN", {}, FULL, Route.PRIMARY, Track.NONE, False, True),
+]
+
+
+@pytest.mark.parametrize(("sql", "view", "policy", "route", "track", "hold", "lane"), TABLE)
+def test_plan_table(sql: str, view: dict[str, Any], policy: Policy, route: Route, track: Track,
+                    hold: bool, lane: bool) -> None:
+    p = plan(classify(sql), View(**view), policy)
+    assert (p.route, p.track, p.hold_ack, p.lane) == (route, track, hold, lane)
+
+
+STATEMENTS = [s for s, *_ in TABLE] + [
+    "SELECT 1", "SELECT a FROM t WHERE b IN (1, 2, 3)", "SELECT /*+ ROUTE(primary) */ 1",
+    "SELECT /*+ CONSISTENCY(eventual) */ x FROM t", "SELECT LAST_INSERT_ID()",
+    "DELETE FROM t WHERE id = 3", "REPLACE INTO t VALUES (1)", "ROLLBACK", "START TRANSACTION",
+    "CREATE TABLE x (a INT)", "CALL p()", "SELECT 1; SELECT 2", "SHOW WARNINGS", "USE shop",
+    "SELECT GET_LOCK('a', 1)", "CREATE TEMPORARY TABLE t (a INT)", "LOCK TABLES t READ",
+    "INSERT INTO t VALUES (1) RETURNING id", "SET SESSION sql_mode = ''",
+]
+views = st.builds(View, in_txn=st.booleans(), autocommit_off=st.booleans(),
+                  pin=st.sampled_from([None, "user variable"]),
+                  consistency=st.sampled_from(["eventual", "session", "global", "primary"]),
+                  read_after_gtid=st.sampled_from([None, "0-1-5"]), replica_txn=st.booleans())
+policies = st.builds(Policy, has_replicas=st.booleans(), wants_ack=st.booleans(),
+                     track_all=st.booleans(), hotrow=st.booleans())
+
+
+@settings(max_examples=500)
+@given(sql=st.sampled_from(STATEMENTS), view=views, policy=policies, cursor=st.booleans())
+def test_lane_plans_only_forward(sql: str, view: View, policy: Policy, cursor: bool) -> None:
+    """A plan the lane may run does nothing but send the statement and relay the reply."""
+    shape = classify(sql)
+    p = plan(shape, view, policy, cursor)
+    assert p == plan(shape, view, policy, cursor)  # pure
+    if p.lane:
+        assert p.route in (Route.PRIMARY, Route.REPLICA)
+        assert p.track is Track.NONE and not p.hold_ack and p.pin is None and shape.lane
+        if p.route is Route.REPLICA:
+            assert p.read is not None and p.read.consistency in ("session", "eventual")
+    forward_only = (p.route is Route.PRIMARY and p.track is Track.NONE and not p.hold_ack
+                    and p.pin is None and bool(shape.lane))
+    assert not forward_only or p.lane
+    if shape.pin or cursor:
+        assert p.route is not Route.REPLICA  # state must stay where the session is
+
+
+# ---- the lane's decision equals the plan's ----------------------------------------------
+
+def _command(sql: str) -> bytes:
+    payload = bytes((P.COM_QUERY,)) + sql.encode()
+    return struct.pack("<I", len(payload)) + payload
+
+
+class _Pool:
+    def __init__(self, role: str) -> None:
+        self.role = role
+        self.label = role
+
+    def hold_soft(self, c: Any, owner: Any) -> None: ...
+
+    def unhold_soft(self, c: Any) -> None: ...
+
+
+@settings(max_examples=500)
+@given(sql=st.sampled_from(STATEMENTS), view=views, policy=policies,
+       on_replica=st.booleans(), replica_ready=st.booleans())
+def test_lane_takes_exactly_the_lane_plans(sql: str, view: View, policy: Policy,
+                                           on_replica: bool, replica_ready: bool) -> None:
+    primary, replica = _Pool("primary"), _Pool("replica")
+    view.replica_txn = False
+    conn = SimpleNamespace(broken=False, last_insert_id=0, stmts={},
+                           io=SimpleNamespace(eof=False,
+                                              transport=SimpleNamespace(is_closing=lambda: False)))
+    lease = Lease()
+    lease.state = LeaseState.TRANSACTION if view.in_txn else LeaseState.SOFT
+    lease.conn = conn  # type: ignore[assignment]
+    lease.pool = (replica if on_replica and not view.in_txn else primary)  # type: ignore[assignment]
+    reads = SimpleNamespace(ready_now=lambda pool, rp, gtid: replica_ready)
+    app = SimpleNamespace(policy=policy, primary_pool=lambda: primary, reads=reads)
+    session = view
+    session.app = app  # type: ignore[attr-defined]
+    session.lease = lease  # type: ignore[attr-defined]
+    lane = FastLane(session, SimpleNamespace())  # type: ignore[arg-type]
+    got = lane._decide(_command(sql))
+    p: Plan = plan(classify(sql), view, policy)
+    on_primary = lease.pool is primary
+    expect = p.lane and (
+        (p.route is Route.REPLICA and lease.state is LeaseState.SOFT and not on_primary
+         and replica_ready)
+        or (p.route is Route.PRIMARY and (on_primary or lease.state is not LeaseState.SOFT)))
+    if classify(sql).uses_last_insert_id:
+        expect = expect and conn.last_insert_id == view.last_insert_id
+    assert (got is not None) == expect
+    if got is not None:
+        assert got[3] == p  # the lane runs the plan the general path would run
+
+
+# ---- session state -----------------------------------------------------------------------
+
+CATALOG = Catalog([(8, "latin1_swedish_ci", "latin1", True), (45, "utf8mb4_general_ci",
+                    "utf8mb4", True), (224, "utf8mb4_unicode_ci", "utf8mb4", False),
+                   (35, "ucs2_general_ci", "ucs2", True), (7, "koi8r_general_ci", "koi8r", True)],
+                  Names.uniform("latin1", "latin1_swedish_ci"))
+
+
+def test_handshake_names() -> None:
+    assert CATALOG.handshake_names(224, LOGIN_NAMES) == Names.uniform("utf8mb4",
+                                                                      "utf8mb4_unicode_ci")
+    assert CATALOG.handshake_names(35, LOGIN_NAMES) == LOGIN_NAMES  # ucs2: not a client charset
+    assert CATALOG.handshake_names(250, LOGIN_NAMES) == LOGIN_NAMES  # unknown id
+
+
+def test_absorb_set_names_without_reported_collation() -> None:
+    rep = {"character_set_client": "koi8r", "character_set_connection": "koi8r",
+           "character_set_results": "koi8r"}
+    assert absorb(LOGIN_NAMES, rep, CATALOG) == Names.uniform("koi8r", "koi8r_general_ci")
+    assert absorb(LOGIN_NAMES, {"collation_connection": "utf8mb4_unicode_ci"}, CATALOG) == \
+        Names("utf8mb4", "utf8mb4", "utf8mb4", "utf8mb4_unicode_ci")
+    assert absorb(LOGIN_NAMES, {"time_zone": "+01:00"}, CATALOG) is LOGIN_NAMES
+
+
+def test_split_reported() -> None:
+    keep, pin = split_reported({"timestamp": "1", "time_zone": "+01:00", "last_gtid": "0-1-2",
+                                "character_set_client": "latin1"})
+    assert keep == {"time_zone": "+01:00"} and pin == "timestamp"
+
+
+def test_transition_table() -> None:
+    latin = Names.uniform("latin1", "latin1_swedish_ci")
+    assert transition("shop", LOGIN_NAMES, {}, "shop", LOGIN_NAMES, {}).statements == ()
+    ch = transition("shop", latin, {"sql_mode": "ANSI"}, "other", LOGIN_NAMES, {"a": "1"})
+    assert ch.statements == ("SET NAMES utf8mb4 COLLATE utf8mb4_general_ci, sql_mode=DEFAULT, a=1",
+                             "USE `other`")
+    assert transition("shop", LOGIN_NAMES, {}, None, LOGIN_NAMES, {}).needs_fresh
+    assert Wanted(None, LOGIN_NAMES, {}, any_db=True).change_from("shop", LOGIN_NAMES, {}) \
+        .statements == ()
+    odd = Names("latin1", "utf8mb4", "", "utf8mb4_bin")
+    assert odd.sql() == ("character_set_client=latin1, character_set_results=NULL, "
+                         "collation_connection=utf8mb4_bin")
+
+
+names = st.builds(Names.uniform, st.sampled_from(["utf8mb4", "latin1", "koi8r"]),
+                  st.sampled_from(["a_ci", "b_ci"]))
+var_maps = st.dictionaries(st.sampled_from(["sql_mode", "time_zone", "autocommit", "x"]),
+                           st.sampled_from(["1", "ON", "+01:00", "it's"]), max_size=4)
+dbs = st.sampled_from([None, "shop", "o`dd"])
+
+
+@given(hd=dbs, hn=names, hv=var_maps, wd=dbs, wn=names, wv=var_maps)
+def test_transition_reaches_the_wanted_state(hd: str | None, hn: Names, hv: dict[str, str],
+                                             wd: str | None, wn: Names,
+                                             wv: dict[str, str]) -> None:
+    """Applying the statements (simulated) turns the connection's state into the session's,
+    or the change is flagged impossible (a database cannot be unselected)."""
+    ch = transition(hd, hn, hv, wd, wn, wv)
+    if wd is None and hd is not None:
+        assert ch.needs_fresh and ch.statements == ()
+        return
+    db, nm, vs = hd, hn, dict(hv)
+    for sql in ch.statements:
+        if sql.startswith("USE "):
+            db = sql[5:-1].replace("``", "`")
+            continue
+        body = sql[4:]
+        if body.startswith("NAMES "):
+            head, _, body = body.partition(", ") if ", " in body else (body, "", "")
+            cs, coll = head[6:].split(" COLLATE ")
+            nm = Names.uniform(cs, coll)
+        for part in filter(None, _split_assignments(body)):
+            k, v = part.split("=", 1)
+            if v == "DEFAULT":
+                vs.pop(k)
+            else:
+                vs[k] = v[1:-1].replace("''", "'").replace("\\\\", "\\") if v.startswith("'") else v
+    assert (db, nm, vs) == (wd if wd is not None else hd, wn, wv)
+    assert (ch.statements == ()) == (db == hd and nm == hn and vs == hv)
+
+
+def _split_assignments(body: str) -> list[str]:
+    out, cur, q = [], "", False
+    for ch in body:
+        if ch == "'":
+            q = not q
+        if ch == "," and not q:
+            out.append(cur.strip())
+            cur = ""
+        else:
+            cur += ch
+    out.append(cur.strip())
+    return out
