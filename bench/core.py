@@ -14,18 +14,22 @@ from .common import Proxy, machine, metrics, prepare_oltp, publish, sandbox, sys
 THREADS = [1, 16, 64]
 SECONDS = int(sys.argv[1]) if len(sys.argv) > 1 else 10
 REPS = int(sys.argv[2]) if len(sys.argv) > 2 else 3
+QUICK = len(sys.argv) > 3 and sys.argv[3] == "quick"  # point selects at 16 threads only
 TABLE = ["--tables=4", "--table-size=10000"]
 
 
 def main() -> None:
     sb = sandbox()
-    p = Proxy(sb)
+    # The default config: one replica, read_consistency: session (reads go to the replica).
+    p = Proxy(sb, routing={"read_consistency": "session"})
     try:
         prepare_oltp(sb, TABLE)
         rows = []
-        for test, extra in (("oltp_point_select", []), ("oltp_point_select", ["--db-ps-mode=disable"]),
-                            ("oltp_write_only", [])):
-            for t in THREADS:
+        tests = [("oltp_point_select", []), ("oltp_point_select", ["--db-ps-mode=disable"])]
+        if not QUICK:
+            tests.append(("oltp_write_only", []))
+        for test, extra in tests:
+            for t in ([16] if QUICK else THREADS):
                 pairs = []
                 for _ in range(REPS):
                     d = sysbench(TABLE, sb.primary_port, t, SECONDS, test, extra)

@@ -37,7 +37,8 @@ _TRACK_MYSQL = (
     "SET SESSION session_track_system_variables='*', session_track_schema=ON, "
     "session_track_state_change=ON, session_track_gtids=OWN_GTID"
 )
-BACKEND_FLAGS = P.CLIENT_SESSION_TRACK | P.CLIENT_PS_MULTI_RESULTS | P.CLIENT_MULTI_RESULTS
+BACKEND_FLAGS = (P.CLIENT_SESSION_TRACK | P.CLIENT_PS_MULTI_RESULTS | P.CLIENT_MULTI_RESULTS
+                 | P.CLIENT_LOCAL_FILES)
 # Per connection: 200 pooled connections x 64 stay well under MariaDB's default
 # max_prepared_stmt_count (16382), which counts every connection's statements together.
 STMT_CACHE = 64
@@ -59,6 +60,7 @@ class Relayed:
     state_changed: bool = False
     gtid: str | None = None
     sent_to_client: bool = False
+    local_infile: bool = False  # the reply is a request for the client's file (0xFB)
 
 
 class BufferWriter:
@@ -463,6 +465,9 @@ class ReplyScanner:
                 state = 0 if ok.status & P.SERVER_MORE_RESULTS_EXISTS else 9
             elif b0 == 0xFF:
                 r.err = P.parse_err(bytes(buf[pos + 4 : end]))
+                state = 9
+            elif b0 == 0xFB:  # LOAD DATA LOCAL INFILE: MySQL asks the client for a file
+                r.local_infile = True
                 state = 9
             else:
                 cols_left, _ = P.lenenc_int(buf, pos + 4)

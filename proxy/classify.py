@@ -367,7 +367,7 @@ def _replica_reason(verb: str, dg: str) -> str | None:
     for rx, reason in _NOT_FOR_REPLICA:
         if rx.search(dg):
             return reason
-    if "(" in dg and stored_call(dg) is not None:
+    if "(" in dg and stored_call(_HINT_BLOCK.sub(" ", dg) if "/*+" in dg else dg) is not None:
         return "stored function"
     return None
 

@@ -52,6 +52,7 @@ SERVER_CAPABILITIES = (
     | Capabilities.CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA
     | Capabilities.CLIENT_IGNORE_SPACE
     | Capabilities.CLIENT_INTERACTIVE
+    | Capabilities.CLIENT_LOCAL_FILES
 )
 
 
