@@ -123,7 +123,7 @@ class ProxySession(BaseSession):
             return e.raw
         except (BackendLost, ProxyError):
             return None  # MySQL unreachable now: the first statement reports it
-        await self._maybe_release()
+        self.settle()
         return None
 
     async def close(self) -> None:
@@ -261,9 +261,6 @@ class ProxySession(BaseSession):
             L.transition(LeaseState.NONE, LeaseReason.STATEMENT_DONE)
         else:
             L.transition(LeaseState.SOFT, LeaseReason.STATEMENT_DONE)
-
-    async def _maybe_release(self) -> None:
-        self.settle()
 
     async def _drop_conn(self, reason: LeaseReason) -> None:
         c = self.lease.conn
@@ -534,7 +531,7 @@ class ProxySession(BaseSession):
         """After a statement's reply: take over session state, give the connection back, then
         let the (possibly held) reply go out."""
         self._after(c, r)
-        await self._maybe_release()
+        self.settle()
         if hold is not None:
             await self._release_held(hold, r)
         await self._drain()
@@ -649,7 +646,7 @@ class ProxySession(BaseSession):
             self.last_gtid = ok.gtid
             if p.hold_ack:
                 await self.app.durability.wait_ack(ok.gtid)
-        await self._maybe_release()
+        self.settle()
         o = r.ok
         await self.send(P.make_ok(o.affected_rows, o.last_insert_id, self.status, o.warnings, o.info))
         return r
@@ -660,7 +657,7 @@ class ProxySession(BaseSession):
         except (BackendError, BackendLost):
             c.broken = True
         self.status = P.SERVER_STATUS_AUTOCOMMIT
-        await self._maybe_release()
+        self.settle()
 
     async def _tracked_commit(self, payload: bytes, p: Plan) -> Relayed:
         """COMMIT with an outcome record, so a lost connection still gets a true answer."""
@@ -779,7 +776,7 @@ class ProxySession(BaseSession):
         c = await self._get_conn()
         await c.command(payload)
         text = await c.read_packet()
-        await self._maybe_release()
+        self.settle()
         await self.send(text)
 
     # ---- prepared statements ------------------------------------------------------------
@@ -822,7 +819,7 @@ class ProxySession(BaseSession):
         stream = self.connection.stream
         stream.write_many([P.with_stmt_id(first, sid), *rest])
         await stream.drain()
-        await self._maybe_release()
+        self.settle()
 
     def _stmt(self, payload: bytes, what: str) -> ClientStmt:
         if len(payload) < 5:
@@ -906,7 +903,7 @@ class ProxySession(BaseSession):
             await self.send(self.ok_packet())
         if backend_state:
             self.pin = None
-            await self._maybe_release()
+            self.settle()
 
     async def com_stmt_close(self, payload: bytes) -> None:
         """Forget the client's statement; the backend statement goes too when the session's

@@ -234,7 +234,6 @@ def test_queue_full_and_timeout_errors(sandbox: Sandbox, tmp_path: Any) -> None:
 def test_killed_batch_connections_never_lie(proxy: ProxyProc, sandbox: Sandbox) -> None:
     """KILL the proxy's batch connections again and again under load: no member is told success
     for a deduction that is not in the database, none is applied twice."""
-    reset_stock(sandbox, {50: 2000})
     done = threading.Event()
     kills = [0]
 
@@ -257,16 +256,22 @@ def test_killed_batch_connections_never_lie(proxy: ProxyProc, sandbox: Sandbox) 
     th = threading.Thread(target=killer)
     th.start()
     try:
-        t = asyncio.run(buyers(proxy.port, 100, 15, [50], [1]))
+        # Rounds until the killer has hit a batch at least once (it races the batches; on a busy
+        # machine one round can finish before it looks); every round is checked in full.
+        for _ in range(5):
+            reset_stock(sandbox, {50: 2000})
+            t = asyncio.run(buyers(proxy.port, 100, 15, [50], [1]))
+            deducted = 2000 - stock_of(sandbox)[50]
+            # Told-success deductions are all in the database; the only slack is outcomes
+            # reported unknown.
+            assert t.ok.get(50, 0) <= deducted <= t.ok.get(50, 0) + t.unknown.get(50, 0)
+            assert all(code in (2013, 1927, 1317, 1213, 1205) for code, _ in t.errors), t.errors[:5]
+            if kills[0] > 0:
+                break
     finally:
         done.set()
         th.join()
-    final = stock_of(sandbox)[50]
     assert kills[0] > 0
-    deducted = 2000 - final
-    # Told-success deductions are all in the database; the only slack is outcomes reported unknown.
-    assert t.ok.get(50, 0) <= deducted <= t.ok.get(50, 0) + t.unknown.get(50, 0)
-    assert all(code in (2013, 1927, 1317, 1213, 1205) for code, _ in t.errors), t.errors[:5]
 
 
 @pytest.mark.slow
