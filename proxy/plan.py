@@ -25,6 +25,8 @@ from .config import CONSISTENCY
 class Route(Enum):
     LOCAL_SET = "local_set"  # a setting the proxy keeps (read_after_gtid, read_consistency, NAMES)
     LOCAL_GTID = "local_gtid"  # SELECT @@last_gtid: the proxy knows it, a replica may not
+    LOCAL_CONN_ID = "local_conn_id"  # SELECT CONNECTION_ID(): the id from the client's handshake
+    KILL = "kill"  # KILL [QUERY|CONNECTION] id: a proxy id means a proxy client
     HOTROW = "hotrow"  # offered to the hot-row engine; the primary if it declines
     REPLICA = "replica"  # a replica that has the watermark; the primary if none has it in time
     REPLICA_TXN = "replica_txn"  # START TRANSACTION READ ONLY on one replica
@@ -84,6 +86,9 @@ class Plan:
 _PROXY_VAR = re.compile(
     r"SET\s+(?:SESSION\s+|@@SESSION\.|@@)?(?:read_after_gtid|read_consistency)\s*=\s*\?", re.I)
 _NAMES = re.compile(r"SET\s+NAMES\s+('?\w+'?|`\w+`)(?:\s+COLLATE\s+('?\w+'?|`\w+`))?", re.I)
+_CONN_ID = re.compile(r"SELECT\s+CONNECTION_ID\s*\(\s*\)", re.I)
+KILL = re.compile(r"KILL\s+(?:(CONNECTION|QUERY)\s+)?(\d+)", re.I)  # on the raw text
+_KILL = re.compile(r"KILL\s+(?:(?:CONNECTION|QUERY)\s+)?\?", re.I)
 # Character sets whose SET NAMES the proxy records instead of sending (what drivers send on
 # every connect); others go to MySQL, which answers them, errors included.
 NAMES_CHARSETS = frozenset(
@@ -117,6 +122,10 @@ def plan(shape: Shape, s: SessionView, policy: Policy, cursor: bool = False) -> 
             return Plan(Route.LOCAL_SET)
     if verb == "SELECT" and LAST_GTID.fullmatch(shape.digest):
         return Plan(Route.LOCAL_GTID)
+    if verb == "SELECT" and _CONN_ID.fullmatch(shape.digest):
+        return Plan(Route.LOCAL_CONN_ID)
+    if verb == "KILL" and _KILL.fullmatch(shape.digest):
+        return Plan(Route.KILL)
     pin = shape.pin or ("server-side cursor" if cursor else None)
     if verb == "START" and READ_ONLY_TXN.match(shape.digest) and not held and policy.has_replicas:
         rp = read_plan(_SELECT_1, s.consistency, s.read_after_gtid, False, None, True)

@@ -133,6 +133,12 @@ class App:
                          f"seckill-proxy: no writable primary ({why}); waited "
                          f"{self.cfg.backends.failover_wait_s:g} s")
 
+    def find_client(self, connection_id: int) -> ProxyConnection | None:
+        for c in self.connections:
+            if c.connection_id == connection_id:
+                return c
+        return None
+
     def users(self) -> dict[str, str]:
         return {u.name: u.password for u in self.cfg.users}
 

@@ -40,7 +40,7 @@ from .gtid import GtidError
 from .gtid import parse as gtid_parse
 from .lease import Lease, LeaseState
 from .outcome import ER_SECKILL_NOT_COMMITTED
-from .plan import Plan, Route, Track, names_of, plan
+from .plan import KILL, Plan, Route, Track, names_of, plan
 from .state import LOGIN_NAMES, Names, Wanted, absorb, split_reported
 from .wire import ClientIO
 
@@ -312,6 +312,13 @@ class ProxySession(BaseSession):
         if p.route is Route.LOCAL_GTID:
             await self._answer([("@@last_gtid", self.last_gtid or "")])
             return
+        if p.route is Route.LOCAL_CONN_ID:
+            assert self.connection is not None
+            await self._answer([("CONNECTION_ID()", str(self.connection.connection_id))],
+                               P.column_def_uint)
+            return
+        if p.route is Route.KILL and await self._kill(sql):
+            return
         await self._run_plan(p, shape, lambda c, out: self._run_on(c, payload, out, shape),
                              lambda q: self._forward(payload, shape, q),
                              lambda fwd: self.app.hotrow.intercept(self, sql, shape, fwd), sql)
@@ -439,12 +446,50 @@ class ProxySession(BaseSession):
         self.lease.transition(LeaseState.REPLICA_TXN, LeaseReason.READ_ONLY_TXN, got[0], got[1])
         self.app.reads.count(p.read.consistency, got[2], got[1].label)
 
-    async def _answer(self, cols_rows: list[tuple[str, str | None]]) -> None:
+    async def _kill(self, sql: str) -> bool:
+        """KILL of a proxy client id (the one its handshake and CONNECTION_ID() gave): QUERY
+        interrupts what its backend connection runs (MySQL checks the killer's privilege);
+        CONNECTION also closes the client. An id the proxy does not know goes to MySQL as it
+        is (a DBA killing a backend thread). False: not handled here."""
+        m = KILL.match(sql.strip().rstrip(";").strip())
+        if m is None:
+            return False
+        target = self.app.find_client(int(m.group(2)))
+        if target is None:
+            return False
+        ts = target.session
+        query_only = (m.group(1) or "").upper() == "QUERY"
+        if ts.username != self.username:
+            raise ProxyError((1095, "HY000"), f"You are not owner of thread {m.group(2)}")
+        c, pool = (ts.lease.conn, ts.lease.pool) if ts.busy else (None, None)
+        if target is self.connection:
+            c = None  # our own statement is this one
+        if c is not None and pool is not None and not c.broken:
+            # On the server that runs it, as this client's user: MySQL checks the privilege.
+            kc = await pool.acquire(self.username or "", self.password)
+            try:
+                await kc.execute(f"KILL {'QUERY ' if query_only else ''}{c.thread_id}")
+            except BackendError as e:
+                if e.code != 1094:  # the statement ended meanwhile: nothing to interrupt
+                    await self.send(e.raw)
+                    return True
+            finally:
+                await pool.release(kc)
+        if not query_only:
+            if target is self.connection:
+                raise ProxyError((1927, "70100"), "Connection was killed", fatal=True)
+            target.close_reason = "killed"
+            target.stream.reader.transport.abort()
+        await self.send(self.ok_packet())
+        return True
+
+    async def _answer(self, cols_rows: list[tuple[str, str | None]],
+                      coldef: Callable[[str], bytes] = P.column_def) -> None:
         """A one-row result set the proxy answers itself."""
         assert self.connection is not None
         stream = self.connection.stream
         stream.write_many([P.enc_lenenc_int(len(cols_rows)),
-                           *[P.column_def(n) for n, _ in cols_rows],
+                           *[coldef(n) for n, _ in cols_rows],
                            P.make_eof(self.status), P.text_row([v for _, v in cols_rows]),
                            P.make_eof(self.status)])
         await stream.drain()

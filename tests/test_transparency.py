@@ -1,0 +1,262 @@
+"""Issue 13's findings, each shown against real MariaDB: through the proxy a client gets what
+MySQL itself gives it (compared with a direct connection where the answer is comparable)."""
+
+from __future__ import annotations
+
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pymysql
+import pytest
+from pymysql.constants import CLIENT
+
+from proxy.sandbox import Sandbox
+
+from .conftest import ProxyProc, make_config, start_proxy
+
+
+@pytest.fixture(scope="module")
+def tproxy(sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProc]:
+    sandbox.primary.sql(
+        "CREATE DATABASE IF NOT EXISTS shop2",
+        "CREATE TABLE IF NOT EXISTS shop.tr_t (id INT PRIMARY KEY, v VARCHAR(20))",
+        "CREATE TABLE IF NOT EXISTS shop2.tr_t (id INT PRIMARY KEY, v VARCHAR(20))",
+        "REPLACE INTO shop.tr_t VALUES (1, 'shop')", "REPLACE INTO shop2.tr_t VALUES (1, 'shop2')",
+        "CREATE TABLE IF NOT EXISTS shop.tr_log (id INT AUTO_INCREMENT PRIMARY KEY, "
+        "note TEXT CHARACTER SET utf8mb4)",
+        "CREATE TABLE IF NOT EXISTS shop.inventory (sku_id BIGINT PRIMARY KEY, "
+        "quantity INT NOT NULL)",
+        "DROP FUNCTION IF EXISTS shop.tr_writes",
+        "CREATE FUNCTION shop.tr_writes(x INT) RETURNS INT DETERMINISTIC MODIFIES SQL DATA "
+        "BEGIN INSERT INTO shop.tr_log (note) VALUES ('from a SELECT'); RETURN x; END",
+        "SET GLOBAL local_infile = 1",
+    )
+    sandbox.wait_replicas()
+    cfg = make_config(sandbox, routing={"read_consistency": "session", "max_wait_ms": 500})
+    p = start_proxy(tmp_path_factory.mktemp("transparency"), cfg)
+    try:
+        yield p
+    finally:
+        p.stop()
+
+
+def _both(sandbox: Sandbox, proxy: ProxyProc, **kw: Any) -> tuple[Any, Any]:
+    args: dict[str, Any] = dict(host="127.0.0.1", user="app", password="app", database="shop",
+                                autocommit=True)
+    args.update(kw)
+    return pymysql.connect(port=sandbox.primary_port, **args), pymysql.connect(port=proxy.port,
+                                                                               **args)
+
+
+def _q(c: Any, sql: str, args: Any = None) -> Any:
+    with c.cursor() as cur:
+        try:
+            cur.execute(sql, args)
+            out = ("ok", [tuple(r) for r in cur.fetchall()], cur.rowcount)
+            while cur.nextset():
+                pass
+            return out
+        except pymysql.err.MySQLError as e:
+            return ("err", e.args[0])
+
+
+def test_stored_function_in_select_runs_on_the_primary(sandbox: Sandbox, tproxy: ProxyProc) -> None:
+    """`SELECT f(x)` where f writes: on a replica it would break replication (or fail)."""
+    c = tproxy.connect()
+    before = sandbox.primary.sql("SELECT COUNT(*) FROM shop.tr_log")[0][0]
+    assert _q(c, "SELECT *, tr_writes(id) FROM tr_t")[0] == "ok"
+    assert _q(c, "SELECT shop.tr_writes(1)")[0] == "ok"
+    assert sandbox.primary.sql("SELECT COUNT(*) FROM shop.tr_log")[0][0] == before + 2
+    sandbox.wait_replicas()
+    st = sandbox.replicas[0].sql("SHOW SLAVE STATUS")
+    assert st and st[0][10] == "Yes" and st[0][11] == "Yes"  # both threads still running
+    c.close()
+
+
+def test_server_local_tables_and_locking_comments_stay_on_the_primary(
+        sandbox: Sandbox, tproxy: ProxyProc) -> None:
+    c = tproxy.connect()
+    server_id = sandbox.primary.sql("SELECT @@server_id")[0][0]
+    rows = _q(c, "SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_VARIABLES "
+                 "WHERE VARIABLE_NAME = 'SERVER_ID'")
+    assert rows[1] == [(str(server_id),)]
+    # /*!50000 FOR UPDATE */ is executed by MySQL: the row lock must be taken on the primary
+    c.begin()
+    assert _q(c, "SELECT v FROM tr_t WHERE id = 1 /*!50000 FOR UPDATE */")[1] == [("shop",)]
+    other = sandbox.primary.root()
+    with other.cursor() as cur:
+        cur.execute("SET SESSION innodb_lock_wait_timeout = 1")
+        with pytest.raises(pymysql.err.OperationalError) as ei:
+            cur.execute("UPDATE shop.tr_t SET v = v WHERE id = 1")
+        assert ei.value.args[0] == 1205  # locked by the proxied SELECT
+    c.rollback()
+    other.close()
+    c.close()
+
+
+def test_found_rows_and_warnings_of_the_clients_own_statement(
+        sandbox: Sandbox, tproxy: ProxyProc) -> None:
+    d, p = _both(sandbox, tproxy)
+    for c in (d, p):
+        c.cursor().execute("SELECT 1")  # a previous statement of the session
+    for sql in ["SELECT SQL_CALC_FOUND_ROWS * FROM tr_t LIMIT 0", "SELECT FOUND_ROWS()",
+                "SELECT CAST('x' AS INT)", "SHOW WARNINGS", "SELECT @@warning_count",
+                "SHOW COUNT(*) WARNINGS", "SELECT nosuch FROM tr_t", "SHOW ERRORS"]:
+        assert _q(p, sql) == _q(d, sql), sql
+    d.close()
+    p.close()
+
+
+def test_read_only_transaction_pin_does_not_send_writes_to_the_replica(
+        tproxy: ProxyProc) -> None:
+    c = tproxy.connect()
+    with c.cursor() as cur:
+        cur.execute("START TRANSACTION READ ONLY")
+        cur.execute("SELECT @@server_id")
+        assert cur.fetchone()[0] == 2  # on the replica
+        cur.execute("SET @x = 5")
+        cur.execute("COMMIT")
+        cur.execute("INSERT INTO tr_log (note) VALUES ('after a read-only transaction')")
+        assert cur.rowcount == 1  # on the primary, not 1290 from the replica
+    c.close()
+
+
+def test_multi_statements_follow_the_client(sandbox: Sandbox, tproxy: ProxyProc) -> None:
+    for flags in (0, CLIENT.MULTI_STATEMENTS):
+        d, p = _both(sandbox, tproxy, client_flag=flags)
+        sql = "SELECT 1; DELETE FROM tr_log WHERE note = 'never'"
+        assert _q(p, sql) == _q(d, sql)
+        d.close()
+        p.close()
+    # COM_SET_OPTION switches them for the session (what mysql_set_server_option sends)
+    d, p = _both(sandbox, tproxy, client_flag=CLIENT.MULTI_STATEMENTS)
+    for c in (d, p):
+        c._execute_command(0x1B, b"\x01\x00")  # COM_SET_OPTION: MULTI_STATEMENTS_OFF
+        c._read_ok_packet()
+    assert _q(p, "SELECT 1; SELECT 2") == _q(d, "SELECT 1; SELECT 2") == ("err", 1064)
+    d.close()
+    p.close()
+
+
+def test_login_to_an_unknown_database_is_refused(tproxy: ProxyProc) -> None:
+    with pytest.raises(pymysql.err.OperationalError) as ei:
+        tproxy.connect(database="no_such_db")
+    assert ei.value.args[0] == 1049
+
+
+def test_prepared_statements_resolve_in_their_own_database(tproxy: ProxyProc) -> None:
+    """Two clients prepare the same text in different databases; MariaDB resolves tables at
+    PREPARE time, so a statement cache keyed by text alone would answer from the wrong one."""
+    import mysql.connector
+
+    got = []
+    for db in ("shop", "shop2", "shop"):
+        c = mysql.connector.connect(host="127.0.0.1", port=tproxy.port, user="app", password="app",
+                                    database=db, autocommit=True)
+        cur = c.cursor(prepared=True)
+        cur.execute("SELECT v FROM tr_t WHERE id = ?", (1,))
+        got.append(cur.fetchall()[0][0])
+        cur.close()
+        c.close()
+    assert [g.decode() if isinstance(g, bytes) else g for g in got] == ["shop", "shop2", "shop"]
+
+
+def test_kill_and_connection_id_use_the_handshake_id(tproxy: ProxyProc) -> None:
+    a, b = tproxy.connect(), tproxy.connect()
+    assert _q(a, "SELECT CONNECTION_ID()")[1] == [(a.thread_id(),)]
+    res: list[Any] = []
+
+    def sleeper() -> None:
+        res.append(_q(a, "SELECT SLEEP(10)"))
+
+    th = threading.Thread(target=sleeper)
+    th.start()
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    assert _q(b, f"KILL QUERY {a.thread_id()}")[0] == "ok"
+    th.join()
+    assert time.monotonic() - t0 < 5 and res[0] in (("err", 1317), ("ok", [(1,)], 1))
+    assert _q(a, "SELECT 1")[1] == [(1,)]  # KILL QUERY leaves the connection
+    assert _q(b, f"KILL {a.thread_id()}")[0] == "ok"
+    with pytest.raises(pymysql.err.OperationalError):
+        a.cursor().execute("SELECT 1")
+    assert _q(b, "KILL 4294967295") == ("err", 1094)  # neither a proxy client nor a thread
+    assert _q(b, f"KILL {b.thread_id()}") == ("err", 1927)
+
+
+def test_wait_timeout_closes_an_idle_client(tproxy: ProxyProc) -> None:
+    c = tproxy.connect()
+    c.cursor().execute("SET SESSION wait_timeout = 1")
+    time.sleep(2.5)
+    with pytest.raises(pymysql.err.OperationalError) as ei:
+        c.cursor().execute("SELECT 1")
+    assert ei.value.args[0] in (2006, 2013)
+
+
+def test_load_data_local_infile(sandbox: Sandbox, tproxy: ProxyProc, tmp_path: Path) -> None:
+    f = tmp_path / "rows.csv"
+    f.write_text("".join(f"{i},row {i}\n" for i in range(1, 1001)))
+    sql = (f"LOAD DATA LOCAL INFILE '{f}' INTO TABLE tr_li FIELDS TERMINATED BY ','")
+    results = []
+    for local in (True, False):
+        d, p = _both(sandbox, tproxy, local_infile=local)
+        for c in (d, p):
+            _q(c, "CREATE TABLE IF NOT EXISTS tr_li (id INT, v VARCHAR(20))")
+            _q(c, "TRUNCATE tr_li")
+            results.append((_q(c, sql), _q(c, "SELECT COUNT(*), SUM(id) FROM tr_li")))
+        d.close()
+        p.close()
+    assert results[0] == results[1] and results[0][0][0] == "ok"
+    assert results[0][1][1] == [(1000, 500500)]
+    assert results[2] == results[3] and results[2][0][0] == "err"  # 4166 both ways
+
+
+def test_hot_row_respects_the_members_session(sandbox: Sandbox, tproxy: ProxyProc) -> None:
+    """A temporary table shadowing the rule's table, and another-case table name: MySQL's
+    answers, not a merged OK on shop.inventory."""
+    sandbox.primary.sql("REPLACE INTO shop.inventory VALUES (901, 10)")
+    sandbox.wait_replicas()
+    upd = "UPDATE inventory SET quantity = quantity - 1 WHERE sku_id = 901 AND quantity > 0"
+    c = tproxy.connect()
+    _q(c, "CREATE TEMPORARY TABLE inventory (sku_id BIGINT PRIMARY KEY, quantity INT)")
+    _q(c, "INSERT INTO inventory VALUES (901, 3)")
+    assert _q(c, upd)[2] == 1
+    assert _q(c, "SELECT quantity FROM inventory WHERE sku_id = 901")[1] == [(2,)]
+    c.close()
+    assert sandbox.primary.sql("SELECT quantity FROM shop.inventory WHERE sku_id = 901")[0][0] == 10
+    d, p = _both(sandbox, tproxy)
+    sql = "UPDATE SHOP.INVENTORY SET quantity = quantity - 1 WHERE sku_id = 901 AND quantity > 0"
+    assert _q(p, sql) == _q(d, sql)  # 1146 with lower_case_table_names=0
+    d.close()
+    p.close()
+
+
+def test_readyz_does_not_count_as_a_connect_error(sandbox: Sandbox, tproxy: ProxyProc) -> None:
+    def aborted() -> int:
+        return int(sandbox.primary.sql("SHOW GLOBAL STATUS LIKE 'Aborted_connects'")[0][1])
+
+    before = aborted()
+    for _ in range(5):
+        with urllib.request.urlopen(f"http://127.0.0.1:{tproxy.metrics_port}/readyz") as r:
+            assert r.status == 200
+    assert aborted() == before
+
+
+def test_handshake_character_sets_and_collations(sandbox: Sandbox, tproxy: ProxyProc) -> None:
+    for charset, collation in (("koi8r", None), ("cp1251", None), ("latin1", None),
+                               ("utf8mb4", "utf8mb4_unicode_ci"), ("utf8mb4", "utf8mb4_bin")):
+        d, p = _both(sandbox, tproxy, charset=charset, collation=collation)
+        sql = ("SELECT @@character_set_client, @@character_set_results, @@collation_connection, "
+               "CHARSET('x'), COLLATION('x')")
+        assert _q(p, sql) == _q(d, sql), charset
+        text = {"koi8r": "жук", "cp1251": "жук", "latin1": "café"}.get(charset, "w\U0001F600")
+        for c in (d, p):
+            _q(c, "DELETE FROM tr_log WHERE id = 9999")
+            _q(c, "INSERT INTO tr_log (id, note) VALUES (9999, %s)", (text,))
+            assert _q(c, "SELECT note FROM tr_log WHERE id = 9999")[1] == [(text,)], charset
+        d.close()
+        p.close()
