@@ -307,6 +307,7 @@ class Shape:
     hot: HotTemplate | None = None
     replica_ok: str | None = None  # None: may read from a replica; else why not
     lane: str = ""  # what the fast lane (fastlane.py) may run: read, write, begin, commit, rollback
+    diag: bool = False  # reads the diagnostics of the session's previous statement
 
     @property
     def is_write(self) -> bool:
@@ -339,10 +340,17 @@ def shape_of(dg: str) -> Shape:
         hot=hot_template(dg) if verb == "UPDATE" else None,
         # a statement that pins must run where the session's state is: never on a replica
         replica_ok=_replica_reason(verb, dg) or pin,
+        diag=bool(_DIAG.search(dg)),
         lane=_lane(verb, dg) if pin is None and not hints and not multi else "",
     )
 
 
+# Statements about the previous statement (its warnings, errors, counters): they belong on the
+# connection that ran it.
+_DIAG = re.compile(
+    r"^SHOW\s+(?:COUNT\s*\(\s*\*\s*\)\s+)?(?:WARNINGS|ERRORS)\b|^SHOW\s+(?:SESSION\s+|LOCAL\s+)?STATUS\b"
+    r"|^SHOW\s+PROFILES?\b|@@(?:SESSION\.|LOCAL\.)?(?:warning_count|error_count)\b|\bROW_COUNT\s*\(",
+    re.I)
 _LANE_WRITES = frozenset({"INSERT", "UPDATE", "DELETE", "REPLACE"})
 _BEGIN = re.compile(r"^(?:BEGIN(?:\s+WORK)?|START\s+TRANSACTION(?:\s+READ\s+WRITE)?)$", re.I)
 

@@ -27,6 +27,7 @@ class Route(Enum):
     LOCAL_GTID = "local_gtid"  # SELECT @@last_gtid: the proxy knows it, a replica may not
     LOCAL_CONN_ID = "local_conn_id"  # SELECT CONNECTION_ID(): the id from the client's handshake
     KILL = "kill"  # KILL [QUERY|CONNECTION] id: a proxy id means a proxy client
+    DIAG = "diag"  # SHOW WARNINGS and the like: on the connection that ran the last statement
     HOTROW = "hotrow"  # offered to the hot-row engine; the primary if it declines
     REPLICA = "replica"  # a replica that has the watermark; the primary if none has it in time
     REPLICA_TXN = "replica_txn"  # START TRANSACTION READ ONLY on one replica
@@ -127,6 +128,8 @@ def plan(shape: Shape, s: SessionView, policy: Policy, cursor: bool = False) -> 
     if verb == "KILL" and _KILL.fullmatch(shape.digest):
         return Plan(Route.KILL)
     pin = shape.pin or ("server-side cursor" if cursor else None)
+    if shape.diag and pin is None and not cursor and not shape.multi:
+        return Plan(Route.DIAG)
     if verb == "START" and READ_ONLY_TXN.match(shape.digest) and not held and policy.has_replicas:
         rp = read_plan(_SELECT_1, s.consistency, s.read_after_gtid, False, None, True)
         if rp.replica:

@@ -345,6 +345,10 @@ class ProxySession(BaseSession):
                 if handled is not None:
                     route, outcome = handled
                     return
+            elif p.route is Route.DIAG:
+                rd = await self._diagnostics(run)
+                outcome = "error" if rd.err is not None else "ok"
+                return
             elif p.route is Route.REPLICA_TXN:
                 await self._begin_read_only(p)
             elif p.route is Route.REPLICA:
@@ -434,6 +438,26 @@ class ProxySession(BaseSession):
         self.settle()
         router.count(p.read.consistency, outcome, pool.label)
         return r
+
+    async def _diagnostics(self, run: Callable[[BackendConn, Any], Awaitable[Relayed]]) -> Relayed:
+        """SHOW WARNINGS, @@warning_count, SHOW SESSION STATUS...: on the connection that ran
+        the session's previous statement, wherever it is (a replica's, after a read). A
+        connection new to the session first gets its diagnostics area cleared (`DO 0`), so it
+        shows nothing of its previous user's statements, as a fresh MySQL connection."""
+        L = self.lease
+        c = L.conn
+        if (c is not None and L.state is LeaseState.SOFT and not c.broken
+                and not c.io.at_eof() and not self.state_stale):
+            L.transition(LeaseState.STATEMENT, LeaseReason.ACQUIRED)
+        elif c is None or L.state is LeaseState.SOFT:
+            c = await self._get_conn()
+            await c.execute("DO 0")
+        try:
+            r = await run(c, self.out)
+        except BackendLost as e:
+            await self._lost(e, retry=False, shape=None)
+            raise AssertionError("unreachable") from None
+        return await self._finish(c, r, None)
 
     async def _begin_read_only(self, p: Plan) -> None:
         """START TRANSACTION READ ONLY runs on one replica for the whole transaction."""

@@ -106,7 +106,7 @@ def _run(c: Any, sql: str) -> Any:
 
 
 def fingerprint(c: Any, charset: str) -> dict[str, Any]:
-    fp: dict[str, Any] = {}
+    fp: dict[str, Any] = {"first_warnings": _run(c, "SHOW WARNINGS")}
     with c.cursor() as cur:
         cur.execute("SHOW SESSION VARIABLES")
         fp["vars"] = {k: v for k, v in cur.fetchall() if k not in EXCLUDED}
@@ -115,6 +115,7 @@ def fingerprint(c: Any, charset: str) -> dict[str, Any]:
     fp["uservar"] = _run(c, "SELECT @u IS NULL")
     fp["temp"] = _run(c, "SELECT COUNT(*) FROM tmp_iso")
     fp["lock"] = _run(c, "SELECT IS_FREE_LOCK('iso_lock')")
+    fp["show_warnings"] = _run(c, "SHOW WARNINGS")  # first: nothing of A's statements
     fp["warnings"] = _run(c, "SELECT @@warning_count")
     fp["txn"] = _run(c, "SELECT @@in_transaction")
     fp["multi"] = _run(c, "SELECT 1; SELECT 2")

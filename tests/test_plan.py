@@ -82,6 +82,13 @@ TABLE: list[tuple[str, dict[str, Any], Policy, Route, Track, bool, bool]] = [
      False, False),
     ("SET @x = 1", {}, FULL, Route.PRIMARY, Track.NONE, False, False),
     ("BEGIN", {}, FULL, Route.PRIMARY, Track.NONE, False, True),
+    ("SHOW WARNINGS", {}, FULL, Route.DIAG, Track.NONE, False, False),
+    ("SHOW COUNT(*) ERRORS", {}, FULL, Route.DIAG, Track.NONE, False, False),
+    ("SELECT @@warning_count", {}, FULL, Route.DIAG, Track.NONE, False, False),
+    ("SHOW SESSION STATUS LIKE 'Handler%'", {}, FULL, Route.DIAG, Track.NONE, False, False),
+    ("SELECT ROW_COUNT()", {}, FULL, Route.DIAG, Track.NONE, False, False),
+    ("SELECT CONNECTION_ID()", {}, FULL, Route.LOCAL_CONN_ID, Track.NONE, False, False),
+    ("KILL QUERY 12", {}, FULL, Route.KILL, Track.NONE, False, False),
 ]
 
 
