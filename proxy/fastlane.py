@@ -207,6 +207,8 @@ class FastLane:
         assert p is not None
         if p.route is Route.PRIMARY:
             s._after(c, r)
+        else:
+            s.stmt_conn = c
         s.settle()
         self._done("error" if r.err is not None else "ok", r.rows or r.affected_rows)
 

@@ -53,6 +53,8 @@ log = logging.getLogger("seckill.session")
 _SET_PROXY_VAR = re.compile(
     r"SET\s+(?:SESSION\s+|@@SESSION\.|@@)?(read_after_gtid|read_consistency)\s*=\s*'([^']*)'", re.I)
 
+# MySQL clears the warnings list only at a statement that uses a table: one every user may read.
+_CLEAR_DIAGNOSTICS = "DO (SELECT 1 FROM information_schema.COLLATIONS LIMIT 0)"
 MAX_CLIENT_STMTS = 16382  # per client, as MariaDB's default max_prepared_stmt_count
 
 
@@ -76,6 +78,7 @@ class ProxySession(BaseSession):
         self.database: str | None = None
         self.connection: ProxyConnection | None = None
         self.lease = Lease()
+        self.stmt_conn: BackendConn | None = None  # ran the session's last statement
         self.last_conn: BackendConn | None = None
         self.pin: str | None = None
         self.sysvars: dict[str, str] = {}  # replayable session variables the client changed
@@ -435,6 +438,7 @@ class ProxySession(BaseSession):
         except BaseException:
             await self.lease.release(LeaseReason.CLIENT_GONE)  # relay() marked it broken
             raise
+        self.stmt_conn = c
         self.settle()
         router.count(p.read.consistency, outcome, pool.label)
         return r
@@ -442,16 +446,17 @@ class ProxySession(BaseSession):
     async def _diagnostics(self, run: Callable[[BackendConn, Any], Awaitable[Relayed]]) -> Relayed:
         """SHOW WARNINGS, @@warning_count, SHOW SESSION STATUS...: on the connection that ran
         the session's previous statement, wherever it is (a replica's, after a read). A
-        connection new to the session first gets its diagnostics area cleared (`DO 0`), so it
-        shows nothing of its previous user's statements, as a fresh MySQL connection."""
+        connection new to the session first gets its diagnostics area cleared, so it shows
+        nothing of its previous user's statements (or of the proxy's own state replay), as a
+        fresh MySQL connection."""
         L = self.lease
         c = L.conn
-        if (c is not None and L.state is LeaseState.SOFT and not c.broken
-                and not c.io.at_eof() and not self.state_stale):
-            L.transition(LeaseState.STATEMENT, LeaseReason.ACQUIRED)
-        elif c is None or L.state is LeaseState.SOFT:
+        if c is not None and c is self.stmt_conn and not c.broken and not self.state_stale:
+            if L.state is LeaseState.SOFT:
+                L.transition(LeaseState.STATEMENT, LeaseReason.ACQUIRED)
+        else:
             c = await self._get_conn()
-            await c.execute("DO 0")
+            await c.execute(_CLEAR_DIAGNOSTICS)
         try:
             r = await run(c, self.out)
         except BackendLost as e:
@@ -796,6 +801,7 @@ class ProxySession(BaseSession):
         raise ProxyError(CR_SERVER_LOST, f"Lost connection to MySQL server during query ({what})")
 
     def _after(self, c: BackendConn, r: Relayed) -> None:
+        self.stmt_conn = c
         self.status = r.status
         if r.sysvars:
             self.names = absorb(self.names, r.sysvars, BackendConn.catalog)
