@@ -24,7 +24,7 @@ from . import metrics as M
 from .frontend import ConfigIdentityProvider, ProxyConnection, ProxyStream
 
 if TYPE_CHECKING:
-    from .server import App
+    from .ports import AdminHost
 
 log = logging.getLogger("seckill.admin")
 
@@ -43,7 +43,7 @@ HELP = [
 
 
 class AdminSession(BaseSession):
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: AdminHost) -> None:
         self.app = app
         self.variables = SessionVariables(GlobalVariables())
         self.variables.set("version", app.server_version, force=True)
@@ -173,7 +173,7 @@ class AdminConnection(ProxyConnection):
 
 
 class AdminConsole:
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: AdminHost) -> None:
         self.app = app
 
     def users(self) -> dict[str, str]:

@@ -23,7 +23,7 @@ from .monitor import durable_problems
 
 if TYPE_CHECKING:
     from .pool import Pool
-    from .server import App
+    from .ports import DurabilityHost
 
 log = logging.getLogger("seckill.durability")
 
@@ -32,7 +32,7 @@ ER_SECKILL_NOT_DURABLE = (1290, "HY000")  # ER_OPTION_PREVENTS_STATEMENT
 
 
 class Durability:
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: DurabilityHost) -> None:
         self.app = app
         self._last_warn = 0.0
 

@@ -36,9 +36,8 @@ from .state import SERVICE
 
 if TYPE_CHECKING:
     from .backend import BackendConn
+    from .ports import HotRowHost, HotRowMember, Prepared
     from .protocol import ExecuteParts
-    from .server import App
-    from .session import ClientStmt, ProxySession
 
 log = logging.getLogger("seckill.hotrow")
 
@@ -185,7 +184,7 @@ class NotCommitted(Exception):
 
 
 class HotRowEngine:
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: HotRowHost) -> None:
         self.app = app
         self.keys: dict[tuple[str, str, int | str], KeyState] = {}
         self.rule_state: dict[tuple[str, str], RuleState] = {}
@@ -344,7 +343,7 @@ class HotRowEngine:
     # ---- entry points from the session ------------------------------------------------------
 
     async def intercept(
-        self, session: ProxySession, sql: str, shape: Shape,
+        self, session: HotRowMember, sql: str, shape: Shape,
         forward: Callable[[], Awaitable[Any]],
     ) -> tuple[str, str] | None:
         if shape.hot is None:
@@ -352,7 +351,7 @@ class HotRowEngine:
         return await self._handle(session, shape, statement_values(sql), forward)
 
     async def intercept_execute(
-        self, session: ProxySession, st: ClientStmt, parts: ExecuteParts,
+        self, session: HotRowMember, st: Prepared, parts: ExecuteParts,
         forward: Callable[[], Awaitable[Any]],
     ) -> tuple[str, str] | None:
         if st.shape.hot is None:
@@ -364,7 +363,7 @@ class HotRowEngine:
         return await self._handle(session, st.shape, statement_values(st.sql, params), forward)
 
     async def _handle(
-        self, session: ProxySession, shape: Shape, values: list[object],
+        self, session: HotRowMember, shape: Shape, values: list[object],
         forward: Callable[[], Awaitable[Any]],
     ) -> tuple[str, str] | None:
         assert shape.hot is not None
@@ -404,7 +403,7 @@ class HotRowEngine:
     # ---- queue -----------------------------------------------------------------------------
 
     async def _queue(
-        self, session: ProxySession, hs: HotStmt, ks: KeyState, forward: Callable[[], Awaitable[Any]]
+        self, session: HotRowMember, hs: HotStmt, ks: KeyState, forward: Callable[[], Awaitable[Any]]
     ) -> tuple[str, str]:
         name = f"{hs.rule.qualified} {hs.rule.key}={hs.key_value}"
         if ks.waiting >= self.cfg.queue_max_waiting:
@@ -443,7 +442,7 @@ class HotRowEngine:
     # ---- merge -----------------------------------------------------------------------------
 
     async def _merge(
-        self, session: ProxySession, hs: HotStmt, ks: KeyState, unsigned: bool,
+        self, session: HotRowMember, hs: HotStmt, ks: KeyState, unsigned: bool,
         forward: Callable[[], Awaitable[Any]],
     ) -> tuple[str, str]:
         loop = asyncio.get_running_loop()

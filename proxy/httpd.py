@@ -11,10 +11,10 @@ from . import metrics as M
 from .config import Address
 
 if TYPE_CHECKING:
-    from .server import App
+    from .ports import Readiness
 
 
-async def start_http(app: App, addr: Address) -> asyncio.Server:
+async def start_http(app: Readiness, addr: Address) -> asyncio.Server:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             line = await asyncio.wait_for(reader.readline(), 5)

@@ -19,7 +19,7 @@ from .config import Address
 from .errors import BackendError, BackendLost
 
 if TYPE_CHECKING:
-    from .server import App
+    from .ports import FailoverHost
 
 log = logging.getLogger("seckill.monitor")
 INTERVAL_S = 1.0
@@ -63,7 +63,7 @@ def gtid_domains(pos: str) -> dict[str, int]:
 
 
 class Monitor:
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: FailoverHost) -> None:
         self.app = app
         self.states: dict[str, BackendState] = {}
         self._conns: dict[str, BackendConn] = {}

@@ -21,7 +21,7 @@ from .errors import BackendError, BackendLost, ProxyError
 
 if TYPE_CHECKING:
     from .backend import BackendConn
-    from .server import App
+    from .ports import Topology
 
 log = logging.getLogger("seckill.outcome")
 RESOLVE_TIMEOUT_S = 60.0
@@ -29,7 +29,7 @@ ER_SECKILL_NOT_COMMITTED = (9102, "40000")
 
 
 class OutcomeTracker:
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: Topology) -> None:
         self.app = app
         self.proxy_id = random.getrandbits(31)
         self._seq = itertools.count(1)
@@ -89,7 +89,7 @@ class OutcomeTracker:
             await pool.release(c)
 
 
-async def find_record(app: App, table: str, rid: int, user: str, password: str) -> bool | None:
+async def find_record(app: Topology, table: str, rid: int, user: str, password: str) -> bool | None:
     """Does record `rid` exist on the primary (whichever server that is by now)?
 
     A locking read waits for a COMMIT still in flight; after a restart, crash recovery has

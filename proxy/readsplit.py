@@ -24,14 +24,13 @@ from .plan import ReadPlan
 
 if TYPE_CHECKING:
     from .pool import Pool
-    from .server import App
-    from .session import ProxySession
+    from .ports import Reader, Topology
 
 log = logging.getLogger("seckill.readsplit")
 
 
 class ReadRouter:
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: Topology) -> None:
         self.app = app
         self.known: dict[str, G.Gtid] = {}  # replica key -> position known to be applied
         self.reads: dict[str, int] = {}
@@ -121,7 +120,7 @@ class ReadRouter:
         except G.GtidError:
             return False
 
-    async def watermark(self, session: ProxySession, p: ReadPlan) -> G.Gtid | None:
+    async def watermark(self, session: Reader, p: ReadPlan) -> G.Gtid | None:
         if p.token:
             return G.parse(p.token)
         if p.consistency == "global":
@@ -140,7 +139,7 @@ class ReadRouter:
             return G.parse(session.last_gtid)
         return None
 
-    async def acquire(self, session: ProxySession, p: ReadPlan) -> tuple[BackendConn, Pool, str] | None:
+    async def acquire(self, session: Reader, p: ReadPlan) -> tuple[BackendConn, Pool, str] | None:
         """A replica connection that has applied the watermark, or None: read from the primary.
         Returns (connection, pool, outcome) with outcome 'replica' or 'replica_waited'."""
         try:

@@ -320,7 +320,8 @@ def test_pooled_connection_carries_no_state(sandbox: Any, tmp_path: Any) -> None
     try:
         a = p.connect(autocommit=False)
         cur = a.cursor()
-        cur.execute("SELECT CONNECTION_ID()")
+        # the backend thread (CONNECTION_ID() answers the id of the client's handshake)
+        cur.execute("SELECT @@pseudo_thread_id")
         backend_id = cur.fetchone()[0]
         cur.execute("SET @leak = 1")
         cur.execute("CREATE TEMPORARY TABLE leak_tmp (a INT)")
@@ -331,7 +332,7 @@ def test_pooled_connection_carries_no_state(sandbox: Any, tmp_path: Any) -> None
         a.close()
         b = p.connect()
         cur = b.cursor()
-        cur.execute("SELECT CONNECTION_ID()")
+        cur.execute("SELECT @@pseudo_thread_id")
         assert cur.fetchone()[0] == backend_id  # the very same backend connection (pool of 1)
         cur.execute("SELECT @leak, @@sql_mode = @@GLOBAL.sql_mode, IS_FREE_LOCK('leak_lock'), @@in_transaction")
         assert cur.fetchone() == (None, 1, 1, 0)
