@@ -21,6 +21,7 @@ import time
 from typing import TYPE_CHECKING
 
 from . import metrics as M
+from . import prepared
 from . import protocol as P
 from .backend import BackendConn, ReplyScanner
 from .classify import Shape, classify
@@ -238,7 +239,7 @@ class FastLane:
                 # (the replica's connection is gone; the monitor takes a dead replica out).
                 await s.lease.release(LeaseReason.BACKEND_LOST)
                 cmd, self.shape = self.command, None  # the general path counts it
-                await (s.com_query(cmd) if cmd[0] == P.COM_QUERY else s.com_stmt_execute(cmd))
+                await (s.com_query(cmd) if cmd[0] == P.COM_QUERY else prepared.execute(s, cmd))
                 return
             await s._lost(BackendLost(f"lost connection to {c.addr} during query (EOF)"),
                           retry=False, shape=self.shape)

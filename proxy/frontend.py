@@ -18,6 +18,7 @@ from mysql_mimic.connection import Connection
 from mysql_mimic.stream import ConnectionClosed, MysqlStream
 from mysql_mimic.types import Capabilities, ServerStatus
 
+from . import prepared
 from . import protocol as P
 from .backend import BackendConn
 from .errors import (
@@ -306,17 +307,17 @@ class ProxyConnection(Connection):
         if cmd == P.COM_QUERY:
             await s.com_query(data)
         elif cmd == P.COM_STMT_EXECUTE:
-            await s.com_stmt_execute(data)
+            await prepared.execute(s, data)
         elif cmd == P.COM_STMT_PREPARE:
-            await s.com_stmt_prepare(data)
+            await prepared.prepare(s, data)
         elif cmd == P.COM_STMT_CLOSE:
-            await s.com_stmt_close(data)
+            await prepared.close(s, data)
         elif cmd == P.COM_STMT_SEND_LONG_DATA:
-            await s.com_stmt_send_long_data(data)
+            await prepared.send_long_data(s, data)
         elif cmd == P.COM_STMT_RESET:
-            await s.com_stmt_reset(data)
+            await prepared.reset(s, data)
         elif cmd == P.COM_STMT_FETCH:
-            await s.com_stmt_fetch(data)
+            await prepared.fetch(s, data)
         elif cmd == P.COM_PING:
             await s.com_ping()
         elif cmd == P.COM_INIT_DB:

@@ -16,37 +16,34 @@ import re
 import struct
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from mysql_mimic.session import BaseSession
 from mysql_mimic.variables import GlobalVariables, SessionVariables
 
+from . import local, tracked
 from . import metrics as M
 from . import protocol as P
 from .backend import BackendConn, BufferWriter, Relayed
 from .classify import Shape, classify, parse_hints
-from .config import CONSISTENCY
 from .errors import (
     CR_SERVER_LOST,
-    ER_UNKNOWN_STMT_HANDLER,
     BackendError,
     BackendLost,
     LeaseReason,
     ProxyError,
 )
 from .fastlane import FastLane
-from .gtid import GtidError
-from .gtid import parse as gtid_parse
 from .lease import Lease, LeaseState
-from .outcome import ER_SECKILL_NOT_COMMITTED
-from .plan import KILL, Plan, Route, Track, names_of, plan
+from .plan import Plan, Route, Track, plan
 from .state import LOGIN_NAMES, Names, Wanted, absorb, split_reported
 from .wire import ClientIO
 
 if TYPE_CHECKING:
     from .frontend import ProxyConnection
     from .pool import Pool
+    from .prepared import ClientStmt
     from .server import App
 
 log = logging.getLogger("seckill.session")
@@ -55,20 +52,6 @@ _SET_PROXY_VAR = re.compile(
 
 # MySQL clears the warnings list only at a statement that uses a table: one every user may read.
 _CLEAR_DIAGNOSTICS = "DO (SELECT 1 FROM information_schema.COLLATIONS LIMIT 0)"
-MAX_CLIENT_STMTS = 16382  # per client, as MariaDB's default max_prepared_stmt_count
-
-
-@dataclass
-class ClientStmt:
-    """A statement the client prepared; re-prepared on whichever backend connection runs it."""
-
-    sql: str
-    shape: Shape
-    num_params: int
-    num_columns: int
-    types: bytes = b""
-
-
 class ProxySession(BaseSession):
     def __init__(self, app: App) -> None:
         self.app = app
@@ -310,17 +293,17 @@ class ProxySession(BaseSession):
         shape = classify(sql)
         p = plan(shape, self, self.app.policy)
         if p.route is Route.LOCAL_SET:
-            await self._local_set(shape, sql, payload)
+            await local.local_set(self, shape, sql, payload)
             return
         if p.route is Route.LOCAL_GTID:
-            await self._answer([("@@last_gtid", self.last_gtid or "")])
+            await local.answer(self, [("@@last_gtid", self.last_gtid or "")])
             return
         if p.route is Route.LOCAL_CONN_ID:
             assert self.connection is not None
-            await self._answer([("CONNECTION_ID()", str(self.connection.connection_id))],
+            await local.answer(self, [("CONNECTION_ID()", str(self.connection.connection_id))],
                                P.column_def_uint)
             return
-        if p.route is Route.KILL and await self._kill(sql):
+        if p.route is Route.KILL and await local.kill(self, sql):
             return
         await self._run_plan(p, shape, lambda c, out: self._run_on(c, payload, out, shape),
                              lambda q: self._forward(payload, shape, q),
@@ -475,96 +458,11 @@ class ProxySession(BaseSession):
         self.lease.transition(LeaseState.REPLICA_TXN, LeaseReason.READ_ONLY_TXN, got[0], got[1])
         self.app.reads.count(p.read.consistency, got[2], got[1].label)
 
-    async def _kill(self, sql: str) -> bool:
-        """KILL of a proxy client id (the one its handshake and CONNECTION_ID() gave): QUERY
-        interrupts what its backend connection runs (MySQL checks the killer's privilege);
-        CONNECTION also closes the client. An id the proxy does not know goes to MySQL as it
-        is (a DBA killing a backend thread). False: not handled here."""
-        m = KILL.match(sql.strip().rstrip(";").strip())
-        if m is None:
-            return False
-        target = self.app.find_client(int(m.group(2)))
-        if target is None:
-            return False
-        ts = target.session
-        query_only = (m.group(1) or "").upper() == "QUERY"
-        if ts.username != self.username:
-            raise ProxyError((1095, "HY000"), f"You are not owner of thread {m.group(2)}")
-        c, pool = (ts.lease.conn, ts.lease.pool) if ts.busy else (None, None)
-        if target is self.connection:
-            c = None  # our own statement is this one
-        if c is not None and pool is not None and not c.broken:
-            # On the server that runs it, as this client's user: MySQL checks the privilege.
-            kc = await pool.acquire(self.username or "", self.password)
-            try:
-                await kc.execute(f"KILL {'QUERY ' if query_only else ''}{c.thread_id}")
-            except BackendError as e:
-                if e.code != 1094:  # the statement ended meanwhile: nothing to interrupt
-                    await self.send(e.raw)
-                    return True
-            finally:
-                await pool.release(kc)
-        if not query_only:
-            if target is self.connection:
-                raise ProxyError((1927, "70100"), "Connection was killed", fatal=True)
-            target.close_reason = "killed"
-            target.stream.reader.transport.abort()
-        await self.send(self.ok_packet())
-        return True
-
-    async def _answer(self, cols_rows: list[tuple[str, str | None]],
-                      coldef: Callable[[str], bytes] = P.column_def) -> None:
-        """A one-row result set the proxy answers itself."""
-        assert self.connection is not None
-        stream = self.connection.stream
-        stream.write_many([P.enc_lenenc_int(len(cols_rows)),
-                           *[coldef(n) for n, _ in cols_rows],
-                           P.make_eof(self.status), P.text_row([v for _, v in cols_rows]),
-                           P.make_eof(self.status)])
-        await stream.drain()
-
     def _slow(self, shape: Shape, dt: float, route: str, outcome: str) -> None:
         conn_id = self.connection.connection_id if self.connection else None
         log.warning("slow statement: %.1f ms route=%s outcome=%s user=%s digest=%s",
                     dt * 1000, route, outcome, self.username, shape.digest[:500],
                     extra={"conn_id": conn_id})
-
-    async def _local_set(self, shape: Shape, sql: str, payload: bytes) -> None:
-        """Settings the proxy keeps itself (Route.LOCAL_SET): the read watermark and
-        consistency of the session, and `SET NAMES cs [COLLATE coll]` (what most drivers send
-        on every connect), which is recorded, not sent: it travels with the session to
-        whichever backend connection serves it next (state.py)."""
-        names = names_of(shape)
-        if names is None:
-            m = _SET_PROXY_VAR.fullmatch(sql.strip().rstrip(";").strip())
-            if m is None:
-                raise ProxyError((1231, "42000"), "Variable can't be set to this value "
-                                 "(read_after_gtid and read_consistency take a quoted string)")
-            name, value = m.group(1).lower(), m.group(2)
-            if name == "read_after_gtid":
-                if value:
-                    try:
-                        gtid_parse(value)
-                    except GtidError as e:
-                        raise ProxyError((1231, "42000"),
-                                         f"Variable 'read_after_gtid' can't be set to the value of '{value}' ({e})") from None
-                self.read_after_gtid = value or None
-            else:
-                if value.lower() not in CONSISTENCY:
-                    raise ProxyError((1231, "42000"),
-                                     f"Variable 'read_consistency' can't be set to the value of '{value}'")
-                self.read_consistency = value.lower()
-            await self.send(self.ok_packet())
-            return
-        cs, coll = names
-        cs = "utf8mb3" if cs == "utf8" else cs
-        coll = coll or BackendConn.catalog.default_collation(cs)
-        if coll is None or BackendConn.catalog.charset_of(coll) != cs:
-            await self._forward(payload, shape)  # MySQL answers it (its errors included)
-            return
-        self.names = Names.uniform(cs, coll)
-        self.state_stale = True
-        await self.send(self.ok_packet())
 
     async def _forward(
         self, payload: bytes, shape: Shape | None, p: Plan | None = None, field_list: bool = False
@@ -574,10 +472,10 @@ class ProxySession(BaseSession):
         for a replica acknowledgement when the plan says so). The fast lane runs exactly the
         plans that only forward (`Plan.lane`)."""
         if p is not None and p.track is Track.COMMIT:
-            return await self._tracked_commit(payload, p)
+            return await tracked.tracked_commit(self, payload, p)
         if p is not None and p.track is Track.AUTOCOMMIT:
             assert shape is not None
-            return await self._tracked_autocommit(
+            return await tracked.tracked_autocommit(self,
                 shape, p, lambda c, out: self._run_on(c, payload, out, shape))
         hold = BufferWriter() if p is not None and p.hold_ack else None
         for attempt in (0, 1):
@@ -665,111 +563,6 @@ class ProxySession(BaseSession):
         await c.command(payload)
         return await c.relay(out, self._ok_hook)
 
-    async def _run_execute_on(self, c: BackendConn, st: ClientStmt, parts: P.ExecuteParts,
-                              out: Any) -> Relayed:
-        pok = await c.prepare(st.sql)
-        await c.command(P.join_execute(parts, pok.stmt_id, st.types))
-        return await c.relay(out, self._ok_hook)
-
-    async def _tracked_autocommit(
-        self, shape: Shape, p: Plan, run: Callable[[BackendConn, Any], Awaitable[Relayed]]
-    ) -> Relayed:
-        """An autocommit write with an outcome record: START TRANSACTION, the statement (its
-        reply held), the record and COMMIT; the client's OK goes out once COMMIT returned."""
-        c = await self._get_conn()
-        tracker = self.app.outcomes
-        oid = tracker.next_id()
-        hold = BufferWriter()
-        try:
-            await tracker.ensure_table(c)
-            await c.execute("START TRANSACTION")
-            r = await run(c, hold)
-        except BackendLost as e:
-            # Died before COMMIT: the server rolls the transaction back, nothing was applied.
-            await self._drop_conn(LeaseReason.BACKEND_LOST)
-            self.status = P.SERVER_STATUS_AUTOCOMMIT
-            raise ProxyError(CR_SERVER_LOST, f"Lost connection to MySQL server during query "
-                             f"({e.reason}); the statement was NOT applied") from None
-        if r.err is not None or r.ok is None:
-            await self._finish_tracked(c, "ROLLBACK")
-            self.out.write(bytes(hold.buf))  # the statement's own error (or result) as MySQL sent it
-            await self._drain()
-            return r
-        try:
-            _, ok = await c.query(f"INSERT INTO {tracker.table} (id) VALUES ({oid}); COMMIT")
-        except BackendError as e:
-            await self._finish_tracked(c, "ROLLBACK")
-            await self.send(e.raw)
-            return r
-        except BackendLost as e:
-            await self._drop_conn(LeaseReason.BACKEND_LOST)
-            self.status = P.SERVER_STATUS_AUTOCOMMIT
-            log.warning("connection lost during COMMIT (%s); resolving outcome %d", e.reason, oid)
-            committed = await tracker.resolve(oid, self.username or "", self.password)
-            if committed is False:
-                raise ProxyError(ER_SECKILL_NOT_COMMITTED,
-                                 "Statement NOT applied: the connection to MySQL was lost during "
-                                 "COMMIT and seckill-proxy verified that nothing was committed") from None
-            if committed is None:
-                raise ProxyError(CR_SERVER_LOST, "Lost connection to MySQL server during COMMIT; "
-                                 "outcome unknown (the primary could not be asked)") from None
-            ok = None
-        self.status = P.SERVER_STATUS_AUTOCOMMIT
-        c.status = P.SERVER_STATUS_AUTOCOMMIT
-        if ok is not None and ok.gtid:
-            self.last_gtid = ok.gtid
-            if p.hold_ack:
-                await self.app.durability.wait_ack(ok.gtid)
-        self.settle()
-        o = r.ok
-        await self.send(P.make_ok(o.affected_rows, o.last_insert_id, self.status, o.warnings, o.info))
-        return r
-
-    async def _finish_tracked(self, c: BackendConn, sql: str) -> None:
-        try:
-            await c.execute(sql)
-        except (BackendError, BackendLost):
-            c.broken = True
-        self.status = P.SERVER_STATUS_AUTOCOMMIT
-        self.settle()
-
-    async def _tracked_commit(self, payload: bytes, p: Plan) -> Relayed:
-        """COMMIT with an outcome record, so a lost connection still gets a true answer."""
-        c = self.conn
-        assert c is not None
-        tracker = self.app.outcomes
-        oid = tracker.next_id()
-        try:
-            await tracker.ensure_table(c)
-            await c.execute(f"INSERT INTO {tracker.table} (id) VALUES ({oid})")
-        except BackendError:
-            oid = 0  # e.g. a read-only transaction: commit untracked
-        except BackendLost as e:
-            await self._lost(e, retry=False, shape=None)
-        hold = BufferWriter() if p.hold_ack else None
-        try:
-            await c.command(payload)
-            r = await c.relay(hold or self.out, self._ok_hook)
-        except BackendLost as e:
-            if not oid:
-                await self._lost(e, retry=False, shape=None)
-            await self._drop_conn(LeaseReason.BACKEND_LOST)
-            self.status &= ~P.SERVER_STATUS_IN_TRANS
-            self.pin = None
-            self.release_slots()
-            log.warning("connection lost during COMMIT (%s); resolving outcome %d", e.reason, oid)
-            committed = await tracker.resolve(oid, self.username or "", self.password)
-            if committed:
-                await self.send(self.ok_packet())
-                return Relayed(status=self.status)
-            if committed is False:
-                raise ProxyError(ER_SECKILL_NOT_COMMITTED,
-                                 "Transaction NOT committed: the connection to MySQL was lost during "
-                                 "COMMIT and seckill-proxy verified that nothing was committed") from None
-            raise ProxyError(CR_SERVER_LOST, "Lost connection to MySQL server during COMMIT; outcome "
-                             "unknown (the primary could not be asked)", fatal=True) from None
-        return await self._finish(c, r, hold)
-
     async def _release_held(self, hold: BufferWriter, r: Relayed) -> None:
         """ack: replica — the OK goes out once replicas confirmed the write's GTID."""
         if r.gtid and r.err is None:
@@ -856,137 +649,10 @@ class ProxySession(BaseSession):
 
     # ---- prepared statements ------------------------------------------------------------
 
-    async def com_stmt_prepare(self, payload: bytes) -> None:
-        sql = payload[1:].decode("utf-8", "surrogateescape")
-        c = await self._get_conn()
-        try:
-            await c.command(payload)
-            first = await c.read_packet()
-            if first[0] == 0xFF:
-                await self.send(first)
-                return
-            pok = P.parse_prepare_ok(first)
-            rest = [
-                await c.read_packet()
-                for _ in range(
-                    pok.num_params + (1 if pok.num_params else 0)
-                    + pok.num_columns + (1 if pok.num_columns else 0)
-                )
-            ]
-        except BackendLost as e:
-            await self._lost(e, retry=False, shape=None)
-            return
-        key = c.stmt_key(sql)
-        old = c.stmts.pop(key, None)
-        if old is not None:
-            c.send(bytes((P.COM_STMT_CLOSE,)) + struct.pack("<I", old.stmt_id))
-        c.stmts[key] = pok
-        if len(self.stmts) >= MAX_CLIENT_STMTS:
-            await self.send(P.make_err(1461, "42000", "Can't create more than "
-                                       f"max_prepared_stmt_count statements (current value: "
-                                       f"{MAX_CLIENT_STMTS})"))
-            self.settle()
-            return
-        sid = self._next_stmt
-        self._next_stmt += 1
-        self.stmts[sid] = ClientStmt(sql, classify(sql), pok.num_params, pok.num_columns)
-        assert self.connection is not None
-        stream = self.connection.stream
-        stream.write_many([P.with_stmt_id(first, sid), *rest])
-        await stream.drain()
-        self.settle()
 
-    def _stmt(self, payload: bytes, what: str) -> ClientStmt:
-        if len(payload) < 5:
-            raise ProxyError((1835, "08S01"), "Malformed communication packet")
-        sid = struct.unpack_from("<I", payload, 1)[0]
-        st = self.stmts.get(sid)
-        if st is None:
-            raise ProxyError(
-                ER_UNKNOWN_STMT_HANDLER,
-                f"Unknown prepared statement handler ({sid}) given to {what}",
-            )
-        return st
 
-    async def com_stmt_execute(self, payload: bytes) -> None:
-        st = self._stmt(payload, "mysqld_stmt_execute")
-        try:
-            parts = P.split_execute(payload, st.num_params)
-        except ValueError as e:
-            raise ProxyError((1835, "08S01"), f"Malformed communication packet ({e})") from None
-        if parts.bound:
-            st.types = parts.types
-        p = plan(st.shape, self, self.app.policy, cursor=bool(parts.flags & 0x01))
-        await self._run_plan(p, st.shape, lambda c, out: self._run_execute_on(c, st, parts, out),
-                             lambda q: self._execute(st, parts, q),
-                             lambda fwd: self.app.hotrow.intercept_execute(self, st, parts, fwd),
-                             st.sql)
 
-    async def _execute(self, st: ClientStmt, parts: P.ExecuteParts, p: Plan) -> Relayed | None:
-        """Run a client's prepared statement on the primary path as its plan says."""
-        if p.pin and not self.pin:
-            self.pin = p.pin
-        if p.track is Track.AUTOCOMMIT:
-            return await self._tracked_autocommit(
-                st.shape, p, lambda c, out: self._run_execute_on(c, st, parts, out))
-        hold = BufferWriter() if p.hold_ack else None
-        for attempt in (0, 1):
-            c = await self._get_conn()
-            try:
-                r = await self._run_execute_on(c, st, parts, hold or self.out)
-            except BackendError as e:
-                self.settle()
-                await self.send(e.raw)
-                return None
-            except BackendLost as e:
-                await self._lost(e, retry=attempt == 0 and not e.sent, shape=st.shape)
-                continue
-            if self.pin == "long data pending":
-                self.pin = None
-            return await self._finish(c, r, hold)
-        raise AssertionError("unreachable")
 
-    async def com_stmt_send_long_data(self, payload: bytes) -> None:
-        st = self._stmt(payload, "mysqld_stmt_send_long_data")
-        self.pin = self.pin or "long data pending"
-        c = await self._get_conn()
-        pok = await c.prepare(st.sql)
-        await c.command(P.with_stmt_id(payload, pok.stmt_id))  # no response by protocol
 
-    async def com_stmt_fetch(self, payload: bytes) -> None:
-        st = self._stmt(payload, "mysqld_stmt_fetch")
-        c = await self._get_conn()
-        pok = await c.prepare(st.sql)
-        await c.command(P.with_stmt_id(payload, pok.stmt_id))
-        r = await c.relay(self.out, self._ok_hook, field_list=True)
-        await self.out.drain()
-        self._after(c, r)
 
-    async def com_stmt_reset(self, payload: bytes) -> None:
-        st = self._stmt(payload, "mysqld_stmt_reset")
-        # Only long data and an open cursor live on the backend statement; without them the
-        # reset is a no-op there, so the proxy answers it (drivers send one per execution).
-        backend_state = self.pin in ("long data pending", "server-side cursor")
-        if (backend_state and self.conn is not None
-                and self.conn.stmt_key(st.sql) in self.conn.stmts):
-            c = await self._get_conn()
-            await c.command(P.with_stmt_id(payload, c.stmts[c.stmt_key(st.sql)].stmt_id))
-            r = await c.relay(self.out, self._ok_hook)
-            await self.out.drain()
-            self._after(c, r)
-        else:
-            await self.send(self.ok_packet())
-        if backend_state:
-            self.pin = None
-            self.settle()
 
-    async def com_stmt_close(self, payload: bytes) -> None:
-        """Forget the client's statement; the backend statement goes too when the session's
-        connection has it and no other statement of this client uses the same text."""
-        if len(payload) < 5:
-            return
-        st = self.stmts.pop(struct.unpack_from("<I", payload, 1)[0], None)
-        c = self.lease.conn
-        if (st is not None and c is not None and not c.broken
-                and all(o.sql != st.sql for o in self.stmts.values())):
-            c.close_stmt(st.sql)

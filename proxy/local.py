@@ -1,0 +1,113 @@
+"""Statements the proxy answers itself (plan routes LOCAL_SET, LOCAL_GTID, LOCAL_CONN_ID, KILL):
+settings it keeps for the session, values only it knows, and KILL of its own client ids."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from . import protocol as P
+from .backend import BackendConn
+from .classify import Shape
+from .config import CONSISTENCY
+from .errors import BackendError, ProxyError
+from .gtid import GtidError
+from .gtid import parse as gtid_parse
+from .plan import KILL, names_of
+from .state import Names
+
+if TYPE_CHECKING:
+    from .session import ProxySession
+
+_SET_PROXY_VAR = re.compile(
+    r"SET\s+(?:SESSION\s+|@@SESSION\.|@@)?(read_after_gtid|read_consistency)\s*=\s*'([^']*)'", re.I)
+
+
+async def kill(s: ProxySession, sql: str) -> bool:
+    """KILL of a proxy client id (the one its handshake and CONNECTION_ID() gave): QUERY
+    interrupts what its backend connection runs (MySQL checks the killer's privilege);
+    CONNECTION also closes the client. An id the proxy does not know goes to MySQL as it
+    is (a DBA killing a backend thread). False: not handled here."""
+    m = KILL.match(sql.strip().rstrip(";").strip())
+    if m is None:
+        return False
+    target = s.app.find_client(int(m.group(2)))
+    if target is None:
+        return False
+    ts = target.session
+    query_only = (m.group(1) or "").upper() == "QUERY"
+    if ts.username != s.username:
+        raise ProxyError((1095, "HY000"), f"You are not owner of thread {m.group(2)}")
+    c, pool = (ts.lease.conn, ts.lease.pool) if ts.busy else (None, None)
+    if target is s.connection:
+        c = None  # our own statement is this one
+    if c is not None and pool is not None and not c.broken:
+        # On the server that runs it, as this client's user: MySQL checks the privilege.
+        kc = await pool.acquire(s.username or "", s.password)
+        try:
+            await kc.execute(f"KILL {'QUERY ' if query_only else ''}{c.thread_id}")
+        except BackendError as e:
+            if e.code != 1094:  # the statement ended meanwhile: nothing to interrupt
+                await s.send(e.raw)
+                return True
+        finally:
+            await pool.release(kc)
+    if not query_only:
+        if target is s.connection:
+            raise ProxyError((1927, "70100"), "Connection was killed", fatal=True)
+        target.close_reason = "killed"
+        target.stream.reader.transport.abort()
+    await s.send(s.ok_packet())
+    return True
+
+
+async def answer(s: ProxySession, cols_rows: list[tuple[str, str | None]],
+                  coldef: Callable[[str], bytes] = P.column_def) -> None:
+    """A one-row result set the proxy answers itself."""
+    assert s.connection is not None
+    stream = s.connection.stream
+    stream.write_many([P.enc_lenenc_int(len(cols_rows)),
+                       *[coldef(n) for n, _ in cols_rows],
+                       P.make_eof(s.status), P.text_row([v for _, v in cols_rows]),
+                       P.make_eof(s.status)])
+    await stream.drain()
+
+
+async def local_set(s: ProxySession, shape: Shape, sql: str, payload: bytes) -> None:
+    """Settings the proxy keeps itself (Route.LOCAL_SET): the read watermark and
+    consistency of the session, and `SET NAMES cs [COLLATE coll]` (what most drivers send
+    on every connect), which is recorded, not sent: it travels with the session to
+    whichever backend connection serves it next (state.py)."""
+    names = names_of(shape)
+    if names is None:
+        m = _SET_PROXY_VAR.fullmatch(sql.strip().rstrip(";").strip())
+        if m is None:
+            raise ProxyError((1231, "42000"), "Variable can't be set to this value "
+                             "(read_after_gtid and read_consistency take a quoted string)")
+        name, value = m.group(1).lower(), m.group(2)
+        if name == "read_after_gtid":
+            if value:
+                try:
+                    gtid_parse(value)
+                except GtidError as e:
+                    raise ProxyError((1231, "42000"),
+                                     f"Variable 'read_after_gtid' can't be set to the value of '{value}' ({e})") from None
+            s.read_after_gtid = value or None
+        else:
+            if value.lower() not in CONSISTENCY:
+                raise ProxyError((1231, "42000"),
+                                 f"Variable 'read_consistency' can't be set to the value of '{value}'")
+            s.read_consistency = value.lower()
+        await s.send(s.ok_packet())
+        return
+    cs, coll = names
+    cs = "utf8mb3" if cs == "utf8" else cs
+    coll = coll or BackendConn.catalog.default_collation(cs)
+    if coll is None or BackendConn.catalog.charset_of(coll) != cs:
+        await s._forward(payload, shape)  # MySQL answers it (its errors included)
+        return
+    s.names = Names.uniform(cs, coll)
+    s.state_stale = True
+    await s.send(s.ok_packet())
+

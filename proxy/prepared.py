@@ -1,0 +1,181 @@
+"""Client prepared statements: the client's ids map to statements the proxy prepares on
+whichever backend connection runs them (cached there by database and text, state.py), and
+executions run the same plan as text statements (plan.py)."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from . import protocol as P
+from .backend import BackendConn, BufferWriter, Relayed
+from .classify import Shape, classify
+from .errors import ER_UNKNOWN_STMT_HANDLER, BackendError, BackendLost, ProxyError
+from .plan import Plan, Track, plan
+
+if TYPE_CHECKING:
+    from .session import ProxySession
+
+MAX_CLIENT_STMTS = 16382  # per client, as MariaDB's default max_prepared_stmt_count
+
+
+@dataclass
+class ClientStmt:
+    """A statement the client prepared; re-prepared on whichever backend connection runs it."""
+
+    sql: str
+    shape: Shape
+    num_params: int
+    num_columns: int
+    types: bytes = b""
+
+
+async def run_execute_on(s: ProxySession, c: BackendConn, st: ClientStmt, parts: P.ExecuteParts,
+                          out: Any) -> Relayed:
+    pok = await c.prepare(st.sql)
+    await c.command(P.join_execute(parts, pok.stmt_id, st.types))
+    return await c.relay(out, s._ok_hook)
+
+
+async def prepare(s: ProxySession, payload: bytes) -> None:
+    sql = payload[1:].decode("utf-8", "surrogateescape")
+    c = await s._get_conn()
+    try:
+        await c.command(payload)
+        first = await c.read_packet()
+        if first[0] == 0xFF:
+            await s.send(first)
+            return
+        pok = P.parse_prepare_ok(first)
+        rest = [
+            await c.read_packet()
+            for _ in range(
+                pok.num_params + (1 if pok.num_params else 0)
+                + pok.num_columns + (1 if pok.num_columns else 0)
+            )
+        ]
+    except BackendLost as e:
+        await s._lost(e, retry=False, shape=None)
+        return
+    key = c.stmt_key(sql)
+    old = c.stmts.pop(key, None)
+    if old is not None:
+        c.send(bytes((P.COM_STMT_CLOSE,)) + struct.pack("<I", old.stmt_id))
+    c.stmts[key] = pok
+    if len(s.stmts) >= MAX_CLIENT_STMTS:
+        await s.send(P.make_err(1461, "42000", "Can't create more than "
+                                   f"max_prepared_stmt_count statements (current value: "
+                                   f"{MAX_CLIENT_STMTS})"))
+        s.settle()
+        return
+    sid = s._next_stmt
+    s._next_stmt += 1
+    s.stmts[sid] = ClientStmt(sql, classify(sql), pok.num_params, pok.num_columns)
+    assert s.connection is not None
+    stream = s.connection.stream
+    stream.write_many([P.with_stmt_id(first, sid), *rest])
+    await stream.drain()
+    s.settle()
+
+
+def client_stmt(s: ProxySession, payload: bytes, what: str) -> ClientStmt:
+    if len(payload) < 5:
+        raise ProxyError((1835, "08S01"), "Malformed communication packet")
+    sid = struct.unpack_from("<I", payload, 1)[0]
+    st = s.stmts.get(sid)
+    if st is None:
+        raise ProxyError(
+            ER_UNKNOWN_STMT_HANDLER,
+            f"Unknown prepared statement handler ({sid}) given to {what}",
+        )
+    return st
+
+
+async def execute(s: ProxySession, payload: bytes) -> None:
+    st = client_stmt(s, payload, "mysqld_stmt_execute")
+    try:
+        parts = P.split_execute(payload, st.num_params)
+    except ValueError as e:
+        raise ProxyError((1835, "08S01"), f"Malformed communication packet ({e})") from None
+    if parts.bound:
+        st.types = parts.types
+    p = plan(st.shape, s, s.app.policy, cursor=bool(parts.flags & 0x01))
+    await s._run_plan(p, st.shape, lambda c, out: run_execute_on(s, c, st, parts, out),
+                         lambda q: execute_on_primary(s, st, parts, q),
+                         lambda fwd: s.app.hotrow.intercept_execute(s, st, parts, fwd),
+                         st.sql)
+
+
+async def execute_on_primary(s: ProxySession, st: ClientStmt, parts: P.ExecuteParts, p: Plan) -> Relayed | None:
+    """Run a client's prepared statement on the primary path as its plan says."""
+    if p.pin and not s.pin:
+        s.pin = p.pin
+    if p.track is Track.AUTOCOMMIT:
+        return await s._tracked_autocommit(
+            st.shape, p, lambda c, out: run_execute_on(s, c, st, parts, out))
+    hold = BufferWriter() if p.hold_ack else None
+    for attempt in (0, 1):
+        c = await s._get_conn()
+        try:
+            r = await run_execute_on(s, c, st, parts, hold or s.out)
+        except BackendError as e:
+            s.settle()
+            await s.send(e.raw)
+            return None
+        except BackendLost as e:
+            await s._lost(e, retry=attempt == 0 and not e.sent, shape=st.shape)
+            continue
+        if s.pin == "long data pending":
+            s.pin = None
+        return await s._finish(c, r, hold)
+    raise AssertionError("unreachable")
+
+
+async def send_long_data(s: ProxySession, payload: bytes) -> None:
+    st = client_stmt(s, payload, "mysqld_stmt_send_long_data")
+    s.pin = s.pin or "long data pending"
+    c = await s._get_conn()
+    pok = await c.prepare(st.sql)
+    await c.command(P.with_stmt_id(payload, pok.stmt_id))  # no response by protocol
+
+
+async def fetch(s: ProxySession, payload: bytes) -> None:
+    st = client_stmt(s, payload, "mysqld_stmt_fetch")
+    c = await s._get_conn()
+    pok = await c.prepare(st.sql)
+    await c.command(P.with_stmt_id(payload, pok.stmt_id))
+    r = await c.relay(s.out, s._ok_hook, field_list=True)
+    await s.out.drain()
+    s._after(c, r)
+
+
+async def reset(s: ProxySession, payload: bytes) -> None:
+    st = client_stmt(s, payload, "mysqld_stmt_reset")
+    # Only long data and an open cursor live on the backend statement; without them the
+    # reset is a no-op there, so the proxy answers it (drivers send one per execution).
+    backend_state = s.pin in ("long data pending", "server-side cursor")
+    if (backend_state and s.conn is not None
+            and s.conn.stmt_key(st.sql) in s.conn.stmts):
+        c = await s._get_conn()
+        await c.command(P.with_stmt_id(payload, c.stmts[c.stmt_key(st.sql)].stmt_id))
+        r = await c.relay(s.out, s._ok_hook)
+        await s.out.drain()
+        s._after(c, r)
+    else:
+        await s.send(s.ok_packet())
+    if backend_state:
+        s.pin = None
+        s.settle()
+
+
+async def close(s: ProxySession, payload: bytes) -> None:
+    """Forget the client's statement; the backend statement goes too when the session's
+    connection has it and no other statement of this client uses the same text."""
+    if len(payload) < 5:
+        return
+    st = s.stmts.pop(struct.unpack_from("<I", payload, 1)[0], None)
+    c = s.lease.conn
+    if (st is not None and c is not None and not c.broken
+            and all(o.sql != st.sql for o in s.stmts.values())):
+        c.close_stmt(st.sql)
