@@ -336,6 +336,8 @@ class ProxyConnection(Connection):
             await self.handle_change_user(data[1:])
         elif cmd == P.COM_STATISTICS:
             await s.com_statistics(data)
+        elif cmd == P.COM_PROCESS_KILL:
+            await s.com_process_kill(data)
         elif cmd == P.COM_SET_OPTION:
             await s.com_set_option(data)
         else:

@@ -11,7 +11,7 @@ from . import protocol as P
 from .backend import BackendConn
 from .classify import Shape
 from .config import CONSISTENCY
-from .errors import BackendError, ProxyError
+from .errors import BackendError, BackendLost, ProxyError
 from .gtid import GtidError
 from .gtid import parse as gtid_parse
 from .plan import KILL, names_of
@@ -22,6 +22,11 @@ if TYPE_CHECKING:
 
 _SET_PROXY_VAR = re.compile(
     r"SET\s+(?:SESSION\s+|@@SESSION\.|@@)?(read_after_gtid|read_consistency)\s*=\s*'([^']*)'", re.I)
+_PRIVILEGED = (
+    "SELECT COUNT(*) FROM information_schema.USER_PRIVILEGES WHERE PRIVILEGE_TYPE IN "
+    "('SUPER', 'CONNECTION ADMIN') AND GRANTEE = CONCAT('''', "
+    "SUBSTRING_INDEX(CURRENT_USER(), '@', 1), '''@''', SUBSTRING_INDEX(CURRENT_USER(), '@', -1), "
+    "'''')")
 
 
 async def kill(s: ProxySession, sql: str) -> bool:
@@ -37,7 +42,7 @@ async def kill(s: ProxySession, sql: str) -> bool:
         return False
     ts = target.session
     query_only = (m.group(1) or "").upper() == "QUERY"
-    if ts.username != s.username:
+    if ts.username != s.username and not await _may_kill_others(s):
         raise ProxyError((1095, "HY000"), f"You are not owner of thread {m.group(2)}")
     c, pool = (ts.lease.conn, ts.lease.pool) if ts.busy else (None, None)
     if target is s.connection:
@@ -60,6 +65,16 @@ async def kill(s: ProxySession, sql: str) -> bool:
         target.stream.reader.transport.abort()
     await s.send(s.ok_packet())
     return True
+
+
+async def _may_kill_others(s: ProxySession) -> bool:
+    """MySQL lets a user kill other users' connections with SUPER or CONNECTION ADMIN: ask it."""
+    c = await s._get_conn()
+    try:
+        row = await c.fetch_one(_PRIVILEGED)
+    finally:
+        s.settle()
+    return row is not None and row[0] not in (None, "0")
 
 
 async def answer(s: ProxySession, cols_rows: list[tuple[str, str | None]],
@@ -111,3 +126,38 @@ async def local_set(s: ProxySession, shape: Shape, sql: str, payload: bytes) -> 
     s.state_stale = True
     await s.send(s.ok_packet())
 
+
+
+async def processlist(s: ProxySession, payload: bytes) -> None:
+    """SHOW [FULL] PROCESSLIST from the server the session's statements go to, with the Id of
+    each backend thread a proxy client holds replaced by that client's id (the one its
+    handshake and CONNECTION_ID() gave it), so a client finds itself and KILL works with it.
+    Other threads (idle pooled connections, other clients of MySQL) keep their thread ids."""
+    c = await s._get_conn()
+    ids = s.app.client_ids_by_thread(s.lease.pool)
+    try:
+        await c.command(payload)
+        first = await c.read_packet()
+        out = [first]
+        if first[0] not in (0x00, 0xFF):
+            ncols, _ = P.lenenc_int(first, 0)
+            for _ in range(ncols + 1):  # column definitions and their EOF
+                out.append(await c.read_packet())
+            while True:
+                pkt = await c.read_packet()
+                if pkt[0] == 0xFF or P.is_eof(pkt):
+                    out.append(pkt)
+                    break
+                raw, pos = P.lenenc_str(pkt, 0)
+                cid = ids.get(int(raw)) if raw.isdigit() else None
+                if cid is not None:
+                    pkt = P.enc_lenenc_str(str(cid).encode()) + pkt[pos:]
+                out.append(pkt)
+    except BackendLost as e:
+        await s._lost(e, retry=False, shape=None)
+        return
+    s.stmt_conn = c
+    s.settle()
+    assert s.connection is not None
+    s.connection.stream.write_many(out)
+    await s.connection.stream.drain()

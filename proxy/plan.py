@@ -28,6 +28,7 @@ class Route(Enum):
     LOCAL_CONN_ID = "local_conn_id"  # SELECT CONNECTION_ID(): the id from the client's handshake
     KILL = "kill"  # KILL [QUERY|CONNECTION] id: a proxy id means a proxy client
     DIAG = "diag"  # SHOW WARNINGS and the like: on the connection that ran the last statement
+    PROCESSLIST = "processlist"  # SHOW [FULL] PROCESSLIST, with proxy clients' ids
     HOTROW = "hotrow"  # offered to the hot-row engine; the primary if it declines
     REPLICA = "replica"  # a replica that has the watermark; the primary if none has it in time
     REPLICA_TXN = "replica_txn"  # START TRANSACTION READ ONLY on one replica
@@ -89,6 +90,7 @@ _PROXY_VAR = re.compile(
 _NAMES = re.compile(r"SET\s+NAMES\s+('?\w+'?|`\w+`)(?:\s+COLLATE\s+('?\w+'?|`\w+`))?", re.I)
 _CONN_ID = re.compile(r"SELECT\s+CONNECTION_ID\s*\(\s*\)", re.I)
 KILL = re.compile(r"KILL\s+(?:(CONNECTION|QUERY)\s+)?(\d+)", re.I)  # on the raw text
+_PROCESSLIST = re.compile(r"SHOW\s+(?:FULL\s+)?PROCESSLIST", re.I)
 _KILL = re.compile(r"KILL\s+(?:(?:CONNECTION|QUERY)\s+)?\?", re.I)
 # Character sets whose SET NAMES the proxy records instead of sending (what drivers send on
 # every connect); others go to MySQL, which answers them, errors included.
@@ -127,6 +129,8 @@ def plan(shape: Shape, s: SessionView, policy: Policy, cursor: bool = False) -> 
         return Plan(Route.LOCAL_CONN_ID)
     if verb == "KILL" and _KILL.fullmatch(shape.digest):
         return Plan(Route.KILL)
+    if verb == "SHOW" and _PROCESSLIST.fullmatch(shape.digest):
+        return Plan(Route.PROCESSLIST)
     pin = shape.pin or ("server-side cursor" if cursor else None)
     if shape.diag and pin is None and not cursor and not shape.multi:
         return Plan(Route.DIAG)

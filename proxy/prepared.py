@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import protocol as P
+from . import tracked
 from .backend import BackendConn, BufferWriter, Relayed
 from .classify import Shape, classify
 from .errors import ER_UNKNOWN_STMT_HANDLER, BackendError, BackendLost, ProxyError
@@ -112,8 +113,8 @@ async def execute_on_primary(s: ProxySession, st: ClientStmt, parts: P.ExecutePa
     if p.pin and not s.pin:
         s.pin = p.pin
     if p.track is Track.AUTOCOMMIT:
-        return await s._tracked_autocommit(
-            st.shape, p, lambda c, out: run_execute_on(s, c, st, parts, out))
+        return await tracked.tracked_autocommit(
+            s, st.shape, p, lambda c, out: run_execute_on(s, c, st, parts, out))
     hold = BufferWriter() if p.hold_ack else None
     for attempt in (0, 1):
         c = await s._get_conn()

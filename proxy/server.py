@@ -133,6 +133,15 @@ class App:
                          f"seckill-proxy: no writable primary ({why}); waited "
                          f"{self.cfg.backends.failover_wait_s:g} s")
 
+    def client_ids_by_thread(self, pool: Pool | None) -> dict[int, int]:
+        """Backend thread id -> proxy client id, for the connections clients hold on `pool`."""
+        out = {}
+        for c in self.connections:
+            lease = c.session.lease
+            if lease.conn is not None and lease.pool is pool:
+                out[lease.conn.thread_id] = c.connection_id
+        return out
+
     def find_client(self, connection_id: int) -> ProxyConnection | None:
         for c in self.connections:
             if c.connection_id == connection_id:

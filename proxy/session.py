@@ -305,6 +305,9 @@ class ProxySession(BaseSession):
             return
         if p.route is Route.KILL and await local.kill(self, sql):
             return
+        if p.route is Route.PROCESSLIST:
+            await local.processlist(self, payload)
+            return
         await self._run_plan(p, shape, lambda c, out: self._run_on(c, payload, out, shape),
                              lambda q: self._forward(payload, shape, q),
                              lambda fwd: self.app.hotrow.intercept(self, sql, shape, fwd), sql)
@@ -629,6 +632,14 @@ class ProxySession(BaseSession):
     async def com_reset_connection(self) -> None:
         await self.reset()
         await self.send(self.ok_packet())
+
+    async def com_process_kill(self, payload: bytes) -> None:
+        """COM_PROCESS_KILL (what drivers' `kill(id)` sends): KILL CONNECTION by id."""
+        if len(payload) < 5:
+            raise ProxyError((1835, "08S01"), "Malformed communication packet")
+        tid = struct.unpack_from("<I", payload, 1)[0]
+        if not await local.kill(self, f"KILL {tid}"):
+            await self._forward(payload, None)  # a backend thread id: MySQL's own KILL
 
     async def com_set_option(self, payload: bytes) -> None:
         """COM_SET_OPTION: multi-statements on (0) or off (1) for this session. Backend

@@ -260,3 +260,18 @@ def test_handshake_character_sets_and_collations(sandbox: Sandbox, tproxy: Proxy
             assert _q(c, "SELECT note FROM tr_log WHERE id = 9999")[1] == [(text,)], charset
         d.close()
         p.close()
+
+
+def test_processlist_shows_the_handshake_id_and_driver_kill_works(tproxy: ProxyProc) -> None:
+    """What PyMySQL's own test_issue_36 does: find yourself in SHOW PROCESSLIST by the id of
+    your handshake, and another client ends you with the driver's kill() (COM_PROCESS_KILL)."""
+    a, b = tproxy.connect(), tproxy.connect()
+    rows = _q(a, "SHOW PROCESSLIST")[1]
+    mine = [r for r in rows if r[7] == "SHOW PROCESSLIST"]
+    assert [r[0] for r in mine] == [a.thread_id()]
+    b.kill(a.thread_id())
+    with pytest.raises(pymysql.err.MySQLError):
+        a.cursor().execute("SELECT 1")
+    time.sleep(0.2)
+    assert a.thread_id() not in [r[0] for r in _q(b, "SHOW FULL PROCESSLIST")[1]]
+    b.close()
