@@ -275,3 +275,23 @@ def test_processlist_shows_the_handshake_id_and_driver_kill_works(tproxy: ProxyP
     time.sleep(0.2)
     assert a.thread_id() not in [r[0] for r in _q(b, "SHOW FULL PROCESSLIST")[1]]
     b.close()
+
+
+def test_killed_backend_connection_reaches_the_client_as_lost(sandbox: Sandbox,
+                                                             tproxy: ProxyProc) -> None:
+    """KILL of the backend thread under an open transaction, and idle_transaction_timeout:
+    MySQL's client sees a lost connection (2013/2006), never a malformed packet (2027)."""
+    for setup in ("KILL", "idle_transaction_timeout"):
+        c = tproxy.connect()
+        cur = c.cursor()
+        if setup == "idle_transaction_timeout":
+            cur.execute("SET SESSION idle_transaction_timeout = 1")
+        cur.execute("BEGIN")
+        cur.execute("SELECT @@pseudo_thread_id")
+        tid = cur.fetchone()[0]
+        if setup == "KILL":
+            sandbox.primary.sql(f"KILL {tid}")
+        time.sleep(2 if setup != "KILL" else 0.3)
+        with pytest.raises(pymysql.err.OperationalError) as ei:
+            cur.execute("SELECT 1")
+        assert ei.value.args[0] in (2013, 2006), ei.value.args
