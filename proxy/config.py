@@ -121,6 +121,7 @@ class LimitsCfg:
     handshake_timeout_s: float = 10.0
     shutdown_grace_s: float = 10.0
     max_allowed_packet: int = 64 * 1024 * 1024
+    local_infile: bool = True  # false: LOAD DATA LOCAL INFILE is refused (4166), as MySQL's own
 
 
 @dataclass(frozen=True)
@@ -214,6 +215,12 @@ def _num(v: Any, path: str, lo: float, hi: float) -> float:
     if not lo <= v <= hi:
         raise ConfigError(path, f"must be {lo}..{hi}")
     return float(v)
+
+
+def _bool(v: Any, path: str) -> bool:
+    if not isinstance(v, bool):
+        raise ConfigError(path, "must be true or false")
+    return v
 
 
 def _str(v: Any, path: str) -> str:
@@ -395,6 +402,7 @@ def validate(raw: Any, source: str = "") -> Config:
         _num(ln.get("handshake_timeout_s", 10), ln.key("handshake_timeout_s"), 0.1, 3600),
         _num(ln.get("shutdown_grace_s", 10), ln.key("shutdown_grace_s"), 0, 3600),
         _int(ln.get("max_allowed_packet", 64 * 1024 * 1024), ln.key("max_allowed_packet"), 1024, 1 << 30),
+        _bool(ln.get("local_infile", True), ln.key("local_infile")),
     )
     ln.done()
 

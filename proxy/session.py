@@ -523,10 +523,11 @@ class ProxySession(BaseSession):
         return r
 
     def _local_files_ok(self, shape: Shape) -> bool:
-        """LOAD DATA LOCAL needs a client that offered CLIENT_LOCAL_FILES (as with MySQL)."""
+        """LOAD DATA LOCAL needs a client that offered CLIENT_LOCAL_FILES (as with MySQL) and
+        a proxy whose `limits.local_infile` allows it."""
         if " LOCAL " not in shape.digest.upper():
             return True
-        return self.connection is not None and bool(
+        return self.app.cfg.limits.local_infile and self.connection is not None and bool(
             int(self.connection.capabilities) & P.CLIENT_LOCAL_FILES)
 
     async def _local_infile(self, c: BackendConn, out: Any) -> Relayed:

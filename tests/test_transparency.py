@@ -295,3 +295,19 @@ def test_killed_backend_connection_reaches_the_client_as_lost(sandbox: Sandbox,
         with pytest.raises(pymysql.err.OperationalError) as ei:
             cur.execute("SELECT 1")
         assert ei.value.args[0] in (2013, 2006), ei.value.args
+
+
+def test_config_can_refuse_load_data_local(sandbox: Sandbox, tmp_path: Path) -> None:
+    p = start_proxy(tmp_path, make_config(sandbox, limits={"local_infile": False}))
+    try:
+        f = tmp_path / "one.csv"
+        f.write_text("1,one\n")
+        c = p.connect(local_infile=True)
+        _q(c, "CREATE TABLE IF NOT EXISTS tr_li (id INT, v VARCHAR(20))")
+        _q(c, "TRUNCATE tr_li")
+        sql = f"LOAD DATA LOCAL INFILE '{f}' INTO TABLE tr_li FIELDS TERMINATED BY ','"
+        assert _q(c, sql) == ("err", 4166)
+        assert _q(c, "SELECT COUNT(*) FROM tr_li")[1] == [(0,)]
+        c.close()
+    finally:
+        p.stop()
