@@ -7,6 +7,7 @@ shared 2-core machine one 10-second pair can be off by a third either way.
 
 from __future__ import annotations
 
+import os
 import sys
 
 from .common import Proxy, machine, metrics, prepare_oltp, publish, sandbox, sysbench
@@ -20,8 +21,9 @@ TABLE = ["--tables=4", "--table-size=10000"]
 
 def main() -> None:
     sb = sandbox()
-    # The default config: one replica, read_consistency: session (reads go to the replica).
-    p = Proxy(sb, routing={"read_consistency": "session"})
+    # The default config: one replica, read_consistency: session (reads go to the replica);
+    # BENCH_CONSISTENCY=primary measures the same with every read on the primary.
+    p = Proxy(sb, routing={"read_consistency": os.environ.get("BENCH_CONSISTENCY", "session")})
     try:
         prepare_oltp(sb, TABLE)
         rows = []
