@@ -471,6 +471,7 @@ class HotRowEngine:
             await forward()
             return "hotrow-merge", "ok"
         (_M_HIT if decision else _M_MISS).inc()
+        session.stmt_conn = None  # it ran on no connection of the session: no warnings to show
         await session.send(session.ok_packet(decision, 0, 0, INFO_HIT if decision else INFO_MISS))
         return "hotrow-merge", "ok"
 

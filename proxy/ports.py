@@ -79,6 +79,7 @@ class HotRowMember(Protocol):
     pin: str | None
     held_slots: list[asyncio.Semaphore]
     last_gtid: str | None
+    stmt_conn: Any  # the connection of the session's last statement (diagnostics)
 
     def release_slots(self) -> None: ...
 

@@ -385,7 +385,7 @@ class ProxySession(BaseSession):
         L = self.lease
         router = self.app.reads
         if (L.state is LeaseState.SOFT and L.pool is not None and L.conn is not None
-                and L.pool.role == "replica" and not L.conn.broken
+                and L.pool.role == "replica" and not L.conn.broken and not self.state_stale
                 and router.ready_now(L.pool, rp, self.last_gtid)):
             L.transition(LeaseState.STATEMENT, LeaseReason.ACQUIRED)
             return L.conn, L.pool, "replica"
@@ -396,6 +396,7 @@ class ProxySession(BaseSession):
         if L.state is not LeaseState.NONE:
             await L.release(LeaseReason.ROUTE_CHANGE)
         L.transition(LeaseState.STATEMENT, LeaseReason.ACQUIRED, got[0], got[1])
+        self.state_stale = False  # the router's acquire applied the session's state
         return got
 
     async def _read(
@@ -459,6 +460,7 @@ class ProxySession(BaseSession):
             return
         await self.lease.release(LeaseReason.READ_ONLY_TXN)
         self.lease.transition(LeaseState.REPLICA_TXN, LeaseReason.READ_ONLY_TXN, got[0], got[1])
+        self.state_stale = False
         self.app.reads.count(p.read.consistency, got[2], got[1].label)
 
     def _slow(self, shape: Shape, dt: float, route: str, outcome: str) -> None:

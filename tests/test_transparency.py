@@ -311,3 +311,23 @@ def test_config_can_refuse_load_data_local(sandbox: Sandbox, tmp_path: Path) -> 
         c.close()
     finally:
         p.stop()
+
+
+def test_warnings_after_a_merged_decrement_are_its_own(sandbox: Sandbox, tproxy: ProxyProc) -> None:
+    sandbox.primary.sql("REPLACE INTO shop.inventory VALUES (902, 10)")
+    d, p = _both(sandbox, tproxy)
+    # the session's very first statement warns (on a replica), then a merged decrement
+    assert _q(p, "SELECT CAST('x' AS INT)") == _q(d, "SELECT CAST('x' AS INT)")
+    assert _q(p, "SHOW WARNINGS") == _q(d, "SHOW WARNINGS") != ("ok", [], 0)
+    for c in (d, p):
+        _q(c, "SELECT CAST('x' AS INT)")  # a warning on the previous statement
+        assert _q(c, "UPDATE inventory SET quantity = quantity - 1 "
+                     "WHERE sku_id = 902 AND quantity > 0")[2] == 1
+    assert _q(p, "SHOW WARNINGS") == _q(d, "SHOW WARNINGS") == ("ok", [], 0)
+    d.close()
+    p.close()
+    with urllib.request.urlopen(f"http://127.0.0.1:{tproxy.metrics_port}/metrics") as r:
+        text = r.read().decode()
+    merged = [ln for ln in text.splitlines()
+              if ln.startswith('seckill_proxy_hotrow_statements_total{mode="merge",outcome="succeeded"}')]
+    assert merged and float(merged[0].split()[-1]) >= 1, merged  # it really was merged
