@@ -64,6 +64,19 @@ STATEMENTS = [
     "LOCK TABLES shop.iso_t READ", "UNLOCK TABLES", "SELECT 1/0", "SELECT nosuchcol",
     "INSERT INTO shop.iso_t (id, v) VALUES (1, 'dup')", "SELECT CHARSET('x'), COUNT(*) FROM shop.iso_t",
     "SELECT LAST_INSERT_ID(77)", "DO SLEEP(0)", "SET SESSION autocommit = 1",
+    "SET STATEMENT max_statement_time = 5 FOR SELECT 1", "PREPARE ps1 FROM 'SELECT ?'",
+    "SET @@session.lock_wait_timeout = 7", "SET character_set_results = binary",
+    "SET SESSION sql_mode = 'NO_BACKSLASH_ESCAPES,ANSI_QUOTES'", "XA START 'iso'",
+    "SET SESSION optimizer_search_depth = 3", "SET NAMES binary", "USE no_such_db",
+    "SET SESSION max_heap_table_size = 65536", "SELECT @@session.auto_increment_increment",
+    "SET SESSION auto_increment_increment = 5", "SET SESSION sql_safe_updates = 1",
+    "SET SESSION default_storage_engine = MyISAM", "SET SESSION net_read_timeout = 99",
+    "CALL no_such_procedure()", "SET SESSION query_cache_type = 0",
+    "SET SESSION transaction_isolation = 'READ-UNCOMMITTED'",
+    "SET SESSION innodb_lock_wait_timeout = 3", "SET SESSION max_statement_time = 9",
+    "BINARY_PREPARE:SELECT v FROM shop.iso_t WHERE id = %s",
+    "BINARY_PREPARE:INSERT INTO shop.iso_t (v) VALUES (%s)",
+    "OPTION:MULTI_OFF", "OPTION:MULTI_ON",
 ]
 ENDINGS = ["quit", "abort", "abort_mid_result"]
 
@@ -132,6 +145,24 @@ def fingerprint(c: Any, charset: str) -> dict[str, Any]:
     return fp
 
 
+def _prepared(port: int, sql: str) -> None:
+    """A server-side prepared statement (binary protocol) from a second client of A's."""
+    import mysql.connector
+
+    c = mysql.connector.connect(host="127.0.0.1", port=port, user="app", password="app",
+                                database="shop", autocommit=True)
+    try:
+        cur = c.cursor(prepared=True)
+        cur.execute(sql.replace("%s", "?"), ("1",))
+        if cur.with_rows:
+            cur.fetchall()
+        cur.close()
+    except mysql.connector.Error:
+        pass
+    finally:
+        c.close()
+
+
 def _leave(c: Any, how: str) -> None:
     if how == "quit":
         c.close()
@@ -163,9 +194,20 @@ def test_next_client_sees_a_fresh_session(
     a_charset: tuple[str, str | None], b_charset: tuple[str, str | None], b_db: str | None,
     b_flags: int,
 ) -> None:
+    # Server-side prepared statements come from their own client first (the pool has one
+    # connection, which A may then hold): their backend statements stay cached for A and B.
+    for sql in a_stmts:
+        if sql.startswith("BINARY_PREPARE:"):
+            _prepared(iso_proxy.port, sql.split(":", 1)[1])
     a = _connect(iso_proxy.port, a_charset[0], a_charset[1], "shop", CLIENT.MULTI_STATEMENTS)
     for sql in a_stmts:
-        _run(a, sql)
+        if sql.startswith("BINARY_PREPARE:"):
+            continue
+        if sql.startswith("OPTION:"):
+            a._execute_command(0x1B, b"\x00\x00" if sql.endswith("ON") else b"\x01\x00")
+            a._read_packet()
+        else:
+            _run(a, sql)
     _leave(a, ending)
     cs, coll = b_charset
     via = _connect(iso_proxy.port, cs, coll, b_db, b_flags)
