@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import struct
 import time
 from collections.abc import Awaitable, Callable
@@ -47,11 +46,11 @@ if TYPE_CHECKING:
     from .server import App
 
 log = logging.getLogger("seckill.session")
-_SET_PROXY_VAR = re.compile(
-    r"SET\s+(?:SESSION\s+|@@SESSION\.|@@)?(read_after_gtid|read_consistency)\s*=\s*'([^']*)'", re.I)
 
 # MySQL clears the warnings list only at a statement that uses a table: one every user may read.
 _CLEAR_DIAGNOSTICS = "DO (SELECT 1 FROM information_schema.COLLATIONS LIMIT 0)"
+
+
 class ProxySession(BaseSession):
     def __init__(self, app: App) -> None:
         self.app = app
