@@ -93,7 +93,6 @@ class BackendConn:
         self.mariadb = "mariadb" in conn.get_server_info().lower()
         self.schema: str | None = None
         self.names: Names = LOGIN_NAMES
-        self.multi = True  # aiomysql logs in with CLIENT_MULTI_STATEMENTS
         self.sysvars: dict[str, str] = {}  # replayable variables changed since login/reset
         self.status = P.SERVER_STATUS_AUTOCOMMIT
         self.dirty = False  # state that only a reset clears (user vars, temp tables, locks...)
@@ -228,14 +227,13 @@ class BackendConn:
                 return rows, ok
 
     async def set_multi(self, on: bool) -> None:
-        """COM_SET_OPTION: multi-statements as the session's client has them (a client that did
-        not ask for them gets MySQL's 1064 for `a; b`, never both statements run)."""
+        """COM_SET_OPTION: multi-statements on or off (connections log in with them on; the
+        session turns them off around a `a; b` from a client that has them off)."""
         await self.command(bytes((P.COM_SET_OPTION, 0 if on else 1, 0)))
         pkt = await self.read_packet()
         if pkt[0] == 0xFF:
             e = P.parse_err(pkt)
             raise BackendError(e.code, e.sqlstate, e.message, pkt)
-        self.multi = on
 
     async def wait_gtid(self, gtid: str, timeout_s: float) -> bool:
         """Bounded wait until this server applied `gtid` (MariaDB or MySQL flavour)."""

@@ -92,7 +92,7 @@ class FastLane:
                 return None
             shape = st.shape
             p = plan(shape, s, s.app.policy)
-            if not self._can_run(p, c):
+            if not self._can_run(p):
                 return None
             rebound = P.rebind_execute(data, 4, st.num_params, pok.stmt_id, st.types)
             if rebound is None:
@@ -105,7 +105,7 @@ class FastLane:
             if not shape.lane:
                 return None
             p = plan(shape, s, s.app.policy)
-            if not self._can_run(p, c):
+            if not self._can_run(p):
                 return None
             packet = data
         else:
@@ -114,7 +114,7 @@ class FastLane:
             return None  # the general path first gives this connection the session's value
         return c, shape, packet, p
 
-    def _can_run(self, p: Plan, c: BackendConn) -> bool:
+    def _can_run(self, p: Plan) -> bool:
         """The plan only forwards, and the lease's connection is the one it forwards to."""
         if not p.lane:
             return False

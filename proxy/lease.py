@@ -42,7 +42,6 @@ class LeaseState(Enum):
 
 
 S = LeaseState
-HELD = frozenset({S.TRANSACTION, S.PINNED, S.REPLICA_TXN})
 _ALLOWED: dict[LeaseState, frozenset[LeaseState]] = {
     S.NONE: frozenset({S.STATEMENT, S.REPLICA_TXN}),
     S.SOFT: frozenset({S.STATEMENT, S.NONE}),
@@ -116,7 +115,3 @@ class Lease:
         """Called by the pool when it takes back the connection this lease soft-holds."""
         if self.conn is c and self.state is S.SOFT:
             self.transition(S.NONE, LeaseReason.POOL_RECLAIMED)
-
-    @property
-    def held(self) -> bool:
-        return self.state in HELD

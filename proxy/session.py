@@ -155,10 +155,6 @@ class ProxySession(BaseSession):
     def conn(self) -> BackendConn | None:
         return self.lease.conn
 
-    @property
-    def conn_pool(self) -> Pool | None:
-        return self.lease.pool
-
     def idle_timeout(self) -> float:
         """Seconds of client silence after which MySQL closes the connection."""
         v = self.sysvars.get("wait_timeout")
