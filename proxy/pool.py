@@ -199,32 +199,31 @@ class Pool:
                   reason.value, detail)
 
     def give_back(self, c: BackendConn, reason: LeaseReason) -> asyncio.Future[None] | None:
-        """A lease gives its connection back (lease.py). A clean or broken one is done at once;
-        one that needs a reset is reset in a shielded task, returned so the lease can wait."""
-        if c.broken or self.closed or not (c.dirty or c.in_trans):
-            if not c.broken and not self.closed:
-                self.in_use -= 1
-                self.idle.setdefault((c.user, bool(c.flags & 2)), deque()).append(c)
-                if self._waiters:
-                    self._wake()
-            else:
-                self.in_use -= 1
-                self._discard(c, CloseReason.BROKEN, reason.value)
-                self._wake()
-            return None
-        return asyncio.ensure_future(self._release(c, reason.value))
+        """A lease gives its connection back (lease.py); see `_hand_back`."""
+        return self._hand_back(c, reason.value)
 
     async def release(self, c: BackendConn, reason: str = "") -> None:
-        """Give a connection back. A clean one goes straight back (no await, nothing to cancel);
-        one that needs a reset is reset under shield, so a cancelled client cannot leak or
-        poison it."""
-        if not (c.broken or self.closed or c.dirty or c.in_trans):
-            self.in_use -= 1
-            self.idle.setdefault((c.user, bool(c.flags & 2)), deque()).append(c)
-            if self._waiters:
-                self._wake()
-            return
-        await asyncio.shield(self._release(c, reason))
+        """Give a connection back and wait until it is back (reset included): a cancelled
+        caller cannot leak or poison it, the reset runs under shield."""
+        back = self._hand_back(c, reason)
+        if back is not None:
+            await asyncio.shield(back)
+
+    def _hand_back(self, c: BackendConn, detail: str) -> asyncio.Future[None] | None:
+        """A clean connection goes straight back to the idle list and a broken one is closed,
+        both at once (no await, nothing to cancel); one that needs a reset is reset in a task,
+        returned so the caller can wait for it."""
+        if (c.dirty or c.in_trans) and not (c.broken or self.closed):
+            return asyncio.ensure_future(self._release(c, detail))
+        self.in_use -= 1
+        if c.broken or self.closed:
+            self._discard(c, CloseReason.BROKEN, detail)
+            self._wake()
+            return None
+        self.idle.setdefault((c.user, bool(c.flags & 2)), deque()).append(c)
+        if self._waiters:
+            self._wake()
+        return None
 
     async def _release(self, c: BackendConn, reason: str) -> None:
         self.in_use -= 1
