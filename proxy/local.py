@@ -119,7 +119,7 @@ async def local_set(s: ProxySession, shape: Shape, sql: str, payload: bytes) -> 
     cs, coll = names
     cs = "utf8mb3" if cs == "utf8" else cs
     coll = coll or BackendConn.catalog.default_collation(cs)
-    if coll is None or BackendConn.catalog.charset_of(coll) != cs:
+    if coll is None or BackendConn.catalog.charset.get(coll) != cs:
         await s._forward(payload, shape)  # MySQL answers it (its errors included)
         return
     s.names = Names.uniform(cs, coll)

@@ -78,8 +78,10 @@ class Catalog:
         self.interactive_timeout = 28800
         self.by_id: dict[int, tuple[str, str]] = {}
         self.default: dict[str, str] = {}
+        self.charset: dict[str, str] = {}  # collation -> its character set
         for cid, coll, cs, is_default in rows:
             self.by_id[cid] = (cs, coll)
+            self.charset[coll] = cs
             if is_default:
                 self.default[cs] = coll
 
@@ -103,12 +105,6 @@ class Catalog:
         if got is None or got[0] in ("ucs2", "utf16", "utf16le", "utf32"):
             return fallback
         return Names.uniform(got[0], got[1])
-
-    def charset_of(self, collation: str) -> str | None:
-        for cs, coll in self.by_id.values():
-            if coll == collation:
-                return cs
-        return None
 
     def default_collation(self, charset: str) -> str | None:
         return self.default.get(_canon(charset))
