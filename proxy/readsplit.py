@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import gtid as G
 from . import metrics as M
@@ -86,19 +86,23 @@ class ReadRouter:
 
     # ---- choosing a replica --------------------------------------------------------------
 
+    def _weight(self, st: Any, consistency: str) -> int:
+        """A backend's weight in the read rotation at this consistency level; 0: not in it
+        (not a healthy replica, weighted out, or lag unknown for reads without a watermark).
+        The one test for both the router's choice and the fast lane's."""
+        if st.role != "replica" or not st.up or st.state != "up":
+            return 0
+        if consistency == "eventual" and st.lag_s is None:
+            return 0
+        return self.app.cfg.backends.weight(st.addr)
+
     def candidates(self, consistency: str) -> list[Pool]:
         """Healthy replicas in weighted random order."""
-        cfg = self.app.cfg
         out: list[tuple[float, Pool]] = []
         for key, st in self.app.monitor.states.items():
-            if st.role != "replica" or not st.up or st.state != "up":
-                continue
-            if consistency == "eventual" and st.lag_s is None:
-                continue  # lag unknown: not good enough for reads without a watermark
-            w = cfg.backends.weight(st.addr)
-            if w <= 0:
-                continue
-            out.append((random.random() ** (1.0 / w), self.app.pools[key]))
+            w = self._weight(st, consistency)
+            if w > 0:
+                out.append((random.random() ** (1.0 / w), self.app.pools[key]))
         out.sort(key=lambda t: t[0], reverse=True)
         return [p for _, p in out]
 
@@ -106,10 +110,10 @@ class ReadRouter:
         """Whether `pool`'s replica may serve this read at once, with nothing to fetch or wait
         for: in rotation and known to have applied the watermark (the fast lane's test)."""
         st = self.app.monitor.states.get(pool.label) if self.app.monitor else None
-        if st is None or st.role != "replica" or not st.up or st.state != "up":
+        if st is None or self._weight(st, p.consistency) <= 0:
             return False
         if p.consistency == "eventual":
-            return st.lag_s is not None and self.app.cfg.backends.weight(st.addr) > 0
+            return True
         token = p.token or (last_gtid if p.consistency == "session" else None)
         if p.consistency not in ("session", "eventual") and not p.token:
             return False  # global: the primary's position must be fetched first

@@ -278,3 +278,24 @@ def _split_assignments(body: str) -> list[str]:
             cur += ch
     out.append(cur.strip())
     return out
+
+
+def test_router_and_lane_share_one_rotation_test() -> None:
+    """A replica weighted out (weight 0) or unhealthy is neither chosen by the router nor used
+    by the fast lane from a connection the session kept (one predicate serves both)."""
+    from proxy.plan import ReadPlan
+    from proxy.readsplit import ReadRouter
+
+    def router(weight: int, up: bool = True) -> tuple[ReadRouter, Any]:
+        st = SimpleNamespace(role="replica", up=up, state="up", lag_s=0.0, addr="r")
+        pool = SimpleNamespace(label="r")
+        app = SimpleNamespace(monitor=SimpleNamespace(states={"r": st}), pools={"r": pool},
+                              cfg=SimpleNamespace(backends=SimpleNamespace(weight=lambda a: weight)))
+        return ReadRouter(app), pool  # type: ignore[arg-type]
+
+    for consistency in ("session", "eventual"):
+        rp = ReadPlan(True, consistency)
+        for weight, up in ((1, True), (0, True), (1, False)):
+            r, pool = router(weight, up)
+            chosen = bool(r.candidates(consistency))
+            assert chosen == r.ready_now(pool, rp, None) == (weight > 0 and up)
