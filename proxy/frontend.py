@@ -176,7 +176,6 @@ class ProxyConnection(Connection):
         self.authenticated = False
         self.close_reason = "client quit"
         self._idle_timer: asyncio.TimerHandle | None = None
-        self.client_collation = 255
         self.client_names = BackendConn.catalog.server_default
 
     def _handshake(self, data: bytes) -> bytes:
@@ -186,7 +185,6 @@ class ProxyConnection(Connection):
         (state.py) and lets mimic read the packet as utf8mb4."""
         data = P.check_handshake_response(data, int(self.server_capabilities))
         if len(data) > 32:
-            self.client_collation = data[8]
             self.client_names = BackendConn.catalog.handshake_names(
                 data[8], BackendConn.catalog.server_default)
             data = data[:8] + b"\xff" + data[9:]

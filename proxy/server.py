@@ -14,7 +14,7 @@ import logging
 import signal
 import time
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from mysql_mimic.control import LocalControl
 
@@ -37,9 +37,6 @@ from .pool import Pool
 from .session import ProxySession
 from .state import Catalog, Names
 from .wire import ClientIO
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger("seckill.server")
 DEFAULT_VERSION = "10.11.0-MariaDB-seckill-proxy"
