@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from . import metrics as M
 from .errors import LeaseReason
@@ -52,10 +52,6 @@ _ALLOWED: dict[LeaseState, frozenset[LeaseState]] = {
     S.PINNED: frozenset({S.STATEMENT, S.SOFT, S.NONE, S.TRANSACTION}),
     S.REPLICA_TXN: frozenset({S.STATEMENT, S.NONE}),
 }
-
-
-# Resolved label children (labels() costs a lock and a lookup; the lane moves twice a statement).
-_COUNTERS: dict[tuple[LeaseState, LeaseReason], Any] = {}
 
 
 class LeaseError(RuntimeError):
@@ -98,10 +94,7 @@ class Lease:
             self.conn = self.pool = None
             if reason is not LeaseReason.POOL_RECLAIMED and c is not None and p is not None:
                 self._back = p.give_back(c, reason)
-        ch = _COUNTERS.get((to, reason))
-        if ch is None:
-            ch = _COUNTERS[(to, reason)] = M.LEASE_TRANSITIONS.labels(to.value, reason.value)
-        ch.inc()
+        M.child(M.LEASE_TRANSITIONS, to.value, reason.value).inc()
 
     async def release(self, reason: LeaseReason) -> None:
         """To NONE, and wait until the connection is back in its pool (reset included)."""

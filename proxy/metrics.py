@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, Info
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -15,6 +16,20 @@ from prometheus_client.registry import Collector
 
 P = "seckill_proxy_"
 _LAT = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+
+# Resolved label children of counters incremented on every statement: `labels()` takes a lock
+# and a lookup each call. Bounded like the label values themselves.
+_CHILDREN: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+
+def child(metric: Any, *labels: str) -> Any:
+    """`metric.labels(*labels)`, resolved once."""
+    key = (id(metric), labels)
+    ch = _CHILDREN.get(key)
+    if ch is None:
+        ch = _CHILDREN[key] = metric.labels(*labels)
+    return ch
+
 
 BUILD = Info(P + "build", "Build information of the running proxy")
 CONFIG_RELOADS = Counter(P + "config_reloads_total", "Config reloads by outcome", ["outcome"])
