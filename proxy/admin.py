@@ -36,6 +36,7 @@ HELP = [
     ("RELOAD CONFIG", "re-read the config file (users, hot-row rules and mode, routing, log level)"),
     ("SET routing.read_consistency = 'eventual|session|global|primary'", "default read consistency"),
     ("SHOW QUERY DIGEST [n]", "top statement shapes by total time"),
+    ("SHOW METRICS [LIKE 'pattern']", "current value of every exported metric (what top reads)"),
     ("RESET QUERY DIGEST", "clear the digest table"),
     ("SET log_level = 'debug|info|warning|error'", "change the log level"),
     ("SHOW HELP", "this list"),
@@ -61,6 +62,7 @@ class AdminSession(BaseSession):
             (re.compile(r"set\s+routing\.read_consistency\s*=\s*'?(\w+)'?", re.I), self._set_consistency),
             (re.compile(r"show\s+query\s+digest(?:\s+(\d+))?", re.I), self._digest),
             (re.compile(r"reset\s+query\s+digest", re.I), self._reset_digest),
+            (re.compile(r"show\s+metrics(?:\s+like\s+'([^']*)')?", re.I), self._metrics),
             (re.compile(r"set\s+log_level\s*=\s*'?(\w+)'?", re.I), self._log_level),
             (re.compile(r"select\s+1", re.I), lambda: ([(1,)], ["1"])),
             # What drivers send on connect (SET NAMES, SET autocommit=1...) is accepted as a no-op.
@@ -149,6 +151,16 @@ class AdminSession(BaseSession):
         return self.app.digest.top(int(n) if n else 50), [
             "digest", "count", "sum_time_us", "avg_time_us", "max_time_us", "rows", "route", "hotrow_mode"
         ]
+
+    def _metrics(self, pattern: str | None) -> Any:
+        rows = M.samples()
+        if pattern:
+            rx = re.compile(
+                "".join(".*" if c == "%" else "." if c == "_" else re.escape(c) for c in pattern),
+                re.I,
+            )
+            rows = [r for r in rows if rx.fullmatch(r[0])]
+        return rows, ["metric", "labels", "value"]
 
     def _reset_digest(self) -> Any:
         self.app.digest.reset()

@@ -32,7 +32,7 @@ from .classify import HotTemplate, Shape, Unsupported, statement_values
 from .config import HOTROW_MODES, HotRowCfg, HotRowRule
 from .errors import CR_SERVER_LOST, ER_LOCK_WAIT_TIMEOUT, BackendError, BackendLost, ProxyError
 from .outcome import find_record
-from .state import SERVICE
+from .state import SERVICE, Answered
 
 if TYPE_CHECKING:
     from .backend import BackendConn
@@ -471,7 +471,8 @@ class HotRowEngine:
             await forward()
             return "hotrow-merge", "ok"
         (_M_HIT if decision else _M_MISS).inc()
-        session.stmt_conn = None  # it ran on no connection of the session: no warnings to show
+        # It ran on no connection of the session: no warnings to show, ROW_COUNT() answered here.
+        session.stmt_conn = Answered(decision)
         await session.send(session.ok_packet(decision, 0, 0, INFO_HIT if decision else INFO_MISS))
         return "hotrow-merge", "ok"
 

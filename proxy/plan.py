@@ -26,6 +26,7 @@ class Route(Enum):
     LOCAL_SET = "local_set"  # a setting the proxy keeps (read_after_gtid, read_consistency, NAMES)
     LOCAL_GTID = "local_gtid"  # SELECT @@last_gtid: the proxy knows it, a replica may not
     LOCAL_CONN_ID = "local_conn_id"  # SELECT CONNECTION_ID(): the id from the client's handshake
+    LOCAL_ROW_COUNT = "local_row_count"  # SELECT ROW_COUNT() after a statement the proxy answered
     KILL = "kill"  # KILL [QUERY|CONNECTION] id: a proxy id means a proxy client
     DIAG = "diag"  # SHOW WARNINGS and the like: on the connection that ran the last statement
     PROCESSLIST = "processlist"  # SHOW [FULL] PROCESSLIST, with proxy clients' ids
@@ -62,6 +63,9 @@ class SessionView(Protocol):
     @property
     def replica_txn(self) -> bool: ...  # a read-only transaction runs on a replica
 
+    @property
+    def answered_rows(self) -> int | None: ...  # rows of a last statement the proxy answered
+
 
 @dataclass(frozen=True)
 class Policy:
@@ -89,6 +93,7 @@ _PROXY_VAR = re.compile(
     r"SET\s+(?:SESSION\s+|@@SESSION\.|@@)?(?:read_after_gtid|read_consistency)\s*=\s*\?", re.I)
 _NAMES = re.compile(r"SET\s+NAMES\s+('?\w+'?|`\w+`)(?:\s+COLLATE\s+('?\w+'?|`\w+`))?", re.I)
 _CONN_ID = re.compile(r"SELECT\s+CONNECTION_ID\s*\(\s*\)", re.I)
+_ROW_COUNT = re.compile(r"SELECT\s+ROW_COUNT\s*\(\s*\)", re.I)
 KILL = re.compile(r"KILL\s+(?:(CONNECTION|QUERY)\s+)?(\d+)", re.I)  # on the raw text
 _PROCESSLIST = re.compile(r"SHOW\s+(?:FULL\s+)?PROCESSLIST", re.I)
 _KILL = re.compile(r"KILL\s+(?:(?:CONNECTION|QUERY)\s+)?\?", re.I)
@@ -127,6 +132,8 @@ def plan(shape: Shape, s: SessionView, policy: Policy, cursor: bool = False) -> 
         return Plan(Route.LOCAL_GTID)
     if verb == "SELECT" and _CONN_ID.fullmatch(shape.digest):
         return Plan(Route.LOCAL_CONN_ID)
+    if verb == "SELECT" and s.answered_rows is not None and _ROW_COUNT.fullmatch(shape.digest):
+        return Plan(Route.LOCAL_ROW_COUNT)
     if verb == "KILL" and _KILL.fullmatch(shape.digest):
         return Plan(Route.KILL)
     if verb == "SHOW" and _PROCESSLIST.fullmatch(shape.digest):

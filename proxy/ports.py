@@ -79,7 +79,7 @@ class HotRowMember(Protocol):
     pin: str | None
     held_slots: list[asyncio.Semaphore]
     last_gtid: str | None
-    stmt_conn: Any  # the connection of the session's last statement (diagnostics)
+    stmt_conn: Any  # the connection of the session's last statement, or state.Answered
 
     def release_slots(self) -> None: ...
 

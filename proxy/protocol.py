@@ -186,6 +186,13 @@ def column_def_uint(name: str) -> bytes:
             + b"\x0c" + struct.pack("<HIBHB", 63, 21, 0x08, 0xA1, 0) + b"\0\0")
 
 
+def column_def_int(name: str) -> bytes:
+    """A BIGINT NOT NULL column definition, as MariaDB gives ROW_COUNT()."""
+    n = name.encode()
+    return (enc_lenenc_str(b"def") + b"\0\0\0" + enc_lenenc_str(n) + enc_lenenc_str(n)
+            + b"\x0c" + struct.pack("<HIBHB", 63, 21, 0x08, 0x81, 0) + b"\0\0")
+
+
 def text_row(values: list[str | None]) -> bytes:
     return b"".join(b"\xfb" if v is None else enc_lenenc_str(v.encode()) for v in values)
 

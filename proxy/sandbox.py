@@ -281,10 +281,20 @@ def main(argv: list[str] | None = None) -> int:
             sb = Sandbox.load(base)
         else:
             sb = Sandbox(base, a.primary_port, [a.replica_port])
-        if sb.primary.pid() and _alive(sb.primary.pid()):
+        running = bool(sb.primary.pid() and _alive(sb.primary.pid()))
+        if not running:
+            sb.start()
+        from .tools import shop
+
+        conn = sb.primary.root()
+        try:
+            shop.ensure(conn)  # idempotent: the default config's hot-row rule points at it
+        finally:
+            conn.close()
+        sb.wait_replicas()
+        if running:
             print(f"sandbox already running: primary 127.0.0.1:{sb.primary_port}")
             return 0
-        sb.start()
         print(
             f"sandbox up: primary 127.0.0.1:{sb.primary_port}, replica "
             + ", ".join(f"127.0.0.1:{p}" for p in sb.replica_ports)

@@ -36,7 +36,7 @@ from .errors import (
 from .fastlane import FastLane
 from .lease import Lease, LeaseState
 from .plan import Plan, Route, Track, plan
-from .state import LOGIN_NAMES, Names, Wanted, absorb, split_reported
+from .state import LOGIN_NAMES, Answered, Names, Wanted, absorb, split_reported
 from .wire import ClientIO
 
 if TYPE_CHECKING:
@@ -60,7 +60,8 @@ class ProxySession(BaseSession):
         self.database: str | None = None
         self.connection: ProxyConnection | None = None
         self.lease = Lease()
-        self.stmt_conn: BackendConn | None = None  # ran the session's last statement
+        # Ran the session's last statement; Answered when the proxy answered it itself (merge).
+        self.stmt_conn: BackendConn | Answered | None = None
         self.last_conn: BackendConn | None = None
         self.pin: str | None = None
         self.sysvars: dict[str, str] = {}  # replayable session variables the client changed
@@ -144,6 +145,11 @@ class ProxySession(BaseSession):
     @property
     def in_txn(self) -> bool:
         return bool(self.status & P.SERVER_STATUS_IN_TRANS)
+
+    @property
+    def answered_rows(self) -> int | None:
+        c = self.stmt_conn
+        return c.rows if isinstance(c, Answered) else None
 
     @property
     def replica_txn(self) -> bool:
@@ -297,6 +303,9 @@ class ProxySession(BaseSession):
             assert self.connection is not None
             await local.answer(self, [("CONNECTION_ID()", str(self.connection.connection_id))],
                                P.column_def_uint)
+            return
+        if p.route is Route.LOCAL_ROW_COUNT:
+            await local.answer(self, [("ROW_COUNT()", str(self.answered_rows))], P.column_def_int)
             return
         if p.route is Route.KILL and await local.kill(self, sql):
             return

@@ -201,3 +201,11 @@ class Wanted:
 
 
 SERVICE = Wanted(None, LOGIN_NAMES, {}, any_db=True)
+
+
+@dataclass(frozen=True)
+class Answered:
+    """The session's last statement was answered by the proxy (a merged hot-row UPDATE), not
+    run on one of its connections: its diagnostics are these rows and no warnings."""
+
+    rows: int

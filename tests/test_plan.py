@@ -35,6 +35,7 @@ class View:
     consistency: str = "session"
     read_after_gtid: str | None = None
     replica_txn: bool = False
+    answered_rows: int | None = None
     # what the lane stub needs besides the view
     last_gtid: str | None = None
     last_insert_id: int = 0
@@ -88,6 +89,10 @@ TABLE: list[tuple[str, dict[str, Any], Policy, Route, Track, bool, bool]] = [
     ("SHOW SESSION STATUS LIKE 'Handler%'", {}, FULL, Route.DIAG, Track.NONE, False, False),
     ("SELECT ROW_COUNT()", {}, FULL, Route.DIAG, Track.NONE, False, False),
     ("SELECT CONNECTION_ID()", {}, FULL, Route.LOCAL_CONN_ID, Track.NONE, False, False),
+    # after a merged UPDATE the proxy knows ROW_COUNT(); otherwise the last statement's connection does
+    ("SELECT ROW_COUNT()", {"answered_rows": 1}, FULL, Route.LOCAL_ROW_COUNT, Track.NONE, False, False),
+    ("SELECT ROW_COUNT()", {}, FULL, Route.DIAG, Track.NONE, False, False),
+    ("SELECT ROW_COUNT() + 1", {"answered_rows": 1}, FULL, Route.DIAG, Track.NONE, False, False),
     ("KILL QUERY 12", {}, FULL, Route.KILL, Track.NONE, False, False),
 ]
 

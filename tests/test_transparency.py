@@ -324,6 +324,10 @@ def test_warnings_after_a_merged_decrement_are_its_own(sandbox: Sandbox, tproxy:
         assert _q(c, "UPDATE inventory SET quantity = quantity - 1 "
                      "WHERE sku_id = 902 AND quantity > 0")[2] == 1
     assert _q(p, "SHOW WARNINGS") == _q(d, "SHOW WARNINGS") == ("ok", [], 0)
+    for sku in (902, 903):  # ROW_COUNT() of a merged hit, then of a merged miss (no such SKU)
+        for c in (d, p):
+            _q(c, f"UPDATE inventory SET quantity = quantity - 1 WHERE sku_id = {sku} AND quantity > 0")
+        assert _q(p, "SELECT ROW_COUNT()") == _q(d, "SELECT ROW_COUNT()")
     d.close()
     p.close()
     with urllib.request.urlopen(f"http://127.0.0.1:{tproxy.metrics_port}/metrics") as r:
