@@ -2,7 +2,7 @@
 SANDBOX ?= .sandbox
 VENV := .venv/bin
 
-.PHONY: deps run stop sandbox test lint bench bench-hotrow bench-readsplit bench-durability clean
+.PHONY: deps run stop sandbox demo top test lint bench bench-hotrow bench-readsplit bench-durability clean
 
 deps:
 	./scripts/install-deps.sh
@@ -14,6 +14,15 @@ run: sandbox
 	@echo "DSN: mysql://app:app@127.0.0.1:6033/shop   (mysql -h127.0.0.1 -P6033 -uapp -papp shop)"
 	@echo "admin: mysql -h127.0.0.1 -P6032 -uadmin -padmin    metrics: http://127.0.0.1:9104/metrics"
 	exec $(VENV)/seckill-proxy --config conf/proxy.yaml
+
+# A flash sale on the sandbox, directly and through the proxy (started here unless `make run` is up).
+demo: sandbox
+	WITH_BENCH=1 ./scripts/install-deps.sh
+	$(VENV)/seckill-proxy demo --config conf/proxy.yaml --out demo-out
+
+# The DBA's live view of a running proxy (`make run` in another terminal).
+top:
+	$(VENV)/seckill-proxy top --config conf/proxy.yaml
 
 stop:
 	$(VENV)/python -m proxy.sandbox stop --dir $(SANDBOX)

@@ -110,7 +110,8 @@ class AdminSession(BaseSession):
         return rows, ["backend", "role", "state", "reason", "read_only", "lag_s", "gtid_position",
                       "durability", "conn_in_use", "conn_idle", "conn_total", "reads_served"]
 
-    def _rules(self) -> Any:
+    async def _rules(self) -> Any:
+        await self.app.hotrow.check_rules()
         return self.app.hotrow.rules_table()
 
     def _hot_keys(self) -> Any:

@@ -1,4 +1,5 @@
-"""Command line: `seckill-proxy --config FILE` runs, `--check-config FILE` validates."""
+"""Command line: `seckill-proxy --config FILE` runs, `--check-config FILE` validates,
+`seckill-proxy top` watches a running proxy, `seckill-proxy demo` runs a flash sale."""
 
 from __future__ import annotations
 
@@ -32,10 +33,19 @@ class JsonFormatter(logging.Formatter):
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args and args[0] == "top":
+        from .tools import top
+
+        return top.main(args[1:])
+    if args and args[0] == "demo":
+        from .tools import demo
+
+        return demo.main(args[1:])
     ap = argparse.ArgumentParser(prog="seckill-proxy", description=__doc__)
     ap.add_argument("--config", help="YAML config file to run with")
     ap.add_argument("--check-config", metavar="FILE", help="validate FILE and exit")
-    a = ap.parse_args(argv)
+    a = ap.parse_args(args)
     if a.check_config:
         try:
             C.load(a.check_config)

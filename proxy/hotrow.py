@@ -248,6 +248,23 @@ class HotRowEngine:
 
     async def start(self) -> None:
         self._bg.append(asyncio.create_task(self._housekeeping()))
+        self._bg.append(asyncio.create_task(self.check_rules()))
+
+    async def check_rules(self, timeout: float = 5.0) -> None:
+        """Check every rule not checked yet against the schema now (at start, and when a DBA
+        asks with SHOW HOTROW RULES), as the first configured user: a rule pointing at a
+        missing table or a wrong key shows up before the first hot statement does."""
+        users = [u.name for u in self.app.cfg.users]
+        todo = [r for k, r in self.rules.items()
+                if k not in self.rule_state or self.rule_state[k].ok is None]
+        if not users or not todo:
+            return
+        try:
+            async with asyncio.timeout(timeout):
+                for rule in todo:
+                    await self._check_rule(rule, users[0])
+        except Exception as e:  # noqa: BLE001 - checked again on first use; never fatal here
+            log.info("hot-row rules not checked yet: %s", type(e).__name__)
 
     async def stop(self) -> None:
         for t in self._bg:

@@ -10,6 +10,7 @@ if [ "${WITH_BENCH:-0}" = 1 ] || [ "${WITH_TEST:-0}" = 1 ]; then
 fi
 if [ "${WITH_TEST:-0}" = 1 ]; then
   command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
+  command -v tmux >/dev/null 2>&1 || need+=(tmux)
 fi
 if [ "${#need[@]}" -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

@@ -12,20 +12,20 @@ from typing import Any
 SCHEMA = "shop"
 
 TABLES = (
-    """CREATE TABLE IF NOT EXISTS shop.inventory (
+    """CREATE TABLE IF NOT EXISTS {db}.inventory (
       sku_id INT NOT NULL PRIMARY KEY,
       name VARCHAR(64) NOT NULL DEFAULT '',
       price DECIMAL(10,2) NOT NULL DEFAULT 0,
       quantity INT NOT NULL
     ) ENGINE=InnoDB""",
-    """CREATE TABLE IF NOT EXISTS shop.inventory_log (
+    """CREATE TABLE IF NOT EXISTS {db}.inventory_log (
       id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
       sku_id INT NOT NULL,
       delta INT NOT NULL,
       created_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
       KEY (sku_id)
     ) ENGINE=InnoDB""",
-    """CREATE TABLE IF NOT EXISTS shop.orders (
+    """CREATE TABLE IF NOT EXISTS {db}.orders (
       order_id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
       user_id INT NOT NULL,
       sku_id INT NOT NULL,
@@ -35,7 +35,7 @@ TABLES = (
       KEY (sku_id),
       KEY (user_id)
     ) ENGINE=InnoDB""",
-    """CREATE TABLE IF NOT EXISTS shop.order_items (
+    """CREATE TABLE IF NOT EXISTS {db}.order_items (
       order_id BIGINT NOT NULL,
       sku_id INT NOT NULL,
       quantity INT NOT NULL,
@@ -54,18 +54,18 @@ SKUS = (
 )
 
 
-def statements() -> list[str]:
+def statements(db: str = SCHEMA) -> list[str]:
     seed = ", ".join(f"({s}, '{n}', {p:.2f}, {q})" for s, n, p, q in SKUS)
     return [
-        f"CREATE DATABASE IF NOT EXISTS {SCHEMA}",
-        *TABLES,
-        f"INSERT IGNORE INTO shop.inventory (sku_id, name, price, quantity) VALUES {seed}",
+        f"CREATE DATABASE IF NOT EXISTS `{db}`",
+        *(t.replace("{db}", f"`{db}`") for t in TABLES),
+        f"INSERT IGNORE INTO `{db}`.inventory (sku_id, name, price, quantity) VALUES {seed}",
     ]
 
 
-def ensure(conn: Any) -> None:
+def ensure(conn: Any, db: str = SCHEMA) -> None:
     """Create the shop on a PyMySQL connection to the primary (idempotent)."""
     with conn.cursor() as cur:
-        for sql in statements():
+        for sql in statements(db):
             cur.execute(sql)
     conn.commit()

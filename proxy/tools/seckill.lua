@@ -1,0 +1,46 @@
+-- seckill-proxy demo buyers: every event is one purchase attempt of one unit of a hot SKU.
+--   form=txn:        BEGIN; INSERT order; UPDATE inventory ... AND quantity > 0;
+--                    COMMIT if the UPDATE sold a unit, else ROLLBACK (the seed's transaction)
+--   form=autocommit: UPDATE inventory ... AND quantity > 0; INSERT order if it sold a unit
+-- sysbench's Lua API returns nothing for DML, so the UPDATE's answer is read with ROW_COUNT().
+sysbench.cmdline.options = {
+  sku = {"SKU bought", 1001},
+  form = {"txn or autocommit", "txn"},
+}
+
+function thread_init()
+  drv = sysbench.sql.driver()
+  con = drv:connect()
+  upd = con:prepare("UPDATE inventory SET quantity = quantity - 1 WHERE sku_id = ? AND quantity > 0")
+  upd_sku = upd:bind_create(sysbench.sql.type.INT)
+  upd:bind_param(upd_sku)
+  ins = con:prepare("INSERT INTO orders (user_id, sku_id, quantity) VALUES (?, ?, 1)")
+  ins_user = ins:bind_create(sysbench.sql.type.INT)
+  ins_sku = ins:bind_create(sysbench.sql.type.INT)
+  ins:bind_param(ins_user, ins_sku)
+  upd_sku:set(sysbench.opt.sku)
+  ins_sku:set(sysbench.opt.sku)
+end
+
+local function sold()
+  return tonumber(con:query_row("SELECT ROW_COUNT()")) == 1
+end
+
+function event()
+  ins_user:set(sysbench.rand.uniform(1, 1000000))
+  if sysbench.opt.form == "txn" then
+    con:query("BEGIN")
+    ins:execute()
+    upd:execute()
+    if sold() then con:query("COMMIT") else con:query("ROLLBACK") end
+  else
+    upd:execute()
+    if sold() then ins:execute() end
+  end
+end
+
+function thread_done()
+  upd:close()
+  ins:close()
+  con:disconnect()
+end
