@@ -38,6 +38,7 @@ from . import shop
 LUA = Path(__file__).with_name("seckill.lua")
 STOCK = 10**9  # the timed runs never sell out: every purchase is a real deduction
 FORMS = {"txn": "transaction", "autocommit": "autocommit"}
+SHORT = {"txn": "txn", "autocommit": "autocommit"}
 _REPORT = re.compile(r"\[\s*(\d+)s \].*?tps: ([\d.]+).*?lat \(ms,95%\): ([\d.]+)")
 
 
@@ -361,12 +362,14 @@ def _demo(a: argparse.Namespace, s: Setup, console: Console) -> int:
             sellouts.append(run_buyers(s, ep, "txn", a.buyers, 3, a.sellout_stock, progress, label))
     ryw = read_your_writes(s)
 
-    t = Table(title="flash sale results", box=box.SIMPLE_HEAD)
+    t = Table(title="flash sale results", box=box.SIMPLE_HEAD,
+              caption="txn: BEGIN; INSERT order; UPDATE ... AND quantity > 0; COMMIT\n"
+                      "autocommit: UPDATE ... AND quantity > 0, then INSERT order if sold")
     for col in ("run", "target", "orders/s", "p95 ms", "orders", "oversold", "mismatch",
                 "batch"):
-        t.add_column(col, justify="left" if col in ("run", "target") else "right")
+        t.add_column(col, justify="left" if col in ("run", "target") else "right", no_wrap=True)
     for r in runs:
-        t.add_row(FORMS[r.form], r.target, f"{r.tps:,.0f}", f"{r.p95_ms:.1f}", f"{r.orders:,}",
+        t.add_row(SHORT[r.form], r.target, f"{r.tps:,.0f}", f"{r.p95_ms:.1f}", f"{r.orders:,}",
                   str(r.oversold), str(r.mismatches), "-" if r.batch is None else f"{r.batch:.1f}")
     for r in sellouts:
         t.add_row("sell-out", r.target, "-", f"{r.p95_ms:.1f}",
