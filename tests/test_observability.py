@@ -116,7 +116,8 @@ def test_real_prometheus_scrapes_moving_series(proxy: ProxyProc, sandbox: Sandbo
         prom.wait(10)
 
 
-def test_grafana_dashboard_uses_only_exported_metrics(proxy: ProxyProc, sandbox: Sandbox) -> None:
+def test_grafana_dashboard_and_alerts_use_only_exported_metrics(proxy: ProxyProc,
+                                                                 sandbox: Sandbox) -> None:
     load(proxy, 0.5, sandbox)
     _, text = get(f"http://127.0.0.1:{proxy.metrics_port}/metrics")
     exported = set(re.findall(r"^# TYPE (\S+) (\w+)", text, re.M))
@@ -133,6 +134,11 @@ def test_grafana_dashboard_uses_only_exported_metrics(proxy: ProxyProc, sandbox:
             for m in re.findall(r"\b(seckill_proxy_\w+)", t["expr"])}
     assert len(used) >= 12
     assert used <= names, used - names
+    alerts = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
+    in_alerts = {m for g in alerts["groups"] for r in g["rules"]
+                 for m in re.findall(r"\b(seckill_proxy_\w+)", r["expr"])}
+    assert len(in_alerts) >= 5
+    assert in_alerts <= names, in_alerts - names
 
 
 def test_compose_file_structure() -> None:
