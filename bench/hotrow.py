@@ -1,27 +1,54 @@
-"""`make bench-hotrow`: one hot SKU (and a 10-SKU variant), direct vs proxy off/queue/merge."""
+"""`make bench-hotrow`: hot SKUs, direct MariaDB vs the proxy in modes off / queue / merge / auto.
+
+Forms: `autocommit` (the bare UPDATE, bench/inventory.lua) and `txn` (BEGIN; INSERT order;
+UPDATE; COMMIT, proxy/tools/seckill.lua). `python -m bench.hotrow [SECONDS] [quick]`: quick runs
+1/16/128 threads only.
+"""
 
 from __future__ import annotations
 
 import sys
 
+from proxy.tools import shop
+
 from .common import ROOT, Proxy, machine, publish, sandbox, sysbench
 
-THREADS = [1, 16, 64, 128, 256]
 SECONDS = int(sys.argv[1]) if len(sys.argv) > 1 else 10
+QUICK = "quick" in sys.argv[2:]
+THREADS = [1, 16, 128] if QUICK else [1, 16, 64, 128, 256]
 STOCK = 10**9  # never sells out during a run: every statement is a real deduction
+MODES = ("off", "queue", "merge", "auto")
+SECKILL = str(ROOT / "proxy" / "tools" / "seckill.lua")
 
 
 def reset(sb, skus: int) -> None:  # type: ignore[no-untyped-def]
-    sb.primary.sql(
-        "CREATE TABLE IF NOT EXISTS shop.inventory (sku_id INT PRIMARY KEY, quantity INT NOT NULL)",
-        "DELETE FROM shop.inventory",
-        "INSERT INTO shop.inventory VALUES " + ",".join(f"({i}, {STOCK})" for i in range(1, skus + 1)),
-    )
+    c = sb.primary.root()
+    try:
+        with c.cursor() as cur:
+            cur.execute("SELECT COUNT(*) FROM information_schema.COLUMNS WHERE "
+                        "TABLE_SCHEMA='shop' AND TABLE_NAME='inventory'")
+            if cur.fetchone()[0] not in (0, 4):
+                cur.execute("DROP TABLE shop.inventory")  # an older bench's two-column table
+        shop.ensure(c)
+        with c.cursor() as cur:
+            cur.execute("DELETE FROM shop.inventory")
+            cur.execute("DELETE FROM shop.orders")
+            cur.execute("INSERT INTO shop.inventory (sku_id, quantity) VALUES "
+                        + ",".join(f"({i}, {STOCK})" for i in range(1, skus + 1)))
+        c.commit()
+    finally:
+        c.close()
 
 
 def batch_stats(sb) -> tuple[int, int]:  # type: ignore[no-untyped-def]
     r = sb.primary.sql("SELECT COUNT(*), COALESCE(SUM(members), 0) FROM seckill_proxy.hotrow_batch")
     return int(r[0][0]), int(r[0][1])
+
+
+def load(form: str, skus: int, port: int, threads: int):  # type: ignore[no-untyped-def]
+    if form == "autocommit":
+        return sysbench([f"--skus={skus}"], port, threads, SECONDS, "inventory.lua")
+    return sysbench([f"--skus={skus}", "--sku=1", f"--form={form}"], port, threads, SECONDS, SECKILL)
 
 
 def main() -> None:
@@ -30,33 +57,37 @@ def main() -> None:
                    "merge": {"max_batch": 256, "max_wait_us": 200}})
     rows = []
     try:
-        for skus in (1, 10):
-            reset(sb, skus)
-            threads = THREADS if skus == 1 else [16, 128]
-            for t in threads:
-                res = {"direct": sysbench([f"--skus={skus}"], sb.primary_port, t, SECONDS, "inventory.lua")}
-                for mode in ("off", "queue", "merge"):
-                    p.admin(f"SET hotrow.mode = '{mode}'")
-                    b0 = batch_stats(sb) if mode == "merge" else (0, 0)
-                    res[mode] = sysbench([f"--skus={skus}"], p.port, t, SECONDS, "inventory.lua")
-                    if mode == "merge":
-                        b1 = batch_stats(sb)
-                        avg = (b1[1] - b0[1]) / (b1[0] - b0[0]) if b1[0] > b0[0] else 0.0
-                d = res["direct"]
-                rows.append((skus, t, d.tps, d.p95_ms, res["off"].tps, res["queue"].tps,
-                             res["merge"].tps, res["merge"].p95_ms, res["merge"].tps / d.tps if d.tps else 0,
-                             avg, res["merge"].errors))
-                print(f"skus={skus} threads={t:3d} direct {d.tps:7.0f}/s p95 {d.p95_ms:7.2f} | off "
-                      f"{res['off'].tps:7.0f} | queue {res['queue'].tps:7.0f} | merge {res['merge'].tps:7.0f}/s "
-                      f"p95 {res['merge'].p95_ms:7.2f} | merge/direct {rows[-1][8]:.1f}x | avg batch {avg:.1f}",
-                      flush=True)
-        lines = [f"Measured {machine()}; {SECONDS} s per run, all targets back to back in one run.", "",
-                 "| SKUs | threads | direct UPDATE/s | direct p95 ms | proxy off | proxy queue | proxy merge | merge p95 ms | merge/direct | avg batch |",
-                 "|---|---|---|---|---|---|---|---|---|---|"]
-        for r in rows:
-            lines.append(f"| {r[0]} | {r[1]} | {r[2]:.0f} | {r[3]:.2f} | {r[4]:.0f} | {r[5]:.0f} | {r[6]:.0f} | {r[7]:.2f} | {r[8]:.1f}x | {r[9]:.1f} |")
+        for form in ("autocommit", "txn"):
+            for skus in (1, 10):
+                reset(sb, skus)
+                for t in THREADS if skus == 1 else [16, 128]:
+                    res = {"direct": load(form, skus, sb.primary_port, t)}
+                    avg = 0.0
+                    for mode in MODES:
+                        p.admin(f"SET hotrow.mode = '{mode}'")
+                        b0 = batch_stats(sb) if mode == "merge" else (0, 0)
+                        res[mode] = load(form, skus, p.port, t)
+                        if mode == "merge":
+                            b1 = batch_stats(sb)
+                            avg = (b1[1] - b0[1]) / (b1[0] - b0[0]) if b1[0] > b0[0] else 0.0
+                    d = res["direct"]
+                    rows.append((form, skus, t, d.tps, {m: res[m].tps for m in MODES},
+                                 res["auto"].p95_ms, avg))
+                    print(f"{form:10} skus={skus:2} threads={t:3d} direct {d.tps:7.0f} | "
+                          + " | ".join(f"{m} {res[m].tps:7.0f}" for m in MODES)
+                          + f" | auto/direct {res['auto'].tps / d.tps if d.tps else 0:.2f}x"
+                          f" auto/off {res['auto'].tps / res['off'].tps if res['off'].tps else 0:.2f}",
+                          flush=True)
+        lines = [f"Measured {machine()}; {SECONDS} s per run, all targets back to back in one run. "
+                 "Transactions (orders) per second.", "",
+                 "| form | SKUs | threads | direct | off | queue | merge | auto | auto p95 ms | auto/direct | auto/off | merge/off | merge avg batch |",
+                 "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for f, s, t, d, r, p95, avg in rows:
+            lines.append(f"| {f} | {s} | {t} | {d:.0f} | {r['off']:.0f} | {r['queue']:.0f} | {r['merge']:.0f} | "
+                         f"{r['auto']:.0f} | {p95:.1f} | {r['auto'] / d if d else 0:.2f}x | "
+                         f"{r['auto'] / r['off'] if r['off'] else 0:.2f} | {r['merge'] / r['off'] if r['off'] else 0:.2f} | {avg:.1f} |")
         publish("bench-hotrow.md", lines)
-        plot([r for r in rows if r[0] == 1])
+        plot([r for r in rows if r[0] == "autocommit" and r[1] == 1])
     finally:
         p.stop()
         sb.stop()
@@ -70,10 +101,11 @@ def plot(rows: list[tuple]) -> None:  # type: ignore[type-arg]
     except ImportError:
         print("matplotlib not installed: no plot")
         return
-    th = [r[1] for r in rows]
+    th = [r[2] for r in rows]
     fig, ax = plt.subplots(figsize=(7, 4))
-    for idx, label in ((2, "direct MariaDB"), (4, "proxy, mode off"), (5, "proxy, queue"), (6, "proxy, merge")):
-        ax.plot(th, [r[idx] for r in rows], marker="o", label=label)
+    ax.plot(th, [r[3] for r in rows], marker="o", label="direct MariaDB")
+    for m in MODES:
+        ax.plot(th, [r[4][m] for r in rows], marker="o", label=f"proxy, {m}")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("sysbench threads")
     ax.set_ylabel("hot-row UPDATEs per second")

@@ -147,7 +147,7 @@ class Config:
 
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-HOTROW_MODES = ("off", "queue", "merge")
+HOTROW_MODES = ("off", "queue", "merge", "auto")
 
 
 def _expand_env(value: Any, path: str) -> Any:

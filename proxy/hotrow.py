@@ -112,6 +112,12 @@ class Member:
     fut: asyncio.Future[int] = field(repr=False, default=None)  # type: ignore[arg-type]
     arrived: float = 0.0
     gtid: str | None = None
+    # auto mode: a member alone in its group runs its own statement (decision PLAIN) and sets
+    # this when done, so the key's next group waits for it as for a group.
+    plain_done: asyncio.Future[None] | None = field(repr=False, default=None)
+
+
+PLAIN = -2  # decision for a member of a group of one in auto mode: run your own statement
 
 
 def allocate(current: int | None, members: list[Member], unsigned: bool) -> tuple[list[int], int]:
@@ -150,6 +156,7 @@ class Group:
     done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     prev: asyncio.Future[None] | None = None
     user: str = ""  # the batch runs as its members' user: MySQL checks their privileges
+    auto: bool = False  # auto mode: a group that ends up with one member runs it plain
 
 
 @dataclass
@@ -163,7 +170,7 @@ class KeyState:
     statements: int = 0
     recent: deque[tuple[float, int]] = field(default_factory=deque)
     last_seen: float = 0.0
-    mode: str = ""
+    mode: str = ""  # the path the key's last statement took (SHOW HOT KEYS)
 
 
 @dataclass
@@ -397,7 +404,7 @@ class HotRowEngine:
             return None
         in_txn = bool(session.status & P.SERVER_STATUS_IN_TRANS) or (
             session.sysvars.get("autocommit", "ON").upper() in ("OFF", "0"))
-        if mode == "merge" and (in_txn or session.pin or _read_only(session.sysvars)):
+        if mode in ("merge", "auto") and (in_txn or session.pin or _read_only(session.sysvars)):
             # Merged, the statement would run on another connection: not for a transaction,
             # a session pinned to state on its own connection (a temporary table shadowing the
             # rule's table, LOCK TABLES, user variables) or a read-only session. Queued, it
@@ -406,7 +413,31 @@ class HotRowEngine:
         ks = self._key(hs, mode)
         if mode == "queue":
             return await self._queue(session, hs, ks, forward)
-        return await self._merge(session, hs, ks, rs.unsigned, forward)
+        if mode == "auto" and ks.collecting is None and (ks.tail is None or ks.tail.done()):
+            return await self._plain(ks, forward)
+        return await self._merge(session, hs, ks, rs.unsigned, forward, mode == "auto")
+
+    # ---- auto: plain while the key is idle ---------------------------------------------------
+
+    async def _plain(self, ks: KeyState, forward: Callable[[], Awaitable[Any]]) -> tuple[str, str]:
+        """Nothing runs on the key: the statement goes as it is (as mode off would), and the
+        key's tail is this statement, so whoever comes meanwhile gathers into a group that
+        starts when it is done. Merging pays only when members would queue on the row lock;
+        a lone member in a batch transaction costs three extra statements and a task switch."""
+        ks.mode = "auto:plain"
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        ks.tail = done
+        ks.in_flight += 1
+        outcome = "error"
+        try:
+            r = await forward()
+            if r is not None and r.err is None:
+                outcome = "plain"
+        finally:
+            ks.in_flight -= 1
+            done.set_result(None)
+            M.HOTROW_STATEMENTS.labels("auto", outcome).inc()
+        return "hotrow-plain", "ok" if outcome != "error" else "error"
 
     def _key(self, hs: HotStmt, mode: str) -> KeyState:
         ks = self.keys.get(hs.key_id)
@@ -460,14 +491,16 @@ class HotRowEngine:
 
     async def _merge(
         self, session: HotRowMember, hs: HotStmt, ks: KeyState, unsigned: bool,
-        forward: Callable[[], Awaitable[Any]],
+        forward: Callable[[], Awaitable[Any]], auto: bool = False,
     ) -> tuple[str, str]:
         loop = asyncio.get_running_loop()
         m = Member(hs.amount, hs.guard_op, hs.bound, loop.create_future(), loop.time())
         g = ks.collecting
         user = session.username or ""
+        if auto:
+            ks.mode = "auto:merge"
         if g is None or len(g.members) >= self.cfg.max_batch or g.user != user:
-            g = Group(prev=ks.tail, user=user)
+            g = Group(prev=ks.tail, user=user, auto=auto)
             ks.collecting = g
             ks.tail = g.done
             t = asyncio.create_task(self._lead(hs, ks, g, user, unsigned))
@@ -479,8 +512,21 @@ class HotRowEngine:
         ks.waiting += 1
         try:
             decision = await m.fut  # the group runs in its own task: no shield needed
+        except BaseException:
+            if m.plain_done is not None and not m.plain_done.done():
+                m.plain_done.set_result(None)  # told to run alone, gone first: the key moves on
+            raise
         finally:
             ks.waiting -= 1
+        if decision == PLAIN:
+            assert m.plain_done is not None
+            try:
+                r = await forward()
+            finally:
+                m.plain_done.set_result(None)
+            ok = r is not None and r.err is None
+            M.HOTROW_STATEMENTS.labels("auto", "plain" if ok else "error").inc()
+            return "hotrow-plain", "ok" if ok else "error"
         if m.gtid:
             session.last_gtid = m.gtid  # read-your-writes covers merged deductions too
         if decision == -1:
@@ -513,6 +559,15 @@ class HotRowEngine:
             if ks.collecting is g:
                 ks.collecting = None
             ks.in_flight += len(g.members)
+            if g.auto and len(g.members) == 1:
+                # Nobody came: the lone member runs its own statement; the key's next group
+                # starts once it is done, as after a group.
+                m = g.members[0]
+                if not m.fut.done():  # (its client may be gone)
+                    m.plain_done = loop.create_future()
+                    m.fut.set_result(PLAIN)
+                    await asyncio.shield(m.plain_done)
+                return
             await self._commit_group(hs, g, user, unsigned, ks)
         except BaseException as e:  # never leave a member waiting forever
             for m in g.members:

@@ -100,7 +100,7 @@ async def _reconnect(port: int) -> Any:
     raise RuntimeError("proxy unreachable")
 
 
-@pytest.mark.parametrize("mode", ["merge", "queue", "off"])
+@pytest.mark.parametrize("mode", ["merge", "auto", "queue", "off"])
 def test_300_buyers_exact_stock(proxy: ProxyProc, sandbox: Sandbox, mode: str) -> None:
     reset_stock(sandbox, {1: 1000})
     b0 = batches(sandbox) if mode == "merge" else (0, 0)
@@ -112,6 +112,58 @@ def test_300_buyers_exact_stock(proxy: ProxyProc, sandbox: Sandbox, mode: str) -
         n, members = batches(sandbox)
         assert members - b0[1] == 1500  # every statement went through a batch
         assert n - b0[0] < 1500 / 2  # ... and batches really merged (average size > 2)
+    if mode == "auto":
+        n, members = batches(sandbox)
+        assert members - b0[1] > 0  # 300 buyers on one key: contended, so groups formed
+
+
+def _metric(proxy: ProxyProc, sample: str) -> float:
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{proxy.metrics_port}/metrics") as r:
+        for ln in r.read().decode().splitlines():
+            if ln.startswith(sample + " "):
+                return float(ln.split()[-1])
+    return 0.0
+
+
+def test_auto_mode_plain_when_alone_and_vanishing_members_do_not_block_the_key(
+        proxy: ProxyProc, sandbox: Sandbox) -> None:
+    initial = 100_000
+    reset_stock(sandbox, {40: initial})
+    plain = 'seckill_proxy_hotrow_statements_total{mode="auto",outcome="plain"}'
+    p0 = _metric(proxy, plain)
+    b0 = batches(sandbox)
+    c = proxy.connect()
+    with c.cursor() as cur:
+        for _ in range(5):  # one client: never contended, every statement as it is
+            assert cur.execute(SQL.format(hint="/*+ HOTROW(auto) */ ", n=1, sku=40)) == 1
+            cur.execute("SELECT ROW_COUNT()")
+            assert cur.fetchone() == (1,)
+    c.close()
+    assert _metric(proxy, plain) - p0 == 5
+    assert batches(sandbox) == b0
+
+    async def vanish(i: int) -> None:
+        # sends its decrement and closes at once, never reading the answer
+        conn = await aiomysql.connect(host="127.0.0.1", port=proxy.port, user="app",
+                                      password="app", db="shop", autocommit=True)
+        sql = SQL.format(hint="/*+ HOTROW(auto) */ ", n=1, sku=40).encode()
+        payload = b"\x03" + sql
+        conn._writer.write(len(payload).to_bytes(3, "little") + b"\x00" + payload)
+        await asyncio.sleep(random.Random(i).random() * 0.01)
+        conn.close()
+
+    async def run() -> Tally:
+        await asyncio.gather(*(vanish(i) for i in range(100)))
+        return await asyncio.wait_for(
+            buyers(proxy.port, 50, 4, [40], [1], hint="/*+ HOTROW(auto) */ "), 60)
+
+    t = asyncio.run(run())
+    assert t.errors == [] and t.hits == 200
+    time.sleep(1)  # vanished statements still running finish
+    final = stock_of(sandbox)[40]
+    vanished_applied = initial - 5 - 200 - final
+    assert 0 <= vanished_applied <= 100
 
 
 def test_mixed_amounts_several_keys(proxy: ProxyProc, sandbox: Sandbox) -> None:
@@ -133,10 +185,10 @@ def test_admin_mode_switches_under_load(proxy: ProxyProc, sandbox: Sandbox) -> N
     switched: list[str] = []
 
     def switcher() -> None:
-        modes = ["queue", "off", "merge"]
+        modes = ["queue", "off", "merge", "auto"]
         i = 0
         while not done.is_set():
-            m = modes[i % 3]
+            m = modes[i % 4]
             target = " FOR TABLE shop.inventory" if i % 2 else ""
             proxy.admin(f"SET hotrow.mode = '{m}'{target}")
             switched.append(m)

@@ -4,8 +4,9 @@
 --   form=autocommit: UPDATE inventory ... AND quantity > 0; INSERT order if it sold a unit
 -- sysbench's Lua API returns nothing for DML, so the UPDATE's answer is read with ROW_COUNT().
 sysbench.cmdline.options = {
-  sku = {"SKU bought", 1001},
-  form = {"txn or autocommit", "txn"},
+  sku = {"SKU bought (the first of --skus)", 1001},
+  skus = {"number of SKUs, chosen uniformly from --sku on", 1},
+  form = {"txn (INSERT first), txn_update_first, or autocommit", "txn"},
 }
 
 function thread_init()
@@ -18,8 +19,6 @@ function thread_init()
   ins_user = ins:bind_create(sysbench.sql.type.INT)
   ins_sku = ins:bind_create(sysbench.sql.type.INT)
   ins:bind_param(ins_user, ins_sku)
-  upd_sku:set(sysbench.opt.sku)
-  ins_sku:set(sysbench.opt.sku)
 end
 
 local function sold()
@@ -27,12 +26,24 @@ local function sold()
 end
 
 function event()
+  local sku = sysbench.opt.sku + sysbench.rand.uniform(0, sysbench.opt.skus - 1)
+  upd_sku:set(sku)
+  ins_sku:set(sku)
   ins_user:set(sysbench.rand.uniform(1, 1000000))
   if sysbench.opt.form == "txn" then
     con:query("BEGIN")
     ins:execute()
     upd:execute()
     if sold() then con:query("COMMIT") else con:query("ROLLBACK") end
+  elseif sysbench.opt.form == "txn_update_first" then
+    con:query("BEGIN")
+    upd:execute()
+    if sold() then
+      ins:execute()
+      con:query("COMMIT")
+    else
+      con:query("ROLLBACK")
+    end
   else
     upd:execute()
     if sold() then ins:execute() end
