@@ -113,6 +113,8 @@ class HotRowCfg:
     queue_wait_timeout_ms: int = 5000
     batch_schema: str = "seckill_proxy"
     prune_after_s: int = 3600
+    # a reservation (escrow.py) this old whose member's connection is gone is resolved
+    recover_after_s: int = 30
 
 
 @dataclass(frozen=True)
@@ -309,8 +311,9 @@ def _hotrow(n: _Node) -> HotRowCfg:
     q.done()
     bs = _str(n.get("batch_schema", "seckill_proxy"), n.key("batch_schema"))
     prune = _int(n.get("prune_after_s", 3600), n.key("prune_after_s"), 1, 10**8)
+    recover = _int(n.get("recover_after_s", 30), n.key("recover_after_s"), 1, 10**6)
     n.done()
-    return HotRowCfg(mode, tuple(rules), max_batch, max_wait, qc, qm, qt, bs, prune)
+    return HotRowCfg(mode, tuple(rules), max_batch, max_wait, qc, qm, qt, bs, prune, recover)
 
 
 def validate(raw: Any, source: str = "") -> Config:

@@ -31,6 +31,8 @@ from . import protocol as P
 from .classify import HotTemplate, Shape, Unsupported, statement_values
 from .config import HOTROW_MODES, HotRowCfg, HotRowRule
 from .errors import CR_SERVER_LOST, ER_LOCK_WAIT_TIMEOUT, BackendError, BackendLost, ProxyError
+from .escrow import Escrow, Reservation
+from .escrow import ddl as escrow_ddl
 from .outcome import find_record
 from .state import SERVICE, Answered
 
@@ -115,6 +117,10 @@ class Member:
     # auto mode: a member alone in its group runs its own statement (decision PLAIN) and sets
     # this when done, so the key's next group waits for it as for a group.
     plain_done: asyncio.Future[None] | None = field(repr=False, default=None)
+    # inside a transaction: the member's own connection (its confirm row goes there) and,
+    # once the batch committed, its reservation
+    conn: Any = field(repr=False, default=None)
+    reservation: Reservation | None = None
 
 
 PLAIN = -2  # decision for a member of a group of one in auto mode: run your own statement
@@ -178,6 +184,7 @@ class RuleState:
     ok: bool | None = None
     reason: str = "not checked yet"
     unsigned: bool = False
+    escrow_ok: bool = True  # no foreign key points at the table: members' inserts lock nothing there
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -201,12 +208,21 @@ class HotRowEngine:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._bg: list[asyncio.Task[Any]] = []
         self.apply_config(app.cfg.hotrow)
+        self.escrow = Escrow(self.cfg.batch_schema, self._conn, self._release,
+                             self.cfg.recover_after_s)
+
+    async def _release(self, c: BackendConn, broken: bool) -> None:
+        if broken:
+            c.dirty = True
+        await c.pool.release(c)
 
     # ---- configuration and DBA control ----------------------------------------------------
 
     def apply_config(self, cfg: HotRowCfg) -> None:
         self.cfg = cfg
         self.rules = {(r.schema, r.table): r for r in cfg.rules}
+        if hasattr(self, "escrow"):
+            self.escrow.recover_after_s = cfg.recover_after_s
         self.global_mode = cfg.mode
         self.table_modes = {}
         for k in list(self.rule_state):
@@ -279,10 +295,37 @@ class HotRowEngine:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=self.app.cfg.limits.shutdown_grace_s)
 
+    async def recover_escrow(self) -> int:
+        """Resolve reservations whose member is gone without this proxy knowing (a crashed
+        proxy, a failover): returned to stock unless their confirm row committed."""
+        users = [u.name for u in self.app.cfg.users]
+        rules = {f"`{r.schema}`.`{r.table}`": r for r in self.rules.values()}
+        if not users or not any(st.ok for st in self.rule_state.values()):
+            return 0
+        found = await self.escrow.orphans(users[0])
+        for batch_id, member, table, key_sql, amount in found:
+            rule = rules.get(table)
+            if rule is None:
+                continue  # a rule removed since: left for when it comes back
+            value: int | str = int(key_sql) if key_sql.lstrip("-").isdigit() else \
+                key_sql[1:-1].replace("\\'", "'").replace("\\\\", "\\")
+            rv = Reservation(table, rule.key, rule.column, key_sql, (rule.schema, rule.table, value),
+                             batch_id, member, amount, users[0])
+            self.escrow.reserved(rv)
+            self.escrow.ended([rv])
+        if found:
+            log.warning("escrow: resolving %d reservations left by a lost proxy or primary",
+                        len(found))
+        return len(found)
+
     async def _housekeeping(self) -> None:
         last_prune = 0.0
         while True:
             await asyncio.sleep(5)
+            try:
+                await self.recover_escrow()
+            except Exception as e:  # noqa: BLE001 - retried next round
+                log.info("escrow recovery skipped: %s", type(e).__name__)
             now = time.monotonic()
             for k, ks in list(self.keys.items()):
                 if (not ks.waiting and not ks.in_flight and ks.collecting is None
@@ -313,7 +356,8 @@ class HotRowEngine:
 
     async def _conn(self, user: str) -> BackendConn:
         pool = await self.app.writable_primary()
-        return await pool.acquire(user, self.app.cfg.password_of(user) or "", want=SERVICE)
+        return await pool.acquire(user, self.app.cfg.password_of(user) or "", want=SERVICE,
+                                  service=True)
 
     async def _check_rule(self, rule: HotRowRule, user: str) -> RuleState:
         """Verify against the schema that `key` is the whole primary key and `column` an integer
@@ -356,6 +400,12 @@ class HotRowEngine:
                         "created_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6), "
                         "table_name VARCHAR(192) NOT NULL, key_value VARCHAR(255) NOT NULL, "
                         "members INT NOT NULL, total BIGINT NOT NULL, KEY (created_at)) ENGINE=InnoDB")
+                    for sql in escrow_ddl(self.cfg.batch_schema):
+                        await c.execute(sql)
+                    fk, _ = await c.query(
+                        "SELECT COUNT(*) FROM information_schema.REFERENTIAL_CONSTRAINTS WHERE "
+                        f"UNIQUE_CONSTRAINT_SCHEMA='{s}' AND REFERENCED_TABLE_NAME='{t}'")
+                    st.escrow_ok = not fk or fk[0][0] in ("0", None)
                     st.ok, st.reason = True, "ok"
                     st.unsigned = "unsigned" in (col[0][1] or "").lower()
                 if st.ok is False:
@@ -404,18 +454,30 @@ class HotRowEngine:
             return None
         in_txn = bool(session.status & P.SERVER_STATUS_IN_TRANS) or (
             session.sysvars.get("autocommit", "ON").upper() in ("OFF", "0"))
-        if mode in ("merge", "auto") and (in_txn or session.pin or _read_only(session.sysvars)):
-            # Merged, the statement would run on another connection: not for a transaction,
-            # a session pinned to state on its own connection (a temporary table shadowing the
-            # rule's table, LOCK TABLES, user variables) or a read-only session. Queued, it
-            # runs on the session's own connection and MySQL answers it.
+        txn_conn = None
+        if mode in ("merge", "auto") and in_txn and not session.pin and rs.escrow_ok \
+                and hs.key_id not in session.txn_hot:
+            # Inside a transaction the member's units are reserved by the group and confirmed
+            # in its own transaction (escrow.py); that needs the connection holding it.
+            txn_conn = session.escrow_conn()
+        if mode in ("merge", "auto") and (
+                (in_txn and txn_conn is None) or session.pin or _read_only(session.sysvars)):
+            # Merged, the statement would run on another connection: not for a session pinned
+            # to state on its own connection (a temporary table shadowing the rule's table,
+            # LOCK TABLES, user variables), a read-only session, or a transaction that already
+            # locked the row itself. Queued, it runs on the session's own connection and MySQL
+            # answers it.
             mode = "queue"
         ks = self._key(hs, mode)
         if mode == "queue":
+            if in_txn:
+                session.txn_hot.add(hs.key_id)  # its transaction now holds the row lock
             return await self._queue(session, hs, ks, forward)
         if mode == "auto" and ks.collecting is None and (ks.tail is None or ks.tail.done()):
+            if in_txn:
+                session.txn_hot.add(hs.key_id)
             return await self._plain(ks, forward)
-        return await self._merge(session, hs, ks, rs.unsigned, forward, mode == "auto")
+        return await self._merge(session, hs, ks, rs.unsigned, forward, mode == "auto", txn_conn)
 
     # ---- auto: plain while the key is idle ---------------------------------------------------
 
@@ -491,14 +553,55 @@ class HotRowEngine:
 
     async def _merge(
         self, session: HotRowMember, hs: HotStmt, ks: KeyState, unsigned: bool,
-        forward: Callable[[], Awaitable[Any]], auto: bool = False,
+        forward: Callable[[], Awaitable[Any]], auto: bool = False, txn_conn: Any = None,
     ) -> tuple[str, str]:
         loop = asyncio.get_running_loop()
-        m = Member(hs.amount, hs.guard_op, hs.bound, loop.create_future(), loop.time())
-        g = ks.collecting
         user = session.username or ""
         if auto:
             ks.mode = "auto:merge"
+        deadline = loop.time() + self.cfg.queue_wait_timeout_ms / 1000
+        while True:
+            m = Member(hs.amount, hs.guard_op, hs.bound, loop.create_future(), loop.time(),
+                       conn=txn_conn)
+            decision = await self._join(ks, hs, m, user, unsigned, auto)
+            # Near sell-out: "0 rows" while units reserved by open transactions may still come
+            # back would be a lie in time; MySQL's member would wait on the row lock. Wait for
+            # them to resolve (bounded like a queue wait), then try again.
+            if decision == 0 and loop.time() < deadline and await self.escrow.wait_resolved(
+                    hs.key_id, deadline - loop.time()):
+                continue
+            break
+        if decision == PLAIN:
+            assert m.plain_done is not None
+            if txn_conn is not None:
+                session.txn_hot.add(hs.key_id)
+            try:
+                r = await forward()
+            finally:
+                m.plain_done.set_result(None)
+            ok = r is not None and r.err is None
+            M.HOTROW_STATEMENTS.labels("auto", "plain" if ok else "error").inc()
+            return "hotrow-plain", "ok" if ok else "error"
+        if m.gtid:
+            session.last_gtid = m.gtid  # read-your-writes covers merged deductions too
+        if decision == -1:
+            M.HOTROW_STATEMENTS.labels("merge", "run_alone").inc()
+            if txn_conn is not None:
+                session.txn_hot.add(hs.key_id)
+            await forward()
+            return "hotrow-merge", "ok"
+        if m.reservation is not None:
+            return await self._confirm(session, m, m.reservation)
+        (_M_HIT if decision else _M_MISS).inc()
+        # It ran on no connection of the session: no warnings to show, ROW_COUNT() answered here.
+        session.stmt_conn = Answered(decision)
+        await session.send(session.ok_packet(decision, 0, 0, INFO_HIT if decision else INFO_MISS))
+        return "hotrow-merge", "ok"
+
+    async def _join(self, ks: KeyState, hs: HotStmt, m: Member, user: str, unsigned: bool,
+                    auto: bool) -> int:
+        """Join (or open) the key's collecting group; the member's decision."""
+        g = ks.collecting
         if g is None or len(g.members) >= self.cfg.max_batch or g.user != user:
             g = Group(prev=ks.tail, user=user, auto=auto)
             ks.collecting = g
@@ -511,32 +614,37 @@ class HotRowEngine:
             g.full.set()
         ks.waiting += 1
         try:
-            decision = await m.fut  # the group runs in its own task: no shield needed
+            return await m.fut  # the group runs in its own task: no shield needed
         except BaseException:
             if m.plain_done is not None and not m.plain_done.done():
                 m.plain_done.set_result(None)  # told to run alone, gone first: the key moves on
+            if m.reservation is not None and m.fut.done() and not m.fut.cancelled():
+                self.escrow.ended([m.reservation])  # reserved, never confirmed: give it back
             raise
         finally:
             ks.waiting -= 1
-        if decision == PLAIN:
-            assert m.plain_done is not None
-            try:
-                r = await forward()
-            finally:
-                m.plain_done.set_result(None)
-            ok = r is not None and r.err is None
-            M.HOTROW_STATEMENTS.labels("auto", "plain" if ok else "error").inc()
-            return "hotrow-plain", "ok" if ok else "error"
-        if m.gtid:
-            session.last_gtid = m.gtid  # read-your-writes covers merged deductions too
-        if decision == -1:
-            M.HOTROW_STATEMENTS.labels("merge", "run_alone").inc()
-            await forward()
-            return "hotrow-merge", "ok"
-        (_M_HIT if decision else _M_MISS).inc()
-        # It ran on no connection of the session: no warnings to show, ROW_COUNT() answered here.
-        session.stmt_conn = Answered(decision)
-        await session.send(session.ok_packet(decision, 0, 0, INFO_HIT if decision else INFO_MISS))
+
+    async def _confirm(self, session: HotRowMember, m: Member, r: Reservation) -> tuple[str, str]:
+        """The group reserved the member's units: its confirm row goes into its own
+        transaction before it is told "1 row". Whatever ends that transaction resolves the
+        reservation (the session hands it over)."""
+        c = m.conn
+        try:
+            await c.execute(self.escrow.confirm_sql(r))
+        except BaseException as e:
+            self.escrow.ended([r])  # no confirm row: the units go back
+            M.HOTROW_STATEMENTS.labels("merge", "error").inc()
+            if isinstance(e, BackendError):
+                raise ProxyError((e.code, e.sqlstate), e.message) from None
+            if isinstance(e, BackendLost):
+                raise ProxyError(
+                    CR_SERVER_LOST, f"Lost connection to MySQL server during query ({e.reason}); "
+                    "the transaction was rolled back or its outcome is unknown", fatal=True) from None
+            raise
+        session.escrow.append(r)
+        session.stmt_conn = c  # ROW_COUNT() 1 and no warnings, as the UPDATE's own
+        _M_HIT.inc()
+        await session.send(session.ok_packet(1, 0, 0, INFO_HIT))
         return "hotrow-merge", "ok"
 
     async def _lead(self, hs: HotStmt, ks: KeyState, g: Group, user: str, unsigned: bool) -> None:
@@ -604,7 +712,8 @@ class HotRowEngine:
             ks.recent.append((time.monotonic(), len(g.members)))
             ack_err: ProxyError | None = None
             gtid = g.members[0].gtid if g.members else None
-            if gtid and self.app.durability.wants_ack and any(d == 1 for d in decisions):
+            if gtid and self.app.durability.wants_ack and any(
+                    d == 1 and m.conn is None for m, d in zip(g.members, decisions, strict=True)):
                 try:
                     await self.app.durability.wait_ack(gtid)  # one wait serves the whole batch
                 except ProxyError as e:
@@ -643,10 +752,18 @@ class HotRowEngine:
                 f"START TRANSACTION; SELECT `{r.column}` FROM {tbl} WHERE `{r.key}` = {key} FOR UPDATE")
             current = int(rows[0][0]) if rows and rows[0][0] is not None else None
             decisions, total = allocate(current, members, unsigned)
+            # Members inside transactions: their units are reserved, not sold (escrow.py).
+            reserve = [(Reservation(tbl, r.key, r.column, key, hs.key_id, batch_id, i, m.amount,
+                                    user), m)
+                       for i, (m, d) in enumerate(zip(members, decisions, strict=True))
+                       if d == 1 and m.conn is not None]
             stmts = []
             if total:
                 stmts.append(f"UPDATE {tbl} SET `{r.column}` = `{r.column}` - {total} "
                              f"WHERE `{r.key}` = {key}")
+            if reserve:
+                stmts.append(self.escrow.reservation_sql(
+                    (rv, m.conn.thread_id) for rv, m in reserve))
             stmts.append(
                 f"INSERT INTO `{self.cfg.batch_schema}`.`hotrow_batch` "
                 f"(id, table_name, key_value, members, total) VALUES ({batch_id}, "
@@ -663,8 +780,13 @@ class HotRowEngine:
             await pool.release(c, "batch connection lost")
             if not commit_sent:
                 raise NotCommitted(_as_proxy_error(e)) from None
-            return await self._in_doubt(hs, batch_id, user, decisions, e)
-        await pool.release(c)
+            decisions = await self._in_doubt(hs, batch_id, user, decisions, e)
+            ok = None
+        else:
+            await pool.release(c)
+        for rv, m in reserve:
+            m.reservation = rv
+            self.escrow.reserved(rv)
         if ok is not None and ok.gtid:
             for m in members:
                 m.gtid = ok.gtid

@@ -29,6 +29,8 @@ from .state import Wanted
 log = logging.getLogger("seckill.pool")
 
 
+SERVICE_RESERVE = 8  # connections the hot-row engine may open beyond max_connections
+
 class Pool:
     """Connections to one server. Keyed by (user, found_rows) because the login user and the
     CLIENT_FOUND_ROWS capability are fixed per connection."""
@@ -63,7 +65,7 @@ class Pool:
 
     async def acquire(
         self, user: str, password: str, found_rows: bool = False,
-        prefer: BackendConn | None = None, want: Wanted | None = None,
+        prefer: BackendConn | None = None, want: Wanted | None = None, service: bool = False,
     ) -> BackendConn:
         """A connection for `user` carrying the state `want` (database, names, variables).
 
@@ -71,7 +73,8 @@ class Pool:
         without a default database needs a connection that never had one (MySQL has no way to
         unselect a database), so when none is idle a new one is opened."""
         c = await self._acquire(user, password, found_rows, prefer,
-                                None if want is None or want.any_db else want.database)
+                                None if want is None or want.any_db else want.database,
+                                service=service)
         if want is None:
             return c
         try:
@@ -88,16 +91,22 @@ class Pool:
 
     async def _acquire(
         self, user: str, password: str, found_rows: bool, prefer: BackendConn | None,
-        schema: str | None, fresh: bool = False,
+        schema: str | None, fresh: bool = False, service: bool = False,
     ) -> BackendConn:
         key = (user, found_rows)
+        # The hot-row engine's batches may open a few connections beyond the limit: members
+        # waiting for their group hold theirs (inside transactions), and a batch that waited
+        # for one of them would wait for itself.
+        limit = self.cfg.max_connections + (SERVICE_RESERVE if service else 0)
         t0 = time.perf_counter()
         deadline = time.monotonic() + self.cfg.acquire_timeout_s
         waited = False
         while True:
             if self.closed:
                 raise BackendLost(f"pool for {self.addr} is closed", sent=False)
-            q = None if fresh else self.idle.get(key)
+            # Beyond the limit only the engine's batches may take a connection, idle ones too.
+            over = not service and self.in_use >= self.cfg.max_connections
+            q = None if fresh or over else self.idle.get(key)
             while q:
                 if prefer is None or prefer not in q:
                     prefer = _matching(q, schema)
@@ -115,7 +124,7 @@ class Pool:
                 if waited:
                     self._m_wait.observe(time.perf_counter() - t0)
                 return c
-            if self.total < self.cfg.max_connections:
+            if self.total < limit:
                 self.total += 1
                 try:
                     c = await BackendConn.connect(

@@ -80,6 +80,10 @@ class HotRowMember(Protocol):
     held_slots: list[asyncio.Semaphore]
     last_gtid: str | None
     stmt_conn: Any  # the connection of the session's last statement, or state.Answered
+    escrow: list[Any]  # escrow.Reservation of its open transaction, resolved when it ends
+    txn_hot: set[Any]  # hot keys its open transaction locked itself (never merged again in it)
+
+    def escrow_conn(self) -> Any: ...  # the primary connection holding its transaction, or None
 
     def release_slots(self) -> None: ...
 

@@ -33,6 +33,7 @@ from .errors import (
     LeaseReason,
     ProxyError,
 )
+from .escrow import Reservation
 from .fastlane import FastLane
 from .lease import Lease, LeaseState
 from .plan import Plan, Route, Track, plan
@@ -64,6 +65,8 @@ class ProxySession(BaseSession):
         self.stmt_conn: BackendConn | Answered | None = None
         self.last_conn: BackendConn | None = None
         self.pin: str | None = None
+        self.escrow: list[Reservation] = []  # units reserved for its open transaction
+        self.txn_hot: set[Any] = set()  # hot keys its open transaction locked itself
         self.sysvars: dict[str, str] = {}  # replayable session variables the client changed
         self.names: Names = LOGIN_NAMES  # character set and collation (state.py)
         self.handshake_names: Names = LOGIN_NAMES
@@ -115,9 +118,27 @@ class ProxySession(BaseSession):
     async def close(self) -> None:
         if self.lane is not None:
             self.lane.abandon()
-        await self._drop_conn(LeaseReason.CLIENT_GONE)
+        await self._drop_conn(LeaseReason.CLIENT_GONE)  # rolls an open transaction back
         self.status &= ~P.SERVER_STATUS_IN_TRANS
+        self.txn_over()
         self.release_slots()
+
+    def txn_over(self) -> None:
+        """The session's transaction is over (committed, rolled back, or its connection gone):
+        the hot-row engine resolves what it reserved for it (escrow.py)."""
+        if self.escrow:
+            self.app.hotrow.escrow.ended(self.escrow)
+            self.escrow = []
+        self.txn_hot.clear()
+
+    def escrow_conn(self) -> BackendConn | None:
+        """The primary connection that holds this session's open transaction, if any."""
+        L = self.lease
+        c = L.conn
+        if (L.state is LeaseState.TRANSACTION and c is not None and not c.broken
+                and c.pool is self.app.primary_pool()):
+            return c
+        return None
 
     def release_slots(self) -> None:
         """Give back hot-row queue slots once no transaction holds them."""
@@ -224,6 +245,8 @@ class ProxySession(BaseSession):
         """After a statement: what the lease becomes (one decision for both paths)."""
         L = self.lease
         c = L.conn
+        if (self.escrow or self.txn_hot) and (not self.in_txn or c is None or c.broken):
+            self.txn_over()
         if c is None:
             return
         if L.state is LeaseState.REPLICA_TXN:
