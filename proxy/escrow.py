@@ -102,6 +102,12 @@ class Escrow:
             ke = self.keys[key_id] = KeyEscrow()
         return ke
 
+    def prune(self) -> None:
+        """Forget keys with nothing reserved or pending (keys come from client input)."""
+        for k, ke in list(self.keys.items()):
+            if ke.outstanding <= 0 and not ke.pending and not ke.draining:
+                del self.keys[k]
+
     def reserved(self, r: Reservation) -> None:
         self.key(r.key_id).outstanding += r.amount
 
@@ -128,11 +134,12 @@ class Escrow:
                 self._tasks.add(t)
                 t.add_done_callback(self._tasks.discard)
 
-    async def wait_resolved(self, key_id: Any, timeout: float) -> bool:
+    async def wait_resolved(self, key_id: Any, timeout: float, own: int = 0) -> bool:
         """Wait until something outstanding on the key is resolved; False on timeout or when
-        nothing is outstanding."""
+        nothing is outstanding but the waiter's own (its own transaction's units come back
+        only when it ends: MySQL would not make it wait for itself either)."""
         ke = self.keys.get(key_id)
-        if ke is None or ke.outstanding <= 0:
+        if ke is None or ke.outstanding <= own:
             return False
         ke.changed.clear()
         try:

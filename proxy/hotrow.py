@@ -261,11 +261,13 @@ class HotRowEngine:
                 ks.recent.popleft()
             b = len(ks.recent)
             members = sum(x for _, x in ks.recent)
+            ke = self.escrow.keys.get((s, t, k))
             rows.append((f"{s}.{t}", str(k), ks.mode, ks.waiting, ks.in_flight, round(b / 10, 1),
-                         round(members / b, 1) if b else 0.0, ks.batches, ks.statements))
+                         round(members / b, 1) if b else 0.0, ks.batches, ks.statements,
+                         ke.outstanding if ke else 0))
         rows.sort(key=lambda r: (r[3] + r[4], r[5], r[8]), reverse=True)
         return rows[:n], ["table", "key", "mode", "waiting", "in_flight", "batches_per_s_10s",
-                          "avg_batch_10s", "batches_total", "statements_total"]
+                          "avg_batch_10s", "batches_total", "statements_total", "reserved_units"]
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -331,6 +333,7 @@ class HotRowEngine:
                 if (not ks.waiting and not ks.in_flight and ks.collecting is None
                         and now - ks.last_seen > 60):
                     del self.keys[k]
+            self.escrow.prune()
             if now - last_prune > 60:
                 last_prune = now
                 try:
@@ -567,8 +570,9 @@ class HotRowEngine:
             # Near sell-out: "0 rows" while units reserved by open transactions may still come
             # back would be a lie in time; MySQL's member would wait on the row lock. Wait for
             # them to resolve (bounded like a queue wait), then try again.
+            own = sum(r.amount for r in session.escrow if r.key_id == hs.key_id)
             if decision == 0 and loop.time() < deadline and await self.escrow.wait_resolved(
-                    hs.key_id, deadline - loop.time()):
+                    hs.key_id, deadline - loop.time(), own):
                 continue
             break
         if decision == PLAIN:

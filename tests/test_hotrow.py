@@ -348,7 +348,8 @@ def test_primary_restart_mid_load(proxy: ProxyProc, sandbox: Sandbox) -> None:
     sandbox.replicas[0].sql("START SLAVE")
 
 
-def test_merge_mode_inside_transaction_uses_queue(proxy: ProxyProc, sandbox: Sandbox) -> None:
+def test_merge_inside_a_transaction_reserves_and_a_rollback_returns(proxy: ProxyProc,
+                                                                     sandbox: Sandbox) -> None:
     reset_stock(sandbox, {70: 5})
     b0 = batches(sandbox)
     c = proxy.connect()
@@ -357,12 +358,16 @@ def test_merge_mode_inside_transaction_uses_queue(proxy: ProxyProc, sandbox: San
         assert cur.execute("UPDATE inventory SET quantity = quantity - 1 WHERE sku_id = 70 AND quantity > 0") == 1
         cur.execute("SELECT quantity FROM inventory WHERE sku_id = 70")
         assert cur.fetchone() == (4,)  # visible inside the client's own transaction
-    assert stock_of(sandbox)[70] == 5  # not committed yet: it was not merged into a batch
+    # merged (escrow.py): the group committed a reservation, the unit is out of stock already
+    assert stock_of(sandbox)[70] == 4
+    assert batches(sandbox)[0] == b0[0] + 1
+    keys = {r[1]: r for r in proxy.admin("SHOW HOT KEYS")}
+    assert keys["70"][2] == "merge" and keys["70"][-1] == 1  # one unit reserved
     c.rollback()
-    assert stock_of(sandbox)[70] == 5
-    assert batches(sandbox) == b0
-    keys = {r[1]: r[2] for r in proxy.admin("SHOW HOT KEYS")}
-    assert keys.get("70") == "queue"
+    deadline = time.monotonic() + 10
+    while stock_of(sandbox)[70] != 5 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert stock_of(sandbox)[70] == 5  # the rollback gave the unit back
     c.close()
 
 
