@@ -57,7 +57,7 @@ def main() -> None:
                    "merge": {"max_batch": 256, "max_wait_us": 200}})
     rows = []
     try:
-        for form in ("autocommit", "txn"):
+        for form in ("autocommit", "txn", "txn_update_first"):
             for skus in (1, 10):
                 reset(sb, skus)
                 for t in THREADS if skus == 1 else [16, 128]:

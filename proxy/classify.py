@@ -67,7 +67,7 @@ def literals(sql: str) -> list[str]:
 # ---- hints -----------------------------------------------------------------------------
 
 _HINT_BLOCK = re.compile(r"/\*\+(.*?)\*/", re.S)
-_HINT = re.compile(r"([A-Za-z_]+)\s*\(([^)]*)\)")
+_HINT = re.compile(r"([A-Za-z_]+)(?:\s*\(([^)]*)\))?")  # NAME(arg) or a bare NAME
 
 
 def parse_hints(sql: str) -> dict[str, str]:

@@ -28,9 +28,18 @@ from pymysql.converters import escape_string
 
 from . import metrics as M
 from . import protocol as P
-from .classify import HotTemplate, Shape, Unsupported, statement_values
+from .classify import HotTemplate, Shape, Unsupported, parse_hints, statement_values
 from .config import HOTROW_MODES, HotRowCfg, HotRowRule
-from .errors import CR_SERVER_LOST, ER_LOCK_WAIT_TIMEOUT, BackendError, BackendLost, ProxyError
+from .errors import (
+    CR_SERVER_LOST,
+    ER_INVENTORY_AUTOCOMMIT,
+    ER_INVENTORY_TARGET_AFFECT_ROW,
+    ER_LOCK_WAIT_TIMEOUT,
+    ER_PARSE_ERROR,
+    BackendError,
+    BackendLost,
+    ProxyError,
+)
 from .escrow import Escrow, Reservation
 from .escrow import ddl as escrow_ddl
 from .outcome import find_record
@@ -425,7 +434,7 @@ class HotRowEngine:
     ) -> tuple[str, str] | None:
         if shape.hot is None:
             return None
-        return await self._handle(session, shape, statement_values(sql), forward)
+        return await self._handle(session, shape, statement_values(sql), forward, sql)
 
     async def intercept_execute(
         self, session: HotRowMember, st: Prepared, parts: ExecuteParts,
@@ -437,11 +446,12 @@ class HotRowEngine:
             params = P.decode_binary_params(parts, st.types, st.num_params)
         except (ValueError, IndexError):
             return None
-        return await self._handle(session, st.shape, statement_values(st.sql, params), forward)
+        return await self._handle(session, st.shape, statement_values(st.sql, params), forward,
+                                  st.sql)
 
     async def _handle(
         self, session: HotRowMember, shape: Shape, values: list[object],
-        forward: Callable[[], Awaitable[Any]],
+        forward: Callable[[], Awaitable[Any]], raw_sql: str = "",
     ) -> tuple[str, str] | None:
         assert shape.hot is not None
         hs = bind(shape.hot, values, session.database, self.rules)
@@ -457,6 +467,10 @@ class HotRowEngine:
             return None
         in_txn = bool(session.status & P.SERVER_STATUS_IN_TRANS) or (
             session.sysvars.get("autocommit", "ON").upper() in ("OFF", "0"))
+        inv = inventory_hints(shape.hints, raw_sql)
+        if inv is not None and (inv.commit_on_success or inv.rollback_on_fail) and not in_txn:
+            raise ProxyError(ER_INVENTORY_AUTOCOMMIT,
+                             "Inventory transactional hints didn't allowed in autocommit mode")
         txn_conn = None
         if mode in ("merge", "auto") and in_txn and not session.pin and rs.escrow_ok \
                 and hs.key_id not in session.txn_hot:
@@ -476,11 +490,14 @@ class HotRowEngine:
             if in_txn:
                 session.txn_hot.add(hs.key_id)  # its transaction now holds the row lock
             return await self._queue(session, hs, ks, forward)
-        if mode == "auto" and ks.collecting is None and (ks.tail is None or ks.tail.done()):
+        if mode == "auto" and inv is None and ks.collecting is None and (
+                ks.tail is None or ks.tail.done()):
             if in_txn:
                 session.txn_hot.add(hs.key_id)
             return await self._plain(ks, forward)
-        return await self._merge(session, hs, ks, rs.unsigned, forward, mode == "auto", txn_conn)
+        # Inventory hints are honoured on the merged path, so a hinted statement merges.
+        return await self._merge(session, hs, ks, rs.unsigned, forward,
+                                 mode == "auto" and inv is None, txn_conn, inv)
 
     # ---- auto: plain while the key is idle ---------------------------------------------------
 
@@ -557,6 +574,7 @@ class HotRowEngine:
     async def _merge(
         self, session: HotRowMember, hs: HotStmt, ks: KeyState, unsigned: bool,
         forward: Callable[[], Awaitable[Any]], auto: bool = False, txn_conn: Any = None,
+        inv: Inventory | None = None,
     ) -> tuple[str, str]:
         loop = asyncio.get_running_loop()
         user = session.username or ""
@@ -566,7 +584,12 @@ class HotRowEngine:
         while True:
             m = Member(hs.amount, hs.guard_op, hs.bound, loop.create_future(), loop.time(),
                        conn=txn_conn)
-            decision = await self._join(ks, hs, m, user, unsigned, auto)
+            try:
+                decision = await self._join(ks, hs, m, user, unsigned, auto)
+            except ProxyError:
+                if inv is not None and inv.rollback_on_fail and txn_conn is not None:
+                    await self._end_txn(session, txn_conn, "ROLLBACK")
+                raise
             # Near sell-out: "0 rows" while units reserved by open transactions may still come
             # back would be a lie in time; MySQL's member would wait on the row lock. Wait for
             # them to resolve (bounded like a queue wait), then try again.
@@ -594,11 +617,29 @@ class HotRowEngine:
                 session.txn_hot.add(hs.key_id)
             await forward()
             return "hotrow-merge", "ok"
+        if inv is not None and inv.target is not None and decision != inv.target:
+            # TARGET_AFFECT_ROW(n): the statement fails and changes nothing
+            if m.reservation is not None:
+                self.escrow.ended([m.reservation])
+            if inv.rollback_on_fail and txn_conn is not None:
+                await self._end_txn(session, txn_conn, "ROLLBACK")
+            M.HOTROW_STATEMENTS.labels("merge", "target_mismatch").inc()
+            raise ProxyError(ER_INVENTORY_TARGET_AFFECT_ROW,
+                             "The affected row number does not match that of user specified.")
         if m.reservation is not None:
-            return await self._confirm(session, m, m.reservation)
+            try:
+                await self._confirm(session, m, m.reservation)
+            except ProxyError:
+                M.HOTROW_STATEMENTS.labels("merge", "error").inc()
+                if inv is not None and inv.rollback_on_fail:
+                    await self._end_txn(session, txn_conn, "ROLLBACK")
+                raise
+        else:
+            # It ran on no connection of the session: no warnings, ROW_COUNT() answered here.
+            session.stmt_conn = Answered(decision)
+        if inv is not None and inv.commit_on_success and txn_conn is not None:
+            await self._end_txn(session, txn_conn, "COMMIT")
         (_M_HIT if decision else _M_MISS).inc()
-        # It ran on no connection of the session: no warnings to show, ROW_COUNT() answered here.
-        session.stmt_conn = Answered(decision)
         await session.send(session.ok_packet(decision, 0, 0, INFO_HIT if decision else INFO_MISS))
         return "hotrow-merge", "ok"
 
@@ -628,28 +669,27 @@ class HotRowEngine:
         finally:
             ks.waiting -= 1
 
-    async def _confirm(self, session: HotRowMember, m: Member, r: Reservation) -> tuple[str, str]:
+    async def _confirm(self, session: HotRowMember, m: Member, r: Reservation) -> None:
         """The group reserved the member's units: its confirm row goes into its own
         transaction before it is told "1 row". Whatever ends that transaction resolves the
         reservation (the session hands it over)."""
-        c = m.conn
         try:
-            await c.execute(self.escrow.confirm_sql(r))
-        except BaseException as e:
+            await _on_member(m.conn, self.escrow.confirm_sql(r))
+        except BaseException:
             self.escrow.ended([r])  # no confirm row: the units go back
-            M.HOTROW_STATEMENTS.labels("merge", "error").inc()
-            if isinstance(e, BackendError):
-                raise ProxyError((e.code, e.sqlstate), e.message) from None
-            if isinstance(e, BackendLost):
-                raise ProxyError(
-                    CR_SERVER_LOST, f"Lost connection to MySQL server during query ({e.reason}); "
-                    "the transaction was rolled back or its outcome is unknown", fatal=True) from None
             raise
         session.escrow.append(r)
-        session.stmt_conn = c  # ROW_COUNT() 1 and no warnings, as the UPDATE's own
-        _M_HIT.inc()
-        await session.send(session.ok_packet(1, 0, 0, INFO_HIT))
-        return "hotrow-merge", "ok"
+        session.stmt_conn = m.conn  # ROW_COUNT() 1 and no warnings, as the UPDATE's own
+
+    async def _end_txn(self, session: HotRowMember, c: Any, verb: str) -> None:
+        """COMMIT_ON_SUCCESS / ROLLBACK_ON_FAIL: end the member's transaction on its own
+        connection; a COMMIT's OK waits for a replica under `ack: replica`, as any COMMIT."""
+        ok = await _on_member(c, verb)
+        session.status = ok.status
+        if verb == "COMMIT" and ok.gtid:
+            session.last_gtid = ok.gtid
+            if self.app.durability.wants_ack:
+                await self.app.durability.wait_ack(ok.gtid)
 
     async def _lead(self, hs: HotStmt, ks: KeyState, g: Group, user: str, unsigned: bool) -> None:
         loop = asyncio.get_running_loop()
@@ -841,3 +881,38 @@ def _as_proxy_error(e: BackendError | BackendLost | ProxyError) -> ProxyError:
     if isinstance(e, BackendError):
         return ProxyError((e.code, e.sqlstate), e.message)
     return ProxyError(CR_SERVER_LOST, f"Lost connection to MySQL server ({e.reason}); statement NOT applied")
+
+
+async def _on_member(c: Any, sql: str) -> P.OkPacket:
+    """A statement the engine runs inside a member's transaction, on its own connection;
+    errors as the client would get them (a lost connection ends its transaction)."""
+    try:
+        return await c.execute(sql)  # type: ignore[no-any-return]
+    except BackendError as e:
+        raise ProxyError((e.code, e.sqlstate), e.message) from None
+    except BackendLost as e:
+        raise ProxyError(
+            CR_SERVER_LOST, f"Lost connection to MySQL server during query ({e.reason}); "
+            "the transaction was rolled back or its outcome is unknown", fatal=True) from None
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """AliSQL's inventory hints on a hot decrement (honoured on the merged path)."""
+
+    commit_on_success: bool
+    rollback_on_fail: bool
+    target: int | None  # TARGET_AFFECT_ROW(n)
+
+
+def inventory_hints(hints: dict[str, str], raw_sql: str) -> Inventory | None:
+    if not ("COMMIT_ON_SUCCESS" in hints or "ROLLBACK_ON_FAIL" in hints
+            or "TARGET_AFFECT_ROW" in hints):
+        return None
+    target = None
+    if "TARGET_AFFECT_ROW" in hints:  # the digest hides the number: read it from the text
+        raw = parse_hints(raw_sql).get("TARGET_AFFECT_ROW", "")
+        if not raw.isdigit():
+            raise ProxyError(ER_PARSE_ERROR, "TARGET_AFFECT_ROW needs a number of rows")
+        target = int(raw)
+    return Inventory("COMMIT_ON_SUCCESS" in hints, "ROLLBACK_ON_FAIL" in hints, target)

@@ -239,3 +239,63 @@ def test_kill_9_of_the_proxy_mid_transactions_returns_unconfirmed_units(
         assert 5000 - 1 - stock[40] == logged.get(40, 0)  # sold units = committed orders
     finally:
         p2.stop()
+
+
+HINTED = ("UPDATE /*+ COMMIT_ON_SUCCESS ROLLBACK_ON_FAIL TARGET_AFFECT_ROW(1) */ inventory "
+          "SET quantity = quantity - 1 WHERE sku_id = {sku} AND quantity > 0")
+
+
+def test_alisql_inventory_hints(proxy: ProxyProc, sandbox: Sandbox) -> None:
+    setup(sandbox, {50: 1})
+    c = proxy.connect()
+    with c.cursor() as cur:
+        with pytest.raises(pymysql.MySQLError) as ei:  # transactional hints need a transaction
+            cur.execute(HINTED.format(sku=50))
+        assert ei.value.args[0] == 7531
+        cur.execute("BEGIN")
+        cur.execute(LOG.format(sku=50, n=1))
+        assert cur.execute(HINTED.format(sku=50)) == 1  # sold, and committed with the log row
+        cur.execute("SELECT @@in_transaction")
+        assert cur.fetchone() == (0,)
+    settle(sandbox)
+    assert state(sandbox) == ({50: 0}, {50: 1})
+    with c.cursor() as cur:
+        cur.execute("BEGIN")
+        cur.execute(LOG.format(sku=50, n=1))
+        with pytest.raises(pymysql.MySQLError) as ei:  # sold out: 0 rows != 1, rolled back
+            cur.execute(HINTED.format(sku=50))
+        assert ei.value.args[0] == 7532
+        cur.execute("SELECT @@in_transaction")
+        assert cur.fetchone() == (0,)
+    c.close()
+    assert state(sandbox) == ({50: 0}, {50: 1})  # the second log row went with the rollback
+
+
+def test_inventory_hints_under_load_sell_exactly_the_stock(proxy: ProxyProc, sandbox: Sandbox) -> None:
+    setup(sandbox, {51: 150})
+    sold = 0
+    refused = 0
+
+    async def one() -> None:
+        nonlocal sold, refused
+        conn = await aiomysql.connect(host="127.0.0.1", port=proxy.port, user="app",
+                                      password="app", db="shop", autocommit=True)
+        async with conn.cursor() as cur:
+            for _ in range(3):
+                await cur.execute("BEGIN")
+                await cur.execute(LOG.format(sku=51, n=1))
+                try:
+                    await cur.execute(HINTED.format(sku=51))
+                    sold += 1
+                except pymysql.MySQLError as e:
+                    assert e.args[0] == 7532, e.args
+                    refused += 1
+        conn.close()
+
+    async def run() -> None:
+        await asyncio.gather(*(one() for _ in range(100)))
+
+    asyncio.run(run())
+    settle(sandbox)
+    assert sold == 150 and refused == 150
+    assert state(sandbox) == ({51: 0}, {51: 150})
