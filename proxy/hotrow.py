@@ -186,6 +186,18 @@ class KeyState:
     recent: deque[tuple[float, int]] = field(default_factory=deque)
     last_seen: float = 0.0
     mode: str = ""  # the path the key's last statement took (SHOW HOT KEYS)
+    plain_busy: bool = False  # auto: a statement runs as it is on the key
+    plain_done: asyncio.Future[None] | None = None  # made only when a group must wait for it
+
+    def idle(self) -> bool:
+        return (not self.plain_busy and self.collecting is None
+                and (self.tail is None or self.tail.done()))
+
+    def after_plain(self) -> asyncio.Future[None]:
+        """What the next group waits for while a plain statement runs."""
+        if self.plain_done is None:
+            self.plain_done = asyncio.get_running_loop().create_future()
+        return self.plain_done
 
 
 @dataclass
@@ -467,7 +479,14 @@ class HotRowEngine:
             return None
         in_txn = bool(session.status & P.SERVER_STATUS_IN_TRANS) or (
             session.sysvars.get("autocommit", "ON").upper() in ("OFF", "0"))
-        inv = inventory_hints(shape.hints, raw_sql)
+        inv = inventory_hints(shape.hints, raw_sql) if shape.hints else None
+        if mode == "auto" and inv is None:
+            ks = self._key(hs, mode)
+            if ks.idle():
+                # Nothing on the key: as it is, whatever the session (MySQL answers it).
+                if in_txn:
+                    session.txn_hot.add(hs.key_id)  # its transaction now holds the row lock
+                return await self._plain(ks, forward)
         if inv is not None and (inv.commit_on_success or inv.rollback_on_fail) and not in_txn:
             raise ProxyError(ER_INVENTORY_AUTOCOMMIT,
                              "Inventory transactional hints didn't allowed in autocommit mode")
@@ -490,11 +509,6 @@ class HotRowEngine:
             if in_txn:
                 session.txn_hot.add(hs.key_id)  # its transaction now holds the row lock
             return await self._queue(session, hs, ks, forward)
-        if mode == "auto" and inv is None and ks.collecting is None and (
-                ks.tail is None or ks.tail.done()):
-            if in_txn:
-                session.txn_hot.add(hs.key_id)
-            return await self._plain(ks, forward)
         # Inventory hints are honoured on the merged path, so a hinted statement merges.
         return await self._merge(session, hs, ks, rs.unsigned, forward,
                                  mode == "auto" and inv is None, txn_conn, inv)
@@ -502,13 +516,11 @@ class HotRowEngine:
     # ---- auto: plain while the key is idle ---------------------------------------------------
 
     async def _plain(self, ks: KeyState, forward: Callable[[], Awaitable[Any]]) -> tuple[str, str]:
-        """Nothing runs on the key: the statement goes as it is (as mode off would), and the
-        key's tail is this statement, so whoever comes meanwhile gathers into a group that
-        starts when it is done. Merging pays only when members would queue on the row lock;
+        """Nothing runs on the key: the statement goes as it is (as mode off would); whoever
+        comes meanwhile gathers into a group that starts when it is done (`after_plain`). Merging pays only when members would queue on the row lock;
         a lone member in a batch transaction costs three extra statements and a task switch."""
         ks.mode = "auto:plain"
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        ks.tail = done
+        ks.plain_busy = True
         ks.in_flight += 1
         outcome = "error"
         try:
@@ -517,8 +529,11 @@ class HotRowEngine:
                 outcome = "plain"
         finally:
             ks.in_flight -= 1
-            done.set_result(None)
-            M.HOTROW_STATEMENTS.labels("auto", outcome).inc()
+            ks.plain_busy = False
+            done, ks.plain_done = ks.plain_done, None
+            if done is not None:
+                done.set_result(None)
+            M.child(M.HOTROW_STATEMENTS, "auto", outcome).inc()
         return "hotrow-plain", "ok" if outcome != "error" else "error"
 
     def _key(self, hs: HotStmt, mode: str) -> KeyState:
@@ -537,7 +552,7 @@ class HotRowEngine:
     ) -> tuple[str, str]:
         name = f"{hs.rule.qualified} {hs.rule.key}={hs.key_value}"
         if ks.waiting >= self.cfg.queue_max_waiting:
-            M.HOTROW_STATEMENTS.labels("queue", "rejected").inc()
+            M.child(M.HOTROW_STATEMENTS, "queue", "rejected").inc()
             raise ProxyError(ER_LOCK_WAIT_TIMEOUT,
                              f"Lock wait timeout exceeded; seckill-proxy hot-row queue for {name} is "
                              f"full ({self.cfg.queue_max_waiting} waiting)")
@@ -548,7 +563,7 @@ class HotRowEngine:
             try:
                 await asyncio.wait_for(ks.sem.acquire(), self.cfg.queue_wait_timeout_ms / 1000)
             except TimeoutError:
-                M.HOTROW_STATEMENTS.labels("queue", "timeout").inc()
+                M.child(M.HOTROW_STATEMENTS, "queue", "timeout").inc()
                 raise ProxyError(ER_LOCK_WAIT_TIMEOUT,
                                  f"Lock wait timeout exceeded; waited {self.cfg.queue_wait_timeout_ms} ms "
                                  f"in seckill-proxy hot-row queue for {name}") from None
@@ -566,7 +581,7 @@ class HotRowEngine:
         finally:
             ks.in_flight -= 1
             session.release_slots()
-            M.HOTROW_STATEMENTS.labels("queue", outcome).inc()
+            M.child(M.HOTROW_STATEMENTS, "queue", outcome).inc()
         return "hotrow-queue", "ok" if outcome != "error" else "error"
 
     # ---- merge -----------------------------------------------------------------------------
@@ -607,12 +622,12 @@ class HotRowEngine:
             finally:
                 m.plain_done.set_result(None)
             ok = r is not None and r.err is None
-            M.HOTROW_STATEMENTS.labels("auto", "plain" if ok else "error").inc()
+            M.child(M.HOTROW_STATEMENTS, "auto", "plain" if ok else "error").inc()
             return "hotrow-plain", "ok" if ok else "error"
         if m.gtid:
             session.last_gtid = m.gtid  # read-your-writes covers merged deductions too
         if decision == -1:
-            M.HOTROW_STATEMENTS.labels("merge", "run_alone").inc()
+            M.child(M.HOTROW_STATEMENTS, "merge", "run_alone").inc()
             if txn_conn is not None:
                 session.txn_hot.add(hs.key_id)
             await forward()
@@ -623,14 +638,14 @@ class HotRowEngine:
                 self.escrow.ended([m.reservation])
             if inv.rollback_on_fail and txn_conn is not None:
                 await self._end_txn(session, txn_conn, "ROLLBACK")
-            M.HOTROW_STATEMENTS.labels("merge", "target_mismatch").inc()
+            M.child(M.HOTROW_STATEMENTS, "merge", "target_mismatch").inc()
             raise ProxyError(ER_INVENTORY_TARGET_AFFECT_ROW,
                              "The affected row number does not match that of user specified.")
         if m.reservation is not None:
             try:
                 await self._confirm(session, m, m.reservation)
             except ProxyError:
-                M.HOTROW_STATEMENTS.labels("merge", "error").inc()
+                M.child(M.HOTROW_STATEMENTS, "merge", "error").inc()
                 if inv is not None and inv.rollback_on_fail:
                     await self._end_txn(session, txn_conn, "ROLLBACK")
                 raise
@@ -648,7 +663,10 @@ class HotRowEngine:
         """Join (or open) the key's collecting group; the member's decision."""
         g = ks.collecting
         if g is None or len(g.members) >= self.cfg.max_batch or g.user != user:
-            g = Group(prev=ks.tail, user=user, auto=auto)
+            prev = ks.tail
+            if ks.plain_busy and (prev is None or prev.done()):
+                prev = ks.after_plain()  # gather behind the statement running as it is
+            g = Group(prev=prev, user=user, auto=auto)
             ks.collecting = g
             ks.tail = g.done
             t = asyncio.create_task(self._lead(hs, ks, g, user, unsigned))
@@ -773,7 +791,7 @@ class HotRowEngine:
         err = last.err
         for m in g.members:
             if not m.fut.done():
-                M.HOTROW_STATEMENTS.labels("merge", "error").inc()
+                M.child(M.HOTROW_STATEMENTS, "merge", "error").inc()
                 m.fut.set_exception(err if isinstance(err, ProxyError) else _as_proxy_error(err))
 
     async def _batch(
