@@ -299,3 +299,24 @@ def test_inventory_hints_under_load_sell_exactly_the_stock(proxy: ProxyProc, san
     settle(sandbox)
     assert sold == 150 and refused == 150
     assert state(sandbox) == ({51: 0}, {51: 150})
+
+
+def test_two_proxies_on_the_same_key(sandbox: Sandbox, tmp_path: Path, proxy: ProxyProc) -> None:
+    """Each proxy merges its own share; MySQL serialises their groups on the row lock."""
+    setup(sandbox, {60: 700})
+    p2 = start_proxy(tmp_path, make_config(sandbox))
+    try:
+        async def run() -> list[Tally]:
+            return list(await asyncio.gather(
+                buyers(proxy.port, 100, 5, [60], [1], rollback_share=0.1),
+                buyers(p2.port, 100, 5, [60], [1], update_first=True, rollback_share=0.1)))
+
+        t1, t2 = asyncio.run(run())
+    finally:
+        p2.stop()
+    assert t1.errors == [] and t2.errors == []
+    settle(sandbox)
+    stock, logged = state(sandbox)
+    sold = t1.committed.get(60, 0) + t2.committed.get(60, 0)
+    assert 700 - stock[60] == sold == logged.get(60, 0)
+    assert stock[60] >= 0
