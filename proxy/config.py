@@ -115,6 +115,11 @@ class HotRowCfg:
     prune_after_s: int = 3600
     # a reservation (escrow.py) this old whose member's connection is gone is resolved
     recover_after_s: int = 30
+    # no rules needed: any hot decrement on a table whose key is its whole primary key and
+    # whose column is an integer (checked once per table) is a candidate; `exclude` keeps
+    # tables (`schema.table` or `schema.*`) out
+    discover: bool = False
+    exclude: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -312,8 +317,19 @@ def _hotrow(n: _Node) -> HotRowCfg:
     bs = _str(n.get("batch_schema", "seckill_proxy"), n.key("batch_schema"))
     prune = _int(n.get("prune_after_s", 3600), n.key("prune_after_s"), 1, 10**8)
     recover = _int(n.get("recover_after_s", 30), n.key("recover_after_s"), 1, 10**6)
+    discover = _bool(n.get("discover", False), n.key("discover"))
+    raw_ex = n.get("exclude", []) or []
+    if not isinstance(raw_ex, list):
+        raise ConfigError(n.key("exclude"), "must be a list of schema.table")
+    exclude = []
+    for i, e in enumerate(raw_ex):
+        e = _str(e, f"{n.key('exclude')}[{i}]")
+        if e.count(".") != 1:
+            raise ConfigError(f"{n.key('exclude')}[{i}]", "must be schema.table or schema.*")
+        exclude.append(e.replace("`", ""))
     n.done()
-    return HotRowCfg(mode, tuple(rules), max_batch, max_wait, qc, qm, qt, bs, prune, recover)
+    return HotRowCfg(mode, tuple(rules), max_batch, max_wait, qc, qm, qt, bs, prune, recover,
+                     discover, tuple(exclude))
 
 
 def validate(raw: Any, source: str = "") -> Config:

@@ -54,6 +54,7 @@ log = logging.getLogger("seckill.hotrow")
 
 _M_HIT = M.HOTROW_STATEMENTS.labels("merge", "succeeded")
 _M_MISS = M.HOTROW_STATEMENTS.labels("merge", "sold_out")
+MAX_DISCOVERED = 1000  # tables hotrow.discover keeps candidate rules for
 INFO_HIT = b"Rows matched: 1  Changed: 1  Warnings: 0"
 INFO_MISS = b"Rows matched: 0  Changed: 0  Warnings: 0"
 
@@ -223,6 +224,7 @@ class HotRowEngine:
         self.app = app
         self.keys: dict[tuple[str, str, int | str], KeyState] = {}
         self.rule_state: dict[tuple[str, str], RuleState] = {}
+        self.discovered: dict[tuple[str, str], HotRowRule] = {}  # hotrow.discover
         self.table_modes: dict[str, str] = {}
         self.proxy_id = random.getrandbits(31)
         self._seq = itertools.count(1)
@@ -242,6 +244,7 @@ class HotRowEngine:
     def apply_config(self, cfg: HotRowCfg) -> None:
         self.cfg = cfg
         self.rules = {(r.schema, r.table): r for r in cfg.rules}
+        self.discovered = {}
         if hasattr(self, "escrow"):
             self.escrow.recover_after_s = cfg.recover_after_s
         self.global_mode = cfg.mode
@@ -268,11 +271,14 @@ class HotRowEngine:
 
     def rules_table(self) -> Any:
         rows = []
-        for (s, t), r in self.rules.items():
-            st = self.rule_state.get((s, t), RuleState())
-            rows.append((f"{s}.{t}", r.key, r.column, self.table_modes.get(f"{s}.{t}", self.global_mode),
-                         "ok" if st.ok else ("invalid: " if st.ok is False else "") + st.reason))
-        return rows, ["table", "key", "column", "mode", "status"]
+        for src, rules in (("config", self.rules), ("discovered", self.discovered)):
+            for (s, t), r in rules.items():
+                st = self.rule_state.get((s, t), RuleState())
+                rows.append((f"{s}.{t}", r.key, r.column,
+                             self.table_modes.get(f"{s}.{t}", self.global_mode),
+                             "ok" if st.ok else ("invalid: " if st.ok is False else "") + st.reason,
+                             src))
+        return rows, ["table", "key", "column", "mode", "status", "source"]
 
     def hot_keys_table(self, n: int = 20) -> Any:
         now = time.monotonic()
@@ -404,11 +410,19 @@ class HotRowEngine:
                 trg, _ = await c.query(
                     "SELECT COUNT(*) FROM information_schema.TRIGGERS WHERE EVENT_OBJECT_SCHEMA="
                     f"'{s}' AND EVENT_OBJECT_TABLE='{t}' AND EVENT_MANIPULATION='UPDATE'")
+                eng, _ = await c.query(
+                    "SELECT ENGINE FROM information_schema.TABLES WHERE "
+                    f"TABLE_SCHEMA='{s}' AND TABLE_NAME='{t}'")
                 keys = [r[0].lower() for r in pk or [] if r[0]]
                 if not pk and not col:
-                    st.ok, st.reason = None, "table not found (checked again on next use)"
+                    if (rule.schema, rule.table) in self.discovered:
+                        st.ok, st.reason = False, "table not found"  # forgotten at reload
+                    else:
+                        st.ok, st.reason = None, "table not found (checked again on next use)"
                     return st
-                if keys != [rule.key]:
+                if eng and (eng[0][0] or "").lower() != "innodb":
+                    st.ok, st.reason = False, f"{eng[0][0]} table, not InnoDB (no row locks)"
+                elif keys != [rule.key]:
                     st.ok, st.reason = False, f"primary key is ({', '.join(keys) or 'none'}), not ({rule.key})"
                 elif not col or (col[0][0] or "").lower() not in (
                         "tinyint", "smallint", "mediumint", "int", "bigint"):
@@ -467,6 +481,8 @@ class HotRowEngine:
     ) -> tuple[str, str] | None:
         assert shape.hot is not None
         hs = bind(shape.hot, values, session.database, self.rules)
+        if hs is None and self.cfg.discover:
+            hs = self._discover(shape.hot, values, session.database)
         if hs is None:
             return None
         mode = self.mode_for(shape, hs.rule.qualified)
@@ -535,6 +551,23 @@ class HotRowEngine:
                 done.set_result(None)
             M.child(M.HOTROW_STATEMENTS, "auto", outcome).inc()
         return "hotrow-plain", "ok" if outcome != "error" else "error"
+
+    def _discover(self, tpl: HotTemplate, values: list[object],
+                  database: str | None) -> HotStmt | None:
+        """No rule names the table: with `discover`, the statement's own shape is a candidate
+        rule, checked against the schema once per table like a configured one."""
+        schema = tpl.schema or database
+        if schema is None:
+            return None
+        k = (schema, tpl.table)
+        if f"{schema}.{tpl.table}" in self.cfg.exclude or f"{schema}.*" in self.cfg.exclude:
+            return None
+        rule = self.discovered.get(k)
+        if rule is None:
+            if len(self.discovered) >= MAX_DISCOVERED:
+                return None  # table names come from clients: bounded
+            rule = self.discovered[k] = HotRowRule(schema, tpl.table, tpl.key, tpl.column)
+        return bind(tpl, values, database, {k: rule})
 
     def _key(self, hs: HotStmt, mode: str) -> KeyState:
         ks = self.keys.get(hs.key_id)

@@ -398,3 +398,53 @@ def test_reload_config_changes_rules_without_dropping_clients(sandbox: Sandbox, 
         c.close()
     finally:
         p.stop()
+
+
+def test_discover_needs_no_rules(sandbox: Sandbox, tmp_path: Any) -> None:
+    from .conftest import make_config, start_proxy
+
+    sandbox.primary.sql(
+        "DROP TABLE IF EXISTS shop.disc_a, shop.disc_m, shop.disc_x, shop.disc_c",
+        "CREATE TABLE shop.disc_a (id INT PRIMARY KEY, quantity INT NOT NULL)",
+        "CREATE TABLE shop.disc_m (id INT PRIMARY KEY, quantity INT NOT NULL) ENGINE=MyISAM",
+        "CREATE TABLE shop.disc_x (id INT PRIMARY KEY, quantity INT NOT NULL)",
+        "CREATE TABLE shop.disc_c (id INT, v INT, quantity INT NOT NULL, PRIMARY KEY (id, v))",
+        "INSERT INTO shop.disc_a VALUES (1, 100)", "INSERT INTO shop.disc_m VALUES (1, 100)",
+        "INSERT INTO shop.disc_x VALUES (1, 100)", "INSERT INTO shop.disc_c VALUES (1, 1, 100)")
+    cfg = make_config(sandbox, hotrow={"mode": "merge", "rules": [], "discover": True,
+                                       "exclude": ["shop.disc_x"]})
+    p = start_proxy(tmp_path, cfg)
+    try:
+        b0 = batches(sandbox)
+        for table in ("disc_a", "disc_m", "disc_x", "disc_c"):
+            c = p.connect()
+            with c.cursor() as cur:
+                cur.execute(f"UPDATE {table} SET quantity = quantity - 1 WHERE id = 1 AND quantity > 0")
+            c.close()
+        rules = {r[0]: r for r in p.admin("SHOW HOTROW RULES")}
+        assert rules["shop.disc_a"][4] == "ok" and rules["shop.disc_a"][5] == "discovered"
+        assert "not InnoDB" in rules["shop.disc_m"][4]
+        assert "primary key" in rules["shop.disc_c"][4]
+        assert "shop.disc_x" not in rules
+        import asyncio as aio
+
+        async def run() -> list[int]:
+            import aiomysql as am
+
+            async def one() -> int:
+                conn = await am.connect(host="127.0.0.1", port=p.port, user="app", password="app",
+                                        db="shop", autocommit=True)
+                async with conn.cursor() as cur:
+                    n = await cur.execute("UPDATE disc_a SET quantity = quantity - 1 "
+                                          "WHERE id = 1 AND quantity > 0")
+                conn.close()
+                return int(n)
+            return list(await aio.gather(*(one() for _ in range(150))))
+
+        got = aio.run(run())
+        assert sum(got) == 99 and got.count(0) == 51  # one unit went in the first statement
+        assert sandbox.primary.sql("SELECT quantity FROM shop.disc_a")[0][0] == 0
+        assert batches(sandbox)[1] - b0[1] >= 100  # merged
+        assert sandbox.primary.sql("SELECT quantity FROM shop.disc_m")[0][0] == 99
+    finally:
+        p.stop()
