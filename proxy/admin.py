@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -21,12 +22,16 @@ from mysql_mimic.variables import GlobalVariables, SessionVariables
 
 from . import config as C
 from . import metrics as M
+from . import protocol as P
+from .errors import ER_CON_COUNT_ERROR
 from .frontend import ConfigIdentityProvider, ProxyConnection, ProxyStream
+from .guard import Gate, login_guard
 
 if TYPE_CHECKING:
     from .ports import AdminHost
 
 log = logging.getLogger("seckill.admin")
+audit = logging.getLogger("seckill.admin.audit")
 
 HELP = [
     ("SHOW BACKENDS", "servers, role, state and reason, pool connections"),
@@ -50,6 +55,7 @@ class AdminSession(BaseSession):
         self.variables.set("version", app.server_version, force=True)
         self.username: str | None = None
         self.database: str | None = None
+        self.peer = ""
         self.commands: list[tuple[re.Pattern[str], Callable[..., Any]]] = [
             (re.compile(r"select\s+@@version_comment(\s+limit\s+1)?", re.I), self._version_comment),
             (re.compile(r"show\s+help", re.I), self._help),
@@ -64,12 +70,15 @@ class AdminSession(BaseSession):
             (re.compile(r"reset\s+query\s+digest", re.I), self._reset_digest),
             (re.compile(r"show\s+metrics(?:\s+like\s+'([^']*)')?", re.I), self._metrics),
             (re.compile(r"set\s+log_level\s*=\s*'?(\w+)'?", re.I), self._log_level),
-            (re.compile(r"select\s+1", re.I), lambda: ([(1,)], ["1"])),
+            (re.compile(r"select\s+1", re.I), self._one),
             # What drivers send on connect (SET NAMES, SET autocommit=1...) is accepted as a no-op.
             (re.compile(r"set\s+(?:names|character\s+set|autocommit|session|sql_mode|@@)\b.*", re.I | re.S),
-             lambda: None),
-            (re.compile(r"(?:commit|rollback|begin)", re.I), lambda: None),
+             self._noop),
+            (re.compile(r"(?:commit|rollback|begin)", re.I), self._noop),
         ]
+        # polled every second by `seckill-proxy top`: not worth an audit line each
+        self._quiet = {self._metrics, self._backends, self._hot_keys, self._version_comment,
+                       self._noop, self._one}
 
     async def handle_query(self, sql: str, attrs: dict[str, str]) -> Any:
         if not self.username:
@@ -78,6 +87,8 @@ class AdminSession(BaseSession):
         for rx, fn in self.commands:
             m = rx.fullmatch(text)
             if m:
+                if fn not in self._quiet:  # audit: who ran what (reads that top polls excepted)
+                    audit.info("admin %s from %s: %s", self.username, self.peer, text[:500])
                 res = fn(*m.groups())
                 if asyncio.iscoroutine(res):
                     res = await res
@@ -87,6 +98,12 @@ class AdminSession(BaseSession):
         raise MysqlError(
             f"Unknown admin command near '{text[:40]}'; try SHOW HELP", ErrorCode.PARSE_ERROR
         )
+
+    def _noop(self) -> None:
+        """What drivers send on connect: accepted, changes nothing."""
+
+    def _one(self) -> Any:
+        return [(1,)], ["1"]
 
     def _version_comment(self, *_: Any) -> Any:
         return [("seckill-proxy admin console",)], ["@@version_comment"]
@@ -188,6 +205,8 @@ class AdminConnection(ProxyConnection):
 class AdminConsole:
     def __init__(self, app: AdminHost) -> None:
         self.app = app
+        self.active = 0
+        self.gate = Gate(login_guard(app.cfg), "admin", time.monotonic)
 
     def users(self) -> dict[str, str]:
         return {u.name: u.password for u in self.app.cfg.admin.users}
@@ -197,16 +216,44 @@ class AdminConsole:
         return await asyncio.start_server(self._client, a.host, a.port, reuse_address=True)
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        refusal = self.gate.refusal(str(peer[0]) if peer else "local")
+        if refusal is not None:
+            audit.warning("admin connection from %s refused: blocked after failed logins", peer)
+            writer.write(len(refusal).to_bytes(3, "little") + b"\x00" + refusal)
+            writer.close()
+            return
+        if self.active >= self.app.cfg.admin.max_connections:
+            audit.warning("admin connection from %s refused: %d open (admin.max_connections)",
+                          peer, self.active)
+            err = P.make_err(*ER_CON_COUNT_ERROR, "Too many connections")
+            writer.write(len(err).to_bytes(3, "little") + b"\x00" + err)
+            writer.close()
+            return
+        self.active += 1
+        try:
+            await self._serve(reader, writer, f"{peer[0]}:{peer[1]}" if peer else "?")
+        finally:
+            self.active -= 1
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     peer: str) -> None:
         session = AdminSession(self.app)
+        session.peer = peer
         conn = AdminConnection(
             stream=ProxyStream(reader, writer, 1 << 20),
             session=session,
             control=self.app.control,
-            identity_provider=ConfigIdentityProvider(self.users),
+            identity_provider=ConfigIdentityProvider(self.users, self.gate.user_blocked),
         )
         try:
             await asyncio.wait_for(conn.connection_phase(), self.app.cfg.limits.handshake_timeout_s)
-            if conn.authenticated:
+            if conn.attempted_user:
+                self.gate.ended(conn.attempted_user, peer.rsplit(":", 1)[0], conn.authenticated)
+            if not conn.authenticated:
+                audit.warning("admin login failed from %s", peer)
+            else:
+                audit.info("admin %s logged in from %s", session.username, peer)
                 await session.init(conn)
                 await conn.command_phase()
         except Exception as e:  # noqa: BLE001 - a broken admin client must not hurt the proxy

@@ -45,6 +45,7 @@ class UserCfg:
 class AdminCfg:
     listen: Address
     users: tuple[UserCfg, ...]
+    max_connections: int = 16  # admin sessions at once; more get 1040
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,11 @@ class LimitsCfg:
     shutdown_grace_s: float = 10.0
     max_allowed_packet: int = 64 * 1024 * 1024
     local_infile: bool = True  # false: LOAD DATA LOCAL INFILE is refused (4166), as MySQL's own
+    # brute force (guard.py): this many failed logins for a user or from an address within
+    # the window block it for block_s; 0 turns it off
+    login_max_failures: int = 10
+    login_window_s: float = 60.0
+    login_block_s: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -332,6 +338,28 @@ def _hotrow(n: _Node) -> HotRowCfg:
                      discover, tuple(exclude))
 
 
+_COMMON_PASSWORDS = frozenset({
+    "admin", "administrator", "password", "passw0rd", "123456", "12345678", "123456789",
+    "1234567890", "qwerty", "secret", "changeme", "root", "mysql", "proxy", "letmein",
+    "welcome", "default", "admin123", "password123", "p@ssw0rd", "qwertyuiop",
+})
+
+
+def weak_password(user: str, password: str) -> str | None:
+    """Why a password is too weak for an admin port others can reach (None: fine)."""
+    if password.lower() in _COMMON_PASSWORDS:
+        return "a default or common password"
+    if password.lower() == user.lower():
+        return "the password is the user name"
+    if len(password) < 12:
+        return "a password shorter than 12 characters"
+    return None
+
+
+def _loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
 def validate(raw: Any, source: str = "") -> Config:
     """Turn a parsed YAML document into a Config, or raise ConfigError naming the key."""
     raw = _expand_env(raw, "")
@@ -341,8 +369,18 @@ def validate(raw: Any, source: str = "") -> Config:
     an = top.child("admin")
     admin = AdminCfg(
         parse_address(an.get("listen", "127.0.0.1:6032"), an.key("listen")),
-        _users(an.get("users", [{"name": "admin", "password": "admin"}]), an.key("users")),
+        # no built-in account: whoever runs the proxy says who may steer it
+        _users(an.get("users", required=True), an.key("users")),
+        _int(an.get("max_connections", 16), an.key("max_connections"), 1, 10_000),
     )
+    if not _loopback(admin.listen.host):
+        for i, u in enumerate(admin.users):
+            why = weak_password(u.name, u.password)
+            if why:
+                raise ConfigError(
+                    f"{an.key('users')}[{i}].password",
+                    f"{why}: refused on a non-loopback admin address ({admin.listen.host}); "
+                    "use at least 12 characters, or listen on 127.0.0.1")
     an.done()
 
     mn = top.child("metrics")
@@ -422,6 +460,9 @@ def validate(raw: Any, source: str = "") -> Config:
         _num(ln.get("shutdown_grace_s", 10), ln.key("shutdown_grace_s"), 0, 3600),
         _int(ln.get("max_allowed_packet", 64 * 1024 * 1024), ln.key("max_allowed_packet"), 1024, 1 << 30),
         _bool(ln.get("local_infile", True), ln.key("local_infile")),
+        _int(ln.get("login_max_failures", 10), ln.key("login_max_failures"), 0, 10**6),
+        _num(ln.get("login_window_s", 60), ln.key("login_window_s"), 1, 86400),
+        _num(ln.get("login_block_s", 300), ln.key("login_block_s"), 1, 86400 * 7),
     )
     ln.done()
 

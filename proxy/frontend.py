@@ -149,14 +149,16 @@ class ConfigIdentityProvider(IdentityProvider):
     password (1045) and does not reveal which user names exist.
     """
 
-    def __init__(self, users: Callable[[], dict[str, str]]) -> None:
+    def __init__(self, users: Callable[[], dict[str, str]],
+                 blocked: Callable[[str], bool] = lambda _: False) -> None:
         self._users = users
+        self._blocked = blocked  # guard.py: a blocked user fails like a wrong password
 
     def get_plugins(self) -> list[Any]:
         return [NativePasswordAuthPlugin()]
 
     async def get_user(self, username: str) -> User | None:
-        pw = self._users().get(username)
+        pw = None if self._blocked(username) else self._users().get(username)
         auth = NativePasswordAuthPlugin.create_auth_string(pw) if pw is not None else "00" * 20
         if pw == "":
             auth = ""
@@ -174,6 +176,7 @@ class ProxyConnection(Connection):
         # SET AUTOCOMMIT only when it differs), so announce the server's default: on.
         self.status_flags = ServerStatus.SERVER_STATUS_AUTOCOMMIT
         self.authenticated = False
+        self.attempted_user = ""
         self.close_reason = "client quit"
         self._idle_timer: asyncio.TimerHandle | None = None
         self.client_names = BackendConn.catalog.server_default
@@ -195,6 +198,7 @@ class ProxyConnection(Connection):
         await super().connection_phase()
 
     async def authenticate(self, username: str, *a: Any, **kw: Any) -> None:
+        self.attempted_user = username  # for the brute-force guard, whatever the outcome
         self.session.username = None
         self.stream.ok_gate = self._login_gate
         self.stream.gate_refused = False

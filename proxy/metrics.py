@@ -42,6 +42,14 @@ CLIENT_ACCEPTED = Counter(P + "client_connections_accepted_total", "Client conne
 CLIENT_REJECTED = Counter(
     P + "client_connections_rejected_total", "Client connections rejected, by reason", ["reason"]
 )
+LOGIN_FAILURES = Counter(
+    P + "login_failures_total", "Failed logins, by port (client, admin)", ["port"]
+)
+LOGIN_BLOCKS = Counter(
+    P + "login_blocks_total",
+    "Users or client addresses blocked after too many failed logins, by port and kind",
+    ["port", "kind"],
+)
 CLIENT_DISCONNECTS = Counter(
     P + "client_disconnects_total", "Client disconnects, by reason", ["reason"]
 )

@@ -32,6 +32,7 @@ from .errors import (
     ProxyError,
 )
 from .frontend import SERVER_CAPABILITIES, ConfigIdentityProvider, ProxyConnection, ProxyStream
+from .guard import Gate, login_guard
 from .plan import Policy
 from .pool import Pool
 from .session import ProxySession
@@ -55,6 +56,7 @@ class App:
         self.server_version = DEFAULT_VERSION
         self.digest = QueryDigest()
         self.control = LocalControl()
+        self.gate = Gate(login_guard(cfg), "client", time.monotonic)
         self.connections: set[ProxyConnection] = set()
         self.servers: list[asyncio.Server] = []
         self.started_at = time.time()
@@ -173,6 +175,7 @@ class App:
         """RELOAD CONFIG: users, pools, hot-row rules and mode, log level change at once."""
         old = self.cfg
         notes = []
+        self.gate.guard = login_guard(cfg, self.gate.guard)
         if (cfg.listen, cfg.admin.listen, cfg.metrics_listen) != (
             old.listen, old.admin.listen, old.metrics_listen
         ):
@@ -268,12 +271,18 @@ class App:
             M.CLIENT_REJECTED.labels(reason).inc()
             await _say_and_close(io, P.make_err(*ER_CON_COUNT_ERROR, "Too many connections"))
             return
+        addr = _peer_host(io.transport)
+        refusal = self.gate.refusal(addr)
+        if refusal is not None:
+            M.CLIENT_REJECTED.labels("blocked").inc()
+            await _say_and_close(io, refusal)
+            return
         session = ProxySession(self)
         conn = ProxyConnection(
             stream=stream,
             session=session,
             control=self.control,
-            identity_provider=ConfigIdentityProvider(self.users),
+            identity_provider=ConfigIdentityProvider(self.users, self.gate.user_blocked),
             server_capabilities=SERVER_CAPABILITIES,
         )
         conn.connection_id = await self.control.add(conn)
@@ -290,6 +299,8 @@ class App:
             except Exception as e:  # noqa: BLE001 - any garbage in the handshake ends it
                 reason = f"bad handshake: {type(e).__name__}"
                 return
+            if conn.attempted_user and not conn.stream.gate_refused:
+                self.gate.ended(conn.attempted_user, addr, conn.authenticated)
             if not conn.authenticated:
                 reason = "authentication failed"
                 return
@@ -361,6 +372,11 @@ def _reason_label(reason: str) -> str:
         if reason.startswith(known.value):
             return known.value
     return "other"
+
+
+def _peer_host(transport: Any) -> str:
+    peer = transport.get_extra_info("peername") if transport is not None else None
+    return str(peer[0]) if isinstance(peer, tuple) and peer else "local"
 
 
 async def _say_and_close(writer: ClientIO, payload: bytes) -> None:

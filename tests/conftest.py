@@ -98,6 +98,9 @@ def make_config(sb: Sandbox, **over: Any) -> dict[str, Any]:
         # Many tests write straight to MariaDB and read through the proxy: global consistency
         # makes those reads see every commit made before them, replica or not.
         "routing": {"read_consistency": "global", "max_wait_ms": 2000},
+        # tests log in wrongly on purpose from one address: the brute-force limit
+        # (test_security.py) would block the rest of the suite
+        "limits": {"login_max_failures": 0},
     }
     for k, v in over.items():
         if isinstance(v, dict) and isinstance(cfg.get(k), dict):

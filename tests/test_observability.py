@@ -141,7 +141,7 @@ def test_grafana_dashboard_and_alerts_use_only_exported_metrics(proxy: ProxyProc
     assert in_alerts <= names, in_alerts - names
 
 
-def test_compose_file_structure() -> None:
+def test_compose_file_structure(monkeypatch: pytest.MonkeyPatch) -> None:
     doc = yaml.safe_load((DEPLOY / "compose" / "docker-compose.yml").read_text())
     svc = doc["services"]
     assert set(svc) == {"mysql-primary", "mysql-replica", "proxy", "prometheus", "grafana"}
@@ -153,7 +153,10 @@ def test_compose_file_structure() -> None:
             src = v.split(":")[0]
             assert (DEPLOY / "compose" / src).resolve().exists(), src
     assert (DEPLOY / "Dockerfile").exists()
+    assert not any(p.startswith("6032") for p in svc["proxy"]["ports"])  # admin not published
     proxy_cfg = yaml.safe_load((DEPLOY / "compose" / "proxy.yaml").read_text())
+    monkeypatch.setenv("APP_PASSWORD", "x")
+    monkeypatch.setenv("ADMIN_PASSWORD", "y")
     C.validate(proxy_cfg)
 
 

@@ -303,18 +303,29 @@ def test_sigterm_drains_in_flight_statements(sandbox: Sandbox, tmp_path: Path) -
 
 def test_check_config_names_the_key(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text("users: [{name: app, password: app}]\nbackends:\n  primary: 127.0.0.1:3307\n"
+    adm = "admin: {users: [{name: admin, password: admin}]}\n"
+    bad.write_text("users: [{name: app, password: app}]\nbackends: {primary: 127.0.0.1:3307}\n")
+    r = subprocess.run([sys.executable, "-m", "proxy.cli", "--check-config", str(bad)],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode != 0 and "admin.users: is required" in r.stderr  # no built-in account
+    bad.write_text("admin: {listen: 0.0.0.0:6032, users: [{name: admin, password: admin}]}\n"
+                   "users: [{name: app, password: app}]\nbackends: {primary: 127.0.0.1:3307}\n")
+    r = subprocess.run([sys.executable, "-m", "proxy.cli", "--check-config", str(bad)],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode != 0 and "admin.users[0].password: a default or common password: " \
+        "refused on a non-loopback admin address" in r.stderr, r.stderr
+    bad.write_text(adm + "users: [{name: app, password: app}]\nbackends:\n  primary: 127.0.0.1:3307\n"
                    "  replicas: [127.0.0.1:3308, 127.0.0.1:70000]\n")
     r = subprocess.run([sys.executable, "-m", "proxy.cli", "--check-config", str(bad)],
                        cwd=ROOT, capture_output=True, text=True)
     assert r.returncode != 0
     assert "backends.replicas[1]: port must be 1..65535" in r.stderr
-    bad.write_text("users: [{name: app, password: app}]\nbackends: {primary: 127.0.0.1:3307}\n"
+    bad.write_text(adm + "users: [{name: app, password: app}]\nbackends: {primary: 127.0.0.1:3307}\n"
                    "hotrow: {mode: merge, max_conections: 3}\n")
     r = subprocess.run([sys.executable, "-m", "proxy.cli", "--check-config", str(bad)],
                        cwd=ROOT, capture_output=True, text=True)
     assert r.returncode != 0 and "hotrow.max_conections: unknown key" in r.stderr
-    bad.write_text("users: [{name: app, password: app}]\nbackends: {primary: 'unix:mysqld.sock'}\n")
+    bad.write_text(adm + "users: [{name: app, password: app}]\nbackends: {primary: 'unix:mysqld.sock'}\n")
     r = subprocess.run([sys.executable, "-m", "proxy.cli", "--check-config", str(bad)],
                        cwd=ROOT, capture_output=True, text=True)
     assert r.returncode != 0 and "backends.primary: unix socket path must be absolute" in r.stderr
