@@ -187,8 +187,15 @@ class Param:
     index: int
 
 
-@lru_cache(maxsize=4096)
+# Caches are keyed by client text: bounded in entries and, by skipping long texts, in bytes.
+CACHE_MAX_TEXT = 4096
+
+
 def value_template(sql: str) -> tuple[object, ...]:
+    return _value_template_cached(sql) if len(sql) <= CACHE_MAX_TEXT else _value_template(sql)
+
+
+def _value_template(sql: str) -> tuple[object, ...]:
     """The statement's literal values, with Param(i) where the i-th `?` marker stands: computed
     once per prepared statement text, then filled with each execution's parameters."""
     n = 0
@@ -319,8 +326,11 @@ def first_word(sql: str) -> str:
     return m.group(0).upper() if m else ""
 
 
-@lru_cache(maxsize=8192)
 def shape_of(dg: str) -> Shape:
+    return _shape_of_cached(dg) if len(dg) <= CACHE_MAX_TEXT else _shape_of(dg)
+
+
+def _shape_of(dg: str) -> Shape:
     """Infer a statement's shape from its digest (cached: pure function of the digest)."""
     verb = first_word(dg)
     pin = None
@@ -383,6 +393,10 @@ def _replica_reason(verb: str, dg: str) -> str | None:
 # Answered by the proxy itself: it knows the session's last GTID, the backend may not.
 LAST_GTID = re.compile(r"SELECT\s+@@(?:SESSION\.)?last_gtid", re.I)
 READ_ONLY_TXN = re.compile(r"^START\s+TRANSACTION\s+READ\s+ONLY$", re.I)
+
+
+_shape_of_cached = lru_cache(maxsize=8192)(_shape_of)
+_value_template_cached = lru_cache(maxsize=4096)(_value_template)
 
 
 def classify(sql: str) -> Shape:

@@ -30,14 +30,14 @@ class QueryDigest:
 
     def record(self, shape: Shape, seconds: float, route: str, rows: int = 0) -> None:
         hot_mode = route.split("-", 1)[1] if route.startswith("hotrow-") else ""
-        key = (shape.digest, route)
+        key = (shape.digest[:1000], route)  # bounded bytes: a megabyte-long shape is not a key
         row = self.rows.get(key)
         if row is None:
             if len(self.rows) >= self.limit:
                 key = (self.OVERFLOW, route)
                 row = self.rows.get(key)
             if row is None:
-                row = self.rows[key] = DigestRow(key[0][:1000], route)
+                row = self.rows[key] = DigestRow(key[0], route)
         row.count += 1
         row.rows += rows
         row.total_s += seconds

@@ -55,6 +55,8 @@ log = logging.getLogger("seckill.hotrow")
 _M_HIT = M.HOTROW_STATEMENTS.labels("merge", "succeeded")
 _M_MISS = M.HOTROW_STATEMENTS.labels("merge", "sold_out")
 MAX_DISCOVERED = 1000  # tables hotrow.discover keeps candidate rules for
+MAX_KEY_SQL = 250  # a hot key's SQL literal fits the batch and reservation records
+MAX_KEYS = 100_000  # hot keys tracked at once (key values come from clients)
 INFO_HIT = b"Rows matched: 1  Changed: 1  Warnings: 0"
 INFO_MISS = b"Rows matched: 0  Changed: 0  Warnings: 0"
 
@@ -97,6 +99,8 @@ def bind(
         return None
     if isinstance(key, Unsupported) or not isinstance(key, int | str) or isinstance(key, bool):
         return None
+    if isinstance(key, str) and len(_sql_literal(key)) > MAX_KEY_SQL:
+        return None  # a key this long is no inventory key; batch records keep 255 characters
     bound = None
     if tpl.guard_pos is not None:
         b = values[tpl.guard_pos]
@@ -485,6 +489,8 @@ class HotRowEngine:
             hs = self._discover(shape.hot, values, session.database)
         if hs is None:
             return None
+        if hs.key_id not in self.keys and len(self.keys) >= MAX_KEYS:
+            return None  # bounded: a new key past the limit takes the normal path
         mode = self.mode_for(shape, hs.rule.qualified)
         if mode == "off":
             return None

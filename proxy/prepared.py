@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from .session import ProxySession
 
 MAX_CLIENT_STMTS = 16382  # per client, as MariaDB's default max_prepared_stmt_count
+MAX_CLIENT_STMT_BYTES = 64 << 20  # statement text a client may keep prepared (memory bound)
 
 
 @dataclass
@@ -70,6 +71,13 @@ async def prepare(s: ProxySession, payload: bytes) -> None:
                                    f"{MAX_CLIENT_STMTS})"))
         s.settle()
         return
+    if s.stmt_bytes + len(sql) > MAX_CLIENT_STMT_BYTES:
+        await s.send(P.make_err(1041, "HY000", "Out of memory: this connection's prepared "
+                                   f"statements would hold more than {MAX_CLIENT_STMT_BYTES >> 20} "
+                                   "MiB of text (seckill-proxy); close some"))
+        s.settle()
+        return
+    s.stmt_bytes += len(sql)
     sid = s._next_stmt
     s._next_stmt += 1
     s.stmts[sid] = ClientStmt(sql, classify(sql), pok.num_params, pok.num_columns)
@@ -176,6 +184,8 @@ async def close(s: ProxySession, payload: bytes) -> None:
     if len(payload) < 5:
         return
     st = s.stmts.pop(struct.unpack_from("<I", payload, 1)[0], None)
+    if st is not None:
+        s.stmt_bytes -= len(st.sql)
     c = s.lease.conn
     if (st is not None and c is not None and not c.broken
             and all(o.sql != st.sql for o in s.stmts.values())):

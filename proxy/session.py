@@ -75,6 +75,7 @@ class ProxySession(BaseSession):
         self.last_insert_id = 0
         self.last_gtid: str | None = None
         self.stmts: dict[int, ClientStmt] = {}
+        self.stmt_bytes = 0  # text of self.stmts (prepared.MAX_CLIENT_STMT_BYTES)
         self._next_stmt = 1
         self.found_rows = False
         self.busy = False
@@ -155,6 +156,7 @@ class ProxySession(BaseSession):
         self.status = P.SERVER_STATUS_AUTOCOMMIT
         self.release_slots()
         self.stmts.clear()
+        self.stmt_bytes = 0
         self.last_insert_id = 0
         self.pin = None
 

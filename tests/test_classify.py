@@ -214,3 +214,15 @@ def test_fast_digest_equals_full_digest(text: str) -> None:
     import re as _re
 
     assert fast == _re.sub(r"\(\s*\?(?:\s*,\s*\?)+\s*\)", "(?,...)", full)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text(alphabet=st.sampled_from("ab'\\\\x"), min_size=1, max_size=300))
+def test_hot_keys_are_bounded_by_their_record_size(key: str) -> None:
+    """A string key goes the hot way only while its SQL literal fits the batch and
+    reservation records (VARCHAR(255)); longer ones take the normal path."""
+    from proxy.hotrow import MAX_KEY_SQL, _sql_literal
+
+    sql = "UPDATE inventory SET quantity = quantity - 1 WHERE sku_id = ? AND quantity > 0"
+    hs = bind(classify(sql).hot, statement_values(sql, [key]), "shop", RULES)  # type: ignore[arg-type]
+    assert (hs is not None) == (len(_sql_literal(key)) <= MAX_KEY_SQL)

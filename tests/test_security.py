@@ -80,3 +80,81 @@ def test_brute_force_blocks_the_user_then_the_address(sandbox: Sandbox, tmp_path
         assert "blocked for 3 s after 3 failed logins" in p.log()
     finally:
         p.stop()
+
+
+def _rss_mb(pid: int) -> float:
+    import psutil
+
+    return float(psutil.Process(pid).memory_info().rss) / 2**20
+
+
+RSS_GROWTH_BOUND_MB = 100  # README: what one hostile client may add to the proxy's memory
+
+
+def test_hostile_client_cannot_grow_memory_without_bound(sandbox: Sandbox, tmp_path: Path) -> None:
+    import asyncio
+    import socket
+
+    import aiomysql
+
+    sandbox.primary.sql(
+        "CREATE TABLE IF NOT EXISTS shop.inventory (sku_id INT PRIMARY KEY, quantity INT NOT NULL)")
+    p = start_proxy(tmp_path, make_config(sandbox))
+    try:
+        c = p.connect()
+        with c.cursor() as cur:
+            cur.execute("SELECT 1")
+        c.close()
+        base = _rss_mb(p.proc.pid)
+
+        async def shapes(start: int, n: int) -> None:
+            conn = await aiomysql.connect(host="127.0.0.1", port=p.port, user="app",
+                                          password="app", db="shop", autocommit=True)
+            async with conn.cursor() as cur:
+                for i in range(start, start + n):
+                    await cur.execute(f"SELECT {i} AS c{i}")  # a new shape every time
+            conn.close()
+
+        async def all_shapes() -> None:
+            await asyncio.gather(*(shapes(k * 25_000, 25_000) for k in range(8)))
+
+        asyncio.run(all_shapes())  # 200,000 distinct statement shapes
+
+        # 10,000 server-side prepared statements kept open by one client, plus 1 MB hot keys
+        c = p.connect()
+        for i in range(10_000):
+            c._execute_command(0x16, f"SELECT ? + {i}")  # COM_STMT_PREPARE
+            ok = c._read_packet()
+            assert ok.read_uint8() == 0, i
+            ok.read_uint32()
+            cols, params = ok.read_uint16(), ok.read_uint16()
+            for _ in range(params + (1 if params else 0) + cols + (1 if cols else 0)):
+                c._read_packet()
+        big = "k" * (1 << 20)
+        with c.cursor() as cur:
+            for _ in range(20):
+                cur.execute("UPDATE inventory SET quantity = quantity - 1 "
+                            f"WHERE sku_id = '{big}' AND quantity > 0")
+        grown = _rss_mb(p.proc.pid) - base
+        c.close()
+        print(f"proxy RSS grew {grown:.0f} MB (from {base:.0f} MB)")
+        assert grown < RSS_GROWTH_BOUND_MB, grown
+
+        # 5,000 connections opened and abandoned: before the handshake is answered, or after
+        for _batch in range(25):
+            socks = []
+            for _ in range(200):
+                s = socket.create_connection(("127.0.0.1", p.port))
+                socks.append(s)
+            for i, s in enumerate(socks):
+                if i % 2:
+                    s.recv(128)  # read the server greeting, never answer it
+                s.close()
+        c = p.connect()
+        with c.cursor() as cur:
+            cur.execute("SELECT 42")
+            assert cur.fetchone() == (42,)
+        c.close()
+        assert p.proc.poll() is None
+    finally:
+        p.stop()
