@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,17 @@ class Address:
 class UserCfg:
     name: str
     password: str
+    require_tls: bool = False  # as MySQL's REQUIRE SSL: without TLS the login gets 1045
+
+
+@dataclass(frozen=True)
+class TLSCfg:
+    """Client-side TLS (tls.py); files are read when the proxy starts."""
+
+    cert: str
+    key: str
+    ca: str | None = None
+    require: bool = False  # every client must use TLS
 
 
 @dataclass(frozen=True)
@@ -151,6 +162,7 @@ class Config:
     log_level: str = "INFO"
     slow_query_ms: int = 1000
     source: str = ""
+    tls: TLSCfg | None = None
 
     def password_of(self, user: str) -> str | None:
         for u in self.users:
@@ -280,11 +292,12 @@ def _users(v: Any, path: str) -> tuple[UserCfg, ...]:
         pw = n.get("password", required=True)
         if not isinstance(pw, str):
             raise ConfigError(n.key("password"), "must be a string")
+        req = _bool(n.get("require_tls", False), n.key("require_tls"))
         n.done()
         if name in names:
             raise ConfigError(n.key("name"), f"duplicate user {name!r}")
         names.add(name)
-        out.append(UserCfg(name, pw))
+        out.append(UserCfg(name, pw, req))
     return tuple(out)
 
 
@@ -466,6 +479,15 @@ def validate(raw: Any, source: str = "") -> Config:
     )
     ln.done()
 
+    tls = None
+    if top.get("tls") is not None:
+        tn = top.child("tls")
+        tls = TLSCfg(_str(tn.get("cert", required=True), tn.key("cert")),
+                     _str(tn.get("key", required=True), tn.key("key")),
+                     _str(tn.get("ca"), tn.key("ca")) if tn.get("ca") else None,
+                     _bool(tn.get("require", False), tn.key("require")))
+        tn.done()
+
     level = str(top.get("log_level", "INFO")).upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError("log_level", "must be DEBUG, INFO, WARNING or ERROR")
@@ -473,7 +495,7 @@ def validate(raw: Any, source: str = "") -> Config:
     top.done()
     return Config(listen, admin, metrics_listen, users,
                   BackendsCfg(primary, replicas, pool, tuple(weights), failover_wait),
-                  hotrow, limits, routing, durability, level, slow, source)
+                  hotrow, limits, routing, durability, level, slow, source, tls)
 
 
 def load(path: str | Path) -> Config:
@@ -487,4 +509,11 @@ def load(path: str | Path) -> Config:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError("", f"{p}: invalid YAML: {e}") from None
-    return validate(raw, str(p))
+    cfg = validate(raw, str(p))
+    if cfg.tls is not None:  # relative certificate paths are relative to the config file
+        def at(f: str | None) -> str | None:
+            return f if f is None or Path(f).is_absolute() else str((p.parent / f).resolve())
+
+        cfg = replace(cfg, tls=replace(cfg.tls, cert=at(cfg.tls.cert) or "",
+                                       key=at(cfg.tls.key) or "", ca=at(cfg.tls.ca)))
+    return cfg

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -74,12 +75,18 @@ class ProxyStream:
         self.write_many = self.inner.write_many
         self.drain = self.inner.drain
         self.reset_seq = self.inner.reset_seq
-        self.start_tls = self.inner.start_tls
+
         self.write_text_rows = self.inner.write_text_rows
         self.check_next: Callable[[bytes], bytes] | None = None
         # Runs before mysql-mimic's "login OK" goes out; an ERR packet it returns is sent instead.
         self.ok_gate: Callable[[], Awaitable[bytes | None]] | None = None
         self.gate_refused = False
+
+    async def start_tls(self, ctx: ssl.SSLContext) -> None:
+        if isinstance(self.writer, ClientIO):
+            await self.writer.start_tls(ctx)
+        else:
+            await self.inner.start_tls(ctx)
 
     async def write(self, data: bytes, drain: bool = True) -> None:
         gate = self.ok_gate
@@ -187,6 +194,8 @@ class ProxyConnection(Connection):
         above its table fail) and keeps only the charset. The proxy keeps the exact collation
         (state.py) and lets mimic read the packet as utf8mb4."""
         data = P.check_handshake_response(data, int(self.server_capabilities))
+        if len(data) == 32:  # SSLRequest: the real response follows over TLS
+            self.stream.check_next = self._handshake
         if len(data) > 32:
             self.client_names = BackendConn.catalog.handshake_names(
                 data[8], BackendConn.catalog.server_default)
@@ -208,8 +217,20 @@ class ProxyConnection(Connection):
             self.stream.ok_gate = None
         self.authenticated = bool(self.session.username) and not self.stream.gate_refused
 
+    @property
+    def tls(self) -> Any:
+        """The client connection's TLS layer (tls.py), or None."""
+        io = self.stream.writer
+        return io.tls if isinstance(io, ClientIO) else None
+
     async def _login_gate(self) -> bytes | None:
-        """Before the login OK: what MySQL checks at login (the default database exists)."""
+        """Before the login OK: what MySQL checks at login (REQUIRE SSL, the default database
+        exists)."""
+        needs_tls = getattr(self.session, "tls_required", None)
+        if needs_tls is not None and needs_tls(self.attempted_user) and self.tls is None:
+            host = self.stream.writer.transport.get_extra_info("peername") or ("?",)
+            return P.make_err(1045, "28000", f"Access denied for user '{self.attempted_user}'"
+                                             f"@'{host[0]}' (using password: YES)")
         check = getattr(self.session, "check_login", None)
         if check is None:
             return None  # the admin console's sessions have no backend

@@ -161,3 +161,27 @@ async def processlist(s: ProxySession, payload: bytes) -> None:
     assert s.connection is not None
     s.connection.stream.write_many(out)
     await s.connection.stream.drain()
+
+
+_SSL_LIKE = re.compile(r"\s*SHOW\s+(?:SESSION\s+|LOCAL\s+)?STATUS\s+LIKE\s+'([^']*)'\s*;?\s*", re.I)
+
+
+async def ssl_status(s: ProxySession, sql: str) -> bool:
+    """`SHOW STATUS LIKE 'Ssl_cipher'` from a TLS client: the TLS is between it and the proxy,
+    so the proxy answers (MySQL's own would describe the proxy's backend connection). Other
+    patterns: False, MySQL answers."""
+    m = _SSL_LIKE.fullmatch(sql)
+    if m is None or not m.group(1).lower().startswith("ssl"):
+        return False
+    assert s.connection is not None and s.connection.tls is not None
+    cipher, version = s.connection.tls.cipher()
+    rx = re.compile("".join(".*" if c == "%" else "." if c == "_" else re.escape(c)
+                            for c in m.group(1)), re.I)
+    rows = [(n, v) for n, v in (("Ssl_cipher", cipher), ("Ssl_version", version)) if rx.fullmatch(n)]
+    assert s.connection is not None
+    stream = s.connection.stream
+    stream.write_many([P.enc_lenenc_int(2), P.column_def("Variable_name"), P.column_def("Value"),
+                       P.make_eof(s.status), *[P.text_row([n, v]) for n, v in rows],
+                       P.make_eof(s.status)])
+    await stream.drain()
+    return True

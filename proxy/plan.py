@@ -27,6 +27,7 @@ class Route(Enum):
     LOCAL_GTID = "local_gtid"  # SELECT @@last_gtid: the proxy knows it, a replica may not
     LOCAL_CONN_ID = "local_conn_id"  # SELECT CONNECTION_ID(): the id from the client's handshake
     LOCAL_ROW_COUNT = "local_row_count"  # SELECT ROW_COUNT() after a statement the proxy answered
+    SSL_STATUS = "ssl_status"  # SHOW STATUS LIKE 'Ssl_%' on a TLS client: its own TLS, not MySQL's
     KILL = "kill"  # KILL [QUERY|CONNECTION] id: a proxy id means a proxy client
     DIAG = "diag"  # SHOW WARNINGS and the like: on the connection that ran the last statement
     PROCESSLIST = "processlist"  # SHOW [FULL] PROCESSLIST, with proxy clients' ids
@@ -66,6 +67,9 @@ class SessionView(Protocol):
     @property
     def answered_rows(self) -> int | None: ...  # rows of a last statement the proxy answered
 
+    @property
+    def client_tls(self) -> bool: ...  # the client connection uses TLS
+
 
 @dataclass(frozen=True)
 class Policy:
@@ -94,6 +98,7 @@ _PROXY_VAR = re.compile(
 _NAMES = re.compile(r"SET\s+NAMES\s+('?\w+'?|`\w+`)(?:\s+COLLATE\s+('?\w+'?|`\w+`))?", re.I)
 _CONN_ID = re.compile(r"SELECT\s+CONNECTION_ID\s*\(\s*\)", re.I)
 _ROW_COUNT = re.compile(r"SELECT\s+ROW_COUNT\s*\(\s*\)", re.I)
+_STATUS_LIKE = re.compile(r"SHOW\s+(?:SESSION\s+|LOCAL\s+)?STATUS\s+LIKE\s+\?", re.I)
 KILL = re.compile(r"KILL\s+(?:(CONNECTION|QUERY)\s+)?(\d+)", re.I)  # on the raw text
 _PROCESSLIST = re.compile(r"SHOW\s+(?:FULL\s+)?PROCESSLIST", re.I)
 _KILL = re.compile(r"KILL\s+(?:(?:CONNECTION|QUERY)\s+)?\?", re.I)
@@ -134,6 +139,8 @@ def plan(shape: Shape, s: SessionView, policy: Policy, cursor: bool = False) -> 
         return Plan(Route.LOCAL_CONN_ID)
     if verb == "SELECT" and s.answered_rows is not None and _ROW_COUNT.fullmatch(shape.digest):
         return Plan(Route.LOCAL_ROW_COUNT)
+    if verb == "SHOW" and s.client_tls and _STATUS_LIKE.fullmatch(shape.digest):
+        return Plan(Route.SSL_STATUS)  # answered by the proxy if the pattern is about Ssl_
     if verb == "KILL" and _KILL.fullmatch(shape.digest):
         return Plan(Route.KILL)
     if verb == "SHOW" and _PROCESSLIST.fullmatch(shape.digest):

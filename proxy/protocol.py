@@ -401,7 +401,7 @@ def check_handshake_response(data: bytes, server_caps: int) -> bytes:
     if not caps & CLIENT_PROTOCOL_41:
         raise ValueError("client does not speak protocol 4.1")
     if len(data) == 32:
-        return data  # SSL request; the proxy does not offer SSL, mimic will refuse it
+        return data  # SSLRequest: TLS starts, the full response follows (tls.py)
     out = bytearray(data)
     pos = _cstr_end(out, 32, "user name")
     try:

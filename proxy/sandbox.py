@@ -268,6 +268,25 @@ class Sandbox:
         )
 
 
+def make_certs(d: Path) -> dict[str, str]:
+    """A local CA and a server certificate for 127.0.0.1/localhost (openssl CLI), once: what
+    `make run` gives the proxy for TLS, and what clients verify against (ca.pem)."""
+    d.mkdir(parents=True, exist_ok=True)
+    paths = {"ca": d / "ca.pem", "cert": d / "server.pem", "key": d / "server.key"}
+    if not all(p.exists() for p in paths.values()):
+        def run(*a: str) -> None:
+            subprocess.run(["openssl", *a], cwd=d, check=True, capture_output=True)
+
+        run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+            "-days", "3650", "-subj", "/CN=seckill-proxy sandbox CA")
+        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+            "-subj", "/CN=localhost")
+        (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+        run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", "server.pem", "-days", "3650", "-extfile", "san.ext")
+    return {k: str(v) for k, v in paths.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m proxy.sandbox")
     ap.add_argument("action", choices=["start", "stop", "destroy", "status"])
@@ -286,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
             sb.start()
         from .tools import shop
 
+        make_certs(base / "tls")  # conf/proxy.yaml's tls section points here
         conn = sb.primary.root()
         try:
             shop.ensure(conn)  # idempotent: the default config's hot-row rule points at it

@@ -37,6 +37,7 @@ from .plan import Policy
 from .pool import Pool
 from .session import ProxySession
 from .state import Catalog, Names
+from .tls import server_context
 from .wire import ClientIO
 
 log = logging.getLogger("seckill.server")
@@ -57,6 +58,7 @@ class App:
         self.digest = QueryDigest()
         self.control = LocalControl()
         self.gate = Gate(login_guard(cfg), "client", time.monotonic)
+        self.ssl_ctx = server_context(cfg.tls.cert, cfg.tls.key, cfg.tls.ca) if cfg.tls else None
         self.connections: set[ProxyConnection] = set()
         self.servers: list[asyncio.Server] = []
         self.started_at = time.time()
@@ -176,6 +178,14 @@ class App:
         old = self.cfg
         notes = []
         self.gate.guard = login_guard(cfg, self.gate.guard)
+        if cfg.tls != old.tls or cfg.tls is not None:
+            # certificates re-read: new connections use them, open ones keep theirs
+            try:
+                self.ssl_ctx = (server_context(cfg.tls.cert, cfg.tls.key, cfg.tls.ca)
+                                if cfg.tls else None)
+                notes.append("tls: certificates reloaded" if cfg.tls else "tls: off")
+            except OSError as e:
+                notes.append(f"tls: kept the previous certificates ({e})")
         if (cfg.listen, cfg.admin.listen, cfg.metrics_listen) != (
             old.listen, old.admin.listen, old.metrics_listen
         ):
@@ -284,6 +294,7 @@ class App:
             control=self.control,
             identity_provider=ConfigIdentityProvider(self.users, self.gate.user_blocked),
             server_capabilities=SERVER_CAPABILITIES,
+            ssl=self.ssl_ctx,
         )
         conn.connection_id = await self.control.add(conn)
         self.connections.add(conn)

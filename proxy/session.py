@@ -124,6 +124,13 @@ class ProxySession(BaseSession):
         self.txn_over()
         self.release_slots()
 
+    def tls_required(self, user: str) -> bool:
+        """REQUIRE SSL for this login: `tls.require`, or the user's `require_tls`."""
+        cfg = self.app.cfg
+        if cfg.tls is not None and cfg.tls.require:
+            return True
+        return any(u.name == user and u.require_tls for u in cfg.users)
+
     def txn_over(self) -> None:
         """The session's transaction is over (committed, rolled back, or its connection gone):
         the hot-row engine resolves what it reserved for it (escrow.py)."""
@@ -168,6 +175,11 @@ class ProxySession(BaseSession):
     @property
     def in_txn(self) -> bool:
         return bool(self.status & P.SERVER_STATUS_IN_TRANS)
+
+    @property
+    def client_tls(self) -> bool:
+        c = self.connection
+        return c is not None and c.tls is not None
 
     @property
     def answered_rows(self) -> int | None:
@@ -332,6 +344,10 @@ class ProxySession(BaseSession):
         if p.route is Route.LOCAL_ROW_COUNT:
             await local.answer(self, [("ROW_COUNT()", str(self.answered_rows))], P.column_def_int)
             return
+        if p.route is Route.SSL_STATUS:
+            if await local.ssl_status(self, sql):
+                return
+            p = Plan(Route.DIAG)  # another pattern: MySQL's session status, as planned otherwise
         if p.route is Route.KILL and await local.kill(self, sql):
             return
         if p.route is Route.PROCESSLIST:

@@ -10,8 +10,11 @@ a socket's bytes directly in the event loop's callback, which is how the fast la
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Callable
 from typing import Any
+
+from .tls import TLSTransport
 
 _READ_HIGH = 1 << 20  # stop reading a socket whose unread bytes exceed this
 _READ_LOW = 1 << 18
@@ -201,6 +204,7 @@ class ClientIO(PacketIO):
         self.armed = False  # the session task waits for the header of its next command
         self.last_activity = 0.0  # loop time of the last bytes from the client (wait_timeout)
         self.held = False  # a fast-lane command is in flight: buffer, wake nobody
+        self.tls: TLSTransport | None = None  # after the client's SSLRequest (tls.py)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -208,6 +212,16 @@ class ClientIO(PacketIO):
 
     def data_received(self, data: bytes) -> None:
         self.last_activity = asyncio.get_running_loop().time()
+        tls = self.tls
+        if tls is not None:
+            data = tls.feed(data)
+            if tls.closed_by_peer:
+                if data:
+                    super().data_received(data)
+                self.eof_received()
+                return
+            if not data:
+                return
         if (self.armed and not self.held and not self.buf and self.fast is not None
                 and self.waiting and self.fast(data)):
             return
@@ -229,6 +243,20 @@ class ClientIO(PacketIO):
         super().connection_lost(exc)
         if self.held and self.on_resume is not None:
             self.on_resume()  # nobody will read: let the lane's reply drain to nowhere
+
+    async def start_tls(self, ctx: ssl.SSLContext) -> None:
+        """Upgrade after the client's SSLRequest: bytes already read (its ClientHello, sent
+        without waiting) are the first the TLS layer gets."""
+        tls = TLSTransport(self.transport, ctx)
+        self.tls = tls
+        self.transport = tls  # type: ignore[assignment]
+        early = bytes(self.buf)
+        self.buf.clear()
+        if early:
+            plain = tls.feed(early)
+            if plain:
+                self.buf += plain
+        await tls.handshake
 
     def release(self) -> None:
         """The fast lane's command is answered: whatever came meanwhile goes to the task."""

@@ -36,6 +36,7 @@ class View:
     read_after_gtid: str | None = None
     replica_txn: bool = False
     answered_rows: int | None = None
+    client_tls: bool = False
     # what the lane stub needs besides the view
     last_gtid: str | None = None
     last_insert_id: int = 0

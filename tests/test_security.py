@@ -158,3 +158,59 @@ def test_hostile_client_cannot_grow_memory_without_bound(sandbox: Sandbox, tmp_p
         assert p.proc.poll() is None
     finally:
         p.stop()
+
+
+def test_tls_for_clients(sandbox: Sandbox, tmp_path: Path) -> None:
+    import subprocess
+
+    from proxy.sandbox import make_certs
+
+    certs = make_certs(tmp_path / "tls")
+    cfg = make_config(sandbox, tls={"cert": certs["cert"], "key": certs["key"], "ca": certs["ca"]})
+    cfg["users"] = [{"name": "app", "password": "app"},
+                    {"name": "app_tls", "password": "app", "require_tls": True}]
+    sandbox.primary.sql("CREATE USER IF NOT EXISTS 'app_tls'@'%' IDENTIFIED BY 'app'",
+                        "GRANT ALL ON shop.* TO 'app_tls'@'%'",
+                        "CREATE TABLE IF NOT EXISTS shop.inventory (sku_id INT PRIMARY KEY, quantity INT NOT NULL)",
+                        "REPLACE INTO shop.inventory (sku_id, quantity) VALUES (4242, 10)")
+    p = start_proxy(tmp_path, cfg)
+    try:
+        # PyMySQL verifying the proxy's certificate (CA and host name)
+        c = pymysql.connect(host="127.0.0.1", port=p.port, user="app_tls", password="app",
+                            database="shop", autocommit=True, ssl_ca=certs["ca"],
+                            ssl_verify_cert=True, ssl_verify_identity=True)
+        with c.cursor() as cur:
+            cur.execute("SHOW STATUS LIKE 'Ssl_cipher'")
+            (name, cipher), = cur.fetchall()
+            assert name == "Ssl_cipher" and cipher
+            cur.execute("SHOW SESSION STATUS LIKE 'Ssl_version'")
+            assert cur.fetchone()[1].startswith("TLSv1.")
+            cur.execute("SHOW STATUS LIKE 'Com_select'")  # other patterns: MySQL answers
+            assert cur.fetchone()[0] == "Com_select"
+            for _ in range(50):  # the fast lane and the hot-row engine over TLS
+                cur.execute("SELECT quantity FROM inventory WHERE sku_id = 4242")
+            assert cur.execute("UPDATE inventory SET quantity = quantity - 1 "
+                               "WHERE sku_id = 4242 AND quantity > 0") == 1
+            cur.execute("SELECT REPEAT('x', 300000)")  # a reply larger than a TLS record
+            assert len(cur.fetchone()[0]) == 300000
+        c.close()
+        # the mariadb CLI with --ssl-verify-server-cert
+        r = subprocess.run(["mariadb", "-h127.0.0.1", f"-P{p.port}", "-uapp_tls", "-papp",
+                            f"--ssl-ca={certs['ca']}", "--ssl-verify-server-cert", "-N", "-e",
+                            "SHOW STATUS LIKE 'Ssl_cipher'"], capture_output=True, text=True)
+        assert r.returncode == 0 and r.stdout.split("\t")[1].strip(), r.stdout + r.stderr
+        # a require_tls user without TLS: 1045, as MySQL's REQUIRE SSL (PyMySQL prefers TLS
+        # when offered, so it is turned off here)
+        with pytest.raises(pymysql.MySQLError) as ei:
+            pymysql.connect(host="127.0.0.1", port=p.port, user="app_tls", password="app",
+                            ssl_disabled=True)
+        assert ei.value.args[0] == 1045
+        # other users may still come without TLS
+        c = pymysql.connect(host="127.0.0.1", port=p.port, user="app", password="app",
+                            ssl_disabled=True)
+        with c.cursor() as cur:
+            cur.execute("SHOW STATUS LIKE 'Ssl_cipher'")  # MySQL answers: nothing encrypted
+            assert cur.fetchone()[1] == ""
+        c.close()
+    finally:
+        p.stop()
