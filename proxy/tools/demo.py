@@ -362,7 +362,7 @@ def _demo(a: argparse.Namespace, s: Setup, console: Console) -> int:
             sellouts.append(run_buyers(s, ep, "txn", a.buyers, 3, a.sellout_stock, progress, label))
     ryw = read_your_writes(s)
 
-    t = Table(title="flash sale results", box=box.SIMPLE_HEAD,
+    t = Table(title="flash sale results", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
               caption="txn: BEGIN; INSERT order; UPDATE ... AND quantity > 0; COMMIT\n"
                       "autocommit: UPDATE ... AND quantity > 0, then INSERT order if sold")
     for col in ("run", "target", "orders/s", "p95 ms", "orders", "oversold", "mismatch",
