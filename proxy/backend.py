@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl as ssl_mod
 import struct
 import time
 from collections import OrderedDict
@@ -81,6 +82,8 @@ class BackendConn:
 
     # Collation ids and defaults of the servers (set once at startup from the primary).
     catalog: Catalog = Catalog.builtin()
+    # TLS to MySQL over TCP (backends.tls); set by the server at start and on RELOAD CONFIG
+    ssl: ssl_mod.SSLContext | None = None
 
     def __init__(self, conn: aiomysql.Connection, addr: Address, user: str, flags: int) -> None:
         self.conn = conn
@@ -120,6 +123,7 @@ class BackendConn:
                 autocommit=True,
                 connect_timeout=timeout,
                 client_flag=flags,
+                ssl=cls.ssl if addr.unix is None else None,
             )
         except Exception as e:  # aiomysql raises OperationalError, OSError or TimeoutError
             raise _connect_error(e, addr) from e

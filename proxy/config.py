@@ -43,6 +43,12 @@ class UserCfg:
 
 
 @dataclass(frozen=True)
+class BackendTLSCfg:
+    ca: str | None = None  # None: the system's CAs
+    verify: bool = True  # the server certificate's chain and host name are checked
+
+
+@dataclass(frozen=True)
 class TLSCfg:
     """Client-side TLS (tls.py); files are read when the proxy starts."""
 
@@ -74,6 +80,7 @@ class BackendsCfg:
     pool: PoolCfg
     weights: tuple[int, ...] = ()  # one per replica (load-balancing weight)
     failover_wait_s: float = 10.0
+    tls: BackendTLSCfg | None = None  # TLS from the proxy to MySQL (TCP backends)
 
     def weight(self, addr: Address) -> int:
         for a, w in zip(self.replicas, self.weights, strict=False):
@@ -430,6 +437,12 @@ def validate(raw: Any, source: str = "") -> Config:
     )
     pn.done()
     failover_wait = _num(bn.get("failover_wait_s", 10), bn.key("failover_wait_s"), 0, 3600)
+    btls = None
+    if bn.get("tls") is not None:
+        tn = bn.child("tls")
+        btls = BackendTLSCfg(_str(tn.get("ca"), tn.key("ca")) if tn.get("ca") else None,
+                             _bool(tn.get("verify", True), tn.key("verify")))
+        tn.done()
     bn.done()
 
     rn = top.child("routing")
@@ -494,7 +507,7 @@ def validate(raw: Any, source: str = "") -> Config:
     slow = _int(top.get("slow_query_ms", 1000), "slow_query_ms", 0, 86_400_000)
     top.done()
     return Config(listen, admin, metrics_listen, users,
-                  BackendsCfg(primary, replicas, pool, tuple(weights), failover_wait),
+                  BackendsCfg(primary, replicas, pool, tuple(weights), failover_wait, btls),
                   hotrow, limits, routing, durability, level, slow, source, tls)
 
 
@@ -516,4 +529,8 @@ def load(path: str | Path) -> Config:
 
         cfg = replace(cfg, tls=replace(cfg.tls, cert=at(cfg.tls.cert) or "",
                                        key=at(cfg.tls.key) or "", ca=at(cfg.tls.ca)))
+    bt = cfg.backends.tls
+    if bt is not None and bt.ca and not Path(bt.ca).is_absolute():
+        cfg = replace(cfg, backends=replace(cfg.backends, tls=replace(
+            bt, ca=str((p.parent / bt.ca).resolve()))))
     return cfg

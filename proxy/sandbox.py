@@ -114,6 +114,10 @@ class Server:
             "--max-allowed-packet=64M",
             "--performance-schema=OFF",
             "--skip-log-bin-compress",
+            # TLS offered to clients (the proxy's backends.tls verifies against tls/ca.pem)
+            f"--ssl-ca={self.base / 'tls' / 'ca.pem'}",
+            f"--ssl-cert={self.base / 'tls' / 'server.pem'}",
+            f"--ssl-key={self.base / 'tls' / 'server.key'}",
             *self.extra_args,
         ]
 
@@ -210,6 +214,7 @@ class Sandbox:
         return [self.primary, *self.replicas]
 
     def start(self) -> None:
+        make_certs(self.base / "tls")
         fresh = not (self.primary.datadir / "mysql").exists()
         for s in self.servers:
             s.start()

@@ -37,7 +37,7 @@ from .plan import Policy
 from .pool import Pool
 from .session import ProxySession
 from .state import Catalog, Names
-from .tls import server_context
+from .tls import client_context, server_context
 from .wire import ClientIO
 
 log = logging.getLogger("seckill.server")
@@ -59,6 +59,8 @@ class App:
         self.control = LocalControl()
         self.gate = Gate(login_guard(cfg), "client", time.monotonic)
         self.ssl_ctx = server_context(cfg.tls.cert, cfg.tls.key, cfg.tls.ca) if cfg.tls else None
+        bt = cfg.backends.tls
+        BackendConn.ssl = client_context(bt.ca, bt.verify) if bt else None
         self.connections: set[ProxyConnection] = set()
         self.servers: list[asyncio.Server] = []
         self.started_at = time.time()
@@ -178,6 +180,8 @@ class App:
         old = self.cfg
         notes = []
         self.gate.guard = login_guard(cfg, self.gate.guard)
+        bt = cfg.backends.tls
+        BackendConn.ssl = client_context(bt.ca, bt.verify) if bt else None  # new connections
         if cfg.tls != old.tls or cfg.tls is not None:
             # certificates re-read: new connections use them, open ones keep theirs
             try:

@@ -105,8 +105,13 @@ class ProxySession(BaseSession):
         """What MySQL refuses at login rather than at the first query: a default database that
         does not exist (1049) or a user MySQL does not accept. The connection used for the
         check stays with the session for its first statement. Returns MySQL's ERR packet."""
-        if not self.database or not self.app.primary_pool().can_lend_now():
-            return None  # never make a login wait for a busy pool: the first statement will
+        mon = self.app.monitor
+        st = mon.states.get(self.app.primary_key()) if mon is not None else None
+        if (not self.database or not self.app.primary_pool().can_lend_now()
+                or (st is not None and st.state == "down")):
+            # never make a login wait for a busy pool or a primary the monitor sees down (it
+            # would wait for a failover): the first statement will
+            return None
         try:
             await self._get_conn()
         except BackendError as e:

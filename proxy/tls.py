@@ -25,6 +25,15 @@ def server_context(cert: str, key: str, ca: str | None = None) -> ssl.SSLContext
     return ctx
 
 
+def client_context(ca: str | None, verify: bool) -> ssl.SSLContext:
+    """For the proxy's own connections to MySQL (aiomysql's login, then raw packets)."""
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
+    if not verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
 class TLSTransport:
     """The transport API subset the proxy uses, encrypting on the way out."""
 

@@ -214,3 +214,37 @@ def test_tls_for_clients(sandbox: Sandbox, tmp_path: Path) -> None:
         c.close()
     finally:
         p.stop()
+
+
+def test_tls_to_the_backends_verified_against_the_sandbox_ca(sandbox: Sandbox,
+                                                              tmp_path: Path) -> None:
+    from proxy.sandbox import make_certs
+
+    ca = str(sandbox.base / "tls" / "ca.pem")
+    p = start_proxy(tmp_path, make_config(sandbox, backends={"tls": {"ca": ca, "verify": True}},
+                                          routing={"read_consistency": "primary"}))
+    try:
+        c = pymysql.connect(host="127.0.0.1", port=p.port, user="app", password="app",
+                            ssl_disabled=True)  # the client hop in clear: what MySQL sees is the proxy's
+        with c.cursor() as cur:
+            cur.execute("SHOW STATUS LIKE 'Ssl_cipher'")
+            assert cur.fetchone()[1]  # the proxy's connection to MariaDB is encrypted
+            cur.execute("SELECT 1")
+        c.close()
+    finally:
+        p.stop()
+    other = make_certs(tmp_path / "other-ca")  # a CA that did not sign MariaDB's certificate
+    p = start_proxy(tmp_path, make_config(sandbox, backends={"tls": {"ca": other["ca"]},
+                                                             "failover_wait_s": 0.5},
+                                          routing={"read_consistency": "primary"}))
+    try:
+        with pytest.raises(pymysql.MySQLError) as ei:
+            c = pymysql.connect(host="127.0.0.1", port=p.port, user="app", password="app",
+                                database="shop")
+            with c.cursor() as cur:
+                cur.execute("SELECT 1")
+        assert ei.value.args[0] in (1290, 2003), ei.value.args  # certificate not trusted
+        state = {r[0]: r for r in p.admin("SHOW BACKENDS")}[f"127.0.0.1:{sandbox.primary_port}"]
+        assert state[2] == "down" and "connect" in state[3]
+    finally:
+        p.stop()
