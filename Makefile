@@ -2,7 +2,7 @@
 SANDBOX ?= .sandbox
 VENV := .venv/bin
 
-.PHONY: deps run stop sandbox demo top test lint bench bench-hotrow bench-readsplit bench-durability clean
+.PHONY: deps run stop sandbox demo top test lint fuzz bench bench-hotrow bench-readsplit bench-durability clean
 
 deps:
 	./scripts/install-deps.sh
@@ -36,6 +36,13 @@ test:
 	$(VENV)/ruff check proxy tests bench
 	$(VENV)/mypy
 	$(VENV)/pytest -q -p no:cacheprovider
+
+# Fuzzing beyond the corpus `make test` runs: MINUTES per target (TLS upgrade, COM_CHANGE_USER,
+# admin port, prepared-statement commands). Not part of `make test`.
+MINUTES ?= 5
+fuzz:
+	WITH_TEST=1 ./scripts/install-deps.sh
+	FUZZ_SECONDS=$$(( $(MINUTES) * 60 )) $(VENV)/pytest -q -p no:cacheprovider --timeout=0 tests/test_fuzz.py
 
 bench:
 	WITH_BENCH=1 ./scripts/install-deps.sh

@@ -201,6 +201,16 @@ class AdminConnection(ProxyConnection):
     async def command_phase(self) -> None:
         await Connection.command_phase(self)
 
+    async def handle_change_user(self, data: bytes) -> None:
+        """mysql-mimic's parser loops forever on some malformed COM_CHANGE_USER packets (found
+        by tests/test_fuzz.py: it froze the whole proxy): validated first, as on the client
+        port."""
+        try:
+            P.check_change_user(data, int(self.capabilities))
+        except ValueError as e:
+            raise MysqlError(f"Malformed communication packet ({e})", 1835) from None
+        await super().handle_change_user(data)
+
 
 class AdminConsole:
     def __init__(self, app: AdminHost) -> None:
