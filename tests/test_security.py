@@ -211,7 +211,22 @@ def test_tls_for_clients(sandbox: Sandbox, tmp_path: Path) -> None:
         with c.cursor() as cur:
             cur.execute("SHOW STATUS LIKE 'Ssl_cipher'")  # MySQL answers: nothing encrypted
             assert cur.fetchone()[1] == ""
-        c.close()
+        # RELOAD CONFIG with new certificates: new connections get them, open ones stay
+        import yaml
+        keep = pymysql.connect(host="127.0.0.1", port=p.port, user="app", password="app",
+                               ssl_ca=certs["ca"], ssl_verify_cert=True)
+        new = make_certs(tmp_path / "tls2")
+        cfg["tls"] = {"cert": new["cert"], "key": new["key"]}
+        p.config_path.write_text(yaml.safe_dump(cfg))
+        assert any("tls: certificates reloaded" in str(r) for r in p.admin("RELOAD CONFIG"))
+        pymysql.connect(host="127.0.0.1", port=p.port, user="app", password="app",
+                        ssl_ca=new["ca"], ssl_verify_cert=True).close()
+        with pytest.raises(pymysql.MySQLError):  # the old CA does not vouch for the new one
+            pymysql.connect(host="127.0.0.1", port=p.port, user="app", password="app",
+                            ssl_ca=certs["ca"], ssl_verify_cert=True)
+        with keep.cursor() as cur:
+            cur.execute("SELECT 1")
+        keep.close()
     finally:
         p.stop()
 
