@@ -102,19 +102,8 @@ def _listening(ep: Endpoint) -> bool:
 
 def _admin_metric(s: Setup, name: str) -> float | None:
     """A metric's current value over the admin port (None without admin access)."""
-    if s.admin is None:
-        return None
-    host, port, user, password = s.admin
-    try:
-        c = pymysql.connect(host=host, port=port, user=user, password=password, connect_timeout=3)
-    except pymysql.MySQLError:
-        return None
-    try:
-        with c.cursor() as cur:
-            cur.execute(f"SHOW METRICS LIKE '{name}'")
-            return sum(float(r[2]) for r in cur.fetchall())
-    finally:
-        c.close()
+    rows = _admin_rows(s, f"SHOW METRICS LIKE '{name}'")
+    return sum(float(r[2]) for r in rows) if s.admin is not None and rows is not None else None
 
 
 def _admin_rows(s: Setup, sql: str) -> list[tuple[Any, ...]]:
@@ -223,20 +212,18 @@ def read_your_writes(s: Setup, n: int = 5) -> tuple[int, int, str] | None:
             how = f"replica not delayed ({e.args[1] if len(e.args) > 1 else e})"
         p, d = _connect(s.direct, s, s.db), _connect(s.proxy, s, s.db)
         missing_direct = missing_proxy = 0
+        def missing(writer: Any, reader: Any, i: int) -> int:
+            """An order written through `writer`, at once looked for through `reader`."""
+            with writer.cursor() as cur:
+                cur.execute("INSERT INTO orders (user_id, sku_id, status) VALUES (%s, %s, 'ryw')",
+                            (i, s.sku))
+                oid = cur.lastrowid
+            return int(_one(reader, "SELECT COUNT(*) FROM orders WHERE order_id = %s", (oid,)) != 1)
+
         try:
             for i in range(n):
-                with d.cursor() as cur:
-                    cur.execute("INSERT INTO orders (user_id, sku_id, status) VALUES (%s, %s, 'ryw')",
-                                (i, s.sku))
-                    oid = cur.lastrowid
-                if _one(r, "SELECT COUNT(*) FROM orders WHERE order_id = %s", (oid,)) != 1:
-                    missing_direct += 1
-                with p.cursor() as cur:
-                    cur.execute("INSERT INTO orders (user_id, sku_id, status) VALUES (%s, %s, 'ryw')",
-                                (i, s.sku))
-                    oid = cur.lastrowid
-                if _one(p, "SELECT COUNT(*) FROM orders WHERE order_id = %s", (oid,)) != 1:
-                    missing_proxy += 1
+                missing_direct += missing(d, r, i)  # primary, then the lagging replica
+                missing_proxy += missing(p, p, i)  # the same session through the proxy
         finally:
             p.close()
             d.close()
