@@ -103,6 +103,17 @@ class DurabilityCfg:
 
 
 @dataclass(frozen=True)
+class AuthCfg:
+    """`config`: users and passwords from `users:`. `backend`: accounts read from the primary
+    by the monitor account (accounts.py); `users:` may then be empty."""
+
+    mode: str = "config"
+    user: str = ""
+    password: str = ""
+    refresh_s: float = 30.0
+
+
+@dataclass(frozen=True)
 class RoutingCfg:
     read_consistency: str = "session"
     max_replica_lag_s: float = 5.0
@@ -170,6 +181,7 @@ class Config:
     slow_query_ms: int = 1000
     source: str = ""
     tls: TLSCfg | None = None
+    auth: AuthCfg = field(default_factory=AuthCfg)
 
     def password_of(self, user: str) -> str | None:
         for u in self.users:
@@ -408,7 +420,23 @@ def validate(raw: Any, source: str = "") -> Config:
     metrics_listen = None if m_listen in (None, False) else parse_address(m_listen, mn.key("listen"))
     mn.done()
 
-    users = _users(top.get("users", required=True), "users")
+    an2 = top.child("auth")
+    auth = AuthCfg(_str(an2.get("mode", "config"), an2.key("mode")),
+                   _str(an2.get("user", ""), an2.key("user")),
+                   _str(an2.get("password", ""), an2.key("password")),
+                   _num(an2.get("refresh_s", 30), an2.key("refresh_s"), 0.5, 86400))
+    an2.done()
+    if auth.mode not in ("config", "backend"):
+        raise ConfigError("auth.mode", "must be config or backend")
+    if auth.mode == "backend":
+        if not auth.user:
+            raise ConfigError("auth.user", "the monitor account is required with mode backend")
+        # the monitor account is the proxy's own identity (first user); `users:` optional
+        extra = top.get("users", []) or []
+        users = (UserCfg(auth.user, auth.password),) + (
+            _users(extra, "users") if extra else ())
+    else:
+        users = _users(top.get("users", required=True), "users")
 
     bn = top.child("backends")
     primary = parse_backend(bn.get("primary", required=True), bn.key("primary"))
@@ -508,7 +536,7 @@ def validate(raw: Any, source: str = "") -> Config:
     top.done()
     return Config(listen, admin, metrics_listen, users,
                   BackendsCfg(primary, replicas, pool, tuple(weights), failover_wait, btls),
-                  hotrow, limits, routing, durability, level, slow, source, tls)
+                  hotrow, limits, routing, durability, level, slow, source, tls, auth)
 
 
 def load(path: str | Path) -> Config:

@@ -172,6 +172,26 @@ class ConfigIdentityProvider(IdentityProvider):
         return User(name=username, auth_string=auth, auth_plugin="mysql_native_password")
 
 
+class BackendIdentityProvider(IdentityProvider):
+    """Accounts from MySQL (accounts.py, `auth: backend`), for one client connection."""
+
+    def __init__(self, store: Any, addr: str, blocked: Callable[[str], bool]) -> None:
+        from .accounts import NativeCapture
+
+        self.store = store
+        self.addr = addr
+        self._blocked = blocked
+        self.plugin = NativeCapture(store.credentials)
+
+    def get_plugins(self) -> list[Any]:
+        return [self.plugin]
+
+    async def get_user(self, username: str) -> User | None:
+        if self._blocked(username):
+            return User(name=username, auth_string="00" * 20, auth_plugin="mysql_native_password")
+        return self.store.user_for(username, self.addr, self.plugin)  # type: ignore[no-any-return]
+
+
 class ProxyConnection(Connection):
     """A client connection; `dispatch` maps each command to the session (or admin console)."""
 

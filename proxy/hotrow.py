@@ -391,7 +391,7 @@ class HotRowEngine:
 
     async def _conn(self, user: str) -> BackendConn:
         pool = await self.app.writable_primary()
-        return await pool.acquire(user, self.app.cfg.password_of(user) or "", want=SERVICE,
+        return await pool.acquire(user, self.app.password_of(user) or "", want=SERVICE,
                                   service=True)
 
     async def _check_rule(self, rule: HotRowRule, user: str) -> RuleState:
@@ -916,7 +916,7 @@ class HotRowEngine:
         """
         log.warning("hot-row batch %d: connection lost during COMMIT (%s); resolving", batch_id, e)
         found = await find_record(self.app, f"`{self.cfg.batch_schema}`.`hotrow_batch`", batch_id,
-                                  user, self.app.cfg.password_of(user) or "")
+                                  user, self.app.password_of(user) or "")
         if found:
             M.HOTROW_IN_DOUBT.labels("committed").inc()
             log.warning("hot-row batch %d committed", batch_id)

@@ -24,6 +24,8 @@ class Topology(Protocol):
     @property
     def cfg(self) -> Config: ...
 
+    def password_of(self, user: str) -> str | None: ...  # config password or learned credential
+
     @property
     def pools(self) -> dict[str, Pool]: ...
 

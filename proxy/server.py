@@ -20,6 +20,7 @@ from mysql_mimic.control import LocalControl
 
 from . import metrics as M
 from . import protocol as P
+from .accounts import Account, AccountStore, load_mariadb
 from .backend import BackendConn
 from .config import Config
 from .digest import QueryDigest
@@ -31,7 +32,13 @@ from .errors import (
     DisconnectReason,
     ProxyError,
 )
-from .frontend import SERVER_CAPABILITIES, ConfigIdentityProvider, ProxyConnection, ProxyStream
+from .frontend import (
+    SERVER_CAPABILITIES,
+    BackendIdentityProvider,
+    ConfigIdentityProvider,
+    ProxyConnection,
+    ProxyStream,
+)
 from .guard import Gate, login_guard
 from .plan import Policy
 from .pool import Pool
@@ -58,6 +65,8 @@ class App:
         self.digest = QueryDigest()
         self.control = LocalControl()
         self.gate = Gate(login_guard(cfg), "client", time.monotonic)
+        self.accounts = (AccountStore(self._load_accounts, cfg.auth.refresh_s)
+                         if cfg.auth.mode == "backend" else None)
         self.ssl_ctx = server_context(cfg.tls.cert, cfg.tls.key, cfg.tls.ca) if cfg.tls else None
         bt = cfg.backends.tls
         BackendConn.ssl = client_context(bt.ca, bt.verify) if bt else None
@@ -150,6 +159,35 @@ class App:
             if c.connection_id == connection_id:
                 return c
         return None
+
+    def password_of(self, user: str) -> str | None:
+        """What the proxy logs in to MySQL with as `user`: the config's password, or under
+        `auth: backend` the SHA1(password) learned from the user's own login (accounts.py)."""
+        if self.accounts is not None:
+            cred = self.accounts.credentials.get(user)
+            if cred is not None:
+                return cred
+        return self.cfg.password_of(user)
+
+    def accounts_login(self, user: str, ident: Any, ok: bool) -> None:
+        assert self.accounts is not None
+        if not ok:  # maybe a new account or a new password: look again (at most 1/s)
+            t = asyncio.get_running_loop().create_task(self.accounts.refresh(min_age=1.0))
+            self._tasks.append(t)
+            t.add_done_callback(self._tasks.remove)
+
+    async def _load_accounts(self) -> list[Account]:
+        a = self.cfg.auth
+        pool = self.primary_pool()
+        c = await pool.acquire(a.user, a.password)
+        try:
+            async def query(sql: str) -> list[list[str | None]]:
+                rows, _ = await c.query(sql)
+                return rows or []
+
+            return await load_mariadb(query)
+        finally:
+            await pool.release(c)
 
     def users(self) -> dict[str, str]:
         return {u.name: u.password for u in self.cfg.users}
@@ -255,6 +293,9 @@ class App:
                 log.warning("outcome table not created yet (%s); retried on first COMMIT", e)
         self.monitor = Monitor(self)
         self.monitor.start()
+        if self.accounts is not None:
+            await self.accounts.refresh()
+            self._tasks.append(asyncio.create_task(self.accounts.run()))
         self.admin = AdminConsole(self)
         c = self.cfg
         loop = asyncio.get_running_loop()
@@ -292,11 +333,14 @@ class App:
             await _say_and_close(io, refusal)
             return
         session = ProxySession(self)
+        ident: Any = (BackendIdentityProvider(self.accounts, addr, self.gate.user_blocked)
+                      if self.accounts is not None
+                      else ConfigIdentityProvider(self.users, self.gate.user_blocked))
         conn = ProxyConnection(
             stream=stream,
             session=session,
             control=self.control,
-            identity_provider=ConfigIdentityProvider(self.users, self.gate.user_blocked),
+            identity_provider=ident,
             server_capabilities=SERVER_CAPABILITIES,
             ssl=self.ssl_ctx,
         )
@@ -316,6 +360,8 @@ class App:
                 return
             if conn.attempted_user and not conn.stream.gate_refused:
                 self.gate.ended(conn.attempted_user, addr, conn.authenticated)
+            if self.accounts is not None and conn.attempted_user:
+                self.accounts_login(conn.attempted_user, ident, conn.authenticated)
             if not conn.authenticated:
                 reason = "authentication failed"
                 return

@@ -220,7 +220,7 @@ class ProxySession(BaseSession):
 
     @property
     def password(self) -> str:
-        return self.app.cfg.password_of(self.username or "") or ""
+        return self.app.password_of(self.username or "") or ""
 
     async def _get_conn(self) -> BackendConn:
         """The connection a statement for the primary runs on: the one the lease holds (a

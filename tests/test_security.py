@@ -263,3 +263,60 @@ def test_tls_to_the_backends_verified_against_the_sandbox_ca(sandbox: Sandbox,
         assert state[2] == "down" and "connect" in state[3]
     finally:
         p.stop()
+
+
+def test_accounts_from_mysql(sandbox: Sandbox, tmp_path: Path) -> None:
+    sandbox.primary.sql(
+        "CREATE USER IF NOT EXISTS 'monitor'@'%' IDENTIFIED BY 'mon'",
+        "GRANT ALL ON *.* TO 'monitor'@'%'",
+        "DROP USER IF EXISTS 'buyer'@'%'", "DROP USER IF EXISTS 'far'@'10.9.9.9'",
+        "CREATE USER 'buyer'@'%' IDENTIFIED BY 'pw1'", "GRANT ALL ON shop.* TO 'buyer'@'%'",
+        "CREATE USER 'far'@'10.9.9.9' IDENTIFIED BY 'x'")
+    cfg = make_config(sandbox, auth={"mode": "backend", "user": "monitor", "password": "mon",
+                                     "refresh_s": 1})
+    p = start_proxy(tmp_path, cfg)
+
+    def login(user: str, password: str) -> int | str:
+        try:
+            c = pymysql.connect(host="127.0.0.1", port=p.port, user=user, password=password,
+                                database="shop", ssl_disabled=True)
+        except pymysql.MySQLError as e:
+            return f"{e.args[0]} {e.args[1]}"
+        with c.cursor() as cur:
+            cur.execute("SELECT CURRENT_USER()")  # runs on MariaDB as that user
+            who = str(cur.fetchone()[0])
+        c.close()
+        return who
+
+    def eventually(user: str, password: str, want: str) -> int | str:
+        deadline = time.monotonic() + 10
+        got = login(user, password)
+        while want not in str(got) and time.monotonic() < deadline:
+            time.sleep(0.3)
+            got = login(user, password)
+        return got
+
+    try:
+        assert login("buyer", "pw1") == "buyer@%"  # created on MariaDB only, not in the YAML
+        assert str(login("buyer", "nope")).startswith("1045")
+        assert str(login("far", "x")).startswith("1045")  # allowed from another host only
+        sandbox.primary.sql("ALTER USER 'buyer'@'%' ACCOUNT LOCK")
+        got = eventually("buyer", "pw1", "locked")
+        assert str(got).startswith("1045") and "locked" in str(got), got
+        sandbox.primary.sql("ALTER USER 'buyer'@'%' ACCOUNT UNLOCK",
+                            "ALTER USER 'buyer'@'%' IDENTIFIED BY 'pw2'")
+        assert eventually("buyer", "pw2", "buyer@%") == "buyer@%"  # no restart needed
+        assert str(login("buyer", "pw1")).startswith("1045")
+        try:
+            sandbox.primary.sql("INSTALL SONAME 'auth_ed25519'")
+        except pymysql.MySQLError:
+            pass
+        try:
+            sandbox.primary.sql("DROP USER IF EXISTS 'edu'@'%'",
+                                "CREATE USER 'edu'@'%' IDENTIFIED VIA ed25519 USING PASSWORD('x')")
+        except pymysql.MySQLError:
+            return  # no ed25519 plugin in this build
+        got = eventually("edu", "x", "ed25519")
+        assert str(got).startswith("1045") and "'ed25519' is not supported" in str(got), got
+    finally:
+        p.stop()

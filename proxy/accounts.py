@@ -1,0 +1,198 @@
+"""Accounts from MySQL (`auth: backend`): users are managed with CREATE/ALTER/DROP USER on the
+primary only, as MaxScale does it.
+
+The monitor account reads each account's `mysql_native_password` hash (SHA1(SHA1(password)))
+and host pattern from the primary, refreshed every `refresh_s` and at most once a second after
+a failed login. A client's login token is SHA1(password) XOR SHA1(nonce + hash): given the
+hash, the proxy recovers SHA1(password) from it (`NativeCapture`), which checks the password
+and is all a native-password login to the backends needs (`PreHashed`). So no plaintext
+password is stored anywhere; what is kept in memory (SHA1(password)) is password-equivalent
+for MySQL logins, like the hash in `mysql.global_priv` is not.
+
+Host patterns follow MySQL's rules in the common forms: `%`, literal addresses, `%`/`_`
+wildcards, `localhost` (= 127.0.0.1 and ::1 for a TCP proxy); the most specific match wins.
+Locked accounts and accounts with another plugin are refused (the plugin is named).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from hashlib import sha1
+from typing import Any
+
+from mysql_mimic.auth import AuthInfo, AuthState, Forbidden, NativePasswordAuthPlugin, Success, User
+
+log = logging.getLogger("seckill.accounts")
+
+
+@dataclass(frozen=True)
+class Account:
+    user: str
+    host: str
+    hash_hex: str  # SHA1(SHA1(password)) in lower-case hex, "" for no password
+    plugin: str
+    locked: bool
+
+
+def host_matches(pattern: str, addr: str) -> bool:
+    if pattern in ("%", ""):
+        return True
+    if pattern == "localhost":
+        return addr in ("127.0.0.1", "::1", "local")
+    rx = "".join(".*" if c == "%" else "." if c == "_" else re.escape(c) for c in pattern)
+    return re.fullmatch(rx, addr, re.I) is not None
+
+
+def specificity(pattern: str) -> tuple[int, int]:
+    """MySQL sorts host patterns most specific first: literal before wildcard, longer first."""
+    wild = "%" in pattern or "_" in pattern or pattern == ""
+    return (1 if wild else 0, -len(pattern.replace("%", "").replace("_", "")))
+
+
+def pick(accounts: list[Account], user: str, addr: str) -> Account | None:
+    cands = [a for a in accounts if a.user == user and host_matches(a.host, addr)]
+    cands.sort(key=lambda a: specificity(a.host))
+    return cands[0] if cands else None
+
+
+class PreHashed(str):
+    """A backend login credential that is SHA1(password), not the password: aiomysql passes
+    `.encode()` of it to PyMySQL's native-password scramble, which `_patch` teaches to use it."""
+
+    stage1: bytes
+
+    def __new__(cls, stage1: bytes) -> PreHashed:
+        obj = super().__new__(cls, "*prehashed*")
+        obj.stage1 = stage1
+        return obj
+
+    def encode(self, *_: Any, **__: Any) -> bytes:  # type: ignore[override]
+        return _Stage1(self.stage1)
+
+
+class _Stage1(bytes):
+    pass
+
+
+def _patch() -> None:
+    from pymysql import _auth
+
+    if getattr(_auth.scramble_native_password, "_seckill", False):
+        return
+    orig = _auth.scramble_native_password
+
+    def scramble(password: bytes, message: bytes) -> bytes:
+        if isinstance(password, _Stage1):
+            stage1 = bytes(password)
+            s = sha1(message[:20] + sha1(stage1).digest()).digest()
+            return bytes(a ^ b for a, b in zip(s, stage1, strict=True))
+        return orig(password, message)  # type: ignore[no-any-return]
+
+    scramble._seckill = True  # type: ignore[attr-defined]
+    _auth.scramble_native_password = scramble  # type: ignore[assignment]
+
+
+_patch()
+
+
+class NativeCapture(NativePasswordAuthPlugin):
+    """mysql-mimic's native-password check, keeping the SHA1(password) it recovers, and
+    refusing with a reason when the account cannot log in through the proxy."""
+
+    def __init__(self, credentials: dict[str, PreHashed] | None = None) -> None:
+        self.captured: bytes | None = None
+        self.refusal: str | None = None
+        # where a successful login leaves its SHA1(password), before the login OK goes out
+        # (the login check already connects to MySQL as the user)
+        self.credentials = credentials if credentials is not None else {}
+
+    async def auth(self, auth_info: AuthInfo | None = None) -> AuthState:
+        inner = super().auth(auth_info)
+        decision = await inner.__anext__()
+        while not isinstance(decision, (Success, Forbidden)):
+            decision = await inner.asend((yield decision))
+        if isinstance(decision, Success) and self.captured is not None:
+            self.credentials[decision.authenticated_as] = PreHashed(self.captured)
+        if isinstance(decision, Forbidden) and self.refusal is not None:
+            decision = Forbidden(self.refusal)  # user_for found a reason (locked, plugin)
+        yield decision
+
+    def verify_scramble(self, auth_string: str | None, scramble: bytes, nonce: bytes) -> bool:
+        try:
+            h2 = bytes.fromhex(auth_string or "")
+            stage1 = bytes(a ^ b for a, b in zip(
+                scramble, sha1(nonce + h2).digest(), strict=True))
+        except ValueError:
+            return False
+        if sha1(stage1).digest() == h2:
+            self.captured = stage1
+            return True
+        return False
+
+
+Load = Callable[[], Awaitable[list[Account]]]
+
+
+class AccountStore:
+    def __init__(self, load: Load, refresh_s: float) -> None:
+        self.load = load
+        self.refresh_s = refresh_s
+        self.accounts: list[Account] = []
+        self.loaded_at = 0.0
+        self.credentials: dict[str, PreHashed] = {}  # user -> SHA1(password), from logins
+        self._lock = asyncio.Lock()
+
+    async def refresh(self, min_age: float = 0.0) -> None:
+        async with self._lock:
+            if time.monotonic() - self.loaded_at < min_age:
+                return
+            try:
+                self.accounts = await self.load()
+                self.loaded_at = time.monotonic()
+            except Exception as e:  # noqa: BLE001 - keep the last good list
+                log.warning("accounts not refreshed from the primary: %s", e)
+
+    async def run(self) -> None:
+        while True:
+            await self.refresh()
+            await asyncio.sleep(self.refresh_s)
+
+    def user_for(self, name: str, addr: str, plugin: NativeCapture) -> User:
+        """The user record mysql-mimic checks the login against (an impossible hash and a
+        reason when the account may not log in)."""
+        a = pick(self.accounts, name, addr)
+        deny = User(name=name, auth_string="00" * 20, auth_plugin="mysql_native_password")
+        if a is None:
+            return deny  # as a wrong password: does not reveal which accounts exist
+        if a.locked:
+            plugin.refusal = f"Access denied, this account is locked: '{name}'@'{a.host}'"
+            return deny
+        if a.plugin not in ("mysql_native_password", ""):
+            plugin.refusal = (f"Access denied for user '{name}': its authentication plugin "
+                              f"'{a.plugin}' is not supported by seckill-proxy (use "
+                              "mysql_native_password)")
+            return deny
+        return User(name=name, auth_string=a.hash_hex, auth_plugin="mysql_native_password")
+
+
+async def load_mariadb(query: Callable[[str], Awaitable[list[list[str | None]]]]) -> list[Account]:
+    """Accounts from MariaDB's mysql.global_priv (10.4+), else MySQL's mysql.user."""
+    try:
+        rows = await query(
+            "SELECT User, Host, JSON_VALUE(Priv, '$.authentication_string'), "
+            "JSON_VALUE(Priv, '$.plugin'), JSON_VALUE(Priv, '$.account_locked') "
+            "FROM mysql.global_priv")
+    except Exception:  # noqa: BLE001 - not MariaDB 10.4+: MySQL's table
+        rows = await query("SELECT User, Host, authentication_string, plugin, account_locked "
+                           "FROM mysql.user")
+    out = []
+    for user, host, auth, plugin, locked in rows:
+        h = (auth or "").lstrip("*").lower()
+        out.append(Account(user or "", host or "", h, plugin or "mysql_native_password",
+                           str(locked).lower() in ("true", "1", "y")))
+    return out
