@@ -421,9 +421,10 @@ def validate(raw: Any, source: str = "") -> Config:
     mn.done()
 
     an2 = top.child("auth")
+    a_user, a_pw = an2.get("user"), an2.get("password")
     auth = AuthCfg(_str(an2.get("mode", "config"), an2.key("mode")),
-                   _str(an2.get("user", ""), an2.key("user")),
-                   _str(an2.get("password", ""), an2.key("password")),
+                   "" if a_user is None else _str(a_user, an2.key("user")),
+                   "" if a_pw is None else str(a_pw),
                    _num(an2.get("refresh_s", 30), an2.key("refresh_s"), 0.5, 86400))
     an2.done()
     if auth.mode not in ("config", "backend"):
