@@ -318,11 +318,11 @@ def test_accounts_from_mysql(sandbox: Sandbox, tmp_path: Path) -> None:
                             "ALTER USER 'buyer'@'%' IDENTIFIED BY 'pw2'")
         assert eventually("buyer", "pw2", "buyer@%") == "buyer@%"  # no restart needed
         assert str(login("buyer", "pw1")).startswith("1045")
-        try:
-            sandbox.primary.sql("INSTALL SONAME 'auth_ed25519'")
-        except pymysql.MySQLError:
-            pass
-        try:
+        try:  # on every server: the CREATE USER replicates, and a replica without the
+            for srv in sandbox.servers:  # plugin would stop replicating
+                if not srv.sql("SELECT 1 FROM information_schema.PLUGINS "
+                               "WHERE PLUGIN_NAME = 'ed25519'"):
+                    srv.sql("INSTALL SONAME 'auth_ed25519'")
             sandbox.primary.sql("DROP USER IF EXISTS 'edu'@'%'",
                                 "CREATE USER 'edu'@'%' IDENTIFIED VIA ed25519 USING PASSWORD('x')")
         except pymysql.MySQLError:
@@ -331,3 +331,5 @@ def test_accounts_from_mysql(sandbox: Sandbox, tmp_path: Path) -> None:
         assert str(got).startswith("1045") and "'ed25519' is not supported" in str(got), got
     finally:
         p.stop()
+        sandbox.primary.sql("DROP USER IF EXISTS 'edu'@'%'")
+        sandbox.wait_replicas()  # replication is intact for the tests that follow
