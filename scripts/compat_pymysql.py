@@ -82,6 +82,9 @@ def main(argv: list[str]) -> int:
                           {"name": "test2", "password": "some password"}])
         cfg["backends"].update(primary=f"127.0.0.1:{sb.primary_port}",
                                replicas=[f"127.0.0.1:{p}" for p in sb.replica_ports])
+        tls = sb.base / "tls"  # the sandbox's CA (PyMySQL takes TLS when offered)
+        cfg["tls"] = {"cert": str(tls / "server.pem"), "key": str(tls / "server.key"),
+                      "ca": str(tls / "ca.pem")}
         conf = work / "proxy.yaml"
         conf.write_text(yaml.safe_dump(cfg))
         proxy = subprocess.Popen([sys.executable, "-m", "proxy.cli", "--config", str(conf)],
