@@ -227,7 +227,8 @@ class AdminConsole:
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
-        refusal = self.gate.refusal(str(peer[0]) if peer else "local")
+        host = str(peer[0]) if peer else "local"
+        refusal = self.gate.refusal(host)
         if refusal is not None:
             audit.warning("admin connection from %s refused: blocked after failed logins", peer)
             writer.write(len(refusal).to_bytes(3, "little") + b"\x00" + refusal)
@@ -242,12 +243,12 @@ class AdminConsole:
             return
         self.active += 1
         try:
-            await self._serve(reader, writer, f"{peer[0]}:{peer[1]}" if peer else "?")
+            await self._serve(reader, writer, host, f"{host}:{peer[1]}" if peer else "?")
         finally:
             self.active -= 1
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                     peer: str) -> None:
+                     host: str, peer: str) -> None:
         session = AdminSession(self.app)
         session.peer = peer
         conn = AdminConnection(
@@ -259,7 +260,7 @@ class AdminConsole:
         try:
             await asyncio.wait_for(conn.connection_phase(), self.app.cfg.limits.handshake_timeout_s)
             if conn.attempted_user:
-                self.gate.ended(conn.attempted_user, peer.rsplit(":", 1)[0], conn.authenticated)
+                self.gate.ended(conn.attempted_user, host, conn.authenticated)
             if not conn.authenticated:
                 audit.warning("admin login failed from %s", peer)
             else:

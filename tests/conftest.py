@@ -139,16 +139,22 @@ def proxy(sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         p.stop()
 
 
+async def app_conn(port: int) -> Any:
+    """An aiomysql connection as the tests' application user, database shop, autocommit."""
+    import aiomysql
+
+    return await aiomysql.connect(host="127.0.0.1", port=port, user="app", password="app",
+                                  db="shop", autocommit=True)
+
+
 def concurrent_decrements(port: int, n: int, sku: int = 1) -> list[Any]:
     """`n` clients at once, each one autocommit hot decrement through the proxy: the rows
     affected (0/1) or the error args each client got, in client order."""
     import asyncio
 
-    import aiomysql
 
     async def one() -> Any:
-        conn = await aiomysql.connect(host="127.0.0.1", port=port, user="app", password="app",
-                                      db="shop", autocommit=True)
+        conn = await app_conn(port)
         try:
             async with conn.cursor() as k:
                 return await k.execute("UPDATE inventory SET quantity = quantity - 1 "

@@ -13,13 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiomysql
 import pymysql
 import pytest
 
 from proxy.sandbox import Sandbox
 
-from .conftest import ProxyProc, make_config, start_proxy
+from .conftest import ProxyProc, app_conn, make_config, start_proxy
 
 UPD = "UPDATE inventory SET quantity = quantity - {n} WHERE sku_id = {sku} AND quantity >= {n}"
 LOG = "INSERT INTO inventory_log (sku_id, delta) VALUES ({sku}, -{n})"
@@ -72,8 +71,7 @@ async def buyers(port: int, clients: int, tries: int, skus: list[int], amounts: 
 
     async def one(i: int) -> None:
         rnd = random.Random(i)
-        conn = await aiomysql.connect(host="127.0.0.1", port=port, user="app", password="app",
-                                      db="shop", autocommit=True)
+        conn = await app_conn(port)
         try:
             for _ in range(tries):
                 sku, n = rnd.choice(skus), rnd.choice(amounts)
@@ -96,8 +94,7 @@ async def buyers(port: int, clients: int, tries: int, skus: list[int], amounts: 
                     if rnd.random() < vanish_share:
                         conn.close()  # gone mid-transaction: MySQL rolls it back
                         t.rolled_back += n
-                        conn = await aiomysql.connect(host="127.0.0.1", port=port, user="app",
-                                                      password="app", db="shop", autocommit=True)
+                        conn = await app_conn(port)
                         continue
                     if rnd.random() < rollback_share:
                         await cur.execute("ROLLBACK")
@@ -153,8 +150,7 @@ def test_a_long_holder_does_not_hold_up_others(proxy: ProxyProc, sandbox: Sandbo
     setup(sandbox, {20: 10_000})
 
     async def run() -> tuple[bool, Tally]:
-        holder = await aiomysql.connect(host="127.0.0.1", port=proxy.port, user="app",
-                                        password="app", db="shop", autocommit=True)
+        holder = await app_conn(proxy.port)
         async with holder.cursor() as cur:
             await cur.execute("BEGIN")
             assert await cur.execute(UPD.format(sku=20, n=1)) == 1
@@ -181,8 +177,7 @@ def test_outside_writer_on_the_same_row(proxy: ProxyProc, sandbox: Sandbox) -> N
 
     async def writer() -> None:
         nonlocal outside
-        c = await aiomysql.connect(host="127.0.0.1", port=sandbox.primary_port, user="app",
-                                   password="app", db="shop", autocommit=True)
+        c = await app_conn(sandbox.primary_port)
         async with c.cursor() as cur:
             while not stop:
                 outside += await cur.execute(UPD.format(sku=30, n=2))
@@ -278,8 +273,7 @@ def test_inventory_hints_under_load_sell_exactly_the_stock(proxy: ProxyProc, san
 
     async def one() -> None:
         nonlocal sold, refused
-        conn = await aiomysql.connect(host="127.0.0.1", port=proxy.port, user="app",
-                                      password="app", db="shop", autocommit=True)
+        conn = await app_conn(proxy.port)
         async with conn.cursor() as cur:
             for _ in range(3):
                 await cur.execute("BEGIN")

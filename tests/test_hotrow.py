@@ -9,14 +9,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiomysql
 import mysql.connector
 import pymysql
 import pytest
 
 from proxy.sandbox import Sandbox
 
-from .conftest import ProxyProc
+from .conftest import ProxyProc, app_conn
 
 SQL = "UPDATE {hint}inventory SET quantity = quantity - {n} WHERE sku_id = {sku} AND quantity >= {n}"
 
@@ -59,8 +58,7 @@ async def buyers(
 
     async def one(i: int) -> None:
         rnd = random.Random(i)
-        conn = await aiomysql.connect(host="127.0.0.1", port=port, user="app", password="app",
-                                      db="shop", autocommit=True)
+        conn = await app_conn(port)
         try:
             for _ in range(tries):
                 sku, n = rnd.choice(skus), rnd.choice(amounts)
@@ -93,8 +91,7 @@ async def buyers(
 async def _reconnect(port: int) -> Any:
     for _ in range(100):
         try:
-            return await aiomysql.connect(host="127.0.0.1", port=port, user="app", password="app",
-                                          db="shop", autocommit=True)
+            return await app_conn(port)
         except pymysql.err.OperationalError:
             await asyncio.sleep(0.2)
     raise RuntimeError("proxy unreachable")
@@ -145,8 +142,7 @@ def test_auto_mode_plain_when_alone_and_vanishing_members_do_not_block_the_key(
 
     async def vanish(i: int) -> None:
         # sends its decrement and closes at once, never reading the answer
-        conn = await aiomysql.connect(host="127.0.0.1", port=proxy.port, user="app",
-                                      password="app", db="shop", autocommit=True)
+        conn = await app_conn(proxy.port)
         sql = SQL.format(hint="/*+ HOTROW(auto) */ ", n=1, sku=40).encode()
         payload = b"\x03" + sql
         conn._writer.write(len(payload).to_bytes(3, "little") + b"\x00" + payload)
@@ -426,22 +422,17 @@ def test_discover_needs_no_rules(sandbox: Sandbox, tmp_path: Any) -> None:
         assert "not InnoDB" in rules["shop.disc_m"][4]
         assert "primary key" in rules["shop.disc_c"][4]
         assert "shop.disc_x" not in rules
-        import asyncio as aio
-
         async def run() -> list[int]:
-            import aiomysql as am
-
             async def one() -> int:
-                conn = await am.connect(host="127.0.0.1", port=p.port, user="app", password="app",
-                                        db="shop", autocommit=True)
+                conn = await app_conn(p.port)
                 async with conn.cursor() as cur:
                     n = await cur.execute("UPDATE disc_a SET quantity = quantity - 1 "
                                           "WHERE id = 1 AND quantity > 0")
                 conn.close()
                 return int(n)
-            return list(await aio.gather(*(one() for _ in range(150))))
+            return list(await asyncio.gather(*(one() for _ in range(150))))
 
-        got = aio.run(run())
+        got = asyncio.run(run())
         assert sum(got) == 99 and got.count(0) == 51  # one unit went in the first statement
         assert sandbox.primary.sql("SELECT quantity FROM shop.disc_a")[0][0] == 0
         assert batches(sandbox)[1] - b0[1] >= 100  # merged

@@ -13,7 +13,7 @@ import pytest
 
 from proxy.sandbox import Sandbox
 
-from .conftest import make_config, start_proxy
+from .conftest import app_conn, make_config, start_proxy
 
 
 def test_admin_connection_cap_and_audit_log(sandbox: Sandbox, tmp_path: Path) -> None:
@@ -96,8 +96,6 @@ def test_hostile_client_cannot_grow_memory_without_bound(sandbox: Sandbox, tmp_p
     import asyncio
     import socket
 
-    import aiomysql
-
     from proxy.sandbox import make_certs
 
     sandbox.primary.sql(
@@ -113,8 +111,7 @@ def test_hostile_client_cannot_grow_memory_without_bound(sandbox: Sandbox, tmp_p
         base = _rss_mb(p.proc.pid)
 
         async def shapes(start: int, n: int) -> None:
-            conn = await aiomysql.connect(host="127.0.0.1", port=p.port, user="app",
-                                          password="app", db="shop", autocommit=True)
+            conn = await app_conn(p.port)
             async with conn.cursor() as cur:
                 for i in range(start, start + n):
                     await cur.execute(f"SELECT {i} AS c{i}")  # a new shape every time
