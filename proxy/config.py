@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -83,10 +84,12 @@ class BackendsCfg:
     tls: BackendTLSCfg | None = None  # TLS from the proxy to MySQL (TCP backends)
 
     def weight(self, addr: Address) -> int:
-        for a, w in zip(self.replicas, self.weights, strict=False):
-            if a == addr:
-                return w
-        return 1
+        return self._weights.get(addr, 1)
+
+    @cached_property
+    def _weights(self) -> dict[Address, int]:
+        """Asked on every replica read: a lookup, not a scan."""
+        return dict(zip(self.replicas, self.weights, strict=False))
 
 
 CONSISTENCY = ("eventual", "session", "global", "primary")

@@ -94,7 +94,7 @@ class Lease:
             self.conn = self.pool = None
             if reason is not LeaseReason.POOL_RECLAIMED and c is not None and p is not None:
                 self._back = p.give_back(c, reason)
-        M.child(M.LEASE_TRANSITIONS, to.value, reason.value).inc()
+        M.LEASE_TRANSITIONS.inc(to, reason)
 
     async def release(self, reason: LeaseReason) -> None:
         """To NONE, and wait until the connection is back in its pool (reset included)."""

@@ -78,7 +78,33 @@ BACKEND_CONNECT_ERRORS = Counter(
 BACKEND_DISCONNECTS = Counter(
     P + "backend_disconnects_total", "Backend connections closed, by reason", ["backend", "reason"]
 )
-LEASE_TRANSITIONS = Counter(
+
+
+class LabelCounter(Collector):
+    """A labelled counter kept as plain integers and turned into a family at scrape time, for
+    counters bumped on every statement (a prometheus-client child takes a lock per `inc`).
+    Label values must be bounded, as everywhere here; an Enum member counts as its value."""
+
+    def __init__(self, name: str, help: str, labels: list[str]) -> None:
+        self.name, self.help, self.labels = name, help, labels
+        self.counts: dict[tuple[Any, ...], int] = {}
+        REGISTRY.register(self)
+
+    def inc(self, *labels: Any) -> None:
+        self.counts[labels] = self.counts.get(labels, 0) + 1
+
+    def collect(self) -> Iterator[Metric]:
+        merged: dict[tuple[str, ...], int] = {}
+        for labels, n in list(self.counts.items()):
+            key = tuple(str(getattr(x, "value", x)) for x in labels)
+            merged[key] = merged.get(key, 0) + n
+        c = CounterMetricFamily(self.name, self.help, labels=self.labels)
+        for key, n in merged.items():
+            c.add_metric(list(key), n)
+        yield c
+
+
+LEASE_TRANSITIONS = LabelCounter(
     P + "lease_transitions_total", "Changes of sessions' hold on backend connections (lease.py)",
     ["to", "reason"],
 )
@@ -96,7 +122,7 @@ PRIMARY_DURABLE = Gauge(
     "1 if innodb_flush_log_at_trx_commit=1, sync_binlog=1 and the binlog is on, else 0",
 )
 
-READS = Counter(
+READS = LabelCounter(
     P + "reads_total",
     "Replica-eligible reads by consistency level and outcome (replica, replica_waited, "
     "primary_fallback)", ["consistency", "outcome"],

@@ -157,9 +157,15 @@ def plan(shape: Shape, s: SessionView, policy: Policy, cursor: bool = False) -> 
                        s.pin, policy.has_replicas)
         if rp.replica:
             # The lane reads from a replica only where no position must be fetched first.
-            return Plan(Route.REPLICA, read=rp,
-                        lane=shape.lane == "read" and rp.consistency in ("session", "eventual")
-                        and "READ_AFTER_GTID" not in shape.hints)
+            lane = (shape.lane == "read" and rp.consistency in ("session", "eventual")
+                    and "READ_AFTER_GTID" not in shape.hints)
+            if rp.token is None:  # the common plan, made once (plans are immutable values)
+                key = (rp.consistency, lane)
+                got = _REPLICA_PLANS.get(key)
+                if got is None:
+                    got = _REPLICA_PLANS[key] = Plan(Route.REPLICA, read=rp, lane=lane)
+                return got
+            return Plan(Route.REPLICA, read=rp, lane=lane)
     is_write = shape.is_write
     track = Track.NONE
     if policy.track_all and not s.replica_txn:
@@ -178,6 +184,7 @@ def plan(shape: Shape, s: SessionView, policy: Policy, cursor: bool = False) -> 
 
 
 _SELECT_1 = classify("SELECT 1")
+_REPLICA_PLANS: dict[tuple[str, bool], Plan] = {}  # bounded: 4 consistency levels x 2
 
 
 @dataclass(frozen=True)

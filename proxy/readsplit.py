@@ -177,6 +177,6 @@ class ReadRouter:
 
 
     def count(self, consistency: str, outcome: str, backend: str | None = None) -> None:
-        M.child(M.READS, consistency, outcome).inc()
+        M.READS.inc(consistency, outcome)
         if backend:
             self.reads[backend] = self.reads.get(backend, 0) + 1

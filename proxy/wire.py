@@ -208,10 +208,11 @@ class ClientIO(PacketIO):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        self.task = asyncio.get_running_loop().create_task(self._start(self))
+        self._loop = asyncio.get_running_loop()  # kept: asking for it costs a getpid() each time
+        self.task = self._loop.create_task(self._start(self))
 
     def data_received(self, data: bytes) -> None:
-        self.last_activity = asyncio.get_running_loop().time()
+        self.last_activity = self._loop.time()
         tls = self.tls
         if tls is not None:
             data = tls.feed(data)
