@@ -54,7 +54,7 @@ def cpu_seconds(pid: int) -> float:
 class Proxy:
     def __init__(self, sb: Sandbox, hotrow: dict[str, Any] | None = None,
                  routing: dict[str, Any] | None = None,
-                 durability: dict[str, Any] | None = None) -> None:
+                 durability: dict[str, Any] | None = None, name: str = "proxy") -> None:
         self.port, self.admin_port, self.metrics_port = free_port(), free_port(), free_port()
         cfg = {
             "listen": f"127.0.0.1:{self.port}",
@@ -70,10 +70,10 @@ class Proxy:
             "log_level": "WARNING",
         }
         OUT.mkdir(parents=True, exist_ok=True)
-        path = OUT / "proxy.yaml"
+        path = OUT / f"{name}.yaml"
         path.write_text(yaml.safe_dump(cfg))
         self.proc = subprocess.Popen([sys.executable, "-m", "proxy.cli", "--config", str(path)],
-                                     cwd=ROOT, stdout=open(OUT / "proxy.log", "ab"),
+                                     cwd=ROOT, stdout=open(OUT / f"{name}.log", "ab"),
                                      stderr=subprocess.STDOUT)
         import socket
         for _ in range(200):

@@ -143,6 +143,7 @@ class AdminSession(BaseSession):
             )
         target = f"{schema}.{table}".lower() if schema and table else None
         self.app.hotrow.set_mode(mode, target)
+        self.app.refresh_policy()
         log.info("hotrow.mode set to %s for %s by admin %s", mode, target or "all tables", self.username)
         return None
 

@@ -120,6 +120,8 @@ class FastLane:
             return False
         s = self.s
         L = s.lease
+        if p.route is Route.DIAG:  # about the previous statement: only on its connection
+            return s.stmt_conn is L.conn
         if p.route is Route.REPLICA:
             assert L.pool is not None and p.read is not None
             return (L.state is LeaseState.SOFT and L.pool.role == "replica"
@@ -206,10 +208,10 @@ class FastLane:
         r = sc.r
         p = self.plan
         assert p is not None
-        if p.route is Route.PRIMARY:
-            s._after(c, r)
-        else:
+        if p.route is Route.REPLICA:
             s.stmt_conn = c
+        else:
+            s._after(c, r)
         s.settle()
         self._done("error" if r.err is not None else "ok", r.rows or r.affected_rows)
 

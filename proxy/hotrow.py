@@ -266,6 +266,10 @@ class HotRowEngine:
         else:
             self.table_modes[table] = mode
 
+    def engaged(self) -> bool:
+        """Whether any table's mode is not `off` (else only hinted statements come here)."""
+        return self.global_mode != "off" or any(m != "off" for m in self.table_modes.values())
+
     def mode_for(self, shape: Shape, table: str) -> str:
         h = shape.hints
         if "HOTROW" in h and h["HOTROW"].lower() in HOTROW_MODES:

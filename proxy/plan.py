@@ -79,6 +79,7 @@ class Policy:
     wants_ack: bool = False  # durability.ack: replica
     track_all: bool = False  # durability.track_commits: all
     hotrow: bool = False  # a hot-row engine runs
+    hotrow_engaged: bool = True  # some mode is not `off`: unhinted hot decrements go to it
 
 
 @dataclass(frozen=True)
@@ -147,7 +148,8 @@ def plan(shape: Shape, s: SessionView, policy: Policy, cursor: bool = False) -> 
         return Plan(Route.PROCESSLIST)
     pin = shape.pin or ("server-side cursor" if cursor else None)
     if shape.diag and pin is None and not cursor and not shape.multi:
-        return Plan(Route.DIAG)
+        # The lane runs it when the lease still holds the previous statement's connection.
+        return Plan(Route.DIAG, lane=bool(shape.lane))
     if verb == "START" and READ_ONLY_TXN.match(shape.digest) and not held and policy.has_replicas:
         rp = read_plan(_SELECT_1, s.consistency, s.read_after_gtid, False, None, True)
         if rp.replica:
@@ -175,7 +177,7 @@ def plan(shape: Shape, s: SessionView, policy: Policy, cursor: bool = False) -> 
               and not s.autocommit_off and "RETURNING" not in shape.digest.upper()):
             track = Track.AUTOCOMMIT
     hold = policy.wants_ack and (is_write or verb in ("COMMIT", "END"))
-    if shape.hot is not None and policy.hotrow:
+    if shape.hot is not None and policy.hotrow and (policy.hotrow_engaged or shape.hints):
         # The engine takes it or declines; declined, it runs as this plan's primary path.
         return Plan(Route.HOTROW, track=track, hold_ack=hold, gate_write=True, pin=pin)
     lane = bool(shape.lane) and track is Track.NONE and not hold and pin is None

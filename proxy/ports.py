@@ -128,6 +128,8 @@ class AdminHost(Topology, Protocol):
 
     def apply_config(self, cfg: Config) -> list[str]: ...
 
+    def refresh_policy(self) -> None: ...
+
 
 class Prepared(Protocol):
     """A client's prepared statement as the hot-row engine reads it."""

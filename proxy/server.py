@@ -91,7 +91,12 @@ class App:
         """What the planner (plan.py) needs of config and engines; rebuilt on RELOAD CONFIG."""
         d = self.cfg.durability
         return Policy(has_replicas=bool(self.cfg.backends.replicas), wants_ack=d.ack == "replica",
-                      track_all=d.track_commits == "all", hotrow=self.hotrow is not None)
+                      track_all=d.track_commits == "all", hotrow=self.hotrow is not None,
+                      hotrow_engaged=self.hotrow is None or self.hotrow.engaged())
+
+    def refresh_policy(self) -> None:
+        """After an admin change the planner reads (hot-row modes)."""
+        self.policy = self._policy()
 
     def _build_pools(self) -> None:
         b = self.cfg.backends

@@ -86,14 +86,21 @@ TABLE: list[tuple[str, dict[str, Any], Policy, Route, Track, bool, bool]] = [
     ("BEGIN", {}, FULL, Route.PRIMARY, Track.NONE, False, True),
     ("SHOW WARNINGS", {}, FULL, Route.DIAG, Track.NONE, False, False),
     ("SHOW COUNT(*) ERRORS", {}, FULL, Route.DIAG, Track.NONE, False, False),
-    ("SELECT @@warning_count", {}, FULL, Route.DIAG, Track.NONE, False, False),
+    ("SELECT @@warning_count", {}, FULL, Route.DIAG, Track.NONE, False, True),
     ("SHOW SESSION STATUS LIKE 'Handler%'", {}, FULL, Route.DIAG, Track.NONE, False, False),
-    ("SELECT ROW_COUNT()", {}, FULL, Route.DIAG, Track.NONE, False, False),
+    ("SELECT ROW_COUNT()", {}, FULL, Route.DIAG, Track.NONE, False, True),
     ("SELECT CONNECTION_ID()", {}, FULL, Route.LOCAL_CONN_ID, Track.NONE, False, False),
     # after a merged UPDATE the proxy knows ROW_COUNT(); otherwise the last statement's connection does
     ("SELECT ROW_COUNT()", {"answered_rows": 1}, FULL, Route.LOCAL_ROW_COUNT, Track.NONE, False, False),
-    ("SELECT ROW_COUNT()", {}, FULL, Route.DIAG, Track.NONE, False, False),
-    ("SELECT ROW_COUNT() + 1", {"answered_rows": 1}, FULL, Route.DIAG, Track.NONE, False, False),
+    ("SELECT ROW_COUNT()", {}, FULL, Route.DIAG, Track.NONE, False, True),
+    ("SELECT ROW_COUNT() + 1", {"answered_rows": 1}, FULL, Route.DIAG, Track.NONE, False, True),
+    # every hot-row mode `off`: an unhinted hot decrement is a plain write (the lane's);
+    # a hinted one still goes to the engine
+    ("UPDATE inventory SET quantity = quantity - 1 WHERE sku_id = 1 AND quantity > 0", {},
+     Policy(hotrow=True, hotrow_engaged=False), Route.PRIMARY, Track.NONE, False, True),
+    ("UPDATE /*+ HOTROW(merge) */ inventory SET quantity = quantity - 1 WHERE sku_id = 1 AND "
+     "quantity > 0", {}, Policy(hotrow=True, hotrow_engaged=False), Route.HOTROW, Track.NONE,
+     False, False),
     ("KILL QUERY 12", {}, FULL, Route.KILL, Track.NONE, False, False),
 ]
 
@@ -118,7 +125,7 @@ views = st.builds(View, in_txn=st.booleans(), autocommit_off=st.booleans(),
                   consistency=st.sampled_from(["eventual", "session", "global", "primary"]),
                   read_after_gtid=st.sampled_from([None, "0-1-5"]), replica_txn=st.booleans())
 policies = st.builds(Policy, has_replicas=st.booleans(), wants_ack=st.booleans(),
-                     track_all=st.booleans(), hotrow=st.booleans())
+                     track_all=st.booleans(), hotrow=st.booleans(), hotrow_engaged=st.booleans())
 
 
 @settings(max_examples=500)
@@ -129,7 +136,7 @@ def test_lane_plans_only_forward(sql: str, view: View, policy: Policy, cursor: b
     p = plan(shape, view, policy, cursor)
     assert p == plan(shape, view, policy, cursor)  # pure
     if p.lane:
-        assert p.route in (Route.PRIMARY, Route.REPLICA)
+        assert p.route in (Route.PRIMARY, Route.REPLICA, Route.DIAG)
         assert p.track is Track.NONE and not p.hold_ack and p.pin is None and shape.lane
         if p.route is Route.REPLICA:
             assert p.read is not None and p.read.consistency in ("session", "eventual")
@@ -159,9 +166,10 @@ class _Pool:
 
 @settings(max_examples=500)
 @given(sql=st.sampled_from(STATEMENTS), view=views, policy=policies,
-       on_replica=st.booleans(), replica_ready=st.booleans())
+       on_replica=st.booleans(), replica_ready=st.booleans(), same_conn=st.booleans())
 def test_lane_takes_exactly_the_lane_plans(sql: str, view: View, policy: Policy,
-                                           on_replica: bool, replica_ready: bool) -> None:
+                                           on_replica: bool, replica_ready: bool,
+                                           same_conn: bool) -> None:
     primary, replica = _Pool("primary"), _Pool("replica")
     view.replica_txn = False
     conn = SimpleNamespace(broken=False, last_insert_id=0, stmts={},
@@ -170,6 +178,7 @@ def test_lane_takes_exactly_the_lane_plans(sql: str, view: View, policy: Policy,
     lease = Lease()
     lease.state = LeaseState.TRANSACTION if view.in_txn else LeaseState.SOFT
     lease.conn = conn  # type: ignore[assignment]
+    view.stmt_conn = conn if same_conn else None  # type: ignore[attr-defined]
     lease.pool = (replica if on_replica and not view.in_txn else primary)  # type: ignore[assignment]
     reads = SimpleNamespace(ready_now=lambda pool, rp, gtid: replica_ready)
     app = SimpleNamespace(policy=policy, primary_pool=lambda: primary, reads=reads)
@@ -183,7 +192,9 @@ def test_lane_takes_exactly_the_lane_plans(sql: str, view: View, policy: Policy,
     expect = p.lane and (
         (p.route is Route.REPLICA and lease.state is LeaseState.SOFT and not on_primary
          and replica_ready)
-        or (p.route is Route.PRIMARY and (on_primary or lease.state is not LeaseState.SOFT)))
+        or (p.route is Route.PRIMARY and (on_primary or lease.state is not LeaseState.SOFT))
+        # diagnostics: on the previous statement's connection, wherever it is
+        or (p.route is Route.DIAG and same_conn))
     if classify(sql).uses_last_insert_id:
         expect = expect and conn.last_insert_id == view.last_insert_id
     assert (got is not None) == expect
