@@ -188,9 +188,10 @@ class BackendConn:
         return [dict(zip(names, r, strict=False)) for r in rows or []]
 
     async def query(
-        self, sql: str, names: list[str] | None = None
+        self, sql: str, names: list[str] | None = None, types: list[int] | None = None
     ) -> tuple[list[list[str | None]] | None, P.OkPacket | None]:
-        """Run one text-protocol statement and decode its rows as strings (internal use only)."""
+        """Run one text-protocol statement and decode its rows as strings (internal use only);
+        `names` and `types` receive the last result's column names and type codes."""
         await self.command(bytes((P.COM_QUERY,)) + sql.encode())
         rows: list[list[str | None]] | None = None
         ok: P.OkPacket | None = None
@@ -208,13 +209,20 @@ class BackendConn:
             ncols, _ = P.lenenc_int(pkt, 0)
             if names is not None:
                 names.clear()
+            if types is not None:
+                types.clear()
             for _ in range(ncols):
                 col = await self.read_packet()
-                if names is not None:
+                if names is not None or types is not None:
                     pos = 0
                     for _field in range(4):  # catalog, schema, table, org_table
                         _, pos = P.lenenc_str(col, pos)
-                    names.append(P.lenenc_str(col, pos)[0].decode("utf-8", "replace"))
+                    name, pos = P.lenenc_str(col, pos)
+                    if names is not None:
+                        names.append(name.decode("utf-8", "replace"))
+                    if types is not None:  # org_name, 0x0c, charset(2), length(4), type(1)
+                        _, pos = P.lenenc_str(col, pos)
+                        types.append(col[pos + 7] if pos + 7 < len(col) else 0xFD)
             await self.read_packet()  # EOF
             rows = []
             while True:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from mysql_mimic.session import BaseSession
 from mysql_mimic.variables import GlobalVariables, SessionVariables
 
-from . import local, tracked
+from . import local, tracked, uservars
 from . import metrics as M
 from . import protocol as P
 from .backend import BackendConn, BufferWriter, Relayed
@@ -65,6 +65,7 @@ class ProxySession(BaseSession):
         self.stmt_conn: BackendConn | Answered | None = None
         self.last_conn: BackendConn | None = None
         self.pin: str | None = None
+        self.replica_vars: set[str] = set()  # user variables named in a replica RO transaction
         self.escrow: list[Reservation] = []  # units reserved for its open transaction
         self.txn_hot: set[Any] = set()  # hot keys its open transaction locked itself
         self.sysvars: dict[str, str] = {}  # replayable session variables the client changed
@@ -540,6 +541,12 @@ class ProxySession(BaseSession):
                     self.pin = p.pin
                 if shape.pin:
                     c.dirty = True
+                    if (shape.pin == "user variable" and self.lease.state is LeaseState.REPLICA_TXN
+                            and len(self.replica_vars) < uservars.MAX_VARS):
+                        # the text itself: the digest hides quoted names (@'x')
+                        text = (payload[1:].decode("utf-8", "surrogateescape")
+                                if payload[:1] == bytes((P.COM_QUERY,)) else shape.digest)
+                        self.replica_vars |= uservars.names(text)
                 if shape.uses_last_insert_id and c.last_insert_id != self.last_insert_id:
                     await c.execute(f"SELECT LAST_INSERT_ID({self.last_insert_id})")
             try:
@@ -558,11 +565,60 @@ class ProxySession(BaseSession):
         """After a statement's reply: take over session state, give the connection back, then
         let the (possibly held) reply go out."""
         self._after(c, r)
+        carry = None
+        if self.replica_vars and self.replica_txn and not self.in_txn:
+            carry = await self._read_user_vars(c)
         self.settle()
+        if carry is not None:
+            await self._restore_user_vars(carry)
         if hold is not None:
             await self._release_held(hold, r)
         await self._drain()
         return r
+
+    async def _read_user_vars(self, c: BackendConn) -> list[list[str]] | None:
+        """The replica RO transaction is over: its user variables as one SET (uservars.py)."""
+        vs = sorted(self.replica_vars)[:uservars.MAX_VARS]
+        self.replica_vars = set()
+        types: list[int] = []
+        try:
+            rows, _ = await c.query(uservars.read_sql(vs), None, types)
+        except (BackendError, BackendLost) as e:
+            c.broken = True
+            log.warning("user variables set in a replica read-only transaction were lost (%s)",
+                        type(e).__name__)
+            return None
+        if not rows or len(types) != 3 * len(vs):
+            return None
+        if self.pin == "user variable":
+            self.pin = None  # carried, not dropped: no warning at the lease's end
+        return [uservars.assignments(vs, types, rows[0]),
+                uservars.assignments(vs, types, rows[0], lenient=True)]
+
+    async def _restore_user_vars(self, carry: list[list[str]]) -> None:
+        """Set them on a primary connection the session then keeps, as after `SET @x` there:
+        all in one statement; if the server refuses it (bytes a charset's introducer rejects),
+        one by one, each exactly or else converted as MariaDB converts."""
+        exact, lenient = carry
+        c = await self._get_conn()
+        self.pin = "user variable"
+        c.dirty = True
+        try:
+            try:
+                await c.execute("SET " + ", ".join(exact))
+            except BackendError:
+                for a, b in zip(exact, lenient, strict=True):
+                    try:
+                        await c.execute("SET " + a)
+                    except BackendError:
+                        try:
+                            await c.execute("SET " + b)
+                        except BackendError as e:
+                            log.warning("a user variable from a replica read-only transaction "
+                                        "was not restored: %s", e.message)
+        except BackendLost as e:
+            await self._lost(e, retry=False, shape=None)
+        self.settle()
 
     async def _run_on(self, c: BackendConn, payload: bytes, out: Any,
                       shape: Shape | None = None) -> Relayed:

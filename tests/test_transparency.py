@@ -125,6 +125,38 @@ def test_read_only_transaction_pin_does_not_send_writes_to_the_replica(
     c.close()
 
 
+UVARS = ["SET @i = 42, @neg = -7, @d = 1.50, @f = 2.5e0, @s = 'h\U0001F600',",
+         " @l1 = _latin1'caf\u00e9' COLLATE latin1_german1_ci, @b = X'00ff', @n = NULL"]
+
+
+def test_user_variables_outlive_a_read_only_transaction_on_a_replica(
+        sandbox: Sandbox, tproxy: ProxyProc) -> None:
+    """User variables are not transactional: set inside START TRANSACTION READ ONLY (which
+    runs on a replica), they are there after COMMIT, with their type and collation."""
+    check = ("SELECT @i, @neg, @d, @f, @s, @l1, HEX(@b), @n, @never, COLLATION(@s), "
+             "COLLATION(@l1), @d * 2, @i / 5, @f + 1, @s = 'h\U0001F600', @l1 = 'cafe'")
+    d, p = _both(sandbox, tproxy, charset="utf8mb4")
+    for c in (d, p):
+        with c.cursor() as cur:
+            cur.execute("START TRANSACTION READ ONLY")
+            cur.execute("SELECT @@server_id")
+            cur.execute("".join(UVARS))
+            cur.execute("SELECT @sel := 3")
+            cur.execute("SELECT COUNT(*) INTO @cnt FROM tr_log")
+            cur.execute("COMMIT")
+    with p.cursor() as cur:
+        cur.execute("SELECT @@server_id")
+        assert cur.fetchone()[0] == 1  # the session is back on the primary
+    assert _q(p, check) == _q(d, check)
+    assert _q(p, "SELECT @sel, @cnt") == _q(d, "SELECT @sel, @cnt")
+    for c in (d, p):  # and they behave as variables of the session from then on
+        c.cursor().execute("SET @i = @i + 1")
+    assert _q(p, "SELECT @i") == _q(d, "SELECT @i")
+    assert _q(p, "SELECT @i")[1] == [(43,)]
+    d.close()
+    p.close()
+
+
 def test_multi_statements_follow_the_client(sandbox: Sandbox, tproxy: ProxyProc) -> None:
     for flags in (0, CLIENT.MULTI_STATEMENTS):
         d, p = _both(sandbox, tproxy, client_flag=flags)
