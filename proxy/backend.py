@@ -100,6 +100,9 @@ class BackendConn:
         self.status = P.SERVER_STATUS_AUTOCOMMIT
         self.dirty = False  # state that only a reset clears (user vars, temp tables, locks...)
         self.broken = False
+        # its last statement left warnings or an error its session may still ask about
+        # (SHOW WARNINGS...): the pool reclaims such a soft-held connection last
+        self.diag = False
         # Prepared statements by (database at PREPARE, text): MariaDB resolves a statement's
         # tables in the database current when it was prepared.
         self.stmts: OrderedDict[tuple[str | None, str], P.PrepareOk] = OrderedDict()
@@ -441,9 +444,11 @@ class ReplyScanner:
                 if b0 == 0xFE and plen < 9:
                     st = buf[pos + 7] | (buf[pos + 8] << 8) if plen >= 5 else 0
                     self.conn.status = r.status = st
+                    self.conn.diag = plen >= 5 and (buf[pos + 5] or buf[pos + 6]) != 0
                     state = 0 if st & P.SERVER_MORE_RESULTS_EXISTS else 9
                 elif b0 == 0xFF:
                     r.err = P.parse_err(bytes(buf[pos + 4 : end]))
+                    self.conn.diag = True
                     state = 9
                 else:
                     r.rows += 1
@@ -458,6 +463,7 @@ class ReplyScanner:
                 self.conn._track(ok.status, ok)
                 r.ok = ok
                 r.status = ok.status
+                self.conn.diag = ok.warnings != 0
                 r.affected_rows += ok.affected_rows
                 if ok.sysvars:
                     r.sysvars.update(ok.sysvars)
@@ -475,6 +481,7 @@ class ReplyScanner:
                 state = 0 if ok.status & P.SERVER_MORE_RESULTS_EXISTS else 9
             elif b0 == 0xFF:
                 r.err = P.parse_err(bytes(buf[pos + 4 : end]))
+                self.conn.diag = True
                 state = 9
             elif b0 == 0xFB:  # LOAD DATA LOCAL INFILE: MySQL asks the client for a file
                 r.local_infile = True

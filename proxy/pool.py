@@ -175,22 +175,24 @@ class Pool:
         self.soft.pop(c, None)
 
     def _take_soft(self, key: tuple[str, bool]) -> BackendConn | None:
-        for c, owner in self.soft.items():
-            if (c.user, bool(c.flags & 2)) == key:
-                del self.soft[c]
-                owner.reclaimed(c)
-                if c.broken or c.io.at_eof():
-                    self.in_use -= 1
-                    self._discard(c, CloseReason.STALE)
-                    return None
-                return c
-        for c, owner in self.soft.items():  # another user's: close it to make room
-            del self.soft[c]
-            owner.reclaimed(c)
+        """At the limit: take back a soft-held connection, of this user if there is one (else
+        close another user's to make room). Connections whose session may still ask about its
+        last statement (warnings, an error: SHOW WARNINGS) go last: once taken, that session
+        can only be shown an empty diagnostics area."""
+        if not self.soft:
+            return None
+        c = min(self.soft, key=lambda x: ((x.user, bool(x.flags & 2)) != key, x.diag))
+        owner = self.soft.pop(c)
+        owner.reclaimed(c)
+        if (c.user, bool(c.flags & 2)) != key:
             self.in_use -= 1
             self._discard(c, CloseReason.EVICTED)
             return None
-        return None
+        if c.broken or c.io.at_eof():
+            self.in_use -= 1
+            self._discard(c, CloseReason.STALE)
+            return None
+        return c
 
     def _free_idle_other(self, key: tuple[str, bool]) -> bool:
         """At the limit, close an idle connection of another user to make room."""

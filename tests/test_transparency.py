@@ -367,3 +367,26 @@ def test_warnings_after_a_merged_decrement_are_its_own(sandbox: Sandbox, tproxy:
     merged = [ln for ln in text.splitlines()
               if ln.startswith('seckill_proxy_hotrow_statements_total{mode="merge",outcome="succeeded"}')]
     assert merged and float(merged[0].split()[-1]) >= 1, merged  # it really was merged
+
+
+def test_pool_reclaims_connections_without_pending_warnings_first(
+        sandbox: Sandbox, tmp_path: Path) -> None:
+    """At the pool's limit a soft-held connection is taken back from its idle session; one
+    whose last statement left warnings goes last, so that session's SHOW WARNINGS still shows
+    them (directly, they would always be there)."""
+    p = start_proxy(tmp_path, make_config(sandbox, backends={
+        "primary": f"127.0.0.1:{sandbox.primary_port}", "replicas": [],
+        "pool": {"max_connections": 2, "acquire_timeout_s": 5}}))
+    try:
+        a, b = p.connect(), p.connect()
+        a.cursor().execute("SELECT CAST('x' AS INT)")  # a warning; a holds its connection first
+        b.cursor().execute("SELECT 1")
+        c = p.connect()
+        c.cursor().execute("SELECT 2")  # the pool is full: one soft-held connection goes
+        assert _q(a, "SHOW WARNINGS")[1] == [
+            ("Warning", 1292, "Truncated incorrect INTEGER value: 'x'")]
+        assert _q(a, "SELECT @@warning_count")[1] == [(1,)]
+        for x in (a, b, c):
+            x.close()
+    finally:
+        p.stop()
