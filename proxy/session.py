@@ -576,46 +576,21 @@ class ProxySession(BaseSession):
         await self._drain()
         return r
 
-    async def _read_user_vars(self, c: BackendConn) -> list[list[str]] | None:
-        """The replica RO transaction is over: its user variables as one SET (uservars.py)."""
-        vs = sorted(self.replica_vars)[:uservars.MAX_VARS]
-        self.replica_vars = set()
-        types: list[int] = []
-        try:
-            rows, _ = await c.query(uservars.read_sql(vs), None, types)
-        except (BackendError, BackendLost) as e:
-            c.broken = True
-            log.warning("user variables set in a replica read-only transaction were lost (%s)",
-                        type(e).__name__)
-            return None
-        if not rows or len(types) != 3 * len(vs):
-            return None
-        if self.pin == "user variable":
+    async def _read_user_vars(self, c: BackendConn) -> uservars.Carry | None:
+        """The replica RO transaction is over: read its user variables there (uservars.py)."""
+        vs, self.replica_vars = sorted(self.replica_vars), set()
+        carry = await uservars.read(c, vs)
+        if carry is not None and self.pin == "user variable":
             self.pin = None  # carried, not dropped: no warning at the lease's end
-        return [uservars.assignments(vs, types, rows[0]),
-                uservars.assignments(vs, types, rows[0], lenient=True)]
+        return carry
 
-    async def _restore_user_vars(self, carry: list[list[str]]) -> None:
-        """Set them on a primary connection the session then keeps, as after `SET @x` there:
-        all in one statement; if the server refuses it (bytes a charset's introducer rejects),
-        one by one, each exactly or else converted as MariaDB converts."""
-        exact, lenient = carry
+    async def _restore_user_vars(self, carry: uservars.Carry) -> None:
+        """Set them on a primary connection the session then keeps, as after `SET @x` there."""
         c = await self._get_conn()
         self.pin = "user variable"
         c.dirty = True
         try:
-            try:
-                await c.execute("SET " + ", ".join(exact))
-            except BackendError:
-                for a, b in zip(exact, lenient, strict=True):
-                    try:
-                        await c.execute("SET " + a)
-                    except BackendError:
-                        try:
-                            await c.execute("SET " + b)
-                        except BackendError as e:
-                            log.warning("a user variable from a replica read-only transaction "
-                                        "was not restored: %s", e.message)
+            await uservars.restore(c, carry)
         except BackendLost as e:
             await self._lost(e, retry=False, shape=None)
         self.settle()

@@ -12,7 +12,13 @@ cannot move between servers and is still dropped at the transaction's end, with 
 
 from __future__ import annotations
 
+import logging
 import re
+from typing import Any, NamedTuple
+
+from .errors import BackendError, BackendLost
+
+log = logging.getLogger("seckill.session")
 
 # `@name`, `@'name'`, `@"name"`, `` @`name` `` (not `@@system`); what the digest keeps of them.
 _VAR = re.compile(r"(?<![@\w$])@(?:([\w$.]+)|`((?:[^`]|``)+)`|'((?:[^']|'')+)'|\"((?:[^\"]|\"\")+)\")")
@@ -79,3 +85,48 @@ def assignments(vs: list[str], types: list[int], row: list[str | None],
     """`@a = ...` for each variable, from `read_sql`'s row and its column types."""
     return [f"{quote(v)} = " + literal(types[3 * i], row[3 * i], row[3 * i + 1], row[3 * i + 2],
                                        lenient) for i, v in enumerate(vs)]
+
+
+class Carry(NamedTuple):
+    """The variables' assignments: exact, and converted as MariaDB converts (`lenient`)."""
+
+    exact: list[str]
+    lenient: list[str]
+
+
+async def read(c: Any, vs: list[str]) -> Carry | None:
+    """Read the variables on the replica's connection `c` (a backend.BackendConn)."""
+    vs = vs[:MAX_VARS]
+    if not vs:
+        return None
+    types: list[int] = []
+    try:
+        rows, _ = await c.query(read_sql(vs), None, types)
+    except (BackendError, BackendLost) as e:
+        c.broken = True
+        log.warning("user variables set in a replica read-only transaction were lost (%s)",
+                    type(e).__name__)
+        return None
+    if not rows or len(types) != 3 * len(vs):
+        return None
+    return Carry(assignments(vs, types, rows[0]), assignments(vs, types, rows[0], lenient=True))
+
+
+async def restore(c: Any, carry: Carry) -> None:
+    """Set them on the primary's connection `c`: all in one statement; if the server refuses
+    it (bytes a charset's introducer rejects), one by one, each exactly or else converted.
+    A lost connection raises BackendLost for the session to handle."""
+    try:
+        await c.execute("SET " + ", ".join(carry.exact))
+        return
+    except BackendError:
+        pass
+    for a, b in zip(carry.exact, carry.lenient, strict=True):
+        for sql in (a, b):
+            try:
+                await c.execute("SET " + sql)
+                break
+            except BackendError as e:
+                if sql is b:
+                    log.warning("a user variable from a replica read-only transaction was not "
+                                "restored: %s", e.message)
