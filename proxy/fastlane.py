@@ -24,12 +24,13 @@ from . import metrics as M
 from . import prepared
 from . import protocol as P
 from .backend import BackendConn, ReplyScanner
-from .classify import Shape, classify
+from .classify import Shape, classify, statement_values
 from .errors import BackendLost, LeaseReason, ProxyError
 from .lease import LeaseState
 from .plan import Plan, Route, plan
 
 if TYPE_CHECKING:
+    from .hotrow import KeyState
     from .session import ProxySession
     from .wire import ClientIO
 
@@ -56,6 +57,7 @@ class FastLane:
         self.sent = False
         self.t0 = 0.0
         self._fail_task: asyncio.Future[None] | None = None  # keeps the failure task alive
+        self.ticket: KeyState | None = None  # a hot key counting this statement (hotrow.py)
         self._reply_cb = self._on_reply  # bound once, not per statement
         self._lost_cb = self._on_lost
 
@@ -94,25 +96,49 @@ class FastLane:
             p = plan(shape, s, s.app.policy)
             if not self._can_run(p):
                 return None
+            if shape.uses_last_insert_id and c.last_insert_id != s.last_insert_id:
+                return None  # the general path first gives this connection the session's value
             rebound = P.rebind_execute(data, 4, st.num_params, pok.stmt_id, st.types)
             if rebound is None:
                 return None
             payload, st.types = rebound
             packet = _pack_id(len(payload)) + payload
+            if p.route is Route.HOTROW:
+                try:
+                    values = P.decode_binary_params(P.split_execute(data[4:], st.num_params),
+                                                    st.types, st.num_params)
+                except (ValueError, IndexError):
+                    return None
+                if not self._ticket(shape, statement_values(st.sql, values)):
+                    return None
             c.stmts.move_to_end(key)
         elif cmd == P.COM_QUERY:
-            shape = classify(data[5:].decode("utf-8", "surrogateescape"))
+            sql = data[5:].decode("utf-8", "surrogateescape")
+            shape = classify(sql)
             if not shape.lane:
                 return None
             p = plan(shape, s, s.app.policy)
             if not self._can_run(p):
                 return None
+            if shape.uses_last_insert_id and c.last_insert_id != s.last_insert_id:
+                return None
+            if p.route is Route.HOTROW and not self._ticket(shape, statement_values(sql)):
+                return None
             packet = data
         else:
             return None
-        if shape.uses_last_insert_id and c.last_insert_id != s.last_insert_id:
-            return None  # the general path first gives this connection the session's value
         return c, shape, packet, p
+
+    def _ticket(self, shape: Shape, values: list[object]) -> bool:
+        """A hot decrement: only if the engine says at once that it goes as it is (the last
+        check of `_decide`: a ticket taken is given back by `_done`)."""
+        ok, self.ticket = self.s.app.hotrow.lane_ticket(self.s, shape, values)
+        return bool(ok)
+
+    def _release_ticket(self, ok: bool) -> None:
+        t, self.ticket = self.ticket, None
+        if t is not None:
+            self.s.app.hotrow.plain_end(t, ok)
 
     def _can_run(self, p: Plan) -> bool:
         """The plan only forwards, and the lease's connection is the one it forwards to."""
@@ -144,6 +170,7 @@ class FastLane:
             try:
                 s.app.durability.check_write()  # the gate runs once, here
             except ProxyError as e:
+                self._release_ticket(False)
                 err = e.packet()
                 self.client.write(struct.pack("<I", len(err) | (1 << 24)) + err)
                 M.count_lane_statement(shape.verb, "primary", "error", 0.0)
@@ -260,11 +287,15 @@ class FastLane:
     def _done(self, outcome: str, rows: int) -> None:
         s, shape = self.s, self.shape
         if shape is None:  # abandoned meanwhile: the session is closing
+            self._release_ticket(False)
             self.client.release()
             return
         dt = time.perf_counter() - self.t0
         p = self.plan
         route = "primary"
+        if self.ticket is not None:
+            route = "hotrow-plain"
+            self._release_ticket(outcome == "ok")
         if p is not None and p.route is Route.REPLICA and p.read is not None:
             route = "replica"
             pool = s.lease.pool
@@ -284,6 +315,7 @@ class FastLane:
     def abandon(self) -> None:
         """The session ends with a command in flight: its connection can never be reused."""
         c = self.conn
+        self._release_ticket(False)
         if c is not None:
             c.broken = True
             c.io.sink = c.io.sink_lost = None

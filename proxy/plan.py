@@ -177,10 +177,13 @@ def plan(shape: Shape, s: SessionView, policy: Policy, cursor: bool = False) -> 
               and not s.autocommit_off and "RETURNING" not in shape.digest.upper()):
             track = Track.AUTOCOMMIT
     hold = policy.wants_ack and (is_write or verb in ("COMMIT", "END"))
-    if shape.hot is not None and policy.hotrow and (policy.hotrow_engaged or shape.hints):
-        # The engine takes it or declines; declined, it runs as this plan's primary path.
-        return Plan(Route.HOTROW, track=track, hold_ack=hold, gate_write=True, pin=pin)
     lane = bool(shape.lane) and track is Track.NONE and not hold and pin is None
+    if shape.hot is not None and policy.hotrow and (policy.hotrow_engaged or shape.hints):
+        # The engine takes it or declines; declined, it runs as this plan's primary path. The
+        # lane runs it where the engine answers at once that it goes as it is (auto's plain
+        # path on an idle key, or no rule for it): `HotRowEngine.lane_ticket`.
+        return Plan(Route.HOTROW, track=track, hold_ack=hold, gate_write=True, pin=pin,
+                    lane=lane)
     return Plan(Route.PRIMARY, track=track, hold_ack=hold, gate_write=is_write, pin=pin,
                 lane=lane)
 

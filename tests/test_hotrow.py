@@ -162,6 +162,52 @@ def test_auto_mode_plain_when_alone_and_vanishing_members_do_not_block_the_key(
     assert 0 <= vanished_applied <= 100
 
 
+def test_auto_plain_path_runs_on_the_fast_lane(proxy: ProxyProc, sandbox: Sandbox) -> None:
+    """Unhinted hot decrements in auto mode on an idle key go as they are on the fast lane
+    (the engine answers `lane_ticket` at once), text and server-side prepared, in autocommit
+    and inside a transaction (whose rollback MySQL undoes); the key's books stay straight
+    (nothing left in flight) and a contended key still forms groups."""
+    initial = 100_000
+    reset_stock(sandbox, {41: initial})
+    lane = "seckill_proxy_fastlane_statements_total"
+    plain = 'seckill_proxy_hotrow_statements_total{mode="auto",outcome="plain"}'
+    proxy.admin("SET hotrow.mode = 'auto'")
+    try:
+        l0, p0, b0 = _metric(proxy, lane), _metric(proxy, plain), batches(sandbox)
+        c = proxy.connect()
+        with c.cursor() as cur:
+            for _ in range(5):
+                assert cur.execute(SQL.format(hint="", n=2, sku=41)) == 1
+                cur.execute("SELECT ROW_COUNT()")
+                assert cur.fetchone() == (1,)
+            cur.execute("BEGIN")
+            assert cur.execute(SQL.format(hint="", n=7, sku=41)) == 1
+            cur.execute("ROLLBACK")
+        c.close()
+        m = mysql.connector.connect(host="127.0.0.1", port=proxy.port, user="app", password="app",
+                                    database="shop", autocommit=True, use_pure=True)
+        cur2 = m.cursor(prepared=True)
+        for _ in range(5):
+            cur2.execute("UPDATE inventory SET quantity = quantity - %s WHERE sku_id = %s "
+                         "AND quantity >= %s", (3, 41, 3))
+            assert cur2.rowcount == 1
+        m.close()
+        assert stock_of(sandbox)[41] == initial - 5 * 2 - 5 * 3
+        assert _metric(proxy, plain) - p0 == 11  # 5 text + 1 in the transaction + 5 prepared
+        assert _metric(proxy, lane) - l0 >= 11 + 5  # ... all on the lane, ROW_COUNT() too
+        assert batches(sandbox) == b0
+        row = [r for r in proxy.admin("SHOW HOT KEYS") if r[0] == "shop.inventory" and str(r[1]) == "41"]
+        assert row and row[0][2] == "auto:plain" and int(row[0][4]) == 0  # nothing in flight
+        # contended: 100 buyers on the key still merge, and sell exactly what they are told
+        before = stock_of(sandbox)[41]
+        t = asyncio.run(buyers(proxy.port, 100, 5, [41], [1]))
+        assert t.errors == [] and t.hits == 500
+        assert stock_of(sandbox)[41] == before - 500
+        assert batches(sandbox)[1] > b0[1]
+    finally:
+        proxy.admin("SET hotrow.mode = 'merge'")
+
+
 def test_mixed_amounts_several_keys(proxy: ProxyProc, sandbox: Sandbox) -> None:
     initial = {10: 400, 11: 250, 12: 100}
     reset_stock(sandbox, initial)

@@ -75,8 +75,12 @@ TABLE: list[tuple[str, dict[str, Any], Policy, Route, Track, bool, bool]] = [
      False),
     ("COMMIT", {"in_txn": True, "replica_txn": True}, Policy(track_all=True), Route.PRIMARY,
      Track.NONE, False, True),
+    # the lane may run it if the engine answers at once that it goes as it is (lane_ticket)
     ("UPDATE inventory SET quantity = quantity - 1 WHERE sku_id = 1 AND quantity > 0", {},
-     FULL, Route.HOTROW, Track.NONE, False, False),
+     FULL, Route.HOTROW, Track.NONE, False, True),
+    ("UPDATE inventory SET quantity = quantity - 1 WHERE sku_id = 1 AND quantity > 0",
+     {"in_txn": True}, Policy(hotrow=True, wants_ack=True), Route.HOTROW, Track.NONE, True,
+     False),
     ("UPDATE inventory SET quantity = quantity - 1 WHERE sku_id = 1 AND quantity > 0", {},
      Policy(), Route.PRIMARY, Track.NONE, False, True),
     ("START TRANSACTION READ ONLY", {}, FULL, Route.REPLICA_TXN, Track.NONE, False, False),
@@ -136,11 +140,11 @@ def test_lane_plans_only_forward(sql: str, view: View, policy: Policy, cursor: b
     p = plan(shape, view, policy, cursor)
     assert p == plan(shape, view, policy, cursor)  # pure
     if p.lane:
-        assert p.route in (Route.PRIMARY, Route.REPLICA, Route.DIAG)
+        assert p.route in (Route.PRIMARY, Route.REPLICA, Route.DIAG, Route.HOTROW)
         assert p.track is Track.NONE and not p.hold_ack and p.pin is None and shape.lane
         if p.route is Route.REPLICA:
             assert p.read is not None and p.read.consistency in ("session", "eventual")
-    forward_only = (p.route is Route.PRIMARY and p.track is Track.NONE and not p.hold_ack
+    forward_only = (p.route in (Route.PRIMARY, Route.HOTROW) and p.track is Track.NONE and not p.hold_ack
                     and p.pin is None and bool(shape.lane))
     assert not forward_only or p.lane
     if shape.pin or cursor:
@@ -166,10 +170,11 @@ class _Pool:
 
 @settings(max_examples=500)
 @given(sql=st.sampled_from(STATEMENTS), view=views, policy=policies,
-       on_replica=st.booleans(), replica_ready=st.booleans(), same_conn=st.booleans())
+       on_replica=st.booleans(), replica_ready=st.booleans(), same_conn=st.booleans(),
+       plain_now=st.booleans())
 def test_lane_takes_exactly_the_lane_plans(sql: str, view: View, policy: Policy,
                                            on_replica: bool, replica_ready: bool,
-                                           same_conn: bool) -> None:
+                                           same_conn: bool, plain_now: bool) -> None:
     primary, replica = _Pool("primary"), _Pool("replica")
     view.replica_txn = False
     conn = SimpleNamespace(broken=False, last_insert_id=0, stmts={},
@@ -181,7 +186,10 @@ def test_lane_takes_exactly_the_lane_plans(sql: str, view: View, policy: Policy,
     view.stmt_conn = conn if same_conn else None  # type: ignore[attr-defined]
     lease.pool = (replica if on_replica and not view.in_txn else primary)  # type: ignore[assignment]
     reads = SimpleNamespace(ready_now=lambda pool, rp, gtid: replica_ready)
-    app = SimpleNamespace(policy=policy, primary_pool=lambda: primary, reads=reads)
+    # the hot-row engine answers at once whether a hot decrement goes as it is
+    hotrow = SimpleNamespace(lane_ticket=lambda s, shape, values: (plain_now, None),
+                             plain_end=lambda t, ok: None)
+    app = SimpleNamespace(policy=policy, primary_pool=lambda: primary, reads=reads, hotrow=hotrow)
     session = view
     session.app = app  # type: ignore[attr-defined]
     session.lease = lease  # type: ignore[attr-defined]
@@ -193,6 +201,8 @@ def test_lane_takes_exactly_the_lane_plans(sql: str, view: View, policy: Policy,
         (p.route is Route.REPLICA and lease.state is LeaseState.SOFT and not on_primary
          and replica_ready)
         or (p.route is Route.PRIMARY and (on_primary or lease.state is not LeaseState.SOFT))
+        or (p.route is Route.HOTROW and plain_now
+            and (on_primary or lease.state is not LeaseState.SOFT))
         # diagnostics: on the previous statement's connection, wherever it is
         or (p.route is Route.DIAG and same_conn))
     if classify(sql).uses_last_insert_id:
