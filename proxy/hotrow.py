@@ -52,8 +52,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("seckill.hotrow")
 
-_M_HIT = M.HOTROW_STATEMENTS.labels("merge", "succeeded")
-_M_MISS = M.HOTROW_STATEMENTS.labels("merge", "sold_out")
 MAX_DISCOVERED = 1000  # tables hotrow.discover keeps candidate rules for
 _NO_PRIVILEGE = frozenset({1142, 1143, 1044})  # table, column, database access denied
 MAX_KEY_SQL = 250  # a hot key's SQL literal fits the batch and reservation records
@@ -579,7 +577,7 @@ class HotRowEngine:
         done, ks.plain_done = ks.plain_done, None
         if done is not None:
             done.set_result(None)
-        M.child(M.HOTROW_STATEMENTS, "auto", "plain" if ok else "error").inc()
+        M.HOTROW_STATEMENTS.inc("auto", "plain" if ok else "error")
 
     def lane_ticket(self, session: HotRowMember, shape: Shape,
                     values: list[object]) -> tuple[bool, KeyState | None]:
@@ -648,7 +646,7 @@ class HotRowEngine:
     ) -> tuple[str, str]:
         name = f"{hs.rule.qualified} {hs.rule.key}={hs.key_value}"
         if ks.waiting >= self.cfg.queue_max_waiting:
-            M.child(M.HOTROW_STATEMENTS, "queue", "rejected").inc()
+            M.HOTROW_STATEMENTS.inc("queue", "rejected")
             raise ProxyError(ER_LOCK_WAIT_TIMEOUT,
                              f"Lock wait timeout exceeded; seckill-proxy hot-row queue for {name} is "
                              f"full ({self.cfg.queue_max_waiting} waiting)")
@@ -659,7 +657,7 @@ class HotRowEngine:
             try:
                 await asyncio.wait_for(ks.sem.acquire(), self.cfg.queue_wait_timeout_ms / 1000)
             except TimeoutError:
-                M.child(M.HOTROW_STATEMENTS, "queue", "timeout").inc()
+                M.HOTROW_STATEMENTS.inc("queue", "timeout")
                 raise ProxyError(ER_LOCK_WAIT_TIMEOUT,
                                  f"Lock wait timeout exceeded; waited {self.cfg.queue_wait_timeout_ms} ms "
                                  f"in seckill-proxy hot-row queue for {name}") from None
@@ -677,7 +675,7 @@ class HotRowEngine:
         finally:
             ks.in_flight -= 1
             session.release_slots()
-            M.child(M.HOTROW_STATEMENTS, "queue", outcome).inc()
+            M.HOTROW_STATEMENTS.inc("queue", outcome)
         return "hotrow-queue", "ok" if outcome != "error" else "error"
 
     # ---- merge -----------------------------------------------------------------------------
@@ -718,12 +716,12 @@ class HotRowEngine:
             finally:
                 m.plain_done.set_result(None)
             ok = r is not None and r.err is None
-            M.child(M.HOTROW_STATEMENTS, "auto", "plain" if ok else "error").inc()
+            M.HOTROW_STATEMENTS.inc("auto", "plain" if ok else "error")
             return "hotrow-plain", "ok" if ok else "error"
         if m.gtid:
             session.last_gtid = m.gtid  # read-your-writes covers merged deductions too
         if decision == -1:
-            M.child(M.HOTROW_STATEMENTS, "merge", "run_alone").inc()
+            M.HOTROW_STATEMENTS.inc("merge", "run_alone")
             if txn_conn is not None:
                 session.txn_hot.add(hs.key_id)
             await forward()
@@ -734,14 +732,14 @@ class HotRowEngine:
                 self.escrow.ended([m.reservation])
             if inv.rollback_on_fail and txn_conn is not None:
                 await self._end_txn(session, txn_conn, "ROLLBACK")
-            M.child(M.HOTROW_STATEMENTS, "merge", "target_mismatch").inc()
+            M.HOTROW_STATEMENTS.inc("merge", "target_mismatch")
             raise ProxyError(ER_INVENTORY_TARGET_AFFECT_ROW,
                              "The affected row number does not match that of user specified.")
         if m.reservation is not None:
             try:
                 await self._confirm(session, m, m.reservation)
             except ProxyError:
-                M.child(M.HOTROW_STATEMENTS, "merge", "error").inc()
+                M.HOTROW_STATEMENTS.inc("merge", "error")
                 if inv is not None and inv.rollback_on_fail:
                     await self._end_txn(session, txn_conn, "ROLLBACK")
                 raise
@@ -750,7 +748,7 @@ class HotRowEngine:
             session.stmt_conn = Answered(decision)
         if inv is not None and inv.commit_on_success and txn_conn is not None:
             await self._end_txn(session, txn_conn, "COMMIT")
-        (_M_HIT if decision else _M_MISS).inc()
+        M.HOTROW_STATEMENTS.inc("merge", "succeeded" if decision else "sold_out")
         await session.send(session.ok_packet(decision, 0, 0, INFO_HIT if decision else INFO_MISS))
         return "hotrow-merge", "ok"
 
@@ -897,7 +895,7 @@ class HotRowEngine:
             return
         for m in g.members:
             if not m.fut.done():
-                M.child(M.HOTROW_STATEMENTS, "merge", "error").inc()
+                M.HOTROW_STATEMENTS.inc("merge", "error")
                 m.fut.set_exception(err if isinstance(err, ProxyError) else _as_proxy_error(err))
 
     async def _batch(

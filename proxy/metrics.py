@@ -152,9 +152,10 @@ PRIMARY_SEMI_SYNC = Gauge(
     P + "primary_semi_sync", "Semi-synchronous replication on the primary", ["state"]
 )
 
-HOTROW_STATEMENTS = Counter(
+HOTROW_STATEMENTS = LabelCounter(
     P + "hotrow_statements_total", "Hot-row statements by mode and outcome", ["mode", "outcome"]
 )
+HOTROW_STATEMENTS.counts.update({("merge", "succeeded"): 0, ("merge", "sold_out"): 0})
 HOTROW_BATCH_SIZE = Histogram(
     P + "hotrow_batch_size", "Members per merged batch",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
