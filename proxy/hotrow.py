@@ -40,7 +40,7 @@ from .errors import (
     BackendLost,
     ProxyError,
 )
-from .escrow import Escrow, Reservation
+from .escrow import RESERVATION, Escrow, Reservation
 from .escrow import ddl as escrow_ddl
 from .outcome import find_record
 from .state import SERVICE, Answered
@@ -134,6 +134,8 @@ class Member:
     # once the batch committed, its reservation
     conn: Any = field(repr=False, default=None)
     reservation: Reservation | None = None
+    # told 0 rows: units reserved on the key (by any proxy) when its batch allocated
+    reserved_seen: int = 0
 
 
 PLAIN = -2  # decision for a member of a group of one in auto mode: run your own statement
@@ -703,9 +705,15 @@ class HotRowEngine:
             # back would be a lie in time; MySQL's member would wait on the row lock. Wait for
             # them to resolve (bounded like a queue wait), then try again.
             own = sum(r.amount for r in session.escrow if r.key_id == hs.key_id)
-            if decision == 0 and loop.time() < deadline and await self.escrow.wait_resolved(
-                    hs.key_id, deadline - loop.time(), own):
-                continue
+            if decision == 0 and loop.time() < deadline:
+                if await self.escrow.wait_resolved(hs.key_id, deadline - loop.time(), own):
+                    continue
+                ke = self.escrow.keys.get(hs.key_id)
+                if m.reserved_seen > max(own, ke.outstanding if ke else 0):
+                    # Reserved by another proxy (or one that crashed, until recovery): no
+                    # event tells when they resolve; look again shortly, as a lock waiter.
+                    await asyncio.sleep(min(0.05, max(0.0, deadline - loop.time())))
+                    continue
             break
         if decision == PLAIN:
             assert m.plain_done is not None
@@ -918,6 +926,11 @@ class HotRowEngine:
                 f"START TRANSACTION; SELECT `{r.column}` FROM {tbl} WHERE `{r.key}` = {key} FOR UPDATE")
             current = int(rows[0][0]) if rows and rows[0][0] is not None else None
             decisions, total = allocate(current, members, unsigned)
+            if 0 in decisions:  # near sell-out: units still reserved by open transactions?
+                held = await self._reserved_on(c, tbl, key)
+                for m, d in zip(members, decisions, strict=True):
+                    if d == 0:
+                        m.reserved_seen = held
             # Members inside transactions: their units are reserved, not sold (escrow.py).
             reserve = [(Reservation(tbl, r.key, r.column, key, hs.key_id, batch_id, i, m.amount,
                                     user), m)
@@ -959,6 +972,17 @@ class HotRowEngine:
         M.HOTROW_BATCH_SIZE.observe(len(members))
         M.HOTROW_BATCH_COMMIT.observe(time.perf_counter() - t0)
         return decisions
+
+    async def _reserved_on(self, c: BackendConn, tbl: str, key: str) -> int:
+        """Units reserved on a key by any proxy's members, not resolved yet (escrow.py)."""
+        bs = self.cfg.batch_schema.replace("`", "``")
+        try:
+            rows, _ = await c.query(
+                f"SELECT COALESCE(SUM(amount), 0) FROM `{bs}`.`{RESERVATION}` WHERE "
+                f"table_name = '{escape_string(tbl)}' AND key_value = '{escape_string(key)}'")
+        except BackendError:
+            return 0  # the statement failed alone; the batch's transaction goes on
+        return int(rows[0][0] or 0) if rows else 0
 
     async def _in_doubt(
         self, hs: HotStmt, batch_id: int, user: str, decisions: list[int], e: BackendLost

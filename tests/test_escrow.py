@@ -314,3 +314,43 @@ def test_two_proxies_on_the_same_key(sandbox: Sandbox, tmp_path: Path, proxy: Pr
     sold = t1.committed.get(60, 0) + t2.committed.get(60, 0)
     assert 700 - stock[60] == sold == logged.get(60, 0)
     assert stock[60] >= 0
+
+
+def test_sold_out_waits_for_another_proxys_reservations(
+        sandbox: Sandbox, tmp_path: Path, proxy: ProxyProc) -> None:
+    """Near sell-out a buyer on one proxy is not told "0 rows" while a transaction on another
+    proxy holds the last units reserved: it waits, as it would wait on MySQL's row lock, and
+    gets them when that transaction rolls back."""
+    setup(sandbox, {61: 3})
+    p2 = start_proxy(tmp_path, make_config(sandbox))
+    try:
+        async def run() -> tuple[int, float]:
+            holder = await app_conn(proxy.port)
+            buyer = await app_conn(p2.port)
+            try:
+                async with holder.cursor() as h:
+                    await h.execute("BEGIN")
+                    assert await h.execute(UPD.format(n=3, sku=61)) == 1  # reserved, not sold
+                    loop = asyncio.get_running_loop()
+                    t0 = loop.time()
+
+                    async def buy() -> int:
+                        async with buyer.cursor() as b:
+                            return int(await b.execute(UPD.format(n=1, sku=61)))
+
+                    got = asyncio.ensure_future(buy())
+                    await asyncio.sleep(1.0)
+                    assert not got.done()  # waiting, not told "sold out"
+                    await h.execute("ROLLBACK")
+                    return await got, loop.time() - t0
+            finally:
+                holder.close()
+                buyer.close()
+
+        rows, waited = asyncio.run(run())
+    finally:
+        p2.stop()
+    assert rows == 1 and waited >= 1.0
+    settle(sandbox)
+    stock, _ = state(sandbox)
+    assert stock[61] == 2
