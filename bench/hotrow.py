@@ -2,7 +2,8 @@
 
 Forms: `autocommit` (the bare UPDATE, bench/inventory.lua), `txn` (BEGIN; INSERT order;
 UPDATE; COMMIT) and `txn_update_first` (proxy/tools/seckill.lua). `python -m bench.hotrow
-[SECONDS] [quick]`: quick runs 1/16/128 threads only. Besides transactions per second: the
+[SECONDS] [quick]`: 1 SKU at 1/16/64/128/256 threads, 10 and 100 SKUs at 16/128; quick runs
+1/16/128 threads and 1/10 SKUs only. Besides transactions per second: the
 proxy's CPU per transaction (its process's user+system time over the run / transactions), and a
 point with two proxy instances sharing 128 threads on one SKU (what a second proxy buys when
 one proxy's loop is the ceiling).
@@ -62,7 +63,7 @@ def main() -> None:
     rows = []
     try:
         for form in ("autocommit", "txn", "txn_update_first"):
-            for skus in (1, 10):
+            for skus in ((1, 10) if QUICK else (1, 10, 100)):
                 reset(sb, skus)
                 for t in THREADS if skus == 1 else [16, 128]:
                     res = {"direct": load(form, skus, sb.primary_port, t)}
