@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from mysql_mimic.session import BaseSession
 from mysql_mimic.variables import GlobalVariables, SessionVariables
 
-from . import local, tracked, uservars
+from . import infile, local, tracked, uservars
 from . import metrics as M
 from . import protocol as P
 from .backend import BackendConn, BufferWriter, Relayed
@@ -597,45 +597,17 @@ class ProxySession(BaseSession):
 
     async def _run_on(self, c: BackendConn, payload: bytes, out: Any,
                       shape: Shape | None = None) -> Relayed:
-        if shape is not None and shape.verb == "LOAD" and not self._local_files_ok(shape):
-            raise ProxyError((4166, "HY000"), "The used command is not allowed because the "
-                             "MariaDB server or client has disabled the local infile capability")
+        conn = self.connection
+        if shape is not None and shape.verb == "LOAD" and not infile.allowed(
+                shape, self.app.cfg.limits.local_infile,
+                int(conn.capabilities) if conn is not None else None):
+            raise infile.refused()
         r = await self._send_and_relay(c, payload, out, shape)
         if r.local_infile:
-            r = await self._local_infile(c, out)
+            assert conn is not None
+            r = await infile.relay_file(c, out, self.out, conn.stream.reader, self._drain,
+                                        self._ok_hook)
         return r
-
-    def _local_files_ok(self, shape: Shape) -> bool:
-        """LOAD DATA LOCAL needs a client that offered CLIENT_LOCAL_FILES (as with MySQL) and
-        a proxy whose `limits.local_infile` allows it."""
-        if " LOCAL " not in shape.digest.upper():
-            return True
-        return self.app.cfg.limits.local_infile and self.connection is not None and bool(
-            int(self.connection.capabilities) & P.CLIENT_LOCAL_FILES)
-
-    async def _local_infile(self, c: BackendConn, out: Any) -> Relayed:
-        """MySQL asked for the client's file (its request went to the client with the reply):
-        pass the client's packets through to MySQL up to the empty one, then relay MySQL's
-        answer. Sequence ids carry on unchanged on both sides."""
-        if isinstance(out, BufferWriter):  # ack: replica holds only the final OK
-            self.out.write(bytes(out.buf))
-            out.buf.clear()
-        await self._drain()
-        assert self.connection is not None
-        reader = self.connection.stream.reader
-        while True:
-            try:
-                hdr = await reader.readexactly(4)
-                n = hdr[0] | (hdr[1] << 8) | (hdr[2] << 16)
-                body = await reader.readexactly(n) if n else b""
-            except (asyncio.IncompleteReadError, ConnectionError):
-                c.broken = True  # MySQL still waits for the rest of the file
-                raise
-            c.io.write(hdr + body)
-            if n == 0:
-                break
-        await c.io.drain()
-        return await c.relay(out, self._ok_hook)
 
     async def _send_and_relay(self, c: BackendConn, payload: bytes, out: Any,
                               shape: Shape | None) -> Relayed:
