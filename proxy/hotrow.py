@@ -974,12 +974,16 @@ class HotRowEngine:
         return decisions
 
     async def _reserved_on(self, c: BackendConn, tbl: str, key: str) -> int:
-        """Units reserved on a key by any proxy's members, not resolved yet (escrow.py)."""
+        """Units reserved on a key by any proxy's members whose transactions are still open
+        (their connection is on this server; a crashed proxy's reservations wait for
+        recovery and are not waited for), not resolved yet (escrow.py)."""
         bs = self.cfg.batch_schema.replace("`", "``")
         try:
             rows, _ = await c.query(
                 f"SELECT COALESCE(SUM(amount), 0) FROM `{bs}`.`{RESERVATION}` WHERE "
-                f"table_name = '{escape_string(tbl)}' AND key_value = '{escape_string(key)}'")
+                f"table_name = '{escape_string(tbl)}' AND key_value = '{escape_string(key)}' "
+                "AND server_id = @@server_id AND conn_id IN "
+                "(SELECT ID FROM information_schema.PROCESSLIST)")
         except BackendError:
             return 0  # the statement failed alone; the batch's transaction goes on
         return int(rows[0][0] or 0) if rows else 0
