@@ -62,7 +62,10 @@ class ProxySession(BaseSession):
         self.connection: ProxyConnection | None = None
         self.lease = Lease()
         # Ran the session's last statement; Answered when the proxy answered it itself (merge).
-        self.stmt_conn: BackendConn | Answered | None = None
+        self._stmt_conn: BackendConn | Answered | None = None
+        # ROW_COUNT() after a SELECT the proxy answered itself (-1, as after any SELECT); the
+        # warnings stay those of the statement before (a SELECT without tables keeps them)
+        self._row_count_local: int | None = None
         self.last_conn: BackendConn | None = None
         self.pin: str | None = None
         self.replica_vars: set[str] = set()  # user variables named in a replica RO transaction
@@ -188,8 +191,20 @@ class ProxySession(BaseSession):
         return c is not None and c.tls is not None
 
     @property
+    def stmt_conn(self) -> BackendConn | Answered | None:
+        """Where the session's last statement ran (its diagnostics are there), or Answered."""
+        return self._stmt_conn
+
+    @stmt_conn.setter
+    def stmt_conn(self, c: BackendConn | Answered | None) -> None:
+        self._stmt_conn = c
+        self._row_count_local = None
+
+    @property
     def answered_rows(self) -> int | None:
-        c = self.stmt_conn
+        if self._row_count_local is not None:
+            return self._row_count_local
+        c = self._stmt_conn
         return c.rows if isinstance(c, Answered) else None
 
     @property
@@ -339,16 +354,19 @@ class ProxySession(BaseSession):
         if p.route is Route.LOCAL_SET:
             await local.local_set(self, shape, sql, payload)
             return
-        if p.route is Route.LOCAL_GTID:
-            await local.answer(self, [("@@last_gtid", self.last_gtid or "")])
-            return
-        if p.route is Route.LOCAL_CONN_ID:
-            assert self.connection is not None
-            await local.answer(self, [("CONNECTION_ID()", str(self.connection.connection_id))],
-                               P.column_def_uint)
-            return
-        if p.route is Route.LOCAL_ROW_COUNT:
-            await local.answer(self, [("ROW_COUNT()", str(self.answered_rows))], P.column_def_int)
+        if p.route in (Route.LOCAL_GTID, Route.LOCAL_CONN_ID, Route.LOCAL_ROW_COUNT):
+            if p.route is Route.LOCAL_GTID:
+                await local.answer(self, [("@@last_gtid", self.last_gtid or "")])
+            elif p.route is Route.LOCAL_CONN_ID:
+                assert self.connection is not None
+                await local.answer(self, [("CONNECTION_ID()",
+                                           str(self.connection.connection_id))], P.column_def_uint)
+            else:
+                await local.answer(self, [("ROW_COUNT()", str(self.answered_rows))],
+                                   P.column_def_int)
+            # A SELECT the proxy answered: as after any SELECT, ROW_COUNT() is now -1; the
+            # warnings stay the previous statement's (a SELECT without tables keeps them).
+            self._row_count_local = -1
             return
         if p.route is Route.SSL_STATUS:
             if await local.ssl_status(self, sql):

@@ -485,3 +485,31 @@ def test_discover_needs_no_rules(sandbox: Sandbox, tmp_path: Any) -> None:
         assert sandbox.primary.sql("SELECT quantity FROM shop.disc_m")[0][0] == 99
     finally:
         p.stop()
+
+
+def test_row_count_after_statements_the_proxy_answered(proxy: ProxyProc, sandbox: Sandbox) -> None:
+    """ROW_COUNT() and warnings after a merged UPDATE and after SELECTs the proxy answers itself
+    (ROW_COUNT(), CONNECTION_ID(), @@last_gtid): as MySQL, the SELECT makes the next ROW_COUNT()
+    -1, and SHOW WARNINGS is empty, whichever path ran the statement before."""
+    reset_stock(sandbox, {42: 1000})
+    seq = [SQL.format(hint="", n=1, sku=42), "SELECT ROW_COUNT()", "SELECT ROW_COUNT()",
+           SQL.format(hint="", n=1, sku=42), "SELECT CONNECTION_ID()", "SELECT ROW_COUNT()",
+           "SELECT CAST('x' AS INT)", "SELECT @@last_gtid", "SHOW WARNINGS", "SELECT ROW_COUNT()",
+           SQL.format(hint="", n=5000, sku=42), "SELECT ROW_COUNT()", "SELECT ROW_COUNT()"]
+
+    def run(port: int) -> list[Any]:
+        c = pymysql.connect(host="127.0.0.1", port=port, user="app", password="app",
+                            database="shop", autocommit=True)
+        out: list[Any] = []
+        try:
+            with c.cursor() as cur:
+                for sql in seq:
+                    n = cur.execute(sql)
+                    rows = cur.fetchall()
+                    keep = "CONNECTION_ID" not in sql and "last_gtid" not in sql
+                    out.append((sql, n, [tuple(r) for r in rows] if keep else None))
+        finally:
+            c.close()
+        return out
+
+    assert run(proxy.port) == run(sandbox.primary_port)
