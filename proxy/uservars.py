@@ -16,6 +16,8 @@ import logging
 import re
 from typing import Any, NamedTuple
 
+from pymysql.converters import escape_string
+
 from .errors import BackendError, BackendLost
 
 log = logging.getLogger("seckill.session")
@@ -56,10 +58,14 @@ def read_sql(vs: list[str]) -> str:
 
 
 def literal(col_type: int, value: str | None, hex_bytes: str | None, collation: str | None,
-            lenient: bool = False) -> str:
+            form: str = "exact") -> str:
     """The SQL literal that gives a user variable this value, type and collation again.
-    `lenient`: for bytes the charset rejects in an introducer (a client can put them into a
-    variable through a plain literal), convert them as MariaDB converts (`?` for each)."""
+
+    Strings, by `form`: "exact" is the bytes under their charset's introducer; "text" is a
+    plain quoted literal (how a client put bytes into a variable that the introducer rejects,
+    e.g. 4-byte UTF-8 in a utf8mb3 variable: MariaDB keeps them from a plain literal on a
+    connection of that charset, and refuses it with COLLATE otherwise); "lenient" converts
+    as MariaDB converts (`?` for what the charset cannot hold)."""
     if value is None:
         return "NULL"
     if col_type in _INTS or col_type in _DECIMALS:
@@ -70,27 +76,33 @@ def literal(col_type: int, value: str | None, hex_bytes: str | None, collation: 
     h = hex_bytes or ""
     if not re.fullmatch(r"[0-9A-Fa-f]*", h):
         h = value.encode().hex()
-    if collation is None or collation == "binary":
-        return f"X'{h}'"
-    if not re.fullmatch(r"\w+", collation):
+    if collation is None or collation == "binary" or not re.fullmatch(r"\w+", collation):
         return f"X'{h}'"
     charset = collation.split("_", 1)[0]
-    if lenient:
+    if form == "text":
+        try:
+            text = bytes.fromhex(h).decode("utf-8")
+        except ValueError:
+            text = None
+        if text is not None and charset.startswith("utf8"):
+            return f"'{escape_string(text)}' COLLATE {collation}"
+    if form != "exact":
         return f"CONVERT(X'{h}' USING {charset}) COLLATE {collation}"
     return f"_{charset} X'{h}' COLLATE {collation}"
 
 
 def assignments(vs: list[str], types: list[int], row: list[str | None],
-                lenient: bool = False) -> list[str]:
+                form: str = "exact") -> list[str]:
     """`@a = ...` for each variable, from `read_sql`'s row and its column types."""
     return [f"{quote(v)} = " + literal(types[3 * i], row[3 * i], row[3 * i + 1], row[3 * i + 2],
-                                       lenient) for i, v in enumerate(vs)]
+                                       form) for i, v in enumerate(vs)]
 
 
 class Carry(NamedTuple):
-    """The variables' assignments: exact, and converted as MariaDB converts (`lenient`)."""
+    """The variables' assignments in each form `literal` makes, tried in this order."""
 
     exact: list[str]
+    text: list[str]
     lenient: list[str]
 
 
@@ -109,24 +121,26 @@ async def read(c: Any, vs: list[str]) -> Carry | None:
         return None
     if not rows or len(types) != 3 * len(vs):
         return None
-    return Carry(assignments(vs, types, rows[0]), assignments(vs, types, rows[0], lenient=True))
+    row = rows[0]
+    return Carry(assignments(vs, types, row), assignments(vs, types, row, "text"),
+                 assignments(vs, types, row, "lenient"))
 
 
 async def restore(c: Any, carry: Carry) -> None:
     """Set them on the primary's connection `c`: all in one statement; if the server refuses
-    it (bytes a charset's introducer rejects), one by one, each exactly or else converted.
+    it (bytes a charset's introducer rejects), one by one, each in the first form it takes.
     A lost connection raises BackendLost for the session to handle."""
     try:
         await c.execute("SET " + ", ".join(carry.exact))
         return
     except BackendError:
         pass
-    for a, b in zip(carry.exact, carry.lenient, strict=True):
-        for sql in (a, b):
+    for forms in zip(carry.exact, carry.text, carry.lenient, strict=True):
+        for i, sql in enumerate(forms):
             try:
                 await c.execute("SET " + sql)
                 break
             except BackendError as e:
-                if sql is b:
+                if i == len(forms) - 1:
                     log.warning("a user variable from a replica read-only transaction was not "
                                 "restored: %s", e.message)

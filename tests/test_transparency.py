@@ -155,6 +155,19 @@ def test_user_variables_outlive_a_read_only_transaction_on_a_replica(
     assert _q(p, "SELECT @i")[1] == [(43,)]
     d.close()
     p.close()
+    # a utf8mb3 connection putting 4-byte UTF-8 into a variable (what the mariadb CLI does
+    # with an emoji): MariaDB keeps the bytes; an introducer would refuse them
+    d, p = _both(sandbox, tproxy, charset="utf8")
+    for c in (d, p):
+        with c.cursor() as cur:
+            cur.execute("START TRANSACTION READ ONLY")
+            cur.execute("SET @e = 'w\U0001F600', @q = 'it''s'")
+            cur.execute("COMMIT")
+    check = "SELECT HEX(@e), COLLATION(@e), @q, COLLATION(@q)"
+    assert _q(p, check) == _q(d, check)
+    assert _q(d, check)[1][0][0] == "77F09F9880"
+    d.close()
+    p.close()
 
 
 def test_multi_statements_follow_the_client(sandbox: Sandbox, tproxy: ProxyProc) -> None:
