@@ -82,6 +82,7 @@ class FastLane:
                 or (L.state is not LeaseState.SOFT and L.state is not LeaseState.TRANSACTION)):
             return None
         cmd = data[4]
+        values: list[object] = []  # a hot decrement's, for the engine's `lane_ticket`
         if cmd == P.COM_STMT_EXECUTE:
             if n < 14:
                 return None
@@ -96,8 +97,6 @@ class FastLane:
             p = plan(shape, s, s.app.policy)
             if not self._can_run(p):
                 return None
-            if shape.uses_last_insert_id and c.last_insert_id != s.last_insert_id:
-                return None  # the general path first gives this connection the session's value
             rebound = P.rebind_execute(data, 4, st.num_params, pok.stmt_id, st.types)
             if rebound is None:
                 return None
@@ -105,11 +104,9 @@ class FastLane:
             packet = _pack_id(len(payload)) + payload
             if p.route is Route.HOTROW:
                 try:
-                    values = P.decode_binary_params(P.split_execute(data[4:], st.num_params),
-                                                    st.types, st.num_params)
+                    values = statement_values(st.sql, P.decode_binary_params(
+                        P.split_execute(data[4:], st.num_params), st.types, st.num_params))
                 except (ValueError, IndexError):
-                    return None
-                if not self._ticket(shape, statement_values(st.sql, values)):
                     return None
             c.stmts.move_to_end(key)
         elif cmd == P.COM_QUERY:
@@ -120,18 +117,19 @@ class FastLane:
             p = plan(shape, s, s.app.policy)
             if not self._can_run(p):
                 return None
-            if shape.uses_last_insert_id and c.last_insert_id != s.last_insert_id:
-                return None
-            if p.route is Route.HOTROW and not self._ticket(shape, statement_values(sql)):
-                return None
+            if p.route is Route.HOTROW:
+                values = statement_values(sql)
             packet = data
         else:
             return None
+        if shape.uses_last_insert_id and c.last_insert_id != s.last_insert_id:
+            return None  # the general path first gives this connection the session's value
+        if p.route is Route.HOTROW and not self._ticket(shape, values):
+            return None  # the last check: a ticket taken is given back by `_done`
         return c, shape, packet, p
 
     def _ticket(self, shape: Shape, values: list[object]) -> bool:
-        """A hot decrement: only if the engine says at once that it goes as it is (the last
-        check of `_decide`: a ticket taken is given back by `_done`)."""
+        """A hot decrement: only if the engine says at once that it goes as it is."""
         ok, self.ticket = self.s.app.hotrow.lane_ticket(self.s, shape, values)
         return bool(ok)
 

@@ -501,31 +501,19 @@ class HotRowEngine:
         self, session: HotRowMember, shape: Shape, values: list[object],
         forward: Callable[[], Awaitable[Any]], raw_sql: str = "",
     ) -> tuple[str, str] | None:
-        assert shape.hot is not None
-        hs = bind(shape.hot, values, session.database, self.rules)
-        if hs is None and self.cfg.discover:
-            hs = self._discover(shape.hot, values, session.database)
-        if hs is None:
+        target = self._target(session, shape, values)
+        if target is None:
             return None
-        if hs.key_id not in self.keys and len(self.keys) >= MAX_KEYS:
-            return None  # bounded: a new key past the limit takes the normal path
-        mode = self.mode_for(shape, hs.rule.qualified)
-        if mode == "off":
-            return None
-        rs = self.rule_state.get((hs.rule.schema, hs.rule.table))
-        if rs is None or rs.ok is None:
+        hs, mode, rs = target
+        if rs is None:
             rs = await self._check_rule(hs.rule, session.username or "")
         if not rs.ok:
             return None
         in_txn = _in_txn(session)
         inv = inventory_hints(shape.hints, raw_sql) if shape.hints else None
-        if mode == "auto" and inv is None:
-            ks = self._key(hs, mode)
-            if ks.idle() or ks.company() < (AUTO_TXN_COMPANY if in_txn else AUTO_COMPANY):
-                # Nothing on the key: as it is, whatever the session (MySQL answers it).
-                if in_txn:
-                    session.txn_hot.add(hs.key_id)  # its transaction now holds the row lock
-                return await self._plain(ks, forward)
+        if mode == "auto" and inv is None and self._goes_plain(hs, in_txn):
+            # Little or nothing on the key: as it is, whatever the session (MySQL answers it).
+            return await self._plain(self._take_plain(session, hs, mode, in_txn), forward)
         if inv is not None and (inv.commit_on_success or inv.rollback_on_fail) and not in_txn:
             raise ProxyError(ER_INVENTORY_AUTOCOMMIT,
                              "Inventory transactional hints didn't allowed in autocommit mode")
@@ -588,32 +576,52 @@ class HotRowEngine:
         (True, ticket): auto mode's plain path, counted on its key until `plain_end(ticket)`;
         (False, None): the session task decides (a group, a queue, a rule not checked yet).
         The same decisions as `_handle`, taken before any of its side effects."""
+        target = self._target(session, shape, values)
+        if target is None:
+            return True, None
+        hs, mode, rs = target
+        if rs is None:
+            return False, None  # the rule's check needs the database: the task runs it
+        if not rs.ok:
+            return True, None
+        in_txn = _in_txn(session)
+        if mode != "auto" or not self._goes_plain(hs, in_txn):
+            return False, None
+        ks = self._take_plain(session, hs, mode, in_txn)
+        self.plain_start(ks)
+        return True, ks
+
+    def _target(self, session: HotRowMember, shape: Shape, values: list[object]
+                ) -> tuple[HotStmt, str, RuleState | None] | None:
+        """The decisions that need no I/O, shared by `_handle` and `lane_ticket`: the rule the
+        statement binds to (configured or discovered), the bound on keys, the table's mode.
+        None: the engine leaves the statement alone. The rule's state is None while the rule
+        has not been checked against the schema."""
         assert shape.hot is not None
         hs = bind(shape.hot, values, session.database, self.rules)
         if hs is None and self.cfg.discover:
             hs = self._discover(shape.hot, values, session.database)
         if hs is None:
-            return True, None
-        ks = self.keys.get(hs.key_id)
-        if ks is None and len(self.keys) >= MAX_KEYS:
-            return True, None
+            return None
+        if hs.key_id not in self.keys and len(self.keys) >= MAX_KEYS:
+            return None  # bounded: a new key past the limit takes the normal path
         mode = self.mode_for(shape, hs.rule.qualified)
         if mode == "off":
-            return True, None
+            return None
         rs = self.rule_state.get((hs.rule.schema, hs.rule.table))
-        if rs is None or rs.ok is None:
-            return False, None
-        if not rs.ok:
-            return True, None
-        in_txn = _in_txn(session)
-        if mode != "auto" or (ks is not None and not (
-                ks.idle() or ks.company() < (AUTO_TXN_COMPANY if in_txn else AUTO_COMPANY))):
-            return False, None
-        ks = self._key(hs, mode)
+        return hs, mode, (rs if rs is not None and rs.ok is not None else None)
+
+    def _goes_plain(self, hs: HotStmt, in_txn: bool) -> bool:
+        """auto: the key has too little company for a group to pay (AUTO_COMPANY)."""
+        ks = self.keys.get(hs.key_id)
+        return ks is None or ks.idle() or ks.company() < (
+            AUTO_TXN_COMPANY if in_txn else AUTO_COMPANY)
+
+    def _take_plain(self, session: HotRowMember, hs: HotStmt, mode: str,
+                    in_txn: bool) -> KeyState:
         if in_txn:
             session.txn_hot.add(hs.key_id)  # its transaction now holds the row lock
-        self.plain_start(ks)
-        return True, ks
+        return self._key(hs, mode)
 
     def _discover(self, tpl: HotTemplate, values: list[object],
                   database: str | None) -> HotStmt | None:

@@ -136,11 +136,12 @@ async def restore(c: Any, carry: Carry) -> None:
     except BackendError:
         pass
     for forms in zip(carry.exact, carry.text, carry.lenient, strict=True):
-        for i, sql in enumerate(forms):
+        tries = list(dict.fromkeys(forms))  # non-strings are the same in every form
+        for i, sql in enumerate(tries):
             try:
                 await c.execute("SET " + sql)
                 break
             except BackendError as e:
-                if i == len(forms) - 1:
+                if i == len(tries) - 1:
                     log.warning("a user variable from a replica read-only transaction was not "
                                 "restored: %s", e.message)
