@@ -47,6 +47,29 @@ _READ_CHUNK = 256 * 1024
 _FLUSH_AT = 256 * 1024
 
 
+class _LoginConn(aiomysql.Connection):  # type: ignore[misc]
+    """aiomysql's login, plus MariaDB's extended capabilities in the handshake response: with
+    CLIENT_MYSQL cleared, the last 4 of the 23 reserved bytes carry bits 32-63."""
+
+    ext_caps = 0
+    _ext_pending = False
+
+    async def _request_authentication(self) -> None:
+        if self.ext_caps:
+            self.client_flag &= ~P.CLIENT_MYSQL
+            self._ext_pending = True
+        try:
+            await super()._request_authentication()
+        finally:
+            self._ext_pending = False
+
+    def write_packet(self, payload: bytes) -> None:
+        if self._ext_pending and len(payload) >= 32:
+            payload = payload[:28] + struct.pack("<I", self.ext_caps >> 32) + payload[32:]
+            self._ext_pending = len(payload) == 32  # an SSLRequest: the full response follows
+        super().write_packet(payload)
+
+
 @dataclass
 class Relayed:
     """What the proxy learned while forwarding one command's response."""
@@ -85,11 +108,15 @@ class BackendConn:
     # TLS to MySQL over TCP (backends.tls); set by the server at start and on RELOAD CONFIG
     ssl: ssl_mod.SSLContext | None = None
 
-    def __init__(self, conn: aiomysql.Connection, addr: Address, user: str, flags: int) -> None:
+    def __init__(self, conn: aiomysql.Connection, addr: Address, user: str, caps: int = 0) -> None:
         self.conn = conn
         self.addr = addr
         self.user = user
-        self.flags = flags
+        # what was negotiated as the client asked (CLIENT_FOUND_ROWS, MariaDB's extended type
+        # metadata): part of the pool key, since it changes what the server sends
+        self.caps = caps
+        self.key = (user, caps)
+        self.ext_meta = bool(caps & P.MARIADB_CLIENT_EXTENDED_METADATA)
         # aiomysql logged in; from here on the proxy's own protocol object owns the socket.
         self.io = adopt(conn._writer, conn._reader)
         self.thread_id: int = conn.server_thread_id[0]
@@ -112,11 +139,11 @@ class BackendConn:
 
     @classmethod
     async def connect(
-        cls, addr: Address, user: str, password: str, timeout: float, found_rows: bool = False
+        cls, addr: Address, user: str, password: str, timeout: float, caps: int = 0
     ) -> BackendConn:
-        flags = BACKEND_FLAGS | (P.CLIENT_FOUND_ROWS if found_rows else 0)
+        flags = BACKEND_FLAGS | (caps & 0xFFFFFFFF)
         try:
-            conn = await aiomysql.connect(
+            conn = _LoginConn(
                 host=addr.host,
                 port=addr.port,
                 unix_socket=addr.unix,
@@ -128,9 +155,11 @@ class BackendConn:
                 client_flag=flags,
                 ssl=cls.ssl if addr.unix is None else None,
             )
+            conn.ext_caps = caps & ~0xFFFFFFFF
+            await conn._connect()
         except Exception as e:  # aiomysql raises OperationalError, OSError or TimeoutError
             raise _connect_error(e, addr) from e
-        bc = cls(conn, addr, user, flags)
+        bc = cls(conn, addr, user, caps)
         await bc.init_session()
         return bc
 
@@ -225,6 +254,8 @@ class BackendConn:
                         names.append(name.decode("utf-8", "replace"))
                     if types is not None:  # org_name, 0x0c, charset(2), length(4), type(1)
                         _, pos = P.lenenc_str(col, pos)
+                        if self.ext_meta:  # MariaDB's extended metadata, before the 0x0c
+                            _, pos = P.lenenc_str(col, pos)
                         types.append(col[pos + 7] if pos + 7 < len(col) else 0xFD)
             await self.read_packet()  # EOF
             rows = []

@@ -78,6 +78,7 @@ class ProxyStream:
 
         self.write_text_rows = self.inner.write_text_rows
         self.check_next: Callable[[bytes], bytes] | None = None
+        self.rewrite_next: Callable[[bytes], bytes] | None = None  # the next packet written
         # Runs before mysql-mimic's "login OK" goes out; an ERR packet it returns is sent instead.
         self.ok_gate: Callable[[], Awaitable[bytes | None]] | None = None
         self.gate_refused = False
@@ -89,6 +90,9 @@ class ProxyStream:
             await self.inner.start_tls(ctx)
 
     async def write(self, data: bytes, drain: bool = True) -> None:
+        if self.rewrite_next is not None:
+            rewrite, self.rewrite_next = self.rewrite_next, None
+            data = rewrite(data)
         gate = self.ok_gate
         if gate is not None and data[:1] == b"\x00":
             self.ok_gate = None
@@ -207,6 +211,10 @@ class ProxyConnection(Connection):
         self.close_reason = "client quit"
         self._idle_timer: asyncio.TimerHandle | None = None
         self.client_names = BackendConn.catalog.server_default
+        # MariaDB's extended capabilities: offered when the backends are MariaDB (set by the
+        # server before the handshake) and those the client took.
+        self.ext_offer = 0
+        self.client_ext = 0
 
     def _handshake(self, data: bytes) -> bytes:
         """Validate the handshake response and take its collation id out of mysql-mimic's hands:
@@ -217,6 +225,8 @@ class ProxyConnection(Connection):
         if len(data) == 32:  # SSLRequest: the real response follows over TLS
             self.stream.check_next = self._handshake
         if len(data) > 32:
+            if self.ext_offer:
+                self.client_ext = P.client_ext_caps(data) & self.ext_offer
             self.client_names = BackendConn.catalog.handshake_names(
                 data[8], BackendConn.catalog.server_default)
             data = data[:8] + b"\xff" + data[9:]
@@ -224,6 +234,9 @@ class ProxyConnection(Connection):
 
     async def connection_phase(self) -> None:
         self.stream.check_next = self._handshake
+        if self.ext_offer:
+            offer = self.ext_offer
+            self.stream.rewrite_next = lambda greeting: P.greeting_ext(greeting, offer)
         await super().connection_phase()
 
     async def authenticate(self, username: str, *a: Any, **kw: Any) -> None:

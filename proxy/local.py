@@ -77,13 +77,21 @@ async def _may_kill_others(s: ProxySession) -> bool:
     return row is not None and row[0] not in (None, "0")
 
 
+def coldefs(s: ProxySession, coldef: bytes) -> bytes:
+    """A column definition the proxy built, as this client's backend connections would send it
+    (with MariaDB's extended metadata field when the client negotiated it)."""
+    if s.backend_caps & P.MARIADB_CLIENT_EXTENDED_METADATA:
+        return P.coldef_ext(coldef)
+    return coldef
+
+
 async def answer(s: ProxySession, cols_rows: list[tuple[str, str | None]],
                   coldef: Callable[[str], bytes] = P.column_def) -> None:
     """A one-row result set the proxy answers itself."""
     assert s.connection is not None
     stream = s.connection.stream
     stream.write_many([P.enc_lenenc_int(len(cols_rows)),
-                       *[coldef(n) for n, _ in cols_rows],
+                       *[coldefs(s, coldef(n)) for n, _ in cols_rows],
                        P.make_eof(s.status), P.text_row([v for _, v in cols_rows]),
                        P.make_eof(s.status)])
     await stream.drain()
@@ -180,7 +188,8 @@ async def ssl_status(s: ProxySession, sql: str) -> bool:
     rows = [(n, v) for n, v in (("Ssl_cipher", cipher), ("Ssl_version", version)) if rx.fullmatch(n)]
     assert s.connection is not None
     stream = s.connection.stream
-    stream.write_many([P.enc_lenenc_int(2), P.column_def("Variable_name"), P.column_def("Value"),
+    stream.write_many([P.enc_lenenc_int(2), coldefs(s, P.column_def("Variable_name")),
+                       coldefs(s, P.column_def("Value")),
                        P.make_eof(s.status), *[P.text_row([n, v]) for n, v in rows],
                        P.make_eof(s.status)])
     await stream.drain()

@@ -32,14 +32,15 @@ log = logging.getLogger("seckill.pool")
 SERVICE_RESERVE = 8  # connections the hot-row engine may open beyond max_connections
 
 class Pool:
-    """Connections to one server. Keyed by (user, found_rows) because the login user and the
-    CLIENT_FOUND_ROWS capability are fixed per connection."""
+    """Connections to one server. Keyed by (user, caps) because the login user and the
+    capabilities that change what the server sends (CLIENT_FOUND_ROWS, MariaDB's extended type
+    metadata) are fixed per connection."""
 
     def __init__(self, addr: Address, cfg: PoolCfg, role: str) -> None:
         self.addr = addr
         self.cfg = cfg
         self.role = role
-        self.idle: dict[tuple[str, bool], deque[BackendConn]] = {}
+        self.idle: dict[tuple[str, int], deque[BackendConn]] = {}
         self.total = 0
         self.in_use = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
@@ -64,7 +65,7 @@ class Pool:
                 return
 
     async def acquire(
-        self, user: str, password: str, found_rows: bool = False,
+        self, user: str, password: str, caps: int = 0,
         prefer: BackendConn | None = None, want: Wanted | None = None, service: bool = False,
     ) -> BackendConn:
         """A connection for `user` carrying the state `want` (database, names, variables).
@@ -72,7 +73,7 @@ class Pool:
         Among idle connections one already in the wanted database is preferred; a session
         without a default database needs a connection that never had one (MySQL has no way to
         unselect a database), so when none is idle a new one is opened."""
-        c = await self._acquire(user, password, found_rows, prefer,
+        c = await self._acquire(user, password, caps, prefer,
                                 None if want is None or want.any_db else want.database,
                                 service=service)
         if want is None:
@@ -82,7 +83,7 @@ class Pool:
                 # It has a default database and the session has none: replace it.
                 self.in_use -= 1
                 self._discard(c, CloseReason.NEEDS_NO_DATABASE)
-                c = await self._acquire(user, password, found_rows, None, None, fresh=True)
+                c = await self._acquire(user, password, caps, None, None, fresh=True)
                 await self.apply_state(c, want)
         except (BackendError, BackendLost):
             await self.release(c, "state replay failed")
@@ -90,10 +91,10 @@ class Pool:
         return c
 
     async def _acquire(
-        self, user: str, password: str, found_rows: bool, prefer: BackendConn | None,
+        self, user: str, password: str, caps: int, prefer: BackendConn | None,
         schema: str | None, fresh: bool = False, service: bool = False,
     ) -> BackendConn:
-        key = (user, found_rows)
+        key = (user, caps)
         # The hot-row engine's batches may open a few connections beyond the limit: members
         # waiting for their group hold theirs (inside transactions), and a batch that waited
         # for one of them would wait for itself.
@@ -128,7 +129,7 @@ class Pool:
                 self.total += 1
                 try:
                     c = await BackendConn.connect(
-                        self.addr, user, password, self.cfg.connect_timeout_s, found_rows
+                        self.addr, user, password, self.cfg.connect_timeout_s, caps
                     )
                 except BaseException:
                     self.total -= 1
@@ -174,17 +175,17 @@ class Pool:
     def unhold_soft(self, c: BackendConn) -> None:
         self.soft.pop(c, None)
 
-    def _take_soft(self, key: tuple[str, bool]) -> BackendConn | None:
+    def _take_soft(self, key: tuple[str, int]) -> BackendConn | None:
         """At the limit: take back a soft-held connection, of this user if there is one (else
         close another user's to make room). Connections whose session may still ask about its
         last statement (warnings, an error: SHOW WARNINGS) go last: once taken, that session
         can only be shown an empty diagnostics area."""
         if not self.soft:
             return None
-        c = min(self.soft, key=lambda x: ((x.user, bool(x.flags & 2)) != key, x.diag))
+        c = min(self.soft, key=lambda x: (x.key != key, x.diag))
         owner = self.soft.pop(c)
         owner.reclaimed(c)
-        if (c.user, bool(c.flags & 2)) != key:
+        if c.key != key:
             self.in_use -= 1
             self._discard(c, CloseReason.EVICTED)
             return None
@@ -194,7 +195,7 @@ class Pool:
             return None
         return c
 
-    def _free_idle_other(self, key: tuple[str, bool]) -> bool:
+    def _free_idle_other(self, key: tuple[str, int]) -> bool:
         """At the limit, close an idle connection of another user to make room."""
         for k, q in self.idle.items():
             if k != key and q:
@@ -231,7 +232,7 @@ class Pool:
             self._discard(c, CloseReason.BROKEN, detail)
             self._wake()
             return None
-        self.idle.setdefault((c.user, bool(c.flags & 2)), deque()).append(c)
+        self.idle.setdefault(c.key, deque()).append(c)
         if self._waiters:
             self._wake()
         return None
@@ -248,7 +249,7 @@ class Pool:
                     self._discard(c, CloseReason.RESET_FAILED, str(e))
                     c = None  # type: ignore[assignment]
             if c is not None:
-                self.idle.setdefault((c.user, bool(c.flags & 2)), deque()).append(c)
+                self.idle.setdefault(c.key, deque()).append(c)
         self._wake()
 
     @staticmethod

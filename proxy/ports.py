@@ -99,7 +99,7 @@ class Reader(Protocol):
     """A session as the read router sees it (readsplit.py)."""
 
     username: str | None
-    found_rows: bool
+    backend_caps: int  # CLIENT_FOUND_ROWS and MariaDB extended caps the client negotiated
     last_gtid: str | None
 
     @property

@@ -37,6 +37,7 @@ SERVER_STATUS_IN_TRANS_READONLY = 0x2000
 SERVER_SESSION_STATE_CHANGED = 0x4000
 
 # Capability flags (the ones the proxy reasons about)
+CLIENT_MYSQL = 1  # CLIENT_LONG_PASSWORD; a MariaDB server clears it to announce extended caps
 CLIENT_FOUND_ROWS = 1 << 1
 CLIENT_LOCAL_FILES = 1 << 7
 CLIENT_INTERACTIVE = 1 << 10
@@ -45,6 +46,8 @@ CLIENT_MULTI_RESULTS = 1 << 17
 CLIENT_PS_MULTI_RESULTS = 1 << 18
 CLIENT_SESSION_TRACK = 1 << 23
 CLIENT_DEPRECATE_EOF = 1 << 24
+# MariaDB's extended capabilities (bits 32-63, sent in the handshakes' reserved bytes)
+MARIADB_CLIENT_EXTENDED_METADATA = 1 << 35
 
 # Session state tracker types
 TRACK_SYSTEM_VARIABLES = 0
@@ -179,18 +182,48 @@ def column_def(name: str) -> bytes:
             + b"\x0c" + struct.pack("<HIBHB", 45, 1024, 0xFD, 0, 0x27) + b"\0\0")
 
 
-def column_def_uint(name: str) -> bytes:
-    """A BIGINT UNSIGNED NOT NULL column definition, as MySQL gives CONNECTION_ID()."""
+def column_def_uint(name: str, mariadb: bool = True) -> bytes:
+    """An unsigned NOT NULL integer expression column, as the server gives CONNECTION_ID():
+    INT(10) in MariaDB, BIGINT(21) in MySQL."""
     n = name.encode()
-    return (enc_lenenc_str(b"def") + b"\0\0\0" + enc_lenenc_str(n) + enc_lenenc_str(n)
-            + b"\x0c" + struct.pack("<HIBHB", 63, 21, 0x08, 0xA1, 0) + b"\0\0")
+    typ, length = (0x03, 10) if mariadb else (0x08, 21)
+    return (enc_lenenc_str(b"def") + b"\0\0\0" + enc_lenenc_str(n) + b"\0"
+            + b"\x0c" + struct.pack("<HIBHB", 63, length, typ, 0xA1, 0) + b"\0\0")
 
 
 def column_def_int(name: str) -> bytes:
-    """A BIGINT NOT NULL column definition, as MariaDB gives ROW_COUNT()."""
+    """A BIGINT NOT NULL expression column, as MariaDB gives ROW_COUNT()."""
     n = name.encode()
-    return (enc_lenenc_str(b"def") + b"\0\0\0" + enc_lenenc_str(n) + enc_lenenc_str(n)
+    return (enc_lenenc_str(b"def") + b"\0\0\0" + enc_lenenc_str(n) + b"\0"
             + b"\x0c" + struct.pack("<HIBHB", 63, 21, 0x08, 0x81, 0) + b"\0\0")
+
+
+def coldef_ext(coldef: bytes) -> bytes:
+    """The same column definition with MariaDB's extended metadata field (empty: no extended
+    type), for a client that negotiated MARIADB_CLIENT_EXTENDED_METADATA."""
+    pos = 0
+    for _ in range(6):  # catalog, schema, table, org_table, name, org_name
+        _, pos = lenenc_str(coldef, pos)
+    return coldef[:pos] + b"\0" + coldef[pos:]
+
+
+def greeting_ext(greeting: bytes, ext_caps: int) -> bytes:
+    """mysql-mimic's HandshakeV10 as a MariaDB server sends it: CLIENT_MYSQL cleared and the
+    extended capabilities (bits 32-63) in the last 4 of the 10 reserved bytes."""
+    pos = greeting.index(b"\0", 1) + 1 + 4 + 9  # version, connection id, scramble part 1
+    out = bytearray(greeting)
+    out[pos] &= ~CLIENT_MYSQL & 0xFF
+    reserved = pos + 2 + 1 + 2 + 2 + 1  # caps low, charset, status, caps high, scramble len
+    out[reserved + 6:reserved + 10] = struct.pack("<I", ext_caps >> 32)
+    return bytes(out)
+
+
+def client_ext_caps(response: bytes) -> int:
+    """The extended capabilities of a HandshakeResponse41 sent to a MariaDB-style greeting
+    (the last 4 of its 23 reserved bytes; only a client that cleared CLIENT_MYSQL sends them)."""
+    if len(response) < 32 or response[0] & CLIENT_MYSQL:
+        return 0
+    return int.from_bytes(response[28:32], "little") << 32
 
 
 def text_row(values: list[str | None]) -> bytes:

@@ -159,7 +159,7 @@ class ReadRouter:
         wait_s = self.app.cfg.routing.max_wait_ms / 1000
         for i, pool in enumerate(pools[:2]):
             try:
-                c = await pool.acquire(session.username or "", session.password, session.found_rows,
+                c = await pool.acquire(session.username or "", session.password, session.backend_caps,
                                        want=session.wanted())
             except (BackendLost, BackendError, ProxyError):
                 continue

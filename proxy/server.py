@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import re
 import signal
 import time
 from dataclasses import replace
@@ -62,6 +63,9 @@ class App:
         self.read_consistency = cfg.routing.read_consistency
         self.pools: dict[str, Pool] = {}
         self.server_version = DEFAULT_VERSION
+        # MariaDB's extended capabilities offered to clients (what the primary has and the
+        # proxy relays: extended type metadata, forwarded from backend connections that have it)
+        self.ext_offer = 0
         self.digest = QueryDigest()
         self.control = LocalControl()
         self.gate = Gate(login_guard(cfg), "client", time.monotonic)
@@ -267,6 +271,7 @@ class App:
             M.BACKEND_UP.labels(str(cfg.backends.primary), "primary").set(0)
             return
         self.server_version = c.conn.server_version
+        self.ext_offer = P.MARIADB_CLIENT_EXTENDED_METADATA if _has_ext_metadata(c) else 0
         M.BACKEND_UP.labels(str(cfg.backends.primary), "primary").set(1)
         try:
             BackendConn.catalog = await load_catalog(c)
@@ -349,6 +354,7 @@ class App:
             server_capabilities=SERVER_CAPABILITIES,
             ssl=self.ssl_ctx,
         )
+        conn.ext_offer = self.ext_offer
         conn.connection_id = await self.control.add(conn)
         self.connections.add(conn)
         M.CLIENT_ACCEPTED.inc()
@@ -413,6 +419,12 @@ class App:
             await asyncio.sleep(0.02)
         for p in self.pools.values():
             await p.close()
+
+
+def _has_ext_metadata(c: BackendConn) -> bool:
+    """MariaDB sends extended type metadata (JSON, UUID, INET, geometry names) since 10.5.2."""
+    m = re.search(r"(\d+)\.(\d+)\.(\d+)-MariaDB", c.conn.server_version or "")  # after 5.5.5-
+    return c.mariadb and m is not None and tuple(map(int, m.groups())) >= (10, 5, 2)
 
 
 async def load_catalog(c: BackendConn) -> Catalog:

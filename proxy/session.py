@@ -82,6 +82,7 @@ class ProxySession(BaseSession):
         self.stmt_bytes = 0  # text of self.stmts (prepared.MAX_CLIENT_STMT_BYTES)
         self._next_stmt = 1
         self.found_rows = False
+        self.backend_caps = 0
         self.busy = False
         self.held_slots: list[asyncio.Semaphore] = []  # hot-row queue slots held to txn end
         self.state_stale = False  # session state changed locally, not yet on self.conn
@@ -97,6 +98,9 @@ class ProxySession(BaseSession):
             return  # already run by the login check (frontend `_login_gate`)
         self.connection = connection
         self.found_rows = bool(int(connection.capabilities) & P.CLIENT_FOUND_ROWS)
+        # what the backend connection must have negotiated as the client did (pool key)
+        self.backend_caps = ((P.CLIENT_FOUND_ROWS if self.found_rows else 0)
+                             | getattr(connection, "client_ext", 0))
         self.multi = bool(int(connection.capabilities) & P.CLIENT_MULTI_STATEMENTS)
         self.handshake_names = self.names = connection.client_names
         self.sysvars = {}
@@ -266,7 +270,7 @@ class ProxySession(BaseSession):
                     return await self._get_conn()
             return c
         pool = await self.app.writable_primary()
-        c = await pool.acquire(self.username or "", self.password, self.found_rows,
+        c = await pool.acquire(self.username or "", self.password, self.backend_caps,
                                self.last_conn, self.wanted())
         L.transition(LeaseState.STATEMENT, LeaseReason.ACQUIRED, c, pool)
         self.last_conn = c
@@ -359,8 +363,9 @@ class ProxySession(BaseSession):
                 await local.answer(self, [("@@last_gtid", self.last_gtid or "")])
             elif p.route is Route.LOCAL_CONN_ID:
                 assert self.connection is not None
-                await local.answer(self, [("CONNECTION_ID()",
-                                           str(self.connection.connection_id))], P.column_def_uint)
+                mariadb = "MariaDB" in self.app.server_version
+                await local.answer(self, [("CONNECTION_ID()", str(self.connection.connection_id))],
+                                   lambda n: P.column_def_uint(n, mariadb))
             else:
                 await local.answer(self, [("ROW_COUNT()", str(self.answered_rows))],
                                    P.column_def_int)

@@ -11,6 +11,11 @@ fi
 if [ "${WITH_TEST:-0}" = 1 ]; then
   command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
   command -v tmux >/dev/null 2>&1 || need+=(tmux)
+  # MariaDB Connector/Python (the tests' MariaDB-native driver) builds against libmariadb
+  command -v mariadb_config >/dev/null 2>&1 || need+=(libmariadb-dev)
+  command -v gcc >/dev/null 2>&1 || need+=(gcc)
+  [ -f "/usr/include/python3.$(python3 -c 'import sys; print(sys.version_info[1])')/Python.h" ] \
+    || need+=(python3-dev)
 fi
 if [ "${#need[@]}" -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

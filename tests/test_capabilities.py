@@ -1,0 +1,157 @@
+"""MariaDB's extended type metadata through the proxy (issue 13, "capabilities MySQL/MariaDB offer
+that the proxy drops"): MariaDB Connector/Python and the `mariadb` CLI negotiate
+MARIADB_CLIENT_EXTENDED_METADATA and learn from it that a column is JSON, UUID, INET6 or POINT
+(the base type is only STRING/BLOB/GEOMETRY). Each check compares the proxy with a direct
+connection to MariaDB; a client that did not negotiate it (PyMySQL) must never be served by a
+backend connection that did, or it would misparse every column definition."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from typing import Any
+
+import mariadb
+import pymysql
+import pytest
+
+from proxy.sandbox import Sandbox
+
+from .conftest import ProxyProc, make_config, start_proxy
+
+TABLE = "shop.cap_ext"
+
+
+@pytest.fixture(scope="module")
+def xproxy(sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProc]:
+    sandbox.primary.sql(
+        f"CREATE TABLE IF NOT EXISTS {TABLE} (id INT PRIMARY KEY, j JSON, u UUID, "
+        "ip INET6, p POINT, s VARCHAR(10))",
+        f"REPLACE INTO {TABLE} VALUES (1, '{{\"a\": 1}}', 'e5cf2b8e-1f1b-11ef-9c25-000000000001', "
+        "'::1', POINT(1, 2), 'x')",
+    )
+    sandbox.wait_replicas()
+    # One backend connection per server: every client is served by the connection the one
+    # before it left, unless the pool keeps connections of different capabilities apart.
+    cfg = make_config(sandbox, routing={"read_consistency": "session", "max_wait_ms": 500},
+                      backends={"pool": {"max_connections": 1, "connect_timeout_s": 5,
+                                         "acquire_timeout_s": 20}})
+    p = start_proxy(tmp_path_factory.mktemp("capabilities"), cfg)
+    try:
+        yield p
+    finally:
+        p.stop()
+
+
+def _mariadb(port: int) -> Any:
+    return mariadb.connect(host="127.0.0.1", port=port, user="app", password="app",
+                           database="shop", autocommit=True)
+
+
+def _meta(c: Any, sql: str, prepared: bool = False, drop: tuple[str, ...] = ()) -> Any:
+    cur = c.cursor(prepared=prepared)
+    cur.execute(sql, (1,) if "?" in sql else ())
+    rows = cur.fetchall()
+    meta = {k: v for k, v in cur.metadata.items() if k not in drop}
+    cur.close()
+    return meta, rows
+
+
+SELECTS = [
+    f"SELECT j, u, ip, ST_AsText(p), s FROM {TABLE} WHERE id = 1",
+    f"SELECT * FROM {TABLE}",
+    f"SELECT j, u FROM {TABLE} WHERE id = ?",
+    "SELECT JSON_OBJECT('k', 1) AS o, 1 AS n",
+]
+
+
+@pytest.mark.parametrize("sql", SELECTS)
+@pytest.mark.parametrize("prepared", [False, True])
+def test_extended_metadata_as_direct(sandbox: Sandbox, xproxy: ProxyProc, sql: str,
+                                     prepared: bool) -> None:
+    d, p = _mariadb(sandbox.primary_port), _mariadb(xproxy.port)
+    try:
+        assert d.extended_server_capabilities & 8  # MARIADB_CLIENT_EXTENDED_METADATA >> 32
+        assert p.extended_server_capabilities & 8
+        want = _meta(d, sql, prepared)
+        got = _meta(p, sql, prepared)
+        assert got == want
+        if "cap_ext" in sql and "*" not in sql:
+            assert 1 in got[0]["ext_type_or_format"]  # JSON was recognised
+    finally:
+        d.close()
+        p.close()
+
+
+def test_answers_the_proxy_builds_carry_the_field(sandbox: Sandbox, xproxy: ProxyProc) -> None:
+    """CONNECTION_ID() and ROW_COUNT() are answered by the proxy itself: their column
+    definitions must have the extended field too, and match MariaDB's."""
+    d, p = _mariadb(sandbox.primary_port), _mariadb(xproxy.port)
+    try:
+        for sql in ("SELECT CONNECTION_ID()", "SELECT ROW_COUNT()"):
+            # max_length depends on the value (the ids differ)
+            want, _ = _meta(d, sql, drop=("length",))
+            got, rows = _meta(p, sql, drop=("length",))
+            assert got == want, sql
+        assert _meta(p, "SELECT CONNECTION_ID()")[1] == [(p.connection_id,)]
+    finally:
+        d.close()
+        p.close()
+
+
+def test_clients_without_it_never_get_a_connection_that_has_it(sandbox: Sandbox,
+                                                               xproxy: ProxyProc) -> None:
+    """Alternating MariaDB Connector/Python (extended metadata) and PyMySQL (without) through
+    one backend connection per server: each gets the column definitions it negotiated."""
+    sql = f"SELECT j, u, s FROM {TABLE} WHERE id = 1"
+
+    def pym(port: int) -> Any:
+        c = pymysql.connect(host="127.0.0.1", port=port, user="app", password="app",
+                            database="shop", autocommit=True)
+        try:
+            with c.cursor() as cur:
+                cur.execute(sql)
+                return cur.description, cur.fetchall()
+        finally:
+            c.close()
+
+    want_py = pym(sandbox.primary_port)
+    d = _mariadb(sandbox.primary_port)
+    want_m = _meta(d, sql)
+    d.close()
+    for _ in range(3):
+        p = _mariadb(xproxy.port)
+        assert _meta(p, sql) == want_m
+        p.close()
+        assert pym(xproxy.port) == want_py
+
+
+def test_user_variables_out_of_a_replica_transaction(sandbox: Sandbox, xproxy: ProxyProc) -> None:
+    """The proxy reads a replica transaction's user variables itself (uservars.py) on a
+    connection with extended metadata: it must skip the field to find each value's type."""
+    out = []
+    for port in (sandbox.primary_port, xproxy.port):
+        c = _mariadb(port)
+        cur = c.cursor()
+        cur.execute("START TRANSACTION READ ONLY")
+        cur.execute(f"SELECT j, u, id INTO @cj, @cu, @ci FROM {TABLE} WHERE id = 1")
+        cur.execute("COMMIT")
+        cur.execute("SELECT @cj, @cu, @ci + 1")
+        out.append(cur.fetchall())
+        c.close()
+    assert out[0] == out[1]
+
+
+def test_mariadb_cli_column_type_info(sandbox: Sandbox, xproxy: ProxyProc) -> None:
+    """The DBA's view: `mariadb --column-type-info` prints `BLOB (format=json)`,
+    `STRING (type=uuid)`... through the proxy as it does directly."""
+
+    def cli(port: int) -> bytes:
+        return subprocess.run(
+            ["mariadb", "-h127.0.0.1", f"-P{port}", "-uapp", "-papp", "--column-type-info", "-t",
+             "-e", f"SELECT j, u, ip, p FROM {TABLE} WHERE id = 1"],
+            capture_output=True, check=True, timeout=30).stdout
+
+    direct = cli(sandbox.primary_port)
+    assert b"format=json" in direct and b"type=uuid" in direct and b"type=inet6" in direct
+    assert cli(xproxy.port) == direct
