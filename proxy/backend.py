@@ -164,9 +164,13 @@ class BackendConn:
         return bc
 
     async def init_session(self) -> None:
-        await self.execute(_TRACK_MARIADB if self.mariadb else _TRACK_MYSQL)
+        await self.track_all()
         self.sysvars.clear()
         self.names = LOGIN_NAMES
+
+    async def track_all(self) -> None:
+        """The proxy's session tracking on this connection (again, after a client changed it)."""
+        await self.execute(_TRACK_MARIADB if self.mariadb else _TRACK_MYSQL)
 
     # ---- raw packet I/O ---------------------------------------------------------------
 

@@ -36,8 +36,9 @@ from .wire import ClientIO
 log = logging.getLogger("seckill.frontend")
 
 # What the proxy offers clients. Deliberately without CLIENT_DEPRECATE_EOF (result sets are
-# forwarded as the backend framed them, with EOF packets), CLIENT_QUERY_ATTRIBUTES and
-# CLIENT_SESSION_TRACK (OK packets are rebuilt for the client without backend tracking data).
+# forwarded as the backend framed them, with EOF packets) and CLIENT_QUERY_ATTRIBUTES. With
+# CLIENT_SESSION_TRACK: OK packets carry what the client's own session_track_* settings ask
+# for, filtered from the backends' full tracking (tracking.py).
 SERVER_CAPABILITIES = (
     Capabilities.CLIENT_LONG_PASSWORD
     | Capabilities.CLIENT_FOUND_ROWS
@@ -55,6 +56,7 @@ SERVER_CAPABILITIES = (
     | Capabilities.CLIENT_IGNORE_SPACE
     | Capabilities.CLIENT_INTERACTIVE
     | Capabilities.CLIENT_LOCAL_FILES
+    | Capabilities.CLIENT_SESSION_TRACK
 )
 
 
@@ -90,9 +92,6 @@ class ProxyStream:
             await self.inner.start_tls(ctx)
 
     async def write(self, data: bytes, drain: bool = True) -> None:
-        if self.rewrite_next is not None:
-            rewrite, self.rewrite_next = self.rewrite_next, None
-            data = rewrite(data)
         gate = self.ok_gate
         if gate is not None and data[:1] == b"\x00":
             self.ok_gate = None
@@ -100,6 +99,9 @@ class ProxyStream:
             if refusal is not None:
                 self.gate_refused = True
                 data = refusal
+        if self.rewrite_next is not None:
+            rewrite, self.rewrite_next = self.rewrite_next, None
+            data = rewrite(data)
         await self.inner.write(data, drain)
 
     async def read(self) -> bytes:
@@ -268,7 +270,10 @@ class ProxyConnection(Connection):
         if check is None:
             return None  # the admin console's sessions have no backend
         await self.session.init(self)
-        return await check()  # type: ignore[no-any-return]
+        refusal: bytes | None = await check()
+        if refusal is None:
+            self.stream.rewrite_next = self.session.login_ok  # its session-state block
+        return refusal
 
     def arm_idle_timer(self) -> None:
         """MySQL's wait_timeout (interactive_timeout for CLIENT_INTERACTIVE clients): a client

@@ -15,7 +15,7 @@ from .errors import BackendError, BackendLost, ProxyError
 from .gtid import GtidError
 from .gtid import parse as gtid_parse
 from .plan import KILL, names_of
-from .state import Names
+from .state import NAMES_VARS, Names
 
 if TYPE_CHECKING:
     from .session import ProxySession
@@ -132,7 +132,9 @@ async def local_set(s: ProxySession, shape: Shape, sql: str, payload: bytes) -> 
         return
     s.names = Names.uniform(cs, coll)
     s.state_stale = True
-    await s.send(s.ok_packet())
+    # what MariaDB reports for SET NAMES to a client that tracks these variables
+    state = s.track.block([(v, cs) for v in NAMES_VARS[:3]], None, True) if s.track else b""
+    await s.send(s.ok_packet(state=state))
 
 
 

@@ -91,12 +91,16 @@ class Plan:
     gate_write: bool = False  # the durability gate (require: strict/warn) runs first
     pin: str | None = None  # the statement leaves state only its connection has
     lane: bool = False  # it only forwards: the fast lane may run it
+    # it sets session_track_*: the client's own tracking settings change (tracking.py) and
+    # the connection gets the proxy's back
+    retrack: bool = False
 
 
 # Settings the proxy keeps itself (the value is read from the statement text at execution).
 _PROXY_VAR = re.compile(
     r"SET\s+(?:SESSION\s+|@@SESSION\.|@@)?(?:read_after_gtid|read_consistency)\s*=\s*\?", re.I)
 _NAMES = re.compile(r"SET\s+NAMES\s+('?\w+'?|`\w+`)(?:\s+COLLATE\s+('?\w+'?|`\w+`))?", re.I)
+_TRACK_VAR = re.compile(r"\bsession_track_", re.I)
 _CONN_ID = re.compile(r"SELECT\s+CONNECTION_ID\s*\(\s*\)", re.I)
 _ROW_COUNT = re.compile(r"SELECT\s+ROW_COUNT\s*\(\s*\)", re.I)
 _STATUS_LIKE = re.compile(r"SHOW\s+(?:SESSION\s+|LOCAL\s+)?STATUS\s+LIKE\s+\?", re.I)
@@ -184,8 +188,9 @@ def plan(shape: Shape, s: SessionView, policy: Policy, cursor: bool = False) -> 
         # path on an idle key, or no rule for it): `HotRowEngine.lane_ticket`.
         return Plan(Route.HOTROW, track=track, hold_ack=hold, gate_write=True, pin=pin,
                     lane=lane)
+    retrack = verb == "SET" and _TRACK_VAR.search(shape.digest) is not None
     return Plan(Route.PRIMARY, track=track, hold_ack=hold, gate_write=is_write, pin=pin,
-                lane=lane)
+                lane=lane and not retrack, retrack=retrack)
 
 
 _SELECT_1 = classify("SELECT 1")

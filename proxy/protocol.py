@@ -106,6 +106,7 @@ class OkPacket:
     schema: str | None = None
     state_changed: bool = False
     gtid: str | None = None
+    gtid_var: bool = False  # MariaDB reported it as the system variable last_gtid
 
 
 def parse_ok(payload: bytes, session_track: bool) -> OkPacket:
@@ -151,6 +152,7 @@ def _parse_state(block: bytes, ok: OkPacket) -> None:
                 ok.gtid = gt.decode()
     if "last_gtid" in ok.sysvars:
         ok.gtid = ok.sysvars.pop("last_gtid") or ok.gtid
+        ok.gtid_var = True
 
 
 def make_ok(
@@ -160,16 +162,21 @@ def make_ok(
     warnings: int = 0,
     info: bytes = b"",
     eof_header: bool = False,
+    state: bytes = b"",
 ) -> bytes:
-    """An OK packet for a client that did not negotiate CLIENT_SESSION_TRACK.
+    """An OK packet. `state`: a session-state block (tracking.py), only for a client that
+    negotiated CLIENT_SESSION_TRACK; without one the packet suits every client.
 
     The info string is length-encoded, as MySQL's net_send_ok() writes it (and as libmariadb
     reads it) whatever the capability flags say.
     """
+    head = ((b"\xfe" if eof_header else b"\x00")
+            + enc_lenenc_int(affected_rows) + enc_lenenc_int(last_insert_id))
+    if state:
+        return (head + struct.pack("<HH", status | SERVER_SESSION_STATE_CHANGED, warnings)
+                + enc_lenenc_str(info) + enc_lenenc_str(state))
     return (
-        (b"\xfe" if eof_header else b"\x00")
-        + enc_lenenc_int(affected_rows)
-        + enc_lenenc_int(last_insert_id)
+        head
         + struct.pack("<HH", status & ~SERVER_SESSION_STATE_CHANGED, warnings)
         + (enc_lenenc_str(info) if info else b"")
     )

@@ -46,6 +46,7 @@ from .pool import Pool
 from .session import ProxySession
 from .state import Catalog, Names
 from .tls import client_context, server_context
+from .tracking import Tracking
 from .wire import ClientIO
 
 log = logging.getLogger("seckill.server")
@@ -435,12 +436,14 @@ async def load_catalog(c: BackendConn) -> Catalog:
     g = await c.fetch_one(
         "SELECT @@global.character_set_client, @@global.character_set_connection, "
         "@@global.character_set_results, @@global.collation_connection, "
-        "@@global.wait_timeout, @@global.interactive_timeout")
+        "@@global.wait_timeout, @@global.interactive_timeout, @@global.session_track_schema, "
+        "@@global.session_track_state_change, @@global.session_track_system_variables")
     assert g is not None
     default = Names(*(v or "" for v in g[:4]))
     cat = Catalog(((int(r["ID"] or 0), r["COLLATION_NAME"] or "", r["CHARACTER_SET_NAME"] or "",
                     r["IS_DEFAULT"] == "Yes") for r in rows), default)
     cat.wait_timeout, cat.interactive_timeout = int(g[4] or 28800), int(g[5] or 28800)
+    cat.tracking = Tracking.parse(g[6], g[7], g[8])
     return cat
 
 

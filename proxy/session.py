@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from mysql_mimic.session import BaseSession
 from mysql_mimic.variables import GlobalVariables, SessionVariables
 
-from . import infile, local, tracked, uservars
+from . import infile, local, tracked, tracking, uservars
 from . import metrics as M
 from . import protocol as P
 from .backend import BackendConn, BufferWriter, Relayed
@@ -38,6 +38,7 @@ from .fastlane import FastLane
 from .lease import Lease, LeaseState
 from .plan import Plan, Route, Track, plan
 from .state import LOGIN_NAMES, Answered, Names, Wanted, absorb, split_reported
+from .tracking import Tracking
 from .wire import ClientIO
 
 if TYPE_CHECKING:
@@ -83,6 +84,9 @@ class ProxySession(BaseSession):
         self._next_stmt = 1
         self.found_rows = False
         self.backend_caps = 0
+        # what this client's OK packets report (tracking.py); None: it did not negotiate
+        # CLIENT_SESSION_TRACK
+        self.track: Tracking | None = None
         self.busy = False
         self.held_slots: list[asyncio.Semaphore] = []  # hot-row queue slots held to txn end
         self.state_stale = False  # session state changed locally, not yet on self.conn
@@ -101,6 +105,8 @@ class ProxySession(BaseSession):
         # what the backend connection must have negotiated as the client did (pool key)
         self.backend_caps = ((P.CLIENT_FOUND_ROWS if self.found_rows else 0)
                              | getattr(connection, "client_ext", 0))
+        if int(connection.capabilities) & P.CLIENT_SESSION_TRACK:
+            self.track = BackendConn.catalog.tracking
         self.multi = bool(int(connection.capabilities) & P.CLIENT_MULTI_STATEMENTS)
         self.handshake_names = self.names = connection.client_names
         self.sysvars = {}
@@ -128,6 +134,15 @@ class ProxySession(BaseSession):
             return None  # MySQL unreachable now: the first statement reports it
         self.settle()
         return None
+
+    def login_ok(self, ok: bytes) -> bytes:
+        """The login OK as MariaDB sends it to a client that tracks its schema: with the
+        database it connected to."""
+        if self.track is None or not self.database or not self.track.schema or ok[:1] != b"\x00":
+            return ok
+        o = P.parse_ok(ok, False)
+        return P.make_ok(o.affected_rows, o.last_insert_id, o.status, o.warnings, o.info,
+                         state=self.track.block((), self.database, False))
 
     async def close(self) -> None:
         if self.lane is not None:
@@ -179,6 +194,8 @@ class ProxySession(BaseSession):
         self.stmt_bytes = 0
         self.last_insert_id = 0
         self.pin = None
+        if self.track is not None:
+            self.track = BackendConn.catalog.tracking
 
     async def use(self, database: str) -> None:  # not used: COM_INIT_DB is forwarded
         self.database = database
@@ -341,13 +358,28 @@ class ProxySession(BaseSession):
         if w.transport.get_write_buffer_size() >= 65536:
             await w.drain()
 
-    def ok_packet(self, affected: int = 0, insert_id: int = 0, warnings: int = 0, info: bytes = b"") -> bytes:
-        return P.make_ok(affected, insert_id, self.status, warnings, info)
+    def ok_packet(self, affected: int = 0, insert_id: int = 0, warnings: int = 0, info: bytes = b"",
+                  state: bytes = b"") -> bytes:
+        return P.make_ok(affected, insert_id, self.status, warnings, info, state=state)
 
     def _ok_hook(self, ok: P.OkPacket) -> bytes:
         if ok.last_insert_id:
             self.last_insert_id = ok.last_insert_id
-        return P.make_ok(ok.affected_rows, ok.last_insert_id, ok.status, ok.warnings, ok.info)
+        t = self.track
+        if t is None:
+            return P.make_ok(ok.affected_rows, ok.last_insert_id, ok.status, ok.warnings, ok.info)
+        if ok.sysvars:  # a SET of session_track_* applies to its own OK already, as in MariaDB
+            t = self.track = t.updated(ok.sysvars)
+        return P.make_ok(ok.affected_rows, ok.last_insert_id, ok.status, ok.warnings, ok.info,
+                         state=t.of_ok(ok))
+
+    async def _retrack(self, c: BackendConn) -> None:
+        """The client changed its session_track_* settings (Plan.retrack): keep them for its
+        OK packets, and give the connection back the proxy's own tracking (backend.py)."""
+        row = await c.fetch_one("SELECT " + ", ".join(f"@@session.{v}" for v in tracking.VARS))
+        if row is not None and self.track is not None:
+            self.track = self.track.from_backend(*row)
+        await c.track_all()
 
     # ---- statements ---------------------------------------------------------------------
 
@@ -581,6 +613,11 @@ class ProxySession(BaseSession):
             except BackendLost as e:
                 await self._lost(e, retry=attempt == 0 and not e.sent, shape=shape)
                 continue
+            if p is not None and p.retrack and r.err is None:
+                try:
+                    await self._retrack(c)
+                except (BackendLost, BackendError):
+                    c.broken = True  # the reply is out: the pool closes this connection
             return await self._finish(c, r, hold)
         raise AssertionError("unreachable")
 
@@ -677,7 +714,13 @@ class ProxySession(BaseSession):
 
     def _after(self, c: BackendConn, r: Relayed) -> None:
         self.stmt_conn = c
-        self.status = r.status
+        if r.err is not None and r.ok is None:
+            # An ERR carries no status: the transaction state is the connection's (an error
+            # does not end a transaction), except that a deadlock rolls the whole one back.
+            self.status = c.status & ~(P.SERVER_STATUS_IN_TRANS if r.err.code == 1213 else 0)
+            c.status = self.status
+        else:
+            self.status = r.status
         if r.sysvars:
             self.names = absorb(self.names, r.sysvars, BackendConn.catalog)
             keep, unreplayable = split_reported(r.sysvars)

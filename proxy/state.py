@@ -19,6 +19,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from .tracking import Tracking
+
 NAMES_VARS = ("character_set_client", "character_set_connection", "character_set_results",
               "collation_connection")
 
@@ -76,6 +78,7 @@ class Catalog:
         self.server_default = server_default  # what the server gives an unknown handshake id
         self.wait_timeout = 28800  # the server's globals (set at startup)
         self.interactive_timeout = 28800
+        self.tracking = Tracking()  # what a new session tracks (session_track_* globals)
         self.by_id: dict[int, tuple[str, str]] = {}
         self.default: dict[str, str] = {}
         self.charset: dict[str, str] = {}  # collation -> its character set

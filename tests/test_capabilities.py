@@ -1,4 +1,7 @@
-"""MariaDB's extended type metadata through the proxy (issue 13, "capabilities MySQL/MariaDB offer
+"""Capabilities MariaDB offers that the proxy relays: session-state tracking
+(CLIENT_SESSION_TRACK) and MariaDB's extended type metadata.
+
+Extended type metadata through the proxy (issue 13, "capabilities MySQL/MariaDB offer
 that the proxy drops"): MariaDB Connector/Python and the `mariadb` CLI negotiate
 MARIADB_CLIENT_EXTENDED_METADATA and learn from it that a column is JSON, UUID, INET6 or POINT
 (the base type is only STRING/BLOB/GEOMETRY). Each check compares the proxy with a direct
@@ -7,6 +10,7 @@ backend connection that did, or it would misparse every column definition."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Iterator
 from typing import Any
@@ -14,7 +18,10 @@ from typing import Any
 import mariadb
 import pymysql
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from proxy import protocol as P
 from proxy.sandbox import Sandbox
 
 from .conftest import ProxyProc, make_config, start_proxy
@@ -155,3 +162,102 @@ def test_mariadb_cli_column_type_info(sandbox: Sandbox, xproxy: ProxyProc) -> No
     direct = cli(sandbox.primary_port)
     assert b"format=json" in direct and b"type=uuid" in direct and b"type=inet6" in direct
     assert cli(xproxy.port) == direct
+
+
+# ---- session-state tracking (CLIENT_SESSION_TRACK) ---------------------------------------
+
+class _Tracking(pymysql.connections.Connection):  # type: ignore[misc]
+    """PyMySQL asking for CLIENT_SESSION_TRACK, keeping the raw OK packets it reads."""
+
+    last = b""
+    login_ok = b""
+
+    def _read_packet(self, packet_type: Any = pymysql.connections.MysqlPacket) -> Any:
+        p = super()._read_packet(packet_type)
+        self.last = p._data
+        return p
+
+    def _request_authentication(self) -> None:
+        super()._request_authentication()
+        self.login_ok = self.last
+
+    def run(self, sql: str) -> tuple[Any, ...]:
+        """One statement: its error code, or the OK's status bits and what it tracked."""
+        try:
+            self._execute_command(pymysql.constants.COMMAND.COM_QUERY, sql)
+            self._read_packet()
+        except pymysql.err.MySQLError as e:
+            return ("err", e.args[0])
+        return _decode(self.last)
+
+
+def _decode(ok: bytes) -> tuple[Any, ...]:
+    o = P.parse_ok(ok, True)
+    sysvars = dict(o.sysvars)
+    if o.gtid_var:
+        sysvars["last_gtid"] = "(a gtid)"
+    bits = P.SERVER_STATUS_IN_TRANS | P.SERVER_STATUS_AUTOCOMMIT | P.SERVER_SESSION_STATE_CHANGED
+    return ("ok", o.status & bits, sysvars, o.schema, o.state_changed)
+
+
+def _tracking_conn(port: int, db: str | None = "shop") -> _Tracking:
+    return _Tracking(host="127.0.0.1", port=port, user="app", password="app", database=db,
+                     autocommit=None, client_flag=pymysql.constants.CLIENT.SESSION_TRACK)
+
+
+TRACKED = [
+    "USE mysql", "USE shop", "USE no_such_db", "SET NAMES latin1",
+    "SET NAMES utf8mb4 COLLATE utf8mb4_unicode_ci", "SET character_set_results = NULL",
+    "SET autocommit = 0", "SET autocommit = 1", "SET time_zone = '+01:00'",
+    "SET time_zone = DEFAULT", "SET sql_mode = 'ANSI'", "SET sql_mode = DEFAULT", "SET @v = 1",
+    "BEGIN", "COMMIT", "SET SESSION wait_timeout = 1000",
+    "CREATE TEMPORARY TABLE IF NOT EXISTS cap_tmp (a INT)",
+    "SET SESSION session_track_state_change = ON", "SET SESSION session_track_state_change = OFF",
+    "SET SESSION session_track_schema = OFF", "SET SESSION session_track_schema = ON",
+    "SET SESSION session_track_system_variables = '*'",
+    "SET SESSION session_track_system_variables = 'sql_mode,time_zone'",
+    "SET SESSION session_track_system_variables = ''",
+    "SET SESSION session_track_system_variables = DEFAULT",
+    "SET SESSION session_track_schema = 'maybe'",
+]
+
+
+@given(st.lists(st.sampled_from(TRACKED), min_size=1, max_size=8),
+       st.sampled_from(["shop", None]))
+@settings(max_examples=int(os.environ.get("TRACKING_EXAMPLES", "40")), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_session_tracking_as_direct(sandbox: Sandbox, xproxy: ProxyProc, stmts: list[str],
+                                    db: str | None) -> None:
+    """A client that negotiated CLIENT_SESSION_TRACK gets, for each statement, the session
+    state MariaDB reports to it directly: only what its own session_track_* settings ask for
+    (the proxy's backend connections track everything), including after it changed those
+    settings, and from whichever pooled connection served it."""
+    out = []
+    for port in (sandbox.primary_port, xproxy.port):
+        c = _tracking_conn(port, db)
+        try:
+            out.append([_decode(c.login_ok)] + [c.run(s) for s in stmts])
+        finally:
+            c.close()
+    assert out[1] == out[0]
+
+
+def test_mariadb_connector_follows_the_schema(sandbox: Sandbox, xproxy: ProxyProc) -> None:
+    """libmariadb keeps the current database from the session tracking: MariaDB
+    Connector/Python's `connection.database` after a text `USE` (it was stale through the
+    proxy before it offered CLIENT_SESSION_TRACK)."""
+    seen = []
+    for port in (sandbox.primary_port, xproxy.port):
+        c = _mariadb(port)
+        cur = c.cursor()
+        got = [c.database]
+        cur.execute("USE mysql")
+        got.append(c.database)
+        c.select_db("shop")
+        got.append(c.database)
+        cur.execute("SET autocommit = 0")
+        got.append(c.autocommit)
+        c.close()
+        seen.append(got)
+    assert seen[0] == ["shop", "mysql", "shop", False]
+    assert seen[1] == seen[0]

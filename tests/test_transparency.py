@@ -403,3 +403,65 @@ def test_pool_reclaims_connections_without_pending_warnings_first(
             x.close()
     finally:
         p.stop()
+
+
+ERRORS_IN_TXN = [
+    # (statement that fails inside the transaction, what the client does next)
+    ("SELECT * FROM no_such_table", "ROLLBACK"),
+    ("SELECT * FROM no_such_table", "COMMIT"),
+    ("INSERT INTO tr_err VALUES (1)", "COMMIT"),  # duplicate key
+    ("INSERT INTO tr_err VALUES (1)", "ROLLBACK"),
+    ("SELEC 1", "ROLLBACK"),  # syntax error
+    ("UPDATE tr_err SET id = id + 'x' WHERE id = 1 AND no_such_col = 1", "ROLLBACK"),
+]
+
+
+@pytest.mark.parametrize("failing,then", ERRORS_IN_TXN)
+def test_an_error_does_not_end_the_transaction(sandbox: Sandbox, tproxy: ProxyProc,
+                                                failing: str, then: str) -> None:
+    """An ERR packet carries no status flags. The proxy once took the error for the end of the
+    transaction: it gave the connection back (the pool's reset rolled the first INSERT back)
+    and ran the rest in autocommit, so a later ROLLBACK left the second INSERT committed."""
+    sandbox.primary.sql("CREATE TABLE IF NOT EXISTS shop.tr_err (id INT PRIMARY KEY)")
+    got = []
+    for c in _both(sandbox, tproxy):
+        _q(c, "DELETE FROM tr_err")
+        steps = [_q(c, "BEGIN"), _q(c, "INSERT INTO tr_err VALUES (1)"), _q(c, failing)]
+        c.ping()
+        steps.append(("status", c.server_status & 1))  # SERVER_STATUS_IN_TRANS
+        steps += [_q(c, "SELECT @@in_transaction"), _q(c, "INSERT INTO tr_err VALUES (2)"),
+                  _q(c, then), _q(c, "SELECT id FROM tr_err ORDER BY id")]
+        got.append(steps)
+        c.close()
+    assert got[0][3] == ("status", 1)
+    assert got[1] == got[0]
+
+
+def test_a_deadlock_ends_the_transaction(sandbox: Sandbox, tproxy: ProxyProc) -> None:
+    """MariaDB rolls back the whole transaction of the deadlock victim: after it, the victim
+    is not in a transaction any more, directly or through the proxy."""
+    sandbox.primary.sql("CREATE TABLE IF NOT EXISTS shop.tr_dl (id INT PRIMARY KEY, v INT)",
+                        "REPLACE INTO shop.tr_dl VALUES (1, 0), (2, 0)")
+    got = []
+    for victim_port in (sandbox.primary_port, tproxy.port):
+        other = sandbox.primary.root()
+        v = pymysql.connect(host="127.0.0.1", port=victim_port, user="app", password="app",
+                            database="shop", autocommit=True)
+        with other.cursor() as oc:
+            oc.execute("BEGIN")
+            oc.execute("UPDATE shop.tr_dl SET v = v + 1 WHERE id = 1")
+        _q(v, "BEGIN")
+        _q(v, "UPDATE tr_dl SET v = v + 1 WHERE id = 2")
+        t = threading.Thread(target=other.cursor().execute,  # waits for the victim's lock
+                             args=("UPDATE shop.tr_dl SET v = v + 1 WHERE id = 2",))
+        t.start()
+        time.sleep(0.5)
+        err = _q(v, "UPDATE tr_dl SET v = v + 1 WHERE id = 1")  # closes the cycle
+        t.join(10)
+        other.commit()
+        v.ping()
+        got.append((err, v.server_status & 1, _q(v, "SELECT @@in_transaction")))
+        v.close()
+        other.close()
+    assert got[0][0] == ("err", 1213)
+    assert got[1] == got[0]
