@@ -110,12 +110,30 @@ class NativeCapture(NativePasswordAuthPlugin):
         # where a successful login leaves its SHA1(password), before the login OK goes out
         # (the login check already connects to MySQL as the user)
         self.credentials = credentials if credentials is not None else {}
+        # after a wrong password: the account re-read from MySQL (its password may have
+        # changed since the last refresh; set by the identity provider)
+        self.recheck: Callable[[str], Awaitable[User | None]] | None = None
+        self._tried: tuple[bytes, bytes] | None = None  # the last (scramble, nonce) checked
+
+    def password_matches(self, user: User, scramble: bytes, nonce: bytes) -> bool:
+        self._tried = (scramble, nonce)
+        return bool(super().password_matches(user, scramble, nonce))
 
     async def auth(self, auth_info: AuthInfo | None = None) -> AuthState:
         inner = super().auth(auth_info)
         decision = await inner.__anext__()
         while not isinstance(decision, (Success, Forbidden)):
-            decision = await inner.asend((yield decision))
+            sent = yield decision
+            if isinstance(sent, AuthInfo):
+                auth_info = sent  # the handshake's response (the user is known from here)
+            decision = await inner.asend(sent)
+        if (isinstance(decision, Forbidden) and self.refusal is None and self.recheck is not None
+                and self._tried is not None and auth_info is not None):
+            old = auth_info.user.auth_string
+            user = await self.recheck(auth_info.username)
+            if (user is not None and user.auth_string != old
+                    and super().password_matches(user, *self._tried)):
+                decision = Success(user.name)
         if isinstance(decision, Success) and self.captured is not None:
             self.credentials[decision.authenticated_as] = PreHashed(self.captured)
         if isinstance(decision, Forbidden) and self.refusal is not None:
@@ -144,13 +162,19 @@ class AccountStore:
         self.refresh_s = refresh_s
         self.accounts: list[Account] = []
         self.loaded_at = 0.0
+        self.tried_at = 0.0
         self.credentials: dict[str, PreHashed] = {}  # user -> SHA1(password), from logins
         self._lock = asyncio.Lock()
 
-    async def refresh(self, min_age: float = 0.0) -> None:
+    async def refresh(self, min_age: float = 0.0, since: float | None = None) -> None:
+        """Read the accounts again, unless one was read less than `min_age` ago, or (`since`)
+        one was read after that moment (concurrent lookups share one read)."""
         async with self._lock:
-            if time.monotonic() - self.loaded_at < min_age:
+            if since is not None and self.loaded_at >= since:
                 return
+            if time.monotonic() - max(self.loaded_at, self.tried_at) < min_age:
+                return
+            self.tried_at = time.monotonic()
             try:
                 self.accounts = await self.load()
                 self.loaded_at = time.monotonic()
@@ -161,6 +185,18 @@ class AccountStore:
         while True:
             await self.refresh()
             await asyncio.sleep(self.refresh_s)
+
+    async def look_up(self, name: str, addr: str, always: bool = False) -> None:
+        """An account this proxy does not know yet (created since the last refresh), or
+        (`always`) one whose password did not match: read the accounts as they are now, once
+        for all lookups waiting meanwhile, for at most 2 s, so a new user or a new password
+        logs in (or COM_CHANGE_USERs) at once, as on MySQL. A failed attempt costs one read of
+        the accounts table; the login guard bounds the attempts."""
+        if always or pick(self.accounts, name, addr) is None:
+            try:
+                await asyncio.wait_for(self.refresh(since=time.monotonic()), 2.0)
+            except TimeoutError:
+                pass
 
     def user_for(self, name: str, addr: str, plugin: NativeCapture) -> User:
         """The user record mysql-mimic checks the login against (an impossible hash and a

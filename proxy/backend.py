@@ -491,8 +491,15 @@ class ReplyScanner:
                 cols_left -= 1
                 if cols_left == 0:
                     state = 2
-            elif state == 2:
-                state = 3
+            elif state == 2:  # the EOF after the column definitions
+                st = buf[pos + 7] | (buf[pos + 8] << 8) if plen >= 5 else 0
+                if st & P.SERVER_STATUS_CURSOR_EXISTS:
+                    # COM_STMT_EXECUTE that opened a cursor: no rows follow, COM_STMT_FETCH
+                    # asks for them
+                    self.conn.status = r.status = st
+                    state = 9
+                else:
+                    state = 3
             elif b0 == 0x00 or (b0 == 0xFE and 7 <= plen < 9):
                 ok = P.parse_ok(bytes(buf[pos + 4 : end]), True)
                 self.conn._track(ok.status, ok)

@@ -188,6 +188,7 @@ class BackendIdentityProvider(IdentityProvider):
         self.addr = addr
         self._blocked = blocked
         self.plugin = NativeCapture(store.credentials)
+        self.plugin.recheck = self._recheck
 
     def get_plugins(self) -> list[Any]:
         return [self.plugin]
@@ -195,6 +196,15 @@ class BackendIdentityProvider(IdentityProvider):
     async def get_user(self, username: str) -> User | None:
         if self._blocked(username):
             return User(name=username, auth_string="00" * 20, auth_plugin="mysql_native_password")
+        await self.store.look_up(username, self.addr)
+        return self.store.user_for(username, self.addr, self.plugin)  # type: ignore[no-any-return]
+
+    async def _recheck(self, username: str) -> User | None:
+        """After a wrong password: the account as MySQL has it now (its password may have
+        changed since the last refresh)."""
+        if self._blocked(username):
+            return None
+        await self.store.look_up(username, self.addr, always=True)
         return self.store.user_for(username, self.addr, self.plugin)  # type: ignore[no-any-return]
 
 
@@ -379,6 +389,8 @@ class ProxyConnection(Connection):
             await prepared.reset(s, data)
         elif cmd == P.COM_STMT_FETCH:
             await prepared.fetch(s, data)
+        elif cmd == P.COM_STMT_BULK_EXECUTE and self.client_ext & P.MARIADB_CLIENT_STMT_BULK_OPERATIONS:
+            await prepared.bulk_execute(s, data)
         elif cmd == P.COM_PING:
             await s.com_ping()
         elif cmd == P.COM_INIT_DB:
@@ -395,6 +407,7 @@ class ProxyConnection(Connection):
                                  fatal=True) from None
             await s.reset()
             await self.handle_change_user(data[1:])
+            s.database = s.database or None  # mysql-mimic leaves '' for no database
         elif cmd == P.COM_STATISTICS:
             await s.com_statistics(data)
         elif cmd == P.COM_PROCESS_KILL:

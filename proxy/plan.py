@@ -128,11 +128,15 @@ def names_of(shape: Shape) -> tuple[str, str | None] | None:
     return cs, (m.group(2) or "").strip("'\"`").lower() or None
 
 
-def plan(shape: Shape, s: SessionView, policy: Policy, cursor: bool = False) -> Plan:
+def plan(shape: Shape, s: SessionView, policy: Policy, cursor: bool = False,
+         bulk: bool = False) -> Plan:
     """The plan for one statement (COM_QUERY, or COM_STMT_EXECUTE with `cursor` = the cursor
-    flag). Pure: the same inputs give the same plan."""
+    flag, or MariaDB's COM_STMT_BULK_EXECUTE with `bulk`: many rows of parameters in one
+    command, which runs as it is on the primary). Pure: the same inputs give the same plan."""
     held = s.in_txn or bool(s.pin)
     verb = shape.verb
+    if bulk:
+        return _primary(shape, s, policy, held, shape.pin, lane=False)
     if verb == "SET" and not shape.multi:
         if _PROXY_VAR.fullmatch(shape.digest):
             return Plan(Route.LOCAL_SET)
@@ -172,6 +176,16 @@ def plan(shape: Shape, s: SessionView, policy: Policy, cursor: bool = False) -> 
                     got = _REPLICA_PLANS[key] = Plan(Route.REPLICA, read=rp, lane=lane)
                 return got
             return Plan(Route.REPLICA, read=rp, lane=lane)
+    return _primary(shape, s, policy, held, pin,
+                    lane=bool(shape.lane) and pin is None,
+                    hot=shape.hot is not None and policy.hotrow
+                    and (policy.hotrow_engaged or bool(shape.hints)))
+
+
+def _primary(shape: Shape, s: SessionView, policy: Policy, held: bool, pin: str | None,
+             lane: bool, hot: bool = False) -> Plan:
+    """A statement for the primary (or the hot-row engine): tracking, ack, gate, lane."""
+    verb = shape.verb
     is_write = shape.is_write
     track = Track.NONE
     if policy.track_all and not s.replica_txn:
@@ -181,8 +195,8 @@ def plan(shape: Shape, s: SessionView, policy: Policy, cursor: bool = False) -> 
               and not s.autocommit_off and "RETURNING" not in shape.digest.upper()):
             track = Track.AUTOCOMMIT
     hold = policy.wants_ack and (is_write or verb in ("COMMIT", "END"))
-    lane = bool(shape.lane) and track is Track.NONE and not hold and pin is None
-    if shape.hot is not None and policy.hotrow and (policy.hotrow_engaged or shape.hints):
+    lane = lane and track is Track.NONE and not hold
+    if hot:
         # The engine takes it or declines; declined, it runs as this plan's primary path. The
         # lane runs it where the engine answers at once that it goes as it is (auto's plain
         # path on an idle key, or no rule for it): `HotRowEngine.lane_ticket`.

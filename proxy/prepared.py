@@ -31,6 +31,7 @@ class ClientStmt:
     num_params: int
     num_columns: int
     types: bytes = b""
+    bulk_types: bytes = b""  # the parameter types of its last COM_STMT_BULK_EXECUTE
 
 
 async def run_execute_on(s: ProxySession, c: BackendConn, st: ClientStmt, parts: P.ExecuteParts,
@@ -42,6 +43,7 @@ async def run_execute_on(s: ProxySession, c: BackendConn, st: ClientStmt, parts:
 
 async def prepare(s: ProxySession, payload: bytes) -> None:
     sql = payload[1:].decode("utf-8", "surrogateescape")
+    s.last_stmt = None  # until this one is prepared (MariaDB's statement id -1)
     c = await s._get_conn()
     try:
         await c.command(payload)
@@ -81,6 +83,7 @@ async def prepare(s: ProxySession, payload: bytes) -> None:
     sid = s._next_stmt
     s._next_stmt += 1
     s.stmts[sid] = ClientStmt(sql, classify(sql), pok.num_params, pok.num_columns)
+    s.last_stmt = sid
     assert s.connection is not None
     stream = s.connection.stream
     stream.write_many([P.with_stmt_id(first, sid), *rest])
@@ -92,6 +95,8 @@ def client_stmt(s: ProxySession, payload: bytes, what: str) -> ClientStmt:
     if len(payload) < 5:
         raise ProxyError((1835, "08S01"), "Malformed communication packet")
     sid = struct.unpack_from("<I", payload, 1)[0]
+    if sid == P.STMT_LAST_PREPARED and s.last_stmt is not None:
+        sid = s.last_stmt
     st = s.stmts.get(sid)
     if st is None:
         raise ProxyError(
@@ -116,18 +121,49 @@ async def execute(s: ProxySession, payload: bytes) -> None:
                          st.sql)
 
 
-async def execute_on_primary(s: ProxySession, st: ClientStmt, parts: P.ExecuteParts, p: Plan) -> Relayed | None:
+async def bulk_execute(s: ProxySession, payload: bytes) -> None:
+    """MariaDB's COM_STMT_BULK_EXECUTE (what MariaDB Connector/Python and /J send for
+    executemany): the rows go as they are to the primary, on the backend statement."""
+    st = client_stmt(s, payload, "mysqld_stmt_bulk_execute")
+    if len(payload) < 7:
+        raise ProxyError((1835, "08S01"), "Malformed communication packet")
+    flags = struct.unpack_from("<H", payload, 5)[0]
+    if flags & P.BULK_SEND_TYPES:
+        st.bulk_types = payload[7:7 + 2 * st.num_params]
+    elif st.bulk_types:
+        # the backend statement may be a fresh one (another connection): it needs the types
+        payload = (payload[:5] + struct.pack("<H", flags | P.BULK_SEND_TYPES) + st.bulk_types
+                   + payload[7:])
+
+    async def run(c: BackendConn, out: Any) -> Relayed:
+        pok = await c.prepare(st.sql)
+        await c.command(P.with_stmt_id(payload, pok.stmt_id))
+        return await c.relay(out, s._ok_hook)
+
+    p = plan(st.shape, s, s.app.policy, bulk=True)
+    await s._run_plan(p, st.shape, run, lambda q: execute_on_primary(s, st, None, q, run),
+                      _no_hot, st.sql)
+
+
+async def _no_hot(forward: Any) -> None:
+    return None  # a bulk plan never goes to the hot-row engine
+
+
+async def execute_on_primary(s: ProxySession, st: ClientStmt, parts: P.ExecuteParts | None,
+                             p: Plan, run: Any = None) -> Relayed | None:
     """Run a client's prepared statement on the primary path as its plan says."""
+    if run is None:
+        assert parts is not None
+        run = lambda c, out: run_execute_on(s, c, st, parts, out)  # noqa: E731
     if p.pin and not s.pin:
         s.pin = p.pin
     if p.track is Track.AUTOCOMMIT:
-        return await tracked.tracked_autocommit(
-            s, st.shape, p, lambda c, out: run_execute_on(s, c, st, parts, out))
+        return await tracked.tracked_autocommit(s, st.shape, p, run)
     hold = BufferWriter() if p.hold_ack else None
     for attempt in (0, 1):
         c = await s._get_conn()
         try:
-            r = await run_execute_on(s, c, st, parts, hold or s.out)
+            r = await run(c, hold or s.out)
         except BackendError as e:
             s.settle()
             await s.send(e.raw)

@@ -26,6 +26,9 @@ COM_STMT_CLOSE = 0x19
 COM_STMT_RESET = 0x1A
 COM_SET_OPTION = 0x1B
 COM_STMT_FETCH = 0x1C
+COM_STMT_BULK_EXECUTE = 0xFA  # MariaDB: one prepared statement, many rows of parameters
+BULK_SEND_TYPES = 128  # its flag: parameter types precede the rows
+STMT_LAST_PREPARED = 0xFFFFFFFF  # MariaDB: a statement id meaning "the last one prepared"
 COM_RESET_CONNECTION = 0x1F
 
 # Server status flags
@@ -47,6 +50,7 @@ CLIENT_PS_MULTI_RESULTS = 1 << 18
 CLIENT_SESSION_TRACK = 1 << 23
 CLIENT_DEPRECATE_EOF = 1 << 24
 # MariaDB's extended capabilities (bits 32-63, sent in the handshakes' reserved bytes)
+MARIADB_CLIENT_STMT_BULK_OPERATIONS = 1 << 34
 MARIADB_CLIENT_EXTENDED_METADATA = 1 << 35
 
 # Session state tracker types

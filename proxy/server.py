@@ -272,7 +272,8 @@ class App:
             M.BACKEND_UP.labels(str(cfg.backends.primary), "primary").set(0)
             return
         self.server_version = c.conn.server_version
-        self.ext_offer = P.MARIADB_CLIENT_EXTENDED_METADATA if _has_ext_metadata(c) else 0
+        self.ext_offer = (P.MARIADB_CLIENT_EXTENDED_METADATA | P.MARIADB_CLIENT_STMT_BULK_OPERATIONS
+                          if _has_ext_metadata(c) else 0)
         M.BACKEND_UP.labels(str(cfg.backends.primary), "primary").set(1)
         try:
             BackendConn.catalog = await load_catalog(c)
@@ -423,7 +424,8 @@ class App:
 
 
 def _has_ext_metadata(c: BackendConn) -> bool:
-    """MariaDB sends extended type metadata (JSON, UUID, INET, geometry names) since 10.5.2."""
+    """MariaDB sends extended type metadata (JSON, UUID, INET, geometry names) since 10.5.2
+    (and has had COM_STMT_BULK_EXECUTE since 10.2)."""
     m = re.search(r"(\d+)\.(\d+)\.(\d+)-MariaDB", c.conn.server_version or "")  # after 5.5.5-
     return c.mariadb and m is not None and tuple(map(int, m.groups())) >= (10, 5, 2)
 

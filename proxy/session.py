@@ -82,6 +82,7 @@ class ProxySession(BaseSession):
         self.stmts: dict[int, ClientStmt] = {}
         self.stmt_bytes = 0  # text of self.stmts (prepared.MAX_CLIENT_STMT_BYTES)
         self._next_stmt = 1
+        self.last_stmt: int | None = None  # the last statement prepared (MariaDB id -1)
         self.found_rows = False
         self.backend_caps = 0
         # what this client's OK packets report (tracking.py); None: it did not negotiate
@@ -192,6 +193,7 @@ class ProxySession(BaseSession):
         self.release_slots()
         self.stmts.clear()
         self.stmt_bytes = 0
+        self.last_stmt = None
         self.last_insert_id = 0
         self.pin = None
         if self.track is not None:

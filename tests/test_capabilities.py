@@ -261,3 +261,42 @@ def test_mariadb_connector_follows_the_schema(sandbox: Sandbox, xproxy: ProxyPro
         seen.append(got)
     assert seen[0] == ["shop", "mysql", "shop", False]
     assert seen[1] == seen[0]
+
+
+# ---- MariaDB Connector/Python's binary-protocol features -----------------------------------
+
+def _cursor_rows(port: int) -> Any:
+    """A server-side (read-only) cursor, then executemany as COM_STMT_BULK_EXECUTE with an
+    indicator variable (MariaDB Connector/Python needs the bulk capability for those)."""
+    from mariadb.constants import CURSOR, INDICATOR
+
+    c = _mariadb(port)
+    try:
+        cur = c.cursor()
+        cur.execute("CREATE TEMPORARY TABLE cap_cur (id BIGINT AUTO_INCREMENT PRIMARY KEY, "
+                    "name VARCHAR(64) DEFAULT 'dflt', n INT)")
+        cur.executemany("INSERT INTO cap_cur (name, n) VALUES (?, ?)",
+                        [("foo", 1), ("bar", 2), (INDICATOR.DEFAULT, 3), (None, 4)])
+        bulk = (cur.rowcount, cur.affected_rows, cur.lastrowid)
+        cur.executemany("UPDATE cap_cur SET n = n + ? WHERE id = ?", [(10, 1), (10, 2), (10, 99)])
+        upd = (cur.rowcount, cur.affected_rows)
+        rc = c.cursor(cursor_type=CURSOR.READ_ONLY)
+        rc.execute("SELECT id, name, n FROM cap_cur WHERE id > ? ORDER BY id", (0,))
+        rows = [tuple(r) for r in rc]
+        rc.close()
+        cur.execute("SELECT COUNT(*) FROM cap_cur")
+        return bulk, upd, rows, cur.fetchall()
+    finally:
+        c.close()
+
+
+def test_server_side_cursor_and_bulk_execute(sandbox: Sandbox, xproxy: ProxyProc) -> None:
+    """Both once failed through the proxy (found by running MariaDB Connector/Python's own
+    suite, scripts/compat-mariadb.sh): a COM_STMT_EXECUTE that opens a cursor was answered
+    with nothing (the proxy waited for rows that only COM_STMT_FETCH sends: the client hung),
+    and executemany fell back to one statement per row (affected_rows 1, not 4) because
+    COM_STMT_BULK_EXECUTE was not offered (indicator variables refused)."""
+    want = _cursor_rows(sandbox.primary_port)
+    assert want[0][1] == 4 and want[1][1] == 2
+    for _ in range(2):  # the second time on a pooled connection the statement was not on
+        assert _cursor_rows(xproxy.port) == want

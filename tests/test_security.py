@@ -315,6 +315,24 @@ def test_accounts_from_mysql(sandbox: Sandbox, tmp_path: Path) -> None:
                             "ALTER USER 'buyer'@'%' IDENTIFIED BY 'pw2'")
         assert eventually("buyer", "pw2", "buyer@%") == "buyer@%"  # no restart needed
         assert str(login("buyer", "pw1")).startswith("1045")
+        # at once, not eventually: an unknown account or a password that does not match makes
+        # the proxy read the accounts again before it answers (found by MariaDB
+        # Connector/Python's test_change_user: CREATE USER, then COM_CHANGE_USER to it)
+        sandbox.primary.sql("ALTER USER 'buyer'@'%' IDENTIFIED BY 'pw3'")
+        assert login("buyer", "pw3") == "buyer@%"
+        sandbox.primary.sql("DROP USER IF EXISTS 'fresh'@'%'",
+                            "CREATE USER 'fresh'@'%' IDENTIFIED BY 'f1'",
+                            "GRANT ALL ON shop.* TO 'fresh'@'%'")
+        import mariadb
+        m = mariadb.connect(host="127.0.0.1", port=p.port, user="buyer", password="pw3")
+        m.change_user("fresh", "f1", "shop")
+        assert m.user == "fresh" and m.database == "shop"
+        sandbox.primary.sql("ALTER USER 'fresh'@'%' IDENTIFIED BY 'f2'")
+        m.change_user("fresh", "f2", "")
+        cur = m.cursor()
+        cur.execute("SELECT CURRENT_USER()")
+        assert cur.fetchall() == [("fresh@%",)]
+        m.close()
         try:  # on every server: the CREATE USER replicates, and a replica without the
             for srv in sandbox.servers:  # plugin would stop replicating
                 if not srv.sql("SELECT 1 FROM information_schema.PLUGINS "
