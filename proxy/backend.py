@@ -127,8 +127,10 @@ class BackendConn:
         self.status = P.SERVER_STATUS_AUTOCOMMIT
         self.dirty = False  # state that only a reset clears (user vars, temp tables, locks...)
         self.broken = False
-        # its last statement left warnings or an error its session may still ask about
-        # (SHOW WARNINGS...): the pool reclaims such a soft-held connection last
+        # its diagnostics area may hold warnings or an error (set by a statement that left
+        # some; MySQL keeps them through statements without tables, so only the proxy's own
+        # clearing or a reset takes this back): the pool reclaims such a soft-held connection
+        # last, and another session gets it cleared first (session._fresh)
         self.diag = False
         # Prepared statements by (database at PREPARE, text): MariaDB resolves a statement's
         # tables in the database current when it was prepared.
@@ -421,6 +423,7 @@ class BackendConn:
             raise BackendError(e.code, e.sqlstate, e.message, pkt)
         self.stmts.clear()
         self.dirty = False
+        self.diag = False
         self.status = P.SERVER_STATUS_AUTOCOMMIT
         self.last_insert_id = 0
         await self.init_session()
@@ -479,7 +482,8 @@ class ReplyScanner:
                 if b0 == 0xFE and plen < 9:
                     st = buf[pos + 7] | (buf[pos + 8] << 8) if plen >= 5 else 0
                     self.conn.status = r.status = st
-                    self.conn.diag = plen >= 5 and (buf[pos + 5] or buf[pos + 6]) != 0
+                    if plen >= 5 and (buf[pos + 5] or buf[pos + 6]):
+                        self.conn.diag = True
                     state = 0 if st & P.SERVER_MORE_RESULTS_EXISTS else 9
                 elif b0 == 0xFF:
                     r.err = P.parse_err(bytes(buf[pos + 4 : end]))
@@ -505,7 +509,8 @@ class ReplyScanner:
                 self.conn._track(ok.status, ok)
                 r.ok = ok
                 r.status = ok.status
-                self.conn.diag = ok.warnings != 0
+                if ok.warnings:
+                    self.conn.diag = True
                 r.affected_rows += ok.affected_rows
                 if ok.sysvars:
                     r.sysvars.update(ok.sysvars)

@@ -294,7 +294,17 @@ class ProxySession(BaseSession):
         L.transition(LeaseState.STATEMENT, LeaseReason.ACQUIRED, c, pool)
         self.last_conn = c
         self.state_stale = False
+        await self._fresh(c)
         return c
+
+    async def _fresh(self, c: BackendConn) -> None:
+        """A connection that comes to this session with another session's warnings or error
+        still in its diagnostics area gets it cleared first: MySQL keeps that area across
+        statements without tables (SET, DO, SELECT 1), so this session's SHOW WARNINGS would
+        show the other's."""
+        if c.diag and c is not self.stmt_conn:
+            await c.execute(_CLEAR_DIAGNOSTICS)
+            c.diag = False
 
     def _holds(self) -> bool:
         return bool(self.pin) or self.in_txn
@@ -505,6 +515,7 @@ class ProxySession(BaseSession):
             await L.release(LeaseReason.ROUTE_CHANGE)
         L.transition(LeaseState.STATEMENT, LeaseReason.ACQUIRED, got[0], got[1])
         self.state_stale = False  # the router's acquire applied the session's state
+        await self._fresh(got[0])
         return got
 
     async def _read(
@@ -552,6 +563,7 @@ class ProxySession(BaseSession):
         else:
             c = await self._get_conn()
             await c.execute(_CLEAR_DIAGNOSTICS)
+            c.diag = False
         try:
             r = await run(c, self.out)
         except BackendLost as e:
@@ -569,6 +581,7 @@ class ProxySession(BaseSession):
         await self.lease.release(LeaseReason.READ_ONLY_TXN)
         self.lease.transition(LeaseState.REPLICA_TXN, LeaseReason.READ_ONLY_TXN, got[0], got[1])
         self.state_stale = False
+        await self._fresh(got[0])
         self.app.reads.count(p.read.consistency, got[2], got[1].label)
 
     def _slow(self, shape: Shape, dt: float, route: str, outcome: str) -> None:
