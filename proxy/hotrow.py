@@ -612,10 +612,20 @@ class HotRowEngine:
         return hs, mode, (rs if rs is not None and rs.ok is not None else None)
 
     def _goes_plain(self, hs: HotStmt, in_txn: bool) -> bool:
-        """auto: the key has too little company for a group to pay (AUTO_COMPANY)."""
+        """auto: the key has too little company for a group to pay (AUTO_COMPANY), and no
+        units of it are reserved by open transactions here (escrow.py): a plain UPDATE would
+        see them gone and answer "0 rows" near sell-out, while a group waits for them to come
+        back or be confirmed, as MySQL's row lock would make it wait."""
+        if self._reserved_here(hs.key_id):
+            return False
         ks = self.keys.get(hs.key_id)
         return ks is None or ks.idle() or ks.company() < (
             AUTO_TXN_COMPANY if in_txn else AUTO_COMPANY)
+
+    def _reserved_here(self, key_id: Any) -> bool:
+        """Units of the key are reserved by transactions on this proxy not resolved yet."""
+        ke = self.escrow.keys.get(key_id)
+        return ke is not None and ke.outstanding > 0
 
     def _take_plain(self, session: HotRowMember, hs: HotStmt, mode: str,
                     in_txn: bool) -> KeyState:
@@ -839,9 +849,10 @@ class HotRowEngine:
             if ks.collecting is g:
                 ks.collecting = None
             ks.in_flight += len(g.members)
-            if g.auto and len(g.members) == 1:
+            if g.auto and len(g.members) == 1 and not self._reserved_here(hs.key_id):
                 # Nobody came: the lone member runs its own statement; the key's next group
-                # starts once it is done, as after a group.
+                # starts once it is done, as after a group. (Not past open reservations: the
+                # group waits for them near sell-out, a plain UPDATE would not, _goes_plain.)
                 m = g.members[0]
                 if not m.fut.done():  # (its client may be gone)
                     m.plain_done = loop.create_future()

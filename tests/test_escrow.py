@@ -354,3 +354,49 @@ def test_sold_out_waits_for_another_proxys_reservations(
     settle(sandbox)
     stock, _ = state(sandbox)
     assert stock[61] == 2
+
+
+def test_auto_does_not_run_plain_past_open_reservations(sandbox: Sandbox, tmp_path: Path) -> None:
+    """Mode `auto` runs a lone decrement as it is (no group) on a key without company. But if
+    units of that key are reserved by open transactions on this proxy, a plain UPDATE would
+    see them gone and answer "0 rows" at once, though they may come back: it goes the group's
+    way instead and waits for them, as MySQL's row lock would make it wait."""
+    setup(sandbox, {62: 2})
+    p = start_proxy(tmp_path, make_config(sandbox, hotrow={"mode": "auto"}))
+    merged = "UPDATE /*+ HOTROW(merge) */ inventory SET quantity = quantity - 1 " \
+             "WHERE sku_id = 62 AND quantity >= 1"
+    try:
+        async def run() -> tuple[int, float]:
+            holders = [await app_conn(p.port) for _ in range(2)]
+            buyer = await app_conn(p.port)
+            try:
+                for h in holders:  # both units reserved by open transactions
+                    async with h.cursor() as cur:
+                        await cur.execute("BEGIN")
+                        assert await cur.execute(merged) == 1
+                loop = asyncio.get_running_loop()
+                t0 = loop.time()
+
+                async def buy() -> int:
+                    async with buyer.cursor() as b:  # no hint: auto, and alone on the key
+                        return int(await b.execute(UPD.format(n=1, sku=62)))
+
+                got = asyncio.ensure_future(buy())
+                await asyncio.sleep(1.0)
+                assert not got.done()  # waiting, not told "sold out"
+                async with holders[0].cursor() as cur:
+                    await cur.execute("ROLLBACK")  # one unit comes back
+                async with holders[1].cursor() as cur:
+                    await cur.execute("COMMIT")
+                return await got, loop.time() - t0
+            finally:
+                for c in (*holders, buyer):
+                    c.close()
+
+        rows, waited = asyncio.run(run())
+    finally:
+        p.stop()
+    assert rows == 1 and waited >= 1.0
+    settle(sandbox)
+    stock, _ = state(sandbox)
+    assert stock[62] == 0
