@@ -129,9 +129,12 @@ class BackendConn:
         self.broken = False
         # its diagnostics area may hold warnings or an error (set by a statement that left
         # some; MySQL keeps them through statements without tables, so only the proxy's own
-        # clearing or a reset takes this back): the pool reclaims such a soft-held connection
-        # last, and another session gets it cleared first (session._fresh)
+        # clearing or a reset takes this back): another session gets it cleared first
+        # (session._fresh)
         self.diag = False
+        # its last statement left warnings or an error its session may still ask about (SHOW
+        # WARNINGS...): the pool reclaims such a soft-held connection last
+        self.warned = False
         # Prepared statements by (database at PREPARE, text): MariaDB resolves a statement's
         # tables in the database current when it was prepared.
         self.stmts: OrderedDict[tuple[str | None, str], P.PrepareOk] = OrderedDict()
@@ -423,7 +426,7 @@ class BackendConn:
             raise BackendError(e.code, e.sqlstate, e.message, pkt)
         self.stmts.clear()
         self.dirty = False
-        self.diag = False
+        self.diag = self.warned = False
         self.status = P.SERVER_STATUS_AUTOCOMMIT
         self.last_insert_id = 0
         await self.init_session()
@@ -482,12 +485,13 @@ class ReplyScanner:
                 if b0 == 0xFE and plen < 9:
                     st = buf[pos + 7] | (buf[pos + 8] << 8) if plen >= 5 else 0
                     self.conn.status = r.status = st
-                    if plen >= 5 and (buf[pos + 5] or buf[pos + 6]):
-                        self.conn.diag = True
+                    w = plen >= 5 and (buf[pos + 5] or buf[pos + 6]) != 0
+                    self.conn.warned = w
+                    self.conn.diag |= w
                     state = 0 if st & P.SERVER_MORE_RESULTS_EXISTS else 9
                 elif b0 == 0xFF:
                     r.err = P.parse_err(bytes(buf[pos + 4 : end]))
-                    self.conn.diag = True
+                    self.conn.diag = self.conn.warned = True
                     state = 9
                 else:
                     r.rows += 1
@@ -509,8 +513,8 @@ class ReplyScanner:
                 self.conn._track(ok.status, ok)
                 r.ok = ok
                 r.status = ok.status
-                if ok.warnings:
-                    self.conn.diag = True
+                self.conn.warned = ok.warnings != 0
+                self.conn.diag |= self.conn.warned
                 r.affected_rows += ok.affected_rows
                 if ok.sysvars:
                     r.sysvars.update(ok.sysvars)
@@ -528,7 +532,7 @@ class ReplyScanner:
                 state = 0 if ok.status & P.SERVER_MORE_RESULTS_EXISTS else 9
             elif b0 == 0xFF:
                 r.err = P.parse_err(bytes(buf[pos + 4 : end]))
-                self.conn.diag = True
+                self.conn.diag = self.conn.warned = True
                 state = 9
             elif b0 == 0xFB:  # LOAD DATA LOCAL INFILE: MySQL asks the client for a file
                 r.local_infile = True

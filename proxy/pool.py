@@ -182,7 +182,7 @@ class Pool:
         can only be shown an empty diagnostics area."""
         if not self.soft:
             return None
-        c = min(self.soft, key=lambda x: (x.key != key, x.diag))
+        c = min(self.soft, key=lambda x: (x.key != key, x.warned))
         owner = self.soft.pop(c)
         owner.reclaimed(c)
         if c.key != key:

@@ -304,7 +304,7 @@ class ProxySession(BaseSession):
         show the other's."""
         if c.diag and c is not self.stmt_conn:
             await c.execute(_CLEAR_DIAGNOSTICS)
-            c.diag = False
+            c.diag = c.warned = False
 
     def _holds(self) -> bool:
         return bool(self.pin) or self.in_txn
@@ -563,7 +563,7 @@ class ProxySession(BaseSession):
         else:
             c = await self._get_conn()
             await c.execute(_CLEAR_DIAGNOSTICS)
-            c.diag = False
+            c.diag = c.warned = False
         try:
             r = await run(c, self.out)
         except BackendLost as e:
