@@ -86,14 +86,15 @@ def coldefs(s: ProxySession, coldef: bytes) -> bytes:
 
 
 async def answer(s: ProxySession, cols_rows: list[tuple[str, str | None]],
-                  coldef: Callable[[str], bytes] = P.column_def) -> None:
-    """A one-row result set the proxy answers itself."""
+                 coldef: Callable[[str], bytes] = P.column_def, binary: bool = False) -> None:
+    """A one-row result set the proxy answers itself (`binary`: for a prepared statement)."""
     assert s.connection is not None
     stream = s.connection.stream
-    stream.write_many([P.enc_lenenc_int(len(cols_rows)),
-                       *[coldefs(s, coldef(n)) for n, _ in cols_rows],
-                       P.make_eof(s.status), P.text_row([v for _, v in cols_rows]),
-                       P.make_eof(s.status)])
+    defs = [coldef(n) for n, _ in cols_rows]
+    values = [v for _, v in cols_rows]
+    row = P.binary_row(defs, values) if binary else P.text_row(values)
+    stream.write_many([P.enc_lenenc_int(len(cols_rows)), *[coldefs(s, d) for d in defs],
+                       P.make_eof(s.status), row, P.make_eof(s.status)])
     await stream.drain()
 
 

@@ -37,6 +37,10 @@ class Route(Enum):
     PRIMARY = "primary"
 
 
+# SELECTs the proxy answers itself, in either protocol (session.answer_local)
+LOCAL_ANSWERS = frozenset({Route.LOCAL_GTID, Route.LOCAL_CONN_ID, Route.LOCAL_ROW_COUNT})
+
+
 class Track(Enum):
     NONE = "none"
     AUTOCOMMIT = "autocommit"  # START TRANSACTION, the statement, an outcome record, COMMIT

@@ -13,7 +13,7 @@ from . import tracked
 from .backend import BackendConn, BufferWriter, Relayed
 from .classify import Shape, classify
 from .errors import ER_UNKNOWN_STMT_HANDLER, BackendError, BackendLost, ProxyError
-from .plan import Plan, Track, plan
+from .plan import LOCAL_ANSWERS, Plan, Track, plan
 
 if TYPE_CHECKING:
     from .session import ProxySession
@@ -48,7 +48,9 @@ async def prepare(s: ProxySession, payload: bytes) -> None:
     try:
         await c.command(payload)
         first = await c.read_packet()
+        s.stmt_conn = c  # the client's last command ran there (ROW_COUNT() is 0, its errors)
         if first[0] == 0xFF:
+            c.diag = c.warned = True
             await s.send(first)
             return
         pok = P.parse_prepare_ok(first)
@@ -115,6 +117,9 @@ async def execute(s: ProxySession, payload: bytes) -> None:
     if parts.bound:
         st.types = parts.types
     p = plan(st.shape, s, s.app.policy, cursor=bool(parts.flags & 0x01))
+    if p.route in LOCAL_ANSWERS:  # e.g. CONNECTION_ID(): the id of the client's handshake
+        await s.answer_local(p, binary=True)
+        return
     await s._run_plan(p, st.shape, lambda c, out: run_execute_on(s, c, st, parts, out),
                          lambda q: execute_on_primary(s, st, parts, q),
                          lambda fwd: s.app.hotrow.intercept_execute(s, st, parts, fwd),

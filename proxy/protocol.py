@@ -237,6 +237,29 @@ def client_ext_caps(response: bytes) -> int:
     return int.from_bytes(response[28:32], "little") << 32
 
 
+def binary_row(coldefs: list[bytes], values: list[str | None]) -> bytes:
+    """A binary-protocol result row (COM_STMT_EXECUTE) for column definitions the proxy built
+    (`column_def*`: integers and strings)."""
+    bitmap = bytearray((len(values) + 7 + 2) // 8)
+    out = bytearray()
+    for i, (d, v) in enumerate(zip(coldefs, values, strict=True)):
+        if v is None:
+            bitmap[(i + 2) // 8] |= 1 << ((i + 2) % 8)
+            continue
+        pos = 0
+        for _ in range(6):
+            _, pos = lenenc_str(d, pos)
+        typ, flags = d[pos + 7], struct.unpack_from("<H", d, pos + 8)[0]
+        unsigned = bool(flags & 0x20)
+        if typ == 0x03:
+            out += struct.pack("<I" if unsigned else "<i", int(v))
+        elif typ == 0x08:
+            out += struct.pack("<Q" if unsigned else "<q", int(v))
+        else:
+            out += enc_lenenc_str(v.encode())
+    return b"\0" + bytes(bitmap) + bytes(out)
+
+
 def text_row(values: list[str | None]) -> bytes:
     return b"".join(b"\xfb" if v is None else enc_lenenc_str(v.encode()) for v in values)
 

@@ -36,7 +36,7 @@ from .errors import (
 from .escrow import Reservation
 from .fastlane import FastLane
 from .lease import Lease, LeaseState
-from .plan import Plan, Route, Track, plan
+from .plan import LOCAL_ANSWERS, Plan, Route, Track, plan
 from .state import LOGIN_NAMES, Answered, Names, Wanted, absorb, split_reported
 from .tracking import Tracking
 from .wire import ClientIO
@@ -402,20 +402,8 @@ class ProxySession(BaseSession):
         if p.route is Route.LOCAL_SET:
             await local.local_set(self, shape, sql, payload)
             return
-        if p.route in (Route.LOCAL_GTID, Route.LOCAL_CONN_ID, Route.LOCAL_ROW_COUNT):
-            if p.route is Route.LOCAL_GTID:
-                await local.answer(self, [("@@last_gtid", self.last_gtid or "")])
-            elif p.route is Route.LOCAL_CONN_ID:
-                assert self.connection is not None
-                mariadb = "MariaDB" in self.app.server_version
-                await local.answer(self, [("CONNECTION_ID()", str(self.connection.connection_id))],
-                                   lambda n: P.column_def_uint(n, mariadb))
-            else:
-                await local.answer(self, [("ROW_COUNT()", str(self.answered_rows))],
-                                   P.column_def_int)
-            # A SELECT the proxy answered: as after any SELECT, ROW_COUNT() is now -1; the
-            # warnings stay the previous statement's (a SELECT without tables keeps them).
-            self._row_count_local = -1
+        if p.route in LOCAL_ANSWERS:
+            await self.answer_local(p)
             return
         if p.route is Route.SSL_STATUS:
             if await local.ssl_status(self, sql):
@@ -429,6 +417,23 @@ class ProxySession(BaseSession):
         await self._run_plan(p, shape, lambda c, out: self._run_on(c, payload, out, shape),
                              lambda q: self._forward(payload, shape, q),
                              lambda fwd: self.app.hotrow.intercept(self, sql, shape, fwd), sql)
+
+    async def answer_local(self, p: Plan, binary: bool = False) -> None:
+        """A SELECT the proxy answers itself (LOCAL_ANSWERS), in the text protocol or, for a
+        prepared statement, the binary one."""
+        if p.route is Route.LOCAL_GTID:
+            await local.answer(self, [("@@last_gtid", self.last_gtid or "")], binary=binary)
+        elif p.route is Route.LOCAL_CONN_ID:
+            assert self.connection is not None
+            mariadb = "MariaDB" in self.app.server_version
+            await local.answer(self, [("CONNECTION_ID()", str(self.connection.connection_id))],
+                               lambda n: P.column_def_uint(n, mariadb), binary=binary)
+        else:
+            await local.answer(self, [("ROW_COUNT()", str(self.answered_rows))],
+                               P.column_def_int, binary=binary)
+        # A SELECT the proxy answered: as after any SELECT, ROW_COUNT() is now -1; the
+        # warnings stay the previous statement's (a SELECT without tables keeps them).
+        self._row_count_local = -1
 
     async def _run_plan(
         self, p: Plan, shape: Shape,

@@ -465,3 +465,35 @@ def test_a_deadlock_ends_the_transaction(sandbox: Sandbox, tproxy: ProxyProc) ->
         other.close()
     assert got[0][0] == ("err", 1213)
     assert got[1] == got[0]
+
+
+def test_answers_the_proxy_gives_in_the_binary_protocol(sandbox: Sandbox,
+                                                        tproxy: ProxyProc) -> None:
+    """`SELECT CONNECTION_ID()`, `ROW_COUNT()`, `@@last_gtid` as server-side prepared
+    statements (mysql-connector `prepared=True`): the proxy answers them as it does in the text
+    protocol, in binary rows (CONNECTION_ID() came from the backend thread before), and a
+    prepared statement's PREPARE is the client's last command (ROW_COUNT() 0, its error in
+    SHOW WARNINGS)."""
+    import mysql.connector
+
+    got = []
+    for port in (sandbox.primary_port, tproxy.port):
+        c = mysql.connector.connect(host="127.0.0.1", port=port, user="app", password="app",
+                                    database="shop")
+        cur = c.cursor(prepared=True)
+        cur.execute("SELECT CONNECTION_ID()")
+        ids = cur.fetchall()
+        assert ids == [(c.connection_id,)]
+        seen: list[Any] = [cur.description]
+        for sql in ("SELECT ROW_COUNT()", "SELECT @@last_gtid"):
+            cur.execute(sql)
+            seen.append((cur.fetchall(), cur.description))
+        with pytest.raises(mysql.connector.Error) as ei:
+            cur.execute("SELECT * FROM no_such_table")
+        seen.append(ei.value.errno)
+        t = c.cursor()
+        t.execute("SHOW WARNINGS")
+        seen.append(t.fetchall())
+        c.close()
+        got.append(seen)
+    assert got[1] == got[0]
