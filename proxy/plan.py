@@ -105,7 +105,24 @@ _PROXY_VAR = re.compile(
     r"SET\s+(?:SESSION\s+|@@SESSION\.|@@)?(?:read_after_gtid|read_consistency)\s*=\s*\?", re.I)
 _NAMES = re.compile(r"SET\s+NAMES\s+('?\w+'?|`\w+`)(?:\s+COLLATE\s+('?\w+'?|`\w+`))?", re.I)
 _TRACK_VAR = re.compile(r"\bsession_track_", re.I)
-_CONN_ID = re.compile(r"SELECT\s+CONNECTION_ID\s*\(\s*\)", re.I)
+# SELECT CONNECTION_ID() [[AS] alias]: the column is named as MySQL would name it
+_CONN_ID = re.compile(
+    r"SELECT\s+(?P<item>CONNECTION_ID\s*\(\s*\))"
+    r"(?:\s+(?:AS\s+)?(?P<alias>`(?:[^`]|``)+`|[A-Za-z_$][\w$]*))??(?:\s+FROM\s+DUAL)?",
+    re.I)
+_KEYWORDS_AFTER = frozenset({"FROM", "LIMIT", "FOR", "INTO", "WHERE", "UNION", "ORDER",
+                             "GROUP", "HAVING", "LOCK", "PROCEDURE", "WINDOW"})
+
+
+def conn_id_alias(shape: Shape) -> str:
+    """The column name of a `SELECT CONNECTION_ID() [[AS] alias]` the proxy answers."""
+    m = _CONN_ID.fullmatch(shape.digest)
+    if m is None:
+        return "CONNECTION_ID()"
+    a = m.group("alias")
+    if not a:
+        return m.group("item")  # as the client wrote it (MySQL names the column so)
+    return a[1:-1].replace("``", "`") if a.startswith("`") else a
 _ROW_COUNT = re.compile(r"SELECT\s+ROW_COUNT\s*\(\s*\)", re.I)
 _STATUS_LIKE = re.compile(r"SHOW\s+(?:SESSION\s+|LOCAL\s+)?STATUS\s+LIKE\s+\?", re.I)
 KILL = re.compile(r"KILL\s+(?:(CONNECTION|QUERY)\s+)?(\d+)", re.I)  # on the raw text
@@ -148,7 +165,8 @@ def plan(shape: Shape, s: SessionView, policy: Policy, cursor: bool = False,
             return Plan(Route.LOCAL_SET)
     if verb == "SELECT" and LAST_GTID.fullmatch(shape.digest):
         return Plan(Route.LOCAL_GTID)
-    if verb == "SELECT" and _CONN_ID.fullmatch(shape.digest):
+    if verb == "SELECT" and (m := _CONN_ID.fullmatch(shape.digest)) is not None and (
+            (m.group("alias") or "").upper() not in _KEYWORDS_AFTER):
         return Plan(Route.LOCAL_CONN_ID)
     if verb == "SELECT" and s.answered_rows is not None and _ROW_COUNT.fullmatch(shape.digest):
         return Plan(Route.LOCAL_ROW_COUNT)

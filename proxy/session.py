@@ -36,7 +36,7 @@ from .errors import (
 from .escrow import Reservation
 from .fastlane import FastLane
 from .lease import Lease, LeaseState
-from .plan import LOCAL_ANSWERS, Plan, Route, Track, plan
+from .plan import LOCAL_ANSWERS, Plan, Route, Track, conn_id_alias, plan
 from .state import LOGIN_NAMES, Answered, Names, Wanted, absorb, split_reported
 from .tracking import Tracking
 from .wire import ClientIO
@@ -403,7 +403,7 @@ class ProxySession(BaseSession):
             await local.local_set(self, shape, sql, payload)
             return
         if p.route in LOCAL_ANSWERS:
-            await self.answer_local(p)
+            await self.answer_local(p, shape)
             return
         if p.route is Route.SSL_STATUS:
             if await local.ssl_status(self, sql):
@@ -418,7 +418,7 @@ class ProxySession(BaseSession):
                              lambda q: self._forward(payload, shape, q),
                              lambda fwd: self.app.hotrow.intercept(self, sql, shape, fwd), sql)
 
-    async def answer_local(self, p: Plan, binary: bool = False) -> None:
+    async def answer_local(self, p: Plan, shape: Shape, binary: bool = False) -> None:
         """A SELECT the proxy answers itself (LOCAL_ANSWERS), in the text protocol or, for a
         prepared statement, the binary one."""
         if p.route is Route.LOCAL_GTID:
@@ -426,7 +426,7 @@ class ProxySession(BaseSession):
         elif p.route is Route.LOCAL_CONN_ID:
             assert self.connection is not None
             mariadb = "MariaDB" in self.app.server_version
-            await local.answer(self, [("CONNECTION_ID()", str(self.connection.connection_id))],
+            await local.answer(self, [(conn_id_alias(shape), str(self.connection.connection_id))],
                                lambda n: P.column_def_uint(n, mariadb), binary=binary)
         else:
             await local.answer(self, [("ROW_COUNT()", str(self.answered_rows))],

@@ -15,7 +15,7 @@ from proxy import protocol as P
 from proxy.classify import classify
 from proxy.fastlane import FastLane
 from proxy.lease import Lease, LeaseState
-from proxy.plan import Plan, Policy, Route, Track, plan
+from proxy.plan import Plan, Policy, Route, Track, conn_id_alias, plan
 from proxy.state import (
     LOGIN_NAMES,
     Catalog,
@@ -94,6 +94,11 @@ TABLE: list[tuple[str, dict[str, Any], Policy, Route, Track, bool, bool]] = [
     ("SHOW SESSION STATUS LIKE 'Handler%'", {}, FULL, Route.DIAG, Track.NONE, False, False),
     ("SELECT ROW_COUNT()", {}, FULL, Route.DIAG, Track.NONE, False, True),
     ("SELECT CONNECTION_ID()", {}, FULL, Route.LOCAL_CONN_ID, Track.NONE, False, False),
+    ("select connection_id() AS `my id` FROM DUAL", {}, FULL, Route.LOCAL_CONN_ID, Track.NONE,
+     False, False),
+    ("SELECT CONNECTION_ID() cid", {}, FULL, Route.LOCAL_CONN_ID, Track.NONE, False, False),
+    ("SELECT CONNECTION_ID() FROM", {}, FULL, Route.PRIMARY, Track.NONE, False, True),
+    ("SELECT CONNECTION_ID() + 0", {}, FULL, Route.PRIMARY, Track.NONE, False, True),
     # after a merged UPDATE the proxy knows ROW_COUNT(); otherwise the last statement's connection does
     ("SELECT ROW_COUNT()", {"answered_rows": 1}, FULL, Route.LOCAL_ROW_COUNT, Track.NONE, False, False),
     ("SELECT ROW_COUNT()", {}, FULL, Route.DIAG, Track.NONE, False, True),
@@ -326,3 +331,15 @@ def test_router_and_lane_share_one_rotation_test() -> None:
             r, pool = router(weight, up)
             chosen = bool(r.candidates(consistency))
             assert chosen == r.ready_now(pool, rp, None) == (weight > 0 and up)
+
+
+@pytest.mark.parametrize("sql,name", [
+    ("SELECT CONNECTION_ID()", "CONNECTION_ID()"),
+    ("select connection_id( )", "connection_id( )"),
+    ("SELECT CONNECTION_ID() AS id", "id"),
+    ("SELECT CONNECTION_ID() `a``b`", "a`b"),
+    ("SELECT CONNECTION_ID() AS x FROM DUAL", "x"),
+])
+def test_connection_id_column_name(sql: str, name: str) -> None:
+    """Named as MySQL names it: the alias, else the item as the client wrote it."""
+    assert conn_id_alias(classify(sql)) == name

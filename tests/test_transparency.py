@@ -497,3 +497,20 @@ def test_answers_the_proxy_gives_in_the_binary_protocol(sandbox: Sandbox,
         c.close()
         got.append(seen)
     assert got[1] == got[0]
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT CONNECTION_ID()", "select connection_id()", "SELECT CONNECTION_ID() AS id",
+    "SELECT CONNECTION_ID() `my id`", "SELECT CONNECTION_ID() FROM DUAL",
+])
+def test_connection_id_forms(sandbox: Sandbox, tproxy: ProxyProc, sql: str) -> None:
+    """The forms the proxy answers with the handshake's id: the column described as MariaDB
+    describes it (name from the alias or the text as written)."""
+    got = []
+    for c in _both(sandbox, tproxy):
+        with c.cursor() as cur:
+            cur.execute(sql)
+            assert cur.fetchall() == ((c.thread_id(),),)
+            got.append(cur.description)
+        c.close()
+    assert got[1] == got[0]
