@@ -19,7 +19,7 @@ from mysql_mimic.connection import Connection
 from mysql_mimic.stream import ConnectionClosed, MysqlStream
 from mysql_mimic.types import Capabilities, ServerStatus
 
-from . import prepared
+from . import prepared, tracking
 from . import protocol as P
 from .backend import BackendConn
 from .errors import (
@@ -282,7 +282,8 @@ class ProxyConnection(Connection):
         await self.session.init(self)
         refusal: bytes | None = await check()
         if refusal is None:
-            self.stream.rewrite_next = self.session.login_ok  # its session-state block
+            s = self.session  # its session-state block
+            self.stream.rewrite_next = lambda ok: tracking.login_ok(ok, s.track, s.database)
         return refusal
 
     def arm_idle_timer(self) -> None:

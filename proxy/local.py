@@ -14,7 +14,7 @@ from .config import CONSISTENCY
 from .errors import BackendError, BackendLost, ProxyError
 from .gtid import GtidError
 from .gtid import parse as gtid_parse
-from .plan import KILL, names_of
+from .plan import KILL, Plan, Route, conn_id_alias, names_of
 from .state import NAMES_VARS, Names
 
 if TYPE_CHECKING:
@@ -83,6 +83,23 @@ def coldefs(s: ProxySession, coldef: bytes) -> bytes:
     if s.backend_caps & P.MARIADB_CLIENT_EXTENDED_METADATA:
         return P.coldef_ext(coldef)
     return coldef
+
+
+async def answer_local(s: ProxySession, p: Plan, shape: Shape, binary: bool = False) -> None:
+    """A SELECT the proxy answers itself (plan.LOCAL_ANSWERS), in the text protocol or, for a
+    prepared statement, the binary one."""
+    if p.route is Route.LOCAL_GTID:
+        await answer(s, [("@@last_gtid", s.last_gtid or "")], binary=binary)
+    elif p.route is Route.LOCAL_CONN_ID:
+        assert s.connection is not None
+        mariadb = "MariaDB" in s.app.server_version
+        await answer(s, [(conn_id_alias(shape), str(s.connection.connection_id))],
+                     lambda n: P.column_def_uint(n, mariadb), binary=binary)
+    else:
+        await answer(s, [("ROW_COUNT()", str(s.answered_rows))], P.column_def_int, binary=binary)
+    # A SELECT the proxy answered: as after any SELECT, ROW_COUNT() is now -1; the warnings
+    # stay the previous statement's (a SELECT without tables keeps them).
+    s.row_count_local = -1
 
 
 async def answer(s: ProxySession, cols_rows: list[tuple[str, str | None]],

@@ -8,8 +8,8 @@ import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from . import local, tracked
 from . import protocol as P
-from . import tracked
 from .backend import BackendConn, BufferWriter, Relayed
 from .classify import Shape, classify
 from .errors import ER_UNKNOWN_STMT_HANDLER, BackendError, BackendLost, ProxyError
@@ -118,7 +118,7 @@ async def execute(s: ProxySession, payload: bytes) -> None:
         st.types = parts.types
     p = plan(st.shape, s, s.app.policy, cursor=bool(parts.flags & 0x01))
     if p.route in LOCAL_ANSWERS:  # e.g. CONNECTION_ID(): the id of the client's handshake
-        await s.answer_local(p, st.shape, binary=True)
+        await local.answer_local(s, p, st.shape, binary=True)
         return
     await s._run_plan(p, st.shape, lambda c, out: run_execute_on(s, c, st, parts, out),
                          lambda q: execute_on_primary(s, st, parts, q),

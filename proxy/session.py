@@ -36,7 +36,7 @@ from .errors import (
 from .escrow import Reservation
 from .fastlane import FastLane
 from .lease import Lease, LeaseState
-from .plan import LOCAL_ANSWERS, Plan, Route, Track, conn_id_alias, plan
+from .plan import LOCAL_ANSWERS, Plan, Route, Track, plan
 from .state import LOGIN_NAMES, Answered, Names, Wanted, absorb, split_reported
 from .tracking import Tracking
 from .wire import ClientIO
@@ -66,7 +66,7 @@ class ProxySession(BaseSession):
         self._stmt_conn: BackendConn | Answered | None = None
         # ROW_COUNT() after a SELECT the proxy answered itself (-1, as after any SELECT); the
         # warnings stay those of the statement before (a SELECT without tables keeps them)
-        self._row_count_local: int | None = None
+        self.row_count_local: int | None = None
         self.last_conn: BackendConn | None = None
         self.pin: str | None = None
         self.replica_vars: set[str] = set()  # user variables named in a replica RO transaction
@@ -135,15 +135,6 @@ class ProxySession(BaseSession):
             return None  # MySQL unreachable now: the first statement reports it
         self.settle()
         return None
-
-    def login_ok(self, ok: bytes) -> bytes:
-        """The login OK as MariaDB sends it to a client that tracks its schema: with the
-        database it connected to."""
-        if self.track is None or not self.database or not self.track.schema or ok[:1] != b"\x00":
-            return ok
-        o = P.parse_ok(ok, False)
-        return P.make_ok(o.affected_rows, o.last_insert_id, o.status, o.warnings, o.info,
-                         state=self.track.block((), self.database, False))
 
     async def close(self) -> None:
         if self.lane is not None:
@@ -221,12 +212,12 @@ class ProxySession(BaseSession):
     @stmt_conn.setter
     def stmt_conn(self, c: BackendConn | Answered | None) -> None:
         self._stmt_conn = c
-        self._row_count_local = None
+        self.row_count_local = None
 
     @property
     def answered_rows(self) -> int | None:
-        if self._row_count_local is not None:
-            return self._row_count_local
+        if self.row_count_local is not None:
+            return self.row_count_local
         c = self._stmt_conn
         return c.rows if isinstance(c, Answered) else None
 
@@ -403,7 +394,7 @@ class ProxySession(BaseSession):
             await local.local_set(self, shape, sql, payload)
             return
         if p.route in LOCAL_ANSWERS:
-            await self.answer_local(p, shape)
+            await local.answer_local(self, p, shape)
             return
         if p.route is Route.SSL_STATUS:
             if await local.ssl_status(self, sql):
@@ -417,23 +408,6 @@ class ProxySession(BaseSession):
         await self._run_plan(p, shape, lambda c, out: self._run_on(c, payload, out, shape),
                              lambda q: self._forward(payload, shape, q),
                              lambda fwd: self.app.hotrow.intercept(self, sql, shape, fwd), sql)
-
-    async def answer_local(self, p: Plan, shape: Shape, binary: bool = False) -> None:
-        """A SELECT the proxy answers itself (LOCAL_ANSWERS), in the text protocol or, for a
-        prepared statement, the binary one."""
-        if p.route is Route.LOCAL_GTID:
-            await local.answer(self, [("@@last_gtid", self.last_gtid or "")], binary=binary)
-        elif p.route is Route.LOCAL_CONN_ID:
-            assert self.connection is not None
-            mariadb = "MariaDB" in self.app.server_version
-            await local.answer(self, [(conn_id_alias(shape), str(self.connection.connection_id))],
-                               lambda n: P.column_def_uint(n, mariadb), binary=binary)
-        else:
-            await local.answer(self, [("ROW_COUNT()", str(self.answered_rows))],
-                               P.column_def_int, binary=binary)
-        # A SELECT the proxy answered: as after any SELECT, ROW_COUNT() is now -1; the
-        # warnings stay the previous statement's (a SELECT without tables keeps them).
-        self._row_count_local = -1
 
     async def _run_plan(
         self, p: Plan, shape: Shape,

@@ -87,3 +87,13 @@ class Tracking:
         if ok.gtid_var and ok.gtid is not None:
             items.append(("last_gtid", ok.gtid))
         return self.block(items, ok.schema, ok.state_changed)
+
+
+def login_ok(ok: bytes, track: Tracking | None, database: str | None) -> bytes:
+    """The login OK as MariaDB sends it to a client that tracks its schema: with the database
+    it connected to."""
+    if track is None or not database or not track.schema or ok[:1] != b"\x00":
+        return ok
+    o = P.parse_ok(ok, False)
+    return P.make_ok(o.affected_rows, o.last_insert_id, o.status, o.warnings, o.info,
+                     state=track.block((), database, False))
