@@ -315,6 +315,7 @@ class Shape:
     replica_ok: str | None = None  # None: may read from a replica; else why not
     lane: str = ""  # what the fast lane (fastlane.py) may run: read, write, begin, commit, rollback
     diag: bool = False  # reads the diagnostics of the session's previous statement
+    conn_id: bool = False  # a write or SET that calls CONNECTION_ID(): with_conn_id() first
 
     @property
     def is_write(self) -> bool:
@@ -340,6 +341,7 @@ def _shape_of(dg: str) -> Shape:
             break
     hints = parse_hints(dg)
     multi = ";" in dg
+    conn_id = verb in _CONN_ID_VERBS and "CONNECTION_ID" in dg.upper()
     return Shape(
         digest=dg,
         verb=verb,
@@ -351,8 +353,25 @@ def _shape_of(dg: str) -> Shape:
         # a statement that pins must run where the session's state is: never on a replica
         replica_ok=_replica_reason(verb, dg) or pin,
         diag=bool(_DIAG.search(dg)),
-        lane=_lane(verb, dg) if pin is None and not hints and not multi else "",
+        lane=_lane(verb, dg) if pin is None and not hints and not multi and not conn_id else "",
+        conn_id=conn_id,
     )
+
+
+# CONNECTION_ID() in statements that return no result set is the client's id (the one of its
+# handshake, SHOW PROCESSLIST and KILL through the proxy), not the backend thread's: an audit
+# row or a SET gets it as a literal. (In a SELECT's column list the literal would rename the
+# column, so SELECTs keep the backend's, except the forms the plan answers itself.)
+_CONN_ID_VERBS = frozenset({"INSERT", "REPLACE", "UPDATE", "DELETE", "SET", "DO"})
+_CONN_ID_TEXT = re.compile(
+    rf"(?P<skip>{_STR}|`(?:[^`]|``)*`|/\*(?!!|M!).*?\*/|--[ \t][^\n]*|#[^\n]*)"
+    r"|(?<![\w$.`])(?P<call>CONNECTION_ID\s*\(\s*\))", re.S | re.I)
+
+
+def with_conn_id(sql: str, conn_id: int) -> str:
+    """`sql` with each CONNECTION_ID() call outside strings, quoted identifiers and comments
+    (executable comments are text) replaced by `conn_id`."""
+    return _CONN_ID_TEXT.sub(lambda m: str(conn_id) if m.group("call") else m.group(0), sql)
 
 
 # Statements about the previous statement (its warnings, errors, counters): they belong on the

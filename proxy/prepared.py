@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from . import local, tracked
 from . import protocol as P
 from .backend import BackendConn, BufferWriter, Relayed
-from .classify import Shape, classify
+from .classify import Shape, classify, with_conn_id
 from .errors import ER_UNKNOWN_STMT_HANDLER, BackendError, BackendLost, ProxyError
 from .plan import LOCAL_ANSWERS, Plan, Track, plan
 
@@ -43,6 +43,9 @@ async def run_execute_on(s: ProxySession, c: BackendConn, st: ClientStmt, parts:
 
 async def prepare(s: ProxySession, payload: bytes) -> None:
     sql = payload[1:].decode("utf-8", "surrogateescape")
+    if classify(sql).conn_id and s.connection is not None:  # its client's id, not a thread's
+        sql = with_conn_id(sql, s.connection.connection_id)
+        payload = payload[:1] + sql.encode("utf-8", "surrogateescape")
     s.last_stmt = None  # until this one is prepared (MariaDB's statement id -1)
     c = await s._get_conn()
     try:

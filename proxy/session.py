@@ -25,7 +25,7 @@ from . import infile, local, tracked, tracking, uservars
 from . import metrics as M
 from . import protocol as P
 from .backend import BackendConn, BufferWriter, Relayed
-from .classify import Shape, classify, parse_hints
+from .classify import Shape, classify, parse_hints, with_conn_id
 from .errors import (
     CR_SERVER_LOST,
     BackendError,
@@ -390,6 +390,9 @@ class ProxySession(BaseSession):
         sql = payload[1:].decode("utf-8", "surrogateescape")
         shape = classify(sql)
         p = plan(shape, self, self.app.policy)
+        if shape.conn_id and self.connection is not None:
+            sql = with_conn_id(sql, self.connection.connection_id)
+            payload = payload[:1] + sql.encode("utf-8", "surrogateescape")
         if p.route is Route.LOCAL_SET:
             await local.local_set(self, shape, sql, payload)
             return

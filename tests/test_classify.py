@@ -6,7 +6,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.classify import classify, digest, hot_template, parse_hints, statement_values
+from proxy.classify import (
+    classify,
+    digest,
+    hot_template,
+    parse_hints,
+    statement_values,
+    with_conn_id,
+)
 from proxy.config import HotRowRule
 from proxy.hotrow import Member, allocate, bind
 
@@ -226,3 +233,40 @@ def test_hot_keys_are_bounded_by_their_record_size(key: str) -> None:
     sql = "UPDATE inventory SET quantity = quantity - 1 WHERE sku_id = ? AND quantity > 0"
     hs = bind(classify(sql).hot, statement_values(sql, [key]), "shop", RULES)  # type: ignore[arg-type]
     assert (hs is not None) == (len(_sql_literal(key)) <= MAX_KEY_SQL)
+
+
+# ---- CONNECTION_ID() in writes: the client's id as a literal ------------------------------
+
+WITH_CONN_ID = [
+    ("INSERT INTO t VALUES (CONNECTION_ID())", "INSERT INTO t VALUES (42)"),
+    ("SET @x = connection_id( )", "SET @x = 42"),
+    ("UPDATE t SET a = shop.connection_id() WHERE b = CONNECTION_ID()",
+     "UPDATE t SET a = shop.connection_id() WHERE b = 42"),  # a stored function keeps its name
+    ("DO /*!50000 CONNECTION_ID() */ 1", "DO /*!50000 42 */ 1"),  # executable comments run
+    ("INSERT INTO t VALUES ('CONNECTION_ID()', \"x CONNECTION_ID()\", `CONNECTION_ID()`)",
+     "INSERT INTO t VALUES ('CONNECTION_ID()', \"x CONNECTION_ID()\", `CONNECTION_ID()`)"),
+    ("DELETE FROM t /* CONNECTION_ID() */ WHERE c = CONNECTION_ID() -- CONNECTION_ID()\n",
+     "DELETE FROM t /* CONNECTION_ID() */ WHERE c = 42 -- CONNECTION_ID()\n"),
+    ("INSERT INTO t VALUES ('it\\'s', CONNECTION_ID())", "INSERT INTO t VALUES ('it\\'s', 42)"),
+]
+
+
+@pytest.mark.parametrize("sql,want", WITH_CONN_ID)
+def test_with_conn_id(sql: str, want: str) -> None:
+    assert with_conn_id(sql, 42) == want
+
+
+_SEGMENTS = st.sampled_from([
+    "'CONNECTION_ID()'", "'a''b CONNECTION_ID()'", '"CONNECTION_ID()"', "`CONNECTION_ID()`",
+    "/* CONNECTION_ID() */", "-- CONNECTION_ID()\n", "# CONNECTION_ID()\n", " ", ", ", "x",
+    "CONNECTION_ID()", "connection_id( )", "f(1)", "(", ")", "=",
+])
+
+
+@given(st.lists(_SEGMENTS, max_size=12))
+def test_with_conn_id_touches_only_calls(parts: list[str]) -> None:
+    """Whatever surrounds them, only the calls change: never a string, a quoted name or a
+    comment (each segment stands alone: a call glued to a word is that word's)."""
+    sql = " ".join(parts)
+    want = " ".join("7" if p.lower().replace(" ", "") == "connection_id()" else p for p in parts)
+    assert with_conn_id(sql, 7) == want

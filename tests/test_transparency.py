@@ -514,3 +514,28 @@ def test_connection_id_forms(sandbox: Sandbox, tproxy: ProxyProc, sql: str) -> N
             got.append(cur.description)
         c.close()
     assert got[1] == got[0]
+
+
+def test_connection_id_in_writes_is_the_clients(sandbox: Sandbox, tproxy: ProxyProc) -> None:
+    """An audit row written with CONNECTION_ID(), a SET of it, a prepared INSERT of it: the
+    client's id (its handshake's, SHOW PROCESSLIST's and KILL's through the proxy), not the id
+    of whichever pooled backend thread ran it; strings that spell it stay as they are."""
+    import mysql.connector
+
+    sandbox.primary.sql("CREATE TABLE IF NOT EXISTS shop.tr_audit (id INT AUTO_INCREMENT "
+                        "PRIMARY KEY, cid BIGINT, note VARCHAR(40))", "DELETE FROM shop.tr_audit")
+    c = tproxy.connect()
+    cid = c.thread_id()
+    assert _q(c, "INSERT INTO tr_audit (cid, note) VALUES (CONNECTION_ID(), "
+                 "'CONNECTION_ID()')")[0] == "ok"
+    assert _q(c, "SET @me = CONNECTION_ID()")[0] == "ok"
+    assert _q(c, "SELECT @me")[1] == [(cid,)]
+    c.close()
+    m = mysql.connector.connect(host="127.0.0.1", port=tproxy.port, user="app", password="app",
+                                database="shop", autocommit=True)
+    cur = m.cursor(prepared=True)
+    cur.execute("INSERT INTO tr_audit (cid, note) VALUES (CONNECTION_ID(), ?)", ("prepared",))
+    mid = m.connection_id
+    m.close()
+    rows = sandbox.primary.sql("SELECT cid, note FROM shop.tr_audit ORDER BY id")
+    assert [(int(a), b) for a, b in rows] == [(cid, "CONNECTION_ID()"), (mid, "prepared")]
