@@ -157,30 +157,30 @@ async def local_set(s: ProxySession, shape: Shape, sql: str, payload: bytes) -> 
 
 
 async def processlist(s: ProxySession, payload: bytes) -> None:
-    """SHOW [FULL] PROCESSLIST from the server the session's statements go to, with the Id of
-    each backend thread a proxy client holds replaced by that client's id (the one its
-    handshake and CONNECTION_ID() gave it), so a client finds itself and KILL works with it.
-    Other threads (idle pooled connections, other clients of MySQL) keep their thread ids."""
+    """SHOW [FULL] PROCESSLIST, or a SELECT from information_schema.PROCESSLIST, from the
+    server the session's statements go to, with the id of each backend thread a proxy client
+    holds replaced by that client's id (the one its handshake and CONNECTION_ID() gave it), so
+    a client finds itself and KILL works with it. Other threads (idle pooled connections, other
+    clients of MySQL) keep their thread ids."""
     c = await s._get_conn()
     ids = s.app.client_ids_by_thread(s.lease.pool)
+    show = payload[1:].lstrip()[:4].upper() == b"SHOW"
     try:
         await c.command(payload)
         first = await c.read_packet()
         out = [first]
         if first[0] not in (0x00, 0xFF):
             ncols, _ = P.lenenc_int(first, 0)
-            for _ in range(ncols + 1):  # column definitions and their EOF
-                out.append(await c.read_packet())
+            cols = [await c.read_packet() for _ in range(ncols)]
+            out += cols
+            out.append(await c.read_packet())  # their EOF
+            at = [0] if show else [i for i, d in enumerate(cols) if _is_processlist_id(d)]
             while True:
                 pkt = await c.read_packet()
                 if pkt[0] == 0xFF or P.is_eof(pkt):
                     out.append(pkt)
                     break
-                raw, pos = P.lenenc_str(pkt, 0)
-                cid = ids.get(int(raw)) if raw.isdigit() else None
-                if cid is not None:
-                    pkt = P.enc_lenenc_str(str(cid).encode()) + pkt[pos:]
-                out.append(pkt)
+                out.append(_with_client_ids(pkt, at, ids) if at else pkt)
     except BackendLost as e:
         await s._lost(e, retry=False, shape=None)
         return
@@ -189,6 +189,34 @@ async def processlist(s: ProxySession, payload: bytes) -> None:
     assert s.connection is not None
     s.connection.stream.write_many(out)
     await s.connection.stream.drain()
+
+
+def _is_processlist_id(coldef: bytes) -> bool:
+    """information_schema.PROCESSLIST's ID column (by its original table and name)."""
+    pos = 0
+    fields = []
+    for _ in range(6):  # catalog, schema, table, org_table, name, org_name
+        f, pos = P.lenenc_str(coldef, pos)
+        fields.append(f.upper())
+    return fields[3] == b"PROCESSLIST" and fields[5] == b"ID"
+
+
+def _with_client_ids(row: bytes, at: list[int], ids: dict[int, int]) -> bytes:
+    """A text row with the thread ids in columns `at` that proxy clients hold replaced."""
+    out = bytearray()
+    pos = 0
+    i = 0
+    while pos < len(row):
+        if row[pos] == 0xFB:  # NULL
+            out.append(0xFB)
+            pos += 1
+        else:
+            raw, end = P.lenenc_str(row, pos)
+            cid = ids.get(int(raw)) if i in at and raw.isdigit() else None
+            out += P.enc_lenenc_str(str(cid).encode()) if cid is not None else row[pos:end]
+            pos = end
+        i += 1
+    return bytes(out)
 
 
 _SSL_LIKE = re.compile(r"\s*SHOW\s+(?:SESSION\s+|LOCAL\s+)?STATUS\s+LIKE\s+'([^']*)'\s*;?\s*", re.I)

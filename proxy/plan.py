@@ -30,7 +30,7 @@ class Route(Enum):
     SSL_STATUS = "ssl_status"  # SHOW STATUS LIKE 'Ssl_%' on a TLS client: its own TLS, not MySQL's
     KILL = "kill"  # KILL [QUERY|CONNECTION] id: a proxy id means a proxy client
     DIAG = "diag"  # SHOW WARNINGS and the like: on the connection that ran the last statement
-    PROCESSLIST = "processlist"  # SHOW [FULL] PROCESSLIST, with proxy clients' ids
+    PROCESSLIST = "processlist"  # SHOW PROCESSLIST, I_S.PROCESSLIST: with proxy clients' ids
     HOTROW = "hotrow"  # offered to the hot-row engine; the primary if it declines
     REPLICA = "replica"  # a replica that has the watermark; the primary if none has it in time
     REPLICA_TXN = "replica_txn"  # START TRANSACTION READ ONLY on one replica
@@ -127,6 +127,7 @@ _ROW_COUNT = re.compile(r"SELECT\s+ROW_COUNT\s*\(\s*\)", re.I)
 _STATUS_LIKE = re.compile(r"SHOW\s+(?:SESSION\s+|LOCAL\s+)?STATUS\s+LIKE\s+\?", re.I)
 KILL = re.compile(r"KILL\s+(?:(CONNECTION|QUERY)\s+)?(\d+)", re.I)  # on the raw text
 _PROCESSLIST = re.compile(r"SHOW\s+(?:FULL\s+)?PROCESSLIST", re.I)
+_IS_PROCESSLIST = re.compile(r"\bINFORMATION_SCHEMA`?\s*\.\s*`?PROCESSLIST\b", re.I)
 _KILL = re.compile(r"KILL\s+(?:(?:CONNECTION|QUERY)\s+)?\?", re.I)
 # Character sets whose SET NAMES the proxy records instead of sending (what drivers send on
 # every connect); others go to MySQL, which answers them, errors included.
@@ -176,6 +177,9 @@ def plan(shape: Shape, s: SessionView, policy: Policy, cursor: bool = False,
         return Plan(Route.KILL)
     if verb == "SHOW" and _PROCESSLIST.fullmatch(shape.digest):
         return Plan(Route.PROCESSLIST)
+    if (verb == "SELECT" and not shape.multi and not cursor and shape.pin is None
+            and _IS_PROCESSLIST.search(shape.digest)):
+        return Plan(Route.PROCESSLIST)  # the ID column with proxy clients' ids too
     pin = shape.pin or ("server-side cursor" if cursor else None)
     if shape.diag and pin is None and not cursor and not shape.multi:
         # The lane runs it when the lease still holds the previous statement's connection.

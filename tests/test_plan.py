@@ -62,8 +62,11 @@ TABLE: list[tuple[str, dict[str, Any], Policy, Route, Track, bool, bool]] = [
     ("SELECT f(id) FROM t", {}, FULL, Route.PRIMARY, Track.NONE, False, True),
     ("SELECT * FROM t /*!50000 FOR UPDATE */", {}, FULL, Route.PRIMARY, Track.NONE, False, True),
     ("SELECT SQL_CALC_FOUND_ROWS * FROM t", {}, FULL, Route.PRIMARY, Track.NONE, False, False),
-    ("SELECT * FROM information_schema.PROCESSLIST", {}, FULL, Route.PRIMARY, Track.NONE,
-     False, True),
+    # server-local, and its ID column carries proxy clients' ids (local.processlist)
+    ("SELECT * FROM information_schema.PROCESSLIST", {}, FULL, Route.PROCESSLIST, Track.NONE,
+     False, False),
+    ("SELECT * FROM information_schema.PROCESSLIST", {"pin": "user variable"}, FULL,
+     Route.PROCESSLIST, Track.NONE, False, False),
     ("INSERT INTO t VALUES (1)", {}, FULL, Route.PRIMARY, Track.NONE, False, True),
     ("INSERT INTO t VALUES (1)", {}, Policy(track_all=True), Route.PRIMARY, Track.AUTOCOMMIT,
      False, False),

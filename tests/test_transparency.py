@@ -539,3 +539,21 @@ def test_connection_id_in_writes_is_the_clients(sandbox: Sandbox, tproxy: ProxyP
     m.close()
     rows = sandbox.primary.sql("SELECT cid, note FROM shop.tr_audit ORDER BY id")
     assert [(int(a), b) for a, b in rows] == [(cid, "CONNECTION_ID()"), (mid, "prepared")]
+
+
+def test_information_schema_processlist_shows_the_handshake_id(tproxy: ProxyProc) -> None:
+    """As SHOW PROCESSLIST: a client finds itself in information_schema.PROCESSLIST by its
+    CONNECTION_ID(), under any alias of the ID column, and KILL works with what it reads."""
+    c = tproxy.connect()
+    me = c.thread_id()
+    assert _q(c, "SELECT ID, COMMAND FROM information_schema.PROCESSLIST "
+                 "WHERE ID = CONNECTION_ID()")[1] == [(me, "Query")]
+    ids = [r[0] for r in _q(c, "SELECT p.id AS x FROM information_schema.processlist p")[1]]
+    assert me in ids
+    victim = tproxy.connect()
+    vid = victim.thread_id()
+    assert vid in [r[0] for r in _q(c, "SELECT ID FROM information_schema.PROCESSLIST")[1]]
+    assert _q(c, f"KILL {vid}")[0] == "ok"
+    with pytest.raises(pymysql.err.OperationalError):  # the proxy closed that client
+        victim.cursor().execute("SELECT 1")
+    c.close()
