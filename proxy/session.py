@@ -286,6 +286,9 @@ class ProxySession(BaseSession):
         self.last_conn = c
         self.state_stale = False
         await self._fresh(c)
+        if c.broken:
+            await L.release(LeaseReason.BACKEND_LOST)
+            return await self._get_conn()
         return c
 
     async def _fresh(self, c: BackendConn) -> None:
@@ -294,7 +297,13 @@ class ProxySession(BaseSession):
         statements without tables (SET, DO, SELECT 1), so this session's SHOW WARNINGS would
         show the other's."""
         if c.diag and c is not self.stmt_conn:
-            await c.execute(_CLEAR_DIAGNOSTICS)
+            try:
+                await c.execute(_CLEAR_DIAGNOSTICS)
+            except BackendError:
+                return  # (not expected: every user may read that table) left as it is
+            except BackendLost:
+                c.broken = True  # the caller replaces it, or the statement's retry does
+                return
             c.diag = c.warned = False
 
     def _holds(self) -> bool:
