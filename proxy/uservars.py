@@ -76,7 +76,10 @@ def literal(col_type: int, value: str | None, hex_bytes: str | None, collation: 
     h = hex_bytes or ""
     if not re.fullmatch(r"[0-9A-Fa-f]*", h):
         h = value.encode().hex()
-    if collation is None or collation == "binary" or not re.fullmatch(r"\w+", collation):
+    # a collation is <charset>_<rest> of word characters; anything else (not from MariaDB)
+    # gets plain bytes
+    if collation is None or collation == "binary" or not re.fullmatch(r"[A-Za-z0-9]+_\w+",
+                                                                        collation):
         return f"X'{h}'"
     charset = collation.split("_", 1)[0]
     if form == "text":
