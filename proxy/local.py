@@ -193,12 +193,8 @@ async def processlist(s: ProxySession, payload: bytes) -> None:
 
 def _is_processlist_id(coldef: bytes) -> bool:
     """information_schema.PROCESSLIST's ID column (by its original table and name)."""
-    pos = 0
-    fields = []
-    for _ in range(6):  # catalog, schema, table, org_table, name, org_name
-        f, pos = P.lenenc_str(coldef, pos)
-        fields.append(f.upper())
-    return fields[3] == b"PROCESSLIST" and fields[5] == b"ID"
+    names, _ = P.coldef_names(coldef)
+    return names[3].upper() == b"PROCESSLIST" and names[5].upper() == b"ID"
 
 
 def _with_client_ids(row: bytes, at: list[int], ids: dict[int, int]) -> bytes:

@@ -5,6 +5,7 @@ executions run the same plan as text statements (plan.py)."""
 from __future__ import annotations
 
 import struct
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -123,10 +124,11 @@ async def execute(s: ProxySession, payload: bytes) -> None:
     if p.route in LOCAL_ANSWERS:  # e.g. CONNECTION_ID(): the id of the client's handshake
         await local.answer_local(s, p, st.shape, binary=True)
         return
-    await s._run_plan(p, st.shape, lambda c, out: run_execute_on(s, c, st, parts, out),
-                         lambda q: execute_on_primary(s, st, parts, q),
-                         lambda fwd: s.app.hotrow.intercept_execute(s, st, parts, fwd),
-                         st.sql)
+    async def run(c: BackendConn, out: Any) -> Relayed:
+        return await run_execute_on(s, c, st, parts, out)
+
+    await s._run_plan(p, st.shape, run, lambda q: execute_on_primary(s, st, q, run),
+                      lambda fwd: s.app.hotrow.intercept_execute(s, st, parts, fwd), st.sql)
 
 
 async def bulk_execute(s: ProxySession, payload: bytes) -> None:
@@ -149,7 +151,7 @@ async def bulk_execute(s: ProxySession, payload: bytes) -> None:
         return await c.relay(out, s._ok_hook)
 
     p = plan(st.shape, s, s.app.policy, bulk=True)
-    await s._run_plan(p, st.shape, run, lambda q: execute_on_primary(s, st, None, q, run),
+    await s._run_plan(p, st.shape, run, lambda q: execute_on_primary(s, st, q, run),
                       _no_hot, st.sql)
 
 
@@ -157,12 +159,12 @@ async def _no_hot(forward: Any) -> None:
     return None  # a bulk plan never goes to the hot-row engine
 
 
-async def execute_on_primary(s: ProxySession, st: ClientStmt, parts: P.ExecuteParts | None,
-                             p: Plan, run: Any = None) -> Relayed | None:
-    """Run a client's prepared statement on the primary path as its plan says."""
-    if run is None:
-        assert parts is not None
-        run = lambda c, out: run_execute_on(s, c, st, parts, out)  # noqa: E731
+async def execute_on_primary(
+    s: ProxySession, st: ClientStmt, p: Plan,
+    run: Callable[[BackendConn, Any], Awaitable[Relayed]],
+) -> Relayed | None:
+    """Run a client's prepared statement (`run`: one execution on a connection, single or
+    bulk) on the primary path as its plan says."""
     if p.pin and not s.pin:
         s.pin = p.pin
     if p.track is Track.AUTOCOMMIT:

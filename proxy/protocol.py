@@ -209,12 +209,21 @@ def column_def_int(name: str) -> bytes:
             + b"\x0c" + struct.pack("<HIBHB", 63, 21, 0x08, 0x81, 0) + b"\0\0")
 
 
+def coldef_names(coldef: bytes | bytearray) -> tuple[list[bytes], int]:
+    """A column definition's six strings (catalog, schema, table, org_table, name, org_name)
+    and where what follows them starts (MariaDB's extended metadata, or the 0x0c)."""
+    pos = 0
+    names = []
+    for _ in range(6):
+        name, pos = lenenc_str(coldef, pos)
+        names.append(bytes(name))
+    return names, pos
+
+
 def coldef_ext(coldef: bytes) -> bytes:
     """The same column definition with MariaDB's extended metadata field (empty: no extended
     type), for a client that negotiated MARIADB_CLIENT_EXTENDED_METADATA."""
-    pos = 0
-    for _ in range(6):  # catalog, schema, table, org_table, name, org_name
-        _, pos = lenenc_str(coldef, pos)
+    _, pos = coldef_names(coldef)
     return coldef[:pos] + b"\0" + coldef[pos:]
 
 
@@ -246,9 +255,7 @@ def binary_row(coldefs: list[bytes], values: list[str | None]) -> bytes:
         if v is None:
             bitmap[(i + 2) // 8] |= 1 << ((i + 2) % 8)
             continue
-        pos = 0
-        for _ in range(6):
-            _, pos = lenenc_str(d, pos)
+        _, pos = coldef_names(d)
         typ, flags = d[pos + 7], struct.unpack_from("<H", d, pos + 8)[0]
         unsigned = bool(flags & 0x20)
         if typ == 0x03:

@@ -29,6 +29,12 @@ def _on(v: str | None) -> bool:
     return (v or "").strip().upper() in ("ON", "1", "TRUE")
 
 
+def _names(sysvars: str | None) -> frozenset[str] | None:
+    """A session_track_system_variables value: its variable names, None for '*'."""
+    names = {n.strip().lower() for n in (sysvars or "").split(",") if n.strip()}
+    return None if "*" in names else frozenset(names)
+
+
 @dataclass(frozen=True)
 class Tracking:
     """A client's `session_track_schema`, `_state_change` and `_system_variables`."""
@@ -39,17 +45,17 @@ class Tracking:
 
     @classmethod
     def parse(cls, schema: str | None, state_change: str | None, sysvars: str | None) -> Tracking:
-        names = {n.strip().lower() for n in (sysvars or "").split(",") if n.strip()}
-        return cls(_on(schema), _on(state_change), None if "*" in names else frozenset(names))
+        return cls(_on(schema), _on(state_change), _names(sysvars))
 
     def updated(self, reported: dict[str, str]) -> Tracking:
         """These settings after a statement that changed some of them (as the backend, which
         tracks every variable, reported them)."""
-        if not any(v in reported for v in VARS):
+        schema, state, sysvars = (reported.get(v) for v in VARS)
+        if schema is None and state is None and sysvars is None:
             return self
-        cur = (("ON" if self.schema else "OFF"), ("ON" if self.state_change else "OFF"),
-               "*" if self.sysvars is None else ",".join(sorted(self.sysvars)))
-        return Tracking.parse(*(reported.get(v, c) for v, c in zip(VARS, cur, strict=True)))
+        return Tracking(self.schema if schema is None else _on(schema),
+                        self.state_change if state is None else _on(state),
+                        self.sysvars if sysvars is None else _names(sysvars))
 
     def from_backend(self, schema: str | None, state_change: str | None,
                      sysvars: str | None) -> Tracking:
@@ -57,10 +63,9 @@ class Tracking:
         the proxy's (ON, ON, '*'), so a value that differs is the client's. (A change the
         backend reported in the OK was taken by `updated` already; one it did not report,
         because the client's new variable list left it out, shows here.)"""
-        names = None if sysvars is None or sysvars.strip() == "*" else sysvars
-        return Tracking(
-            self.schema and _on(schema), self.state_change and _on(state_change),
-            self.sysvars if names is None else Tracking.parse("ON", "ON", names).sysvars)
+        names = _names(sysvars) if sysvars is not None else None
+        return Tracking(self.schema and _on(schema), self.state_change and _on(state_change),
+                        self.sysvars if names is None else names)
 
     def tracks(self, name: str) -> bool:
         return self.sysvars is None or name in self.sysvars

@@ -9,6 +9,7 @@ import asyncio
 import random
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -316,6 +317,25 @@ def test_two_proxies_on_the_same_key(sandbox: Sandbox, tmp_path: Path, proxy: Pr
     assert stock[60] >= 0
 
 
+async def waits_then_buys(buyer: Any, sku: int,
+                          resolve: Callable[[], Awaitable[None]]) -> tuple[int, float]:
+    """`buyer` decrements `sku` by 1 while its last units are reserved: after 1 s it must still
+    be waiting (not told "sold out"); then `resolve` ends the reserving transactions. Its
+    rows and how long it waited."""
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+
+    async def buy() -> int:
+        async with buyer.cursor() as b:
+            return int(await b.execute(UPD.format(n=1, sku=sku)))
+
+    got = asyncio.ensure_future(buy())
+    await asyncio.sleep(1.0)
+    assert not got.done()  # waiting, not told "sold out"
+    await resolve()
+    return await got, loop.time() - t0
+
+
 def test_sold_out_waits_for_another_proxys_reservations(
         sandbox: Sandbox, tmp_path: Path, proxy: ProxyProc) -> None:
     """Near sell-out a buyer on one proxy is not told "0 rows" while a transaction on another
@@ -331,18 +351,11 @@ def test_sold_out_waits_for_another_proxys_reservations(
                 async with holder.cursor() as h:
                     await h.execute("BEGIN")
                     assert await h.execute(UPD.format(n=3, sku=61)) == 1  # reserved, not sold
-                    loop = asyncio.get_running_loop()
-                    t0 = loop.time()
 
-                    async def buy() -> int:
-                        async with buyer.cursor() as b:
-                            return int(await b.execute(UPD.format(n=1, sku=61)))
+                    async def rollback() -> None:
+                        await h.execute("ROLLBACK")
 
-                    got = asyncio.ensure_future(buy())
-                    await asyncio.sleep(1.0)
-                    assert not got.done()  # waiting, not told "sold out"
-                    await h.execute("ROLLBACK")
-                    return await got, loop.time() - t0
+                    return await waits_then_buys(buyer, 61, rollback)
             finally:
                 holder.close()
                 buyer.close()
@@ -374,21 +387,15 @@ def test_auto_does_not_run_plain_past_open_reservations(sandbox: Sandbox, tmp_pa
                     async with h.cursor() as cur:
                         await cur.execute("BEGIN")
                         assert await cur.execute(merged) == 1
-                loop = asyncio.get_running_loop()
-                t0 = loop.time()
 
-                async def buy() -> int:
-                    async with buyer.cursor() as b:  # no hint: auto, and alone on the key
-                        return int(await b.execute(UPD.format(n=1, sku=62)))
+                async def end() -> None:
+                    async with holders[0].cursor() as cur:
+                        await cur.execute("ROLLBACK")  # one unit comes back
+                    async with holders[1].cursor() as cur:
+                        await cur.execute("COMMIT")
 
-                got = asyncio.ensure_future(buy())
-                await asyncio.sleep(1.0)
-                assert not got.done()  # waiting, not told "sold out"
-                async with holders[0].cursor() as cur:
-                    await cur.execute("ROLLBACK")  # one unit comes back
-                async with holders[1].cursor() as cur:
-                    await cur.execute("COMMIT")
-                return await got, loop.time() - t0
+                # the buyer has no hint: auto, and alone on the key
+                return await waits_then_buys(buyer, 62, end)
             finally:
                 for c in (*holders, buyer):
                     c.close()
