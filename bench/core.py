@@ -20,12 +20,13 @@ TABLE = ["--tables=4", "--table-size=10000"]
 
 
 def main() -> None:
-    sb = sandbox()
+    sb = sandbox("sandbox-rs", replicas=1)
     # The default config: one replica, read_consistency: session (reads go to the replica);
     # BENCH_CONSISTENCY=primary measures the same with every read on the primary.
     p = Proxy(sb, routing={"read_consistency": os.environ.get("BENCH_CONSISTENCY", "session")})
     try:
         prepare_oltp(sb, TABLE)
+        sb.wait_replicas()
         rows = []
         tests = [("oltp_point_select", []), ("oltp_point_select", ["--db-ps-mode=disable"])]
         if not QUICK:

@@ -70,7 +70,7 @@ class _LoginConn(aiomysql.Connection):  # type: ignore[misc]
         super().write_packet(payload)
 
 
-@dataclass
+@dataclass(slots=True)
 class Relayed:
     """What the proxy learned while forwarding one command's response."""
 
@@ -440,6 +440,9 @@ class BackendConn:
             pass
 
 
+_MAX_PACKET = P.MAX_PACKET  # a global, not a module attribute, in the scanner's loop
+
+
 class ReplyScanner:
     """Incremental parser of one command's response, fed whatever the socket delivered.
 
@@ -476,11 +479,11 @@ class ReplyScanner:
             if end > n:
                 break
             if cont:  # continuation of a packet >= 16 MiB: opaque bytes
-                cont = plen == P.MAX_PACKET
+                cont = plen == _MAX_PACKET
                 pos = end
                 continue
             b0 = buf[pos + 4] if plen else 0
-            cont = plen == P.MAX_PACKET
+            cont = plen == _MAX_PACKET
             if state == 3:
                 if b0 == 0xFE and plen < 9:
                     st = buf[pos + 7] | (buf[pos + 8] << 8) if plen >= 5 else 0

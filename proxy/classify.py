@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
+from typing import Any
 
 from .builtins import BUILTIN
 
@@ -316,6 +317,10 @@ class Shape:
     lane: str = ""  # what the fast lane (fastlane.py) may run: read, write, begin, commit, rollback
     diag: bool = False  # reads the diagnostics of the session's previous statement
     conn_id: bool = False  # a write or SET that calls CONNECTION_ID(): with_conn_id() first
+    # what pure functions of the shape computed (plan.plan's plans by session view); not
+    # copied by dataclasses.replace, so a changed shape starts empty
+    memo: dict[Any, Any] = field(default_factory=dict, init=False, repr=False, hash=False,
+                                 compare=False)
 
     @property
     def is_write(self) -> bool:

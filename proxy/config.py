@@ -32,6 +32,15 @@ class Address:
     port: int
     unix: str | None = None  # a backend's unix socket path (`unix:/run/mysqld/mysqld.sock`)
 
+    def __hash__(self) -> int:
+        """Cached: addresses key the per-read weight and state look-ups (a generated frozen
+        hash builds a tuple each time)."""
+        h: int | None = self.__dict__.get("_hash")
+        if h is None:
+            h = hash((self.host, self.port, self.unix))
+            object.__setattr__(self, "_hash", h)
+        return h
+
     def __str__(self) -> str:
         return f"unix:{self.unix}" if self.unix else f"{self.host}:{self.port}"
 

@@ -171,7 +171,7 @@ class FastLane:
                 self._release_ticket(False)
                 err = e.packet()
                 self.client.write(struct.pack("<I", len(err) | (1 << 24)) + err)
-                M.count_lane_statement(shape.verb, "primary", "error", 0.0)
+                M.count_statement(shape.verb, "primary", "error", 0.0, 1)
                 return True
         # Out of the soft hold: the pool cannot take the connection back mid-statement.
         if s.lease.state is LeaseState.SOFT:
@@ -299,7 +299,7 @@ class FastLane:
             pool = s.lease.pool
             s.app.reads.count(p.read.consistency, "replica", pool.label if pool else None)
         self._reset()
-        M.count_lane_statement(shape.verb, route, outcome, dt)
+        M.count_statement(shape.verb, route, outcome, dt, 1)
         s.app.digest.record(shape, dt, route, rows)
         if dt * 1000 >= s.app.slow_ms > 0:
             s._slow(shape, dt, route, outcome)

@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from enum import Enum
 from typing import TYPE_CHECKING
 
 from . import metrics as M
-from .errors import LeaseReason
+from .errors import Label, LeaseReason
 
 if TYPE_CHECKING:
     from .backend import BackendConn
@@ -32,7 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("seckill.lease")
 
 
-class LeaseState(Enum):
+class LeaseState(Label):
     NONE = "none"
     SOFT = "soft"
     STATEMENT = "statement"

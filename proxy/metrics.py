@@ -188,7 +188,9 @@ class _StatementStats(Collector):
         self.hist: dict[str, list[float]] = {}  # route -> bucket counts..., +Inf count, sum
         self.lane = 0
 
-    def observe(self, verb: str, route: str, outcome: str, seconds: float) -> None:
+    def observe(self, verb: str, route: str, outcome: str, seconds: float, lane: int = 0) -> None:
+        """One statement; `lane` 1 if the fast lane ran it."""
+        self.lane += lane
         key = (verb, route, outcome)
         self.counts[key] = self.counts.get(key, 0) + 1
         h = self.hist.get(route)
@@ -224,13 +226,8 @@ STATEMENT_STATS = _StatementStats()
 REGISTRY.register(STATEMENT_STATS)
 
 
-def count_statement(verb: str, route: str, outcome: str, seconds: float) -> None:
-    STATEMENT_STATS.observe(verb, route, outcome, seconds)
-
-
-def count_lane_statement(verb: str, route: str, outcome: str, seconds: float) -> None:
-    STATEMENT_STATS.observe(verb, route, outcome, seconds)
-    STATEMENT_STATS.lane += 1
+# count_statement(verb, route, outcome, seconds, lane=0): one call per statement, no wrapper
+count_statement = STATEMENT_STATS.observe
 
 
 def render() -> bytes:

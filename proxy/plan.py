@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from enum import Enum
 from typing import Protocol
 
 from .classify import LAST_GTID, READ_ONLY_TXN, Shape, classify
 from .config import CONSISTENCY
+from .errors import Label
 
 
-class Route(Enum):
+class Route(Label):
     LOCAL_SET = "local_set"  # a setting the proxy keeps (read_after_gtid, read_consistency, NAMES)
     LOCAL_GTID = "local_gtid"  # SELECT @@last_gtid: the proxy knows it, a replica may not
     LOCAL_CONN_ID = "local_conn_id"  # SELECT CONNECTION_ID(): the id from the client's handshake
@@ -41,7 +41,7 @@ class Route(Enum):
 LOCAL_ANSWERS = frozenset({Route.LOCAL_GTID, Route.LOCAL_CONN_ID, Route.LOCAL_ROW_COUNT})
 
 
-class Track(Enum):
+class Track(Label):
     NONE = "none"
     AUTOCOMMIT = "autocommit"  # START TRANSACTION, the statement, an outcome record, COMMIT
     COMMIT = "commit"  # an outcome record written just before the client's COMMIT
@@ -75,9 +75,10 @@ class SessionView(Protocol):
     def client_tls(self) -> bool: ...  # the client connection uses TLS
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Policy:
-    """What config and admin decide for every session (rebuilt on RELOAD CONFIG)."""
+    """What config and admin decide for every session (rebuilt on RELOAD CONFIG). Compared
+    by identity: a plan memo keyed by it (plan()) never outlives a reload's new policy."""
 
     has_replicas: bool = False
     wants_ack: bool = False  # durability.ack: replica
@@ -154,7 +155,21 @@ def plan(shape: Shape, s: SessionView, policy: Policy, cursor: bool = False,
          bulk: bool = False) -> Plan:
     """The plan for one statement (COM_QUERY, or COM_STMT_EXECUTE with `cursor` = the cursor
     flag, or MariaDB's COM_STMT_BULK_EXECUTE with `bulk`: many rows of parameters in one
-    command, which runs as it is on the primary). Pure: the same inputs give the same plan."""
+    command, which runs as it is on the primary). Pure: the same inputs give the same plan,
+    so it is made once per shape and view of the session and then looked up (`Shape.memo`;
+    the key is everything `_plan` reads; a shape keeps at most 64)."""
+    key = (s.in_txn, s.autocommit_off, s.pin, s.consistency, s.read_after_gtid, s.replica_txn,
+           s.answered_rows is not None, s.client_tls, cursor, bulk, policy)
+    memo = shape.memo
+    got = memo.get(key)
+    if got is None:
+        if len(memo) >= 64:
+            memo.clear()
+        got = memo[key] = _plan(shape, s, policy, cursor, bulk)
+    return got
+
+
+def _plan(shape: Shape, s: SessionView, policy: Policy, cursor: bool, bulk: bool) -> Plan:
     held = s.in_txn or bool(s.pin)
     verb = shape.verb
     if bulk:
@@ -195,12 +210,6 @@ def plan(shape: Shape, s: SessionView, policy: Policy, cursor: bool = False,
             # The lane reads from a replica only where no position must be fetched first.
             lane = (shape.lane == "read" and rp.consistency in ("session", "eventual")
                     and "READ_AFTER_GTID" not in shape.hints)
-            if rp.token is None:  # the common plan, made once (plans are immutable values)
-                key = (rp.consistency, lane)
-                got = _REPLICA_PLANS.get(key)
-                if got is None:
-                    got = _REPLICA_PLANS[key] = Plan(Route.REPLICA, read=rp, lane=lane)
-                return got
             return Plan(Route.REPLICA, read=rp, lane=lane)
     return _primary(shape, s, policy, held, pin,
                     lane=bool(shape.lane) and pin is None,
@@ -234,7 +243,6 @@ def _primary(shape: Shape, s: SessionView, policy: Policy, held: bool, pin: str 
 
 
 _SELECT_1 = classify("SELECT 1")
-_REPLICA_PLANS: dict[tuple[str, bool], Plan] = {}  # bounded: 4 consistency levels x 2
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from proxy import protocol as P
 from proxy.classify import classify
 from proxy.fastlane import FastLane
 from proxy.lease import Lease, LeaseState
-from proxy.plan import Plan, Policy, Route, Track, conn_id_alias, plan
+from proxy.plan import Plan, Policy, Route, Track, _plan, conn_id_alias, plan
 from proxy.state import (
     LOGIN_NAMES,
     Catalog,
@@ -157,6 +157,19 @@ def test_lane_plans_only_forward(sql: str, view: View, policy: Policy, cursor: b
     assert not forward_only or p.lane
     if shape.pin or cursor:
         assert p.route is not Route.REPLICA  # state must stay where the session is
+
+
+@settings(max_examples=300)
+@given(steps=st.lists(st.tuples(st.sampled_from(STATEMENTS), views, st.sampled_from([0, 1, 2]),
+                                st.booleans(), st.booleans()), min_size=1, max_size=40))
+def test_memo_gives_the_plan_made_afresh(steps: list[tuple[str, View, int, bool, bool]]) -> None:
+    """plan() looks plans up by shape and session view: any sequence of statements, views
+    and policies (a RELOAD CONFIG's new policy among them) gets what `_plan` makes afresh."""
+    pols = [FULL, Policy(), Policy(has_replicas=True, track_all=True, wants_ack=True)]
+    for sql, view, pol, cursor, answered in steps:
+        view.answered_rows = 3 if answered else None
+        shape = classify(sql)
+        assert plan(shape, view, pols[pol], cursor) == _plan(shape, view, pols[pol], cursor, False)
 
 
 # ---- the lane's decision equals the plan's ----------------------------------------------
