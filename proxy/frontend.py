@@ -57,6 +57,7 @@ SERVER_CAPABILITIES = (
     | Capabilities.CLIENT_INTERACTIVE
     | Capabilities.CLIENT_LOCAL_FILES
     | Capabilities.CLIENT_SESSION_TRACK
+    | Capabilities.CLIENT_COMPRESS  # compress.py
 )
 
 
@@ -250,6 +251,10 @@ class ProxyConnection(Connection):
             offer = self.ext_offer
             self.stream.rewrite_next = lambda greeting: P.greeting_ext(greeting, offer)
         await super().connection_phase()
+        io = self.stream.writer
+        if (self.authenticated and isinstance(io, ClientIO)
+                and int(self.capabilities) & int(self.server_capabilities) & P.CLIENT_COMPRESS):
+            io.start_compression()  # the login OK went out plain; what follows is framed
 
     async def authenticate(self, username: str, *a: Any, **kw: Any) -> None:
         self.attempted_user = username  # for the brute-force guard, whatever the outcome

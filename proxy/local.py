@@ -215,26 +215,44 @@ def _with_client_ids(row: bytes, at: list[int], ids: dict[int, int]) -> bytes:
     return bytes(out)
 
 
-_SSL_LIKE = re.compile(r"\s*SHOW\s+(?:SESSION\s+|LOCAL\s+)?STATUS\s+LIKE\s+'([^']*)'\s*;?\s*", re.I)
+_STATUS_LIKE = re.compile(
+    r"\s*SHOW\s+(?:SESSION\s+|LOCAL\s+)?STATUS\s+LIKE\s+'([^']*)'\s*;?\s*", re.I)
 
 
-async def ssl_status(s: ProxySession, sql: str) -> bool:
-    """`SHOW STATUS LIKE 'Ssl_cipher'` from a TLS client: the TLS is between it and the proxy,
-    so the proxy answers (MySQL's own would describe the proxy's backend connection). Other
-    patterns: False, MySQL answers."""
-    m = _SSL_LIKE.fullmatch(sql)
-    if m is None or not m.group(1).lower().startswith("ssl"):
-        return False
-    assert s.connection is not None and s.connection.tls is not None
-    cipher, version = s.connection.tls.cipher()
+def _client_rows(s: ProxySession, pattern: str) -> list[tuple[str, str]] | None:
+    """The status rows about the client's own connection that `pattern` asks for, or None
+    where the pattern is about anything else (MySQL answers). The TLS and the compression
+    are between the client and the proxy: MySQL's would describe the backend connection."""
+    conn = s.connection
+    assert conn is not None
+    p = pattern.lower()
+    if p.startswith("ssl") and conn.tls is not None:
+        cipher, version = conn.tls.cipher()
+        rows = [("Ssl_cipher", cipher), ("Ssl_version", version)]
+    elif p.startswith("compr"):  # MariaDB's only status variable there is Compression
+        io = conn.stream.writer
+        rows = [("Compression", "ON" if getattr(io, "zip", None) is not None else "OFF")]
+    else:
+        return None
     rx = re.compile("".join(".*" if c == "%" else "." if c == "_" else re.escape(c)
-                            for c in m.group(1)), re.I)
-    rows = [(n, v) for n, v in (("Ssl_cipher", cipher), ("Ssl_version", version)) if rx.fullmatch(n)]
+                            for c in pattern), re.I)
+    return [r for r in rows if rx.fullmatch(r[0])]
+
+
+async def client_status(s: ProxySession, sql: str, binary: bool = False) -> bool:
+    """`SHOW STATUS LIKE 'Ssl_cipher'` from a TLS client, `... LIKE 'Compression'`: answered
+    by the proxy (`_client_rows`), as text or (prepared) binary rows. Other patterns: False,
+    MySQL answers."""
+    m = _STATUS_LIKE.fullmatch(sql)
+    rows = _client_rows(s, m.group(1)) if m is not None else None
+    if rows is None:
+        return False
     assert s.connection is not None
     stream = s.connection.stream
-    stream.write_many([P.enc_lenenc_int(2), coldefs(s, P.column_def("Variable_name")),
-                       coldefs(s, P.column_def("Value")),
-                       P.make_eof(s.status), *[P.text_row([n, v]) for n, v in rows],
+    defs = [P.column_def("Variable_name"), P.column_def("Value")]
+    stream.write_many([P.enc_lenenc_int(2), *[coldefs(s, d) for d in defs], P.make_eof(s.status),
+                       *[P.binary_row(defs, [n, v]) if binary else P.text_row([n, v])
+                         for n, v in rows],
                        P.make_eof(s.status)])
     await stream.drain()
     return True

@@ -27,7 +27,9 @@ class Route(Label):
     LOCAL_GTID = "local_gtid"  # SELECT @@last_gtid: the proxy knows it, a replica may not
     LOCAL_CONN_ID = "local_conn_id"  # SELECT CONNECTION_ID(): the id from the client's handshake
     LOCAL_ROW_COUNT = "local_row_count"  # SELECT ROW_COUNT() after a statement the proxy answered
-    SSL_STATUS = "ssl_status"  # SHOW STATUS LIKE 'Ssl_%' on a TLS client: its own TLS, not MySQL's
+    # SHOW STATUS LIKE about the client's own connection (its TLS, its compression): the
+    # proxy's, not the backend connection's; other patterns: MySQL's (as DIAG)
+    CLIENT_STATUS = "client_status"
     KILL = "kill"  # KILL [QUERY|CONNECTION] id: a proxy id means a proxy client
     DIAG = "diag"  # SHOW WARNINGS and the like: on the connection that ran the last statement
     PROCESSLIST = "processlist"  # SHOW PROCESSLIST, I_S.PROCESSLIST: with proxy clients' ids
@@ -70,9 +72,6 @@ class SessionView(Protocol):
 
     @property
     def answered_rows(self) -> int | None: ...  # rows of a last statement the proxy answered
-
-    @property
-    def client_tls(self) -> bool: ...  # the client connection uses TLS
 
 
 @dataclass(frozen=True, eq=False)
@@ -159,7 +158,7 @@ def plan(shape: Shape, s: SessionView, policy: Policy, cursor: bool = False,
     so it is made once per shape and view of the session and then looked up (`Shape.memo`;
     the key is everything `_plan` reads; a shape keeps at most 64)."""
     key = (s.in_txn, s.autocommit_off, s.pin, s.consistency, s.read_after_gtid, s.replica_txn,
-           s.answered_rows is not None, s.client_tls, cursor, bulk, policy)
+           s.answered_rows is not None, cursor, bulk, policy)
     memo = shape.memo
     got = memo.get(key)
     if got is None:
@@ -186,8 +185,8 @@ def _plan(shape: Shape, s: SessionView, policy: Policy, cursor: bool, bulk: bool
         return Plan(Route.LOCAL_CONN_ID)
     if verb == "SELECT" and s.answered_rows is not None and _ROW_COUNT.fullmatch(shape.digest):
         return Plan(Route.LOCAL_ROW_COUNT)
-    if verb == "SHOW" and s.client_tls and _STATUS_LIKE.fullmatch(shape.digest):
-        return Plan(Route.SSL_STATUS)  # answered by the proxy if the pattern is about Ssl_
+    if verb == "SHOW" and _STATUS_LIKE.fullmatch(shape.digest):
+        return Plan(Route.CLIENT_STATUS)
     if verb == "KILL" and _KILL.fullmatch(shape.digest):
         return Plan(Route.KILL)
     if verb == "SHOW" and _PROCESSLIST.fullmatch(shape.digest):

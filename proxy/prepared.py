@@ -14,7 +14,7 @@ from . import protocol as P
 from .backend import BackendConn, BufferWriter, Relayed
 from .classify import Shape, classify, with_conn_id
 from .errors import ER_UNKNOWN_STMT_HANDLER, BackendError, BackendLost, ProxyError
-from .plan import LOCAL_ANSWERS, Plan, Track, plan
+from .plan import LOCAL_ANSWERS, Plan, Route, Track, plan
 
 if TYPE_CHECKING:
     from .session import ProxySession
@@ -124,6 +124,10 @@ async def execute(s: ProxySession, payload: bytes) -> None:
     if p.route in LOCAL_ANSWERS:  # e.g. CONNECTION_ID(): the id of the client's handshake
         await local.answer_local(s, p, st.shape, binary=True)
         return
+    if p.route is Route.CLIENT_STATUS:
+        if await local.client_status(s, st.sql, binary=True):
+            return
+        p = Plan(Route.DIAG)  # another pattern: MySQL's session status, as planned otherwise
     async def run(c: BackendConn, out: Any) -> Relayed:
         return await run_execute_on(s, c, st, parts, out)
 

@@ -42,6 +42,7 @@ SERVER_SESSION_STATE_CHANGED = 0x4000
 # Capability flags (the ones the proxy reasons about)
 CLIENT_MYSQL = 1  # CLIENT_LONG_PASSWORD; a MariaDB server clears it to announce extended caps
 CLIENT_FOUND_ROWS = 1 << 1
+CLIENT_COMPRESS = 1 << 5
 CLIENT_LOCAL_FILES = 1 << 7
 CLIENT_INTERACTIVE = 1 << 10
 CLIENT_MULTI_STATEMENTS = 1 << 16

@@ -102,6 +102,9 @@ class ProxySession(BaseSession):
         if self.connection is connection:
             return  # already run by the login check (frontend `_login_gate`)
         self.connection = connection
+        # A handshake with CLIENT_CONNECT_WITH_DB and an empty name (mysql-connector-python
+        # without a database) means no database; mysql-mimic leaves ''.
+        self.database = self.database or None
         self.found_rows = bool(int(connection.capabilities) & P.CLIENT_FOUND_ROWS)
         # what the backend connection must have negotiated as the client did (pool key)
         self.backend_caps = ((P.CLIENT_FOUND_ROWS if self.found_rows else 0)
@@ -198,11 +201,6 @@ class ProxySession(BaseSession):
     @property
     def in_txn(self) -> bool:
         return bool(self.status & P.SERVER_STATUS_IN_TRANS)
-
-    @property
-    def client_tls(self) -> bool:
-        c = self.connection
-        return c is not None and c.tls is not None
 
     @property
     def stmt_conn(self) -> BackendConn | Answered | None:
@@ -408,8 +406,8 @@ class ProxySession(BaseSession):
         if p.route in LOCAL_ANSWERS:
             await local.answer_local(self, p, shape)
             return
-        if p.route is Route.SSL_STATUS:
-            if await local.ssl_status(self, sql):
+        if p.route is Route.CLIENT_STATUS:
+            if await local.client_status(self, sql):
                 return
             p = Plan(Route.DIAG)  # another pattern: MySQL's session status, as planned otherwise
         if p.route is Route.KILL and await local.kill(self, sql):

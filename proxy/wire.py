@@ -10,11 +10,15 @@ a socket's bytes directly in the event loop's callback, which is how the fast la
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 from collections.abc import Callable
 from typing import Any
 
+from .compress import Compression, CompressionError
 from .tls import TLSTransport
+
+log = logging.getLogger("seckill.wire")
 
 _READ_HIGH = 1 << 20  # stop reading a socket whose unread bytes exceed this
 _READ_LOW = 1 << 18
@@ -205,6 +209,7 @@ class ClientIO(PacketIO):
         self.last_activity = 0.0  # loop time of the last bytes from the client (wait_timeout)
         self.held = False  # a fast-lane command is in flight: buffer, wake nobody
         self.tls: TLSTransport | None = None  # after the client's SSLRequest (tls.py)
+        self.zip: Compression | None = None  # after the login OK, if negotiated (compress.py)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -220,6 +225,16 @@ class ClientIO(PacketIO):
                 if data:
                     super().data_received(data)
                 self.eof_received()
+                return
+            if not data:
+                return
+        z = self.zip
+        if z is not None:
+            try:
+                data = z.feed(data)
+            except CompressionError as e:
+                log.warning("client sent a bad compressed frame; closing: %s", e)
+                self.transport.abort()
                 return
             if not data:
                 return
@@ -258,6 +273,21 @@ class ClientIO(PacketIO):
             if plain:
                 self.buf += plain
         await tls.handshake
+
+    def start_compression(self) -> None:
+        """From now on frames both ways (the login OK went out plain). Bytes already read are
+        the client's first frames."""
+        z = Compression(self.transport)
+        self.zip = z
+        self.transport = z  # type: ignore[assignment]
+        early = bytes(self.buf)
+        self.buf.clear()
+        if early:
+            try:
+                self.buf += z.feed(early)
+            except CompressionError as e:
+                log.warning("client sent a bad compressed frame; closing: %s", e)
+                self.transport.abort()
 
     def release(self) -> None:
         """The fast lane's command is answered: whatever came meanwhile goes to the task."""

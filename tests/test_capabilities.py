@@ -1,5 +1,5 @@
 """Capabilities MariaDB offers that the proxy relays: session-state tracking
-(CLIENT_SESSION_TRACK) and MariaDB's extended type metadata.
+(CLIENT_SESSION_TRACK), MariaDB's extended type metadata, the compressed protocol.
 
 Extended type metadata through the proxy (issue 13, "capabilities MySQL/MariaDB offer
 that the proxy drops"): MariaDB Connector/Python and the `mariadb` CLI negotiate
@@ -162,6 +162,100 @@ def test_mariadb_cli_column_type_info(sandbox: Sandbox, xproxy: ProxyProc) -> No
     direct = cli(sandbox.primary_port)
     assert b"format=json" in direct and b"type=uuid" in direct and b"type=inet6" in direct
     assert cli(xproxy.port) == direct
+
+
+# ---- the compressed protocol (CLIENT_COMPRESS, compress.py) ------------------------------
+
+ZIP = "shop.cap_zip"
+BIG = bytes(range(256)) * 24_000  # 6 MB: more than one frame's worth once inflated
+
+
+def _zip_session(conn: Any, prepared: bool) -> list[Any]:
+    """A compressed session's answers: small and large results, a blob larger than a frame
+    both ways, a prepared statement, an error, the session's own Compression status."""
+    out: list[Any] = []
+    cur = conn.cursor(prepared=prepared) if prepared else conn.cursor()
+    for sql, args in (
+        (f"INSERT INTO {ZIP} VALUES (?, ?)", (1, BIG)),
+        (f"INSERT INTO {ZIP} VALUES (?, ?)", (2, b"tiny")),
+        (f"SELECT id, LENGTH(b), MD5(b) FROM {ZIP} ORDER BY id", ()),
+        (f"SELECT b FROM {ZIP} WHERE id = ?", (1,)),
+        ("SELECT REPEAT('ab', 40000), 42, DATABASE()", ()),
+        ("SHOW SESSION STATUS LIKE 'Compression'", ()),
+        ("SELECT no_such_column FROM dual", ()),
+        ("SELECT 1", ()),
+    ):
+        q = sql if prepared or not args else sql.replace("?", "%s")
+        try:
+            cur.execute(q, args)
+            rows = cur.fetchall() if cur.description else cur.rowcount
+        except Exception as e:  # noqa: BLE001 - the answer is what is compared
+            rows = ("error", getattr(e, "errno", None) or e.args[0])
+        out.append([tuple(bytes(v) if isinstance(v, bytearray) else v for v in r)
+                    for r in rows] if isinstance(rows, list) else rows)
+    return out
+
+
+@pytest.mark.parametrize("prepared", [False, True])
+def test_compressed_protocol_as_direct(sandbox: Sandbox, xproxy: ProxyProc,
+                                       prepared: bool) -> None:
+    """mysql-connector-python with `compress=True`: every answer as MariaDB gives it directly
+    (a 6 MB blob written and read back, an error, `Compression` ON)."""
+    import mysql.connector
+
+    sandbox.primary.sql(f"CREATE TABLE IF NOT EXISTS {ZIP} (id INT PRIMARY KEY, b LONGBLOB)")
+    got = {}
+    for port in (sandbox.primary_port, xproxy.port):
+        sandbox.primary.sql(f"DELETE FROM {ZIP}")
+        c = mysql.connector.connect(host="127.0.0.1", port=port, user="app", password="app",
+                                    database="shop", compress=True, autocommit=True)
+        try:
+            got[port] = _zip_session(c, prepared)
+        finally:
+            c.close()
+    direct, proxied = got[sandbox.primary_port], got[xproxy.port]
+    assert direct[5] == [("Compression", "ON")]
+    assert proxied == direct
+
+
+def test_compressed_mariadb_connector_and_cli(sandbox: Sandbox, xproxy: ProxyProc) -> None:
+    """MariaDB Connector/Python (`compress=True`) and `mariadb --compress`, as direct."""
+    def connector(port: int) -> Any:
+        c = mariadb.connect(host="127.0.0.1", port=port, user="app", password="app",
+                            database="shop", compress=True, autocommit=True)
+        try:
+            cur = c.cursor()
+            cur.execute("SELECT REPEAT('xyz', 30000), ?", (7,))
+            a = cur.fetchall()
+            cur.execute("SHOW STATUS LIKE 'Compr%'")
+            return a, cur.fetchall()
+        finally:
+            c.close()
+
+    def cli(port: int) -> bytes:
+        return subprocess.run(
+            ["mariadb", "-h127.0.0.1", f"-P{port}", "-uapp", "-papp", "--compress", "-N", "-e",
+             "SELECT MD5(REPEAT('q', 500000)); SHOW STATUS LIKE 'Compression'; SELECT 2"],
+            capture_output=True, check=True, timeout=30).stdout
+
+    assert connector(xproxy.port) == connector(sandbox.primary_port)
+    assert b"Compression\tON" in cli(sandbox.primary_port)
+    assert cli(xproxy.port) == cli(sandbox.primary_port)
+
+
+def test_connector_python_without_a_database(sandbox: Sandbox, xproxy: ProxyProc) -> None:
+    """mysql-connector-python without a database sends CLIENT_CONNECT_WITH_DB and an empty
+    name: that is no database (its `SET NAMES` at connect used to fail with 1046)."""
+    import mysql.connector
+
+    for port in (sandbox.primary_port, xproxy.port):
+        c = mysql.connector.connect(host="127.0.0.1", port=port, user="app", password="app")
+        try:
+            cur = c.cursor()
+            cur.execute("SELECT DATABASE(), @@character_set_client")
+            assert cur.fetchall() == [(None, "utf8mb4")], port
+        finally:
+            c.close()
 
 
 # ---- session-state tracking (CLIENT_SESSION_TRACK) ---------------------------------------

@@ -36,7 +36,6 @@ class View:
     read_after_gtid: str | None = None
     replica_txn: bool = False
     answered_rows: int | None = None
-    client_tls: bool = False
     # what the lane stub needs besides the view
     last_gtid: str | None = None
     last_insert_id: int = 0
@@ -94,7 +93,8 @@ TABLE: list[tuple[str, dict[str, Any], Policy, Route, Track, bool, bool]] = [
     ("SHOW WARNINGS", {}, FULL, Route.DIAG, Track.NONE, False, False),
     ("SHOW COUNT(*) ERRORS", {}, FULL, Route.DIAG, Track.NONE, False, False),
     ("SELECT @@warning_count", {}, FULL, Route.DIAG, Track.NONE, False, True),
-    ("SHOW SESSION STATUS LIKE 'Handler%'", {}, FULL, Route.DIAG, Track.NONE, False, False),
+    ("SHOW SESSION STATUS LIKE 'Handler%'", {}, FULL, Route.CLIENT_STATUS, Track.NONE, False,
+     False),
     ("SELECT ROW_COUNT()", {}, FULL, Route.DIAG, Track.NONE, False, True),
     ("SELECT CONNECTION_ID()", {}, FULL, Route.LOCAL_CONN_ID, Track.NONE, False, False),
     ("select connection_id() AS `my id` FROM DUAL", {}, FULL, Route.LOCAL_CONN_ID, Track.NONE,

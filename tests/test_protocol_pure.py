@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import struct
 
-from hypothesis import given
+import pytest
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy import protocol as P
@@ -90,3 +91,59 @@ def test_rebind_execute_declines_what_it_cannot_rebuild() -> None:
     assert P.rebind_execute(b"\x17" + two[:5], 0, 2, 9, b"\x03\x00" * 2) is None  # truncated
     bound_short = struct.pack("<IB", 1, 0) + b"\x01\x00\x00\x00" + b"\x00" + b"\x01" + b"\x03"
     assert P.rebind_execute(b"\x17" + bound_short, 0, 2, 9, b"") is None
+
+
+# ---- the compressed protocol's framing (compress.py) ------------------------------------
+
+class _Sink:
+    def __init__(self) -> None:
+        self.out = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.out += data
+
+    def is_closing(self) -> bool:
+        return False
+
+
+@settings(max_examples=300)
+@given(writes=st.lists(st.one_of(st.binary(max_size=120), st.binary(min_size=200, max_size=3000),
+                                 st.builds(lambda n: b"a" * n, st.integers(0, 100_000))),
+                       max_size=8),
+       cuts=st.lists(st.integers(0, 200_000), max_size=10))
+def test_compressed_frames_carry_the_bytes_in_any_split(writes: list[bytes], cuts: list[int]) -> None:
+    """What one side writes, the other side's `feed` gives back byte for byte, however the
+    socket splits the frames; frame sequence ids run on from the peer's last frame."""
+    from proxy.compress import Compression
+
+    sink = _Sink()
+    tx = Compression(sink)
+    tx.seq = 7  # a reply numbers its frames on from the command's frame
+    for w in writes:
+        tx.write(w)
+    stream = bytes(sink.out)
+    rx = Compression(_Sink())
+    got = bytearray()
+    last = 0
+    for cut in sorted({c % (len(stream) + 1) for c in cuts}) + [len(stream)]:
+        got += rx.feed(stream[last:cut])
+        last = cut
+    assert bytes(got) == b"".join(writes)
+    frames = sum(1 for w in writes if w)
+    if frames:
+        assert rx.seq == (7 + frames) & 0xFF  # the receiver answers on from the last frame
+    assert tx.seq == (7 + frames) & 0xFF
+
+
+def test_a_bad_compressed_frame_is_refused() -> None:
+    import zlib
+
+    from proxy.compress import Compression, CompressionError
+
+    body = zlib.compress(b"x" * 1000)
+    lying = len(body).to_bytes(3, "little") + b"\x00" + (10).to_bytes(3, "little") + body
+    with pytest.raises(CompressionError):  # inflates past its announced length: no bomb
+        Compression(_Sink()).feed(lying)
+    garbage = (5).to_bytes(3, "little") + b"\x00" + (50).to_bytes(3, "little") + b"hello"
+    with pytest.raises(CompressionError):
+        Compression(_Sink()).feed(garbage)
