@@ -1,0 +1,101 @@
+"""The floor of any asyncio proxy on this machine: a byte relay with no parsing at all.
+
+`python -m bench.relay [SECONDS] [PAIRS]` runs sysbench oltp_point_select (16 threads, server-side
+prepared) directly against MariaDB and through a 1:1 uvloop byte relay (one backend connection
+per client, bytes copied both ways, nothing else), alternating, and prints the ratio and the
+relay's user/system CPU per query. Whatever the proxy does per statement (plan, lease, reply
+scanning, metrics) is on top of this; the kernel part (four socket syscalls per query and the
+wake-ups they cause) is the same for both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .common import prepare_oltp, sandbox, sysbench
+
+TABLE = ["--tables=4", "--table-size=10000"]
+
+
+def _relay(listen: int, backend: int) -> None:
+    import uvloop
+
+    class Back(asyncio.Protocol):
+        def __init__(self, front: Front) -> None:
+            self.front = front
+
+        def connection_made(self, t: asyncio.BaseTransport) -> None:
+            self.t: asyncio.Transport = t  # type: ignore[assignment]
+
+        def data_received(self, d: bytes) -> None:
+            self.front.t.write(d)
+
+        def connection_lost(self, e: Exception | None) -> None:
+            self.front.t.close()
+
+    class Front(asyncio.Protocol):
+        def connection_made(self, t: asyncio.BaseTransport) -> None:
+            self.t: asyncio.Transport = t  # type: ignore[assignment]
+            self.back: Back | None = None
+            self.t.pause_reading()
+            asyncio.ensure_future(self.open())
+
+        async def open(self) -> None:
+            loop = asyncio.get_running_loop()
+            _, self.back = await loop.create_connection(lambda: Back(self), "127.0.0.1", backend)
+            self.t.resume_reading()
+
+        def data_received(self, d: bytes) -> None:
+            assert self.back is not None
+            self.back.t.write(d)
+
+        def connection_lost(self, e: Exception | None) -> None:
+            if self.back is not None:
+                self.back.t.close()
+
+    async def main() -> None:
+        srv = await asyncio.get_running_loop().create_server(Front, "127.0.0.1", listen)
+        await srv.serve_forever()
+
+    uvloop.install()
+    asyncio.run(main())
+
+
+def _cpu(pid: int) -> tuple[float, float]:
+    f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(f[11]) / 100, int(f[12]) / 100
+
+
+def main() -> None:
+    from proxy.sandbox import free_port
+
+    seconds = int(sys.argv[1]) if len(sys.argv) > 1 else 10
+    pairs = int(sys.argv[2]) if len(sys.argv) > 2 else 3
+    sb = sandbox("sandbox-rs", replicas=1)
+    port = free_port()
+    relay = subprocess.Popen([sys.executable, "-c", f"from bench.relay import _relay; "
+                              f"_relay({port}, {sb.primary_port})"],
+                             cwd=Path(__file__).resolve().parent.parent)
+    time.sleep(1)
+    try:
+        prepare_oltp(sb, TABLE)
+        for _ in range(pairs):
+            d = sysbench(TABLE, sb.primary_port, 16, seconds, "oltp_point_select")
+            u0 = _cpu(relay.pid)
+            x = sysbench(TABLE, port, 16, seconds, "oltp_point_select")
+            u1 = _cpu(relay.pid)
+            n = x.qps * seconds or 1
+            print(f"direct {d.qps:7.0f} q/s | relay {x.qps:7.0f} q/s | ratio {x.qps / d.qps:.2f} | "
+                  f"relay CPU user {(u1[0] - u0[0]) / n * 1e6:.0f} us + system "
+                  f"{(u1[1] - u0[1]) / n * 1e6:.0f} us per query", flush=True)
+    finally:
+        relay.kill()
+        sb.stop()
+
+
+if __name__ == "__main__":
+    main()
