@@ -44,36 +44,43 @@ def main() -> None:
                     lane1 = _lane(p)
                     done = lane1[0] - lane0[0]
                     lane = (lane1[1] - lane0[1]) / done if done else 0.0
-                    pairs.append((x.qps / d.qps if d.qps else 0.0, d, x, cpu / q * 1e6 if q else 0.0, lane))
+                    rep = (lane1[2] - lane0[2]) / done if done else 0.0
+                    pairs.append((x.qps / d.qps if d.qps else 0.0, d, x, cpu / q * 1e6 if q else 0.0,
+                                  lane, rep))
                 pairs.sort(key=lambda r: r[0])
-                ratio, d, x, cpu_us, lane = pairs[len(pairs) // 2]
+                ratio, d, x, cpu_us, lane, rep = pairs[len(pairs) // 2]
                 lo, hi = pairs[0][0], pairs[-1][0]
                 name = test + (" (text protocol)" if extra else "")
-                rows.append((name, t, d.qps, x.qps, ratio, lo, hi, d.p95_ms, x.p95_ms, cpu_us, lane))
+                rows.append((name, t, d.qps, x.qps, ratio, lo, hi, d.p95_ms, x.p95_ms, cpu_us, lane,
+                             rep))
                 print(f"{name:36s} {t:3d} thr  direct {d.qps:9.0f} q/s p95 {d.p95_ms:6.2f} ms | "
                       f"proxy {x.qps:9.0f} q/s p95 {x.p95_ms:6.2f} ms | ratio {ratio:.2f} "
-                      f"({lo:.2f}-{hi:.2f}) | proxy CPU {cpu_us:.0f} us/query | lane {lane:.0%}",
+                      f"({lo:.2f}-{hi:.2f}) | proxy CPU {cpu_us:.0f} us/query | lane {lane:.0%} | "
+                      f"on the replica {rep:.0%}",
                       flush=True)
         lines = [f"Measured {machine()}; {REPS} pairs of {SECONDS} s runs per point (direct, then "
                  "proxy, back to back); the median pair is shown, with the ratio's range over all pairs.",
                  "",
                  "| test | threads | direct q/s | proxy q/s | proxy/direct | range | direct p95 ms | "
-                 "proxy p95 ms | proxy CPU us/query | fast lane |",
-                 "|---|---|---|---|---|---|---|---|---|---|"]
+                 "proxy p95 ms | proxy CPU us/query | fast lane | served by the replica |",
+                 "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             lines.append(f"| {r[0]} | {r[1]} | {r[2]:.0f} | {r[3]:.0f} | {r[4]:.2f} | {r[5]:.2f}-{r[6]:.2f} "
-                         f"| {r[7]:.2f} | {r[8]:.2f} | {r[9]:.0f} | {r[10]:.0%} |")
+                         f"| {r[7]:.2f} | {r[8]:.2f} | {r[9]:.0f} | {r[10]:.0%} | {r[11]:.0%} |")
         publish("bench-core.md", lines)
     finally:
         p.stop()
         sb.stop()
 
 
-def _lane(p: Proxy) -> tuple[float, float]:
-    """Statements the proxy ran so far: all of them, and those on its fast lane."""
+def _lane(p: Proxy) -> tuple[float, float, float]:
+    """Statements the proxy ran so far: all of them, those on its fast lane, and the reads a
+    replica served."""
     m = metrics(p.metrics_port)
     total = sum(v for k, v in m.items() if k.startswith("seckill_proxy_statements_total{"))
-    return total, m.get("seckill_proxy_fastlane_statements_total", 0.0)
+    replica = sum(v for k, v in m.items()
+                  if k.startswith("seckill_proxy_reads_total{") and 'outcome="replica' in k)
+    return total, m.get("seckill_proxy_fastlane_statements_total", 0.0), replica
 
 
 if __name__ == "__main__":
