@@ -9,7 +9,7 @@ first offered here: if it is a statement the general path would simply send to t
 the session already holds and relay back, the lane does exactly that from the client socket's
 callback, relays the reply from the backend socket's callback, and does the same bookkeeping
 (session state, metrics, digest, slow log). Anything else goes to the task untouched; a
-backend failure gets the general path's own answer (`ProxySession._lost`).
+backend failure gets the general path's own answer (`general.lost`).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import struct
 import time
 from typing import TYPE_CHECKING
 
+from . import general, prepared
 from . import metrics as M
-from . import prepared
 from . import protocol as P
 from .backend import BackendConn, ReplyScanner
 from .classify import Shape, classify, statement_values
@@ -242,7 +242,7 @@ class FastLane:
 
     def _on_lost(self) -> None:
         """The backend connection died under the command: the same answer as the general path
-        (session.py `_lost`), given from a short task while the client stays held."""
+        (`general.lost`), given from a short task while the client stays held."""
         c = self.conn
         assert c is not None
         c.broken = True
@@ -268,7 +268,7 @@ class FastLane:
                 cmd, self.shape = self.command, None  # the general path counts it
                 await (s.com_query(cmd) if cmd[0] == P.COM_QUERY else prepared.execute(s, cmd))
                 return
-            await s._lost(BackendLost(f"lost connection to {c.addr} during query (EOF)"),
+            await general.lost(s, BackendLost(f"lost connection to {c.addr} during query (EOF)"),
                           retry=False, shape=self.shape)
         except ProxyError as e:
             err = e.packet()
@@ -302,7 +302,7 @@ class FastLane:
         M.count_statement(shape.verb, route, outcome, dt, 1)
         s.app.digest.record(shape, dt, route, rows)
         if dt * 1000 >= s.app.slow_ms > 0:
-            s._slow(shape, dt, route, outcome)
+            general.slow(s, shape, dt, route, outcome)
         s.busy = False
         self.client.release()
 

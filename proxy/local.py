@@ -7,6 +7,7 @@ import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from . import general
 from . import protocol as P
 from .backend import BackendConn
 from .classify import Shape
@@ -146,7 +147,7 @@ async def local_set(s: ProxySession, shape: Shape, sql: str, payload: bytes) -> 
     cs = "utf8mb3" if cs == "utf8" else cs
     coll = coll or BackendConn.catalog.default_collation(cs)
     if coll is None or BackendConn.catalog.charset.get(coll) != cs:
-        await s._forward(payload, shape)  # MySQL answers it (its errors included)
+        await general.forward(s, payload, shape)  # MySQL answers it (its errors included)
         return
     s.names = Names.uniform(cs, coll)
     s.state_stale = True
@@ -182,7 +183,7 @@ async def processlist(s: ProxySession, payload: bytes) -> None:
                     break
                 out.append(_with_client_ids(pkt, at, ids) if at else pkt)
     except BackendLost as e:
-        await s._lost(e, retry=False, shape=None)
+        await general.lost(s, e, retry=False, shape=None)
         return
     s.stmt_conn = c
     s.settle()

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from . import local, tracked
+from . import general, local, tracked
 from . import protocol as P
 from .backend import BackendConn, BufferWriter, Relayed
 from .classify import Shape, classify, with_conn_id
@@ -66,7 +66,7 @@ async def prepare(s: ProxySession, payload: bytes) -> None:
             )
         ]
     except BackendLost as e:
-        await s._lost(e, retry=False, shape=None)
+        await general.lost(s, e, retry=False, shape=None)
         return
     key = c.stmt_key(sql)
     old = c.stmts.pop(key, None)
@@ -131,7 +131,7 @@ async def execute(s: ProxySession, payload: bytes) -> None:
     async def run(c: BackendConn, out: Any) -> Relayed:
         return await run_execute_on(s, c, st, parts, out)
 
-    await s._run_plan(p, st.shape, run, lambda q: execute_on_primary(s, st, q, run),
+    await general.run_plan(s, p, st.shape, run, lambda q: execute_on_primary(s, st, q, run),
                       lambda fwd: s.app.hotrow.intercept_execute(s, st, parts, fwd), st.sql)
 
 
@@ -155,7 +155,7 @@ async def bulk_execute(s: ProxySession, payload: bytes) -> None:
         return await c.relay(out, s._ok_hook)
 
     p = plan(st.shape, s, s.app.policy, bulk=True)
-    await s._run_plan(p, st.shape, run, lambda q: execute_on_primary(s, st, q, run),
+    await general.run_plan(s, p, st.shape, run, lambda q: execute_on_primary(s, st, q, run),
                       _no_hot, st.sql)
 
 
@@ -183,11 +183,11 @@ async def execute_on_primary(
             await s.send(e.raw)
             return None
         except BackendLost as e:
-            await s._lost(e, retry=attempt == 0 and not e.sent, shape=st.shape)
+            await general.lost(s, e, retry=attempt == 0 and not e.sent, shape=st.shape)
             continue
         if s.pin == "long data pending":
             s.pin = None
-        return await s._finish(c, r, hold)
+        return await general.finish(s, c, r, hold)
     raise AssertionError("unreachable")
 
 

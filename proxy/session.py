@@ -13,21 +13,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
-import time
-from collections.abc import Awaitable, Callable
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from mysql_mimic.session import BaseSession
 from mysql_mimic.variables import GlobalVariables, SessionVariables
 
-from . import infile, local, tracked, tracking, uservars
-from . import metrics as M
+from . import general, local, tracking
 from . import protocol as P
-from .backend import BackendConn, BufferWriter, Relayed
-from .classify import Shape, classify, parse_hints, with_conn_id
+from .backend import BackendConn, Relayed
+from .classify import classify, with_conn_id
 from .errors import (
-    CR_SERVER_LOST,
     BackendError,
     BackendLost,
     LeaseReason,
@@ -36,21 +31,18 @@ from .errors import (
 from .escrow import Reservation
 from .fastlane import FastLane
 from .lease import Lease, LeaseState
-from .plan import LOCAL_ANSWERS, Plan, Route, Track, plan
+from .plan import LOCAL_ANSWERS, Plan, Route, plan
 from .state import LOGIN_NAMES, Answered, Names, Wanted, absorb, split_reported
 from .tracking import Tracking
 from .wire import ClientIO
 
 if TYPE_CHECKING:
     from .frontend import ProxyConnection
-    from .pool import Pool
     from .prepared import ClientStmt
     from .server import App
 
 log = logging.getLogger("seckill.session")
 
-# MySQL clears the warnings list only at a statement that uses a table: one every user may read.
-_CLEAR_DIAGNOSTICS = "DO (SELECT 1 FROM information_schema.COLLATIONS LIMIT 0)"
 
 
 class ProxySession(BaseSession):
@@ -296,7 +288,7 @@ class ProxySession(BaseSession):
         show the other's."""
         if c.diag and c is not self.stmt_conn:
             try:
-                await c.execute(_CLEAR_DIAGNOSTICS)
+                await c.execute(general.CLEAR_DIAGNOSTICS)
             except BackendError:
                 return  # (not expected: every user may read that table) left as it is
             except BackendLost:
@@ -415,60 +407,10 @@ class ProxySession(BaseSession):
         if p.route is Route.PROCESSLIST:
             await local.processlist(self, payload)
             return
-        await self._run_plan(p, shape, lambda c, out: self._run_on(c, payload, out, shape),
-                             lambda q: self._forward(payload, shape, q),
-                             lambda fwd: self.app.hotrow.intercept(self, sql, shape, fwd), sql)
-
-    async def _run_plan(
-        self, p: Plan, shape: Shape,
-        run: Callable[[BackendConn, Any], Awaitable[Relayed]],
-        forward: Callable[[Plan], Awaitable[Relayed | None]],
-        hot: Callable[[Callable[[], Awaitable[Any]]], Awaitable[tuple[str, str] | None]],
-        sql: str,
-    ) -> None:
-        """The general path: run a plan (statement text or prepared), with one set of
-        statement metrics, digest row and slow-log line."""
-        t0 = time.perf_counter()
-        route = "primary"
-        outcome = "ok"
-        rows = 0
-        try:
-            if p.gate_write:
-                self.app.durability.check_write()  # the gate runs once, here
-                p = replace(p, gate_write=False)
-            if p.route is Route.HOTROW:
-                handled = await hot(lambda: forward(p))
-                if handled is not None:
-                    route, outcome = handled
-                    return
-            elif p.route is Route.DIAG:
-                rd = await self._diagnostics(run)
-                outcome = "error" if rd.err is not None else "ok"
-                return
-            elif p.route is Route.REPLICA_TXN:
-                await self._begin_read_only(p)
-            elif p.route is Route.REPLICA:
-                rr = await self._read(p, sql, lambda c: run(c, self.out))
-                if rr is not None:
-                    route = "replica"
-                    rows = rr.rows
-                    if rr.err is not None:
-                        outcome = "error"
-                    return
-            r = await forward(p)
-            if r is None or r.err is not None:
-                outcome = "error"
-            elif r is not None:
-                rows = r.rows or r.affected_rows
-        except ProxyError:
-            outcome = "error"
-            raise
-        finally:
-            dt = time.perf_counter() - t0
-            M.count_statement(shape.verb, route, outcome, dt)
-            self.app.digest.record(shape, dt, route, rows)
-            if dt * 1000 >= self.app.slow_ms > 0:
-                self._slow(shape, dt, route, outcome)
+        await general.run_plan(
+            self, p, shape, lambda c, out: general.run_on(self, c, payload, out, shape),
+            lambda q: general.forward(self, payload, shape, q),
+            lambda fwd: self.app.hotrow.intercept(self, sql, shape, fwd), sql)
 
     # ---- replica reads ---------------------------------------------------------------------
 
@@ -480,241 +422,10 @@ class ProxySession(BaseSession):
     def consistency(self) -> str:
         return self.read_consistency or self.app.read_consistency
 
-    async def _replica_conn(self, p: Plan, sql: str) -> tuple[BackendConn, Pool, str] | None:
-        """A replica connection for this read: the one the lease keeps from the last read if
-        that replica may serve it at once, else the router's choice (None: the primary)."""
-        assert p.read is not None
-        rp = p.read
-        if "/*+" in sql:  # READ_AFTER_GTID('...'): the digest hides the literal
-            tok = parse_hints(sql).get("READ_AFTER_GTID")
-            if tok:
-                rp = replace(rp, token=tok)
-        L = self.lease
-        router = self.app.reads
-        if (L.state is LeaseState.SOFT and L.pool is not None and L.conn is not None
-                and L.pool.role == "replica" and not L.conn.broken and not self.state_stale
-                and router.ready_now(L.pool, rp, self.last_gtid)):
-            L.transition(LeaseState.STATEMENT, LeaseReason.ACQUIRED)
-            return L.conn, L.pool, "replica"
-        got = await router.acquire(self, rp)
-        if got is None:
-            router.count(rp.consistency, "primary_fallback")
-            return None
-        if L.state is not LeaseState.NONE:
-            await L.release(LeaseReason.ROUTE_CHANGE)
-        L.transition(LeaseState.STATEMENT, LeaseReason.ACQUIRED, got[0], got[1])
-        self.state_stale = False  # the router's acquire applied the session's state
-        await self._fresh(got[0])
-        return got
-
-    async def _read(
-        self, p: Plan, sql: str, run: Callable[[BackendConn], Awaitable[Relayed]]
-    ) -> Relayed | None:
-        """Serve a SELECT from a replica that has the watermark; None: the caller uses the primary."""
-        assert p.read is not None
-        got = await self._replica_conn(p, sql)
-        if got is None:
-            return None
-        c, pool, outcome = got
-        router = self.app.reads
-        try:
-            r = await run(c)
-            await self._drain()
-        except BackendLost as e:
-            await self.lease.release(LeaseReason.BACKEND_LOST)
-            if e.delivered:
-                raise ProxyError(CR_SERVER_LOST, f"Lost connection to replica during query ({e.reason})") from None
-            router.count(p.read.consistency, "primary_fallback")
-            return None  # nothing reached the client: the primary answers instead
-        except BackendError as e:
-            self.settle()
-            await self.send(e.raw)
-            return Relayed(err=P.ErrPacket(e.code, e.sqlstate, e.message))
-        except BaseException:
-            await self.lease.release(LeaseReason.CLIENT_GONE)  # relay() marked it broken
-            raise
-        self.stmt_conn = c
-        self.settle()
-        router.count(p.read.consistency, outcome, pool.label)
-        return r
-
-    async def _diagnostics(self, run: Callable[[BackendConn, Any], Awaitable[Relayed]]) -> Relayed:
-        """SHOW WARNINGS, @@warning_count, SHOW SESSION STATUS...: on the connection that ran
-        the session's previous statement, wherever it is (a replica's, after a read). A
-        connection new to the session first gets its diagnostics area cleared, so it shows
-        nothing of its previous user's statements (or of the proxy's own state replay), as a
-        fresh MySQL connection."""
-        L = self.lease
-        c = L.conn
-        if c is not None and c is self.stmt_conn and not c.broken and not self.state_stale:
-            if L.state is LeaseState.SOFT:
-                L.transition(LeaseState.STATEMENT, LeaseReason.ACQUIRED)
-        else:
-            c = await self._get_conn()
-            await c.execute(_CLEAR_DIAGNOSTICS)
-            c.diag = c.warned = False
-        try:
-            r = await run(c, self.out)
-        except BackendLost as e:
-            await self._lost(e, retry=False, shape=None)
-            raise AssertionError("unreachable") from None
-        return await self._finish(c, r, None)
-
-    async def _begin_read_only(self, p: Plan) -> None:
-        """START TRANSACTION READ ONLY runs on one replica for the whole transaction."""
-        assert p.read is not None
-        got = await self.app.reads.acquire(self, p.read)
-        if got is None:
-            self.app.reads.count(p.read.consistency, "primary_fallback")
-            return
-        await self.lease.release(LeaseReason.READ_ONLY_TXN)
-        self.lease.transition(LeaseState.REPLICA_TXN, LeaseReason.READ_ONLY_TXN, got[0], got[1])
-        self.state_stale = False
-        await self._fresh(got[0])
-        self.app.reads.count(p.read.consistency, got[2], got[1].label)
-
-    def _slow(self, shape: Shape, dt: float, route: str, outcome: str) -> None:
-        conn_id = self.connection.connection_id if self.connection else None
-        log.warning("slow statement: %.1f ms route=%s outcome=%s user=%s digest=%s",
-                    dt * 1000, route, outcome, self.username, shape.digest[:500],
-                    extra={"conn_id": conn_id})
-
-    async def _forward(
-        self, payload: bytes, shape: Shape | None, p: Plan | None = None, field_list: bool = False
-    ) -> Relayed:
-        """Run a statement on the primary path as its plan says: tracked commit, tracked
-        autocommit write, or sent on the session's connection with the reply relayed (held
-        for a replica acknowledgement when the plan says so). The fast lane runs exactly the
-        plans that only forward (`Plan.lane`)."""
-        if p is not None and p.track is Track.COMMIT:
-            return await tracked.tracked_commit(self, payload, p)
-        if p is not None and p.track is Track.AUTOCOMMIT:
-            assert shape is not None
-            return await tracked.tracked_autocommit(self,
-                shape, p, lambda c, out: self._run_on(c, payload, out, shape))
-        hold = BufferWriter() if p is not None and p.hold_ack else None
-        for attempt in (0, 1):
-            c = await self._get_conn()
-            if shape is not None:
-                if p is not None and p.pin and not self.pin:
-                    self.pin = p.pin
-                if shape.pin:
-                    c.dirty = True
-                    if (shape.pin == "user variable" and self.lease.state is LeaseState.REPLICA_TXN
-                            and len(self.replica_vars) < uservars.MAX_VARS):
-                        # the text itself: the digest hides quoted names (@'x')
-                        text = (payload[1:].decode("utf-8", "surrogateescape")
-                                if payload[:1] == bytes((P.COM_QUERY,)) else shape.digest)
-                        self.replica_vars |= uservars.names(text)
-                if shape.uses_last_insert_id and c.last_insert_id != self.last_insert_id:
-                    await c.execute(f"SELECT LAST_INSERT_ID({self.last_insert_id})")
-            try:
-                if field_list:
-                    await c.command(payload)
-                    r = await c.relay(hold or self.out, self._ok_hook, field_list=True)
-                else:
-                    r = await self._run_on(c, payload, hold or self.out, shape)
-            except BackendLost as e:
-                await self._lost(e, retry=attempt == 0 and not e.sent, shape=shape)
-                continue
-            if p is not None and p.retrack and r.err is None:
-                try:
-                    await self._retrack(c)
-                except (BackendLost, BackendError):
-                    c.broken = True  # the reply is out: the pool closes this connection
-            return await self._finish(c, r, hold)
-        raise AssertionError("unreachable")
-
-    async def _finish(self, c: BackendConn, r: Relayed, hold: BufferWriter | None) -> Relayed:
-        """After a statement's reply: take over session state, give the connection back, then
-        let the (possibly held) reply go out."""
-        self._after(c, r)
-        carry = None
-        if self.replica_vars and self.replica_txn and not self.in_txn:
-            carry = await self._read_user_vars(c)
-        self.settle()
-        if carry is not None:
-            await self._restore_user_vars(carry)
-        if hold is not None:
-            await self._release_held(hold, r)
-        await self._drain()
-        return r
-
-    async def _read_user_vars(self, c: BackendConn) -> uservars.Carry | None:
-        """The replica RO transaction is over: read its user variables there (uservars.py)."""
-        vs, self.replica_vars = sorted(self.replica_vars), set()
-        carry = await uservars.read(c, vs)
-        if carry is not None and self.pin == "user variable":
-            self.pin = None  # carried, not dropped: no warning at the lease's end
-        return carry
-
-    async def _restore_user_vars(self, carry: uservars.Carry) -> None:
-        """Set them on a primary connection the session then keeps, as after `SET @x` there."""
-        c = await self._get_conn()
-        self.pin = "user variable"
-        c.dirty = True
-        try:
-            await uservars.restore(c, carry)
-        except BackendLost as e:
-            await self._lost(e, retry=False, shape=None)
-        self.settle()
-
-    async def _run_on(self, c: BackendConn, payload: bytes, out: Any,
-                      shape: Shape | None = None) -> Relayed:
-        conn = self.connection
-        if shape is not None and shape.verb == "LOAD" and not infile.allowed(
-                shape, self.app.cfg.limits.local_infile,
-                int(conn.capabilities) if conn is not None else None):
-            raise infile.refused()
-        r = await self._send_and_relay(c, payload, out, shape)
-        if r.local_infile:
-            assert conn is not None
-            r = await infile.relay_file(c, out, self.out, conn.stream.reader, self._drain,
-                                        self._ok_hook)
-        return r
-
-    async def _send_and_relay(self, c: BackendConn, payload: bytes, out: Any,
-                              shape: Shape | None) -> Relayed:
-        if shape is not None and shape.multi and not self.multi:
-            await c.set_multi(False)
-            try:
-                await c.command(payload)
-                return await c.relay(out, self._ok_hook)
-            finally:
-                if not c.broken:
-                    await c.set_multi(True)
-        await c.command(payload)
-        return await c.relay(out, self._ok_hook)
-
-    async def _release_held(self, hold: BufferWriter, r: Relayed) -> None:
-        """ack: replica — the OK goes out once replicas confirmed the write's GTID."""
-        if r.gtid and r.err is None:
-            await self.app.durability.wait_ack(r.gtid)
-        self.out.write(bytes(hold.buf))
-
     async def _drain(self) -> None:
         out = self.out
         if out.transport.get_write_buffer_size() >= 65536 or out.transport.is_closing():
             await out.drain()
-
-    async def _lost(self, e: BackendLost, retry: bool, shape: Shape | None) -> None:
-        """The backend connection died under a statement: retry, or tell the client the truth."""
-        held = self._holds()
-        await self._drop_conn(LeaseReason.BACKEND_LOST)
-        self.status &= ~P.SERVER_STATUS_IN_TRANS
-        self.release_slots()
-        if retry and not held:
-            return  # nothing reached MySQL: the loop runs the statement on a fresh connection
-        if held:
-            self.pin = None
-            raise ProxyError(
-                CR_SERVER_LOST,
-                f"Lost connection to MySQL server during query ({e.reason}); "
-                "the transaction was rolled back or its outcome is unknown",
-                fatal=True,
-            )
-        what = "outcome unknown" if shape is None or shape.is_write else "not executed"
-        raise ProxyError(CR_SERVER_LOST, f"Lost connection to MySQL server during query ({what})")
 
     def _after(self, c: BackendConn, r: Relayed) -> None:
         self.stmt_conn = c
@@ -745,12 +456,12 @@ class ProxySession(BaseSession):
     # ---- other commands -------------------------------------------------------------------
 
     async def com_init_db(self, payload: bytes) -> None:
-        r = await self._forward(payload, None)
+        r = await general.forward(self, payload, None)
         if r.err is None:
             self.database = payload[1:].decode("utf-8", "surrogateescape")
 
     async def com_field_list(self, payload: bytes) -> None:
-        await self._forward(payload, None, field_list=True)
+        await general.forward(self, payload, None, field_list=True)
 
     async def com_ping(self) -> None:
         await self.send(self.ok_packet())
@@ -765,7 +476,7 @@ class ProxySession(BaseSession):
             raise ProxyError((1835, "08S01"), "Malformed communication packet")
         tid = struct.unpack_from("<I", payload, 1)[0]
         if not await local.kill(self, f"KILL {tid}"):
-            await self._forward(payload, None)  # a backend thread id: MySQL's own KILL
+            await general.forward(self, payload, None)  # a backend thread id: MySQL's own KILL
 
     async def com_set_option(self, payload: bytes) -> None:
         """COM_SET_OPTION: multi-statements on (0) or off (1) for this session. Backend

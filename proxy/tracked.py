@@ -8,6 +8,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from . import general
 from . import protocol as P
 from .backend import BackendConn, BufferWriter, Relayed
 from .classify import Shape
@@ -97,14 +98,14 @@ async def tracked_commit(s: ProxySession, payload: bytes, p: Plan) -> Relayed:
     except BackendError:
         oid = 0  # e.g. a read-only transaction: commit untracked
     except BackendLost as e:
-        await s._lost(e, retry=False, shape=None)
+        await general.lost(s, e, retry=False, shape=None)
     hold = BufferWriter() if p.hold_ack else None
     try:
         await c.command(payload)
         r = await c.relay(hold or s.out, s._ok_hook)
     except BackendLost as e:
         if not oid:
-            await s._lost(e, retry=False, shape=None)
+            await general.lost(s, e, retry=False, shape=None)
         await s._drop_conn(LeaseReason.BACKEND_LOST)
         s.status &= ~P.SERVER_STATUS_IN_TRANS
         s.pin = None
@@ -120,5 +121,5 @@ async def tracked_commit(s: ProxySession, payload: bytes, p: Plan) -> Relayed:
                              "COMMIT and seckill-proxy verified that nothing was committed") from None
         raise ProxyError(CR_SERVER_LOST, "Lost connection to MySQL server during COMMIT; outcome "
                          "unknown (the primary could not be asked)", fatal=True) from None
-    return await s._finish(c, r, hold)
+    return await general.finish(s, c, r, hold)
 
