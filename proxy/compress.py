@@ -17,6 +17,8 @@ from __future__ import annotations
 import zlib
 from typing import Any
 
+from .layer import LayerTransport
+
 MIN_COMPRESS = 50  # as MySQL: shorter payloads are not worth deflating
 MAX_FRAME = 0xFFFFFF  # a frame's length field is 3 bytes
 
@@ -25,11 +27,12 @@ class CompressionError(ValueError):
     """The client sent a frame that does not inflate to its announced length."""
 
 
-class Compression:
-    """The transport API subset the proxy uses, compressing on the way out."""
+class Compression(LayerTransport):
+    """The client's transport, compressing on the way out (the layer below: the socket's
+    transport, or TLS)."""
 
     def __init__(self, raw: Any) -> None:
-        self.raw = raw  # the socket's transport, or TLS over it
+        super().__init__(raw)
         self.seq = 0  # the next outgoing frame's sequence id
         self._in = bytearray()
 
@@ -61,7 +64,7 @@ class Compression:
         del buf[:pos]
         return bytes(out)
 
-    # ---- the transport API the proxy uses -------------------------------------------------
+    # ---- outbound -------------------------------------------------------------------------
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if not data or self.raw.is_closing():
@@ -84,27 +87,3 @@ class Compression:
             frames.append(chunk)
             self.seq = (self.seq + 1) & 0xFF
         self.raw.write(b"".join(frames))
-
-    def writelines(self, chunks: Any) -> None:
-        self.write(b"".join(chunks))
-
-    def is_closing(self) -> bool:
-        return bool(self.raw.is_closing())
-
-    def close(self) -> None:
-        self.raw.close()
-
-    def abort(self) -> None:
-        self.raw.abort()
-
-    def pause_reading(self) -> None:
-        self.raw.pause_reading()
-
-    def resume_reading(self) -> None:
-        self.raw.resume_reading()
-
-    def get_write_buffer_size(self) -> int:
-        return int(self.raw.get_write_buffer_size())
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return self.raw.get_extra_info(name, default)

@@ -15,6 +15,8 @@ import asyncio
 import ssl
 from typing import Any
 
+from .layer import LayerTransport
+
 
 def server_context(cert: str, key: str, ca: str | None = None) -> ssl.SSLContext:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -34,11 +36,11 @@ def client_context(ca: str | None, verify: bool) -> ssl.SSLContext:
     return ctx
 
 
-class TLSTransport:
-    """The transport API subset the proxy uses, encrypting on the way out."""
+class TLSTransport(LayerTransport):
+    """The client's transport, encrypting on the way out."""
 
     def __init__(self, raw: Any, ctx: ssl.SSLContext) -> None:
-        self.raw = raw
+        super().__init__(raw)
         self._in = ssl.MemoryBIO()
         self._out = ssl.MemoryBIO()
         self.obj = ctx.wrap_bio(self._in, self._out, server_side=True)
@@ -98,12 +100,6 @@ class TLSTransport:
             return
         self._flush()
 
-    def writelines(self, chunks: Any) -> None:
-        self.write(b"".join(chunks))
-
-    def is_closing(self) -> bool:
-        return bool(self.raw.is_closing())
-
     def close(self) -> None:
         if not self.raw.is_closing():
             try:
@@ -112,15 +108,6 @@ class TLSTransport:
                 pass
             self._flush()
         self.raw.close()
-
-    def abort(self) -> None:
-        self.raw.abort()
-
-    def pause_reading(self) -> None:
-        self.raw.pause_reading()
-
-    def resume_reading(self) -> None:
-        self.raw.resume_reading()
 
     def get_write_buffer_size(self) -> int:
         return int(self.raw.get_write_buffer_size()) + self._out.pending

@@ -3,6 +3,7 @@ test_robustness.py), a connection cap, and an audit trail of who ran what."""
 
 from __future__ import annotations
 
+import hashlib
 import struct
 import time
 import urllib.request
@@ -207,6 +208,16 @@ def test_tls_for_clients(sandbox: Sandbox, tmp_path: Path) -> None:
                             f"--ssl-ca={certs['ca']}", "--ssl-verify-server-cert", "-N", "-e",
                             "SHOW STATUS LIKE 'Ssl_cipher'"], capture_output=True, text=True)
         assert r.returncode == 0 and r.stdout.split("\t")[1].strip(), r.stdout + r.stderr
+        # TLS and the compressed protocol together: frames inside the TLS records
+        r = subprocess.run(["mariadb", "-h127.0.0.1", f"-P{p.port}", "-uapp_tls", "-papp",
+                            f"--ssl-ca={certs['ca']}", "--ssl-verify-server-cert", "--compress",
+                            "-N", "-e", "SHOW STATUS LIKE 'Ssl_version'; SHOW STATUS LIKE "
+                            "'Compression'; SELECT MD5(REPEAT('tls', 200000))"],
+                           capture_output=True, text=True)
+        lines = r.stdout.splitlines()
+        assert r.returncode == 0 and lines[0].split("\t")[1].startswith("TLSv1."), r.stderr
+        assert lines[1] == "Compression\tON"
+        assert lines[2] == hashlib.md5(b"tls" * 200000).hexdigest()
         # a require_tls user without TLS: 1045, as MySQL's REQUIRE SSL (PyMySQL prefers TLS
         # when offered, so it is turned off here)
         with pytest.raises(pymysql.MySQLError) as ei:
