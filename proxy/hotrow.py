@@ -28,20 +28,30 @@ from pymysql.converters import escape_string
 
 from . import metrics as M
 from . import protocol as P
-from .classify import HotTemplate, Shape, Unsupported, parse_hints, statement_values
+from .classify import HotTemplate, Shape, statement_values
 from .config import HOTROW_MODES, HotRowCfg, HotRowRule
 from .errors import (
     CR_SERVER_LOST,
     ER_INVENTORY_AUTOCOMMIT,
     ER_INVENTORY_TARGET_AFFECT_ROW,
     ER_LOCK_WAIT_TIMEOUT,
-    ER_PARSE_ERROR,
     BackendError,
     BackendLost,
     ProxyError,
 )
 from .escrow import RESERVATION, Escrow, Reservation
 from .escrow import ddl as escrow_ddl
+from .hotalloc import (
+    PLAIN,
+    HotStmt,
+    Inventory,
+    Member,
+    allocate,
+    bind,
+    inventory_hints,
+    read_only,
+    sql_literal,
+)
 from .outcome import find_record
 from .state import SERVICE, Answered
 
@@ -54,118 +64,9 @@ log = logging.getLogger("seckill.hotrow")
 
 MAX_DISCOVERED = 1000  # tables hotrow.discover keeps candidate rules for
 _NO_PRIVILEGE = frozenset({1142, 1143, 1044})  # table, column, database access denied
-MAX_KEY_SQL = 250  # a hot key's SQL literal fits the batch and reservation records
 MAX_KEYS = 100_000  # hot keys tracked at once (key values come from clients)
 INFO_HIT = b"Rows matched: 1  Changed: 1  Warnings: 0"
 INFO_MISS = b"Rows matched: 0  Changed: 0  Warnings: 0"
-
-
-# ---- pure parts -----------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class HotStmt:
-    """A recognised hot decrement bound to its values."""
-
-    rule: HotRowRule
-    key_value: int | str
-    amount: int
-    guard_op: str | None
-    bound: int | None
-
-    @property
-    def key_id(self) -> tuple[str, str, int | str]:
-        return (self.rule.schema, self.rule.table, self.key_value)
-
-
-def bind(
-    tpl: HotTemplate, values: list[object], database: str | None,
-    rules: dict[tuple[str, str], HotRowRule],
-) -> HotStmt | None:
-    """Match a template and its values against the rules; None means: take the normal path."""
-    schema = tpl.schema or database  # case-sensitive, as table names are in MySQL on Linux
-    if schema is None:
-        return None
-    rule = rules.get((schema, tpl.table))
-    if rule is None or rule.key != tpl.key or rule.column != tpl.column:
-        return None
-    need = max(p for p in (tpl.amount_pos, tpl.key_pos, tpl.guard_pos, tpl.guard_sub_pos)
-               if p is not None)
-    if len(values) <= need:
-        return None
-    amount = values[tpl.amount_pos]
-    key = values[tpl.key_pos]
-    if not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
-        return None
-    if isinstance(key, Unsupported) or not isinstance(key, int | str) or isinstance(key, bool):
-        return None
-    if isinstance(key, str) and len(_sql_literal(key)) > MAX_KEY_SQL:
-        return None  # a key this long is no inventory key; batch records keep 255 characters
-    bound = None
-    if tpl.guard_pos is not None:
-        b = values[tpl.guard_pos]
-        if not isinstance(b, int) or isinstance(b, bool):
-            return None
-        bound = b
-        if tpl.guard_sub_pos is not None:
-            s = values[tpl.guard_sub_pos]
-            if not isinstance(s, int) or isinstance(s, bool) or s <= 0:
-                return None
-            bound += s  # c - s >= b  <=>  c >= b + s
-    return HotStmt(rule, key, amount, tpl.guard_op, bound)
-
-
-def _read_only(sysvars: dict[str, str]) -> bool:
-    v = sysvars.get("transaction_read_only", sysvars.get("tx_read_only", "OFF"))
-    return v.upper() in ("ON", "1")
-
-
-@dataclass
-class Member:
-    amount: int
-    guard_op: str | None
-    bound: int | None
-    fut: asyncio.Future[int] = field(repr=False, default=None)  # type: ignore[arg-type]
-    arrived: float = 0.0
-    gtid: str | None = None
-    # auto mode: a member alone in its group runs its own statement (decision PLAIN) and sets
-    # this when done, so the key's next group waits for it as for a group.
-    plain_done: asyncio.Future[None] | None = field(repr=False, default=None)
-    # inside a transaction: the member's own connection (its confirm row goes there) and,
-    # once the batch committed, its reservation
-    conn: Any = field(repr=False, default=None)
-    reservation: Reservation | None = None
-    # told 0 rows: units reserved on the key (by any proxy) when its batch allocated
-    reserved_seen: int = 0
-
-
-PLAIN = -2  # decision for a member of a group of one in auto mode: run your own statement
-
-
-def allocate(current: int | None, members: list[Member], unsigned: bool) -> tuple[list[int], int]:
-    """Decide each member in arrival order, as if each ran alone: 1 hit, 0 miss, -1 run alone.
-
-    A member without a guard on an UNSIGNED column that would go below zero gets -1: MySQL would
-    answer it with an out-of-range error, which the proxy does not imitate; it runs alone instead.
-    Returns (decisions, total deducted).
-    """
-    if current is None:
-        return [0] * len(members), 0
-    out = []
-    cur = current
-    for m in members:
-        if m.guard_op == ">":
-            ok = cur > (m.bound or 0)
-        elif m.guard_op == ">=":
-            ok = cur >= (m.bound or 0)
-        else:
-            ok = True
-        if ok and m.guard_op is None and unsigned and cur - m.amount < 0:
-            out.append(-1)
-            continue
-        if ok:
-            cur -= m.amount
-        out.append(1 if ok else 0)
-    return out, current - cur
 
 
 # ---- runtime ----------------------------------------------------------------------------------
@@ -524,7 +425,7 @@ class HotRowEngine:
             # in its own transaction (escrow.py); that needs the connection holding it.
             txn_conn = session.escrow_conn()
         if mode in ("merge", "auto") and (
-                (in_txn and txn_conn is None) or session.pin or _read_only(session.sysvars)):
+                (in_txn and txn_conn is None) or session.pin or read_only(session.sysvars)):
             # Merged, the statement would run on another connection: not for a session pinned
             # to state on its own connection (a temporary table shadowing the rule's table,
             # LOCK TABLES, user variables), a read-only session, or a transaction that already
@@ -931,7 +832,7 @@ class HotRowEngine:
         """One backend transaction for the whole group; returns each member's decision."""
         r = hs.rule
         tbl = f"`{r.schema}`.`{r.table}`"
-        key = _sql_literal(hs.key_value)
+        key = sql_literal(hs.key_value)
         batch_id = (self.proxy_id << 32) | (next(self._seq) & 0xFFFFFFFF)
         t0 = time.perf_counter()
         try:
@@ -965,7 +866,7 @@ class HotRowEngine:
             stmts.append(
                 f"INSERT INTO `{self.cfg.batch_schema}`.`hotrow_batch` "
                 f"(id, table_name, key_value, members, total) VALUES ({batch_id}, "
-                f"'{escape_string(r.qualified)}', {_sql_literal(str(hs.key_value))}, {len(members)}, {total})")
+                f"'{escape_string(r.qualified)}', {sql_literal(str(hs.key_value))}, {len(members)}, {total})")
             stmts.append("COMMIT")
             commit_sent = True
             _, ok = await c.query("; ".join(stmts))
@@ -1043,12 +944,6 @@ def _in_txn(session: HotRowMember) -> bool:
         session.sysvars.get("autocommit", "ON").upper() in ("OFF", "0"))
 
 
-def _sql_literal(v: int | str) -> str:
-    if isinstance(v, int):
-        return str(v)
-    return "'" + escape_string(v) + "'"
-
-
 def _as_proxy_error(e: BackendError | BackendLost | ProxyError) -> ProxyError:
     if isinstance(e, ProxyError):
         return e
@@ -1068,25 +963,3 @@ async def _on_member(c: Any, sql: str) -> P.OkPacket:
         raise ProxyError(
             CR_SERVER_LOST, f"Lost connection to MySQL server during query ({e.reason}); "
             "the transaction was rolled back or its outcome is unknown", fatal=True) from None
-
-
-@dataclass(frozen=True)
-class Inventory:
-    """AliSQL's inventory hints on a hot decrement (honoured on the merged path)."""
-
-    commit_on_success: bool
-    rollback_on_fail: bool
-    target: int | None  # TARGET_AFFECT_ROW(n)
-
-
-def inventory_hints(hints: dict[str, str], raw_sql: str) -> Inventory | None:
-    if not ("COMMIT_ON_SUCCESS" in hints or "ROLLBACK_ON_FAIL" in hints
-            or "TARGET_AFFECT_ROW" in hints):
-        return None
-    target = None
-    if "TARGET_AFFECT_ROW" in hints:  # the digest hides the number: read it from the text
-        raw = parse_hints(raw_sql).get("TARGET_AFFECT_ROW", "")
-        if not raw.isdigit():
-            raise ProxyError(ER_PARSE_ERROR, "TARGET_AFFECT_ROW needs a number of rows")
-        target = int(raw)
-    return Inventory("COMMIT_ON_SUCCESS" in hints, "ROLLBACK_ON_FAIL" in hints, target)

@@ -15,7 +15,7 @@ from proxy.classify import (
     with_conn_id,
 )
 from proxy.config import HotRowRule
-from proxy.hotrow import Member, allocate, bind
+from proxy.hotalloc import Member, allocate, bind
 
 RULES = {("shop", "inventory"): HotRowRule("shop", "inventory", "sku_id", "quantity")}
 
@@ -228,11 +228,11 @@ def test_fast_digest_equals_full_digest(text: str) -> None:
 def test_hot_keys_are_bounded_by_their_record_size(key: str) -> None:
     """A string key goes the hot way only while its SQL literal fits the batch and
     reservation records (VARCHAR(255)); longer ones take the normal path."""
-    from proxy.hotrow import MAX_KEY_SQL, _sql_literal
+    from proxy.hotalloc import MAX_KEY_SQL, sql_literal
 
     sql = "UPDATE inventory SET quantity = quantity - 1 WHERE sku_id = ? AND quantity > 0"
     hs = bind(classify(sql).hot, statement_values(sql, [key]), "shop", RULES)  # type: ignore[arg-type]
-    assert (hs is not None) == (len(_sql_literal(key)) <= MAX_KEY_SQL)
+    assert (hs is not None) == (len(sql_literal(key)) <= MAX_KEY_SQL)
 
 
 # ---- CONNECTION_ID() in writes: the client's id as a literal ------------------------------
