@@ -481,8 +481,8 @@ class ProxySession(BaseSession):
     async def com_set_option(self, payload: bytes) -> None:
         """COM_SET_OPTION: multi-statements on (0) or off (1) for this session. Backend
         connections keep them on (the proxy's own commit records need them); a statement with
-        `;` from a session that has them off runs with them off (`_run_on`), so MySQL answers
-        it as it would this client."""
+        `;` from a session that has them off runs with them off (`general.send_and_relay`), so
+        MySQL answers it as it would this client."""
         if len(payload) != 3 or payload[1] > 1 or payload[2]:
             raise ProxyError((1047, "08S01"), "Unknown command")
         self.multi = payload[1] == 0
