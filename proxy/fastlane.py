@@ -1,8 +1,8 @@
 """The fast lane: a plain statement on the session's own primary connection, run entirely in
 the event loop's socket callbacks.
 
-The session task (session.py) is the general path: every statement can go there. But most
-statements of an online shop are point reads and small writes, and for those the task's
+The session task (session.py, general.py) is the general path: every statement can go there.
+But most statements of an online shop are point reads and small writes, and for those the task's
 machinery (wake-ups, awaits through session, pool and relay layers) cost more CPU than the
 proxy's actual work. So while the task is idle between commands, a command that arrives is
 first offered here: if it is a statement the general path would simply send to the connection
