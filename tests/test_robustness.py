@@ -355,3 +355,45 @@ def test_backend_over_unix_socket(sandbox: Sandbox, tmp_path: Path) -> None:
         c.close()
     finally:
         p.stop()
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(st.one_of(
+    st.binary(min_size=0, max_size=64),  # garbage, or a frame cut short
+    st.builds(lambda clen, ulen, body: clen.to_bytes(3, "little") + b"\x00"
+              + ulen.to_bytes(3, "little") + body,  # a header that lies about its sizes
+              st.integers(0, 64), st.integers(0, 1 << 23), st.binary(max_size=64))),
+    min_size=1, max_size=3))
+def test_fuzz_compressed_frames(proxy: ProxyProc, frames: list[bytes]) -> None:
+    """A client that negotiated the compressed protocol and then sends garbage frames: it gets
+    closed or ignored, never a hang or a crash of the proxy; a real frame still works first."""
+    import re
+    import zlib
+
+    import mysql.connector
+
+    from proxy.compress import Compression
+
+    c = mysql.connector.connect(host="127.0.0.1", port=proxy.port, user="app", password="app",
+                                compress=True)
+    s = c._socket.sock  # type: ignore[attr-defined]
+    s.settimeout(2)
+    try:
+        cmd = struct.pack("<I", 9) + b"\x03SELECT 1"
+        z = zlib.compress(cmd * 8)  # one frame, eight commands: eight replies
+        s.sendall(len(z).to_bytes(3, "little") + b"\x00" + (len(cmd) * 8).to_bytes(3, "little") + z)
+        rx, got = Compression(None), b""
+        while len(re.findall(rb"\x02\x00\x00.\x011", got, re.S)) < 8:  # eight rows of `1`
+            chunk = s.recv(4096)
+            assert chunk, "the proxy closed a client that sent a valid frame"
+            got += rx.feed(chunk)
+        for f in frames:
+            s.sendall(f)
+        try:
+            while s.recv(4096):
+                pass
+        except (TimeoutError, OSError):
+            pass
+    finally:
+        s.close()
+    assert alive(proxy)
