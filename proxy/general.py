@@ -89,6 +89,7 @@ async def run_plan(
         if dt * 1000 >= s.app.slow_ms > 0:
             slow(s, shape, dt, route, outcome)
 
+
 async def replica_conn(s: ProxySession, p: Plan, sql: str) -> tuple[BackendConn, Pool, str] | None:
     """A replica connection for this read: the one the lease keeps from the last read if
     that replica may serve it at once, else the router's choice (None: the primary)."""
@@ -116,6 +117,7 @@ async def replica_conn(s: ProxySession, p: Plan, sql: str) -> tuple[BackendConn,
     await s._fresh(got[0])
     return got
 
+
 async def read(
     s: ProxySession, p: Plan, sql: str, run: Callable[[BackendConn], Awaitable[Relayed]]
 ) -> Relayed | None:
@@ -132,7 +134,8 @@ async def read(
     except BackendLost as e:
         await s.lease.release(LeaseReason.BACKEND_LOST)
         if e.delivered:
-            raise ProxyError(CR_SERVER_LOST, f"Lost connection to replica during query ({e.reason})") from None
+            raise ProxyError(CR_SERVER_LOST,
+                             f"Lost connection to replica during query ({e.reason})") from None
         router.count(p.read.consistency, "primary_fallback")
         return None  # nothing reached the client: the primary answers instead
     except BackendError as e:
@@ -147,7 +150,9 @@ async def read(
     router.count(p.read.consistency, outcome, pool.label)
     return r
 
-async def diagnostics(s: ProxySession, run: Callable[[BackendConn, Any], Awaitable[Relayed]]) -> Relayed:
+
+async def diagnostics(s: ProxySession,
+                      run: Callable[[BackendConn, Any], Awaitable[Relayed]]) -> Relayed:
     """SHOW WARNINGS, @@warning_count, SHOW SESSION STATUS...: on the connection that ran
     the session's previous statement, wherever it is (a replica's, after a read). A
     connection new to the session first gets its diagnostics area cleared, so it shows
@@ -169,6 +174,7 @@ async def diagnostics(s: ProxySession, run: Callable[[BackendConn, Any], Awaitab
         raise AssertionError("unreachable") from None
     return await finish(s, c, r, None)
 
+
 async def begin_read_only(s: ProxySession, p: Plan) -> None:
     """START TRANSACTION READ ONLY runs on one replica for the whole transaction."""
     assert p.read is not None
@@ -182,14 +188,17 @@ async def begin_read_only(s: ProxySession, p: Plan) -> None:
     await s._fresh(got[0])
     s.app.reads.count(p.read.consistency, got[2], got[1].label)
 
+
 def slow(s: ProxySession, shape: Shape, dt: float, route: str, outcome: str) -> None:
     conn_id = s.connection.connection_id if s.connection else None
     log.warning("slow statement: %.1f ms route=%s outcome=%s user=%s digest=%s",
                 dt * 1000, route, outcome, s.username, shape.digest[:500],
                 extra={"conn_id": conn_id})
 
+
 async def forward(
-    s: ProxySession, payload: bytes, shape: Shape | None, p: Plan | None = None, field_list: bool = False
+    s: ProxySession, payload: bytes, shape: Shape | None, p: Plan | None = None,
+    field_list: bool = False
 ) -> Relayed:
     """Run a statement on the primary path as its plan says: tracked commit, tracked
     autocommit write, or sent on the session's connection with the reply relayed (held
@@ -234,6 +243,7 @@ async def forward(
         return await finish(s, c, r, hold)
     raise AssertionError("unreachable")
 
+
 async def finish(s: ProxySession, c: BackendConn, r: Relayed, hold: BufferWriter | None) -> Relayed:
     """After a statement's reply: take over session state, give the connection back, then
     let the (possibly held) reply go out."""
@@ -249,6 +259,7 @@ async def finish(s: ProxySession, c: BackendConn, r: Relayed, hold: BufferWriter
     await s._drain()
     return r
 
+
 async def read_user_vars(s: ProxySession, c: BackendConn) -> uservars.Carry | None:
     """The replica RO transaction is over: read its user variables there (uservars.py)."""
     vs, s.replica_vars = sorted(s.replica_vars), set()
@@ -256,6 +267,7 @@ async def read_user_vars(s: ProxySession, c: BackendConn) -> uservars.Carry | No
     if carry is not None and s.pin == "user variable":
         s.pin = None  # carried, not dropped: no warning at the lease's end
     return carry
+
 
 async def restore_user_vars(s: ProxySession, carry: uservars.Carry) -> None:
     """Set them on a primary connection the session then keeps, as after `SET @x` there."""
@@ -267,6 +279,7 @@ async def restore_user_vars(s: ProxySession, carry: uservars.Carry) -> None:
     except BackendLost as e:
         await lost(s, e, retry=False, shape=None)
     s.settle()
+
 
 async def run_on(s: ProxySession, c: BackendConn, payload: bytes, out: Any,
                   shape: Shape | None = None) -> Relayed:
@@ -282,6 +295,7 @@ async def run_on(s: ProxySession, c: BackendConn, payload: bytes, out: Any,
                                     s._ok_hook)
     return r
 
+
 async def send_and_relay(s: ProxySession, c: BackendConn, payload: bytes, out: Any,
                           shape: Shape | None) -> Relayed:
     if shape is not None and shape.multi and not s.multi:
@@ -295,11 +309,13 @@ async def send_and_relay(s: ProxySession, c: BackendConn, payload: bytes, out: A
     await c.command(payload)
     return await c.relay(out, s._ok_hook)
 
+
 async def release_held(s: ProxySession, hold: BufferWriter, r: Relayed) -> None:
     """ack: replica — the OK goes out once replicas confirmed the write's GTID."""
     if r.gtid and r.err is None:
         await s.app.durability.wait_ack(r.gtid)
     s.out.write(bytes(hold.buf))
+
 
 async def lost(s: ProxySession, e: BackendLost, retry: bool, shape: Shape | None) -> None:
     """The backend connection died under a statement: retry, or tell the client the truth."""
