@@ -413,7 +413,6 @@ class ProxyConnection(Connection):
                                  fatal=True) from None
             await s.reset()
             await self.handle_change_user(data[1:])
-            s.database = s.database or None  # mysql-mimic leaves '' for no database
         elif cmd == P.COM_STATISTICS:
             await s.com_statistics(data)
         elif cmd == P.COM_PROCESS_KILL:

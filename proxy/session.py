@@ -52,7 +52,7 @@ class ProxySession(BaseSession):
         self.variables = SessionVariables(GlobalVariables())
         self.variables.set("version", app.server_version, force=True)
         self.username: str | None = None
-        self.database: str | None = None
+        self._database: str | None = None
         self.connection: ProxyConnection | None = None
         self.lease = Lease()
         # Ran the session's last statement; Answered when the proxy answered it itself (merge).
@@ -95,9 +95,6 @@ class ProxySession(BaseSession):
         if self.connection is connection:
             return  # already run by the login check (frontend `_login_gate`)
         self.connection = connection
-        # A handshake with CLIENT_CONNECT_WITH_DB and an empty name (mysql-connector-python
-        # without a database) means no database; mysql-mimic leaves ''.
-        self.database = self.database or None
         self.found_rows = bool(int(connection.capabilities) & P.CLIENT_FOUND_ROWS)
         # what the backend connection must have negotiated as the client did (pool key)
         self.backend_caps = ((P.CLIENT_FOUND_ROWS if self.found_rows else 0)
@@ -188,6 +185,17 @@ class ProxySession(BaseSession):
 
     async def use(self, database: str) -> None:  # not used: COM_INIT_DB is forwarded
         self.database = database
+
+    @property
+    def database(self) -> str | None:
+        return self._database
+
+    @database.setter
+    def database(self, name: str | None) -> None:
+        """'' is no database: what mysql-mimic leaves after a handshake or COM_CHANGE_USER
+        without one (mysql-connector-python sends CLIENT_CONNECT_WITH_DB and an empty name),
+        and what session tracking reports after the database is dropped."""
+        self._database = name or None
 
     # ---- the view a plan reads (plan.SessionView) -----------------------------------------
 
@@ -455,7 +463,7 @@ class ProxySession(BaseSession):
             if unreplayable and not self.pin:
                 self.pin = f"session variable {unreplayable}"
         if r.schema is not None:
-            self.database = r.schema or None
+            self.database = r.schema
         if r.state_changed and not r.sysvars and r.schema is None and not self.pin:
             self.pin = "session state changed"
             c.dirty = True
