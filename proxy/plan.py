@@ -14,7 +14,6 @@ it. Execution (session.py, fastlane.py) does what the plan says, and every side 
 from __future__ import annotations
 
 import re
-from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -73,12 +72,6 @@ class SessionView(Protocol):
 
     @property
     def answered_rows(self) -> int | None: ...  # rows of a last statement the proxy answered
-
-    def view_key(self) -> tuple[Hashable, ...]:
-        """Everything above that a plan reads, as one value: (in_txn, autocommit_off, pin,
-        consistency, read_after_gtid, replica_txn, answered_rows is not None). The plan memo's
-        key; one call per statement instead of one per property."""
-        ...
 
 
 @dataclass(frozen=True, eq=False)
@@ -164,7 +157,8 @@ def plan(shape: Shape, s: SessionView, policy: Policy, cursor: bool = False,
     command, which runs as it is on the primary). Pure: the same inputs give the same plan,
     so it is made once per shape and view of the session and then looked up (`Shape.memo`;
     the key is everything `_plan` reads; a shape keeps at most 64)."""
-    key = (s.view_key(), cursor, bulk, policy)
+    key = (s.in_txn, s.autocommit_off, s.pin, s.consistency, s.read_after_gtid, s.replica_txn,
+           s.answered_rows is not None, cursor, bulk, policy)
     memo = shape.memo
     got = memo.get(key)
     if got is None:

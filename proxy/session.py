@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
-from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any
 
 from mysql_mimic.session import BaseSession
@@ -223,15 +222,6 @@ class ProxySession(BaseSession):
     @property
     def replica_txn(self) -> bool:
         return self.lease.state is LeaseState.REPLICA_TXN
-
-    def view_key(self) -> tuple[Hashable, ...]:
-        """The properties above as one value (plan.SessionView.view_key), read directly:
-        the lane asks for it on every statement (tests/test_plan.py checks it against them)."""
-        return (bool(self.status & P.SERVER_STATUS_IN_TRANS),
-                self.sysvars.get("autocommit", "ON").upper() in ("OFF", "0"), self.pin,
-                self.read_consistency or self.app.read_consistency, self.read_after_gtid,
-                self.lease.state is LeaseState.REPLICA_TXN,
-                self.row_count_local is not None or isinstance(self._stmt_conn, Answered))
 
     # ---- the lease: this session's hold on a backend connection (lease.py) ---------------
 

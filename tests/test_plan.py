@@ -36,10 +36,6 @@ class View:
     read_after_gtid: str | None = None
     replica_txn: bool = False
     answered_rows: int | None = None
-    def view_key(self) -> tuple[Any, ...]:
-        return (self.in_txn, self.autocommit_off, self.pin, self.consistency,
-                self.read_after_gtid, self.replica_txn, self.answered_rows is not None)
-
     # what the lane stub needs besides the view
     last_gtid: str | None = None
     last_insert_id: int = 0
@@ -174,34 +170,6 @@ def test_memo_gives_the_plan_made_afresh(steps: list[tuple[str, View, int, bool,
         view.answered_rows = 3 if answered else None
         shape = classify(sql)
         assert plan(shape, view, pols[pol], cursor) == _plan(shape, view, pols[pol], cursor, False)
-
-
-@settings(max_examples=300)
-@given(in_txn=st.booleans(), autocommit=st.sampled_from([None, "ON", "OFF", "0", "1", "off"]),
-       pin=st.sampled_from([None, "user variable"]),
-       own=st.sampled_from([None, "eventual", "global"]), token=st.sampled_from([None, "0-1-5"]),
-       lease_state=st.sampled_from(list(LeaseState)), local_rows=st.sampled_from([None, -1, 3]),
-       answered=st.booleans())
-def test_session_view_key_is_its_properties(in_txn: bool, autocommit: str | None,
-                                            pin: str | None, own: str | None,
-                                            token: str | None, lease_state: LeaseState,
-                                            local_rows: int | None, answered: bool) -> None:
-    """The real session's one-call key (what the plan memo uses) says exactly what its
-    properties say, whatever the session's state."""
-    from proxy.session import ProxySession
-    from proxy.state import Answered
-
-    s = ProxySession(SimpleNamespace(server_version="10.11.19-MariaDB",  # type: ignore[arg-type]
-                                     read_consistency="session"))
-    s.status = P.SERVER_STATUS_AUTOCOMMIT | (P.SERVER_STATUS_IN_TRANS if in_txn else 0)
-    if autocommit is not None:
-        s.sysvars["autocommit"] = autocommit
-    s.pin, s.read_consistency, s.read_after_gtid = pin, own, token
-    s.lease.state = lease_state
-    s.stmt_conn = Answered(2) if answered else None
-    s.row_count_local = local_rows
-    assert s.view_key() == (s.in_txn, s.autocommit_off, s.pin, s.consistency,
-                            s.read_after_gtid, s.replica_txn, s.answered_rows is not None)
 
 
 # ---- the lane's decision equals the plan's ----------------------------------------------
