@@ -216,6 +216,12 @@ class BackendConn:
 
     # ---- internal queries -------------------------------------------------------------
 
+    async def clear_diagnostics(self) -> None:
+        """Empty the diagnostics area, as a fresh connection's: MySQL clears the warnings list
+        only at a statement that uses a table (one every user may read)."""
+        await self.execute("DO (SELECT 1 FROM information_schema.COLLATIONS LIMIT 0)")
+        self.diag = self.warned = False
+
     async def execute(self, sql: str) -> P.OkPacket:
         """Run a statement that returns no rows; raise BackendError on ERR."""
         rows, ok = await self.query(sql)

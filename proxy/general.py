@@ -34,9 +34,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("seckill.session")
 
-# MySQL clears the warnings list only at a statement that uses a table: one every user may read.
-CLEAR_DIAGNOSTICS = "DO (SELECT 1 FROM information_schema.COLLATIONS LIMIT 0)"
-
 
 async def run_plan(
     s: ProxySession, p: Plan, shape: Shape,
@@ -165,8 +162,7 @@ async def diagnostics(s: ProxySession,
             L.transition(LeaseState.STATEMENT, LeaseReason.ACQUIRED)
     else:
         c = await s._get_conn()
-        await c.execute(CLEAR_DIAGNOSTICS)
-        c.diag = c.warned = False
+        await c.clear_diagnostics()
     try:
         r = await run(c, s.out)
     except BackendLost as e:

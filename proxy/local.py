@@ -15,7 +15,7 @@ from .config import CONSISTENCY
 from .errors import BackendError, BackendLost, ProxyError
 from .gtid import GtidError
 from .gtid import parse as gtid_parse
-from .plan import KILL, Plan, Route, conn_id_alias, names_of
+from .plan import KILL, LOCAL_ANSWERS, Plan, Route, conn_id_alias, names_of
 from .state import NAMES_VARS, Names
 
 if TYPE_CHECKING:
@@ -86,9 +86,23 @@ def coldefs(s: ProxySession, coldef: bytes) -> bytes:
     return coldef
 
 
+async def answered(s: ProxySession, p: Plan, shape: Shape, sql: str,
+                   binary: bool = False) -> Plan | None:
+    """What the proxy answers itself of a plan, in the text protocol or, for a prepared
+    statement (`binary`), the binary one: None when it did, else the plan to run (a SHOW
+    STATUS pattern about anything but the client's own connection: MySQL's, as DIAG)."""
+    if p.route in LOCAL_ANSWERS:
+        await answer_local(s, p, shape, binary)
+        return None
+    if p.route is Route.CLIENT_STATUS:
+        if await client_status(s, sql, binary):
+            return None
+        return Plan(Route.DIAG)
+    return p
+
+
 async def answer_local(s: ProxySession, p: Plan, shape: Shape, binary: bool = False) -> None:
-    """A SELECT the proxy answers itself (plan.LOCAL_ANSWERS), in the text protocol or, for a
-    prepared statement, the binary one."""
+    """A SELECT the proxy answers itself (plan.LOCAL_ANSWERS)."""
     if p.route is Route.LOCAL_GTID:
         await answer(s, [("@@last_gtid", s.last_gtid or "")], binary=binary)
     elif p.route is Route.LOCAL_CONN_ID:
@@ -106,13 +120,19 @@ async def answer_local(s: ProxySession, p: Plan, shape: Shape, binary: bool = Fa
 async def answer(s: ProxySession, cols_rows: list[tuple[str, str | None]],
                  coldef: Callable[[str], bytes] = P.column_def, binary: bool = False) -> None:
     """A one-row result set the proxy answers itself (`binary`: for a prepared statement)."""
+    await result_set(s, [coldef(n) for n, _ in cols_rows], [[v for _, v in cols_rows]], binary)
+
+
+async def result_set(s: ProxySession, defs: list[bytes], rows: list[list[str | None]],
+                     binary: bool) -> None:
+    """A result set the proxy builds: its column definitions (as this client negotiated
+    them) and rows, in the text or the binary protocol."""
     assert s.connection is not None
     stream = s.connection.stream
-    defs = [coldef(n) for n, _ in cols_rows]
-    values = [v for _, v in cols_rows]
-    row = P.binary_row(defs, values) if binary else P.text_row(values)
-    stream.write_many([P.enc_lenenc_int(len(cols_rows)), *[coldefs(s, d) for d in defs],
-                       P.make_eof(s.status), row, P.make_eof(s.status)])
+    stream.write_many([P.enc_lenenc_int(len(defs)), *[coldefs(s, d) for d in defs],
+                       P.make_eof(s.status),
+                       *[P.binary_row(defs, r) if binary else P.text_row(r) for r in rows],
+                       P.make_eof(s.status)])
     await stream.drain()
 
 
@@ -248,12 +268,6 @@ async def client_status(s: ProxySession, sql: str, binary: bool = False) -> bool
     rows = _client_rows(s, m.group(1)) if m is not None else None
     if rows is None:
         return False
-    assert s.connection is not None
-    stream = s.connection.stream
-    defs = [P.column_def("Variable_name"), P.column_def("Value")]
-    stream.write_many([P.enc_lenenc_int(2), *[coldefs(s, d) for d in defs], P.make_eof(s.status),
-                       *[P.binary_row(defs, [n, v]) if binary else P.text_row([n, v])
-                         for n, v in rows],
-                       P.make_eof(s.status)])
-    await stream.drain()
+    await result_set(s, [P.column_def("Variable_name"), P.column_def("Value")],
+                     [[n, v] for n, v in rows], binary)
     return True

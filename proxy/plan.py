@@ -39,7 +39,7 @@ class Route(Label):
     PRIMARY = "primary"
 
 
-# SELECTs the proxy answers itself, in either protocol (session.answer_local)
+# SELECTs the proxy answers itself, in either protocol (local.answered)
 LOCAL_ANSWERS = frozenset({Route.LOCAL_GTID, Route.LOCAL_CONN_ID, Route.LOCAL_ROW_COUNT})
 
 

@@ -14,7 +14,7 @@ from . import protocol as P
 from .backend import BackendConn, BufferWriter, Relayed
 from .classify import Shape, classify, with_conn_id
 from .errors import ER_UNKNOWN_STMT_HANDLER, BackendError, BackendLost, ProxyError
-from .plan import LOCAL_ANSWERS, Plan, Route, Track, plan
+from .plan import Plan, Track, plan
 
 if TYPE_CHECKING:
     from .session import ProxySession
@@ -121,18 +121,16 @@ async def execute(s: ProxySession, payload: bytes) -> None:
     if parts.bound:
         st.types = parts.types
     p = plan(st.shape, s, s.app.policy, cursor=bool(parts.flags & 0x01))
-    if p.route in LOCAL_ANSWERS:  # e.g. CONNECTION_ID(): the id of the client's handshake
-        await local.answer_local(s, p, st.shape, binary=True)
+    got = await local.answered(s, p, st.shape, st.sql, binary=True)
+    if got is None:  # e.g. CONNECTION_ID(): the id of the client's handshake
         return
-    if p.route is Route.CLIENT_STATUS:
-        if await local.client_status(s, st.sql, binary=True):
-            return
-        p = Plan(Route.DIAG)  # another pattern: MySQL's session status, as planned otherwise
+    p = got
+
     async def run(c: BackendConn, out: Any) -> Relayed:
         return await run_execute_on(s, c, st, parts, out)
 
     await general.run_plan(s, p, st.shape, run, lambda q: execute_on_primary(s, st, q, run),
-                      lambda fwd: s.app.hotrow.intercept_execute(s, st, parts, fwd), st.sql)
+                           lambda fwd: s.app.hotrow.intercept_execute(s, st, parts, fwd), st.sql)
 
 
 async def bulk_execute(s: ProxySession, payload: bytes) -> None:
@@ -156,7 +154,7 @@ async def bulk_execute(s: ProxySession, payload: bytes) -> None:
 
     p = plan(st.shape, s, s.app.policy, bulk=True)
     await general.run_plan(s, p, st.shape, run, lambda q: execute_on_primary(s, st, q, run),
-                      _no_hot, st.sql)
+                           _no_hot, st.sql)
 
 
 async def _no_hot(forward: Any) -> None:

@@ -31,7 +31,7 @@ from .errors import (
 from .escrow import Reservation
 from .fastlane import FastLane
 from .lease import Lease, LeaseState
-from .plan import LOCAL_ANSWERS, Plan, Route, plan
+from .plan import Route, plan
 from .state import LOGIN_NAMES, Answered, Names, Wanted, absorb, split_reported
 from .tracking import Tracking
 from .wire import ClientIO
@@ -296,13 +296,11 @@ class ProxySession(BaseSession):
         show the other's."""
         if c.diag and c is not self.stmt_conn:
             try:
-                await c.execute(general.CLEAR_DIAGNOSTICS)
+                await c.clear_diagnostics()
             except BackendError:
-                return  # (not expected: every user may read that table) left as it is
+                pass  # (not expected: every user may read that table) left as it is
             except BackendLost:
                 c.broken = True  # the caller replaces it, or the statement's retry does
-                return
-            c.diag = c.warned = False
 
     def _holds(self) -> bool:
         return bool(self.pin) or self.in_txn
@@ -403,13 +401,10 @@ class ProxySession(BaseSession):
         if p.route is Route.LOCAL_SET:
             await local.local_set(self, shape, sql, payload)
             return
-        if p.route in LOCAL_ANSWERS:
-            await local.answer_local(self, p, shape)
+        got = await local.answered(self, p, shape, sql)
+        if got is None:
             return
-        if p.route is Route.CLIENT_STATUS:
-            if await local.client_status(self, sql):
-                return
-            p = Plan(Route.DIAG)  # another pattern: MySQL's session status, as planned otherwise
+        p = got
         if p.route is Route.KILL and await local.kill(self, sql):
             return
         if p.route is Route.PROCESSLIST:

@@ -228,14 +228,8 @@ class ClientIO(PacketIO):
                 return
             if not data:
                 return
-        z = self.zip
-        if z is not None:
-            try:
-                data = z.feed(data)
-            except CompressionError as e:
-                log.warning("client sent a bad compressed frame; closing: %s", e)
-                self.transport.abort()
-                return
+        if self.zip is not None:
+            data = self._unzip(data)
             if not data:
                 return
         if (self.armed and not self.held and not self.buf and self.fast is not None
@@ -283,11 +277,17 @@ class ClientIO(PacketIO):
         early = bytes(self.buf)
         self.buf.clear()
         if early:
-            try:
-                self.buf += z.feed(early)
-            except CompressionError as e:
-                log.warning("client sent a bad compressed frame; closing: %s", e)
-                self.transport.abort()
+            self.buf += self._unzip(early)
+
+    def _unzip(self, data: bytes) -> bytes:
+        """Frames in, the packets they carry out; a bad frame closes the connection."""
+        assert self.zip is not None
+        try:
+            return self.zip.feed(data)
+        except CompressionError as e:
+            log.warning("client sent a bad compressed frame; closing: %s", e)
+            self.transport.abort()
+            return b""
 
     def release(self) -> None:
         """The fast lane's command is answered: whatever came meanwhile goes to the task."""
