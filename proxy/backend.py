@@ -16,13 +16,14 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import aiomysql
 
 from . import protocol as P
 from .config import Address
 from .errors import BackendError, BackendLost
+from .login import LoginConn
 from .state import LOGIN_NAMES, Catalog, Names, absorb, split_reported
 from .wire import PacketIO, adopt
 
@@ -45,29 +46,6 @@ BACKEND_FLAGS = (P.CLIENT_SESSION_TRACK | P.CLIENT_PS_MULTI_RESULTS | P.CLIENT_M
 STMT_CACHE = 64
 _READ_CHUNK = 256 * 1024
 _FLUSH_AT = 256 * 1024
-
-
-class _LoginConn(aiomysql.Connection):  # type: ignore[misc]
-    """aiomysql's login, plus MariaDB's extended capabilities in the handshake response: with
-    CLIENT_MYSQL cleared, the last 4 of the 23 reserved bytes carry bits 32-63."""
-
-    ext_caps = 0
-    _ext_pending = False
-
-    async def _request_authentication(self) -> None:
-        if self.ext_caps:
-            self.client_flag &= ~P.CLIENT_MYSQL
-            self._ext_pending = True
-        try:
-            await super()._request_authentication()
-        finally:
-            self._ext_pending = False
-
-    def write_packet(self, payload: bytes) -> None:
-        if self._ext_pending and len(payload) >= 32:
-            payload = payload[:28] + struct.pack("<I", self.ext_caps >> 32) + payload[32:]
-            self._ext_pending = len(payload) == 32  # an SSLRequest: the full response follows
-        super().write_packet(payload)
 
 
 @dataclass(slots=True)
@@ -104,9 +82,9 @@ class BackendConn:
     """A raw-packet connection. State is tracked from OK packets so the pool can reset it."""
 
     # Collation ids and defaults of the servers (set once at startup from the primary).
-    catalog: Catalog = Catalog.builtin()
+    catalog: ClassVar[Catalog] = Catalog.builtin()
     # TLS to MySQL over TCP (backends.tls); set by the server at start and on RELOAD CONFIG
-    ssl: ssl_mod.SSLContext | None = None
+    ssl: ClassVar[ssl_mod.SSLContext | None] = None
 
     def __init__(self, conn: aiomysql.Connection, addr: Address, user: str, caps: int = 0) -> None:
         self.conn = conn
@@ -148,7 +126,7 @@ class BackendConn:
     ) -> BackendConn:
         flags = BACKEND_FLAGS | (caps & 0xFFFFFFFF)
         try:
-            conn = _LoginConn(
+            conn = LoginConn(
                 host=addr.host,
                 port=addr.port,
                 unix_socket=addr.unix,

@@ -10,6 +10,7 @@ import logging
 import sys
 import time
 
+from . import compiled
 from . import config as C
 
 
@@ -56,6 +57,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not a.config:
         ap.error("--config FILE is required")
+    stale = compiled.stale()
+    if stale:
+        print(f"compiled modules older than their source: {', '.join(stale)}; rebuild them "
+              "with `make deps` (or pip install -e .)", file=sys.stderr)
+        return 2
     try:
         cfg = C.load(a.config)
     except C.ConfigError as e:
@@ -72,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         pass
     from .server import serve
 
+    logging.getLogger("seckill").info(
+        "hot modules compiled: %d of %d", len(compiled.loaded()), len(compiled.HOT))
     try:
         asyncio.run(serve(cfg))
     except OSError as e:

@@ -53,7 +53,7 @@ _ALLOWED: dict[LeaseState, frozenset[LeaseState]] = {
 }
 
 
-class LeaseError(RuntimeError):
+class LeaseError(Exception):
     """A transition the state machine does not have: a bug, never a client's doing."""
 
 

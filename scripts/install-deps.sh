@@ -13,10 +13,11 @@ if [ "${WITH_TEST:-0}" = 1 ]; then
   command -v tmux >/dev/null 2>&1 || need+=(tmux)
   # MariaDB Connector/Python (the tests' MariaDB-native driver) builds against libmariadb
   command -v mariadb_config >/dev/null 2>&1 || need+=(libmariadb-dev)
-  command -v gcc >/dev/null 2>&1 || need+=(gcc)
-  [ -f "/usr/include/python3.$(python3 -c 'import sys; print(sys.version_info[1])')/Python.h" ] \
-    || need+=(python3-dev)
 fi
+# mypyc compiles the hot modules (proxy/compiled.py): a C compiler and Python's headers
+command -v gcc >/dev/null 2>&1 || need+=(gcc)
+python3 -c 'import os, sysconfig; os.stat(sysconfig.get_paths()["include"] + "/Python.h")' \
+  2>/dev/null || need+=(python3-dev)
 if [ "${#need[@]}" -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq
@@ -27,9 +28,14 @@ fi
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-stamp=.venv/.installed-$(sha1sum pyproject.toml | cut -c1-12)
+# Reinstalled (and the hot modules recompiled) when the project or a compiled module changes.
+stamp=.venv/.installed-$(cat pyproject.toml setup.py $(python3 proxy/compiled.py) | sha1sum | cut -c1-12)
 if [ ! -f "$stamp" ]; then
   .venv/bin/pip install -q --upgrade pip >/dev/null
-  .venv/bin/pip install -q -e '.[test]'
+  if ! .venv/bin/pip install -q -e '.[test]'; then
+    echo "install-deps: compiling the hot modules failed; installing them as plain Python" >&2
+    SECKILL_PURE_PYTHON=1 .venv/bin/pip install -q -e '.[test]'
+  fi
+  rm -f .venv/.installed-*
   touch "$stamp"
 fi

@@ -17,6 +17,7 @@ import pytest
 import yaml
 from hypothesis import settings
 
+from proxy import compiled
 from proxy.sandbox import Sandbox, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,6 +28,15 @@ ROOT = Path(__file__).resolve().parent.parent
 settings.register_profile("replay", derandomize=True)
 settings.register_profile("explore", derandomize=False)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "replay"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The tests (and the proxies they start) load the compiled hot modules: one older than its
+    source would test yesterday's code."""
+    stale = compiled.stale()
+    if stale:
+        raise pytest.UsageError(f"compiled modules older than their source: {stale}; "
+                                "rebuild with `make deps`")
 
 
 @pytest.fixture(scope="session")

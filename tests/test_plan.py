@@ -12,7 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy import protocol as P
+from proxy.backend import BackendConn
 from proxy.classify import classify
+from proxy.config import Address
 from proxy.fastlane import FastLane
 from proxy.lease import Lease, LeaseState
 from proxy.plan import Plan, Policy, Route, Track, _plan, conn_id_alias, plan
@@ -25,6 +27,7 @@ from proxy.state import (
     split_reported,
     transition,
 )
+from proxy.wire import ClientIO
 
 
 @dataclass
@@ -179,6 +182,16 @@ def _command(sql: str) -> bytes:
     return struct.pack("<I", len(payload)) + payload
 
 
+def _idle_conn() -> BackendConn:
+    """A real BackendConn (the lane is compiled and checks its attributes' types) over a socket
+    nobody reads: the test only asks the lane what it would do with a command."""
+    transport = SimpleNamespace(set_protocol=lambda p: None, is_closing=lambda: False,
+                                resume_reading=lambda: None, get_extra_info=lambda *a: None)
+    login = SimpleNamespace(_writer=SimpleNamespace(transport=transport), _reader=None,
+                            server_thread_id=(1,), get_server_info=lambda: "10.11.6-MariaDB")
+    return BackendConn(login, Address("127.0.0.1", 3306), "app")
+
+
 class _Pool:
     def __init__(self, role: str) -> None:
         self.role = role
@@ -198,12 +211,10 @@ def test_lane_takes_exactly_the_lane_plans(sql: str, view: View, policy: Policy,
                                            same_conn: bool, plain_now: bool) -> None:
     primary, replica = _Pool("primary"), _Pool("replica")
     view.replica_txn = False
-    conn = SimpleNamespace(broken=False, last_insert_id=0, stmts={},
-                           io=SimpleNamespace(eof=False,
-                                              transport=SimpleNamespace(is_closing=lambda: False)))
+    conn = _idle_conn()
     lease = Lease()
     lease.state = LeaseState.TRANSACTION if view.in_txn else LeaseState.SOFT
-    lease.conn = conn  # type: ignore[assignment]
+    lease.conn = conn
     view.stmt_conn = conn if same_conn else None  # type: ignore[attr-defined]
     lease.pool = (replica if on_replica and not view.in_txn else primary)  # type: ignore[assignment]
     reads = SimpleNamespace(ready_now=lambda pool, rp, gtid: replica_ready)
@@ -214,7 +225,7 @@ def test_lane_takes_exactly_the_lane_plans(sql: str, view: View, policy: Policy,
     session = view
     session.app = app  # type: ignore[attr-defined]
     session.lease = lease  # type: ignore[attr-defined]
-    lane = FastLane(session, SimpleNamespace())  # type: ignore[arg-type]
+    lane = FastLane(session, ClientIO(lambda io: None))  # type: ignore[arg-type]
     got = lane._decide(_command(sql))
     p: Plan = plan(classify(sql), view, policy)
     on_primary = lease.pool is primary

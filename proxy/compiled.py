@@ -1,0 +1,61 @@
+"""The modules every statement runs through, compiled to C with mypyc at install (setup.py
+reads `HOT`; README: why). They are the same mypy-checked source: compiled, a module runs the
+lane's per-statement work in about two thirds of the CPU.
+
+Python loads a compiled module in preference to its source, so a module edited after the build
+would be silently ignored: the build records each source's hash (`record`), `stale()` names the
+modules whose source changed since, and the CLI and the tests refuse to run on them (`make deps`
+rebuilds). Stdlib only: setup.py and scripts/install-deps.sh run this file before anything is
+installed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+
+HOT = ("fastlane", "lease", "backend", "protocol", "plan", "wire", "readsplit", "digest",
+       "metrics", "classify", "gtid")
+
+_HERE = Path(__file__).resolve().parent
+
+
+def sources() -> list[Path]:
+    return [_HERE / f"{m}.py" for m in HOT]
+
+
+_RECORD = _HERE / "compiled.sha1"  # written by setup.py with the build; not in git
+
+
+def _digest(m: str) -> str:
+    return hashlib.sha1((_HERE / f"{m}.py").read_bytes()).hexdigest()
+
+
+def record() -> None:
+    _RECORD.write_text("".join(f"{m} {_digest(m)}\n" for m in HOT))
+
+
+def remove_built() -> None:
+    """For a plain-Python install: a compiled module left from before would shadow its source."""
+    for m in HOT:
+        for so in _HERE.glob(f"{m}.*.so"):
+            so.unlink()
+    _RECORD.unlink(missing_ok=True)
+
+
+def stale() -> list[str]:
+    """Compiled modules whose source changed after the build."""
+    built = dict(line.split() for line in _RECORD.read_text().splitlines()) \
+        if _RECORD.exists() else {}
+    return [m for m in HOT if any(_HERE.glob(f"{m}.*.so")) and built.get(m) != _digest(m)]
+
+
+def loaded() -> list[str]:
+    """The hot modules this process runs compiled."""
+    return [m for m in HOT
+            if str(getattr(sys.modules.get(f"proxy.{m}"), "__file__", "")).endswith(".so")]
+
+
+if __name__ == "__main__":  # install-deps.sh: the files whose change needs a rebuild
+    print("\n".join(str(p) for p in sources()))
