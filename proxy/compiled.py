@@ -21,34 +21,39 @@ HOT = ("fastlane", "lease", "backend", "protocol", "plan", "wire", "readsplit", 
 _HERE = Path(__file__).resolve().parent
 
 
-def sources() -> list[Path]:
-    return [_HERE / f"{m}.py" for m in HOT]
+def sources(root: Path = _HERE) -> list[Path]:
+    return [root / f"{m}.py" for m in HOT]
 
 
-_RECORD = _HERE / "compiled.sha1"  # written by setup.py with the build; not in git
+RECORD = "compiled.sha1"  # written by setup.py with the build, beside the modules; not in git
 
 
-def _digest(m: str) -> str:
-    return hashlib.sha1((_HERE / f"{m}.py").read_bytes()).hexdigest()
+def _digest(root: Path, m: str) -> str:
+    return hashlib.sha1((root / f"{m}.py").read_bytes()).hexdigest()
 
 
-def record() -> None:
-    _RECORD.write_text("".join(f"{m} {_digest(m)}\n" for m in HOT))
+def record(root: Path = _HERE) -> None:
+    (root / RECORD).write_text("".join(f"{m} {_digest(root, m)}\n" for m in HOT))
 
 
-def remove_built() -> None:
+def built(root: Path = _HERE) -> list[str]:
+    """The hot modules that have a compiled build beside their source."""
+    return [m for m in HOT if any(root.glob(f"{m}.*.so"))]
+
+
+def remove_built(root: Path = _HERE) -> None:
     """For a plain-Python install: a compiled module left from before would shadow its source."""
     for m in HOT:
-        for so in _HERE.glob(f"{m}.*.so"):
+        for so in root.glob(f"{m}.*.so"):
             so.unlink()
-    _RECORD.unlink(missing_ok=True)
+    (root / RECORD).unlink(missing_ok=True)
 
 
-def stale() -> list[str]:
+def stale(root: Path = _HERE) -> list[str]:
     """Compiled modules whose source changed after the build."""
-    built = dict(line.split() for line in _RECORD.read_text().splitlines()) \
-        if _RECORD.exists() else {}
-    return [m for m in HOT if any(_HERE.glob(f"{m}.*.so")) and built.get(m) != _digest(m)]
+    rec = root / RECORD
+    done = dict(line.split() for line in rec.read_text().splitlines()) if rec.exists() else {}
+    return [m for m in built(root) if done.get(m) != _digest(root, m)]
 
 
 def loaded() -> list[str]:

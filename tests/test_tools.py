@@ -131,3 +131,25 @@ def test_top_in_a_terminal_shows_a_hot_key_and_quits_on_q(sandbox: Sandbox, prox
         stop.set()
         t.join(30)
         subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True)
+
+
+def test_compiled_build_is_fresh_and_whole(tmp_path: Path) -> None:
+    """A compiled module shadows its source: the build records each source's hash, and a
+    module edited since is named (the CLI and the tests refuse to run then)."""
+    from proxy import compiled
+
+    for m in compiled.HOT:
+        (tmp_path / f"{m}.py").write_text(f"# {m}\n")
+    assert compiled.stale(tmp_path) == []  # plain Python: nothing to be stale
+    for m in compiled.HOT:
+        (tmp_path / f"{m}.cpython-311-x86_64-linux-gnu.so").write_bytes(b"")
+    assert compiled.stale(tmp_path) == list(compiled.HOT)  # built, never recorded
+    compiled.record(tmp_path)
+    assert compiled.stale(tmp_path) == []
+    (tmp_path / "plan.py").write_text("# plan, edited\n")
+    assert compiled.stale(tmp_path) == ["plan"]
+    compiled.remove_built(tmp_path)
+    assert compiled.built(tmp_path) == [] and compiled.stale(tmp_path) == []
+    # This checkout: all hot modules compiled (the install's default) or none (its fallback
+    # when no compiler is there), never a mix.
+    assert compiled.built() in ([], list(compiled.HOT))
