@@ -1,5 +1,10 @@
 """Compiles the modules every statement runs through with mypyc (proxy/compiled.py; README: why).
-SECKILL_PURE_PYTHON=1 installs them as plain Python."""
+SECKILL_PURE_PYTHON=1 installs them as plain Python.
+
+mypyc must see every third-party class a compiled class derives from (pyproject.toml's build
+requirements: prometheus-client): a base it cannot resolve is taken for a native one, and the
+class then crashes at run time (seen with metrics.LabelCounter when the build ran before the
+dependencies were installed)."""
 
 import os
 import runpy
