@@ -265,6 +265,25 @@ class BackendConn:
             if not self.status & P.SERVER_MORE_RESULTS_EXISTS:
                 return rows, ok
 
+    async def query_raw(self, sql: str) -> tuple[list[bytes], list[bytes]]:
+        """One text-protocol statement's result set as the server sent it (internal use): its
+        column definitions and rows, untouched."""
+        await self.command(bytes((P.COM_QUERY,)) + sql.encode())
+        pkt = await self.read_packet()
+        if pkt[0] == 0xFF:
+            e = P.parse_err(pkt)
+            raise BackendError(e.code, e.sqlstate, e.message, pkt)
+        ncols, _ = P.lenenc_int(pkt, 0)
+        defs = [await self.read_packet() for _ in range(ncols)]
+        await self.read_packet()  # EOF
+        rows: list[bytes] = []
+        while True:
+            pkt = await self.read_packet()
+            if P.is_eof(pkt):
+                self._track(P.eof_status(pkt), None)
+                return defs, rows
+            rows.append(pkt)
+
     async def set_multi(self, on: bool) -> None:
         """COM_SET_OPTION: multi-statements on or off (connections log in with them on; the
         session turns them off around a `a; b` from a client that has them off)."""

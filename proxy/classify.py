@@ -316,6 +316,9 @@ class Shape:
     replica_ok: str | None = None  # None: may read from a replica; else why not
     lane: str = ""  # what the fast lane (fastlane.py) may run: read, write, begin, commit, rollback
     diag: bool = False  # reads the diagnostics of the session's previous statement
+    # opens no table: MySQL leaves the previous statement's diagnostics area as it is unless
+    # this statement raises a condition itself (COMMIT, SET, DO 1, SELECT 1)
+    keeps_diag: bool = False
     conn_id: bool = False  # a write or SET that calls CONNECTION_ID(): with_conn_id() first
     # what pure functions of the shape computed (plan.plan's plans by session view); not
     # copied by dataclasses.replace, so a changed shape starts empty
@@ -358,6 +361,7 @@ def _shape_of(dg: str) -> Shape:
         # a statement that pins must run where the session's state is: never on a replica
         replica_ok=_replica_reason(verb, dg) or pin,
         diag=bool(_DIAG.search(dg)),
+        keeps_diag=_keeps_diag(verb, dg),
         lane=_lane(verb, dg) if pin is None and not hints and not multi and not conn_id else "",
         conn_id=conn_id,
     )
@@ -386,6 +390,18 @@ _DIAG = re.compile(
     r"|^SHOW\s+PROFILES?\b|@@(?:SESSION\.|LOCAL\.)?(?:warning_count|error_count)\b|\bROW_COUNT\s*\(",
     re.I)
 _LANE_WRITES = frozenset({"INSERT", "UPDATE", "DELETE", "REPLACE"})
+# Statements that open no table unless their text names one (a subquery, SELECT ... INTO) or
+# calls a stored function (its tables are opened with the statement's): MariaDB clears the
+# diagnostics area at the start of a statement only when it opens tables (sql_parse.cc).
+_TABLELESS_VERBS = frozenset({"SET", "DO", "SELECT", "COMMIT", "ROLLBACK", "BEGIN", "START",
+                              "SAVEPOINT", "RELEASE", "XA"})
+_NAMES_TABLE = re.compile(r"\b(?:FROM|INTO|JOIN|TABLE|UPDATE)\b", re.I)
+
+
+def _keeps_diag(verb: str, dg: str) -> bool:
+    if verb not in _TABLELESS_VERBS or _NAMES_TABLE.search(dg) or _DIAG.search(dg):
+        return False
+    return "(" not in dg or stored_call(dg) is None
 _BEGIN = re.compile(r"^(?:BEGIN(?:\s+WORK)?|START\s+TRANSACTION(?:\s+READ\s+WRITE)?)$", re.I)
 
 

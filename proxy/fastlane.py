@@ -233,10 +233,12 @@ class FastLane:
         r = sc.r
         p = self.plan
         assert p is not None
+        s.keeps_diag = shape.keeps_diag  # (session.stmt_conn: a carried area may stay)
         if p.route is Route.REPLICA:
             s.stmt_conn = c
         else:
             s._after(c, r)
+        s.keeps_diag = False
         s.settle()
         self._done("error" if r.err is not None else "ok", r.rows or r.affected_rows)
 

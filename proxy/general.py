@@ -48,6 +48,7 @@ async def run_plan(
     route = "primary"
     outcome = "ok"
     rows = 0
+    s.keeps_diag = shape.keeps_diag
     try:
         if p.gate_write:
             s.app.durability.check_write()  # the gate runs once, here
@@ -80,6 +81,7 @@ async def run_plan(
         outcome = "error"
         raise
     finally:
+        s.keeps_diag = False
         dt = time.perf_counter() - t0
         M.count_statement(shape.verb, route, outcome, dt)
         s.app.digest.record(shape, dt, route, rows)
@@ -108,7 +110,7 @@ async def replica_conn(s: ProxySession, p: Plan, sql: str) -> tuple[BackendConn,
         router.count(rp.consistency, "primary_fallback")
         return None
     if L.state is not LeaseState.NONE:
-        await L.release(LeaseReason.ROUTE_CHANGE)
+        await s.leave(LeaseReason.ROUTE_CHANGE)
     L.transition(LeaseState.STATEMENT, LeaseReason.ACQUIRED, got[0], got[1])
     s.state_stale = False  # the router's acquire applied the session's state
     await s._fresh(got[0])

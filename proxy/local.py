@@ -16,7 +16,7 @@ from .errors import BackendError, BackendLost, ProxyError
 from .gtid import GtidError
 from .gtid import parse as gtid_parse
 from .plan import KILL, LOCAL_ANSWERS, Plan, Route, conn_id_alias, names_of
-from .state import NAMES_VARS, Names
+from .state import NAMES_VARS, Carried, Names
 
 if TYPE_CHECKING:
     from .session import ProxySession
@@ -94,6 +94,8 @@ async def answered(s: ProxySession, p: Plan, shape: Shape, sql: str,
     if p.route in LOCAL_ANSWERS:
         await answer_local(s, p, shape, binary)
         return None
+    if p.route is Route.DIAG and not binary and await carried(s, sql):
+        return None
     if p.route is Route.CLIENT_STATUS:
         if await client_status(s, sql, binary):
             return None
@@ -115,6 +117,44 @@ async def answer_local(s: ProxySession, p: Plan, shape: Shape, binary: bool = Fa
     # A SELECT the proxy answered: as after any SELECT, ROW_COUNT() is now -1; the warnings
     # stay the previous statement's (a SELECT without tables keeps them).
     s.row_count_local = -1
+
+
+_SHOW_LIST = re.compile(r"SHOW\s+(WARNINGS|ERRORS)(?:\s+LIMIT\s+(\d+)(?:\s*,\s*(\d+))?)?", re.I)
+_SHOW_COUNT = re.compile(r"SHOW\s+COUNT\s*\(\s*\*\s*\)\s+(WARNINGS|ERRORS)", re.I)
+_SELECT_COUNT = re.compile(r"SELECT\s+(@@(?:SESSION\.)?(WARNING|ERROR)_COUNT)", re.I)
+
+
+async def carried(s: ProxySession, sql: str) -> bool:
+    """SHOW WARNINGS / ERRORS [LIMIT], SHOW COUNT(*) WARNINGS / ERRORS and SELECT
+    @@warning_count / @@error_count about a diagnostics area the session carried from a
+    connection it left (state.Carried), in the text protocol; False for anything else (it runs
+    on a connection, as before)."""
+    d = s.stmt_conn
+    if not isinstance(d, Carried):
+        return False
+    q = sql.strip().rstrip(";").strip()
+    errors = [i for i, lv in enumerate(d.levels) if lv == "Error"]
+    if m := _SHOW_LIST.fullmatch(q):
+        rows = list(d.rows) if m.group(1).upper() == "WARNINGS" else [d.rows[i] for i in errors]
+        if m.group(2) is not None:
+            off, n = (int(m.group(2)), int(m.group(3))) if m.group(3) else (0, int(m.group(2)))
+            rows = rows[off:off + n]
+        assert s.connection is not None
+        stream = s.connection.stream
+        stream.write_many([P.enc_lenenc_int(len(d.coldefs)), *d.coldefs,
+                           P.make_eof(s.status), *rows, P.make_eof(s.status)])
+        await stream.drain()
+        return True
+    if m := _SHOW_COUNT.fullmatch(q):
+        name = f"@@session.{m.group(1).lower()[:-1]}_count"
+        n = len(d.rows) if m.group(1).upper() == "WARNINGS" else len(errors)
+    elif m := _SELECT_COUNT.fullmatch(q):
+        name = m.group(1)
+        n = len(d.rows) if m.group(2).upper() == "WARNING" else len(errors)
+    else:
+        return False
+    await result_set(s, [P.column_def_count(name)], [[str(n)]], False)
+    return True
 
 
 async def answer(s: ProxySession, cols_rows: list[tuple[str, str | None]],

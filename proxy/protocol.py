@@ -210,6 +210,13 @@ def column_def_int(name: str) -> bytes:
             + b"\x0c" + struct.pack("<HIBHB", 63, 21, 0x08, 0x81, 0) + b"\0\0")
 
 
+def column_def_count(name: str) -> bytes:
+    """A BIGINT UNSIGNED column, as MariaDB gives @@warning_count and SHOW COUNT(*) WARNINGS."""
+    n = name.encode()
+    return (enc_lenenc_str(b"def") + b"\0\0\0" + enc_lenenc_str(n) + b"\0"
+            + b"\x0c" + struct.pack("<HIBHB", 63, 21, 0x08, 0xA0, 0) + b"\0\0")
+
+
 def coldef_names(coldef: bytes | bytearray) -> tuple[list[bytes], int]:
     """A column definition's six strings (catalog, schema, table, org_table, name, org_name)
     and where what follows them starts (MariaDB's extended metadata, or the 0x0c)."""

@@ -32,7 +32,7 @@ from .escrow import Reservation
 from .fastlane import FastLane
 from .lease import Lease, LeaseState
 from .plan import Route, plan
-from .state import LOGIN_NAMES, Answered, Names, Wanted, absorb, split_reported
+from .state import LOGIN_NAMES, Answered, Carried, Names, Wanted, absorb, split_reported
 from .tracking import Tracking
 from .wire import ClientIO
 
@@ -54,8 +54,11 @@ class ProxySession(BaseSession):
         self._database: str | None = None
         self.connection: ProxyConnection | None = None
         self.lease = Lease()
-        # Ran the session's last statement; Answered when the proxy answered it itself (merge).
-        self._stmt_conn: BackendConn | Answered | None = None
+        # Ran the session's last statement; Answered when the proxy answered it itself (merge);
+        # Carried: the diagnostics area of a connection the session left (state.Carried).
+        self._stmt_conn: BackendConn | Answered | Carried | None = None
+        # The running statement opens no table (Shape.keeps_diag; set by general.run_plan)
+        self.keeps_diag = False
         # ROW_COUNT() after a SELECT the proxy answered itself (-1, as after any SELECT); the
         # warnings stay those of the statement before (a SELECT without tables keeps them)
         self.row_count_local: int | None = None
@@ -179,6 +182,7 @@ class ProxySession(BaseSession):
         self.last_stmt = None
         self.last_insert_id = 0
         self.pin = None
+        self._stmt_conn = None
         if self.track is not None:
             self.track = BackendConn.catalog.tracking
 
@@ -203,14 +207,34 @@ class ProxySession(BaseSession):
         return bool(self.status & P.SERVER_STATUS_IN_TRANS)
 
     @property
-    def stmt_conn(self) -> BackendConn | Answered | None:
-        """Where the session's last statement ran (its diagnostics are there), or Answered."""
+    def stmt_conn(self) -> BackendConn | Answered | Carried | None:
+        """Where the session's diagnostics area is: the connection that ran its last
+        statement, Answered, or Carried."""
         return self._stmt_conn
 
     @stmt_conn.setter
-    def stmt_conn(self, c: BackendConn | Answered | None) -> None:
-        self._stmt_conn = c
+    def stmt_conn(self, c: BackendConn | Answered | Carried | None) -> None:
+        if not (self.keeps_diag and isinstance(self._stmt_conn, Carried)
+                and isinstance(c, BackendConn) and not c.warned):
+            self._stmt_conn = c  # else it opened no table and raised nothing: the area stays
         self.row_count_local = None
+
+    async def leave(self, reason: LeaseReason) -> None:
+        """Give back the lease's connection: this statement runs on another. When the session's
+        diagnostics area is there with conditions in it and this statement opens no table, the
+        area stays the session's (MySQL keeps it): it is taken along first (state.Carried)."""
+        c = self.lease.conn
+        if (self.keeps_diag and c is not None and c is self._stmt_conn and c.warned
+                and not c.broken):
+            try:
+                defs, rows = await c.query_raw("SHOW WARNINGS")
+                self._stmt_conn = Carried(tuple(defs), tuple(rows), tuple(
+                    bytes(P.lenenc_str(r, 0)[0]).decode("ascii", "replace") for r in rows))
+            except BackendError:
+                pass  # (not expected) the area is lost, as before
+            except BackendLost:
+                c.broken = True
+        await self.lease.release(reason)
 
     @property
     def answered_rows(self) -> int | None:
@@ -261,7 +285,7 @@ class ProxySession(BaseSession):
             c = None
         if c is not None and L.state is LeaseState.SOFT:
             if L.pool is not self.app.primary_pool():
-                await L.release(LeaseReason.ROUTE_CHANGE)  # a replica's, kept after a read
+                await self.leave(LeaseReason.ROUTE_CHANGE)  # a replica's, kept after a read
                 c = None
             elif c.broken or c.io.at_eof():
                 c.broken = True  # died while idle (backend restart, idle timeout): replace it

@@ -207,6 +207,18 @@ SERVICE = Wanted(None, LOGIN_NAMES, {}, any_db=True)
 
 
 @dataclass(frozen=True)
+class Carried:
+    """The session's diagnostics area, taken from a connection it left: its last statement
+    there left conditions, and the statement that moved the session elsewhere opened no table
+    (MySQL keeps the area across such statements). The rows of SHOW WARNINGS as the client's
+    connection sent them: column definitions, rows, and the levels of the rows."""
+
+    coldefs: tuple[bytes, ...]
+    rows: tuple[bytes, ...]
+    levels: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Answered:
     """The session's last statement was answered by the proxy (a merged hot-row UPDATE), not
     run on one of its connections: its diagnostics are these rows and no warnings."""

@@ -111,6 +111,40 @@ def test_found_rows_and_warnings_of_the_clients_own_statement(
     p.close()
 
 
+_CARRY_CAUSES = ["SELECT nosuchcol", "SELECT CAST('x' AS SIGNED), CAST('y' AS SIGNED)",
+                 "SELECT 1/0 FROM tr_t"]
+_CARRY_STEPS = [["COMMIT"], ["SET @tr_a = 1"], ["SET SESSION sql_mode = DEFAULT"], ["DO 1"],
+                ["BEGIN", "COMMIT"], ["ROLLBACK"], ["COMMIT", "SET autocommit = 1"],
+                ["COMMIT", "DO 1/0"], ["COMMIT", "SELECT COUNT(*) FROM tr_t"],
+                ["SET @tr_b = (SELECT COUNT(*) FROM tr_t)"]]
+_CARRY_DIAG = ["SHOW WARNINGS", "SHOW ERRORS", "SHOW WARNINGS LIMIT 1", "SHOW WARNINGS LIMIT 1, 1",
+               "SHOW COUNT(*) WARNINGS", "SHOW COUNT(*) ERRORS", "SELECT @@warning_count",
+               "SELECT @@session.error_count"]
+
+
+@pytest.mark.parametrize("cause", _CARRY_CAUSES)
+def test_diagnostics_stay_across_statements_that_open_no_table(
+        sandbox: Sandbox, tproxy: ProxyProc, cause: str) -> None:
+    """MySQL keeps the diagnostics area across a statement that opens no table and raises
+    nothing (COMMIT, SET, DO 1), and replaces it when one does. Through the proxy the read that
+    left them ran on a replica and the next statement on the primary: the area goes along."""
+    for steps in _CARRY_STEPS:
+        for diag in _CARRY_DIAG:
+            d, p = _both(sandbox, tproxy)
+            got = []
+            for c in (d, p):
+                _q(c, cause)
+                for sql in steps:
+                    _q(c, sql)
+                with c.cursor() as cur:
+                    cur.execute(diag)
+                    got.append((cur.fetchall(), [x[:2] for x in cur.description],
+                                cur._result.warning_count))
+            assert got[1] == got[0], (cause, steps, diag)
+            d.close()
+            p.close()
+
+
 def test_read_only_transaction_pin_does_not_send_writes_to_the_replica(
         tproxy: ProxyProc) -> None:
     c = tproxy.connect()
