@@ -223,9 +223,12 @@ class ProxySession(BaseSession):
         """Give back the lease's connection: this statement runs on another. When the session's
         diagnostics area is there with conditions in it and this statement opens no table, the
         area stays the session's (MySQL keeps it): it is taken along first (state.Carried)."""
-        c = self.lease.conn
+        L = self.lease
+        c = L.conn
         if (self.keeps_diag and c is not None and c is self._stmt_conn and c.warned
                 and not c.broken):
+            if L.state is LeaseState.SOFT:  # the pool must not take it back meanwhile
+                L.transition(LeaseState.STATEMENT, LeaseReason.ACQUIRED)
             try:
                 defs, rows = await c.query_raw("SHOW WARNINGS")
                 self._stmt_conn = Carried(tuple(defs), tuple(rows), tuple(
@@ -234,7 +237,7 @@ class ProxySession(BaseSession):
                 pass  # (not expected) the area is lost, as before
             except BackendLost:
                 c.broken = True
-        await self.lease.release(reason)
+        await L.release(reason)
 
     @property
     def answered_rows(self) -> int | None:

@@ -270,3 +270,19 @@ def test_with_conn_id_touches_only_calls(parts: list[str]) -> None:
     sql = " ".join(parts)
     want = " ".join("7" if p.lower().replace(" ", "") == "connection_id()" else p for p in parts)
     assert with_conn_id(sql, 7) == want
+
+
+@pytest.mark.parametrize("sql,keeps", [
+    ("COMMIT", True), ("ROLLBACK", True), ("BEGIN", True), ("START TRANSACTION", True),
+    ("SET @a = 1", True), ("SET SESSION sql_mode = DEFAULT", True), ("DO 1", True),
+    ("SELECT 1", True), ("SELECT NOW(), @a", True), ("SAVEPOINT s", True),
+    ("SELECT * FROM t", False), ("SELECT 1 FROM DUAL", False),  # (DUAL: conservative)
+    ("SET @a = (SELECT COUNT(*) FROM t)", False), ("SELECT f(1)", False),  # stored function
+    ("SELECT 1 INTO @a", False), ("INSERT INTO t VALUES (1)", False), ("UPDATE t SET a = 1", False),
+    ("SHOW WARNINGS", False), ("SELECT @@warning_count", False), ("CALL p()", False),
+])
+def test_statements_that_open_no_table(sql: str, keeps: bool) -> None:
+    """Shape.keeps_diag: MariaDB clears the diagnostics area at the start of a statement only
+    when it opens tables; the proxy carries the area across a change of connection for the
+    others (session.leave)."""
+    assert classify(sql).keeps_diag is keeps
