@@ -12,6 +12,7 @@ installed.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -57,9 +58,15 @@ def stale(root: Path = _HERE) -> list[str]:
 
 
 def loaded() -> list[str]:
-    """The hot modules this process runs compiled."""
-    return [m for m in HOT
-            if str(getattr(sys.modules.get(f"proxy.{m}"), "__file__", "")).endswith(".so")]
+    """The hot modules this process runs (or will run, once imported) compiled."""
+    out = []
+    for m in HOT:
+        mod = sys.modules.get(f"proxy.{m}")
+        origin = getattr(mod, "__file__", None) if mod else getattr(
+            importlib.util.find_spec(f"proxy.{m}"), "origin", None)
+        if str(origin or "").endswith(".so"):
+            out.append(m)
+    return out
 
 
 if __name__ == "__main__":  # install-deps.sh: the files whose change needs a rebuild

@@ -153,3 +153,4 @@ def test_compiled_build_is_fresh_and_whole(tmp_path: Path) -> None:
     # This checkout: all hot modules compiled (the install's default) or none (its fallback
     # when no compiler is there), never a mix.
     assert compiled.built() in ([], list(compiled.HOT))
+    assert compiled.loaded() == compiled.built()  # and Python loads what was built
