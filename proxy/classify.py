@@ -402,6 +402,8 @@ def _keeps_diag(verb: str, dg: str) -> bool:
     if verb not in _TABLELESS_VERBS or _NAMES_TABLE.search(dg) or _DIAG.search(dg):
         return False
     return "(" not in dg or stored_call(dg) is None
+
+
 _BEGIN = re.compile(r"^(?:BEGIN(?:\s+WORK)?|START\s+TRANSACTION(?:\s+READ\s+WRITE)?)$", re.I)
 
 

@@ -59,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--config FILE is required")
     stale = compiled.stale()
     if stale:
-        print(f"compiled modules older than their source: {', '.join(stale)}; rebuild them "
-              "with `make deps` (or pip install -e .)", file=sys.stderr)
+        print(f"compiled modules whose source changed since the build: {', '.join(stale)}; "
+              "rebuild them with `make deps` (or pip install -e .)", file=sys.stderr)
         return 2
     try:
         cfg = C.load(a.config)

@@ -139,11 +139,7 @@ async def carried(s: ProxySession, sql: str) -> bool:
         if m.group(2) is not None:
             off, n = (int(m.group(2)), int(m.group(3))) if m.group(3) else (0, int(m.group(2)))
             rows = rows[off:off + n]
-        assert s.connection is not None
-        stream = s.connection.stream
-        stream.write_many([P.enc_lenenc_int(len(d.coldefs)), *d.coldefs,
-                           P.make_eof(s.status), *rows, P.make_eof(s.status)])
-        await stream.drain()
+        await _write_result(s, list(d.coldefs), rows)
         return True
     if m := _SHOW_COUNT.fullmatch(q):
         name = f"@@session.{m.group(1).lower()[:-1]}_count"
@@ -167,11 +163,15 @@ async def result_set(s: ProxySession, defs: list[bytes], rows: list[list[str | N
                      binary: bool) -> None:
     """A result set the proxy builds: its column definitions (as this client negotiated
     them) and rows, in the text or the binary protocol."""
+    await _write_result(s, [coldefs(s, d) for d in defs],
+                        [P.binary_row(defs, r) if binary else P.text_row(r) for r in rows])
+
+
+async def _write_result(s: ProxySession, defs: list[bytes], rows: list[bytes]) -> None:
+    """A result set's packets, from column definitions and rows already encoded."""
     assert s.connection is not None
     stream = s.connection.stream
-    stream.write_many([P.enc_lenenc_int(len(defs)), *[coldefs(s, d) for d in defs],
-                       P.make_eof(s.status),
-                       *[P.binary_row(defs, r) if binary else P.text_row(r) for r in rows],
+    stream.write_many([P.enc_lenenc_int(len(defs)), *defs, P.make_eof(s.status), *rows,
                        P.make_eof(s.status)])
     await stream.drain()
 

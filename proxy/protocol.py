@@ -194,27 +194,28 @@ def column_def(name: str) -> bytes:
             + b"\x0c" + struct.pack("<HIBHB", 45, 1024, 0xFD, 0, 0x27) + b"\0\0")
 
 
+def _column_def_num(name: str, length: int, typ: int, flags: int) -> bytes:
+    """An integer expression column (binary charset, no table, 0 decimals)."""
+    n = name.encode()
+    return (enc_lenenc_str(b"def") + b"\0\0\0" + enc_lenenc_str(n) + b"\0"
+            + b"\x0c" + struct.pack("<HIBHB", 63, length, typ, flags, 0) + b"\0\0")
+
+
 def column_def_uint(name: str, mariadb: bool = True) -> bytes:
     """An unsigned NOT NULL integer expression column, as the server gives CONNECTION_ID():
     INT(10) in MariaDB, BIGINT(21) in MySQL."""
-    n = name.encode()
-    typ, length = (0x03, 10) if mariadb else (0x08, 21)
-    return (enc_lenenc_str(b"def") + b"\0\0\0" + enc_lenenc_str(n) + b"\0"
-            + b"\x0c" + struct.pack("<HIBHB", 63, length, typ, 0xA1, 0) + b"\0\0")
+    length, typ = (10, 0x03) if mariadb else (21, 0x08)
+    return _column_def_num(name, length, typ, 0xA1)
 
 
 def column_def_int(name: str) -> bytes:
     """A BIGINT NOT NULL expression column, as MariaDB gives ROW_COUNT()."""
-    n = name.encode()
-    return (enc_lenenc_str(b"def") + b"\0\0\0" + enc_lenenc_str(n) + b"\0"
-            + b"\x0c" + struct.pack("<HIBHB", 63, 21, 0x08, 0x81, 0) + b"\0\0")
+    return _column_def_num(name, 21, 0x08, 0x81)
 
 
 def column_def_count(name: str) -> bytes:
     """A BIGINT UNSIGNED column, as MariaDB gives @@warning_count and SHOW COUNT(*) WARNINGS."""
-    n = name.encode()
-    return (enc_lenenc_str(b"def") + b"\0\0\0" + enc_lenenc_str(n) + b"\0"
-            + b"\x0c" + struct.pack("<HIBHB", 63, 21, 0x08, 0xA0, 0) + b"\0\0")
+    return _column_def_num(name, 21, 0x08, 0xA0)
 
 
 def coldef_names(coldef: bytes | bytearray) -> tuple[list[bytes], int]:

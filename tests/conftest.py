@@ -35,7 +35,7 @@ def pytest_configure(config: pytest.Config) -> None:
     source would test yesterday's code."""
     stale = compiled.stale()
     if stale:
-        raise pytest.UsageError(f"compiled modules older than their source: {stale}; "
+        raise pytest.UsageError(f"compiled modules whose source changed since the build: {stale}; "
                                 "rebuild with `make deps`")
 
 
