@@ -216,10 +216,26 @@ class BackendConn:
         self, sql: str, names: list[str] | None = None, types: list[int] | None = None
     ) -> tuple[list[list[str | None]] | None, P.OkPacket | None]:
         """Run one text-protocol statement and decode its rows as strings (internal use only);
-        `names` and `types` receive the last result's column names and type codes."""
-        await self.command(bytes((P.COM_QUERY,)) + sql.encode())
+        `names` and `types` receive the last result's column names and type codes. Returns the
+        last result set's rows and the last OK packet."""
         rows: list[list[str | None]] | None = None
         ok: P.OkPacket | None = None
+        for r, o in await self.query_each(sql, names, types):
+            if r is not None:
+                rows = r
+            if o is not None:
+                ok = o
+        return rows, ok
+
+    async def query_each(
+        self, sql: str, names: list[str] | None = None, types: list[int] | None = None
+    ) -> list[tuple[list[list[str | None]] | None, P.OkPacket | None]]:
+        """Each statement's own result, in order: (rows, None) for a result set, (None, OK) for
+        a statement without one. The proxy's service transactions check every statement's
+        affected rows before they commit (hotrow.py, escrow.py); an ERR raises BackendError
+        (MySQL runs nothing after it)."""
+        await self.command(bytes((P.COM_QUERY,)) + sql.encode())
+        out: list[tuple[list[list[str | None]] | None, P.OkPacket | None]] = []
         while True:
             pkt = await self.read_packet()
             if pkt[0] == 0xFF:
@@ -228,9 +244,10 @@ class BackendConn:
             if pkt[0] == 0x00:
                 ok = P.parse_ok(pkt, True)
                 self._track(ok.status, ok)
+                out.append((None, ok))
                 if ok.status & P.SERVER_MORE_RESULTS_EXISTS:
                     continue
-                return rows, ok
+                return out
             ncols, _ = P.lenenc_int(pkt, 0)
             if names is not None:
                 names.clear()
@@ -251,7 +268,7 @@ class BackendConn:
                             _, pos = P.lenenc_str(col, pos)
                         types.append(col[pos + 7] if pos + 7 < len(col) else 0xFD)
             await self.read_packet()  # EOF
-            rows = []
+            rows: list[list[str | None]] = []
             while True:
                 pkt = await self.read_packet()
                 if pkt[0] == 0xFF:
@@ -262,8 +279,9 @@ class BackendConn:
                     self._track(st, None)
                     break
                 rows.append(_text_row(pkt, ncols))
+            out.append((rows, None))
             if not self.status & P.SERVER_MORE_RESULTS_EXISTS:
-                return rows, ok
+                return out
 
     async def query_raw(self, sql: str) -> tuple[list[bytes], list[bytes]]:
         """One text-protocol statement's result set as the server sent it (internal use): its

@@ -89,9 +89,43 @@ _HOT_UPDATE = re.compile(
     re.I | re.S,
 )
 _AND = re.compile(r"\s+AND\s+", re.I)
-_P_KEY = re.compile(rf"^\(?\s*(?P<col>{_IDENT})\s*=\s*\?\s*\)?$")
-_P_CMP = re.compile(rf"^\(?\s*(?P<col>{_IDENT})\s*(?P<op>>=|>)\s*\?\s*\)?$")
-_P_SUB = re.compile(rf"^\(?\s*(?P<col>{_IDENT})\s*-\s*\?\s*(?P<op>>=|>)\s*\?\s*\)?$")
+_PAREN = re.compile(r"[()]")
+_P_KEY = re.compile(rf"^(?P<col>{_IDENT})\s*=\s*\?$")
+_P_CMP = re.compile(rf"^(?P<col>{_IDENT})\s*(?P<op>>=|>)\s*\?$")
+_P_SUB = re.compile(rf"^(?P<col>{_IDENT})\s*-\s*\?\s*(?P<op>>=|>)\s*\?$")
+
+
+def _closing(p: str) -> int:
+    """Index of the parenthesis closing the one at p[0] (backquoted names skipped), or -1."""
+    depth = 0
+    i = 0
+    while i < len(p):
+        ch = p[i]
+        if ch == "`":
+            j = p.find("`", i + 1)
+            while j != -1 and p[j + 1:j + 2] == "`":
+                j = p.find("`", j + 2)
+            if j == -1:
+                return -1
+            i = j
+        elif ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+            if depth == 0:
+                return i
+        i += 1
+    return -1
+
+
+def _unwrap(p: str) -> str:
+    """A condition without parentheses that enclose all of it (`(a = ?)`, `((a = ?))`). Any
+    other parenthesis is left, and then matches no pattern: `a = ?)` or `(a = ?` is a syntax
+    error in MySQL and is never merged."""
+    p = p.strip()
+    while p.startswith("(") and _closing(p) == len(p) - 1:
+        p = p[1:-1].strip()
+    return p
 
 
 def _ident(s: str) -> str:
@@ -132,8 +166,9 @@ def hot_template(dg: str) -> HotTemplate | None:
     c1, c2 = _ident(m.group("c1")), _ident(m.group("c2"))
     if c1 != c2:
         return None
-    parts = [p.strip() for p in _AND.split(m.group("where").strip())]
-    if not 1 <= len(parts) <= 2:
+    where = _unwrap(m.group("where"))
+    parts = [_unwrap(p) for p in _AND.split(where)]
+    if not 1 <= len(parts) <= 2 or any(_PAREN.search(p) for p in parts):
         return None
     # Schema and table keep their case: with lower_case_table_names=0 (the Linux default)
     # `SHOP.INVENTORY` is another table than `shop.inventory` and must not be merged as it.
@@ -165,6 +200,41 @@ def hot_template(dg: str) -> HotTemplate | None:
         schema, table, c1, key, 0, key_pos,
         guard[0] if guard else None, guard[1] if guard else None, guard[2] if guard else None,
     )
+
+
+@dataclass(frozen=True)
+class Escaped:
+    """A string literal written with a backslash escape: `value` is what MySQL makes of it by
+    default; under NO_BACKSLASH_ESCAPES the backslashes are characters (hotalloc.bind)."""
+
+    value: str
+
+
+# MySQL's escapes in string literals (sql_lex.cc): these, `\%` and `\_` keep their backslash
+# (they are LIKE patterns' escapes), and any other character stands for itself.
+_ESCAPES = {"0": "\0", "b": "\b", "n": "\n", "r": "\r", "t": "\t", "Z": "\x1a",
+            "%": "\\%", "_": "\\_"}
+
+
+def mysql_unescape(body: str, quote: str) -> str:
+    """The value of a quoted string literal's body (quotes removed), decoded as MySQL does
+    without NO_BACKSLASH_ESCAPES: backslash escapes and doubled quotes."""
+    out = []
+    i = 0
+    n = len(body)
+    while i < n:
+        ch = body[i]
+        if ch == "\\" and i + 1 < n:
+            nxt = body[i + 1]
+            out.append(_ESCAPES.get(nxt, nxt))
+            i += 2
+        elif ch == quote and i + 1 < n and body[i + 1] == quote:
+            out.append(quote)
+            i += 2
+        else:
+            out.append(ch)
+            i += 1
+    return "".join(out)
 
 
 @dataclass(frozen=True)
@@ -237,7 +307,10 @@ def _values(sql: str, params: list[object] | None) -> list[object]:
         elif m.group("s") is not None:
             t = m.group("s")
             q = t[0]
-            out.append(t[1:-1].replace(q + q, q).replace("\\" + q, q))
+            if "\\" in t:
+                out.append(Escaped(mysql_unescape(t[1:-1], q)))
+            else:
+                out.append(t[1:-1].replace(q + q, q))
         elif m.group("p") is not None:
             out.append(_MARKER)
     return out

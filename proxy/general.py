@@ -35,6 +35,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("seckill.session")
 
 
+# Statements after which the hot-row rules are checked against the schema again: they may have
+# added a trigger, a CHECK constraint or a generated column (a procedure or a prepared
+# statement too, through dynamic SQL).
+_SCHEMA_VERBS = frozenset({"CREATE", "ALTER", "DROP", "RENAME", "CALL", "EXECUTE"})
+
+
 async def run_plan(
     s: ProxySession, p: Plan, shape: Shape,
     run: Callable[[BackendConn, Any], Awaitable[Relayed]],
@@ -82,6 +88,8 @@ async def run_plan(
         raise
     finally:
         s.keeps_diag = False
+        if (shape.verb in _SCHEMA_VERBS or shape.multi) and s.app.hotrow is not None:
+            s.app.hotrow.schema_changed()  # a trigger or constraint on a hot table, perhaps
         dt = time.perf_counter() - t0
         M.count_statement(shape.verb, route, outcome, dt)
         s.app.digest.record(shape, dt, route, rows)

@@ -7,12 +7,13 @@ gets what it would have got alone). No I/O: tested in tables and with hypothesis
 from __future__ import annotations
 
 import asyncio
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from pymysql.converters import escape_string
 
-from .classify import HotTemplate, Unsupported, parse_hints
+from .classify import Escaped, HotTemplate, Unsupported, parse_hints
 from .config import HotRowRule
 from .errors import ER_PARSE_ERROR, ProxyError
 from .escrow import Reservation
@@ -35,11 +36,17 @@ class HotStmt:
         return (self.rule.schema, self.rule.table, self.key_value)
 
 
+MAX_AMOUNT = 1 << 62  # larger amounts (and group totals) take the normal path: BIGINT arithmetic
+
+
 def bind(
     tpl: HotTemplate, values: list[object], database: str | None,
-    rules: dict[tuple[str, str], HotRowRule],
+    rules: dict[tuple[str, str], HotRowRule], backslash_escapes: bool = True,
 ) -> HotStmt | None:
-    """Match a template and its values against the rules; None means: take the normal path."""
+    """Match a template and its values against the rules; None means: take the normal path.
+
+    A string key written with a backslash escape is decoded as MySQL decodes it, unless the
+    session has NO_BACKSLASH_ESCAPES (`backslash_escapes` False): then it is not merged."""
     schema = tpl.schema or database  # case-sensitive, as table names are in MySQL on Linux
     if schema is None:
         return None
@@ -52,8 +59,12 @@ def bind(
         return None
     amount = values[tpl.amount_pos]
     key = values[tpl.key_pos]
-    if not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
+    if not isinstance(amount, int) or isinstance(amount, bool) or not 0 < amount < MAX_AMOUNT:
         return None
+    if isinstance(key, Escaped):
+        if not backslash_escapes:
+            return None
+        key = key.value
     if isinstance(key, Unsupported) or not isinstance(key, int | str) or isinstance(key, bool):
         return None
     if isinstance(key, str) and len(sql_literal(key)) > MAX_KEY_SQL:
@@ -94,21 +105,34 @@ class Member:
     reservation: Reservation | None = None
     # told 0 rows: units reserved on the key (by any proxy) when its batch allocated
     reserved_seen: int = 0
+    target: int | None = None  # TARGET_AFFECT_ROW(n): the rows it must have, or it fails
 
 
+RUN_ALONE = -1  # decision: the member runs its own statement after the group (MySQL answers it)
 PLAIN = -2  # decision for a member of a group of one in auto mode: run your own statement
+MISMATCH = -3  # TARGET_AFFECT_ROW(n) differs from the member's rows: it fails, changes nothing
 
 
-def allocate(current: int | None, members: list[Member], unsigned: bool) -> tuple[list[int], int]:
-    """Decide each member in arrival order, as if each ran alone: 1 hit, 0 miss, -1 run alone.
+def allocate(current: int | None, members: list[Member], floor: int | None,
+             exists: bool = True) -> tuple[list[int], int]:
+    """Decide each member in arrival order, as if each ran alone: 1 hit, 0 miss, RUN_ALONE,
+    MISMATCH. Returns (decisions, total deducted).
 
-    A member without a guard on an UNSIGNED column that would go below zero gets -1: MySQL would
-    answer it with an out-of-range error, which the proxy does not imitate; it runs alone instead.
-    Returns (decisions, total deducted).
+    `current` is the locked row's value (None: no row if not `exists`, else NULL), `floor` the
+    column type's lowest value (0 for UNSIGNED; None: unbounded). A member whose own result
+    would leave the type's range gets RUN_ALONE: MySQL answers it alone with an error (strict
+    mode, UNSIGNED) or a clipped value and a warning, which the group does not imitate; the
+    others are not failed with it. A member with TARGET_AFFECT_ROW(n) whose rows would not be
+    n gets MISMATCH and deducts nothing.
     """
+    out: list[int] = []
     if current is None:
-        return [0] * len(members), 0
-    out = []
+        for m in members:
+            # NULL - n is NULL: a guard is not true (0 rows); unguarded it matches, changes
+            # nothing, and CLIENT_FOUND_ROWS would count it: MySQL answers that one alone
+            d = 0 if not exists or m.guard_op is not None else RUN_ALONE
+            out.append(MISMATCH if d >= 0 and m.target is not None and m.target != d else d)
+        return out, 0
     cur = current
     for m in members:
         if m.guard_op == ">":
@@ -117,13 +141,74 @@ def allocate(current: int | None, members: list[Member], unsigned: bool) -> tupl
             ok = cur >= (m.bound or 0)
         else:
             ok = True
-        if ok and m.guard_op is None and unsigned and cur - m.amount < 0:
-            out.append(-1)
+        if ok and ((floor is not None and cur - m.amount < floor)
+                   or current - cur + m.amount >= MAX_AMOUNT):
+            out.append(RUN_ALONE)
+            continue
+        d = 1 if ok else 0
+        if m.target is not None and m.target != d:
+            out.append(MISMATCH)
             continue
         if ok:
             cur -= m.amount
-        out.append(1 if ok else 0)
+        out.append(d)
     return out, current - cur
+
+
+INT_FLOORS = {"tinyint": -(1 << 7), "smallint": -(1 << 15), "mediumint": -(1 << 23),
+              "int": -(1 << 31), "bigint": -(1 << 63)}
+
+
+def column_floor(data_type: str, column_type: str) -> int | None:
+    """The lowest value of an integer column (information_schema's DATA_TYPE, COLUMN_TYPE)."""
+    if "unsigned" in column_type.lower() or "zerofill" in column_type.lower():
+        return 0
+    return INT_FLOORS.get(data_type.lower())
+
+
+_INT_TEXT = re.compile(r"-?(?:0|[1-9][0-9]{0,14})")
+
+
+def normal_key(key: int | str, kind: str, ci: bool) -> int | str | None:
+    """The key as the engine groups it, or None where the proxy cannot tell which row MySQL
+    would match (then it is not merged). `kind` is the key column's: "int" or "str"; `ci` a
+    case-insensitive collation. On an integer key '195' is 195 (MySQL compares them as
+    numbers); on a string key a number would be compared as a double (many strings match it),
+    and only printable ASCII without trailing spaces is grouped (folded for a _ci collation):
+    other characters may be equal under a collation in ways not modelled here."""
+    if kind == "int":
+        if isinstance(key, int):
+            return key
+        return int(key) if _INT_TEXT.fullmatch(key) else None
+    if kind == "str" and isinstance(key, str):
+        if not all(" " <= ch <= "~" for ch in key) or key.endswith(" "):
+            return None
+        return key.lower() if ci else key
+    return None
+
+
+# sql_mode flags under which a merged decrement answers as the statement would alone; any
+# other flag (ANSI_QUOTES, NO_UNSIGNED_SUBTRACTION, EMPTY_STRING_IS_NULL, PIPES_AS_CONCAT,
+# IGNORE_SPACE, HIGH_NOT_PRECEDENCE, ORACLE, ...) changes how the statement parses or computes:
+# such a session takes the normal path. Range errors, clipping and NO_BACKSLASH_ESCAPES are
+# handled per member (allocate, bind).
+MERGE_SQL_MODES = frozenset({
+    "STRICT_TRANS_TABLES", "STRICT_ALL_TABLES", "ERROR_FOR_DIVISION_BY_ZERO",
+    "NO_AUTO_CREATE_USER", "NO_ENGINE_SUBSTITUTION", "NO_ZERO_DATE", "NO_ZERO_IN_DATE",
+    "ONLY_FULL_GROUP_BY", "NO_AUTO_VALUE_ON_ZERO", "NO_DIR_IN_CREATE", "PAD_CHAR_TO_FULL_LENGTH",
+    "NO_BACKSLASH_ESCAPES", "ALLOW_INVALID_DATES", "IGNORE_BAD_TABLE_OPTIONS", "NO_FIELD_OPTIONS",
+    "NO_KEY_OPTIONS", "NO_TABLE_OPTIONS", "REAL_AS_FLOAT", "SIMULTANEOUS_ASSIGNMENT",
+    "TIME_ROUND_FRACTIONAL",
+})
+
+
+def sql_mode_blocks(sql_mode: str) -> str | None:
+    """The first sql_mode flag that keeps a session's hot decrements from merging, or None."""
+    for flag in sql_mode.upper().split(","):
+        f = flag.strip()
+        if f and f not in MERGE_SQL_MODES:
+            return f
+    return None
 
 
 def sql_literal(v: int | str) -> str:

@@ -21,39 +21,45 @@ import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from pymysql.converters import escape_string
 
 from . import metrics as M
 from . import protocol as P
-from .classify import HotTemplate, Shape, statement_values
+from .classify import HotTemplate, Shape, mysql_unescape, statement_values
 from .config import HOTROW_MODES, HotRowCfg, HotRowRule
 from .errors import (
     CR_SERVER_LOST,
     ER_INVENTORY_AUTOCOMMIT,
     ER_INVENTORY_TARGET_AFFECT_ROW,
     ER_LOCK_WAIT_TIMEOUT,
+    ER_QUERY_INTERRUPTED,
     BackendError,
     BackendLost,
     ProxyError,
 )
-from .escrow import RESERVATION, Escrow, Reservation
+from .escrow import RESERVATION, Escrow, Reservation, Unverified
 from .escrow import ddl as escrow_ddl
 from .hotalloc import (
+    MISMATCH,
     PLAIN,
+    RUN_ALONE,
     HotStmt,
     Inventory,
     Member,
     allocate,
     bind,
+    column_floor,
     inventory_hints,
+    normal_key,
     read_only,
     sql_literal,
+    sql_mode_blocks,
 )
 from .outcome import find_record
-from .state import SERVICE, Answered
+from .state import SERVICE, SERVICE_MARIADB, Answered
 
 if TYPE_CHECKING:
     from .backend import BackendConn
@@ -64,6 +70,8 @@ log = logging.getLogger("seckill.hotrow")
 
 MAX_DISCOVERED = 1000  # tables hotrow.discover keeps candidate rules for
 _NO_PRIVILEGE = frozenset({1142, 1143, 1044})  # table, column, database access denied
+# a batch's errors that say nothing about the schema: interrupted, lock wait, deadlock, timeout
+_TRANSIENT = frozenset({1317, 1205, 1213, 1969, 3024})
 MAX_KEYS = 100_000  # hot keys tracked at once (key values come from clients)
 INFO_HIT = b"Rows matched: 1  Changed: 1  Warnings: 0"
 INFO_MISS = b"Rows matched: 0  Changed: 0  Warnings: 0"
@@ -124,18 +132,23 @@ class KeyState:
 class RuleState:
     ok: bool | None = None
     reason: str = "not checked yet"
-    unsigned: bool = False
+    floor: int | None = None  # the column type's lowest value (0: UNSIGNED)
+    key_kind: str = "int"  # the key column's: "int" or "str" (hotalloc.normal_key)
+    key_ci: bool = False  # ... with a case-insensitive collation
+    sql_mode: str = ""  # the server's global sql_mode: a session's that did not set its own
     escrow_ok: bool = True  # no foreign key points at the table: members' inserts lock nothing there
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    checked: float = 0.0  # monotonic time of the last check against the schema
 
 
 class NotCommitted(Exception):
     """The batch provably did not commit (error before or at COMMIT, or connection lost before
     COMMIT was sent, or the batch record is absent after an interrupted COMMIT)."""
 
-    def __init__(self, err: ProxyError | BackendError) -> None:
+    def __init__(self, err: ProxyError | BackendError, unverified: bool = False) -> None:
         super().__init__(str(err))
         self.err = err
+        self.unverified = unverified  # rolled back before COMMIT: a statement was cut short
 
 
 class HotRowEngine:
@@ -146,6 +159,7 @@ class HotRowEngine:
         self.discovered: dict[tuple[str, str], HotRowRule] = {}  # hotrow.discover
         self.table_modes: dict[str, str] = {}
         self.proxy_id = random.getrandbits(31)
+        self.server_sql_mode: str | None = None  # the primary's global sql_mode (rule checks)
         self._seq = itertools.count(1)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._bg: list[asyncio.Task[Any]] = []
@@ -223,21 +237,22 @@ class HotRowEngine:
 
     async def start(self) -> None:
         self._bg.append(asyncio.create_task(self._housekeeping()))
-        self._bg.append(asyncio.create_task(self.check_rules()))
+        self._bg.append(asyncio.create_task(self.check_rules(force=False)))
 
-    async def check_rules(self, timeout: float = 5.0) -> None:
-        """Check every rule not checked yet against the schema now (at start, and when a DBA
-        asks with SHOW HOTROW RULES), as the first configured user: a rule pointing at a
-        missing table or a wrong key shows up before the first hot statement does."""
+    async def check_rules(self, timeout: float = 5.0, force: bool = True) -> None:
+        """Check the rules against the schema now (at start, when a DBA asks with SHOW HOTROW
+        RULES, and every few seconds: a trigger or constraint created since is seen), as the
+        first configured user: a rule pointing at a missing table or a wrong key shows up
+        before the first hot statement does. Without `force`, only rules not checked yet."""
         users = [u.name for u in self.app.cfg.users]
-        todo = [r for k, r in self.rules.items()
-                if k not in self.rule_state or self.rule_state[k].ok is None]
+        todo = [r for k, r in (*self.rules.items(), *self.discovered.items())
+                if force or k not in self.rule_state or self.rule_state[k].ok is None]
         if not users or not todo:
             return
         try:
             async with asyncio.timeout(timeout):
                 for rule in todo:
-                    await self._check_rule(rule, users[0])
+                    await self._check_rule(rule, users[0], force)
         except Exception as e:  # noqa: BLE001 - checked again on first use; never fatal here
             log.info("hot-row rules not checked yet: %s", type(e).__name__)
 
@@ -260,7 +275,7 @@ class HotRowEngine:
             if rule is None:
                 continue  # a rule removed since: left for when it comes back
             value: int | str = int(key_sql) if key_sql.lstrip("-").isdigit() else \
-                key_sql[1:-1].replace("\\'", "'").replace("\\\\", "\\")
+                mysql_unescape(key_sql[1:-1], "'")
             rv = Reservation(table, rule.key, rule.column, key_sql, (rule.schema, rule.table, value),
                              batch_id, member, amount, users[0])
             self.escrow.reserved(rv)
@@ -278,6 +293,8 @@ class HotRowEngine:
                 await self.recover_escrow()
             except Exception as e:  # noqa: BLE001 - retried next round
                 log.info("escrow recovery skipped: %s", type(e).__name__)
+            if self.engaged() or self.rule_state:
+                await self.check_rules()  # DDL not seen by this proxy: a trigger added since
             now = time.monotonic()
             for k, ks in list(self.keys.items()):
                 if (not ks.waiting and not ks.in_flight and ks.collecting is None
@@ -308,72 +325,111 @@ class HotRowEngine:
             await c.pool.release(c)
 
     async def _conn(self, user: str) -> BackendConn:
+        """A service connection on the primary: its own sql_mode (what the proxy's statements
+        are written for) and, on MariaDB, no max_statement_time (a timeout must not cut a
+        service transaction short; they are short by construction)."""
         pool = await self.app.writable_primary()
-        return await pool.acquire(user, self.app.password_of(user) or "", want=SERVICE,
-                                  service=True)
+        c = await pool.acquire(user, self.app.password_of(user) or "", service=True)
+        try:
+            await pool.apply_state(c, SERVICE_MARIADB if c.mariadb else SERVICE)
+        except BaseException:
+            c.dirty = True
+            await pool.release(c, "service state failed")
+            raise
+        return c
 
-    async def _check_rule(self, rule: HotRowRule, user: str) -> RuleState:
-        """Verify against the schema that `key` is the whole primary key and `column` an integer
-        without UPDATE triggers; creates the batch-record table. Checked once per rule."""
+    async def _check_rule(self, rule: HotRowRule, user: str, force: bool = False) -> RuleState:
+        """Verify against the schema that merging cannot change an answer on the rule's table
+        (`_rule_verdict`); creates the proxy's own tables. Checked once per rule, and again
+        (`force`) periodically, after DDL seen through the proxy and on SHOW HOTROW RULES."""
         st = self.rule_state.setdefault((rule.schema, rule.table), RuleState())
-        if st.ok is not None:
+        if st.ok is not None and not force:
             return st
         async with st.lock:
-            if st.ok is not None:
+            if st.ok is not None and not force:
                 return st
             c = await self._conn(user)
             try:
-                s, t = escape_string(rule.schema), escape_string(rule.table)
-                pk, _ = await c.query(
-                    "SELECT COLUMN_NAME FROM information_schema.STATISTICS WHERE TABLE_SCHEMA="
-                    f"'{s}' AND TABLE_NAME='{t}' AND INDEX_NAME='PRIMARY' ORDER BY SEQ_IN_INDEX")
-                col, _ = await c.query(
-                    "SELECT DATA_TYPE, COLUMN_TYPE FROM information_schema.COLUMNS WHERE "
-                    f"TABLE_SCHEMA='{s}' AND TABLE_NAME='{t}' AND COLUMN_NAME='{escape_string(rule.column)}'")
-                trg, _ = await c.query(
-                    "SELECT COUNT(*) FROM information_schema.TRIGGERS WHERE EVENT_OBJECT_SCHEMA="
-                    f"'{s}' AND EVENT_OBJECT_TABLE='{t}' AND EVENT_MANIPULATION='UPDATE'")
-                eng, _ = await c.query(
-                    "SELECT ENGINE FROM information_schema.TABLES WHERE "
-                    f"TABLE_SCHEMA='{s}' AND TABLE_NAME='{t}'")
-                keys = [r[0].lower() for r in pk or [] if r[0]]
-                if not pk and not col:
-                    if (rule.schema, rule.table) in self.discovered:
-                        st.ok, st.reason = False, "table not found"  # forgotten at reload
-                    else:
-                        st.ok, st.reason = None, "table not found (checked again on next use)"
-                    return st
-                if eng and (eng[0][0] or "").lower() != "innodb":
-                    st.ok, st.reason = False, f"{eng[0][0]} table, not InnoDB (no row locks)"
-                elif keys != [rule.key]:
-                    st.ok, st.reason = False, f"primary key is ({', '.join(keys) or 'none'}), not ({rule.key})"
-                elif not col or (col[0][0] or "").lower() not in (
-                        "tinyint", "smallint", "mediumint", "int", "bigint"):
-                    st.ok, st.reason = False, f"column {rule.column} is not an integer column"
-                elif trg and trg[0][0] not in ("0", None):
-                    st.ok, st.reason = False, "table has UPDATE triggers"
-                else:
-                    bs = self.cfg.batch_schema.replace("`", "``")
-                    await c.execute(f"CREATE DATABASE IF NOT EXISTS `{bs}`")
-                    await c.execute(
-                        f"CREATE TABLE IF NOT EXISTS `{bs}`.`hotrow_batch` ("
-                        "id BIGINT UNSIGNED NOT NULL PRIMARY KEY, "
-                        "created_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6), "
-                        "table_name VARCHAR(192) NOT NULL, key_value VARCHAR(255) NOT NULL, "
-                        "members INT NOT NULL, total BIGINT NOT NULL, KEY (created_at)) ENGINE=InnoDB")
-                    for sql in escrow_ddl(self.cfg.batch_schema):
-                        await c.execute(sql)
-                    fk, _ = await c.query(
-                        "SELECT COUNT(*) FROM information_schema.REFERENTIAL_CONSTRAINTS WHERE "
-                        f"UNIQUE_CONSTRAINT_SCHEMA='{s}' AND REFERENCED_TABLE_NAME='{t}'")
-                    st.escrow_ok = not fk or fk[0][0] in ("0", None)
-                    st.ok, st.reason = True, "ok"
-                    st.unsigned = "unsigned" in (col[0][1] or "").lower()
-                if st.ok is False:
-                    log.warning("hot-row rule %s disabled: %s", rule.qualified, st.reason)
+                await self._verdict(rule, c, st)
             finally:
                 await c.pool.release(c)
         return st
+
+    async def _verdict(self, rule: HotRowRule, c: BackendConn, st: RuleState) -> None:
+        s, t = escape_string(rule.schema), escape_string(rule.table)
+        col = escape_string(rule.column)
+        where = f"TABLE_SCHEMA='{s}' AND TABLE_NAME='{t}'"
+        res = await c.query_each(
+            f"SELECT COLUMN_NAME FROM information_schema.STATISTICS WHERE {where} "
+            "AND INDEX_NAME='PRIMARY' ORDER BY SEQ_IN_INDEX; "
+            "SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, COALESCE(COLLATION_NAME, ''), "
+            "COALESCE(GENERATION_EXPRESSION, '') FROM information_schema.COLUMNS "
+            f"WHERE {where}; "
+            "SELECT COUNT(*) FROM information_schema.TRIGGERS WHERE "
+            f"EVENT_OBJECT_SCHEMA='{s}' AND EVENT_OBJECT_TABLE='{t}' "
+            "AND EVENT_MANIPULATION='UPDATE'; "
+            f"SELECT ENGINE, TABLE_TYPE FROM information_schema.TABLES WHERE {where}; "
+            "SELECT COUNT(*) FROM information_schema.TABLE_CONSTRAINTS WHERE "
+            f"CONSTRAINT_SCHEMA='{s}' AND TABLE_NAME='{t}' AND CONSTRAINT_TYPE='CHECK'; "
+            "SELECT COUNT(*) FROM information_schema.KEY_COLUMN_USAGE WHERE "
+            f"REFERENCED_TABLE_NAME IS NOT NULL AND (({where} AND COLUMN_NAME='{col}') OR "
+            f"(REFERENCED_TABLE_SCHEMA='{s}' AND REFERENCED_TABLE_NAME='{t}' AND "
+            f"REFERENCED_COLUMN_NAME='{col}')); "
+            "SELECT COUNT(*) FROM information_schema.REFERENTIAL_CONSTRAINTS WHERE "
+            f"UNIQUE_CONSTRAINT_SCHEMA='{s}' AND REFERENCED_TABLE_NAME='{t}'; "
+            "SELECT @@GLOBAL.sql_mode")
+        pk, cols, trg, eng, chk, fkcol, fk, mode = (r or [] for r, _ in res)
+        keys = [r[0].lower() for r in pk if r[0]]
+        by_name = {(r[0] or "").lower(): r for r in cols}
+        colrow = by_name.get(rule.column.lower())
+        keyrow = by_name.get(rule.key.lower())
+        st.checked = time.monotonic()
+        st.sql_mode = self.server_sql_mode = str(mode[0][0] or "") if mode else ""
+        if not pk and not cols:
+            if (rule.schema, rule.table) in self.discovered:
+                st.ok, st.reason = False, "table not found"  # forgotten at reload
+            else:
+                st.ok, st.reason = None, "table not found (checked again on next use)"
+            return
+        key_type = (keyrow[1] or "").lower() if keyrow else ""
+        reason = _rule_problem(
+            engine=(eng[0][0] or "") if eng else "", table_type=(eng[0][1] or "") if eng else "",
+            keys=keys, key=rule.key, column=rule.column,
+            column_type=(colrow[1] or "").lower() if colrow else "", key_type=key_type,
+            generated=sum(1 for r in cols if r[4]),
+            triggers=_count(trg), checks=_count(chk), fk_on_column=_count(fkcol))
+        was = st.ok
+        if reason is not None:
+            st.ok, st.reason = False, reason
+            if was is not False:
+                log.warning("hot-row rule %s disabled: %s", rule.qualified, reason)
+            return
+        if was is not True:
+            bs = self.cfg.batch_schema.replace("`", "``")
+            await c.execute(f"CREATE DATABASE IF NOT EXISTS `{bs}`")
+            await c.execute(
+                f"CREATE TABLE IF NOT EXISTS `{bs}`.`hotrow_batch` ("
+                "id BIGINT UNSIGNED NOT NULL PRIMARY KEY, "
+                "created_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6), "
+                "table_name VARCHAR(192) NOT NULL, key_value VARCHAR(255) NOT NULL, "
+                "members INT NOT NULL, total BIGINT NOT NULL, KEY (created_at)) ENGINE=InnoDB")
+            for sql in escrow_ddl(self.cfg.batch_schema):
+                await c.execute(sql)
+            if was is False:
+                log.warning("hot-row rule %s enabled again: the schema allows it", rule.qualified)
+        assert colrow is not None and keyrow is not None
+        st.escrow_ok = _count(fk) == 0
+        st.floor = column_floor(colrow[1] or "", colrow[2] or "")
+        st.key_kind = "int" if key_type in _INT_TYPES else "str"
+        st.key_ci = (keyrow[3] or "").lower().endswith("_ci")
+        st.ok, st.reason = True, "ok"
+
+    def schema_changed(self) -> None:
+        """DDL went through the proxy (a trigger, a constraint, a column may have changed):
+        every rule is checked against the schema again before its next merge."""
+        for st in self.rule_state.values():
+            if st.ok is not None:
+                st.ok, st.reason = None, "schema changed: checked again on next use"
 
     # ---- entry points from the session ------------------------------------------------------
 
@@ -407,8 +463,12 @@ class HotRowEngine:
             return None
         hs, mode, rs = target
         if rs is None:
-            rs = await self._check_rule(hs.rule, session.username or "")
-        if not rs.ok:
+            await self._check_rule(hs.rule, session.username or "")
+            target = self._target(session, shape, values)  # again, with the schema known
+            if target is None:
+                return None
+            hs, mode, rs = target
+        if rs is None or not rs.ok:
             return None
         in_txn = _in_txn(session)
         inv = inventory_hints(shape.hints, raw_sql) if shape.hints else None
@@ -438,7 +498,7 @@ class HotRowEngine:
                 session.txn_hot.add(hs.key_id)  # its transaction now holds the row lock
             return await self._queue(session, hs, ks, forward)
         # Inventory hints are honoured on the merged path, so a hinted statement merges.
-        return await self._merge(session, hs, ks, rs.unsigned, forward,
+        return await self._merge(session, hs, ks, rs.floor, forward,
                                  mode == "auto" and inv is None, txn_conn, inv)
 
     # ---- auto: plain while the key is idle ---------------------------------------------------
@@ -499,18 +559,33 @@ class HotRowEngine:
         None: the engine leaves the statement alone. The rule's state is None while the rule
         has not been checked against the schema."""
         assert shape.hot is not None
-        hs = bind(shape.hot, values, session.database, self.rules)
+        sql_mode = session.sysvars.get("sql_mode", self.server_sql_mode)
+        escapes = sql_mode is None or "NO_BACKSLASH_ESCAPES" not in sql_mode.upper()
+        hs = bind(shape.hot, values, session.database, self.rules, escapes)
         if hs is None and self.cfg.discover:
-            hs = self._discover(shape.hot, values, session.database)
+            hs = self._discover(shape.hot, values, session.database, escapes)
         if hs is None:
             return None
-        if hs.key_id not in self.keys and len(self.keys) >= MAX_KEYS:
-            return None  # bounded: a new key past the limit takes the normal path
         mode = self.mode_for(shape, hs.rule.qualified)
         if mode == "off":
             return None
         rs = self.rule_state.get((hs.rule.schema, hs.rule.table))
-        return hs, mode, (rs if rs is not None and rs.ok is not None else None)
+        if rs is None or rs.ok is None or sql_mode is None:
+            return hs, mode, None  # the schema (and the server's sql_mode) not known yet
+        if rs.ok:
+            # Merged, the statement's answer must be the one MySQL would give it alone: not
+            # under an sql_mode that changes how it parses or computes, nor for a key whose
+            # row the proxy cannot tell (hotalloc.normal_key).
+            if sql_mode_blocks(sql_mode) is not None:
+                return None
+            key = normal_key(hs.key_value, rs.key_kind, rs.key_ci)
+            if key is None:
+                return None
+            if key != hs.key_value or type(key) is not type(hs.key_value):
+                hs = replace(hs, key_value=key)
+        if hs.key_id not in self.keys and len(self.keys) >= MAX_KEYS:
+            return None  # bounded: a new key past the limit takes the normal path
+        return hs, mode, rs
 
     def _goes_plain(self, hs: HotStmt, in_txn: bool) -> bool:
         """auto: the key has too little company for a group to pay (AUTO_COMPANY), and no
@@ -535,7 +610,7 @@ class HotRowEngine:
         return self._key(hs, mode)
 
     def _discover(self, tpl: HotTemplate, values: list[object],
-                  database: str | None) -> HotStmt | None:
+                  database: str | None, escapes: bool) -> HotStmt | None:
         """No rule names the table: with `discover`, the statement's own shape is a candidate
         rule, checked against the schema once per table like a configured one."""
         schema = tpl.schema or database
@@ -549,7 +624,7 @@ class HotRowEngine:
             if len(self.discovered) >= MAX_DISCOVERED:
                 return None  # table names come from clients: bounded
             rule = self.discovered[k] = HotRowRule(schema, tpl.table, tpl.key, tpl.column)
-        return bind(tpl, values, database, {k: rule})
+        return bind(tpl, values, database, {k: rule}, escapes)
 
     def _key(self, hs: HotStmt, mode: str) -> KeyState:
         ks = self.keys.get(hs.key_id)
@@ -602,7 +677,7 @@ class HotRowEngine:
     # ---- merge -----------------------------------------------------------------------------
 
     async def _merge(
-        self, session: HotRowMember, hs: HotStmt, ks: KeyState, unsigned: bool,
+        self, session: HotRowMember, hs: HotStmt, ks: KeyState, floor: int | None,
         forward: Callable[[], Awaitable[Any]], auto: bool = False, txn_conn: Any = None,
         inv: Inventory | None = None,
     ) -> tuple[str, str]:
@@ -613,9 +688,9 @@ class HotRowEngine:
         deadline = loop.time() + self.cfg.queue_wait_timeout_ms / 1000
         while True:
             m = Member(hs.amount, hs.guard_op, hs.bound, loop.create_future(), loop.time(),
-                       conn=txn_conn)
+                       conn=txn_conn, target=inv.target if inv is not None else None)
             try:
-                decision = await self._join(ks, hs, m, user, unsigned, auto)
+                decision = await self._join(ks, hs, m, user, floor, auto)
             except ProxyError:
                 if inv is not None and inv.rollback_on_fail and txn_conn is not None:
                     await self._end_txn(session, txn_conn, "ROLLBACK")
@@ -647,16 +722,16 @@ class HotRowEngine:
             return "hotrow-plain", "ok" if ok else "error"
         if m.gtid:
             session.last_gtid = m.gtid  # read-your-writes covers merged deductions too
-        if decision == -1:
+        if decision == RUN_ALONE:
             M.HOTROW_STATEMENTS.inc("merge", "run_alone")
             if txn_conn is not None:
                 session.txn_hot.add(hs.key_id)
             await forward()
             return "hotrow-merge", "ok"
-        if inv is not None and inv.target is not None and decision != inv.target:
-            # TARGET_AFFECT_ROW(n): the statement fails and changes nothing
-            if m.reservation is not None:
-                self.escrow.ended([m.reservation])
+        if decision == MISMATCH:
+            # TARGET_AFFECT_ROW(n): the statement fails and changes nothing (allocate deducted
+            # nothing for it, in autocommit as in a transaction)
+            assert inv is not None
             if inv.rollback_on_fail and txn_conn is not None:
                 await self._end_txn(session, txn_conn, "ROLLBACK")
             M.HOTROW_STATEMENTS.inc("merge", "target_mismatch")
@@ -679,7 +754,7 @@ class HotRowEngine:
         await session.send(session.ok_packet(decision, 0, 0, INFO_HIT if decision else INFO_MISS))
         return "hotrow-merge", "ok"
 
-    async def _join(self, ks: KeyState, hs: HotStmt, m: Member, user: str, unsigned: bool,
+    async def _join(self, ks: KeyState, hs: HotStmt, m: Member, user: str, floor: int | None,
                     auto: bool) -> int:
         """Join (or open) the key's collecting group; the member's decision."""
         g = ks.collecting
@@ -690,7 +765,7 @@ class HotRowEngine:
             g = Group(prev=prev, user=user, auto=auto)
             ks.collecting = g
             ks.tail = g.done
-            t = asyncio.create_task(self._lead(hs, ks, g, user, unsigned))
+            t = asyncio.create_task(self._lead(hs, ks, g, user, floor))
             self._tasks.add(t)
             t.add_done_callback(self._tasks.discard)
         g.members.append(m)
@@ -713,7 +788,11 @@ class HotRowEngine:
         transaction before it is told "1 row". Whatever ends that transaction resolves the
         reservation (the session hands it over)."""
         try:
-            await _on_member(m.conn, self.escrow.confirm_sql(r))
+            ok = await _on_member(m.conn, self.escrow.confirm_sql(r))
+            if ok.affected_rows != 1:
+                # cut short without an error (a KILL QUERY on the client's connection): no
+                # confirm row, so the UPDATE did not happen for this client either
+                raise ProxyError(ER_QUERY_INTERRUPTED, "Query execution was interrupted")
         except BaseException:
             self.escrow.ended([r])  # no confirm row: the units go back
             raise
@@ -730,7 +809,8 @@ class HotRowEngine:
             if self.app.durability.wants_ack:
                 await self.app.durability.wait_ack(ok.gtid)
 
-    async def _lead(self, hs: HotStmt, ks: KeyState, g: Group, user: str, unsigned: bool) -> None:
+    async def _lead(self, hs: HotStmt, ks: KeyState, g: Group, user: str,
+                    floor: int | None) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.cfg.max_wait_us / 1e6
         try:
@@ -760,7 +840,7 @@ class HotRowEngine:
                     m.fut.set_result(PLAIN)
                     await asyncio.shield(m.plain_done)
                 return
-            await self._commit_group(hs, g, user, unsigned, ks)
+            await self._commit_group(hs, g, user, floor, ks)
         except BaseException as e:  # never leave a member waiting forever
             for m in g.members:
                 if not m.fut.done():
@@ -777,16 +857,18 @@ class HotRowEngine:
                 g.done.set_result(None)
 
     async def _commit_group(
-        self, hs: HotStmt, g: Group, user: str, unsigned: bool, ks: KeyState
+        self, hs: HotStmt, g: Group, user: str, floor: int | None, ks: KeyState
     ) -> None:
         last: NotCommitted | None = None
         for attempt in (1, 2):
             try:
-                decisions = await self._batch(hs, g.members, user, unsigned)
+                decisions = await self._batch(hs, g.members, user, floor)
             except NotCommitted as e:
                 last = e
                 log.warning("hot-row batch for %s did not commit (attempt %d): %s",
                             hs.rule.qualified, attempt, e)
+                if isinstance(e.err, BackendError):
+                    break  # the database refused it: no retry of the same (see below)
                 if attempt == 1 and e.err.code == 2013 and self.app.monitor is not None:
                     # The connection died: let the monitor see the servers again (a restart or
                     # a failover) before the one retry, so it goes to a live primary.
@@ -811,15 +893,22 @@ class HotRowEngine:
             return
         assert last is not None
         err = last.err
-        if getattr(err, "code", None) in _NO_PRIVILEGE:
-            # The members' user may update the row but not write the proxy's batch records:
-            # MySQL would have run their statements, so they run as they are.
-            log.warning("hot-row batch as user %s lacks privileges on %s (%s): statements run "
-                        "unmerged; grant SELECT, INSERT, DELETE on `%s`.* to merge them", g.user,
-                        self.cfg.batch_schema, err, self.cfg.batch_schema)
+        if (isinstance(err, BackendError) or last.unverified
+                or getattr(err, "code", None) in _NO_PRIVILEGE):
+            # The database refused the group's transaction (a privilege on the proxy's own
+            # tables, a constraint or trigger added since the rule was checked, a lock wait,
+            # a value out of range) or it did not do what was allocated: nothing committed.
+            # MySQL would have answered each statement alone, so each runs alone, and the rule
+            # is checked against the schema again before the next merge.
+            if getattr(err, "code", None) in _NO_PRIVILEGE:
+                log.warning("hot-row batch as user %s lacks privileges on %s (%s): statements "
+                            "run unmerged; grant SELECT, INSERT, DELETE on `%s`.* to merge them",
+                            g.user, self.cfg.batch_schema, err, self.cfg.batch_schema)
+            elif getattr(err, "code", None) not in _TRANSIENT:
+                self.schema_changed()
             for m in g.members:
                 if not m.fut.done():
-                    m.fut.set_result(-1)
+                    m.fut.set_result(RUN_ALONE)
             return
         for m in g.members:
             if not m.fut.done():
@@ -827,9 +916,15 @@ class HotRowEngine:
                 m.fut.set_exception(err if isinstance(err, ProxyError) else _as_proxy_error(err))
 
     async def _batch(
-        self, hs: HotStmt, members: list[Member], user: str, unsigned: bool
+        self, hs: HotStmt, members: list[Member], user: str, floor: int | None
     ) -> list[int]:
-        """One backend transaction for the whole group; returns each member's decision."""
+        """One backend transaction for the whole group; returns each member's decision.
+
+        Verified before it commits: the locked row's value (and whether the row exists) is
+        read, the statements that follow must affect exactly the rows allocated (one stock row,
+        one reservation per member inside a transaction, one batch record), and COMMIT goes in
+        a round trip of its own. A statement cut short (KILL QUERY, a timeout: MariaDB may
+        answer "OK, 0 rows" without an error) rolls the batch back as not committed."""
         r = hs.rule
         tbl = f"`{r.schema}`.`{r.table}`"
         key = sql_literal(hs.key_value)
@@ -841,11 +936,18 @@ class HotRowEngine:
             raise NotCommitted(_as_proxy_error(e)) from None
         pool = c.pool
         commit_sent = False
+        decisions: list[int] = []
+        reserve: list[tuple[Reservation, Member]] = []
         try:
             rows, _ = await c.query(
                 f"START TRANSACTION; SELECT `{r.column}` FROM {tbl} WHERE `{r.key}` = {key} FOR UPDATE")
+            exists = bool(rows)
+            if not exists:  # no row, or a read cut short? the same transaction asks again
+                again, _ = await c.query(f"SELECT COUNT(*) FROM {tbl} WHERE `{r.key}` = {key}")
+                if again != [["0"]]:
+                    raise Unverified(f"locking read of {tbl} {key} returned nothing")
             current = int(rows[0][0]) if rows and rows[0][0] is not None else None
-            decisions, total = allocate(current, members, unsigned)
+            decisions, total = allocate(current, members, floor, exists)
             if 0 in decisions:  # near sell-out: units still reserved by open transactions?
                 held = await self._reserved_on(c, tbl, key)
                 for m, d in zip(members, decisions, strict=True):
@@ -856,24 +958,34 @@ class HotRowEngine:
                                     user), m)
                        for i, (m, d) in enumerate(zip(members, decisions, strict=True))
                        if d == 1 and m.conn is not None]
-            stmts = []
+            stmts: list[tuple[str, int]] = []  # (statement, rows it must affect)
             if total:
-                stmts.append(f"UPDATE {tbl} SET `{r.column}` = `{r.column}` - {total} "
-                             f"WHERE `{r.key}` = {key}")
+                stmts.append((f"UPDATE {tbl} SET `{r.column}` = `{r.column}` - {total} "
+                              f"WHERE `{r.key}` = {key}", 1))
             if reserve:
-                stmts.append(self.escrow.reservation_sql(
-                    (rv, m.conn.thread_id) for rv, m in reserve))
-            stmts.append(
+                stmts.append((self.escrow.reservation_sql(
+                    (rv, m.conn.thread_id) for rv, m in reserve), len(reserve)))
+            stmts.append((
                 f"INSERT INTO `{self.cfg.batch_schema}`.`hotrow_batch` "
                 f"(id, table_name, key_value, members, total) VALUES ({batch_id}, "
-                f"'{escape_string(r.qualified)}', {sql_literal(str(hs.key_value))}, {len(members)}, {total})")
-            stmts.append("COMMIT")
+                f"'{escape_string(r.qualified)}', {sql_literal(str(hs.key_value))}, "
+                f"{len(members)}, {total})", 1))
+            res = await c.query_each("; ".join(sql for sql, _ in stmts))
+            for (sql, want), (_, ok) in zip(stmts, res, strict=True):
+                got = ok.affected_rows if ok is not None else -1
+                if got != want:
+                    raise Unverified(f"{sql.split(' ', 1)[0]} affected {got} rows, expected {want}")
             commit_sent = True
-            _, ok = await c.query("; ".join(stmts))
-        except BackendError as e:
-            # MySQL stops a multi-statement at its first error, so COMMIT did not run.
+            ok = await c.execute("COMMIT")
+        except (BackendError, Unverified) as e:
+            # An error or an unverified statement: COMMIT was not sent (MySQL also stops a
+            # multi-statement at its first error); the pool's reset rolls the batch back.
             c.dirty = True
             await pool.release(c, "batch error")
+            if isinstance(e, Unverified):
+                log.warning("hot-row batch for %s rolled back: %s", r.qualified, e)
+                raise NotCommitted(ProxyError(
+                    CR_SERVER_LOST, f"seckill-proxy batch rolled back: {e}"), True) from None
             raise NotCommitted(e) from None
         except BackendLost as e:
             await pool.release(c, "batch connection lost")
@@ -963,3 +1075,39 @@ async def _on_member(c: Any, sql: str) -> P.OkPacket:
         raise ProxyError(
             CR_SERVER_LOST, f"Lost connection to MySQL server during query ({e.reason}); "
             "the transaction was rolled back or its outcome is unknown", fatal=True) from None
+
+
+_INT_TYPES = frozenset({"tinyint", "smallint", "mediumint", "int", "bigint"})
+_STR_TYPES = frozenset({"char", "varchar", "binary", "varbinary"})
+
+
+def _count(rows: list[list[str | None]]) -> int:
+    return int(rows[0][0] or 0) if rows else 0
+
+
+def _rule_problem(*, engine: str, table_type: str, keys: list[str], key: str, column: str,
+                  column_type: str, key_type: str, generated: int, triggers: int, checks: int,
+                  fk_on_column: int) -> str | None:
+    """Why a table's decrements must not be merged, or None. A merged group runs one UPDATE
+    by the total where MySQL would run one per member: anything that acts per statement or
+    per row change (triggers, CHECK constraints, generated columns, foreign keys on the
+    column, system versioning) or a key MySQL may match loosely would tell them apart."""
+    if engine.lower() != "innodb":
+        return f"{engine or 'unknown'} table, not InnoDB (no row locks)"
+    if keys != [key]:
+        return f"primary key is ({', '.join(keys) or 'none'}), not ({key})"
+    if column_type not in _INT_TYPES:
+        return f"column {column} is not an integer column"
+    if key_type not in _INT_TYPES and key_type not in _STR_TYPES:
+        return f"key {key} is {key_type or 'unknown'}, not an integer or string column"
+    if triggers:
+        return "table has UPDATE triggers"
+    if checks:
+        return "table has CHECK constraints"
+    if generated:
+        return "table has generated columns"
+    if fk_on_column:
+        return f"column {column} is in a foreign key"
+    if "versioned" in table_type.lower():
+        return "table is system-versioned"
+    return None

@@ -203,7 +203,13 @@ class Wanted:
         return transition(have_db, have_names, have_vars, db, self.names, self.vars)
 
 
-SERVICE = Wanted(None, LOGIN_NAMES, {}, any_db=True)
+# The hot-row engine's service connections: the sql_mode its statements are written for (its
+# string literals use backslash escapes; strict, so nothing is clipped), and on MariaDB no
+# max_statement_time, which could cut a service transaction short.
+SERVICE_SQL_MODE = "STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION"
+SERVICE = Wanted(None, LOGIN_NAMES, {"sql_mode": SERVICE_SQL_MODE}, any_db=True)
+SERVICE_MARIADB = Wanted(None, LOGIN_NAMES, {"sql_mode": SERVICE_SQL_MODE,
+                                             "max_statement_time": "0"}, any_db=True)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from proxy.classify import (
     with_conn_id,
 )
 from proxy.config import HotRowRule
-from proxy.hotalloc import Member, allocate, bind
+from proxy.hotalloc import MISMATCH, RUN_ALONE, Member, allocate, bind
 
 RULES = {("shop", "inventory"): HotRowRule("shop", "inventory", "sku_id", "quantity")}
 
@@ -177,37 +177,42 @@ members_st = st.lists(
 
 
 @settings(max_examples=500, deadline=None)
-@given(current=st.one_of(st.none(), st.integers(0, 100)), ms=members_st, unsigned=st.booleans())
+@given(current=st.one_of(st.none(), st.integers(-10, 100)), exists=st.booleans(), ms=members_st,
+       floor=st.sampled_from([None, 0, -5]), targets=st.lists(st.sampled_from([None, None, 0, 1]),
+                                                              min_size=60, max_size=60))
 def test_allocation_is_what_serial_execution_gives(
-    current: int | None, ms: list[tuple[int, str | None, int]], unsigned: bool
+    current: int | None, exists: bool, ms: list[tuple[int, str | None, int]], floor: int | None,
+    targets: list[int | None],
 ) -> None:
-    members = [Member(a, op, b if op else None) for a, op, b in ms]
-    decisions, total = allocate(current, members, unsigned)
-    # Reference: run the UPDATEs one by one, as MySQL would with autocommit.
+    """Each member's decision is what its statement alone would get, run one after the other
+    as MySQL would with autocommit; a member MySQL would answer with a range error or a
+    clipped value (below the type's floor) runs alone, one whose TARGET_AFFECT_ROW differs
+    fails, and neither changes what the others get."""
+    members = [Member(a, op, b if op else None, target=t)
+               for (a, op, b), t in zip(ms, targets, strict=False)]
+    decisions, total = allocate(current, members, floor, exists)
     cur = current
     expect = []
     for m in members:
         if cur is None:
-            expect.append(0)
+            d = 0 if not exists or m.guard_op is not None else RUN_ALONE
+            expect.append(MISMATCH if d >= 0 and m.target is not None and m.target != d else d)
             continue
         ok = m.guard_op is None or (cur > m.bound if m.guard_op == ">" else cur >= m.bound)  # type: ignore[operator]
-        if ok and m.guard_op is None and unsigned and cur - m.amount < 0:
-            expect.append(-1)
+        if ok and floor is not None and cur - m.amount < floor:
+            expect.append(RUN_ALONE)
+            continue
+        d = 1 if ok else 0
+        if m.target is not None and m.target != d:
+            expect.append(MISMATCH)
             continue
         if ok:
             cur -= m.amount
-        expect.append(1 if ok else 0)
+        expect.append(d)
     assert decisions == expect
     assert total == sum(m.amount for m, d in zip(members, decisions, strict=True) if d == 1)
-    if current is not None:
-        final = current - total
-        if all(m.guard_op is not None for m in members) or unsigned:
-            guarded_ok = all(
-                (m.guard_op == ">" and (m.bound or 0) >= m.amount - 1)
-                or (m.guard_op == ">=" and (m.bound or 0) >= m.amount)
-                for m in members if m.guard_op)
-            if guarded_ok and all(m.guard_op for m in members):
-                assert final >= 0  # guards of the seckill form never let stock go negative
+    if current is not None and floor is not None and current >= floor:
+        assert current - total >= floor  # never below the column type's range
 
 
 @settings(max_examples=400, deadline=None)
