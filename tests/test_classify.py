@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -291,3 +293,119 @@ def test_statements_that_open_no_table(sql: str, keeps: bool) -> None:
     when it opens tables; the proxy carries the area across a change of connection for the
     others (session.leave)."""
     assert classify(sql).keeps_diag is keeps
+
+
+# ---- the recogniser against a real parser (issue 21) -----------------------------------------
+
+_HOT_PIECES = st.lists(st.sampled_from([
+    "UPDATE ", "inventory ", "`shop`.`inventory` ", "shop.inventory ", "SET ", "quantity ", "= ",
+    "quantity - ", "1 ", "3 ", "'195' ", "'a\\\\b' ", "'x''y' ", "WHERE ", "sku_id = ", "AND ",
+    "quantity > ", "quantity >= ", "0 ", "( ", ") ", "quantity - 2 >= ", "OR ", "; ", "LIMIT ",
+    "-- c\n", "/* c */ ", "\"q\" ", "IGNORE ", ", ", "sku_id ", "- ", "+ ",
+]), min_size=6, max_size=22)
+_HOT_SEEDS = [
+    "UPDATE inventory SET quantity = quantity - 1 WHERE sku_id = 1 AND quantity > 0",
+    "UPDATE inventory SET quantity = quantity - 2 WHERE (sku_id = '195') AND (quantity >= 2)",
+    "UPDATE shop.inventory SET quantity = quantity - 1 WHERE ((sku_id = 3 AND quantity - 1 >= 0))",
+]
+
+
+def _mutate(sql: str, rnd: random.Random) -> str:
+    i = rnd.randrange(len(sql) + 1)
+    op = rnd.randrange(3)
+    if op == 0:
+        return sql[:i] + rnd.choice("()'`;,- ") + sql[i:]
+    if op == 1:
+        return sql[:i] + sql[i + 1:]
+    return sql[:i] + rnd.choice([" AND quantity > 0", ")", "(", " OR 1", " LIMIT 1"]) + sql[i:]
+
+
+def _parser_agrees(sql: str) -> None:
+    """A statement the recogniser takes for a hot decrement is, for sqlglot's MySQL parser, an
+    UPDATE of one table with one assignment `c = c - n` and a WHERE of at most two conditions
+    joined by AND: anything else must not be merged (`classify(...).hot is None`)."""
+    import sqlglot
+    from sqlglot import exp
+
+    shape = classify(sql)
+    if shape.hot is None or bind(shape.hot, statement_values(sql), "shop", RULES) is None:
+        return
+    tree = sqlglot.parse_one(sql, read="mysql")  # raises: a syntax error was recognised
+    assert isinstance(tree, exp.Update), sql
+    sets = tree.args.get("expressions") or []
+    assert len(sets) == 1 and isinstance(sets[0].expression, exp.Sub), sql
+    where = tree.args["where"].this
+    while isinstance(where, exp.Paren):
+        where = where.this
+    conds = list(where.flatten()) if isinstance(where, exp.And) else [where]
+    assert 1 <= len(conds) <= 2, sql
+    for c in conds:
+        while isinstance(c, exp.Paren):
+            c = c.this
+        assert isinstance(c, exp.EQ | exp.GT | exp.GTE), sql
+
+
+@settings(max_examples=400, deadline=None)
+@given(_HOT_PIECES)
+def test_recogniser_agrees_with_a_real_parser_on_generated_text(pieces: list[str]) -> None:
+    _parser_agrees("".join(pieces).strip())
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from(_HOT_SEEDS), st.integers(0, 2**32), st.integers(1, 4))
+def test_recogniser_agrees_with_a_real_parser_on_near_misses(seed: str, r: int, n: int) -> None:
+    """Hot statements with one to four random edits (a parenthesis, a quote, a clause)."""
+    rnd = random.Random(r)
+    sql = seed
+    for _ in range(n):
+        sql = _mutate(sql, rnd)
+    _parser_agrees(sql)
+
+
+@pytest.mark.parametrize("sql", [
+    "UPDATE inventory SET quantity = quantity - 1 WHERE sku_id = 901 AND quantity >= 1)",
+    "UPDATE inventory SET quantity = quantity - 1 WHERE (sku_id = 901",
+    "UPDATE inventory SET quantity = quantity - 1 WHERE (sku_id = 901) AND quantity >= 1)",
+    "UPDATE inventory SET quantity = quantity - 1 WHERE sku_id = 901) AND (quantity >= 1",
+])
+def test_unbalanced_parentheses_are_never_hot(sql: str) -> None:
+    assert classify(sql).hot is None
+
+
+@pytest.mark.parametrize("body,value", [
+    ("a\\\\b", "a\\b"), ("a\\nb", "a\nb"), ("a\\'b", "a'b"), ("a''b", "a'b"), ("a\\%b", "a\\%b"),
+    ("a\\_b", "a\\_b"), ("a\\qb", "aqb"), ("\\0\\Z\\t\\r\\b", "\0\x1a\t\r\b"), ("a\\\"b", 'a"b'),
+])
+def test_string_literals_decode_as_mysql(body: str, value: str) -> None:
+    from proxy.classify import Escaped, mysql_unescape
+
+    assert mysql_unescape(body, "'") == value
+    v = statement_values(f"SELECT '{body}'")[0]
+    assert (v.value if isinstance(v, Escaped) else v) == value
+
+
+@pytest.mark.parametrize("key,kind,ci,want", [
+    (195, "int", False, 195), ("195", "int", False, 195), ("0195", "int", False, None),
+    (" 195", "int", False, None), ("195abc", "int", False, None), ("-3", "int", False, -3),
+    ("abc", "str", True, "abc"), ("ABC", "str", True, "abc"), ("ABC", "str", False, "ABC"),
+    ("abc ", "str", True, None), (195, "str", True, None), ("é", "str", True, None),
+    ("a\nb", "str", False, None), ("x'y", "str", True, "x'y"),
+])
+def test_keys_are_normalised_to_the_key_column(key: object, kind: str, ci: bool,
+                                               want: object) -> None:
+    from proxy.hotalloc import normal_key
+
+    assert normal_key(key, kind, ci) == want  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("mode,blocks", [
+    ("STRICT_TRANS_TABLES,ERROR_FOR_DIVISION_BY_ZERO,NO_AUTO_CREATE_USER,NO_ENGINE_SUBSTITUTION",
+     None), ("", None), ("NO_BACKSLASH_ESCAPES", None), ("ANSI_QUOTES", "ANSI_QUOTES"),
+    ("STRICT_ALL_TABLES,NO_UNSIGNED_SUBTRACTION", "NO_UNSIGNED_SUBTRACTION"),
+    ("PIPES_AS_CONCAT,ANSI_QUOTES,IGNORE_SPACE,ANSI", "PIPES_AS_CONCAT"),
+    ("EMPTY_STRING_IS_NULL", "EMPTY_STRING_IS_NULL"), ("ORACLE", "ORACLE"),
+])
+def test_sql_modes_that_keep_a_session_unmerged(mode: str, blocks: str | None) -> None:
+    from proxy.hotalloc import sql_mode_blocks
+
+    assert sql_mode_blocks(mode) == blocks
