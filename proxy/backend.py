@@ -44,6 +44,7 @@ BACKEND_FLAGS = (P.CLIENT_SESSION_TRACK | P.CLIENT_PS_MULTI_RESULTS | P.CLIENT_M
 # Per connection: 200 pooled connections x 64 stay well under MariaDB's default
 # max_prepared_stmt_count (16382), which counts every connection's statements together.
 STMT_CACHE = 64
+ER_MAX_PREPARED_STMT_COUNT = 1461
 _READ_CHUNK = 256 * 1024
 _FLUSH_AT = 256 * 1024
 
@@ -407,14 +408,26 @@ class BackendConn:
     def stmt_key(self, sql: str) -> tuple[str | None, str]:
         return (self.schema, sql)
 
+    def drop_cached(self) -> None:
+        """Close every statement this connection keeps prepared (no replies to read)."""
+        while self.stmts:
+            _, old = self.stmts.popitem(last=False)
+            self.send(bytes((P.COM_STMT_CLOSE,)) + struct.pack("<I", old.stmt_id))
+
     def close_stmt(self, sql: str) -> None:
         """The client closed its statement: close it here too (COM_STMT_CLOSE has no reply)."""
         pok = self.stmts.pop(self.stmt_key(sql), None)
         if pok is not None:
             self.send(bytes((P.COM_STMT_CLOSE,)) + struct.pack("<I", pok.stmt_id))
 
-    async def prepare(self, sql: str) -> P.PrepareOk:
-        """Prepare `sql` here unless already cached on this connection."""
+    async def prepare(self, sql: str, retry: bool = True) -> P.PrepareOk:
+        """Prepare `sql` here unless already cached on this connection.
+
+        Statements the proxy keeps prepared for reuse count against the server's
+        max_prepared_stmt_count like a client's: when the server refuses one more (1461), the
+        cached ones (this connection's, then those of the pool's idle connections) are closed
+        and it is tried again, so a client that closes its statements never meets a limit
+        MySQL would not have made it meet."""
         key = self.stmt_key(sql)
         got = self.stmts.get(key)
         if got is not None:
@@ -424,17 +437,30 @@ class BackendConn:
         pkt = await self.read_packet()
         if pkt[0] == 0xFF:
             e = P.parse_err(pkt)
+            if e.code == ER_MAX_PREPARED_STMT_COUNT and retry:
+                self.drop_cached()
+                if self.pool is not None:
+                    self.pool.drop_cached_statements()
+                return await self.prepare(sql, False)
             raise BackendError(e.code, e.sqlstate, e.message, pkt)
         pok = P.parse_prepare_ok(pkt)
         for _ in range(pok.num_params + (1 if pok.num_params else 0)):
             await self.read_packet()
         for _ in range(pok.num_columns + (1 if pok.num_columns else 0)):
             await self.read_packet()
+        self.keep_stmt(key, pok)
+        return pok
+
+    def keep_stmt(self, key: tuple[str | None, str], pok: P.PrepareOk) -> None:
+        """Cache a statement prepared here (the least recently used beyond STMT_CACHE, or one
+        of the same key, is closed on the server)."""
+        old = self.stmts.pop(key, None)
+        if old is not None:
+            self.send(bytes((P.COM_STMT_CLOSE,)) + struct.pack("<I", old.stmt_id))
         self.stmts[key] = pok
         if len(self.stmts) > STMT_CACHE:
             _, old = self.stmts.popitem(last=False)
             self.send(bytes((P.COM_STMT_CLOSE,)) + struct.pack("<I", old.stmt_id))
-        return pok
 
     # ---- reset and close --------------------------------------------------------------
 

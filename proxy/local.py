@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import general
 from . import protocol as P
@@ -41,10 +41,23 @@ async def kill(s: ProxySession, sql: str) -> bool:
     target = s.app.find_client(int(m.group(2)))
     if target is None:
         return False
-    ts = target.session
     query_only = (m.group(1) or "").upper() == "QUERY"
+    err = await _kill_client(s, target, m.group(2), query_only)
+    if err is not None:
+        await s.send(err)
+        return True
+    if not query_only and target is s.connection:
+        raise ProxyError((1927, "70100"), "Connection was killed", fatal=True)
+    await s.send(s.ok_packet())
+    return True
+
+
+async def _kill_client(s: ProxySession, target: Any, tid: str, query_only: bool) -> bytes | None:
+    """Interrupt (and, for CONNECTION, close) another proxy client; an ERR packet if MySQL
+    or the owner check refuses it."""
+    ts = target.session
     if ts.username != s.username and not await _may_kill_others(s):
-        raise ProxyError((1095, "HY000"), f"You are not owner of thread {m.group(2)}")
+        return ProxyError((1095, "HY000"), f"You are not owner of thread {tid}").packet()
     c, pool = (ts.lease.conn, ts.lease.pool) if ts.busy else (None, None)
     if target is s.connection:
         c = None  # our own statement is this one
@@ -55,17 +68,44 @@ async def kill(s: ProxySession, sql: str) -> bool:
             await kc.execute(f"KILL {'QUERY ' if query_only else ''}{c.thread_id}")
         except BackendError as e:
             if e.code != 1094:  # the statement ended meanwhile: nothing to interrupt
-                await s.send(e.raw)
-                return True
+                return e.raw
         finally:
             await pool.release(kc)
-    if not query_only:
-        if target is s.connection:
-            raise ProxyError((1927, "70100"), "Connection was killed", fatal=True)
+    if not query_only and target is not s.connection:
         target.close_reason = "killed"
         target.stream.reader.transport.abort()
-    await s.send(s.ok_packet())
-    return True
+    return None
+
+
+_KILL_IN_TEXT = re.compile(
+    r"(?P<skip>'(?:[^'\\]|\\.|'')*'|\"(?:[^\"\\]|\\.|\"\")*\"|`(?:[^`]|``)*`|/\*(?!!|M!).*?\*/"
+    r"|--[ \t][^\n]*|#[^\n]*)"
+    r"|(?<![\w$.`])KILL\s+(?:(?P<kind>CONNECTION|QUERY)\s+)?(?P<id>\d+)(?=\s*(?:;|$))",
+    re.S | re.I)
+
+
+async def kills_in_multi(s: ProxySession, sql: str) -> str:
+    """A multi-statement's `KILL [QUERY|CONNECTION] <proxy client id>` (another client's):
+    done by the proxy, as when KILL comes alone, and replaced by `DO 0` (an OK, as KILL's)
+    so the rest runs as sent. Other ids are MySQL's, left as they are."""
+    out: list[str] = []
+    pos = 0
+    for m in _KILL_IN_TEXT.finditer(sql):
+        if m.group("id") is None:
+            continue
+        target = s.app.find_client(int(m.group("id")))
+        if target is None or target is s.connection:
+            continue
+        query_only = (m.group("kind") or "").upper() == "QUERY"
+        if await _kill_client(s, target, m.group("id"), query_only) is not None:
+            continue  # refused: MySQL refuses it too (an unknown thread for it)
+        out.append(sql[pos:m.start()])
+        out.append("DO 0")
+        pos = m.end()
+    if not out:
+        return sql
+    out.append(sql[pos:])
+    return "".join(out)
 
 
 async def _may_kill_others(s: ProxySession) -> bool:

@@ -52,6 +52,13 @@ async def prepare(s: ProxySession, payload: bytes) -> None:
     try:
         await c.command(payload)
         first = await c.read_packet()
+        if first[:3] == b"\xff\xb5\x05":  # 1461: the server's max_prepared_stmt_count
+            # statements the proxy keeps prepared for reuse count too: close them, try again
+            c.drop_cached()
+            if c.pool is not None:
+                c.pool.drop_cached_statements()
+            await c.command(payload)
+            first = await c.read_packet()
         s.stmt_conn = c  # the client's last command ran there (ROW_COUNT() is 0, its errors)
         if first[0] == 0xFF:
             c.diag = c.warned = True
@@ -68,11 +75,7 @@ async def prepare(s: ProxySession, payload: bytes) -> None:
     except BackendLost as e:
         await general.lost(s, e, retry=False, shape=None)
         return
-    key = c.stmt_key(sql)
-    old = c.stmts.pop(key, None)
-    if old is not None:
-        c.send(bytes((P.COM_STMT_CLOSE,)) + struct.pack("<I", old.stmt_id))
-    c.stmts[key] = pok
+    c.keep_stmt(c.stmt_key(sql), pok)
     if len(s.stmts) >= MAX_CLIENT_STMTS:
         await s.send(P.make_err(1461, "42000", "Can't create more than "
                                    f"max_prepared_stmt_count statements (current value: "

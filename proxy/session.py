@@ -425,6 +425,11 @@ class ProxySession(BaseSession):
         if shape.conn_id and self.connection is not None:
             sql = with_conn_id(sql, self.connection.connection_id)
             payload = payload[:1] + sql.encode("utf-8", "surrogateescape")
+        if shape.multi and "KILL" in shape.digest.upper():
+            done = await local.kills_in_multi(self, sql)
+            if done is not sql:
+                sql = done
+                payload = payload[:1] + sql.encode("utf-8", "surrogateescape")
         if p.route is Route.LOCAL_SET:
             await local.local_set(self, shape, sql, payload)
             return

@@ -24,6 +24,7 @@ import pytest
 from proxy.sandbox import Sandbox
 
 from .conftest import ProxyProc, make_config, start_proxy
+from .test_escrow import settle
 
 TABLES = {
     # name: (DDL body, rows)
@@ -93,14 +94,22 @@ GUARDS = ["", " AND quantity > 0", " AND quantity >= {n}", " AND quantity - {n} 
 
 
 def statement(rnd: random.Random) -> str:
-    table = rnd.choice(["mi_int", "mi_int", "mi_uns", "mi_code", "mi_code"])
+    r = rnd.random()
+    if r < 0.08:
+        return "BEGIN"
+    if r < 0.14:
+        return rnd.choice(["COMMIT", "ROLLBACK"])
+    table = rnd.choice(["mi_int", "mi_int", "mi_uns", "mi_code", "mi_code", "mi_chk"])
     key = rnd.choice(CODE_KEYS if table == "mi_code" else INT_KEYS)
     n = rnd.choice(AMOUNTS)
     guard = rnd.choice(GUARDS).format(n=n)
     cond = f"{KEYS[table]} = {key}"
     if rnd.random() < 0.2:
         cond = rnd.choice([f"({cond})", f"({cond}", f"{cond})", f"(({cond}))"])
-    hint = rnd.choice(["", "", "/*+ TARGET_AFFECT_ROW(1) */ "]) if table == "mi_int" else ""
+    hints = [rnd.choice(["", "", "HOTROW(auto)", "HOTROW(queue)"])]
+    if table == "mi_int" and rnd.random() < 0.3:
+        hints.append("TARGET_AFFECT_ROW(1)")
+    hint = f"/*+ {' '.join(h for h in hints if h)} */ " if any(hints) else ""
     return f"UPDATE {hint}{table} SET quantity = quantity - {n} WHERE {cond}{guard}"
 
 
@@ -110,6 +119,7 @@ def run_sequence(port: int, sql_mode: str, stmts: list[str]) -> list[tuple[Any, 
     try:
         out = [answer(conn, f"SET SESSION sql_mode = {sql_mode}")]
         out += [answer(conn, s) for s in stmts]
+        answer(conn, "COMMIT")
         return out
     finally:
         conn.close()
@@ -122,7 +132,7 @@ def test_generated_hot_statements_answer_as_mysql(mproxy: ProxyProc, sandbox: Sa
     where it matches the hint, and otherwise must fail with 7532 and change nothing."""
     examples = int(os.environ.get("MERGED_EXAMPLES", "40"))
     rnd = random.Random(int(os.environ.get("MERGED_SEED", "21")))
-    names = ("mi_int", "mi_uns", "mi_code")
+    names = ("mi_int", "mi_uns", "mi_code", "mi_chk")
     for i in range(examples):
         mode = rnd.choice(SQL_MODES)
         stmts = [statement(rnd) for _ in range(rnd.randint(1, 6))]
@@ -131,6 +141,7 @@ def test_generated_hot_statements_answer_as_mysql(mproxy: ProxyProc, sandbox: Sa
         want = {n: rows_of(sandbox, n) for n in names}
         reset(sandbox, *names)
         proxied = run_sequence(mproxy.port, mode, stmts)
+        settle(sandbox)  # reservations of merged members in transactions are resolved
         got = {n: rows_of(sandbox, n) for n in names}
         ctx = f"example {i}: sql_mode={mode}\n" + "\n".join(
             f"  {s!r}: direct {d} proxy {p}" for s, d, p in zip(stmts, direct[1:], proxied[1:],
@@ -327,7 +338,7 @@ def test_kill_storm_on_service_connections_never_returns_a_unit_twice(
     service statement is being killed, then kill -9 of the proxy and a new one: per key,
     initial - final - outstanding reservations = units in committed orders, and stock is
     never negative."""
-    from .test_escrow import buyers, leftovers, setup, state
+    from .test_escrow import buyers, leftovers, setup, state  # noqa: I001
 
     setup(sandbox, {71: 400, 72: 400})
     p = start_proxy(tmp_path, make_config(sandbox, hotrow={"mode": "merge", "recover_after_s": 1}))
@@ -360,3 +371,54 @@ def test_kill_storm_on_service_connections_never_returns_a_unit_twice(
         assert leftovers(sandbox) == 0
     finally:
         p2.stop()
+
+
+# ---- found by driver suites (issue 21, point 10) -------------------------------------------
+
+def test_kill_of_a_client_id_inside_a_multi_statement(proxy: ProxyProc) -> None:
+    """`KILL <proxy client id>; SELECT SLEEP(0.05)` (node mysql2's pool tests) kills that
+    client, as KILL alone does, and the rest of the multi-statement runs."""
+    from pymysql.constants import CLIENT
+
+    victim = proxy.connect()
+    killer = proxy.connect(client_flag=CLIENT.MULTI_STATEMENTS)
+    try:
+        with victim.cursor() as cur:
+            cur.execute("SELECT CONNECTION_ID()")
+            vid = int(cur.fetchone()[0])
+        with killer.cursor() as cur:
+            cur.execute(f"KILL {vid}; SELECT SLEEP(0.05)")
+            assert cur.nextset() and cur.fetchall() == ((0,),)
+        with pytest.raises(pymysql.err.OperationalError):
+            with victim.cursor() as cur:
+                cur.execute("SELECT 1")
+    finally:
+        killer.close()
+        try:
+            victim.close()
+        except pymysql.MySQLError:
+            pass
+
+
+def test_closed_prepared_statements_do_not_count_against_the_server(
+        proxy: ProxyProc, sandbox: Sandbox) -> None:
+    """Executing and closing 500 distinct prepared statements with max_prepared_stmt_count a
+    little above what is prepared now: through the proxy as directly, no 1461."""
+    import mysql.connector
+
+    now = int(sandbox.primary.sql("SHOW GLOBAL STATUS LIKE 'Prepared_stmt_count'")[0][1])
+    old = sandbox.primary.sql("SELECT @@GLOBAL.max_prepared_stmt_count")[0][0]
+    sandbox.primary.sql(f"SET GLOBAL max_prepared_stmt_count = {now + 10}")
+    try:
+        conn = mysql.connector.connect(host="127.0.0.1", port=proxy.port, user="app",
+                                       password="app", database="shop", autocommit=True)
+        try:
+            for i in range(500):
+                cur = conn.cursor(prepared=True)
+                cur.execute(f"SELECT ? + {i}", (1,))
+                assert cur.fetchall() == [(1 + i,)]
+                cur.close()
+        finally:
+            conn.close()
+    finally:
+        sandbox.primary.sql(f"SET GLOBAL max_prepared_stmt_count = {old}")
