@@ -133,10 +133,10 @@ class FastLane:
         ok, self.ticket = self.s.app.hotrow.lane_ticket(self.s, shape, values)
         return bool(ok)
 
-    def _release_ticket(self, ok: bool) -> None:
+    def _release_ticket(self, ok: bool, rows: int = -1) -> None:
         t, self.ticket = self.ticket, None
         if t is not None:
-            self.s.app.hotrow.plain_end(t, ok)
+            self.s.app.hotrow.plain_end(t, ok, rows)
 
     def _can_run(self, p: Plan) -> bool:
         """The plan only forwards, and the lease's connection is the one it forwards to."""
@@ -295,7 +295,7 @@ class FastLane:
         route = "primary"
         if self.ticket is not None:
             route = "hotrow-plain"
-            self._release_ticket(outcome == "ok")
+            self._release_ticket(outcome == "ok", rows)
         if p is not None and p.route is Route.REPLICA and p.read is not None:
             route = "replica"
             pool = s.lease.pool

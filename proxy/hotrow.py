@@ -85,6 +85,13 @@ INFO_MISS = b"Rows matched: 0  Changed: 0  Warnings: 0"
 # this, it queues on the row lock in MySQL for less (measured on 10 SKUs at 16 threads).
 AUTO_COMPANY = 2
 AUTO_TXN_COMPANY = 4
+# auto: after a plain statement found a key sold out, its statements take the group's way for
+# this long: a group waits for units reserved by open transactions (of any proxy) to come back
+# or be confirmed, as MySQL's row lock would make a buyer wait, where a plain UPDATE answers
+# "0 rows" at once. RESERVED_POLL_S: how often the reservation table is read for keys with
+# units reserved by any proxy (`reserved_anywhere`).
+SOLD_OUT_MEMORY_S = 30.0
+RESERVED_POLL_S = 0.5
 
 
 @dataclass
@@ -111,6 +118,7 @@ class KeyState:
     mode: str = ""  # the path the key's last statement took (SHOW HOT KEYS)
     plain_busy: bool = False  # auto: a statement runs as it is on the key
     plain_done: asyncio.Future[None] | None = None  # made only when a group must wait for it
+    sold_out_at: float = -1e9  # auto: when a plain statement last found no stock (monotonic)
 
     def idle(self) -> bool:
         return (not self.plain_busy and self.collecting is None
@@ -160,6 +168,7 @@ class HotRowEngine:
         self.table_modes: dict[str, str] = {}
         self.proxy_id = random.getrandbits(31)
         self.server_sql_mode: str | None = None  # the primary's global sql_mode (rule checks)
+        self.reserved_anywhere: set[tuple[str, str, int | str]] = set()  # _watch_reservations
         self._seq = itertools.count(1)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._bg: list[asyncio.Task[Any]] = []
@@ -237,6 +246,7 @@ class HotRowEngine:
 
     async def start(self) -> None:
         self._bg.append(asyncio.create_task(self._housekeeping()))
+        self._bg.append(asyncio.create_task(self._watch_reservations()))
         self._bg.append(asyncio.create_task(self.check_rules(force=False)))
 
     async def check_rules(self, timeout: float = 5.0, force: bool = True) -> None:
@@ -274,8 +284,7 @@ class HotRowEngine:
             rule = rules.get(table)
             if rule is None:
                 continue  # a rule removed since: left for when it comes back
-            value: int | str = int(key_sql) if key_sql.lstrip("-").isdigit() else \
-                mysql_unescape(key_sql[1:-1], "'")
+            value = _key_value(key_sql)
             rv = Reservation(table, rule.key, rule.column, key_sql, (rule.schema, rule.table, value),
                              batch_id, member, amount, users[0])
             self.escrow.reserved(rv)
@@ -284,6 +293,37 @@ class HotRowEngine:
             log.warning("escrow: resolving %d reservations left by a lost proxy or primary",
                         len(found))
         return len(found)
+
+    async def _watch_reservations(self) -> None:
+        """auto mode's view of the reservation table, shared by every proxy instance: keys with
+        units reserved by open transactions anywhere do not run plain (`_goes_plain`)."""
+        while True:
+            await asyncio.sleep(RESERVED_POLL_S)
+            if not any(m == "auto" for m in (self.global_mode, *self.table_modes.values())) \
+                    or not any(st.ok for st in self.rule_state.values()):
+                self.reserved_anywhere = set()
+                continue
+            try:
+                self.reserved_anywhere = await self._reserved_keys()
+            except Exception as e:  # noqa: BLE001 - looked at again next round
+                log.debug("reservation watch skipped: %s", type(e).__name__)
+
+    async def _reserved_keys(self) -> set[tuple[str, str, int | str]]:
+        c = await self._conn(self.app.cfg.users[0].name)
+        try:
+            rows, _ = await c.query(
+                f"SELECT DISTINCT table_name, key_value FROM `{self.escrow.schema}`.`{RESERVATION}`"
+                " LIMIT 10000")
+        finally:
+            await c.pool.release(c)
+        out: set[tuple[str, str, int | str]] = set()
+        for table, key_sql in rows or []:
+            parts = (table or "").strip("`").split("`.`")
+            if len(parts) != 2 or not key_sql:
+                continue
+            out.add((parts[0].replace("``", "`"), parts[1].replace("``", "`"),
+                     _key_value(key_sql)))
+        return out
 
     async def _housekeeping(self) -> None:
         last_prune = 0.0
@@ -510,11 +550,13 @@ class HotRowEngine:
         transaction costs three extra statements and a task switch."""
         self.plain_start(ks)
         ok = False
+        rows = -1
         try:
             r = await forward()
             ok = r is not None and r.err is None
+            rows = r.affected_rows if ok else -1
         finally:
-            self.plain_end(ks, ok)
+            self.plain_end(ks, ok, rows)
         return "hotrow-plain", "ok" if ok else "error"
 
     def plain_start(self, ks: KeyState) -> None:
@@ -522,7 +564,9 @@ class HotRowEngine:
         ks.plain_busy = True
         ks.in_flight += 1
 
-    def plain_end(self, ks: KeyState, ok: bool) -> None:
+    def plain_end(self, ks: KeyState, ok: bool, rows: int = -1) -> None:
+        if ok and rows == 0:
+            ks.sold_out_at = time.monotonic()
         ks.in_flight -= 1
         ks.plain_busy = False
         done, ks.plain_done = ks.plain_done, None
@@ -588,12 +632,20 @@ class HotRowEngine:
         return hs, mode, rs
 
     def _goes_plain(self, hs: HotStmt, in_txn: bool) -> bool:
-        """auto: the key has too little company for a group to pay (AUTO_COMPANY), and no
-        units of it are reserved by open transactions here (escrow.py): a plain UPDATE would
-        see them gone and answer "0 rows" near sell-out, while a group waits for them to come
-        back or be confirmed, as MySQL's row lock would make it wait."""
-        if self._reserved_here(hs.key_id):
+        return self._may_run_plain(hs) and self._little_company(hs, in_txn)
+
+    def _may_run_plain(self, hs: HotStmt) -> bool:
+        """No units of the key are reserved by open transactions (here, or by any proxy as
+        last read from the reservation table), and no plain statement found it sold out
+        lately: near sell-out a plain UPDATE answers "0 rows" at once where MySQL's buyer
+        would wait on the row lock for those units; a group waits for them."""
+        if self._reserved_here(hs.key_id) or hs.key_id in self.reserved_anywhere:
             return False
+        ks = self.keys.get(hs.key_id)
+        return ks is None or time.monotonic() - ks.sold_out_at >= SOLD_OUT_MEMORY_S
+
+    def _little_company(self, hs: HotStmt, in_txn: bool) -> bool:
+        """auto: the key has too little company for a group to pay (AUTO_COMPANY)."""
         ks = self.keys.get(hs.key_id)
         return ks is None or ks.idle() or ks.company() < (
             AUTO_TXN_COMPANY if in_txn else AUTO_COMPANY)
@@ -830,7 +882,7 @@ class HotRowEngine:
             if ks.collecting is g:
                 ks.collecting = None
             ks.in_flight += len(g.members)
-            if g.auto and len(g.members) == 1 and not self._reserved_here(hs.key_id):
+            if g.auto and len(g.members) == 1 and self._may_run_plain(hs):
                 # Nobody came: the lone member runs its own statement; the key's next group
                 # starts once it is done, as after a group. (Not past open reservations: the
                 # group waits for them near sell-out, a plain UPDATE would not, _goes_plain.)
@@ -1111,3 +1163,8 @@ def _rule_problem(*, engine: str, table_type: str, keys: list[str], key: str, co
     if "versioned" in table_type.lower():
         return "table is system-versioned"
     return None
+
+
+def _key_value(key_sql: str) -> int | str:
+    """A key as the engine holds it, from the SQL literal kept in the proxy's tables."""
+    return int(key_sql) if key_sql.lstrip("-").isdigit() else mysql_unescape(key_sql[1:-1], "'")

@@ -407,3 +407,43 @@ def test_auto_does_not_run_plain_past_open_reservations(sandbox: Sandbox, tmp_pa
     settle(sandbox)
     stock, _ = state(sandbox)
     assert stock[62] == 0
+
+
+def test_auto_waits_for_another_proxys_reservations(sandbox: Sandbox, tmp_path: Path) -> None:
+    """Mode `auto` on two proxies: the last units are reserved by a transaction on proxy A;
+    a lone buyer on proxy B (no company, so auto would run it plain) is not told "0 rows":
+    B sees the reservation in the shared reservation table, waits as MySQL's row lock would
+    make it wait, and gets a unit when A's buyer rolls back."""
+    setup(sandbox, {63: 1})
+    pa = start_proxy(tmp_path, make_config(sandbox, hotrow={"mode": "auto"}))
+    pb = start_proxy(tmp_path, make_config(sandbox, hotrow={"mode": "auto"}))
+    merged = "UPDATE /*+ HOTROW(merge) */ inventory SET quantity = quantity - 1 " \
+             "WHERE sku_id = 63 AND quantity >= 1"
+    try:
+        async def run() -> tuple[int, float]:
+            holder = await app_conn(pa.port)
+            buyer = await app_conn(pb.port)
+            try:
+                async with buyer.cursor() as cur:  # B has checked the rule: it knows the table
+                    await cur.execute("SELECT 1")
+                async with holder.cursor() as h:
+                    await h.execute("BEGIN")
+                    assert await h.execute(merged) == 1  # reserved on A, not sold
+                    await asyncio.sleep(1.5)  # B reads the reservation table meanwhile
+
+                    async def rollback() -> None:
+                        await h.execute("ROLLBACK")
+
+                    return await waits_then_buys(buyer, 63, rollback)
+            finally:
+                holder.close()
+                buyer.close()
+
+        rows, waited = asyncio.run(run())
+    finally:
+        pa.stop()
+        pb.stop()
+    assert rows == 1 and waited >= 1.0
+    settle(sandbox)
+    stock, _ = state(sandbox)
+    assert stock[63] == 0
