@@ -331,7 +331,9 @@ _PIN_RULES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"^\s*(?:PREPARE|EXECUTE|DEALLOCATE|HANDLER|XA)\b", re.I), "connection-local statement"),
     (re.compile(r"\bSQL_CALC_FOUND_ROWS\b|\bFOUND_ROWS\s*\(", re.I), "found_rows"),
     (re.compile(r"\bLAST_INSERT_ID\s*\(\s*[^)\s]", re.I), "last_insert_id(expr)"),
-    (re.compile(r"^\s*SET\s+(?:SESSION\s+|LOCAL\s+)?TRANSACTION\b", re.I), "next-transaction setting"),
+    # only the next transaction's form: SET SESSION/LOCAL TRANSACTION changes tx_isolation or
+    # tx_read_only for the session, reported by session tracking and replayed as any variable
+    (re.compile(r"^\s*SET\s+TRANSACTION\b", re.I), "next-transaction setting"),
     (re.compile(r"\bNEXTVAL\s*\(|\bNEXT\s+VALUE\s+FOR\b|\bLASTVAL\s*\(", re.I), "sequence"),
 ]
 
@@ -454,6 +456,34 @@ def with_conn_id(sql: str, conn_id: int) -> str:
     """`sql` with each CONNECTION_ID() call outside strings, quoted identifiers and comments
     (executable comments are text) replaced by `conn_id`."""
     return _CONN_ID_TEXT.sub(lambda m: str(conn_id) if m.group("call") else m.group(0), sql)
+
+
+_SESSION_TXN = re.compile(
+    r"^\s*SET\s+(?:SESSION|LOCAL)\s+TRANSACTION\s+((?:ISOLATION\s+LEVEL\s+(?:READ\s+UNCOMMITTED|"
+    r"READ\s+COMMITTED|REPEATABLE\s+READ|SERIALIZABLE)|READ\s+ONLY|READ\s+WRITE)"
+    r"(?:\s*,\s*(?:ISOLATION\s+LEVEL\s+(?:READ\s+UNCOMMITTED|READ\s+COMMITTED|REPEATABLE\s+READ|"
+    r"SERIALIZABLE)|READ\s+ONLY|READ\s+WRITE))?)\s*;?\s*$", re.I)
+
+
+def session_txn_as_vars(sql: str, mariadb: bool) -> str | None:
+    """`SET SESSION TRANSACTION ISOLATION LEVEL ... [, READ ONLY|READ WRITE]` as the equivalent
+    SET of the session variables (tx_isolation/tx_read_only on MariaDB, transaction_* on MySQL
+    8): session tracking reports those, so the setting is replayed on whatever connection
+    serves the session (replica reads included) instead of pinning it. None: another form."""
+    m = _SESSION_TXN.match(sql)
+    if m is None:
+        return None
+    words = " ".join(m.group(1).upper().split())
+    iso, ro = "tx_isolation", "tx_read_only"
+    if not mariadb:
+        iso, ro = "transaction_isolation", "transaction_read_only"
+    parts = []
+    for item in (p.strip() for p in words.split(",")):
+        if item.startswith("ISOLATION LEVEL "):
+            parts.append(f"{iso} = '{item[len('ISOLATION LEVEL '):].replace(' ', '-')}'")
+        else:
+            parts.append(f"{ro} = {1 if item == 'READ ONLY' else 0}")
+    return "SET SESSION " + ", ".join(parts)
 
 
 # Statements about the previous statement (its warnings, errors, counters): they belong on the

@@ -25,6 +25,7 @@ from . import protocol as P
 from .backend import BackendConn, BufferWriter, Relayed
 from .classify import Shape, parse_hints
 from .errors import CR_SERVER_LOST, BackendError, BackendLost, LeaseReason, ProxyError
+from .gtid import union as gtid_union
 from .lease import LeaseState
 from .plan import Plan, Route, Track
 
@@ -246,13 +247,38 @@ async def forward(
                 await s._retrack(c)
             except (BackendLost, BackendError):
                 c.broken = True  # the reply is out: the pool closes this connection
-        return await finish(s, c, r, hold)
+        return await finish(s, c, r, hold, p is not None and p.gtid_after)
     raise AssertionError("unreachable")
 
 
-async def finish(s: ProxySession, c: BackendConn, r: Relayed, hold: BufferWriter | None) -> Relayed:
-    """After a statement's reply: take over session state, give the connection back, then
-    let the (possibly held) reply go out."""
+async def gtid_after(s: ProxySession, c: BackendConn, r: Relayed) -> None:
+    """A write whose reply ended without an OK that carried its GTID (RETURNING's result set;
+    a procedure or multi-statement that ends with one): once it committed (the connection is
+    not in a transaction), its GTID is MariaDB's @@last_gtid on the same connection, read
+    before the (held) reply goes out, so read-your-writes and `ack: replica` cover it as any
+    write. Merged into the session's position: a statement that wrote nothing leaves the
+    connection's previous GTID there, which must not move the session's watermark back."""
+    if r.gtid or c.in_trans or not c.mariadb or c.broken:
+        return
+    try:
+        row = await c.fetch_one("SELECT @@last_gtid")
+    except BackendError:
+        return
+    except BackendLost:
+        c.broken = True  # the reply is read: the pool closes this connection
+        return
+    got = row[0] if row else None
+    if got:
+        r.gtid = str(gtid_union(s.last_gtid, got)) if s.last_gtid else got
+
+
+async def finish(s: ProxySession, c: BackendConn, r: Relayed, hold: BufferWriter | None,
+                 read_gtid: bool = False) -> Relayed:
+    """After a statement's reply: take over session state (the GTID of a write whose reply
+    did not carry it: Plan.gtid_after), give the connection back, then let the (possibly
+    held) reply go out."""
+    if read_gtid and r.err is None:
+        await gtid_after(s, c, r)
     s._after(c, r)
     carry = None
     if s.replica_vars and s.replica_txn and not s.in_txn:

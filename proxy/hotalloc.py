@@ -30,6 +30,7 @@ class HotStmt:
     amount: int
     guard_op: str | None
     bound: int | None
+    sub: int | None = None  # the guard's `c - s` form: s (MySQL computes c - s, may overflow)
 
     @property
     def key_id(self) -> tuple[str, str, int | str]:
@@ -69,7 +70,7 @@ def bind(
         return None
     if isinstance(key, str) and len(sql_literal(key)) > MAX_KEY_SQL:
         return None  # a key this long is no inventory key; batch records keep 255 characters
-    bound = None
+    bound = sub = None
     if tpl.guard_pos is not None:
         b = values[tpl.guard_pos]
         if not isinstance(b, int) or isinstance(b, bool):
@@ -79,8 +80,11 @@ def bind(
             s = values[tpl.guard_sub_pos]
             if not isinstance(s, int) or isinstance(s, bool) or s <= 0:
                 return None
+            if s >= MAX_AMOUNT:
+                return None
+            sub = s
             bound += s  # c - s >= b  <=>  c >= b + s
-    return HotStmt(rule, key, amount, tpl.guard_op, bound)
+    return HotStmt(rule, key, amount, tpl.guard_op, bound, sub)
 
 
 def read_only(sysvars: dict[str, str]) -> bool:
@@ -106,6 +110,7 @@ class Member:
     # told 0 rows: units reserved on the key (by any proxy) when its batch allocated
     reserved_seen: int = 0
     target: int | None = None  # TARGET_AFFECT_ROW(n): the rows it must have, or it fails
+    sub: int | None = None  # its guard is `c - sub OP b` (HotStmt.sub)
 
 
 RUN_ALONE = -1  # decision: the member runs its own statement after the group (MySQL answers it)
@@ -135,6 +140,10 @@ def allocate(current: int | None, members: list[Member], floor: int | None,
         return out, 0
     cur = current
     for m in members:
+        if m.sub is not None and floor == 0 and cur - m.sub < 0:
+            # UNSIGNED: MySQL's `c - s` in the guard is out of range (1690) before any compare
+            out.append(RUN_ALONE)
+            continue
         if m.guard_op == ">":
             ok = cur > (m.bound or 0)
         elif m.guard_op == ">=":

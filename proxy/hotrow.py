@@ -740,7 +740,8 @@ class HotRowEngine:
         deadline = loop.time() + self.cfg.queue_wait_timeout_ms / 1000
         while True:
             m = Member(hs.amount, hs.guard_op, hs.bound, loop.create_future(), loop.time(),
-                       conn=txn_conn, target=inv.target if inv is not None else None)
+                       conn=txn_conn, target=inv.target if inv is not None else None,
+                       sub=hs.sub)
             try:
                 decision = await self._join(ks, hs, m, user, floor, auto)
             except ProxyError:

@@ -98,6 +98,10 @@ class Plan:
     # it sets session_track_*: the client's own tracking settings change (tracking.py) and
     # the connection gets the proxy's back
     retrack: bool = False
+    # a write whose reply may end without an OK packet (INSERT/DELETE/REPLACE ... RETURNING,
+    # CALL, a multi-statement): if no OK carried its GTID and it committed, the GTID is read
+    # on its connection before the reply goes out (general.gtid_after)
+    gtid_after: bool = False
 
 
 # Settings the proxy keeps itself (the value is read from the statement text at execution).
@@ -229,19 +233,22 @@ def _primary(shape: Shape, s: SessionView, policy: Policy, held: bool, pin: str 
               and not s.autocommit_off and "RETURNING" not in shape.digest.upper()):
             track = Track.AUTOCOMMIT
     hold = policy.wants_ack and (is_write or verb in ("COMMIT", "END"))
-    lane = lane and track is Track.NONE and not hold
+    gtid_after = is_write and (verb == "CALL" or shape.multi or _RETURNING.search(shape.digest)
+                               is not None)
+    lane = lane and track is Track.NONE and not hold and not gtid_after
     if hot:
         # The engine takes it or declines; declined, it runs as this plan's primary path. The
         # lane runs it where the engine answers at once that it goes as it is (auto's plain
         # path on an idle key, or no rule for it): `HotRowEngine.lane_ticket`.
         return Plan(Route.HOTROW, track=track, hold_ack=hold, gate_write=True, pin=pin,
-                    lane=lane)
+                    lane=lane, gtid_after=gtid_after)
     retrack = verb == "SET" and _TRACK_VAR.search(shape.digest) is not None
     return Plan(Route.PRIMARY, track=track, hold_ack=hold, gate_write=is_write, pin=pin,
-                lane=lane and not retrack, retrack=retrack)
+                lane=lane and not retrack, retrack=retrack, gtid_after=gtid_after)
 
 
 _SELECT_1 = classify("SELECT 1")
+_RETURNING = re.compile(r"\bRETURNING\b", re.I)
 
 
 @dataclass(frozen=True)

@@ -188,7 +188,7 @@ async def execute_on_primary(
             continue
         if s.pin == "long data pending":
             s.pin = None
-        return await general.finish(s, c, r, hold)
+        return await general.finish(s, c, r, hold, p.gtid_after)
     raise AssertionError("unreachable")
 
 

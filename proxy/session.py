@@ -21,7 +21,7 @@ from mysql_mimic.variables import GlobalVariables, SessionVariables
 from . import general, local, tracking
 from . import protocol as P
 from .backend import BackendConn, Relayed
-from .classify import classify, with_conn_id
+from .classify import classify, session_txn_as_vars, with_conn_id
 from .errors import (
     BackendError,
     BackendLost,
@@ -421,6 +421,11 @@ class ProxySession(BaseSession):
     async def com_query(self, payload: bytes) -> None:
         sql = payload[1:].decode("utf-8", "surrogateescape")
         shape = classify(sql)
+        if shape.verb == "SET" and "TRANSACTION" in shape.digest.upper():
+            as_vars = session_txn_as_vars(sql, "mariadb" in self.app.server_version.lower())
+            if as_vars is not None:  # session state, replayed: not a pin (classify.py)
+                sql, shape = as_vars, classify(as_vars)
+                payload = payload[:1] + sql.encode()
         p = plan(shape, self, self.app.policy)
         if shape.conn_id and self.connection is not None:
             sql = with_conn_id(sql, self.connection.connection_id)
