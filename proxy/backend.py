@@ -329,6 +329,7 @@ class BackendConn:
         out: PacketIO | BufferWriter | None,
         ok_hook: Callable[[P.OkPacket], bytes] | None = None,
         field_list: bool = False,
+        cursor: bool = False,
     ) -> Relayed:
         """Forward one command's whole response to `out` (None: swallow it).
 
@@ -337,7 +338,7 @@ class BackendConn:
         the client once the response is complete or 256 KiB are pending, so a failure before
         that leaves the client untouched and the statement can be retried elsewhere.
         """
-        sc = ReplyScanner(self, ok_hook, field_list)
+        sc = ReplyScanner(self, ok_hook, field_list, cursor)
         try:
             return await self._relay(sc, out)
         finally:
@@ -498,11 +499,16 @@ class ReplyScanner:
     never negotiated session tracking). A result set in one chunk comes back as that chunk.
     """
 
-    __slots__ = ("conn", "ok_hook", "state", "cols_left", "cont", "r", "tail")
+    __slots__ = ("conn", "ok_hook", "state", "cols_left", "cont", "r", "tail", "cursor")
 
     def __init__(self, conn: BackendConn, ok_hook: Callable[[P.OkPacket], bytes] | None,
-                 field_list: bool = False) -> None:
+                 field_list: bool = False, cursor: bool = False) -> None:
         self.conn = conn
+        # a COM_STMT_EXECUTE that asked for a cursor: an EOF with SERVER_STATUS_CURSOR_EXISTS
+        # after the column definitions ends the reply. Elsewhere the flag only says a stored
+        # program has a cursor open (MariaDB sets it on the EOFs of result sets a procedure
+        # returns while one is open), and the rows follow as usual.
+        self.cursor = cursor
         self.ok_hook = ok_hook
         self.state = 3 if field_list else 0  # 0 first, 1 columns, 2 column-EOF, 3 rows, 9 done
         self.cols_left = 0
@@ -551,7 +557,7 @@ class ReplyScanner:
                     state = 2
             elif state == 2:  # the EOF after the column definitions
                 st = buf[pos + 7] | (buf[pos + 8] << 8) if plen >= 5 else 0
-                if st & P.SERVER_STATUS_CURSOR_EXISTS:
+                if self.cursor and st & P.SERVER_STATUS_CURSOR_EXISTS:
                     # COM_STMT_EXECUTE that opened a cursor: no rows follow, COM_STMT_FETCH
                     # asks for them
                     self.conn.status = r.status = st

@@ -39,7 +39,7 @@ async def run_execute_on(s: ProxySession, c: BackendConn, st: ClientStmt, parts:
                           out: Any) -> Relayed:
     pok = await c.prepare(st.sql)
     await c.command(P.join_execute(parts, pok.stmt_id, st.types))
-    return await c.relay(out, s._ok_hook)
+    return await c.relay(out, s._ok_hook, cursor=bool(parts.flags & P.CURSOR_TYPE_READ_ONLY))
 
 
 async def prepare(s: ProxySession, payload: bytes) -> None:

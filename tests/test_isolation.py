@@ -77,6 +77,10 @@ STATEMENTS = [
     "BINARY_PREPARE:SELECT v FROM shop.iso_t WHERE id = %s",
     "BINARY_PREPARE:INSERT INTO shop.iso_t (v) VALUES (%s)",
     "OPTION:MULTI_OFF", "OPTION:MULTI_ON",
+    # writes that return rows (issue 25): tracked like any write
+    "INSERT INTO shop.iso_t (v) VALUES ('r') RETURNING id, v",
+    "DELETE FROM shop.iso_t WHERE v = 'r' RETURNING v", "SET LOCAL TRANSACTION READ WRITE",
+    "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED, READ ONLY",
 ]
 ENDINGS = ["quit", "abort", "abort_mid_result"]
 
