@@ -27,6 +27,17 @@ CR_SERVER_LOST = (2013, "HY000")
 ER_INVENTORY_AUTOCOMMIT = (7531, "HY000")
 ER_INVENTORY_TARGET_AFFECT_ROW = (7532, "HY000")
 CR_CONN_HOST_ERROR = (2003, "HY000")
+# The proxy's own: a write that provably did not happen (outcome.py, hotrow.py, tracked.py)
+ER_SECKILL_NOT_COMMITTED = (9102, "40000")
+
+
+def client_side(code: int) -> bool:
+    """A client library's own error number (CR_*, 2000-2999): no MySQL server sends one in an
+    ERR packet, and libmariadb reports such a packet as 2027 "Received malformed packet". The
+    proxy says what MySQL's death says instead: it closes the client connection, whose library
+    then reports 2013 (lost during the query) or 2006 (gone away) itself; the detail goes to
+    the log (frontend.py, fastlane.py)."""
+    return 2000 <= code < 3000
 
 
 class ProxyError(Exception):

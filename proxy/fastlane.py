@@ -25,7 +25,7 @@ from . import metrics as M
 from . import protocol as P
 from .backend import BackendConn, ReplyScanner
 from .classify import Shape, classify, statement_values
-from .errors import BackendLost, LeaseReason, ProxyError
+from .errors import BackendLost, LeaseReason, ProxyError, client_side
 from .lease import LeaseState
 from .plan import Plan, Route, plan
 
@@ -273,6 +273,10 @@ class FastLane:
             await general.lost(s, BackendLost(f"lost connection to {c.addr} during query (EOF)"),
                           retry=False, shape=self.shape)
         except ProxyError as e:
+            if client_side(e.code):  # errors.client_side: told as MySQL's death is told
+                s.end_reason = f"backend lost ({e.code}): {e.message}"
+                self.client.transport.close()
+                return
             err = e.packet()
             self.client.write(struct.pack("<I", len(err) | (1 << 24)) + err)
             if e.fatal:

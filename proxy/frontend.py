@@ -23,13 +23,12 @@ from . import prepared, tracking
 from . import protocol as P
 from .backend import BackendConn
 from .errors import (
-    CR_CONN_HOST_ERROR,
-    CR_SERVER_LOST,
     ER_NET_PACKET_TOO_LARGE,
     ER_UNKNOWN_COM_ERROR,
     BackendError,
     BackendLost,
     ProxyError,
+    client_side,
 )
 from .wire import ClientIO
 
@@ -353,6 +352,9 @@ class ProxyConnection(Connection):
             try:
                 await self.dispatch(data)
             except ProxyError as e:
+                if client_side(e.code):  # errors.client_side: told as MySQL's death is told
+                    self.close_reason = f"backend lost ({e.code}): {e.message}"
+                    return
                 await self._error(e.packet())
                 if e.fatal:
                     self.close_reason = f"fatal error {e.code}: {e.message}"
@@ -360,9 +362,10 @@ class ProxyConnection(Connection):
             except BackendError as e:
                 await self._error(e.raw)
             except BackendLost as e:
-                # Reaching the backend failed before the statement was sent (e.g. connect refused).
-                code = CR_CONN_HOST_ERROR if not e.sent else CR_SERVER_LOST
-                await self._error(P.make_err(*code, f"Can't reach MySQL server: {e.reason}"))
+                # Reaching the backend failed (e.g. connect refused): as MySQL's own death,
+                # the connection closes (errors.client_side).
+                self.close_reason = f"backend unreachable: {e.reason}"
+                return
             except (ConnectionError, ConnectionClosed):
                 self.close_reason = "client connection lost"
                 return

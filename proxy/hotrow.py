@@ -36,6 +36,7 @@ from .errors import (
     ER_INVENTORY_TARGET_AFFECT_ROW,
     ER_LOCK_WAIT_TIMEOUT,
     ER_QUERY_INTERRUPTED,
+    ER_SECKILL_NOT_COMMITTED,
     BackendError,
     BackendLost,
     ProxyError,
@@ -922,7 +923,7 @@ class HotRowEngine:
                             hs.rule.qualified, attempt, e)
                 if isinstance(e.err, BackendError):
                     break  # the database refused it: no retry of the same (see below)
-                if attempt == 1 and e.err.code == 2013 and self.app.monitor is not None:
+                if attempt == 1 and e.err.code in (2013, 9102) and self.app.monitor is not None:
                     # The connection died: let the monitor see the servers again (a restart or
                     # a failover) before the one retry, so it goes to a live primary.
                     await self.app.monitor.next_round()
@@ -1092,7 +1093,7 @@ class HotRowEngine:
             M.HOTROW_IN_DOUBT.labels("not_committed").inc()
             log.warning("hot-row batch %d did not commit", batch_id)
             raise NotCommitted(ProxyError(
-                CR_SERVER_LOST, "Lost connection to MySQL server during COMMIT; "
+                ER_SECKILL_NOT_COMMITTED, "Lost connection to MySQL server during COMMIT; "
                 "seckill-proxy verified the statement was NOT applied"))
         M.HOTROW_IN_DOUBT.labels("unknown").inc()
         raise _Unknown(ProxyError(CR_SERVER_LOST, "Lost connection to MySQL server during COMMIT; "
@@ -1114,7 +1115,8 @@ def _as_proxy_error(e: BackendError | BackendLost | ProxyError) -> ProxyError:
         return e
     if isinstance(e, BackendError):
         return ProxyError((e.code, e.sqlstate), e.message)
-    return ProxyError(CR_SERVER_LOST, f"Lost connection to MySQL server ({e.reason}); statement NOT applied")
+    return ProxyError(ER_SECKILL_NOT_COMMITTED,
+                      f"Lost connection to MySQL server ({e.reason}); statement NOT applied")
 
 
 async def _on_member(c: Any, sql: str) -> P.OkPacket:

@@ -17,6 +17,7 @@ import time
 from typing import TYPE_CHECKING
 
 from . import metrics as M
+from .errors import ER_SECKILL_NOT_COMMITTED as ER_SECKILL_NOT_COMMITTED
 from .errors import BackendError, BackendLost, ProxyError
 
 if TYPE_CHECKING:
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("seckill.outcome")
 RESOLVE_TIMEOUT_S = 60.0
-ER_SECKILL_NOT_COMMITTED = (9102, "40000")
+
 
 
 class OutcomeTracker:

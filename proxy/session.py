@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import struct
 from typing import TYPE_CHECKING, Any
 
@@ -356,12 +357,35 @@ class ProxySession(BaseSession):
         elif self.pin:
             c.dirty = True
             L.transition(LeaseState.PINNED, LeaseReason.PINNED)
+            self._watch_held(c)
         elif self.in_txn:
             L.transition(LeaseState.TRANSACTION, LeaseReason.TRANSACTION)
+            self._watch_held(c)
         elif c.dirty or c.in_trans:
             L.transition(LeaseState.NONE, LeaseReason.STATEMENT_DONE)
         else:
             L.transition(LeaseState.SOFT, LeaseReason.STATEMENT_DONE)
+
+    def _watch_held(self, c: BackendConn) -> None:
+        """A held connection (transaction, pinned state) that the server closes while the
+        session is idle (idle_transaction_timeout, wait_timeout, KILL, a restart) ends the
+        client's connection at once, as MySQL's own close would: the client's next command
+        then fails in its library (2006 "gone away"), as directly. During a command the
+        command's path reports it (the fast lane sets its own hook)."""
+        c.io.sink_lost = lambda: self._held_lost(c)  # (settle: no command runs on it now)
+
+    def _held_lost(self, c: BackendConn) -> None:
+        if self.busy or self.lease.conn is not c or self.connection is None:
+            return
+        c.broken = True
+        self.end_reason = "the server closed the connection holding the session's " + (
+            "transaction" if self.in_txn else f"state ({self.pin})")
+        t = self.connection.stream.writer.transport
+        sock = t.get_extra_info("socket")
+        if sock is not None:  # a reset, as MariaDB's close of a timed-out connection arrives:
+            # the client's next write fails and it reports 2006 "gone away", as directly
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        t.abort()
 
     async def _drop_conn(self, reason: LeaseReason) -> None:
         c = self.lease.conn

@@ -39,8 +39,8 @@ async def tracked_autocommit(
         # Died before COMMIT: the server rolls the transaction back, nothing was applied.
         await s._drop_conn(LeaseReason.BACKEND_LOST)
         s.status = P.SERVER_STATUS_AUTOCOMMIT
-        raise ProxyError(CR_SERVER_LOST, f"Lost connection to MySQL server during query "
-                         f"({e.reason}); the statement was NOT applied") from None
+        raise ProxyError(ER_SECKILL_NOT_COMMITTED, f"Lost connection to MySQL server during "
+                         f"query ({e.reason}); the statement was NOT applied") from None
     if r.err is not None or r.ok is None:
         await finish_tracked(s, c, "ROLLBACK")
         s.out.write(bytes(hold.buf))  # the statement's own error (or result) as MySQL sent it

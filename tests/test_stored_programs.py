@@ -163,3 +163,75 @@ def test_cursor_loop_in_a_procedure_by_cli_and_binary_protocol(
         finally:
             conn.close()
     assert binary[0] == binary[1] and binary[0][:2] == [[(1,)], [(2,)]]
+
+
+# ---- connections the server ends (issue 22, point 2) -----------------------------------------
+
+def _cli_idle_timeout(port: int) -> str:
+    script = ("SET SESSION idle_transaction_timeout=1;\nBEGIN;\nSELECT 1;\n\\! sleep 2\n"
+              "SELECT 2;\n")
+    cli = shutil.which("mariadb") or shutil.which("mysql")
+    assert cli is not None
+    r = subprocess.run([cli, "--skip-ssl", "-h127.0.0.1", f"-P{port}", "-uapp", "-papp", "shop"],
+                       input=script, capture_output=True, text=True, timeout=30)
+    return r.stderr.strip().splitlines()[-1]
+
+
+def test_a_transaction_ended_by_the_server_is_told_as_mysql_tells_it(
+        proxy: ProxyProc, sandbox: Sandbox) -> None:
+    """`idle_transaction_timeout` ends the transaction and the connection: the `mariadb` CLI
+    and PyMySQL see what they see directly (2006, not 2027 "malformed packet")."""
+    assert _cli_idle_timeout(proxy.port) == _cli_idle_timeout(sandbox.primary_port)
+    codes = []
+    for port in (sandbox.primary_port, proxy.port):
+        c = pymysql.connect(host="127.0.0.1", port=port, user="app", password="app",
+                            database="shop", autocommit=True)
+        with c.cursor() as cur:
+            cur.execute("SET SESSION idle_transaction_timeout = 1")
+            cur.execute("BEGIN")
+            cur.execute("SELECT 1")
+        import time
+
+        time.sleep(2)
+        with pytest.raises(pymysql.err.OperationalError) as ei:
+            with c.cursor() as cur:
+                cur.execute("SELECT 2")
+        codes.append(ei.value.args[0])
+    assert codes[0] == codes[1]
+
+
+def test_a_killed_backend_thread_is_told_as_mysql_tells_it(proxy: ProxyProc,
+                                                           sandbox: Sandbox) -> None:
+    """A DBA kills the server thread running a client's statement: the client gets the code
+    it gets directly, and the connection is gone as directly."""
+    import threading
+    import time
+
+    codes = []
+    for port in (sandbox.primary_port, proxy.port):
+        c = pymysql.connect(host="127.0.0.1", port=port, user="app", password="app",
+                            database="shop", autocommit=True)
+        got: list[int] = []
+
+        def run(conn: Any = c, out: list[int] = got) -> None:
+            try:
+                with conn.cursor() as cur:
+                    cur.execute("DO SLEEP(20)")  # on the primary, as a write would run
+            except pymysql.MySQLError as e:
+                out.append(e.args[0])
+
+        t = threading.Thread(target=run)
+        t.start()
+        for _ in range(50):
+            ids = sandbox.primary.sql("SELECT ID FROM information_schema.PROCESSLIST "
+                                      "WHERE INFO = 'DO SLEEP(20)'")
+            if ids:
+                sandbox.primary.sql(f"KILL {int(ids[0][0])}")  # type: ignore[call-overload]
+                break
+            time.sleep(0.1)
+        t.join(10)
+        codes.append(got[0] if got else None)
+        with pytest.raises(pymysql.MySQLError):
+            with c.cursor() as cur:
+                cur.execute("SELECT 1")
+    assert codes[0] == codes[1] and codes[0] is not None
