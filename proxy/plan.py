@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import Protocol
 
-from .classify import LAST_GTID, READ_ONLY_TXN, Shape, classify
+from .classify import LAST_GTID, READ_ONLY_TXN, Shape, classify, stored_call
 from .config import CONSISTENCY
 from .errors import Label
 
@@ -233,8 +233,13 @@ def _primary(shape: Shape, s: SessionView, policy: Policy, held: bool, pin: str 
               and not s.autocommit_off and "RETURNING" not in shape.digest.upper()):
             track = Track.AUTOCOMMIT
     hold = policy.wants_ack and (is_write or verb in ("COMMIT", "END"))
-    gtid_after = is_write and (verb == "CALL" or shape.multi or _RETURNING.search(shape.digest)
-                               is not None)
+    gtid_after = (is_write and (verb == "CALL" or shape.multi
+                                or _RETURNING.search(shape.digest) is not None)) or (
+        # a stored function may write (`SELECT f(x)`, `DO f()`, `SET @v = f()`)
+        verb in ("SELECT", "DO", "SET") and "(" in shape.digest
+        and stored_call(shape.digest) is not None)
+    # (reading @@last_gtid after it would reset FOUND_ROWS() for an SQL_CALC_FOUND_ROWS query)
+    gtid_after = gtid_after and "FOUND_ROWS" not in shape.digest.upper()
     lane = lane and track is Track.NONE and not hold and not gtid_after
     if hot:
         # The engine takes it or declines; declined, it runs as this plan's primary path. The

@@ -199,8 +199,10 @@ def test_tracked_commit_tells_the_truth_after_connection_loss(dsb: Sandbox, tmp_
 @pytest.mark.parametrize("trigger,action,expect", [
     (b"FOR UPDATE", "drop_request", "retried"),      # lost while locking the row (collection done)
     (b"FOR UPDATE", "drop_reply", "retried"),        # row locked, reply lost: rolled back, retried
-    (b"hotrow_batch", "drop_request", "retried"),    # UPDATE+record+COMMIT never arrive
-    (b"hotrow_batch", "drop_reply", "in_doubt_ok"),  # COMMIT ran, its reply lost: record found
+    (b"hotrow_batch", "drop_request", "retried"),    # UPDATE+record never arrive
+    (b"hotrow_batch", "drop_reply", "retried"),      # their replies lost: COMMIT never sent
+    (b"\x03COMMIT", "drop_request", "retried"),      # COMMIT (its own round trip) never arrives
+    (b"\x03COMMIT", "drop_reply", "in_doubt_ok"),    # COMMIT ran, its reply lost: record found
 ])
 def test_batch_connection_lost_at_each_phase(dsb: Sandbox, tmp_path: Path, trigger: bytes,
                                              action: str, expect: str) -> None:

@@ -159,3 +159,23 @@ def test_set_session_transaction_is_session_state(sproxy: ProxyProc, tsb: Sandbo
             assert cur.fetchone() == ("primary",)
     finally:
         c.close()
+
+
+def test_a_select_calling_a_writing_function_is_read_back(sproxy: ProxyProc, tsb: Sandbox) -> None:
+    """mtr's sp_trans: `SELECT f(id) FROM t` where f writes, then a read of what it wrote
+    (replica held back): the function's write is the session's, read back on the primary."""
+    tsb.primary.sql("CREATE TABLE IF NOT EXISTS shop.fw (v INT)",
+                    "CREATE FUNCTION IF NOT EXISTS shop.fwrite(x INT) RETURNS INT MODIFIES SQL DATA "
+                    "BEGIN INSERT INTO fw VALUES (x); RETURN x; END")
+    c = sproxy.connect()
+    try:
+        for i in range(5):
+            _held_back(tsb)
+            with c.cursor() as cur:
+                cur.execute(f"SELECT fwrite({100 + i})")
+                cur.fetchall()
+                cur.execute(f"SELECT COUNT(*) FROM fw WHERE v = {100 + i}")
+                assert cur.fetchone() == (1,)
+    finally:
+        c.close()
+        tsb.replicas[0].sql("START SLAVE SQL_THREAD")
