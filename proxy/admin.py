@@ -158,12 +158,9 @@ class AdminSession(BaseSession):
 
     async def _reload(self) -> Any:
         try:
-            cfg = C.load(self.app.cfg.source)
+            notes = self.app.reload()
         except C.ConfigError as e:
-            M.CONFIG_RELOADS.labels("error").inc()
             raise MysqlError(f"RELOAD CONFIG failed: {e}", ErrorCode.WRONG_VALUE_FOR_VAR) from None
-        notes = self.app.apply_config(cfg)
-        M.CONFIG_RELOADS.labels("ok").inc()
         return [(n,) for n in notes] or [("reloaded",)], ["result"]
 
     def _digest(self, n: str | None) -> Any:

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import json
 import logging
+import os
 import sys
 import time
 
@@ -33,6 +35,13 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(d)
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("seckill-proxy")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args and args[0] == "top":
@@ -44,7 +53,9 @@ def main(argv: list[str] | None = None) -> int:
 
         return demo.main(args[1:])
     ap = argparse.ArgumentParser(prog="seckill-proxy", description=__doc__)
-    ap.add_argument("--config", help="YAML config file to run with")
+    ap.add_argument("--config", default=os.environ.get("SECKILL_PROXY_CONFIG"),
+                    help="YAML config file to run with (default: $SECKILL_PROXY_CONFIG)")
+    ap.add_argument("--version", action="version", version=f"seckill-proxy {_version()}")
     ap.add_argument("--check-config", metavar="FILE", help="validate FILE and exit")
     a = ap.parse_args(args)
     if a.check_config:
@@ -56,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{a.check_config}: ok")
         return 0
     if not a.config:
-        ap.error("--config FILE is required")
+        ap.error("--config FILE (or SECKILL_PROXY_CONFIG) is required")
     stale = compiled.stale()
     if stale:
         print(f"compiled modules whose source changed since the build: {', '.join(stale)}; "

@@ -274,12 +274,11 @@ class Pool:
         return True
 
     def drop_cached_statements(self) -> None:
-        """The server's max_prepared_stmt_count is reached: idle connections close the
-        statements they keep prepared for reuse (backend.py `prepare`)."""
-        for q in self.idle.values():
-            for c in q:
-                if not c.broken:
-                    c.drop_cached()
+        """The server's max_prepared_stmt_count is reached: idle and soft-held connections
+        close the statements they keep prepared for reuse (backend.py `prepare`)."""
+        for c in [*(c for q in self.idle.values() for c in q), *self.soft]:
+            if not c.broken:  # idle or soft-held: no statement runs on it now
+                c.drop_cached()
 
     def idle_count(self) -> int:
         return sum(len(q) for q in self.idle.values())

@@ -128,6 +128,8 @@ class AdminHost(Topology, Protocol):
 
     def apply_config(self, cfg: Config) -> list[str]: ...
 
+    def reload(self) -> list[str]: ...  # re-read the config file (raises ConfigError)
+
     def refresh_policy(self) -> None: ...
 
 

@@ -23,7 +23,8 @@ from . import metrics as M
 from . import protocol as P
 from .accounts import Account, AccountStore, load_mariadb
 from .backend import BackendConn
-from .config import Config
+from .config import Config, ConfigError
+from .config import load as load_config
 from .digest import QueryDigest
 from .errors import (
     ER_CON_COUNT_ERROR,
@@ -222,6 +223,18 @@ class App:
         finally:
             await pool.release(c)
         return True, "ready"
+
+    def reload(self) -> list[str]:
+        """RELOAD CONFIG (admin) and SIGHUP: re-read the file the proxy started with, validate
+        it, apply it; a file that does not validate changes nothing (ConfigError)."""
+        try:
+            cfg = load_config(self.cfg.source)
+        except ConfigError:
+            M.CONFIG_RELOADS.labels("error").inc()
+            raise
+        notes = self.apply_config(cfg)
+        M.CONFIG_RELOADS.labels("ok").inc()
+        return notes
 
     def apply_config(self, cfg: Config) -> list[str]:
         """RELOAD CONFIG: users, pools, hot-row rules and mode, log level change at once."""
@@ -483,6 +496,16 @@ async def serve(cfg: Config) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+
+    def hup() -> None:  # PgBouncer's and PgCat's habit: SIGHUP reloads the config
+        try:
+            notes = app.reload()
+        except ConfigError as e:
+            log.error("SIGHUP: config not reloaded: %s", e)
+            return
+        log.info("SIGHUP: config reloaded%s", (": " + "; ".join(notes)) if notes else "")
+
+    loop.add_signal_handler(signal.SIGHUP, hup)
     print(f"seckill-proxy ready: mysql://{cfg.users[0].name}:***@{cfg.listen}/  "
           f"(admin {cfg.admin.listen}, metrics {cfg.metrics_listen})", flush=True)
     await stop.wait()

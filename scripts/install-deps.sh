@@ -21,20 +21,38 @@ python3 -c 'import os, sysconfig; os.stat(sysconfig.get_paths()["include"] + "/P
 if [ "${#need[@]}" -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-  # Debian's package may start a system server; the proxy uses its own sandbox servers.
-  $SUDO pkill -x mariadbd 2>/dev/null || true
+  # Debian's packages would start a system server; the proxy uses its own sandbox servers.
+  # policy-rc.d answering 101 ("action forbidden") keeps the package from starting one, so no
+  # server is killed afterwards (a developer's own servers are left alone).
+  policy=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
+    $SUDO chmod +x /usr/sbin/policy-rc.d
+    policy=1
+  fi
+  status=0
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null || status=$?
+  [ "$policy" = 1 ] && $SUDO rm -f /usr/sbin/policy-rc.d
+  [ "$status" = 0 ] || exit "$status"
 fi
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 # Reinstalled (and the hot modules recompiled) when the project or a compiled module changes.
-stamp=.venv/.installed-$(cat pyproject.toml setup.py $(python3 proxy/compiled.py) | sha1sum | cut -c1-12)
+# Running needs the package alone; tests and benchmarks add the test extras.
+extras=""
+if [ "${WITH_BENCH:-0}" = 1 ] || [ "${WITH_TEST:-0}" = 1 ]; then extras="[test]"; fi
+stamp=.venv/.installed-$( (cat pyproject.toml setup.py $(python3 proxy/compiled.py); echo "$extras") | sha1sum | cut -c1-12)
+if [ ! -f "$stamp" ] && [ -z "$extras" ] && ls .venv/.installed-* >/dev/null 2>&1 \
+    && .venv/bin/python -c 'import proxy, pytest' 2>/dev/null \
+    && [ -f ".venv/.installed-$( (cat pyproject.toml setup.py $(python3 proxy/compiled.py); echo "[test]") | sha1sum | cut -c1-12)" ]; then
+  exit 0  # the test install of this very source is there: it runs the proxy too
+fi
 if [ ! -f "$stamp" ]; then
   .venv/bin/pip install -q --upgrade pip >/dev/null
-  if ! .venv/bin/pip install -q -e '.[test]'; then
+  if ! .venv/bin/pip install -q -e ".$extras"; then
     echo "install-deps: compiling the hot modules failed; installing them as plain Python" >&2
-    SECKILL_PURE_PYTHON=1 .venv/bin/pip install -q -e '.[test]'
+    SECKILL_PURE_PYTHON=1 .venv/bin/pip install -q -e ".$extras"
   fi
   rm -f .venv/.installed-*
   touch "$stamp"

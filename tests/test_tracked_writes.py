@@ -165,7 +165,8 @@ def test_a_select_calling_a_writing_function_is_read_back(sproxy: ProxyProc, tsb
     """mtr's sp_trans: `SELECT f(id) FROM t` where f writes, then a read of what it wrote
     (replica held back): the function's write is the session's, read back on the primary."""
     tsb.primary.sql("CREATE TABLE IF NOT EXISTS shop.fw (v INT)",
-                    "CREATE FUNCTION IF NOT EXISTS shop.fwrite(x INT) RETURNS INT MODIFIES SQL DATA "
+                    "CREATE FUNCTION IF NOT EXISTS shop.fwrite(x INT) RETURNS INT DETERMINISTIC "
+                    "MODIFIES SQL DATA "
                     "BEGIN INSERT INTO fw VALUES (x); RETURN x; END")
     c = sproxy.connect()
     try:

@@ -1,0 +1,92 @@
+"""Process conventions operators expect (issue 26, in part): `--version`, SIGHUP reloads the
+config, `SECKILL_PROXY_CONFIG`, typed `${VAR}` values and shell-like `${VAR:-default}`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from proxy import config as C
+from proxy.sandbox import Sandbox
+
+from .conftest import ROOT, make_config, start_proxy
+
+
+def test_version() -> None:
+    out = subprocess.run([sys.executable, "-m", "proxy.cli", "--version"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and out.stdout.startswith("seckill-proxy ")
+
+
+def test_config_path_from_the_environment(tmp_path: Path, sandbox: Sandbox) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(make_config(sandbox)))
+    out = subprocess.run([sys.executable, "-m", "proxy.cli", "--check-config", str(path)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0
+    # no --config: SECKILL_PROXY_CONFIG names the file (checked: an invalid one is refused)
+    path.write_text("listen: nowhere\n")
+    out = subprocess.run([sys.executable, "-m", "proxy.cli"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=30, env={**os.environ, "SECKILL_PROXY_CONFIG": str(path)})
+    assert out.returncode == 2 and "config error" in out.stderr
+
+
+@pytest.mark.parametrize("env,text,want", [
+    ({"POOL_MAX": "37"}, "max_connections: ${POOL_MAX}", 37),
+    ({}, "max_connections: ${POOL_MAX:-41}", 41),
+    ({"POOL_MAX": ""}, "max_connections: ${POOL_MAX:-43}", 43),  # set but empty: the default
+])
+def test_typed_env_values(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, env: dict[str, str],
+                          text: str, want: int) -> None:
+    monkeypatch.delenv("POOL_MAX", raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("APP_PW", "123456")  # a password of digits stays a string
+    monkeypatch.setenv("LOG_SLOW", "250")
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        "listen: 127.0.0.1:6033\nusers: [{name: app, password: \"${APP_PW}\"}]\n"
+        "admin: {listen: 127.0.0.1:6032, users: [{name: admin, password: x}]}\n"
+        "backends:\n  primary: 127.0.0.1:3306\n  pool:\n    " + text + "\n"
+        "slow_query_ms: ${LOG_SLOW}\n")
+    cfg = C.load(path)
+    assert cfg.backends.pool.max_connections == want
+    assert cfg.users[0].password == "123456"
+    assert cfg.slow_query_ms == 250
+    monkeypatch.setenv("POOL_MAX", "many")
+    path.write_text(path.read_text().replace(text, "max_connections: ${POOL_MAX}"))
+    with pytest.raises(C.ConfigError, match="max_connections"):
+        C.load(path)
+
+
+def test_sighup_reloads_the_config(sandbox: Sandbox, tmp_path: Path) -> None:
+    """Edit the file, send SIGHUP: a hot-row rule's mode changes without a restart; a file
+    that does not validate is refused and the running config stays."""
+    cfg = make_config(sandbox, hotrow={"mode": "merge"})
+    p = start_proxy(tmp_path, cfg)
+    try:
+        def mode() -> str:
+            return str(next(r for r in p.admin("SHOW HOTROW RULES") if r[0] == "shop.inventory")[3])
+
+        assert mode() == "merge"
+        cfg["hotrow"] = {**cfg["hotrow"], "mode": "queue"}
+        p.config_path.write_text(yaml.safe_dump(cfg))
+        p.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while mode() != "queue" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert mode() == "queue"
+        p.config_path.write_text("listen: nowhere\n")
+        p.proc.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        assert p.proc.poll() is None and mode() == "queue"
+        assert "config not reloaded" in p.log()
+    finally:
+        p.stop()
