@@ -409,6 +409,15 @@ class BackendConn:
     def stmt_key(self, sql: str) -> tuple[str | None, str]:
         return (self.schema, sql)
 
+    async def free_statements(self, retry: int) -> None:
+        """The server's max_prepared_stmt_count is reached: close the statements kept for
+        reuse here and on the pool's idle connections, then give the server a moment to
+        process those closes (they travel on other connections, unanswered)."""
+        self.drop_cached()
+        if self.pool is not None:
+            self.pool.drop_cached_statements()
+        await asyncio.sleep(0.02 * (4 - retry))
+
     def drop_cached(self) -> None:
         """Close every statement this connection keeps prepared (no replies to read)."""
         while self.stmts:
@@ -421,7 +430,7 @@ class BackendConn:
         if pok is not None:
             self.send(bytes((P.COM_STMT_CLOSE,)) + struct.pack("<I", pok.stmt_id))
 
-    async def prepare(self, sql: str, retry: bool = True) -> P.PrepareOk:
+    async def prepare(self, sql: str, retry: int = 3) -> P.PrepareOk:
         """Prepare `sql` here unless already cached on this connection.
 
         Statements the proxy keeps prepared for reuse count against the server's
@@ -439,10 +448,8 @@ class BackendConn:
         if pkt[0] == 0xFF:
             e = P.parse_err(pkt)
             if e.code == ER_MAX_PREPARED_STMT_COUNT and retry:
-                self.drop_cached()
-                if self.pool is not None:
-                    self.pool.drop_cached_statements()
-                return await self.prepare(sql, False)
+                await self.free_statements(retry)
+                return await self.prepare(sql, retry - 1)
             raise BackendError(e.code, e.sqlstate, e.message, pkt)
         pok = P.parse_prepare_ok(pkt)
         for _ in range(pok.num_params + (1 if pok.num_params else 0)):

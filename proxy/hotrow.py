@@ -371,6 +371,7 @@ class HotRowEngine:
         service transaction short; they are short by construction)."""
         pool = await self.app.writable_primary()
         c = await pool.acquire(user, self.app.password_of(user) or "", service=True)
+        c.drop_cached()  # statements cached for clients: not held by a busy service connection
         try:
             await pool.apply_state(c, SERVICE_MARIADB if c.mariadb else SERVICE)
         except BaseException:

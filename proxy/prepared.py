@@ -52,11 +52,11 @@ async def prepare(s: ProxySession, payload: bytes) -> None:
     try:
         await c.command(payload)
         first = await c.read_packet()
-        if first[:3] == b"\xff\xb5\x05":  # 1461: the server's max_prepared_stmt_count
+        for retry in (3, 2, 1):
+            if first[:3] != b"\xff\xb5\x05":  # 1461: the server's max_prepared_stmt_count
+                break
             # statements the proxy keeps prepared for reuse count too: close them, try again
-            c.drop_cached()
-            if c.pool is not None:
-                c.pool.drop_cached_statements()
+            await c.free_statements(retry)
             await c.command(payload)
             first = await c.read_packet()
         s.stmt_conn = c  # the client's last command ran there (ROW_COUNT() is 0, its errors)
