@@ -13,6 +13,8 @@ if [ "${WITH_TEST:-0}" = 1 ]; then
   command -v tmux >/dev/null 2>&1 || need+=(tmux)
   # MariaDB Connector/Python (the tests' MariaDB-native driver) builds against libmariadb
   command -v mariadb_config >/dev/null 2>&1 || need+=(libmariadb-dev)
+  # mysqlclient (Django's MySQL driver, tests/test_tracked_writes.py) finds it with pkg-config
+  command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 fi
 # mypyc compiles the hot modules (proxy/compiled.py): a C compiler and Python's headers
 command -v gcc >/dev/null 2>&1 || need+=(gcc)

@@ -180,3 +180,62 @@ def test_a_select_calling_a_writing_function_is_read_back(sproxy: ProxyProc, tsb
     finally:
         c.close()
         tsb.replicas[0].sql("START SLAVE SQL_THREAD")
+
+
+def test_django_create_reads_back_and_keeps_the_read_split(sproxy: ProxyProc,
+                                                           tsb: Sandbox) -> None:
+    """Django with its default settings (it sends `SET SESSION TRANSACTION ISOLATION LEVEL READ
+    COMMITTED` on each new connection; `Model.objects.create()` is an INSERT ... RETURNING on
+    MariaDB): directly and through the proxy the same objects are read back, with the replica
+    held back; through the proxy, plain reads still go to the replica."""
+    pytest.importorskip("MySQLdb")
+    django = pytest.importorskip("django")
+    from django.conf import settings
+
+    if not settings.configured:
+        db = {"ENGINE": "django.db.backends.mysql", "NAME": "shop", "USER": "app",
+              "PASSWORD": "app", "HOST": "127.0.0.1", "CONN_MAX_AGE": 0}
+        settings.configure(
+            DATABASES={"default": {**db, "PORT": str(sproxy.port)},
+                       "direct": {**db, "PORT": str(tsb.primary_port)}},
+            INSTALLED_APPS=["django.contrib.contenttypes"], USE_TZ=True)
+        django.setup()
+    from django.db import connections, models
+
+    class Order(models.Model):
+        v = models.IntegerField()
+
+        class Meta:
+            app_label = "contenttypes"
+            db_table = "dj_order"
+
+    tsb.replicas[0].sql("START SLAVE SQL_THREAD")
+    tsb.primary.sql("DROP TABLE IF EXISTS shop.dj_order")
+    with connections["direct"].schema_editor() as se:
+        se.create_model(Order)
+    tsb.wait_replicas()
+    time.sleep(2)  # the monitor sees the replica caught up
+    seen = {}
+    try:
+        for alias in ("direct", "default"):
+            _held_back(tsb)
+            found = []
+            for i in range(10):
+                o = Order.objects.using(alias).create(v=i)
+                assert o.pk is not None  # from RETURNING
+                found.append(Order.objects.using(alias).filter(pk=o.pk, v=i).exists())
+            seen[alias] = found
+            connections[alias].close()
+    finally:
+        tsb.replicas[0].sql("START SLAVE SQL_THREAD")
+    assert seen["direct"] == seen["default"] == [True] * 10
+    tsb.wait_replicas()
+    time.sleep(2)
+    for sb_server, name in ((tsb.primary, "primary"), (tsb.replicas[0], "replica")):
+        sb_server.sql("SET SESSION sql_log_bin = 0",
+                      "CREATE TABLE IF NOT EXISTS shop.whoami (name VARCHAR(10))",
+                      "DELETE FROM shop.whoami", f"INSERT INTO shop.whoami VALUES ('{name}')")
+    with connections["default"].cursor() as cur:  # a new connection: Django's SETs first
+        cur.execute("SELECT name FROM whoami")
+        assert cur.fetchone() == ("replica",)
+    connections["default"].close()
