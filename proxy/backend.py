@@ -64,6 +64,9 @@ class Relayed:
     gtid: str | None = None
     sent_to_client: bool = False
     local_infile: bool = False  # the reply is a request for the client's file (0xFB)
+    # it ended with a result set's EOF, not an OK packet: no session tracking came with its
+    # end (a write with RETURNING, a SELECT calling a stored function; general.gtid_after)
+    ended_eof: bool = False
 
 
 class BufferWriter:
@@ -552,6 +555,7 @@ class ReplyScanner:
                     self.conn.warned = w
                     self.conn.diag |= w
                     state = 0 if st & P.SERVER_MORE_RESULTS_EXISTS else 9
+                    r.ended_eof = state == 9
                 elif b0 == 0xFF:
                     r.err = P.parse_err(bytes(buf[pos + 4 : end]))
                     self.conn.diag = self.conn.warned = True

@@ -258,8 +258,9 @@ async def gtid_after(s: ProxySession, c: BackendConn, r: Relayed) -> None:
     before the (held) reply goes out, so read-your-writes and `ack: replica` cover it as any
     write. Merged into the session's position: a statement that wrote nothing leaves the
     connection's previous GTID there, which must not move the session's watermark back."""
-    if r.gtid or c.in_trans or not c.mariadb or c.broken:
-        return
+    if r.gtid or not r.ended_eof or c.in_trans or not c.mariadb or c.broken:
+        return  # (a reply that ended with an OK carried its GTID, if it wrote: MariaDB's
+        # session tracking reports last_gtid there; reading it again would be observable)
     try:
         row = await c.fetch_one("SELECT @@last_gtid")
     except BackendError:
