@@ -35,6 +35,42 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(d)
 
 
+class TextFormatter(logging.Formatter):
+    """For a person at a terminal: time, level, logger, [client id], message."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        conn_id = getattr(record, "conn_id", None)
+        line = (time.strftime("%H:%M:%S", time.localtime(record.created))
+                + f".{int(record.msecs):03d} {record.levelname:<7} {record.name}"
+                + (f" [{conn_id}]" if conn_id is not None else "") + f": {record.getMessage()}")
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def raise_open_files(cfg: C.Config) -> str | None:
+    """Raise the soft open-files limit to what the config needs (clients, backend pools, a
+    margin), up to the hard limit; a warning when it stays below (the usual soft limit of
+    1,024 is far under the default 10,000 clients)."""
+    import resource
+
+    pools = 1 + len(cfg.backends.replicas)
+    need = cfg.limits.max_client_connections + pools * (cfg.backends.pool.max_connections + 16) + 64
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return None
+    target = need if hard == resource.RLIM_INFINITY else min(need, hard)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError):
+        target = soft
+    if target < need:
+        return (f"open-files limit {target} is below the {need} this config may need "
+                "(limits.max_client_connections and the backend pools): raise it "
+                "(systemd LimitNOFILE=, ulimit -n) or lower limits.max_client_connections")
+    return None
+
+
 def _version() -> str:
     try:
         return importlib.metadata.version("seckill-proxy")
@@ -79,8 +115,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"config error: {e}", file=sys.stderr)
         return 2
     handler = logging.StreamHandler()
-    handler.setFormatter(JsonFormatter())
+    text = cfg.log_format == "text" or (cfg.log_format == "auto" and sys.stderr.isatty())
+    handler.setFormatter(TextFormatter() if text else JsonFormatter())
     logging.basicConfig(level=cfg.log_level, handlers=[handler])
+    low = raise_open_files(cfg)
+    if low is not None:
+        logging.getLogger("seckill").warning("%s", low)
     try:
         import uvloop
 

@@ -194,6 +194,7 @@ class Config:
     source: str = ""
     tls: TLSCfg | None = None
     auth: AuthCfg = field(default_factory=AuthCfg)
+    log_format: str = "auto"  # text | json | auto (text on a terminal, else JSON lines)
 
     def password_of(self, user: str) -> str | None:
         for u in self.users:
@@ -576,10 +577,14 @@ def validate(raw: Any, source: str = "") -> Config:
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError("log_level", "must be DEBUG, INFO, WARNING or ERROR")
     slow = _int(top.get("slow_query_ms", 1000), "slow_query_ms", 0, 86_400_000)
+    log_format = str(top.get("log_format", "auto")).lower()
+    if log_format not in ("auto", "text", "json"):
+        raise ConfigError("log_format", "must be text, json or auto")
     top.done()
     return Config(listen, admin, metrics_listen, users,
                   BackendsCfg(primary, replicas, pool, tuple(weights), failover_wait, btls),
-                  hotrow, limits, routing, durability, level, slow, source, tls, auth)
+                  hotrow, limits, routing, durability, level, slow, source, tls, auth,
+                  log_format)
 
 
 def load(path: str | Path) -> Config:

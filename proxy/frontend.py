@@ -306,6 +306,15 @@ class ProxyConnection(Connection):
         due = io.last_activity + timeout - loop.time()
         self._idle_timer = loop.call_later(max(due, 0.0), self._idle_check)
 
+    def close_idle(self, reason: str) -> bool:
+        """Close the client now if it is between statements (shutdown); False if it is not."""
+        io = self.stream.reader
+        if self.session.busy or not isinstance(io, ClientIO) or io.held:
+            return False
+        self.close_reason = reason
+        io.transport.abort()
+        return True
+
     def _idle_check(self) -> None:
         self._idle_timer = None
         io = self.stream.reader

@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import re
 import signal
+import socket
 import time
 from dataclasses import replace
 from typing import Any
@@ -416,9 +418,18 @@ class App:
         self.draining = True
         for s in self.servers:
             s.close()
+        # PgBouncer's safe shutdown: no new clients; a client between statements and outside a
+        # transaction is closed now; one running a statement or inside a transaction may finish
+        # it (its COMMIT included) within the grace, and is closed as soon as it has.
         grace = self.cfg.limits.shutdown_grace_s
         deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and any(c.session.busy for c in self.connections):
+        while time.monotonic() < deadline:
+            open_work = False
+            for c in list(self.connections):
+                if c.session.busy or c.session.in_txn or not c.close_idle("shutdown"):
+                    open_work = True
+            if not open_work:
+                break
             await asyncio.sleep(0.05)
         for t in self._tasks:
             t.cancel()
@@ -484,6 +495,21 @@ async def _say_and_close(writer: ClientIO, payload: bytes) -> None:
     writer.close()
 
 
+def sd_notify(state: str) -> None:
+    """systemd's readiness protocol (deploy/systemd, Type=notify): one datagram to
+    $NOTIFY_SOCKET; nothing when not run by systemd."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]  # an abstract socket
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        try:
+            s.sendto(state.encode(), addr)
+        except OSError as e:
+            log.warning("systemd notification %s not sent: %s", state, e)
+
+
 async def serve(cfg: Config) -> None:
     """Run until SIGINT/SIGTERM, then drain and shut down."""
     app = App(cfg)
@@ -508,6 +534,8 @@ async def serve(cfg: Config) -> None:
     loop.add_signal_handler(signal.SIGHUP, hup)
     print(f"seckill-proxy ready: mysql://{cfg.users[0].name}:***@{cfg.listen}/  "
           f"(admin {cfg.admin.listen}, metrics {cfg.metrics_listen})", flush=True)
+    sd_notify("READY=1")
     await stop.wait()
+    sd_notify("STOPPING=1")
     log.info("shutting down")
     await app.shutdown()

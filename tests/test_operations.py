@@ -90,3 +90,84 @@ def test_sighup_reloads_the_config(sandbox: Sandbox, tmp_path: Path) -> None:
         assert "config not reloaded" in p.log()
     finally:
         p.stop()
+
+
+def test_sigterm_lets_open_transactions_finish(sandbox: Sandbox, tmp_path: Path) -> None:
+    """PgBouncer's safe shutdown: after SIGTERM no new client gets in, an idle client outside a
+    transaction is closed, and one inside a transaction may still commit within the grace."""
+    import pymysql
+
+    sandbox.primary.sql("CREATE TABLE IF NOT EXISTS shop.term_t (v INT)", "DELETE FROM shop.term_t")
+    p = start_proxy(tmp_path, make_config(sandbox, limits={"login_max_failures": 0,
+                                                           "shutdown_grace_s": 20}))
+    try:
+        inside = p.connect()
+        idle = p.connect()
+        with inside.cursor() as cur:
+            cur.execute("BEGIN")
+            cur.execute("INSERT INTO term_t VALUES (1)")
+        t0 = time.monotonic()
+        p.proc.send_signal(signal.SIGTERM)
+        time.sleep(1.0)
+        assert p.proc.poll() is None  # waiting for the open transaction
+        with pytest.raises(pymysql.err.OperationalError):
+            p.connect()  # no new clients
+        with pytest.raises(pymysql.MySQLError):
+            with idle.cursor() as cur:
+                cur.execute("SELECT 1")  # closed: it had nothing open
+        with inside.cursor() as cur:
+            cur.execute("INSERT INTO term_t VALUES (2)")
+            cur.execute("COMMIT")
+        assert p.proc.wait(15) == 0 and time.monotonic() - t0 < 15
+        assert sandbox.primary.sql("SELECT COUNT(*) FROM shop.term_t") == [(2,)]
+    finally:
+        p.stop()
+
+
+def test_systemd_unit_verifies(tmp_path: Path) -> None:
+    """deploy/systemd/seckill-proxy.service passes `systemd-analyze verify` (its ExecStart
+    pointed at this checkout's entry point)."""
+    import shutil
+
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze not installed")
+    unit = (ROOT / "deploy" / "systemd" / "seckill-proxy.service").read_text()
+    exe = Path(sys.executable).parent / "seckill-proxy"
+    (tmp_path / "seckill-proxy.service").write_text(
+        unit.replace("/opt/seckill-proxy/.venv/bin/seckill-proxy", str(exe)))
+    out = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "seckill-proxy.service")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "seckill-proxy.service" not in out.stderr, out.stderr
+
+
+def test_ready_notification_text_logs_and_open_files(sandbox: Sandbox, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Type=notify: READY=1 once listening, STOPPING=1 at SIGTERM; `log_format: text` gives a
+    person's lines; the open-files limit is raised to what the config needs (or a warning)."""
+    import resource
+    import socket
+
+    from proxy.cli import raise_open_files
+
+    sock_path = tmp_path / "notify.sock"
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind(str(sock_path))
+    s.settimeout(10)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(sock_path))
+    cfg = make_config(sandbox, log_format="text")
+    p = start_proxy(tmp_path, cfg)
+    try:
+        assert s.recv(100) == b"READY=1"
+        p.proc.send_signal(signal.SIGTERM)
+        assert s.recv(100) == b"STOPPING=1"
+        p.proc.wait(20)
+    finally:
+        p.stop()
+        s.close()
+    first = p.log().splitlines()[0]
+    assert not first.startswith("{") and " INFO " in first
+    msg = raise_open_files(C.load(p.config_path))
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert msg is None or "open-files limit" in msg
+    if msg is None:
+        assert soft >= 10000
