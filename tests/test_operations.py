@@ -106,7 +106,6 @@ def test_sigterm_lets_open_transactions_finish(sandbox: Sandbox, tmp_path: Path)
         with inside.cursor() as cur:
             cur.execute("BEGIN")
             cur.execute("INSERT INTO term_t VALUES (1)")
-        t0 = time.monotonic()
         p.proc.send_signal(signal.SIGTERM)
         time.sleep(1.0)
         assert p.proc.poll() is None  # waiting for the open transaction
@@ -118,7 +117,7 @@ def test_sigterm_lets_open_transactions_finish(sandbox: Sandbox, tmp_path: Path)
         with inside.cursor() as cur:
             cur.execute("INSERT INTO term_t VALUES (2)")
             cur.execute("COMMIT")
-        assert p.proc.wait(15) == 0 and time.monotonic() - t0 < 15
+        assert p.proc.wait(15) == 0  # at its COMMIT, not at the end of the 20 s grace
         assert sandbox.primary.sql("SELECT COUNT(*) FROM shop.term_t") == [(2,)]
     finally:
         p.stop()
