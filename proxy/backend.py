@@ -45,6 +45,8 @@ BACKEND_FLAGS = (P.CLIENT_SESSION_TRACK | P.CLIENT_PS_MULTI_RESULTS | P.CLIENT_M
 # max_prepared_stmt_count (16382), which counts every connection's statements together.
 STMT_CACHE = 64
 ER_MAX_PREPARED_STMT_COUNT = 1461
+# its ERR packet's first bytes: how a relayed COM_STMT_PREPARE's refusal is recognised
+STMT_LIMIT_ERR = b"\xff" + ER_MAX_PREPARED_STMT_COUNT.to_bytes(2, "little")
 _READ_CHUNK = 256 * 1024
 _FLUSH_AT = 256 * 1024
 
@@ -421,17 +423,21 @@ class BackendConn:
             self.pool.drop_cached_statements()
         await asyncio.sleep(0.02 * (4 - retry))
 
+    def _close_on_server(self, pok: P.PrepareOk) -> None:
+        """COM_STMT_CLOSE for a statement prepared here (it has no reply to read)."""
+        self.send(bytes((P.COM_STMT_CLOSE,)) + struct.pack("<I", pok.stmt_id))
+
     def drop_cached(self) -> None:
         """Close every statement this connection keeps prepared (no replies to read)."""
         while self.stmts:
             _, old = self.stmts.popitem(last=False)
-            self.send(bytes((P.COM_STMT_CLOSE,)) + struct.pack("<I", old.stmt_id))
+            self._close_on_server(old)
 
     def close_stmt(self, sql: str) -> None:
         """The client closed its statement: close it here too (COM_STMT_CLOSE has no reply)."""
         pok = self.stmts.pop(self.stmt_key(sql), None)
         if pok is not None:
-            self.send(bytes((P.COM_STMT_CLOSE,)) + struct.pack("<I", pok.stmt_id))
+            self._close_on_server(pok)
 
     async def prepare(self, sql: str, retry: int = 3) -> P.PrepareOk:
         """Prepare `sql` here unless already cached on this connection.
@@ -467,11 +473,11 @@ class BackendConn:
         of the same key, is closed on the server)."""
         old = self.stmts.pop(key, None)
         if old is not None:
-            self.send(bytes((P.COM_STMT_CLOSE,)) + struct.pack("<I", old.stmt_id))
+            self._close_on_server(old)
         self.stmts[key] = pok
         if len(self.stmts) > STMT_CACHE:
             _, old = self.stmts.popitem(last=False)
-            self.send(bytes((P.COM_STMT_CLOSE,)) + struct.pack("<I", old.stmt_id))
+            self._close_on_server(old)
 
     # ---- reset and close --------------------------------------------------------------
 

@@ -395,6 +395,8 @@ class Shape:
     # this statement raises a condition itself (COMMIT, SET, DO 1, SELECT 1)
     keeps_diag: bool = False
     conn_id: bool = False  # a write or SET that calls CONNECTION_ID(): with_conn_id() first
+    # calls something that is not a built-in (hints aside): a stored function, which may write
+    calls_stored: bool = False
     # what pure functions of the shape computed (plan.plan's plans by session view); not
     # copied by dataclasses.replace, so a changed shape starts empty
     memo: dict[Any, Any] = field(default_factory=dict, init=False, repr=False, hash=False,
@@ -425,6 +427,8 @@ def _shape_of(dg: str) -> Shape:
     hints = parse_hints(dg)
     multi = ";" in dg
     conn_id = verb in _CONN_ID_VERBS and "CONNECTION_ID" in dg.upper()
+    calls_stored = "(" in dg and stored_call(
+        _HINT_BLOCK.sub(" ", dg) if "/*+" in dg else dg) is not None
     return Shape(
         digest=dg,
         verb=verb,
@@ -434,11 +438,12 @@ def _shape_of(dg: str) -> Shape:
         multi=multi,
         hot=hot_template(dg) if verb == "UPDATE" else None,
         # a statement that pins must run where the session's state is: never on a replica
-        replica_ok=_replica_reason(verb, dg) or pin,
+        replica_ok=_replica_reason(verb, dg, calls_stored) or pin,
         diag=bool(_DIAG.search(dg)),
         keeps_diag=_keeps_diag(verb, dg),
         lane=_lane(verb, dg) if pin is None and not hints and not multi and not conn_id else "",
         conn_id=conn_id,
+        calls_stored=calls_stored,
     )
 
 
@@ -447,8 +452,11 @@ def _shape_of(dg: str) -> Shape:
 # row or a SET gets it as a literal. (In a SELECT's column list the literal would rename the
 # column, so SELECTs keep the backend's, except the forms the plan answers itself.)
 _CONN_ID_VERBS = frozenset({"INSERT", "REPLACE", "UPDATE", "DELETE", "SET", "DO"})
+# Text where a keyword is not a keyword: strings, quoted names, comments (executable comments
+# are text). with_conn_id and local.kills_in_multi look past these.
+SKIP_TEXT = rf"{_STR}|`(?:[^`]|``)*`|/\*(?!!|M!).*?\*/|--[ \t][^\n]*|#[^\n]*"
 _CONN_ID_TEXT = re.compile(
-    rf"(?P<skip>{_STR}|`(?:[^`]|``)*`|/\*(?!!|M!).*?\*/|--[ \t][^\n]*|#[^\n]*)"
+    rf"(?P<skip>{SKIP_TEXT})"
     r"|(?<![\w$.`])(?P<call>CONNECTION_ID\s*\(\s*\))", re.S | re.I)
 
 
@@ -524,13 +532,13 @@ def _lane(verb: str, dg: str) -> str:
     return ""
 
 
-def _replica_reason(verb: str, dg: str) -> str | None:
+def _replica_reason(verb: str, dg: str, calls_stored: bool) -> str | None:
     if verb != "SELECT":
         return "not a SELECT"
     for rx, reason in _NOT_FOR_REPLICA:
         if rx.search(dg):
             return reason
-    if "(" in dg and stored_call(_HINT_BLOCK.sub(" ", dg) if "/*+" in dg else dg) is not None:
+    if calls_stored:
         return "stored function"
     return None
 

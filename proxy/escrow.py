@@ -86,15 +86,32 @@ Connect = Callable[[str], Awaitable[Any]]  # user -> a service BackendConn on th
 Release = Callable[[Any, bool], Awaitable[None]]  # (conn, broken) -> back to its pool
 
 
+_RETURNED = "stock returned"  # the one statement allowed 0 rows: when the stock row is gone
+
+
 class Unverified(Exception):
     """A service transaction's statement did not do what was checked for (affected rows, rows
     left): it is rolled back, never committed, and retried from what the database holds."""
 
 
-async def _row_exists(c: Any, r: Reservation) -> bool:
-    """The stock row is gone (deleted by someone): its units have nowhere to return to."""
-    rows, _ = await c.query(f"SELECT COUNT(*) FROM {r.table} WHERE `{r.key_col}` = {r.key_sql}")
+async def row_exists(c: Any, table: str, key_col: str, key_sql: str) -> bool:
+    """Whether the stock row is there, read again in the same transaction (a locking read that
+    returned nothing may have been cut short; a count that returns nothing says "there")."""
+    rows, _ = await c.query(f"SELECT COUNT(*) FROM {table} WHERE `{key_col}` = {key_sql}")
     return rows != [["0"]]
+
+
+async def run_checked(c: Any, stmts: list[tuple[str, int, str]]) -> list[tuple[str, int, int]]:
+    """Run a service transaction's statements in one round trip (COMMIT never among them) and
+    return those whose affected rows are not what was expected: (what, expected, got). The
+    batch (hotrow.py) and the resolution below commit only when this is empty."""
+    res = await c.query_each("; ".join(sql for sql, _, _ in stmts))
+    out = []
+    for (_sql, want, what), (_, ok) in zip(stmts, res, strict=True):
+        got = ok.affected_rows if ok is not None else -1
+        if got != want:
+            out.append((what, want, got))
+    return out
 
 
 class Escrow:
@@ -207,7 +224,7 @@ class Escrow:
             stmts: list[tuple[str, int, str]] = []  # (sql, rows it must affect, what)
             if back:
                 stmts.append((f"UPDATE {r0.table} SET `{r0.column}` = `{r0.column}` + {back} "
-                              f"WHERE `{r0.key_col}` = {r0.key_sql}", 1, "stock returned"))
+                              f"WHERE `{r0.key_col}` = {r0.key_sql}", 1, _RETURNED))
             if still:
                 gone = ", ".join(f"({a}, {b})" for a, b in still)
                 stmts.append((f"DELETE FROM `{self.schema}`.`{RESERVATION}` "
@@ -218,13 +235,10 @@ class Escrow:
                 stmts.append((f"DELETE FROM `{self.schema}`.`{CONFIRM}` "
                               f"WHERE (batch_id, member) IN ({done})", len(confirmed),
                               "confirm rows deleted"))
-            if stmts:
-                res = await c.query_each("; ".join(sql for sql, _, _ in stmts))
-                for (_sql, want, what), (_, ok) in zip(stmts, res, strict=True):
-                    got = ok.affected_rows if ok is not None else -1
-                    if got != want and not (what == "stock returned" and got == 0
-                                            and not await _row_exists(c, r0)):
-                        raise Unverified(f"{what}: {got} rows, expected {want}")
+            for what, want, got in await run_checked(c, stmts) if stmts else []:
+                if not (what == _RETURNED and got == 0
+                        and not await row_exists(c, r0.table, r0.key_col, r0.key_sql)):
+                    raise Unverified(f"{what}: {got} rows, expected {want}")
             # A locking read cut short would have left rows out of both lists above: nothing
             # of `rs` may be left in either table when this transaction commits.
             left, _ = await c.query(

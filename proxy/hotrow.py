@@ -41,7 +41,7 @@ from .errors import (
     BackendLost,
     ProxyError,
 )
-from .escrow import RESERVATION, Escrow, Reservation, Unverified
+from .escrow import RESERVATION, Escrow, Reservation, Unverified, row_exists, run_checked
 from .escrow import ddl as escrow_ddl
 from .hotalloc import (
     MISMATCH,
@@ -144,10 +144,8 @@ class RuleState:
     floor: int | None = None  # the column type's lowest value (0: UNSIGNED)
     key_kind: str = "int"  # the key column's: "int" or "str" (hotalloc.normal_key)
     key_ci: bool = False  # ... with a case-insensitive collation
-    sql_mode: str = ""  # the server's global sql_mode: a session's that did not set its own
     escrow_ok: bool = True  # no foreign key points at the table: members' inserts lock nothing there
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    checked: float = 0.0  # monotonic time of the last check against the schema
 
 
 class NotCommitted(Exception):
@@ -382,7 +380,7 @@ class HotRowEngine:
 
     async def _check_rule(self, rule: HotRowRule, user: str, force: bool = False) -> RuleState:
         """Verify against the schema that merging cannot change an answer on the rule's table
-        (`_rule_verdict`); creates the proxy's own tables. Checked once per rule, and again
+        (`_verdict`, `_rule_problem`); creates the proxy's own tables. Checked once per rule, and again
         (`force`) periodically, after DDL seen through the proxy and on SHOW HOTROW RULES."""
         st = self.rule_state.setdefault((rule.schema, rule.table), RuleState())
         if st.ok is not None and not force:
@@ -425,8 +423,7 @@ class HotRowEngine:
         by_name = {(r[0] or "").lower(): r for r in cols}
         colrow = by_name.get(rule.column.lower())
         keyrow = by_name.get(rule.key.lower())
-        st.checked = time.monotonic()
-        st.sql_mode = self.server_sql_mode = str(mode[0][0] or "") if mode else ""
+        self.server_sql_mode = str(mode[0][0] or "") if mode else ""
         if not pk and not cols:
             if (rule.schema, rule.table) in self.discovered:
                 st.ok, st.reason = False, "table not found"  # forgotten at reload
@@ -948,18 +945,18 @@ class HotRowEngine:
             return
         assert last is not None
         err = last.err
-        if (isinstance(err, BackendError) or last.unverified
-                or getattr(err, "code", None) in _NO_PRIVILEGE):
+        code = err.code
+        if isinstance(err, BackendError) or last.unverified or code in _NO_PRIVILEGE:
             # The database refused the group's transaction (a privilege on the proxy's own
             # tables, a constraint or trigger added since the rule was checked, a lock wait,
             # a value out of range) or it did not do what was allocated: nothing committed.
             # MySQL would have answered each statement alone, so each runs alone, and the rule
             # is checked against the schema again before the next merge.
-            if getattr(err, "code", None) in _NO_PRIVILEGE:
+            if code in _NO_PRIVILEGE:
                 log.warning("hot-row batch as user %s lacks privileges on %s (%s): statements "
                             "run unmerged; grant SELECT, INSERT, DELETE on `%s`.* to merge them",
                             g.user, self.cfg.batch_schema, err, self.cfg.batch_schema)
-            elif getattr(err, "code", None) not in _TRANSIENT:
+            elif code not in _TRANSIENT:
                 self.schema_changed()
             for m in g.members:
                 if not m.fut.done():
@@ -997,10 +994,8 @@ class HotRowEngine:
             rows, _ = await c.query(
                 f"START TRANSACTION; SELECT `{r.column}` FROM {tbl} WHERE `{r.key}` = {key} FOR UPDATE")
             exists = bool(rows)
-            if not exists:  # no row, or a read cut short? the same transaction asks again
-                again, _ = await c.query(f"SELECT COUNT(*) FROM {tbl} WHERE `{r.key}` = {key}")
-                if again != [["0"]]:
-                    raise Unverified(f"locking read of {tbl} {key} returned nothing")
+            if not exists and await row_exists(c, tbl, r.key, key):  # a read cut short
+                raise Unverified(f"locking read of {tbl} {key} returned nothing")
             current = int(rows[0][0]) if rows and rows[0][0] is not None else None
             decisions, total = allocate(current, members, floor, exists)
             if 0 in decisions:  # near sell-out: units still reserved by open transactions?
@@ -1013,23 +1008,22 @@ class HotRowEngine:
                                     user), m)
                        for i, (m, d) in enumerate(zip(members, decisions, strict=True))
                        if d == 1 and m.conn is not None]
-            stmts: list[tuple[str, int]] = []  # (statement, rows it must affect)
+            stmts: list[tuple[str, int, str]] = []  # (statement, rows it must affect, what)
             if total:
                 stmts.append((f"UPDATE {tbl} SET `{r.column}` = `{r.column}` - {total} "
-                              f"WHERE `{r.key}` = {key}", 1))
+                              f"WHERE `{r.key}` = {key}", 1, "UPDATE"))
             if reserve:
                 stmts.append((self.escrow.reservation_sql(
-                    (rv, m.conn.thread_id) for rv, m in reserve), len(reserve)))
+                    (rv, m.conn.thread_id) for rv, m in reserve), len(reserve), "INSERT"))
             stmts.append((
                 f"INSERT INTO `{self.cfg.batch_schema}`.`hotrow_batch` "
                 f"(id, table_name, key_value, members, total) VALUES ({batch_id}, "
                 f"'{escape_string(r.qualified)}', {sql_literal(str(hs.key_value))}, "
-                f"{len(members)}, {total})", 1))
-            res = await c.query_each("; ".join(sql for sql, _ in stmts))
-            for (sql, want), (_, ok) in zip(stmts, res, strict=True):
-                got = ok.affected_rows if ok is not None else -1
-                if got != want:
-                    raise Unverified(f"{sql.split(' ', 1)[0]} affected {got} rows, expected {want}")
+                f"{len(members)}, {total})", 1, "INSERT"))
+            bad = await run_checked(c, stmts)
+            if bad:
+                what, want, got = bad[0]
+                raise Unverified(f"{what} affected {got} rows, expected {want}")
             commit_sent = True
             ok = await c.execute("COMMIT")
         except (BackendError, Unverified) as e:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from . import general
 from . import protocol as P
 from .backend import BackendConn
-from .classify import Shape
+from .classify import SKIP_TEXT, Shape
 from .config import CONSISTENCY
 from .errors import BackendError, BackendLost, ProxyError
 from .gtid import GtidError
@@ -78,8 +78,7 @@ async def _kill_client(s: ProxySession, target: Any, tid: str, query_only: bool)
 
 
 _KILL_IN_TEXT = re.compile(
-    r"(?P<skip>'(?:[^'\\]|\\.|'')*'|\"(?:[^\"\\]|\\.|\"\")*\"|`(?:[^`]|``)*`|/\*(?!!|M!).*?\*/"
-    r"|--[ \t][^\n]*|#[^\n]*)"
+    rf"(?P<skip>{SKIP_TEXT})"
     r"|(?<![\w$.`])KILL\s+(?:(?P<kind>CONNECTION|QUERY)\s+)?(?P<id>\d+)(?=\s*(?:;|$))",
     re.S | re.I)
 

@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import Protocol
 
-from .classify import LAST_GTID, READ_ONLY_TXN, Shape, classify, stored_call
+from .classify import LAST_GTID, READ_ONLY_TXN, Shape, classify
 from .config import CONSISTENCY
 from .errors import Label
 
@@ -236,8 +236,7 @@ def _primary(shape: Shape, s: SessionView, policy: Policy, held: bool, pin: str 
     gtid_after = (is_write and (verb == "CALL" or shape.multi
                                 or _RETURNING.search(shape.digest) is not None)) or (
         # a stored function may write (`SELECT f(x)`, `DO f()`, `SET @v = f()`)
-        verb in ("SELECT", "DO", "SET") and "(" in shape.digest
-        and stored_call(shape.digest) is not None)
+        verb in ("SELECT", "DO", "SET") and shape.calls_stored)
     # (reading @@last_gtid after it would reset FOUND_ROWS() for an SQL_CALC_FOUND_ROWS query)
     gtid_after = gtid_after and "FOUND_ROWS" not in shape.digest.upper()
     lane = lane and track is Track.NONE and not hold and not gtid_after

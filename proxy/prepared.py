@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import general, local, tracked
 from . import protocol as P
-from .backend import BackendConn, BufferWriter, Relayed
+from .backend import STMT_LIMIT_ERR, BackendConn, BufferWriter, Relayed
 from .classify import Shape, classify, with_conn_id
 from .errors import ER_UNKNOWN_STMT_HANDLER, BackendError, BackendLost, ProxyError
 from .plan import Plan, Track, plan
@@ -53,7 +53,7 @@ async def prepare(s: ProxySession, payload: bytes) -> None:
         await c.command(payload)
         first = await c.read_packet()
         for retry in (3, 2, 1):
-            if first[:3] != b"\xff\xb5\x05":  # 1461: the server's max_prepared_stmt_count
+            if not first.startswith(STMT_LIMIT_ERR):  # the server's max_prepared_stmt_count
                 break
             # statements the proxy keeps prepared for reuse count too: close them, try again
             await c.free_statements(retry)

@@ -426,7 +426,7 @@ class App:
         while time.monotonic() < deadline:
             open_work = False
             for c in list(self.connections):
-                if c.session.busy or c.session.in_txn or not c.close_idle("shutdown"):
+                if c.session.in_txn or not c.close_idle("shutdown"):  # (busy: not idle)
                     open_work = True
             if not open_work:
                 break

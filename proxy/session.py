@@ -443,22 +443,19 @@ class ProxySession(BaseSession):
     # ---- statements ---------------------------------------------------------------------
 
     async def com_query(self, payload: bytes) -> None:
-        sql = payload[1:].decode("utf-8", "surrogateescape")
+        sql = text = payload[1:].decode("utf-8", "surrogateescape")
         shape = classify(sql)
         if shape.verb == "SET" and "TRANSACTION" in shape.digest.upper():
             as_vars = session_txn_as_vars(sql, "mariadb" in self.app.server_version.lower())
             if as_vars is not None:  # session state, replayed: not a pin (classify.py)
                 sql, shape = as_vars, classify(as_vars)
-                payload = payload[:1] + sql.encode()
         p = plan(shape, self, self.app.policy)
         if shape.conn_id and self.connection is not None:
             sql = with_conn_id(sql, self.connection.connection_id)
-            payload = payload[:1] + sql.encode("utf-8", "surrogateescape")
         if shape.multi and "KILL" in shape.digest.upper():
-            done = await local.kills_in_multi(self, sql)
-            if done is not sql:
-                sql = done
-                payload = payload[:1] + sql.encode("utf-8", "surrogateescape")
+            sql = await local.kills_in_multi(self, sql)
+        if sql is not text:  # what MySQL gets is what the proxy made of the text
+            payload = payload[:1] + sql.encode("utf-8", "surrogateescape")
         if p.route is Route.LOCAL_SET:
             await local.local_set(self, shape, sql, payload)
             return
