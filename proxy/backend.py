@@ -206,6 +206,17 @@ class BackendConn:
         await self.execute("DO (SELECT 1 FROM information_schema.COLLATIONS LIMIT 0)")
         self.diag = self.warned = False
 
+    async def init_db(self, database: str) -> None:
+        """COM_INIT_DB: select a database by its name's bytes (the session's character set);
+        raise BackendError on ERR."""
+        await self.command(bytes((P.COM_INIT_DB,)) + database.encode("utf-8", "surrogateescape"))
+        pkt = await self.read_packet()
+        if pkt[0] == 0xFF:
+            e = P.parse_err(pkt)
+            raise BackendError(e.code, e.sqlstate, e.message, pkt)
+        ok = P.parse_ok(pkt, True)
+        self._track(ok.status, ok)
+
     async def execute(self, sql: str) -> P.OkPacket:
         """Run a statement that returns no rows; raise BackendError on ERR."""
         rows, ok = await self.query(sql)

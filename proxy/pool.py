@@ -267,6 +267,8 @@ class Pool:
             return False
         for sql in ch.statements:
             await c.execute(sql)
+        if ch.database is not None:
+            await c.init_db(ch.database)
         c.names = want.names
         c.sysvars = dict(want.vars)
         if not want.any_db:

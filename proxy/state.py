@@ -155,16 +155,16 @@ class Change:
 
     statements: tuple[str, ...]
     needs_fresh: bool = False  # the connection has a default database and the session has none
+    # The database to select after the statements, by COM_INIT_DB as the client selected it
+    # (handshake or COM_INIT_DB): MariaDB converts that name from the client's character set
+    # and names that set in its errors, where `USE` in a query reports the system charset.
+    database: str | None = None
 
 
 def sql_value(v: str) -> str:
     if v and all(c in "0123456789-." for c in v) and any(c.isdigit() for c in v):
         return v
     return "'" + v.replace("\\", "\\\\").replace("'", "''") + "'"
-
-
-def quote_ident(name: str) -> str:
-    return "`" + name.replace("`", "``") + "`"
 
 
 def transition(have_db: str | None, have_names: Names, have_vars: Mapping[str, str],
@@ -183,9 +183,8 @@ def transition(have_db: str | None, have_names: Names, have_vars: Mapping[str, s
     out = []
     if parts:
         out.append("SET " + ", ".join(parts))  # unqualified: session scope
-    if want_db is not None and want_db != have_db:
-        out.append("USE " + quote_ident(want_db))
-    return Change(tuple(out))
+    db = want_db if want_db is not None and want_db != have_db else None
+    return Change(tuple(out), database=db)
 
 
 @dataclass(frozen=True)

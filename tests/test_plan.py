@@ -280,8 +280,8 @@ def test_transition_table() -> None:
     latin = Names.uniform("latin1", "latin1_swedish_ci")
     assert transition("shop", LOGIN_NAMES, {}, "shop", LOGIN_NAMES, {}).statements == ()
     ch = transition("shop", latin, {"sql_mode": "ANSI"}, "other", LOGIN_NAMES, {"a": "1"})
-    assert ch.statements == ("SET NAMES utf8mb4 COLLATE utf8mb4_general_ci, sql_mode=DEFAULT, a=1",
-                             "USE `other`")
+    assert ch.statements == ("SET NAMES utf8mb4 COLLATE utf8mb4_general_ci, sql_mode=DEFAULT, a=1",)
+    assert ch.database == "other"
     assert transition("shop", LOGIN_NAMES, {}, None, LOGIN_NAMES, {}).needs_fresh
     assert Wanted(None, LOGIN_NAMES, {}, any_db=True).change_from("shop", LOGIN_NAMES, {}) \
         .statements == ()
@@ -309,9 +309,6 @@ def test_transition_reaches_the_wanted_state(hd: str | None, hn: Names, hv: dict
         return
     db, nm, vs = hd, hn, dict(hv)
     for sql in ch.statements:
-        if sql.startswith("USE "):
-            db = sql[5:-1].replace("``", "`")
-            continue
         body = sql[4:]
         if body.startswith("NAMES "):
             head, _, body = body.partition(", ") if ", " in body else (body, "", "")
@@ -323,8 +320,10 @@ def test_transition_reaches_the_wanted_state(hd: str | None, hn: Names, hv: dict
                 vs.pop(k)
             else:
                 vs[k] = v[1:-1].replace("''", "'").replace("\\\\", "\\") if v.startswith("'") else v
+    if ch.database is not None:
+        db = ch.database
     assert (db, nm, vs) == (wd if wd is not None else hd, wn, wv)
-    assert (ch.statements == ()) == (db == hd and nm == hn and vs == hv)
+    assert (ch.statements == () and ch.database is None) == (db == hd and nm == hn and vs == hv)
 
 
 def _split_assignments(body: str) -> list[str]:

@@ -235,3 +235,30 @@ def test_a_killed_backend_thread_is_told_as_mysql_tells_it(proxy: ProxyProc,
             with c.cursor() as cur:
                 cur.execute("SELECT 1")
     assert codes[0] == codes[1] and codes[0] is not None
+
+
+# ---- the session's character set in errors (issue 22, point 3) -------------------------------
+
+@pytest.mark.parametrize("charset", ["binary", "utf8mb4", "latin1"])
+def test_a_login_database_is_checked_in_the_clients_character_set(
+        proxy: ProxyProc, sandbox: Sandbox, charset: str) -> None:
+    """The default database of the handshake is converted from the client's character set,
+    and MariaDB names that set when the name is invalid ("Invalid binary character string"):
+    the proxy selects it as the client did (COM_INIT_DB after the names), not by `USE`, whose
+    error names the system character set. The same for the CLI's own `use` command."""
+    cli = shutil.which("mariadb") or shutil.which("mysql")
+    assert cli is not None
+    outs = []
+    for port in (sandbox.primary_port, proxy.port):
+        login = subprocess.run([cli, "-h127.0.0.1", f"-P{port}", "-uapp", "-papp",
+                                f"--default-character-set={charset}", "test\U0001F601 ",
+                                "-e", "SELECT 1"], capture_output=True, text=True,
+                               errors="replace",
+                               timeout=30)
+        use = subprocess.run([cli, "-h127.0.0.1", f"-P{port}", "-uapp", "-papp",
+                              f"--default-character-set={charset}"],
+                             input="use test\U0001F601\nSELECT DATABASE();\n",
+                             capture_output=True, text=True, errors="replace", timeout=30)
+        outs.append((login.returncode, login.stderr, use.returncode, use.stdout, use.stderr))
+    assert outs[0] == outs[1]
+    assert "ERROR 1" in outs[0][1]
