@@ -8,7 +8,7 @@ deps:
 	./scripts/install-deps.sh
 
 sandbox: deps
-	$(VENV)/python -m proxy.sandbox start --dir $(SANDBOX)
+	$(VENV)/python -m proxy.tools.sandbox start --dir $(SANDBOX)
 
 run: sandbox
 	@echo "DSN: mysql://app:app@127.0.0.1:6033/shop   (mysql -h127.0.0.1 -P6033 -uapp -papp shop)"
@@ -25,16 +25,18 @@ top:
 	$(VENV)/seckill-proxy top --config conf/proxy.yaml
 
 stop:
-	$(VENV)/python -m proxy.sandbox stop --dir $(SANDBOX)
+	$(VENV)/python -m proxy.tools.sandbox stop --dir $(SANDBOX)
 
 lint:
 	$(VENV)/ruff check proxy tests bench
 	$(VENV)/mypy
+	$(VENV)/lint-imports
 
 test:
 	WITH_TEST=1 ./scripts/install-deps.sh
 	$(VENV)/ruff check proxy tests bench
 	$(VENV)/mypy
+	$(VENV)/lint-imports
 	$(VENV)/pytest -q -p no:cacheprovider
 
 # Fuzzing beyond the corpus `make test` runs: MINUTES per target (TLS upgrade, COM_CHANGE_USER,
@@ -61,4 +63,4 @@ bench-hotrow:
 	$(VENV)/python -m bench.hotrow
 
 clean:
-	$(VENV)/python -m proxy.sandbox destroy --dir $(SANDBOX) || true
+	$(VENV)/python -m proxy.tools.sandbox destroy --dir $(SANDBOX) || true

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from proxy.sandbox import Sandbox, free_port
+from proxy.tools.sandbox import Sandbox, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"

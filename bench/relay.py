@@ -71,7 +71,7 @@ def _cpu(pid: int) -> tuple[float, float]:
 
 
 def main() -> None:
-    from proxy.sandbox import free_port
+    from proxy.tools.sandbox import free_port
 
     seconds = int(sys.argv[1]) if len(sys.argv) > 1 else 10
     pairs = int(sys.argv[2]) if len(sys.argv) > 2 else 3

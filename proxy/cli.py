@@ -12,8 +12,8 @@ import os
 import sys
 import time
 
-from . import compiled
-from . import config as C
+from proxy import compiled
+from proxy.core import config as C
 
 
 class JsonFormatter(logging.Formatter):
@@ -81,11 +81,11 @@ def _version() -> str:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args and args[0] == "top":
-        from .tools import top
+        from proxy.tools import top
 
         return top.main(args[1:])
     if args and args[0] == "demo":
-        from .tools import demo
+        from proxy.tools import demo
 
         return demo.main(args[1:])
     ap = argparse.ArgumentParser(prog="seckill-proxy", description=__doc__)
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         uvloop.install()
     except ImportError:  # pragma: no cover - uvloop is a dependency, but the proxy runs without it
         pass
-    from .server import serve
+    from proxy.server import serve
 
     logging.getLogger("seckill").info(
         "hot modules compiled: %d of %d", len(compiled.loaded()), len(compiled.HOT))

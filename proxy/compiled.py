@@ -16,8 +16,9 @@ import importlib.util
 import sys
 from pathlib import Path
 
-HOT = ("fastlane", "lease", "backend", "protocol", "plan", "wire", "readsplit", "digest",
-       "metrics", "classify", "gtid")
+HOT = ("exec/fastlane", "backends/lease", "backends/backend", "net/protocol", "plan/plan",
+       "net/wire", "engines/readsplit", "plan/digest", "core/metrics", "plan/classify",
+       "core/gtid")
 
 _HERE = Path(__file__).resolve().parent
 
@@ -61,9 +62,10 @@ def loaded() -> list[str]:
     """The hot modules this process runs (or will run, once imported) compiled."""
     out = []
     for m in HOT:
-        mod = sys.modules.get(f"proxy.{m}")
+        name = "proxy." + m.replace("/", ".")
+        mod = sys.modules.get(name)
         origin = getattr(mod, "__file__", None) if mod else getattr(
-            importlib.util.find_spec(f"proxy.{m}"), "origin", None)
+            importlib.util.find_spec(name), "origin", None)
         if str(origin or "").endswith(".so"):
             out.append(m)
     return out

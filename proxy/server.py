@@ -21,14 +21,21 @@ from typing import Any
 
 from mysql_mimic.control import LocalControl
 
-from . import metrics as M
-from . import protocol as P
-from .accounts import Account, AccountStore, load_mariadb
-from .backend import BackendConn
-from .config import Config, ConfigError
-from .config import load as load_config
-from .digest import QueryDigest
-from .errors import (
+from proxy.backends.backend import BackendConn
+from proxy.backends.pool import Pool
+from proxy.client.accounts import Account, AccountStore, load_mariadb
+from proxy.client.frontend import (
+    SERVER_CAPABILITIES,
+    BackendIdentityProvider,
+    ConfigIdentityProvider,
+    ProxyConnection,
+    ProxyStream,
+)
+from proxy.client.guard import Gate, login_guard
+from proxy.core import metrics as M
+from proxy.core.config import Config, ConfigError
+from proxy.core.config import load as load_config
+from proxy.core.errors import (
     ER_CON_COUNT_ERROR,
     ER_OPTION_PREVENTS_STATEMENT,
     BackendError,
@@ -36,21 +43,14 @@ from .errors import (
     DisconnectReason,
     ProxyError,
 )
-from .frontend import (
-    SERVER_CAPABILITIES,
-    BackendIdentityProvider,
-    ConfigIdentityProvider,
-    ProxyConnection,
-    ProxyStream,
-)
-from .guard import Gate, login_guard
-from .plan import Policy
-from .pool import Pool
-from .session import ProxySession
-from .state import Catalog, Names
-from .tls import client_context, server_context
-from .tracking import Tracking
-from .wire import ClientIO
+from proxy.core.state import Catalog, Names
+from proxy.net import protocol as P
+from proxy.net.tls import client_context, server_context
+from proxy.net.tracking import Tracking
+from proxy.net.wire import ClientIO
+from proxy.plan.digest import QueryDigest
+from proxy.plan.plan import Policy
+from proxy.session.session import ProxySession
 
 log = logging.getLogger("seckill.server")
 DEFAULT_VERSION = "10.11.0-MariaDB-seckill-proxy"
@@ -297,13 +297,13 @@ class App:
         c.close()
 
     async def start(self) -> None:
-        from .admin import AdminConsole
-        from .durability import Durability
-        from .hotrow import HotRowEngine
-        from .httpd import start_http
-        from .monitor import Monitor
-        from .outcome import OutcomeTracker
-        from .readsplit import ReadRouter
+        from proxy.engines.durability import Durability
+        from proxy.engines.hotrow import HotRowEngine
+        from proxy.engines.monitor import Monitor
+        from proxy.engines.outcome import OutcomeTracker
+        from proxy.engines.readsplit import ReadRouter
+        from proxy.ops.admin import AdminConsole
+        from proxy.ops.httpd import start_http
 
         M.BUILD.info({"version": "0.1.0"})
         await self.probe_primary()

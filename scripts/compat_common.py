@@ -18,7 +18,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from proxy.sandbox import Sandbox, free_port  # noqa: E402
+from proxy.tools.sandbox import Sandbox, free_port  # noqa: E402
 
 
 @contextmanager

@@ -18,7 +18,7 @@ import yaml
 from hypothesis import settings
 
 from proxy import compiled
-from proxy.sandbox import Sandbox, free_port
+from proxy.tools.sandbox import Sandbox, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -7,7 +7,7 @@ import asyncio
 import threading
 import time
 
-from proxy.sandbox import free_port
+from proxy.tools.sandbox import free_port
 
 
 class FaultProxy:

@@ -8,7 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.classify import (
+from proxy.core.config import HotRowRule
+from proxy.engines.hotalloc import MISMATCH, RUN_ALONE, Member, allocate, bind
+from proxy.plan.classify import (
     classify,
     digest,
     hot_template,
@@ -16,8 +18,6 @@ from proxy.classify import (
     statement_values,
     with_conn_id,
 )
-from proxy.config import HotRowRule
-from proxy.hotalloc import MISMATCH, RUN_ALONE, Member, allocate, bind
 
 RULES = {("shop", "inventory"): HotRowRule("shop", "inventory", "sku_id", "quantity")}
 
@@ -224,7 +224,7 @@ def test_allocation_is_what_serial_execution_gives(
 @given(st.text(alphabet=st.sampled_from(list("SELECT *FROMtwhere=id'\\\"0123456789.eE-+x,()_ ")),
                max_size=80))
 def test_fast_digest_equals_full_digest(text: str) -> None:
-    from proxy.classify import _TOKEN, _digest_sub
+    from proxy.plan.classify import _TOKEN, _digest_sub
 
     full = " ".join(_TOKEN.sub(_digest_sub, text).split()).rstrip(";").strip()
     fast = digest(text)
@@ -238,7 +238,7 @@ def test_fast_digest_equals_full_digest(text: str) -> None:
 def test_hot_keys_are_bounded_by_their_record_size(key: str) -> None:
     """A string key goes the hot way only while its SQL literal fits the batch and
     reservation records (VARCHAR(255)); longer ones take the normal path."""
-    from proxy.hotalloc import MAX_KEY_SQL, sql_literal
+    from proxy.engines.hotalloc import MAX_KEY_SQL, sql_literal
 
     sql = "UPDATE inventory SET quantity = quantity - 1 WHERE sku_id = ? AND quantity > 0"
     hs = bind(classify(sql).hot, statement_values(sql, [key]), "shop", RULES)  # type: ignore[arg-type]
@@ -380,7 +380,7 @@ def test_unbalanced_parentheses_are_never_hot(sql: str) -> None:
     ("a\\_b", "a\\_b"), ("a\\qb", "aqb"), ("\\0\\Z\\t\\r\\b", "\0\x1a\t\r\b"), ("a\\\"b", 'a"b'),
 ])
 def test_string_literals_decode_as_mysql(body: str, value: str) -> None:
-    from proxy.classify import Escaped, mysql_unescape
+    from proxy.plan.classify import Escaped, mysql_unescape
 
     assert mysql_unescape(body, "'") == value
     v = statement_values(f"SELECT '{body}'")[0]
@@ -396,7 +396,7 @@ def test_string_literals_decode_as_mysql(body: str, value: str) -> None:
 ])
 def test_keys_are_normalised_to_the_key_column(key: object, kind: str, ci: bool,
                                                want: object) -> None:
-    from proxy.hotalloc import normal_key
+    from proxy.engines.hotalloc import normal_key
 
     assert normal_key(key, kind, ci) == want  # type: ignore[arg-type]
 
@@ -409,6 +409,6 @@ def test_keys_are_normalised_to_the_key_column(key: object, kind: str, ci: bool,
     ("EMPTY_STRING_IS_NULL", "EMPTY_STRING_IS_NULL"), ("ORACLE", "ORACLE"),
 ])
 def test_sql_modes_that_keep_a_session_unmerged(mode: str, blocks: str | None) -> None:
-    from proxy.hotalloc import sql_mode_blocks
+    from proxy.engines.hotalloc import sql_mode_blocks
 
     assert sql_mode_blocks(mode) == blocks

@@ -12,8 +12,8 @@ from pathlib import Path
 import pymysql
 import pytest
 
-from proxy.monitor import durable_problems
-from proxy.sandbox import Sandbox
+from proxy.engines.monitor import durable_problems
+from proxy.tools.sandbox import Sandbox
 
 from .conftest import ProxyProc, concurrent_decrements, make_config, start_proxy
 from .faultproxy import FaultProxy

@@ -17,7 +17,7 @@ from typing import Any
 import pymysql
 import pytest
 
-from proxy.sandbox import Sandbox
+from proxy.tools.sandbox import Sandbox
 
 from .conftest import ProxyProc, app_conn, make_config, start_proxy
 

@@ -11,7 +11,7 @@ import aiomysql
 import pymysql
 import pytest
 
-from proxy.sandbox import Sandbox
+from proxy.tools.sandbox import Sandbox
 
 from .conftest import ProxyProc, concurrent_decrements, make_config, start_proxy
 

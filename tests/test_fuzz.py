@@ -18,7 +18,7 @@ from pathlib import Path
 import pymysql
 import pytest
 
-from proxy.sandbox import Sandbox
+from proxy.tools.sandbox import Sandbox
 
 from .conftest import ProxyProc, make_config, start_proxy
 from .test_robustness import alive, raw_authed, recv_packet, send_packet
@@ -120,7 +120,7 @@ def test_fuzz_admin_port(proxy: ProxyProc) -> None:
 
 @pytest.fixture(scope="module")
 def tls_proxy(sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProc]:
-    from proxy.sandbox import make_certs
+    from proxy.tools.sandbox import make_certs
 
     tmp: Path = tmp_path_factory.mktemp("fuzz-tls")
     certs = make_certs(tmp / "tls")

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.gtid import GtidError, MariaPos, MySQLSet, contains, parse, union
+from proxy.core.gtid import GtidError, MariaPos, MySQLSet, contains, parse, union
 
 U1 = "3e11fa47-71ca-11e1-9e33-c80aa9429562"
 U2 = "4f22fa47-71ca-11e1-9e33-c80aa9429562"

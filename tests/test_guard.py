@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.guard import LoginGuard
+from proxy.client.guard import LoginGuard
 
 
 def test_blocks_after_n_failures_in_the_window_and_expires() -> None:

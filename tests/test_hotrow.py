@@ -13,7 +13,7 @@ import mysql.connector
 import pymysql
 import pytest
 
-from proxy.sandbox import Sandbox
+from proxy.tools.sandbox import Sandbox
 
 from .conftest import ProxyProc, app_conn
 

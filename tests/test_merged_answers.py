@@ -21,7 +21,7 @@ from typing import Any
 import pymysql
 import pytest
 
-from proxy.sandbox import Sandbox
+from proxy.tools.sandbox import Sandbox
 
 from .conftest import ProxyProc, make_config, start_proxy
 from .test_escrow import settle

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
-from proxy import config as C
-from proxy.sandbox import Sandbox, free_port
+from proxy.core import config as C
+from proxy.tools.sandbox import Sandbox, free_port
 
 from .conftest import ROOT, ProxyProc, wait_port
 

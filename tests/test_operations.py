@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from proxy import config as C
-from proxy.sandbox import Sandbox
+from proxy.core import config as C
+from proxy.tools.sandbox import Sandbox
 
 from .conftest import ROOT, make_config, start_proxy
 

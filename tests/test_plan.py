@@ -11,14 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy import protocol as P
-from proxy.backend import BackendConn
-from proxy.classify import classify
-from proxy.config import Address
-from proxy.fastlane import FastLane
-from proxy.lease import Lease, LeaseState
-from proxy.plan import Plan, Policy, Route, Track, _plan, conn_id_alias, plan
-from proxy.state import (
+from proxy.backends.backend import BackendConn
+from proxy.backends.lease import Lease, LeaseState
+from proxy.core.config import Address
+from proxy.core.state import (
     LOGIN_NAMES,
     Catalog,
     Names,
@@ -27,7 +23,11 @@ from proxy.state import (
     split_reported,
     transition,
 )
-from proxy.wire import ClientIO
+from proxy.exec.fastlane import FastLane
+from proxy.net import protocol as P
+from proxy.net.wire import ClientIO
+from proxy.plan.classify import classify
+from proxy.plan.plan import Plan, Policy, Route, Track, _plan, conn_id_alias, plan
 
 
 @dataclass
@@ -343,8 +343,8 @@ def _split_assignments(body: str) -> list[str]:
 def test_router_and_lane_share_one_rotation_test() -> None:
     """A replica weighted out (weight 0) or unhealthy is neither chosen by the router nor used
     by the fast lane from a connection the session kept (one predicate serves both)."""
-    from proxy.plan import ReadPlan
-    from proxy.readsplit import ReadRouter
+    from proxy.engines.readsplit import ReadRouter
+    from proxy.plan.plan import ReadPlan
 
     def router(weight: int, up: bool = True) -> tuple[ReadRouter, Any]:
         st = SimpleNamespace(role="replica", up=up, state="up", lag_s=0.0, addr="r")

@@ -119,9 +119,9 @@ def test_binary_rows_byte_exact(proxy: ProxyProc, sandbox: Any, types_table: Non
     """COM_STMT_EXECUTE rows for every column type are the same bytes through the proxy."""
     import asyncio
 
-    from proxy.backend import BackendConn
-    from proxy.config import Address
-    from proxy.protocol import COM_STMT_EXECUTE
+    from proxy.backends.backend import BackendConn
+    from proxy.core.config import Address
+    from proxy.net.protocol import COM_STMT_EXECUTE
 
     async def rows(port: int) -> list[bytes]:
         c = await BackendConn.connect(Address("127.0.0.1", port), "app", "app", 5)

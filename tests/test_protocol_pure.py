@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy import protocol as P
+from proxy.net import protocol as P
 
 U = "3e11fa47-71ca-11e1-9e33-c80aa9429562"
 
@@ -114,7 +114,7 @@ class _Sink:
 def test_compressed_frames_carry_the_bytes_in_any_split(writes: list[bytes], cuts: list[int]) -> None:
     """What one side writes, the other side's `feed` gives back byte for byte, however the
     socket splits the frames; frame sequence ids run on from the peer's last frame."""
-    from proxy.compress import Compression
+    from proxy.net.compress import Compression
 
     sink = _Sink()
     tx = Compression(sink)
@@ -138,7 +138,7 @@ def test_compressed_frames_carry_the_bytes_in_any_split(writes: list[bytes], cut
 def test_a_bad_compressed_frame_is_refused() -> None:
     import zlib
 
-    from proxy.compress import Compression, CompressionError
+    from proxy.net.compress import Compression, CompressionError
 
     body = zlib.compress(b"x" * 1000)
     lying = len(body).to_bytes(3, "little") + b"\x00" + (10).to_bytes(3, "little") + body

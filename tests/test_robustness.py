@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proxy.sandbox import Sandbox
+from proxy.tools.sandbox import Sandbox
 
 from .conftest import ROOT, ProxyProc, make_config, start_proxy
 from .faultproxy import FaultProxy
@@ -375,7 +375,7 @@ def test_fuzz_compressed_frames(proxy: ProxyProc, frames: list[bytes]) -> None:
 
     import mysql.connector
 
-    from proxy.compress import Compression
+    from proxy.net.compress import Compression
 
     c = mysql.connector.connect(host="127.0.0.1", port=proxy.port, user="app", password="app",
                                 compress=True)

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from proxy.classify import classify
-from proxy.plan import read_plan as plan
-from proxy.sandbox import Sandbox
+from proxy.plan.classify import classify
+from proxy.plan.plan import read_plan as plan
+from proxy.tools.sandbox import Sandbox
 
 from .conftest import ProxyProc, make_config, start_proxy
 from .faultproxy import FaultProxy

@@ -12,7 +12,7 @@ from pathlib import Path
 import pymysql
 import pytest
 
-from proxy.sandbox import Sandbox
+from proxy.tools.sandbox import Sandbox
 
 from .conftest import app_conn, make_config, start_proxy
 
@@ -97,7 +97,7 @@ def test_hostile_client_cannot_grow_memory_without_bound(sandbox: Sandbox, tmp_p
     import asyncio
     import socket
 
-    from proxy.sandbox import make_certs
+    from proxy.tools.sandbox import make_certs
 
     sandbox.primary.sql(
         "CREATE TABLE IF NOT EXISTS shop.inventory (sku_id INT PRIMARY KEY, quantity INT NOT NULL)")
@@ -172,7 +172,7 @@ def test_hostile_client_cannot_grow_memory_without_bound(sandbox: Sandbox, tmp_p
 def test_tls_for_clients(sandbox: Sandbox, tmp_path: Path) -> None:
     import subprocess
 
-    from proxy.sandbox import make_certs
+    from proxy.tools.sandbox import make_certs
 
     certs = make_certs(tmp_path / "tls")
     cfg = make_config(sandbox, tls={"cert": certs["cert"], "key": certs["key"], "ca": certs["ca"]})
@@ -252,7 +252,7 @@ def test_tls_for_clients(sandbox: Sandbox, tmp_path: Path) -> None:
 
 def test_tls_to_the_backends_verified_against_the_sandbox_ca(sandbox: Sandbox,
                                                               tmp_path: Path) -> None:
-    from proxy.sandbox import make_certs
+    from proxy.tools.sandbox import make_certs
 
     ca = str(sandbox.base / "tls" / "ca.pem")
     p = start_proxy(tmp_path, make_config(sandbox, backends={"tls": {"ca": ca, "verify": True}},

@@ -19,7 +19,7 @@ import pymysql
 import pytest
 from pymysql.constants import CLIENT
 
-from proxy.sandbox import Sandbox
+from proxy.tools.sandbox import Sandbox
 
 from .conftest import ProxyProc
 

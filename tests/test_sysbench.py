@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from proxy.sandbox import Sandbox
+from proxy.tools.sandbox import Sandbox
 
 from .conftest import ROOT, ProxyProc
 

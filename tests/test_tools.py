@@ -16,8 +16,8 @@ import pymysql
 import pytest
 import yaml
 
-from proxy.sandbox import Sandbox
 from proxy.tools import shop
+from proxy.tools.sandbox import Sandbox
 
 from .conftest import ROOT, ProxyProc, concurrent_decrements, make_config, start_proxy
 

@@ -14,7 +14,7 @@ import pymysql
 import pytest
 from pymysql.constants import CLIENT
 
-from proxy.sandbox import Sandbox
+from proxy.tools.sandbox import Sandbox
 
 from .conftest import ProxyProc, make_config, start_proxy
 

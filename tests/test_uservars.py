@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy import uservars
-from proxy.classify import digest
+from proxy.exec import uservars
+from proxy.plan.classify import digest
 
 
 @pytest.mark.parametrize(("sql", "names"), [

@@ -32,8 +32,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from .. import config as C
-from . import shop
+from proxy.core import config as C
+from proxy.tools import shop
 
 LUA = Path(__file__).with_name("seckill.lua")
 STOCK = 10**9  # the timed runs never sell out: every purchase is a real deduction

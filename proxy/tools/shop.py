@@ -1,6 +1,6 @@
 """The sample shop: the schema the default config's hot-row rule and the README's examples use.
 
-`make run` (via `python -m proxy.sandbox start`) and `seckill-proxy demo` create it. Every
+`make run` (via `python -m proxy.tools.sandbox start`) and `seckill-proxy demo` create it. Every
 statement is idempotent: tables are created if missing and the seed SKUs inserted only if absent,
 so a DBA's changes to stock survive a restart.
 """

@@ -25,7 +25,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from .. import config as C
+from proxy.core import config as C
 
 Rows = list[tuple[Any, ...]]
 

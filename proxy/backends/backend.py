@@ -1,0 +1,657 @@
+"""One connection to a MySQL/MariaDB server: aiomysql logs in, then the proxy speaks raw packets.
+
+aiomysql does the handshake and authentication; after that the proxy reads and writes packets on
+the same socket itself, because forwarding result-set packets untouched (instead of decoding
+rows into Python objects and encoding them again) is what makes a Python proxy fast enough and
+keeps every column type byte-exact in both text and binary protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl as ssl_mod
+import struct
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import aiomysql
+
+from proxy.backends.login import LoginConn
+from proxy.core.config import Address
+from proxy.core.errors import BackendError, BackendLost
+from proxy.core.state import LOGIN_NAMES, Catalog, Names, absorb, split_reported
+from proxy.net import protocol as P
+from proxy.net.wire import PacketIO, adopt
+
+log = logging.getLogger("seckill.backend")
+
+# What the proxy asks of every backend connection: session-state tracking tells it, from the OK
+# packets it already reads, which variables/schema changed and the GTID of each commit.
+_TRACK_MARIADB = (
+    "SET SESSION session_track_system_variables='*', session_track_schema=ON, "
+    "session_track_state_change=ON"
+)
+_TRACK_MYSQL = (
+    "SET SESSION session_track_system_variables='*', session_track_schema=ON, "
+    "session_track_state_change=ON, session_track_gtids=OWN_GTID"
+)
+BACKEND_FLAGS = (P.CLIENT_SESSION_TRACK | P.CLIENT_PS_MULTI_RESULTS | P.CLIENT_MULTI_RESULTS
+                 | P.CLIENT_LOCAL_FILES)
+# Per connection: 200 pooled connections x 64 stay well under MariaDB's default
+# max_prepared_stmt_count (16382), which counts every connection's statements together.
+STMT_CACHE = 64
+ER_MAX_PREPARED_STMT_COUNT = 1461
+# its ERR packet's first bytes: how a relayed COM_STMT_PREPARE's refusal is recognised
+STMT_LIMIT_ERR = b"\xff" + ER_MAX_PREPARED_STMT_COUNT.to_bytes(2, "little")
+_READ_CHUNK = 256 * 1024
+_FLUSH_AT = 256 * 1024
+
+
+@dataclass(slots=True)
+class Relayed:
+    """What the proxy learned while forwarding one command's response."""
+
+    ok: P.OkPacket | None = None
+    err: P.ErrPacket | None = None
+    status: int = 0
+    rows: int = 0
+    affected_rows: int = 0
+    sysvars: dict[str, str] = field(default_factory=dict)
+    schema: str | None = None
+    state_changed: bool = False
+    gtid: str | None = None
+    sent_to_client: bool = False
+    local_infile: bool = False  # the reply is a request for the client's file (0xFB)
+    # it ended with a result set's EOF, not an OK packet: no session tracking came with its
+    # end (a write with RETURNING, a SELECT calling a stored function; general.gtid_after)
+    ended_eof: bool = False
+
+
+class BufferWriter:
+    """Stands in for the client writer when a reply must be held (ack: replica)."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.buf += data
+
+    async def drain(self) -> None:
+        return None
+
+
+class BackendConn:
+    """A raw-packet connection. State is tracked from OK packets so the pool can reset it."""
+
+    # Collation ids and defaults of the servers (set once at startup from the primary).
+    catalog: ClassVar[Catalog] = Catalog.builtin()
+    # TLS to MySQL over TCP (backends.tls); set by the server at start and on RELOAD CONFIG
+    ssl: ClassVar[ssl_mod.SSLContext | None] = None
+
+    def __init__(self, conn: aiomysql.Connection, addr: Address, user: str, caps: int = 0) -> None:
+        self.conn = conn
+        self.addr = addr
+        self.user = user
+        # what was negotiated as the client asked (CLIENT_FOUND_ROWS, MariaDB's extended type
+        # metadata): part of the pool key, since it changes what the server sends
+        self.caps = caps
+        self.key = (user, caps)
+        self.ext_meta = bool(caps & P.MARIADB_CLIENT_EXTENDED_METADATA)
+        # aiomysql logged in; from here on the proxy's own protocol object owns the socket.
+        self.io = adopt(conn._writer, conn._reader)
+        self.thread_id: int = conn.server_thread_id[0]
+        self.mariadb = "mariadb" in conn.get_server_info().lower()
+        self.schema: str | None = None
+        self.names: Names = LOGIN_NAMES
+        self.sysvars: dict[str, str] = {}  # replayable variables changed since login/reset
+        self.status = P.SERVER_STATUS_AUTOCOMMIT
+        self.dirty = False  # state that only a reset clears (user vars, temp tables, locks...)
+        self.broken = False
+        # its diagnostics area may hold warnings or an error (set by a statement that left
+        # some; MySQL keeps them through statements without tables, so only the proxy's own
+        # clearing or a reset takes this back): another session gets it cleared first
+        # (session._fresh)
+        self.diag = False
+        # its last statement left warnings or an error its session may still ask about (SHOW
+        # WARNINGS...): the pool reclaims such a soft-held connection last
+        self.warned = False
+        # Prepared statements by (database at PREPARE, text): MariaDB resolves a statement's
+        # tables in the database current when it was prepared.
+        self.stmts: OrderedDict[tuple[str | None, str], P.PrepareOk] = OrderedDict()
+        self.last_insert_id = 0
+        self.last_used = time.monotonic()
+        self.pool: Any = None  # the Pool that lent it (set by the pool)
+
+    @classmethod
+    async def connect(
+        cls, addr: Address, user: str, password: str, timeout: float, caps: int = 0
+    ) -> BackendConn:
+        flags = BACKEND_FLAGS | (caps & 0xFFFFFFFF)
+        try:
+            conn = LoginConn(
+                host=addr.host,
+                port=addr.port,
+                unix_socket=addr.unix,
+                user=user,
+                password=password,
+                charset="utf8mb4",
+                autocommit=True,
+                connect_timeout=timeout,
+                client_flag=flags,
+                ssl=cls.ssl if addr.unix is None else None,
+            )
+            conn.ext_caps = caps & ~0xFFFFFFFF
+            await conn._connect()
+        except Exception as e:  # aiomysql raises OperationalError, OSError or TimeoutError
+            raise _connect_error(e, addr) from e
+        bc = cls(conn, addr, user, caps)
+        await bc.init_session()
+        return bc
+
+    async def init_session(self) -> None:
+        await self.track_all()
+        self.sysvars.clear()
+        self.names = LOGIN_NAMES
+
+    async def track_all(self) -> None:
+        """The proxy's session tracking on this connection (again, after a client changed it)."""
+        await self.execute(_TRACK_MARIADB if self.mariadb else _TRACK_MYSQL)
+
+    # ---- raw packet I/O ---------------------------------------------------------------
+
+    def send(self, payload: bytes, seq: int = 0) -> int:
+        """Frame and write one command; return the next sequence id."""
+        w = self.io
+        while True:
+            chunk = payload[:P.MAX_PACKET]
+            payload = payload[P.MAX_PACKET:]
+            w.write(struct.pack("<I", len(chunk) | (seq << 24)) + chunk)
+            seq = (seq + 1) & 0xFF
+            if len(chunk) < P.MAX_PACKET:
+                return seq
+
+    async def read_packet(self) -> bytes:
+        try:
+            data = b""
+            while True:
+                hdr = await self.io.readexactly(4)
+                n = hdr[0] | (hdr[1] << 8) | (hdr[2] << 16)
+                data += await self.io.readexactly(n) if n else b""
+                if n < P.MAX_PACKET:
+                    return data
+        except (asyncio.IncompleteReadError, ConnectionError, OSError) as e:
+            self.broken = True
+            raise BackendLost(f"lost connection to {self.addr}: {type(e).__name__}") from e
+
+    async def command(self, payload: bytes) -> None:
+        self.last_used = time.monotonic()
+        self.send(payload)
+        if self.io.transport.get_write_buffer_size() < 65536 and not self.io.transport.is_closing():
+            return  # nothing queued: drain() would return at once, skip the coroutine
+        try:
+            await self.io.drain()
+        except (ConnectionError, OSError) as e:
+            self.broken = True
+            raise BackendLost(f"lost connection to {self.addr}: {e}", sent=False) from e
+
+    # ---- internal queries -------------------------------------------------------------
+
+    async def clear_diagnostics(self) -> None:
+        """Empty the diagnostics area, as a fresh connection's: MySQL clears the warnings list
+        only at a statement that uses a table (one every user may read)."""
+        await self.execute("DO (SELECT 1 FROM information_schema.COLLATIONS LIMIT 0)")
+        self.diag = self.warned = False
+
+    async def init_db(self, database: str) -> None:
+        """COM_INIT_DB: select a database by its name's bytes (the session's character set);
+        raise BackendError on ERR."""
+        await self.command(bytes((P.COM_INIT_DB,)) + database.encode("utf-8", "surrogateescape"))
+        pkt = await self.read_packet()
+        if pkt[0] == 0xFF:
+            e = P.parse_err(pkt)
+            raise BackendError(e.code, e.sqlstate, e.message, pkt)
+        ok = P.parse_ok(pkt, True)
+        self._track(ok.status, ok)
+
+    async def execute(self, sql: str) -> P.OkPacket:
+        """Run a statement that returns no rows; raise BackendError on ERR."""
+        rows, ok = await self.query(sql)
+        assert ok is not None or rows is not None
+        return ok or P.OkPacket()
+
+    async def query_named(self, sql: str) -> list[dict[str, str | None]]:
+        """Rows of the last result set as {column name: value}."""
+        names: list[str] = []
+        rows, _ = await self.query(sql, names)
+        return [dict(zip(names, r, strict=False)) for r in rows or []]
+
+    async def query(
+        self, sql: str, names: list[str] | None = None, types: list[int] | None = None
+    ) -> tuple[list[list[str | None]] | None, P.OkPacket | None]:
+        """Run one text-protocol statement and decode its rows as strings (internal use only);
+        `names` and `types` receive the last result's column names and type codes. Returns the
+        last result set's rows and the last OK packet."""
+        rows: list[list[str | None]] | None = None
+        ok: P.OkPacket | None = None
+        for r, o in await self.query_each(sql, names, types):
+            if r is not None:
+                rows = r
+            if o is not None:
+                ok = o
+        return rows, ok
+
+    async def query_each(
+        self, sql: str, names: list[str] | None = None, types: list[int] | None = None
+    ) -> list[tuple[list[list[str | None]] | None, P.OkPacket | None]]:
+        """Each statement's own result, in order: (rows, None) for a result set, (None, OK) for
+        a statement without one. The proxy's service transactions check every statement's
+        affected rows before they commit (hotrow.py, escrow.py); an ERR raises BackendError
+        (MySQL runs nothing after it)."""
+        await self.command(bytes((P.COM_QUERY,)) + sql.encode())
+        out: list[tuple[list[list[str | None]] | None, P.OkPacket | None]] = []
+        while True:
+            pkt = await self.read_packet()
+            if pkt[0] == 0xFF:
+                e = P.parse_err(pkt)
+                raise BackendError(e.code, e.sqlstate, e.message, pkt)
+            if pkt[0] == 0x00:
+                ok = P.parse_ok(pkt, True)
+                self._track(ok.status, ok)
+                out.append((None, ok))
+                if ok.status & P.SERVER_MORE_RESULTS_EXISTS:
+                    continue
+                return out
+            ncols, _ = P.lenenc_int(pkt, 0)
+            if names is not None:
+                names.clear()
+            if types is not None:
+                types.clear()
+            for _ in range(ncols):
+                col = await self.read_packet()
+                if names is not None or types is not None:
+                    pos = 0
+                    for _field in range(4):  # catalog, schema, table, org_table
+                        _, pos = P.lenenc_str(col, pos)
+                    name, pos = P.lenenc_str(col, pos)
+                    if names is not None:
+                        names.append(name.decode("utf-8", "replace"))
+                    if types is not None:  # org_name, 0x0c, charset(2), length(4), type(1)
+                        _, pos = P.lenenc_str(col, pos)
+                        if self.ext_meta:  # MariaDB's extended metadata, before the 0x0c
+                            _, pos = P.lenenc_str(col, pos)
+                        types.append(col[pos + 7] if pos + 7 < len(col) else 0xFD)
+            await self.read_packet()  # EOF
+            rows: list[list[str | None]] = []
+            while True:
+                pkt = await self.read_packet()
+                if pkt[0] == 0xFF:
+                    e = P.parse_err(pkt)
+                    raise BackendError(e.code, e.sqlstate, e.message, pkt)
+                if P.is_eof(pkt):
+                    st = P.eof_status(pkt)
+                    self._track(st, None)
+                    break
+                rows.append(_text_row(pkt, ncols))
+            out.append((rows, None))
+            if not self.status & P.SERVER_MORE_RESULTS_EXISTS:
+                return out
+
+    async def query_raw(self, sql: str) -> tuple[list[bytes], list[bytes]]:
+        """One text-protocol statement's result set as the server sent it (internal use): its
+        column definitions and rows, untouched."""
+        await self.command(bytes((P.COM_QUERY,)) + sql.encode())
+        pkt = await self.read_packet()
+        if pkt[0] == 0xFF:
+            e = P.parse_err(pkt)
+            raise BackendError(e.code, e.sqlstate, e.message, pkt)
+        ncols, _ = P.lenenc_int(pkt, 0)
+        defs = [await self.read_packet() for _ in range(ncols)]
+        await self.read_packet()  # EOF
+        rows: list[bytes] = []
+        while True:
+            pkt = await self.read_packet()
+            if P.is_eof(pkt):
+                self._track(P.eof_status(pkt), None)
+                return defs, rows
+            rows.append(pkt)
+
+    async def set_multi(self, on: bool) -> None:
+        """COM_SET_OPTION: multi-statements on or off (connections log in with them on; the
+        session turns them off around a `a; b` from a client that has them off)."""
+        await self.command(bytes((P.COM_SET_OPTION, 0 if on else 1, 0)))
+        pkt = await self.read_packet()
+        if pkt[0] == 0xFF:
+            e = P.parse_err(pkt)
+            raise BackendError(e.code, e.sqlstate, e.message, pkt)
+
+    async def wait_gtid(self, gtid: str, timeout_s: float) -> bool:
+        """Bounded wait until this server applied `gtid` (MariaDB or MySQL flavour)."""
+        fn = "MASTER_GTID_WAIT" if self.mariadb else "WAIT_FOR_EXECUTED_GTID_SET"
+        row = await self.fetch_one(f"SELECT {fn}('{gtid}', {timeout_s:.3f})")
+        return row is not None and row[0] == "0"
+
+    async def fetch_one(self, sql: str) -> list[str | None] | None:
+        rows, _ = await self.query(sql)
+        return rows[0] if rows else None
+
+    # ---- forwarding -------------------------------------------------------------------
+
+    async def relay(
+        self,
+        out: PacketIO | BufferWriter | None,
+        ok_hook: Callable[[P.OkPacket], bytes] | None = None,
+        field_list: bool = False,
+        cursor: bool = False,
+    ) -> Relayed:
+        """Forward one command's whole response to `out` (None: swallow it).
+
+        Result-set packets are copied untouched; OK packets go through `ok_hook`, which returns
+        the bytes the client should get (session tracking stripped, counters kept). Bytes reach
+        the client once the response is complete or 256 KiB are pending, so a failure before
+        that leaves the client untouched and the statement can be retried elsewhere.
+        """
+        sc = ReplyScanner(self, ok_hook, field_list, cursor)
+        try:
+            return await self._relay(sc, out)
+        finally:
+            if not sc.done:
+                # Left mid-reply (client gone, cancelled): the rest of the reply is still on
+                # the wire, so this connection can never serve another command.
+                self.broken = True
+
+    async def _relay(self, sc: ReplyScanner, out: PacketIO | BufferWriter | None) -> Relayed:
+        r = sc.r
+        pending: list[bytes] = []
+        size = 0
+        io = self.io
+        while not sc.done:
+            try:
+                chunk = await io.read(_READ_CHUNK)
+            except (ConnectionError, OSError) as e:
+                chunk = b""
+                reason = str(e)
+            else:
+                reason = "EOF"
+            if not chunk:
+                self.broken = True
+                if out is not None and pending:
+                    out.write(b"".join(pending))
+                    r.sent_to_client = True
+                raise BackendLost(f"lost connection to {self.addr} during query ({reason})",
+                                  delivered=r.sent_to_client)
+            piece = sc.feed(chunk)
+            if piece:
+                pending.append(piece)
+                size += len(piece)
+            if out is not None and size >= _FLUSH_AT:
+                out.write(b"".join(pending))
+                pending.clear()
+                size = 0
+                r.sent_to_client = True
+                await out.drain()
+        if sc.tail:
+            self.broken = True  # trailing bytes after a complete response: protocol desync
+            raise BackendLost(f"protocol desync on {self.addr}")
+        if out is not None:
+            out.write(pending[0] if len(pending) == 1 else b"".join(pending))
+            r.sent_to_client = True
+        return r
+
+    def _track(self, status: int, ok: P.OkPacket | None) -> None:
+        self.status = status
+        if ok is None:
+            return
+        if ok.sysvars:
+            self.names = absorb(self.names, ok.sysvars, self.catalog)
+            keep, pin = split_reported(ok.sysvars)
+            self.sysvars.update(keep)
+            if pin:
+                self.dirty = True  # e.g. SET timestamp: only a reset takes it away
+        if ok.schema is not None:
+            self.schema = ok.schema or None
+        if ok.last_insert_id:
+            self.last_insert_id = ok.last_insert_id
+
+    @property
+    def in_trans(self) -> bool:
+        return bool(self.status & P.SERVER_STATUS_IN_TRANS)
+
+    # ---- prepared statements ----------------------------------------------------------
+
+    def stmt_key(self, sql: str) -> tuple[str | None, str]:
+        return (self.schema, sql)
+
+    async def free_statements(self, retry: int) -> None:
+        """The server's max_prepared_stmt_count is reached: close the statements kept for
+        reuse here and on the pool's idle connections, then give the server a moment to
+        process those closes (they travel on other connections, unanswered)."""
+        self.drop_cached()
+        if self.pool is not None:
+            self.pool.drop_cached_statements()
+        await asyncio.sleep(0.02 * (4 - retry))
+
+    def _close_on_server(self, pok: P.PrepareOk) -> None:
+        """COM_STMT_CLOSE for a statement prepared here (it has no reply to read)."""
+        self.send(bytes((P.COM_STMT_CLOSE,)) + struct.pack("<I", pok.stmt_id))
+
+    def drop_cached(self) -> None:
+        """Close every statement this connection keeps prepared (no replies to read)."""
+        while self.stmts:
+            _, old = self.stmts.popitem(last=False)
+            self._close_on_server(old)
+
+    def close_stmt(self, sql: str) -> None:
+        """The client closed its statement: close it here too (COM_STMT_CLOSE has no reply)."""
+        pok = self.stmts.pop(self.stmt_key(sql), None)
+        if pok is not None:
+            self._close_on_server(pok)
+
+    async def prepare(self, sql: str, retry: int = 3) -> P.PrepareOk:
+        """Prepare `sql` here unless already cached on this connection.
+
+        Statements the proxy keeps prepared for reuse count against the server's
+        max_prepared_stmt_count like a client's: when the server refuses one more (1461), the
+        cached ones (this connection's, then those of the pool's idle connections) are closed
+        and it is tried again, so a client that closes its statements never meets a limit
+        MySQL would not have made it meet."""
+        key = self.stmt_key(sql)
+        got = self.stmts.get(key)
+        if got is not None:
+            self.stmts.move_to_end(key)
+            return got
+        await self.command(bytes((P.COM_STMT_PREPARE,)) + sql.encode())
+        pkt = await self.read_packet()
+        if pkt[0] == 0xFF:
+            e = P.parse_err(pkt)
+            if e.code == ER_MAX_PREPARED_STMT_COUNT and retry:
+                await self.free_statements(retry)
+                return await self.prepare(sql, retry - 1)
+            raise BackendError(e.code, e.sqlstate, e.message, pkt)
+        pok = P.parse_prepare_ok(pkt)
+        for _ in range(pok.num_params + (1 if pok.num_params else 0)):
+            await self.read_packet()
+        for _ in range(pok.num_columns + (1 if pok.num_columns else 0)):
+            await self.read_packet()
+        self.keep_stmt(key, pok)
+        return pok
+
+    def keep_stmt(self, key: tuple[str | None, str], pok: P.PrepareOk) -> None:
+        """Cache a statement prepared here (the least recently used beyond STMT_CACHE, or one
+        of the same key, is closed on the server)."""
+        old = self.stmts.pop(key, None)
+        if old is not None:
+            self._close_on_server(old)
+        self.stmts[key] = pok
+        if len(self.stmts) > STMT_CACHE:
+            _, old = self.stmts.popitem(last=False)
+            self._close_on_server(old)
+
+    # ---- reset and close --------------------------------------------------------------
+
+    async def reset(self) -> None:
+        """COM_RESET_CONNECTION: roll back, drop temp tables, user vars, locks, statements."""
+        await self.command(bytes((P.COM_RESET_CONNECTION,)))
+        pkt = await self.read_packet()
+        if pkt[0] == 0xFF:
+            e = P.parse_err(pkt)
+            raise BackendError(e.code, e.sqlstate, e.message, pkt)
+        self.stmts.clear()
+        self.dirty = False
+        self.diag = self.warned = False
+        self.status = P.SERVER_STATUS_AUTOCOMMIT
+        self.last_insert_id = 0
+        await self.init_session()
+
+    def close(self) -> None:
+        self.broken = True
+        try:
+            self.io.write(b"\x01\x00\x00\x00\x01")  # COM_QUIT
+            self.io.close()
+        except Exception:  # noqa: BLE001 - closing a dead socket may fail any way it likes
+            pass
+
+
+_MAX_PACKET = P.MAX_PACKET  # a global, not a module attribute, in the scanner's loop
+
+
+class ReplyScanner:
+    """Incremental parser of one command's response, fed whatever the socket delivered.
+
+    Shared by the awaiting relay and the fast lane's callbacks. `feed` returns the bytes to
+    forward: complete packets, untouched except OK packets, which `ok_hook` rewrites (the client
+    never negotiated session tracking). A result set in one chunk comes back as that chunk.
+    """
+
+    __slots__ = ("conn", "ok_hook", "state", "cols_left", "cont", "r", "tail", "cursor")
+
+    def __init__(self, conn: BackendConn, ok_hook: Callable[[P.OkPacket], bytes] | None,
+                 field_list: bool = False, cursor: bool = False) -> None:
+        self.conn = conn
+        # a COM_STMT_EXECUTE that asked for a cursor: an EOF with SERVER_STATUS_CURSOR_EXISTS
+        # after the column definitions ends the reply. Elsewhere the flag only says a stored
+        # program has a cursor open (MariaDB sets it on the EOFs of result sets a procedure
+        # returns while one is open), and the rows follow as usual.
+        self.cursor = cursor
+        self.ok_hook = ok_hook
+        self.state = 3 if field_list else 0  # 0 first, 1 columns, 2 column-EOF, 3 rows, 9 done
+        self.cols_left = 0
+        self.cont = False
+        self.r = Relayed()
+        self.tail = b""
+
+    @property
+    def done(self) -> bool:
+        return self.state == 9
+
+    def feed(self, data: bytes) -> bytes:
+        buf = self.tail + data if self.tail else data
+        n = len(buf)
+        pos = start = 0
+        state, cols_left, cont, r = self.state, self.cols_left, self.cont, self.r
+        pieces: list[bytes] = []
+        while state != 9 and n - pos >= 4:
+            plen = buf[pos] | (buf[pos + 1] << 8) | (buf[pos + 2] << 16)
+            end = pos + 4 + plen
+            if end > n:
+                break
+            if cont:  # continuation of a packet >= 16 MiB: opaque bytes
+                cont = plen == _MAX_PACKET
+                pos = end
+                continue
+            b0 = buf[pos + 4] if plen else 0
+            cont = plen == _MAX_PACKET
+            if state == 3:
+                if b0 == 0xFE and plen < 9:
+                    st = buf[pos + 7] | (buf[pos + 8] << 8) if plen >= 5 else 0
+                    self.conn.status = r.status = st
+                    w = plen >= 5 and (buf[pos + 5] or buf[pos + 6]) != 0
+                    self.conn.warned = w
+                    self.conn.diag |= w
+                    state = 0 if st & P.SERVER_MORE_RESULTS_EXISTS else 9
+                    r.ended_eof = state == 9
+                elif b0 == 0xFF:
+                    r.err = P.parse_err(bytes(buf[pos + 4 : end]))
+                    self.conn.diag = self.conn.warned = True
+                    state = 9
+                else:
+                    r.rows += 1
+            elif state == 1:
+                cols_left -= 1
+                if cols_left == 0:
+                    state = 2
+            elif state == 2:  # the EOF after the column definitions
+                st = buf[pos + 7] | (buf[pos + 8] << 8) if plen >= 5 else 0
+                if self.cursor and st & P.SERVER_STATUS_CURSOR_EXISTS:
+                    # COM_STMT_EXECUTE that opened a cursor: no rows follow, COM_STMT_FETCH
+                    # asks for them
+                    self.conn.status = r.status = st
+                    state = 9
+                else:
+                    state = 3
+            elif b0 == 0x00 or (b0 == 0xFE and 7 <= plen < 9):
+                ok = P.parse_ok(bytes(buf[pos + 4 : end]), True)
+                self.conn._track(ok.status, ok)
+                r.ok = ok
+                r.status = ok.status
+                self.conn.warned = ok.warnings != 0
+                self.conn.diag |= self.conn.warned
+                r.affected_rows += ok.affected_rows
+                if ok.sysvars:
+                    r.sysvars.update(ok.sysvars)
+                if ok.schema is not None:
+                    r.schema = ok.schema
+                r.state_changed |= ok.state_changed
+                if ok.gtid:
+                    r.gtid = ok.gtid
+                payload = self.ok_hook(ok) if self.ok_hook else P.make_ok(
+                    ok.affected_rows, ok.last_insert_id, ok.status, ok.warnings, ok.info
+                )
+                pieces.append(buf[start:pos])
+                pieces.append(struct.pack("<I", len(payload) | (buf[pos + 3] << 24)) + payload)
+                start = end
+                state = 0 if ok.status & P.SERVER_MORE_RESULTS_EXISTS else 9
+            elif b0 == 0xFF:
+                r.err = P.parse_err(bytes(buf[pos + 4 : end]))
+                self.conn.diag = self.conn.warned = True
+                state = 9
+            elif b0 == 0xFB:  # LOAD DATA LOCAL INFILE: MySQL asks the client for a file
+                r.local_infile = True
+                state = 9
+            else:
+                cols_left, _ = P.lenenc_int(buf, pos + 4)
+                state = 1 if cols_left else 2
+            pos = end
+        self.state, self.cols_left, self.cont = state, cols_left, cont
+        self.tail = buf[pos:] if pos < n else b""
+        if pieces:
+            pieces.append(buf[start:pos])
+            return b"".join(pieces)
+        if start == 0 and pos == n:
+            return buf
+        return buf[start:pos]
+
+
+def _text_row(pkt: bytes, ncols: int) -> list[str | None]:
+    out: list[str | None] = []
+    pos = 0
+    for _ in range(ncols):
+        if pkt[pos] == 0xFB:
+            out.append(None)
+            pos += 1
+        else:
+            s, pos = P.lenenc_str(pkt, pos)
+            out.append(s.decode("utf-8", "replace"))
+    return out
+
+
+def _connect_error(e: Exception, addr: Address) -> Exception:
+    args = getattr(e, "args", ())
+    if args and isinstance(args[0], int) and len(args) > 1:
+        code = int(args[0])
+        if code < 2000:  # a server-side error, e.g. 1045 access denied: keep it
+            return BackendError(code, "28000" if code == 1045 else "HY000", str(args[1]))
+    return BackendLost(f"can't connect to backend {addr}: {e}", sent=False)

@@ -1,0 +1,327 @@
+"""The fast lane: a plain statement on the session's own primary connection, run entirely in
+the event loop's socket callbacks.
+
+The session task (session.py, general.py) is the general path: every statement can go there.
+But most statements of an online shop are point reads and small writes, and for those the task's
+machinery (wake-ups, awaits through session, pool and relay layers) cost more CPU than the
+proxy's actual work. So while the task is idle between commands, a command that arrives is
+first offered here: if it is a statement the general path would simply send to the connection
+the session already holds and relay back, the lane does exactly that from the client socket's
+callback, relays the reply from the backend socket's callback, and does the same bookkeeping
+(session state, metrics, digest, slow log). Anything else goes to the task untouched; a
+backend failure gets the general path's own answer (`reply.lost`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+import time
+from typing import TYPE_CHECKING
+
+from proxy.backends.backend import BackendConn, ReplyScanner
+from proxy.backends.lease import LeaseState
+from proxy.core import metrics as M
+from proxy.core.errors import BackendLost, LeaseReason, ProxyError, client_side
+from proxy.exec import general, prepared, reply
+from proxy.net import protocol as P
+from proxy.plan.classify import Shape, classify, statement_values
+from proxy.plan.plan import Plan, Route, plan
+
+if TYPE_CHECKING:
+    from proxy.engines.hotrow import KeyState
+    from proxy.exec.context import Statement
+    from proxy.net.wire import ClientIO
+
+log = logging.getLogger("seckill.fastlane")
+
+_FLUSH_AT = 256 * 1024
+_unpack_id = struct.Struct("<I").unpack_from
+_pack_id = struct.Struct("<I").pack
+
+
+class FastLane:
+    """One per client session; at most one command in flight (the protocol is request/reply)."""
+
+    def __init__(self, session: Statement, client: ClientIO) -> None:
+        self.s = session
+        self.client = client
+        self.conn: BackendConn | None = None
+        self.shape: Shape | None = None
+        self.plan: Plan | None = None
+        self.command = b""  # the client's command, for a replica read retried on the primary
+        self.scanner: ReplyScanner | None = None
+        self.pending: list[bytes] = []
+        self.size = 0
+        self.sent = False
+        self.t0 = 0.0
+        self._fail_task: asyncio.Future[None] | None = None  # keeps the failure task alive
+        self.ticket: KeyState | None = None  # a hot key counting this statement (hotrow.py)
+        self._reply_cb = self._on_reply  # bound once, not per statement
+        self._lost_cb = self._on_lost
+
+    # ---- start: called by the client socket with a chunk that arrived while the task idles ----
+
+    def _decide(self, data: bytes) -> tuple[BackendConn, Shape, bytes, Plan] | None:
+        """What to send where, if this command is the lane's: its plan (plan.py, the same the
+        general path would make) only forwards, and the lease holds a connection that can
+        serve it now. It changes nothing the general path would not change for the same
+        command (a statement's parameter types, the backend statement cache's recency), so a
+        command it declines goes there unharmed."""
+        n = len(data)
+        if n < 5:
+            return None
+        plen = data[0] | (data[1] << 8) | (data[2] << 16)
+        if plen + 4 != n or data[3] != 0 or plen >= P.MAX_PACKET - 64:
+            return None  # not exactly one whole command
+        s = self.s
+        L = s.lease
+        c = L.conn
+        if (c is None or s.state_stale or c.broken or c.io.eof or c.io.transport.is_closing()
+                or (L.state is not LeaseState.SOFT and L.state is not LeaseState.TRANSACTION)):
+            return None
+        cmd = data[4]
+        values: list[object] = []  # a hot decrement's, for the engine's `lane_ticket`
+        if cmd == P.COM_STMT_EXECUTE:
+            if n < 14:
+                return None
+            st = s.stmts.get(_unpack_id(data, 5)[0])
+            if st is None or not st.shape.lane or data[9] & 0x01:  # flags & 1: a cursor
+                return None
+            key = c.stmt_key(st.sql)
+            pok = c.stmts.get(key)
+            if pok is None:
+                return None
+            shape = st.shape
+            p = plan(shape, s, s.app.policy)
+            if not self._can_run(p):
+                return None
+            rebound = P.rebind_execute(data, 4, st.num_params, pok.stmt_id, st.types)
+            if rebound is None:
+                return None
+            payload, st.types = rebound
+            packet = _pack_id(len(payload)) + payload
+            if p.route is Route.HOTROW:
+                try:
+                    values = statement_values(st.sql, P.decode_binary_params(
+                        P.split_execute(data[4:], st.num_params), st.types, st.num_params))
+                except (ValueError, IndexError):
+                    return None
+            c.stmts.move_to_end(key)
+        elif cmd == P.COM_QUERY:
+            sql = data[5:].decode("utf-8", "surrogateescape")
+            shape = classify(sql)
+            if not shape.lane:
+                return None
+            p = plan(shape, s, s.app.policy)
+            if not self._can_run(p):
+                return None
+            if p.route is Route.HOTROW:
+                values = statement_values(sql)
+            packet = data
+        else:
+            return None
+        if shape.uses_last_insert_id and c.last_insert_id != s.last_insert_id:
+            return None  # the general path first gives this connection the session's value
+        if p.route is Route.HOTROW and not self._ticket(shape, values):
+            return None  # the last check: a ticket taken is given back by `_done`
+        return c, shape, packet, p
+
+    def _ticket(self, shape: Shape, values: list[object]) -> bool:
+        """A hot decrement: only if the engine says at once that it goes as it is."""
+        ok, self.ticket = self.s.app.hotrow.lane_ticket(self.s, shape, values)
+        return bool(ok)
+
+    def _release_ticket(self, ok: bool, rows: int = -1) -> None:
+        t, self.ticket = self.ticket, None
+        if t is not None:
+            self.s.app.hotrow.plain_end(t, ok, rows)
+
+    def _can_run(self, p: Plan) -> bool:
+        """The plan only forwards, and the lease's connection is the one it forwards to."""
+        if not p.lane:
+            return False
+        s = self.s
+        L = s.lease
+        if p.route is Route.DIAG:  # about the previous statement: only on its connection
+            return s.stmt_conn is L.conn
+        if p.route is Route.REPLICA:
+            assert L.pool is not None and p.read is not None
+            return (L.state is LeaseState.SOFT and L.pool.role == "replica"
+                    and s.app.reads.ready_now(L.pool, p.read, s.last_gtid))
+        if L.state is LeaseState.SOFT and L.pool is not s.app.primary_pool():
+            return False  # a replica's connection: the general path changes to the primary
+        return True
+
+    def try_start(self, data: bytes) -> bool:
+        try:
+            got = self._decide(data)
+        except Exception:  # noqa: BLE001 - never fail in a socket callback; the task decides
+            log.exception("fast lane: cannot classify a command; the session task takes it")
+            return False
+        if got is None:
+            return False
+        c, shape, packet, p = got
+        s = self.s
+        if p.gate_write:
+            try:
+                s.app.durability.check_write()  # the gate runs once, here
+            except ProxyError as e:
+                self._release_ticket(False)
+                err = e.packet()
+                self.client.write(struct.pack("<I", len(err) | (1 << 24)) + err)
+                M.count_statement(shape.verb, "primary", "error", 0.0, 1)
+                return True
+        # Out of the soft hold: the pool cannot take the connection back mid-statement.
+        if s.lease.state is LeaseState.SOFT:
+            s.lease.transition(LeaseState.STATEMENT, LeaseReason.ACQUIRED)
+        self.conn, self.shape, self.plan, self.command = c, shape, p, data[4:]
+        self.scanner = ReplyScanner(c, s.client_ok)
+        self.pending, self.size, self.sent = [], 0, False
+        self.t0 = time.perf_counter()
+        s.busy = True
+        self.client.held = True
+        c.last_used = time.monotonic()
+        io = c.io
+        io.sink = self._reply_cb
+        io.sink_lost = self._lost_cb
+        io.transport.write(packet)
+        return True
+
+    # ---- reply: called by the backend socket ---------------------------------------------
+
+    def _on_reply(self, data: bytes) -> None:
+        sc = self.scanner
+        assert sc is not None
+        piece = sc.feed(data)
+        if sc.done and not self.pending:  # the usual case: the whole reply in one chunk
+            if piece:
+                self.client.write(piece)
+                self.sent = True
+            self._complete()
+            return
+        if piece:
+            self.pending.append(piece)
+            self.size += len(piece)
+        if sc.done:
+            self._flush()
+            self._complete()
+        elif self.size >= _FLUSH_AT:
+            self._flush()
+            if self.client.write_paused:  # the client reads slowly: stop reading MySQL too
+                c = self.conn
+                assert c is not None
+                c.io.transport.pause_reading()
+                self.client.on_resume = c.io.transport.resume_reading
+
+    def _flush(self) -> None:
+        if self.pending:
+            p = self.pending
+            self.client.write(p[0] if len(p) == 1 else b"".join(p))
+            self.pending = []
+            self.size = 0
+            self.sent = True
+
+    def _complete(self) -> None:
+        c, sc, shape = self.conn, self.scanner, self.shape
+        assert c is not None and sc is not None and shape is not None
+        s = self.s
+        c.io.sink = c.io.sink_lost = None
+        if sc.tail:  # bytes after a complete reply: protocol desync, never reuse the connection
+            c.broken = True
+        r = sc.r
+        p = self.plan
+        assert p is not None
+        s.keeps_diag = shape.keeps_diag  # (session.stmt_conn: a carried area may stay)
+        if p.route is Route.REPLICA:
+            s.stmt_conn = c
+        else:
+            s.absorb_reply(c, r)
+        s.keeps_diag = False
+        s.settle()
+        self._done("error" if r.err is not None else "ok", r.rows or r.affected_rows)
+
+    def _on_lost(self) -> None:
+        """The backend connection died under the command: the same answer as the general path
+        (`reply.lost`), given from a short task while the client stays held."""
+        c = self.conn
+        assert c is not None
+        c.broken = True
+        if self.sent:
+            # Part of a large result set already went out: the client can only learn that it
+            # was cut short by losing its connection too.
+            conn_id = self.s.connection.connection_id if self.s.connection else None
+            log.warning("backend connection lost after a partial result; closing the client",
+                        extra={"conn_id": conn_id})
+            self.client.transport.abort()
+            self._done("error", 0)
+            return
+        self._fail_task = asyncio.ensure_future(self._fail(c))
+
+    async def _fail(self, c: BackendConn) -> None:
+        s = self.s
+        p = self.plan
+        try:
+            if p is not None and p.route is Route.REPLICA:
+                # Nothing reached the client: as the general path does, the read is retried
+                # (the replica's connection is gone; the monitor takes a dead replica out).
+                await s.lease.release(LeaseReason.BACKEND_LOST)
+                cmd, self.shape = self.command, None  # the general path counts it
+                await (s.com_query(cmd) if cmd[0] == P.COM_QUERY else prepared.execute(s, cmd))
+                return
+            await reply.lost(s, BackendLost(f"lost connection to {c.addr} during query (EOF)"),
+                          retry=False, shape=self.shape)
+        except ProxyError as e:
+            if client_side(e.code):  # errors.client_side: told as MySQL's death is told
+                s.end_reason = f"backend lost ({e.code}): {e.message}"
+                self.client.transport.close()
+                return
+            err = e.packet()
+            self.client.write(struct.pack("<I", len(err) | (1 << 24)) + err)
+            if e.fatal:
+                s.end_reason = f"fatal error {e.code}: {e.message}"
+                self.client.transport.close()
+        except Exception:  # noqa: BLE001 - never leave the client held
+            log.exception("fast lane: failure handling failed")
+            self.client.transport.abort()
+        finally:
+            self._done("error", 0)
+
+    def _done(self, outcome: str, rows: int) -> None:
+        s, shape = self.s, self.shape
+        if shape is None:  # abandoned meanwhile: the session is closing
+            self._release_ticket(False)
+            self.client.release()
+            return
+        dt = time.perf_counter() - self.t0
+        p = self.plan
+        route = "primary"
+        if self.ticket is not None:
+            route = "hotrow-plain"
+            self._release_ticket(outcome == "ok", rows)
+        if p is not None and p.route is Route.REPLICA and p.read is not None:
+            route = "replica"
+            pool = s.lease.pool
+            s.app.reads.count(p.read.consistency, "replica", pool.label if pool else None)
+        self._reset()
+        M.count_statement(shape.verb, route, outcome, dt, 1)
+        s.app.digest.record(shape, dt, route, rows)
+        if dt * 1000 >= s.app.slow_ms > 0:
+            general.slow(s, shape, dt, route, outcome)
+        s.busy = False
+        self.client.release()
+
+    def _reset(self) -> None:
+        self.conn = self.scanner = self.shape = self.plan = None
+        self.pending = []
+
+    def abandon(self) -> None:
+        """The session ends with a command in flight: its connection can never be reused."""
+        c = self.conn
+        self._release_ticket(False)
+        if c is not None:
+            c.broken = True
+            c.io.sink = c.io.sink_lost = None
+            self._reset()
+

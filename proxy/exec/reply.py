@@ -1,0 +1,139 @@
+"""A statement's reply and what follows it, shared by every executor: relaying it (LOAD DATA
+LOCAL, multi-statements with CLIENT_MULTI_STATEMENTS off), taking over the session state it
+reports, the GTID of a write whose reply did not carry it, the replica acknowledgement it may
+wait for, user variables carried off a replica, and the truth when the backend connection dies
+under a statement (`lost`)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from proxy.backends.backend import BackendConn, BufferWriter, Relayed
+from proxy.core.errors import CR_SERVER_LOST, BackendError, BackendLost, LeaseReason, ProxyError
+from proxy.core.gtid import union as gtid_union
+from proxy.exec import infile, uservars
+from proxy.net import protocol as P
+from proxy.plan.classify import Shape
+
+if TYPE_CHECKING:
+    from proxy.exec.context import Statement
+
+
+async def gtid_after(s: Statement, c: BackendConn, r: Relayed) -> None:
+    """A write whose reply ended without an OK that carried its GTID (RETURNING's result set;
+    a procedure or multi-statement that ends with one): once it committed (the connection is
+    not in a transaction), its GTID is MariaDB's @@last_gtid on the same connection, read
+    before the (held) reply goes out, so read-your-writes and `ack: replica` cover it as any
+    write. Merged into the session's position: a statement that wrote nothing leaves the
+    connection's previous GTID there, which must not move the session's watermark back."""
+    if r.gtid or not r.ended_eof or c.in_trans or not c.mariadb or c.broken:
+        return  # (a reply that ended with an OK carried its GTID, if it wrote: MariaDB's
+        # session tracking reports last_gtid there; reading it again would be observable)
+    try:
+        row = await c.fetch_one("SELECT @@last_gtid")
+    except BackendError:
+        return
+    except BackendLost:
+        c.broken = True  # the reply is read: the pool closes this connection
+        return
+    got = row[0] if row else None
+    if got:
+        r.gtid = str(gtid_union(s.last_gtid, got)) if s.last_gtid else got
+
+
+async def finish(s: Statement, c: BackendConn, r: Relayed, hold: BufferWriter | None,
+                 read_gtid: bool = False) -> Relayed:
+    """After a statement's reply: take over session state (the GTID of a write whose reply
+    did not carry it: Plan.gtid_after), give the connection back, then let the (possibly
+    held) reply go out."""
+    if read_gtid and r.err is None:
+        await gtid_after(s, c, r)
+    s.absorb_reply(c, r)
+    carry = None
+    if s.replica_vars and s.replica_txn and not s.in_txn:
+        carry = await read_user_vars(s, c)
+    s.settle()
+    if carry is not None:
+        await restore_user_vars(s, carry)
+    if hold is not None:
+        await release_held(s, hold, r)
+    await s.drain_client()
+    return r
+
+
+async def read_user_vars(s: Statement, c: BackendConn) -> uservars.Carry | None:
+    """The replica RO transaction is over: read its user variables there (uservars.py)."""
+    vs, s.replica_vars = sorted(s.replica_vars), set()
+    carry = await uservars.read(c, vs)
+    if carry is not None and s.pin == "user variable":
+        s.pin = None  # carried, not dropped: no warning at the lease's end
+    return carry
+
+
+async def restore_user_vars(s: Statement, carry: uservars.Carry) -> None:
+    """Set them on a primary connection the session then keeps, as after `SET @x` there."""
+    c = await s.primary_conn()
+    s.pin = "user variable"
+    c.dirty = True
+    try:
+        await uservars.restore(c, carry)
+    except BackendLost as e:
+        await lost(s, e, retry=False, shape=None)
+    s.settle()
+
+
+async def run_on(s: Statement, c: BackendConn, payload: bytes, out: Any,
+                  shape: Shape | None = None) -> Relayed:
+    conn = s.connection
+    if shape is not None and shape.verb == "LOAD" and not infile.allowed(
+            shape, s.app.cfg.limits.local_infile,
+            int(conn.capabilities) if conn is not None else None):
+        raise infile.refused()
+    r = await send_and_relay(s, c, payload, out, shape)
+    if r.local_infile:
+        assert conn is not None
+        r = await infile.relay_file(c, out, s.out, conn.stream.reader, s.drain_client,
+                                    s.client_ok)
+    return r
+
+
+async def send_and_relay(s: Statement, c: BackendConn, payload: bytes, out: Any,
+                          shape: Shape | None) -> Relayed:
+    if shape is not None and shape.multi and not s.multi:
+        await c.set_multi(False)
+        try:
+            await c.command(payload)
+            return await c.relay(out, s.client_ok)
+        finally:
+            if not c.broken:
+                await c.set_multi(True)
+    await c.command(payload)
+    return await c.relay(out, s.client_ok)
+
+
+async def release_held(s: Statement, hold: BufferWriter, r: Relayed) -> None:
+    """ack: replica — the OK goes out once replicas confirmed the write's GTID."""
+    if r.gtid and r.err is None:
+        await s.app.durability.wait_ack(r.gtid)
+    s.out.write(bytes(hold.buf))
+
+
+async def lost(s: Statement, e: BackendLost, retry: bool, shape: Shape | None) -> None:
+    """The backend connection died under a statement: retry, or tell the client the truth."""
+    held = s.holds_conn()
+    await s.drop_conn(LeaseReason.BACKEND_LOST)
+    s.status &= ~P.SERVER_STATUS_IN_TRANS
+    s.release_slots()
+    if retry and not held:
+        return  # nothing reached MySQL: the loop runs the statement on a fresh connection
+    if held:
+        s.pin = None
+        raise ProxyError(
+            CR_SERVER_LOST,
+            f"Lost connection to MySQL server during query ({e.reason}); "
+            "the transaction was rolled back or its outcome is unknown",
+            fatal=True,
+        )
+    what = "outcome unknown" if shape is None or shape.is_write else "not executed"
+    raise ProxyError(CR_SERVER_LOST, f"Lost connection to MySQL server during query ({what})")
+

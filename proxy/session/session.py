@@ -1,0 +1,561 @@
+"""One client session: which backend connection serves it, and the state it must carry.
+
+Backend connections are lent per statement (or per transaction) and given back as soon as the
+session holds nothing on them, so 10,000 clients can share a few hundred MySQL connections. The
+session keeps what must follow it from connection to connection (database, session variables,
+LAST_INSERT_ID) and replays it on the connection it gets. When a statement leaves state the
+proxy cannot replay (user variables, temporary tables, named locks...), the session is pinned
+to its connection until it disconnects or resets; the pin always carries a reason string.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import struct
+from typing import TYPE_CHECKING, Any
+
+from mysql_mimic.session import BaseSession
+from mysql_mimic.variables import GlobalVariables, SessionVariables
+
+from proxy.backends.backend import BackendConn, Relayed
+from proxy.backends.lease import Lease, LeaseState
+from proxy.core.errors import BackendError, BackendLost, LeaseReason, ProxyError
+from proxy.core.state import LOGIN_NAMES, Answered, Carried, Names, Wanted, absorb, split_reported
+from proxy.engines.escrow import Reservation
+from proxy.exec import general, local, reply
+from proxy.exec.fastlane import FastLane
+from proxy.net import protocol as P
+from proxy.net import tracking
+from proxy.net.tracking import Tracking
+from proxy.net.wire import ClientIO
+from proxy.plan.classify import classify, session_txn_as_vars, with_conn_id
+from proxy.plan.plan import Route, plan
+
+if TYPE_CHECKING:
+    from proxy.exec.context import ClientLink, ClientStmt, Services
+
+log = logging.getLogger("seckill.session")
+
+
+
+class ProxySession(BaseSession):
+    def __init__(self, app: Services) -> None:
+        self.app = app
+        self.variables = SessionVariables(GlobalVariables())
+        self.variables.set("version", app.server_version, force=True)
+        self.username: str | None = None
+        self._database: str | None = None
+        self.connection: ClientLink | None = None
+        self.lease = Lease()
+        # Ran the session's last statement; Answered when the proxy answered it itself (merge);
+        # Carried: the diagnostics area of a connection the session left (state.Carried).
+        self._stmt_conn: BackendConn | Answered | Carried | None = None
+        # The running statement opens no table (Shape.keeps_diag; set by general.run_plan)
+        self.keeps_diag = False
+        # ROW_COUNT() after a SELECT the proxy answered itself (-1, as after any SELECT); the
+        # warnings stay those of the statement before (a SELECT without tables keeps them)
+        self.row_count_local: int | None = None
+        self.last_conn: BackendConn | None = None
+        self.pin: str | None = None
+        self.replica_vars: set[str] = set()  # user variables named in a replica RO transaction
+        self.escrow: list[Reservation] = []  # units reserved for its open transaction
+        self.txn_hot: set[Any] = set()  # hot keys its open transaction locked itself
+        self.sysvars: dict[str, str] = {}  # replayable session variables the client changed
+        self.names: Names = LOGIN_NAMES  # character set and collation (state.py)
+        self.handshake_names: Names = LOGIN_NAMES
+        self.multi = True  # CLIENT_MULTI_STATEMENTS, from the handshake and COM_SET_OPTION
+        self.status = P.SERVER_STATUS_AUTOCOMMIT
+        self.last_insert_id = 0
+        self.last_gtid: str | None = None
+        self.stmts: dict[int, ClientStmt] = {}
+        self.stmt_bytes = 0  # text of self.stmts (prepared.MAX_CLIENT_STMT_BYTES)
+        self.next_stmt_id = 1
+        self.last_stmt: int | None = None  # the last statement prepared (MariaDB id -1)
+        self.found_rows = False
+        self.backend_caps = 0
+        # what this client's OK packets report (tracking.py); None: it did not negotiate
+        # CLIENT_SESSION_TRACK
+        self.track: Tracking | None = None
+        self.busy = False
+        self.held_slots: list[asyncio.Semaphore] = []  # hot-row queue slots held to txn end
+        self.state_stale = False  # session state changed locally, not yet on self.conn
+        self.read_consistency: str | None = None  # session override of routing.read_consistency
+        self.read_after_gtid: str | None = None  # token: reads must see this GTID
+        self.lane: FastLane | None = None
+        self.end_reason: str | None = None  # why the fast lane ended the connection
+
+    # ---- mysql-mimic hooks --------------------------------------------------------------
+
+    async def init(self, connection: Any) -> None:
+        if self.connection is connection:
+            return  # already run by the login check (frontend `_login_gate`)
+        self.connection = connection
+        self.found_rows = bool(int(connection.capabilities) & P.CLIENT_FOUND_ROWS)
+        # what the backend connection must have negotiated as the client did (pool key)
+        self.backend_caps = ((P.CLIENT_FOUND_ROWS if self.found_rows else 0)
+                             | getattr(connection, "client_ext", 0))
+        if int(connection.capabilities) & P.CLIENT_SESSION_TRACK:
+            self.track = BackendConn.catalog.tracking
+        self.multi = bool(int(connection.capabilities) & P.CLIENT_MULTI_STATEMENTS)
+        self.handshake_names = self.names = connection.client_names
+        self.sysvars = {}
+        reader = connection.stream.reader
+        if isinstance(reader, ClientIO):
+            self.lane = FastLane(self, reader)
+            reader.fast = self.lane.try_start
+
+    async def check_login(self) -> bytes | None:
+        """What MySQL refuses at login rather than at the first query: a default database that
+        does not exist (1049) or a user MySQL does not accept. The connection used for the
+        check stays with the session for its first statement. Returns MySQL's ERR packet."""
+        mon = self.app.monitor
+        st = mon.states.get(self.app.primary_key()) if mon is not None else None
+        if (not self.database or not self.app.primary_pool().can_lend_now()
+                or (st is not None and st.state == "down")):
+            # never make a login wait for a busy pool or a primary the monitor sees down (it
+            # would wait for a failover): the first statement will
+            return None
+        try:
+            await self.primary_conn()
+        except BackendError as e:
+            return e.raw
+        except (BackendLost, ProxyError):
+            return None  # MySQL unreachable now: the first statement reports it
+        self.settle()
+        return None
+
+    async def close(self) -> None:
+        if self.lane is not None:
+            self.lane.abandon()
+        await self.drop_conn(LeaseReason.CLIENT_GONE)  # rolls an open transaction back
+        self.status &= ~P.SERVER_STATUS_IN_TRANS
+        self.txn_over()
+        self.release_slots()
+
+    def tls_required(self, user: str) -> bool:
+        """REQUIRE SSL for this login: `tls.require`, or the user's `require_tls`."""
+        cfg = self.app.cfg
+        if cfg.tls is not None and cfg.tls.require:
+            return True
+        return any(u.name == user and u.require_tls for u in cfg.users)
+
+    def txn_over(self) -> None:
+        """The session's transaction is over (committed, rolled back, or its connection gone):
+        the hot-row engine resolves what it reserved for it (escrow.py)."""
+        if self.escrow:
+            self.app.hotrow.escrow.ended(self.escrow)
+            self.escrow = []
+        self.txn_hot.clear()
+
+    def escrow_conn(self) -> BackendConn | None:
+        """The primary connection that holds this session's open transaction, if any."""
+        L = self.lease
+        c = L.conn
+        if (L.state is LeaseState.TRANSACTION and c is not None and not c.broken
+                and c.pool is self.app.primary_pool()):
+            return c
+        return None
+
+    def release_slots(self) -> None:
+        """Give back hot-row queue slots once no transaction holds them."""
+        if self.held_slots and not self.status & P.SERVER_STATUS_IN_TRANS:
+            for sem in self.held_slots:
+                sem.release()
+            self.held_slots.clear()
+
+    async def reset(self) -> None:
+        """COM_RESET_CONNECTION / COM_CHANGE_USER: back to a fresh session."""
+        await self.drop_conn(LeaseReason.SESSION_RESET)
+        self.sysvars = {}
+        self.names = self.handshake_names
+        self.status = P.SERVER_STATUS_AUTOCOMMIT
+        self.release_slots()
+        self.stmts.clear()
+        self.stmt_bytes = 0
+        self.last_stmt = None
+        self.last_insert_id = 0
+        self.pin = None
+        self._stmt_conn = None
+        if self.track is not None:
+            self.track = BackendConn.catalog.tracking
+
+    async def use(self, database: str) -> None:  # not used: COM_INIT_DB is forwarded
+        self.database = database
+
+    @property
+    def database(self) -> str | None:
+        return self._database
+
+    @database.setter
+    def database(self, name: str | None) -> None:
+        """'' is no database: what mysql-mimic leaves after a handshake or COM_CHANGE_USER
+        without one (mysql-connector-python sends CLIENT_CONNECT_WITH_DB and an empty name),
+        and what session tracking reports after the database is dropped."""
+        self._database = name or None
+
+    # ---- the view a plan reads (plan.SessionView) -----------------------------------------
+
+    @property
+    def in_txn(self) -> bool:
+        return bool(self.status & P.SERVER_STATUS_IN_TRANS)
+
+    @property
+    def stmt_conn(self) -> BackendConn | Answered | Carried | None:
+        """Where the session's diagnostics area is: the connection that ran its last
+        statement, Answered, or Carried."""
+        return self._stmt_conn
+
+    @stmt_conn.setter
+    def stmt_conn(self, c: BackendConn | Answered | Carried | None) -> None:
+        if not (self.keeps_diag and isinstance(self._stmt_conn, Carried)
+                and isinstance(c, BackendConn) and not c.warned):
+            self._stmt_conn = c  # else it opened no table and raised nothing: the area stays
+        self.row_count_local = None
+
+    async def leave(self, reason: LeaseReason) -> None:
+        """Give back the lease's connection: this statement runs on another. When the session's
+        diagnostics area is there with conditions in it and this statement opens no table, the
+        area stays the session's (MySQL keeps it): it is taken along first (state.Carried)."""
+        L = self.lease
+        c = L.conn
+        if (self.keeps_diag and c is not None and c is self._stmt_conn and c.warned
+                and not c.broken):
+            if L.state is LeaseState.SOFT:  # the pool must not take it back meanwhile
+                L.transition(LeaseState.STATEMENT, LeaseReason.ACQUIRED)
+            try:
+                defs, rows = await c.query_raw("SHOW WARNINGS")
+                self._stmt_conn = Carried(tuple(defs), tuple(rows), tuple(
+                    bytes(P.lenenc_str(r, 0)[0]).decode("ascii", "replace") for r in rows))
+            except BackendError:
+                pass  # (not expected) the area is lost, as before
+            except BackendLost:
+                c.broken = True
+        await L.release(reason)
+
+    @property
+    def answered_rows(self) -> int | None:
+        if self.row_count_local is not None:
+            return self.row_count_local
+        c = self._stmt_conn
+        return c.rows if isinstance(c, Answered) else None
+
+    @property
+    def replica_txn(self) -> bool:
+        return self.lease.state is LeaseState.REPLICA_TXN
+
+    # ---- the lease: this session's hold on a backend connection (lease.py) ---------------
+
+    @property
+    def conn(self) -> BackendConn | None:
+        return self.lease.conn
+
+    def idle_timeout(self) -> float:
+        """Seconds of client silence after which MySQL closes the connection."""
+        v = self.sysvars.get("wait_timeout")
+        if v is not None:
+            try:
+                return max(float(v), 1.0)
+            except ValueError:
+                pass
+        cat = BackendConn.catalog
+        interactive = self.connection is not None and bool(
+            int(self.connection.capabilities) & P.CLIENT_INTERACTIVE)
+        return float(cat.interactive_timeout if interactive else cat.wait_timeout)
+
+    def wanted(self) -> Wanted:
+        """The state a backend connection must carry to serve this session."""
+        return Wanted(self.database, self.names, self.sysvars)
+
+    @property
+    def password(self) -> str:
+        return self.app.password_of(self.username or "") or ""
+
+    async def primary_conn(self) -> BackendConn:
+        """The connection a statement for the primary runs on: the one the lease holds (a
+        transaction or pin holds it wherever it is), else a primary connection."""
+        L = self.lease
+        c = L.conn
+        if c is not None and L.pool is not None and L.pool.role == "fenced":
+            c.broken = True  # a connection to the former primary: never write there again
+            await L.release(LeaseReason.PRIMARY_MOVED)
+            c = None
+        if c is not None and L.state is LeaseState.SOFT:
+            if L.pool is not self.app.primary_pool():
+                await self.leave(LeaseReason.ROUTE_CHANGE)  # a replica's, kept after a read
+                c = None
+            elif c.broken or c.io.at_eof():
+                c.broken = True  # died while idle (backend restart, idle timeout): replace it
+                await L.release(LeaseReason.STALE_WHILE_IDLE)
+                c = None
+            else:
+                L.transition(LeaseState.STATEMENT, LeaseReason.ACQUIRED)
+        if c is not None:
+            if self.state_stale:
+                self.state_stale = False
+                assert L.pool is not None
+                if not await L.pool.apply_state(c, self.wanted()):
+                    await L.release(LeaseReason.NEEDS_NO_DATABASE)
+                    return await self.primary_conn()
+            return c
+        pool = await self.app.writable_primary()
+        c = await pool.acquire(self.username or "", self.password, self.backend_caps,
+                               self.last_conn, self.wanted())
+        L.transition(LeaseState.STATEMENT, LeaseReason.ACQUIRED, c, pool)
+        self.last_conn = c
+        self.state_stale = False
+        await self.clear_foreign_diag(c)
+        if c.broken:
+            await L.release(LeaseReason.BACKEND_LOST)
+            return await self.primary_conn()
+        return c
+
+    async def clear_foreign_diag(self, c: BackendConn) -> None:
+        """A connection that comes to this session with another session's warnings or error
+        still in its diagnostics area gets it cleared first: MySQL keeps that area across
+        statements without tables (SET, DO, SELECT 1), so this session's SHOW WARNINGS would
+        show the other's."""
+        if c.diag and c is not self.stmt_conn:
+            try:
+                await c.clear_diagnostics()
+            except BackendError:
+                pass  # (not expected: every user may read that table) left as it is
+            except BackendLost:
+                c.broken = True  # the caller replaces it, or the statement's retry does
+
+    def holds_conn(self) -> bool:
+        return bool(self.pin) or self.in_txn
+
+    def settle(self) -> None:
+        """After a statement: what the lease becomes (one decision for both paths)."""
+        L = self.lease
+        c = L.conn
+        if (self.escrow or self.txn_hot) and (not self.in_txn or c is None or c.broken):
+            self.txn_over()
+        if c is None:
+            return
+        if L.state is LeaseState.REPLICA_TXN:
+            if self.in_txn:
+                return
+            if self.pin:
+                # State taken inside a read-only transaction on a replica cannot follow the
+                # session to the primary; the replica connection is reset, the pin dropped.
+                log.warning("session state set inside a replica read-only transaction was "
+                            "dropped at its end (%s)", self.pin)
+                self.pin = None
+                c.dirty = True
+            L.transition(LeaseState.NONE, LeaseReason.STATEMENT_DONE)
+        elif c.broken:
+            L.transition(LeaseState.NONE, LeaseReason.BACKEND_LOST)
+        elif self.pin:
+            c.dirty = True
+            L.transition(LeaseState.PINNED, LeaseReason.PINNED)
+            self._watch_held(c)
+        elif self.in_txn:
+            L.transition(LeaseState.TRANSACTION, LeaseReason.TRANSACTION)
+            self._watch_held(c)
+        elif c.dirty or c.in_trans:
+            L.transition(LeaseState.NONE, LeaseReason.STATEMENT_DONE)
+        else:
+            L.transition(LeaseState.SOFT, LeaseReason.STATEMENT_DONE)
+
+    def _watch_held(self, c: BackendConn) -> None:
+        """A held connection (transaction, pinned state) that the server closes while the
+        session is idle (idle_transaction_timeout, wait_timeout, KILL, a restart) ends the
+        client's connection at once, as MySQL's own close would: the client's next command
+        then fails in its library (2006 "gone away"), as directly. During a command the
+        command's path reports it (the fast lane sets its own hook)."""
+        c.io.sink_lost = lambda: self._held_lost(c)  # (settle: no command runs on it now)
+
+    def _held_lost(self, c: BackendConn) -> None:
+        if self.busy or self.lease.conn is not c or self.connection is None:
+            return
+        c.broken = True
+        self.end_reason = "the server closed the connection holding the session's " + (
+            "transaction" if self.in_txn else f"state ({self.pin})")
+        t = self.connection.stream.writer.transport
+        sock = t.get_extra_info("socket")
+        if sock is not None:  # a reset, as MariaDB's close of a timed-out connection arrives:
+            # the client's next write fails and it reports 2006 "gone away", as directly
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        t.abort()
+
+    async def drop_conn(self, reason: LeaseReason) -> None:
+        c = self.lease.conn
+        if c is None:
+            return
+        self.last_conn = None
+        if self.pin:
+            c.dirty = True
+        await self.lease.release(reason)
+
+    # ---- writing to the client ----------------------------------------------------------
+
+    @property
+    def out(self) -> ClientIO:
+        assert self.connection is not None
+        return self.connection.stream.writer  # type: ignore[no-any-return]
+
+    async def send(self, payload: bytes) -> None:
+        """One reply packet with the next sequence id; drains only when the socket is backed up."""
+        assert self.connection is not None
+        stream = self.connection.stream
+        seq = next(stream.seq)
+        if len(payload) >= P.MAX_PACKET:
+            stream.seq.value = seq  # rewind: mimic's writer splits large packets itself
+            await stream.write(payload)
+            return
+        w = stream.writer
+        w.write(struct.pack("<I", len(payload) | (seq << 24)) + payload)
+        if w.transport.get_write_buffer_size() >= 65536:
+            await w.drain()
+
+    def ok_packet(self, affected: int = 0, insert_id: int = 0, warnings: int = 0, info: bytes = b"",
+                  state: bytes = b"") -> bytes:
+        return P.make_ok(affected, insert_id, self.status, warnings, info, state=state)
+
+    def client_ok(self, ok: P.OkPacket) -> bytes:
+        if ok.last_insert_id:
+            self.last_insert_id = ok.last_insert_id
+        t = self.track
+        if t is None:
+            return P.make_ok(ok.affected_rows, ok.last_insert_id, ok.status, ok.warnings, ok.info)
+        if ok.sysvars:  # a SET of session_track_* applies to its own OK already, as in MariaDB
+            t = self.track = t.updated(ok.sysvars)
+        return P.make_ok(ok.affected_rows, ok.last_insert_id, ok.status, ok.warnings, ok.info,
+                         state=t.of_ok(ok))
+
+    async def retrack(self, c: BackendConn) -> None:
+        """The client changed its session_track_* settings (Plan.retrack): keep them for its
+        OK packets, and give the connection back the proxy's own tracking (backend.py)."""
+        row = await c.fetch_one("SELECT " + ", ".join(f"@@session.{v}" for v in tracking.VARS))
+        if row is not None and self.track is not None:
+            self.track = self.track.from_backend(*row)
+        await c.track_all()
+
+    # ---- statements ---------------------------------------------------------------------
+
+    async def com_query(self, payload: bytes) -> None:
+        sql = text = payload[1:].decode("utf-8", "surrogateescape")
+        shape = classify(sql)
+        if shape.verb == "SET" and "TRANSACTION" in shape.digest.upper():
+            as_vars = session_txn_as_vars(sql, "mariadb" in self.app.server_version.lower())
+            if as_vars is not None:  # session state, replayed: not a pin (classify.py)
+                sql, shape = as_vars, classify(as_vars)
+        p = plan(shape, self, self.app.policy)
+        if shape.conn_id and self.connection is not None:
+            sql = with_conn_id(sql, self.connection.connection_id)
+        if shape.multi and "KILL" in shape.digest.upper():
+            sql = await local.kills_in_multi(self, sql)
+        if sql is not text:  # what MySQL gets is what the proxy made of the text
+            payload = payload[:1] + sql.encode("utf-8", "surrogateescape")
+        if p.route is Route.LOCAL_SET:
+            await local.local_set(self, shape, sql, payload)
+            return
+        got = await local.answered(self, p, shape, sql)
+        if got is None:
+            return
+        p = got
+        if p.route is Route.KILL and await local.kill(self, sql):
+            return
+        if p.route is Route.PROCESSLIST:
+            await local.processlist(self, payload)
+            return
+        await general.run_plan(
+            self, p, shape, lambda c, out: reply.run_on(self, c, payload, out, shape),
+            lambda q: general.forward(self, payload, shape, q),
+            lambda fwd: self.app.hotrow.intercept(self, sql, shape, fwd), sql)
+
+    # ---- replica reads ---------------------------------------------------------------------
+
+    @property
+    def autocommit_off(self) -> bool:
+        return self.sysvars.get("autocommit", "ON").upper() in ("OFF", "0")
+
+    @property
+    def consistency(self) -> str:
+        return self.read_consistency or self.app.read_consistency
+
+    async def drain_client(self) -> None:
+        out = self.out
+        if out.transport.get_write_buffer_size() >= 65536 or out.transport.is_closing():
+            await out.drain()
+
+    def absorb_reply(self, c: BackendConn, r: Relayed) -> None:
+        self.stmt_conn = c
+        if r.err is not None and r.ok is None:
+            # An ERR carries no status: the transaction state is the connection's (an error
+            # does not end a transaction), except that a deadlock rolls the whole one back.
+            self.status = c.status & ~(P.SERVER_STATUS_IN_TRANS if r.err.code == 1213 else 0)
+            c.status = self.status
+        else:
+            self.status = r.status
+        if r.sysvars:
+            self.names = absorb(self.names, r.sysvars, BackendConn.catalog)
+            keep, unreplayable = split_reported(r.sysvars)
+            self.sysvars.update(keep)
+            if "wait_timeout" in keep and self.connection is not None:
+                self.connection.arm_idle_timer()
+            if unreplayable and not self.pin:
+                self.pin = f"session variable {unreplayable}"
+        if r.schema is not None:
+            self.database = r.schema
+        if r.state_changed and not r.sysvars and r.schema is None and not self.pin:
+            self.pin = "session state changed"
+            c.dirty = True
+        if r.gtid:
+            self.last_gtid = r.gtid
+        self.release_slots()
+
+    # ---- other commands -------------------------------------------------------------------
+
+    async def com_init_db(self, payload: bytes) -> None:
+        r = await general.forward(self, payload, None)
+        if r.err is None:
+            self.database = payload[1:].decode("utf-8", "surrogateescape")
+
+    async def com_field_list(self, payload: bytes) -> None:
+        await general.forward(self, payload, None, field_list=True)
+
+    async def com_ping(self) -> None:
+        await self.send(self.ok_packet())
+
+    async def com_reset_connection(self) -> None:
+        await self.reset()
+        await self.send(self.ok_packet())
+
+    async def com_process_kill(self, payload: bytes) -> None:
+        """COM_PROCESS_KILL (what drivers' `kill(id)` sends): KILL CONNECTION by id."""
+        if len(payload) < 5:
+            raise ProxyError((1835, "08S01"), "Malformed communication packet")
+        tid = struct.unpack_from("<I", payload, 1)[0]
+        if not await local.kill(self, f"KILL {tid}"):
+            await general.forward(self, payload, None)  # a backend thread id: MySQL's own KILL
+
+    async def com_set_option(self, payload: bytes) -> None:
+        """COM_SET_OPTION: multi-statements on (0) or off (1) for this session. Backend
+        connections keep them on (the proxy's own commit records need them); a statement with
+        `;` from a session that has them off runs with them off (`reply.send_and_relay`), so
+        MySQL answers it as it would this client."""
+        if len(payload) != 3 or payload[1] > 1 or payload[2]:
+            raise ProxyError((1047, "08S01"), "Unknown command")
+        self.multi = payload[1] == 0
+        await self.send(P.make_eof(self.status))
+
+    async def com_statistics(self, payload: bytes) -> None:
+        c = await self.primary_conn()
+        await c.command(payload)
+        text = await c.read_packet()
+        self.settle()
+        await self.send(text)
+
+    # ---- prepared statements ------------------------------------------------------------
+
+
+
+
+
+
+
+
