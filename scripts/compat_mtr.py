@@ -71,6 +71,18 @@ def _run(port: int, tests: list[str], vardir: Path, log: Any) -> dict[str, str]:
     return got
 
 
+def _stops_server(test: str) -> bool:
+    suite, _, name = test.partition(".")
+    f = MTR_DIR / suite / f"{name}.test"
+    text = f.read_text(errors="replace") if f.exists() else ""
+    return _STOPS.search(text) is not None
+
+
+_STOPS = re.compile(r"shutdown_server|restart_mysqld|kill_mysqld|^\s*shutdown|restart_server|"
+                    r"crash_mysqld|kill_and_restart|start_mysqld|shutdown_mysqld|--exec.*kill",
+                    re.I | re.M)
+
+
 def _main_suite() -> list[str]:
     return sorted(f"main.{p.stem}" for p in (MTR_DIR / "main").glob("*.test"))
 
@@ -104,8 +116,14 @@ def main(tests: list[str]) -> int:
         # Batches of BATCH tests share mtr's start-up; a test whose verdicts differ runs again
         # alone on both sides (an earlier test of its batch may have left an account or a
         # setting behind that matters on one side only).
-        for i in range(0, len(tests), BATCH):
-            for t, (d, p) in both(tests[i:i + BATCH]).items():
+        # A test that may shut the server down (SHUTDOWN, kill, restart) runs alone: the rest
+        # of a batch would wait for a server that is gone.
+        alone = [t for t in tests if _stops_server(t)]
+        batches = [[t] for t in alone]
+        rest = [t for t in tests if t not in alone]
+        batches += [rest[i:i + BATCH] for i in range(0, len(rest), BATCH)]
+        for batch in batches:
+            for t, (d, p) in both(batch).items():
                 if len(tests) > 1 and d != p:
                     d, p = both([t])[t]
                 got[t] = (d, p)

@@ -139,6 +139,7 @@ def test_compiled_build_is_fresh_and_whole(tmp_path: Path) -> None:
     from proxy import compiled
 
     for m in compiled.HOT:
+        (tmp_path / m).parent.mkdir(exist_ok=True)
         (tmp_path / f"{m}.py").write_text(f"# {m}\n")
     assert compiled.stale(tmp_path) == []  # plain Python: nothing to be stale
     for m in compiled.HOT:
@@ -146,8 +147,8 @@ def test_compiled_build_is_fresh_and_whole(tmp_path: Path) -> None:
     assert compiled.stale(tmp_path) == list(compiled.HOT)  # built, never recorded
     compiled.record(tmp_path)
     assert compiled.stale(tmp_path) == []
-    (tmp_path / "plan.py").write_text("# plan, edited\n")
-    assert compiled.stale(tmp_path) == ["plan"]
+    (tmp_path / "plan/plan.py").write_text("# plan, edited\n")
+    assert compiled.stale(tmp_path) == ["plan/plan"]
     compiled.remove_built(tmp_path)
     assert compiled.built(tmp_path) == [] and compiled.stale(tmp_path) == []
     # This checkout: all hot modules compiled (the install's default) or none (its fallback
