@@ -17,7 +17,7 @@ import signal
 import socket
 import time
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mysql_mimic.control import LocalControl
 
@@ -52,6 +52,14 @@ from proxy.plan.digest import QueryDigest
 from proxy.plan.plan import Policy
 from proxy.session.session import ProxySession
 
+if TYPE_CHECKING:
+    from proxy.engines.durability import Durability
+    from proxy.engines.hotrow import HotRowEngine
+    from proxy.engines.monitor import Monitor
+    from proxy.engines.outcome import OutcomeTracker
+    from proxy.engines.readsplit import ReadRouter
+    from proxy.ops.admin import AdminConsole
+
 log = logging.getLogger("seckill.server")
 DEFAULT_VERSION = "10.11.0-MariaDB-seckill-proxy"
 
@@ -60,6 +68,14 @@ class App:
     """Everything shared by sessions: config, pools, digest, hot-row engine, admin state."""
 
     _primary: Pool
+    # The engines, built by start() (they need the running loop and the primary's answers);
+    # the monitor comes last and is None before it.
+    hotrow: HotRowEngine
+    reads: ReadRouter
+    durability: Durability
+    outcomes: OutcomeTracker
+    monitor: Monitor | None = None
+    admin: AdminConsole | None = None
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
@@ -86,12 +102,6 @@ class App:
         self._primary_waiters: list[asyncio.Future[None]] = []
         self.draining = False
         self._tasks: list[asyncio.Task[Any]] = []
-        self.hotrow: Any = None
-        self.admin: Any = None
-        self.monitor: Any = None
-        self.reads: Any = None
-        self.durability: Any = None
-        self.outcomes: Any = None
         self._build_pools()
         self.policy = self._policy()
 
@@ -99,8 +109,8 @@ class App:
         """What the planner (plan.py) needs of config and engines; rebuilt on RELOAD CONFIG."""
         d = self.cfg.durability
         return Policy(has_replicas=bool(self.cfg.backends.replicas), wants_ack=d.ack == "replica",
-                      track_all=d.track_commits == "all", hotrow=self.hotrow is not None,
-                      hotrow_engaged=self.hotrow is None or self.hotrow.engaged())
+                      track_all=d.track_commits == "all", hotrow=hasattr(self, "hotrow"),
+                      hotrow_engaged=not hasattr(self, "hotrow") or self.hotrow.engaged())
 
     def refresh_policy(self) -> None:
         """After an admin change the planner reads (hot-row modes)."""
@@ -142,14 +152,14 @@ class App:
         """The primary pool; while there is none (failover in progress, split brain), wait up to
         backends.failover_wait_s, then fail with a clear error."""
         if self.writes_blocked is None and self.monitor is not None:
-            st = self.monitor.states.get(self._primary.label)
+            st = self.monitor.states.get(self._primary.label) if self.monitor else None
             if st is None or st.up or st.checked_at == 0:
                 return self._primary
         elif self.writes_blocked is None:
             return self._primary
         deadline = time.monotonic() + self.cfg.backends.failover_wait_s
         while time.monotonic() < deadline:
-            st = self.monitor.states.get(self._primary.label)
+            st = self.monitor.states.get(self._primary.label) if self.monitor else None
             if self.writes_blocked is None and st is not None and st.up:
                 return self._primary
             await asyncio.sleep(0.1)
@@ -264,7 +274,7 @@ class App:
         self._build_pools()
         if self.monitor is not None:
             self.monitor.sync()
-        if self.hotrow is not None:
+        if hasattr(self, "hotrow"):  # (built by start)
             self.hotrow.apply_config(cfg.hotrow)
         logging.getLogger().setLevel(cfg.log_level)
         self.slow_ms = cfg.slow_query_ms
@@ -433,7 +443,7 @@ class App:
             await asyncio.sleep(0.05)
         for t in self._tasks:
             t.cancel()
-        if self.hotrow is not None:
+        if hasattr(self, "hotrow"):  # (built by start)
             await self.hotrow.stop()
         if self.monitor is not None:
             await self.monitor.stop()

@@ -275,3 +275,23 @@ def test_a_clients_own_answers_are_mysqls(iso_proxy: ProxyProc, sandbox: Sandbox
              for side, t in tables.items()}
     assert out["proxy"] == out["direct"], stmts
     assert final["proxy"] == final["direct"], stmts
+
+
+def test_a_connection_taken_back_and_returned_carries_no_other_clients_warnings(
+        iso_proxy: ProxyProc, sandbox: Sandbox) -> None:
+    """Issue 23's suspected defect: A's statement ran on the pool's only connection; the pool
+    took it back for B (A idle), B's statement left a warning there, then A got the same
+    connection again. A must see its own (empty) warnings, as directly, not B's."""
+    flags = CLIENT.MULTI_STATEMENTS
+    answers = []
+    for port in (sandbox.primary_port, iso_proxy.port):
+        a = _connect(port, "utf8mb4", None, "shop", flags)
+        b = _connect(port, "utf8mb4", None, "shop", flags)
+        try:
+            _run(a, "UPDATE shop.iso_t SET v = v WHERE id = 1")
+            _run(b, "UPDATE shop.iso_t SET v = v WHERE id = CAST('1x' AS SIGNED)")
+            answers.append((_run(a, "SHOW WARNINGS"), _run(a, "SELECT @@warning_count")))
+        finally:
+            a.close()
+            b.close()
+    assert answers[0] == answers[1]

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from proxy.backends.backend import BackendConn
 from proxy.backends.lease import Lease, LeaseState
 from proxy.core.config import Address
+from proxy.core.errors import PinReason
 from proxy.core.state import (
     LOGIN_NAMES,
     Catalog,
@@ -34,7 +35,7 @@ from proxy.plan.plan import Plan, Policy, Route, Track, _plan, conn_id_alias, pl
 class View:
     in_txn: bool = False
     autocommit_off: bool = False
-    pin: str | None = None
+    pin: PinReason | None = None
     consistency: str = "session"
     read_after_gtid: str | None = None
     replica_txn: bool = False
@@ -68,7 +69,7 @@ TABLE: list[tuple[str, dict[str, Any], Policy, Route, Track, bool, bool]] = [
     # server-local, and its ID column carries proxy clients' ids (local.processlist)
     ("SELECT * FROM information_schema.PROCESSLIST", {}, FULL, Route.PROCESSLIST, Track.NONE,
      False, False),
-    ("SELECT * FROM information_schema.PROCESSLIST", {"pin": "user variable"}, FULL,
+    ("SELECT * FROM information_schema.PROCESSLIST", {"pin": PinReason.USER_VARIABLE}, FULL,
      Route.PROCESSLIST, Track.NONE, False, False),
     ("INSERT INTO t VALUES (1)", {}, FULL, Route.PRIMARY, Track.NONE, False, True),
     ("INSERT INTO t VALUES (1)", {}, Policy(track_all=True), Route.PRIMARY, Track.AUTOCOMMIT,
@@ -90,7 +91,7 @@ TABLE: list[tuple[str, dict[str, Any], Policy, Route, Track, bool, bool]] = [
     ("UPDATE inventory SET quantity = quantity - 1 WHERE sku_id = 1 AND quantity > 0", {},
      Policy(), Route.PRIMARY, Track.NONE, False, True),
     ("START TRANSACTION READ ONLY", {}, FULL, Route.REPLICA_TXN, Track.NONE, False, False),
-    ("START TRANSACTION READ ONLY", {"pin": "user variable"}, FULL, Route.PRIMARY, Track.NONE,
+    ("START TRANSACTION READ ONLY", {"pin": PinReason.USER_VARIABLE}, FULL, Route.PRIMARY, Track.NONE,
      False, False),
     ("SET @x = 1", {}, FULL, Route.PRIMARY, Track.NONE, False, False),
     ("BEGIN", {}, FULL, Route.PRIMARY, Track.NONE, False, True),
@@ -137,7 +138,7 @@ STATEMENTS = [s for s, *_ in TABLE] + [
     "INSERT INTO t VALUES (1) RETURNING id", "SET SESSION sql_mode = ''",
 ]
 views = st.builds(View, in_txn=st.booleans(), autocommit_off=st.booleans(),
-                  pin=st.sampled_from([None, "user variable"]),
+                  pin=st.sampled_from([None, PinReason.USER_VARIABLE]),
                   consistency=st.sampled_from(["eventual", "session", "global", "primary"]),
                   read_after_gtid=st.sampled_from([None, "0-1-5"]), replica_txn=st.booleans())
 policies = st.builds(Policy, has_replicas=st.booleans(), wants_ack=st.booleans(),

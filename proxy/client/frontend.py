@@ -28,7 +28,6 @@ from proxy.core.errors import (
     ProxyError,
     client_side,
 )
-from proxy.exec import prepared
 from proxy.net import protocol as P
 from proxy.net import tracking
 from proxy.net.tls import TLSTransport
@@ -397,20 +396,9 @@ class ProxyConnection(Connection):
         cmd = data[0]
         if cmd == P.COM_QUERY:
             await s.com_query(data)
-        elif cmd == P.COM_STMT_EXECUTE:
-            await prepared.execute(s, data)
-        elif cmd == P.COM_STMT_PREPARE:
-            await prepared.prepare(s, data)
-        elif cmd == P.COM_STMT_CLOSE:
-            await prepared.close(s, data)
-        elif cmd == P.COM_STMT_SEND_LONG_DATA:
-            await prepared.send_long_data(s, data)
-        elif cmd == P.COM_STMT_RESET:
-            await prepared.reset(s, data)
-        elif cmd == P.COM_STMT_FETCH:
-            await prepared.fetch(s, data)
-        elif cmd == P.COM_STMT_BULK_EXECUTE and self.client_ext & P.MARIADB_CLIENT_STMT_BULK_OPERATIONS:
-            await prepared.bulk_execute(s, data)
+        elif cmd in P.STMT_COMMANDS and (cmd != P.COM_STMT_BULK_EXECUTE or
+                                         self.client_ext & P.MARIADB_CLIENT_STMT_BULK_OPERATIONS):
+            await s.com_stmt(cmd, data)
         elif cmd == P.COM_PING:
             await s.com_ping()
         elif cmd == P.COM_INIT_DB:

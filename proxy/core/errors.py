@@ -84,6 +84,27 @@ class Label(Enum):
     __hash__ = object.__hash__
 
 
+class PinReason(Label):
+    """Why a session keeps its backend connection between statements: the connection holds
+    state the proxy cannot replay on another (the lease stays `pinned` until the session
+    resets, or the state is carried: user variables out of a replica's read-only
+    transaction). Shown in the log; a bounded set."""
+
+    USER_VARIABLE = "user variable"
+    TEMPORARY_TABLE = "temporary table"
+    NAMED_LOCK = "named lock"
+    TABLE_LOCK = "table lock"
+    CONNECTION_LOCAL = "connection-local statement"  # SQL PREPARE/EXECUTE, HANDLER, XA
+    FOUND_ROWS = "found_rows"
+    LAST_INSERT_ID_EXPR = "last_insert_id(expr)"
+    NEXT_TRANSACTION = "next-transaction setting"
+    SEQUENCE = "sequence"
+    SERVER_CURSOR = "server-side cursor"
+    LONG_DATA = "long data pending"  # COM_STMT_SEND_LONG_DATA before its EXECUTE
+    SESSION_VARIABLE = "session variable"  # one that cannot be replayed (timestamp, ...)
+    SESSION_STATE = "session state changed"  # reported by MariaDB without saying what
+
+
 class LeaseReason(Label):
     """Why a session's hold on a backend connection changed (lease.py); a metric label."""
 

@@ -78,7 +78,9 @@ class Durability:
         except G.GtidError:
             return
         reads = self.app.reads
-        pools: list[Pool] = [self.app.pools[k] for k, st in self.app.monitor.states.items()
+        mon = self.app.monitor
+        pools: list[Pool] = [self.app.pools[k] for k, st in
+                             (mon.states if mon is not None else {}).items()
                              if st.role == "replica" and st.up]
         have = [p for p in pools if G.applied(reads.known.get(p.label), wm)]
         if len(have) < need:

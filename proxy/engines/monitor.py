@@ -10,34 +10,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from proxy.backends.backend import BackendConn
 from proxy.core import metrics as M
-from proxy.core.config import Address
 from proxy.core.errors import BackendError, BackendLost
+from proxy.engines.health import BackendState
 
 if TYPE_CHECKING:
     from proxy.engines.ports import FailoverHost
 
 log = logging.getLogger("seckill.monitor")
 INTERVAL_S = 1.0
-
-
-@dataclass
-class BackendState:
-    addr: Address
-    role: str
-    up: bool = False
-    state: str = "unknown"
-    reason: str = "not checked yet"
-    read_only: bool | None = None
-    lag_s: float | None = None
-    gtid: str = ""
-    durability: dict[str, str] = field(default_factory=dict)
-    checked_at: float = 0.0
-    replicating: bool = False
 
 
 def durable_problems(d: dict[str, str]) -> list[str]:

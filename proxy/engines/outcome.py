@@ -38,6 +38,11 @@ class OutcomeTracker:
         self._lock = asyncio.Lock()
 
     @property
+    def ready(self) -> bool:
+        """The outcome table exists (created at start or at the first tracked COMMIT)."""
+        return self._ready
+
+    @property
     def table(self) -> str:
         return f"`{self.app.cfg.hotrow.batch_schema}`.`commit_outcome`"
 

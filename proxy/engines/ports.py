@@ -10,12 +10,55 @@ structurally (mypy checks it where server.py wires the engines).
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from proxy.backends.backend import BackendConn
     from proxy.backends.pool import Pool
     from proxy.core.config import Config
-    from proxy.core.state import Wanted
+    from proxy.core.errors import PinReason
+    from proxy.core.gtid import Gtid
+    from proxy.core.state import Answered, Carried, Wanted
+    from proxy.engines.escrow import Reservation
+    from proxy.engines.health import BackendState
+    from proxy.plan.classify import Shape
+
+
+class Health(Protocol):
+    """The monitor as the other engines see it (monitor.Monitor)."""
+
+    @property
+    def states(self) -> Mapping[str, BackendState]: ...  # by backend key
+
+    async def next_round(self, timeout: float = 5.0) -> None: ...
+
+
+class Positions(Protocol):
+    """Replica positions as durability and the monitor feed them (readsplit.ReadRouter)."""
+
+    @property
+    def known(self) -> Mapping[str, Gtid]: ...
+
+    def note_replica(self, key: str, pos: str) -> None: ...
+
+
+class Acks(Protocol):
+    """Replica acknowledgements (durability.Durability)."""
+
+    @property
+    def wants_ack(self) -> bool: ...
+
+    async def wait_ack(self, gtid: str) -> None: ...
+
+
+class Outcomes(Protocol):
+    """The commit-outcome table's upkeep (outcome.OutcomeTracker)."""
+
+    @property
+    def ready(self) -> bool: ...
+
+    async def prune(self) -> None: ...
 
 
 class Topology(Protocol):
@@ -30,7 +73,7 @@ class Topology(Protocol):
     def pools(self) -> dict[str, Pool]: ...
 
     @property
-    def monitor(self) -> Any: ...  # monitor.Monitor: states by backend key
+    def monitor(self) -> Health | None: ...  # None until started
 
     def primary_key(self) -> str: ...
 
@@ -45,7 +88,7 @@ class FailoverHost(Topology, Protocol):
     writes_blocked: str | None
 
     @property
-    def reads(self) -> Any: ...  # readsplit.ReadRouter: replica positions
+    def reads(self) -> Positions: ...
 
     def switch_primary(self, key: str) -> None: ...
 
@@ -54,15 +97,15 @@ class DurabilityHost(Topology, Protocol):
     writes_blocked: str | None
 
     @property
-    def reads(self) -> Any: ...
+    def reads(self) -> Positions: ...
 
 
 class HotRowHost(Topology, Protocol):
     @property
-    def durability(self) -> Any: ...  # durability.Durability: ack waits
+    def durability(self) -> Acks: ...
 
     @property
-    def outcomes(self) -> Any: ...  # outcome.OutcomeTracker: pruning
+    def outcomes(self) -> Outcomes: ...
 
 
 class Readiness(Protocol):
@@ -78,14 +121,16 @@ class HotRowMember(Protocol):
     database: str | None
     status: int
     sysvars: dict[str, str]
-    pin: str | None
+    pin: PinReason | None
     held_slots: list[asyncio.Semaphore]
     last_gtid: str | None
-    stmt_conn: Any  # the connection of the session's last statement, or state.Answered
-    escrow: list[Any]  # escrow.Reservation of its open transaction, resolved when it ends
-    txn_hot: set[Any]  # hot keys its open transaction locked itself (never merged again in it)
+    # the connection of the session's last statement, or what stands for it (state.py)
+    stmt_conn: BackendConn | Answered | Carried | None
+    escrow: list[Reservation]  # reserved for its open transaction, resolved when it ends
+    # hot keys its open transaction locked itself (never merged again in it)
+    txn_hot: set[tuple[str, str, int | str]]
 
-    def escrow_conn(self) -> Any: ...  # the primary connection holding its transaction, or None
+    def escrow_conn(self) -> BackendConn | None: ...  # the connection holding its transaction
 
     def release_slots(self) -> None: ...
 
@@ -108,31 +153,6 @@ class Reader(Protocol):
     def wanted(self) -> Wanted: ...
 
 
-class AdminHost(Topology, Protocol):
-    """The admin console's view: what it shows and what a DBA may change (admin.py)."""
-
-    read_consistency: str
-    server_version: str
-
-    @property
-    def reads(self) -> Any: ...
-
-    @property
-    def hotrow(self) -> Any: ...  # hotrow.HotRowEngine: rules, hot keys, mode
-
-    @property
-    def digest(self) -> Any: ...  # digest.QueryDigest
-
-    @property
-    def control(self) -> Any: ...  # mysql-mimic's connection registry
-
-    def apply_config(self, cfg: Config) -> list[str]: ...
-
-    def reload(self) -> list[str]: ...  # re-read the config file (raises ConfigError)
-
-    def refresh_policy(self) -> None: ...
-
-
 class Prepared(Protocol):
     """A client's prepared statement as the hot-row engine reads it."""
 
@@ -141,4 +161,4 @@ class Prepared(Protocol):
     types: bytes
 
     @property
-    def shape(self) -> Any: ...  # classify.Shape
+    def shape(self) -> Shape: ...

@@ -99,7 +99,8 @@ class ReadRouter:
     def candidates(self, consistency: str) -> list[Pool]:
         """Healthy replicas in weighted random order."""
         out: list[tuple[float, Pool]] = []
-        for key, st in self.app.monitor.states.items():
+        mon = self.app.monitor
+        for key, st in (mon.states if mon is not None else {}).items():
             w = self._weight(st, consistency)
             if w > 0:
                 out.append((random.random() ** (1.0 / w), self.app.pools[key]))
@@ -128,7 +129,8 @@ class ReadRouter:
         if p.token:
             return G.parse(p.token)
         if p.consistency == "global":
-            st = self.app.monitor.states.get(self.app.primary_key())
+            mon = self.app.monitor
+            st = mon.states.get(self.app.primary_key()) if mon is not None else None
             if st is not None and st.checked_at and not st.up:
                 # No primary to ask (crashed, failover in progress): nothing can commit there
                 # now, so the last position seen on it is the watermark replicas must reach.

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from proxy.backends.lease import Lease, LeaseReason
     from proxy.backends.pool import Pool
     from proxy.core.config import Config
+    from proxy.core.errors import PinReason
     from proxy.core.state import Answered, Carried, Names
     from proxy.engines.durability import Durability
     from proxy.engines.hotrow import HotRowEngine
@@ -65,7 +66,7 @@ class Services(Protocol):
     reads: ReadRouter
     durability: Durability
     outcomes: OutcomeTracker
-    monitor: Monitor
+    monitor: Monitor | None
 
     def primary_pool(self) -> Pool: ...
 
@@ -107,7 +108,7 @@ class Statement(SessionView, HotRowMember, Reader, Protocol):
     router read of it: a statement hands itself to them)."""
 
     lease: Lease
-    pin: str | None
+    pin: PinReason | None
     names: Names
     multi: bool
     busy: bool

@@ -30,7 +30,7 @@ from proxy.plan.classify import Shape, classify, statement_values
 from proxy.plan.plan import Plan, Route, plan
 
 if TYPE_CHECKING:
-    from proxy.engines.hotrow import KeyState
+    from proxy.engines.hotkeys import KeyState
     from proxy.exec.context import Statement
     from proxy.net.wire import ClientIO
 

@@ -22,7 +22,14 @@ from typing import TYPE_CHECKING, Any
 from proxy.backends.backend import BackendConn, BufferWriter, Relayed
 from proxy.backends.lease import LeaseState
 from proxy.core import metrics as M
-from proxy.core.errors import CR_SERVER_LOST, BackendError, BackendLost, LeaseReason, ProxyError
+from proxy.core.errors import (
+    CR_SERVER_LOST,
+    BackendError,
+    BackendLost,
+    LeaseReason,
+    PinReason,
+    ProxyError,
+)
 from proxy.exec import tracked, uservars
 from proxy.exec.reply import finish, lost, run_on
 from proxy.net import protocol as P
@@ -225,7 +232,7 @@ async def forward(
                 s.pin = p.pin
             if shape.pin:
                 c.dirty = True
-                if (shape.pin == "user variable" and s.lease.state is LeaseState.REPLICA_TXN
+                if (shape.pin is PinReason.USER_VARIABLE and s.lease.state is LeaseState.REPLICA_TXN
                         and len(s.replica_vars) < uservars.MAX_VARS):
                     # the text itself: the digest hides quoted names (@'x')
                     text = (payload[1:].decode("utf-8", "surrogateescape")

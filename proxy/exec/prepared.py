@@ -9,7 +9,13 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from proxy.backends.backend import STMT_LIMIT_ERR, BackendConn, BufferWriter, Relayed
-from proxy.core.errors import ER_UNKNOWN_STMT_HANDLER, BackendError, BackendLost, ProxyError
+from proxy.core.errors import (
+    ER_UNKNOWN_STMT_HANDLER,
+    BackendError,
+    BackendLost,
+    PinReason,
+    ProxyError,
+)
 from proxy.exec import general, local, reply, tracked
 from proxy.exec.context import ClientStmt
 from proxy.net import protocol as P
@@ -176,7 +182,7 @@ async def execute_on_primary(
         except BackendLost as e:
             await reply.lost(s, e, retry=attempt == 0 and not e.sent, shape=st.shape)
             continue
-        if s.pin == "long data pending":
+        if s.pin is PinReason.LONG_DATA:
             s.pin = None
         return await reply.finish(s, c, r, hold, p.gtid_after)
     raise AssertionError("unreachable")
@@ -184,7 +190,7 @@ async def execute_on_primary(
 
 async def send_long_data(s: Statement, payload: bytes) -> None:
     st = client_stmt(s, payload, "mysqld_stmt_send_long_data")
-    s.pin = s.pin or "long data pending"
+    s.pin = s.pin or PinReason.LONG_DATA
     c = await s.primary_conn()
     pok = await c.prepare(st.sql)
     await c.command(P.with_stmt_id(payload, pok.stmt_id))  # no response by protocol
@@ -231,3 +237,11 @@ async def close(s: Statement, payload: bytes) -> None:
     if (st is not None and c is not None and not c.broken
             and all(o.sql != st.sql for o in s.stmts.values())):
         c.close_stmt(st.sql)
+
+
+# What each binary-protocol command runs (the session's `com_stmt`).
+COMMANDS: dict[int, Callable[[Statement, bytes], Awaitable[None]]] = {
+    P.COM_STMT_PREPARE: prepare, P.COM_STMT_EXECUTE: execute,
+    P.COM_STMT_BULK_EXECUTE: bulk_execute, P.COM_STMT_SEND_LONG_DATA: send_long_data,
+    P.COM_STMT_FETCH: fetch, P.COM_STMT_RESET: reset, P.COM_STMT_CLOSE: close,
+}

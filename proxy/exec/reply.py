@@ -9,7 +9,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from proxy.backends.backend import BackendConn, BufferWriter, Relayed
-from proxy.core.errors import CR_SERVER_LOST, BackendError, BackendLost, LeaseReason, ProxyError
+from proxy.core.errors import (
+    CR_SERVER_LOST,
+    BackendError,
+    BackendLost,
+    LeaseReason,
+    PinReason,
+    ProxyError,
+)
 from proxy.core.gtid import union as gtid_union
 from proxy.exec import infile, uservars
 from proxy.net import protocol as P
@@ -65,7 +72,7 @@ async def read_user_vars(s: Statement, c: BackendConn) -> uservars.Carry | None:
     """The replica RO transaction is over: read its user variables there (uservars.py)."""
     vs, s.replica_vars = sorted(s.replica_vars), set()
     carry = await uservars.read(c, vs)
-    if carry is not None and s.pin == "user variable":
+    if carry is not None and s.pin is PinReason.USER_VARIABLE:
         s.pin = None  # carried, not dropped: no warning at the lease's end
     return carry
 
@@ -73,7 +80,7 @@ async def read_user_vars(s: Statement, c: BackendConn) -> uservars.Carry | None:
 async def restore_user_vars(s: Statement, carry: uservars.Carry) -> None:
     """Set them on a primary connection the session then keeps, as after `SET @x` there."""
     c = await s.primary_conn()
-    s.pin = "user variable"
+    s.pin = PinReason.USER_VARIABLE
     c.dirty = True
     try:
         await uservars.restore(c, carry)

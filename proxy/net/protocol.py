@@ -27,6 +27,8 @@ COM_STMT_RESET = 0x1A
 COM_SET_OPTION = 0x1B
 COM_STMT_FETCH = 0x1C
 COM_STMT_BULK_EXECUTE = 0xFA  # MariaDB: one prepared statement, many rows of parameters
+STMT_COMMANDS = frozenset({COM_STMT_PREPARE, COM_STMT_EXECUTE, COM_STMT_SEND_LONG_DATA,
+                           COM_STMT_CLOSE, COM_STMT_RESET, COM_STMT_FETCH, COM_STMT_BULK_EXECUTE})
 BULK_SEND_TYPES = 128  # its flag: parameter types precede the rows
 STMT_LAST_PREPARED = 0xFFFFFFFF  # MariaDB: a statement id meaning "the last one prepared"
 COM_RESET_CONNECTION = 0x1F

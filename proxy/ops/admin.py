@@ -13,7 +13,7 @@ import logging
 import re
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from mysql_mimic.connection import Connection
 from mysql_mimic.errors import ErrorCode, MysqlError
@@ -25,10 +25,46 @@ from proxy.client.guard import Gate, login_guard
 from proxy.core import config as C
 from proxy.core import metrics as M
 from proxy.core.errors import ER_CON_COUNT_ERROR
+from proxy.engines.ports import Topology
 from proxy.net import protocol as P
 
 if TYPE_CHECKING:
-    from proxy.engines.ports import AdminHost
+    from mysql_mimic.control import LocalControl
+
+    from proxy.core.config import Config
+    from proxy.engines.hotrow import HotRowEngine
+    from proxy.engines.monitor import Monitor
+    from proxy.engines.readsplit import ReadRouter
+    from proxy.plan.digest import QueryDigest
+
+
+class AdminHost(Topology, Protocol):
+    """The admin console's view: what it shows and what a DBA may change."""
+
+    read_consistency: str
+    server_version: str
+
+    @property
+    def monitor(self) -> Monitor | None: ...
+
+    @property
+    def reads(self) -> ReadRouter: ...
+
+    @property
+    def hotrow(self) -> HotRowEngine: ...  # rules, hot keys, mode
+
+    @property
+    def digest(self) -> QueryDigest: ...
+
+    @property
+    def control(self) -> LocalControl: ...  # mysql-mimic's connection registry
+
+    def apply_config(self, cfg: Config) -> list[str]: ...
+
+    def reload(self) -> list[str]: ...  # re-read the config file (raises ConfigError)
+
+    def refresh_policy(self) -> None: ...
+
 
 log = logging.getLogger("seckill.admin")
 audit = logging.getLogger("seckill.admin.audit")

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any
 
+from proxy.core.errors import PinReason
 from proxy.plan.builtins import BUILTIN
 
 # Literal-aware tokenisation for digests: strings, quoted identifiers, numbers, comments.
@@ -323,18 +324,18 @@ _WORD = re.compile(r"[A-Za-z_]+")
 
 # Statements that leave state on the backend connection that the proxy cannot replay on another
 # one: the session then keeps its backend connection until it disconnects or resets.
-_PIN_RULES: list[tuple[re.Pattern[str], str]] = [
-    (re.compile(r"(?<![@\w$])@(?!@)[\w$.]|(?<![@\w$])@[`'\"]"), "user variable"),
-    (re.compile(r"\bTEMPORARY\b", re.I), "temporary table"),
-    (re.compile(r"\b(?:GET_LOCK|RELEASE_LOCK|RELEASE_ALL_LOCKS)\s*\(", re.I), "named lock"),
-    (re.compile(r"\bLOCK\s+TABLES?\b|\bWITH\s+READ\s+LOCK\b", re.I), "table lock"),
-    (re.compile(r"^\s*(?:PREPARE|EXECUTE|DEALLOCATE|HANDLER|XA)\b", re.I), "connection-local statement"),
-    (re.compile(r"\bSQL_CALC_FOUND_ROWS\b|\bFOUND_ROWS\s*\(", re.I), "found_rows"),
-    (re.compile(r"\bLAST_INSERT_ID\s*\(\s*[^)\s]", re.I), "last_insert_id(expr)"),
+_PIN_RULES: list[tuple[re.Pattern[str], PinReason]] = [
+    (re.compile(r"(?<![@\w$])@(?!@)[\w$.]|(?<![@\w$])@[`'\"]"), PinReason.USER_VARIABLE),
+    (re.compile(r"\bTEMPORARY\b", re.I), PinReason.TEMPORARY_TABLE),
+    (re.compile(r"\b(?:GET_LOCK|RELEASE_LOCK|RELEASE_ALL_LOCKS)\s*\(", re.I), PinReason.NAMED_LOCK),
+    (re.compile(r"\bLOCK\s+TABLES?\b|\bWITH\s+READ\s+LOCK\b", re.I), PinReason.TABLE_LOCK),
+    (re.compile(r"^\s*(?:PREPARE|EXECUTE|DEALLOCATE|HANDLER|XA)\b", re.I), PinReason.CONNECTION_LOCAL),
+    (re.compile(r"\bSQL_CALC_FOUND_ROWS\b|\bFOUND_ROWS\s*\(", re.I), PinReason.FOUND_ROWS),
+    (re.compile(r"\bLAST_INSERT_ID\s*\(\s*[^)\s]", re.I), PinReason.LAST_INSERT_ID_EXPR),
     # only the next transaction's form: SET SESSION/LOCAL TRANSACTION changes tx_isolation or
     # tx_read_only for the session, reported by session tracking and replayed as any variable
-    (re.compile(r"^\s*SET\s+TRANSACTION\b", re.I), "next-transaction setting"),
-    (re.compile(r"\bNEXTVAL\s*\(|\bNEXT\s+VALUE\s+FOR\b|\bLASTVAL\s*\(", re.I), "sequence"),
+    (re.compile(r"^\s*SET\s+TRANSACTION\b", re.I), PinReason.NEXT_TRANSACTION),
+    (re.compile(r"\bNEXTVAL\s*\(|\bNEXT\s+VALUE\s+FOR\b|\bLASTVAL\s*\(", re.I), PinReason.SEQUENCE),
 ]
 
 # A SELECT may run on a replica only if it cannot write or lock and reads no connection-local
@@ -383,7 +384,7 @@ class Shape:
 
     digest: str
     verb: str
-    pin: str | None
+    pin: PinReason | None
     hints: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
     uses_last_insert_id: bool = False
     multi: bool = False
@@ -419,7 +420,7 @@ def shape_of(dg: str) -> Shape:
 def _shape_of(dg: str) -> Shape:
     """Infer a statement's shape from its digest (cached: pure function of the digest)."""
     verb = first_word(dg)
-    pin = None
+    pin: PinReason | None = None
     for rx, reason in _PIN_RULES:
         if rx.search(dg):
             pin = reason
@@ -430,15 +431,12 @@ def _shape_of(dg: str) -> Shape:
     calls_stored = "(" in dg and stored_call(
         _HINT_BLOCK.sub(" ", dg) if "/*+" in dg else dg) is not None
     return Shape(
-        digest=dg,
-        verb=verb,
-        pin=pin,
-        hints=hints,
+        digest=dg, verb=verb, pin=pin, hints=hints,
         uses_last_insert_id="LAST_INSERT_ID" in dg.upper(),
         multi=multi,
         hot=hot_template(dg) if verb == "UPDATE" else None,
         # a statement that pins must run where the session's state is: never on a replica
-        replica_ok=_replica_reason(verb, dg, calls_stored) or pin,
+        replica_ok=_replica_reason(verb, dg, calls_stored) or (pin.value if pin else None),
         diag=bool(_DIAG.search(dg)),
         keeps_diag=_keeps_diag(verb, dg),
         lane=_lane(verb, dg) if pin is None and not hints and not multi and not conn_id else "",

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from proxy.core.config import CONSISTENCY
-from proxy.core.errors import Label
+from proxy.core.errors import Label, PinReason
 from proxy.plan.classify import LAST_GTID, READ_ONLY_TXN, Shape, classify
 
 
@@ -59,7 +59,7 @@ class SessionView(Protocol):
     def autocommit_off(self) -> bool: ...
 
     @property
-    def pin(self) -> str | None: ...
+    def pin(self) -> PinReason | None: ...
 
     @property
     def consistency(self) -> str: ...
@@ -93,7 +93,7 @@ class Plan:
     track: Track = Track.NONE
     hold_ack: bool = False  # the OK goes out only once replicas confirmed the write
     gate_write: bool = False  # the durability gate (require: strict/warn) runs first
-    pin: str | None = None  # the statement leaves state only its connection has
+    pin: PinReason | None = None  # the statement leaves state only its connection has
     lane: bool = False  # it only forwards: the fast lane may run it
     # it sets session_track_*: the client's own tracking settings change (tracking.py) and
     # the connection gets the proxy's back
@@ -198,7 +198,7 @@ def _plan(shape: Shape, s: SessionView, policy: Policy, cursor: bool, bulk: bool
     if (verb == "SELECT" and not shape.multi and not cursor and shape.pin is None
             and _IS_PROCESSLIST.search(shape.digest)):
         return Plan(Route.PROCESSLIST)  # the ID column with proxy clients' ids too
-    pin = shape.pin or ("server-side cursor" if cursor else None)
+    pin = shape.pin or (PinReason.SERVER_CURSOR if cursor else None)
     if shape.diag and pin is None and not cursor and not shape.multi:
         # The lane runs it when the lease still holds the previous statement's connection.
         return Plan(Route.DIAG, lane=bool(shape.lane))
@@ -220,7 +220,7 @@ def _plan(shape: Shape, s: SessionView, policy: Policy, cursor: bool, bulk: bool
                     and (policy.hotrow_engaged or bool(shape.hints)))
 
 
-def _primary(shape: Shape, s: SessionView, policy: Policy, held: bool, pin: str | None,
+def _primary(shape: Shape, s: SessionView, policy: Policy, held: bool, pin: PinReason | None,
              lane: bool, hot: bool = False) -> Plan:
     """A statement for the primary (or the hot-row engine): tracking, ack, gate, lane."""
     verb = shape.verb
@@ -266,7 +266,7 @@ class ReadPlan:
 
 
 def read_plan(shape: Shape, consistency: str, token: str | None, in_txn: bool,
-              pinned: str | None, has_replicas: bool) -> ReadPlan:
+              pinned: PinReason | None, has_replicas: bool) -> ReadPlan:
     """Routing of a read: hints first, then eligibility, then the consistency level."""
     h = shape.hints
     c = h.get("CONSISTENCY", consistency).lower()
@@ -281,7 +281,7 @@ def read_plan(shape: Shape, consistency: str, token: str | None, in_txn: bool,
     if in_txn:
         return ReadPlan(False, c, tok, "inside a read-write transaction")
     if pinned:
-        return ReadPlan(False, c, tok, f"session pinned ({pinned})")
+        return ReadPlan(False, c, tok, f"session pinned ({pinned.value})")
     if not has_replicas:
         return ReadPlan(False, c, tok, "no replicas configured")
     if c == "primary" and route != "replica":

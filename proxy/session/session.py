@@ -21,10 +21,10 @@ from mysql_mimic.variables import GlobalVariables, SessionVariables
 
 from proxy.backends.backend import BackendConn, Relayed
 from proxy.backends.lease import Lease, LeaseState
-from proxy.core.errors import BackendError, BackendLost, LeaseReason, ProxyError
+from proxy.core.errors import BackendError, BackendLost, LeaseReason, PinReason, ProxyError
 from proxy.core.state import LOGIN_NAMES, Answered, Carried, Names, Wanted, absorb, split_reported
 from proxy.engines.escrow import Reservation
-from proxy.exec import general, local, reply
+from proxy.exec import general, local, prepared, reply
 from proxy.exec.fastlane import FastLane
 from proxy.net import protocol as P
 from proxy.net import tracking
@@ -58,7 +58,7 @@ class ProxySession(BaseSession):
         # warnings stay those of the statement before (a SELECT without tables keeps them)
         self.row_count_local: int | None = None
         self.last_conn: BackendConn | None = None
-        self.pin: str | None = None
+        self.pin: PinReason | None = None
         self.replica_vars: set[str] = set()  # user variables named in a replica RO transaction
         self.escrow: list[Reservation] = []  # units reserved for its open transaction
         self.txn_hot: set[Any] = set()  # hot keys its open transaction locked itself
@@ -342,7 +342,7 @@ class ProxySession(BaseSession):
                 # State taken inside a read-only transaction on a replica cannot follow the
                 # session to the primary; the replica connection is reset, the pin dropped.
                 log.warning("session state set inside a replica read-only transaction was "
-                            "dropped at its end (%s)", self.pin)
+                            "dropped at its end (%s)", self.pin.value)
                 self.pin = None
                 c.dirty = True
             L.transition(LeaseState.NONE, LeaseReason.STATEMENT_DONE)
@@ -498,15 +498,22 @@ class ProxySession(BaseSession):
             if "wait_timeout" in keep and self.connection is not None:
                 self.connection.arm_idle_timer()
             if unreplayable and not self.pin:
-                self.pin = f"session variable {unreplayable}"
+                self.pin = PinReason.SESSION_VARIABLE
+                log.debug("session pinned by %s", unreplayable)
         if r.schema is not None:
             self.database = r.schema
         if r.state_changed and not r.sysvars and r.schema is None and not self.pin:
-            self.pin = "session state changed"
+            self.pin = PinReason.SESSION_STATE
             c.dirty = True
         if r.gtid:
             self.last_gtid = r.gtid
         self.release_slots()
+
+    # ---- the binary protocol -------------------------------------------------------------
+
+    async def com_stmt(self, cmd: int, payload: bytes) -> None:
+        """COM_STMT_* (exec/prepared.py): the client connection reaches them only here."""
+        await prepared.COMMANDS[cmd](self, payload)
 
     # ---- other commands -------------------------------------------------------------------
 

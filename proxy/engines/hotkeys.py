@@ -1,0 +1,53 @@
+"""A hot key's runtime state: who runs on it now (plain statements, the queue's slots, a group
+gathering, the group committing) and what SHOW HOT KEYS shows of it. Shared by the hot-row
+engine's paths (hotrow.py routes, hotmerge.py merges); no I/O."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass, field
+
+from proxy.engines.hotalloc import Member
+
+
+@dataclass
+class Group:
+    members: list[Member] = field(default_factory=list)
+    full: asyncio.Event = field(default_factory=asyncio.Event)
+    done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    prev: asyncio.Future[None] | None = None
+    user: str = ""  # the batch runs as its members' user: MySQL checks their privileges
+    auto: bool = False  # auto mode: a group that ends up with one member runs it plain
+
+
+@dataclass
+class KeyState:
+    sem: asyncio.Semaphore
+    waiting: int = 0
+    collecting: Group | None = None
+    tail: asyncio.Future[None] | None = None
+    in_flight: int = 0
+    batches: int = 0
+    statements: int = 0
+    recent: deque[tuple[float, int]] = field(default_factory=deque)
+    last_seen: float = 0.0
+    mode: str = ""  # the path the key's last statement took (SHOW HOT KEYS)
+    plain_busy: bool = False  # auto: a statement runs as it is on the key
+    plain_done: asyncio.Future[None] | None = None  # made only when a group must wait for it
+    sold_out_at: float = -1e9  # auto: when a plain statement last found no stock (monotonic)
+
+    def idle(self) -> bool:
+        return (not self.plain_busy and self.collecting is None
+                and (self.tail is None or self.tail.done()))
+
+    def company(self) -> int:
+        """Other decrements on the key right now: running as they are (perhaps waiting on the
+        row lock in MySQL) or gathering into the next group."""
+        return self.in_flight + (len(self.collecting.members) if self.collecting else 0)
+
+    def after_plain(self) -> asyncio.Future[None]:
+        """What the next group waits for while a plain statement runs."""
+        if self.plain_done is None:
+            self.plain_done = asyncio.get_running_loop().create_future()
+        return self.plain_done

@@ -1,0 +1,501 @@
+"""The hot-row engine's merged path: decrements of one key gathered into a group, one backend
+transaction for the whole group, every member told what MySQL would have told it alone.
+
+merge: the first decrement for a key opens a group; followers join while the previous group of
+that key is still committing (two groups alternate), then for up to `max_wait_us` or until
+`max_batch` members. A leader with no group ahead of it commits at once. One backend
+transaction serves the group: lock the row, allocate members in arrival order with each one's
+own amount and guard (pure `hotalloc.allocate`), one UPDATE by the total, one batch record,
+COMMIT, each statement's affected rows checked before it. Nobody gets a reply before COMMIT
+returned OK. If the connection dies during COMMIT, the batch record tells whether it
+committed; a batch that provably did not commit is retried once. Members inside transactions
+get reservations (escrow.py) confirmed in their own transactions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Protocol
+
+from pymysql.converters import escape_string
+
+from proxy.core import metrics as M
+from proxy.core.config import HotRowCfg
+from proxy.core.errors import (
+    CR_SERVER_LOST,
+    ER_INVENTORY_TARGET_AFFECT_ROW,
+    ER_QUERY_INTERRUPTED,
+    ER_SECKILL_NOT_COMMITTED,
+    BackendError,
+    BackendLost,
+    ProxyError,
+)
+from proxy.core.state import Answered
+from proxy.engines.escrow import (
+    RESERVATION,
+    Escrow,
+    Reservation,
+    Unverified,
+    row_exists,
+    run_checked,
+)
+from proxy.engines.hotalloc import (
+    MISMATCH,
+    PLAIN,
+    RUN_ALONE,
+    HotStmt,
+    Inventory,
+    Member,
+    allocate,
+    sql_literal,
+)
+from proxy.engines.hotkeys import Group, KeyState
+from proxy.engines.outcome import find_record
+from proxy.net import protocol as P
+
+if TYPE_CHECKING:
+    from proxy.backends.backend import BackendConn
+    from proxy.engines.ports import HotRowHost, HotRowMember
+
+log = logging.getLogger("seckill.hotrow")
+
+_NO_PRIVILEGE = frozenset({1142, 1143, 1044})  # table, column, database access denied
+
+_TRANSIENT = frozenset({1317, 1205, 1213, 1969, 3024})
+
+INFO_HIT = b"Rows matched: 1  Changed: 1  Warnings: 0"
+
+INFO_MISS = b"Rows matched: 0  Changed: 0  Warnings: 0"
+
+
+
+class MergeHost(Protocol):
+    """What the merged path uses of the engine (hotrow.HotRowEngine)."""
+
+    cfg: HotRowCfg
+    escrow: Escrow
+
+    @property
+    def app(self) -> HotRowHost: ...
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None: ...  # a task awaited at stop
+
+    def next_batch_id(self) -> int: ...
+
+    async def service_conn(self, user: str) -> BackendConn: ...
+
+    def schema_changed(self) -> None: ...
+
+    def may_run_plain(self, hs: HotStmt) -> bool: ...
+
+
+class NotCommitted(Exception):
+    """The batch provably did not commit (error before or at COMMIT, or connection lost before
+    COMMIT was sent, or the batch record is absent after an interrupted COMMIT)."""
+
+    def __init__(self, err: ProxyError | BackendError, unverified: bool = False) -> None:
+        super().__init__(str(err))
+        self.err = err
+        self.unverified = unverified  # rolled back before COMMIT: a statement was cut short
+
+
+class Merger:
+    """Groups per key, their batches and the members' answers."""
+
+    def __init__(self, host: MergeHost) -> None:
+        self.host = host
+
+    async def merge(
+        self, session: HotRowMember, hs: HotStmt, ks: KeyState, floor: int | None,
+        forward: Callable[[], Awaitable[Any]], auto: bool = False, txn_conn: Any = None,
+        inv: Inventory | None = None,
+    ) -> tuple[str, str]:
+        loop = asyncio.get_running_loop()
+        user = session.username or ""
+        if auto:
+            ks.mode = "auto:merge"
+        deadline = loop.time() + self.host.cfg.queue_wait_timeout_ms / 1000
+        while True:
+            m = Member(hs.amount, hs.guard_op, hs.bound, loop.create_future(), loop.time(),
+                       conn=txn_conn, target=inv.target if inv is not None else None,
+                       sub=hs.sub)
+            try:
+                decision = await self._join(ks, hs, m, user, floor, auto)
+            except ProxyError:
+                if inv is not None and inv.rollback_on_fail and txn_conn is not None:
+                    await self._end_txn(session, txn_conn, "ROLLBACK")
+                raise
+            # Near sell-out: "0 rows" while units reserved by open transactions may still come
+            # back would be a lie in time; MySQL's member would wait on the row lock. Wait for
+            # them to resolve (bounded like a queue wait), then try again.
+            own = sum(r.amount for r in session.escrow if r.key_id == hs.key_id)
+            if decision == 0 and loop.time() < deadline:
+                if await self.host.escrow.wait_resolved(hs.key_id, deadline - loop.time(), own):
+                    continue
+                ke = self.host.escrow.keys.get(hs.key_id)
+                if m.reserved_seen > max(own, ke.outstanding if ke else 0):
+                    # Reserved by another proxy (or one that crashed, until recovery): no
+                    # event tells when they resolve; look again shortly, as a lock waiter.
+                    await asyncio.sleep(min(0.05, max(0.0, deadline - loop.time())))
+                    continue
+            break
+        if decision == PLAIN:
+            assert m.plain_done is not None
+            if txn_conn is not None:
+                session.txn_hot.add(hs.key_id)
+            try:
+                r = await forward()
+            finally:
+                m.plain_done.set_result(None)
+            ok = r is not None and r.err is None
+            M.HOTROW_STATEMENTS.inc("auto", "plain" if ok else "error")
+            return "hotrow-plain", "ok" if ok else "error"
+        if m.gtid:
+            session.last_gtid = m.gtid  # read-your-writes covers merged deductions too
+        if decision == RUN_ALONE:
+            M.HOTROW_STATEMENTS.inc("merge", "run_alone")
+            if txn_conn is not None:
+                session.txn_hot.add(hs.key_id)
+            await forward()
+            return "hotrow-merge", "ok"
+        if decision == MISMATCH:
+            # TARGET_AFFECT_ROW(n): the statement fails and changes nothing (allocate deducted
+            # nothing for it, in autocommit as in a transaction)
+            assert inv is not None
+            if inv.rollback_on_fail and txn_conn is not None:
+                await self._end_txn(session, txn_conn, "ROLLBACK")
+            M.HOTROW_STATEMENTS.inc("merge", "target_mismatch")
+            raise ProxyError(ER_INVENTORY_TARGET_AFFECT_ROW,
+                             "The affected row number does not match that of user specified.")
+        if m.reservation is not None:
+            try:
+                await self._confirm(session, m, m.reservation)
+            except ProxyError:
+                M.HOTROW_STATEMENTS.inc("merge", "error")
+                if inv is not None and inv.rollback_on_fail:
+                    await self._end_txn(session, txn_conn, "ROLLBACK")
+                raise
+        else:
+            # It ran on no connection of the session: no warnings, ROW_COUNT() answered here.
+            session.stmt_conn = Answered(decision)
+        if inv is not None and inv.commit_on_success and txn_conn is not None:
+            await self._end_txn(session, txn_conn, "COMMIT")
+        M.HOTROW_STATEMENTS.inc("merge", "succeeded" if decision else "sold_out")
+        await session.send(session.ok_packet(decision, 0, 0, INFO_HIT if decision else INFO_MISS))
+        return "hotrow-merge", "ok"
+
+    async def _join(self, ks: KeyState, hs: HotStmt, m: Member, user: str, floor: int | None,
+                    auto: bool) -> int:
+        """Join (or open) the key's collecting group; the member's decision."""
+        g = ks.collecting
+        if g is None or len(g.members) >= self.host.cfg.max_batch or g.user != user:
+            prev = ks.tail
+            if ks.plain_busy and (prev is None or prev.done()):
+                prev = ks.after_plain()  # gather behind the statement running as it is
+            g = Group(prev=prev, user=user, auto=auto)
+            ks.collecting = g
+            ks.tail = g.done
+            self.host.spawn(self._lead(hs, ks, g, user, floor))
+        g.members.append(m)
+        if len(g.members) >= self.host.cfg.max_batch:
+            g.full.set()
+        ks.waiting += 1
+        try:
+            return await m.fut  # the group runs in its own task: no shield needed
+        except BaseException:
+            if m.plain_done is not None and not m.plain_done.done():
+                m.plain_done.set_result(None)  # told to run alone, gone first: the key moves on
+            if m.reservation is not None and m.fut.done() and not m.fut.cancelled():
+                self.host.escrow.ended([m.reservation])  # reserved, never confirmed: give it back
+            raise
+        finally:
+            ks.waiting -= 1
+
+    async def _confirm(self, session: HotRowMember, m: Member, r: Reservation) -> None:
+        """The group reserved the member's units: its confirm row goes into its own
+        transaction before it is told "1 row". Whatever ends that transaction resolves the
+        reservation (the session hands it over)."""
+        try:
+            ok = await _on_member(m.conn, self.host.escrow.confirm_sql(r))
+            if ok.affected_rows != 1:
+                # cut short without an error (a KILL QUERY on the client's connection): no
+                # confirm row, so the UPDATE did not happen for this client either
+                raise ProxyError(ER_QUERY_INTERRUPTED, "Query execution was interrupted")
+        except BaseException:
+            self.host.escrow.ended([r])  # no confirm row: the units go back
+            raise
+        session.escrow.append(r)
+        session.stmt_conn = m.conn  # ROW_COUNT() 1 and no warnings, as the UPDATE's own
+
+    async def _end_txn(self, session: HotRowMember, c: Any, verb: str) -> None:
+        """COMMIT_ON_SUCCESS / ROLLBACK_ON_FAIL: end the member's transaction on its own
+        connection; a COMMIT's OK waits for a replica under `ack: replica`, as any COMMIT."""
+        ok = await _on_member(c, verb)
+        session.status = ok.status
+        if verb == "COMMIT" and ok.gtid:
+            session.last_gtid = ok.gtid
+            if self.host.app.durability.wants_ack:
+                await self.host.app.durability.wait_ack(ok.gtid)
+
+    async def _lead(self, hs: HotStmt, ks: KeyState, g: Group, user: str,
+                    floor: int | None) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.host.cfg.max_wait_us / 1e6
+        try:
+            busy = g.prev is not None and not g.prev.done()
+            if busy:
+                assert g.prev is not None
+                await asyncio.shield(g.prev)
+            # With no earlier group in flight the leader commits at once (waiting would only add
+            # latency); when one is in flight, followers gather while it commits, and after it
+            # the leader may still wait up to max_wait_us for the group to fill.
+            left = deadline - loop.time()
+            if busy and left > 0 and not g.full.is_set():
+                try:
+                    await asyncio.wait_for(g.full.wait(), left)
+                except TimeoutError:
+                    pass
+            if ks.collecting is g:
+                ks.collecting = None
+            ks.in_flight += len(g.members)
+            if g.auto and len(g.members) == 1 and self.host.may_run_plain(hs):
+                # Nobody came: the lone member runs its own statement; the key's next group
+                # starts once it is done, as after a group. (Not past open reservations: the
+                # group waits for them near sell-out, a plain UPDATE would not, _goes_plain.)
+                m = g.members[0]
+                if not m.fut.done():  # (its client may be gone)
+                    m.plain_done = loop.create_future()
+                    m.fut.set_result(PLAIN)
+                    await asyncio.shield(m.plain_done)
+                return
+            await self._commit_group(hs, g, user, floor, ks)
+        except BaseException as e:  # never leave a member waiting forever
+            for m in g.members:
+                if not m.fut.done():
+                    m.fut.set_exception(
+                        e if isinstance(e, ProxyError) else
+                        ProxyError(CR_SERVER_LOST, f"seckill-proxy batch aborted: {type(e).__name__}"))
+            if not isinstance(e, Exception):
+                raise
+        finally:
+            ks.in_flight -= len(g.members)
+            if ks.collecting is g:
+                ks.collecting = None
+            if not g.done.done():
+                g.done.set_result(None)
+
+    async def _commit_group(
+        self, hs: HotStmt, g: Group, user: str, floor: int | None, ks: KeyState
+    ) -> None:
+        last: NotCommitted | None = None
+        for attempt in (1, 2):
+            try:
+                decisions = await self._batch(hs, g.members, user, floor)
+            except NotCommitted as e:
+                last = e
+                log.warning("hot-row batch for %s did not commit (attempt %d): %s",
+                            hs.rule.qualified, attempt, e)
+                if isinstance(e.err, BackendError):
+                    break  # the database refused it: no retry of the same (see below)
+                if attempt == 1 and e.err.code in (2013, 9102) and self.host.app.monitor is not None:
+                    # The connection died: let the monitor see the servers again (a restart or
+                    # a failover) before the one retry, so it goes to a live primary.
+                    await self.host.app.monitor.next_round()
+                continue
+            ks.batches += 1
+            ks.recent.append((time.monotonic(), len(g.members)))
+            ack_err: ProxyError | None = None
+            gtid = g.members[0].gtid if g.members else None
+            if gtid and self.host.app.durability.wants_ack and any(
+                    d == 1 and m.conn is None for m, d in zip(g.members, decisions, strict=True)):
+                try:
+                    await self.host.app.durability.wait_ack(gtid)  # one wait serves the whole batch
+                except ProxyError as e:
+                    ack_err = e
+            for m, d in zip(g.members, decisions, strict=True):
+                if not m.fut.done():
+                    if ack_err is not None and d == 1:
+                        m.fut.set_exception(ack_err)
+                    else:
+                        m.fut.set_result(d)
+            return
+        assert last is not None
+        err = last.err
+        code = err.code
+        if isinstance(err, BackendError) or last.unverified or code in _NO_PRIVILEGE:
+            # The database refused the group's transaction (a privilege on the proxy's own
+            # tables, a constraint or trigger added since the rule was checked, a lock wait,
+            # a value out of range) or it did not do what was allocated: nothing committed.
+            # MySQL would have answered each statement alone, so each runs alone, and the rule
+            # is checked against the schema again before the next merge.
+            if code in _NO_PRIVILEGE:
+                log.warning("hot-row batch as user %s lacks privileges on %s (%s): statements "
+                            "run unmerged; grant SELECT, INSERT, DELETE on `%s`.* to merge them",
+                            g.user, self.host.cfg.batch_schema, err, self.host.cfg.batch_schema)
+            elif code not in _TRANSIENT:
+                self.host.schema_changed()
+            for m in g.members:
+                if not m.fut.done():
+                    m.fut.set_result(RUN_ALONE)
+            return
+        for m in g.members:
+            if not m.fut.done():
+                M.HOTROW_STATEMENTS.inc("merge", "error")
+                m.fut.set_exception(err if isinstance(err, ProxyError) else _as_proxy_error(err))
+
+    async def _batch(
+        self, hs: HotStmt, members: list[Member], user: str, floor: int | None
+    ) -> list[int]:
+        """One backend transaction for the whole group; returns each member's decision.
+
+        Verified before it commits: the locked row's value (and whether the row exists) is
+        read, the statements that follow must affect exactly the rows allocated (one stock row,
+        one reservation per member inside a transaction, one batch record), and COMMIT goes in
+        a round trip of its own. A statement cut short (KILL QUERY, a timeout: MariaDB may
+        answer "OK, 0 rows" without an error) rolls the batch back as not committed."""
+        r = hs.rule
+        tbl = f"`{r.schema}`.`{r.table}`"
+        key = sql_literal(hs.key_value)
+        batch_id = self.host.next_batch_id()
+        t0 = time.perf_counter()
+        try:
+            c = await self.host.service_conn(user)
+        except (BackendLost, BackendError) as e:
+            raise NotCommitted(_as_proxy_error(e)) from None
+        pool = c.pool
+        commit_sent = False
+        decisions: list[int] = []
+        reserve: list[tuple[Reservation, Member]] = []
+        try:
+            rows, _ = await c.query(
+                f"START TRANSACTION; SELECT `{r.column}` FROM {tbl} WHERE `{r.key}` = {key} FOR UPDATE")
+            exists = bool(rows)
+            if not exists and await row_exists(c, tbl, r.key, key):  # a read cut short
+                raise Unverified(f"locking read of {tbl} {key} returned nothing")
+            current = int(rows[0][0]) if rows and rows[0][0] is not None else None
+            decisions, total = allocate(current, members, floor, exists)
+            if 0 in decisions:  # near sell-out: units still reserved by open transactions?
+                held = await self._reserved_on(c, tbl, key)
+                for m, d in zip(members, decisions, strict=True):
+                    if d == 0:
+                        m.reserved_seen = held
+            # Members inside transactions: their units are reserved, not sold (escrow.py).
+            reserve = [(Reservation(tbl, r.key, r.column, key, hs.key_id, batch_id, i, m.amount,
+                                    user), m)
+                       for i, (m, d) in enumerate(zip(members, decisions, strict=True))
+                       if d == 1 and m.conn is not None]
+            stmts: list[tuple[str, int, str]] = []  # (statement, rows it must affect, what)
+            if total:
+                stmts.append((f"UPDATE {tbl} SET `{r.column}` = `{r.column}` - {total} "
+                              f"WHERE `{r.key}` = {key}", 1, "UPDATE"))
+            if reserve:
+                stmts.append((self.host.escrow.reservation_sql(
+                    (rv, m.conn.thread_id) for rv, m in reserve), len(reserve), "INSERT"))
+            stmts.append((
+                f"INSERT INTO `{self.host.cfg.batch_schema}`.`hotrow_batch` "
+                f"(id, table_name, key_value, members, total) VALUES ({batch_id}, "
+                f"'{escape_string(r.qualified)}', {sql_literal(str(hs.key_value))}, "
+                f"{len(members)}, {total})", 1, "INSERT"))
+            bad = await run_checked(c, stmts)
+            if bad:
+                what, want, got = bad[0]
+                raise Unverified(f"{what} affected {got} rows, expected {want}")
+            commit_sent = True
+            ok = await c.execute("COMMIT")
+        except (BackendError, Unverified) as e:
+            # An error or an unverified statement: COMMIT was not sent (MySQL also stops a
+            # multi-statement at its first error); the pool's reset rolls the batch back.
+            c.dirty = True
+            await pool.release(c, "batch error")
+            if isinstance(e, Unverified):
+                log.warning("hot-row batch for %s rolled back: %s", r.qualified, e)
+                raise NotCommitted(ProxyError(
+                    CR_SERVER_LOST, f"seckill-proxy batch rolled back: {e}"), True) from None
+            raise NotCommitted(e) from None
+        except BackendLost as e:
+            await pool.release(c, "batch connection lost")
+            if not commit_sent:
+                raise NotCommitted(_as_proxy_error(e)) from None
+            decisions = await self._in_doubt(hs, batch_id, user, decisions, e)
+            ok = None
+        else:
+            await pool.release(c)
+        for rv, m in reserve:
+            m.reservation = rv
+            self.host.escrow.reserved(rv)
+        if ok is not None and ok.gtid:
+            for m in members:
+                m.gtid = ok.gtid
+        M.HOTROW_BATCH_SIZE.observe(len(members))
+        M.HOTROW_BATCH_COMMIT.observe(time.perf_counter() - t0)
+        return decisions
+
+    async def _reserved_on(self, c: BackendConn, tbl: str, key: str) -> int:
+        """Units reserved on a key by any proxy's members whose transactions are still open
+        (their connection is on this server; a crashed proxy's reservations wait for
+        recovery and are not waited for), not resolved yet (escrow.py)."""
+        bs = self.host.cfg.batch_schema.replace("`", "``")
+        try:
+            rows, _ = await c.query(
+                f"SELECT COALESCE(SUM(amount), 0) FROM `{bs}`.`{RESERVATION}` WHERE "
+                f"table_name = '{escape_string(tbl)}' AND key_value = '{escape_string(key)}' "
+                "AND server_id = @@server_id AND conn_id IN "
+                "(SELECT ID FROM information_schema.PROCESSLIST)")
+        except BackendError:
+            return 0  # the statement failed alone; the batch's transaction goes on
+        return int(rows[0][0] or 0) if rows else 0
+
+    async def _in_doubt(
+        self, hs: HotStmt, batch_id: int, user: str, decisions: list[int], e: BackendLost
+    ) -> list[int]:
+        """COMMIT was sent and the connection died: look the batch record up to learn the truth.
+
+        A locking read waits for a COMMIT still in flight on the server; after a primary restart,
+        crash recovery has settled the transaction before the server accepts connections.
+        """
+        log.warning("hot-row batch %d: connection lost during COMMIT (%s); resolving", batch_id, e)
+        found = await find_record(self.host.app, f"`{self.host.cfg.batch_schema}`.`hotrow_batch`", batch_id,
+                                  user, self.host.app.password_of(user) or "")
+        if found:
+            M.HOTROW_IN_DOUBT.labels("committed").inc()
+            log.warning("hot-row batch %d committed", batch_id)
+            return decisions
+        if found is False:
+            M.HOTROW_IN_DOUBT.labels("not_committed").inc()
+            log.warning("hot-row batch %d did not commit", batch_id)
+            raise NotCommitted(ProxyError(
+                ER_SECKILL_NOT_COMMITTED, "Lost connection to MySQL server during COMMIT; "
+                "seckill-proxy verified the statement was NOT applied"))
+        M.HOTROW_IN_DOUBT.labels("unknown").inc()
+        raise _Unknown(ProxyError(CR_SERVER_LOST, "Lost connection to MySQL server during COMMIT; "
+                                  "outcome unknown (primary unreachable)"))
+
+
+class _Unknown(ProxyError):
+    def __init__(self, err: ProxyError) -> None:
+        super().__init__((err.code, err.sqlstate), err.message)
+
+
+def _as_proxy_error(e: BackendError | BackendLost | ProxyError) -> ProxyError:
+    if isinstance(e, ProxyError):
+        return e
+    if isinstance(e, BackendError):
+        return ProxyError((e.code, e.sqlstate), e.message)
+    return ProxyError(ER_SECKILL_NOT_COMMITTED,
+                      f"Lost connection to MySQL server ({e.reason}); statement NOT applied")
+
+
+async def _on_member(c: Any, sql: str) -> P.OkPacket:
+    """A statement the engine runs inside a member's transaction, on its own connection;
+    errors as the client would get them (a lost connection ends its transaction)."""
+    try:
+        return await c.execute(sql)  # type: ignore[no-any-return]
+    except BackendError as e:
+        raise ProxyError((e.code, e.sqlstate), e.message) from None
+    except BackendLost as e:
+        raise ProxyError(
+            CR_SERVER_LOST, f"Lost connection to MySQL server during query ({e.reason}); "
+            "the transaction was rolled back or its outcome is unknown", fatal=True) from None
