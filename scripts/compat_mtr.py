@@ -25,6 +25,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import pymysql
 from compat_common import sandbox_and_proxy
 
 MTR_DIR = Path("/usr/share/mysql/mysql-test")
@@ -38,6 +39,12 @@ THROUGH_NO_PROXY: dict[str, str] = {
 }
 
 BATCH = 20
+_ROOT_BACK = [
+    "CREATE USER IF NOT EXISTS 'root'@'localhost'",
+    "ALTER USER 'root'@'localhost' IDENTIFIED VIA unix_socket",
+    "GRANT ALL PRIVILEGES ON *.* TO 'root'@'localhost' WITH GRANT OPTION",
+    "GRANT PROXY ON ''@'%' TO 'root'@'localhost' WITH GRANT OPTION",
+]
 _RESTORE = [
     "DELETE FROM mysql.global_priv WHERE User = ''", "FLUSH PRIVILEGES",
     "CREATE USER IF NOT EXISTS 'app'@'%' IDENTIFIED BY 'app'",
@@ -99,12 +106,23 @@ def main(tests: list[str]) -> int:
         for r in sb.replicas:
             r.sql("SET GLOBAL log_bin_trust_function_creators = 1")
         def restore() -> None:
-            """Accounts back; a test that shut the server down (SHUTDOWN, kill) restarts it."""
+            """Accounts back; a test that shut the server down (SHUTDOWN, kill) restarts it;
+            one that changed root's login gets it back through `app` (ALL, WITH GRANT)."""
             try:
                 sb.primary.sql(*_RESTORE)
-            except Exception:  # noqa: BLE001 - the server is gone: start it again
+                return
+            except Exception:  # noqa: BLE001 - below: why it failed decides the repair
+                pass
+            try:
                 sb.primary.start()
-                sb.primary.sql(*_RESTORE)
+            except RuntimeError:  # it runs: root's login was changed by the test
+                app = pymysql.connect(host="127.0.0.1", port=sb.primary_port, user="app",
+                                      password="app", autocommit=True)
+                with app.cursor() as cur:
+                    for sql in _ROOT_BACK:
+                        cur.execute(sql)
+                app.close()
+            sb.primary.sql(*_RESTORE)
 
         def both(batch: list[str]) -> dict[str, tuple[str, str]]:
             d = _run(sb.primary_port, batch, work / "var", dlog)
