@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from proxy.core.errors import PinReason
 from proxy.plan.classify import classify
 from proxy.plan.plan import read_plan as plan
 from proxy.tools.sandbox import Sandbox
@@ -25,7 +26,7 @@ from .faultproxy import FaultProxy
     ("SELECT * FROM orders WHERE id = 1", "session", False, None, True, "session"),
     ("SELECT * FROM orders WHERE id = 1", "primary", False, None, False, "primary"),
     ("SELECT * FROM orders WHERE id = 1", "session", True, None, False, "session"),
-    ("SELECT * FROM orders WHERE id = 1", "session", False, "temporary table", False, "session"),
+    ("SELECT * FROM orders WHERE id = 1", "session", False, PinReason.TEMPORARY_TABLE, False, "session"),
     ("SELECT * FROM orders WHERE id = 1 FOR UPDATE", "eventual", False, None, False, "eventual"),
     ("SELECT * FROM orders LOCK IN SHARE MODE", "eventual", False, None, False, "eventual"),
     ("SELECT * FROM orders FOR SHARE", "eventual", False, None, False, "eventual"),
@@ -42,7 +43,7 @@ from .faultproxy import FaultProxy
     ("SELECT /*+ CONSISTENCY(global) */ * FROM orders", "eventual", False, None, True, "global"),
     ("SELECT /*+ CONSISTENCY(bogus) */ * FROM orders", "eventual", False, None, True, "eventual"),
 ])
-def test_routing_plan(sql: str, consistency: str, in_txn: bool, pinned: str | None,
+def test_routing_plan(sql: str, consistency: str, in_txn: bool, pinned: PinReason | None,
                       replica: bool, c_out: str) -> None:
     p = plan(classify(sql), consistency, None, in_txn, pinned, True)
     assert (p.replica, p.consistency) == (replica, c_out), p.reason
