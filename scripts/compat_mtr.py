@@ -94,17 +94,20 @@ def _main_suite() -> list[str]:
     return sorted(f"main.{p.stem}" for p in (MTR_DIR / "main").glob("*.test"))
 
 
-def main(tests: list[str]) -> int:
-    if not MTR_DIR.exists() or shutil.which("perl") is None:
-        print("needs Debian's mariadb-test package (apt-get install mariadb-test)")
-        return 2
-    work = Path(tempfile.mkdtemp(prefix="compat-mtr-"))
-    tests = tests or _main_suite()
-    got: dict[str, tuple[str, str]] = {}
-    with sandbox_and_proxy(work, _RESTORE, lambda cfg: None) as (sb, port), \
-            open(work / "direct.log", "w") as dlog, open(work / "proxy.log", "w") as plog:
+class _NoLogin(Exception):
+    """The server runs and nobody can log in: a test emptied or replaced the grant tables."""
+
+
+def _run_batches(work: Path, todo: list[list[str]], got: dict[str, tuple[str, str]],
+                 single: bool) -> list[list[str]]:
+    """Run batches on one sandbox and proxy; the batches left when the server became unusable."""
+    box = work / f"run{len(got)}"
+    box.mkdir()
+    with sandbox_and_proxy(box, _RESTORE, lambda cfg: None) as (sb, port), \
+            open(work / "direct.log", "a") as dlog, open(work / "proxy.log", "a") as plog:
         for r in sb.replicas:
             r.sql("SET GLOBAL log_bin_trust_function_creators = 1")
+
         def restore() -> None:
             """Accounts back; a test that shut the server down (SHUTDOWN, kill) restarts it;
             one that changed root's login gets it back through `app` (ALL, WITH GRANT)."""
@@ -116,8 +119,11 @@ def main(tests: list[str]) -> int:
             try:
                 sb.primary.start()
             except RuntimeError:  # it runs: root's login was changed by the test
-                app = pymysql.connect(host="127.0.0.1", port=sb.primary_port, user="app",
-                                      password="app", autocommit=True)
+                try:
+                    app = pymysql.connect(host="127.0.0.1", port=sb.primary_port, user="app",
+                                          password="app", autocommit=True)
+                except pymysql.MySQLError as e:
+                    raise _NoLogin(str(e)) from None
                 with app.cursor() as cur:
                     for sql in _ROOT_BACK:
                         cur.execute(sql)
@@ -131,21 +137,41 @@ def main(tests: list[str]) -> int:
             restore()
             return {t: (d[t], p[t]) for t in batch}
 
-        # Batches of BATCH tests share mtr's start-up; a test whose verdicts differ runs again
-        # alone on both sides (an earlier test of its batch may have left an account or a
-        # setting behind that matters on one side only).
-        # A test that may shut the server down (SHUTDOWN, kill, restart) runs alone: the rest
-        # of a batch would wait for a server that is gone.
-        alone = [t for t in tests if _stops_server(t)]
-        batches = [[t] for t in alone]
-        rest = [t for t in tests if t not in alone]
-        batches += [rest[i:i + BATCH] for i in range(0, len(rest), BATCH)]
-        for batch in batches:
-            for t, (d, p) in both(batch).items():
-                if len(tests) > 1 and d != p:
-                    d, p = both([t])[t]
-                got[t] = (d, p)
-                print(f"{t}: direct {d}, proxy {p}", flush=True)
+        for n, batch in enumerate(todo):
+            try:
+                results = both(batch)
+                for t, (d, p) in results.items():
+                    if not single and d != p:
+                        d, p = both([t])[t]
+                    got[t] = (d, p)
+                    print(f"{t}: direct {d}, proxy {p}", flush=True)
+            except _NoLogin as e:
+                left = [t for t in batch if t not in got]
+                print(f"(no login after {left[0] if left else batch[-1]}: {e}; new sandbox)",
+                      flush=True)
+                if len(batch) > 1:  # run them alone: the one that broke it is found
+                    return [[t] for t in left] + todo[n + 1:]
+                got[batch[0]] = got.get(batch[0], ("error", "error"))
+                return todo[n + 1:]
+    return []
+
+
+def main(tests: list[str]) -> int:
+    if not MTR_DIR.exists() or shutil.which("perl") is None:
+        print("needs Debian's mariadb-test package (apt-get install mariadb-test)")
+        return 2
+    work = Path(tempfile.mkdtemp(prefix="compat-mtr-"))
+    tests = tests or _main_suite()
+    got: dict[str, tuple[str, str]] = {}
+    # A test that may shut the server down (SHUTDOWN, kill, restart) runs alone: the rest of a
+    # batch would wait for a server that is gone. The others run in batches of BATCH sharing
+    # mtr's start-up; a test whose verdicts differ runs again alone on both sides (an earlier
+    # test of its batch may have left an account or a setting behind on one side only).
+    alone = [t for t in tests if _stops_server(t)]
+    rest = [t for t in tests if t not in alone]
+    todo = [[t] for t in alone] + [rest[i:i + BATCH] for i in range(0, len(rest), BATCH)]
+    while todo:  # a test that leaves the server with no login (bad_user_table): a new sandbox
+        todo = _run_batches(work, todo, got, single=len(tests) == 1)
     print(f"work dir: {work} (direct.log, proxy.log, proxy.out)")
     only = sorted(t for t, (d, p) in got.items() if d == "pass" and p != "pass")
     for side, i in (("direct", 0), ("proxy", 1)):
