@@ -295,3 +295,21 @@ def test_a_connection_taken_back_and_returned_carries_no_other_clients_warnings(
             a.close()
             b.close()
     assert answers[0] == answers[1]
+
+
+def test_diagnostics_after_a_carried_area_are_mysqls(iso_proxy: ProxyProc,
+                                                      sandbox: Sandbox) -> None:
+    """Found by the generated test above at 300 random examples: a warning on a replica read,
+    then a statement without tables on the primary (the area is carried), then ROW_COUNT():
+    the proxy cleared the primary connection's area first, a statement of its own there, so
+    ROW_COUNT() said 0 where MySQL says -1, and the warnings were gone after it."""
+    seq = ["SELECT 1/0", "SELECT @@in_transaction", "SHOW WARNINGS", "SELECT ROW_COUNT()",
+           "SHOW WARNINGS", "SELECT @@warning_count", "SELECT ROW_COUNT()"]
+    out = []
+    for port in (sandbox.primary_port, iso_proxy.port):
+        c = _connect(port, "utf8mb4", None, "shop", CLIENT.MULTI_STATEMENTS)
+        try:
+            out.append([_run(c, s) for s in seq])
+        finally:
+            c.close()
+    assert out[0] == out[1]

@@ -30,6 +30,7 @@ from proxy.core.errors import (
     PinReason,
     ProxyError,
 )
+from proxy.core.state import Carried
 from proxy.exec import tracked, uservars
 from proxy.exec.reply import finish, lost, run_on
 from proxy.net import protocol as P
@@ -175,10 +176,17 @@ async def diagnostics(s: Statement,
     fresh MySQL connection."""
     L = s.lease
     c = L.conn
-    if c is not None and c is s.stmt_conn and not c.broken and not s.state_stale:
+    # The session carries its area from a connection it left (state.Carried; what `local.
+    # carried` does not answer, such as ROW_COUNT(), comes here): the statement that moved it
+    # ran on the lease's connection, cleared of others' conditions when acquired, and left
+    # none; clearing it again would run a statement there (ROW_COUNT() 0 instead of -1).
+    area = s.stmt_conn
+    carried = area if isinstance(area, Carried) else None
+    if c is not None and (c is area or carried) and not c.broken and not s.state_stale:
         if L.state is LeaseState.SOFT:
             L.transition(LeaseState.STATEMENT, LeaseReason.ACQUIRED)
     else:
+        carried = None
         c = await s.primary_conn()
         await c.clear_diagnostics()
     try:
@@ -186,7 +194,10 @@ async def diagnostics(s: Statement,
     except BackendLost as e:
         await lost(s, e, retry=False, shape=None)
         raise AssertionError("unreachable") from None
-    return await finish(s, c, r, None)
+    r = await finish(s, c, r, None)
+    if carried is not None and r.err is None and not c.warned:
+        s.stmt_conn = carried  # it opened no table and raised nothing: the area stays
+    return r
 
 
 async def begin_read_only(s: Statement, p: Plan) -> None:
