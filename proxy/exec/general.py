@@ -207,7 +207,7 @@ async def begin_read_only(s: Statement, p: Plan) -> None:
     if got is None:
         s.app.reads.count(p.read.consistency, "primary_fallback")
         return
-    await s.lease.release(LeaseReason.READ_ONLY_TXN)
+    await s.leave(LeaseReason.READ_ONLY_TXN)  # (the diagnostics area may be carried along)
     s.lease.transition(LeaseState.REPLICA_TXN, LeaseReason.READ_ONLY_TXN, got[0], got[1])
     s.state_stale = False
     await s.clear_foreign_diag(got[0])
