@@ -20,6 +20,7 @@ import socket
 import struct
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pymysql
@@ -320,3 +321,39 @@ def test_diagnostics_after_a_carried_area_are_mysqls(iso_proxy: ProxyProc,
             finally:
                 c.close()
         assert out[0] == out[1], seq
+
+
+def test_a_read_only_transaction_ended_by_an_error_sends_no_write_to_the_replica(
+        sandbox: Sandbox, tmp_path: Path) -> None:
+    """Found at 300 random examples: START TRANSACTION READ ONLY runs on a replica; a failing
+    DDL ends the transaction (implicit commit) and its ERR carries no status, so the proxy
+    kept the session on the replica and the next INSERT ran there, outside any transaction:
+    OK to the client, the row on the replica only, replication then stopped (GTID strict
+    mode). Now the row is written on the primary, as directly, and replication runs on."""
+    sandbox.primary.sql("CREATE TABLE IF NOT EXISTS shop.ro_end (id INT PRIMARY KEY)",
+                        "DELETE FROM shop.ro_end")
+    sandbox.wait_replicas()
+    seq = ["START TRANSACTION READ ONLY", "CREATE TABLE shop.ro_end (id INT)",
+           "INSERT INTO shop.ro_end VALUES ({n})", "COMMIT", "SELECT @@in_transaction"]
+    proxy = start_proxy(tmp_path, make_config(
+        sandbox, routing={"read_consistency": "session", "max_wait_ms": 2000}))
+    out = []
+    try:
+        for n, port in ((1, sandbox.primary_port), (2, proxy.port)):
+            c = _connect(port, "utf8mb4", None, "shop", CLIENT.MULTI_STATEMENTS)
+            try:
+                out.append([_run(c, s.format(n=n)) for s in seq])
+            finally:
+                c.close()
+        # the read-only transaction ran on the replica (else this tests nothing)
+        import urllib.request
+
+        page = urllib.request.urlopen(f"http://127.0.0.1:{proxy.metrics_port}/metrics",
+                                      timeout=10).read().decode()
+        assert 'seckill_proxy_reads_total{consistency="session",outcome="replica"} 1.0' in page
+    finally:
+        proxy.stop()
+    assert out[0] == out[1]
+    assert sandbox.primary.sql("SELECT id FROM shop.ro_end ORDER BY id") == [(1,), (2,)]
+    sandbox.wait_replicas()  # replication still runs
+    assert sandbox.replicas[0].sql("SELECT id FROM shop.ro_end ORDER BY id") == [(1,), (2,)]

@@ -55,6 +55,8 @@ async def finish(s: Statement, c: BackendConn, r: Relayed, hold: BufferWriter | 
     held) reply go out."""
     if read_gtid and r.err is None:
         await gtid_after(s, c, r)
+    if r.err is not None and r.ok is None and s.replica_txn:
+        await replica_txn_state(c)
     s.absorb_reply(c, r)
     carry = None
     if s.replica_vars and s.replica_txn and not s.in_txn:
@@ -66,6 +68,26 @@ async def finish(s: Statement, c: BackendConn, r: Relayed, hold: BufferWriter | 
         await release_held(s, hold, r)
     await s.drain_client()
     return r
+
+
+async def replica_txn_state(c: BackendConn) -> None:
+    """An error inside a read-only transaction on a replica may have ended it (a failed DDL
+    commits implicitly) and an ERR carries no status: ask the connection. Otherwise the
+    session would stay on the replica outside any transaction and a write there would
+    succeed on the replica alone (found by the generated own-answers test: START TRANSACTION
+    READ ONLY; CREATE TABLE t (fails); INSERT INTO t ... ran on the replica)."""
+    if not c.status & P.SERVER_STATUS_IN_TRANS or c.broken:
+        return
+    try:
+        row = await c.fetch_one("SELECT @@in_transaction")
+    except BackendError:
+        c.broken = True  # not known: the connection is not trusted with the session again
+        return
+    except BackendLost:
+        c.broken = True
+        return
+    if row is None or str(row[0]) != "1":
+        c.status &= ~P.SERVER_STATUS_IN_TRANS
 
 
 async def read_user_vars(s: Statement, c: BackendConn) -> uservars.Carry | None:
