@@ -95,7 +95,8 @@ def _main_suite() -> list[str]:
 
 
 class _NoLogin(Exception):
-    """The server runs and nobody can log in: a test emptied or replaced the grant tables."""
+    """The server cannot be given its accounts back: a test emptied, replaced or broke the
+    grant tables (bad_user_table, system table tests)."""
 
 
 def _run_batches(work: Path, todo: list[list[str]], got: dict[str, tuple[str, str]],
@@ -117,18 +118,18 @@ def _run_batches(work: Path, todo: list[list[str]], got: dict[str, tuple[str, st
             except Exception:  # noqa: BLE001 - below: why it failed decides the repair
                 pass
             try:
-                sb.primary.start()
-            except RuntimeError:  # it runs: root's login was changed by the test
                 try:
+                    sb.primary.start()
+                except RuntimeError:  # it runs: root's login was changed by the test
                     app = pymysql.connect(host="127.0.0.1", port=sb.primary_port, user="app",
                                           password="app", autocommit=True)
-                except pymysql.MySQLError as e:
-                    raise _NoLogin(str(e)) from None
-                with app.cursor() as cur:
-                    for sql in _ROOT_BACK:
-                        cur.execute(sql)
-                app.close()
-            sb.primary.sql(*_RESTORE)
+                    with app.cursor() as cur:
+                        for sql in _ROOT_BACK:
+                            cur.execute(sql)
+                    app.close()
+                sb.primary.sql(*_RESTORE)
+            except (pymysql.MySQLError, RuntimeError) as e:  # grant tables broken or emptied
+                raise _NoLogin(str(e)) from None
 
         def both(batch: list[str]) -> dict[str, tuple[str, str]]:
             d = _run(sb.primary_port, batch, work / "var", dlog)
