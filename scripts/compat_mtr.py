@@ -119,8 +119,7 @@ class _NoLogin(Exception):
 def _run_batches(work: Path, todo: list[list[str]], got: dict[str, tuple[str, str]],
                  single: bool) -> list[list[str]]:
     """Run batches on one sandbox and proxy; the batches left when the server became unusable."""
-    box = work / f"run{len(got)}"
-    box.mkdir()
+    box = Path(tempfile.mkdtemp(prefix="run", dir=work))  # a new sandbox each time
     with sandbox_and_proxy(box, _RESTORE, lambda cfg: None) as (sb, port), \
             open(work / "direct.log", "a") as dlog, open(work / "proxy.log", "a") as plog:
         for r in sb.replicas:
