@@ -170,3 +170,25 @@ def test_ready_notification_text_logs_and_open_files(sandbox: Sandbox, tmp_path:
     assert msg is None or "open-files limit" in msg
     if msg is None:
         assert soft >= 10000
+
+
+def test_a_monitor_account_without_the_grants_is_named_in_the_log(sandbox: Sandbox,
+                                                                    tmp_path: Path) -> None:
+    """Issue 26: a monitor account without SLAVE MONITOR made every server "down" with nothing
+    in the log (error 1227 only in SHOW BACKENDS). The log now says which server, why, and
+    the GRANT that fixes it."""
+    sandbox.primary.sql("CREATE USER IF NOT EXISTS 'weakmon'@'%' IDENTIFIED BY 'weakmon'",
+                        "GRANT SELECT ON shop.* TO 'weakmon'@'%'")
+    sandbox.wait_replicas()
+    cfg = make_config(sandbox)
+    cfg["users"] = [{"name": "weakmon", "password": "weakmon"}, *cfg["users"]]
+    p = start_proxy(tmp_path, cfg)
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and "SLAVE MONITOR" not in p.log():
+            time.sleep(0.5)
+        log = p.log()
+    finally:
+        p.stop()
+    line = next(x for x in log.splitlines() if "SLAVE MONITOR" in x)
+    assert "down" in line and "1227" in line and "weakmon" in line

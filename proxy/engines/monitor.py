@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("seckill.monitor")
 INTERVAL_S = 1.0
+# access denied: to a statement's privilege (1227), a table (1142), a database (1044), a login
+_NO_PRIVILEGE = frozenset({1227, 1142, 1044, 1045})
 
 
 def durable_problems(d: dict[str, str]) -> list[str]:
@@ -137,6 +139,7 @@ class Monitor:
     async def _check(self, key: str, st: BackendState) -> None:
         cfg = self.app.cfg
         user = cfg.users[0]
+        was = (st.state, st.reason)  # a change is logged (not every round's)
         try:
             c = self._conns.get(key)
             if c is None or c.broken or c.io.at_eof():
@@ -175,9 +178,17 @@ class Monitor:
                 st.state = "fenced"
         except (BackendError, BackendLost, TimeoutError, OSError, AssertionError) as e:
             st.up, st.state, st.reason = False, "down", str(e)[:200]
+            if isinstance(e, BackendError) and e.code in _NO_PRIVILEGE:
+                st.reason = (f"{st.reason}; the monitor account '{user.name}' needs REPLICATION "
+                             "CLIENT and, on MariaDB, SLAVE MONITOR (GRANT REPLICATION CLIENT, "
+                             f"SLAVE MONITOR ON *.* TO '{user.name}')")[:400]
             c = self._conns.pop(key, None)
             if c:
                 c.close()
+        if st.state != was[0] or (st.state == "down" and st.reason != was[1]):
+            (log.warning if st.state in ("down", "broken") else log.info)(
+                "backend %s (%s): %s%s", key, st.role, st.state,
+                f" ({st.reason})" if st.reason else "")
         st.checked_at = time.time()
         if st.up and st.role == "replica" and self.app.reads is not None:
             self.app.reads.note_replica(key, st.gtid)
