@@ -206,14 +206,20 @@ class BackendConn:
         await self.execute("DO (SELECT 1 FROM information_schema.COLLATIONS LIMIT 0)")
         self.diag = self.warned = False
 
-    async def init_db(self, database: str) -> None:
-        """COM_INIT_DB: select a database by its name's bytes (the session's character set);
-        raise BackendError on ERR."""
-        await self.command(bytes((P.COM_INIT_DB,)) + database.encode("utf-8", "surrogateescape"))
+    async def _reply(self) -> bytes:
+        """The next packet of a reply; an ERR raises BackendError (MySQL sends nothing after
+        it)."""
         pkt = await self.read_packet()
         if pkt[0] == 0xFF:
             e = P.parse_err(pkt)
             raise BackendError(e.code, e.sqlstate, e.message, pkt)
+        return pkt
+
+    async def init_db(self, database: str) -> None:
+        """COM_INIT_DB: select a database by its name's bytes (the session's character set);
+        raise BackendError on ERR."""
+        await self.command(bytes((P.COM_INIT_DB,)) + database.encode("utf-8", "surrogateescape"))
+        pkt = await self._reply()
         ok = P.parse_ok(pkt, True)
         self._track(ok.status, ok)
 
@@ -254,10 +260,7 @@ class BackendConn:
         await self.command(bytes((P.COM_QUERY,)) + sql.encode())
         out: list[tuple[list[list[str | None]] | None, P.OkPacket | None]] = []
         while True:
-            pkt = await self.read_packet()
-            if pkt[0] == 0xFF:
-                e = P.parse_err(pkt)
-                raise BackendError(e.code, e.sqlstate, e.message, pkt)
+            pkt = await self._reply()
             if pkt[0] == 0x00:
                 ok = P.parse_ok(pkt, True)
                 self._track(ok.status, ok)
@@ -287,10 +290,7 @@ class BackendConn:
             await self.read_packet()  # EOF
             rows: list[list[str | None]] = []
             while True:
-                pkt = await self.read_packet()
-                if pkt[0] == 0xFF:
-                    e = P.parse_err(pkt)
-                    raise BackendError(e.code, e.sqlstate, e.message, pkt)
+                pkt = await self._reply()
                 if P.is_eof(pkt):
                     st = P.eof_status(pkt)
                     self._track(st, None)
@@ -304,10 +304,7 @@ class BackendConn:
         """One text-protocol statement's result set as the server sent it (internal use): its
         column definitions and rows, untouched."""
         await self.command(bytes((P.COM_QUERY,)) + sql.encode())
-        pkt = await self.read_packet()
-        if pkt[0] == 0xFF:
-            e = P.parse_err(pkt)
-            raise BackendError(e.code, e.sqlstate, e.message, pkt)
+        pkt = await self._reply()
         ncols, _ = P.lenenc_int(pkt, 0)
         defs = [await self.read_packet() for _ in range(ncols)]
         await self.read_packet()  # EOF
@@ -323,10 +320,7 @@ class BackendConn:
         """COM_SET_OPTION: multi-statements on or off (connections log in with them on; the
         session turns them off around a `a; b` from a client that has them off)."""
         await self.command(bytes((P.COM_SET_OPTION, 0 if on else 1, 0)))
-        pkt = await self.read_packet()
-        if pkt[0] == 0xFF:
-            e = P.parse_err(pkt)
-            raise BackendError(e.code, e.sqlstate, e.message, pkt)
+        await self._reply()
 
     async def wait_gtid(self, gtid: str, timeout_s: float) -> bool:
         """Bounded wait until this server applied `gtid` (MariaDB or MySQL flavour)."""
@@ -495,10 +489,7 @@ class BackendConn:
     async def reset(self) -> None:
         """COM_RESET_CONNECTION: roll back, drop temp tables, user vars, locks, statements."""
         await self.command(bytes((P.COM_RESET_CONNECTION,)))
-        pkt = await self.read_packet()
-        if pkt[0] == 0xFF:
-            e = P.parse_err(pkt)
-            raise BackendError(e.code, e.sqlstate, e.message, pkt)
+        await self._reply()
         self.stmts.clear()
         self.dirty = False
         self.diag = self.warned = False
