@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.core.gtid import GtidError, MariaPos, MySQLSet, contains, parse, union
+from proxy.core.gtid import GtidError, MariaPos, MySQLSet, beyond, contains, parse, union
 
 U1 = "3e11fa47-71ca-11e1-9e33-c80aa9429562"
 U2 = "4f22fa47-71ca-11e1-9e33-c80aa9429562"
@@ -80,3 +80,42 @@ def test_mysql_set_semantics(a: MySQLSet, b: MySQLSet) -> None:
     assert contains(a, b) == (b_m <= a_m)
     if isinstance(u, MySQLSet):
         assert parse(str(u)) == u
+
+
+@pytest.mark.parametrize("have,ref,out", [
+    ("0-1-18", "0-1-3", True),  # RESET MASTER on the primary: its numbering started again
+    ("0-1-3", "0-1-18", False),  # a replica behind: the normal case
+    ("0-1-18", "0-1-18", False),
+    ("0-2-19", "0-1-18", True),  # a write on the replica itself, in the primary's domain
+    ("0-1-18,7-2-4", "0-1-18", False),  # the replica's own domain is not compared
+    ("0-1-18", "", False),  # an empty primary (just reset, nothing written): nothing shared
+    ("", "0-1-3", False),
+    (f"{U1}:1-18", f"{U1}:1-3", True),
+    (f"{U1}:1-3", f"{U1}:1-18", False),
+    (f"{U1}:1-5:9", f"{U1}:1-8", True),  # a transaction the primary does not have
+    (f"{U1}:1-5,{U2}:1-9", f"{U1}:1-5", False),
+    ("0-1-18", f"{U1}:1-3", False),  # flavours: nothing to compare
+])
+def test_beyond(have: str, ref: str, out: bool) -> None:
+    assert beyond(parse(have), parse(ref)) is out
+
+
+@settings(max_examples=300, deadline=None)
+@given(maria, maria)
+def test_maria_beyond_is_what_the_primary_lacks_in_its_domains(a: MariaPos, b: MariaPos) -> None:
+    shared = {d for d, _, _ in a.domains} & {d for d, _, _ in b.domains}
+    lacks = not contains(b, MariaPos(tuple(x for x in a.domains if x[0] in shared)))
+    assert beyond(a, b) == lacks
+    assert not beyond(b, union(a, b))  # a position read later (grown) never has less
+
+
+@settings(max_examples=300, deadline=None)
+@given(mysql, mysql)
+def test_mysql_beyond_is_what_the_primary_lacks_of_its_sources(a: MySQLSet, b: MySQLSet) -> None:
+    if not (isinstance(a, MySQLSet) and isinstance(b, MySQLSet)):
+        return
+    mine = {u for u, _ in b.sets}
+    extra = {(u, n) for u, n in _members(a) if u in mine} - _members(b)
+    assert beyond(a, b) == bool(extra)
+    u = union(a, b)
+    assert isinstance(u, MySQLSet) and not beyond(b, u)

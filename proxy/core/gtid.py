@@ -176,3 +176,22 @@ def merged(a: Gtid | None, b: Gtid) -> Gtid:
         return union(a, b)
     except GtidError:
         return b
+
+
+def beyond(have: Gtid, ref: Gtid) -> bool:
+    """Does a server at `have` hold a transaction that a server at `ref` lacks, in a domain
+    (MariaDB) or a source UUID (MySQL) that `ref` has? A replica's position read before the
+    primary's never is, in a healthy topology: positions only grow and replicas apply only
+    what the primary wrote. When it is, the replica's position cannot be compared with the
+    primary's any more (RESET MASTER on the primary restarted its numbering; or the replica
+    took writes of its own), and a read sent there on a GTID test could be stale. Domains
+    or sources `ref` does not have are not compared (a replica's own local domain). Mixed
+    flavours: no (nothing to compare)."""
+    if isinstance(have, MariaPos) and isinstance(ref, MariaPos):
+        mine = ref.as_dict()
+        return any(d in mine and q > mine[d][1] for d, _, q in have.domains)
+    if isinstance(have, MySQLSet) and isinstance(ref, MySQLSet):
+        theirs = ref.as_dict()
+        return any(u in theirs and not ref.contains(MySQLSet(((u, ivs),)))
+                   for u, ivs in have.sets)
+    return False

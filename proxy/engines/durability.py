@@ -81,7 +81,7 @@ class Durability:
         mon = self.app.monitor
         pools: list[Pool] = [self.app.pools[k] for k, st in
                              (mon.states if mon is not None else {}).items()
-                             if st.role == "replica" and st.up]
+                             if st.role == "replica" and st.up and st.held is None]
         have = [p for p in pools if G.applied(reads.known.get(p.label), wm)]
         if len(have) < need:
             rest = [p for p in pools if p not in have]

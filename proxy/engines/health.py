@@ -21,3 +21,8 @@ class BackendState:
     durability: dict[str, str] = field(default_factory=dict)
     checked_at: float = 0.0
     replicating: bool = False
+    # A replica whose GTID position stopped being comparable with the primary's (monitor.py:
+    # RESET MASTER on the primary, or writes of its own): its position when that was seen. No
+    # GTID test (read split, replica acks) trusts it until its position drops below this one
+    # (a DBA re-pointed its replication).
+    held: str | None = None

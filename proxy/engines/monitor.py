@@ -13,6 +13,7 @@ import time
 from typing import TYPE_CHECKING
 
 from proxy.backends.backend import BackendConn
+from proxy.core import gtid as G
 from proxy.core import metrics as M
 from proxy.core.errors import BackendError, BackendLost
 from proxy.engines.health import BackendState
@@ -55,6 +56,10 @@ class Monitor:
         self._conns: dict[str, BackendConn] = {}
         self._task: asyncio.Task[None] | None = None
         self._round: asyncio.Future[None] | None = None
+        # last round's replica positions and primary (key, position): histories are compared
+        # across rounds, so a replica's position is always older than the primary's it meets
+        self._last: dict[str, str] = {}
+        self._primary_seen: tuple[str, str] | None = None
         self.sync()
 
     def sync(self) -> None:
@@ -87,6 +92,7 @@ class Monitor:
         while True:
             await asyncio.gather(*(self._check(k, st) for k, st in list(self.states.items())))
             self._follow_primary()
+            self._compare_histories()
             if self._round is not None and not self._round.done():
                 self._round.set_result(None)
             self._round = None
@@ -136,6 +142,68 @@ class Monitor:
         st.role = "primary"
         self.app.switch_primary(new)
 
+    def _compare_histories(self) -> None:
+        """Hold out of every GTID test a replica whose position is no longer the primary's
+        history: one that has what the primary lacks (its position of the last round is
+        beyond the primary's of this round; positions only grow, so in a healthy topology it
+        never is), or every replica when the primary's own position went back (RESET MASTER:
+        numbering starts again at 1, and a replica at 0-1-500 would look as if it had applied
+        the primary's new 0-1-5, which it never will: MariaDB's replication stalls there with
+        no error). Without this, read-your-writes reads would be sent there and be stale, and
+        replica acknowledgements would be given for writes no replica has."""
+        pk = self.app.primary_key()
+        pst = self.states.get(pk)
+        if pst is None or not pst.up or pst.role != "primary":
+            self._last, self._primary_seen = {}, None
+            return
+        try:
+            now = G.parse(pst.gtid)
+            went_back = (self._primary_seen is not None and self._primary_seen[0] == pk
+                         and not G.contains(now, self._primary_seen[1]))
+        except G.GtidError:
+            return
+        for k, st in self.states.items():
+            if st.role != "replica" or not st.up or st.held is not None:
+                continue
+            prev = self._last.get(k)
+            try:
+                ahead = prev is not None and G.beyond(G.parse(prev), now)
+            except G.GtidError:
+                ahead = False
+            if (went_back and st.gtid) or ahead:
+                self._hold(k, st, f"the primary's GTID position went back to '{pst.gtid}' "
+                           "(RESET MASTER?)" if went_back else
+                           f"its GTID position '{prev}' has transactions the primary's "
+                           f"'{pst.gtid}' lacks (RESET MASTER on the primary, or writes on the "
+                           "replica)")
+        self._last = {k: st.gtid for k, st in self.states.items()
+                      if st.role == "replica" and st.up and st.held is None}
+        self._primary_seen = (pk, pst.gtid)
+
+    def _hold(self, key: str, st: BackendState, why: str) -> None:
+        st.held = st.gtid
+        st.state, st.reason = "diverged", (
+            f"{why}: no reads or replica acks by GTID until its replication is re-pointed "
+            f"and its position drops below '{st.held}'")[:400]
+        log.warning("backend %s (replica): diverged (%s)", key, st.reason)
+        self.app.reads.forget(key)
+
+    def _still_held(self, key: str, st: BackendState) -> bool:
+        """A held replica stays out until its position no longer contains the one it had when
+        held (its replication was re-pointed: RESET SLAVE, a new gtid_slave_pos)."""
+        assert st.held is not None
+        try:
+            still = G.contains(st.gtid, st.held)
+        except G.GtidError:
+            still = False
+        if still:
+            return True
+        log.info("backend %s (replica): position '%s' is below '%s', where it diverged: "
+                 "comparable again", key, st.gtid, st.held)
+        st.held = None
+        self.app.reads.forget(key)
+        return False
+
     async def _check(self, key: str, st: BackendState) -> None:
         cfg = self.app.cfg
         user = cfg.users[0]
@@ -174,6 +242,9 @@ class Monitor:
                 or r.get("Slave_SQL_Running", r.get("Replica_SQL_Running")) == "Yes" for r in rows)
             if st.role == "replica":
                 self._replica_state(st, rows)
+                if st.held is not None and self._still_held(key, st):
+                    st.state, st.reason = "diverged", was[1] if was[0] == "diverged" else (
+                        f"diverged at '{st.held}'")
             elif st.role == "fenced":
                 st.state = "fenced"
         except (BackendError, BackendLost, TimeoutError, OSError, AssertionError) as e:
@@ -190,7 +261,7 @@ class Monitor:
                 "backend %s (%s): %s%s", key, st.role, st.state,
                 f" ({st.reason})" if st.reason else "")
         st.checked_at = time.time()
-        if st.up and st.role == "replica" and self.app.reads is not None:
+        if st.up and st.role == "replica" and st.held is None and self.app.reads is not None:
             self.app.reads.note_replica(key, st.gtid)
         self._publish(key, st)
 

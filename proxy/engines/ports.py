@@ -42,6 +42,8 @@ class Positions(Protocol):
 
     def note_replica(self, key: str, pos: str) -> None: ...
 
+    def forget(self, key: str) -> None: ...  # its position can no longer be compared
+
 
 class Acks(Protocol):
     """Replica acknowledgements (durability.Durability)."""

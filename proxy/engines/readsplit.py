@@ -50,6 +50,12 @@ class ReadRouter:
         except G.GtidError:
             self.known[key] = g
 
+    def forget(self, key: str) -> None:
+        """Drop what is known of a replica's position: the monitor saw its GTID history stop
+        being the primary's (known positions only ever grow by union, so a replica re-pointed
+        to a lower position would otherwise keep its old, meaningless one)."""
+        self.known.pop(key, None)
+
     async def primary_position(self) -> G.Gtid:
         """The primary's position, fetched after the caller asked (never a stale cached one).
 
