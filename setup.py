@@ -1,5 +1,7 @@
 """Compiles the modules every statement runs through with mypyc (proxy/compiled.py; README: why).
-SECKILL_PURE_PYTHON=1 installs them as plain Python.
+SECKILL_PURE_PYTHON=1 installs them as plain Python; so does a machine without a C compiler
+(the extensions are optional: setuptools skips one that fails to build, with a warning, and the
+proxy logs at start how many of its hot modules run compiled).
 
 mypyc must see every third-party class a compiled class derives from (pyproject.toml's build
 requirements: prometheus-client): a base it cannot resolve is taken for a native one, and the
@@ -19,6 +21,8 @@ else:
     from mypyc.build import mypycify
 
     ext_modules = mypycify([f"proxy/{m}.py" for m in compiled["HOT"]], opt_level="3")
+    for ext in ext_modules:
+        ext.optional = True  # no compiler: plain Python, not a failed install
     compiled["record"]()
 
 setup(ext_modules=ext_modules)

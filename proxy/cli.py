@@ -14,6 +14,7 @@ import time
 
 from proxy import compiled
 from proxy.core import config as C
+from proxy.core.logctx import ConnIdFilter
 
 
 class JsonFormatter(logging.Formatter):
@@ -117,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     handler = logging.StreamHandler()
     text = cfg.log_format == "text" or (cfg.log_format == "auto" and sys.stderr.isatty())
     handler.setFormatter(TextFormatter() if text else JsonFormatter())
+    handler.addFilter(ConnIdFilter())  # the client a line is about, as a field (logctx.py)
     logging.basicConfig(level=cfg.log_level, handlers=[handler])
     low = raise_open_files(cfg)
     if low is not None:

@@ -43,6 +43,7 @@ from proxy.core.errors import (
     DisconnectReason,
     ProxyError,
 )
+from proxy.core.logctx import CONN_ID
 from proxy.core.state import Catalog, Names
 from proxy.net import protocol as P
 from proxy.net.tls import client_context, server_context
@@ -383,6 +384,7 @@ class App:
         )
         conn.ext_offer = self.ext_offer
         conn.connection_id = await self.control.add(conn)
+        CONN_ID.set(conn.connection_id)  # every line logged for this client names it
         self.connections.add(conn)
         M.CLIENT_ACCEPTED.inc()
         M.CLIENT_CONNECTIONS.inc()

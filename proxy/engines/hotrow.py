@@ -29,6 +29,7 @@ from proxy.core.errors import (
     BackendLost,
     ProxyError,
 )
+from proxy.core.logctx import detached
 from proxy.core.state import SERVICE, SERVICE_MARIADB
 from proxy.engines.escrow import RESERVATION, Escrow, Reservation
 from proxy.engines.hotalloc import (
@@ -135,7 +136,7 @@ class HotRowEngine:
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """A task of the engine's (a group's leader): awaited at stop."""
-        t = asyncio.create_task(coro)
+        t = detached(coro)  # serves a whole group: no one client's (logctx.py)
         self._tasks.add(t)
         t.add_done_callback(self._tasks.discard)
 

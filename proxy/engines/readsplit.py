@@ -20,6 +20,7 @@ from proxy.backends.backend import BackendConn
 from proxy.core import gtid as G
 from proxy.core import metrics as M
 from proxy.core.errors import BackendError, BackendLost, ProxyError
+from proxy.core.logctx import detached
 from proxy.plan.plan import ReadPlan
 
 if TYPE_CHECKING:
@@ -65,7 +66,7 @@ class ReadRouter:
         """
         if self._pos_fetch is None:
             self._pos_fetch = asyncio.get_running_loop().create_future()
-            asyncio.create_task(self._fetch_primary(self._pos_fetch))
+            detached(self._fetch_primary(self._pos_fetch))
             return await asyncio.shield(self._pos_fetch)
         if self._next_fetch is None:
             self._next_fetch = asyncio.get_running_loop().create_future()
@@ -88,7 +89,7 @@ class ReadRouter:
             nxt, self._pos_fetch, self._next_fetch = self._next_fetch, None, None
             if nxt is not None:
                 self._pos_fetch = nxt
-                asyncio.create_task(self._fetch_primary(nxt))
+                detached(self._fetch_primary(nxt))
 
     # ---- choosing a replica --------------------------------------------------------------
 
