@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 import threading
 import time
 import urllib.parse
@@ -142,35 +143,64 @@ def test_grafana_dashboard_and_alerts_use_only_exported_metrics(proxy: ProxyProc
 
 
 def test_compose_file_structure(monkeypatch: pytest.MonkeyPatch) -> None:
-    doc = yaml.safe_load((DEPLOY / "compose" / "docker-compose.yml").read_text())
+    """The compose file is valid against the compose specification (check-jsonschema's vendored
+    schema), mounts only files that exist, keeps the admin port unpublished, provisions
+    Grafana, sizes the proxy's pools under the servers' max_connections, and its proxy config
+    validates."""
+    compose = DEPLOY / "compose" / "docker-compose.yml"
+    r = subprocess.run([str(Path(sys.executable).parent / "check-jsonschema"), "--builtin-schema",
+                        "vendor.compose-spec", str(compose)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    doc = yaml.safe_load(compose.read_text())
     svc = doc["services"]
     assert set(svc) == {"mysql-primary", "mysql-replica", "proxy", "prometheus", "grafana"}
-    assert svc["mysql-primary"]["image"] == "mysql:8.4" and svc["mysql-replica"]["image"] == "mysql:8.4"
-    assert "--gtid-mode=ON" in svc["mysql-primary"]["command"]
-    assert "--gtid-mode=ON" in svc["mysql-replica"]["command"]
+    for name in ("mysql-primary", "mysql-replica"):
+        assert svc[name]["image"] == "mysql:8.4" and "--gtid-mode=ON" in svc[name]["command"]
+        assert "--super-read-only=ON" not in svc[name]["command"]  # the image's init refuses it
     for s in svc.values():
         for v in s.get("volumes", []):
             src = v.split(":")[0]
             assert (DEPLOY / "compose" / src).resolve().exists(), src
+    assert any("provisioning/datasources" in v for v in svc["grafana"]["volumes"])
+    assert any("provisioning/dashboards" in v for v in svc["grafana"]["volumes"])
     assert (DEPLOY / "Dockerfile").exists()
     assert not any(p.startswith("6032") for p in svc["proxy"]["ports"])  # admin not published
+    max_conn = int(next(a for a in svc["mysql-primary"]["command"]
+                        if a.startswith("--max-connections=")).split("=")[1])
     proxy_cfg = yaml.safe_load((DEPLOY / "compose" / "proxy.yaml").read_text())
     monkeypatch.setenv("APP_PASSWORD", "x")
     monkeypatch.setenv("ADMIN_PASSWORD", "y")
-    C.validate(proxy_cfg)
+    cfg = C.validate(proxy_cfg)
+    assert cfg.backends.pool.max_connections + 16 < max_conn  # pool + the proxy's own connections
+    assert "CREATE TABLE shop.inventory" in (DEPLOY / "compose" / "primary.sql").read_text()
 
 
 def test_k8s_manifests(monkeypatch: pytest.MonkeyPatch) -> None:
-    docs = list(yaml.safe_load_all((DEPLOY / "k8s" / "seckill-proxy.yaml").read_text()))
+    """Valid against Kubernetes' own schemas (kubernetes-validate, strict: no unknown field);
+    the probes wait longer than /readyz may take, a preStop delay, a Secret, a non-root
+    read-only container, a PodDisruptionBudget."""
+    path = DEPLOY / "k8s" / "seckill-proxy.yaml"
+    r = subprocess.run([str(Path(sys.executable).parent / "kubernetes-validate"), "--strict",
+                        str(path)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count("passed for resource") == 5, r.stdout  # all but the ServiceMonitor CRD
+    docs = list(yaml.safe_load_all(path.read_text()))
     kinds = {d["kind"]: d for d in docs}
-    assert set(kinds) == {"ConfigMap", "Deployment", "Service", "ServiceMonitor"}
-    c = kinds["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    assert set(kinds) == {"Secret", "ConfigMap", "Deployment", "PodDisruptionBudget", "Service",
+                          "ServiceMonitor"}
+    pod = kinds["Deployment"]["spec"]["template"]["spec"]
+    c = pod["containers"][0]
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert c["readinessProbe"]["timeoutSeconds"] > 4  # /readyz may take 4 s
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert c["lifecycle"]["preStop"]["exec"]["command"][0] == "sleep"
+    assert pod["securityContext"]["runAsNonRoot"] and c["securityContext"]["readOnlyRootFilesystem"]
     assert kinds["Deployment"]["spec"]["replicas"] > 1
     monkeypatch.setenv("APP_PASSWORD", "x")
     monkeypatch.setenv("ADMIN_PASSWORD", "y")
-    C.validate(yaml.safe_load(kinds["ConfigMap"]["data"]["proxy.yaml"]))
+    cfg = C.validate(yaml.safe_load(kinds["ConfigMap"]["data"]["proxy.yaml"]))
+    prestop = int(c["lifecycle"]["preStop"]["exec"]["command"][1])
+    assert prestop + cfg.limits.shutdown_grace_s <= pod["terminationGracePeriodSeconds"]
 
 
 def test_query_digest_and_log_lines(proxy: ProxyProc) -> None:

@@ -4,6 +4,7 @@ config, `SECKILL_PROXY_CONFIG`, typed `${VAR}` values and shell-like `${VAR:-def
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,9 +15,9 @@ import pytest
 import yaml
 
 from proxy.core import config as C
-from proxy.tools.sandbox import Sandbox
+from proxy.tools.sandbox import Sandbox, free_port
 
-from .conftest import ROOT, make_config, start_proxy
+from .conftest import ROOT, make_config, start_proxy, wait_port
 
 
 def test_version() -> None:
@@ -240,3 +241,48 @@ def test_a_clients_log_lines_carry_its_connection_id(sandbox: Sandbox, tmp_path:
     pinned = [d for d in lines if "pinned by pseudo_thread_id" in d["msg"]]
     assert pinned and all(d.get("conn_id") == cid for d in pinned), pinned
     assert all("conn_id" not in d for d in lines if d["logger"] == "seckill.monitor")
+
+
+@pytest.mark.skipif(os.environ.get("SECKILL_IMAGE_TEST") != "1" or not shutil.which("podman"),
+                    reason="builds the container image with podman: SECKILL_IMAGE_TEST=1")
+def test_the_container_image_builds_and_serves(sandbox: Sandbox, tmp_path: Path) -> None:
+    """deploy/build-image.sh --debootstrap (no registry here) builds the image with its hot
+    modules compiled; it runs as a non-root user on a read-only root filesystem, serves the
+    sandbox through the proxy, and its HEALTHCHECK passes."""
+    tag = "localhost/seckill-proxy:test"
+    subprocess.run(["deploy/build-image.sh", "--debootstrap"], cwd=ROOT, check=True,
+                   env={**os.environ, "TAG": tag}, timeout=1200)
+    port, admin, metrics = free_port(), free_port(), free_port()
+    conf = tmp_path / "proxy.yaml"
+    conf.write_text(yaml.safe_dump({
+        "listen": f"127.0.0.1:{port}",
+        "admin": {"listen": f"127.0.0.1:{admin}", "users": [{"name": "admin", "password": "a"}]},
+        "metrics": {"listen": f"127.0.0.1:{metrics}"},
+        "users": [{"name": "app", "password": "${APP_PASSWORD}"}],
+        "backends": {"primary": f"127.0.0.1:{sandbox.primary_port}"}}))
+    conf.chmod(0o644)
+    podman = ["podman", "--runtime", "runc", "--cgroup-manager", "cgroupfs"]
+    name = f"sp-test-{port}"
+    subprocess.run([*podman, "run", "-d", "--name", name, "--network", "host", "--read-only",
+                    "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024",
+                    "-e", "APP_PASSWORD=app", "-e",
+                    f"SECKILL_HEALTH_URL=http://127.0.0.1:{metrics}/healthz",
+                    "-v", f"{conf}:/etc/seckill-proxy/proxy.yaml:ro",
+                    tag], check=True, capture_output=True)
+    try:
+        wait_port(port, 30)
+        import pymysql
+        c = pymysql.connect(host="127.0.0.1", port=port, user="app", password="app",
+                            autocommit=True)
+        with c.cursor() as cur:
+            cur.execute("SELECT @@server_id, CURRENT_USER()")
+            assert cur.fetchone()[0] == 1
+        c.close()
+        logs = subprocess.run([*podman, "logs", name], capture_output=True, text=True).stderr
+        assert "hot modules compiled: 11 of 11" in logs or "compiled: 11" in logs, logs[-2000:]
+        uid = subprocess.run([*podman, "exec", name, "id", "-u"], capture_output=True, text=True)
+        assert uid.stdout.strip() == "10001"
+        health = subprocess.run([*podman, "healthcheck", "run", name], capture_output=True)
+        assert health.returncode == 0, health
+    finally:
+        subprocess.run([*podman, "rm", "-f", name], capture_output=True)
