@@ -20,6 +20,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from mysql_mimic.control import LocalControl
+from mysql_mimic.packets import make_auth_more_data
 
 from proxy.backends.backend import BackendConn
 from proxy.backends.pool import Pool
@@ -216,6 +217,9 @@ class App:
     def users(self) -> dict[str, str]:
         return {u.name: u.password for u in self.cfg.users}
 
+    def user_plugins(self) -> dict[str, str]:
+        return {u.name: u.plugin for u in self.cfg.users}
+
     async def ready(self) -> tuple[bool, str]:
         """Ready when the config is loaded and the primary accepts a login (a pooled connection
         answers a ping). Never a bare TCP connect: MariaDB counts a connection that sends no
@@ -373,7 +377,8 @@ class App:
         session = ProxySession(self)
         ident: Any = (BackendIdentityProvider(self.accounts, addr, self.gate.user_blocked)
                       if self.accounts is not None
-                      else ConfigIdentityProvider(self.users, self.gate.user_blocked))
+                      else ConfigIdentityProvider(self.users, self.gate.user_blocked,
+                                                  self.user_plugins))
         conn = ProxyConnection(
             stream=stream,
             session=session,
@@ -383,6 +388,9 @@ class App:
             ssl=self.ssl_ctx,
         )
         conn.ext_offer = self.ext_offer
+        if isinstance(ident, ConfigIdentityProvider):  # caching_sha2: TLS now? fast-path reply
+            ident.sha2.secure = lambda: io.tls is not None
+            ident.sha2.more = lambda data: conn.stream.write(make_auth_more_data(data))
         conn.connection_id = await self.control.add(conn)
         CONN_ID.set(conn.connection_id)  # every line logged for this client names it
         self.connections.add(conn)

@@ -1,9 +1,9 @@
 -- Run once by the MySQL image at first start (docker-entrypoint-initdb.d).
--- Accounts: replication, and the proxy's application/monitor account `app` with
--- mysql_native_password (the proxy's backend login; docs/known-gaps.md).
+-- Accounts: replication, and the proxy's application/monitor account `app` (MySQL 8.4's
+-- default caching_sha2_password: the proxy logs in with it, RSA key exchange without TLS).
 CREATE USER 'repl'@'%' IDENTIFIED WITH caching_sha2_password BY 'repl';
 GRANT REPLICATION SLAVE ON *.* TO 'repl'@'%';
-CREATE USER 'app'@'%' IDENTIFIED WITH mysql_native_password BY 'app';
+CREATE USER 'app'@'%' IDENTIFIED BY 'app';
 -- the application's rights on its schema, and what the monitor reads (replication status)
 GRANT ALL PRIVILEGES ON shop.* TO 'app'@'%';
 GRANT ALL PRIVILEGES ON seckill_proxy.* TO 'app'@'%';

@@ -4,8 +4,10 @@ is compiled: a class deriving from aiomysql's cannot be)."""
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 import aiomysql
+from pymysql import _auth
 
 from proxy.net import protocol as P
 
@@ -31,3 +33,17 @@ class LoginConn(aiomysql.Connection):  # type: ignore[misc]
             payload = payload[:28] + struct.pack("<I", self.ext_caps >> 32) + payload[32:]
             self._ext_pending = len(payload) == 32  # an SSLRequest: the full response follows
         super().write_packet(payload)
+
+    async def caching_sha2_password_auth(self, pkt: Any) -> Any:
+        """aiomysql keeps the NUL that ends an auth switch's nonce (MySQL sends 20 bytes + NUL)
+        and scrambles with 21 bytes: the fast path then fails where the server's greeting
+        named another plugin (PyMySQL strips it). The switch's answer is made here, the rest
+        (fast_auth_success, or full authentication over TLS or RSA) is aiomysql's."""
+        if self._password and pkt.is_auth_switch_request():
+            salt = pkt.read_all()
+            self.salt = salt[:-1] if salt.endswith(b"\0") else salt
+            self.write_packet(_auth.scramble_caching_sha2(self._password.encode("latin1"),
+                                                          self.salt))
+            pkt = await self._read_packet()
+            pkt.check_error()
+        return await super().caching_sha2_password_auth(pkt)

@@ -210,8 +210,9 @@ class AccountStore:
             return deny
         if a.plugin not in ("mysql_native_password", ""):
             plugin.refusal = (f"Access denied for user '{name}': its authentication plugin "
-                              f"'{a.plugin}' is not supported by seckill-proxy (use "
-                              "mysql_native_password)")
+                              f"'{a.plugin}' is not supported by seckill-proxy under auth: "
+                              "backend (use mysql_native_password, or list the user in the "
+                              "config)")
             return deny
         return User(name=name, auth_string=a.hash_hex, auth_plugin="mysql_native_password")
 

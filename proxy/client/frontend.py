@@ -20,6 +20,8 @@ from mysql_mimic.stream import ConnectionClosed, MysqlStream
 from mysql_mimic.types import Capabilities, ServerStatus
 
 from proxy.backends.backend import BackendConn
+from proxy.client import sha2
+from proxy.client.sha2 import CachingSha2Plugin
 from proxy.core.errors import (
     ER_NET_PACKET_TOO_LARGE,
     ER_UNKNOWN_COM_ERROR,
@@ -157,22 +159,30 @@ class ProxyStream:
 
 
 class ConfigIdentityProvider(IdentityProvider):
-    """Users from the config file, mysql_native_password.
+    """Users from the config file, each with its plugin: mysql_native_password (the default) or
+    caching_sha2_password (sha2.py). One per client connection (the sha2 plugin learns the
+    connection's TLS state and writes to it).
 
     An unknown user gets a user record no password can match, so it fails exactly like a wrong
     password (1045) and does not reveal which user names exist.
     """
 
     def __init__(self, users: Callable[[], dict[str, str]],
-                 blocked: Callable[[str], bool] = lambda _: False) -> None:
+                 blocked: Callable[[str], bool] = lambda _: False,
+                 plugins: Callable[[], dict[str, str]] = dict) -> None:
         self._users = users
         self._blocked = blocked  # guard.py: a blocked user fails like a wrong password
+        self._plugins = plugins  # user -> plugin name; absent: mysql_native_password
+        self.sha2 = CachingSha2Plugin()
 
     def get_plugins(self) -> list[Any]:
-        return [NativePasswordAuthPlugin()]
+        return [NativePasswordAuthPlugin(), self.sha2]
 
     async def get_user(self, username: str) -> User | None:
         pw = None if self._blocked(username) else self._users().get(username)
+        if self._plugins().get(username) == sha2.NAME:
+            auth = sha2.auth_string(pw) if pw is not None else "00" * 32
+            return User(name=username, auth_string=auth, auth_plugin=sha2.NAME)
         auth = NativePasswordAuthPlugin.create_auth_string(pw) if pw is not None else "00" * 20
         if pw == "":
             auth = ""
@@ -261,6 +271,13 @@ class ProxyConnection(Connection):
         self.session.username = None
         self.stream.ok_gate = self._login_gate
         self.stream.gate_refused = False
+        if (kw.get("client_plugin_name") == sha2.NAME and kw.get("auth_response") in (b"", b"\x00")
+                and self.handshake_auth_plugin != sha2.NAME):
+            # The client chose caching_sha2_password but the greeting offered another plugin,
+            # so it sent nothing computed (libmariadb with --default-auth): MySQL answers with
+            # an auth switch to the account's plugin and a nonce; mysql-mimic would take the
+            # empty reply as an empty password.
+            kw["client_plugin_name"] = None
         try:
             await super().authenticate(username, *a, **kw)
         finally:

@@ -50,6 +50,8 @@ class UserCfg:
     name: str
     password: str
     require_tls: bool = False  # as MySQL's REQUIRE SSL: without TLS the login gets 1045
+    # the account's authentication plugin, as MySQL's IDENTIFIED WITH (client/sha2.py)
+    plugin: str = "mysql_native_password"
 
 
 @dataclass(frozen=True)
@@ -343,6 +345,9 @@ def parse_backend(v: Any, path: str) -> Address:
     return parse_address(v, path)
 
 
+AUTH_PLUGINS = ("mysql_native_password", "caching_sha2_password")
+
+
 def _users(v: Any, path: str) -> tuple[UserCfg, ...]:
     if not isinstance(v, list) or not v:
         raise ConfigError(path, "must be a non-empty list of {name, password}")
@@ -355,11 +360,14 @@ def _users(v: Any, path: str) -> tuple[UserCfg, ...]:
         if not isinstance(pw, str):
             raise ConfigError(n.key("password"), "must be a string")
         req = _bool(n.get("require_tls", False), n.key("require_tls"))
+        plugin = _str(n.get("plugin", "mysql_native_password"), n.key("plugin"))
+        if plugin not in AUTH_PLUGINS:
+            raise ConfigError(n.key("plugin"), "must be one of " + ", ".join(AUTH_PLUGINS))
         n.done()
         if name in names:
             raise ConfigError(n.key("name"), f"duplicate user {name!r}")
         names.add(name)
-        out.append(UserCfg(name, pw, req))
+        out.append(UserCfg(name, pw, req, plugin))
     return tuple(out)
 
 

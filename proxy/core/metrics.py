@@ -42,6 +42,11 @@ CLIENT_ACCEPTED = Counter(P + "client_connections_accepted_total", "Client conne
 CLIENT_REJECTED = Counter(
     P + "client_connections_rejected_total", "Client connections rejected, by reason", ["reason"]
 )
+SHA2_LOGINS = Counter(
+    P + "caching_sha2_logins_total",
+    "caching_sha2_password logins by path (fast, full_tls, full_rsa) and outcome (ok, denied)",
+    ["path", "outcome"],
+)
 LOGIN_FAILURES = Counter(
     P + "login_failures_total", "Failed logins, by port (client, admin)", ["port"]
 )
