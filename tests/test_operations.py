@@ -286,3 +286,18 @@ def test_the_container_image_builds_and_serves(sandbox: Sandbox, tmp_path: Path)
         assert health.returncode == 0, health
     finally:
         subprocess.run([*podman, "rm", "-f", name], capture_output=True)
+
+
+def test_install_deps_leaves_other_servers_alone(sandbox: Sandbox) -> None:
+    """scripts/install-deps.sh (run by `make run`/`make test`) never stops a MariaDB it did not
+    start: Debian's package is kept from starting one (policy-rc.d) instead of killing servers
+    afterwards. A running sandbox server survives it."""
+    script = (ROOT / "scripts" / "install-deps.sh").read_text()
+    assert not any(k in script for k in ("pkill", "killall", "kill ", "systemctl stop",
+                                         "service mariadb stop"))
+    pid = sandbox.primary.pid()
+    assert pid is not None
+    subprocess.run(["scripts/install-deps.sh"], cwd=ROOT, check=True, timeout=900,
+                   env={**os.environ, "WITH_TEST": "1"})
+    assert sandbox.primary.pid() == pid  # the same process, still serving
+    assert sandbox.primary.sql("SELECT 1")[0][0] == 1
