@@ -103,6 +103,7 @@ class App:
         self.primary_generation = 0
         self._primary_waiters: list[asyncio.Future[None]] = []
         self.draining = False
+        self.stopping = False  # SIGTERM seen: not ready, still serving (limits.shutdown_delay_s)
         self._tasks: list[asyncio.Task[Any]] = []
         self._build_pools()
         self.policy = self._policy()
@@ -224,7 +225,7 @@ class App:
         """Ready when the config is loaded and the primary accepts a login (a pooled connection
         answers a ping). Never a bare TCP connect: MariaDB counts a connection that sends no
         handshake towards max_connect_errors and would end up blocking the proxy's host."""
-        if self.draining:
+        if self.draining or self.stopping:
             return False, "draining"
         user = self.cfg.users[0]
         pool = self._primary
@@ -557,5 +558,14 @@ async def serve(cfg: Config) -> None:
     sd_notify("READY=1")
     await stop.wait()
     sd_notify("STOPPING=1")
+    delay = app.cfg.limits.shutdown_delay_s
+    if delay > 0:  # /readyz fails now; clients are served until the endpoints have moved
+        app.stopping = True
+        stop.clear()
+        log.info("stopping: not ready, serving for %g s more (limits.shutdown_delay_s)", delay)
+        try:  # a second SIGTERM/SIGINT cuts the delay short
+            await asyncio.wait_for(stop.wait(), delay)
+        except TimeoutError:
+            pass
     log.info("shutting down")
     await app.shutdown()

@@ -124,6 +124,36 @@ def test_sigterm_lets_open_transactions_finish(sandbox: Sandbox, tmp_path: Path)
         p.stop()
 
 
+def test_sigterm_with_a_delay_keeps_serving_while_not_ready(sandbox: Sandbox,
+                                                            tmp_path: Path) -> None:
+    """limits.shutdown_delay_s (for a preStop-less rollout): after SIGTERM /readyz fails at
+    once, new clients still get in and are served during the delay, then the safe shutdown."""
+    import urllib.error
+    import urllib.request
+
+    p = start_proxy(tmp_path, make_config(sandbox, limits={"login_max_failures": 0,
+                                                           "shutdown_delay_s": 3}))
+    url = f"http://127.0.0.1:{p.metrics_port}/readyz"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            assert r.status == 200
+        t0 = time.monotonic()
+        p.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(url, timeout=10)
+        assert e.value.code == 503
+        c = p.connect()  # still accepted and served
+        with c.cursor() as cur:
+            cur.execute("SELECT 1")
+            assert cur.fetchone() == (1,)
+        c.close()
+        assert p.proc.wait(15) == 0
+        assert time.monotonic() - t0 >= 2.5  # not before the delay
+    finally:
+        p.stop()
+
+
 def test_systemd_unit_verifies(tmp_path: Path) -> None:
     """deploy/systemd/seckill-proxy.service passes `systemd-analyze verify` (its ExecStart
     pointed at this checkout's entry point)."""

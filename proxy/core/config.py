@@ -178,6 +178,9 @@ class LimitsCfg:
     login_max_failures: int = 10
     login_window_s: float = 60.0
     login_block_s: float = 300.0
+    # SIGTERM: /readyz says "draining" at once, but clients are still served and accepted for
+    # this long (load balancers and Kubernetes endpoints stop sending), then the safe shutdown
+    shutdown_delay_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -569,6 +572,7 @@ def validate(raw: Any, source: str = "") -> Config:
         _int(ln.get("login_max_failures", 10), ln.key("login_max_failures"), 0, 10**6),
         _num(ln.get("login_window_s", 60), ln.key("login_window_s"), 1, 86400),
         _num(ln.get("login_block_s", 300), ln.key("login_block_s"), 1, 86400 * 7),
+        _num(ln.get("shutdown_delay_s", 0), ln.key("shutdown_delay_s"), 0, 3600),
     )
     ln.done()
 
