@@ -16,12 +16,15 @@ from proxy import compiled
 from proxy.core import config as C
 from proxy.core.logctx import ConnIdFilter
 
+_RECORD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message", "asctime", "conn_id", "taskName"}
+
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line, with the client connection id when there is one."""
 
     def format(self, record: logging.LogRecord) -> str:
-        d = {
+        d: dict[str, object] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
@@ -31,6 +34,9 @@ class JsonFormatter(logging.Formatter):
         conn_id = getattr(record, "conn_id", None)
         if conn_id is not None:
             d["conn_id"] = conn_id
+        for k, v in record.__dict__.items():  # fields given as `extra=`: fields, not text
+            if k not in _RECORD_ATTRS and k not in d and not k.startswith("_"):
+                d[k] = v if isinstance(v, (str, int, float, bool)) or v is None else str(v)
         if record.exc_info:
             d["exc"] = self.formatException(record.exc_info)
         return json.dumps(d)

@@ -432,7 +432,8 @@ class App:
             M.CLIENT_CONNECTIONS.dec()
             M.CLIENT_DISCONNECTS.labels(_reason_label(reason)).inc()
             log.info("client %s disconnected: %s", conn.connection_id, reason,
-                     extra={"conn_id": conn.connection_id})
+                     extra={"conn_id": conn.connection_id, "event": "disconnect",
+                            "reason": _reason_label(reason), "detail": reason})
             io.close()
 
     async def shutdown(self) -> None:

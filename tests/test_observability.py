@@ -220,6 +220,8 @@ def test_query_digest_and_log_lines(proxy: ProxyProc) -> None:
     lines = [json.loads(ln) for ln in proxy.log().splitlines() if ln.startswith("{")]
     disc = [ln for ln in lines if "disconnected" in ln["msg"]]
     assert disc and all("conn_id" in ln for ln in disc)
+    # fields as fields: the event and its bounded reason, beside the text
+    assert all(ln["event"] == "disconnect" and ln["reason"] for ln in disc)
     assert any(ln["msg"].endswith(": client quit") for ln in disc)
 
 
@@ -232,6 +234,8 @@ def test_slow_statement_log_and_log_level(proxy: ProxyProc) -> None:
     slow = [json.loads(ln) for ln in proxy.log().splitlines()
             if ln.startswith("{") and "slow statement" in ln]
     assert slow and "SLEEP(?) AS slow_probe" in slow[-1]["msg"] and "conn_id" in slow[-1]
+    assert slow[-1]["event"] == "slow_statement" and slow[-1]["duration_ms"] >= 1000
+    assert slow[-1]["digest"].endswith("AS slow_probe") and slow[-1]["outcome"] == "ok"
     proxy.admin("SET log_level = 'debug'")
     proxy.admin("SET log_level = 'info'")
     with pytest.raises(Exception, match="log_level"):

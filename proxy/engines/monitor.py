@@ -185,7 +185,9 @@ class Monitor:
         st.state, st.reason = "diverged", (
             f"{why}: no reads or replica acks by GTID until its replication is re-pointed "
             f"and its position drops below '{st.held}'")[:400]
-        log.warning("backend %s (replica): diverged (%s)", key, st.reason)
+        log.warning("backend %s (replica): diverged (%s)", key, st.reason,
+                    extra={"event": "backend_state", "backend": key, "role": "replica",
+                           "state": "diverged", "reason": st.reason})
         self.app.reads.forget(key)
 
     def _still_held(self, key: str, st: BackendState) -> bool:
@@ -259,7 +261,9 @@ class Monitor:
         if st.state != was[0] or (st.state == "down" and st.reason != was[1]):
             (log.warning if st.state in ("down", "broken") else log.info)(
                 "backend %s (%s): %s%s", key, st.role, st.state,
-                f" ({st.reason})" if st.reason else "")
+                f" ({st.reason})" if st.reason else "",
+                extra={"event": "backend_state", "backend": key, "role": st.role,
+                       "state": st.state, "reason": st.reason})
         st.checked_at = time.time()
         if st.up and st.role == "replica" and st.held is None and self.app.reads is not None:
             self.app.reads.note_replica(key, st.gtid)

@@ -218,7 +218,9 @@ def slow(s: Statement, shape: Shape, dt: float, route: str, outcome: str) -> Non
     conn_id = s.connection.connection_id if s.connection else None
     log.warning("slow statement: %.1f ms route=%s outcome=%s user=%s digest=%s",
                 dt * 1000, route, outcome, s.username, shape.digest[:500],
-                extra={"conn_id": conn_id})
+                extra={"conn_id": conn_id, "event": "slow_statement",
+                       "duration_ms": round(dt * 1000, 1), "route": route, "outcome": outcome,
+                       "user": s.username, "digest": shape.digest[:500]})
 
 
 async def forward(
