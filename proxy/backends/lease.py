@@ -91,6 +91,8 @@ class Lease:
         elif to is S.NONE:
             c, p = self.conn, self.pool
             self.conn = self.pool = None
+            if c is not None and c.io.prefix:
+                c.io.prefix = b""  # a deferred BEGIN never sent: nothing began there
             if reason is not LeaseReason.POOL_RECLAIMED and c is not None and p is not None:
                 self._back = p.give_back(c, reason)
         M.LEASE_TRANSITIONS.inc(to, reason)

@@ -42,6 +42,10 @@ CLIENT_ACCEPTED = Counter(P + "client_connections_accepted_total", "Client conne
 CLIENT_REJECTED = Counter(
     P + "client_connections_rejected_total", "Client connections rejected, by reason", ["reason"]
 )
+DEFERRED_BEGINS = Counter(
+    P + "deferred_begins_total",
+    "Plain BEGINs answered by the proxy and sent with the transaction's first statement",
+)
 SHA2_LOGINS = Counter(
     P + "caching_sha2_logins_total",
     "caching_sha2_password logins by path (fast, full_tls, full_rsa) and outcome (ok, denied)",

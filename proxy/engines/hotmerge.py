@@ -228,7 +228,10 @@ class Merger:
             self.host.escrow.ended([r])  # no confirm row: the units go back
             raise
         session.escrow.append(r)
-        session.stmt_conn = m.conn  # ROW_COUNT() 1 and no warnings, as the UPDATE's own
+        session.stmt_conn = m.conn  # no warnings there, as the UPDATE's own (SHOW WARNINGS)
+        # ROW_COUNT() 1, the UPDATE's: answered by the proxy, no round trip to ask the
+        # confirm INSERT's (the seed's order checks it after every UPDATE)
+        session.row_count_local = 1
 
     async def _end_txn(self, session: HotRowMember, c: Any, verb: str) -> None:
         """COMMIT_ON_SUCCESS / ROLLBACK_ON_FAIL: end the member's transaction on its own

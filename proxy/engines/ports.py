@@ -128,6 +128,7 @@ class HotRowMember(Protocol):
     last_gtid: str | None
     # the connection of the session's last statement, or what stands for it (state.py)
     stmt_conn: BackendConn | Answered | Carried | None
+    row_count_local: int | None  # ROW_COUNT() the proxy answers (set after stmt_conn)
     escrow: list[Reservation]  # reserved for its open transaction, resolved when it ends
     # hot keys its open transaction locked itself (never merged again in it)
     txn_hot: set[tuple[str, str, int | str]]

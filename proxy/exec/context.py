@@ -118,6 +118,9 @@ class Statement(SessionView, HotRowMember, Reader, Protocol):
     read_consistency: str | None
     read_after_gtid: str | None
     row_count_local: int | None
+    # a plain BEGIN may be answered here and sent with the transaction's first statement
+    # (fastlane.py): learned from the session's first real BEGIN
+    lazy_begin: bool
     replica_vars: set[str]
     track: Tracking | None
     end_reason: str | None

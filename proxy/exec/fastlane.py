@@ -37,6 +37,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("seckill.fastlane")
 
 _FLUSH_AT = 256 * 1024
+# A plain BEGIN's effect at BEGIN time is nothing InnoDB or a client can see: no snapshot, no
+# lock (those come with the first statement). WITH CONSISTENT SNAPSHOT, READ ONLY, READ WRITE
+# (refused on a read-only server) are not deferred.
+_PLAIN_BEGIN = frozenset({"BEGIN", "BEGIN WORK", "START TRANSACTION"})
+# the status flags a plain BEGIN's OK keeps from the session's state; IN_TRANS is added.
+# IN_TRANS_READONLY: MariaDB leaves it set after a read-only transaction ended by
+# SET autocommit = 1, and its next BEGIN's OK still carries it (found by the generated test)
+_BEGIN_KEEPS = (P.SERVER_STATUS_AUTOCOMMIT | P.SERVER_STATUS_NO_BACKSLASH_ESCAPES
+                | P.SERVER_STATUS_IN_TRANS_READONLY)
 _unpack_id = struct.Struct("<I").unpack_from
 _pack_id = struct.Struct("<I").pack
 
@@ -58,6 +67,7 @@ class FastLane:
         self.t0 = 0.0
         self._fail_task: asyncio.Future[None] | None = None  # keeps the failure task alive
         self.ticket: KeyState | None = None  # a hot key counting this statement (hotrow.py)
+        self.status_before = 0  # the session's status flags when the command started
         self._reply_cb = self._on_reply  # bound once, not per statement
         self._lost_cb = self._on_lost
 
@@ -164,6 +174,8 @@ class FastLane:
             return False
         c, shape, packet, p = got
         s = self.s
+        if shape.lane == "begin" and self._defer_begin(c, shape, packet):
+            return True
         if p.gate_write:
             try:
                 s.app.durability.check_write()  # the gate runs once, here
@@ -179,6 +191,7 @@ class FastLane:
         self.conn, self.shape, self.plan, self.command = c, shape, p, data[4:]
         self.scanner = ReplyScanner(c, s.client_ok)
         self.pending, self.size, self.sent = [], 0, False
+        self.status_before = s.status
         self.t0 = time.perf_counter()
         s.busy = True
         self.client.held = True
@@ -186,7 +199,36 @@ class FastLane:
         io = c.io
         io.sink = self._reply_cb
         io.sink_lost = self._lost_cb
-        io.transport.write(packet)
+        io.write(packet)  # (with a deferred BEGIN ahead of it, if one waits: wire.py)
+        return True
+
+    def _defer_begin(self, c: BackendConn, shape: Shape, packet: bytes) -> bool:
+        """A plain BEGIN outside a transaction: answered here with the OK MariaDB gives it,
+        and sent on the session's connection ahead of the transaction's first statement (one
+        round trip less per transaction). Only once the session's first real BEGIN showed
+        that OK to be the one made here (`_complete`); the connection is held from now on,
+        as after any BEGIN. Anything else about BEGIN (a transaction open: it would commit
+        it; a pin: LOCK TABLES, XA, a pending SET TRANSACTION) goes to MariaDB as it is."""
+        s = self.s
+        L = s.lease
+        if (not s.lazy_begin or s.in_txn or s.pin is not None or L.state is not LeaseState.SOFT
+                or L.pool is not s.app.primary_pool() or c.io.prefix or c.io.skip
+                or shape.digest.upper() not in _PLAIN_BEGIN):
+            return False
+        t0 = time.perf_counter()
+        L.transition(LeaseState.STATEMENT, LeaseReason.ACQUIRED)  # the pool cannot take it now
+        c.io.prefix = packet
+        s.status = (s.status & _BEGIN_KEEPS) | P.SERVER_STATUS_IN_TRANS
+        ok = s.client_ok(P.OkPacket(status=s.status))
+        # MariaDB's BEGIN keeps the diagnostics area (SHOW WARNINGS, @@warning_count: the
+        # statement before's) and makes ROW_COUNT() 0
+        s.row_count_local = 0
+        s.settle()  # held: a transaction
+        self.client.write(struct.pack("<I", len(ok) | (1 << 24)) + ok)
+        dt = time.perf_counter() - t0
+        M.count_statement(shape.verb, "primary", "ok", dt, 1)
+        M.DEFERRED_BEGINS.inc()
+        s.app.digest.record(shape, dt, "primary", 0)
         return True
 
     # ---- reply: called by the backend socket ---------------------------------------------
@@ -234,13 +276,27 @@ class FastLane:
         p = self.plan
         assert p is not None
         s.keeps_diag = shape.keeps_diag  # (session.stmt_conn: a carried area may stay)
+        if c.io.skipped_err is not None:  # a deferred BEGIN failed: its statement ran alone
+            self._begin_failed(c)
         if p.route is Route.REPLICA:
             s.stmt_conn = c
         else:
+            if shape.lane == "begin" and not s.lazy_begin:
+                s.lazy_begin = _begin_ok_as_made(self.status_before, r.ok)
             s.absorb_reply(c, r)
         s.keeps_diag = False
         s.settle()
         self._done("error" if r.err is not None else "ok", r.rows or r.affected_rows)
+
+    def _begin_failed(self, c: BackendConn) -> None:
+        """Not seen: MariaDB refuses a plain BEGIN outside a transaction only on a connection
+        that is going away. The connection is dropped (the session's next statement gets the
+        lost-transaction error) and the session's BEGINs go to MariaDB from now on."""
+        err, c.io.skipped_err = c.io.skipped_err, None
+        c.broken = True
+        self.s.lazy_begin = False
+        log.error("a deferred BEGIN failed on its connection (%r); connection dropped",
+                  (err or b"")[:200])
 
     def _on_lost(self) -> None:
         """The backend connection died under the command: the same answer as the general path
@@ -325,3 +381,12 @@ class FastLane:
             c.io.sink = c.io.sink_lost = None
             self._reset()
 
+
+
+def _begin_ok_as_made(before: int, ok: P.OkPacket | None) -> bool:
+    """Whether MariaDB's OK for a real BEGIN is exactly the one `_defer_begin` makes: no rows,
+    no id, no warnings, no info, no session state, and the status flags computed from the
+    session's (the check that allows deferring, per session)."""
+    return (ok is not None and not ok.affected_rows and not ok.last_insert_id
+            and not ok.warnings and not ok.info and not ok.state_changed
+            and ok.status == (before & _BEGIN_KEEPS) | P.SERVER_STATUS_IN_TRANS)

@@ -32,9 +32,9 @@ from proxy.core.errors import (
 )
 from proxy.core.state import Carried
 from proxy.exec import tracked, uservars
-from proxy.exec.reply import finish, lost, run_on
+from proxy.exec.reply import end_replica_txn, finish, lost, run_on
 from proxy.net import protocol as P
-from proxy.plan.classify import Shape, parse_hints
+from proxy.plan.classify import READ_ONLY_TXN, Shape, parse_hints
 from proxy.plan.plan import Plan, Route, Track
 
 if TYPE_CHECKING:
@@ -87,6 +87,8 @@ async def run_plan(
                 if rr.err is not None:
                     outcome = "error"
                 return
+        if s.replica_txn and _starts_write_txn(shape):
+            await end_replica_txn(s)
         r = await forward(p)
         if r is None or r.err is not None:
             outcome = "error"
@@ -269,3 +271,12 @@ async def forward(
                 c.broken = True  # the reply is out: the pool closes this connection
         return await finish(s, c, r, hold, p is not None and p.gtid_after)
     raise AssertionError("unreachable")
+
+
+def _starts_write_txn(shape: Shape) -> bool:
+    """BEGIN, START TRANSACTION (not READ ONLY), XA START/BEGIN: a new transaction that may
+    write, ending the one open (its implicit commit)."""
+    verb, dg = shape.verb, shape.digest.upper()
+    if verb == "BEGIN" or (verb == "START" and dg.startswith("START TRANSACTION")):
+        return not READ_ONLY_TXN.match(shape.digest) and "READ ONLY" not in dg
+    return verb == "XA" and dg.split()[1:2] in (["START"], ["BEGIN"])

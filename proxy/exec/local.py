@@ -179,6 +179,7 @@ async def carried(s: Statement, sql: str) -> bool:
             off, n = (int(m.group(2)), int(m.group(3))) if m.group(3) else (0, int(m.group(2)))
             rows = rows[off:off + n]
         await _write_result(s, list(d.coldefs), rows)
+        s.row_count_local = -1  # as after any SHOW or SELECT (the area itself stays)
         return True
     if m := _SHOW_COUNT.fullmatch(q):
         name = f"@@session.{m.group(1).lower()[:-1]}_count"
@@ -189,6 +190,7 @@ async def carried(s: Statement, sql: str) -> bool:
     else:
         return False
     await result_set(s, [P.column_def_count(name)], [[str(n)]], False)
+    s.row_count_local = -1
     return True
 
 

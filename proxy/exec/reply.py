@@ -70,6 +70,32 @@ async def finish(s: Statement, c: BackendConn, r: Relayed, hold: BufferWriter | 
     return r
 
 
+async def end_replica_txn(s: Statement) -> None:
+    """A statement that starts a read-write transaction (BEGIN, START TRANSACTION that is
+    not READ ONLY, XA START) inside a read-only transaction on a replica: MySQL commits the
+    read-only one first and starts the new one where the writes go. The proxy commits it on
+    the replica (it wrote nothing), ends it as any end of it is ended (user variables
+    carried), and the statement then runs on the primary. Before, the statement ran on the
+    replica and the session's writes after it went there (found by the lazy-BEGIN
+    differential test: START TRANSACTION READ ONLY; START TRANSACTION READ WRITE; UPDATE ...
+    updated the replica alone)."""
+    c = s.lease.conn
+    if c is None or not s.replica_txn:
+        return
+    try:
+        ok = await c.execute("COMMIT")
+        s.status = ok.status
+    except (BackendError, BackendLost):
+        c.broken = True  # nothing was written there: the lease lets it go
+        s.status &= ~P.SERVER_STATUS_IN_TRANS
+    carry = None
+    if s.replica_vars and not s.in_txn and not c.broken:
+        carry = await read_user_vars(s, c)
+    s.settle()
+    if carry is not None:
+        await restore_user_vars(s, carry)
+
+
 async def replica_txn_state(c: BackendConn) -> None:
     """An error inside a read-only transaction on a replica may have ended it (a failed DDL
     commits implicitly) and an ERR carries no status: ask the connection. Otherwise the

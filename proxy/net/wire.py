@@ -40,6 +40,14 @@ class PacketIO(asyncio.Protocol):
         self.sink: Callable[[bytes], None] | None = None
         self.sink_lost: Callable[[], None] | None = None
         self.on_resume: Callable[[], None] | None = None  # writing may go on again
+        # A command the proxy answered itself and sends later, ahead of the next one (a
+        # deferred BEGIN, fastlane.py): `prefix` goes out with the next write, and the reply
+        # packet it earns is dropped on arrival (`skip`), so every reader sees only the reply
+        # to the command it sent. An ERR in its place is kept in `skipped_err`.
+        self.prefix = b""
+        self.skip = 0
+        self.skipped_err: bytes | None = None
+        self._skipbuf = bytearray()
 
     # ---- protocol callbacks ---------------------------------------------------------------
 
@@ -47,6 +55,10 @@ class PacketIO(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        if self.skip:
+            data = self._skip_replies(data)
+            if not data:
+                return
         if self.sink is not None:
             self.sink(data)
             return
@@ -60,6 +72,25 @@ class PacketIO(asyncio.Protocol):
         self.eof = True
         self._wake()
         return False
+
+    def _skip_replies(self, data: bytes) -> bytes:
+        """Drop the next `skip` whole packets (one-packet replies: OK or ERR); the bytes after
+        them, if any, are the reply the reader waits for."""
+        b = self._skipbuf
+        b += data
+        while self.skip:
+            if len(b) < 4:
+                return b""
+            n = b[0] | (b[1] << 8) | (b[2] << 16)
+            if len(b) < 4 + n:
+                return b""
+            if n and b[4] == 0xFF:
+                self.skipped_err = bytes(b[4:4 + n])
+            del b[:4 + n]
+            self.skip -= 1
+        out = bytes(b)
+        b.clear()
+        return out
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.eof = True
@@ -155,6 +186,10 @@ class PacketIO(asyncio.Protocol):
         """Write, or drop the bytes if the peer is gone (connection_lost tells the rest); a
         closed uvloop transport raises on write, an asyncio one ignores it."""
         t = self.transport
+        if self.prefix:
+            data = self.prefix + data
+            self.prefix = b""
+            self.skip += 1
         if not t.is_closing():
             t.write(data)
 

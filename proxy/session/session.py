@@ -57,6 +57,9 @@ class ProxySession(BaseSession):
         # ROW_COUNT() after a SELECT the proxy answered itself (-1, as after any SELECT); the
         # warnings stay those of the statement before (a SELECT without tables keeps them)
         self.row_count_local: int | None = None
+        # a plain BEGIN is answered by the proxy and sent with the transaction's first
+        # statement, once a real one showed what MariaDB answers it (fastlane.py)
+        self.lazy_begin = False
         self.last_conn: BackendConn | None = None
         self.pin: PinReason | None = None
         self.replica_vars: set[str] = set()  # user variables named in a replica RO transaction
