@@ -12,7 +12,6 @@ import asyncio
 import gc
 import logging
 import os
-import re
 import signal
 import socket
 import time
@@ -23,6 +22,7 @@ from mysql_mimic.control import LocalControl
 from mysql_mimic.packets import make_auth_more_data
 
 from proxy.backends.backend import BackendConn
+from proxy.backends.catalog import has_ext_metadata, load_catalog
 from proxy.backends.pool import Pool
 from proxy.client.accounts import Account, AccountStore, load_mariadb
 from proxy.client.frontend import (
@@ -45,10 +45,8 @@ from proxy.core.errors import (
     ProxyError,
 )
 from proxy.core.logctx import CONN_ID
-from proxy.core.state import Catalog, Names
 from proxy.net import protocol as P
 from proxy.net.tls import client_context, server_context
-from proxy.net.tracking import Tracking
 from proxy.net.wire import ClientIO
 from proxy.plan.digest import QueryDigest
 from proxy.plan.plan import Policy
@@ -304,7 +302,7 @@ class App:
             return
         self.server_version = c.conn.server_version
         self.ext_offer = (P.MARIADB_CLIENT_EXTENDED_METADATA | P.MARIADB_CLIENT_STMT_BULK_OPERATIONS
-                          if _has_ext_metadata(c) else 0)
+                          if has_ext_metadata(c) else 0)
         M.BACKEND_UP.labels(str(cfg.backends.primary), "primary").set(1)
         try:
             BackendConn.catalog = await load_catalog(c)
@@ -467,32 +465,6 @@ class App:
             await asyncio.sleep(0.02)
         for p in self.pools.values():
             await p.close()
-
-
-def _has_ext_metadata(c: BackendConn) -> bool:
-    """MariaDB sends extended type metadata (JSON, UUID, INET, geometry names) since 10.5.2
-    (and has had COM_STMT_BULK_EXECUTE since 10.2)."""
-    m = re.search(r"(\d+)\.(\d+)\.(\d+)-MariaDB", c.conn.server_version or "")  # after 5.5.5-
-    return c.mariadb and m is not None and tuple(map(int, m.groups())) >= (10, 5, 2)
-
-
-async def load_catalog(c: BackendConn) -> Catalog:
-    """The server's collations and the character set it gives clients it cannot match."""
-    rows = await c.query_named(
-        "SELECT ID, COLLATION_NAME, CHARACTER_SET_NAME, IS_DEFAULT "
-        "FROM information_schema.COLLATIONS WHERE ID IS NOT NULL")
-    g = await c.fetch_one(
-        "SELECT @@global.character_set_client, @@global.character_set_connection, "
-        "@@global.character_set_results, @@global.collation_connection, "
-        "@@global.wait_timeout, @@global.interactive_timeout, @@global.session_track_schema, "
-        "@@global.session_track_state_change, @@global.session_track_system_variables")
-    assert g is not None
-    default = Names(*(v or "" for v in g[:4]))
-    cat = Catalog(((int(r["ID"] or 0), r["COLLATION_NAME"] or "", r["CHARACTER_SET_NAME"] or "",
-                    r["IS_DEFAULT"] == "Yes") for r in rows), default)
-    cat.wait_timeout, cat.interactive_timeout = int(g[4] or 28800), int(g[5] or 28800)
-    cat.tracking = Tracking.parse(g[6], g[7], g[8])
-    return cat
 
 
 def _reason_label(reason: str) -> str:

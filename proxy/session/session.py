@@ -5,8 +5,7 @@ session holds nothing on them, so 10,000 clients can share a few hundred MySQL c
 session keeps what must follow it from connection to connection (database, session variables,
 LAST_INSERT_ID) and replays it on the connection it gets. When a statement leaves state the
 proxy cannot replay (user variables, temporary tables, named locks...), the session is pinned
-to its connection until it disconnects or resets; the pin always carries a reason string.
-"""
+to its connection until it disconnects or resets; the pin always carries a reason (an enum)."""
 
 from __future__ import annotations
 
@@ -57,9 +56,7 @@ class ProxySession(BaseSession):
         # ROW_COUNT() after a SELECT the proxy answered itself (-1, as after any SELECT); the
         # warnings stay those of the statement before (a SELECT without tables keeps them)
         self.row_count_local: int | None = None
-        # a plain BEGIN is answered by the proxy and sent with the transaction's first
-        # statement, once a real one showed what MariaDB answers it (fastlane.py)
-        self.lazy_begin = False
+        self.lazy_begin = False  # a plain BEGIN may be deferred (fastlane.py _defer_begin)
         self.last_conn: BackendConn | None = None
         self.pin: PinReason | None = None
         self.replica_vars: set[str] = set()  # user variables named in a replica RO transaction
