@@ -211,6 +211,7 @@ class BackendConn:
         it)."""
         pkt = await self.read_packet()
         if pkt[0] == 0xFF:
+            self.diag = True  # (its area now holds the error: cleared before another session)
             e = P.parse_err(pkt)
             raise BackendError(e.code, e.sqlstate, e.message, pkt)
         return pkt
@@ -264,6 +265,8 @@ class BackendConn:
             if pkt[0] == 0x00:
                 ok = P.parse_ok(pkt, True)
                 self._track(ok.status, ok)
+                if ok.warnings:  # a service statement's note (CREATE TABLE IF NOT EXISTS...)
+                    self.diag = True  # must not reach the next session's SHOW WARNINGS
                 out.append((None, ok))
                 if ok.status & P.SERVER_MORE_RESULTS_EXISTS:
                     continue
@@ -294,6 +297,7 @@ class BackendConn:
                 if P.is_eof(pkt):
                     st = P.eof_status(pkt)
                     self._track(st, None)
+                    self.diag |= len(pkt) >= 3 and (pkt[1] or pkt[2]) != 0
                     break
                 rows.append(_text_row(pkt, ncols))
             out.append((rows, None))
