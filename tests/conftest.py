@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,6 +88,17 @@ class ProxyProc:
 
     def log(self) -> str:
         return self.log_path.read_text()
+
+    def scrape(self) -> str:
+        """The proxy's /metrics page."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics",
+                                    timeout=5) as r:
+            return str(r.read().decode())
+
+    def metric(self, pattern: str) -> float:
+        """The value of the one series `pattern` (a regex of name and labels) names; 0 if absent."""
+        m = re.search("^" + pattern + r" (\S+)$", self.scrape(), re.M)
+        return float(m.group(1)) if m else 0.0
 
     def stop(self, sig: int = 15, timeout: float = 20) -> int:
         if self.proc.poll() is None:

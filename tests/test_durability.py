@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,13 +37,6 @@ def dsb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
     sb.destroy()
 
 
-def metric(p: ProxyProc, pattern: str) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{p.metrics_port}/metrics", timeout=5) as r:
-        text = r.read().decode()
-    m = re.search("^" + pattern + r" (\S+)$", text, re.M)
-    return float(m.group(1)) if m else 0.0
-
-
 def proxy_with(sb: Sandbox, tmp: Path, **durability: object) -> ProxyProc:
     p = start_proxy(tmp, make_config(sb, durability=durability,
                                      routing={"read_consistency": "primary"}))
@@ -71,12 +62,12 @@ def test_strict_refuses_writes_while_primary_not_durable(dsb: Sandbox, tmp_path:
         assert cur.fetchone() == (0,)
         backends = p.admin("SHOW BACKENDS")
         assert "sync_binlog=0" in next(r[7] for r in backends if r[1] == "primary")
-        assert metric(p, "seckill_proxy_primary_durable") == 0
-        assert metric(p, "seckill_proxy_durability_refused_writes_total") >= 2
+        assert p.metric("seckill_proxy_primary_durable") == 0
+        assert p.metric("seckill_proxy_durability_refused_writes_total") >= 2
         dsb.primary.sql("SET GLOBAL sync_binlog = 1")
         time.sleep(1.5)
         cur.execute("INSERT INTO orders (v) VALUES (3)")
-        assert metric(p, "seckill_proxy_primary_durable") == 1
+        assert p.metric("seckill_proxy_primary_durable") == 1
         c.close()
     finally:
         dsb.primary.sql("SET GLOBAL sync_binlog = 1")
@@ -91,7 +82,7 @@ def test_warn_counts_unsafe_writes(dsb: Sandbox, tmp_path: Path) -> None:
         c = p.connect()
         c.cursor().execute("INSERT INTO orders (v) VALUES (4)")
         c.close()
-        assert metric(p, "seckill_proxy_durability_unsafe_writes_total") >= 1
+        assert p.metric("seckill_proxy_durability_unsafe_writes_total") >= 1
         assert "not durable" in p.log()
     finally:
         dsb.primary.sql("SET GLOBAL innodb_flush_log_at_trx_commit = 1")
@@ -149,7 +140,7 @@ def test_ack_timeout_degrades_and_counts(dsb: Sandbox, tmp_path: Path) -> None:
         c = p.connect()
         c.cursor().execute("INSERT INTO orders (v) VALUES (8888)")  # acknowledged (degraded)
         c.close()
-        assert metric(p, 'seckill_proxy_replica_acks_total{outcome="degraded"}') >= 1
+        assert p.metric('seckill_proxy_replica_acks_total{outcome="degraded"}') >= 1
     finally:
         dsb.replicas[0].sql("START SLAVE SQL_THREAD")
         p.stop()
@@ -188,8 +179,8 @@ def test_tracked_commit_tells_the_truth_after_connection_loss(dsb: Sandbox, tmp_
         assert dsb.primary.sql("SELECT COUNT(*) FROM shop.orders WHERE v = 4343") == [(0,)]
         # the same client connection goes on working
         c.cursor().execute("INSERT INTO orders (v) VALUES (4444)")
-        assert metric(p, 'seckill_proxy_commit_in_doubt_total{resolution="committed"}') == 1
-        assert metric(p, 'seckill_proxy_commit_in_doubt_total{resolution="not_committed"}') == 1
+        assert p.metric('seckill_proxy_commit_in_doubt_total{resolution="committed"}') == 1
+        assert p.metric('seckill_proxy_commit_in_doubt_total{resolution="not_committed"}') == 1
         c.close()
     finally:
         p.stop()
@@ -229,7 +220,7 @@ def test_batch_connection_lost_at_each_phase(dsb: Sandbox, tmp_path: Path, trigg
         left = dsb.primary.sql("SELECT quantity FROM shop.inventory WHERE sku_id = 1")[0][0]
         assert 999 - left == ok, (results, left)  # told-success == applied, nothing twice
         assert ok == 20, results  # retried once (not committed) or resolved (committed)
-        inds = metric(p, 'seckill_proxy_hotrow_batch_in_doubt_total{resolution="committed"}')
+        inds = p.metric('seckill_proxy_hotrow_batch_in_doubt_total{resolution="committed"}')
         assert inds == (1 if expect == "in_doubt_ok" else 0)
     finally:
         p.stop()

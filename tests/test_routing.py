@@ -6,7 +6,6 @@ import random
 import re
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -77,10 +76,9 @@ def rproxy(rsb: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterator[P
 
 
 def reads(p: ProxyProc) -> dict[tuple[str, str], float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{p.metrics_port}/metrics", timeout=5) as r:
-        text = r.read().decode()
     out = {}
-    for c, o, v in re.findall(r'seckill_proxy_reads_total\{consistency="(\w+)",outcome="(\w+)"\} (\S+)', text):
+    for c, o, v in re.findall(r'seckill_proxy_reads_total\{consistency="(\w+)",outcome="(\w+)"\} (\S+)',
+                              p.scrape()):
         out[(c, o)] = float(v)
     return out
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import urllib.request
 from collections.abc import Iterator
 
 import pymysql
@@ -59,11 +58,9 @@ def sproxy(sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 
 def logins(p: ProxyProc) -> dict[tuple[str, str], float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{p.metrics_port}/metrics", timeout=5) as r:
-        text = r.read().decode()
     out = {}
     for m in re.finditer(r'^seckill_proxy_caching_sha2_logins_total\{outcome="(\w+)",path="(\w+)"\} '
-                         r'(\S+)$', text, re.M):
+                         r'(\S+)$', p.scrape(), re.M):
         out[(m.group(2), m.group(1))] = float(m.group(3))
     return out
 

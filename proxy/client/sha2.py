@@ -21,11 +21,12 @@ empty reply).
 from __future__ import annotations
 
 import hashlib
-import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from mysql_mimic.auth import AuthInfo, AuthPlugin, AuthState, Forbidden, Success
+from mysql_mimic.utils import nonce as make_nonce
+from mysql_mimic.utils import xor
 
 from proxy.core import metrics as M
 
@@ -33,19 +34,6 @@ NAME = "caching_sha2_password"
 FAST_AUTH_SUCCESS = b"\x03"
 PERFORM_FULL_AUTHENTICATION = b"\x04"
 REQUEST_PUBLIC_KEY = b"\x02"
-
-
-def _xor(a: bytes, b: bytes) -> bytes:
-    return bytes(x ^ y for x, y in zip(a, b, strict=False))
-
-
-def _nonce() -> bytes:
-    """20 bytes as MySQL makes them (generate_user_salt): 7-bit, no NUL, no '$'."""
-    out = bytearray(secrets.token_bytes(20))
-    for i, b in enumerate(out):
-        b &= 0x7F
-        out[i] = b + 1 if b in (0, 0x24) else b
-    return bytes(out)
 
 
 def auth_string(password: str) -> str:
@@ -59,7 +47,7 @@ def scramble_matches(h2: bytes, scramble: bytes, nonce: bytes) -> bool:
     """The fast path's check (pure): the client's scramble against SHA256(SHA256(pw))."""
     if len(scramble) != 32 or len(h2) != 32:
         return False
-    stage1 = _xor(scramble, hashlib.sha256(h2 + nonce).digest())
+    stage1 = xor(scramble, hashlib.sha256(h2 + nonce).digest())
     return hashlib.sha256(stage1).digest() == h2
 
 
@@ -121,7 +109,7 @@ class CachingSha2Plugin(AuthPlugin):
             # the client answered the handshake's nonce with this plugin already
             nonce = auth_info.handshake_auth_data.rstrip(b"\x00")[:20]
         else:
-            nonce = _nonce()
+            nonce = make_nonce(20)
             auth_info = yield nonce + b"\x00"
         user = auth_info.user
         h2 = bytes.fromhex(user.auth_string or "")
@@ -151,7 +139,7 @@ class CachingSha2Plugin(AuthPlugin):
                 reply = yield self.keys.public()
                 data = reply.data
             plain = self.keys.decrypt(data) if len(data) > 1 else None
-            password = None if plain is None else _xor(
+            password = None if plain is None else xor(
                 plain, (nonce * (len(plain) // len(nonce) + 1))[:len(plain)]).split(b"\x00", 1)[0]
         ok = (password is not None
               and hashlib.sha256(hashlib.sha256(password).digest()).digest() == h2)

@@ -218,7 +218,7 @@ class FastLane:
         t0 = time.perf_counter()
         L.transition(LeaseState.STATEMENT, LeaseReason.ACQUIRED)  # the pool cannot take it now
         c.io.prefix = packet
-        s.status = (s.status & _BEGIN_KEEPS) | P.SERVER_STATUS_IN_TRANS
+        s.status = _begin_status(s.status)
         ok = s.client_ok(P.OkPacket(status=s.status))
         # MariaDB's BEGIN keeps the diagnostics area (SHOW WARNINGS, @@warning_count: the
         # statement before's) and makes ROW_COUNT() 0
@@ -276,8 +276,6 @@ class FastLane:
         p = self.plan
         assert p is not None
         s.keeps_diag = shape.keeps_diag  # (session.stmt_conn: a carried area may stay)
-        if c.io.skipped_err is not None:  # a deferred BEGIN failed: its statement ran alone
-            self._begin_failed(c)
         if p.route is Route.REPLICA:
             s.stmt_conn = c
         else:
@@ -287,16 +285,6 @@ class FastLane:
         s.keeps_diag = False
         s.settle()
         self._done("error" if r.err is not None else "ok", r.rows or r.affected_rows)
-
-    def _begin_failed(self, c: BackendConn) -> None:
-        """Not seen: MariaDB refuses a plain BEGIN outside a transaction only on a connection
-        that is going away. The connection is dropped (the session's next statement gets the
-        lost-transaction error) and the session's BEGINs go to MariaDB from now on."""
-        err, c.io.skipped_err = c.io.skipped_err, None
-        c.broken = True
-        self.s.lazy_begin = False
-        log.error("a deferred BEGIN failed on its connection (%r); connection dropped",
-                  (err or b"")[:200])
 
     def _on_lost(self) -> None:
         """The backend connection died under the command: the same answer as the general path
@@ -389,4 +377,9 @@ def _begin_ok_as_made(before: int, ok: P.OkPacket | None) -> bool:
     session's (the check that allows deferring, per session)."""
     return (ok is not None and not ok.affected_rows and not ok.last_insert_id
             and not ok.warnings and not ok.info and not ok.state_changed
-            and ok.status == (before & _BEGIN_KEEPS) | P.SERVER_STATUS_IN_TRANS)
+            and ok.status == _begin_status(before))
+
+
+def _begin_status(before: int) -> int:
+    """The status flags of a plain BEGIN's OK, from the session's before it."""
+    return (before & _BEGIN_KEEPS) | P.SERVER_STATUS_IN_TRANS

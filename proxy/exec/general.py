@@ -14,6 +14,7 @@ keeps the state these read and the lease's transitions (`settle`).
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -34,7 +35,7 @@ from proxy.core.state import Carried
 from proxy.exec import tracked, uservars
 from proxy.exec.reply import end_replica_txn, finish, lost, run_on
 from proxy.net import protocol as P
-from proxy.plan.classify import READ_ONLY_TXN, Shape, parse_hints
+from proxy.plan.classify import Shape, parse_hints
 from proxy.plan.plan import Plan, Route, Track
 
 if TYPE_CHECKING:
@@ -278,5 +279,8 @@ def _starts_write_txn(shape: Shape) -> bool:
     write, ending the one open (its implicit commit)."""
     verb, dg = shape.verb, shape.digest.upper()
     if verb == "BEGIN" or (verb == "START" and dg.startswith("START TRANSACTION")):
-        return not READ_ONLY_TXN.match(shape.digest) and "READ ONLY" not in dg
+        return _READ_ONLY.search(dg) is None
     return verb == "XA" and dg.split()[1:2] in (["START"], ["BEGIN"])
+
+
+_READ_ONLY = re.compile(r"\bREAD\s+ONLY\b")

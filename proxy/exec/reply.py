@@ -58,12 +58,7 @@ async def finish(s: Statement, c: BackendConn, r: Relayed, hold: BufferWriter | 
     if r.err is not None and r.ok is None and s.replica_txn:
         await replica_txn_state(c)
     s.absorb_reply(c, r)
-    carry = None
-    if s.replica_vars and s.replica_txn and not s.in_txn:
-        carry = await read_user_vars(s, c)
-    s.settle()
-    if carry is not None:
-        await restore_user_vars(s, carry)
+    await settle_carrying(s, c)
     if hold is not None:
         await release_held(s, hold, r)
     await s.drain_client()
@@ -88,8 +83,14 @@ async def end_replica_txn(s: Statement) -> None:
     except (BackendError, BackendLost):
         c.broken = True  # nothing was written there: the lease lets it go
         s.status &= ~P.SERVER_STATUS_IN_TRANS
+    await settle_carrying(s, c)
+
+
+async def settle_carrying(s: Statement, c: BackendConn) -> None:
+    """`settle` after a statement; when it ends a read-only transaction on a replica, the user
+    variables set there are read first and set on the session's next connection after."""
     carry = None
-    if s.replica_vars and not s.in_txn and not c.broken:
+    if s.replica_vars and s.replica_txn and not s.in_txn:
         carry = await read_user_vars(s, c)
     s.settle()
     if carry is not None:

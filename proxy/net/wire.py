@@ -43,10 +43,11 @@ class PacketIO(asyncio.Protocol):
         # A command the proxy answered itself and sends later, ahead of the next one (a
         # deferred BEGIN, fastlane.py): `prefix` goes out with the next write, and the reply
         # packet it earns is dropped on arrival (`skip`), so every reader sees only the reply
-        # to the command it sent. An ERR in its place is kept in `skipped_err`.
+        # to the command it sent. An ERR in its place means the command after it ran outside
+        # what the client was told: the connection is cut, and every reader (lane, general
+        # path, hot-row engine) reports it lost, as for any connection lost mid-statement.
         self.prefix = b""
         self.skip = 0
-        self.skipped_err: bytes | None = None
         self._skipbuf = bytearray()
 
     # ---- protocol callbacks ---------------------------------------------------------------
@@ -85,7 +86,12 @@ class PacketIO(asyncio.Protocol):
             if len(b) < 4 + n:
                 return b""
             if n and b[4] == 0xFF:
-                self.skipped_err = bytes(b[4:4 + n])
+                log.error("a command sent ahead of another (a deferred BEGIN) failed: %r; "
+                          "connection cut", bytes(b[4:4 + n])[:200])
+                self.skip = 0
+                b.clear()
+                self.transport.abort()
+                return b""
             del b[:4 + n]
             self.skip -= 1
         out = bytes(b)
