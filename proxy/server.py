@@ -374,10 +374,11 @@ class App:
             await _say_and_close(io, refusal)
             return
         session = ProxySession(self)
-        ident: Any = (BackendIdentityProvider(self.accounts, addr, self.gate.user_blocked)
-                      if self.accounts is not None
-                      else ConfigIdentityProvider(self.users, self.gate.user_blocked,
-                                                  self.user_plugins))
+        ident: BackendIdentityProvider | ConfigIdentityProvider
+        if self.accounts is not None:
+            ident = BackendIdentityProvider(self.accounts, addr, self.gate.user_blocked)
+        else:
+            ident = ConfigIdentityProvider(self.users, self.gate.user_blocked, self.user_plugins)
         conn = ProxyConnection(
             stream=stream,
             session=session,
@@ -387,9 +388,8 @@ class App:
             ssl=self.ssl_ctx,
         )
         conn.ext_offer = self.ext_offer
-        if isinstance(ident, ConfigIdentityProvider):  # caching_sha2: TLS now? fast-path reply
-            ident.sha2.secure = lambda: io.tls is not None
-            ident.sha2.more = lambda data: conn.stream.write(make_auth_more_data(data))
+        ident.sha2.secure = lambda: io.tls is not None  # caching_sha2: TLS now? fast-path reply
+        ident.sha2.more = lambda data: conn.stream.write(make_auth_more_data(data))
         conn.connection_id = await self.control.add(conn)
         CONN_ID.set(conn.connection_id)  # every line logged for this client names it
         self.connections.add(conn)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pymysql
 import pytest
@@ -30,6 +31,52 @@ def test_the_fast_check_accepts_the_password_and_only_it(pw: str, other: str, no
     if other != pw:
         assert not sha2.scramble_matches(h2, _auth.scramble_caching_sha2(other.encode(), nonce),
                                          nonce)
+
+
+# MySQL 8's stored string for the password 'foobar' (from TiDB's caching_sha2 test, which
+# checks its verifier against MySQL's): 20-byte salt with control characters, 5,000 rounds
+MYSQL_FOOBAR = bytes.fromhex(
+    "24412430303524031A69251C34295C4B35167C7F1E5A7B63091349503974624D34504B5A424679354856"
+    "336868686F52485A736E4A733368786E427575516C73446469496537").decode("latin1")
+PLACEHOLDER = "$A$005$THISISACOMBINATIONOFINVALIDSALTANDPASSWORDTHATMUSTNEVERBRBEUSED"
+
+
+@pytest.mark.parametrize("stored,password,ok", [
+    (MYSQL_FOOBAR, b"foobar", True),
+    (MYSQL_FOOBAR, b"not_foobar", False),
+    (MYSQL_FOOBAR, b"", False),
+    (MYSQL_FOOBAR.replace("$A$", "$B$"), b"foobar", False),  # another digest type
+    (MYSQL_FOOBAR.replace("$005$", "$00G$"), b"foobar", False),  # rounds not hex
+    (MYSQL_FOOBAR[:-1], b"foobar", False),  # short
+    (PLACEHOLDER, b"", False),  # MySQL's locked system accounts
+    (PLACEHOLDER, b"THISISACOMBINATION", False),
+    ("", b"", False),
+    (sha2.auth_string("pw"), b"pw", True),  # a config user's hex SHA256(SHA256(pw))
+    (sha2.auth_string("pw"), b"px", False),
+])
+def test_full_authentication_checks_mysqls_stored_string(stored: str, password: bytes,
+                                                         ok: bool) -> None:
+    assert sha2.password_matches(stored, password) is ok
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.binary(min_size=0, max_size=40).filter(lambda b: b"\x00" not in b),
+       st.text(alphabet="./0123456789abcdefghijKLMNOPQRSTUVWxyz", min_size=1, max_size=16),
+       st.sampled_from([1000, 5000]))
+def test_sha_crypt_is_glibcs_for_salts_glibc_takes(pw: bytes, salt: str, rounds: int) -> None:
+    """MySQL's variant differs from glibc's `$5$` only in keeping a 20-byte salt."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import crypt
+    setting = f"$5$rounds={rounds}${salt}" if rounds != 5000 else f"$5${salt}"
+    want = crypt.crypt(pw.decode("latin1"), setting)
+    if want is None:  # glibc refused the input
+        return
+    # crypt() encodes a str as UTF-8; compare on the bytes it hashed
+    got = sha2.sha256_crypt(pw.decode("latin1").encode(), salt.encode(), rounds)
+    assert want.rsplit("$", 1)[1] == got
 
 
 def test_auth_string_and_short_input() -> None:
@@ -157,3 +204,55 @@ def test_a_backend_login_with_caching_sha2(sproxy: ProxyProc) -> None:
         b = logins(sproxy)
         assert asyncio.run(login("sha_backend")) == "sha_backend@%"
         assert _delta(b, logins(sproxy)) == {(path, "ok"): 1}
+
+
+def test_accounts_from_mysql_with_caching_sha2(sandbox: Sandbox, tmp_path: Path) -> None:
+    """`auth: backend` with MySQL 8's caching_sha2_password accounts. MariaDB 10.11 has no
+    such plugin, so the account's row is written as MySQL 8 keeps it (plugin and `$A$005$`
+    string for 'foobar') without FLUSH PRIVILEGES: the proxy reads MySQL 8's form from a real
+    server, which still logs the proxy in as the user with the same password."""
+    import pymysql
+
+    certs = make_certs(tmp_path / "tls")
+    sandbox.primary.sql(
+        "CREATE USER IF NOT EXISTS 'monitor'@'%' IDENTIFIED BY 'mon'",
+        "GRANT ALL ON *.* TO 'monitor'@'%'",
+        "DROP USER IF EXISTS 'sha_acct'@'%'", "DROP USER IF EXISTS 'sha_other'@'%'",
+        "CREATE USER 'sha_acct'@'%' IDENTIFIED BY 'foobar'",
+        "GRANT ALL ON shop.* TO 'sha_acct'@'%'",
+        "CREATE USER 'sha_other'@'%' IDENTIFIED BY 'foobar'",
+        "UPDATE mysql.global_priv SET Priv = JSON_SET(Priv, '$.plugin', "
+        "'caching_sha2_password', '$.authentication_string', "
+        f"CONVERT(UNHEX('{MYSQL_FOOBAR.encode('latin1').hex()}') USING utf8mb4)) "
+        "WHERE User = 'sha_acct'",
+        "UPDATE mysql.global_priv SET Priv = JSON_SET(Priv, '$.plugin', 'sha256_password') "
+        "WHERE User = 'sha_other'")
+    cfg = make_config(sandbox, auth={"mode": "backend", "user": "monitor", "password": "mon",
+                                     "refresh_s": 1},
+                      tls={"cert": certs["cert"], "key": certs["key"], "ca": certs["ca"]})
+    p = start_proxy(tmp_path, cfg)
+    p.ca = certs["ca"]  # type: ignore[attr-defined]
+    try:
+        with pytest.raises(pymysql.err.OperationalError) as e:
+            _pymysql(p, "sha_acct", "not_foobar")
+        assert e.value.args[0] == 1045
+        b = logins(p)
+        assert _pymysql(p, "sha_acct", "foobar") == "sha_acct@%"  # no TLS: the RSA key
+        assert _delta(b, logins(p)) == {("full_rsa", "ok"): 1}
+        b = logins(p)
+        assert _pymysql(p, "sha_acct", "foobar", tls=True) == "sha_acct@%"
+        assert _delta(b, logins(p)) == {("fast", "ok"): 1}
+        with pytest.raises(pymysql.err.OperationalError) as e:
+            _pymysql(p, "sha_acct", "foobaz")
+        assert e.value.args[0] == 1045
+        r = subprocess.run(["mariadb", "-h127.0.0.1", f"-P{p.port}", "-usha_acct", "-pfoobar",
+                            "--default-auth=caching_sha2_password", "--skip-ssl", "-NBe",
+                            "SELECT CURRENT_USER()"], capture_output=True, text=True, timeout=30)
+        assert r.stdout.strip() == "sha_acct@%", r.stderr
+        with pytest.raises(pymysql.err.OperationalError) as e:
+            _pymysql(p, "sha_other", "foobar")
+        assert e.value.args[0] == 1045 and "'sha256_password' is not supported" in e.value.args[1]
+    finally:
+        p.stop()
+        sandbox.primary.sql("DROP USER IF EXISTS 'sha_acct'@'%'",
+                            "DROP USER IF EXISTS 'sha_other'@'%'")

@@ -9,9 +9,17 @@ and is all a native-password login to the backends needs (`PreHashed`). So no pl
 password is stored anywhere; what is kept in memory (SHA1(password)) is password-equivalent
 for MySQL logins, like the hash in `mysql.global_priv` is not.
 
+Accounts with MySQL 8's `caching_sha2_password` are served by client/sha2.py against the
+stored `$A$005$...` string: the first login of such a user after the proxy started is a full
+authentication (the password over TLS, or RSA-encrypted), as on MySQL after a restart; the
+proxy keeps the password it checked (MySQL needs it, or the fast-path cache MySQL fills from
+it, to log the proxy in as that user) and serves the fast path after.
+
 Host patterns follow MySQL's rules in the common forms: `%`, literal addresses, `%`/`_`
 wildcards, `localhost` (= 127.0.0.1 and ::1 for a TCP proxy); the most specific match wins.
-Locked accounts and accounts with another plugin are refused (the plugin is named).
+Locked accounts and accounts with another plugin (ed25519, sha256_password, unix_socket,
+PAM...) are refused, the plugin named: their stored string does not let a proxy check a
+password.
 """
 
 from __future__ import annotations
@@ -34,9 +42,14 @@ log = logging.getLogger("seckill.accounts")
 class Account:
     user: str
     host: str
-    hash_hex: str  # SHA1(SHA1(password)) in lower-case hex, "" for no password
+    auth: str  # the stored string as MySQL keeps it ('*' + hex for native; '$A$005$...')
     plugin: str
     locked: bool
+
+    @property
+    def hash_hex(self) -> str:
+        """mysql_native_password: SHA1(SHA1(password)) in lower-case hex, "" for none."""
+        return self.auth.lstrip("*").lower()
 
 
 def host_matches(pattern: str, addr: str) -> bool:
@@ -58,6 +71,10 @@ def pick(accounts: list[Account], user: str, addr: str) -> Account | None:
     cands = [a for a in accounts if a.user == user and host_matches(a.host, addr)]
     cands.sort(key=lambda a: specificity(a.host))
     return cands[0] if cands else None
+
+
+SHA2 = "caching_sha2_password"
+SERVED = ("mysql_native_password", "", SHA2)
 
 
 class PreHashed(str):
@@ -104,7 +121,7 @@ class NativeCapture(NativePasswordAuthPlugin):
     """mysql-mimic's native-password check, keeping the SHA1(password) it recovers, and
     refusing with a reason when the account cannot log in through the proxy."""
 
-    def __init__(self, credentials: dict[str, PreHashed] | None = None) -> None:
+    def __init__(self, credentials: dict[str, str] | None = None) -> None:
         self.captured: bytes | None = None
         self.refusal: str | None = None
         # where a successful login leaves its SHA1(password), before the login OK goes out
@@ -163,7 +180,9 @@ class AccountStore:
         self.accounts: list[Account] = []
         self.loaded_at = 0.0
         self.tried_at = 0.0
-        self.credentials: dict[str, PreHashed] = {}  # user -> SHA1(password), from logins
+        # user -> what the proxy logs in to MySQL with as that user, learned from the user's
+        # own login: SHA1(password) (native), the password (caching_sha2)
+        self.credentials: dict[str, str] = {}
         self._lock = asyncio.Lock()
 
     async def refresh(self, min_age: float = 0.0, since: float | None = None) -> None:
@@ -208,13 +227,27 @@ class AccountStore:
         if a.locked:
             plugin.refusal = f"Access denied, this account is locked: '{name}'@'{a.host}'"
             return deny
-        if a.plugin not in ("mysql_native_password", ""):
+        if a.plugin not in SERVED or (a.plugin == SHA2 and not a.auth.startswith("$A$")):
             plugin.refusal = (f"Access denied for user '{name}': its authentication plugin "
                               f"'{a.plugin}' is not supported by seckill-proxy under auth: "
-                              "backend (use mysql_native_password, or list the user in the "
-                              "config)")
+                              "backend (use mysql_native_password or caching_sha2_password, "
+                              "or list the user in the config)")
             return deny
+        if a.plugin == SHA2:
+            return User(name=name, auth_string=a.auth, auth_plugin=SHA2)
         return User(name=name, auth_string=a.hash_hex, auth_plugin="mysql_native_password")
+
+    def learn(self, name: str, password: bytes) -> None:
+        """A caching_sha2 account's full authentication succeeded: what the proxy logs in to
+        MySQL with as that user from now on."""
+        self.credentials[name] = password.decode("utf-8", "surrogateescape")
+
+    async def stored_now(self, name: str, addr: str) -> str | None:
+        """After a failed caching_sha2 login: the account's stored string as MySQL has it now
+        (read again, as for a native login that failed)."""
+        await self.look_up(name, addr, always=True)
+        a = pick(self.accounts, name, addr)
+        return None if a is None or a.locked or a.plugin != SHA2 else a.auth
 
 
 async def load_mariadb(query: Callable[[str], Awaitable[list[list[str | None]]]]) -> list[Account]:
@@ -229,7 +262,6 @@ async def load_mariadb(query: Callable[[str], Awaitable[list[list[str | None]]]]
                            "FROM mysql.user")
     out = []
     for user, host, auth, plugin, locked in rows:
-        h = (auth or "").lstrip("*").lower()
-        out.append(Account(user or "", host or "", h, plugin or "mysql_native_password",
+        out.append(Account(user or "", host or "", auth or "", plugin or "mysql_native_password",
                            str(locked).lower() in ("true", "1", "y")))
     return out

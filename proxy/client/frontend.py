@@ -190,7 +190,8 @@ class ConfigIdentityProvider(IdentityProvider):
 
 
 class BackendIdentityProvider(IdentityProvider):
-    """Accounts from MySQL (accounts.py, `auth: backend`), for one client connection."""
+    """Accounts from MySQL (accounts.py, `auth: backend`), for one client connection: native
+    password accounts and caching_sha2 ones (sha2.py, checked against MySQL's stored string)."""
 
     def __init__(self, store: Any, addr: str, blocked: Callable[[str], bool]) -> None:
         from proxy.client.accounts import NativeCapture
@@ -200,9 +201,11 @@ class BackendIdentityProvider(IdentityProvider):
         self._blocked = blocked
         self.plugin = NativeCapture(store.credentials)
         self.plugin.recheck = self._recheck
+        self.sha2 = CachingSha2Plugin(on_full=store.learn)
+        self.sha2.recheck = lambda name: store.stored_now(name, addr)
 
     def get_plugins(self) -> list[Any]:
-        return [self.plugin]
+        return [self.plugin, self.sha2]
 
     async def get_user(self, username: str) -> User | None:
         if self._blocked(username):

@@ -12,8 +12,11 @@ speaks it as MySQL does (sql/auth/sha2_password.cc):
   `RSA-OAEP(password + NUL XOR nonce)`. A success fills the cache.
 
 The proxy keeps the same cache, per process, so clients see the same exchange as from MySQL:
-full authentication once per user after a start (or after the user's password changed in the
-config), the fast path after. The RSA key pair is made at the first need (`cryptography`); a
+full authentication once per user after a start (or after the user's password changed), the
+fast path after. What full authentication checks the password against is the account's
+stored string: hex SHA256(SHA256(password)) for users of the config file, MySQL's own
+`$A$005$<salt><hash>` (SHA-crypt with a 20-byte salt, `crypt_matches`) for accounts read from
+MySQL under `auth: backend`. The RSA key pair is made at the first need (`cryptography`); a
 client that has no TLS and does not ask for the key gets MySQL's own answer (1045 after its
 empty reply).
 """
@@ -21,6 +24,8 @@ empty reply).
 from __future__ import annotations
 
 import hashlib
+import hmac
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -41,6 +46,71 @@ def auth_string(password: str) -> str:
     if password == "":
         return ""
     return hashlib.sha256(hashlib.sha256(password.encode()).digest()).hexdigest()
+
+
+_B64 = "./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+# the digest's bytes in the order SHA-crypt (and MySQL's crypt_genhash_impl.cc) encodes them
+_ORDER = ((0, 10, 20), (21, 1, 11), (12, 22, 2), (3, 13, 23), (24, 4, 14), (15, 25, 5),
+          (6, 16, 26), (27, 7, 17), (18, 28, 8), (9, 19, 29))
+
+
+def sha256_crypt(password: bytes, salt: bytes, rounds: int) -> str:
+    """SHA-crypt with SHA-256 (Drepper's specification, steps 1-22): the 43-character hash
+    part. MySQL keeps the whole salt (20 bytes) where glibc's `$5$` stops at 16; with a salt
+    of 16 bytes or fewer this is glibc's `crypt()` (the test checks against it)."""
+    sha = hashlib.sha256
+    alt = sha(password + salt + password).digest()
+    a = sha(password + salt)
+    n = len(password)
+    a.update((alt * (n // 32 + 1))[:n])
+    i = n
+    while i:
+        a.update(alt if i & 1 else password)
+        i >>= 1
+    d = a.digest()
+    p = (sha(password * n).digest() * (n // 32 + 1))[:n]
+    s = (sha(salt * (16 + d[0])).digest() * (len(salt) // 32 + 1))[:len(salt)]
+    for r in range(rounds):
+        c = sha(p if r & 1 else d)
+        if r % 3:
+            c.update(s)
+        if r % 7:
+            c.update(p)
+        c.update(d if r & 1 else p)
+        d = c.digest()
+    out = []
+    for b2, b1, b0 in (*_ORDER, (None, 31, 30)):
+        w = (0 if b2 is None else d[b2]) << 16 | d[b1] << 8 | d[b0]
+        for _ in range(3 if b2 is None else 4):
+            out.append(_B64[w & 63])
+            w >>= 6
+    return "".join(out)
+
+
+def crypt_matches(stored: str, password: bytes) -> bool:
+    """Does `password` match MySQL's stored caching_sha2_password string
+    `$A$<rounds/1000 in 3 hex digits>$<20-byte salt><43-character hash>`? False for anything
+    else (MySQL's placeholder strings included)."""
+    m = re.fullmatch(r"\$A\$([0-9A-Fa-f]{3})\$(.{20})(.{43})", stored, re.S)
+    if m is None:
+        return False
+    rounds = int(m.group(1), 16) * 1000
+    if not 1000 <= rounds <= 4_095_000:
+        return False
+    salt = m.group(2).encode("latin1")
+    return hmac.compare_digest(sha256_crypt(password, salt, rounds), m.group(3))
+
+
+def password_matches(stored: str, password: bytes) -> bool:
+    """Full authentication's check against an account's stored string, either form."""
+    if stored.startswith("$A$"):
+        return crypt_matches(stored, password)
+    try:
+        h2 = bytes.fromhex(stored)
+    except ValueError:
+        return False
+    return bool(h2) and hmac.compare_digest(
+        hashlib.sha256(hashlib.sha256(password).digest()).digest(), h2)
 
 
 def scramble_matches(h2: bytes, scramble: bytes, nonce: bytes) -> bool:
@@ -86,8 +156,9 @@ class RsaKeys:
 
 
 KEYS = RsaKeys()
-# user name -> SHA256(SHA256(password)) that logged in with full authentication (MySQL's cache)
-CACHE: dict[str, bytes] = {}
+# (user name, stored string) -> SHA256(SHA256(password)) of a full authentication that
+# succeeded (MySQL's cache; a changed password is a new stored string, so full again)
+CACHE: dict[tuple[str, str], bytes] = {}
 
 
 class CachingSha2Plugin(AuthPlugin):
@@ -97,11 +168,18 @@ class CachingSha2Plugin(AuthPlugin):
     name = NAME
     client_plugin_name = NAME
 
-    def __init__(self, keys: RsaKeys = KEYS, cache: dict[str, bytes] = CACHE) -> None:
+    def __init__(self, keys: RsaKeys = KEYS, cache: dict[tuple[str, str], bytes] = CACHE,
+                 on_full: Callable[[str, bytes], None] | None = None) -> None:
         self.keys = keys
         self.cache = cache
         self.secure: Callable[[], bool] = lambda: False
         self.more: Callable[[bytes], Awaitable[None]] | None = None
+        # after a full authentication that succeeded: the user and the password (`auth:
+        # backend` logs in to MySQL as the user with it)
+        self.on_full = on_full
+        # after a full authentication that failed: the account's stored string as MySQL has
+        # it now (its password may have changed since the proxy read it), or None
+        self.recheck: Callable[[str], Awaitable[str | None]] | None = None
 
     async def auth(self, auth_info: AuthInfo | None = None) -> AuthState:
         if (auth_info is not None and auth_info.handshake_auth_data
@@ -112,15 +190,16 @@ class CachingSha2Plugin(AuthPlugin):
             nonce = make_nonce(20)
             auth_info = yield nonce + b"\x00"
         user = auth_info.user
-        h2 = bytes.fromhex(user.auth_string or "")
+        stored = user.auth_string or ""
         scramble = auth_info.data
         if not scramble or scramble == b"\x00":
-            yield Success(user.name) if not h2 else Forbidden()
+            yield Success(user.name) if not stored else Forbidden()
             return
-        if not h2:
+        if not stored:
             yield Forbidden()
             return
-        if self.cache.get(user.name) == h2:
+        h2 = self.cache.get((user.name, stored))
+        if h2 is not None:
             ok = scramble_matches(h2, scramble, nonce) and self.more is not None
             M.SHA2_LOGINS.labels("fast", "ok" if ok else "denied").inc()
             if ok:
@@ -141,9 +220,16 @@ class CachingSha2Plugin(AuthPlugin):
             plain = self.keys.decrypt(data) if len(data) > 1 else None
             password = None if plain is None else xor(
                 plain, (nonce * (len(plain) // len(nonce) + 1))[:len(plain)]).split(b"\x00", 1)[0]
-        ok = (password is not None
-              and hashlib.sha256(hashlib.sha256(password).digest()).digest() == h2)
+        ok = password is not None and password_matches(stored, password)
+        if not ok and password is not None and self.recheck is not None:
+            now = await self.recheck(user.name)
+            if now is not None and now != stored and password_matches(now, password):
+                ok, stored = True, now
         M.SHA2_LOGINS.labels(path, "ok" if ok else "denied").inc()
         if ok:
-            self.cache[user.name] = h2
+            assert password is not None
+            self.cache[(user.name, stored)] = hashlib.sha256(hashlib.sha256(password).digest()
+                                                             ).digest()
+            if self.on_full is not None:
+                self.on_full(user.name, password)
         yield Success(user.name) if ok else Forbidden()
