@@ -88,3 +88,57 @@ def test_a_soft_lease_reclaimed_by_the_pool_does_not_give_back() -> None:
     lease.reclaimed(conn)
     assert lease.state is N and lease.reason is LeaseReason.POOL_RECLAIMED
     assert pool.back == []
+
+
+# What a lease becomes after a statement (lease.after_statement), every input: state before
+# (statement, or a held one: a statement on a held connection keeps it held), then in_txn,
+# pinned, broken, must_reset -> state after ("." stays as it is). A lost connection wins over
+# everything, a pin over a transaction; only a replica's read-only transaction differs.
+AFTER = """
+state        txn pin brk rst  -> after
+statement    *   *   1   *       none
+statement    *   1   0   *       pinned
+statement    1   0   0   *       transaction
+statement    0   0   0   1       none
+statement    0   0   0   0       soft
+transaction  *   *   1   *       none
+transaction  *   1   0   *       pinned
+transaction  1   0   0   *       transaction
+transaction  0   0   0   1       none
+transaction  0   0   0   0       soft
+pinned       *   *   1   *       none
+pinned       *   1   0   *       pinned
+pinned       1   0   0   *       transaction
+pinned       0   0   0   1       none
+pinned       0   0   0   0       soft
+replica_txn  1   *   *   *       .
+replica_txn  0   *   *   *       none
+"""
+
+
+def _after_rows() -> list[tuple[LeaseState, tuple[str, ...], str]]:
+    rows = []
+    for line in AFTER.strip().splitlines()[1:]:
+        st, *bits, want = line.split()
+        rows.append((LeaseState(st), tuple(bits), want))
+    return rows
+
+
+def test_after_a_statement_every_input_has_the_tabled_state() -> None:
+    import itertools
+
+    from proxy.backends.lease import after_statement
+
+    rows = _after_rows()
+    for st in (ST, TX, PI, RT):
+        for bits in itertools.product((False, True), repeat=4):
+            hits = [want for s, pat, want in rows if s is st and all(
+                p == "*" or (p == "1") == b for p, b in zip(pat, bits, strict=True))]
+            assert hits, (st, bits)  # every input is in the table
+            assert len(set(hits)) == 1, (st, bits, hits)  # and the table is not ambiguous
+            got = after_statement(st, *bits)
+            assert (got[0].value if got is not None else ".") == hits[0], (st, bits)
+            if got is not None and got[0] is PI:
+                assert got[1] is LeaseReason.PINNED
+            if got is not None and got[0] is N and bits[2] and st is not RT:
+                assert got[1] is LeaseReason.BACKEND_LOST

@@ -15,12 +15,12 @@ import struct
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import aiomysql
 
 from proxy.backends.login import LoginConn
+from proxy.backends.reply import BufferWriter, ConnState, Relayed, ReplyScanner, text_row
 from proxy.core.config import Address
 from proxy.core.errors import BackendError, BackendLost
 from proxy.core.state import LOGIN_NAMES, Catalog, Names, absorb, split_reported
@@ -51,40 +51,7 @@ _READ_CHUNK = 256 * 1024
 _FLUSH_AT = 256 * 1024
 
 
-@dataclass(slots=True)
-class Relayed:
-    """What the proxy learned while forwarding one command's response."""
-
-    ok: P.OkPacket | None = None
-    err: P.ErrPacket | None = None
-    status: int = 0
-    rows: int = 0
-    affected_rows: int = 0
-    sysvars: dict[str, str] = field(default_factory=dict)
-    schema: str | None = None
-    state_changed: bool = False
-    gtid: str | None = None
-    sent_to_client: bool = False
-    local_infile: bool = False  # the reply is a request for the client's file (0xFB)
-    # it ended with a result set's EOF, not an OK packet: no session tracking came with its
-    # end (a write with RETURNING, a SELECT calling a stored function; general.gtid_after)
-    ended_eof: bool = False
-
-
-class BufferWriter:
-    """Stands in for the client writer when a reply must be held (ack: replica)."""
-
-    def __init__(self) -> None:
-        self.buf = bytearray()
-
-    def write(self, data: bytes) -> None:
-        self.buf += data
-
-    async def drain(self) -> None:
-        return None
-
-
-class BackendConn:
+class BackendConn(ConnState):
     """A raw-packet connection. State is tracked from OK packets so the pool can reset it."""
 
     # Collation ids and defaults of the servers (set once at startup from the primary).
@@ -93,6 +60,7 @@ class BackendConn:
     ssl: ClassVar[ssl_mod.SSLContext | None] = None
 
     def __init__(self, conn: aiomysql.Connection, addr: Address, user: str, caps: int = 0) -> None:
+        super().__init__()  # status, diag, warned: what every reply changes (reply.py)
         self.conn = conn
         self.addr = addr
         self.user = user
@@ -108,17 +76,8 @@ class BackendConn:
         self.schema: str | None = None
         self.names: Names = LOGIN_NAMES
         self.sysvars: dict[str, str] = {}  # replayable variables changed since login/reset
-        self.status = P.SERVER_STATUS_AUTOCOMMIT
         self.dirty = False  # state that only a reset clears (user vars, temp tables, locks...)
         self.broken = False
-        # its diagnostics area may hold warnings or an error (set by a statement that left
-        # some; MySQL keeps them through statements without tables, so only the proxy's own
-        # clearing or a reset takes this back): another session gets it cleared first
-        # (session._fresh)
-        self.diag = False
-        # its last statement left warnings or an error its session may still ask about (SHOW
-        # WARNINGS...): the pool reclaims such a soft-held connection last
-        self.warned = False
         # Prepared statements by (database at PREPARE, text): MariaDB resolves a statement's
         # tables in the database current when it was prepared.
         self.stmts: OrderedDict[tuple[str | None, str], P.PrepareOk] = OrderedDict()
@@ -299,7 +258,7 @@ class BackendConn:
                     self._track(st, None)
                     self.diag |= len(pkt) >= 3 and (pkt[1] or pkt[2]) != 0
                     break
-                rows.append(_text_row(pkt, ncols))
+                rows.append(text_row(pkt, ncols))
             out.append((rows, None))
             if not self.status & P.SERVER_MORE_RESULTS_EXISTS:
                 return out
@@ -508,139 +467,6 @@ class BackendConn:
             self.io.close()
         except Exception:  # noqa: BLE001 - closing a dead socket may fail any way it likes
             pass
-
-
-_MAX_PACKET = P.MAX_PACKET  # a global, not a module attribute, in the scanner's loop
-
-
-class ReplyScanner:
-    """Incremental parser of one command's response, fed whatever the socket delivered.
-
-    Shared by the awaiting relay and the fast lane's callbacks. `feed` returns the bytes to
-    forward: complete packets, untouched except OK packets, which `ok_hook` rewrites (the client
-    never negotiated session tracking). A result set in one chunk comes back as that chunk.
-    """
-
-    __slots__ = ("conn", "ok_hook", "state", "cols_left", "cont", "r", "tail", "cursor")
-
-    def __init__(self, conn: BackendConn, ok_hook: Callable[[P.OkPacket], bytes] | None,
-                 field_list: bool = False, cursor: bool = False) -> None:
-        self.conn = conn
-        # a COM_STMT_EXECUTE that asked for a cursor: an EOF with SERVER_STATUS_CURSOR_EXISTS
-        # after the column definitions ends the reply. Elsewhere the flag only says a stored
-        # program has a cursor open (MariaDB sets it on the EOFs of result sets a procedure
-        # returns while one is open), and the rows follow as usual.
-        self.cursor = cursor
-        self.ok_hook = ok_hook
-        self.state = 3 if field_list else 0  # 0 first, 1 columns, 2 column-EOF, 3 rows, 9 done
-        self.cols_left = 0
-        self.cont = False
-        self.r = Relayed()
-        self.tail = b""
-
-    @property
-    def done(self) -> bool:
-        return self.state == 9
-
-    def feed(self, data: bytes) -> bytes:
-        buf = self.tail + data if self.tail else data
-        n = len(buf)
-        pos = start = 0
-        state, cols_left, cont, r = self.state, self.cols_left, self.cont, self.r
-        pieces: list[bytes] = []
-        while state != 9 and n - pos >= 4:
-            plen = buf[pos] | (buf[pos + 1] << 8) | (buf[pos + 2] << 16)
-            end = pos + 4 + plen
-            if end > n:
-                break
-            if cont:  # continuation of a packet >= 16 MiB: opaque bytes
-                cont = plen == _MAX_PACKET
-                pos = end
-                continue
-            b0 = buf[pos + 4] if plen else 0
-            cont = plen == _MAX_PACKET
-            if state == 3:
-                if b0 == 0xFE and plen < 9:
-                    st = buf[pos + 7] | (buf[pos + 8] << 8) if plen >= 5 else 0
-                    self.conn.status = r.status = st
-                    w = plen >= 5 and (buf[pos + 5] or buf[pos + 6]) != 0
-                    self.conn.warned = w
-                    self.conn.diag |= w
-                    state = 0 if st & P.SERVER_MORE_RESULTS_EXISTS else 9
-                    r.ended_eof = state == 9
-                elif b0 == 0xFF:
-                    r.err = P.parse_err(bytes(buf[pos + 4 : end]))
-                    self.conn.diag = self.conn.warned = True
-                    state = 9
-                else:
-                    r.rows += 1
-            elif state == 1:
-                cols_left -= 1
-                if cols_left == 0:
-                    state = 2
-            elif state == 2:  # the EOF after the column definitions
-                st = buf[pos + 7] | (buf[pos + 8] << 8) if plen >= 5 else 0
-                if self.cursor and st & P.SERVER_STATUS_CURSOR_EXISTS:
-                    # COM_STMT_EXECUTE that opened a cursor: no rows follow, COM_STMT_FETCH
-                    # asks for them
-                    self.conn.status = r.status = st
-                    state = 9
-                else:
-                    state = 3
-            elif b0 == 0x00 or (b0 == 0xFE and 7 <= plen < 9):
-                ok = P.parse_ok(bytes(buf[pos + 4 : end]), True)
-                self.conn._track(ok.status, ok)
-                r.ok = ok
-                r.status = ok.status
-                self.conn.warned = ok.warnings != 0
-                self.conn.diag |= self.conn.warned
-                r.affected_rows += ok.affected_rows
-                if ok.sysvars:
-                    r.sysvars.update(ok.sysvars)
-                if ok.schema is not None:
-                    r.schema = ok.schema
-                r.state_changed |= ok.state_changed
-                if ok.gtid:
-                    r.gtid = ok.gtid
-                payload = self.ok_hook(ok) if self.ok_hook else P.make_ok(
-                    ok.affected_rows, ok.last_insert_id, ok.status, ok.warnings, ok.info
-                )
-                pieces.append(buf[start:pos])
-                pieces.append(struct.pack("<I", len(payload) | (buf[pos + 3] << 24)) + payload)
-                start = end
-                state = 0 if ok.status & P.SERVER_MORE_RESULTS_EXISTS else 9
-            elif b0 == 0xFF:
-                r.err = P.parse_err(bytes(buf[pos + 4 : end]))
-                self.conn.diag = self.conn.warned = True
-                state = 9
-            elif b0 == 0xFB:  # LOAD DATA LOCAL INFILE: MySQL asks the client for a file
-                r.local_infile = True
-                state = 9
-            else:
-                cols_left, _ = P.lenenc_int(buf, pos + 4)
-                state = 1 if cols_left else 2
-            pos = end
-        self.state, self.cols_left, self.cont = state, cols_left, cont
-        self.tail = buf[pos:] if pos < n else b""
-        if pieces:
-            pieces.append(buf[start:pos])
-            return b"".join(pieces)
-        if start == 0 and pos == n:
-            return buf
-        return buf[start:pos]
-
-
-def _text_row(pkt: bytes, ncols: int) -> list[str | None]:
-    out: list[str | None] = []
-    pos = 0
-    for _ in range(ncols):
-        if pkt[pos] == 0xFB:
-            out.append(None)
-            pos += 1
-        else:
-            s, pos = P.lenenc_str(pkt, pos)
-            out.append(s.decode("utf-8", "replace"))
-    return out
 
 
 def _connect_error(e: Exception, addr: Address) -> Exception:

@@ -53,6 +53,27 @@ _ALLOWED: dict[LeaseState, frozenset[LeaseState]] = {
 }
 
 
+def after_statement(state: LeaseState, in_txn: bool, pinned: bool, broken: bool,
+                    must_reset: bool) -> tuple[LeaseState, LeaseReason] | None:
+    """What a lease becomes once a statement is done, from what the statement left (pure;
+    one decision for the fast lane and the general path, table-tested): `in_txn` the
+    session's transaction is open, `pinned` it has state only this connection has, `broken`
+    the connection is lost, `must_reset` it carries state another session must not get (or
+    a transaction of its own). None: stays as it is (a replica's read-only transaction goes
+    on)."""
+    if state is S.REPLICA_TXN:
+        return None if in_txn else (S.NONE, LeaseReason.STATEMENT_DONE)
+    if broken:
+        return S.NONE, LeaseReason.BACKEND_LOST
+    if pinned:
+        return S.PINNED, LeaseReason.PINNED
+    if in_txn:
+        return S.TRANSACTION, LeaseReason.TRANSACTION
+    if must_reset:
+        return S.NONE, LeaseReason.STATEMENT_DONE
+    return S.SOFT, LeaseReason.STATEMENT_DONE
+
+
 class LeaseError(Exception):
     """A transition the state machine does not have: a bug, never a client's doing."""
 

@@ -20,8 +20,9 @@ import struct
 import time
 from typing import TYPE_CHECKING
 
-from proxy.backends.backend import BackendConn, ReplyScanner
+from proxy.backends.backend import BackendConn
 from proxy.backends.lease import LeaseState
+from proxy.backends.reply import ReplyScanner
 from proxy.core import metrics as M
 from proxy.core.errors import BackendLost, LeaseReason, ProxyError, client_side
 from proxy.exec import general, prepared, reply

@@ -20,8 +20,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from proxy.backends.backend import BackendConn, BufferWriter, Relayed
+from proxy.backends.backend import BackendConn
 from proxy.backends.lease import LeaseState
+from proxy.backends.reply import BufferWriter, Relayed
 from proxy.core import metrics as M
 from proxy.core.errors import (
     CR_SERVER_LOST,

@@ -11,7 +11,8 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from proxy.backends.backend import BackendConn, BufferWriter, Relayed
+from proxy.backends.backend import BackendConn
+from proxy.backends.reply import BufferWriter, Relayed
 from proxy.core.errors import ProxyError
 from proxy.net import protocol as P
 from proxy.plan.classify import Shape

@@ -8,7 +8,8 @@ import struct
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from proxy.backends.backend import STMT_LIMIT_ERR, BackendConn, BufferWriter, Relayed
+from proxy.backends.backend import STMT_LIMIT_ERR, BackendConn
+from proxy.backends.reply import BufferWriter, Relayed
 from proxy.core.errors import (
     ER_UNKNOWN_STMT_HANDLER,
     BackendError,

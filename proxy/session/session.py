@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import struct
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +20,7 @@ from mysql_mimic.variables import GlobalVariables, SessionVariables
 from proxy.backends.backend import BackendConn, Relayed
 from proxy.backends.lease import Lease, LeaseState
 from proxy.core.errors import BackendError, BackendLost, LeaseReason, PinReason, ProxyError
-from proxy.core.state import LOGIN_NAMES, Answered, Carried, Names, Wanted, absorb, split_reported
+from proxy.core.state import LOGIN_NAMES, Answered, Carried, Names, absorb, split_reported
 from proxy.engines.escrow import Reservation
 from proxy.exec import general, local, prepared, reply
 from proxy.exec.fastlane import FastLane
@@ -31,6 +30,7 @@ from proxy.net.tracking import Tracking
 from proxy.net.wire import ClientIO
 from proxy.plan.classify import classify, session_txn_as_vars, with_conn_id
 from proxy.plan.plan import Route, plan
+from proxy.session.hold import Hold
 
 if TYPE_CHECKING:
     from proxy.exec.context import ClientLink, ClientStmt, Services
@@ -39,7 +39,7 @@ log = logging.getLogger("seckill.session")
 
 
 
-class ProxySession(BaseSession):
+class ProxySession(Hold, BaseSession):
     def __init__(self, app: Services) -> None:
         self.app = app
         self.variables = SessionVariables(GlobalVariables())
@@ -149,15 +149,6 @@ class ProxySession(BaseSession):
             self.escrow = []
         self.txn_hot.clear()
 
-    def escrow_conn(self) -> BackendConn | None:
-        """The primary connection that holds this session's open transaction, if any."""
-        L = self.lease
-        c = L.conn
-        if (L.state is LeaseState.TRANSACTION and c is not None and not c.broken
-                and c.pool is self.app.primary_pool()):
-            return c
-        return None
-
     def release_slots(self) -> None:
         """Give back hot-row queue slots once no transaction holds them."""
         if self.held_slots and not self.status & P.SERVER_STATUS_IN_TRANS:
@@ -214,26 +205,6 @@ class ProxySession(BaseSession):
             self._stmt_conn = c  # else it opened no table and raised nothing: the area stays
         self.row_count_local = None
 
-    async def leave(self, reason: LeaseReason) -> None:
-        """Give back the lease's connection: this statement runs on another. When the session's
-        diagnostics area is there with conditions in it and this statement opens no table, the
-        area stays the session's (MySQL keeps it): it is taken along first (state.Carried)."""
-        L = self.lease
-        c = L.conn
-        if (self.keeps_diag and c is not None and c is self._stmt_conn and c.warned
-                and not c.broken):
-            if L.state is LeaseState.SOFT:  # the pool must not take it back meanwhile
-                L.transition(LeaseState.STATEMENT, LeaseReason.ACQUIRED)
-            try:
-                defs, rows = await c.query_raw("SHOW WARNINGS")
-                self._stmt_conn = Carried(tuple(defs), tuple(rows), tuple(
-                    bytes(P.lenenc_str(r, 0)[0]).decode("ascii", "replace") for r in rows))
-            except BackendError:
-                pass  # (not expected) the area is lost, as before
-            except BackendLost:
-                c.broken = True
-        await L.release(reason)
-
     @property
     def answered_rows(self) -> int | None:
         if self.row_count_local is not None:
@@ -244,12 +215,6 @@ class ProxySession(BaseSession):
     @property
     def replica_txn(self) -> bool:
         return self.lease.state is LeaseState.REPLICA_TXN
-
-    # ---- the lease: this session's hold on a backend connection (lease.py) ---------------
-
-    @property
-    def conn(self) -> BackendConn | None:
-        return self.lease.conn
 
     def idle_timeout(self) -> float:
         """Seconds of client silence after which MySQL closes the connection."""
@@ -263,132 +228,6 @@ class ProxySession(BaseSession):
         interactive = self.connection is not None and bool(
             int(self.connection.capabilities) & P.CLIENT_INTERACTIVE)
         return float(cat.interactive_timeout if interactive else cat.wait_timeout)
-
-    def wanted(self) -> Wanted:
-        """The state a backend connection must carry to serve this session."""
-        return Wanted(self.database, self.names, self.sysvars)
-
-    @property
-    def password(self) -> str:
-        return self.app.password_of(self.username or "") or ""
-
-    async def primary_conn(self) -> BackendConn:
-        """The connection a statement for the primary runs on: the one the lease holds (a
-        transaction or pin holds it wherever it is), else a primary connection."""
-        L = self.lease
-        c = L.conn
-        if c is not None and L.pool is not None and L.pool.role == "fenced":
-            c.broken = True  # a connection to the former primary: never write there again
-            await L.release(LeaseReason.PRIMARY_MOVED)
-            c = None
-        if c is not None and L.state is LeaseState.SOFT:
-            if L.pool is not self.app.primary_pool():
-                await self.leave(LeaseReason.ROUTE_CHANGE)  # a replica's, kept after a read
-                c = None
-            elif c.broken or c.io.at_eof():
-                c.broken = True  # died while idle (backend restart, idle timeout): replace it
-                await L.release(LeaseReason.STALE_WHILE_IDLE)
-                c = None
-            else:
-                L.transition(LeaseState.STATEMENT, LeaseReason.ACQUIRED)
-        if c is not None:
-            if self.state_stale:
-                self.state_stale = False
-                assert L.pool is not None
-                if not await L.pool.apply_state(c, self.wanted()):
-                    await L.release(LeaseReason.NEEDS_NO_DATABASE)
-                    return await self.primary_conn()
-            return c
-        pool = await self.app.writable_primary()
-        c = await pool.acquire(self.username or "", self.password, self.backend_caps,
-                               self.last_conn, self.wanted())
-        L.transition(LeaseState.STATEMENT, LeaseReason.ACQUIRED, c, pool)
-        self.last_conn = c
-        self.state_stale = False
-        await self.clear_foreign_diag(c)
-        if c.broken:
-            await L.release(LeaseReason.BACKEND_LOST)
-            return await self.primary_conn()
-        return c
-
-    async def clear_foreign_diag(self, c: BackendConn) -> None:
-        """A connection that comes to this session with another session's warnings or error
-        still in its diagnostics area gets it cleared first: MySQL keeps that area across
-        statements without tables (SET, DO, SELECT 1), so this session's SHOW WARNINGS would
-        show the other's."""
-        if c.diag and c is not self.stmt_conn:
-            try:
-                await c.clear_diagnostics()
-            except BackendError:
-                pass  # (not expected: every user may read that table) left as it is
-            except BackendLost:
-                c.broken = True  # the caller replaces it, or the statement's retry does
-
-    def holds_conn(self) -> bool:
-        return bool(self.pin) or self.in_txn
-
-    def settle(self) -> None:
-        """After a statement: what the lease becomes (one decision for both paths)."""
-        L = self.lease
-        c = L.conn
-        if (self.escrow or self.txn_hot) and (not self.in_txn or c is None or c.broken):
-            self.txn_over()
-        if c is None:
-            return
-        if L.state is LeaseState.REPLICA_TXN:
-            if self.in_txn:
-                return
-            if self.pin:
-                # State taken inside a read-only transaction on a replica cannot follow the
-                # session to the primary; the replica connection is reset, the pin dropped.
-                log.warning("session state set inside a replica read-only transaction was "
-                            "dropped at its end (%s)", self.pin.value)
-                self.pin = None
-                c.dirty = True
-            L.transition(LeaseState.NONE, LeaseReason.STATEMENT_DONE)
-        elif c.broken:
-            L.transition(LeaseState.NONE, LeaseReason.BACKEND_LOST)
-        elif self.pin:
-            c.dirty = True
-            L.transition(LeaseState.PINNED, LeaseReason.PINNED)
-            self._watch_held(c)
-        elif self.in_txn:
-            L.transition(LeaseState.TRANSACTION, LeaseReason.TRANSACTION)
-            self._watch_held(c)
-        elif c.dirty or c.in_trans:
-            L.transition(LeaseState.NONE, LeaseReason.STATEMENT_DONE)
-        else:
-            L.transition(LeaseState.SOFT, LeaseReason.STATEMENT_DONE)
-
-    def _watch_held(self, c: BackendConn) -> None:
-        """A held connection (transaction, pinned state) that the server closes while the
-        session is idle (idle_transaction_timeout, wait_timeout, KILL, a restart) ends the
-        client's connection at once, as MySQL's own close would: the client's next command
-        then fails in its library (2006 "gone away"), as directly. During a command the
-        command's path reports it (the fast lane sets its own hook)."""
-        c.io.sink_lost = lambda: self._held_lost(c)  # (settle: no command runs on it now)
-
-    def _held_lost(self, c: BackendConn) -> None:
-        if self.busy or self.lease.conn is not c or self.connection is None:
-            return
-        c.broken = True
-        self.end_reason = "the server closed the connection holding the session's " + (
-            "transaction" if self.in_txn else f"state ({self.pin})")
-        t = self.connection.stream.writer.transport
-        sock = t.get_extra_info("socket")
-        if sock is not None:  # a reset, as MariaDB's close of a timed-out connection arrives:
-            # the client's next write fails and it reports 2006 "gone away", as directly
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        t.abort()
-
-    async def drop_conn(self, reason: LeaseReason) -> None:
-        c = self.lease.conn
-        if c is None:
-            return
-        self.last_conn = None
-        if self.pin:
-            c.dirty = True
-        await self.lease.release(reason)
 
     # ---- writing to the client ----------------------------------------------------------
 
@@ -558,11 +397,3 @@ class ProxySession(BaseSession):
         await self.send(text)
 
     # ---- prepared statements ------------------------------------------------------------
-
-
-
-
-
-
-
-
