@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         uvloop.install()
     except ImportError:  # pragma: no cover - uvloop is a dependency, but the proxy runs without it
         pass
-    from proxy.server import serve
+    from proxy.process import serve
 
     logging.getLogger("seckill").info(
         "hot modules compiled: %d of %d", len(compiled.loaded()), len(compiled.HOT))

@@ -9,11 +9,7 @@ transactions) and the pools.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
-import os
-import signal
-import socket
 import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -487,58 +483,3 @@ async def _say_and_close(writer: ClientIO, payload: bytes) -> None:
     except ConnectionError:
         pass
     writer.close()
-
-
-def sd_notify(state: str) -> None:
-    """systemd's readiness protocol (deploy/systemd, Type=notify): one datagram to
-    $NOTIFY_SOCKET; nothing when not run by systemd."""
-    addr = os.environ.get("NOTIFY_SOCKET")
-    if not addr:
-        return
-    if addr.startswith("@"):
-        addr = "\0" + addr[1:]  # an abstract socket
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-        try:
-            s.sendto(state.encode(), addr)
-        except OSError as e:
-            log.warning("systemd notification %s not sent: %s", state, e)
-
-
-async def serve(cfg: Config) -> None:
-    """Run until SIGINT/SIGTERM, then drain and shut down."""
-    app = App(cfg)
-    await app.start()
-    # Statements allocate short-lived objects freed by reference counting; the cycle collector
-    # need not scan the long-lived startup objects (freeze) nor run every 700 allocations.
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 20)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-
-    def hup() -> None:  # PgBouncer's and PgCat's habit: SIGHUP reloads the config
-        try:
-            notes = app.reload()
-        except ConfigError as e:
-            log.error("SIGHUP: config not reloaded: %s", e)
-            return
-        log.info("SIGHUP: config reloaded%s", (": " + "; ".join(notes)) if notes else "")
-
-    loop.add_signal_handler(signal.SIGHUP, hup)
-    print(f"seckill-proxy ready: mysql://{cfg.users[0].name}:***@{cfg.listen}/  "
-          f"(admin {cfg.admin.listen}, metrics {cfg.metrics_listen})", flush=True)
-    sd_notify("READY=1")
-    await stop.wait()
-    sd_notify("STOPPING=1")
-    delay = app.cfg.limits.shutdown_delay_s
-    if delay > 0:  # /readyz fails now; clients are served until the endpoints have moved
-        app.stopping = True
-        stop.clear()
-        log.info("stopping: not ready, serving for %g s more (limits.shutdown_delay_s)", delay)
-        try:  # a second SIGTERM/SIGINT cuts the delay short
-            await asyncio.wait_for(stop.wait(), delay)
-        except TimeoutError:
-            pass
-    log.info("shutting down")
-    await app.shutdown()

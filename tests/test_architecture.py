@@ -73,9 +73,10 @@ def test_no_module_is_in_an_import_circle() -> None:
 def test_no_module_is_over_the_size_limit() -> None:
     """~500 lines; the ones still over it are listed with their size so they only shrink."""
     over = {str(p.relative_to(ROOT)): n for p in ROOT.rglob("*.py")
-            if (n := len(p.read_text().splitlines())) > 560}
+            if (n := len(p.read_text().splitlines())) > 500}
     assert over == {k: v for k, v in over.items() if v <= KNOWN_LARGE.get(k, 0)}, over
 
 
 # Still over the limit; may only shrink (issue 23).
-KNOWN_LARGE: dict[str, int] = {}
+KNOWN_LARGE = {"plan/classify.py": 558, "net/protocol.py": 539, "engines/hotrow.py": 525,
+               "engines/hotmerge.py": 504}
