@@ -16,7 +16,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
-HOT = ("exec/fastlane", "backends/lease", "backends/backend", "backends/reply", "net/protocol", "plan/plan",
+HOT = ("exec/fastlane", "exec/account", "backends/lease", "backends/backend", "backends/reply", "net/protocol", "plan/plan",
        "net/wire", "engines/readsplit", "plan/digest", "core/metrics", "plan/classify",
        "core/gtid")
 

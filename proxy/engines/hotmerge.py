@@ -33,7 +33,6 @@ from proxy.core.errors import (
     BackendLost,
     ProxyError,
 )
-from proxy.core.state import Answered
 from proxy.engines.escrow import (
     RESERVATION,
     Escrow,
@@ -145,7 +144,7 @@ class Merger:
         if decision == PLAIN:
             assert m.plain_done is not None
             if txn_conn is not None:
-                session.txn_hot.add(hs.key_id)
+                session.locked_hot_key(hs.key_id)
             try:
                 r = await forward()
             finally:
@@ -154,11 +153,11 @@ class Merger:
             M.HOTROW_STATEMENTS.inc("auto", "plain" if ok else "error")
             return "hotrow-plain", "ok" if ok else "error"
         if m.gtid:
-            session.last_gtid = m.gtid  # read-your-writes covers merged deductions too
+            session.saw_gtid(m.gtid)  # read-your-writes covers merged deductions too
         if decision == RUN_ALONE:
             M.HOTROW_STATEMENTS.inc("merge", "run_alone")
             if txn_conn is not None:
-                session.txn_hot.add(hs.key_id)
+                session.locked_hot_key(hs.key_id)
             await forward()
             return "hotrow-merge", "ok"
         if decision == MISMATCH:
@@ -180,7 +179,7 @@ class Merger:
                 raise
         else:
             # It ran on no connection of the session: no warnings, ROW_COUNT() answered here.
-            session.stmt_conn = Answered(decision)
+            session.answered_here(decision)
         if inv is not None and inv.commit_on_success and txn_conn is not None:
             await self._end_txn(session, txn_conn, "COMMIT")
         M.HOTROW_STATEMENTS.inc("merge", "succeeded" if decision else "sold_out")
@@ -227,21 +226,19 @@ class Merger:
         except BaseException:
             self.host.escrow.ended([r])  # no confirm row: the units go back
             raise
-        session.escrow.append(r)
-        session.stmt_conn = m.conn  # no warnings there, as the UPDATE's own (SHOW WARNINGS)
-        # ROW_COUNT() 1, the UPDATE's: answered by the proxy, no round trip to ask the
+        # its diagnostics: that connection's (no warnings there, as the UPDATE's own);
+        # ROW_COUNT() 1, the UPDATE's, answered by the proxy: no round trip to ask the
         # confirm INSERT's (the seed's order checks it after every UPDATE)
-        session.row_count_local = 1
+        session.reserved(r, m.conn)
 
     async def _end_txn(self, session: HotRowMember, c: Any, verb: str) -> None:
         """COMMIT_ON_SUCCESS / ROLLBACK_ON_FAIL: end the member's transaction on its own
         connection; a COMMIT's OK waits for a replica under `ack: replica`, as any COMMIT."""
         ok = await _on_member(c, verb)
-        session.status = ok.status
-        if verb == "COMMIT" and ok.gtid:
-            session.last_gtid = ok.gtid
-            if self.host.app.durability.wants_ack:
-                await self.host.app.durability.wait_ack(ok.gtid)
+        gtid = ok.gtid if verb == "COMMIT" else None
+        session.ended_txn_here(ok.status, gtid)
+        if gtid and self.host.app.durability.wants_ack:
+            await self.host.app.durability.wait_ack(gtid)
 
     async def _lead(self, hs: HotStmt, ks: KeyState, g: Group, user: str,
                     floor: int | None) -> None:

@@ -344,7 +344,7 @@ class HotRowEngine:
         ks = self._key(hs, mode)
         if mode == "queue":
             if in_txn:
-                session.txn_hot.add(hs.key_id)  # its transaction now holds the row lock
+                session.locked_hot_key(hs.key_id)  # its transaction now holds the row lock
             return await self._queue(session, hs, ks, forward)
         # Inventory hints are honoured on the merged path, so a hinted statement merges.
         return await self.merger.merge(session, hs, ks, rs.floor, forward,
@@ -467,7 +467,7 @@ class HotRowEngine:
     def _take_plain(self, session: HotRowMember, hs: HotStmt, mode: str,
                     in_txn: bool) -> KeyState:
         if in_txn:
-            session.txn_hot.add(hs.key_id)  # its transaction now holds the row lock
+            session.locked_hot_key(hs.key_id)  # its transaction now holds the row lock
         return self._key(hs, mode)
 
     def _key(self, hs: HotStmt, mode: str) -> KeyState:
@@ -505,7 +505,7 @@ class HotRowEngine:
                 ks.waiting -= 1
                 M.HOTROW_QUEUE_DEPTH.dec()
                 M.HOTROW_QUEUE_WAIT.observe(time.perf_counter() - t0)
-            session.held_slots.append(ks.sem)
+            session.hold_slot(ks.sem)
         ks.in_flight += 1
         outcome = "error"
         try:

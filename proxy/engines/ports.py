@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from proxy.core.config import Config
     from proxy.core.errors import PinReason
     from proxy.core.gtid import Gtid
-    from proxy.core.state import Answered, Carried, Wanted
+    from proxy.core.state import Wanted
     from proxy.engines.escrow import Reservation
     from proxy.engines.health import BackendState
     from proxy.plan.classify import Shape
@@ -117,25 +117,56 @@ class Readiness(Protocol):
 
 
 class HotRowMember(Protocol):
-    """A session as the hot-row engine sees it (hotrow.py)."""
+    """A session as the hot-row engine sees it (hotrow.py, hotmerge.py): what it reads, and
+    what it tells the session (methods; the engine writes no field of the session)."""
 
-    username: str | None
-    database: str | None
-    status: int
-    sysvars: dict[str, str]
-    pin: PinReason | None
-    held_slots: list[asyncio.Semaphore]
-    last_gtid: str | None
-    # the connection of the session's last statement, or what stands for it (state.py)
-    stmt_conn: BackendConn | Answered | Carried | None
-    row_count_local: int | None  # ROW_COUNT() the proxy answers (set after stmt_conn)
-    escrow: list[Reservation]  # reserved for its open transaction, resolved when it ends
-    # hot keys its open transaction locked itself (never merged again in it)
-    txn_hot: set[tuple[str, str, int | str]]
+    @property
+    def username(self) -> str | None: ...
+
+    @property
+    def database(self) -> str | None: ...
+
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def sysvars(self) -> dict[str, str]: ...
+
+    @property
+    def pin(self) -> PinReason | None: ...
+
+    @property
+    def held_slots(self) -> list[asyncio.Semaphore]: ...
+
+    @property
+    def escrow(self) -> list[Reservation]: ...  # reserved for its open transaction
+
+    @property
+    def txn_hot(self) -> set[tuple[str, str, int | str]]: ...  # keys its transaction locked
 
     def escrow_conn(self) -> BackendConn | None: ...  # the connection holding its transaction
 
     def release_slots(self) -> None: ...
+
+    def hold_slot(self, sem: asyncio.Semaphore) -> None:
+        """A queue slot the session keeps until its transaction ends (release_slots)."""
+
+    def locked_hot_key(self, key_id: tuple[str, str, int | str]) -> None:
+        """Its open transaction holds this key's row lock: never merged again in it."""
+
+    def saw_gtid(self, gtid: str) -> None:
+        """A write of its (a merged deduction too) committed as `gtid`: read-your-writes."""
+
+    def answered_here(self, rows: int) -> None:
+        """The statement ran on none of its connections (a merged autocommit UPDATE):
+        ROW_COUNT() and an empty diagnostics area are the proxy's."""
+
+    def reserved(self, r: Reservation, conn: BackendConn) -> None:
+        """Units reserved for its open transaction, confirmed on `conn` (its transaction's
+        connection): resolved when the transaction ends; ROW_COUNT() 1, the UPDATE's."""
+
+    def ended_txn_here(self, status: int, gtid: str | None) -> None:
+        """The engine ended its transaction (COMMIT_ON_SUCCESS / ROLLBACK_ON_FAIL)."""
 
     async def send(self, payload: bytes) -> None: ...
 

@@ -19,6 +19,8 @@ from proxy.plan.classify import Shape
 from proxy.plan.plan import SessionView
 
 if TYPE_CHECKING:
+    import asyncio
+
     from mysql_mimic.stream import MysqlStream
     from mysql_mimic.types import Capabilities
 
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
     from proxy.core.errors import PinReason
     from proxy.core.state import Answered, Carried, Names
     from proxy.engines.durability import Durability
+    from proxy.engines.escrow import Reservation
     from proxy.engines.hotrow import HotRowEngine
     from proxy.engines.monitor import Monitor
     from proxy.engines.outcome import OutcomeTracker
@@ -108,6 +111,14 @@ class Statement(SessionView, HotRowMember, Reader, Protocol):
     router read of it: a statement hands itself to them)."""
 
     lease: Lease
+    # read-only to the hot-row engine (HotRowMember), written by execution
+    username: str | None
+    status: int
+    sysvars: dict[str, str]
+    last_gtid: str | None
+    escrow: list[Reservation]
+    txn_hot: set[tuple[str, str, int | str]]
+    held_slots: list[asyncio.Semaphore]
     pin: PinReason | None
     names: Names
     multi: bool

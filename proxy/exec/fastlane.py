@@ -25,7 +25,8 @@ from proxy.backends.lease import LeaseState
 from proxy.backends.reply import ReplyScanner
 from proxy.core import metrics as M
 from proxy.core.errors import BackendLost, LeaseReason, ProxyError, client_side
-from proxy.exec import general, prepared, reply
+from proxy.exec import prepared, reply
+from proxy.exec.account import statement_done
 from proxy.net import protocol as P
 from proxy.plan.classify import Shape, classify, statement_values
 from proxy.plan.plan import Plan, Route, plan
@@ -184,7 +185,7 @@ class FastLane:
                 self._release_ticket(False)
                 err = e.packet()
                 self.client.write(struct.pack("<I", len(err) | (1 << 24)) + err)
-                M.count_statement(shape.verb, "primary", "error", 0.0, 1)
+                statement_done(s, shape, "primary", "error", 0.0, 0, 1)
                 return True
         # Out of the soft hold: the pool cannot take the connection back mid-statement.
         if s.lease.state is LeaseState.SOFT:
@@ -226,10 +227,8 @@ class FastLane:
         s.row_count_local = 0
         s.settle()  # held: a transaction
         self.client.write(struct.pack("<I", len(ok) | (1 << 24)) + ok)
-        dt = time.perf_counter() - t0
-        M.count_statement(shape.verb, "primary", "ok", dt, 1)
         M.DEFERRED_BEGINS.inc()
-        s.app.digest.record(shape, dt, "primary", 0)
+        statement_done(s, shape, "primary", "ok", time.perf_counter() - t0, 0, 1)
         return True
 
     # ---- reply: called by the backend socket ---------------------------------------------
@@ -350,10 +349,7 @@ class FastLane:
             pool = s.lease.pool
             s.app.reads.count(p.read.consistency, "replica", pool.label if pool else None)
         self._reset()
-        M.count_statement(shape.verb, route, outcome, dt, 1)
-        s.app.digest.record(shape, dt, route, rows)
-        if dt * 1000 >= s.app.slow_ms > 0:
-            general.slow(s, shape, dt, route, outcome)
+        statement_done(s, shape, route, outcome, dt, rows, 1)
         s.busy = False
         self.client.release()
 

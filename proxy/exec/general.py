@@ -2,8 +2,8 @@
 
 The fast lane (fastlane.py) runs the plans that only forward, from socket callbacks; every
 other plan runs here, and any plan may (the lane declines what it cannot do at once). Both run
-the same plan (plan.py) and do the same bookkeeping once per statement: here in `run_plan`
-(metrics, digest row, slow log), there in `FastLane._done`. What a route needs: a replica read
+the same plan (plan.py) and account for each statement once (account.py): here in
+`run_plan`, there in `FastLane._done`. What a route needs: a replica read
 (`read`, `replica_conn`), a read-only transaction on a replica (`begin_read_only`), the
 diagnostics of the previous statement (`diagnostics`), the primary path (`forward`: tracked
 commits, acknowledged writes, the retry of a statement that never reached MySQL), and the
@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 from proxy.backends.backend import BackendConn
 from proxy.backends.lease import LeaseState
 from proxy.backends.reply import BufferWriter, Relayed
-from proxy.core import metrics as M
 from proxy.core.errors import (
     CR_SERVER_LOST,
     BackendError,
@@ -34,6 +33,7 @@ from proxy.core.errors import (
 )
 from proxy.core.state import Carried
 from proxy.exec import tracked, uservars
+from proxy.exec.account import statement_done
 from proxy.exec.reply import end_replica_txn, finish, lost, run_on
 from proxy.net import protocol as P
 from proxy.plan.classify import Shape, parse_hints
@@ -103,11 +103,7 @@ async def run_plan(
         s.keeps_diag = False
         if (shape.verb in _SCHEMA_VERBS or shape.multi) and s.app.hotrow is not None:
             s.app.hotrow.schema_changed()  # a trigger or constraint on a hot table, perhaps
-        dt = time.perf_counter() - t0
-        M.count_statement(shape.verb, route, outcome, dt)
-        s.app.digest.record(shape, dt, route, rows)
-        if dt * 1000 >= s.app.slow_ms > 0:
-            slow(s, shape, dt, route, outcome)
+        statement_done(s, shape, route, outcome, time.perf_counter() - t0, rows)
 
 
 async def replica_conn(s: Statement, p: Plan, sql: str) -> tuple[BackendConn, Pool, str] | None:
@@ -216,15 +212,6 @@ async def begin_read_only(s: Statement, p: Plan) -> None:
     s.state_stale = False
     await s.clear_foreign_diag(got[0])
     s.app.reads.count(p.read.consistency, got[2], got[1].label)
-
-
-def slow(s: Statement, shape: Shape, dt: float, route: str, outcome: str) -> None:
-    conn_id = s.connection.connection_id if s.connection else None
-    log.warning("slow statement: %.1f ms route=%s outcome=%s user=%s digest=%s",
-                dt * 1000, route, outcome, s.username, shape.digest[:500],
-                extra={"conn_id": conn_id, "event": "slow_statement",
-                       "duration_ms": round(dt * 1000, 1), "route": route, "outcome": outcome,
-                       "user": s.username, "digest": shape.digest[:500]})
 
 
 async def forward(

@@ -229,6 +229,30 @@ class ProxySession(Hold, BaseSession):
             int(self.connection.capabilities) & P.CLIENT_INTERACTIVE)
         return float(cat.interactive_timeout if interactive else cat.wait_timeout)
 
+    # ---- what the hot-row engine tells the session (engines/ports.py HotRowMember) --------
+
+    def hold_slot(self, sem: asyncio.Semaphore) -> None:
+        self.held_slots.append(sem)
+
+    def locked_hot_key(self, key_id: tuple[str, str, int | str]) -> None:
+        self.txn_hot.add(key_id)
+
+    def saw_gtid(self, gtid: str) -> None:
+        self.last_gtid = gtid
+
+    def answered_here(self, rows: int) -> None:
+        self.stmt_conn = Answered(rows)
+
+    def reserved(self, r: Reservation, conn: BackendConn) -> None:
+        self.escrow.append(r)
+        self.stmt_conn = conn
+        self.row_count_local = 1  # (after stmt_conn, which clears it)
+
+    def ended_txn_here(self, status: int, gtid: str | None) -> None:
+        self.status = status
+        if gtid:
+            self.last_gtid = gtid
+
     # ---- writing to the client ----------------------------------------------------------
 
     @property
