@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 from mysql_mimic.control import LocalControl
 from mysql_mimic.packets import make_auth_more_data
 
-from proxy.backends.backend import BackendConn
 from proxy.backends.catalog import has_ext_metadata, load_catalog
+from proxy.backends.dial import Dial
 from proxy.backends.pool import Pool
 from proxy.client.accounts import Account, AccountStore, load_mariadb
 from proxy.client.frontend import (
@@ -89,7 +89,8 @@ class App:
                          if cfg.auth.mode == "backend" else None)
         self.ssl_ctx = server_context(cfg.tls.cert, cfg.tls.key, cfg.tls.ca) if cfg.tls else None
         bt = cfg.backends.tls
-        BackendConn.ssl = client_context(bt.ca, bt.verify) if bt else None
+        # how the proxy reaches MySQL (dial.py): TLS, and the catalog read at start
+        self.dial = Dial(client_context(bt.ca, bt.verify) if bt else None)
         self.connections: set[ProxyConnection] = set()
         self.servers: list[asyncio.Server] = []
         self.started_at = time.time()
@@ -123,7 +124,7 @@ class App:
             want.setdefault(str(r), ("replica", r))
         for key, (role, addr) in want.items():
             if key not in self.pools:
-                self.pools[key] = Pool(addr, b.pool, role)
+                self.pools[key] = Pool(addr, b.pool, role, self.dial)
             self.pools[key].role = role
         self._primary = self.pools[str(b.primary)]
 
@@ -254,7 +255,7 @@ class App:
         notes = []
         self.gate.guard = login_guard(cfg, self.gate.guard)
         bt = cfg.backends.tls
-        BackendConn.ssl = client_context(bt.ca, bt.verify) if bt else None  # new connections
+        self.dial.ssl = client_context(bt.ca, bt.verify) if bt else None  # new connections
         if cfg.tls != old.tls or cfg.tls is not None:
             # certificates re-read: new connections use them, open ones keep theirs
             try:
@@ -289,7 +290,7 @@ class App:
         cfg = self.cfg
         user = cfg.users[0]
         try:
-            c = await BackendConn.connect(
+            c = await self.dial.connect(
                 cfg.backends.primary, user.name, user.password, cfg.backends.pool.connect_timeout_s
             )
         except (BackendError, BackendLost) as e:
@@ -301,7 +302,7 @@ class App:
                           if has_ext_metadata(c) else 0)
         M.BACKEND_UP.labels(str(cfg.backends.primary), "primary").set(1)
         try:
-            BackendConn.catalog = await load_catalog(c)
+            self.dial.catalog = await load_catalog(c)
         except (BackendError, BackendLost) as e:
             log.warning("collation table not read (%s); using mysql-mimic's", e)
         c.close()
@@ -376,6 +377,7 @@ class App:
         else:
             ident = ConfigIdentityProvider(self.users, self.gate.user_blocked, self.user_plugins)
         conn = ProxyConnection(
+            catalog=self.dial.catalog,
             stream=stream,
             session=session,
             control=self.control,

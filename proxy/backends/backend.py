@@ -15,7 +15,7 @@ import struct
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any
 
 import aiomysql
 
@@ -54,14 +54,12 @@ _FLUSH_AT = 256 * 1024
 class BackendConn(ConnState):
     """A raw-packet connection. State is tracked from OK packets so the pool can reset it."""
 
-    # Collation ids and defaults of the servers (set once at startup from the primary).
-    catalog: ClassVar[Catalog] = Catalog.builtin()
-    # TLS to MySQL over TCP (backends.tls); set by the server at start and on RELOAD CONFIG
-    ssl: ClassVar[ssl_mod.SSLContext | None] = None
-
-    def __init__(self, conn: aiomysql.Connection, addr: Address, user: str, caps: int = 0) -> None:
+    def __init__(self, conn: aiomysql.Connection, addr: Address, user: str, caps: int = 0,
+                 catalog: Catalog | None = None) -> None:
         super().__init__()  # status, diag, warned: what every reply changes (reply.py)
         self.conn = conn
+        # the servers' collation ids and defaults (dial.py: read from the primary at start)
+        self.catalog = catalog if catalog is not None else Catalog.shared_builtin()
         self.addr = addr
         self.user = user
         # what was negotiated as the client asked (CLIENT_FOUND_ROWS, MariaDB's extended type
@@ -87,8 +85,11 @@ class BackendConn(ConnState):
 
     @classmethod
     async def connect(
-        cls, addr: Address, user: str, password: str, timeout: float, caps: int = 0
+        cls, addr: Address, user: str, password: str, timeout: float, caps: int = 0,
+        ssl: ssl_mod.SSLContext | None = None, catalog: Catalog | None = None,
     ) -> BackendConn:
+        """Log in (aiomysql) and take the socket over. Callers go through a `Dial` (dial.py),
+        which supplies TLS (`backends.tls`; never over a unix socket) and the catalog."""
         flags = BACKEND_FLAGS | (caps & 0xFFFFFFFF)
         try:
             conn = LoginConn(
@@ -101,13 +102,13 @@ class BackendConn(ConnState):
                 autocommit=True,
                 connect_timeout=timeout,
                 client_flag=flags,
-                ssl=cls.ssl if addr.unix is None else None,
+                ssl=ssl if addr.unix is None else None,
             )
             conn.ext_caps = caps & ~0xFFFFFFFF
             await conn._connect()
         except Exception as e:  # aiomysql raises OperationalError, OSError or TimeoutError
             raise _connect_error(e, addr) from e
-        bc = cls(conn, addr, user, caps)
+        bc = cls(conn, addr, user, caps, catalog)
         await bc.init_session()
         return bc
 

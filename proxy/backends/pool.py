@@ -14,6 +14,7 @@ from collections import deque
 from typing import Any
 
 from proxy.backends.backend import BackendConn
+from proxy.backends.dial import Dial
 from proxy.core import metrics as M
 from proxy.core.config import Address, PoolCfg
 from proxy.core.errors import (
@@ -36,8 +37,9 @@ class Pool:
     capabilities that change what the server sends (CLIENT_FOUND_ROWS, MariaDB's extended type
     metadata) are fixed per connection."""
 
-    def __init__(self, addr: Address, cfg: PoolCfg, role: str) -> None:
+    def __init__(self, addr: Address, cfg: PoolCfg, role: str, dial: Dial | None = None) -> None:
         self.addr = addr
+        self.dial = dial if dial is not None else Dial()  # how new connections are made
         self.cfg = cfg
         self.role = role
         self.idle: dict[tuple[str, int], deque[BackendConn]] = {}
@@ -128,7 +130,7 @@ class Pool:
             if self.total < limit:
                 self.total += 1
                 try:
-                    c = await BackendConn.connect(
+                    c = await self.dial.connect(
                         self.addr, user, password, self.cfg.connect_timeout_s, caps
                     )
                 except BaseException:

@@ -19,7 +19,6 @@ from mysql_mimic.connection import Connection
 from mysql_mimic.stream import ConnectionClosed, MysqlStream
 from mysql_mimic.types import Capabilities, ServerStatus
 
-from proxy.backends.backend import BackendConn
 from proxy.client import sha2
 from proxy.client.sha2 import CachingSha2Plugin
 from proxy.core.errors import (
@@ -30,6 +29,7 @@ from proxy.core.errors import (
     ProxyError,
     client_side,
 )
+from proxy.core.state import Catalog
 from proxy.net import protocol as P
 from proxy.net import tracking
 from proxy.net.tls import TLSTransport
@@ -227,8 +227,10 @@ class ProxyConnection(Connection):
 
     session: Any
 
-    def __init__(self, *a: Any, **kw: Any) -> None:
+    def __init__(self, *a: Any, catalog: Catalog, **kw: Any) -> None:
         super().__init__(*a, **kw)
+        # the servers' collations (backends/dial.py): what a handshake's collation id means
+        self.catalog = catalog
         # Drivers read the initial autocommit mode from the handshake (PyMySQL sends
         # SET AUTOCOMMIT only when it differs), so announce the server's default: on.
         self.status_flags = ServerStatus.SERVER_STATUS_AUTOCOMMIT
@@ -236,7 +238,7 @@ class ProxyConnection(Connection):
         self.attempted_user = ""
         self.close_reason = "client quit"
         self._idle_timer: asyncio.TimerHandle | None = None
-        self.client_names = BackendConn.catalog.server_default
+        self.client_names = catalog.server_default
         # MariaDB's extended capabilities: offered when the backends are MariaDB (set by the
         # server before the handshake) and those the client took.
         self.ext_offer = 0
@@ -253,8 +255,8 @@ class ProxyConnection(Connection):
         if len(data) > 32:
             if self.ext_offer:
                 self.client_ext = P.client_ext_caps(data) & self.ext_offer
-            self.client_names = BackendConn.catalog.handshake_names(
-                data[8], BackendConn.catalog.server_default)
+            self.client_names = self.catalog.handshake_names(
+                data[8], self.catalog.server_default)
             data = data[:8] + b"\xff" + data[9:]
         return data
 

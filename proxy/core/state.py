@@ -16,6 +16,7 @@ one. So each side keeps its four values and the lease sets them whenever they di
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -99,6 +100,12 @@ class Catalog:
             cs = c.charset.name
             rows.append((int(c), c.name, "utf8mb3" if cs == "utf8" else cs, c in defaults))
         return cls(rows)
+
+    @classmethod
+    @functools.cache
+    def shared_builtin(cls) -> Catalog:
+        """`builtin()`, made once: until (or unless) the primary's own is read."""
+        return cls.builtin()
 
     def handshake_names(self, collation_id: int, fallback: Names) -> Names:
         """What MariaDB sets for a client that announced `collation_id` in its handshake: that

@@ -213,7 +213,7 @@ class Monitor:
         try:
             c = self._conns.get(key)
             if c is None or c.broken or c.io.at_eof():
-                c = await BackendConn.connect(st.addr, user.name, user.password,
+                c = await self.app.dial.connect(st.addr, user.name, user.password,
                                               cfg.backends.pool.connect_timeout_s)
                 self._conns[key] = c
             row = await asyncio.wait_for(c.fetch_one(

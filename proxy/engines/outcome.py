@@ -61,11 +61,10 @@ class OutcomeTracker:
             schema = self.app.cfg.hotrow.batch_schema.replace("`", "``")
             # DDL on the client's own connection would commit its transaction, and the pool may
             # be exhausted: a short-lived connection of its own.
-            from proxy.backends.backend import BackendConn
 
             user = self.app.cfg.users[0]
             addr = c.addr if c is not None else self.app.primary_pool().addr
-            d = await BackendConn.connect(addr, user.name, user.password,
+            d = await self.app.dial.connect(addr, user.name, user.password,
                                           self.app.cfg.backends.pool.connect_timeout_s)
             try:
                 await d.execute(f"CREATE DATABASE IF NOT EXISTS `{schema}`")

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from proxy.backends.backend import BackendConn
+    from proxy.backends.dial import Dial
     from proxy.backends.pool import Pool
     from proxy.core.config import Config
     from proxy.core.errors import PinReason
@@ -68,6 +69,9 @@ class Topology(Protocol):
 
     @property
     def cfg(self) -> Config: ...
+
+    @property
+    def dial(self) -> Dial: ...  # how a connection of its own is made (TLS, catalog)
 
     def password_of(self, user: str) -> str | None: ...  # config password or learned credential
 

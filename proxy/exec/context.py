@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from mysql_mimic.types import Capabilities
 
     from proxy.backends.backend import BackendConn, Relayed
+    from proxy.backends.dial import Dial
     from proxy.backends.lease import Lease, LeaseReason
     from proxy.backends.pool import Pool
     from proxy.core.config import Config
@@ -70,6 +71,7 @@ class Services(Protocol):
     durability: Durability
     outcomes: OutcomeTracker
     monitor: Monitor | None
+    dial: Dial  # how backend connections are made; `.catalog`: the servers' collations
 
     def primary_pool(self) -> Pool: ...
 

@@ -7,7 +7,6 @@ import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from proxy.backends.backend import BackendConn
 from proxy.core.config import CONSISTENCY
 from proxy.core.errors import BackendError, BackendLost, ProxyError
 from proxy.core.gtid import GtidError
@@ -246,8 +245,8 @@ async def local_set(s: Statement, shape: Shape, sql: str, payload: bytes) -> Non
         return
     cs, coll = names
     cs = "utf8mb3" if cs == "utf8" else cs
-    coll = coll or BackendConn.catalog.default_collation(cs)
-    if coll is None or BackendConn.catalog.charset.get(coll) != cs:
+    coll = coll or s.app.dial.catalog.default_collation(cs)
+    if coll is None or s.app.dial.catalog.charset.get(coll) != cs:
         await general.forward(s, payload, shape)  # MySQL answers it (its errors included)
         return
     s.names = Names.uniform(cs, coll)

@@ -287,6 +287,7 @@ class AdminConsole:
         session.peer = peer
         conn = AdminConnection(
             stream=ProxyStream(reader, writer, 1 << 20),
+            catalog=self.app.dial.catalog,
             session=session,
             control=self.app.control,
             identity_provider=ConfigIdentityProvider(self.users, self.gate.user_blocked),

@@ -97,7 +97,7 @@ class ProxySession(Hold, BaseSession):
         self.backend_caps = ((P.CLIENT_FOUND_ROWS if self.found_rows else 0)
                              | getattr(connection, "client_ext", 0))
         if int(connection.capabilities) & P.CLIENT_SESSION_TRACK:
-            self.track = BackendConn.catalog.tracking
+            self.track = self.app.dial.catalog.tracking
         self.multi = bool(int(connection.capabilities) & P.CLIENT_MULTI_STATEMENTS)
         self.handshake_names = self.names = connection.client_names
         self.sysvars = {}
@@ -170,7 +170,7 @@ class ProxySession(Hold, BaseSession):
         self.pin = None
         self._stmt_conn = None
         if self.track is not None:
-            self.track = BackendConn.catalog.tracking
+            self.track = self.app.dial.catalog.tracking
 
     async def use(self, database: str) -> None:  # not used: COM_INIT_DB is forwarded
         self.database = database
@@ -224,7 +224,7 @@ class ProxySession(Hold, BaseSession):
                 return max(float(v), 1.0)
             except ValueError:
                 pass
-        cat = BackendConn.catalog
+        cat = self.app.dial.catalog
         interactive = self.connection is not None and bool(
             int(self.connection.capabilities) & P.CLIENT_INTERACTIVE)
         return float(cat.interactive_timeout if interactive else cat.wait_timeout)
@@ -355,7 +355,7 @@ class ProxySession(Hold, BaseSession):
         else:
             self.status = r.status
         if r.sysvars:
-            self.names = absorb(self.names, r.sysvars, BackendConn.catalog)
+            self.names = absorb(self.names, r.sysvars, self.app.dial.catalog)
             keep, unreplayable = split_reported(r.sysvars)
             self.sysvars.update(keep)
             if "wait_timeout" in keep and self.connection is not None:
