@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 HOT = ("exec/fastlane", "exec/account", "backends/lease", "backends/backend", "backends/reply", "net/protocol", "plan/plan",
-       "net/wire", "engines/readsplit", "plan/digest", "core/metrics", "plan/classify",
+       "net/wire", "engines/readsplit", "plan/digest", "core/metrics", "plan/classify", "plan/hotshape",
        "core/gtid")
 
 _HERE = Path(__file__).resolve().parent

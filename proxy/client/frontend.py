@@ -32,6 +32,7 @@ from proxy.core.errors import (
 from proxy.core.state import Catalog
 from proxy.net import protocol as P
 from proxy.net import tracking
+from proxy.net.checks import check_change_user, check_handshake_response
 from proxy.net.tls import TLSTransport
 from proxy.net.wire import ClientIO
 
@@ -249,7 +250,7 @@ class ProxyConnection(Connection):
         mimic decodes names with a Python codec of that charset (none exists for `binary`, ids
         above its table fail) and keeps only the charset. The proxy keeps the exact collation
         (state.py) and lets mimic read the packet as utf8mb4."""
-        data = P.check_handshake_response(data, int(self.server_capabilities))
+        data = check_handshake_response(data, int(self.server_capabilities))
         if len(data) == 32:  # SSLRequest: the real response follows over TLS
             self.stream.check_next = self._handshake
         if len(data) > 32:
@@ -431,7 +432,7 @@ class ProxyConnection(Connection):
             await s.com_reset_connection()
         elif cmd == P.COM_CHANGE_USER:
             try:
-                P.check_change_user(data[1:], int(self.capabilities))
+                check_change_user(data[1:], int(self.capabilities))
             except ValueError as e:
                 raise ProxyError((1835, "08S01"), f"Malformed communication packet ({e})",
                                  fatal=True) from None

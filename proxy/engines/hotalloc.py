@@ -16,7 +16,8 @@ from pymysql.converters import escape_string
 from proxy.core.config import HotRowRule
 from proxy.core.errors import ER_PARSE_ERROR, ProxyError
 from proxy.engines.escrow import Reservation
-from proxy.plan.classify import Escaped, HotTemplate, Unsupported, parse_hints
+from proxy.plan.classify import parse_hints
+from proxy.plan.hotshape import Escaped, HotTemplate, Unsupported
 
 MAX_KEY_SQL = 250  # a hot key's SQL literal fits the batch and reservation records
 

@@ -24,7 +24,6 @@ from proxy.core import metrics as M
 from proxy.core.config import HOTROW_MODES, HotRowCfg
 from proxy.core.errors import (
     ER_INVENTORY_AUTOCOMMIT,
-    ER_LOCK_WAIT_TIMEOUT,
     BackendError,
     BackendLost,
     ProxyError,
@@ -42,6 +41,7 @@ from proxy.engines.hotalloc import (
 )
 from proxy.engines.hotkeys import KeyState
 from proxy.engines.hotmerge import Merger
+from proxy.engines.hotqueue import queue
 from proxy.engines.hotrules import RuleBook, RuleState, key_value
 from proxy.net import protocol as P
 from proxy.plan.classify import Shape, statement_values
@@ -345,7 +345,7 @@ class HotRowEngine:
         if mode == "queue":
             if in_txn:
                 session.locked_hot_key(hs.key_id)  # its transaction now holds the row lock
-            return await self._queue(session, hs, ks, forward)
+            return await queue(session, hs, ks, forward, self.cfg)
         # Inventory hints are honoured on the merged path, so a hinted statement merges.
         return await self.merger.merge(session, hs, ks, rs.floor, forward,
                                  mode == "auto" and inv is None, txn_conn, inv)
@@ -478,45 +478,6 @@ class HotRowEngine:
         ks.statements += 1
         ks.mode = mode
         return ks
-
-    # ---- queue -----------------------------------------------------------------------------
-
-    async def _queue(
-        self, session: HotRowMember, hs: HotStmt, ks: KeyState, forward: Callable[[], Awaitable[Any]]
-    ) -> tuple[str, str]:
-        name = f"{hs.rule.qualified} {hs.rule.key}={hs.key_value}"
-        if ks.waiting >= self.cfg.queue_max_waiting:
-            M.HOTROW_STATEMENTS.inc("queue", "rejected")
-            raise ProxyError(ER_LOCK_WAIT_TIMEOUT,
-                             f"Lock wait timeout exceeded; seckill-proxy hot-row queue for {name} is "
-                             f"full ({self.cfg.queue_max_waiting} waiting)")
-        if ks.sem not in session.held_slots:
-            ks.waiting += 1
-            M.HOTROW_QUEUE_DEPTH.inc()
-            t0 = time.perf_counter()
-            try:
-                await asyncio.wait_for(ks.sem.acquire(), self.cfg.queue_wait_timeout_ms / 1000)
-            except TimeoutError:
-                M.HOTROW_STATEMENTS.inc("queue", "timeout")
-                raise ProxyError(ER_LOCK_WAIT_TIMEOUT,
-                                 f"Lock wait timeout exceeded; waited {self.cfg.queue_wait_timeout_ms} ms "
-                                 f"in seckill-proxy hot-row queue for {name}") from None
-            finally:
-                ks.waiting -= 1
-                M.HOTROW_QUEUE_DEPTH.dec()
-                M.HOTROW_QUEUE_WAIT.observe(time.perf_counter() - t0)
-            session.hold_slot(ks.sem)
-        ks.in_flight += 1
-        outcome = "error"
-        try:
-            r = await forward()
-            if r is not None and r.err is None:
-                outcome = "succeeded" if r.affected_rows else "sold_out"
-        finally:
-            ks.in_flight -= 1
-            session.release_slots()
-            M.HOTROW_STATEMENTS.inc("queue", outcome)
-        return "hotrow-queue", "ok" if outcome != "error" else "error"
 
 
 def _in_txn(session: HotRowMember) -> bool:

@@ -17,7 +17,7 @@ from pymysql.converters import escape_string
 from proxy.core.config import HotRowCfg, HotRowRule
 from proxy.engines.escrow import ddl as escrow_ddl
 from proxy.engines.hotalloc import HotStmt, bind, column_floor
-from proxy.plan.classify import HotTemplate, mysql_unescape
+from proxy.plan.hotshape import HotTemplate, mysql_unescape
 
 if TYPE_CHECKING:
     from proxy.backends.backend import BackendConn

@@ -27,6 +27,7 @@ from proxy.core import metrics as M
 from proxy.core.errors import ER_CON_COUNT_ERROR
 from proxy.engines.ports import Topology
 from proxy.net import protocol as P
+from proxy.net.checks import check_change_user
 
 if TYPE_CHECKING:
     from mysql_mimic.control import LocalControl
@@ -240,7 +241,7 @@ class AdminConnection(ProxyConnection):
         by tests/test_fuzz.py: it froze the whole proxy): validated first, as on the client
         port."""
         try:
-            P.check_change_user(data, int(self.capabilities))
+            check_change_user(data, int(self.capabilities))
         except ValueError as e:
             raise MysqlError(f"Malformed communication packet ({e})", 1835) from None
         await super().handle_change_user(data)
