@@ -70,6 +70,9 @@ class FastLane:
         self._fail_task: asyncio.Future[None] | None = None  # keeps the failure task alive
         self.ticket: KeyState | None = None  # a hot key counting this statement (hotrow.py)
         self.status_before = 0  # the session's status flags when the command started
+        # the text and shape of a COM_QUERY classified here: a statement the lane declines is
+        # not classified again by the session task (`shape_of`)
+        self.classified: tuple[str, Shape] | None = None
         self._reply_cb = self._on_reply  # bound once, not per statement
         self._lost_cb = self._on_lost
 
@@ -124,6 +127,7 @@ class FastLane:
         elif cmd == P.COM_QUERY:
             sql = data[5:].decode("utf-8", "surrogateescape")
             shape = classify(sql)
+            self.classified = (sql, shape)
             if not shape.lane:
                 return None
             p = plan(shape, s, s.app.policy)
@@ -139,6 +143,14 @@ class FastLane:
         if p.route is Route.HOTROW and not self._ticket(shape, values):
             return None  # the last check: a ticket taken is given back by `_done`
         return c, shape, packet, p
+
+    def shape_of(self, sql: str) -> Shape:
+        """The shape of a COM_QUERY the session task runs: the one found here if the lane saw
+        and declined this very statement, else classified now."""
+        got, self.classified = self.classified, None
+        if got is not None and got[0] == sql:
+            return got[1]
+        return classify(sql)
 
     def _ticket(self, shape: Shape, values: list[object]) -> bool:
         """A hot decrement: only if the engine says at once that it goes as it is."""

@@ -69,7 +69,6 @@ async def run_plan(
     try:
         if p.gate_write:
             s.app.durability.check_write()  # the gate runs once, here
-            p = replace(p, gate_write=False)
         if p.route is Route.HOTROW:
             handled = await hot(lambda: forward(p))
             if handled is not None:

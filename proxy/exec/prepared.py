@@ -17,8 +17,9 @@ from proxy.core.errors import (
     PinReason,
     ProxyError,
 )
-from proxy.exec import general, local, reply, tracked
+from proxy.exec import executor, reply, tracked
 from proxy.exec.context import ClientStmt
+from proxy.exec.executor import Command
 from proxy.net import protocol as P
 from proxy.plan.classify import classify, with_conn_id
 from proxy.plan.plan import Plan, Track, plan
@@ -121,16 +122,13 @@ async def execute(s: Statement, payload: bytes) -> None:
     if parts.bound:
         st.types = parts.types
     p = plan(st.shape, s, s.app.policy, cursor=bool(parts.flags & 0x01))
-    got = await local.answered(s, p, st.shape, st.sql, binary=True)
-    if got is None:  # e.g. CONNECTION_ID(): the id of the client's handshake
-        return
-    p = got
 
     async def run(c: BackendConn, out: Any) -> Relayed:
         return await run_execute_on(s, c, st, parts, out)
 
-    await general.run_plan(s, p, st.shape, run, lambda q: execute_on_primary(s, st, q, run),
-                           lambda fwd: s.app.hotrow.intercept_execute(s, st, parts, fwd), st.sql)
+    await executor.execute(s, Command(
+        st.sql, st.shape, p, run, lambda q: execute_on_primary(s, st, q, run),
+        lambda fwd: s.app.hotrow.intercept_execute(s, st, parts, fwd)))
 
 
 async def bulk_execute(s: Statement, payload: bytes) -> None:
@@ -153,8 +151,8 @@ async def bulk_execute(s: Statement, payload: bytes) -> None:
         return await c.relay(out, s.client_ok)
 
     p = plan(st.shape, s, s.app.policy, bulk=True)
-    await general.run_plan(s, p, st.shape, run, lambda q: execute_on_primary(s, st, q, run),
-                           _no_hot, st.sql)
+    await executor.execute(s, Command(
+        st.sql, st.shape, p, run, lambda q: execute_on_primary(s, st, q, run), _no_hot))
 
 
 async def _no_hot(forward: Any) -> None:

@@ -22,14 +22,15 @@ from proxy.backends.lease import Lease, LeaseState
 from proxy.core.errors import BackendError, BackendLost, LeaseReason, PinReason, ProxyError
 from proxy.core.state import LOGIN_NAMES, Answered, Carried, Names, absorb, split_reported
 from proxy.engines.escrow import Reservation
-from proxy.exec import general, local, prepared, reply
+from proxy.exec import executor, general, local, prepared, reply
+from proxy.exec.executor import Command
 from proxy.exec.fastlane import FastLane
 from proxy.net import protocol as P
 from proxy.net import tracking
 from proxy.net.tracking import Tracking
 from proxy.net.wire import ClientIO
 from proxy.plan.classify import classify, session_txn_as_vars, with_conn_id
-from proxy.plan.plan import Route, plan
+from proxy.plan.plan import plan
 from proxy.session.hold import Hold
 
 if TYPE_CHECKING:
@@ -301,7 +302,7 @@ class ProxySession(Hold, BaseSession):
 
     async def com_query(self, payload: bytes) -> None:
         sql = text = payload[1:].decode("utf-8", "surrogateescape")
-        shape = classify(sql)
+        shape = self.lane.shape_of(sql) if self.lane is not None else classify(sql)
         if shape.verb == "SET" and "TRANSACTION" in shape.digest.upper():
             as_vars = session_txn_as_vars(sql, "mariadb" in self.app.server_version.lower())
             if as_vars is not None:  # session state, replayed: not a pin (classify.py)
@@ -313,22 +314,10 @@ class ProxySession(Hold, BaseSession):
             sql = await local.kills_in_multi(self, sql)
         if sql is not text:  # what MySQL gets is what the proxy made of the text
             payload = payload[:1] + sql.encode("utf-8", "surrogateescape")
-        if p.route is Route.LOCAL_SET:
-            await local.local_set(self, shape, sql, payload)
-            return
-        got = await local.answered(self, p, shape, sql)
-        if got is None:
-            return
-        p = got
-        if p.route is Route.KILL and await local.kill(self, sql):
-            return
-        if p.route is Route.PROCESSLIST:
-            await local.processlist(self, payload)
-            return
-        await general.run_plan(
-            self, p, shape, lambda c, out: reply.run_on(self, c, payload, out, shape),
+        await executor.execute(self, Command(
+            sql, shape, p, lambda c, out: reply.run_on(self, c, payload, out, shape),
             lambda q: general.forward(self, payload, shape, q),
-            lambda fwd: self.app.hotrow.intercept(self, sql, shape, fwd), sql)
+            lambda fwd: self.app.hotrow.intercept(self, sql, shape, fwd), payload))
 
     # ---- replica reads ---------------------------------------------------------------------
 
