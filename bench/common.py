@@ -54,7 +54,9 @@ def cpu_seconds(pid: int) -> float:
 class Proxy:
     def __init__(self, sb: Sandbox, hotrow: dict[str, Any] | None = None,
                  routing: dict[str, Any] | None = None,
-                 durability: dict[str, Any] | None = None, name: str = "proxy") -> None:
+                 durability: dict[str, Any] | None = None, name: str = "proxy",
+                 root: Path | None = None) -> None:
+        """`root`: another checkout to run (its own .venv), for comparing two builds."""
         self.port, self.admin_port, self.metrics_port = free_port(), free_port(), free_port()
         cfg = {
             "listen": f"127.0.0.1:{self.port}",
@@ -72,8 +74,9 @@ class Proxy:
         OUT.mkdir(parents=True, exist_ok=True)
         path = OUT / f"{name}.yaml"
         path.write_text(yaml.safe_dump(cfg))
-        self.proc = subprocess.Popen([sys.executable, "-m", "proxy.cli", "--config", str(path)],
-                                     cwd=ROOT, stdout=open(OUT / f"{name}.log", "ab"),
+        python = str(root / ".venv" / "bin" / "python") if root else sys.executable
+        self.proc = subprocess.Popen([python, "-m", "proxy.cli", "--config", str(path)],
+                                     cwd=root or ROOT, stdout=open(OUT / f"{name}.log", "ab"),
                                      stderr=subprocess.STDOUT)
         import socket
         for _ in range(200):
