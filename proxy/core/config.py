@@ -140,8 +140,8 @@ def _users(v: Any, path: str) -> tuple[UserCfg, ...]:
         pw = n.get("password", required=True)
         if not isinstance(pw, str):
             raise ConfigError(n.key("password"), "must be a string")
-        req = _bool(n.get("require_tls", False), n.key("require_tls"))
-        plugin = _str(n.get("plugin", "mysql_native_password"), n.key("plugin"))
+        req = _bool(n.get("require_tls", UserCfg.require_tls), n.key("require_tls"))
+        plugin = _str(n.get("plugin", UserCfg.plugin), n.key("plugin"))
         if plugin not in AUTH_PLUGINS:
             raise ConfigError(n.key("plugin"), "must be one of " + ", ".join(AUTH_PLUGINS))
         n.done()
@@ -153,7 +153,7 @@ def _users(v: Any, path: str) -> tuple[UserCfg, ...]:
 
 
 def _hotrow(n: _Node) -> HotRowCfg:
-    mode = n.get("mode", "off")
+    mode = n.get("mode", HotRowCfg.mode)
     if mode not in HOTROW_MODES:
         raise ConfigError(n.key("mode"), f"must be one of {', '.join(HOTROW_MODES)}")
     rules = []
@@ -176,18 +176,18 @@ def _hotrow(n: _Node) -> HotRowCfg:
         )
         rn.done()
     m = n.child("merge")
-    max_batch = _int(m.get("max_batch", 256), m.key("max_batch"), 1, 100000)
-    max_wait = _int(m.get("max_wait_us", 200), m.key("max_wait_us"), 0, 10_000_000)
+    max_batch = _int(m.get("max_batch", HotRowCfg.max_batch), m.key("max_batch"), 1, 100000)
+    max_wait = _int(m.get("max_wait_us", HotRowCfg.max_wait_us), m.key("max_wait_us"), 0, 10_000_000)
     m.done()
     q = n.child("queue")
-    qc = _int(q.get("concurrency", 1), q.key("concurrency"), 1, 1000)
-    qm = _int(q.get("max_waiting", 10000), q.key("max_waiting"), 1, 10_000_000)
-    qt = _int(q.get("wait_timeout_ms", 5000), q.key("wait_timeout_ms"), 1, 3_600_000)
+    qc = _int(q.get("concurrency", HotRowCfg.queue_concurrency), q.key("concurrency"), 1, 1000)
+    qm = _int(q.get("max_waiting", HotRowCfg.queue_max_waiting), q.key("max_waiting"), 1, 10_000_000)
+    qt = _int(q.get("wait_timeout_ms", HotRowCfg.queue_wait_timeout_ms), q.key("wait_timeout_ms"), 1, 3_600_000)
     q.done()
-    bs = _str(n.get("batch_schema", "seckill_proxy"), n.key("batch_schema"))
-    prune = _int(n.get("prune_after_s", 3600), n.key("prune_after_s"), 1, 10**8)
-    recover = _int(n.get("recover_after_s", 30), n.key("recover_after_s"), 1, 10**6)
-    discover = _bool(n.get("discover", False), n.key("discover"))
+    bs = _str(n.get("batch_schema", HotRowCfg.batch_schema), n.key("batch_schema"))
+    prune = _int(n.get("prune_after_s", HotRowCfg.prune_after_s), n.key("prune_after_s"), 1, 10**8)
+    recover = _int(n.get("recover_after_s", HotRowCfg.recover_after_s), n.key("recover_after_s"), 1, 10**6)
+    discover = _bool(n.get("discover", HotRowCfg.discover), n.key("discover"))
     raw_ex = n.get("exclude", []) or []
     if not isinstance(raw_ex, list):
         raise ConfigError(n.key("exclude"), "must be a list of schema.table")
@@ -224,18 +224,62 @@ def _loopback(host: str) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
 
 
+# Addresses a config may leave out (the dataclasses' other defaults are the ones used below)
+LISTEN, ADMIN_LISTEN, METRICS_LISTEN = "127.0.0.1:6033", "127.0.0.1:6032", "127.0.0.1:9104"
+
+
 def validate(raw: Any, source: str = "") -> Config:
-    """Turn a parsed YAML document into a Config, or raise ConfigError naming the key."""
+    """Turn a parsed YAML document into a Config, or raise ConfigError naming the key. One
+    function per section; a key left out takes its dataclass's default (configmodel.py), so
+    every default is stated once."""
     raw = _expand_env(raw, "")
     top = _Node(raw, "")
-    listen = parse_address(top.get("listen", "127.0.0.1:6033"), "listen")
+    listen = parse_address(top.get("listen", LISTEN), "listen")
+    admin = _admin(top.child("admin"))
+    mn = top.child("metrics")
+    m_listen = mn.get("listen", METRICS_LISTEN)
+    metrics_listen = None if m_listen in (None, False) else parse_address(m_listen, mn.key("listen"))
+    mn.done()
+    auth = _auth(top.child("auth"))
+    if auth.mode == "backend":
+        # the monitor account is the proxy's own identity (first user); `users:` optional
+        extra = top.get("users", []) or []
+        users = (UserCfg(auth.user, auth.password),) + (
+            _users(extra, "users") if extra else ())
+    else:
+        users = _users(top.get("users", required=True), "users")
+    backends = _backends(top.child("backends"))
+    routing = _routing(top.child("routing"))
+    durability = _durability(top.child("durability"), len(backends.replicas))
+    hotrow = _hotrow(top.child("hotrow"))
+    limits = _limits(top.child("limits"))
+    tls = _tls(top.child("tls")) if top.get("tls") is not None else None
+    level = str(top.get("log_level", Config.log_level)).upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError("log_level", "must be DEBUG, INFO, WARNING or ERROR")
+    slow = _int(top.get("slow_query_ms", Config.slow_query_ms), "slow_query_ms", 0, 86_400_000)
+    log_format = str(top.get("log_format", Config.log_format)).lower()
+    if log_format not in ("auto", "text", "json"):
+        raise ConfigError("log_format", "must be text, json or auto")
+    top.done()
+    return Config(listen, admin, metrics_listen, users, backends, hotrow, limits, routing,
+                  durability, level, slow, source, tls, auth, log_format)
 
-    an = top.child("admin")
+
+def _choice(n: _Node, key: str, default: str, allowed: tuple[str, ...]) -> str:
+    v = n.get(key, default)
+    if v not in allowed:
+        raise ConfigError(n.key(key), f"must be one of {', '.join(allowed)}")
+    return str(v)
+
+
+def _admin(an: _Node) -> AdminCfg:
     admin = AdminCfg(
-        parse_address(an.get("listen", "127.0.0.1:6032"), an.key("listen")),
+        parse_address(an.get("listen", ADMIN_LISTEN), an.key("listen")),
         # no built-in account: whoever runs the proxy says who may steer it
         _users(an.get("users", required=True), an.key("users")),
-        _int(an.get("max_connections", 16), an.key("max_connections"), 1, 10_000),
+        _int(an.get("max_connections", AdminCfg.max_connections), an.key("max_connections"),
+             1, 10_000),
     )
     if not _loopback(admin.listen.host):
         for i, u in enumerate(admin.users):
@@ -246,135 +290,124 @@ def validate(raw: Any, source: str = "") -> Config:
                     f"{why}: refused on a non-loopback admin address ({admin.listen.host}); "
                     "use at least 12 characters, or listen on 127.0.0.1")
     an.done()
+    return admin
 
-    mn = top.child("metrics")
-    m_listen = mn.get("listen", "127.0.0.1:9104")
-    metrics_listen = None if m_listen in (None, False) else parse_address(m_listen, mn.key("listen"))
-    mn.done()
 
-    an2 = top.child("auth")
-    a_user, a_pw = an2.get("user"), an2.get("password")
-    auth = AuthCfg(_str(an2.get("mode", "config"), an2.key("mode")),
-                   "" if a_user is None else _str(a_user, an2.key("user")),
+def _auth(n: _Node) -> AuthCfg:
+    a_user, a_pw = n.get("user"), n.get("password")
+    auth = AuthCfg(_str(n.get("mode", AuthCfg.mode), n.key("mode")),
+                   "" if a_user is None else _str(a_user, n.key("user")),
                    "" if a_pw is None else str(a_pw),
-                   _num(an2.get("refresh_s", 30), an2.key("refresh_s"), 0.5, 86400))
-    an2.done()
+                   _num(n.get("refresh_s", AuthCfg.refresh_s), n.key("refresh_s"), 0.5, 86400))
+    n.done()
     if auth.mode not in ("config", "backend"):
         raise ConfigError("auth.mode", "must be config or backend")
-    if auth.mode == "backend":
-        if not auth.user:
-            raise ConfigError("auth.user", "the monitor account is required with mode backend")
-        # the monitor account is the proxy's own identity (first user); `users:` optional
-        extra = top.get("users", []) or []
-        users = (UserCfg(auth.user, auth.password),) + (
-            _users(extra, "users") if extra else ())
-    else:
-        users = _users(top.get("users", required=True), "users")
+    if auth.mode == "backend" and not auth.user:
+        raise ConfigError("auth.user", "the monitor account is required with mode backend")
+    return auth
 
-    bn = top.child("backends")
+
+def _backends(bn: _Node) -> BackendsCfg:
     primary = parse_backend(bn.get("primary", required=True), bn.key("primary"))
     reps_raw = bn.get("replicas", []) or []
     if not isinstance(reps_raw, list):
         raise ConfigError(bn.key("replicas"), "must be a list")
-    replicas_l: list[Address] = []
+    replicas: list[Address] = []
     weights: list[int] = []
     for i, r in enumerate(reps_raw):
         path = f"{bn.key('replicas')}[{i}]"
         if isinstance(r, dict):
             rn = _Node(r, path)
-            replicas_l.append(parse_backend(rn.get("address", required=True), rn.key("address")))
+            replicas.append(parse_backend(rn.get("address", required=True), rn.key("address")))
             weights.append(_int(rn.get("weight", 1), rn.key("weight"), 0, 1000))
             rn.done()
         else:
-            replicas_l.append(parse_backend(r, path))
+            replicas.append(parse_backend(r, path))
             weights.append(1)
-    replicas = tuple(replicas_l)
     pn = bn.child("pool")
+    D = PoolCfg
     pool = PoolCfg(
-        _int(pn.get("max_connections", 200), pn.key("max_connections"), 1, 100000),
-        _num(pn.get("connect_timeout_s", 5), pn.key("connect_timeout_s"), 0.01, 3600),
-        _num(pn.get("acquire_timeout_s", 10), pn.key("acquire_timeout_s"), 0.01, 3600),
-        _num(pn.get("idle_timeout_s", 300), pn.key("idle_timeout_s"), 1, 86400),
+        _int(pn.get("max_connections", D.max_connections), pn.key("max_connections"), 1, 100000),
+        _num(pn.get("connect_timeout_s", D.connect_timeout_s), pn.key("connect_timeout_s"),
+             0.01, 3600),
+        _num(pn.get("acquire_timeout_s", D.acquire_timeout_s), pn.key("acquire_timeout_s"),
+             0.01, 3600),
+        _num(pn.get("idle_timeout_s", D.idle_timeout_s), pn.key("idle_timeout_s"), 1, 86400),
     )
     pn.done()
-    failover_wait = _num(bn.get("failover_wait_s", 10), bn.key("failover_wait_s"), 0, 3600)
+    failover_wait = _num(bn.get("failover_wait_s", BackendsCfg.failover_wait_s),
+                         bn.key("failover_wait_s"), 0, 3600)
     btls = None
     if bn.get("tls") is not None:
         tn = bn.child("tls")
         btls = BackendTLSCfg(_str(tn.get("ca"), tn.key("ca")) if tn.get("ca") else None,
-                             _bool(tn.get("verify", True), tn.key("verify")))
+                             _bool(tn.get("verify", BackendTLSCfg.verify), tn.key("verify")))
         tn.done()
     bn.done()
+    return BackendsCfg(primary, tuple(replicas), pool, tuple(weights), failover_wait, btls)
 
-    rn = top.child("routing")
-    rc = rn.get("read_consistency", "session")
-    if rc not in CONSISTENCY:
-        raise ConfigError(rn.key("read_consistency"), f"must be one of {', '.join(CONSISTENCY)}")
+
+def _routing(rn: _Node) -> RoutingCfg:
+    D = RoutingCfg
     routing = RoutingCfg(
-        rc,
-        _num(rn.get("max_replica_lag_s", 5), rn.key("max_replica_lag_s"), 0, 86400),
-        _int(rn.get("max_wait_ms", 50), rn.key("max_wait_ms"), 0, 60000),
+        _choice(rn, "read_consistency", D.read_consistency, CONSISTENCY),
+        _num(rn.get("max_replica_lag_s", D.max_replica_lag_s), rn.key("max_replica_lag_s"),
+             0, 86400),
+        _int(rn.get("max_wait_ms", D.max_wait_ms), rn.key("max_wait_ms"), 0, 60000),
     )
     rn.done()
+    return routing
 
-    dn = top.child("durability")
 
-    def choice(key: str, default: str, allowed: tuple[str, ...]) -> str:
-        v = dn.get(key, default)
-        if v not in allowed:
-            raise ConfigError(dn.key(key), f"must be one of {', '.join(allowed)}")
-        return str(v)
-
+def _durability(dn: _Node, n_replicas: int) -> DurabilityCfg:
+    D = DurabilityCfg
     durability = DurabilityCfg(
-        choice("require", "warn", ("strict", "warn", "off")),
-        choice("ack", "commit", ("commit", "replica")),
-        _int(dn.get("replica_acks", 1), dn.key("replica_acks"), 1, 64),
-        _int(dn.get("replica_ack_timeout_ms", 1000), dn.key("replica_ack_timeout_ms"), 1, 600_000),
-        choice("on_ack_timeout", "degrade", ("degrade", "error")),
-        choice("track_commits", "hotrow", ("hotrow", "all", "off")),
+        _choice(dn, "require", D.require, ("strict", "warn", "off")),
+        _choice(dn, "ack", D.ack, ("commit", "replica")),
+        _int(dn.get("replica_acks", D.replica_acks), dn.key("replica_acks"), 1, 64),
+        _int(dn.get("replica_ack_timeout_ms", D.replica_ack_timeout_ms),
+             dn.key("replica_ack_timeout_ms"), 1, 600_000),
+        _choice(dn, "on_ack_timeout", D.on_ack_timeout, ("degrade", "error")),
+        _choice(dn, "track_commits", D.track_commits, ("hotrow", "all", "off")),
     )
     dn.done()
-    if durability.ack == "replica" and len(replicas) < durability.replica_acks:
+    if durability.ack == "replica" and n_replicas < durability.replica_acks:
         raise ConfigError("durability.replica_acks",
                           f"needs at least {durability.replica_acks} replica(s) in backends.replicas")
+    return durability
 
-    hotrow = _hotrow(top.child("hotrow"))
 
-    ln = top.child("limits")
+def _limits(ln: _Node) -> LimitsCfg:
+    D = LimitsCfg
+
+    def num(key: str, lo: float, hi: float) -> float:
+        return _num(ln.get(key, getattr(D, key)), ln.key(key), lo, hi)
+
+    def whole(key: str, lo: int, hi: int) -> int:
+        return _int(ln.get(key, getattr(D, key)), ln.key(key), lo, hi)
+
     limits = LimitsCfg(
-        _int(ln.get("max_client_connections", 10000), ln.key("max_client_connections"), 1, 10**6),
-        _num(ln.get("handshake_timeout_s", 10), ln.key("handshake_timeout_s"), 0.1, 3600),
-        _num(ln.get("shutdown_grace_s", 10), ln.key("shutdown_grace_s"), 0, 3600),
-        _int(ln.get("max_allowed_packet", 64 * 1024 * 1024), ln.key("max_allowed_packet"), 1024, 1 << 30),
-        _bool(ln.get("local_infile", True), ln.key("local_infile")),
-        _int(ln.get("login_max_failures", 10), ln.key("login_max_failures"), 0, 10**6),
-        _num(ln.get("login_window_s", 60), ln.key("login_window_s"), 1, 86400),
-        _num(ln.get("login_block_s", 300), ln.key("login_block_s"), 1, 86400 * 7),
-        _num(ln.get("shutdown_delay_s", 0), ln.key("shutdown_delay_s"), 0, 3600),
+        whole("max_client_connections", 1, 10**6),
+        num("handshake_timeout_s", 0.1, 3600),
+        num("shutdown_grace_s", 0, 3600),
+        whole("max_allowed_packet", 1024, 1 << 30),
+        _bool(ln.get("local_infile", D.local_infile), ln.key("local_infile")),
+        whole("login_max_failures", 0, 10**6),
+        num("login_window_s", 1, 86400),
+        num("login_block_s", 1, 86400 * 7),
+        num("shutdown_delay_s", 0, 3600),
     )
     ln.done()
+    return limits
 
-    tls = None
-    if top.get("tls") is not None:
-        tn = top.child("tls")
-        tls = TLSCfg(_str(tn.get("cert", required=True), tn.key("cert")),
-                     _str(tn.get("key", required=True), tn.key("key")),
-                     _str(tn.get("ca"), tn.key("ca")) if tn.get("ca") else None,
-                     _bool(tn.get("require", False), tn.key("require")))
-        tn.done()
 
-    level = str(top.get("log_level", "INFO")).upper()
-    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise ConfigError("log_level", "must be DEBUG, INFO, WARNING or ERROR")
-    slow = _int(top.get("slow_query_ms", 1000), "slow_query_ms", 0, 86_400_000)
-    log_format = str(top.get("log_format", "auto")).lower()
-    if log_format not in ("auto", "text", "json"):
-        raise ConfigError("log_format", "must be text, json or auto")
-    top.done()
-    return Config(listen, admin, metrics_listen, users,
-                  BackendsCfg(primary, replicas, pool, tuple(weights), failover_wait, btls),
-                  hotrow, limits, routing, durability, level, slow, source, tls, auth,
-                  log_format)
+def _tls(tn: _Node) -> TLSCfg:
+    tls = TLSCfg(_str(tn.get("cert", required=True), tn.key("cert")),
+                 _str(tn.get("key", required=True), tn.key("key")),
+                 _str(tn.get("ca"), tn.key("ca")) if tn.get("ca") else None,
+                 _bool(tn.get("require", TLSCfg.require), tn.key("require")))
+    tn.done()
+    return tls
 
 
 def load(path: str | Path) -> Config:
