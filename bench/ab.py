@@ -16,8 +16,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from .common import Proxy, machine, prepare_oltp, sandbox, sysbench
-from .hotrow import SECKILL, reset
+from .common import SECKILL, Proxy, machine, prepare_oltp, reset, sandbox, sysbench
 
 OLD = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("/tmp/old")
 SECONDS = int(sys.argv[2]) if len(sys.argv) > 2 else 8

@@ -145,3 +145,29 @@ def publish(name: str, lines: list[str]) -> None:
     (ROOT / "docs").mkdir(exist_ok=True)
     (ROOT / "docs" / name).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+STOCK = 10**9  # never sells out during a run: every statement is a real deduction
+SECKILL = str(ROOT / "proxy" / "tools" / "seckill.lua")
+
+
+def reset(sb, skus: int) -> None:  # type: ignore[no-untyped-def]
+    """shop.inventory with `skus` rows of STOCK units, no orders."""
+    from proxy.tools import shop
+
+    c = sb.primary.root()
+    try:
+        with c.cursor() as cur:
+            cur.execute("SELECT COUNT(*) FROM information_schema.COLUMNS WHERE "
+                        "TABLE_SCHEMA='shop' AND TABLE_NAME='inventory'")
+            if cur.fetchone()[0] not in (0, 4):
+                cur.execute("DROP TABLE shop.inventory")  # an older bench's two-column table
+        shop.ensure(c)
+        with c.cursor() as cur:
+            cur.execute("DELETE FROM shop.inventory")
+            cur.execute("DELETE FROM shop.orders")
+            cur.execute("INSERT INTO shop.inventory (sku_id, quantity) VALUES "
+                        + ",".join(f"({i}, {STOCK})" for i in range(1, skus + 1)))
+        c.commit()
+    finally:
+        c.close()

@@ -11,8 +11,7 @@ from __future__ import annotations
 import sys
 import time
 
-from .common import Proxy, machine, prepare_oltp, publish, sandbox, sysbench
-from .hotrow import reset
+from .common import Proxy, machine, prepare_oltp, publish, reset, sandbox, sysbench
 
 SECONDS = int(sys.argv[1]) if len(sys.argv) > 1 else 10
 TABLE = ["--tables=4", "--table-size=10000"]

@@ -14,35 +14,12 @@ from __future__ import annotations
 import sys
 import threading
 
-from proxy.tools import shop
-
-from .common import ROOT, Proxy, machine, publish, sandbox, sysbench
+from .common import ROOT, SECKILL, Proxy, machine, publish, reset, sandbox, sysbench
 
 SECONDS = int(sys.argv[1]) if len(sys.argv) > 1 else 10
 QUICK = "quick" in sys.argv[2:]
 THREADS = [1, 16, 128] if QUICK else [1, 16, 64, 128, 256]
-STOCK = 10**9  # never sells out during a run: every statement is a real deduction
 MODES = ("off", "auto", "merge", "queue")  # auto next to off: drift within a point hits both alike
-SECKILL = str(ROOT / "proxy" / "tools" / "seckill.lua")
-
-
-def reset(sb, skus: int) -> None:  # type: ignore[no-untyped-def]
-    c = sb.primary.root()
-    try:
-        with c.cursor() as cur:
-            cur.execute("SELECT COUNT(*) FROM information_schema.COLUMNS WHERE "
-                        "TABLE_SCHEMA='shop' AND TABLE_NAME='inventory'")
-            if cur.fetchone()[0] not in (0, 4):
-                cur.execute("DROP TABLE shop.inventory")  # an older bench's two-column table
-        shop.ensure(c)
-        with c.cursor() as cur:
-            cur.execute("DELETE FROM shop.inventory")
-            cur.execute("DELETE FROM shop.orders")
-            cur.execute("INSERT INTO shop.inventory (sku_id, quantity) VALUES "
-                        + ",".join(f"({i}, {STOCK})" for i in range(1, skus + 1)))
-        c.commit()
-    finally:
-        c.close()
 
 
 def batch_stats(sb) -> tuple[int, int]:  # type: ignore[no-untyped-def]
