@@ -37,6 +37,7 @@ from proxy.core.errors import (
     ER_OPTION_PREVENTS_STATEMENT,
     BackendError,
     BackendLost,
+    CloseReason,
     DisconnectReason,
     ProxyError,
 )
@@ -231,7 +232,7 @@ class App:
         try:
             await asyncio.wait_for(c.execute("DO 1"), 2)
         except (BackendError, BackendLost, TimeoutError) as e:
-            c.broken = True
+            c.retire(CloseReason.STATE_UNKNOWN)
             return False, f"primary {pool.label} does not answer: {e}"
         finally:
             await pool.release(c)

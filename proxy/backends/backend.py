@@ -22,7 +22,7 @@ import aiomysql
 from proxy.backends.login import LoginConn
 from proxy.backends.reply import BufferWriter, ConnState, Relayed, ReplyScanner, text_row
 from proxy.core.config import Address
-from proxy.core.errors import BackendError, BackendLost
+from proxy.core.errors import BackendError, BackendLost, CloseReason
 from proxy.core.state import LOGIN_NAMES, Catalog, Names, absorb, split_reported
 from proxy.net import protocol as P
 from proxy.net.wire import PacketIO, adopt
@@ -75,7 +75,8 @@ class BackendConn(ConnState):
         self.names: Names = LOGIN_NAMES
         self.sysvars: dict[str, str] = {}  # replayable variables changed since login/reset
         self.dirty = False  # state that only a reset clears (user vars, temp tables, locks...)
-        self.broken = False
+        self.broken = False  # never lent again; set through retire(), with the reason
+        self.close_why: CloseReason | None = None
         # Prepared statements by (database at PREPARE, text): MariaDB resolves a statement's
         # tables in the database current when it was prepared.
         self.stmts: OrderedDict[tuple[str | None, str], P.PrepareOk] = OrderedDict()
@@ -144,7 +145,7 @@ class BackendConn(ConnState):
                 if n < P.MAX_PACKET:
                     return data
         except (asyncio.IncompleteReadError, ConnectionError, OSError) as e:
-            self.broken = True
+            self.retire(CloseReason.LOST)
             raise BackendLost(f"lost connection to {self.addr}: {type(e).__name__}") from e
 
     async def command(self, payload: bytes) -> None:
@@ -155,7 +156,7 @@ class BackendConn(ConnState):
         try:
             await self.io.drain()
         except (ConnectionError, OSError) as e:
-            self.broken = True
+            self.retire(CloseReason.LOST)
             raise BackendLost(f"lost connection to {self.addr}: {e}", sent=False) from e
 
     # ---- internal queries -------------------------------------------------------------
@@ -319,7 +320,7 @@ class BackendConn(ConnState):
             if not sc.done:
                 # Left mid-reply (client gone, cancelled): the rest of the reply is still on
                 # the wire, so this connection can never serve another command.
-                self.broken = True
+                self.retire(CloseReason.REPLY_ABANDONED)
 
     async def _relay(self, sc: ReplyScanner, out: PacketIO | BufferWriter | None) -> Relayed:
         r = sc.r
@@ -335,7 +336,7 @@ class BackendConn(ConnState):
             else:
                 reason = "EOF"
             if not chunk:
-                self.broken = True
+                self.retire(CloseReason.LOST)
                 if out is not None and pending:
                     out.write(b"".join(pending))
                     r.sent_to_client = True
@@ -352,7 +353,7 @@ class BackendConn(ConnState):
                 r.sent_to_client = True
                 await out.drain()
         if sc.tail:
-            self.broken = True  # trailing bytes after a complete response: protocol desync
+            self.retire(CloseReason.PROTOCOL_DESYNC)  # trailing bytes after a complete response
             raise BackendLost(f"protocol desync on {self.addr}")
         if out is not None:
             out.write(pending[0] if len(pending) == 1 else b"".join(pending))
@@ -460,6 +461,13 @@ class BackendConn(ConnState):
         self.status = P.SERVER_STATUS_AUTOCOMMIT
         self.last_insert_id = 0
         await self.init_session()
+
+    def retire(self, why: CloseReason) -> None:
+        """Never lend this connection again: its pool closes it when it comes back, counted
+        under the first reason given (`backend_closed_total{reason}`)."""
+        self.broken = True
+        if self.close_why is None:
+            self.close_why = why
 
     def close(self) -> None:
         self.broken = True

@@ -231,7 +231,7 @@ class Pool:
             return asyncio.ensure_future(self._release(c, detail))
         self.in_use -= 1
         if c.broken or self.closed:
-            self._discard(c, CloseReason.BROKEN, detail)
+            self._discard(c, c.close_why or CloseReason.BROKEN, detail)
             self._wake()
             return None
         self.idle.setdefault(c.key, deque()).append(c)
@@ -242,7 +242,7 @@ class Pool:
     async def _release(self, c: BackendConn, reason: str) -> None:
         self.in_use -= 1
         if c.broken or self.closed:
-            self._discard(c, CloseReason.BROKEN, reason)
+            self._discard(c, c.close_why or CloseReason.BROKEN, reason)
         else:
             if c.dirty or c.in_trans:
                 try:

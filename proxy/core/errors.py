@@ -127,7 +127,12 @@ class CloseReason(Label):
     """Why the proxy closed a backend connection (pool.py); a metric label, details go to
     the log."""
 
-    BROKEN = "broken"
+    BROKEN = "broken"  # retired with no more precise reason
+    LOST = "lost"  # the socket failed or the server closed it
+    REPLY_ABANDONED = "reply_abandoned"  # left mid-reply: the rest is still on the wire
+    PROTOCOL_DESYNC = "protocol_desync"  # bytes after a complete reply
+    FORMER_PRIMARY = "former_primary"  # fenced after a failover: never written to again
+    STATE_UNKNOWN = "state_unknown"  # a check of its state failed: not trusted again
     STALE = "stale"
     RESET_FAILED = "reset_failed"
     IDLE_TIMEOUT = "idle_timeout"

@@ -24,7 +24,7 @@ from proxy.backends.backend import BackendConn
 from proxy.backends.lease import LeaseState
 from proxy.backends.reply import ReplyScanner
 from proxy.core import metrics as M
-from proxy.core.errors import BackendLost, LeaseReason, ProxyError, client_side
+from proxy.core.errors import BackendLost, CloseReason, LeaseReason, ProxyError, client_side
 from proxy.exec import prepared, reply
 from proxy.exec.account import statement_done
 from proxy.net import protocol as P
@@ -283,7 +283,7 @@ class FastLane:
         s = self.s
         c.io.sink = c.io.sink_lost = None
         if sc.tail:  # bytes after a complete reply: protocol desync, never reuse the connection
-            c.broken = True
+            c.retire(CloseReason.PROTOCOL_DESYNC)
         r = sc.r
         p = self.plan
         assert p is not None
@@ -303,7 +303,7 @@ class FastLane:
         (`reply.lost`), given from a short task while the client stays held."""
         c = self.conn
         assert c is not None
-        c.broken = True
+        c.retire(CloseReason.LOST)
         if self.sent:
             # Part of a large result set already went out: the client can only learn that it
             # was cut short by losing its connection too.
@@ -374,7 +374,7 @@ class FastLane:
         c = self.conn
         self._release_ticket(False)
         if c is not None:
-            c.broken = True
+            c.retire(CloseReason.REPLY_ABANDONED)
             c.io.sink = c.io.sink_lost = None
             self._reset()
 

@@ -27,6 +27,7 @@ from proxy.core.errors import (
     CR_SERVER_LOST,
     BackendError,
     BackendLost,
+    CloseReason,
     LeaseReason,
     PinReason,
     ProxyError,
@@ -256,7 +257,7 @@ async def forward(
             try:
                 await s.retrack(c)
             except (BackendLost, BackendError):
-                c.broken = True  # the reply is out: the pool closes this connection
+                c.retire(CloseReason.STATE_UNKNOWN)  # the reply is out: the pool closes it
         return await finish(s, c, r, hold, p is not None and p.gtid_after)
     raise AssertionError("unreachable")
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from proxy.backends.backend import BackendConn
 from proxy.backends.reply import BufferWriter, Relayed
-from proxy.core.errors import ProxyError
+from proxy.core.errors import CloseReason, ProxyError
 from proxy.net import protocol as P
 from proxy.plan.classify import Shape
 
@@ -45,7 +45,7 @@ async def relay_file(c: BackendConn, out: Any, client_out: Any, reader: asyncio.
             n = hdr[0] | (hdr[1] << 8) | (hdr[2] << 16)
             body = await reader.readexactly(n) if n else b""
         except (asyncio.IncompleteReadError, ConnectionError):
-            c.broken = True  # MySQL still waits for the rest of the file
+            c.retire(CloseReason.REPLY_ABANDONED)  # MySQL still waits for the rest of the file
             raise
         c.io.write(hdr + body)
         if n == 0:

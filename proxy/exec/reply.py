@@ -13,6 +13,7 @@ from proxy.core.errors import (
     CR_SERVER_LOST,
     BackendError,
     BackendLost,
+    CloseReason,
     LeaseReason,
     PinReason,
     ProxyError,
@@ -41,7 +42,7 @@ async def gtid_after(s: Statement, c: BackendConn, r: Relayed) -> None:
     except BackendError:
         return
     except BackendLost:
-        c.broken = True  # the reply is read: the pool closes this connection
+        c.retire(CloseReason.LOST)  # the reply is read: the pool closes this connection
         return
     got = row[0] if row else None
     if got:
@@ -81,7 +82,7 @@ async def end_replica_txn(s: Statement) -> None:
         ok = await c.execute("COMMIT")
         s.status = ok.status
     except (BackendError, BackendLost):
-        c.broken = True  # nothing was written there: the lease lets it go
+        c.retire(CloseReason.STATE_UNKNOWN)  # nothing was written there: let it go
         s.status &= ~P.SERVER_STATUS_IN_TRANS
     await settle_carrying(s, c)
 
@@ -108,10 +109,10 @@ async def replica_txn_state(c: BackendConn) -> None:
     try:
         row = await c.fetch_one("SELECT @@in_transaction")
     except BackendError:
-        c.broken = True  # not known: the connection is not trusted with the session again
+        c.retire(CloseReason.STATE_UNKNOWN)  # not trusted with the session again
         return
     except BackendLost:
-        c.broken = True
+        c.retire(CloseReason.LOST)
         return
     if row is None or str(row[0]) != "1":
         c.status &= ~P.SERVER_STATUS_IN_TRANS

@@ -9,7 +9,14 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from proxy.backends.backend import BackendConn, BufferWriter, Relayed
-from proxy.core.errors import CR_SERVER_LOST, BackendError, BackendLost, LeaseReason, ProxyError
+from proxy.core.errors import (
+    CR_SERVER_LOST,
+    BackendError,
+    BackendLost,
+    CloseReason,
+    LeaseReason,
+    ProxyError,
+)
 from proxy.engines.outcome import ER_SECKILL_NOT_COMMITTED
 from proxy.exec import reply
 from proxy.net import protocol as P
@@ -81,7 +88,7 @@ async def finish_tracked(s: Statement, c: BackendConn, sql: str) -> None:
     try:
         await c.execute(sql)
     except (BackendError, BackendLost):
-        c.broken = True
+        c.retire(CloseReason.STATE_UNKNOWN)
     s.status = P.SERVER_STATUS_AUTOCOMMIT
     s.settle()
 

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 from pymysql.converters import escape_string
 
-from proxy.core.errors import BackendError, BackendLost
+from proxy.core.errors import BackendError, BackendLost, CloseReason
 
 log = logging.getLogger("seckill.session")
 
@@ -118,7 +118,7 @@ async def read(c: Any, vs: list[str]) -> Carry | None:
     try:
         rows, _ = await c.query(read_sql(vs), None, types)
     except (BackendError, BackendLost) as e:
-        c.broken = True
+        c.retire(CloseReason.STATE_UNKNOWN)
         log.warning("user variables set in a replica read-only transaction were lost (%s)",
                     type(e).__name__)
         return None

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from proxy.backends.backend import BackendConn
 from proxy.backends.lease import Lease, LeaseState, after_statement
-from proxy.core.errors import BackendError, BackendLost, LeaseReason, PinReason
+from proxy.core.errors import BackendError, BackendLost, CloseReason, LeaseReason, PinReason
 from proxy.core.state import Answered, Carried, Names, Wanted
 from proxy.net import protocol as P
 
@@ -88,7 +88,7 @@ class Hold:
             except BackendError:
                 pass  # (not expected) the area is lost, as before
             except BackendLost:
-                c.broken = True
+                c.retire(CloseReason.LOST)
         await L.release(reason)
 
     @property
@@ -109,7 +109,7 @@ class Hold:
         L = self.lease
         c = L.conn
         if c is not None and L.pool is not None and L.pool.role == "fenced":
-            c.broken = True  # a connection to the former primary: never write there again
+            c.retire(CloseReason.FORMER_PRIMARY)  # never write there again
             await L.release(LeaseReason.PRIMARY_MOVED)
             c = None
         if c is not None and L.state is LeaseState.SOFT:
@@ -117,7 +117,7 @@ class Hold:
                 await self.leave(LeaseReason.ROUTE_CHANGE)  # a replica's, kept after a read
                 c = None
             elif c.broken or c.io.at_eof():
-                c.broken = True  # died while idle (backend restart, idle timeout): replace it
+                c.retire(CloseReason.LOST)  # died while idle (restart, idle timeout): replace it
                 await L.release(LeaseReason.STALE_WHILE_IDLE)
                 c = None
             else:
@@ -153,7 +153,7 @@ class Hold:
             except BackendError:
                 pass  # (not expected: every user may read that table) left as it is
             except BackendLost:
-                c.broken = True  # the caller replaces it, or the statement's retry does
+                c.retire(CloseReason.LOST)  # the caller replaces it, or the statement's retry does
 
     def holds_conn(self) -> bool:
         return bool(self.pin) or self.in_txn
@@ -195,7 +195,7 @@ class Hold:
     def _held_lost(self, c: BackendConn) -> None:
         if self.busy or self.lease.conn is not c or self.connection is None:
             return
-        c.broken = True
+        c.retire(CloseReason.LOST)
         self.end_reason = "the server closed the connection holding the session's " + (
             "transaction" if self.in_txn else f"state ({self.pin})")
         t = self.connection.stream.writer.transport
