@@ -248,6 +248,10 @@ def test_backend_lost_mid_session_and_recovery(sandbox: Sandbox, tmp_path: Path)
         cur.execute("SELECT 3")
         assert cur.fetchone() == (3,)
         c.close()
+        # every one of those connections was closed under its reason, none as just "broken"
+        closed = r'seckill_proxy_backend_disconnects_total\{backend="[^"]+",reason="%s"\}'
+        assert p.metric(closed % "lost") >= 3, p.scrape()
+        assert p.metric(closed % "broken") == 0
     finally:
         p.stop()
         fp.close()
