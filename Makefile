@@ -2,7 +2,7 @@
 SANDBOX ?= .sandbox
 VENV := .venv/bin
 
-.PHONY: deps run stop sandbox demo top test lint fuzz bench bench-hotrow bench-readsplit bench-durability clean
+.PHONY: deps run stop sandbox demo top test lint fuzz bench bench-hotrow bench-ceiling bench-readsplit bench-durability clean
 
 deps:
 	./scripts/install-deps.sh
@@ -61,6 +61,10 @@ bench-readsplit:
 bench-hotrow:
 	WITH_BENCH=1 ./scripts/install-deps.sh
 	$(VENV)/python -m bench.hotrow
+
+bench-ceiling:
+	WITH_BENCH=1 ./scripts/install-deps.sh
+	$(VENV)/python -m bench.ceiling
 
 clean:
 	$(VENV)/python -m proxy.tools.sandbox destroy --dir $(SANDBOX) || true

@@ -32,8 +32,9 @@ class Result:
 
 
 def sysbench(args: list[str], port: int, threads: int, seconds: int, script: str,
-             extra: list[str] | None = None) -> Result:
-    cmd = ["sysbench", script, "--mysql-host=127.0.0.1", f"--mysql-port={port}",
+             extra: list[str] | None = None, pin: str | None = None) -> Result:
+    """One sysbench run; `pin`: the CPUs it may run on (taskset -c), e.g. "1"."""
+    cmd = [*(["taskset", "-c", pin] if pin else []), "sysbench", script, "--mysql-host=127.0.0.1", f"--mysql-port={port}",
            "--mysql-user=app", "--mysql-password=app", "--mysql-db=shop", f"--threads={threads}",
            f"--time={seconds}", "--report-interval=0", "--percentile=95", *args, *(extra or []), "run"]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT / "bench").stdout

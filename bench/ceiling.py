@@ -1,0 +1,141 @@
+"""`make bench-ceiling` (`python -m bench.ceiling [SECONDS]`): a hot SKU against the ceiling.
+
+Issue 24's measure. Direct hot-row throughput is one fsync per order and swings 2x between
+runs; the stable yardstick is what MariaDB does when nothing is hot. Per form (autocommit,
+txn = the seed's BEGIN; INSERT; UPDATE; COMMIT, txn_update_first), 128 threads, in one run:
+
+- **H**: directly, every thread on 1 (or 10) SKUs: the problem;
+- **C**: directly, the same threads spread over 1,000 SKUs: the ceiling (no contention);
+- **P**: through the proxy (hot-row mode auto), 1 (or 10) SKUs;
+- **Pc**: through the proxy, 1,000 SKUs: what passing through costs when nothing is hot;
+
+then P/H, P/C, Pc/C, and CPU per order from /proc (user + system over the run / orders) of the
+proxy and of MariaDB. Two topologies: unpinned, and pinned (MariaDB on core 0, sysbench and the
+proxy on core 1: the database on a host of its own). Writes docs/bench-ceiling.md and .png.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import Any
+
+from .common import (
+    ROOT,
+    SECKILL,
+    Proxy,
+    cpu_seconds,
+    machine,
+    publish,
+    reset,
+    sandbox,
+    sysbench,
+)
+
+SECONDS = int(sys.argv[1]) if len(sys.argv) > 1 else 10
+THREADS = 128
+SPREAD = 1000
+FORMS = ("autocommit", "txn", "txn_update_first")
+HOT_SKUS = (1, 10)
+RULE = {"table": "shop.inventory", "key": "sku_id", "column": "quantity"}
+
+
+def _pin(pid: int, cpus: str) -> None:
+    """Every thread of `pid` onto `cpus` (taskset -a)."""
+    subprocess.run(["taskset", "-a", "-p", "-c", cpus, str(pid)], check=True,
+                   capture_output=True)
+
+
+def main() -> None:
+    sb = sandbox()
+    p = Proxy(sb, {"mode": "auto", "rules": [RULE]}, name="ceiling")
+    db_pid = sb.primary.pid()
+    assert db_pid is not None
+    rows: list[dict[str, Any]] = []
+    try:
+        reset(sb, SPREAD)  # SKUs 1..1000, never sold out during a run
+        for topology in ("pinned", "unpinned"):
+            pinned = topology == "pinned"
+            _pin(db_pid, "0" if pinned else "0,1")
+            _pin(p.proc.pid, "1" if pinned else "0,1")
+            for form in FORMS:
+                def run(port: int, skus: int, form: str = form,
+                        pinned: bool = pinned) -> dict[str, float]:
+                    args = ([f"--skus={skus}"] if form == "autocommit"
+                            else [f"--skus={skus}", "--sku=1", f"--form={form}"])
+                    script = "inventory.lua" if form == "autocommit" else SECKILL
+                    d0, p0 = cpu_seconds(db_pid), cpu_seconds(p.proc.pid)
+                    r = sysbench(args, port, THREADS, SECONDS, script,
+                                 pin="1" if pinned else None)
+                    n = r.tps * SECONDS
+                    return {"tps": r.tps,
+                            "db_us": (cpu_seconds(db_pid) - d0) / n * 1e6 if n else 0.0,
+                            "proxy_us": (cpu_seconds(p.proc.pid) - p0) / n * 1e6 if n else 0.0}
+
+                c = run(sb.primary_port, SPREAD)
+                pc = run(p.port, SPREAD)
+                for skus in HOT_SKUS:
+                    h = run(sb.primary_port, skus)
+                    pp = run(p.port, skus)
+                    row = {"form": form, "skus": skus, "topology": topology, "H": h, "C": c,
+                           "P": pp, "Pc": pc}
+                    rows.append(row)
+                    print(_line(row), flush=True)
+    finally:
+        _pin(db_pid, "0,1")
+        p.stop()
+        sb.stop()
+    lines = [f"Measured {machine()}; {SECONDS} s per run, {THREADS} threads, all in one run "
+             "(taskset for the pinned topology: MariaDB on core 0, sysbench and the proxy on "
+             "core 1). Orders per second; CPU per order in microseconds of user + system time "
+             "(/proc) over the run.", "",
+             "| form | SKUs | topology | H | C | P | Pc | P/H | P/C | Pc/C | proxy CPU/order P "
+             "| MariaDB CPU/order H / C / P |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [_line(r) for r in rows]
+    publish("bench-ceiling.md", lines)
+    _plot(rows)
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}" if b else "-"
+
+
+def _line(r: dict[str, Any]) -> str:
+    h, c, p, pc = (r[k]["tps"] for k in ("H", "C", "P", "Pc"))
+    return (f"| {r['form']} | {r['skus']} | {r['topology']} | {h:.0f} | {c:.0f} | {p:.0f} | "
+            f"{pc:.0f} | {_ratio(p, h)} | **{_ratio(p, c)}** | {_ratio(pc, c)} | "
+            f"{r['P']['proxy_us']:.0f} | {r['H']['db_us']:.0f} / {r['C']['db_us']:.0f} / "
+            f"{r['P']['db_us']:.0f} |")
+
+
+def _plot(rows: list[dict[str, Any]]) -> None:
+    """P/C and Pc/C per form and topology (1 SKU): how close to the ceiling."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    one = [r for r in rows if r["skus"] == 1]
+    labels = [f"{r['form']}\n{r['topology']}" for r in one]
+    xs = range(len(one))
+    fig, ax = plt.subplots(figsize=(10, 4))
+    ax.bar([x - 0.2 for x in xs], [r["P"]["tps"] / r["C"]["tps"] for r in one], 0.4,
+           label="P/C (proxy, 1 hot SKU / direct, 1,000 SKUs)")
+    ax.bar([x + 0.2 for x in xs], [r["Pc"]["tps"] / r["C"]["tps"] for r in one], 0.4,
+           label="Pc/C (proxy / direct, both 1,000 SKUs)")
+    ax.bar([x - 0.2 for x in xs], [r["H"]["tps"] / r["C"]["tps"] for r in one], 0.1,
+           color="black", label="H/C (direct, 1 hot SKU / 1,000 SKUs)")
+    ax.axhline(1.0, color="grey", lw=0.8)
+    ax.set_xticks(list(xs), labels, fontsize=8)
+    ax.set_ylabel("fraction of the no-hotspot ceiling")
+    ax.legend(fontsize=8)
+    ax.set_title(f"Hot SKU vs the ceiling, {THREADS} threads, MariaDB 10.11 double-1, 2-core VM")
+    fig.tight_layout()
+    fig.savefig(ROOT / "docs" / "bench-ceiling.png", dpi=100)
+
+
+if __name__ == "__main__":
+    main()
