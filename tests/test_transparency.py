@@ -591,3 +591,29 @@ def test_information_schema_processlist_shows_the_handshake_id(tproxy: ProxyProc
     with pytest.raises(pymysql.err.OperationalError):  # the proxy closed that client
         victim.cursor().execute("SELECT 1")
     c.close()
+
+
+def test_a_reclaimed_connection_never_shows_the_next_users_warnings(sandbox: Sandbox,
+                                                                    tmp_path: Path) -> None:
+    """Pool of one: A's connection (its area holding A's warning) is reclaimed for B, whose
+    statement leaves another warning; A gets the same connection back for a statement that
+    opens no table. A's SHOW WARNINGS must not show B's warning (issue 23's suspected defect:
+    the session trusted the connection's identity although another session had used it)."""
+    cfg = make_config(sandbox, backends={"primary": f"127.0.0.1:{sandbox.primary_port}",
+                                         "replicas": [], "pool": {"max_connections": 1}})
+    p = start_proxy(tmp_path, cfg)
+    try:
+        a, b = p.connect(), p.connect()
+        ca, cb = a.cursor(), b.cursor()
+        ca.execute("SELECT CAST('1x' AS UNSIGNED)")  # 1292 Truncated incorrect INTEGER value
+        cb.execute("SELECT 1/0")  # 1365 Division by 0: the pool took A's connection for it
+        cb.execute("SHOW WARNINGS")
+        assert [r[1] for r in cb.fetchall()] == [1365]
+        ca.execute("DO 1")  # no table: MySQL keeps A's area (here A gets the connection back)
+        ca.execute("SHOW WARNINGS")
+        codes = [r[1] for r in ca.fetchall()]
+        assert 1365 not in codes, codes  # never B's; A's own (1292) is lost with the reclaim
+        a.close()
+        b.close()
+    finally:
+        p.stop()

@@ -77,6 +77,11 @@ class BackendConn(ConnState):
         self.dirty = False  # state that only a reset clears (user vars, temp tables, locks...)
         self.broken = False  # never lent again; set through retire(), with the reason
         self.close_why: CloseReason | None = None
+        # who last held it (a Lease; None: the proxy's own service use) and how many times it
+        # changed hands: a session trusts the diagnostics area here as its own only if no one
+        # else held the connection since its statement ran (session/hold.py)
+        self.holder: object | None = None
+        self.hands = 0
         # Prepared statements by (database at PREPARE, text): MariaDB resolves a statement's
         # tables in the database current when it was prepared.
         self.stmts: OrderedDict[tuple[str | None, str], P.PrepareOk] = OrderedDict()

@@ -105,6 +105,9 @@ class Lease:
         if frm is S.NONE:
             assert conn is not None and pool is not None
             self.conn, self.pool = conn, pool
+            if conn.holder is not self:
+                conn.holder = self
+                conn.hands += 1
         self.state, self.reason = to, reason
         if to is S.SOFT:
             assert self.pool is not None and self.conn is not None

@@ -78,6 +78,9 @@ class Pool:
         c = await self._acquire(user, password, caps, prefer,
                                 None if want is None or want.any_db else want.database,
                                 service=service)
+        if service:  # the proxy's own statements: whoever holds it next is new to it
+            c.holder = None
+            c.hands += 1
         if want is None:
             return c
         try:

@@ -39,6 +39,7 @@ class Hold:
     state_stale: bool
     keeps_diag: bool
     _stmt_conn: BackendConn | Answered | Carried | None
+    _stmt_hands: int
     pin: PinReason | None
     escrow: list[Reservation]
     txn_hot: set[Any]
@@ -146,8 +147,10 @@ class Hold:
         """A connection that comes to this session with another session's warnings or error
         still in its diagnostics area gets it cleared first: MySQL keeps that area across
         statements without tables (SET, DO, SELECT 1), so this session's SHOW WARNINGS would
-        show the other's."""
-        if c.diag and c is not self.stmt_conn:
+        show the other's. The session's own connection counts as another's too once someone
+        else held it since (the pool reclaimed it for another session, or for the proxy's own
+        statements): its area is no longer the session's."""
+        if c.diag and not (c is self.stmt_conn and c.hands == self._stmt_hands):
             try:
                 await c.clear_diagnostics()
             except BackendError:

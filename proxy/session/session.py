@@ -52,6 +52,7 @@ class ProxySession(Hold, BaseSession):
         # Ran the session's last statement; Answered when the proxy answered it itself (merge);
         # Carried: the diagnostics area of a connection the session left (state.Carried).
         self._stmt_conn: BackendConn | Answered | Carried | None = None
+        self._stmt_hands = 0  # the connection's `hands` when its statement ran (hold.py)
         # The running statement opens no table (Shape.keeps_diag; set by general.run_plan)
         self.keeps_diag = False
         # ROW_COUNT() after a SELECT the proxy answered itself (-1, as after any SELECT); the
@@ -204,6 +205,8 @@ class ProxySession(Hold, BaseSession):
         if not (self.keeps_diag and isinstance(self._stmt_conn, Carried)
                 and isinstance(c, BackendConn) and not c.warned):
             self._stmt_conn = c  # else it opened no table and raised nothing: the area stays
+            if isinstance(c, BackendConn):
+                self._stmt_hands = c.hands  # its area is this session's while no one else held it
         self.row_count_local = None
 
     @property
