@@ -240,3 +240,22 @@ def test_slow_statement_log_and_log_level(proxy: ProxyProc) -> None:
     proxy.admin("SET log_level = 'info'")
     with pytest.raises(Exception, match="log_level"):
         proxy.admin("SET log_level = 'loud'")
+
+
+def test_backend_resets_are_counted_by_reason(proxy: ProxyProc) -> None:
+    """A connection given back with a session's state on it (a user variable: pinned) or with
+    a transaction open is reset before reuse, counted under why."""
+    series = r'seckill_proxy_backend_resets_total\{backend="[^"]+",reason="%s"\}'
+    before = {r: proxy.metric(series % r) for r in ("session_state", "transaction")}
+    c = proxy.connect()
+    c.cursor().execute("SET @x = 1")  # pins the session
+    c.close()
+    c = proxy.connect()
+    c.cursor().execute("START TRANSACTION")
+    c.cursor().execute("SELECT 1")  # a transaction open when the client leaves
+    c.close()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not all(
+            proxy.metric(series % r) > before[r] for r in before):
+        time.sleep(0.1)
+    assert all(proxy.metric(series % r) > before[r] for r in before), proxy.scrape()

@@ -22,7 +22,7 @@ import aiomysql
 from proxy.backends.login import LoginConn
 from proxy.backends.reply import BufferWriter, ConnState, Relayed, ReplyScanner, text_row
 from proxy.core.config import Address
-from proxy.core.errors import BackendError, BackendLost, CloseReason
+from proxy.core.errors import BackendError, BackendLost, CloseReason, ResetReason
 from proxy.core.state import LOGIN_NAMES, Catalog, Names, absorb, split_reported
 from proxy.net import protocol as P
 from proxy.net.wire import PacketIO, adopt
@@ -74,7 +74,10 @@ class BackendConn(ConnState):
         self.schema: str | None = None
         self.names: Names = LOGIN_NAMES
         self.sysvars: dict[str, str] = {}  # replayable variables changed since login/reset
-        self.dirty = False  # state that only a reset clears (user vars, temp tables, locks...)
+        # state that only a reset clears (user vars, temp tables, locks...): set through
+        # taint(), with the reason
+        self.dirty = False
+        self.reset_why: ResetReason | None = None
         self.broken = False  # never lent again; set through retire(), with the reason
         self.close_why: CloseReason | None = None
         # who last held it (a Lease; None: the proxy's own service use) and how many times it
@@ -374,7 +377,7 @@ class BackendConn(ConnState):
             keep, pin = split_reported(ok.sysvars)
             self.sysvars.update(keep)
             if pin:
-                self.dirty = True  # e.g. SET timestamp: only a reset takes it away
+                self.taint(ResetReason.UNREPLAYABLE_VARIABLE)  # e.g. SET timestamp
         if ok.schema is not None:
             self.schema = ok.schema or None
         if ok.last_insert_id:
@@ -462,10 +465,18 @@ class BackendConn(ConnState):
         await self._reply()
         self.stmts.clear()
         self.dirty = False
+        self.reset_why = None
         self.diag = self.warned = False
         self.status = P.SERVER_STATUS_AUTOCOMMIT
         self.last_insert_id = 0
         await self.init_session()
+
+    def taint(self, why: ResetReason) -> None:
+        """Reset this connection before it is lent again: it carries state another session
+        must not get; counted under the first reason given (`backend_resets_total`)."""
+        self.dirty = True
+        if self.reset_why is None:
+            self.reset_why = why
 
     def retire(self, why: CloseReason) -> None:
         """Never lend this connection again: its pool closes it when it comes back, counted

@@ -24,6 +24,7 @@ from proxy.core.errors import (
     CloseReason,
     LeaseReason,
     ProxyError,
+    ResetReason,
 )
 from proxy.core.state import Wanted
 
@@ -248,6 +249,8 @@ class Pool:
             self._discard(c, c.close_why or CloseReason.BROKEN, reason)
         else:
             if c.dirty or c.in_trans:
+                why = c.reset_why or ResetReason.TRANSACTION
+                M.BACKEND_RESETS.labels(self._label(), why.value).inc()
                 try:
                     await asyncio.wait_for(c.reset(), timeout=self.cfg.connect_timeout_s)
                 except (BackendError, BackendLost, TimeoutError, OSError) as e:

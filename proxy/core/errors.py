@@ -143,6 +143,17 @@ class CloseReason(Label):
     STATE_REPLAY_FAILED = "state_replay_failed"
 
 
+class ResetReason(Label):
+    """Why a backend connection is reset (COM_RESET_CONNECTION) before it is lent again
+    (pool.py); a metric label."""
+
+    TRANSACTION = "transaction"  # given back with a transaction open (rolled back)
+    SESSION_STATE = "session_state"  # a pinned session's (user variables, temp tables...)
+    UNREPLAYABLE_VARIABLE = "unreplayable_variable"  # SET timestamp and the like
+    REPLICA_TXN_STATE = "replica_txn_state"  # state taken inside a replica's read-only txn
+    SERVICE = "service"  # the proxy's own statements (their session state, a failed batch)
+
+
 class DisconnectReason(Label):
     """Why a client connection ended (server.py); a metric label, details go to the log."""
 

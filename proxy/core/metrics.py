@@ -84,6 +84,10 @@ BACKEND_CONNECTS = Counter(
 BACKEND_CONNECT_ERRORS = Counter(
     P + "backend_connect_errors_total", "Failed backend connection attempts", ["backend"]
 )
+BACKEND_RESETS = Counter(
+    P + "backend_resets_total", "Backend connections reset before reuse, by reason",
+    ["backend", "reason"]
+)
 BACKEND_DISCONNECTS = Counter(
     P + "backend_disconnects_total", "Backend connections closed, by reason", ["backend", "reason"]
 )

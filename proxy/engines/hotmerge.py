@@ -32,6 +32,7 @@ from proxy.core.errors import (
     BackendError,
     BackendLost,
     ProxyError,
+    ResetReason,
 )
 from proxy.engines.escrow import (
     RESERVATION,
@@ -408,7 +409,7 @@ class Merger:
         except (BackendError, Unverified) as e:
             # An error or an unverified statement: COMMIT was not sent (MySQL also stops a
             # multi-statement at its first error); the pool's reset rolls the batch back.
-            c.dirty = True
+            c.taint(ResetReason.SERVICE)
             await pool.release(c, "batch error")
             if isinstance(e, Unverified):
                 log.warning("hot-row batch for %s rolled back: %s", r.qualified, e)

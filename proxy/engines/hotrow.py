@@ -27,6 +27,7 @@ from proxy.core.errors import (
     BackendError,
     BackendLost,
     ProxyError,
+    ResetReason,
 )
 from proxy.core.logctx import detached
 from proxy.core.state import SERVICE, SERVICE_MARIADB
@@ -92,7 +93,7 @@ class HotRowEngine:
 
     async def _release(self, c: BackendConn, broken: bool) -> None:
         if broken:
-            c.dirty = True
+            c.taint(ResetReason.SERVICE)
         await c.pool.release(c)
 
     # ---- configuration and DBA control ----------------------------------------------------
@@ -275,7 +276,7 @@ class HotRowEngine:
         try:
             await pool.apply_state(c, SERVICE_MARIADB if c.mariadb else SERVICE)
         except BaseException:
-            c.dirty = True
+            c.taint(ResetReason.SERVICE)
             await pool.release(c, "service state failed")
             raise
         return c

@@ -31,6 +31,7 @@ from proxy.core.errors import (
     LeaseReason,
     PinReason,
     ProxyError,
+    ResetReason,
 )
 from proxy.core.state import Carried
 from proxy.exec import tracked, uservars
@@ -235,7 +236,7 @@ async def forward(
             if p is not None and p.pin and not s.pin:
                 s.pin = p.pin
             if shape.pin:
-                c.dirty = True
+                c.taint(ResetReason.SESSION_STATE)
                 if (shape.pin is PinReason.USER_VARIABLE and s.lease.state is LeaseState.REPLICA_TXN
                         and len(s.replica_vars) < uservars.MAX_VARS):
                     # the text itself: the digest hides quoted names (@'x')

@@ -17,6 +17,7 @@ from proxy.core.errors import (
     LeaseReason,
     PinReason,
     ProxyError,
+    ResetReason,
 )
 from proxy.core.gtid import union as gtid_union
 from proxy.exec import infile, uservars
@@ -131,7 +132,7 @@ async def restore_user_vars(s: Statement, carry: uservars.Carry) -> None:
     """Set them on a primary connection the session then keeps, as after `SET @x` there."""
     c = await s.primary_conn()
     s.pin = PinReason.USER_VARIABLE
-    c.dirty = True
+    c.taint(ResetReason.SESSION_STATE)
     try:
         await uservars.restore(c, carry)
     except BackendLost as e:

@@ -16,7 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 from proxy.backends.backend import BackendConn
 from proxy.backends.lease import Lease, LeaseState, after_statement
-from proxy.core.errors import BackendError, BackendLost, CloseReason, LeaseReason, PinReason
+from proxy.core.errors import (
+    BackendError,
+    BackendLost,
+    CloseReason,
+    LeaseReason,
+    PinReason,
+    ResetReason,
+)
 from proxy.core.state import Answered, Carried, Names, Wanted
 from proxy.net import protocol as P
 
@@ -176,13 +183,13 @@ class Hold:
             log.warning("session state set inside a replica read-only transaction was "
                         "dropped at its end (%s)", self.pin.value)
             self.pin = None
-            c.dirty = True
+            c.taint(ResetReason.REPLICA_TXN_STATE)
         step = after_statement(L.state, self.in_txn, bool(self.pin), c.broken,
                                c.dirty or c.in_trans)
         if step is None:
             return
         if step[0] is LeaseState.PINNED:
-            c.dirty = True
+            c.taint(ResetReason.SESSION_STATE)
         L.transition(*step)
         if step[0] in (LeaseState.PINNED, LeaseState.TRANSACTION):
             self._watch_held(c)
@@ -214,5 +221,5 @@ class Hold:
             return
         self.last_conn = None
         if self.pin:
-            c.dirty = True
+            c.taint(ResetReason.SESSION_STATE)
         await self.lease.release(reason)

@@ -19,7 +19,14 @@ from mysql_mimic.variables import GlobalVariables, SessionVariables
 
 from proxy.backends.backend import BackendConn, Relayed
 from proxy.backends.lease import Lease, LeaseState
-from proxy.core.errors import BackendError, BackendLost, LeaseReason, PinReason, ProxyError
+from proxy.core.errors import (
+    BackendError,
+    BackendLost,
+    LeaseReason,
+    PinReason,
+    ProxyError,
+    ResetReason,
+)
 from proxy.core.state import LOGIN_NAMES, Answered, Carried, Names, absorb, split_reported
 from proxy.engines.escrow import Reservation
 from proxy.exec import executor, general, local, prepared, reply
@@ -359,7 +366,7 @@ class ProxySession(Hold, BaseSession):
             self.database = r.schema
         if r.state_changed and not r.sysvars and r.schema is None and not self.pin:
             self.pin = PinReason.SESSION_STATE
-            c.dirty = True
+            c.taint(ResetReason.SESSION_STATE)
         if r.gtid:
             self.last_gtid = r.gtid
         self.release_slots()
