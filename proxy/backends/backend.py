@@ -74,15 +74,12 @@ class BackendConn(ConnState):
         self.schema: str | None = None
         self.names: Names = LOGIN_NAMES
         self.sysvars: dict[str, str] = {}  # replayable variables changed since login/reset
-        # state that only a reset clears (user vars, temp tables, locks...): set through
-        # taint(), with the reason
-        self.dirty = False
+        self.dirty = False  # only a reset clears its state (user vars...): taint(reason)
         self.reset_why: ResetReason | None = None
-        self.broken = False  # never lent again; set through retire(), with the reason
+        self.broken = False  # never lent again: retire(reason)
         self.close_why: CloseReason | None = None
-        # who last held it (a Lease; None: the proxy's own service use) and how many times it
-        # changed hands: a session trusts the diagnostics area here as its own only if no one
-        # else held the connection since its statement ran (session/hold.py)
+        # who last held it (a Lease; None: service use) and how often it changed hands: the
+        # diagnostics area is a session's only while no one else held it since (hold.py)
         self.holder: object | None = None
         self.hands = 0
         # Prepared statements by (database at PREPARE, text): MariaDB resolves a statement's

@@ -162,8 +162,7 @@ class Merger:
             await forward()
             return "hotrow-merge", "ok"
         if decision == MISMATCH:
-            # TARGET_AFFECT_ROW(n): the statement fails and changes nothing (allocate deducted
-            # nothing for it, in autocommit as in a transaction)
+            # TARGET_AFFECT_ROW(n): the statement fails, changes nothing (nothing allocated)
             assert inv is not None
             if inv.rollback_on_fail and txn_conn is not None:
                 await self._end_txn(session, txn_conn, "ROLLBACK")
@@ -227,9 +226,8 @@ class Merger:
         except BaseException:
             self.host.escrow.ended([r])  # no confirm row: the units go back
             raise
-        # its diagnostics: that connection's (no warnings there, as the UPDATE's own);
-        # ROW_COUNT() 1, the UPDATE's, answered by the proxy: no round trip to ask the
-        # confirm INSERT's (the seed's order checks it after every UPDATE)
+        # diagnostics: that connection's (no warnings, as the UPDATE's); ROW_COUNT() 1 answered
+        # here, no round trip (the seed's order asks after every UPDATE)
         session.reserved(r, m.conn)
 
     async def _end_txn(self, session: HotRowMember, c: Any, verb: str) -> None:
