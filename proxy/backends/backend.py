@@ -59,7 +59,7 @@ class BackendConn(ConnState):
         super().__init__()  # status, diag, warned: what every reply changes (reply.py)
         self.conn = conn
         # the servers' collation ids and defaults (dial.py: read from the primary at start)
-        self.catalog = catalog if catalog is not None else Catalog.shared_builtin()
+        self.catalog = catalog if catalog is not None else Catalog.builtin()
         self.addr = addr
         self.user = user
         # what was negotiated as the client asked (CLIENT_FOUND_ROWS, MariaDB's extended type

@@ -21,7 +21,7 @@ from proxy.core.state import Catalog
 @dataclass
 class Dial:
     ssl: ssl_mod.SSLContext | None = None  # TLS to MySQL over TCP; None: plain
-    catalog: Catalog = field(default_factory=Catalog.shared_builtin)
+    catalog: Catalog = field(default_factory=Catalog.builtin)
 
     async def connect(self, addr: Address, user: str, password: str, timeout: float,
                       caps: int = 0) -> BackendConn:

@@ -90,8 +90,10 @@ class Catalog:
                 self.default[cs] = coll
 
     @classmethod
+    @functools.cache
     def builtin(cls) -> Catalog:
-        """Without a server to ask (primary down at start): mysql-mimic's table."""
+        """Without a server to ask (primary down at start): mysql-mimic's table, made once and
+        shared until (or unless) the primary's own is read."""
         from mysql_mimic.charset import DEFAULT_COLLATIONS, Collation
 
         defaults = {coll for coll in DEFAULT_COLLATIONS.values()}
@@ -100,12 +102,6 @@ class Catalog:
             cs = c.charset.name
             rows.append((int(c), c.name, "utf8mb3" if cs == "utf8" else cs, c in defaults))
         return cls(rows)
-
-    @classmethod
-    @functools.cache
-    def shared_builtin(cls) -> Catalog:
-        """`builtin()`, made once: until (or unless) the primary's own is read."""
-        return cls.builtin()
 
     def handshake_names(self, collation_id: int, fallback: Names) -> Names:
         """What MariaDB sets for a client that announced `collation_id` in its handshake: that
