@@ -135,8 +135,19 @@ def main(argv: list[str] | None = None) -> int:
         uvloop.install()
     except ImportError:  # pragma: no cover - uvloop is a dependency, but the proxy runs without it
         pass
-    from proxy.process import serve
+    from proxy.ops.peers import WorkerSlot
+    from proxy.process import die_with_parent, sd_notify, serve
 
+    if cfg.workers > 1 and WorkerSlot.from_env() is None:  # the supervisor (workers.py)
+        from proxy.workers import supervise
+
+        try:
+            return asyncio.run(supervise(cfg, os.path.abspath(a.config), sd_notify))
+        except OSError as e:
+            print(f"cannot start: {e}", file=sys.stderr)
+            return 1
+    if WorkerSlot.from_env() is not None:
+        die_with_parent()
     logging.getLogger("seckill").info(
         "hot modules compiled: %d of %d", len(compiled.loaded()), len(compiled.HOT))
     try:

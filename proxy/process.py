@@ -35,6 +35,16 @@ def sd_notify(state: str) -> None:
             log.warning("systemd notification %s not sent: %s", state, e)
 
 
+def die_with_parent() -> None:
+    """A worker (workers.py) ends when its supervisor does, even one killed with -9."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the supervisor's own shutdown still works
+        pass
+
+
 async def serve(cfg: Config) -> None:
     """Run until SIGINT/SIGTERM, then drain and shut down."""
     app = App(cfg)
@@ -47,6 +57,8 @@ async def serve(cfg: Config) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if app.slot is not None:  # a worker: Ctrl-C reaches the supervisor, which says when to stop
+        loop.add_signal_handler(signal.SIGINT, lambda: None)
 
     def hup() -> None:  # PgBouncer's and PgCat's habit: SIGHUP reloads the config
         try:
@@ -57,11 +69,15 @@ async def serve(cfg: Config) -> None:
         log.info("SIGHUP: config reloaded%s", (": " + "; ".join(notes)) if notes else "")
 
     loop.add_signal_handler(signal.SIGHUP, hup)
-    print(f"seckill-proxy ready: mysql://{cfg.users[0].name}:***@{cfg.listen}/  "
-          f"(admin {cfg.admin.listen}, metrics {cfg.metrics_listen})", flush=True)
-    sd_notify("READY=1")
+    if app.slot is not None:
+        log.info("worker %d of %d ready (pid %d)", app.slot.index, app.slot.count, os.getpid())
+    else:
+        print(f"seckill-proxy ready: mysql://{cfg.users[0].name}:***@{cfg.listen}/  "
+              f"(admin {cfg.admin.listen}, metrics {cfg.metrics_listen})", flush=True)
+        sd_notify("READY=1")
     await stop.wait()
-    sd_notify("STOPPING=1")
+    if app.slot is None:
+        sd_notify("STOPPING=1")
     delay = app.cfg.limits.shutdown_delay_s
     if delay > 0:  # /readyz fails now; clients are served until the endpoints have moved
         app.stopping = True

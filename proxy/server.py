@@ -45,6 +45,8 @@ from proxy.core.logctx import CONN_ID
 from proxy.net import protocol as P
 from proxy.net.tls import client_context, server_context
 from proxy.net.wire import ClientIO
+from proxy.ops import peers
+from proxy.ops.peers import Peers, WorkerSlot
 from proxy.plan.digest import QueryDigest
 from proxy.plan.plan import Policy
 from proxy.session.session import ProxySession
@@ -75,6 +77,9 @@ class App:
     admin: AdminConsole | None = None
 
     def __init__(self, cfg: Config) -> None:
+        self.slot = WorkerSlot.from_env()  # one of several workers (workers.py), or None
+        self.peers = Peers(self.slot) if self.slot is not None else None
+        cfg = cfg.worker_share(self.slot.count) if self.slot is not None else cfg
         self.cfg = cfg
         self.slow_ms = cfg.slow_query_ms
         self.read_consistency = cfg.routing.read_consistency
@@ -84,7 +89,8 @@ class App:
         # proxy relays: extended type metadata, forwarded from backend connections that have it)
         self.ext_offer = 0
         self.digest = QueryDigest()
-        self.control = LocalControl()
+        # client ids: (server id << 16) | sequence; a worker's server id tells KILL its owner
+        self.control = LocalControl(self.slot.server_id if self.slot is not None else None)
         self.gate = Gate(login_guard(cfg), "client", time.monotonic)
         self.accounts = (AccountStore(self._load_accounts, cfg.auth.refresh_s)
                          if cfg.auth.mode == "backend" else None)
@@ -253,6 +259,8 @@ class App:
     def apply_config(self, cfg: Config) -> list[str]:
         """RELOAD CONFIG: users, pools, hot-row rules and mode, log level change at once."""
         old = self.cfg
+        if self.slot is not None:
+            cfg = cfg.worker_share(self.slot.count)
         notes = []
         self.gate.guard = login_guard(cfg, self.gate.guard)
         bt = cfg.backends.tls
@@ -317,7 +325,7 @@ class App:
         from proxy.ops.admin import AdminConsole
         from proxy.ops.httpd import start_http
 
-        M.BUILD.info({"version": "0.1.0"})
+        M.BUILD.labels("0.1.0").set(1)
         await self.probe_primary()
         self.hotrow = HotRowEngine(self)
         await self.hotrow.start()
@@ -340,11 +348,14 @@ class App:
         loop = asyncio.get_running_loop()
         srv = await loop.create_server(
             lambda: ClientIO(self._client), c.listen.host, c.listen.port, reuse_address=True,
-            backlog=1024,
+            reuse_port=self.slot is not None, backlog=1024,  # workers share the port
         )
         self.servers.append(srv)
         self.servers.append(await self.admin.start())
-        if c.metrics_listen is not None:
+        if self.slot is not None:  # the supervisor serves /metrics; peers and it ask here
+            self.servers.append(await peers.serve(self.slot.sock(self.slot.index),
+                                                  peers.handlers(self)))
+        elif c.metrics_listen is not None:
             self.servers.append(await start_http(self, c.metrics_listen))
         self._tasks.append(asyncio.create_task(self._housekeeping()))
         log.info("listening on %s (admin %s, metrics %s), primary %s",
@@ -353,6 +364,7 @@ class App:
     async def _housekeeping(self) -> None:
         while True:
             await asyncio.sleep(5)
+            M.flush()  # (workers: counters reach the files even if no scrape asks)
             for p in self.pools.values():
                 await p.reap()
                 M.POOL_IDLE.labels(str(p.addr)).set(p.idle_count())

@@ -132,6 +132,8 @@ def make_config(sb: Sandbox, **over: Any) -> dict[str, Any]:
         # tests log in wrongly on purpose from one address: the brute-force limit
         # (test_security.py) would block the rest of the suite
         "limits": {"login_max_failures": 0},
+        # one process unless a test asks for more (test_workers.py); the default is the cores
+        "workers": 1,
     }
     for k, v in over.items():
         if isinstance(v, dict) and isinstance(cfg.get(k), dict):

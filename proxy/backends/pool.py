@@ -54,8 +54,8 @@ class Pool:
         # Gauges are read at scrape time (no cost per statement); the wait histogram is only
         # observed when an acquire had to wait or connect (the instant path is the common one).
         self._m_wait = M.POOL_WAIT.labels(self.label)
-        M.POOL_IN_USE.labels(self.label).set_function(lambda: self.in_use)
-        M.POOL_IDLE.labels(self.label).set_function(self.idle_count)
+        M.live(M.POOL_IN_USE.labels(self.label), lambda: self.in_use)
+        M.live(M.POOL_IDLE.labels(self.label), self.idle_count)
 
     def _label(self) -> str:
         return self.label

@@ -8,6 +8,7 @@ Loading and validation are separate steps (as in uvicorn) so that `--check-confi
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -261,9 +262,18 @@ def validate(raw: Any, source: str = "") -> Config:
     log_format = str(top.get("log_format", Config.log_format)).lower()
     if log_format not in ("auto", "text", "json"):
         raise ConfigError("log_format", "must be text, json or auto")
+    workers = _workers(top.get("workers", "auto"))
     top.done()
     return Config(listen, admin, metrics_listen, users, backends, hotrow, limits, routing,
-                  durability, level, slow, source, tls, auth, log_format)
+                  durability, level, slow, source, tls, auth, log_format, workers)
+
+
+def _workers(v: Any) -> int:
+    """`workers: auto` (the host's cores, the default) or a number of processes."""
+    if isinstance(v, str) and v.lower() == "auto":
+        return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                   else os.cpu_count() or 1)
+    return _int(v, "workers", 1, 256)
 
 
 def _choice(n: _Node, key: str, default: str, allowed: tuple[str, ...]) -> str:

@@ -5,7 +5,7 @@ look-ups, so its hash is cached). Defaults here are those of a config that leave
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 
@@ -183,6 +183,22 @@ class Config:
     tls: TLSCfg | None = None
     auth: AuthCfg = field(default_factory=AuthCfg)
     log_format: str = "auto"  # text | json | auto (text on a terminal, else JSON lines)
+    # processes sharing the listening port (SO_REUSEPORT), each with its own loop and pools;
+    # `auto` (0 in the file) is the host's cores. Pool and client limits are the whole proxy's,
+    # shared out between them (workers.py).
+    workers: int = 0
+
+    def worker_share(self, n: int) -> Config:
+        """One of `n` workers' part of the whole proxy's limits: each has its own pools, so
+        `pool.max_connections` and `limits.max_client_connections` are divided (rounded up)
+        and MySQL sees no more connections than the config says."""
+        if n <= 1:
+            return self
+        b, lim = self.backends, self.limits
+        return replace(
+            self, backends=replace(b, pool=replace(
+                b.pool, max_connections=-(-b.pool.max_connections // n))),
+            limits=replace(lim, max_client_connections=-(-lim.max_client_connections // n)))
 
     def password_of(self, user: str) -> str | None:
         for u in self.users:

@@ -2,15 +2,30 @@
 
 Label values are bounded by construction: backend addresses from config, fixed reason/kind
 strings from the code. Never SQL text, key values or anything a client typed.
+
+With `workers: N > 1` each worker runs with prometheus-client's multiprocess mode
+(PROMETHEUS_MULTIPROC_DIR, set by the supervisor, workers.py): metrics live in files the
+supervisor's /metrics adds up. Each gauge says how workers' values combine (`multiprocess_mode`:
+sums for what each worker holds, the most recent for what every worker's monitor sees alike).
+The plain-number collectors below (per-statement counters) are pushed into those files by
+`flush()`, which the supervisor asks of every worker before it renders a scrape.
 """
 
 from __future__ import annotations
 
+import os
 from bisect import bisect_left
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram, Info, disable_created_metrics
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -18,6 +33,11 @@ from prometheus_client.registry import Collector
 disable_created_metrics()
 
 P = "seckill_proxy_"
+# set by the supervisor for its workers (workers.py), before prometheus-client is imported
+MULTIPROC_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+# how workers' values of a gauge combine
+SUM: Literal["livesum"] = "livesum"
+RECENT: Literal["livemostrecent"] = "livemostrecent"
 _LAT = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
 # Resolved label children of counters incremented on every statement: `labels()` takes a lock
@@ -34,10 +54,12 @@ def child(metric: Any, *labels: str) -> Any:
     return ch
 
 
-BUILD = Info(P + "build", "Build information of the running proxy")
+BUILD = Gauge(P + "build_info", "Build information of the running proxy", ["version"],
+              multiprocess_mode="livemax")
 CONFIG_RELOADS = Counter(P + "config_reloads_total", "Config reloads by outcome", ["outcome"])
 
-CLIENT_CONNECTIONS = Gauge(P + "client_connections", "Client connections currently open")
+CLIENT_CONNECTIONS = Gauge(P + "client_connections", "Client connections currently open",
+                           multiprocess_mode=SUM)
 CLIENT_ACCEPTED = Counter(P + "client_connections_accepted_total", "Client connections accepted")
 CLIENT_REJECTED = Counter(
     P + "client_connections_rejected_total", "Client connections rejected, by reason", ["reason"]
@@ -70,8 +92,10 @@ FASTLANE_HELP = "Statements (of statements_total) run by the fast lane, without 
 STATEMENT_LATENCY_NAME = P + "statement_duration_seconds"
 STATEMENT_LATENCY_HELP = "Statement latency seen by the proxy, by route"
 
-POOL_IN_USE = Gauge(P + "backend_pool_in_use", "Backend connections lent out", ["backend"])
-POOL_IDLE = Gauge(P + "backend_pool_idle", "Idle backend connections", ["backend"])
+POOL_IN_USE = Gauge(P + "backend_pool_in_use", "Backend connections lent out", ["backend"],
+                    multiprocess_mode=SUM)
+POOL_IDLE = Gauge(P + "backend_pool_idle", "Idle backend connections", ["backend"],
+                  multiprocess_mode=SUM)
 POOL_WAIT = Histogram(
     P + "backend_pool_wait_seconds", "Time to get a backend connection", ["backend"], buckets=_LAT
 )
@@ -93,6 +117,50 @@ BACKEND_DISCONNECTS = Counter(
 )
 
 
+class _Files:
+    """Multi-worker: a counter's totals pushed into prometheus-client's multiprocess files as
+    deltas since the last push (the collectors here keep plain totals)."""
+
+    def __init__(self, make: Any) -> None:
+        self.make = make
+        self.metric: Any = None
+        self.pushed: dict[tuple[tuple[str, ...], int], float] = {}
+
+    def add(self, labels: tuple[str, ...], total: float, slot: int = -1) -> None:
+        """`total` so far of the series `labels` (of a histogram's bucket `slot`, or its sum
+        at -2)."""
+        if self.metric is None:
+            self.metric = self.make()
+        d = total - self.pushed.get((labels, slot), 0)
+        ch = child(self.metric, *labels)  # (creates the series at 0, as a scrape shows it)
+        if d:
+            (ch if slot == -1 else ch._sum if slot == -2 else ch._buckets[slot]).inc(d)
+            self.pushed[(labels, slot)] = total
+
+
+_FLUSHED: list[Any] = []  # collectors with a flush()
+_LIVE: dict[int, tuple[Any, Any]] = {}  # gauges read when scraped: (child, function)
+
+
+def live(gauge: Any, fn: Any) -> None:
+    """A gauge whose value is `fn()` when scraped (prometheus-client's set_function; with
+    workers, set at each flush, as the multiprocess files cannot call it)."""
+    if MULTIPROC_DIR is None:
+        gauge.set_function(fn)
+    else:
+        _LIVE[id(gauge)] = (gauge, fn)  # (a pool rebuilt on reload replaces its own)
+
+
+def flush() -> None:
+    """Push every plain-number collector's counts into the multiprocess files (a worker's
+    part of the next scrape); nothing to do with one process."""
+    if MULTIPROC_DIR is not None:
+        for c in _FLUSHED:
+            c.flush()
+        for g, fn in list(_LIVE.values()):
+            g.set(fn())
+
+
 class LabelCounter(Collector):
     """A labelled counter kept as plain integers and turned into a family at scrape time, for
     counters bumped on every statement (a prometheus-client child takes a lock per `inc`).
@@ -101,16 +169,26 @@ class LabelCounter(Collector):
     def __init__(self, name: str, help: str, labels: list[str]) -> None:
         self.name, self.help, self.labels = name, help, labels
         self.counts: dict[tuple[Any, ...], int] = {}
+        self._files = _Files(lambda: Counter(name, help, labels, registry=None))
         REGISTRY.register(self)
+        _FLUSHED.append(self)
 
     def inc(self, *labels: Any) -> None:
         self.counts[labels] = self.counts.get(labels, 0) + 1
 
-    def collect(self) -> Iterator[Metric]:
+    def _merged(self) -> dict[tuple[str, ...], int]:
         merged: dict[tuple[str, ...], int] = {}
         for labels, n in list(self.counts.items()):
             key = tuple(str(getattr(x, "value", x)) for x in labels)
             merged[key] = merged.get(key, 0) + n
+        return merged
+
+    def flush(self) -> None:
+        for key, n in self._merged().items():
+            self._files.add(key, n)
+
+    def collect(self) -> Iterator[Metric]:
+        merged = self._merged()
         c = CounterMetricFamily(self.name, self.help, labels=self.labels)
         for key, n in merged.items():
             c.add_metric(list(key), n)
@@ -121,18 +199,22 @@ LEASE_TRANSITIONS = LabelCounter(
     P + "lease_transitions_total", "Changes of sessions' hold on backend connections (lease.py)",
     ["to", "reason"],
 )
-BACKEND_UP = Gauge(P + "backend_up", "1 if the backend answered its last check", ["backend", "role"])
-REPLICA_LAG = Gauge(P + "replica_lag_seconds", "Seconds_Behind_Master of each replica", ["backend"])
+BACKEND_UP = Gauge(P + "backend_up", "1 if the backend answered its last check", ["backend", "role"],
+                   multiprocess_mode=RECENT)
+REPLICA_LAG = Gauge(P + "replica_lag_seconds", "Seconds_Behind_Master of each replica", ["backend"],
+                    multiprocess_mode=RECENT)
 BACKEND_GTID_SEQ = Gauge(
     P + "backend_gtid_sequence", "Highest GTID sequence number per replication domain",
-    ["backend", "domain"],
+    ["backend", "domain"], multiprocess_mode="livemax",
 )
 PRIMARY_SETTING = Gauge(
-    P + "primary_durability_setting", "Durability-relevant settings of the primary", ["setting"]
+    P + "primary_durability_setting", "Durability-relevant settings of the primary", ["setting"],
+    multiprocess_mode=RECENT,
 )
 PRIMARY_DURABLE = Gauge(
     P + "primary_durable",
     "1 if innodb_flush_log_at_trx_commit=1, sync_binlog=1 and the binlog is on, else 0",
+    multiprocess_mode=RECENT,
 )
 
 READS = LabelCounter(
@@ -159,10 +241,12 @@ COMMIT_IN_DOUBT = Counter(
     P + "commit_in_doubt_total", "Tracked COMMITs interrupted by a lost connection, by resolution",
     ["resolution"],
 )
-SPLIT_BRAIN = Gauge(P + "split_brain", "1 while more than one backend is writable (writes stopped)")
+SPLIT_BRAIN = Gauge(P + "split_brain", "1 while more than one backend is writable (writes stopped)",
+                    multiprocess_mode=RECENT)
 FAILOVERS = Counter(P + "failovers_total", "Times writes moved to a newly promoted primary")
 PRIMARY_SEMI_SYNC = Gauge(
-    P + "primary_semi_sync", "Semi-synchronous replication on the primary", ["state"]
+    P + "primary_semi_sync", "Semi-synchronous replication on the primary", ["state"],
+    multiprocess_mode=RECENT,
 )
 
 HOTROW_STATEMENTS = LabelCounter(
@@ -177,7 +261,8 @@ HOTROW_BATCH_COMMIT = Histogram(
     P + "hotrow_batch_commit_seconds", "Merged batch transaction latency (lock to COMMIT OK)",
     buckets=_LAT,
 )
-HOTROW_QUEUE_DEPTH = Gauge(P + "hotrow_queue_depth", "Statements waiting in hot-row queues")
+HOTROW_QUEUE_DEPTH = Gauge(P + "hotrow_queue_depth", "Statements waiting in hot-row queues",
+                           multiprocess_mode=SUM)
 HOTROW_QUEUE_WAIT = Histogram(
     P + "hotrow_queue_wait_seconds", "Time waiting for a hot-row queue slot", buckets=_LAT
 )
@@ -200,6 +285,13 @@ class _StatementStats(Collector):
         self.counts: dict[tuple[str, str, str], int] = {}
         self.hist: dict[str, list[float]] = {}  # route -> bucket counts..., +Inf count, sum
         self.lane = 0
+        self._files = _Files(lambda: Counter(STATEMENTS_NAME, STATEMENTS_HELP,
+                                             ["kind", "route", "outcome"], registry=None))
+        self._lane_files = _Files(lambda: Counter(FASTLANE_NAME, FASTLANE_HELP, registry=None))
+        self._hist_files = _Files(lambda: Histogram(
+            STATEMENT_LATENCY_NAME, STATEMENT_LATENCY_HELP, ["route"], buckets=_LAT,
+            registry=None))
+        _FLUSHED.append(self)
 
     def observe(self, verb: str, route: str, outcome: str, seconds: float, lane: int = 0) -> None:
         """One statement; `lane` 1 if the fast lane ran it."""
@@ -212,14 +304,27 @@ class _StatementStats(Collector):
         h[bisect_left(_LAT, seconds)] += 1
         h[-1] += seconds
 
-    def collect(self) -> Iterator[Metric]:
-        c = CounterMetricFamily(STATEMENTS_NAME, STATEMENTS_HELP,
-                                labels=["kind", "route", "outcome"])
+    def _merged(self) -> dict[tuple[str, str, str], int]:
         merged: dict[tuple[str, str, str], int] = {}
         for (verb, route, outcome), n in list(self.counts.items()):
             kind = verb.lower() if verb.lower() in _VERBS else "other"
             merged[(kind, route, outcome)] = merged.get((kind, route, outcome), 0) + n
-        for labels, n in merged.items():
+        return merged
+
+    def flush(self) -> None:
+        for key, n in self._merged().items():
+            self._files.add(key, n)
+        if self.lane:
+            self._lane_files.add((), self.lane)
+        for route, h in list(self.hist.items()):
+            for i, cnt in enumerate(h[:-1]):  # each bucket's own count, then the sum
+                self._hist_files.add((route,), cnt, i)
+            self._hist_files.add((route,), h[-1], -2)
+
+    def collect(self) -> Iterator[Metric]:
+        c = CounterMetricFamily(STATEMENTS_NAME, STATEMENTS_HELP,
+                                labels=["kind", "route", "outcome"])
+        for labels, n in self._merged().items():
             c.add_metric(list(labels), n)
         yield c
         hf = HistogramMetricFamily(STATEMENT_LATENCY_NAME, STATEMENT_LATENCY_HELP,
@@ -243,17 +348,28 @@ REGISTRY.register(STATEMENT_STATS)
 count_statement = STATEMENT_STATS.observe
 
 
-def render() -> bytes:
+def _registry(multiproc_dir: str | None) -> Any:
+    """The process's own registry, or with workers every worker's files added up."""
+    if multiproc_dir is None:
+        return REGISTRY
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    reg = CollectorRegistry()
+    MultiProcessCollector(reg, path=multiproc_dir)
+    return reg
+
+
+def render(multiproc_dir: str | None = MULTIPROC_DIR) -> bytes:
     from prometheus_client import generate_latest
 
-    return generate_latest(REGISTRY)
+    return generate_latest(_registry(multiproc_dir))
 
 
 def samples(prefix: str = P) -> list[tuple[str, str, float]]:
     """Every current sample as (name, labels as `k=v,...`, value): what `SHOW METRICS` and
     `seckill-proxy top` read over the admin port (no HTTP scrape needed)."""
     out: list[tuple[str, str, float]] = []
-    for fam in REGISTRY.collect():
+    for fam in _registry(MULTIPROC_DIR).collect():
         for s in fam.samples:
             if not s.name.startswith(prefix) or s.name.endswith("_created"):
                 continue

@@ -72,6 +72,8 @@ class Services(Protocol):
     outcomes: OutcomeTracker
     monitor: Monitor | None
     dial: Dial  # how backend connections are made; `.catalog`: the servers' collations
+    @property
+    def peers(self) -> PeerLink | None: ...  # the proxy's other worker processes (or None)
 
     def primary_pool(self) -> Pool: ...
 
@@ -84,6 +86,18 @@ class Services(Protocol):
     def find_client(self, connection_id: int) -> ClientLink | None: ...
 
     def client_ids_by_thread(self, pool: Pool | None) -> dict[int, int]: ...
+
+
+class PeerLink(Protocol):
+    """The proxy's other workers, as KILL and the process list need them (ops/peers.py)."""
+
+    def owner(self, connection_id: int) -> int | None: ...  # another worker's client id
+
+    async def who(self, worker: int, connection_id: int) -> str | None: ...  # its user
+
+    async def kill(self, worker: int, connection_id: int, query_only: bool) -> bytes | None: ...
+
+    async def client_ids_by_thread(self, pool_key: str) -> dict[int, int]: ...
 
 
 class ClientLink(Protocol):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from proxy.core.config import CONSISTENCY
 from proxy.core.errors import BackendError, BackendLost, ProxyError
@@ -38,10 +38,13 @@ async def kill(s: Statement, sql: str) -> bool:
     if m is None:
         return False
     target = s.app.find_client(int(m.group(2)))
-    if target is None:
-        return False
     query_only = (m.group(1) or "").upper() == "QUERY"
-    err = await _kill_client(s, target, m.group(2), query_only)
+    if target is None:
+        err = await _kill_elsewhere(s, int(m.group(2)), query_only)
+        if err is False:
+            return False
+    else:
+        err = await _kill_client(s, target, m.group(2), query_only)
     if err is not None:
         await s.send(err)
         return True
@@ -51,18 +54,41 @@ async def kill(s: Statement, sql: str) -> bool:
     return True
 
 
+async def _kill_elsewhere(s: Statement, tid: int, query_only: bool
+                         ) -> bytes | None | Literal[False]:
+    """KILL of a client another worker holds (peers.py): the owner check here, the stopping
+    there. False: no worker's client (the id is MySQL's)."""
+    peers = s.app.peers
+    worker = peers.owner(tid) if peers is not None else None
+    if peers is None or worker is None:
+        return False
+    user = await peers.who(worker, tid)
+    if user is None:
+        return False
+    if user != s.username and not await _may_kill_others(s):
+        return ProxyError((1095, "HY000"), f"You are not owner of thread {tid}").packet()
+    return await peers.kill(worker, tid, query_only)
+
+
 async def _kill_client(s: Statement, target: Any, tid: str, query_only: bool) -> bytes | None:
     """Interrupt (and, for CONNECTION, close) another proxy client; an ERR packet if MySQL
     or the owner check refuses it."""
     ts = target.session
     if ts.username != s.username and not await _may_kill_others(s):
         return ProxyError((1095, "HY000"), f"You are not owner of thread {tid}").packet()
-    c, pool = (ts.lease.conn, ts.lease.pool) if ts.busy else (None, None)
-    if target is s.connection:
-        c = None  # our own statement is this one
+    own = target is s.connection  # our own statement is this one
+    return await stop_client(target, query_only, s.username or "", s.password, own)
+
+
+async def stop_client(target: Any, query_only: bool, user: str, password: str,
+                      own: bool = False) -> bytes | None:
+    """What KILL does to a client whose killing was allowed: its backend statement killed
+    (as `user`, on the server that runs it), and for CONNECTION the client closed. An ERR
+    packet if MySQL refused."""
+    ts = target.session
+    c, pool = (ts.lease.conn, ts.lease.pool) if ts.busy and not own else (None, None)
     if c is not None and pool is not None and not c.broken:
-        # On the server that runs it, as this client's user: MySQL checks the privilege.
-        kc = await pool.acquire(s.username or "", s.password)
+        kc = await pool.acquire(user, password)
         try:
             await kc.execute(f"KILL {'QUERY ' if query_only else ''}{c.thread_id}")
         except BackendError as e:
@@ -70,7 +96,7 @@ async def _kill_client(s: Statement, target: Any, tid: str, query_only: bool) ->
                 return e.raw
         finally:
             await pool.release(kc)
-    if not query_only and target is not s.connection:
+    if not query_only and not own:
         target.close_reason = "killed"
         target.stream.reader.transport.abort()
     return None
@@ -92,10 +118,13 @@ async def kills_in_multi(s: Statement, sql: str) -> str:
         if m.group("id") is None:
             continue
         target = s.app.find_client(int(m.group("id")))
-        if target is None or target is s.connection:
+        if target is s.connection:
             continue
         query_only = (m.group("kind") or "").upper() == "QUERY"
-        if await _kill_client(s, target, m.group("id"), query_only) is not None:
+        if target is None:
+            if await _kill_elsewhere(s, int(m.group("id")), query_only) is not None:
+                continue  # MySQL's id, or refused: MySQL refuses it too
+        elif await _kill_client(s, target, m.group("id"), query_only) is not None:
             continue  # refused: MySQL refuses it too (an unknown thread for it)
         out.append(sql[pos:m.start()])
         out.append("DO 0")
@@ -265,6 +294,8 @@ async def processlist(s: Statement, payload: bytes) -> None:
     clients of MySQL) keep their thread ids."""
     c = await s.primary_conn()
     ids = s.app.client_ids_by_thread(s.lease.pool)
+    if s.app.peers is not None and s.lease.pool is not None:  # the other workers' clients
+        ids.update(await s.app.peers.client_ids_by_thread(s.lease.pool.label))
     show = payload[1:].lstrip()[:4].upper() == b"SHOW"
     try:
         await c.command(payload)

@@ -28,6 +28,7 @@ from proxy.core.errors import ER_CON_COUNT_ERROR
 from proxy.engines.ports import Topology
 from proxy.net import protocol as P
 from proxy.net.checks import check_change_user
+from proxy.ops import fanout
 
 if TYPE_CHECKING:
     from mysql_mimic.control import LocalControl
@@ -37,6 +38,12 @@ if TYPE_CHECKING:
     from proxy.engines.monitor import Monitor
     from proxy.engines.readsplit import ReadRouter
     from proxy.plan.digest import QueryDigest
+
+
+class PeerCalls(Protocol):
+    """The other workers, as the console asks them (peers.Peers)."""
+
+    async def ask_all(self, req: dict[str, Any]) -> list[dict[str, Any]]: ...
 
 
 class AdminHost(Topology, Protocol):
@@ -59,6 +66,9 @@ class AdminHost(Topology, Protocol):
 
     @property
     def control(self) -> LocalControl: ...  # mysql-mimic's connection registry
+
+    @property
+    def peers(self) -> PeerCalls | None: ...  # the other workers (None: one process)
 
     def apply_config(self, cfg: Config) -> list[str]: ...
 
@@ -93,6 +103,7 @@ class AdminSession(BaseSession):
         self.username: str | None = None
         self.database: str | None = None
         self.peer = ""
+        self.fanout = True  # False when a peer worker asked (the asker adds the parts up)
         self.commands: list[tuple[re.Pattern[str], Callable[..., Any]]] = [
             (re.compile(r"select\s+@@version_comment(\s+limit\s+1)?", re.I), self._version_comment),
             (re.compile(r"show\s+help", re.I), self._help),
@@ -124,11 +135,23 @@ class AdminSession(BaseSession):
         for rx, fn in self.commands:
             m = rx.fullmatch(text)
             if m:
-                if fn not in self._quiet:  # audit: who ran what (reads that top polls excepted)
+                # audit: who ran what (reads that top polls excepted; once, by the asked worker)
+                if fn not in self._quiet and self.fanout:
                     audit.info("admin %s from %s: %s", self.username, self.peer, text[:500])
+                name = getattr(fn, "__name__", "")
+                peers = self.app.peers if self.fanout else None
+                if peers is not None and fn is self._metrics:  # every worker's counts, now
+                    await peers.ask_all({"op": "flush"})
+                    M.flush()
                 res = fn(*m.groups())
                 if asyncio.iscoroutine(res):
                     res = await res
+                if peers is not None and name in fanout.GATHER | fanout.BROADCAST:
+                    answers = await peers.ask_all({"op": "admin", "sql": text})
+                    if name in fanout.GATHER:
+                        rows, cols = res
+                        parts = [list(rows)] + [a["rows"] for a in answers if "rows" in a]
+                        res = fanout.merge(name, parts, m.groups()[0] if m.groups() else None), cols
                 return res
         if not text:
             return None
@@ -230,6 +253,20 @@ class AdminSession(BaseSession):
         return None
 
 
+async def peer_command(app: AdminHost, sql: str) -> dict[str, Any]:
+    """An admin command another worker's console passed on: this worker's own part."""
+    session = AdminSession(app)
+    session.username, session.peer, session.fanout = "peer", "worker", False
+    try:
+        res = await session.handle_query(sql, {})
+    except MysqlError as e:
+        return {"error": str(e)}
+    if not res:
+        return {"ok": True}
+    rows, cols = res
+    return {"rows": [list(r) for r in rows], "cols": list(cols)}
+
+
 class AdminConnection(ProxyConnection):
     """Admin clients use mysql-mimic's own command loop (results are small Python tables)."""
 
@@ -258,7 +295,8 @@ class AdminConsole:
 
     async def start(self) -> asyncio.Server:
         a = self.app.cfg.admin.listen
-        return await asyncio.start_server(self._client, a.host, a.port, reuse_address=True)
+        return await asyncio.start_server(self._client, a.host, a.port, reuse_address=True,
+                                          reuse_port=self.app.peers is not None)
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -14,7 +15,11 @@ if TYPE_CHECKING:
     from proxy.engines.ports import Readiness
 
 
-async def start_http(app: Readiness, addr: Address) -> asyncio.Server:
+async def start_http(app: Readiness, addr: Address,
+                     metrics: Callable[[], Awaitable[bytes]] | None = None) -> asyncio.Server:
+    """`metrics`: how the page is made (the supervisor's: every worker's; default: this
+    process's registry)."""
+
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             line = await asyncio.wait_for(reader.readline(), 5)
@@ -23,7 +28,8 @@ async def start_http(app: Readiness, addr: Address) -> asyncio.Server:
             parts = line.decode("latin-1").split()
             path = parts[1].split("?")[0] if len(parts) > 1 else "/"
             if path == "/metrics":
-                status, ctype, body = "200 OK", CONTENT_TYPE_LATEST, M.render()
+                body = await metrics() if metrics is not None else M.render()
+                status, ctype = "200 OK", CONTENT_TYPE_LATEST
             elif path == "/healthz":
                 status, ctype, body = "200 OK", "text/plain", b"ok\n"
             elif path == "/readyz":
