@@ -47,6 +47,19 @@ def sysbench(args: list[str], port: int, threads: int, seconds: int, script: str
                   num(r"ignored errors:\s+\d+\s+\(([\d.]+) per sec"))
 
 
+def children(pid: int) -> list[int]:
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                stat = Path(f"/proc/{d}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(d))
+    return out
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -56,8 +69,9 @@ class Proxy:
     def __init__(self, sb: Sandbox, hotrow: dict[str, Any] | None = None,
                  routing: dict[str, Any] | None = None,
                  durability: dict[str, Any] | None = None, name: str = "proxy",
-                 root: Path | None = None) -> None:
-        """`root`: another checkout to run (its own .venv), for comparing two builds."""
+                 root: Path | None = None, workers: int = 1) -> None:
+        """`root`: another checkout to run (its own .venv), for comparing two builds;
+        `workers`: processes (1: the proxy is one process, as before `workers:` existed)."""
         self.port, self.admin_port, self.metrics_port = free_port(), free_port(), free_port()
         cfg = {
             "listen": f"127.0.0.1:{self.port}",
@@ -71,6 +85,7 @@ class Proxy:
             "routing": routing or {"read_consistency": "primary"},
             "durability": durability or {},
             "log_level": "WARNING",
+            **({"workers": workers} if workers != 1 or root is None else {}),
         }
         OUT.mkdir(parents=True, exist_ok=True)
         path = OUT / f"{name}.yaml"
@@ -80,12 +95,17 @@ class Proxy:
                                      cwd=root or ROOT, stdout=open(OUT / f"{name}.log", "ab"),
                                      stderr=subprocess.STDOUT)
         import socket
-        for _ in range(200):
+        log = OUT / f"{name}.log"
+        start = log.stat().st_size if log.exists() else 0
+        for _ in range(600):
             try:
                 socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-                return
+                # with workers, every one of them (the supervisor says when)
+                if workers == 1 or f"{workers} workers)" in log.read_text()[start:]:
+                    return
             except OSError:
-                time.sleep(0.05)
+                pass
+            time.sleep(0.05)
         raise RuntimeError("proxy did not start")
 
     def admin(self, sql: str) -> list[tuple[Any, ...]]:
@@ -98,8 +118,13 @@ class Proxy:
         finally:
             c.close()
 
+    def pids(self) -> list[int]:
+        """The proxy's processes: itself and, with workers, each worker."""
+        return [self.proc.pid, *children(self.proc.pid)]
+
     def cpu(self) -> float:
-        return cpu_seconds(self.proc.pid)
+        """User + system seconds of all the proxy's processes."""
+        return sum(cpu_seconds(pid) for pid in self.pids())
 
     def stop(self) -> None:
         self.proc.terminate()

@@ -290,3 +290,29 @@ def test_kill_9_of_one_worker_mid_load(two: ProxyProc, sandbox: Sandbox) -> None
     assert stock[72] >= 0
     assert 3000 - stock[72] == logged.get(72, 0)  # sold units = committed orders
     assert re.search(r"worker \d \(pid \d+\) ended", two.log())
+
+
+def test_sighup_reloads_every_worker_and_sigterm_stops_them(
+        sandbox: Sandbox, tmp_path: Path) -> None:
+    import yaml
+
+    cfg = make_config(sandbox, workers=2)
+    p = start_proxy(tmp_path, cfg)
+    try:
+        deadline = time.monotonic() + 30
+        while "2 workers" not in p.log() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        pids = worker_pids(p)
+        assert len(pids) == 2
+        cfg["hotrow"]["mode"] = "queue"
+        p.config_path.write_text(yaml.safe_dump(cfg))
+        p.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while p.log().count("SIGHUP: config reloaded") < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert p.log().count("SIGHUP: config reloaded") == 2  # each worker
+        for _ in range(4):  # whichever worker the admin connection reaches
+            assert all("queue" in " ".join(map(str, r)) for r in p.admin("SHOW HOTROW RULES"))
+    finally:
+        assert p.stop() == 0
+    assert not any(Path(f"/proc/{pid}").exists() for pid in pids)
