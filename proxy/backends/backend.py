@@ -1,10 +1,7 @@
-"""One connection to a MySQL/MariaDB server: aiomysql logs in, then the proxy speaks raw packets.
-
-aiomysql does the handshake and authentication; after that the proxy reads and writes packets on
-the same socket itself, because forwarding result-set packets untouched (instead of decoding
-rows into Python objects and encoding them again) is what makes a Python proxy fast enough and
-keeps every column type byte-exact in both text and binary protocol.
-"""
+"""One connection to a MySQL/MariaDB server: aiomysql logs in (handshake, authentication),
+then the proxy speaks raw packets on the same socket: result-set packets forwarded untouched
+(not decoded into Python objects and encoded again) make a Python proxy fast enough and keep
+every column type byte-exact in both protocols."""
 
 from __future__ import annotations
 
@@ -19,6 +16,7 @@ from typing import Any
 
 import aiomysql
 
+from proxy.backends import confirms
 from proxy.backends.login import LoginConn
 from proxy.backends.reply import BufferWriter, ConnState, Relayed, ReplyScanner, text_row
 from proxy.core.config import Address
@@ -41,9 +39,7 @@ _TRACK_MYSQL = (
 )
 BACKEND_FLAGS = (P.CLIENT_SESSION_TRACK | P.CLIENT_PS_MULTI_RESULTS | P.CLIENT_MULTI_RESULTS
                  | P.CLIENT_LOCAL_FILES)
-# Per connection: 200 pooled connections x 64 stay well under MariaDB's default
-# max_prepared_stmt_count (16382), which counts every connection's statements together.
-STMT_CACHE = 64
+STMT_CACHE = 64  # per connection: x 200 pooled, well under max_prepared_stmt_count (16382)
 ER_MAX_PREPARED_STMT_COUNT = 1461
 # its ERR packet's first bytes: how a relayed COM_STMT_PREPARE's refusal is recognised
 STMT_LIMIT_ERR = b"\xff" + ER_MAX_PREPARED_STMT_COUNT.to_bytes(2, "little")
@@ -88,6 +84,7 @@ class BackendConn(ConnState):
         self.last_insert_id = 0
         self.last_used = time.monotonic()
         self.pool: Any = None  # the Pool that lent it (set by the pool)
+        self.confirms: list[str] = []  # escrow confirm rows its transaction waits for
 
     @classmethod
     async def connect(
@@ -154,6 +151,8 @@ class BackendConn(ConnState):
             raise BackendLost(f"lost connection to {self.addr}: {type(e).__name__}") from e
 
     async def command(self, payload: bytes) -> None:
+        if self.confirms:  # the escrow's confirm rows wait here: first them (confirms.py)
+            await confirms.before(self, payload)
         self.last_used = time.monotonic()
         self.send(payload)
         if self.io.transport.get_write_buffer_size() < 65536 and not self.io.transport.is_closing():

@@ -2,14 +2,13 @@
 transaction for the whole group, every member told what MySQL would have told it alone.
 
 merge: the first decrement for a key opens a group; followers join while the previous group of
-that key is still committing (two groups alternate), then for up to `max_wait_us` or until
-`max_batch` members. A leader with no group ahead of it commits at once. One backend
-transaction serves the group: lock the row, allocate members in arrival order with each one's
-own amount and guard (pure `hotalloc.allocate`), one UPDATE by the total, one batch record,
-COMMIT, each statement's affected rows checked before it. Nobody gets a reply before COMMIT
-returned OK. If the connection dies during COMMIT, the batch record tells whether it
-committed; a batch that provably did not commit is retried once. Members inside transactions
-get reservations (escrow.py) confirmed in their own transactions.
+that key commits (two groups alternate), then up to `max_wait_us` or `max_batch` members. A
+leader with no group ahead commits at once. One backend transaction per group: lock the row,
+allocate members in arrival order with each one's amount and guard (`hotalloc.allocate`), one
+UPDATE by the total, one batch record, COMMIT, each statement's affected rows checked first.
+No reply before COMMIT returned OK. A connection lost during COMMIT: the batch record tells;
+a batch that provably did not commit is retried once. Members inside transactions get
+reservations (escrow.py) confirmed in their own transactions.
 """
 
 from __future__ import annotations
@@ -128,17 +127,15 @@ class Merger:
                 if inv is not None and inv.rollback_on_fail and txn_conn is not None:
                     await self._end_txn(session, txn_conn, "ROLLBACK")
                 raise
-            # Near sell-out: "0 rows" while units reserved by open transactions may still come
-            # back would be a lie in time; MySQL's member would wait on the row lock. Wait for
-            # them to resolve (bounded like a queue wait), then try again.
+            # Near sell-out "0 rows" while reserved units may still come back would be a lie
+            # in time (MySQL's member would wait on the row lock): wait (bounded), try again.
             own = sum(r.amount for r in session.escrow if r.key_id == hs.key_id)
             if decision == 0 and loop.time() < deadline:
                 if await self.host.escrow.wait_resolved(hs.key_id, deadline - loop.time(), own):
                     continue
                 ke = self.host.escrow.keys.get(hs.key_id)
                 if m.reserved_seen > max(own, ke.outstanding if ke else 0):
-                    # Reserved by another proxy (or one that crashed, until recovery): no
-                    # event tells when they resolve; look again shortly, as a lock waiter.
+                    # Reserved by another proxy (or a dead one): no event says when; look again.
                     await asyncio.sleep(min(0.05, max(0.0, deadline - loop.time())))
                     continue
             break
@@ -171,7 +168,8 @@ class Merger:
                              "The affected row number does not match that of user specified.")
         if m.reservation is not None:
             try:
-                await self._confirm(session, m, m.reservation)
+                await self._confirm(session, m, m.reservation,
+                                    late=not (inv is not None and inv.commit_on_success))
             except ProxyError:
                 M.HOTROW_STATEMENTS.inc("merge", "error")
                 if inv is not None and inv.rollback_on_fail:
@@ -213,21 +211,25 @@ class Merger:
         finally:
             ks.waiting -= 1
 
-    async def _confirm(self, session: HotRowMember, m: Member, r: Reservation) -> None:
+    async def _confirm(self, session: HotRowMember, m: Member, r: Reservation,
+                       late: bool) -> None:
         """The group reserved the member's units: its confirm row goes into its own
-        transaction before it is told "1 row". Whatever ends that transaction resolves the
-        reservation (the session hands it over)."""
+        transaction, with its next command there (`late`; its COMMIT's round trip:
+        backends/confirms.py) or now (COMMIT_ON_SUCCESS). Whatever ends that transaction
+        resolves the reservation (the session hands it over)."""
+        if late:
+            m.conn.confirms.append(self.host.escrow.confirm_sql(r))
+            session.reserved(r, m.conn)
+            return
         try:
             ok = await _on_member(m.conn, self.host.escrow.confirm_sql(r))
             if ok.affected_rows != 1:
-                # cut short without an error (a KILL QUERY on the client's connection): no
-                # confirm row, so the UPDATE did not happen for this client either
+                # cut short without an error (a KILL QUERY): no confirm row, no UPDATE either
                 raise ProxyError(ER_QUERY_INTERRUPTED, "Query execution was interrupted")
         except BaseException:
             self.host.escrow.ended([r])  # no confirm row: the units go back
             raise
-        # diagnostics: that connection's (no warnings, as the UPDATE's); ROW_COUNT() 1 answered
-        # here, no round trip (the seed's order asks after every UPDATE)
+        # diagnostics: that connection's (no warnings); ROW_COUNT() 1 answered here
         session.reserved(r, m.conn)
 
     async def _end_txn(self, session: HotRowMember, c: Any, verb: str) -> None:
@@ -248,9 +250,8 @@ class Merger:
             if busy:
                 assert g.prev is not None
                 await asyncio.shield(g.prev)
-            # With no earlier group in flight the leader commits at once (waiting would only add
-            # latency); when one is in flight, followers gather while it commits, and after it
-            # the leader may still wait up to max_wait_us for the group to fill.
+            # No earlier group in flight: the leader commits at once. One in flight: followers
+            # gather while it commits, then up to max_wait_us more for the group to fill.
             left = deadline - loop.time()
             if busy and left > 0 and not g.full.is_set():
                 try:
@@ -300,8 +301,8 @@ class Merger:
                 if isinstance(e.err, BackendError):
                     break  # the database refused it: no retry of the same (see below)
                 if attempt == 1 and e.err.code in (2013, 9102) and self.host.app.monitor is not None:
-                    # The connection died: let the monitor see the servers again (a restart or
-                    # a failover) before the one retry, so it goes to a live primary.
+                    # The connection died: the monitor looks again (a restart, a failover)
+                    # before the one retry, so it goes to a live primary.
                     await self.host.app.monitor.next_round()
                 continue
             ks.batches += 1
@@ -325,11 +326,10 @@ class Merger:
         err = last.err
         code = err.code
         if isinstance(err, BackendError) or last.unverified or code in _NO_PRIVILEGE:
-            # The database refused the group's transaction (a privilege on the proxy's own
-            # tables, a constraint or trigger added since the rule was checked, a lock wait,
-            # a value out of range) or it did not do what was allocated: nothing committed.
-            # MySQL would have answered each statement alone, so each runs alone, and the rule
-            # is checked against the schema again before the next merge.
+            # The database refused the group's transaction (a privilege on the proxy's tables,
+            # a constraint or trigger added since the rule was checked, a lock wait, a value
+            # out of range) or it did not do what was allocated: nothing committed. Each
+            # member runs alone (as MySQL would answer it); the rule is checked again.
             if code in _NO_PRIVILEGE:
                 log.warning("hot-row batch as user %s lacks privileges on %s (%s): statements "
                             "run unmerged; grant SELECT, INSERT, DELETE on `%s`.* to merge them",
@@ -350,11 +350,11 @@ class Merger:
     ) -> list[int]:
         """One backend transaction for the whole group; returns each member's decision.
 
-        Verified before it commits: the locked row's value (and whether the row exists) is
-        read, the statements that follow must affect exactly the rows allocated (one stock row,
-        one reservation per member inside a transaction, one batch record), and COMMIT goes in
-        a round trip of its own. A statement cut short (KILL QUERY, a timeout: MariaDB may
-        answer "OK, 0 rows" without an error) rolls the batch back as not committed."""
+        Verified before it commits: the locked row's value (and whether it exists) is read,
+        the statements after must affect exactly the rows allocated (the stock row, one
+        reservation per member in a transaction, the batch record), COMMIT in its own round
+        trip. A statement cut short (KILL QUERY, a timeout: MariaDB may answer "OK, 0 rows"
+        without an error) rolls the batch back as not committed."""
         r = hs.rule
         tbl = f"`{r.schema}`.`{r.table}`"
         key = sql_literal(hs.key_value)
@@ -488,8 +488,8 @@ def _as_proxy_error(e: BackendError | BackendLost | ProxyError) -> ProxyError:
 
 
 async def _on_member(c: Any, sql: str) -> P.OkPacket:
-    """A statement the engine runs inside a member's transaction, on its own connection;
-    errors as the client would get them (a lost connection ends its transaction)."""
+    """A statement run in a member's transaction, on its own connection; errors as the client
+    would get them (a lost connection ends its transaction)."""
     try:
         return await c.execute(sql)  # type: ignore[no-any-return]
     except BackendError as e:

@@ -94,7 +94,8 @@ class FastLane:
         L = s.lease
         c = L.conn
         if (c is None or s.state_stale or c.broken or c.io.eof or c.io.transport.is_closing()
-                or (L.state is not LeaseState.SOFT and L.state is not LeaseState.TRANSACTION)):
+                or (L.state is not LeaseState.SOFT and L.state is not LeaseState.TRANSACTION)
+                or c.confirms):  # escrow confirm rows wait there (backends/confirms.py)
             return None
         cmd = data[4]
         values: list[object] = []  # a hot decrement's, for the engine's `lane_ticket`

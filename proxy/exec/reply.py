@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from proxy.backends import confirms
 from proxy.backends.backend import BackendConn, BufferWriter, Relayed
 from proxy.core.errors import (
     CR_SERVER_LOST,
@@ -165,6 +166,8 @@ async def send_and_relay(s: Statement, c: BackendConn, payload: bytes, out: Any,
         finally:
             if not c.broken:
                 await c.set_multi(True)
+    if c.confirms and confirms.plain_commit(payload):  # they travel with the COMMIT
+        return await confirms.commit_with(c, payload, out, s.client_ok)
     await c.command(payload)
     return await c.relay(out, s.client_ok)
 

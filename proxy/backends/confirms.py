@@ -1,0 +1,123 @@
+"""The escrow's confirm rows, written late (engines/escrow.py): a merged UPDATE inside a
+transaction is answered once its group committed, and its confirm row waits on the member's
+connection (`BackendConn.confirms`) for the next command there, so a seed order costs one
+round trip less.
+
+The rule, kept at the lowest level so no path can skip it: nothing reaches that connection
+while a confirm row waits, except
+- a plain `COMMIT`, which carries the rows with it as one multi-statement
+  (`INSERT ...; COMMIT`): MariaDB runs nothing after a statement that failed or was killed, so
+  the order never commits without its row (`commit_with`);
+- what ends the transaction without committing it (`ROLLBACK`, a reset, a change of user): the
+  rows are dropped, the units come back when the transaction is resolved;
+- anything else runs after the rows were written and checked, in their own round trip
+  (`before`, from `BackendConn.command`).
+A row that cannot be written (an error, a kill) means the member's UPDATE did not happen for
+it: its transaction is rolled back and the client's statement fails with 1213 (MySQL's answer
+when it rolls a transaction back under a statement).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import TYPE_CHECKING, Any
+
+from proxy.core.errors import BackendError, BackendLost, CloseReason
+from proxy.net import protocol as P
+
+if TYPE_CHECKING:
+    from proxy.backends.backend import BackendConn
+    from proxy.backends.reply import Relayed
+
+log = logging.getLogger("seckill.escrow")
+
+_PLAIN_COMMIT = re.compile(rb"\s*COMMIT(?:\s+WORK)?\s*;?\s*", re.I)
+_PLAIN_ROLLBACK = re.compile(rb"\s*ROLLBACK(?:\s+WORK)?\s*;?\s*", re.I)
+_ENDS_WITHOUT_COMMIT = frozenset({P.COM_RESET_CONNECTION, P.COM_CHANGE_USER, P.COM_QUIT})
+DEADLOCK = (1213, "40001", "Deadlock found when trying to get lock; try restarting transaction")
+
+
+def plain_commit(payload: bytes) -> bool:
+    return payload[0] == P.COM_QUERY and _PLAIN_COMMIT.fullmatch(payload, 1) is not None
+
+
+async def before(c: BackendConn, payload: bytes) -> None:
+    """A command is about to go to `c` while confirm rows wait there: write them first (or
+    drop them when the command ends the transaction without a commit, or it is over)."""
+    rows, c.confirms = c.confirms, []
+    # (a deferred BEGIN waiting in `io.prefix` is the transaction's start: not over)
+    if ((not c.in_trans and not c.io.prefix) or payload[0] in _ENDS_WITHOUT_COMMIT
+            or (payload[0] == P.COM_QUERY and _PLAIN_ROLLBACK.fullmatch(payload, 1) is not None)):
+        return
+    try:
+        res = await c.query_each("; ".join(rows))
+        done = len(res) == len(rows) and all(o is not None and o.affected_rows == 1
+                                             for _, o in res)
+    except BackendError as e:
+        log.warning("escrow: confirm rows not written (%s); the transaction is rolled back", e)
+        done = False
+    if not done:
+        await _roll_back(c)
+
+
+async def _roll_back(c: BackendConn) -> None:
+    """The member's transaction lacks a confirm row: it must not commit. Raises 1213."""
+    try:
+        await c.execute("ROLLBACK")
+    except BackendError:
+        c.retire(CloseReason.STATE_UNKNOWN)  # (its transaction dies with it)
+    raise BackendError(*DEADLOCK, P.make_err(*DEADLOCK))
+
+
+async def commit_with(c: BackendConn, payload: bytes, out: Any,
+                      ok_hook: Any) -> Relayed:
+    """The client's plain COMMIT with the waiting confirm rows ahead of it, in one round
+    trip; the rows' own OKs are not the client's (the COMMIT's reply goes out renumbered as
+    the only one). BackendLost propagates as for any COMMIT (outcome unknown to the client;
+    the resolution reads the confirm table, which tells the truth either way)."""
+    from proxy.backends.reply import BufferWriter
+
+    rows, c.confirms = c.confirms, []
+    await c.command(bytes((P.COM_QUERY,)) + "; ".join(rows).encode() + b"; " + payload[1:])
+    late = []
+    for sql in rows:
+        pkt = await c.read_packet()
+        if pkt[0] == 0xFF:  # MariaDB ran nothing after it: the transaction is still open
+            log.warning("escrow: confirm row not written (%s); the transaction is rolled back",
+                        P.parse_err(pkt).message)
+            c.diag = True
+            await _roll_back(c)
+        ok = P.parse_ok(pkt, True)
+        if not ok.status & P.SERVER_MORE_RESULTS_EXISTS:
+            c.retire(CloseReason.PROTOCOL_DESYNC)  # (never seen: the COMMIT's reply is missing)
+            raise BackendLost(f"protocol desync on {c.addr}: no reply to COMMIT")
+        if ok.affected_rows != 1:
+            late.append(sql)
+    hold = BufferWriter()
+    r = await c.relay(hold, ok_hook)
+    out.write(renumber(bytes(hold.buf), len(rows)))
+    if late and r.err is None and not c.in_trans:
+        # Never seen: a confirm answered "0 rows" without an error and MariaDB went on to
+        # commit. The order is committed: its rows are written now, before the resolution
+        # reads them (the session resolves after this reply).
+        log.error("escrow: %d confirm rows written after their COMMIT", len(late))
+        try:
+            await c.execute("; ".join(late))
+        except (BackendError, BackendLost) as e:
+            log.critical("escrow: confirm rows %s NOT written after COMMIT (%s): those units "
+                         "will be returned to stock although sold", late, e)
+    return r
+
+
+def renumber(data: bytes, back: int) -> bytes:
+    """Packets relayed after `back` swallowed ones: their sequence ids as if first."""
+    if not back:
+        return data
+    buf = bytearray(data)
+    pos, n = 0, len(buf)
+    while pos + 4 <= n:
+        plen = buf[pos] | (buf[pos + 1] << 8) | (buf[pos + 2] << 16)
+        buf[pos + 3] = (buf[pos + 3] - back) & 0xFF
+        pos += 4 + plen
+    return bytes(buf)

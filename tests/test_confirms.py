@@ -1,0 +1,153 @@
+"""The escrow's confirm row written late (backends/confirms.py), against real MariaDB: after a
+merged UPDATE inside a transaction, whatever the client does next (COMMIT, other statements,
+statements that commit implicitly, a change of database, a reset, ROLLBACK, a kill -9 of the
+proxy, a confirm row that cannot be written) the unit is sold exactly when the order
+committed: stock + committed order rows = the stock before, nothing left reserved."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pymysql
+import pytest
+
+from proxy.backends.confirms import plain_commit, renumber
+from proxy.engines import escrow
+from proxy.tools.sandbox import Sandbox
+
+from .conftest import ProxyProc, make_config, start_proxy
+from .test_escrow import LOG, UPD, reservations_made, settle, setup, state
+
+
+def test_renumber_and_plain_commit() -> None:
+    ok = b"\x07\x00\x00\x03\x00\x00\x00\x02\x00\x00\x00"
+    two = ok + ok[:3] + b"\x04" + ok[4:]
+    assert renumber(two, 2) == ok[:3] + b"\x01" + ok[4:] + ok[:3] + b"\x02" + ok[4:]
+    assert renumber(ok, 0) == ok
+    assert renumber(ok[:3] + b"\x00" + ok[4:], 1)[3] == 0xFF
+    for yes in (b"\x03COMMIT", b"\x03 commit work ; ", b"\x03Commit;"):
+        assert plain_commit(yes)
+    for no in (b"\x03COMMIT AND CHAIN", b"\x03COMMIT RELEASE", b"\x03ROLLBACK", b"\x16COMMIT",
+               b"\x03COMMIT; SELECT 1", b"\x03/* x */ COMMIT"):
+        assert not plain_commit(no)
+
+
+# (what the client does after the merged UPDATE, whether its order then commits)
+AFTER = [
+    ([], "COMMIT", True),
+    (["SELECT ROW_COUNT()", "SHOW WARNINGS"], "COMMIT", True),
+    (["INSERT INTO inventory_log (sku_id, delta) VALUES (81, 0)"], "COMMIT", True),
+    (["SELECT quantity FROM inventory WHERE sku_id = 81"], "COMMIT WORK", True),
+    ([], "COMMIT AND NO CHAIN", True),
+    (["CREATE TABLE IF NOT EXISTS ddl_commits (a INT)"], "ROLLBACK", True),  # implicit commit
+    (["SET autocommit = 1"], "ROLLBACK", False),  # (already 1: commits nothing, as MySQL)
+    (["BEGIN"], "ROLLBACK", True),  # so does BEGIN
+    (["DO 1"], "ROLLBACK", False),
+    ([], "ROLLBACK", False),
+    (["SAVEPOINT s1"], "ROLLBACK TO SAVEPOINT s1", None),  # (then ROLLBACK below)
+]
+
+
+@pytest.mark.parametrize("between,end,commits", AFTER, ids=[f"{'+'.join(b) or '-'} {e}" for b, e, _ in AFTER])
+def test_after_the_merged_update_the_unit_is_sold_exactly_when_the_order_commits(
+        proxy: ProxyProc, sandbox: Sandbox, between: list[str], end: str, commits: bool | None
+) -> None:
+    setup(sandbox, {81: 10})
+    m0 = reservations_made(sandbox)
+    c = proxy.connect()
+    try:
+        with c.cursor() as cur:
+            cur.execute("BEGIN")
+            cur.execute(LOG.format(sku=81, n=1))
+            assert cur.execute(UPD.format(sku=81, n=1)) == 1
+            for sql in between:
+                cur.execute(sql)
+            cur.execute(end)
+            if commits is None:
+                cur.execute("ROLLBACK")
+                commits = False
+    finally:
+        c.close()
+    assert reservations_made(sandbox) - m0 == 1  # merged: reserved, confirmed late
+    settle(sandbox)
+    stock, logged = state(sandbox)
+    assert logged.get(81, 0) == (1 if commits else 0)
+    assert stock[81] == 10 - logged.get(81, 0)
+    sandbox.primary.sql("DROP TABLE IF EXISTS shop.ddl_commits")
+
+
+def test_change_of_database_and_reset_and_quit(proxy: ProxyProc, sandbox: Sandbox) -> None:
+    setup(sandbox, {82: 10})
+    for step in ("select_db", "reset", "close"):
+        c = proxy.connect()
+        with c.cursor() as cur:
+            cur.execute("BEGIN")
+            cur.execute(LOG.format(sku=82, n=1))
+            assert cur.execute(UPD.format(sku=82, n=1)) == 1
+        if step == "select_db":
+            c.select_db("shop")  # COM_INIT_DB: the transaction goes on
+            with c.cursor() as cur:
+                cur.execute("COMMIT")
+        elif step == "reset":
+            c._execute_command(0x1F, b"")  # COM_RESET_CONNECTION: rolled back
+            c._read_ok_packet()
+        c.close()
+    settle(sandbox)
+    stock, logged = state(sandbox)
+    assert logged.get(82, 0) == 1 and stock[82] == 9
+
+
+def test_a_confirm_row_that_cannot_be_written_rolls_the_order_back(
+        proxy: ProxyProc, sandbox: Sandbox) -> None:
+    """The confirm table is gone between the UPDATE's answer and what follows: the order must
+    not commit (its unit would be returned although sold); the client gets 1213."""
+    setup(sandbox, {83: 10})
+    for update_first in (False, True):
+        c = proxy.connect()
+        try:
+            with c.cursor() as cur:
+                cur.execute("BEGIN")
+                if not update_first:
+                    cur.execute(LOG.format(sku=83, n=1))
+                assert cur.execute(UPD.format(sku=83, n=1)) == 1
+                sandbox.primary.sql(f"DROP TABLE seckill_proxy.{escrow.CONFIRM}")
+                with pytest.raises(pymysql.err.OperationalError) as e:
+                    cur.execute(LOG.format(sku=83, n=1) if update_first else "COMMIT")
+                assert e.value.args[0] == 1213
+                cur.execute("SELECT @@in_transaction")
+                assert cur.fetchall() == ((0,),)
+                cur.execute("COMMIT")  # nothing left to commit
+        finally:
+            c.close()
+            sandbox.primary.sql(*escrow.ddl("seckill_proxy"))
+    settle(sandbox)
+    stock, logged = state(sandbox)
+    assert logged.get(83, 0) == 0 and stock[83] == 10
+
+
+def test_kill_9_between_the_merged_answer_and_the_commit(
+        sandbox: Sandbox, tmp_path: Path) -> None:
+    setup(sandbox, {84: 10})
+    cfg = make_config(sandbox, hotrow={
+        "mode": "merge", "recover_after_s": 1,
+        "rules": [{"table": "shop.inventory", "key": "sku_id", "column": "quantity"}]})
+    p = start_proxy(tmp_path, cfg)
+    c = p.connect()
+    with c.cursor() as cur:
+        cur.execute("BEGIN")
+        cur.execute(LOG.format(sku=84, n=1))
+        assert cur.execute(UPD.format(sku=84, n=1)) == 1
+    p.stop(signal.SIGKILL)  # the unit is reserved, its confirm row never written
+    c.close()
+    p2 = start_proxy(tmp_path, cfg)  # recovers what the dead one left
+    try:
+        c = p2.connect()
+        with c.cursor() as cur:
+            cur.execute("SELECT 1 FROM inventory LIMIT 1")
+        c.close()
+        settle(sandbox, 60)
+        stock, logged = state(sandbox)
+        assert logged.get(84, 0) == 0 and stock[84] == 10
+    finally:
+        p2.stop()
