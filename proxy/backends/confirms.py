@@ -110,6 +110,15 @@ async def commit_with(c: BackendConn, payload: bytes, out: Any,
     return r
 
 
+def with_commit(c: BackendConn, payload: bytes) -> tuple[bytes, int]:
+    """The fast lane's form of `commit_with`: the framed multi-statement and how many replies
+    come ahead of the COMMIT's (the lane drops them, wire.py `skip`; a failed one cuts the
+    connection, which rolls the order back)."""
+    rows, c.confirms = c.confirms, []
+    body = bytes((P.COM_QUERY,)) + "; ".join(rows).encode() + b"; " + payload[1:]
+    return len(body).to_bytes(3, "little") + b"\x00" + body, len(rows)
+
+
 def renumber(data: bytes, back: int) -> bytes:
     """Packets relayed after `back` swallowed ones: their sequence ids as if first."""
     if not back:

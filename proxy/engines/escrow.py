@@ -4,9 +4,10 @@ member's own transaction, return on rollback.
 A merged batch can commit only its own short transaction; a member's transaction commits or
 rolls back later, on its own connection. So the batch deducts the member's units and records a
 **reservation** (batch id, member number, amount, the member's server and backend connection
-id) in the same commit. Before the member is told "1 row", a **confirm** row (batch id, member
-number) is inserted inside the member's transaction: it commits exactly when the member's
-transaction does (with its order rows), and vanishes with a rollback or a dead connection.
+id) in the same commit. A **confirm** row (batch id, member number) is inserted inside the
+member's transaction (with its next command there, its COMMIT's round trip for the seed's
+order: backends/confirms.py): it commits exactly when the member's transaction does (with its
+order rows), and vanishes with a rollback or a dead connection.
 
 When the member's transaction is over (COMMIT, ROLLBACK, an error that rolled it back, a lost
 connection, a client gone), its reservations are **resolved** in one short transaction per key:

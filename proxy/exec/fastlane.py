@@ -20,6 +20,7 @@ import struct
 import time
 from typing import TYPE_CHECKING
 
+from proxy.backends import confirms
 from proxy.backends.backend import BackendConn
 from proxy.backends.lease import LeaseState
 from proxy.backends.reply import ReplyScanner
@@ -73,6 +74,7 @@ class FastLane:
         # the text and shape of a COM_QUERY classified here: a statement the lane declines is
         # not classified again by the session task (`shape_of`)
         self.classified: tuple[str, Shape] | None = None
+        self.seq_back = 0  # replies dropped ahead of the client's (confirms): renumbered
         self._reply_cb = self._on_reply  # bound once, not per statement
         self._lost_cb = self._on_lost
 
@@ -94,9 +96,10 @@ class FastLane:
         L = s.lease
         c = L.conn
         if (c is None or s.state_stale or c.broken or c.io.eof or c.io.transport.is_closing()
-                or (L.state is not LeaseState.SOFT and L.state is not LeaseState.TRANSACTION)
-                or c.confirms):  # escrow confirm rows wait there (backends/confirms.py)
+                or (L.state is not LeaseState.SOFT and L.state is not LeaseState.TRANSACTION)):
             return None
+        if c.confirms and not confirms.plain_commit(data[4:]):
+            return None  # escrow confirm rows wait there: only a COMMIT takes them along
         cmd = data[4]
         values: list[object] = []  # a hot decrement's, for the engine's `lane_ticket`
         if cmd == P.COM_STMT_EXECUTE:
@@ -206,6 +209,10 @@ class FastLane:
         self.conn, self.shape, self.plan, self.command = c, shape, p, data[4:]
         self.scanner = ReplyScanner(c, s.client_ok)
         self.pending, self.size, self.sent = [], 0, False
+        if c.confirms:  # `INSERT confirm...; COMMIT`: their OKs dropped (wire.py `skip`), a
+            # failed one cuts the connection (nothing after it ran: the order did not commit)
+            packet, self.seq_back = confirms.with_commit(c, data[4:])
+            c.io.skip += self.seq_back
         self.status_before = s.status
         self.t0 = time.perf_counter()
         s.busy = True
@@ -250,6 +257,8 @@ class FastLane:
         sc = self.scanner
         assert sc is not None
         piece = sc.feed(data)
+        if self.seq_back and piece:
+            piece = confirms.renumber(piece, self.seq_back)
         if sc.done and not self.pending:  # the usual case: the whole reply in one chunk
             if piece:
                 self.client.write(piece)
@@ -283,6 +292,7 @@ class FastLane:
         assert c is not None and sc is not None and shape is not None
         s = self.s
         c.io.sink = c.io.sink_lost = None
+        self.seq_back = 0
         if sc.tail:  # bytes after a complete reply: protocol desync, never reuse the connection
             c.retire(CloseReason.PROTOCOL_DESYNC)
         r = sc.r

@@ -86,8 +86,8 @@ class PacketIO(asyncio.Protocol):
             if len(b) < 4 + n:
                 return b""
             if n and b[4] == 0xFF:
-                log.error("a command sent ahead of another (a deferred BEGIN) failed: %r; "
-                          "connection cut", bytes(b[4:4 + n])[:200])
+                log.error("a command sent ahead of another (a deferred BEGIN, an escrow confirm "
+                          "row) failed: %r; connection cut", bytes(b[4:4 + n])[:200])
                 self.skip = 0
                 b.clear()
                 self.transport.abort()
