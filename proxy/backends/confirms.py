@@ -27,8 +27,10 @@ from proxy.core.errors import BackendError, BackendLost, CloseReason
 from proxy.net import protocol as P
 
 if TYPE_CHECKING:
-    from proxy.backends.backend import BackendConn
     from proxy.backends.reply import Relayed
+
+# The connection (backend.BackendConn, which calls in here: typed loosely, no import circle)
+BackendConn = Any
 
 log = logging.getLogger("seckill.escrow")
 

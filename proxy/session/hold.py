@@ -17,11 +17,13 @@ from typing import TYPE_CHECKING, Any
 from proxy.backends.backend import BackendConn
 from proxy.backends.lease import Lease, LeaseState, after_statement
 from proxy.core.errors import (
+    CR_SERVER_LOST,
     BackendError,
     BackendLost,
     CloseReason,
     LeaseReason,
     PinReason,
+    ProxyError,
     ResetReason,
 )
 from proxy.core.state import Answered, Carried, Names, Wanted
@@ -54,6 +56,7 @@ class Hold:
     end_reason: str | None
     sysvars: dict[str, str]
     names: Names
+    status: int
 
     @property
     def database(self) -> str | None:
@@ -68,6 +71,9 @@ class Hold:
         raise NotImplementedError
 
     def txn_over(self) -> None:
+        raise NotImplementedError
+
+    def release_slots(self) -> None:
         raise NotImplementedError
 
     def escrow_conn(self) -> BackendConn | None:
@@ -120,6 +126,17 @@ class Hold:
             c.retire(CloseReason.FORMER_PRIMARY)  # never write there again
             await L.release(LeaseReason.PRIMARY_MOVED)
             c = None
+            if self.in_txn:
+                # The transaction was on the former primary: the rest of it must not run on
+                # the new one as if it were the same (a COMMIT there would commit nothing and
+                # say OK). As when MySQL dies under a transaction.
+                self.status &= ~P.SERVER_STATUS_IN_TRANS
+                self.pin = None
+                self.settle()
+                self.release_slots()
+                raise ProxyError(CR_SERVER_LOST, "Lost connection to MySQL server during query "
+                                 "(the primary moved); the transaction was rolled back or its "
+                                 "outcome is unknown", fatal=True)
         if c is not None and L.state is LeaseState.SOFT:
             if L.pool is not self.app.primary_pool():
                 await self.leave(LeaseReason.ROUTE_CHANGE)  # a replica's, kept after a read
