@@ -244,16 +244,9 @@ def test_a_buyer_on_one_worker_waits_for_units_reserved_on_another(
 
 
 def worker_pids(p: ProxyProc) -> list[int]:
-    out = []
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                stat = Path(f"/proc/{d}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == p.proc.pid:
-                out.append(int(d))
-    return sorted(out)
+    import psutil
+
+    return sorted(c.pid for c in psutil.Process(p.proc.pid).children())
 
 
 def test_kill_9_of_one_worker_mid_load(two: ProxyProc, sandbox: Sandbox) -> None:
