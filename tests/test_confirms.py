@@ -156,3 +156,31 @@ def test_kill_9_between_the_merged_answer_and_the_commit(
         assert logged.get(84, 0) == 0 and stock[84] == 10
     finally:
         p2.stop()
+
+
+@pytest.mark.parametrize("update_first", [True, False], ids=["update_first", "insert_first"])
+def test_autocommit_off_sessions(proxy: ProxyProc, sandbox: Sandbox, update_first: bool) -> None:
+    """With autocommit=0 the transaction starts with its first statement: a merged UPDATE
+    that comes first leaves its confirm row waiting on a connection not yet in a transaction
+    (the row starts it). Every order committed, every unit sold once."""
+    setup(sandbox, {85: 10})
+    m0 = reservations_made(sandbox)
+    c = proxy.connect(autocommit=False)
+    try:
+        with c.cursor() as cur:
+            for _ in range(3):
+                if not update_first:
+                    cur.execute(LOG.format(sku=85, n=1))
+                assert cur.execute(UPD.format(sku=85, n=1)) == 1
+                if update_first:
+                    cur.execute(LOG.format(sku=85, n=1))
+                cur.execute("COMMIT")
+            assert cur.execute(UPD.format(sku=85, n=1)) == 1  # alone, then COMMIT
+            cur.execute("COMMIT")
+    finally:
+        c.close()
+    settle(sandbox)
+    stock, logged = state(sandbox)
+    assert logged.get(85, 0) == 3 and stock[85] == 6
+    if not update_first:
+        assert reservations_made(sandbox) - m0 >= 3  # merged: reserved, confirmed late

@@ -48,8 +48,10 @@ async def before(c: BackendConn, payload: bytes) -> None:
     """A command is about to go to `c` while confirm rows wait there: write them first (or
     drop them when the command ends the transaction without a commit, or it is over)."""
     rows, c.confirms = c.confirms, []
-    # (a deferred BEGIN waiting in `io.prefix` is the transaction's start: not over)
-    if ((not c.in_trans and not c.io.prefix) or payload[0] in _ENDS_WITHOUT_COMMIT
+    # Over: no transaction, none waiting to start (a deferred BEGIN in `io.prefix`) and none
+    # the row would start (autocommit off: the row opens the transaction, as the UPDATE would)
+    if ((not c.in_trans and not c.io.prefix and c.status & P.SERVER_STATUS_AUTOCOMMIT)
+            or payload[0] in _ENDS_WITHOUT_COMMIT
             or (payload[0] == P.COM_QUERY and _PLAIN_ROLLBACK.fullmatch(payload, 1) is not None)):
         return
     try:
