@@ -138,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     from proxy.ops.peers import WorkerSlot
     from proxy.process import die_with_parent, sd_notify, serve
 
-    if cfg.workers > 1 and WorkerSlot.from_env() is None:  # the supervisor (workers.py)
+    slot = WorkerSlot.from_env()  # set when this process is one of the workers
+    if cfg.workers > 1 and slot is None:  # the supervisor (workers.py)
         from proxy.workers import supervise
 
         try:
@@ -146,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as e:
             print(f"cannot start: {e}", file=sys.stderr)
             return 1
-    if WorkerSlot.from_env() is not None:
+    if slot is not None:
         die_with_parent()
     logging.getLogger("seckill").info(
         "hot modules compiled: %d of %d", len(compiled.loaded()), len(compiled.HOT))
