@@ -82,8 +82,8 @@ async def commit_with(c: BackendConn, payload: bytes, out: Any,
     the resolution reads the confirm table, which tells the truth either way)."""
     from proxy.backends.reply import BufferWriter
 
-    rows, c.confirms = c.confirms, []
-    await c.command(bytes((P.COM_QUERY,)) + "; ".join(rows).encode() + b"; " + payload[1:])
+    rows, body = _take_with(c, payload)
+    await c.command(body)
     late = []
     for sql in rows:
         pkt = await c.read_packet()
@@ -118,9 +118,15 @@ def with_commit(c: BackendConn, payload: bytes) -> tuple[bytes, int]:
     """The fast lane's form of `commit_with`: the framed multi-statement and how many replies
     come ahead of the COMMIT's (the lane drops them, wire.py `skip`; a failed one cuts the
     connection, which rolls the order back)."""
-    rows, c.confirms = c.confirms, []
-    body = bytes((P.COM_QUERY,)) + "; ".join(rows).encode() + b"; " + payload[1:]
+    rows, body = _take_with(c, payload)
     return len(body).to_bytes(3, "little") + b"\x00" + body, len(rows)
+
+
+def _take_with(c: BackendConn, payload: bytes) -> tuple[list[str], bytes]:
+    """The waiting rows, taken off the connection, and the COM_QUERY that sends them ahead
+    of the client's COMMIT (`payload`): both paths send the same statement."""
+    rows, c.confirms = c.confirms, []
+    return rows, bytes((P.COM_QUERY,)) + "; ".join(rows).encode() + b"; " + payload[1:]
 
 
 def renumber(data: bytes, back: int) -> bytes:
