@@ -85,7 +85,9 @@ class Proxy:
             "routing": routing or {"read_consistency": "primary"},
             "durability": durability or {},
             "log_level": "WARNING",
-            **({"workers": workers} if workers != 1 or root is None else {}),
+            # a build from before `workers:` existed knows no such key (and is one process)
+            **({"workers": workers} if workers != 1 or (root or ROOT).joinpath(
+                "proxy", "workers.py").exists() else {}),
         }
         OUT.mkdir(parents=True, exist_ok=True)
         path = OUT / f"{name}.yaml"

@@ -28,9 +28,10 @@ from proxy.core import metrics as M
 from proxy.core.errors import BackendLost, CloseReason, LeaseReason, ProxyError, client_side
 from proxy.exec import prepared, reply
 from proxy.exec.account import statement_done
+from proxy.exec.local import local_answer
 from proxy.net import protocol as P
 from proxy.plan.classify import Shape, classify, statement_values
-from proxy.plan.plan import Plan, Route, plan
+from proxy.plan.plan import LOCAL_ANSWERS, Plan, Route, plan
 
 if TYPE_CHECKING:
     from proxy.engines.hotkeys import KeyState
@@ -80,8 +81,9 @@ class FastLane:
 
     # ---- start: called by the client socket with a chunk that arrived while the task idles ----
 
-    def _decide(self, data: bytes) -> tuple[BackendConn, Shape, bytes, Plan] | None:
-        """What to send where, if this command is the lane's: its plan (plan.py, the same the
+    def _decide(self, data: bytes) -> tuple[BackendConn, Shape, bytes, Plan] | bool | None:
+        """What to send where, if this command is the lane's (True: answered here, as the
+        general path would, a SELECT the proxy answers itself): its plan (plan.py, the same the
         general path would make) only forwards, and the lease holds a connection that can
         serve it now. It changes nothing the general path would not change for the same
         command (a statement's parameter types, the backend statement cache's recency), so a
@@ -93,6 +95,18 @@ class FastLane:
         if plen + 4 != n or data[3] != 0 or plen >= P.MAX_PACKET - 64:
             return None  # not exactly one whole command
         s = self.s
+        cmd = data[4]
+        qp: Plan | None = None
+        if cmd == P.COM_QUERY:
+            sql = data[5:].decode("utf-8", "surrogateescape")
+            shape = classify(sql)
+            self.classified = (sql, shape)
+            if not shape.lane:
+                return None
+            qp = plan(shape, s, s.app.policy)
+            if qp.route in LOCAL_ANSWERS:  # SELECT ROW_COUNT() after a merged UPDATE, ...
+                self._answer_here(shape, qp)  # (needs no connection: before the lease's checks)
+                return True
         L = s.lease
         c = L.conn
         if (c is None or s.state_stale or c.broken or c.io.eof or c.io.transport.is_closing()
@@ -100,7 +114,6 @@ class FastLane:
             return None
         if c.confirms and not confirms.plain_commit(data[4:]):
             return None  # escrow confirm rows wait there: only a COMMIT takes them along
-        cmd = data[4]
         values: list[object] = []  # a hot decrement's, for the engine's `lane_ticket`
         if cmd == P.COM_STMT_EXECUTE:
             if n < 14:
@@ -128,13 +141,8 @@ class FastLane:
                 except (ValueError, IndexError):
                     return None
             c.stmts.move_to_end(key)
-        elif cmd == P.COM_QUERY:
-            sql = data[5:].decode("utf-8", "surrogateescape")
-            shape = classify(sql)
-            self.classified = (sql, shape)
-            if not shape.lane:
-                return None
-            p = plan(shape, s, s.app.policy)
+        elif qp is not None:
+            p = qp
             if not self._can_run(p):
                 return None
             if p.route is Route.HOTROW:
@@ -147,6 +155,16 @@ class FastLane:
         if p.route is Route.HOTROW and not self._ticket(shape, values):
             return None  # the last check: a ticket taken is given back by `_done`
         return c, shape, packet, p
+
+    def _answer_here(self, shape: Shape, p: Plan) -> None:
+        """A SELECT the proxy answers itself (local.local_answer, the general path's own
+        answer), written from here: no connection, no session task wake-up."""
+        out = []
+        seq = 1
+        for payload in local_answer(self.s, p, shape):
+            out.append(_pack_id(len(payload) | (seq << 24)) + payload)
+            seq += 1
+        self.client.write(b"".join(out))
 
     def shape_of(self, sql: str) -> Shape:
         """The shape of a COM_QUERY the session task runs: the one found here if the lane saw
@@ -188,8 +206,10 @@ class FastLane:
         except Exception:  # noqa: BLE001 - never fail in a socket callback; the task decides
             log.exception("fast lane: cannot classify a command; the session task takes it")
             return False
-        if got is None:
+        if got is None or got is False:
             return False
+        if got is True:
+            return True
         c, shape, packet, p = got
         s = self.s
         if shape.lane == "begin" and self._defer_begin(c, shape, packet):

@@ -171,19 +171,30 @@ async def answered(s: Statement, p: Plan, shape: Shape, sql: str,
 
 
 async def answer_local(s: Statement, p: Plan, shape: Shape, binary: bool = False) -> None:
-    """A SELECT the proxy answers itself (plan.LOCAL_ANSWERS)."""
+    """A SELECT the proxy answers itself (plan.LOCAL_ANSWERS), from the session task."""
+    await _send(s, local_answer(s, p, shape, binary))
+
+
+def local_answer(s: Statement, p: Plan, shape: Shape, binary: bool = False) -> list[bytes]:
+    """The result set of a SELECT the proxy answers itself (plan.LOCAL_ANSWERS), as packet
+    payloads, and its effect on the session. The session task (`answer_local`) and the fast
+    lane (fastlane.py) each only write them, so the answer is made in one place."""
     if p.route is Route.LOCAL_GTID:
-        await answer(s, [("@@last_gtid", s.last_gtid or "")], binary=binary)
+        cols: list[tuple[str, str | None]] = [("@@last_gtid", s.last_gtid or "")]
+        coldef: Callable[[str], bytes] = P.column_def
     elif p.route is Route.LOCAL_CONN_ID:
         assert s.connection is not None
         mariadb = "MariaDB" in s.app.server_version
-        await answer(s, [(conn_id_alias(shape), str(s.connection.connection_id))],
-                     lambda n: P.column_def_uint(n, mariadb), binary=binary)
+        cols = [(conn_id_alias(shape), str(s.connection.connection_id))]
+        coldef = lambda n: P.column_def_uint(n, mariadb)  # noqa: E731
     else:
-        await answer(s, [("ROW_COUNT()", str(s.answered_rows))], P.column_def_int, binary=binary)
+        cols = [("ROW_COUNT()", str(s.answered_rows))]
+        coldef = P.column_def_int
     # A SELECT the proxy answered: as after any SELECT, ROW_COUNT() is now -1; the warnings
     # stay the previous statement's (a SELECT without tables keeps them).
+    out = _result_packets(s, [coldef(n) for n, _ in cols], [[v for _, v in cols]], binary)
     s.row_count_local = -1
+    return out
 
 
 _SHOW_LIST = re.compile(r"SHOW\s+(WARNINGS|ERRORS)(?:\s+LIMIT\s+(\d+)(?:\s*,\s*(\d+))?)?", re.I)
@@ -222,26 +233,33 @@ async def carried(s: Statement, sql: str) -> bool:
     return True
 
 
-async def answer(s: Statement, cols_rows: list[tuple[str, str | None]],
-                 coldef: Callable[[str], bytes] = P.column_def, binary: bool = False) -> None:
-    """A one-row result set the proxy answers itself (`binary`: for a prepared statement)."""
-    await result_set(s, [coldef(n) for n, _ in cols_rows], [[v for _, v in cols_rows]], binary)
-
-
 async def result_set(s: Statement, defs: list[bytes], rows: list[list[str | None]],
                      binary: bool) -> None:
     """A result set the proxy builds: its column definitions (as this client negotiated
     them) and rows, in the text or the binary protocol."""
-    await _write_result(s, [coldefs(s, d) for d in defs],
-                        [P.binary_row(defs, r) if binary else P.text_row(r) for r in rows])
+    await _send(s, _result_packets(s, defs, rows, binary))
+
+
+def _result_packets(s: Statement, defs: list[bytes], rows: list[list[str | None]],
+                    binary: bool) -> list[bytes]:
+    return _packets(s, [coldefs(s, d) for d in defs],
+                    [P.binary_row(defs, r) if binary else P.text_row(r) for r in rows])
 
 
 async def _write_result(s: Statement, defs: list[bytes], rows: list[bytes]) -> None:
     """A result set's packets, from column definitions and rows already encoded."""
+    await _send(s, _packets(s, defs, rows))
+
+
+def _packets(s: Statement, defs: list[bytes], rows: list[bytes]) -> list[bytes]:
+    return [P.enc_lenenc_int(len(defs)), *defs, P.make_eof(s.status), *rows,
+            P.make_eof(s.status)]
+
+
+async def _send(s: Statement, packets: list[bytes]) -> None:
     assert s.connection is not None
     stream = s.connection.stream
-    stream.write_many([P.enc_lenenc_int(len(defs)), *defs, P.make_eof(s.status), *rows,
-                       P.make_eof(s.status)])
+    stream.write_many(packets)
     await stream.drain()
 
 

@@ -49,11 +49,15 @@ class PacketIO(asyncio.Protocol):
         self.prefix = b""
         self.skip = 0
         self._skipbuf = bytearray()
+        # kept from connection_made: asking for the running loop costs a getpid() each time
+        # (Python 3.11), and a read waits once per command
+        self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
 
     # ---- protocol callbacks ---------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self._loop = asyncio.get_running_loop()
 
     def data_received(self, data: bytes) -> None:
         if self.skip:
@@ -135,7 +139,7 @@ class PacketIO(asyncio.Protocol):
         if self._read_paused:
             self._read_paused = False
             self.transport.resume_reading()
-        self._waiter = asyncio.get_running_loop().create_future()
+        self._waiter = self._loop.create_future()
         try:
             await self._waiter
         finally:
@@ -206,7 +210,7 @@ class PacketIO(asyncio.Protocol):
                 raise ConnectionResetError("Connection lost")
         if not self._write_paused:
             return
-        w = asyncio.get_running_loop().create_future()
+        w = self._loop.create_future()
         self._drain_waiters.append(w)
         await w
 
@@ -254,7 +258,6 @@ class ClientIO(PacketIO):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        self._loop = asyncio.get_running_loop()  # kept: asking for it costs a getpid() each time
         self.task = self._loop.create_task(self._start(self))
 
     def data_received(self, data: bytes) -> None:
