@@ -14,6 +14,7 @@ import runpy
 from setuptools import setup
 
 compiled = runpy.run_path(os.path.join("proxy", "compiled.py"))
+compiled["remove_unlisted"]()  # a module taken off the list: its old build would shadow it
 ext_modules = []
 if os.environ.get("SECKILL_PURE_PYTHON") == "1":
     compiled["remove_built"]()

@@ -51,11 +51,26 @@ def remove_built(root: Path = _HERE) -> None:
     (root / RECORD).unlink(missing_ok=True)
 
 
+def unlisted(root: Path = _HERE) -> list[Path]:
+    """Extensions of modules no longer in HOT (left by an earlier build): they would shadow
+    their source as silently as a stale one."""
+    hot = {f"{m}." for m in HOT}
+    return [so for so in root.rglob("*.so")
+            if not any(str(so.relative_to(root)).startswith(h) for h in hot)]
+
+
+def remove_unlisted(root: Path = _HERE) -> None:
+    for so in unlisted(root):
+        so.unlink()
+
+
 def stale(root: Path = _HERE) -> list[str]:
-    """Compiled modules whose source changed after the build."""
+    """Compiled modules whose source changed after the build, and extensions of modules no
+    longer compiled."""
     rec = root / RECORD
     done = dict(line.split() for line in rec.read_text().splitlines()) if rec.exists() else {}
-    return [m for m in built(root) if done.get(m) != _digest(root, m)]
+    return ([m for m in built(root) if done.get(m) != _digest(root, m)]
+            + [str(so.relative_to(root)) for so in unlisted(root)])
 
 
 def loaded() -> list[str]:

@@ -1,14 +1,17 @@
 """The architecture's rules that import-linter's contracts do not state (pyproject.toml has
 those; `make test` runs `lint-imports`): no module of the package is in an import circle,
 typing-only imports included (a circle through `TYPE_CHECKING` is still two modules that
-cannot be understood one without the other), and no module grows past the size a newcomer
-reads in one sitting."""
+cannot be understood one without the other), no module grows past the size a newcomer
+reads in one sitting, and the modules compiled with mypyc avoid what mypyc compiles wrongly."""
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 import grimp
+
+from proxy import compiled
 
 ROOT = Path(__file__).resolve().parent.parent / "proxy"
 
@@ -79,3 +82,44 @@ def test_no_module_is_over_the_size_limit() -> None:
 
 # Still over the limit; may only shrink (issue 23).
 KNOWN_LARGE: dict[str, int] = {}
+
+
+def awaits_in_finally(source: str) -> list[int]:
+    """Lines of `await` (or `async with` / `async for`) inside a `finally` block."""
+    out = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Try | ast.TryStar):
+            for st in node.finalbody:
+                out += [n.lineno for n in ast.walk(st)
+                        if isinstance(n, ast.Await | ast.AsyncWith | ast.AsyncFor)]
+    return out
+
+
+def test_await_in_finally_finder() -> None:
+    src = ("async def f():\n    try:\n        pass\n    finally:\n        await g()\n"
+           "async def h():\n    async with after(g):\n        await g()\n")
+    assert awaits_in_finally(src) == [5]
+
+
+def test_no_compiled_module_awaits_in_a_finally_block() -> None:
+    """mypyc re-raises, after an await in a finally block, an exception another task was
+    handling meanwhile (core/aio.py: `async with after(...)` instead)."""
+    found = {m: lines for m in compiled.HOT
+             if (lines := awaits_in_finally((ROOT / f"{m}.py").read_text()))}
+    assert found == {}
+
+
+def test_an_extension_of_a_module_taken_off_the_list_counts_as_stale(tmp_path: Path) -> None:
+    """A module removed from compiled.HOT keeps its old build beside its source, and Python
+    would load that build: `stale` names it (the CLI and the tests refuse to run), and the
+    next build removes it (setup.py)."""
+    hot = compiled.HOT[0]
+    for rel in (*(f"{m}.py" for m in compiled.HOT), f"{hot}.cpython-311-x86_64-linux-gnu.so",
+                "engines/hotmerge.py", "engines/hotmerge.cpython-311-x86_64-linux-gnu.so"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("")
+    compiled.record(tmp_path)
+    assert compiled.stale(tmp_path) == ["engines/hotmerge.cpython-311-x86_64-linux-gnu.so"]
+    compiled.remove_unlisted(tmp_path)
+    assert compiled.stale(tmp_path) == []
+    assert (tmp_path / f"{hot}.cpython-311-x86_64-linux-gnu.so").exists()
