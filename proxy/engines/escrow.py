@@ -33,7 +33,6 @@ from typing import Any
 
 from pymysql.converters import escape_string
 
-from proxy.core.aio import after
 from proxy.core.errors import BackendError, BackendLost, ProxyError
 
 log = logging.getLogger("seckill.escrow")
@@ -212,7 +211,7 @@ class Escrow:
         pairs = ", ".join(f"({r.batch_id}, {r.member})" for r in rs)
         c = await self.connect(r0.user)
         broken = True
-        async with after(lambda: self.release(c, broken)):
+        try:
             rows, _ = await c.query(
                 "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION; "
                 f"SELECT batch_id, member FROM `{self.schema}`.`{CONFIRM}` "
@@ -255,6 +254,8 @@ class Escrow:
                 log.info("escrow: %d units returned to %s %s (buyers rolled back)", back,
                          r0.table, r0.key_sql)
             return len(confirmed), back
+        finally:
+            await self.release(c, broken)
 
     async def orphans(self, user: str) -> list[tuple[int, int, str, str, int]]:
         """Reservations left by a crashed proxy or made on a former primary: older than
@@ -262,13 +263,15 @@ class Escrow:
         (batch id, member, table, key literal, amount)."""
         c = await self.connect(user)
         broken = True
-        async with after(lambda: self.release(c, broken)):
+        try:
             rows, _ = await c.query(
                 "SELECT batch_id, member, table_name, key_value, amount FROM "
                 f"`{self.schema}`.`{RESERVATION}` WHERE created_at < NOW(6) - INTERVAL "
                 f"{self.recover_after_s} SECOND AND (server_id <> @@server_id OR conn_id NOT IN "
                 "(SELECT ID FROM information_schema.PROCESSLIST)) LIMIT 1000")
             broken = False
+        finally:
+            await self.release(c, broken)
         mine = {(r.batch_id, r.member) for ke in self.keys.values() for r in ke.pending}
         out = []
         for row in rows or []:

@@ -21,7 +21,6 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from proxy.core import metrics as M
-from proxy.core.aio import after
 from proxy.core.config import HOTROW_MODES, HotRowCfg
 from proxy.core.errors import (
     ER_INVENTORY_AUTOCOMMIT,
@@ -213,10 +212,12 @@ class HotRowEngine:
 
     async def _reserved_keys(self) -> set[tuple[str, str, int | str]]:
         c = await self.service_conn(self.app.cfg.users[0].name)
-        async with after(lambda: c.pool.release(c)):
+        try:
             rows, _ = await c.query(
                 f"SELECT DISTINCT table_name, key_value FROM `{self.escrow.schema}`.`{RESERVATION}`"
                 " LIMIT 10000")
+        finally:
+            await c.pool.release(c)
         out: set[tuple[str, str, int | str]] = set()
         for table, key_sql in rows or []:
             parts = (table or "").strip("`").split("`.`")
@@ -255,14 +256,15 @@ class HotRowEngine:
         if not self.book.rules:
             return
         c = await self.service_conn(self.app.cfg.users[0].name)
-        async with after(lambda: c.pool.release(c)):
-            try:
-                await c.execute(
-                    f"DELETE FROM `{self.cfg.batch_schema}`.`hotrow_batch` WHERE created_at < "
-                    f"NOW(6) - INTERVAL {self.cfg.prune_after_s} SECOND LIMIT 10000"
-                )
-            except BackendError:
-                pass
+        try:
+            await c.execute(
+                f"DELETE FROM `{self.cfg.batch_schema}`.`hotrow_batch` WHERE created_at < "
+                f"NOW(6) - INTERVAL {self.cfg.prune_after_s} SECOND LIMIT 10000"
+            )
+        except BackendError:
+            pass
+        finally:
+            await c.pool.release(c)
 
     async def service_conn(self, user: str) -> BackendConn:
         """A service connection on the primary: its own sql_mode (what the proxy's statements

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 
 from pymysql.converters import escape_string
 
-from proxy.core.aio import after
 from proxy.core.config import HotRowCfg, HotRowRule
 from proxy.engines.escrow import ddl as escrow_ddl
 from proxy.engines.hotalloc import HotStmt, bind, column_floor
@@ -99,8 +98,10 @@ class RuleBook:
             if st.ok is not None and not force:
                 return st
             c = await self._conn(user)
-            async with after(lambda: c.pool.release(c)):
+            try:
                 await self._verdict(rule, c, st)
+            finally:
+                await c.pool.release(c)
         return st
 
     async def _verdict(self, rule: HotRowRule, c: BackendConn, st: RuleState) -> None:

@@ -7,7 +7,6 @@ import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
-from proxy.core.aio import after
 from proxy.core.config import CONSISTENCY
 from proxy.core.errors import BackendError, BackendLost, ProxyError
 from proxy.core.gtid import GtidError
@@ -90,12 +89,13 @@ async def stop_client(target: Any, query_only: bool, user: str, password: str,
     c, pool = (ts.lease.conn, ts.lease.pool) if ts.busy and not own else (None, None)
     if c is not None and pool is not None and not c.broken:
         kc = await pool.acquire(user, password)
-        async with after(lambda: pool.release(kc)):
-            try:
-                await kc.execute(f"KILL {'QUERY ' if query_only else ''}{c.thread_id}")
-            except BackendError as e:
-                if e.code != 1094:  # the statement ended meanwhile: nothing to interrupt
-                    return e.raw
+        try:
+            await kc.execute(f"KILL {'QUERY ' if query_only else ''}{c.thread_id}")
+        except BackendError as e:
+            if e.code != 1094:  # the statement ended meanwhile: nothing to interrupt
+                return e.raw
+        finally:
+            await pool.release(kc)
     if not query_only and not own:
         target.close_reason = "killed"
         target.stream.reader.transport.abort()
