@@ -6,14 +6,18 @@ committed: stock + committed order rows = the stock before, nothing left reserve
 
 from __future__ import annotations
 
+import asyncio
 import signal
 from pathlib import Path
+from types import SimpleNamespace
 
 import pymysql
 import pytest
 
-from proxy.backends.confirms import plain_commit, renumber
+from proxy.backends.confirms import affected_one, plain_commit, renumber
 from proxy.engines import escrow
+from proxy.net import protocol as P
+from proxy.net.wire import PacketIO
 from proxy.tools.sandbox import Sandbox
 
 from .conftest import ProxyProc, make_config, start_proxy
@@ -31,6 +35,37 @@ def test_renumber_and_plain_commit() -> None:
     for no in (b"\x03COMMIT AND CHAIN", b"\x03COMMIT RELEASE", b"\x03ROLLBACK", b"\x16COMMIT",
                b"\x03COMMIT; SELECT 1", b"\x03/* x */ COMMIT"):
         assert not plain_commit(no)
+
+
+def _frame(payload: bytes, seq: int) -> bytes:
+    return len(payload).to_bytes(3, "little") + bytes((seq,)) + payload
+
+
+def test_each_dropped_ok_is_seen_and_a_confirm_without_its_row_is_told() -> None:
+    """The fast lane sends `INSERT confirm; COMMIT` and drops the rows' OKs (wire `skip`):
+    it sees each one (`skipped_ok`) and so can tell a row that answered "0 rows" without an
+    error (MariaDB then went on to COMMIT), which it writes after the COMMIT as the general
+    path does (confirms.write_late)."""
+    assert affected_one(P.make_ok(1, 0, 2, 0))
+    for no in (P.make_ok(0, 0, 2, 0), P.make_ok(257, 0, 2, 0), P.make_err(1062, "23000", "dup"),
+               b"\x00"):
+        assert not affected_one(no)
+
+    async def run() -> tuple[list[bytes], list[bytes]]:
+        io = PacketIO()
+        io.connection_made(SimpleNamespace(is_closing=lambda: False))  # type: ignore[arg-type]
+        seen: list[bytes] = []
+        got: list[bytes] = []
+        io.skipped_ok, io.sink, io.skip = seen.append, got.append, 2
+        one, zero, commit = P.make_ok(1, 0, 3, 0), P.make_ok(0, 0, 3, 0), P.make_ok(0, 0, 2, 0)
+        stream = _frame(one, 1) + _frame(zero, 2) + _frame(commit, 3)
+        for i in range(0, len(stream), 5):  # in pieces, as a socket may hand them over
+            io.data_received(stream[i:i + 5])
+        return seen, got
+
+    seen, got = asyncio.run(run())
+    assert [affected_one(ok) for ok in seen] == [True, False]
+    assert b"".join(got) == _frame(P.make_ok(0, 0, 2, 0), 3)
 
 
 # (what the client does after the merged UPDATE, whether its order then commits)

@@ -102,24 +102,33 @@ async def commit_with(c: BackendConn, payload: bytes, out: Any,
     r = await c.relay(hold, ok_hook)
     out.write(renumber(bytes(hold.buf), len(rows)))
     if late and r.err is None and not c.in_trans:
-        # Never seen: a confirm answered "0 rows" without an error and MariaDB went on to
-        # commit. The order is committed: its rows are written now, before the resolution
-        # reads them (the session resolves after this reply).
-        log.error("escrow: %d confirm rows written after their COMMIT", len(late))
-        try:
-            await c.execute("; ".join(late))
-        except (BackendError, BackendLost) as e:
-            log.critical("escrow: confirm rows %s NOT written after COMMIT (%s): those units "
-                         "will be returned to stock although sold", late, e)
+        await write_late(c, late)
     return r
 
 
-def with_commit(c: BackendConn, payload: bytes) -> tuple[bytes, int]:
-    """The fast lane's form of `commit_with`: the framed multi-statement and how many replies
-    come ahead of the COMMIT's (the lane drops them, wire.py `skip`; a failed one cuts the
-    connection, which rolls the order back)."""
+async def write_late(c: BackendConn, late: list[str]) -> None:
+    """Never seen: a confirm answered "0 rows" without an error and MariaDB went on to commit.
+    The order is committed: its rows are written now, on its connection, before the session's
+    transaction counts as over (the resolution reads them). Both paths call this."""
+    log.error("escrow: %d confirm rows written after their COMMIT", len(late))
+    try:
+        await c.execute("; ".join(late))
+    except (BackendError, BackendLost) as e:
+        log.critical("escrow: confirm rows %s NOT written after COMMIT (%s): those units "
+                     "will be returned to stock although sold", late, e)
+
+
+def affected_one(ok: bytes) -> bool:
+    """An OK packet's payload says exactly one row (a confirm row written)."""
+    return len(ok) > 1 and ok[0] == 0x00 and ok[1] == 1
+
+
+def with_commit(c: BackendConn, payload: bytes) -> tuple[bytes, list[str]]:
+    """The fast lane's form of `commit_with`: the framed multi-statement and the rows whose
+    replies come ahead of the COMMIT's (the lane drops them, wire.py `skip`, and checks that
+    each wrote its row; a failed one cuts the connection, which rolls the order back)."""
     rows, body = _take_with(c, payload)
-    return len(body).to_bytes(3, "little") + b"\x00" + body, len(rows)
+    return len(body).to_bytes(3, "little") + b"\x00" + body, rows
 
 
 def _take_with(c: BackendConn, payload: bytes) -> tuple[list[str], bytes]:

@@ -76,6 +76,13 @@ class FastLane:
         # not classified again by the session task (`shape_of`)
         self.classified: tuple[str, Shape] | None = None
         self.seq_back = 0  # replies dropped ahead of the client's (confirms): renumbered
+        # escrow confirm rows sent with the COMMIT: their replies, checked as they are dropped
+        # (`_skipped_ok`); `late`: rows that said "0 rows" (written after the COMMIT)
+        self.confirm_rows: list[str] = []
+        self.begin_ahead = False  # a deferred BEGIN's OK comes before the rows'
+        self.late: list[str] = []
+        self.rows_seen = 0
+        self._skipped_cb = self._skipped_ok
         self._reply_cb = self._on_reply  # bound once, not per statement
         self._lost_cb = self._on_lost
 
@@ -231,8 +238,12 @@ class FastLane:
         self.pending, self.size, self.sent = [], 0, False
         if c.confirms:  # `INSERT confirm...; COMMIT`: their OKs dropped (wire.py `skip`), a
             # failed one cuts the connection (nothing after it ran: the order did not commit)
-            packet, self.seq_back = confirms.with_commit(c, data[4:])
+            packet, rows = confirms.with_commit(c, data[4:])
+            self.seq_back = len(rows)
+            self.confirm_rows, self.late, self.begin_ahead = rows, [], bool(c.io.prefix)
+            self.rows_seen = 0
             c.io.skip += self.seq_back
+            c.io.skipped_ok = self._skipped_cb
         self.status_before = s.status
         self.t0 = time.perf_counter()
         s.busy = True
@@ -307,11 +318,24 @@ class FastLane:
             self.size = 0
             self.sent = True
 
+    def _skipped_ok(self, ok: bytes) -> None:
+        """An OK dropped ahead of the COMMIT's: the deferred BEGIN's, then each confirm row's,
+        which must have written its row (as `confirms.commit_with` checks on the general
+        path)."""
+        if self.begin_ahead:
+            self.begin_ahead = False
+            return
+        n = self.rows_seen
+        self.rows_seen = n + 1
+        if n < len(self.confirm_rows) and not confirms.affected_one(ok):
+            self.late.append(self.confirm_rows[n])
+
     def _complete(self) -> None:
         c, sc, shape = self.conn, self.scanner, self.shape
         assert c is not None and sc is not None and shape is not None
         s = self.s
         c.io.sink = c.io.sink_lost = None
+        c.io.skipped_ok = None
         self.seq_back = 0
         if sc.tail:  # bytes after a complete reply: protocol desync, never reuse the connection
             c.retire(CloseReason.PROTOCOL_DESYNC)
@@ -326,8 +350,23 @@ class FastLane:
                 s.lazy_begin = _begin_ok_as_made(self.status_before, r.ok)
             s.absorb_reply(c, r)
         s.keeps_diag = False
+        late, self.late, self.confirm_rows = self.late, [], []
+        outcome, rows = "error" if r.err is not None else "ok", r.rows or r.affected_rows
+        if late and r.err is None and not c.in_trans:  # committed without every confirm row
+            self._fail_task = asyncio.ensure_future(self._write_late(c, late, outcome, rows))
+            return
         s.settle()
-        self._done("error" if r.err is not None else "ok", r.rows or r.affected_rows)
+        self._done(outcome, rows)
+
+    async def _write_late(self, c: BackendConn, late: list[str], outcome: str,
+                          rows: int) -> None:
+        """The rows first, then the transaction counts as over (its resolution reads them);
+        the client stays held meanwhile, as on the general path."""
+        try:
+            await confirms.write_late(c, late)
+        finally:
+            self.s.settle()
+            self._done(outcome, rows)
 
     def _on_lost(self) -> None:
         """The backend connection died under the command: the same answer as the general path

@@ -49,6 +49,8 @@ class PacketIO(asyncio.Protocol):
         self.prefix = b""
         self.skip = 0
         self._skipbuf = bytearray()
+        # sees each OK that `skip` drops (the fast lane checks escrow confirm rows' counts)
+        self.skipped_ok: Callable[[bytes], None] | None = None
         # kept from connection_made: asking for the running loop costs a getpid() each time
         # (Python 3.11), and a read waits once per command
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
@@ -96,6 +98,8 @@ class PacketIO(asyncio.Protocol):
                 b.clear()
                 self.transport.abort()
                 return b""
+            if self.skipped_ok is not None:
+                self.skipped_ok(bytes(b[4:4 + n]))
             del b[:4 + n]
             self.skip -= 1
         out = bytes(b)
