@@ -105,6 +105,17 @@ def promote(sb: Sandbox) -> None:
     r.sql("STOP SLAVE", "RESET SLAVE ALL", "SET GLOBAL read_only = 0")
 
 
+def failover_proxy(tmp_path_factory: pytest.TempPathFactory, sb: Sandbox, wait_s: int,
+                   primary_port: int | None = None, **over: object) -> ProxyProc:
+    """A proxy on `sb`'s primary (or what stands in front of it: a fault proxy) and replicas
+    that waits up to `wait_s` for a writable primary after losing it, reads on the primary."""
+    return start_proxy(tmp_path_factory.mktemp("fproxy"), make_config(
+        sb, backends={"primary": f"127.0.0.1:{primary_port or sb.primary_port}",
+                      "replicas": [f"127.0.0.1:{x}" for x in sb.replica_ports],
+                      "failover_wait_s": wait_s, "pool": {"connect_timeout_s": 1}},
+        routing={"read_consistency": "primary"}, **over))
+
+
 def run_failover(sb: Sandbox, p: ProxyProc, clients: int = 40,
                  txn: bool = False) -> tuple[Log, dict[int, int], set[str]]:
     log = Log()
@@ -140,13 +151,9 @@ def test_kill9_primary_promote_replica(tmp_path_factory: pytest.TempPathFactory,
     p = None
     try:
         setup(sb)
-        p = start_proxy(tmp_path_factory.mktemp("fproxy"), make_config(
-            sb, durability={"ack": ack, "replica_acks": 1, "replica_ack_timeout_ms": 2000,
-                            "on_ack_timeout": "error", "require": "warn"},
-            backends={"primary": f"127.0.0.1:{sb.primary_port}",
-                      "replicas": [f"127.0.0.1:{x}" for x in sb.replica_ports],
-                      "failover_wait_s": 10, "pool": {"connect_timeout_s": 1}},
-            routing={"read_consistency": "primary"}))
+        p = failover_proxy(tmp_path_factory, sb, 10, durability={
+            "ack": ack, "replica_acks": 1, "replica_ack_timeout_ms": 2000,
+            "on_ack_timeout": "error", "require": "warn"})
         time.sleep(1.5)
         log, stock, orders = run_failover(sb, p)
         lost_orders = log.acked_orders - orders
@@ -179,11 +186,7 @@ def test_split_brain_stops_writes_and_old_primary_stays_fenced(tmp_path_factory:
     p: ProxyProc | None = None
     try:
         setup(sb)
-        p = start_proxy(tmp_path_factory.mktemp("sbproxy"), make_config(
-            sb, backends={"primary": f"127.0.0.1:{sb.primary_port}",
-                          "replicas": [f"127.0.0.1:{x}" for x in sb.replica_ports],
-                          "failover_wait_s": 1, "pool": {"connect_timeout_s": 1}},
-            routing={"read_consistency": "primary"}))
+        p = failover_proxy(tmp_path_factory, sb, 1)
         time.sleep(1.5)
         sb.primary.kill9()
         c = p.connect()
@@ -241,12 +244,8 @@ def test_kill9_primary_at_batch_phase(tmp_path_factory: pytest.TempPathFactory, 
     p = None
     try:
         setup(sb)
-        p = start_proxy(tmp_path_factory.mktemp("phproxy"), make_config(
-            sb, durability={"ack": "replica", "replica_ack_timeout_ms": 500, "on_ack_timeout": "degrade"},
-            backends={"primary": f"127.0.0.1:{fp.port}",
-                      "replicas": [f"127.0.0.1:{x}" for x in sb.replica_ports],
-                      "failover_wait_s": 20, "pool": {"connect_timeout_s": 1}},
-            routing={"read_consistency": "primary"}))
+        p = failover_proxy(tmp_path_factory, sb, 20, primary_port=fp.port, durability={
+            "ack": "replica", "replica_ack_timeout_ms": 500, "on_ack_timeout": "degrade"})
         time.sleep(1.5)
         warm = p.connect()
         assert warm.cursor().execute("UPDATE inventory SET quantity = quantity - 1 WHERE sku_id = 1 AND quantity > 0") == 1
@@ -292,15 +291,11 @@ def test_kill9_primary_promote_replica_order_transactions(
     p = None
     try:
         setup(sb)
-        p = start_proxy(tmp_path_factory.mktemp("fproxy"), make_config(
-            sb, durability={"ack": "replica", "replica_acks": 1, "replica_ack_timeout_ms": 2000,
-                            "on_ack_timeout": "error", "require": "warn"},
-            hotrow={"mode": "merge", "recover_after_s": 2,
-                    "rules": [{"table": "shop.inventory", "key": "sku_id", "column": "quantity"}]},
-            backends={"primary": f"127.0.0.1:{sb.primary_port}",
-                      "replicas": [f"127.0.0.1:{x}" for x in sb.replica_ports],
-                      "failover_wait_s": 10, "pool": {"connect_timeout_s": 1}},
-            routing={"read_consistency": "primary"}))
+        p = failover_proxy(tmp_path_factory, sb, 10, durability={
+            "ack": "replica", "replica_acks": 1, "replica_ack_timeout_ms": 2000,
+            "on_ack_timeout": "error", "require": "warn"}, hotrow={
+            "mode": "merge", "recover_after_s": 2,
+            "rules": [{"table": "shop.inventory", "key": "sku_id", "column": "quantity"}]})
         time.sleep(1.5)
         log, stock, orders = run_failover(sb, p, txn=True)
         new = sb.replicas[0]
@@ -343,11 +338,7 @@ def test_a_transaction_on_the_former_primary_does_not_go_on_on_the_new_one(
     p = None
     try:
         setup(sb)
-        p = start_proxy(tmp_path_factory.mktemp("fproxy"), make_config(
-            sb, backends={"primary": f"127.0.0.1:{sb.primary_port}",
-                          "replicas": [f"127.0.0.1:{x}" for x in sb.replica_ports],
-                          "failover_wait_s": 10, "pool": {"connect_timeout_s": 1}},
-            routing={"read_consistency": "primary"}))
+        p = failover_proxy(tmp_path_factory, sb, 10)
         c = p.connect()
         with c.cursor() as cur:
             cur.execute("BEGIN")
