@@ -40,7 +40,7 @@ from proxy.engines.hotalloc import (
     read_only,
     sql_mode_blocks,
 )
-from proxy.engines.hotkeys import KeyState
+from proxy.engines.hotkeys import KeyState, Shares
 from proxy.engines.hotmerge import Merger
 from proxy.engines.hotqueue import queue
 from proxy.engines.hotrules import RuleBook, RuleState, key_value
@@ -65,6 +65,9 @@ MAX_KEYS = 100_000  # hot keys tracked at once (key values come from clients)
 # this, it queues on the row lock in MySQL for less (measured on 10 SKUs at 16 threads).
 AUTO_COMPANY = 2
 AUTO_TXN_COMPANY = 4
+# auto, inside a transaction: and the key must have at least this share of the hot decrements
+# seen lately (hotkeys.Shares: on many equally contended keys, running as they are is cheaper).
+AUTO_TXN_SHARE = 0.4
 # auto: after a plain statement found a key sold out, its statements take the group's way for
 # this long: a group waits for units reserved by open transactions (of any proxy) to come back
 # or be confirmed, as MySQL's row lock would make a buyer wait, where a plain UPDATE answers
@@ -78,6 +81,7 @@ class HotRowEngine:
     def __init__(self, app: HotRowHost) -> None:
         self.app = app
         self.keys: dict[tuple[str, str, int | str], KeyState] = {}
+        self.shares = Shares()
         self.table_modes: dict[str, str] = {}
         self.proxy_id = random.getrandbits(31)
         self.reserved_anywhere: set[tuple[str, str, int | str]] = set()  # _watch_reservations
@@ -455,10 +459,15 @@ class HotRowEngine:
         return ks is None or time.monotonic() - ks.sold_out_at >= SOLD_OUT_MEMORY_S
 
     def _little_company(self, hs: HotStmt, in_txn: bool) -> bool:
-        """auto: the key has too little company for a group to pay (AUTO_COMPANY)."""
+        """auto: the key has too little company for a group to pay (AUTO_COMPANY), or, inside a
+        transaction, it is one of many keys about equally contended (AUTO_TXN_SHARE)."""
         ks = self.keys.get(hs.key_id)
-        return ks is None or ks.idle() or ks.company() < (
-            AUTO_TXN_COMPANY if in_txn else AUTO_COMPANY)
+        if ks is None or ks.idle():
+            return True
+        if not in_txn:
+            return ks.company() < AUTO_COMPANY
+        return (ks.company() < AUTO_TXN_COMPANY
+                or self.shares.share(hs.key_id, time.monotonic()) < AUTO_TXN_SHARE)
 
     def _reserved_here(self, key_id: Any) -> bool:
         """Units of the key are reserved by transactions on this proxy not resolved yet."""
@@ -475,7 +484,8 @@ class HotRowEngine:
         ks = self.keys.get(hs.key_id)
         if ks is None:
             ks = self.keys[hs.key_id] = KeyState(asyncio.Semaphore(self.cfg.queue_concurrency))
-        ks.last_seen = time.monotonic()
+        ks.last_seen = now = time.monotonic()
+        self.shares.seen(hs.key_id, now)
         ks.statements += 1
         ks.mode = mode
         return ks

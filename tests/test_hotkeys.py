@@ -1,0 +1,44 @@
+"""hotkeys.Shares, pure: auto mode's view of how the hot decrements spread over keys."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from proxy.engines.hotkeys import Shares
+
+
+def feed(sh: Shares, keys: list[int], t0: float, dt: float) -> None:
+    for i, k in enumerate(keys):
+        sh.seen(k, t0 + i * dt)
+
+
+@given(st.lists(st.integers(0, 20), min_size=1, max_size=400),
+       st.floats(0.0001, 0.01))
+def test_shares_of_a_window_are_its_fractions(keys: list[int], dt: float) -> None:
+    sh = Shares(window_s=10.0)
+    feed(sh, keys, 0.0, dt)  # all inside the first window (at most 4 s)
+    sh.seen(-1, 10.0)  # closes it (within two windows of its start)
+    for k in set(keys):
+        assert abs(sh.share(k, 10.0) - keys.count(k) / len(keys)) < 1e-9
+    assert sh.share(999, 10.0) == 0.0  # a key not seen while others were
+    assert abs(sum(sh.last.values()) - 1.0) < 1e-9
+
+
+@given(st.integers(1, 12))
+def test_equally_contended_keys_each_get_one_nth(n: int) -> None:
+    sh = Shares(window_s=0.25)
+    feed(sh, [i % n for i in range(n * 50)], 1.0, 0.2 / (n * 50))
+    sh.seen(0, 1.3)
+    assert all(abs(sh.share(k, 1.3) - 1 / n) < 1e-9 for k in range(n))
+
+
+def test_nothing_seen_lately_means_share_one() -> None:
+    sh = Shares(window_s=0.25)
+    assert sh.share(1, 0.0) == 1.0  # at start
+    feed(sh, [1, 2, 3, 4] * 10, 5.0, 0.001)
+    sh.seen(1, 5.3)
+    assert sh.share(2, 5.3) == 0.25
+    assert sh.share(7, 6.0) == 1.0  # a lull of two windows: the old shares say nothing
+    sh.seen(7, 9.0)  # the first statement after the lull: the stale window is dropped
+    assert sh.share(7, 9.0) == 1.0 and sh.share(1, 9.0) == 1.0
