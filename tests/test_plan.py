@@ -215,7 +215,7 @@ class _Pool:
     def unhold_soft(self, c: Any) -> None: ...
 
 
-@settings(max_examples=500)
+@settings(max_examples=500, deadline=None)  # (asyncio.run per example: slow under load)
 @given(sql=st.sampled_from(STATEMENTS), view=views, policy=policies,
        on_replica=st.booleans(), replica_ready=st.booleans(), same_conn=st.booleans(),
        plain_now=st.booleans())

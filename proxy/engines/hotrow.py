@@ -40,7 +40,8 @@ from proxy.engines.hotalloc import (
     read_only,
     sql_mode_blocks,
 )
-from proxy.engines.hotkeys import KeyState, Shares
+from proxy.engines.hotauto import AutoChoice
+from proxy.engines.hotkeys import KeyState
 from proxy.engines.hotmerge import Merger
 from proxy.engines.hotqueue import queue
 from proxy.engines.hotrules import RuleBook, RuleState, key_value
@@ -59,21 +60,8 @@ MAX_KEYS = 100_000  # hot keys tracked at once (key values come from clients)
 
 # ---- runtime ----------------------------------------------------------------------------------
 
-# auto: how many other decrements must be on a key (running, or gathering into a group) before
-# one merges. Inside a transaction a merged member costs a reservation, a confirm row and a
-# resolution; in autocommit a batch transaction of four statements: with less company than
-# this, it queues on the row lock in MySQL for less (measured on 10 SKUs at 16 threads).
-AUTO_COMPANY = 2
-AUTO_TXN_COMPANY = 4
-# auto, inside a transaction: and the key must have at least this share of the hot decrements
-# seen lately (hotkeys.Shares: on many equally contended keys, running as they are is cheaper).
-AUTO_TXN_SHARE = 0.4
-# auto: after a plain statement found a key sold out, its statements take the group's way for
-# this long: a group waits for units reserved by open transactions (of any proxy) to come back
-# or be confirmed, as MySQL's row lock would make a buyer wait, where a plain UPDATE answers
-# "0 rows" at once. RESERVED_POLL_S: how often the reservation table is read for keys with
-# units reserved by any proxy (`reserved_anywhere`).
-SOLD_OUT_MEMORY_S = 30.0
+# auto: how often the reservation table is read for keys with units reserved by other proxies
+# (hotauto.AutoChoice.reserved_anywhere)
 RESERVED_POLL_S = 0.5
 
 
@@ -81,10 +69,8 @@ class HotRowEngine:
     def __init__(self, app: HotRowHost) -> None:
         self.app = app
         self.keys: dict[tuple[str, str, int | str], KeyState] = {}
-        self.shares = Shares()
         self.table_modes: dict[str, str] = {}
         self.proxy_id = random.getrandbits(31)
-        self.reserved_anywhere: set[tuple[str, str, int | str]] = set()  # _watch_reservations
         self._seq = itertools.count(1)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._bg: list[asyncio.Task[Any]] = []
@@ -94,6 +80,7 @@ class HotRowEngine:
         self.escrow = Escrow(self.cfg.batch_schema, self.service_conn, self._release,
                              self.cfg.recover_after_s)
         self.merger = Merger(self)
+        self.auto = AutoChoice(self.keys, self.escrow)
 
     async def _release(self, c: BackendConn, broken: bool) -> None:
         if broken:
@@ -207,10 +194,10 @@ class HotRowEngine:
             await asyncio.sleep(RESERVED_POLL_S)
             if not any(m == "auto" for m in (self.global_mode, *self.table_modes.values())) \
                     or not any(st.ok for st in self.book.rule_state.values()):
-                self.reserved_anywhere = set()
+                self.auto.reserved_anywhere = set()
                 continue
             try:
-                self.reserved_anywhere = await self._reserved_keys()
+                self.auto.reserved_anywhere = await self._reserved_keys()
             except Exception as e:  # noqa: BLE001 - looked at again next round
                 log.debug("reservation watch skipped: %s", type(e).__name__)
 
@@ -219,7 +206,8 @@ class HotRowEngine:
         try:
             rows, _ = await c.query(
                 f"SELECT DISTINCT table_name, key_value FROM `{self.escrow.schema}`.`{RESERVATION}`"
-                " LIMIT 10000")
+                # this proxy's own are known exactly (escrow.py, `AutoChoice.reserved_here`)
+                f" WHERE batch_id >> 32 <> {self.proxy_id} LIMIT 10000")
         finally:
             await c.pool.release(c)
         out: set[tuple[str, str, int | str]] = set()
@@ -326,7 +314,8 @@ class HotRowEngine:
             return None
         in_txn = _in_txn(session)
         inv = inventory_hints(shape.hints, raw_sql) if shape.hints else None
-        if mode == "auto" and inv is None and self._goes_plain(hs, in_txn):
+        if mode == "auto" and inv is None and (
+                self.auto.goes_plain(hs, in_txn) or await self.auto.leaves_merge(session, hs, in_txn)):
             # Little or nothing on the key: as it is, whatever the session (MySQL answers it).
             return await self._plain(self._take_plain(session, hs, mode, in_txn), forward)
         if inv is not None and (inv.commit_on_success or inv.rollback_on_fail) and not in_txn:
@@ -404,7 +393,7 @@ class HotRowEngine:
         if not rs.ok:
             return True, None
         in_txn = _in_txn(session)
-        if mode != "auto" or not self._goes_plain(hs, in_txn):
+        if mode != "auto" or not self.auto.goes_plain(hs, in_txn):
             return False, None
         ks = self._take_plain(session, hs, mode, in_txn)
         self.plain_start(ks)
@@ -445,34 +434,8 @@ class HotRowEngine:
             return None  # bounded: a new key past the limit takes the normal path
         return hs, mode, rs
 
-    def _goes_plain(self, hs: HotStmt, in_txn: bool) -> bool:
-        return self.may_run_plain(hs) and self._little_company(hs, in_txn)
-
-    def may_run_plain(self, hs: HotStmt) -> bool:
-        """No units of the key are reserved by open transactions (here, or by any proxy as
-        last read from the reservation table), and no plain statement found it sold out
-        lately: near sell-out a plain UPDATE answers "0 rows" at once where MySQL's buyer
-        would wait on the row lock for those units; a group waits for them."""
-        if self._reserved_here(hs.key_id) or hs.key_id in self.reserved_anywhere:
-            return False
-        ks = self.keys.get(hs.key_id)
-        return ks is None or time.monotonic() - ks.sold_out_at >= SOLD_OUT_MEMORY_S
-
-    def _little_company(self, hs: HotStmt, in_txn: bool) -> bool:
-        """auto: the key has too little company for a group to pay (AUTO_COMPANY), or, inside a
-        transaction, it is one of many keys about equally contended (AUTO_TXN_SHARE)."""
-        ks = self.keys.get(hs.key_id)
-        if ks is None or ks.idle():
-            return True
-        if not in_txn:
-            return ks.company() < AUTO_COMPANY
-        return (ks.company() < AUTO_TXN_COMPANY
-                or self.shares.share(hs.key_id, time.monotonic()) < AUTO_TXN_SHARE)
-
-    def _reserved_here(self, key_id: Any) -> bool:
-        """Units of the key are reserved by transactions on this proxy not resolved yet."""
-        ke = self.escrow.keys.get(key_id)
-        return ke is not None and ke.outstanding > 0
+    def may_run_plain(self, hs: HotStmt) -> bool:  # (hotmerge.MergeHost)
+        return self.auto.may_run_plain(hs)
 
     def _take_plain(self, session: HotRowMember, hs: HotStmt, mode: str,
                     in_txn: bool) -> KeyState:
@@ -485,7 +448,7 @@ class HotRowEngine:
         if ks is None:
             ks = self.keys[hs.key_id] = KeyState(asyncio.Semaphore(self.cfg.queue_concurrency))
         ks.last_seen = now = time.monotonic()
-        self.shares.seen(hs.key_id, now)
+        self.auto.shares.seen(hs.key_id, now)
         ks.statements += 1
         ks.mode = mode
         return ks

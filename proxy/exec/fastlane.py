@@ -348,7 +348,7 @@ class FastLane:
         else:
             if shape.lane == "begin" and not s.lazy_begin:
                 s.lazy_begin = _begin_ok_as_made(self.status_before, r.ok)
-            s.absorb_reply(c, r)
+            s.absorb_reply(c, r, p.row_count)
         s.keeps_diag = False
         late, self.late, self.confirm_rows = self.late, [], []
         outcome, rows = "error" if r.err is not None else "ok", r.rows or r.affected_rows

@@ -259,7 +259,7 @@ async def forward(
                 await s.retrack(c)
             except (BackendLost, BackendError):
                 c.retire(CloseReason.STATE_UNKNOWN)  # the reply is out: the pool closes it
-        return await finish(s, c, r, hold, p is not None and p.gtid_after)
+        return await finish(s, c, r, hold, p)
     raise AssertionError("unreachable")
 
 

@@ -183,7 +183,7 @@ async def execute_on_primary(
             continue
         if s.pin is PinReason.LONG_DATA:
             s.pin = None
-        return await reply.finish(s, c, r, hold, p.gtid_after)
+        return await reply.finish(s, c, r, hold, p)
     raise AssertionError("unreachable")
 
 

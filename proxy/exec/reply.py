@@ -24,6 +24,7 @@ from proxy.core.gtid import union as gtid_union
 from proxy.exec import infile, uservars
 from proxy.net import protocol as P
 from proxy.plan.classify import Shape
+from proxy.plan.plan import Plan
 
 if TYPE_CHECKING:
     from proxy.exec.context import Statement
@@ -52,15 +53,15 @@ async def gtid_after(s: Statement, c: BackendConn, r: Relayed) -> None:
 
 
 async def finish(s: Statement, c: BackendConn, r: Relayed, hold: BufferWriter | None,
-                 read_gtid: bool = False) -> Relayed:
+                 p: Plan | None = None) -> Relayed:
     """After a statement's reply: take over session state (the GTID of a write whose reply
-    did not carry it: Plan.gtid_after), give the connection back, then let the (possibly
-    held) reply go out."""
-    if read_gtid and r.err is None:
+    did not carry it: Plan.gtid_after; the rows ROW_COUNT() will say: Plan.row_count), give
+    the connection back, then let the (possibly held) reply go out."""
+    if p is not None and p.gtid_after and r.err is None:
         await gtid_after(s, c, r)
     if r.err is not None and r.ok is None and s.replica_txn:
         await replica_txn_state(c)
-    s.absorb_reply(c, r)
+    s.absorb_reply(c, r, p is not None and p.row_count)
     await settle_carrying(s, c)
     if hold is not None:
         await release_held(s, hold, r)

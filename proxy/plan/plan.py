@@ -102,6 +102,10 @@ class Plan:
     # CALL, a multi-statement): if no OK carried its GTID and it committed, the GTID is read
     # on its connection before the reply goes out (general.gtid_after)
     gtid_after: bool = False
+    # a single INSERT/UPDATE/DELETE/REPLACE: an OK's affected rows are what ROW_COUNT() says
+    # next (MariaDB sets both from one my_ok), so the proxy answers that without a round trip
+    # and whatever the proxy runs on the connection meanwhile (@@last_gtid) changes nothing
+    row_count: bool = False
 
 
 # Settings the proxy keeps itself (the value is read from the statement text at execution).
@@ -240,19 +244,22 @@ def _primary(shape: Shape, s: SessionView, policy: Policy, held: bool, pin: PinR
     # (reading @@last_gtid after it would reset FOUND_ROWS() for an SQL_CALC_FOUND_ROWS query)
     gtid_after = gtid_after and "FOUND_ROWS" not in shape.digest.upper()
     lane = lane and track is Track.NONE and not hold and not gtid_after
+    row_count = verb in _ROW_COUNT_VERBS and not shape.multi
     if hot:
         # The engine takes it or declines; declined, it runs as this plan's primary path. The
         # lane runs it where the engine answers at once that it goes as it is (auto's plain
         # path on an idle key, or no rule for it): `HotRowEngine.lane_ticket`.
         return Plan(Route.HOTROW, track=track, hold_ack=hold, gate_write=True, pin=pin,
-                    lane=lane, gtid_after=gtid_after)
+                    lane=lane, gtid_after=gtid_after, row_count=row_count)
     retrack = verb == "SET" and _TRACK_VAR.search(shape.digest) is not None
     return Plan(Route.PRIMARY, track=track, hold_ack=hold, gate_write=is_write, pin=pin,
-                lane=lane and not retrack, retrack=retrack, gtid_after=gtid_after)
+                lane=lane and not retrack, retrack=retrack, gtid_after=gtid_after,
+                row_count=row_count)
 
 
 _SELECT_1 = classify("SELECT 1")
 _RETURNING = re.compile(r"\bRETURNING\b", re.I)
+_ROW_COUNT_VERBS = frozenset({"INSERT", "UPDATE", "DELETE", "REPLACE"})
 
 
 @dataclass(frozen=True)

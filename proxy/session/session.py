@@ -344,8 +344,12 @@ class ProxySession(Hold, BaseSession):
         if out.transport.get_write_buffer_size() >= 65536 or out.transport.is_closing():
             await out.drain()
 
-    def absorb_reply(self, c: BackendConn, r: Relayed) -> None:
+    def absorb_reply(self, c: BackendConn, r: Relayed, row_count: bool = False) -> None:
+        """A backend's reply to the session's statement: its connection holds the diagnostics
+        area; `row_count` (Plan.row_count): the OK's affected rows are ROW_COUNT()."""
         self.stmt_conn = c
+        if row_count and r.ok is not None and r.err is None and not r.ended_eof:
+            self.row_count_local = r.ok.affected_rows
         if r.err is not None and r.ok is None:
             # An ERR carries no status: the transaction state is the connection's (an error
             # does not end a transaction), except that a deadlock rolls the whole one back.

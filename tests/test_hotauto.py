@@ -1,11 +1,11 @@
-"""hotkeys.Shares, pure: auto mode's view of how the hot decrements spread over keys."""
+"""hotauto.Shares, pure: auto mode's view of how the hot decrements spread over keys."""
 
 from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.engines.hotkeys import Shares
+from proxy.engines.hotauto import Shares
 
 
 def feed(sh: Shares, keys: list[int], t0: float, dt: float) -> None:

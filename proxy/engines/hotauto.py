@@ -1,0 +1,139 @@
+"""auto mode's choice per key: run a hot decrement as it is, or merge it (hotmerge.py).
+
+Merging pays when members would queue on one row lock; it costs a batch transaction per group
+and, inside a transaction, a reservation, a confirm row and a resolution per member (escrow.py).
+So a decrement runs as it is while its key has little company, or, inside a transaction, while
+the key is one of many about equally contended (their row locks are then held side by side and
+the database's group commit already serves them together). Never past units reserved by open
+transactions, nor for a while after a plain statement found the key sold out: near sell-out a
+plain UPDATE answers "0 rows" at once where MySQL's buyer would wait on the row lock for those
+units; a group waits for them. No I/O here but waiting on the engine's own state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from proxy.engines.escrow import Escrow
+from proxy.engines.hotalloc import HotStmt
+from proxy.engines.hotkeys import KeyState
+
+if TYPE_CHECKING:
+    from proxy.engines.ports import HotRowMember
+
+# How many other decrements must be on a key (running, or gathering into a group) before one
+# merges: with less company than this it queues on the row lock in MySQL for less (measured on
+# 10 SKUs at 16 threads).
+AUTO_COMPANY = 2
+AUTO_TXN_COMPANY = 4
+# Inside a transaction the key must also have at least this share of the hot decrements seen
+# lately (`Shares`). Measured on the seed's transaction, pinned, 128 threads, merged against as
+# it is: 1 key 2.2x, 2 keys 1.2x, 3 keys 1.0x, 5 keys 0.97x, 10 keys 0.8x.
+AUTO_TXN_SHARE = 0.4
+# After a plain statement found a key sold out, its statements take the group's way this long.
+SOLD_OUT_MEMORY_S = 30.0
+# How long a decrement on a key that is one of many waits for the key's merged work to finish
+# before it runs as it is (`leaves_merge`); past that it merges.
+LEAVE_MERGE_S = 1.0
+
+
+@dataclass
+class Shares:
+    """Each key's share of the hot decrements seen in the last whole window (`window_s`). A key
+    with nothing seen in the last window (a lull, or the first statements after start) has
+    share 1.0: nothing says it is one of many."""
+
+    window_s: float = 0.25
+    counts: dict[object, int] = field(default_factory=dict)
+    total: int = 0
+    started: float = 0.0
+    last: dict[object, float] = field(default_factory=dict)
+
+    def seen(self, key: object, now: float) -> None:
+        if now - self.started >= self.window_s:
+            self._roll(now)
+        self.counts[key] = self.counts.get(key, 0) + 1
+        self.total += 1
+
+    def _roll(self, now: float) -> None:
+        """Close the window: its counts become the shares, unless it ended long ago (then
+        nothing is known about now)."""
+        recent = now - self.started < 2 * self.window_s and self.total > 0
+        self.last = {k: n / self.total for k, n in self.counts.items()} if recent else {}
+        self.counts = {}
+        self.total = 0
+        self.started = now
+
+    def share(self, key: object, now: float) -> float:
+        if now - self.started >= 2 * self.window_s or not self.last:
+            return 1.0  # nothing seen lately
+        return self.last.get(key, 0.0)
+
+
+class AutoChoice:
+    """The engine's keys and escrow, read to choose; `reserved_anywhere`: keys with units
+    reserved by other proxies, as last read from the reservation table (hotrow.py)."""
+
+    def __init__(self, keys: dict[Any, KeyState], escrow: Escrow) -> None:
+        self.keys = keys
+        self.escrow = escrow
+        self.shares = Shares()
+        self.reserved_anywhere: set[Any] = set()
+
+    def goes_plain(self, hs: HotStmt, in_txn: bool) -> bool:
+        return self.may_run_plain(hs) and self._little_company(hs, in_txn)
+
+    def may_run_plain(self, hs: HotStmt) -> bool:
+        """No units of the key are reserved by open transactions (here, or by any proxy as
+        last read from the reservation table), and no plain statement found it sold out
+        lately."""
+        if self.reserved_here(hs.key_id) or hs.key_id in self.reserved_anywhere:
+            return False
+        ks = self.keys.get(hs.key_id)
+        return ks is None or time.monotonic() - ks.sold_out_at >= SOLD_OUT_MEMORY_S
+
+    def _little_company(self, hs: HotStmt, in_txn: bool) -> bool:
+        """The key has too little company for a group to pay (AUTO_COMPANY), or, inside a
+        transaction, it is one of many keys about equally contended and no group is on it."""
+        ks = self.keys.get(hs.key_id)
+        if ks is None or ks.idle():
+            return True
+        if not in_txn:
+            return ks.company() < AUTO_COMPANY
+        return ks.company() < AUTO_TXN_COMPANY or (
+            self._spread(hs) and ks.collecting is None and (ks.tail is None or ks.tail.done()))
+
+    def _spread(self, hs: HotStmt) -> bool:
+        return self.shares.share(hs.key_id, time.monotonic()) < AUTO_TXN_SHARE
+
+    async def leaves_merge(self, session: HotRowMember, hs: HotStmt, in_txn: bool) -> bool:
+        """Inside a transaction, on a key that is one of many (`_spread`) but still has merged
+        work under way (a group gathering or committing, units its members reserved): wait
+        for that work (their transactions end within moments; at most LEAVE_MERGE_S), then
+        run as it is. A session holding units of the key itself stays merged on it."""
+        if not in_txn or not self._spread(hs) or any(
+                r.key_id == hs.key_id for r in session.escrow):
+            return False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + LEAVE_MERGE_S
+        while not self.goes_plain(hs, in_txn):
+            ks = self.keys.get(hs.key_id)
+            left = deadline - loop.time()
+            if ks is None or left <= 0 or not self._spread(hs) or (
+                    time.monotonic() - ks.sold_out_at < SOLD_OUT_MEMORY_S):
+                return False  # (sold out lately: the group's way, which waits for units)
+            if ks.tail is not None and not ks.tail.done():
+                await asyncio.wait([ks.tail], timeout=left)
+            elif self.reserved_here(hs.key_id):
+                await self.escrow.wait_resolved(hs.key_id, min(left, 0.05))
+            else:  # another proxy's units (the reservation table is read every 0.5 s)
+                await asyncio.sleep(min(left, 0.05))
+        return True
+
+    def reserved_here(self, key_id: Any) -> bool:
+        """Units of the key are reserved by transactions on this proxy not resolved yet."""
+        ke = self.escrow.keys.get(key_id)
+        return ke is not None and ke.outstanding > 0
