@@ -77,7 +77,7 @@ async def run_plan(
                 route, outcome = handled
                 return
         elif p.route is Route.DIAG:
-            rd = await diagnostics(s, run)
+            rd = await diagnostics(s, run, p.row_count_sync)
             outcome = "error" if rd.err is not None else "ok"
             return
         elif p.route is Route.REPLICA_TXN:
@@ -168,8 +168,8 @@ async def read(
     return r
 
 
-async def diagnostics(s: Statement,
-                      run: Callable[[BackendConn, Any], Awaitable[Relayed]]) -> Relayed:
+async def diagnostics(s: Statement, run: Callable[[BackendConn, Any], Awaitable[Relayed]],
+                      row_count_sync: bool = False) -> Relayed:
     """SHOW WARNINGS, @@warning_count, SHOW SESSION STATUS...: on the connection that ran
     the session's previous statement, wherever it is (a replica's, after a read). A
     connection new to the session first gets its diagnostics area cleared, so it shows
@@ -191,6 +191,8 @@ async def diagnostics(s: Statement,
         c = await s.primary_conn()
         await c.clear_diagnostics()
     try:
+        if row_count_sync:  # (Plan.row_count_sync; a SELECT without tables keeps the area)
+            await c.query("SELECT 1")
         r = await run(c, s.out)
     except BackendLost as e:
         await lost(s, e, retry=False, shape=None)

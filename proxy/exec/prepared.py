@@ -219,6 +219,7 @@ async def reset(s: Statement, payload: bytes) -> None:
         s.absorb_reply(c, r)
     else:
         await s.send(s.ok_packet())
+        s.row_count_local = 0  # MariaDB's reset ends with an OK: ROW_COUNT() is 0 after it
     if backend_state:
         s.pin = None
         s.settle()

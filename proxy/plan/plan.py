@@ -106,6 +106,9 @@ class Plan:
     # next (MariaDB sets both from one my_ok), so the proxy answers that without a round trip
     # and whatever the proxy runs on the connection meanwhile (@@last_gtid) changes nothing
     row_count: bool = False
+    # a DIAG statement with ROW_COUNT() in another form, after the proxy answered one itself
+    # (ROW_COUNT() is -1 then; the connection never ran that SELECT): a SELECT runs first
+    row_count_sync: bool = False
 
 
 # Settings the proxy keeps itself (the value is read from the statement text at execution).
@@ -132,6 +135,7 @@ def conn_id_alias(shape: Shape) -> str:
         return m.group("item")  # as the client wrote it (MySQL names the column so)
     return a[1:-1].replace("``", "`") if a.startswith("`") else a
 _ROW_COUNT = re.compile(r"SELECT\s+ROW_COUNT\s*\(\s*\)", re.I)
+_ROW_COUNT_ANY = re.compile(r"\bROW_COUNT\s*\(", re.I)
 _STATUS_LIKE = re.compile(r"SHOW\s+(?:SESSION\s+|LOCAL\s+)?STATUS\s+LIKE\s+\?", re.I)
 KILL = re.compile(r"KILL\s+(?:(CONNECTION|QUERY)\s+)?(\d+)", re.I)  # on the raw text
 _PROCESSLIST = re.compile(r"SHOW\s+(?:FULL\s+)?PROCESSLIST", re.I)
@@ -205,7 +209,8 @@ def _plan(shape: Shape, s: SessionView, policy: Policy, cursor: bool, bulk: bool
     pin = shape.pin or (PinReason.SERVER_CURSOR if cursor else None)
     if shape.diag and pin is None and not cursor and not shape.multi:
         # The lane runs it when the lease still holds the previous statement's connection.
-        return Plan(Route.DIAG, lane=bool(shape.lane))
+        sync = s.answered_rows == -1 and _ROW_COUNT_ANY.search(shape.digest) is not None
+        return Plan(Route.DIAG, lane=bool(shape.lane) and not sync, row_count_sync=sync)
     if verb == "START" and READ_ONLY_TXN.match(shape.digest) and not held and policy.has_replicas:
         rp = read_plan(_SELECT_1, s.consistency, s.read_after_gtid, False, None, True)
         if rp.replica:
