@@ -117,6 +117,9 @@ TABLE: list[tuple[str, dict[str, Any], Policy, Route, Track, bool, bool]] = [
     ("SELECT ROW_COUNT()", {"answered_rows": 1}, FULL, Route.LOCAL_ROW_COUNT, Track.NONE, False, False),
     ("SELECT ROW_COUNT()", {}, FULL, Route.DIAG, Track.NONE, False, True),
     ("SELECT ROW_COUNT() + 1", {"answered_rows": 1}, FULL, Route.DIAG, Track.NONE, False, True),
+    # right after the proxy answered one itself (-1 now): the general path, which makes the
+    # connection's -1 first (Plan.row_count_sync)
+    ("SELECT ROW_COUNT() AS n", {"answered_rows": -1}, FULL, Route.DIAG, Track.NONE, False, False),
     # every hot-row mode `off`: an unhinted hot decrement is a plain write (the lane's);
     # a hinted one still goes to the engine
     ("UPDATE inventory SET quantity = quantity - 1 WHERE sku_id = 1 AND quantity > 0", {},
@@ -173,15 +176,25 @@ def test_lane_plans_only_forward(sql: str, view: View, policy: Policy, cursor: b
 
 @settings(max_examples=300)
 @given(steps=st.lists(st.tuples(st.sampled_from(STATEMENTS), views, st.sampled_from([0, 1, 2]),
-                                st.booleans(), st.booleans()), min_size=1, max_size=40))
-def test_memo_gives_the_plan_made_afresh(steps: list[tuple[str, View, int, bool, bool]]) -> None:
+                                st.booleans(), st.sampled_from([None, 3, 0, -1])),
+                      min_size=1, max_size=40))
+def test_memo_gives_the_plan_made_afresh(
+        steps: list[tuple[str, View, int, bool, int | None]]) -> None:
     """plan() looks plans up by shape and session view: any sequence of statements, views
     and policies (a RELOAD CONFIG's new policy among them) gets what `_plan` makes afresh."""
     pols = [FULL, Policy(), Policy(has_replicas=True, track_all=True, wants_ack=True)]
     for sql, view, pol, cursor, answered in steps:
-        view.answered_rows = 3 if answered else None
+        view.answered_rows = answered
         shape = classify(sql)
         assert plan(shape, view, pols[pol], cursor) == _plan(shape, view, pols[pol], cursor, False)
+
+
+def test_memo_keys_what_row_count_sync_reads() -> None:
+    shape = classify("SELECT ROW_COUNT() AS n")
+    got = []
+    for answered in (3, -1, 0, 2, None, -1):
+        got.append(plan(shape, View(answered_rows=answered), FULL).row_count_sync)
+    assert got == ["", "SELECT 1", "DO 0", "", "", "SELECT 1"]
 
 
 # ---- the lane's decision equals the plan's ----------------------------------------------

@@ -6,8 +6,9 @@ statements and transactions, run directly and through the proxy from the same st
 text protocol (PyMySQL, with and without CLIENT_FOUND_ROWS) and the binary one
 (mysql-connector's server-side prepared statements: MariaDB's COM_STMT_RESET, which the proxy
 answers, makes ROW_COUNT() 0). Every answer must be MariaDB's. Other forms of ROW_COUNT() run
-on the backend connection (docs/known-gaps.md): here only right after the exact one, where the
-proxy makes that connection's -1 first (Plan.row_count_sync)."""
+on the backend connection; where the session's value is one the proxy made (-1 after a
+`SELECT ROW_COUNT()` it answered, 0 after a reset it answered) a statement that leaves that
+value there runs first (Plan.row_count_sync)."""
 
 from __future__ import annotations
 
@@ -51,6 +52,7 @@ DML = [
 OTHERS = [
     "SELECT ROW_COUNT()", "SELECT ROW_COUNT()", "SELECT ROW_COUNT()", "SHOW WARNINGS",
     "SELECT @@warning_count", "DO 1", "SET @a = 1", "BEGIN", "COMMIT", "ROLLBACK",
+    "SELECT ROW_COUNT() AS n", "SELECT ROW_COUNT() + 0",
 ]
 
 

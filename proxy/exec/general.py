@@ -169,7 +169,7 @@ async def read(
 
 
 async def diagnostics(s: Statement, run: Callable[[BackendConn, Any], Awaitable[Relayed]],
-                      row_count_sync: bool = False) -> Relayed:
+                      row_count_sync: str = "") -> Relayed:
     """SHOW WARNINGS, @@warning_count, SHOW SESSION STATUS...: on the connection that ran
     the session's previous statement, wherever it is (a replica's, after a read). A
     connection new to the session first gets its diagnostics area cleared, so it shows
@@ -191,8 +191,8 @@ async def diagnostics(s: Statement, run: Callable[[BackendConn, Any], Awaitable[
         c = await s.primary_conn()
         await c.clear_diagnostics()
     try:
-        if row_count_sync:  # (Plan.row_count_sync; a SELECT without tables keeps the area)
-            await c.query("SELECT 1")
+        if row_count_sync:  # (Plan.row_count_sync)
+            await c.query(row_count_sync)
         r = await run(c, s.out)
     except BackendLost as e:
         await lost(s, e, retry=False, shape=None)

@@ -106,9 +106,10 @@ class Plan:
     # next (MariaDB sets both from one my_ok), so the proxy answers that without a round trip
     # and whatever the proxy runs on the connection meanwhile (@@last_gtid) changes nothing
     row_count: bool = False
-    # a DIAG statement with ROW_COUNT() in another form, after the proxy answered one itself
-    # (ROW_COUNT() is -1 then; the connection never ran that SELECT): a SELECT runs first
-    row_count_sync: bool = False
+    # a DIAG statement with ROW_COUNT() in another form where the session's ROW_COUNT() is one
+    # the proxy made (-1 after a SELECT ROW_COUNT() it answered, 0 after a COM_STMT_RESET it
+    # answered; the connection never ran those): this runs first, so the connection says so too
+    row_count_sync: str = ""
 
 
 # Settings the proxy keeps itself (the value is read from the statement text at execution).
@@ -136,6 +137,8 @@ def conn_id_alias(shape: Shape) -> str:
     return a[1:-1].replace("``", "`") if a.startswith("`") else a
 _ROW_COUNT = re.compile(r"SELECT\s+ROW_COUNT\s*\(\s*\)", re.I)
 _ROW_COUNT_ANY = re.compile(r"\bROW_COUNT\s*\(", re.I)
+# statements that leave ROW_COUNT() at a value and keep the diagnostics area (no tables)
+_SETS_ROW_COUNT: dict[int | None, str] = {-1: "SELECT 1", 0: "DO 0"}
 _STATUS_LIKE = re.compile(r"SHOW\s+(?:SESSION\s+|LOCAL\s+)?STATUS\s+LIKE\s+\?", re.I)
 KILL = re.compile(r"KILL\s+(?:(CONNECTION|QUERY)\s+)?(\d+)", re.I)  # on the raw text
 _PROCESSLIST = re.compile(r"SHOW\s+(?:FULL\s+)?PROCESSLIST", re.I)
@@ -170,7 +173,8 @@ def plan(shape: Shape, s: SessionView, policy: Policy, cursor: bool = False,
     so it is made once per shape and view of the session and then looked up (`Shape.memo`;
     the key is everything `_plan` reads; a shape keeps at most 64)."""
     key = (s.in_txn, s.autocommit_off, s.pin, s.consistency, s.read_after_gtid, s.replica_txn,
-           s.answered_rows is not None, cursor, bulk, policy)
+           s.answered_rows is not None, _SETS_ROW_COUNT.get(s.answered_rows, ""), cursor, bulk,
+           policy)
     memo = shape.memo
     got = memo.get(key)
     if got is None:
@@ -209,7 +213,9 @@ def _plan(shape: Shape, s: SessionView, policy: Policy, cursor: bool, bulk: bool
     pin = shape.pin or (PinReason.SERVER_CURSOR if cursor else None)
     if shape.diag and pin is None and not cursor and not shape.multi:
         # The lane runs it when the lease still holds the previous statement's connection.
-        sync = s.answered_rows == -1 and _ROW_COUNT_ANY.search(shape.digest) is not None
+        sync = ""
+        if _ROW_COUNT_ANY.search(shape.digest) is not None:
+            sync = _SETS_ROW_COUNT.get(s.answered_rows, "")
         return Plan(Route.DIAG, lane=bool(shape.lane) and not sync, row_count_sync=sync)
     if verb == "START" and READ_ONLY_TXN.match(shape.digest) and not held and policy.has_replicas:
         rp = read_plan(_SELECT_1, s.consistency, s.read_after_gtid, False, None, True)
