@@ -70,44 +70,37 @@ def _reset(sandbox: Sandbox) -> None:
         "INSERT INTO shop.rc_trg VALUES (1, 0), (2, 0), (3, 0)")
 
 
+def _answers(cur: Any, seq: list[str]) -> list[Any]:
+    """Each statement's rows or affected rows, or its error number (a DB-API cursor)."""
+    out: list[Any] = []
+    cur.execute("SET sql_mode = 'STRICT_TRANS_TABLES'")
+    for sql in seq:
+        try:
+            cur.execute(sql)
+            out.append((sql, [tuple(r) for r in cur.fetchall()] if cur.description
+                        else cur.rowcount))
+        except (pymysql.MySQLError, mysql.connector.Error) as e:
+            out.append((sql, "error", getattr(e, "errno", None) or e.args[0]))
+    cur.execute("ROLLBACK")
+    return out
+
+
 def _text(port: int, seq: list[str], found_rows: bool) -> list[Any]:
     c = pymysql.connect(host="127.0.0.1", port=port, user="app", password="app", database="shop",
                         autocommit=True, client_flag=CLIENT.FOUND_ROWS if found_rows else 0)
-    out: list[Any] = []
     try:
-        with c.cursor() as cur:
-            cur.execute("SET sql_mode = 'STRICT_TRANS_TABLES'")
-            for sql in seq:
-                try:
-                    cur.execute(sql)
-                    out.append((sql, [tuple(r) for r in cur.fetchall()] if cur.description
-                                else cur.rowcount))
-                except pymysql.MySQLError as e:
-                    out.append((sql, "error", e.args[0]))
-            cur.execute("ROLLBACK")
+        return _answers(c.cursor(), seq)
     finally:
         c.close()
-    return out
 
 
 def _prepared(port: int, seq: list[str]) -> list[Any]:
     c = mysql.connector.connect(host="127.0.0.1", port=port, user="app", password="app",
                                 database="shop", autocommit=True, use_pure=True)
-    out: list[Any] = []
     try:
-        cur = c.cursor(prepared=True)
-        cur.execute("SET sql_mode = 'STRICT_TRANS_TABLES'")
-        for sql in seq:
-            try:
-                cur.execute(sql)
-                out.append((sql, [tuple(r) for r in cur.fetchall()] if cur.description
-                            else cur.rowcount))
-            except mysql.connector.Error as e:
-                out.append((sql, "error", e.errno))
-        cur.execute("ROLLBACK")
+        return _answers(c.cursor(prepared=True), seq)
     finally:
         c.close()
-    return out
 
 
 @pytest.mark.parametrize("form", ["text", "text-found-rows", "prepared"])
