@@ -37,7 +37,7 @@ AUTO_TXN_SHARE = 0.4
 SOLD_OUT_MEMORY_S = 30.0
 # How long a decrement on a key that is one of many waits for the key's merged work to finish
 # before it runs as it is (`leaves_merge`); past that it merges.
-LEAVE_MERGE_S = 1.0
+LEAVE_MERGE_S = 0.25
 
 
 @dataclass
