@@ -96,14 +96,19 @@ async def commit_with(c: BackendConn, payload: bytes, out: Any,
         if not ok.status & P.SERVER_MORE_RESULTS_EXISTS:
             c.retire(CloseReason.PROTOCOL_DESYNC)  # (never seen: the COMMIT's reply is missing)
             raise BackendLost(f"protocol desync on {c.addr}: no reply to COMMIT")
-        if ok.affected_rows != 1:
+        if not affected_one(pkt):
             late.append(sql)
     hold = BufferWriter()
     r = await c.relay(hold, ok_hook)
     out.write(renumber(bytes(hold.buf), len(rows)))
-    if late and r.err is None and not c.in_trans:
+    if committed_without(late, r, c):
         await write_late(c, late)
     return r
+
+
+def committed_without(late: list[str], r: Relayed, c: BackendConn) -> bool:
+    """The COMMIT went through although some confirm rows said "0 rows" (`write_late`)."""
+    return bool(late) and r.err is None and not c.in_trans
 
 
 async def write_late(c: BackendConn, late: list[str]) -> None:

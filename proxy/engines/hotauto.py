@@ -93,7 +93,7 @@ class AutoChoice:
         if self.reserved_here(hs.key_id) or hs.key_id in self.reserved_anywhere:
             return False
         ks = self.keys.get(hs.key_id)
-        return ks is None or time.monotonic() - ks.sold_out_at >= SOLD_OUT_MEMORY_S
+        return ks is None or not _sold_out_lately(ks)
 
     def _little_company(self, hs: HotStmt, in_txn: bool) -> bool:
         """The key has too little company for a group to pay (AUTO_COMPANY), or, inside a
@@ -103,8 +103,7 @@ class AutoChoice:
             return True
         if not in_txn:
             return ks.company() < AUTO_COMPANY
-        return ks.company() < AUTO_TXN_COMPANY or (
-            self._spread(hs) and ks.collecting is None and (ks.tail is None or ks.tail.done()))
+        return ks.company() < AUTO_TXN_COMPANY or (self._spread(hs) and not ks.merging())
 
     def _spread(self, hs: HotStmt) -> bool:
         return self.shares.share(hs.key_id, time.monotonic()) < AUTO_TXN_SHARE
@@ -122,8 +121,7 @@ class AutoChoice:
         while not self.goes_plain(hs, in_txn):
             ks = self.keys.get(hs.key_id)
             left = deadline - loop.time()
-            if ks is None or left <= 0 or not self._spread(hs) or (
-                    time.monotonic() - ks.sold_out_at < SOLD_OUT_MEMORY_S):
+            if ks is None or left <= 0 or not self._spread(hs) or _sold_out_lately(ks):
                 return False  # (sold out lately: the group's way, which waits for units)
             if ks.tail is not None and not ks.tail.done():
                 await asyncio.wait([ks.tail], timeout=left)
@@ -137,3 +135,7 @@ class AutoChoice:
         """Units of the key are reserved by transactions on this proxy not resolved yet."""
         ke = self.escrow.keys.get(key_id)
         return ke is not None and ke.outstanding > 0
+
+
+def _sold_out_lately(ks: KeyState) -> bool:
+    return time.monotonic() - ks.sold_out_at < SOLD_OUT_MEMORY_S

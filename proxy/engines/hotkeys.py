@@ -38,8 +38,11 @@ class KeyState:
     sold_out_at: float = -1e9  # auto: when a plain statement last found no stock (monotonic)
 
     def idle(self) -> bool:
-        return (not self.plain_busy and self.collecting is None
-                and (self.tail is None or self.tail.done()))
+        return not self.plain_busy and not self.merging()
+
+    def merging(self) -> bool:
+        """A group is gathering or committing on the key."""
+        return self.collecting is not None or (self.tail is not None and not self.tail.done())
 
     def company(self) -> int:
         """Other decrements on the key right now: running as they are (perhaps waiting on the
@@ -51,4 +54,3 @@ class KeyState:
         if self.plain_done is None:
             self.plain_done = asyncio.get_running_loop().create_future()
         return self.plain_done
-

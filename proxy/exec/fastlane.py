@@ -352,7 +352,7 @@ class FastLane:
         s.keeps_diag = False
         late, self.late, self.confirm_rows = self.late, [], []
         outcome, rows = "error" if r.err is not None else "ok", r.rows or r.affected_rows
-        if late and r.err is None and not c.in_trans:  # committed without every confirm row
+        if confirms.committed_without(late, r, c):
             self._fail_task = asyncio.ensure_future(self._write_late(c, late, outcome, rows))
             return
         s.settle()

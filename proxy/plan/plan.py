@@ -104,7 +104,6 @@ class Plan:
     gtid_after: bool = False
     # a single INSERT/UPDATE/DELETE/REPLACE: an OK's affected rows are what ROW_COUNT() says
     # next (MariaDB sets both from one my_ok), so the proxy answers that without a round trip
-    # and whatever the proxy runs on the connection meanwhile (@@last_gtid) changes nothing
     row_count: bool = False
     # a DIAG statement with ROW_COUNT() in another form where the session's ROW_COUNT() is one
     # the proxy made (-1 after a SELECT ROW_COUNT() it answered, 0 after a COM_STMT_RESET it
