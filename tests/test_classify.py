@@ -290,7 +290,9 @@ def test_with_conn_id_touches_only_calls(parts: list[str]) -> None:
     ("SELECT * FROM t", False), ("SELECT 1 FROM DUAL", False),  # (DUAL: conservative)
     ("SET @a = (SELECT COUNT(*) FROM t)", False), ("SELECT f(1)", False),  # stored function
     ("SELECT 1 INTO @a", False), ("INSERT INTO t VALUES (1)", False), ("UPDATE t SET a = 1", False),
-    ("SHOW WARNINGS", False), ("SELECT @@warning_count", False), ("CALL p()", False),
+    ("SHOW WARNINGS", True), ("SHOW COUNT(*) ERRORS", True), ("SHOW SESSION STATUS", False),
+    ("SHOW TABLES", False), ("SELECT @@warning_count", True), ("SELECT ROW_COUNT() AS n", True),
+    ("CALL p()", False),
 ])
 def test_statements_that_open_no_table(sql: str, keeps: bool) -> None:
     """Shape.keeps_diag: MariaDB clears the diagnostics area at the start of a statement only

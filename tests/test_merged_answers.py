@@ -69,11 +69,13 @@ def mproxy(sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 
 def answer(conn: Any, sql: str) -> tuple[Any, ...]:
-    """What a client sees: rows affected and warnings, or the error code."""
+    """What a client sees: rows affected and warnings (and the rows of a result set), or the
+    error code."""
     try:
         with conn.cursor() as cur:
             n = cur.execute(sql)
-            return ("ok", n, conn._result.warning_count if conn._result else 0)
+            got = ("ok", n, conn._result.warning_count if conn._result else 0)
+            return got + (cur.fetchall(),) if cur.description else got
     except pymysql.MySQLError as e:
         return ("error", e.args[0])
 
@@ -89,6 +91,10 @@ CODE_KEYS = ["'a\\\\b'", "'a\\\\\\\\b'", "'a\\nb'", "'a\\\\nb'", "'x\\'y'", "'x'
              "'ABC'", "'abc '", "'ABC2'", "\"abc\"", "\"quantity\"", "quantity", "_utf8mb4'abc'",
              "'ab\\c'", "1"]
 AMOUNTS = ["1", "2", "5", "3000000000", "2147483000", "99999999999999999999", "0", "-1", "1.5"]
+# (not `SELECT ROW_COUNT(), @@warning_count`: after a replica's read with warnings such forms
+# see the primary connection's empty area, docs/known-gaps.md)
+DIAGNOSTICS = ["SELECT ROW_COUNT()", "SELECT ROW_COUNT() AS n", "SELECT ROW_COUNT() + 0",
+               "SELECT @@warning_count", "SHOW WARNINGS", "SELECT ROW_COUNT() + 0 AS n, 1"]
 GUARDS = ["", " AND quantity > 0", " AND quantity >= {n}", " AND quantity - {n} >= 0",
           " AND (quantity > 0)", " AND quantity > 0)", " AND (quantity >= {n}"]
 
@@ -99,6 +105,8 @@ def statement(rnd: random.Random) -> str:
         return "BEGIN"
     if r < 0.14:
         return rnd.choice(["COMMIT", "ROLLBACK"])
+    if r < 0.24:  # what a merged UPDATE leaves behind: the proxy's answers or the connection's
+        return rnd.choice(DIAGNOSTICS)
     table = rnd.choice(["mi_int", "mi_int", "mi_uns", "mi_code", "mi_code", "mi_chk"])
     key = rnd.choice(CODE_KEYS if table == "mi_code" else INT_KEYS)
     n = rnd.choice(AMOUNTS)
@@ -157,6 +165,37 @@ def test_generated_hot_statements_answer_as_mysql(mproxy: ProxyProc, sandbox: Sa
             assert got == want, ctx
         elif not hinted:
             raise AssertionError(ctx)
+
+
+def test_diagnostics_after_merged_updates_answer_as_mysql(mproxy: ProxyProc,
+                                                          sandbox: Sandbox) -> None:
+    """ROW_COUNT() in every form, @@warning_count and SHOW WARNINGS right after merged
+    decrements (answered by the proxy: its connection never ran them), sold out or not, in
+    autocommit and in transactions: MariaDB's answers."""
+    rnd = random.Random(int(os.environ.get("MERGED_SEED", "21")))
+    hot = ["UPDATE mi_int SET quantity = quantity - {n} WHERE sku_id = {k} AND quantity >= {n}",
+           "UPDATE mi_int SET quantity = quantity - 1 WHERE sku_id = {k} AND quantity > 0"]
+    other = ["BEGIN", "COMMIT", "ROLLBACK", "SELECT CAST('x' AS SIGNED)", "DO 1",
+             "UPDATE mi_int SET quantity = quantity WHERE sku_id = 195"]
+    for i in range(max(int(os.environ.get("MERGED_EXAMPLES", "40")) // 2, 10)):
+        stmts: list[str] = []
+        for _ in range(rnd.randint(2, 10)):
+            if rnd.random() < 0.5:
+                stmts.append(rnd.choice(hot).format(n=rnd.choice([1, 2, 4]), k=rnd.choice([1, 2])))
+            else:
+                stmts.append(rnd.choice(other))
+            stmts += rnd.sample(DIAGNOSTICS, rnd.randint(0, 2))
+        reset(sandbox, "mi_int")
+        direct = run_sequence(sandbox.primary_port, "DEFAULT", stmts)
+        want = rows_of(sandbox, "mi_int")
+        reset(sandbox, "mi_int")
+        proxied = run_sequence(mproxy.port, "DEFAULT", stmts)
+        settle(sandbox)
+        ctx = f"example {i}:\n" + "\n".join(
+            f"  {s!r}: direct {d} proxy {p}" for s, d, p in zip(stmts, direct[1:], proxied[1:],
+                                                                   strict=True))
+        assert direct == proxied, ctx
+        assert rows_of(sandbox, "mi_int") == want, ctx
 
 
 def test_target_affect_row_in_autocommit_changes_nothing(mproxy: ProxyProc,

@@ -26,10 +26,21 @@ from proxy.core.state import (
     transition,
 )
 from proxy.exec.fastlane import FastLane
+from proxy.exec.general import row_count_setter
 from proxy.net import protocol as P
 from proxy.net.wire import ClientIO
 from proxy.plan.classify import classify
-from proxy.plan.plan import LOCAL_ANSWERS, Plan, Policy, Route, Track, _plan, conn_id_alias, plan
+from proxy.plan.plan import (
+    LOCAL_ANSWERS,
+    ROW_COUNT_SYNCABLE,
+    Plan,
+    Policy,
+    Route,
+    Track,
+    _plan,
+    conn_id_alias,
+    plan,
+)
 
 
 @dataclass
@@ -41,6 +52,7 @@ class View:
     read_after_gtid: str | None = None
     replica_txn: bool = False
     answered_rows: int | None = None
+    made_rows: int | None = None
     # what the lane stub needs besides the view
     last_gtid: str | None = None
     last_insert_id: int = 0
@@ -119,7 +131,13 @@ TABLE: list[tuple[str, dict[str, Any], Policy, Route, Track, bool, bool]] = [
     ("SELECT ROW_COUNT() + 1", {"answered_rows": 1}, FULL, Route.DIAG, Track.NONE, False, True),
     # right after the proxy answered one itself (-1 now): the general path, which makes the
     # connection's -1 first (Plan.row_count_sync)
-    ("SELECT ROW_COUNT() AS n", {"answered_rows": -1}, FULL, Route.DIAG, Track.NONE, False, False),
+    ("SELECT ROW_COUNT() AS n", {"answered_rows": -1, "made_rows": -1}, FULL, Route.DIAG,
+     Track.NONE, False, False),
+    # after a merged UPDATE (1 made by the proxy) as well; after an UPDATE the connection ran
+    # (the same 1, read from its OK) the connection says it already: the lane's
+    ("SELECT ROW_COUNT() AS n", {"answered_rows": 1, "made_rows": 1}, FULL, Route.DIAG,
+     Track.NONE, False, False),
+    ("SELECT ROW_COUNT() AS n", {"answered_rows": 1}, FULL, Route.DIAG, Track.NONE, False, True),
     # every hot-row mode `off`: an unhinted hot decrement is a plain write (the lane's);
     # a hinted one still goes to the engine
     ("UPDATE inventory SET quantity = quantity - 1 WHERE sku_id = 1 AND quantity > 0", {},
@@ -176,15 +194,17 @@ def test_lane_plans_only_forward(sql: str, view: View, policy: Policy, cursor: b
 
 @settings(max_examples=300)
 @given(steps=st.lists(st.tuples(st.sampled_from(STATEMENTS), views, st.sampled_from([0, 1, 2]),
-                                st.booleans(), st.sampled_from([None, 3, 0, -1])),
+                                st.booleans(), st.sampled_from([None, 3, 0, -1, 1]),
+                                st.booleans()),
                       min_size=1, max_size=40))
 def test_memo_gives_the_plan_made_afresh(
-        steps: list[tuple[str, View, int, bool, int | None]]) -> None:
+        steps: list[tuple[str, View, int, bool, int | None, bool]]) -> None:
     """plan() looks plans up by shape and session view: any sequence of statements, views
     and policies (a RELOAD CONFIG's new policy among them) gets what `_plan` makes afresh."""
     pols = [FULL, Policy(), Policy(has_replicas=True, track_all=True, wants_ack=True)]
-    for sql, view, pol, cursor, answered in steps:
+    for sql, view, pol, cursor, answered, made in steps:
         view.answered_rows = answered
+        view.made_rows = answered if made else None
         shape = classify(sql)
         assert plan(shape, view, pols[pol], cursor) == _plan(shape, view, pols[pol], cursor, False)
 
@@ -192,9 +212,15 @@ def test_memo_gives_the_plan_made_afresh(
 def test_memo_keys_what_row_count_sync_reads() -> None:
     shape = classify("SELECT ROW_COUNT() AS n")
     got = []
-    for answered in (3, -1, 0, 2, None, -1):
-        got.append(plan(shape, View(answered_rows=answered), FULL).row_count_sync)
-    assert got == ["", "SELECT 1", "DO 0", "", "", "SELECT 1"]
+    for made in (3, -1, 0, 2, None, -1, 1):
+        got.append(plan(shape, View(answered_rows=made, made_rows=made), FULL).row_count_sync)
+    assert got == [None, -1, 0, None, None, -1, 1]
+
+
+def test_every_value_the_plan_syncs_has_a_statement() -> None:
+    for value in ROW_COUNT_SYNCABLE:
+        for mariadb in (True, False):
+            assert row_count_setter(value, mariadb)
 
 
 # ---- the lane's decision equals the plan's ----------------------------------------------

@@ -168,8 +168,21 @@ async def read(
     return r
 
 
+# Statements that leave ROW_COUNT() at a value (plan.ROW_COUNT_SYNCABLE) and keep the
+# diagnostics area: they open no table and raise nothing. 1 is a SELECT INTO of one row (its OK
+# counts the row); MariaDB's anonymous block keeps it off the session's user variables (it
+# parses under every sql_mode a merged UPDATE's session may have: hotalloc.MERGE_SQL_MODES).
+_SETS_ROW_COUNT = {-1: "SELECT 1", 0: "DO 0",
+                   1: "BEGIN NOT ATOMIC DECLARE x INT; SELECT 1 INTO x; END"}
+_SETS_ROW_COUNT_MYSQL = {**_SETS_ROW_COUNT, 1: "SELECT 1 INTO @seckill_proxy_row_count"}
+
+
+def row_count_setter(value: int, mariadb: bool) -> str:
+    return (_SETS_ROW_COUNT if mariadb else _SETS_ROW_COUNT_MYSQL)[value]
+
+
 async def diagnostics(s: Statement, run: Callable[[BackendConn, Any], Awaitable[Relayed]],
-                      row_count_sync: str = "") -> Relayed:
+                      row_count_sync: int | None = None) -> Relayed:
     """SHOW WARNINGS, @@warning_count, SHOW SESSION STATUS...: on the connection that ran
     the session's previous statement, wherever it is (a replica's, after a read). A
     connection new to the session first gets its diagnostics area cleared, so it shows
@@ -191,8 +204,8 @@ async def diagnostics(s: Statement, run: Callable[[BackendConn, Any], Awaitable[
         c = await s.primary_conn()
         await c.clear_diagnostics()
     try:
-        if row_count_sync:  # (Plan.row_count_sync)
-            await c.query(row_count_sync)
+        if row_count_sync is not None:  # (Plan.row_count_sync)
+            await c.query(row_count_setter(row_count_sync, c.mariadb))
         r = await run(c, s.out)
     except BackendLost as e:
         await lost(s, e, retry=False, shape=None)

@@ -273,6 +273,8 @@ _DIAG = re.compile(
     r"^SHOW\s+(?:COUNT\s*\(\s*\*\s*\)\s+)?(?:WARNINGS|ERRORS)\b|^SHOW\s+(?:SESSION\s+|LOCAL\s+)?STATUS\b"
     r"|^SHOW\s+PROFILES?\b|@@(?:SESSION\.|LOCAL\.)?(?:warning_count|error_count)\b|\bROW_COUNT\s*\(",
     re.I)
+_KEEPING_SHOW = re.compile(
+    r"SHOW\s+(?:COUNT\s*\(\s*\*\s*\)\s+)?(?:WARNINGS|ERRORS)\b|SHOW\s+PROFILES\b", re.I)
 _LANE_WRITES = frozenset({"INSERT", "UPDATE", "DELETE", "REPLACE"})
 # Statements that open no table unless their text names one (a subquery, SELECT ... INTO) or
 # calls a stored function (its tables are opened with the statement's): MariaDB clears the
@@ -283,7 +285,11 @@ _NAMES_TABLE = re.compile(r"\b(?:FROM|INTO|JOIN|TABLE|UPDATE)\b", re.I)
 
 
 def _keeps_diag(verb: str, dg: str) -> bool:
-    if verb not in _TABLELESS_VERBS or _NAMES_TABLE.search(dg) or _DIAG.search(dg):
+    # SHOW WARNINGS and a SELECT of ROW_COUNT() or @@warning_count read the area and keep it
+    # (SHOW STATUS clears it: MariaDB fills a temporary table)
+    if verb == "SHOW":
+        return _KEEPING_SHOW.match(dg) is not None
+    if verb not in _TABLELESS_VERBS or _NAMES_TABLE.search(dg):
         return False
     return "(" not in dg or stored_call(dg) is None
 

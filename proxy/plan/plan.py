@@ -71,7 +71,10 @@ class SessionView(Protocol):
     def replica_txn(self) -> bool: ...  # a read-only transaction runs on a replica
 
     @property
-    def answered_rows(self) -> int | None: ...  # rows of a last statement the proxy answered
+    def answered_rows(self) -> int | None: ...  # ROW_COUNT(), where the proxy knows it
+
+    @property
+    def made_rows(self) -> int | None: ...  # ROW_COUNT() the proxy made (its connection differs)
 
 
 @dataclass(frozen=True, eq=False)
@@ -107,8 +110,9 @@ class Plan:
     row_count: bool = False
     # a DIAG statement with ROW_COUNT() in another form where the session's ROW_COUNT() is one
     # the proxy made (-1 after a SELECT ROW_COUNT() it answered, 0 after a COM_STMT_RESET it
-    # answered; the connection never ran those): this runs first, so the connection says so too
-    row_count_sync: str = ""
+    # answered, 1 or 0 after a merged UPDATE; the connection never ran those): the value the
+    # connection is made to say first (general.diagnostics runs a statement that leaves it)
+    row_count_sync: int | None = None
 
 
 # Settings the proxy keeps itself (the value is read from the statement text at execution).
@@ -136,8 +140,9 @@ def conn_id_alias(shape: Shape) -> str:
     return a[1:-1].replace("``", "`") if a.startswith("`") else a
 _ROW_COUNT = re.compile(r"SELECT\s+ROW_COUNT\s*\(\s*\)", re.I)
 _ROW_COUNT_ANY = re.compile(r"\bROW_COUNT\s*\(", re.I)
-# statements that leave ROW_COUNT() at a value and keep the diagnostics area (no tables)
-_SETS_ROW_COUNT: dict[int | None, str] = {-1: "SELECT 1", 0: "DO 0"}
+# the values of ROW_COUNT() a statement can leave on a connection while keeping its
+# diagnostics area (general.ROW_COUNT_SETTERS)
+ROW_COUNT_SYNCABLE = frozenset({-1, 0, 1})
 _STATUS_LIKE = re.compile(r"SHOW\s+(?:SESSION\s+|LOCAL\s+)?STATUS\s+LIKE\s+\?", re.I)
 KILL = re.compile(r"KILL\s+(?:(CONNECTION|QUERY)\s+)?(\d+)", re.I)  # on the raw text
 _PROCESSLIST = re.compile(r"SHOW\s+(?:FULL\s+)?PROCESSLIST", re.I)
@@ -164,6 +169,10 @@ def names_of(shape: Shape) -> tuple[str, str | None] | None:
     return cs, (m.group(2) or "").strip("'\"`").lower() or None
 
 
+def _sync_value(answered: int | None) -> int | None:
+    return answered if answered in ROW_COUNT_SYNCABLE else None
+
+
 def plan(shape: Shape, s: SessionView, policy: Policy, cursor: bool = False,
          bulk: bool = False) -> Plan:
     """The plan for one statement (COM_QUERY, or COM_STMT_EXECUTE with `cursor` = the cursor
@@ -172,7 +181,7 @@ def plan(shape: Shape, s: SessionView, policy: Policy, cursor: bool = False,
     so it is made once per shape and view of the session and then looked up (`Shape.memo`;
     the key is everything `_plan` reads; a shape keeps at most 64)."""
     key = (s.in_txn, s.autocommit_off, s.pin, s.consistency, s.read_after_gtid, s.replica_txn,
-           s.answered_rows is not None, _SETS_ROW_COUNT.get(s.answered_rows, ""), cursor, bulk,
+           s.answered_rows is not None, _sync_value(s.made_rows), cursor, bulk,
            policy)
     memo = shape.memo
     got = memo.get(key)
@@ -212,10 +221,10 @@ def _plan(shape: Shape, s: SessionView, policy: Policy, cursor: bool, bulk: bool
     pin = shape.pin or (PinReason.SERVER_CURSOR if cursor else None)
     if shape.diag and pin is None and not cursor and not shape.multi:
         # The lane runs it when the lease still holds the previous statement's connection.
-        sync = ""
+        sync = None
         if _ROW_COUNT_ANY.search(shape.digest) is not None:
-            sync = _SETS_ROW_COUNT.get(s.answered_rows, "")
-        return Plan(Route.DIAG, lane=bool(shape.lane) and not sync, row_count_sync=sync)
+            sync = _sync_value(s.made_rows)
+        return Plan(Route.DIAG, lane=bool(shape.lane) and sync is None, row_count_sync=sync)
     if verb == "START" and READ_ONLY_TXN.match(shape.digest) and not held and policy.has_replicas:
         rp = read_plan(_SELECT_1, s.consistency, s.read_after_gtid, False, None, True)
         if rp.replica:

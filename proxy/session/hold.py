@@ -49,6 +49,7 @@ class Hold:
     keeps_diag: bool
     _stmt_conn: BackendConn | Answered | Carried | None
     _stmt_hands: int
+    area_warned: bool
     pin: PinReason | None
     escrow: list[Reservation]
     txn_hot: set[Any]
@@ -91,7 +92,7 @@ class Hold:
         area stays the session's (MySQL keeps it): it is taken along first (state.Carried)."""
         L = self.lease
         c = L.conn
-        if (self.keeps_diag and c is not None and c is self._stmt_conn and c.warned
+        if (self.keeps_diag and c is not None and c is self._stmt_conn and self.area_warned
                 and not c.broken):
             if L.state is LeaseState.SOFT:  # the pool must not take it back meanwhile
                 L.transition(LeaseState.STATEMENT, LeaseReason.ACQUIRED)

@@ -60,11 +60,15 @@ class ProxySession(Hold, BaseSession):
         # Carried: the diagnostics area of a connection the session left (state.Carried).
         self._stmt_conn: BackendConn | Answered | Carried | None = None
         self._stmt_hands = 0  # the connection's `hands` when its statement ran (hold.py)
+        self.area_warned = False  # that connection's area has conditions (hold.leave)
         # The running statement opens no table (Shape.keeps_diag; set by general.run_plan)
         self.keeps_diag = False
-        # ROW_COUNT() after a SELECT the proxy answered itself (-1, as after any SELECT); the
-        # warnings stay those of the statement before (a SELECT without tables keeps them)
+        # ROW_COUNT() the proxy made, which the connection does not say: after a SELECT it
+        # answered itself (-1, as after any SELECT; the warnings stay those of the statement
+        # before, as a SELECT without tables keeps them), a merged UPDATE (1), a reset (0)
         self.row_count_local: int | None = None
+        # ROW_COUNT() read from the OK of a statement the connection ran (Plan.row_count)
+        self.row_count_ok: int | None = None
         self.lazy_begin = False  # a plain BEGIN may be deferred (fastlane.py _defer_begin)
         self.last_conn: BackendConn | None = None
         self.pin: PinReason | None = None
@@ -178,6 +182,7 @@ class ProxySession(Hold, BaseSession):
         self.last_insert_id = 0
         self.pin = None
         self._stmt_conn = None
+        self.area_warned = False
         if self.track is not None:
             self.track = self.app.dial.catalog.tracking
 
@@ -211,13 +216,28 @@ class ProxySession(Hold, BaseSession):
     def stmt_conn(self, c: BackendConn | Answered | Carried | None) -> None:
         if not (self.keeps_diag and isinstance(self._stmt_conn, Carried)
                 and isinstance(c, BackendConn) and not c.warned):
-            self._stmt_conn = c  # else it opened no table and raised nothing: the area stays
+            # else it opened no table and raised nothing: the area stays
             if isinstance(c, BackendConn):
+                # `c.warned` is this statement's; one that kept the area (SELECT ROW_COUNT(),
+                # SET, COMMIT) left the conditions before it there too
+                kept = (self.keeps_diag and c is self._stmt_conn and c.hands == self._stmt_hands
+                        and self.area_warned)
+                self.area_warned = c.warned or kept
                 self._stmt_hands = c.hands  # its area is this session's while no one else held it
+            else:
+                self.area_warned = False
+            self._stmt_conn = c
         self.row_count_local = None
+        self.row_count_ok = None
 
     @property
     def answered_rows(self) -> int | None:
+        if self.row_count_local is None and self.row_count_ok is not None:
+            return self.row_count_ok  # (a value made later, such as a deferred BEGIN's 0, wins)
+        return self.made_rows
+
+    @property
+    def made_rows(self) -> int | None:
         if self.row_count_local is not None:
             return self.row_count_local
         c = self._stmt_conn
@@ -349,7 +369,7 @@ class ProxySession(Hold, BaseSession):
         area; `row_count` (Plan.row_count): the OK's affected rows are ROW_COUNT()."""
         self.stmt_conn = c
         if row_count and r.ok is not None and r.err is None and not r.ended_eof:
-            self.row_count_local = r.ok.affected_rows
+            self.row_count_ok = r.ok.affected_rows
         if r.err is not None and r.ok is None:
             # An ERR carries no status: the transaction state is the connection's (an error
             # does not end a transaction), except that a deadlock rolls the whole one back.
