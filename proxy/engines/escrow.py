@@ -10,7 +10,8 @@ order: backends/confirms.py): it commits exactly when the member's transaction d
 order rows), and vanishes with a rollback or a dead connection.
 
 When the member's transaction is over (COMMIT, ROLLBACK, an error that rolled it back, a lost
-connection, a client gone), its reservations are **resolved** in one short transaction per key:
+connection, a client gone), its reservations are **resolved** in one short transaction (all
+that is pending for a user, every key; one at a time per user and proxy: `_drain`):
 a locking read of the confirm rows (it would wait for a transaction still holding an
 uncommitted confirm row, so it always sees the truth), then for each reservation still present
 (locked, so each is resolved exactly once, whoever resolves): confirmed ones are deleted with
@@ -79,8 +80,6 @@ class KeyEscrow:
 
     outstanding: int = 0
     changed: asyncio.Event = field(default_factory=asyncio.Event)
-    pending: list[Reservation] = field(default_factory=list)
-    draining: bool = False
 
 
 Connect = Callable[[str], Awaitable[Any]]  # user -> a service BackendConn on the primary
@@ -88,6 +87,14 @@ Release = Callable[[Any, bool], Awaitable[None]]  # (conn, broken) -> back to it
 
 
 _RETURNED = "stock returned"  # the one statement allowed 0 rows: when the stock row is gone
+MAX_RESOLVE = 500  # reservations resolved in one transaction
+
+
+def by_key(rs: list[Reservation]) -> list[list[Reservation]]:
+    out: dict[Any, list[Reservation]] = {}
+    for r in rs:
+        out.setdefault(r.key_id, []).append(r)
+    return list(out.values())
 
 
 class Unverified(Exception):
@@ -123,7 +130,10 @@ class Escrow:
         self.connect = connect
         self.release = release
         self.keys: dict[Any, KeyEscrow] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        # Reservations whose member's transaction is over, per user (service connections are
+        # the user's own): one drain per user resolves them, every key at once (drain).
+        self.pending: dict[str, list[Reservation]] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
 
     def key(self, key_id: Any) -> KeyEscrow:
         ke = self.keys.get(key_id)
@@ -133,8 +143,9 @@ class Escrow:
 
     def prune(self) -> None:
         """Forget keys with nothing reserved or pending (keys come from client input)."""
+        busy = {r.key_id for rs in self.pending.values() for r in rs}
         for k, ke in list(self.keys.items()):
-            if ke.outstanding <= 0 and not ke.pending and not ke.draining:
+            if ke.outstanding <= 0 and k not in busy:
                 del self.keys[k]
 
     def reserved(self, r: Reservation) -> None:
@@ -153,15 +164,11 @@ class Escrow:
 
     def ended(self, rs: list[Reservation]) -> None:
         """The members' transactions are over: resolve their reservations (in the background,
-        one transaction per key for everything pending on it)."""
+        `_drain`)."""
         for r in rs:
-            ke = self.key(r.key_id)
-            ke.pending.append(r)
-            if not ke.draining:
-                ke.draining = True
-                t = asyncio.create_task(self._drain(r.key_id, ke))
-                self._tasks.add(t)
-                t.add_done_callback(self._tasks.discard)
+            self.pending.setdefault(r.user, []).append(r)
+            if r.user not in self._tasks:
+                self._tasks[r.user] = asyncio.create_task(self._drain(r.user))
 
     async def wait_resolved(self, key_id: Any, timeout: float, own: int = 0) -> bool:
         """Wait until something outstanding on the key is resolved; False on timeout or when
@@ -177,39 +184,70 @@ class Escrow:
             return False
         return True
 
-    async def _drain(self, key_id: Any, ke: KeyEscrow) -> None:
-        delay = 0.05
+    async def _drain(self, user: str) -> None:
+        """Resolve everything pending for the user, every key in one transaction, one
+        transaction at a time: side by side, resolutions of different keys deadlocked each
+        other (1213, seen on 10 hot SKUs: on small tables MariaDB reads these by full scans,
+        which lock every row met), and one commit serves them all. A batch that fails is tried
+        again key by key, so one key's trouble (its table dropped) holds up no other key."""
         try:
-            while ke.pending:
-                batch, ke.pending = ke.pending, []
-                try:
-                    await self.resolve(batch)
-                    delay = 0.05
-                except (BackendError, BackendLost, ProxyError, OSError, Unverified) as e:
-                    log.warning("escrow: %d reservations on %s not resolved yet (%s); retrying",
-                                len(batch), batch[0].table, e)
-                    ke.pending = batch + ke.pending
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 5.0)
-                    continue
-                ke.outstanding -= sum(r.amount for r in batch)
-                ke.changed.set()
+            await self._resolve_pending(user)
         finally:
-            ke.draining = False
+            if not self.pending.get(user):
+                self.pending.pop(user, None)
+            self._tasks.pop(user, None)  # (no await since the loop found nothing pending)
+
+    async def _resolve_pending(self, user: str) -> None:
+        delay = 0.05
+        while rs := self.pending.get(user):
+            batch, rs[:] = rs[:MAX_RESOLVE], rs[MAX_RESOLVE:]
+            parts = [batch]
+            failed: list[Reservation] = []
+            while parts:
+                part = parts.pop()
+                try:
+                    await self.resolve(part)
+                except (BackendError, BackendLost, ProxyError, OSError, Unverified) as e:
+                    keys = by_key(part)
+                    if len(keys) > 1:
+                        parts += keys
+                        continue
+                    log.warning("escrow: %d reservations on %s not resolved yet (%s); retrying",
+                                len(part), part[0].table, e)
+                    failed += part
+                    continue
+                for ke in {id(k): k for k in self._settle(part)}.values():
+                    ke.changed.set()
+            if failed:
+                self.pending.setdefault(user, [])[:0] = failed
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            else:
+                delay = 0.05
+
+    def _settle(self, rs: list[Reservation]) -> list[KeyEscrow]:
+        out = []
+        for r in rs:
+            ke = self.key(r.key_id)
+            ke.outstanding -= r.amount
+            out.append(ke)
+        return out
 
     async def resolve(self, rs: list[Reservation]) -> tuple[int, int]:
-        """One transaction for reservations of one key; returns (confirmed, units returned).
+        """One transaction for reservations of one user, any keys; returns (confirmed, units
+        returned).
 
         Idempotent, and verified before it commits: it reads what is still reserved (locked,
-        so each reservation is resolved once, whoever resolves), returns the unconfirmed units
-        and deletes those reservation rows, then checks every statement's affected rows and
-        that nothing of `rs` is left in either table. Only then COMMIT, in its own round trip:
-        a statement a KILL or a timeout cut short ("OK, 0 rows" without an error happens on
-        MariaDB 10.11) rolls the whole transaction back, and the retry starts again from what
-        the database holds, so no unit is ever returned twice."""
-        r0 = rs[0]
+        so each reservation is resolved once, whoever resolves), deletes those reservation
+        rows and returns the unconfirmed units (last: a stock row is locked for the shortest
+        time), then checks every statement's affected rows and that nothing of `rs` is left in
+        either table. Only then COMMIT, in its own round trip: a statement a KILL or a timeout
+        cut short ("OK, 0 rows" without an error happens on MariaDB 10.11) rolls the whole
+        transaction back, and the retry starts again from what the database holds, so no unit
+        is ever returned twice."""
         pairs = ", ".join(f"({r.batch_id}, {r.member})" for r in rs)
-        c = await self.connect(r0.user)
+        of = {(r.batch_id, r.member): r for r in rs}
+        c = await self.connect(rs[0].user)
         broken = True
         try:
             rows, _ = await c.query(
@@ -219,13 +257,14 @@ class Escrow:
             confirmed = {(int(a or 0), int(b or 0)) for a, b in rows or []}
             present, _ = await c.query(
                 f"SELECT batch_id, member, amount FROM `{self.schema}`.`{RESERVATION}` "
-                f"WHERE (batch_id, member) IN ({pairs}) FOR UPDATE")
+                f"FORCE INDEX (PRIMARY) WHERE (batch_id, member) IN ({pairs}) FOR UPDATE")
             still = {(int(a or 0), int(b or 0)): int(n or 0) for a, b, n in present or []}
-            back = sum(n for k, n in still.items() if k not in confirmed)
+            back: dict[Any, tuple[Reservation, int]] = {}
+            for k, n in still.items():
+                if k not in confirmed and n:
+                    r = of[k]
+                    back[r.key_id] = (r, back.get(r.key_id, (r, 0))[1] + n)
             stmts: list[tuple[str, int, str]] = []  # (sql, rows it must affect, what)
-            if back:
-                stmts.append((f"UPDATE {r0.table} SET `{r0.column}` = `{r0.column}` + {back} "
-                              f"WHERE `{r0.key_col}` = {r0.key_sql}", 1, _RETURNED))
             if still:
                 gone = ", ".join(f"({a}, {b})" for a, b in still)
                 stmts.append((f"DELETE FROM `{self.schema}`.`{RESERVATION}` "
@@ -236,9 +275,16 @@ class Escrow:
                 stmts.append((f"DELETE FROM `{self.schema}`.`{CONFIRM}` "
                               f"WHERE (batch_id, member) IN ({done})", len(confirmed),
                               "confirm rows deleted"))
+            returns = {}
+            for r, n in back.values():
+                what = f"{_RETURNED} to {r.table} {r.key_sql}"
+                returns[what] = r
+                stmts.append((f"UPDATE {r.table} SET `{r.column}` = `{r.column}` + {n} "
+                              f"WHERE `{r.key_col}` = {r.key_sql}", 1, what))
             for what, want, got in await run_checked(c, stmts) if stmts else []:
-                if not (what == _RETURNED and got == 0
-                        and not await row_exists(c, r0.table, r0.key_col, r0.key_sql)):
+                gone_row = returns.get(what)
+                if not (gone_row is not None and got == 0 and not await row_exists(
+                        c, gone_row.table, gone_row.key_col, gone_row.key_sql)):
                     raise Unverified(f"{what}: {got} rows, expected {want}")
             # A locking read cut short would have left rows out of both lists above: nothing
             # of `rs` may be left in either table when this transaction commits.
@@ -250,10 +296,10 @@ class Escrow:
                 raise Unverified(f"rows left after resolving: {left}")
             await c.execute("COMMIT")
             broken = False
-            if back:
-                log.info("escrow: %d units returned to %s %s (buyers rolled back)", back,
-                         r0.table, r0.key_sql)
-            return len(confirmed), back
+            for r, n in back.values():
+                log.info("escrow: %d units returned to %s %s (buyers rolled back)", n,
+                         r.table, r.key_sql)
+            return len(confirmed), sum(n for _, n in back.values())
         finally:
             await self.release(c, broken)
 
@@ -272,7 +318,7 @@ class Escrow:
             broken = False
         finally:
             await self.release(c, broken)
-        mine = {(r.batch_id, r.member) for ke in self.keys.values() for r in ke.pending}
+        mine = {(r.batch_id, r.member) for rs in self.pending.values() for r in rs}
         out = []
         for row in rows or []:
             b, m = int(row[0] or 0), int(row[1] or 0)
