@@ -170,6 +170,12 @@ class Escrow:
             if r.user not in self._tasks:
                 self._tasks[r.user] = asyncio.create_task(self._drain(r.user))
 
+    async def settled(self, timeout: float) -> None:
+        """At shutdown: let the drains resolve what is pending (a reservation left behind
+        keeps its key off the plain path on every proxy until it is recovered)."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks.values()), timeout=timeout)
+
     async def wait_resolved(self, key_id: Any, timeout: float, own: int = 0) -> bool:
         """Wait until something outstanding on the key is resolved; False on timeout or when
         nothing is outstanding but the waiter's own (its own transaction's units come back

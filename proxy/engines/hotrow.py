@@ -164,6 +164,7 @@ class HotRowEngine:
             t.cancel()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=self.app.cfg.limits.shutdown_grace_s)
+        await self.escrow.settled(self.app.cfg.limits.shutdown_grace_s)
 
     async def recover_escrow(self) -> int:
         """Resolve reservations whose member is gone without this proxy knowing (a crashed
