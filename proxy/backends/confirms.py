@@ -38,6 +38,7 @@ _PLAIN_COMMIT = re.compile(rb"\s*COMMIT(?:\s+WORK)?\s*;?\s*", re.I)
 _PLAIN_ROLLBACK = re.compile(rb"\s*ROLLBACK(?:\s+WORK)?\s*;?\s*", re.I)
 _ENDS_WITHOUT_COMMIT = frozenset({P.COM_RESET_CONNECTION, P.COM_CHANGE_USER, P.COM_QUIT})
 DEADLOCK = (1213, "40001", "Deadlock found when trying to get lock; try restarting transaction")
+DEADLOCK_ERR = P.make_err(*DEADLOCK)
 
 
 def plain_commit(payload: bytes) -> bool:
@@ -62,16 +63,32 @@ async def before(c: BackendConn, payload: bytes) -> None:
         log.warning("escrow: confirm rows not written (%s); the transaction is rolled back", e)
         done = False
     if not done:
-        await _roll_back(c)
+        await roll_back(c)
 
 
-async def _roll_back(c: BackendConn) -> None:
+async def roll_back(c: BackendConn) -> None:
     """The member's transaction lacks a confirm row: it must not commit. Raises 1213."""
     try:
         await c.execute("ROLLBACK")
     except BackendError:
         c.retire(CloseReason.STATE_UNKNOWN)  # (its transaction dies with it)
-    raise BackendError(*DEADLOCK, P.make_err(*DEADLOCK))
+    raise BackendError(*DEADLOCK, DEADLOCK_ERR)
+
+
+async def failed(c: BackendConn, err: bytes) -> bytes:
+    """A confirm row failed ahead of the COMMIT (`commit_with`, the fast lane's `with_commit`):
+    MariaDB ran nothing after it, the COMMIT neither. The transaction is rolled back here; what
+    the client's COMMIT gets: 1213."""
+    log.warning("escrow: confirm row not written (%s); the transaction is rolled back",
+                P.parse_err(err).message)
+    c.diag = c.warned = True
+    try:
+        await roll_back(c)
+    except BackendError:
+        pass  # (1213, always)
+    except BackendLost:
+        c.retire(CloseReason.LOST)  # (its transaction died with it: rolled back too)
+    return DEADLOCK_ERR
 
 
 async def commit_with(c: BackendConn, payload: bytes, out: Any,
@@ -88,10 +105,7 @@ async def commit_with(c: BackendConn, payload: bytes, out: Any,
     for sql in rows:
         pkt = await c.read_packet()
         if pkt[0] == 0xFF:  # MariaDB ran nothing after it: the transaction is still open
-            log.warning("escrow: confirm row not written (%s); the transaction is rolled back",
-                        P.parse_err(pkt).message)
-            c.diag = True
-            await _roll_back(c)
+            raise BackendError(*DEADLOCK, await failed(c, pkt))
         ok = P.parse_ok(pkt, True)
         if not ok.status & P.SERVER_MORE_RESULTS_EXISTS:
             c.retire(CloseReason.PROTOCOL_DESYNC)  # (never seen: the COMMIT's reply is missing)
@@ -131,7 +145,7 @@ def affected_one(ok: bytes) -> bool:
 def with_commit(c: BackendConn, payload: bytes) -> tuple[bytes, list[str]]:
     """The fast lane's form of `commit_with`: the framed multi-statement and the rows whose
     replies come ahead of the COMMIT's (the lane drops them, wire.py `skip`, and checks that
-    each wrote its row; a failed one cuts the connection, which rolls the order back)."""
+    each wrote its row; after a failed one it rolls the order back and answers 1213)."""
     rows, body = _take_with(c, payload)
     return len(body).to_bytes(3, "little") + b"\x00" + body, rows
 

@@ -83,6 +83,7 @@ class FastLane:
         self.late: list[str] = []
         self.rows_seen = 0
         self._skipped_cb = self._skipped_ok
+        self._skipped_err_cb = self._skipped_err
         self._reply_cb = self._on_reply  # bound once, not per statement
         self._lost_cb = self._on_lost
 
@@ -236,14 +237,15 @@ class FastLane:
         self.conn, self.shape, self.plan, self.command = c, shape, p, data[4:]
         self.scanner = ReplyScanner(c, s.client_ok)
         self.pending, self.size, self.sent = [], 0, False
-        if c.confirms:  # `INSERT confirm...; COMMIT`: their OKs dropped (wire.py `skip`), a
-            # failed one cuts the connection (nothing after it ran: the order did not commit)
+        if c.confirms:  # `INSERT confirm...; COMMIT`: their OKs dropped (wire.py `skip`); after
+            # a failed one nothing ran: the order is rolled back, 1213 (`_confirm_failed`)
             packet, rows = confirms.with_commit(c, data[4:])
             self.seq_back = len(rows)
             self.confirm_rows, self.late, self.begin_ahead = rows, [], bool(c.io.prefix)
             self.rows_seen = 0
             c.io.skip += self.seq_back
             c.io.skipped_ok = self._skipped_cb
+            c.io.skipped_err = self._skipped_err_cb
         self.status_before = s.status
         self.t0 = time.perf_counter()
         s.busy = True
@@ -335,7 +337,7 @@ class FastLane:
         assert c is not None and sc is not None and shape is not None
         s = self.s
         c.io.sink = c.io.sink_lost = None
-        c.io.skipped_ok = None
+        c.io.skipped_ok = c.io.skipped_err = None
         self.seq_back = 0
         if sc.tail:  # bytes after a complete reply: protocol desync, never reuse the connection
             c.retire(CloseReason.PROTOCOL_DESYNC)
@@ -357,6 +359,35 @@ class FastLane:
             return
         s.settle()
         self._done(outcome, rows)
+
+    def _skipped_err(self, err: bytes) -> bool:
+        """An ERR in a confirm row's place: MariaDB ran nothing after it, the COMMIT neither,
+        and the order must not commit without its row. Answered as the general path answers
+        (`confirms.commit_with`), from a short task while the client stays held. False for
+        the deferred BEGIN's place: wire.py cuts the connection."""
+        c = self.conn
+        if self.begin_ahead or c is None:
+            return False
+        c.io.sink = c.io.sink_lost = None
+        c.io.skipped_ok = c.io.skipped_err = None
+        self._fail_task = asyncio.ensure_future(self._confirm_failed(c, err))
+        return True
+
+    async def _confirm_failed(self, c: BackendConn, err: bytes) -> None:
+        s = self.s
+        self.seq_back = 0
+        self.late, self.confirm_rows = [], []
+        try:
+            out = await confirms.failed(c, err)
+            s.stmt_conn = c
+            s.status = c.status & ~P.SERVER_STATUS_IN_TRANS
+            self.client.write(struct.pack("<I", len(out) | (1 << 24)) + out)
+            s.settle()
+        except Exception:  # noqa: BLE001 - never leave the client held
+            log.exception("fast lane: rolling back after a confirm row failed")
+            self.client.transport.abort()
+        finally:
+            self._done("error", 0)
 
     async def _write_late(self, c: BackendConn, late: list[str], outcome: str,
                           rows: int) -> None:
