@@ -134,6 +134,10 @@ class Escrow:
         # the user's own): one drain per user resolves them, every key at once (drain).
         self.pending: dict[str, list[Reservation]] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        # A key whose resolution failed is tried again after its own backoff (the drain goes
+        # on with the other keys meanwhile): its reservations wait here, the delay per key.
+        self.later: dict[Any, list[Reservation]] = {}
+        self._backoff: dict[Any, float] = {}
 
     def key(self, key_id: Any) -> KeyEscrow:
         ke = self.keys.get(key_id)
@@ -143,7 +147,7 @@ class Escrow:
 
     def prune(self) -> None:
         """Forget keys with nothing reserved or pending (keys come from client input)."""
-        busy = {r.key_id for rs in self.pending.values() for r in rs}
+        busy = {r.key_id for rs in self.pending.values() for r in rs} | set(self.later)
         for k, ke in list(self.keys.items()):
             if ke.outstanding <= 0 and k not in busy:
                 del self.keys[k]
@@ -195,7 +199,8 @@ class Escrow:
         transaction at a time: side by side, resolutions of different keys deadlocked each
         other (1213, seen on 10 hot SKUs: on small tables MariaDB reads these by full scans,
         which lock every row met), and one commit serves them all. A batch that fails is tried
-        again key by key, so one key's trouble (its table dropped) holds up no other key."""
+        again key by key, and a key that fails waits for its own retry (`_retry_later`), so
+        one key's trouble (its table dropped) holds up no other key."""
         try:
             await self._resolve_pending(user)
         finally:
@@ -204,11 +209,9 @@ class Escrow:
             self._tasks.pop(user, None)  # (no await since the loop found nothing pending)
 
     async def _resolve_pending(self, user: str) -> None:
-        delay = 0.05
         while rs := self.pending.get(user):
             batch, rs[:] = rs[:MAX_RESOLVE], rs[MAX_RESOLVE:]
             parts = [batch]
-            failed: list[Reservation] = []
             while parts:
                 part = parts.pop()
                 try:
@@ -217,23 +220,31 @@ class Escrow:
                     keys = by_key(part)
                     if len(keys) > 1:
                         parts += keys
-                        continue
-                    log.warning("escrow: %d reservations on %s not resolved yet (%s); retrying",
-                                len(part), part[0].table, e)
-                    failed += part
+                    else:
+                        self._retry_later(part, e)
                     continue
                 for ke in {id(k): k for k in self._settle(part)}.values():
                     ke.changed.set()
-            if failed:
-                self.pending.setdefault(user, [])[:0] = failed
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-            else:
-                delay = 0.05
+
+    def _retry_later(self, rs: list[Reservation], e: Exception) -> None:
+        """One key's reservations, after its resolution failed: again after the key's own
+        backoff (0.05 s doubling to 5 s), by way of `ended`."""
+        k = rs[0].key_id
+        delay = self._backoff[k] = min(self._backoff.get(k, 0.025) * 2, 5.0)
+        log.warning("escrow: %d reservations on %s not resolved yet (%s); retrying in %.2f s",
+                    len(rs), rs[0].table, e, delay)
+        self.later.setdefault(k, []).extend(rs)
+        asyncio.get_running_loop().call_later(delay, self._again, k)
+
+    def _again(self, k: Any) -> None:
+        rs = self.later.pop(k, [])
+        if rs:
+            self.ended(rs)
 
     def _settle(self, rs: list[Reservation]) -> list[KeyEscrow]:
         out = []
         for r in rs:
+            self._backoff.pop(r.key_id, None)
             ke = self.key(r.key_id)
             ke.outstanding -= r.amount
             out.append(ke)
@@ -324,7 +335,8 @@ class Escrow:
             broken = False
         finally:
             await self.release(c, broken)
-        mine = {(r.batch_id, r.member) for rs in self.pending.values() for r in rs}
+        mine = {(r.batch_id, r.member)
+                for rs in (*self.pending.values(), *self.later.values()) for r in rs}
         out = []
         for row in rows or []:
             b, m = int(row[0] or 0), int(row[1] or 0)
