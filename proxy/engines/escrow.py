@@ -223,8 +223,7 @@ class Escrow:
                     else:
                         self._retry_later(part, e)
                     continue
-                for ke in {id(k): k for k in self._settle(part)}.values():
-                    ke.changed.set()
+                self._settle(part)
 
     def _retry_later(self, rs: list[Reservation], e: Exception) -> None:
         """One key's reservations, after its resolution failed: again after the key's own
@@ -241,14 +240,13 @@ class Escrow:
         if rs:
             self.ended(rs)
 
-    def _settle(self, rs: list[Reservation]) -> list[KeyEscrow]:
-        out = []
+    def _settle(self, rs: list[Reservation]) -> None:
+        """Resolved: their units are no longer outstanding; whoever waits on the keys wakes."""
         for r in rs:
             self._backoff.pop(r.key_id, None)
             ke = self.key(r.key_id)
             ke.outstanding -= r.amount
-            out.append(ke)
-        return out
+            ke.changed.set()
 
     async def resolve(self, rs: list[Reservation]) -> tuple[int, int]:
         """One transaction for reservations of one user, any keys; returns (confirmed, units

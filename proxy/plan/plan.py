@@ -141,7 +141,7 @@ def conn_id_alias(shape: Shape) -> str:
 _ROW_COUNT = re.compile(r"SELECT\s+ROW_COUNT\s*\(\s*\)", re.I)
 _ROW_COUNT_ANY = re.compile(r"\bROW_COUNT\s*\(", re.I)
 # the values of ROW_COUNT() a statement can leave on a connection while keeping its
-# diagnostics area (general.ROW_COUNT_SETTERS)
+# diagnostics area (general.row_count_setter has the statement for each)
 ROW_COUNT_SYNCABLE = frozenset({-1, 0, 1})
 _STATUS_LIKE = re.compile(r"SHOW\s+(?:SESSION\s+|LOCAL\s+)?STATUS\s+LIKE\s+\?", re.I)
 KILL = re.compile(r"KILL\s+(?:(CONNECTION|QUERY)\s+)?(\d+)", re.I)  # on the raw text
