@@ -19,6 +19,11 @@ class FaultProxy:
         self.drop_requests = False  # client -> server bytes vanish (the COMMIT never arrives)
         self.on_commit: str | None = None  # "drop_reply" / "drop_request" once a COMMIT passes
         self.trigger = b"\x03COMMIT"  # what on_commit looks for in client -> server bytes
+        # The connection that sends bytes containing `hold_on` gets no replies until `release`
+        # is set (`held` is set when that happens): a reply arrives as late as a test needs.
+        self.hold_on: bytes | None = None
+        self.held = threading.Event()
+        self.release = threading.Event()
         self._conns: set[asyncio.StreamWriter] = set()
         self.loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -46,9 +51,16 @@ class FaultProxy:
             return
         self._conns.update((w, uw))
 
+        holding = [False]
+
         async def pipe(a: asyncio.StreamReader, b: asyncio.StreamWriter, to_server: bool) -> None:
             try:
                 while data := await a.read(65536):
+                    if to_server and self.hold_on and self.hold_on in data:
+                        self.hold_on, holding[0] = None, True
+                        self.held.set()
+                    while not to_server and holding[0] and not self.release.is_set():
+                        await asyncio.sleep(0.01)
                     if to_server and self.on_commit and self.trigger in data:
                         trigger, self.on_commit = self.on_commit, None
                         if trigger == "drop_request":

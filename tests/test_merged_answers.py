@@ -24,6 +24,7 @@ import pytest
 from proxy.tools.sandbox import Sandbox
 
 from .conftest import ProxyProc, make_config, start_proxy
+from .faultproxy import FaultProxy
 from .test_escrow import settle
 
 TABLES = {
@@ -306,6 +307,48 @@ def test_check_constraint_table_is_not_merged(mproxy: ProxyProc, sandbox: Sandbo
     assert dict(rows_of(sandbox, "mi_chk"))["1"] == 0
     rules = {r[0]: r[4] for r in mproxy.admin("SHOW HOTROW RULES")}
     assert rules["shop.mi_chk"] == "invalid: table has CHECK constraints"
+
+
+def test_trigger_created_while_the_rule_is_checked_is_never_bypassed(
+        sandbox: Sandbox, tmp_path: Path) -> None:
+    """A rule's check read the schema, then a trigger was created through the proxy, then the
+    check's answer came: that verdict is stale and decides nothing (the rule is checked again),
+    so the trigger fires once per statement. Seen once in the suite as 20 firings of 200."""
+    reset(sandbox, "mi_trg")
+    sandbox.primary.sql("DROP TRIGGER IF EXISTS shop.mi_trg_au", "DELETE FROM shop.mi_fired")
+    fp = FaultProxy(sandbox.primary_port)
+    p = start_proxy(tmp_path, make_config(
+        sandbox, hotrow={"mode": "merge", "rules": [
+            {"table": "shop.mi_trg", "key": "sku_id", "column": "quantity"}]},
+        backends={"primary": f"127.0.0.1:{fp.port}", "replicas": []}))
+    sql = "UPDATE mi_trg SET quantity = quantity - 1 WHERE sku_id = 1 AND quantity > 0"
+    try:
+        asyncio.run(_loop(p.port, sql, 1))  # the rule checked, its tables made
+        fp.hold_on = b"information_schema.STATISTICS"  # the next check's reply waits
+        checker = threading.Thread(target=p.admin, args=("SHOW HOTROW RULES",), daemon=True)
+        checker.start()
+        assert fp.held.wait(10)
+        conn = p.connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute("CREATE TRIGGER mi_trg_au AFTER UPDATE ON mi_trg FOR EACH ROW "
+                            "INSERT INTO mi_fired VALUES (1)")
+        finally:
+            conn.close()
+        fp.release.set()
+        checker.join(10)
+
+        async def burst() -> int:
+            outs = await asyncio.gather(*(_loop(p.port, sql, 10) for _ in range(20)))
+            return sum(o.count(1) for o in outs)
+
+        done = asyncio.run(burst())
+        fired = int(sandbox.primary.sql("SELECT COUNT(*) FROM shop.mi_fired")[0][0])
+        assert done == 200 and fired == 200
+    finally:
+        p.stop()
+        fp.close()
+        sandbox.primary.sql("DROP TRIGGER IF EXISTS shop.mi_trg_au")
 
 
 def test_trigger_created_later_is_never_bypassed(mproxy: ProxyProc, sandbox: Sandbox) -> None:

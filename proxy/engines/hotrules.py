@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("seckill.hotrow")
 
 MAX_DISCOVERED = 1000  # tables hotrow.discover keeps candidate rules for
+VERDICT_TRIES = 3  # a check the schema keeps changing under is left undecided (not merged)
 
 
 
@@ -47,6 +48,9 @@ class RuleBook:
         self.rule_state: dict[tuple[str, str], RuleState] = {}
         self.discovered: dict[tuple[str, str], HotRowRule] = {}
         self.server_sql_mode: str | None = None  # the primary's global sql_mode
+        # Bumped by every DDL seen (`schema_changed`): a check that read the schema before it
+        # must not hand down its verdict (a trigger created meanwhile would be bypassed).
+        self.schema_generation = 0
         self._conn = conn  # a service connection on the primary (hotrow.service_conn)
         self.users = users  # the configured users: checks run as the first
         self.apply_config(cfg)
@@ -99,7 +103,12 @@ class RuleBook:
                 return st
             c = await self._conn(user)
             try:
-                await self._verdict(rule, c, st)
+                for _ in range(VERDICT_TRIES):
+                    seen = self.schema_generation
+                    await self._verdict(rule, c, st)
+                    if seen == self.schema_generation:
+                        break
+                    st.ok, st.reason = None, "schema changed while checked: checked again"
             finally:
                 await c.pool.release(c)
         return st
@@ -174,7 +183,9 @@ class RuleBook:
 
     def schema_changed(self) -> None:
         """DDL went through the proxy (a trigger, a constraint, a column may have changed):
-        every rule is checked against the schema again before its next merge."""
+        every rule is checked against the schema again before its next merge, and a check
+        under way when it happened decides nothing (`check`)."""
+        self.schema_generation += 1
         for st in self.rule_state.values():
             if st.ok is not None:
                 st.ok, st.reason = None, "schema changed: checked again on next use"
