@@ -126,6 +126,12 @@ class HotRowEngine:
     def schema_changed(self) -> None:
         self.book.schema_changed()
 
+    def ddl_started(self) -> None:
+        self.book.ddl_started()
+
+    def ddl_ended(self) -> None:
+        self.book.ddl_ended()
+
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """A task of the engine's (a group's leader): awaited at stop."""
         t = detached(coro)  # serves a whole group: no one client's (logctx.py)

@@ -48,9 +48,11 @@ class RuleBook:
         self.rule_state: dict[tuple[str, str], RuleState] = {}
         self.discovered: dict[tuple[str, str], HotRowRule] = {}
         self.server_sql_mode: str | None = None  # the primary's global sql_mode
-        # Bumped by every DDL seen (`schema_changed`): a check that read the schema before it
-        # must not hand down its verdict (a trigger created meanwhile would be bypassed).
+        # Bumped as each DDL seen starts and ends (`schema_changed`): a check that read the
+        # schema before must not hand down its verdict (a trigger created meanwhile would be
+        # bypassed), nor one that ran while a DDL did (`ddl_running`).
         self.schema_generation = 0
+        self.ddl_running = 0
         self._conn = conn  # a service connection on the primary (hotrow.service_conn)
         self.users = users  # the configured users: checks run as the first
         self.apply_config(cfg)
@@ -96,8 +98,8 @@ class RuleBook:
         (`_verdict`, `_rule_problem`); creates the proxy's own tables. Checked once per rule, and again
         (`force`) periodically, after DDL seen through the proxy and on SHOW HOTROW RULES."""
         st = self.rule_state.setdefault((rule.schema, rule.table), RuleState())
-        if st.ok is not None and not force:
-            return st
+        if (st.ok is not None and not force) or self.ddl_running:
+            return st  # (while a DDL runs there is nothing to decide: the normal path)
         async with st.lock:
             if st.ok is not None and not force:
                 return st
@@ -106,9 +108,11 @@ class RuleBook:
                 for _ in range(VERDICT_TRIES):
                     seen = self.schema_generation
                     await self._verdict(rule, c, st)
-                    if seen == self.schema_generation:
+                    if seen == self.schema_generation and not self.ddl_running:
                         break
-                    st.ok, st.reason = None, "schema changed while checked: checked again"
+                    st.ok, st.reason = None, "schema changing: checked again on next use"
+                    if self.ddl_running:
+                        break  # (until it ends, statements take the normal path)
             finally:
                 await c.pool.release(c)
         return st
@@ -180,6 +184,17 @@ class RuleBook:
         st.key_kind = "int" if key_type in _INT_TYPES else "str"
         st.key_ci = (keyrow[3] or "").lower().endswith("_ci")
         st.ok, st.reason = True, "ok"
+
+    def ddl_started(self) -> None:
+        """A statement that may change a hot table's schema (DDL, CALL, multi-statements) is
+        sent through the proxy: nothing merges until it has ended (`ddl_ended`), so no group
+        runs between its commit on the server and the proxy's reading of its answer."""
+        self.ddl_running += 1
+        self.schema_changed()
+
+    def ddl_ended(self) -> None:
+        self.ddl_running -= 1
+        self.schema_changed()
 
     def schema_changed(self) -> None:
         """DDL went through the proxy (a trigger, a constraint, a column may have changed):

@@ -68,6 +68,9 @@ async def run_plan(
     outcome = "ok"
     rows = 0
     s.keeps_diag = shape.keeps_diag
+    ddl = (shape.verb in _SCHEMA_VERBS or shape.multi) and s.app.hotrow is not None
+    if ddl:
+        s.app.hotrow.ddl_started()  # a trigger or constraint on a hot table, perhaps
     try:
         if p.gate_write:
             s.app.durability.check_write()  # the gate runs once, here
@@ -102,8 +105,8 @@ async def run_plan(
         raise
     finally:
         s.keeps_diag = False
-        if (shape.verb in _SCHEMA_VERBS or shape.multi) and s.app.hotrow is not None:
-            s.app.hotrow.schema_changed()  # a trigger or constraint on a hot table, perhaps
+        if ddl:
+            s.app.hotrow.ddl_ended()
         statement_done(s, shape, route, outcome, time.perf_counter() - t0, rows)
 
 
