@@ -22,20 +22,27 @@ from proxy.plan.hotshape import Escaped, HotTemplate, Unsupported
 MAX_KEY_SQL = 250  # a hot key's SQL literal fits the batch and reservation records
 
 
-@dataclass(frozen=True)
 class HotStmt:
-    """A recognised hot decrement bound to its values."""
+    """A recognised hot decrement bound to its values; never changed once made (`with_key`
+    makes another). A plain class, not a frozen dataclass: compiled, its constructor runs per
+    hot statement, and a frozen dataclass's sets each field through object.__setattr__."""
 
-    rule: HotRowRule
-    key_value: int | str
-    amount: int
-    guard_op: str | None
-    bound: int | None
-    sub: int | None = None  # the guard's `c - s` form: s (MySQL computes c - s, may overflow)
+    def __init__(self, rule: HotRowRule, key_value: int | str, amount: int,
+                 guard_op: str | None, bound: int | None, sub: int | None = None) -> None:
+        self.rule = rule
+        self.key_value = key_value
+        self.amount = amount
+        self.guard_op = guard_op
+        self.bound = bound
+        self.sub = sub  # the guard's `c - s` form: s (MySQL computes c - s, may overflow)
+        self.key_id: tuple[str, str, int | str] = (rule.schema, rule.table, key_value)
 
-    @property
-    def key_id(self) -> tuple[str, str, int | str]:
-        return (self.rule.schema, self.rule.table, self.key_value)
+    def with_key(self, key_value: int | str) -> HotStmt:
+        return HotStmt(self.rule, key_value, self.amount, self.guard_op, self.bound, self.sub)
+
+    def __repr__(self) -> str:
+        return (f"HotStmt({self.rule.qualified}, key={self.key_value!r}, amount={self.amount}, "
+                f"guard={self.guard_op} {self.bound}, sub={self.sub})")
 
 
 MAX_AMOUNT = 1 << 62  # larger amounts (and group totals) take the normal path: BIGINT arithmetic
@@ -212,13 +219,25 @@ MERGE_SQL_MODES = frozenset({
 })
 
 
+_BLOCKS: dict[str, str | None] = {}  # sql_mode_blocks per sql_mode text (a handful in use)
+
+
 def sql_mode_blocks(sql_mode: str) -> str | None:
-    """The first sql_mode flag that keeps a session's hot decrements from merging, or None."""
+    """The first sql_mode flag that keeps a session's hot decrements from merging, or None.
+    Asked per hot statement: remembered per text (bounded: the texts come from clients)."""
+    got = _BLOCKS.get(sql_mode, "")
+    if got != "":
+        return got
+    blocks = None
     for flag in sql_mode.upper().split(","):
         f = flag.strip()
         if f and f not in MERGE_SQL_MODES:
-            return f
-    return None
+            blocks = f
+            break
+    if len(_BLOCKS) >= 256:
+        _BLOCKS.clear()
+    _BLOCKS[sql_mode] = blocks
+    return blocks
 
 
 def sql_literal(v: int | str) -> str:

@@ -7,22 +7,18 @@ the key is one of many about equally contended (their row locks are then held si
 the database's group commit already serves them together). Never past units reserved by open
 transactions, nor for a while after a plain statement found the key sold out: near sell-out a
 plain UPDATE answers "0 rows" at once where MySQL's buyer would wait on the row lock for those
-units; a group waits for them. No I/O here but waiting on the engine's own state.
+units; a group waits for them. No I/O and no waiting here (the engine waits: hotrow.py).
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from proxy.engines.escrow import Escrow
 from proxy.engines.hotalloc import HotStmt
 from proxy.engines.hotkeys import KeyState
-
-if TYPE_CHECKING:
-    from proxy.engines.ports import HotRowMember
 
 # How many other decrements must be on a key (running, or gathering into a group) before one
 # merges: with less company than this it queues on the row lock in MySQL for less (measured on
@@ -36,7 +32,7 @@ AUTO_TXN_SHARE = 0.4
 # After a plain statement found a key sold out, its statements take the group's way this long.
 SOLD_OUT_MEMORY_S = 30.0
 # How long a decrement on a key that is one of many waits for the key's merged work to finish
-# before it runs as it is (`leaves_merge`); past that it merges.
+# before it runs as it is (hotrow.HotRowEngine._leaves_merge); past that it merges.
 LEAVE_MERGE_S = 0.25
 
 
@@ -93,7 +89,7 @@ class AutoChoice:
         if self.reserved_here(hs.key_id) or hs.key_id in self.reserved_anywhere:
             return False
         ks = self.keys.get(hs.key_id)
-        return ks is None or not _sold_out_lately(ks)
+        return ks is None or not sold_out_lately(ks)
 
     def _little_company(self, hs: HotStmt, in_txn: bool) -> bool:
         """The key has too little company for a group to pay (AUTO_COMPANY), or, inside a
@@ -103,33 +99,11 @@ class AutoChoice:
             return True
         if not in_txn:
             return ks.company() < AUTO_COMPANY
-        return ks.company() < AUTO_TXN_COMPANY or (self._spread(hs) and not ks.merging())
+        return ks.company() < AUTO_TXN_COMPANY or (self.spread(hs) and not ks.merging())
 
-    def _spread(self, hs: HotStmt) -> bool:
+    def spread(self, hs: HotStmt) -> bool:
+        """Inside a transaction: the key is one of many about equally contended lately."""
         return self.shares.share(hs.key_id, time.monotonic()) < AUTO_TXN_SHARE
-
-    async def leaves_merge(self, session: HotRowMember, hs: HotStmt, in_txn: bool) -> bool:
-        """Inside a transaction, on a key that is one of many (`_spread`) but still has merged
-        work under way (a group gathering or committing, units its members reserved): wait
-        for that work (their transactions end within moments; at most LEAVE_MERGE_S), then
-        run as it is. A session holding units of the key itself stays merged on it."""
-        if not in_txn or not self._spread(hs) or any(
-                r.key_id == hs.key_id for r in session.escrow):
-            return False
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + LEAVE_MERGE_S
-        while not self.goes_plain(hs, in_txn):
-            ks = self.keys.get(hs.key_id)
-            left = deadline - loop.time()
-            if ks is None or left <= 0 or not self._spread(hs) or _sold_out_lately(ks):
-                return False  # (sold out lately: the group's way, which waits for units)
-            if ks.tail is not None and not ks.tail.done():
-                await asyncio.wait([ks.tail], timeout=left)
-            elif self.reserved_here(hs.key_id):
-                await self.escrow.wait_resolved(hs.key_id, min(left, 0.05))
-            else:  # another proxy's units (the reservation table is read every 0.5 s)
-                await asyncio.sleep(min(left, 0.05))
-        return True
 
     def reserved_here(self, key_id: Any) -> bool:
         """Units of the key are reserved by transactions on this proxy not resolved yet."""
@@ -137,5 +111,5 @@ class AutoChoice:
         return ke is not None and ke.outstanding > 0
 
 
-def _sold_out_lately(ks: KeyState) -> bool:
+def sold_out_lately(ks: KeyState) -> bool:
     return time.monotonic() - ks.sold_out_at < SOLD_OUT_MEMORY_S

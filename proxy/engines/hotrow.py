@@ -17,10 +17,8 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from proxy.core import metrics as M
 from proxy.core.config import HOTROW_MODES, HotRowCfg
 from proxy.core.errors import (
     ER_INVENTORY_AUTOCOMMIT,
@@ -32,19 +30,13 @@ from proxy.core.errors import (
 from proxy.core.logctx import detached
 from proxy.core.state import SERVICE, SERVICE_MARIADB
 from proxy.engines.escrow import RESERVATION, Escrow, Reservation
-from proxy.engines.hotalloc import (
-    HotStmt,
-    bind,
-    inventory_hints,
-    normal_key,
-    read_only,
-    sql_mode_blocks,
-)
-from proxy.engines.hotauto import AutoChoice
+from proxy.engines.hotalloc import HotStmt, inventory_hints, read_only
+from proxy.engines.hotauto import LEAVE_MERGE_S, sold_out_lately
 from proxy.engines.hotkeys import KeyState
 from proxy.engines.hotmerge import Merger
+from proxy.engines.hotpick import Picker, in_txn
 from proxy.engines.hotqueue import queue
-from proxy.engines.hotrules import RuleBook, RuleState, key_value
+from proxy.engines.hotrules import RuleBook, key_value
 from proxy.net import protocol as P
 from proxy.plan.classify import Shape, statement_values
 
@@ -54,9 +46,6 @@ if TYPE_CHECKING:
     from proxy.net.protocol import ExecuteParts
 
 log = logging.getLogger("seckill.hotrow")
-
-MAX_KEYS = 100_000  # hot keys tracked at once (key values come from clients)
-
 
 # ---- runtime ----------------------------------------------------------------------------------
 
@@ -68,19 +57,22 @@ RESERVED_POLL_S = 0.5
 class HotRowEngine:
     def __init__(self, app: HotRowHost) -> None:
         self.app = app
-        self.keys: dict[tuple[str, str, int | str], KeyState] = {}
-        self.table_modes: dict[str, str] = {}
+        self.cfg = app.cfg.hotrow
         self.proxy_id = random.getrandbits(31)
         self._seq = itertools.count(1)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._bg: list[asyncio.Task[Any]] = []
         self.book = RuleBook(app.cfg.hotrow, self.service_conn,
                              lambda: [u.name for u in self.app.cfg.users])
-        self.apply_config(app.cfg.hotrow)
         self.escrow = Escrow(self.cfg.batch_schema, self.service_conn, self._release,
                              self.cfg.recover_after_s)
+        # the per-statement decision (hotpick.py, compiled), shared with the fast lane
+        self.pick = Picker(self.cfg, self.book, self.escrow)
+        self.keys = self.pick.keys
+        self.auto = self.pick.auto
+        self.lane_ticket = self.pick.ticket
+        self.plain_end = self.pick.plain_end
         self.merger = Merger(self)
-        self.auto = AutoChoice(self.keys, self.escrow)
 
     async def _release(self, c: BackendConn, broken: bool) -> None:
         if broken:
@@ -92,33 +84,25 @@ class HotRowEngine:
     def apply_config(self, cfg: HotRowCfg) -> None:
         self.cfg = cfg
         self.book.apply_config(cfg)
-        if hasattr(self, "escrow"):
-            self.escrow.recover_after_s = cfg.recover_after_s
-        self.global_mode = cfg.mode
-        self.table_modes = {}
+        self.escrow.recover_after_s = cfg.recover_after_s
+        self.pick.apply_config(cfg)
 
     def set_mode(self, mode: str, table: str | None) -> None:
         assert mode in HOTROW_MODES
         if table is None:
-            self.global_mode = mode
-            self.table_modes.clear()
+            self.pick.global_mode = mode
+            self.pick.table_modes.clear()
         else:
-            self.table_modes[table] = mode
+            self.pick.table_modes[table] = mode
 
     def engaged(self) -> bool:
         """Whether any table's mode is not `off` (else only hinted statements come here)."""
-        return self.global_mode != "off" or any(m != "off" for m in self.table_modes.values())
-
-    def mode_for(self, shape: Shape, table: str) -> str:
-        h = shape.hints
-        if "HOTROW" in h and h["HOTROW"].lower() in HOTROW_MODES:
-            return h["HOTROW"].lower()
-        if "QUEUE_ON_PK" in h:
-            return "queue"
-        return self.table_modes.get(table, self.global_mode)
+        pk = self.pick
+        return pk.global_mode != "off" or any(m != "off" for m in pk.table_modes.values())
 
     def rules_table(self) -> Any:
-        return self.book.rules_table(lambda t: self.table_modes.get(t, self.global_mode))
+        pk = self.pick
+        return self.book.rules_table(lambda t: pk.table_modes.get(t, pk.global_mode))
 
     async def check_rules(self, timeout: float = 5.0, force: bool = True) -> None:
         await self.book.check_rules(timeout, force)
@@ -199,7 +183,7 @@ class HotRowEngine:
         units reserved by open transactions anywhere do not run plain (`_goes_plain`)."""
         while True:
             await asyncio.sleep(RESERVED_POLL_S)
-            if not any(m == "auto" for m in (self.global_mode, *self.table_modes.values())) \
+            if not any(m == "auto" for m in (self.pick.global_mode, *self.pick.table_modes.values())) \
                     or not any(st.ok for st in self.book.rule_state.values()):
                 self.auto.reserved_anywhere = set()
                 continue
@@ -307,44 +291,44 @@ class HotRowEngine:
         self, session: HotRowMember, shape: Shape, values: list[object],
         forward: Callable[[], Awaitable[Any]], raw_sql: str = "",
     ) -> tuple[str, str] | None:
-        target = self._target(session, shape, values)
+        target = self.pick.target(session, shape, values)
         if target is None:
             return None
         hs, mode, rs = target
         if rs is None:
             await self.book.check(hs.rule, session.username or "")
-            target = self._target(session, shape, values)  # again, with the schema known
+            target = self.pick.target(session, shape, values)  # again, with the schema known
             if target is None:
                 return None
             hs, mode, rs = target
         if rs is None or not rs.ok:
             return None
-        in_txn = _in_txn(session)
+        txn = in_txn(session)
         inv = inventory_hints(shape.hints, raw_sql) if shape.hints else None
         if mode == "auto" and inv is None and (
-                self.auto.goes_plain(hs, in_txn) or await self.auto.leaves_merge(session, hs, in_txn)):
+                self.auto.goes_plain(hs, txn) or await self._leaves_merge(session, hs, txn)):
             # Little or nothing on the key: as it is, whatever the session (MySQL answers it).
-            return await self._plain(self._take_plain(session, hs, mode, in_txn), forward)
-        if inv is not None and (inv.commit_on_success or inv.rollback_on_fail) and not in_txn:
+            return await self._plain(self.pick.take_plain(session, hs, mode, txn), forward)
+        if inv is not None and (inv.commit_on_success or inv.rollback_on_fail) and not txn:
             raise ProxyError(ER_INVENTORY_AUTOCOMMIT,
                              "Inventory transactional hints didn't allowed in autocommit mode")
         txn_conn = None
-        if mode in ("merge", "auto") and in_txn and not session.pin and rs.escrow_ok \
+        if mode in ("merge", "auto") and txn and not session.pin and rs.escrow_ok \
                 and hs.key_id not in session.txn_hot:
             # Inside a transaction the member's units are reserved by the group and confirmed
             # in its own transaction (escrow.py); that needs the connection holding it.
             txn_conn = session.escrow_conn()
         if mode in ("merge", "auto") and (
-                (in_txn and txn_conn is None) or session.pin or read_only(session.sysvars)):
+                (txn and txn_conn is None) or session.pin or read_only(session.sysvars)):
             # Merged, the statement would run on another connection: not for a session pinned
             # to state on its own connection (a temporary table shadowing the rule's table,
             # LOCK TABLES, user variables), a read-only session, or a transaction that already
             # locked the row itself. Queued, it runs on the session's own connection and MySQL
             # answers it.
             mode = "queue"
-        ks = self._key(hs, mode)
+        ks = self.pick.key(hs, mode)
         if mode == "queue":
-            if in_txn:
+            if txn:
                 session.locked_hot_key(hs.key_id)  # its transaction now holds the row lock
             return await queue(session, hs, ks, forward, self.cfg)
         # Inventory hints are honoured on the merged path, so a hinted statement merges.
@@ -358,7 +342,7 @@ class HotRowEngine:
         comes meanwhile gathers into a group that starts when it is done (`after_plain`).
         Merging pays only when members would queue on the row lock; a lone member in a batch
         transaction costs three extra statements and a task switch."""
-        self.plain_start(ks)
+        self.pick.plain_start(ks)
         ok = False
         rows = -1
         try:
@@ -369,99 +353,30 @@ class HotRowEngine:
             self.plain_end(ks, ok, rows)
         return "hotrow-plain", "ok" if ok else "error"
 
-    def plain_start(self, ks: KeyState) -> None:
-        ks.mode = "auto:plain"
-        ks.plain_busy = True
-        ks.in_flight += 1
-
-    def plain_end(self, ks: KeyState, ok: bool, rows: int = -1) -> None:
-        if ok and rows == 0:
-            ks.sold_out_at = time.monotonic()
-        ks.in_flight -= 1
-        ks.plain_busy = False
-        done, ks.plain_done = ks.plain_done, None
-        if done is not None:
-            done.set_result(None)
-        M.HOTROW_STATEMENTS.inc("auto", "plain" if ok else "error")
-
-    def lane_ticket(self, session: HotRowMember, shape: Shape,
-                    values: list[object]) -> tuple[bool, KeyState | None]:
-        """The fast lane's question, answered at once: may this hot decrement run as it is?
-        (True, None): the engine would not touch it (no rule, mode off, rule invalid);
-        (True, ticket): auto mode's plain path, counted on its key until `plain_end(ticket)`;
-        (False, None): the session task decides (a group, a queue, a rule not checked yet).
-        The same decisions as `_handle`, taken before any of its side effects."""
-        target = self._target(session, shape, values)
-        if target is None:
-            return True, None
-        hs, mode, rs = target
-        if rs is None:
-            return False, None  # the rule's check needs the database: the task runs it
-        if not rs.ok:
-            return True, None
-        in_txn = _in_txn(session)
-        if mode != "auto" or not self.auto.goes_plain(hs, in_txn):
-            return False, None
-        ks = self._take_plain(session, hs, mode, in_txn)
-        self.plain_start(ks)
-        return True, ks
-
-    def _target(self, session: HotRowMember, shape: Shape, values: list[object]
-                ) -> tuple[HotStmt, str, RuleState | None] | None:
-        """The decisions that need no I/O, shared by `_handle` and `lane_ticket`: the rule the
-        statement binds to (configured or discovered), the bound on keys, the table's mode.
-        None: the engine leaves the statement alone. The rule's state is None while the rule
-        has not been checked against the schema."""
-        assert shape.hot is not None
-        sql_mode = session.sysvars.get("sql_mode", self.book.server_sql_mode)
-        escapes = sql_mode is None or "NO_BACKSLASH_ESCAPES" not in sql_mode.upper()
-        hs = bind(shape.hot, values, session.database, self.book.rules, escapes)
-        if hs is None and self.cfg.discover:
-            hs = self.book.discover(shape.hot, values, session.database, escapes)
-        if hs is None:
-            return None
-        mode = self.mode_for(shape, hs.rule.qualified)
-        if mode == "off":
-            return None
-        rs = self.book.rule_state.get((hs.rule.schema, hs.rule.table))
-        if rs is None or rs.ok is None or sql_mode is None:
-            return hs, mode, None  # the schema (and the server's sql_mode) not known yet
-        if rs.ok:
-            # Merged, the statement's answer must be the one MySQL would give it alone: not
-            # under an sql_mode that changes how it parses or computes, nor for a key whose
-            # row the proxy cannot tell (hotalloc.normal_key).
-            if sql_mode_blocks(sql_mode) is not None:
-                return None
-            key = normal_key(hs.key_value, rs.key_kind, rs.key_ci)
-            if key is None:
-                return None
-            if key != hs.key_value or type(key) is not type(hs.key_value):
-                hs = replace(hs, key_value=key)
-        if hs.key_id not in self.keys and len(self.keys) >= MAX_KEYS:
-            return None  # bounded: a new key past the limit takes the normal path
-        return hs, mode, rs
-
     def may_run_plain(self, hs: HotStmt) -> bool:  # (hotmerge.MergeHost)
         return self.auto.may_run_plain(hs)
 
-    def _take_plain(self, session: HotRowMember, hs: HotStmt, mode: str,
-                    in_txn: bool) -> KeyState:
-        if in_txn:
-            session.locked_hot_key(hs.key_id)  # its transaction now holds the row lock
-        return self._key(hs, mode)
-
-    def _key(self, hs: HotStmt, mode: str) -> KeyState:
-        ks = self.keys.get(hs.key_id)
-        if ks is None:
-            ks = self.keys[hs.key_id] = KeyState(asyncio.Semaphore(self.cfg.queue_concurrency))
-        ks.last_seen = now = time.monotonic()
-        self.auto.shares.seen(hs.key_id, now)
-        ks.statements += 1
-        ks.mode = mode
-        return ks
-
-
-def _in_txn(session: HotRowMember) -> bool:
-    return bool(session.status & P.SERVER_STATUS_IN_TRANS) or (
-        session.sysvars.get("autocommit", "ON").upper() in ("OFF", "0"))
-
+    async def _leaves_merge(self, session: HotRowMember, hs: HotStmt, txn: bool) -> bool:
+        """Inside a transaction, on a key that is one of many (`AutoChoice.spread`) but still
+        has merged work under way (a group gathering or committing, units its members
+        reserved): wait for that work (their transactions end within moments; at most
+        LEAVE_MERGE_S), then run as it is. A session holding units of the key itself stays
+        merged on it."""
+        auto = self.auto
+        if not txn or not auto.spread(hs) or any(
+                r.key_id == hs.key_id for r in session.escrow):
+            return False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + LEAVE_MERGE_S
+        while not auto.goes_plain(hs, txn):
+            ks = self.keys.get(hs.key_id)
+            left = deadline - loop.time()
+            if ks is None or left <= 0 or not auto.spread(hs) or sold_out_lately(ks):
+                return False  # (sold out lately: the group's way, which waits for units)
+            if ks.tail is not None and not ks.tail.done():
+                await asyncio.wait([ks.tail], timeout=left)
+            elif auto.reserved_here(hs.key_id):
+                await self.escrow.wait_resolved(hs.key_id, min(left, 0.05))
+            else:  # another proxy's units (the reservation table is read every 0.5 s)
+                await asyncio.sleep(min(left, 0.05))
+        return True

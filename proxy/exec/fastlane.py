@@ -122,7 +122,7 @@ class FastLane:
             return None
         if c.confirms and not confirms.plain_commit(data[4:]):
             return None  # escrow confirm rows wait there: only a COMMIT takes them along
-        values: list[object] = []  # a hot decrement's, for the engine's `lane_ticket`
+        values: list[object] = []  # a hot decrement's, for the engine's `lane_ticket` (hotpick.py)
         if cmd == P.COM_STMT_EXECUTE:
             if n < 14:
                 return None

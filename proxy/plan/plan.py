@@ -267,7 +267,7 @@ def _primary(shape: Shape, s: SessionView, policy: Policy, held: bool, pin: PinR
     if hot:
         # The engine takes it or declines; declined, it runs as this plan's primary path. The
         # lane runs it where the engine answers at once that it goes as it is (auto's plain
-        # path on an idle key, or no rule for it): `HotRowEngine.lane_ticket`.
+        # path on an idle key, or no rule for it): `hotpick.Picker.ticket`.
         return Plan(Route.HOTROW, track=track, hold_ack=hold, gate_write=True, pin=pin,
                     lane=lane, gtid_after=gtid_after, row_count=row_count)
     retrack = verb == "SET" and _TRACK_VAR.search(shape.digest) is not None
