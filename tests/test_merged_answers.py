@@ -309,6 +309,23 @@ def test_check_constraint_table_is_not_merged(mproxy: ProxyProc, sandbox: Sandbo
     assert rules["shop.mi_chk"] == "invalid: table has CHECK constraints"
 
 
+async def _burst(port: int, sql: str) -> int:
+    """20 clients, 10 decrements each: the rows they were told were changed."""
+    outs = await asyncio.gather(*(_loop(port, sql, 10) for _ in range(20)))
+    return sum(o.count(1) for o in outs)
+
+
+def _create_trigger(p: ProxyProc) -> None:
+    """An UPDATE trigger on mi_trg, created through the proxy (which sees the DDL)."""
+    conn = p.connect()
+    try:
+        with conn.cursor() as cur:
+            cur.execute("CREATE TRIGGER mi_trg_au AFTER UPDATE ON mi_trg FOR EACH ROW "
+                        "INSERT INTO mi_fired VALUES (1)")
+    finally:
+        conn.close()
+
+
 def test_trigger_created_while_the_rule_is_checked_is_never_bypassed(
         sandbox: Sandbox, tmp_path: Path) -> None:
     """A rule's check read the schema, then a trigger was created through the proxy, then the
@@ -328,21 +345,10 @@ def test_trigger_created_while_the_rule_is_checked_is_never_bypassed(
         checker = threading.Thread(target=p.admin, args=("SHOW HOTROW RULES",), daemon=True)
         checker.start()
         assert fp.held.wait(10)
-        conn = p.connect()
-        try:
-            with conn.cursor() as cur:
-                cur.execute("CREATE TRIGGER mi_trg_au AFTER UPDATE ON mi_trg FOR EACH ROW "
-                            "INSERT INTO mi_fired VALUES (1)")
-        finally:
-            conn.close()
+        _create_trigger(p)
         fp.release.set()
         checker.join(10)
-
-        async def burst() -> int:
-            outs = await asyncio.gather(*(_loop(p.port, sql, 10) for _ in range(20)))
-            return sum(o.count(1) for o in outs)
-
-        done = asyncio.run(burst())
+        done = asyncio.run(_burst(p.port, sql))
         fired = int(sandbox.primary.sql("SELECT COUNT(*) FROM shop.mi_fired")[0][0])
         assert done == 200 and fired == 200
     finally:
@@ -358,19 +364,9 @@ def test_trigger_created_later_is_never_bypassed(mproxy: ProxyProc, sandbox: San
     sandbox.primary.sql("DROP TRIGGER IF EXISTS shop.mi_trg_au", "DELETE FROM shop.mi_fired")
     sql = "UPDATE mi_trg SET quantity = quantity - 1 WHERE sku_id = 1 AND quantity > 0"
 
-    async def burst() -> int:
-        outs = await asyncio.gather(*(_loop(mproxy.port, sql, 10) for _ in range(20)))
-        return sum(o.count(1) for o in outs)
-
-    asyncio.run(burst())  # merged while the table has no trigger
-    conn = mproxy.connect()
-    try:
-        with conn.cursor() as cur:
-            cur.execute("CREATE TRIGGER mi_trg_au AFTER UPDATE ON mi_trg FOR EACH ROW "
-                        "INSERT INTO mi_fired VALUES (1)")
-    finally:
-        conn.close()
-    done = asyncio.run(burst())
+    asyncio.run(_burst(mproxy.port, sql))  # merged while the table has no trigger
+    _create_trigger(mproxy)
+    done = asyncio.run(_burst(mproxy.port, sql))
     fired = int(sandbox.primary.sql("SELECT COUNT(*) FROM shop.mi_fired")[0][0])
     assert done == 200 and fired == 200
     # dropped and created again directly on the server: seen at the next check
@@ -380,7 +376,7 @@ def test_trigger_created_later_is_never_bypassed(mproxy: ProxyProc, sandbox: San
                         "INSERT INTO shop.mi_fired VALUES (1)", "DELETE FROM shop.mi_fired")
     rules = {r[0]: r[4] for r in mproxy.admin("SHOW HOTROW RULES")}
     assert rules["shop.mi_trg"] == "invalid: table has UPDATE triggers"
-    done = asyncio.run(burst())
+    done = asyncio.run(_burst(mproxy.port, sql))
     fired = int(sandbox.primary.sql("SELECT COUNT(*) FROM shop.mi_fired")[0][0])
     assert done == fired == 200
     sandbox.primary.sql("DROP TRIGGER shop.mi_trg_au")
