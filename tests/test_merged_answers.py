@@ -315,15 +315,49 @@ async def _burst(port: int, sql: str) -> int:
     return sum(o.count(1) for o in outs)
 
 
-def _create_trigger(p: ProxyProc) -> None:
+def _create_trigger(p: ProxyProc, value: str = "1") -> None:
     """An UPDATE trigger on mi_trg, created through the proxy (which sees the DDL)."""
     conn = p.connect()
     try:
         with conn.cursor() as cur:
             cur.execute("CREATE TRIGGER mi_trg_au AFTER UPDATE ON mi_trg FOR EACH ROW "
-                        "INSERT INTO mi_fired VALUES (1)")
+                        f"INSERT INTO mi_fired VALUES ({value})")
     finally:
         conn.close()
+
+
+def test_trigger_created_while_a_batch_waits_for_the_table_is_never_bypassed(
+        mproxy: ProxyProc, sandbox: Sandbox) -> None:
+    """A group's batch waits for the table (LOCK TABLES held directly on the server) while a
+    trigger is created through the proxy; MariaDB may run the DDL first. Each decrement after
+    the trigger exists must fire it once: the stock values it records are then distinct and
+    contiguous down to the final stock (a merged UPDATE of k units would leave a gap)."""
+    reset(sandbox, "mi_trg")
+    sandbox.primary.sql("DROP TRIGGER IF EXISTS shop.mi_trg_au", "DELETE FROM shop.mi_fired")
+    sql = "UPDATE mi_trg SET quantity = quantity - 1 WHERE sku_id = 1 AND quantity > 0"
+    asyncio.run(_burst(mproxy.port, sql))  # merged while the table has no trigger
+    locker = sandbox.primary.root()
+    try:
+        with locker.cursor() as cur:
+            cur.execute("LOCK TABLES shop.mi_trg WRITE")
+        done: list[int] = []
+        burst = threading.Thread(target=lambda: done.append(asyncio.run(_burst(mproxy.port, sql))))
+        burst.start()
+        time.sleep(0.5)  # a group's locking read waits for the table
+        ddl = threading.Thread(target=_create_trigger, args=(mproxy, "NEW.quantity"))
+        ddl.start()
+        time.sleep(0.5)  # the DDL waits too
+        with locker.cursor() as cur:
+            cur.execute("UNLOCK TABLES")
+        burst.join(60)
+        ddl.join(60)
+    finally:
+        locker.close()
+        sandbox.primary.sql("DROP TRIGGER IF EXISTS shop.mi_trg_au")
+    final = dict(rows_of(sandbox, "mi_trg"))["1"]
+    fired = sorted(int(r[0]) for r in sandbox.primary.sql("SELECT n FROM shop.mi_fired"))
+    assert done == [200] and final == 100000 - 400
+    assert fired == list(range(final, final + len(fired))), fired
 
 
 def test_trigger_created_while_the_rule_is_checked_is_never_bypassed(

@@ -109,6 +109,22 @@ async def row_exists(c: Any, table: str, key_col: str, key_sql: str) -> bool:
     return rows != [["0"]]
 
 
+async def reserved_on(c: Any, schema: str, tbl: str, key: str) -> int:
+    """Units reserved on a key by any proxy's members whose transactions are still open (their
+    connection is on this server; a crashed proxy's reservations wait for recovery and are not
+    waited for), not resolved yet. Read inside a group's batch near sell-out (hotmerge.py)."""
+    bs = schema.replace("`", "``")
+    try:
+        rows, _ = await c.query(
+            f"SELECT COALESCE(SUM(amount), 0) FROM `{bs}`.`{RESERVATION}` WHERE "
+            f"table_name = '{escape_string(tbl)}' AND key_value = '{escape_string(key)}' "
+            "AND server_id = @@server_id AND conn_id IN "
+            "(SELECT ID FROM information_schema.PROCESSLIST)")
+    except BackendError:
+        return 0  # the statement failed alone; the batch's transaction goes on
+    return int(rows[0][0] or 0) if rows else 0
+
+
 async def run_checked(c: Any, stmts: list[tuple[str, int, str]]) -> list[tuple[str, int, int]]:
     """Run a service transaction's statements in one round trip (COMMIT never among them) and
     return those whose affected rows are not what was expected: (what, expected, got). The

@@ -5,7 +5,8 @@ merge: the first decrement for a key opens a group; followers join while the pre
 that key commits (two groups alternate), then up to `max_wait_us` or `max_batch` members. A
 leader with no group ahead commits at once. One backend transaction per group: lock the row,
 allocate members in arrival order with each one's amount and guard (`hotalloc.allocate`), one
-UPDATE by the total, one batch record, COMMIT, each statement's affected rows checked first.
+UPDATE by the total, one batch record, COMMIT, each statement's affected rows checked first,
+and that no DDL moved the schema since the rule was checked (`SchemaMoved`).
 No reply before COMMIT returned OK. A connection lost during COMMIT: the batch record tells;
 a batch that provably did not commit is retried once. Members inside transactions get
 reservations (escrow.py) confirmed in their own transactions.
@@ -34,10 +35,10 @@ from proxy.core.errors import (
     ResetReason,
 )
 from proxy.engines.escrow import (
-    RESERVATION,
     Escrow,
     Reservation,
     Unverified,
+    reserved_on,
     row_exists,
     run_checked,
 )
@@ -62,13 +63,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("seckill.hotrow")
 
 _NO_PRIVILEGE = frozenset({1142, 1143, 1044})  # table, column, database access denied
-
 _TRANSIENT = frozenset({1317, 1205, 1213, 1969, 3024})
-
 INFO_HIT = b"Rows matched: 1  Changed: 1  Warnings: 0"
-
 INFO_MISS = b"Rows matched: 0  Changed: 0  Warnings: 0"
-
 
 
 class MergeHost(Protocol):
@@ -88,6 +85,10 @@ class MergeHost(Protocol):
 
     def schema_changed(self) -> None: ...
 
+    def merge_gate(self, hs: HotStmt) -> int | None: ...  # hotrules.RuleBook.merge_gate
+
+    def schema_same(self, generation: int) -> bool: ...
+
     def may_run_plain(self, hs: HotStmt) -> bool: ...
 
 
@@ -95,10 +96,17 @@ class NotCommitted(Exception):
     """The batch provably did not commit (error before or at COMMIT, or connection lost before
     COMMIT was sent, or the batch record is absent after an interrupted COMMIT)."""
 
-    def __init__(self, err: ProxyError | BackendError, unverified: bool = False) -> None:
+    def __init__(self, err: ProxyError | BackendError, unverified: bool = False,
+                 alone: bool = False) -> None:
         super().__init__(str(err))
         self.err = err
         self.unverified = unverified  # rolled back before COMMIT: a statement was cut short
+        self.alone = alone  # the schema moved (`SchemaMoved`): members run alone, no retry
+
+
+class SchemaMoved(Unverified):
+    """DDL ran or runs since the rule was checked (hotrules.RuleBook.merge_gate): asked before
+    the batch and once its locking read holds the table's metadata lock; members run alone."""
 
 
 class Merger:
@@ -296,6 +304,8 @@ class Merger:
                 decisions = await self._batch(hs, g.members, user, floor)
             except NotCommitted as e:
                 last = e
+                if e.alone:
+                    break
                 log.warning("hot-row batch for %s did not commit (attempt %d): %s",
                             hs.rule.qualified, attempt, e)
                 if isinstance(e.err, BackendError):
@@ -334,7 +344,7 @@ class Merger:
                 log.warning("hot-row batch as user %s lacks privileges on %s (%s): statements "
                             "run unmerged; grant SELECT, INSERT, DELETE on `%s`.* to merge them",
                             g.user, self.host.cfg.batch_schema, err, self.host.cfg.batch_schema)
-            elif code not in _TRANSIENT:
+            elif code not in _TRANSIENT and not last.alone:
                 self.host.schema_changed()
             for m in g.members:
                 if not m.fut.done():
@@ -349,7 +359,6 @@ class Merger:
         self, hs: HotStmt, members: list[Member], user: str, floor: int | None
     ) -> list[int]:
         """One backend transaction for the whole group; returns each member's decision.
-
         Verified before it commits: the locked row's value (and whether it exists) is read,
         the statements after must affect exactly the rows allocated (the stock row, one
         reservation per member in a transaction, the batch record), COMMIT in its own round
@@ -360,6 +369,8 @@ class Merger:
         key = sql_literal(hs.key_value)
         batch_id = self.host.next_batch_id()
         t0 = time.perf_counter()
+        if (generation := self.host.merge_gate(hs)) is None:
+            raise NotCommitted(ProxyError(CR_SERVER_LOST, "schema changing"), True, True)
         try:
             c = await self.host.service_conn(user)
         except (BackendLost, BackendError) as e:
@@ -371,13 +382,15 @@ class Merger:
         try:
             rows, _ = await c.query(
                 f"START TRANSACTION; SELECT `{r.column}` FROM {tbl} WHERE `{r.key}` = {key} FOR UPDATE")
+            if not self.host.schema_same(generation):
+                raise SchemaMoved(f"DDL since the rule of {tbl} was checked")
             exists = bool(rows)
             if not exists and await row_exists(c, tbl, r.key, key):  # a read cut short
                 raise Unverified(f"locking read of {tbl} {key} returned nothing")
             current = int(rows[0][0]) if rows and rows[0][0] is not None else None
             decisions, total = allocate(current, members, floor, exists)
             if 0 in decisions:  # near sell-out: units still reserved by open transactions?
-                held = await self._reserved_on(c, tbl, key)
+                held = await reserved_on(c, self.host.cfg.batch_schema, tbl, key)
                 for m, d in zip(members, decisions, strict=True):
                     if d == 0:
                         m.reserved_seen = held
@@ -409,6 +422,8 @@ class Merger:
             # multi-statement at its first error); the pool's reset rolls the batch back.
             c.taint(ResetReason.SERVICE)
             await pool.release(c, "batch error")
+            if isinstance(e, SchemaMoved):
+                raise NotCommitted(ProxyError(CR_SERVER_LOST, str(e)), True, True) from None
             if isinstance(e, Unverified):
                 log.warning("hot-row batch for %s rolled back: %s", r.qualified, e)
                 raise NotCommitted(ProxyError(
@@ -431,21 +446,6 @@ class Merger:
         M.HOTROW_BATCH_SIZE.observe(len(members))
         M.HOTROW_BATCH_COMMIT.observe(time.perf_counter() - t0)
         return decisions
-
-    async def _reserved_on(self, c: BackendConn, tbl: str, key: str) -> int:
-        """Units reserved on a key by any proxy's members whose transactions are still open
-        (their connection is on this server; a crashed proxy's reservations wait for
-        recovery and are not waited for), not resolved yet (escrow.py)."""
-        bs = self.host.cfg.batch_schema.replace("`", "``")
-        try:
-            rows, _ = await c.query(
-                f"SELECT COALESCE(SUM(amount), 0) FROM `{bs}`.`{RESERVATION}` WHERE "
-                f"table_name = '{escape_string(tbl)}' AND key_value = '{escape_string(key)}' "
-                "AND server_id = @@server_id AND conn_id IN "
-                "(SELECT ID FROM information_schema.PROCESSLIST)")
-        except BackendError:
-            return 0  # the statement failed alone; the batch's transaction goes on
-        return int(rows[0][0] or 0) if rows else 0
 
     async def _in_doubt(
         self, hs: HotStmt, batch_id: int, user: str, decisions: list[int], e: BackendLost

@@ -113,6 +113,12 @@ class HotRowEngine:
     def ddl_started(self) -> None:
         self.book.ddl_started()
 
+    def merge_gate(self, hs: HotStmt) -> int | None:  # (hotmerge.MergeHost)
+        return self.book.merge_gate(hs.rule)
+
+    def schema_same(self, generation: int) -> bool:  # (hotmerge.MergeHost)
+        return self.book.schema_same(generation)
+
     def ddl_ended(self) -> None:
         self.book.ddl_ended()
 

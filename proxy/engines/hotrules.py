@@ -185,6 +185,20 @@ class RuleBook:
         st.key_ci = (keyrow[3] or "").lower().endswith("_ci")
         st.ok, st.reason = True, "ok"
 
+    def merge_gate(self, rule: HotRowRule) -> int | None:
+        """The schema generation under which the rule is known good now, or None (not checked
+        since the last DDL, or a DDL running). A group's batch (hotmerge.py) runs only with
+        one, and goes on only if the generation has not moved once its locking read holds the
+        table's metadata lock (`schema_same`): a DDL through this proxy that ran before that
+        lock was taken is then seen, so no group merges over a trigger it did not check."""
+        st = self.rule_state.get((rule.schema, rule.table))
+        if st is None or not st.ok or self.ddl_running:
+            return None
+        return self.schema_generation
+
+    def schema_same(self, generation: int) -> bool:
+        return generation == self.schema_generation and not self.ddl_running
+
     def ddl_started(self) -> None:
         """A statement that may change a hot table's schema (DDL, CALL, multi-statements) is
         sent through the proxy: nothing merges until it has ended (`ddl_ended`), so no group
