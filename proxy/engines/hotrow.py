@@ -113,14 +113,14 @@ class HotRowEngine:
     def ddl_started(self) -> None:
         self.book.ddl_started()
 
+    def ddl_ended(self) -> None:
+        self.book.ddl_ended()
+
     def merge_gate(self, hs: HotStmt) -> int | None:  # (hotmerge.MergeHost)
         return self.book.merge_gate(hs.rule)
 
     def schema_same(self, generation: int) -> bool:  # (hotmerge.MergeHost)
         return self.book.schema_same(generation)
-
-    def ddl_ended(self) -> None:
-        self.book.ddl_ended()
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """A task of the engine's (a group's leader): awaited at stop."""
