@@ -2,8 +2,9 @@
 or merged into groups (hotmerge.py), the path picked per key (`auto`) or by the table's mode.
 
 The engine routes: the rule a statement binds to and its state against the schema (hotrules.py),
-the key's company right now (hotkeys.py), open reservations near sell-out (escrow.py); then
-the queue (here), the merged path (hotmerge.py) or the statement as it is.
+the key's company right now (hotkeys.py), open reservations near sell-out (escrow.py), all read
+by the per-statement decision the fast lane shares (hotpick.py); then the queue (here), the
+merged path (hotmerge.py) or the statement as it is.
 
 queue: a FIFO per key with `concurrency` slots; inside a client transaction the slot is held
 until the transaction ends. A full queue or a timed-out wait is a 1205 error naming the key.
@@ -356,7 +357,7 @@ class HotRowEngine:
             ok = r is not None and r.err is None
             rows = r.affected_rows if ok else -1
         finally:
-            self.plain_end(ks, ok, rows)
+            self.pick.plain_end(ks, ok, rows)
         return "hotrow-plain", "ok" if ok else "error"
 
     def may_run_plain(self, hs: HotStmt) -> bool:  # (hotmerge.MergeHost)
