@@ -164,7 +164,7 @@ def test_auto_mode_plain_when_alone_and_vanishing_members_do_not_block_the_key(
 
 def test_auto_plain_path_runs_on_the_fast_lane(proxy: ProxyProc, sandbox: Sandbox) -> None:
     """Unhinted hot decrements in auto mode on an idle key go as they are on the fast lane
-    (the engine answers `lane_ticket` at once), text and server-side prepared, in autocommit
+    (the engine's way for them is PLAIN: hotpick.Picker.decide), text and server-side prepared, in autocommit
     and inside a transaction (whose rollback MySQL undoes); the key's books stay straight
     (nothing left in flight) and a contended key still forms groups."""
     initial = 100_000

@@ -1,5 +1,5 @@
 """A plain BEGIN answered by the proxy and sent with the transaction's first statement
-(exec/fastlane.py `_defer_begin`, net/wire.py prefix/skip): differential against MariaDB.
+(exec/lazybegin.py, net/wire.py prefix/skip): differential against MariaDB.
 Generated statement sequences run directly and through the proxy from the same starting
 state must give the same status flags, results, errors and warnings at every step, and leave
 the same rows; then the forms that must not be deferred, the binary protocol, a hot-row

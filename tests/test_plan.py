@@ -25,6 +25,8 @@ from proxy.core.state import (
     split_reported,
     transition,
 )
+from proxy.engines.hotpick import AS_IS, LEAVING, MERGE, PLAIN, QUEUE, UNCHECKED, Way
+from proxy.engines.readsplit import ReadRouter
 from proxy.exec.fastlane import FastLane
 from proxy.exec.general import row_count_setter
 from proxy.net import protocol as P
@@ -100,7 +102,7 @@ TABLE: list[tuple[str, dict[str, Any], Policy, Route, Track, bool, bool]] = [
      False),
     ("COMMIT", {"in_txn": True, "replica_txn": True}, Policy(track_all=True), Route.PRIMARY,
      Track.NONE, False, True),
-    # the lane may run it if the engine answers at once that it goes as it is (lane_ticket)
+    # the lane may run it if the engine's way for it needs no wait first (hotpick.Picker.decide)
     ("UPDATE inventory SET quantity = quantity - 1 WHERE sku_id = 1 AND quantity > 0", {},
      FULL, Route.HOTROW, Track.NONE, False, True),
     ("UPDATE inventory SET quantity = quantity - 1 WHERE sku_id = 1 AND quantity > 0",
@@ -257,10 +259,10 @@ class _Pool:
 @settings(max_examples=500, deadline=None)  # (asyncio.run per example: slow under load)
 @given(sql=st.sampled_from(STATEMENTS), view=views, policy=policies,
        on_replica=st.booleans(), replica_ready=st.booleans(), same_conn=st.booleans(),
-       plain_now=st.booleans())
+       way=st.sampled_from([AS_IS, UNCHECKED, PLAIN, LEAVING, QUEUE, MERGE]))
 def test_lane_takes_exactly_the_lane_plans(sql: str, view: View, policy: Policy,
                                            on_replica: bool, replica_ready: bool,
-                                           same_conn: bool, plain_now: bool) -> None:
+                                           same_conn: bool, way: int) -> None:
     primary, replica = _Pool("primary"), _Pool("replica")
     view.replica_txn = False
     conn = _idle_conn()
@@ -269,9 +271,14 @@ def test_lane_takes_exactly_the_lane_plans(sql: str, view: View, policy: Policy,
     lease.conn = conn
     view.stmt_conn = conn if same_conn else None  # type: ignore[attr-defined]
     lease.pool = (replica if on_replica and not view.in_txn else primary)  # type: ignore[assignment]
-    reads = SimpleNamespace(ready_now=lambda pool, rp, gtid: replica_ready)
-    # the hot-row engine answers at once whether a hot decrement goes as it is
-    hotrow = SimpleNamespace(lane_ticket=lambda s, shape, values: (plain_now, None),
+    # the read router itself (a compiled class: no stand-in), its replica up or not
+    st_replica = SimpleNamespace(role="replica", up=replica_ready, state="up", lag_s=0.0,
+                                 addr=None)
+    reads = ReadRouter(SimpleNamespace(  # type: ignore[arg-type]
+        monitor=SimpleNamespace(states={"replica": st_replica}),
+        cfg=SimpleNamespace(backends=SimpleNamespace(weight=lambda addr: 1))))
+    # the hot-row engine's way for a hot decrement: the lane takes those that start at once
+    hotrow = SimpleNamespace(lane_way=lambda s, shape, values: Way(way),
                              plain_end=lambda t, ok: None)
     app = SimpleNamespace(policy=policy, primary_pool=lambda: primary, reads=reads, hotrow=hotrow,
                           server_version="10.11.6-MariaDB")
@@ -293,9 +300,9 @@ def test_lane_takes_exactly_the_lane_plans(sql: str, view: View, policy: Policy,
     on_primary = lease.pool is primary
     expect = p.lane and (
         (p.route is Route.REPLICA and lease.state is LeaseState.SOFT and not on_primary
-         and replica_ready)
+         and p.read is not None and reads.ready_now(replica, p.read, view.last_gtid))
         or (p.route is Route.PRIMARY and (on_primary or lease.state is not LeaseState.SOFT))
-        or (p.route is Route.HOTROW and plain_now
+        or (p.route is Route.HOTROW and way in (AS_IS, PLAIN, MERGE)
             and (on_primary or lease.state is not LeaseState.SOFT))
         # diagnostics: on the previous statement's connection, wherever it is
         or (p.route is Route.DIAG and same_conn))

@@ -119,6 +119,7 @@ class Member:
     reserved_seen: int = 0
     target: int | None = None  # TARGET_AFFECT_ROW(n): the rows it must have, or it fails
     sub: int | None = None  # its guard is `c - sub OP b` (HotStmt.sub)
+    deadline: float = 0.0  # loop time until which "0 rows" may wait for reserved units
 
 
 RUN_ALONE = -1  # decision: the member runs its own statement after the group (MySQL answers it)

@@ -1,5 +1,6 @@
 """The hot-row engine's merged path: decrements of one key gathered into a group, one backend
-transaction for the whole group, every member told what MySQL would have told it alone.
+transaction for the whole group, every member told what MySQL would have told it alone
+(hotmember.py: a member's side, from joining to its answer).
 
 merge: the first decrement for a key opens a group; followers join while the previous group of
 that key commits (two groups alternate), then up to `max_wait_us` or `max_batch` members. A
@@ -17,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pymysql.converters import escape_string
@@ -26,8 +27,6 @@ from proxy.core import metrics as M
 from proxy.core.config import HotRowCfg
 from proxy.core.errors import (
     CR_SERVER_LOST,
-    ER_INVENTORY_TARGET_AFFECT_ROW,
-    ER_QUERY_INTERRUPTED,
     ER_SECKILL_NOT_COMMITTED,
     BackendError,
     BackendLost,
@@ -43,29 +42,24 @@ from proxy.engines.escrow import (
     run_checked,
 )
 from proxy.engines.hotalloc import (
-    MISMATCH,
     PLAIN,
     RUN_ALONE,
     HotStmt,
-    Inventory,
     Member,
     allocate,
     sql_literal,
 )
 from proxy.engines.hotkeys import Group, KeyState
 from proxy.engines.outcome import find_record
-from proxy.net import protocol as P
 
 if TYPE_CHECKING:
     from proxy.backends.backend import BackendConn
-    from proxy.engines.ports import HotRowHost, HotRowMember
+    from proxy.engines.ports import HotRowHost
 
 log = logging.getLogger("seckill.hotrow")
 
 _NO_PRIVILEGE = frozenset({1142, 1143, 1044})  # table, column, database access denied
 _TRANSIENT = frozenset({1317, 1205, 1213, 1969, 3024})
-INFO_HIT = b"Rows matched: 1  Changed: 1  Warnings: 0"
-INFO_MISS = b"Rows matched: 0  Changed: 0  Warnings: 0"
 
 
 class MergeHost(Protocol):
@@ -115,86 +109,10 @@ class Merger:
     def __init__(self, host: MergeHost) -> None:
         self.host = host
 
-    async def merge(
-        self, session: HotRowMember, hs: HotStmt, ks: KeyState, floor: int | None,
-        forward: Callable[[], Awaitable[Any]], auto: bool = False, txn_conn: Any = None,
-        inv: Inventory | None = None,
-    ) -> tuple[str, str]:
-        loop = asyncio.get_running_loop()
-        user = session.username or ""
-        if auto:
-            ks.mode = "auto:merge"
-        deadline = loop.time() + self.host.cfg.queue_wait_timeout_ms / 1000
-        while True:
-            m = Member(hs.amount, hs.guard_op, hs.bound, loop.create_future(), loop.time(),
-                       conn=txn_conn, target=inv.target if inv is not None else None,
-                       sub=hs.sub)
-            try:
-                decision = await self._join(ks, hs, m, user, floor, auto)
-            except ProxyError:
-                if inv is not None and inv.rollback_on_fail and txn_conn is not None:
-                    await self._end_txn(session, txn_conn, "ROLLBACK")
-                raise
-            # Near sell-out "0 rows" while reserved units may still come back would be a lie
-            # in time (MySQL's member would wait on the row lock): wait (bounded), try again.
-            own = sum(r.amount for r in session.escrow if r.key_id == hs.key_id)
-            if decision == 0 and loop.time() < deadline:
-                if await self.host.escrow.wait_resolved(hs.key_id, deadline - loop.time(), own):
-                    continue
-                ke = self.host.escrow.keys.get(hs.key_id)
-                if m.reserved_seen > max(own, ke.outstanding if ke else 0):
-                    # Reserved by another proxy (or a dead one): no event says when; look again.
-                    await asyncio.sleep(min(0.05, max(0.0, deadline - loop.time())))
-                    continue
-            break
-        if decision == PLAIN:
-            assert m.plain_done is not None
-            if txn_conn is not None:
-                session.locked_hot_key(hs.key_id)
-            try:
-                r = await forward()
-            finally:
-                m.plain_done.set_result(None)
-            ok = r is not None and r.err is None
-            M.HOTROW_STATEMENTS.inc("auto", "plain" if ok else "error")
-            return "hotrow-plain", "ok" if ok else "error"
-        if m.gtid:
-            session.saw_gtid(m.gtid)  # read-your-writes covers merged deductions too
-        if decision == RUN_ALONE:
-            M.HOTROW_STATEMENTS.inc("merge", "run_alone")
-            if txn_conn is not None:
-                session.locked_hot_key(hs.key_id)
-            await forward()
-            return "hotrow-merge", "ok"
-        if decision == MISMATCH:
-            # TARGET_AFFECT_ROW(n): the statement fails, changes nothing (nothing allocated)
-            assert inv is not None
-            if inv.rollback_on_fail and txn_conn is not None:
-                await self._end_txn(session, txn_conn, "ROLLBACK")
-            M.HOTROW_STATEMENTS.inc("merge", "target_mismatch")
-            raise ProxyError(ER_INVENTORY_TARGET_AFFECT_ROW,
-                             "The affected row number does not match that of user specified.")
-        if m.reservation is not None:
-            try:
-                await self._confirm(session, m, m.reservation,
-                                    late=not (inv is not None and inv.commit_on_success))
-            except ProxyError:
-                M.HOTROW_STATEMENTS.inc("merge", "error")
-                if inv is not None and inv.rollback_on_fail:
-                    await self._end_txn(session, txn_conn, "ROLLBACK")
-                raise
-        else:
-            # It ran on no connection of the session: no warnings, ROW_COUNT() answered here.
-            session.answered_here(decision)
-        if inv is not None and inv.commit_on_success and txn_conn is not None:
-            await self._end_txn(session, txn_conn, "COMMIT")
-        M.HOTROW_STATEMENTS.inc("merge", "succeeded" if decision else "sold_out")
-        await session.send(session.ok_packet(decision, 0, 0, INFO_HIT if decision else INFO_MISS))
-        return "hotrow-merge", "ok"
-
-    async def _join(self, ks: KeyState, hs: HotStmt, m: Member, user: str, floor: int | None,
-                    auto: bool) -> int:
-        """Join (or open) the key's collecting group; the member's decision."""
+    def join(self, ks: KeyState, hs: HotStmt, m: Member, user: str, floor: int | None,
+             auto: bool) -> None:
+        """Join (or open) the key's collecting group, now; the group decides `m.fut`
+        (hotmember.py waits for it)."""
         g = ks.collecting
         if g is None or len(g.members) >= self.host.cfg.max_batch or g.user != user:
             prev = ks.tail
@@ -207,47 +125,6 @@ class Merger:
         g.members.append(m)
         if len(g.members) >= self.host.cfg.max_batch:
             g.full.set()
-        ks.waiting += 1
-        try:
-            return await m.fut  # the group runs in its own task: no shield needed
-        except BaseException:
-            if m.plain_done is not None and not m.plain_done.done():
-                m.plain_done.set_result(None)  # told to run alone, gone first: the key moves on
-            if m.reservation is not None and m.fut.done() and not m.fut.cancelled():
-                self.host.escrow.ended([m.reservation])  # reserved, never confirmed: give it back
-            raise
-        finally:
-            ks.waiting -= 1
-
-    async def _confirm(self, session: HotRowMember, m: Member, r: Reservation,
-                       late: bool) -> None:
-        """The group reserved the member's units: its confirm row goes into its own
-        transaction, with its next command there (`late`; its COMMIT's round trip:
-        backends/confirms.py) or now (COMMIT_ON_SUCCESS). Whatever ends that transaction
-        resolves the reservation (the session hands it over)."""
-        if late:
-            m.conn.confirms.append(self.host.escrow.confirm_sql(r))
-            session.reserved(r, m.conn)
-            return
-        try:
-            ok = await _on_member(m.conn, self.host.escrow.confirm_sql(r))
-            if ok.affected_rows != 1:
-                # cut short without an error (a KILL QUERY): no confirm row, no UPDATE either
-                raise ProxyError(ER_QUERY_INTERRUPTED, "Query execution was interrupted")
-        except BaseException:
-            self.host.escrow.ended([r])  # no confirm row: the units go back
-            raise
-        # diagnostics: that connection's (no warnings); ROW_COUNT() 1 answered here
-        session.reserved(r, m.conn)
-
-    async def _end_txn(self, session: HotRowMember, c: Any, verb: str) -> None:
-        """COMMIT_ON_SUCCESS / ROLLBACK_ON_FAIL: end the member's transaction on its own
-        connection; a COMMIT's OK waits for a replica under `ack: replica`, as any COMMIT."""
-        ok = await _on_member(c, verb)
-        gtid = ok.gtid if verb == "COMMIT" else None
-        session.ended_txn_here(ok.status, gtid)
-        if gtid and self.host.app.durability.wants_ack:
-            await self.host.app.durability.wait_ack(gtid)
 
     async def _lead(self, hs: HotStmt, ks: KeyState, g: Group, user: str,
                     floor: int | None) -> None:
@@ -485,16 +362,3 @@ def _as_proxy_error(e: BackendError | BackendLost | ProxyError) -> ProxyError:
         return ProxyError((e.code, e.sqlstate), e.message)
     return ProxyError(ER_SECKILL_NOT_COMMITTED,
                       f"Lost connection to MySQL server ({e.reason}); statement NOT applied")
-
-
-async def _on_member(c: Any, sql: str) -> P.OkPacket:
-    """A statement run in a member's transaction, on its own connection; errors as the client
-    would get them (a lost connection ends its transaction)."""
-    try:
-        return await c.execute(sql)  # type: ignore[no-any-return]
-    except BackendError as e:
-        raise ProxyError((e.code, e.sqlstate), e.message) from None
-    except BackendLost as e:
-        raise ProxyError(
-            CR_SERVER_LOST, f"Lost connection to MySQL server during query ({e.reason}); "
-            "the transaction was rolled back or its outcome is unknown", fatal=True) from None

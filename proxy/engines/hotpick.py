@@ -1,9 +1,10 @@
 """The hot-row engine's per-statement decision, taken without I/O: the rule a decrement binds to
-(configured or discovered), its key as the engine groups it, the table's mode, and in auto
-mode whether it runs as it is on a key with little company (`ticket`, the fast lane's question).
+(configured or discovered), its key as the engine groups it, the table's mode, and the way it
+goes (`decide`: as it is, auto's plain path, queued, merged).
 
 The engine's session path (hotrow.py) and the fast lane (exec/fastlane.py) both decide here,
-so their decisions cannot drift. The fast lane asks for every hot decrement, so this module is
+so their decisions cannot drift: the lane runs the ways that need no waiting before they start
+(as it is, plain, merged), the session path all of them. The fast lane asks for every hot decrement, so this module is
 compiled (compiled.py); it has no coroutine: mypyc compiled `await` in a `finally` wrongly
 (docs/benchmarks.md), and the engine's waiting stays in interpreted hotrow.py.
 """
@@ -16,8 +17,17 @@ from typing import TYPE_CHECKING
 
 from proxy.core import metrics as M
 from proxy.core.config import HOTROW_MODES, HotRowCfg
+from proxy.core.errors import ER_INVENTORY_AUTOCOMMIT, ProxyError
 from proxy.engines.escrow import Escrow
-from proxy.engines.hotalloc import HotStmt, bind, normal_key, sql_mode_blocks
+from proxy.engines.hotalloc import (
+    HotStmt,
+    Inventory,
+    bind,
+    inventory_hints,
+    normal_key,
+    read_only,
+    sql_mode_blocks,
+)
 from proxy.engines.hotauto import AutoChoice
 from proxy.engines.hotkeys import KeyState
 from proxy.engines.hotrules import RuleBook, RuleState
@@ -25,11 +35,42 @@ from proxy.net import protocol as P
 from proxy.plan.classify import Shape
 
 if TYPE_CHECKING:
+    from proxy.backends.backend import BackendConn
     from proxy.engines.ports import HotRowMember
 
 MAX_KEYS = 100_000  # hot keys tracked at once (key values come from clients)
 
 KeyId = tuple[str, str, int | str]
+
+# The ways a hot decrement goes (`Way.kind`).
+AS_IS = 0  # the engine leaves it alone: no rule, mode off, a rule that does not hold, ...
+UNCHECKED = 1  # the rule not checked against the schema yet: checked (I/O), then decided again
+PLAIN = 2  # auto, little company on the key: as it is, counted on the key (`take_plain`)
+LEAVING = 3  # auto, in a transaction, a key one of many with merged work under way: wait for
+#              that work, then decide again without this way (hotrow.HotRowEngine._leaves_merge)
+QUEUE = 4  # queued per key (hotqueue.py), on the session's own connection
+MERGE = 5  # merged into the key's group (hotmerge.py)
+
+
+class Way:
+    """How a hot decrement goes, and what its path needs: decided once (`Picker.decide`)."""
+
+    __slots__ = ("kind", "hs", "mode", "rs", "txn", "inv", "txn_conn", "ticket")
+
+    def __init__(self, kind: int, hs: HotStmt | None = None, mode: str = "",
+                 rs: RuleState | None = None, txn: bool = False, inv: Inventory | None = None,
+                 txn_conn: BackendConn | None = None) -> None:
+        self.kind = kind
+        self.hs = hs
+        self.mode = mode
+        self.rs = rs
+        self.txn = txn
+        self.inv = inv  # AliSQL's inventory hints, honoured merged
+        self.txn_conn = txn_conn  # merged in a transaction: its connection (escrow.py)
+        self.ticket: KeyState | None = None  # PLAIN on the fast lane: counted on its key
+
+
+_AS_IS = Way(AS_IS)
 
 
 class Picker:
@@ -91,27 +132,61 @@ class Picker:
             return None  # bounded: a new key past the limit takes the normal path
         return hs, mode, rs
 
-    def ticket(self, session: HotRowMember, shape: Shape,
-               values: list[object]) -> tuple[bool, KeyState | None]:
-        """The fast lane's question, answered at once: may this hot decrement run as it is?
-        (True, None): the engine would not touch it (no rule, mode off, rule invalid);
-        (True, ticket): auto mode's plain path, counted on its key until `plain_end(ticket)`;
-        (False, None): the session task decides (a group, a queue, a rule not checked yet).
-        The same decisions as the engine's `_handle`, taken before any of its side effects."""
+    def decide(self, session: HotRowMember, shape: Shape, values: list[object],
+               raw_sql: str = "", may_leave: bool = True) -> Way:
+        """The way this decrement goes; `may_leave`: False once auto's wait to leave merged
+        work (LEAVING) was done. Raises the inventory hints' errors (a bad TARGET_AFFECT_ROW,
+        COMMIT_ON_SUCCESS in autocommit)."""
         target = self.target(session, shape, values)
         if target is None:
-            return True, None
+            return _AS_IS
         hs, mode, rs = target
         if rs is None:
-            return False, None  # the rule's check needs the database: the task runs it
+            return Way(UNCHECKED, hs, mode)
         if not rs.ok:
-            return True, None
+            return _AS_IS
         txn = in_txn(session)
-        if mode != "auto" or not self.auto.goes_plain(hs, txn):
-            return False, None
-        ks = self.take_plain(session, hs, mode, txn)
+        inv = inventory_hints(shape.hints, raw_sql) if shape.hints else None
+        if mode == "auto" and inv is None:
+            if self.auto.goes_plain(hs, txn):
+                # Little or nothing on the key: as it is, whatever the session (MySQL answers).
+                return Way(PLAIN, hs, mode, rs, txn)
+            if may_leave and txn and self.auto.spread(hs) and not any(
+                    r.key_id == hs.key_id for r in session.escrow):
+                return Way(LEAVING, hs, mode, rs, txn)
+        if inv is not None and (inv.commit_on_success or inv.rollback_on_fail) and not txn:
+            raise ProxyError(ER_INVENTORY_AUTOCOMMIT,
+                             "Inventory transactional hints didn't allowed in autocommit mode")
+        txn_conn = None
+        if mode in ("merge", "auto") and txn and not session.pin and rs.escrow_ok \
+                and hs.key_id not in session.txn_hot:
+            # Inside a transaction the member's units are reserved by the group and confirmed
+            # in its own transaction (escrow.py); that needs the connection holding it.
+            txn_conn = session.escrow_conn()
+        if mode == "queue" or (
+                (txn and txn_conn is None) or session.pin or read_only(session.sysvars)):
+            # Merged, the statement would run on another connection: not for a session pinned
+            # to state on its own connection (a temporary table shadowing the rule's table,
+            # LOCK TABLES, user variables), a read-only session, or a transaction that already
+            # locked the row itself. Queued, it runs on the session's own connection and MySQL
+            # answers it. (Inventory hints are honoured merged, so a hinted statement merges.)
+            return Way(QUEUE, hs, "queue", rs, txn, inv)
+        return Way(MERGE, hs, mode, rs, txn, inv, txn_conn)
+
+    def lane_way(self, session: HotRowMember, shape: Shape, values: list[object]) -> Way:
+        """The fast lane's question (its statements have no hints): `decide`, and way PLAIN
+        counted on its key at once (`Way.ticket`, given back by `plain_end`)."""
+        w = self.decide(session, shape, values)
+        if w.kind == PLAIN:
+            w.ticket = self.start_plain(session, w)
+        return w
+
+    def start_plain(self, session: HotRowMember, w: Way) -> KeyState:
+        """Way PLAIN: the statement is counted on its key until `plain_end`."""
+        assert w.hs is not None
+        ks = self.take_plain(session, w.hs, w.mode, w.txn)
         self.plain_start(ks)
-        return True, ks
+        return ks
 
     def take_plain(self, session: HotRowMember, hs: HotStmt, mode: str, txn: bool) -> KeyState:
         if txn:

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 
 from proxy.core.config import HOTROW_MODES, HotRowCfg
 from proxy.core.errors import (
-    ER_INVENTORY_AUTOCOMMIT,
     BackendError,
     BackendLost,
     ProxyError,
@@ -31,11 +30,12 @@ from proxy.core.errors import (
 from proxy.core.logctx import detached
 from proxy.core.state import SERVICE, SERVICE_MARIADB
 from proxy.engines.escrow import RESERVATION, Escrow, Reservation
-from proxy.engines.hotalloc import HotStmt, inventory_hints, read_only
+from proxy.engines.hotalloc import HotStmt
 from proxy.engines.hotauto import LEAVE_MERGE_S, sold_out_lately
 from proxy.engines.hotkeys import KeyState
+from proxy.engines.hotmember import Answers
 from proxy.engines.hotmerge import Merger
-from proxy.engines.hotpick import Picker, in_txn
+from proxy.engines.hotpick import AS_IS, LEAVING, PLAIN, QUEUE, UNCHECKED, Picker, Way
 from proxy.engines.hotqueue import queue
 from proxy.engines.hotrules import RuleBook, key_value
 from proxy.net import protocol as P
@@ -71,9 +71,10 @@ class HotRowEngine:
         self.pick = Picker(self.cfg, self.book, self.escrow)
         self.keys = self.pick.keys
         self.auto = self.pick.auto
-        self.lane_ticket = self.pick.ticket
+        self.lane_way = self.pick.lane_way  # (the fast lane's: compiled, no frame here)
         self.plain_end = self.pick.plain_end
         self.merger = Merger(self)
+        self.answers = Answers(self.merger)  # a member's side (the fast lane's too)
 
     async def _release(self, c: BackendConn, broken: bool) -> None:
         if broken:
@@ -298,49 +299,30 @@ class HotRowEngine:
         self, session: HotRowMember, shape: Shape, values: list[object],
         forward: Callable[[], Awaitable[Any]], raw_sql: str = "",
     ) -> tuple[str, str] | None:
-        target = self.pick.target(session, shape, values)
-        if target is None:
+        pick = self.pick
+        w = pick.decide(session, shape, values, raw_sql)
+        if w.kind == UNCHECKED:
+            assert w.hs is not None
+            await self.book.check(w.hs.rule, session.username or "")
+            w = pick.decide(session, shape, values, raw_sql)  # again, with the schema known
+        if w.kind == LEAVING:
+            assert w.hs is not None
+            if not await self._leaves_merge(session, w.hs):
+                w = pick.decide(session, shape, values, raw_sql, may_leave=False)
+            else:
+                w = Way(PLAIN, w.hs, w.mode, w.rs, w.txn)
+        hs, rs = w.hs, w.rs
+        if w.kind in (AS_IS, UNCHECKED) or hs is None or rs is None:
             return None
-        hs, mode, rs = target
-        if rs is None:
-            await self.book.check(hs.rule, session.username or "")
-            target = self.pick.target(session, shape, values)  # again, with the schema known
-            if target is None:
-                return None
-            hs, mode, rs = target
-        if rs is None or not rs.ok:
-            return None
-        txn = in_txn(session)
-        inv = inventory_hints(shape.hints, raw_sql) if shape.hints else None
-        if mode == "auto" and inv is None and (
-                self.auto.goes_plain(hs, txn) or await self._leaves_merge(session, hs, txn)):
-            # Little or nothing on the key: as it is, whatever the session (MySQL answers it).
-            return await self._plain(self.pick.take_plain(session, hs, mode, txn), forward)
-        if inv is not None and (inv.commit_on_success or inv.rollback_on_fail) and not txn:
-            raise ProxyError(ER_INVENTORY_AUTOCOMMIT,
-                             "Inventory transactional hints didn't allowed in autocommit mode")
-        txn_conn = None
-        if mode in ("merge", "auto") and txn and not session.pin and rs.escrow_ok \
-                and hs.key_id not in session.txn_hot:
-            # Inside a transaction the member's units are reserved by the group and confirmed
-            # in its own transaction (escrow.py); that needs the connection holding it.
-            txn_conn = session.escrow_conn()
-        if mode in ("merge", "auto") and (
-                (txn and txn_conn is None) or session.pin or read_only(session.sysvars)):
-            # Merged, the statement would run on another connection: not for a session pinned
-            # to state on its own connection (a temporary table shadowing the rule's table,
-            # LOCK TABLES, user variables), a read-only session, or a transaction that already
-            # locked the row itself. Queued, it runs on the session's own connection and MySQL
-            # answers it.
-            mode = "queue"
-        ks = self.pick.key(hs, mode)
-        if mode == "queue":
-            if txn:
+        if w.kind == PLAIN:
+            return await self._plain(pick.start_plain(session, w), forward)
+        ks = pick.key(hs, w.mode)
+        if w.kind == QUEUE:
+            if w.txn:
                 session.locked_hot_key(hs.key_id)  # its transaction now holds the row lock
             return await queue(session, hs, ks, forward, self.cfg)
-        # Inventory hints are honoured on the merged path, so a hinted statement merges.
-        return await self.merger.merge(session, hs, ks, rs.floor, forward,
-                                 mode == "auto" and inv is None, txn_conn, inv)
+        return await self.answers.merge(session, hs, ks, rs.floor, forward,
+                                       w.mode == "auto" and w.inv is None, w.txn_conn, w.inv)
 
     # ---- auto: plain while the key is idle ---------------------------------------------------
 
@@ -348,8 +330,8 @@ class HotRowEngine:
         """Nothing runs on the key: the statement goes as it is (as mode off would); whoever
         comes meanwhile gathers into a group that starts when it is done (`after_plain`).
         Merging pays only when members would queue on the row lock; a lone member in a batch
-        transaction costs three extra statements and a task switch."""
-        self.pick.plain_start(ks)
+        transaction costs three extra statements and a task switch. (Counted on the key from
+        `Picker.start_plain` to `plain_end`.)"""
         ok = False
         rows = -1
         try:
@@ -363,19 +345,16 @@ class HotRowEngine:
     def may_run_plain(self, hs: HotStmt) -> bool:  # (hotmerge.MergeHost)
         return self.auto.may_run_plain(hs)
 
-    async def _leaves_merge(self, session: HotRowMember, hs: HotStmt, txn: bool) -> bool:
-        """Inside a transaction, on a key that is one of many (`AutoChoice.spread`) but still
-        has merged work under way (a group gathering or committing, units its members
-        reserved): wait for that work (their transactions end within moments; at most
-        LEAVE_MERGE_S), then run as it is. A session holding units of the key itself stays
-        merged on it."""
+    async def _leaves_merge(self, session: HotRowMember, hs: HotStmt) -> bool:
+        """Way LEAVING (hotpick.Picker.decide): inside a transaction, on a key that is one of
+        many (`AutoChoice.spread`) but still has merged work under way (a group gathering or
+        committing, units its members reserved): wait for that work (their transactions end
+        within moments; at most LEAVE_MERGE_S); True: it runs as it is. A session holding
+        units of the key itself stays merged on it (decided there)."""
         auto = self.auto
-        if not txn or not auto.spread(hs) or any(
-                r.key_id == hs.key_id for r in session.escrow):
-            return False
         loop = asyncio.get_running_loop()
         deadline = loop.time() + LEAVE_MERGE_S
-        while not auto.goes_plain(hs, txn):
+        while not auto.goes_plain(hs, True):  # (in a transaction)
             ks = self.keys.get(hs.key_id)
             left = deadline - loop.time()
             if ks is None or left <= 0 or not auto.spread(hs) or sold_out_lately(ks):

@@ -24,10 +24,12 @@ from proxy.backends import confirms
 from proxy.backends.backend import BackendConn
 from proxy.backends.lease import LeaseState
 from proxy.backends.reply import ReplyScanner
-from proxy.core import metrics as M
 from proxy.core.errors import BackendLost, CloseReason, LeaseReason, ProxyError, client_side
+from proxy.engines.hotpick import AS_IS, MERGE, PLAIN
 from proxy.exec import prepared, reply
 from proxy.exec.account import statement_done
+from proxy.exec.lanemerge import LaneMember
+from proxy.exec.lazybegin import begin_ok_as_made, defer_begin
 from proxy.exec.local import local_answer
 from proxy.net import protocol as P
 from proxy.plan.classify import Shape, classify, statement_values
@@ -41,15 +43,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("seckill.fastlane")
 
 _FLUSH_AT = 256 * 1024
-# A plain BEGIN's effect at BEGIN time is nothing InnoDB or a client can see: no snapshot, no
-# lock (those come with the first statement). WITH CONSISTENT SNAPSHOT, READ ONLY, READ WRITE
-# (refused on a read-only server) are not deferred.
-_PLAIN_BEGIN = frozenset({"BEGIN", "BEGIN WORK", "START TRANSACTION"})
-# the status flags a plain BEGIN's OK keeps from the session's state; IN_TRANS is added.
-# IN_TRANS_READONLY: MariaDB leaves it set after a read-only transaction ended by
-# SET autocommit = 1, and its next BEGIN's OK still carries it (found by the generated test)
-_BEGIN_KEEPS = (P.SERVER_STATUS_AUTOCOMMIT | P.SERVER_STATUS_NO_BACKSLASH_ESCAPES
-                | P.SERVER_STATUS_IN_TRANS_READONLY)
 _unpack_id = struct.Struct("<I").unpack_from
 _pack_id = struct.Struct("<I").pack
 
@@ -71,6 +64,7 @@ class FastLane:
         self.t0 = 0.0
         self._fail_task: asyncio.Future[None] | None = None  # keeps the failure task alive
         self.ticket: KeyState | None = None  # a hot key counting this statement (hotrow.py)
+        self.hot = LaneMember(self)  # a merged hot decrement (lanemerge.py)
         self.status_before = 0  # the session's status flags when the command started
         # the text and shape of a COM_QUERY classified here: a statement the lane declines is
         # not classified again by the session task (`shape_of`)
@@ -122,7 +116,7 @@ class FastLane:
             return None
         if c.confirms and not confirms.plain_commit(data[4:]):
             return None  # escrow confirm rows wait there: only a COMMIT takes them along
-        values: list[object] = []  # a hot decrement's, for the engine's `lane_ticket` (hotpick.py)
+        values: list[object] = []  # a hot decrement's, for the engine's decision (`_hot`)
         if cmd == P.COM_STMT_EXECUTE:
             if n < 14:
                 return None
@@ -160,8 +154,8 @@ class FastLane:
             return None
         if shape.uses_last_insert_id and c.last_insert_id != s.last_insert_id:
             return None  # the general path first gives this connection the session's value
-        if p.route is Route.HOTROW and not self._ticket(shape, values):
-            return None  # the last check: a ticket taken is given back by `_done`
+        if p.route is Route.HOTROW and not self._hot(shape, values):
+            return None  # the last check: a ticket taken is given back by `done`
         return c, shape, packet, p
 
     def _answer_here(self, shape: Shape, p: Plan) -> None:
@@ -182,10 +176,20 @@ class FastLane:
             return got[1]
         return classify(sql)
 
-    def _ticket(self, shape: Shape, values: list[object]) -> bool:
-        """A hot decrement: only if the engine says at once that it goes as it is."""
-        ok, self.ticket = self.s.app.hotrow.lane_ticket(self.s, shape, values)
-        return bool(ok)
+    def _hot(self, shape: Shape, values: list[object]) -> bool:
+        """A hot decrement, the way the engine decides (hotpick.Picker.decide): as it is (no
+        rule for it), auto's plain path (a ticket on its key) or merged (lanemerge.py). A way
+        that waits before it starts (a rule to check, a queue) is the session task's."""
+        w = self.s.app.hotrow.lane_way(self.s, shape, values)
+        if w.kind == AS_IS:
+            return True
+        if w.kind == PLAIN:
+            self.ticket = w.ticket
+            return True
+        if w.kind == MERGE:
+            self.hot.way = w
+            return True
+        return False
 
     def _release_ticket(self, ok: bool, rows: int = -1) -> None:
         t, self.ticket = self.ticket, None
@@ -220,17 +224,25 @@ class FastLane:
             return True
         c, shape, packet, p = got
         s = self.s
-        if shape.lane == "begin" and self._defer_begin(c, shape, packet):
+        if shape.lane == "begin" and defer_begin(self, c, shape, packet):
             return True
         if p.gate_write:
             try:
                 s.app.durability.check_write()  # the gate runs once, here
             except ProxyError as e:
                 self._release_ticket(False)
+                self.hot.way = None
                 err = e.packet()
                 self.client.write(struct.pack("<I", len(err) | (1 << 24)) + err)
                 statement_done(s, shape, "primary", "error", 0.0, 0, 1)
                 return True
+        if self.hot.way is not None:  # merged: no statement on the session's connection
+            self.shape, self.plan, self.command = shape, p, data[4:]
+            self.t0 = time.perf_counter()
+            s.busy = True
+            self.client.held = True
+            self.hot.start()
+            return True
         # Out of the soft hold: the pool cannot take the connection back mid-statement.
         if s.lease.state is LeaseState.SOFT:
             s.lease.transition(LeaseState.STATEMENT, LeaseReason.ACQUIRED)
@@ -255,33 +267,6 @@ class FastLane:
         io.sink = self._reply_cb
         io.sink_lost = self._lost_cb
         io.write(packet)  # (with a deferred BEGIN ahead of it, if one waits: wire.py)
-        return True
-
-    def _defer_begin(self, c: BackendConn, shape: Shape, packet: bytes) -> bool:
-        """A plain BEGIN outside a transaction: answered here with the OK MariaDB gives it,
-        and sent on the session's connection ahead of the transaction's first statement (one
-        round trip less per transaction). Only once the session's first real BEGIN showed
-        that OK to be the one made here (`_complete`); the connection is held from now on,
-        as after any BEGIN. Anything else about BEGIN (a transaction open: it would commit
-        it; a pin: LOCK TABLES, XA, a pending SET TRANSACTION) goes to MariaDB as it is."""
-        s = self.s
-        L = s.lease
-        if (not s.lazy_begin or s.in_txn or s.pin is not None or L.state is not LeaseState.SOFT
-                or L.pool is not s.app.primary_pool() or c.io.prefix or c.io.skip
-                or shape.digest.upper() not in _PLAIN_BEGIN):
-            return False
-        t0 = time.perf_counter()
-        L.transition(LeaseState.STATEMENT, LeaseReason.ACQUIRED)  # the pool cannot take it now
-        c.io.prefix = packet
-        s.status = _begin_status(s.status)
-        ok = s.client_ok(P.OkPacket(status=s.status))
-        # MariaDB's BEGIN keeps the diagnostics area (SHOW WARNINGS, @@warning_count: the
-        # statement before's) and makes ROW_COUNT() 0
-        s.row_count_local = 0
-        s.settle()  # held: a transaction
-        self.client.write(struct.pack("<I", len(ok) | (1 << 24)) + ok)
-        M.DEFERRED_BEGINS.inc()
-        statement_done(s, shape, "primary", "ok", time.perf_counter() - t0, 0, 1)
         return True
 
     # ---- reply: called by the backend socket ---------------------------------------------
@@ -349,7 +334,7 @@ class FastLane:
             s.stmt_conn = c
         else:
             if shape.lane == "begin" and not s.lazy_begin:
-                s.lazy_begin = _begin_ok_as_made(self.status_before, r.ok)
+                s.lazy_begin = begin_ok_as_made(self.status_before, r.ok)
             s.absorb_reply(c, r, p.row_count)
         s.keeps_diag = False
         late, self.late, self.confirm_rows = self.late, [], []
@@ -358,7 +343,7 @@ class FastLane:
             self._fail_task = asyncio.ensure_future(self._write_late(c, late, outcome, rows))
             return
         s.settle()
-        self._done(outcome, rows)
+        self.done(outcome, rows)
 
     def _skipped_err(self, err: bytes) -> bool:
         """An ERR in a confirm row's place: MariaDB ran nothing after it, the COMMIT neither,
@@ -387,7 +372,7 @@ class FastLane:
             log.exception("fast lane: rolling back after a confirm row failed")
             self.client.transport.abort()
         finally:
-            self._done("error", 0)
+            self.done("error", 0)
 
     async def _write_late(self, c: BackendConn, late: list[str], outcome: str,
                           rows: int) -> None:
@@ -397,7 +382,7 @@ class FastLane:
             await confirms.write_late(c, late)
         finally:
             self.s.settle()
-            self._done(outcome, rows)
+            self.done(outcome, rows)
 
     def _on_lost(self) -> None:
         """The backend connection died under the command: the same answer as the general path
@@ -412,13 +397,14 @@ class FastLane:
             log.warning("backend connection lost after a partial result; closing the client",
                         extra={"conn_id": conn_id})
             self.client.transport.abort()
-            self._done("error", 0)
+            self.done("error", 0)
             return
         self._fail_task = asyncio.ensure_future(self._fail(c))
 
     async def _fail(self, c: BackendConn) -> None:
         s = self.s
         p = self.plan
+        self.session_turn(True)
         try:
             if p is not None and p.route is Route.REPLICA:
                 # Nothing reached the client: as the general path does, the read is retried
@@ -430,22 +416,38 @@ class FastLane:
             await reply.lost(s, BackendLost(f"lost connection to {c.addr} during query (EOF)"),
                           retry=False, shape=self.shape)
         except ProxyError as e:
-            if client_side(e.code):  # errors.client_side: told as MySQL's death is told
-                s.end_reason = f"backend lost ({e.code}): {e.message}"
-                self.client.transport.close()
-                return
-            err = e.packet()
-            self.client.write(struct.pack("<I", len(err) | (1 << 24)) + err)
-            if e.fatal:
-                s.end_reason = f"fatal error {e.code}: {e.message}"
-                self.client.transport.close()
+            self.tell(e)
         except Exception:  # noqa: BLE001 - never leave the client held
             log.exception("fast lane: failure handling failed")
             self.client.transport.abort()
         finally:
-            self._done("error", 0)
+            self.session_turn(False)
+            self.done("error", 0)
 
-    def _done(self, outcome: str, rows: int) -> None:
+    def session_turn(self, on: bool) -> None:
+        """Session code run from a task of the lane's writes through the client stream, whose
+        sequence the command's read would have moved past it (a reply sent with 0 reads as a
+        lost connection to a client): 1 while that code runs, 0 again after (the session
+        task's pending read expects the next command at 0)."""
+        conn = self.s.connection
+        if conn is not None:
+            conn.stream.seq.value = 1 if on else 0
+
+    def tell(self, e: ProxyError) -> None:
+        """An error from a short task of the lane's, told as the session task tells it."""
+        s = self.s
+        if client_side(e.code):  # errors.client_side: told as MySQL's death is told
+            s.end_reason = f"backend lost ({e.code}): {e.message}"
+            self.client.transport.close()
+            return
+        err = e.packet()
+        self.client.write(struct.pack("<I", len(err) | (1 << 24)) + err)
+        if e.fatal:
+            s.end_reason = f"fatal error {e.code}: {e.message}"
+            self.client.transport.close()
+
+    def done(self, outcome: str, rows: int, route: str = "primary") -> None:
+        """The command is answered: accounted once (account.py), the client released."""
         s, shape = self.s, self.shape
         if shape is None:  # abandoned meanwhile: the session is closing
             self._release_ticket(False)
@@ -453,7 +455,6 @@ class FastLane:
             return
         dt = time.perf_counter() - self.t0
         p = self.plan
-        route = "primary"
         if self.ticket is not None:
             route = "hotrow-plain"
             self._release_ticket(outcome == "ok", rows)
@@ -474,22 +475,8 @@ class FastLane:
         """The session ends with a command in flight: its connection can never be reused."""
         c = self.conn
         self._release_ticket(False)
+        self.hot.abandon()
         if c is not None:
             c.retire(CloseReason.REPLY_ABANDONED)
             c.io.sink = c.io.sink_lost = None
             self._reset()
-
-
-
-def _begin_ok_as_made(before: int, ok: P.OkPacket | None) -> bool:
-    """Whether MariaDB's OK for a real BEGIN is exactly the one `_defer_begin` makes: no rows,
-    no id, no warnings, no info, no session state, and the status flags computed from the
-    session's (the check that allows deferring, per session)."""
-    return (ok is not None and not ok.affected_rows and not ok.last_insert_id
-            and not ok.warnings and not ok.info and not ok.state_changed
-            and ok.status == _begin_status(before))
-
-
-def _begin_status(before: int) -> int:
-    """The status flags of a plain BEGIN's OK, from the session's before it."""
-    return (before & _BEGIN_KEEPS) | P.SERVER_STATUS_IN_TRANS

@@ -131,6 +131,18 @@ async def execute(s: Statement, payload: bytes) -> None:
         lambda fwd: s.app.hotrow.intercept_execute(s, st, parts, fwd)))
 
 
+async def forward_execute(s: Statement, payload: bytes, p: Plan) -> Relayed | None:
+    """A COM_STMT_EXECUTE's primary path alone (`execute`'s `forward`): for the fast lane's
+    merged member told to run its own statement (lanemerge.py)."""
+    st = client_stmt(s, payload, "mysqld_stmt_execute")
+    parts = P.split_execute(payload, st.num_params)
+
+    async def run(c: BackendConn, out: Any) -> Relayed:
+        return await run_execute_on(s, c, st, parts, out)
+
+    return await execute_on_primary(s, st, p, run)
+
+
 async def bulk_execute(s: Statement, payload: bytes) -> None:
     """MariaDB's COM_STMT_BULK_EXECUTE (what MariaDB Connector/Python and /J send for
     executemany): the rows go as they are to the primary, on the backend statement."""

@@ -266,8 +266,8 @@ def _primary(shape: Shape, s: SessionView, policy: Policy, held: bool, pin: PinR
     row_count = verb in _ROW_COUNT_VERBS and not shape.multi
     if hot:
         # The engine takes it or declines; declined, it runs as this plan's primary path. The
-        # lane runs it where the engine answers at once that it goes as it is (auto's plain
-        # path on an idle key, or no rule for it): `hotpick.Picker.ticket`.
+        # lane runs it where the engine's way for it starts at once (as it is, auto's plain
+        # path on an idle key, merged into its key's group): `hotpick.Picker.decide`.
         return Plan(Route.HOTROW, track=track, hold_ack=hold, gate_write=True, pin=pin,
                     lane=lane, gtid_after=gtid_after, row_count=row_count)
     retrack = verb == "SET" and _TRACK_VAR.search(shape.digest) is not None

@@ -69,7 +69,7 @@ class ProxySession(Hold, BaseSession):
         self.row_count_local: int | None = None
         # ROW_COUNT() read from the OK of a statement the connection ran (Plan.row_count)
         self.row_count_ok: int | None = None
-        self.lazy_begin = False  # a plain BEGIN may be deferred (fastlane.py _defer_begin)
+        self.lazy_begin = False  # a plain BEGIN may be deferred (lazybegin.py)
         self.last_conn: BackendConn | None = None
         self.pin: PinReason | None = None
         self.replica_vars: set[str] = set()  # user variables named in a replica RO transaction
