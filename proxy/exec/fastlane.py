@@ -224,7 +224,7 @@ class FastLane:
             return True
         c, shape, packet, p = got
         s = self.s
-        if shape.lane == "begin" and defer_begin(self, c, shape, packet):
+        if shape.lane == "begin" and defer_begin(s, self.client, c, shape, packet):
             return True
         if p.gate_write:
             try:

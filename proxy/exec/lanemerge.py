@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from proxy.core.errors import ProxyError
 from proxy.exec import general, prepared
@@ -25,15 +25,34 @@ if TYPE_CHECKING:
     from proxy.engines.hotalloc import Member
     from proxy.engines.hotkeys import KeyState
     from proxy.engines.hotpick import Way
-    from proxy.exec.fastlane import FastLane
+    from proxy.exec.context import Statement
+    from proxy.net.wire import ClientIO
+    from proxy.plan.classify import Shape
+    from proxy.plan.plan import Plan
 
 log = logging.getLogger("seckill.fastlane")
+
+
+class Lane(Protocol):
+    """What a merged member uses of its fast lane (fastlane.FastLane)."""
+
+    s: Statement
+    client: ClientIO
+    command: bytes  # the client's command (its first byte: the protocol's)
+    shape: Shape | None
+    plan: Plan | None
+
+    def done(self, outcome: str, rows: int, route: str = "primary") -> None: ...
+
+    def tell(self, e: ProxyError) -> None: ...
+
+    def session_turn(self, on: bool) -> None: ...
 
 
 class LaneMember:
     """One per fast lane; at most one member at a time (the lane runs one command)."""
 
-    def __init__(self, lane: FastLane) -> None:
+    def __init__(self, lane: Lane) -> None:
         self.lane = lane
         self.way: Way | None = None  # decided by the lane (`FastLane._hot`), joined by `start`
         self.member: tuple[Member, KeyState] | None = None  # joined, not answered yet

@@ -17,7 +17,8 @@ from proxy.net import protocol as P
 
 if TYPE_CHECKING:
     from proxy.backends.backend import BackendConn
-    from proxy.exec.fastlane import FastLane
+    from proxy.exec.context import Statement
+    from proxy.net.wire import ClientIO
     from proxy.plan.classify import Shape
 
 # A plain BEGIN's effect at BEGIN time is nothing InnoDB or a client can see: no snapshot, no
@@ -31,14 +32,14 @@ _BEGIN_KEEPS = (P.SERVER_STATUS_AUTOCOMMIT | P.SERVER_STATUS_NO_BACKSLASH_ESCAPE
                 | P.SERVER_STATUS_IN_TRANS_READONLY)
 
 
-def defer_begin(lane: FastLane, c: BackendConn, shape: Shape, packet: bytes) -> bool:
-    """A plain BEGIN outside a transaction: answered here with the OK MariaDB gives it,
-    and sent on the session's connection ahead of the transaction's first statement (one
-    round trip less per transaction). Only once the session's first real BEGIN showed
-    that OK to be the one made here (`FastLane._complete`); the connection is held from now on,
-    as after any BEGIN. Anything else about BEGIN (a transaction open: it would commit
+def defer_begin(s: Statement, client: ClientIO, c: BackendConn, shape: Shape,
+                packet: bytes) -> bool:
+    """A plain BEGIN outside a transaction: answered by the fast lane with the OK MariaDB
+    gives it, and sent on the session's connection ahead of the transaction's first statement
+    (one round trip less per transaction). Only once the session's first real BEGIN showed
+    that OK to be the one made here (`FastLane._complete`); the connection is held from now
+    on, as after any BEGIN. Anything else about BEGIN (a transaction open: it would commit
     it; a pin: LOCK TABLES, XA, a pending SET TRANSACTION) goes to MariaDB as it is."""
-    s = lane.s
     L = s.lease
     if (not s.lazy_begin or s.in_txn or s.pin is not None or L.state is not LeaseState.SOFT
             or L.pool is not s.app.primary_pool() or c.io.prefix or c.io.skip
@@ -53,7 +54,7 @@ def defer_begin(lane: FastLane, c: BackendConn, shape: Shape, packet: bytes) -> 
     # statement before's) and makes ROW_COUNT() 0
     s.row_count_local = 0
     s.settle()  # held: a transaction
-    lane.client.write(struct.pack("<I", len(ok) | (1 << 24)) + ok)
+    client.write(struct.pack("<I", len(ok) | (1 << 24)) + ok)
     M.DEFERRED_BEGINS.inc()
     statement_done(s, shape, "primary", "ok", time.perf_counter() - t0, 0, 1)
     return True
