@@ -162,6 +162,49 @@ def test_auto_mode_plain_when_alone_and_vanishing_members_do_not_block_the_key(
     assert 0 <= vanished_applied <= 100
 
 
+def test_merged_members_on_the_fast_lane_and_vanishing_ones(proxy: ProxyProc,
+                                                           sandbox: Sandbox) -> None:
+    """Unhinted decrements merged (mode merge) join their group from the fast lane
+    (exec/lanemerge.py) and are answered there; clients that send one and leave at once,
+    before its group decided, leave the key's books straight (nobody waiting or in flight
+    after) and block no one; every unit sold is one a buyer was told of, or a vanished one's."""
+    initial = 100_000
+    reset_stock(sandbox, {43: initial})
+    lane = "seckill_proxy_fastlane_statements_total"
+    c = proxy.connect()
+    with c.cursor() as cur:
+        cur.execute("DO 0")  # (the session holds a primary connection from now on)
+        # the first: the rule is checked against the schema (the session task's way)
+        assert cur.execute(SQL.format(hint="", n=1, sku=43)) == 1
+        l0, b0 = _metric(proxy, lane), batches(sandbox)
+        for _ in range(5):  # alone, yet merged (mode merge): each its own group, on the lane
+            assert cur.execute(SQL.format(hint="", n=1, sku=43)) == 1
+    c.close()
+    assert _metric(proxy, lane) - l0 == 5 and batches(sandbox)[1] - b0[1] == 5
+    initial -= 6
+
+    async def vanish(i: int) -> None:
+        conn = await app_conn(proxy.port)
+        payload = b"\x03" + SQL.format(hint="", n=1, sku=43).encode()
+        conn._writer.write(len(payload).to_bytes(3, "little") + b"\x00" + payload)
+        await asyncio.sleep(random.Random(i).random() * 0.01)
+        conn.close()
+
+    async def run() -> Tally:
+        vanishing = asyncio.gather(*(vanish(i) for i in range(100)))
+        t = await asyncio.wait_for(buyers(proxy.port, 100, 4, [43], [1]), 60)
+        await vanishing
+        return t
+
+    t = asyncio.run(run())
+    assert t.errors == [] and t.hits == 400
+    time.sleep(1)  # vanished members' groups finish
+    vanished_applied = initial - 400 - stock_of(sandbox)[43]
+    assert 0 <= vanished_applied <= 100
+    row = [r for r in proxy.admin("SHOW HOT KEYS") if r[0] == "shop.inventory" and str(r[1]) == "43"]
+    assert row and int(row[0][3]) == 0 and int(row[0][4]) == 0  # nobody waiting, in flight
+
+
 def test_auto_plain_path_runs_on_the_fast_lane(proxy: ProxyProc, sandbox: Sandbox) -> None:
     """Unhinted hot decrements in auto mode on an idle key go as they are on the fast lane
     (the engine's way for them is PLAIN: hotpick.Picker.decide), text and server-side prepared, in autocommit
