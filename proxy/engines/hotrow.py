@@ -307,7 +307,7 @@ class HotRowEngine:
             w = pick.decide(session, shape, values, raw_sql)  # again, with the schema known
         if w.kind == LEAVING:
             assert w.hs is not None
-            if not await self._leaves_merge(session, w.hs):
+            if not await self._leaves_merge(w.hs):
                 w = pick.decide(session, shape, values, raw_sql, may_leave=False)
             else:
                 w = Way(PLAIN, w.hs, w.mode, w.rs, w.txn)
@@ -345,7 +345,7 @@ class HotRowEngine:
     def may_run_plain(self, hs: HotStmt) -> bool:  # (hotmerge.MergeHost)
         return self.auto.may_run_plain(hs)
 
-    async def _leaves_merge(self, session: HotRowMember, hs: HotStmt) -> bool:
+    async def _leaves_merge(self, hs: HotStmt) -> bool:
         """Way LEAVING (hotpick.Picker.decide): inside a transaction, on a key that is one of
         many (`AutoChoice.spread`) but still has merged work under way (a group gathering or
         committing, units its members reserved): wait for that work (their transactions end
