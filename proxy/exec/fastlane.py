@@ -18,6 +18,7 @@ import asyncio
 import logging
 import struct
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from proxy.backends import confirms
@@ -402,27 +403,41 @@ class FastLane:
         self._fail_task = asyncio.ensure_future(self._fail(c))
 
     async def _fail(self, c: BackendConn) -> None:
+        await self.run_task(lambda: self._failed(c), "failure handling")
+
+    async def _failed(self, c: BackendConn) -> None:
         s = self.s
         p = self.plan
+        if p is not None and p.route is Route.REPLICA:
+            # Nothing reached the client: as the general path does, the read is retried
+            # (the replica's connection is gone; the monitor takes a dead replica out).
+            await s.lease.release(LeaseReason.BACKEND_LOST)
+            cmd, self.shape = self.command, None  # the general path counts it
+            await (s.com_query(cmd) if cmd[0] == P.COM_QUERY else prepared.execute(s, cmd))
+            return
+        await reply.lost(s, BackendLost(f"lost connection to {c.addr} during query (EOF)"),
+                         retry=False, shape=self.shape)
+
+    async def run_task(self, work: Callable[[], Awaitable[tuple[str, str] | None]], what: str
+                       ) -> None:
+        """Session code run from a short task of the lane's while the client is held: the
+        client stream's sequence as the command's read would have left it, errors told as the
+        session task tells them, the command accounted once at the end (`done`; `work` may
+        return its route and outcome)."""
+        route, outcome = "primary", "error"  # (an error is counted as the session path does)
         self.session_turn(True)
         try:
-            if p is not None and p.route is Route.REPLICA:
-                # Nothing reached the client: as the general path does, the read is retried
-                # (the replica's connection is gone; the monitor takes a dead replica out).
-                await s.lease.release(LeaseReason.BACKEND_LOST)
-                cmd, self.shape = self.command, None  # the general path counts it
-                await (s.com_query(cmd) if cmd[0] == P.COM_QUERY else prepared.execute(s, cmd))
-                return
-            await reply.lost(s, BackendLost(f"lost connection to {c.addr} during query (EOF)"),
-                          retry=False, shape=self.shape)
+            got = await work()
+            if got is not None:
+                route, outcome = got
         except ProxyError as e:
             self.tell(e)
         except Exception:  # noqa: BLE001 - never leave the client held
-            log.exception("fast lane: failure handling failed")
+            log.exception("fast lane: %s failed", what)
             self.client.transport.abort()
         finally:
             self.session_turn(False)
-            self.done("error", 0)
+            self.done(outcome, 0, route)
 
     def session_turn(self, on: bool) -> None:
         """Session code run from a task of the lane's writes through the client stream, whose

@@ -14,9 +14,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol
 
-from proxy.core.errors import ProxyError
 from proxy.exec import general, prepared
 from proxy.net import protocol as P
 
@@ -44,9 +44,8 @@ class Lane(Protocol):
 
     def done(self, outcome: str, rows: int, route: str = "primary") -> None: ...
 
-    def tell(self, e: ProxyError) -> None: ...
-
-    def session_turn(self, on: bool) -> None: ...
+    async def run_task(self, work: Callable[[], Awaitable[tuple[str, str] | None]], what: str
+                       ) -> None: ...
 
 
 class LaneMember:
@@ -93,24 +92,17 @@ class LaneMember:
         lane.done("ok", 0, "hotrow-merge")
 
     async def _rest(self, m: Member, ks: KeyState, w: Way) -> None:
-        lane = self.lane
-        s = lane.s
-        assert w.hs is not None and w.rs is not None
-        route, outcome = "primary", "error"  # (an error is counted as the session path does)
-        lane.session_turn(True)
         try:
-            route, outcome = await s.app.hotrow.answers.finish(
-                s, w.hs, ks, m, w.rs.floor, self._forward, w.mode == "auto", w.txn_conn, None)
-        except ProxyError as e:
-            lane.tell(e)
-        except Exception:  # noqa: BLE001 - never leave the client held
-            log.exception("fast lane: a merged member's answer failed")
-            lane.client.transport.abort()
+            await self.lane.run_task(lambda: self._finish(m, ks, w), "a merged member's answer")
         finally:
-            lane.session_turn(False)
             self.way = None
             self.task = None
-            lane.done(outcome, 0, route)
+
+    async def _finish(self, m: Member, ks: KeyState, w: Way) -> tuple[str, str]:
+        s = self.lane.s
+        assert w.hs is not None and w.rs is not None
+        return await s.app.hotrow.answers.finish(
+            s, w.hs, ks, m, w.rs.floor, self._forward, w.mode == "auto", w.txn_conn, None)
 
     async def _forward(self) -> Relayed | None:
         """The member runs its own statement: the primary path of its protocol, as the
