@@ -26,9 +26,12 @@ from proxy.engines.hotkeys import KeyState
 AUTO_COMPANY = 2
 AUTO_TXN_COMPANY = 4
 # Inside a transaction the key must also have at least this share of the hot decrements seen
-# lately (`Shares`). Measured on the seed's transaction, pinned, 128 threads, merged against as
-# it is: 1 key 2.2x, 2 keys 1.2x, 3 keys 1.0x, 5 keys 0.97x, 10 keys 0.8x.
-AUTO_TXN_SHARE = 0.4
+# lately (`Shares`). Measured on the seed's transaction, 128 threads, since merged members are
+# answered on the fast lane (docs/benchmarks.md, stop 36), merged against as it is (mode off),
+# pinned / unpinned: 3 keys 1.24-1.45x, 5 keys 1.28-1.33x, 10 keys 1.05-1.18x (UPDATE first:
+# 0.90-1.06x), 20 keys 0.83x (UPDATE first 0.71x). So up to about 6 equally hot keys merge.
+# (Before that change: 1 key 2.2x, 2 keys 1.2x, 3 keys 1.0x, 10 keys 0.8x; the share was 0.4.)
+AUTO_TXN_SHARE = 0.15
 # After a plain statement found a key sold out, its statements take the group's way this long.
 SOLD_OUT_MEMORY_S = 30.0
 # How long a decrement on a key that is one of many waits for the key's merged work to finish
