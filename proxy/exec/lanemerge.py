@@ -56,6 +56,9 @@ class LaneMember:
         self.way: Way | None = None  # decided by the lane (`FastLane._hot`), joined by `start`
         self.member: tuple[Member, KeyState] | None = None  # joined, not answered yet
         self.task: asyncio.Task[None] | None = None  # `_rest`, when the answer needs waiting
+        # handed to `_rest`, which has not run yet: a task cancelled before its first step
+        # runs none of its code, so `abandon` gives such a member up itself
+        self.handed: tuple[Member, KeyState] | None = None
         self._cb = self._decided
 
     def start(self) -> None:
@@ -85,6 +88,7 @@ class LaneMember:
             lane.done("error", 0, "hotrow-merge")
             return
         if ok is None:
+            self.handed = (m, ks)
             self.task = asyncio.ensure_future(self._rest(m, ks, w))
             return
         self.way = None
@@ -99,6 +103,7 @@ class LaneMember:
             self.task = None
 
     async def _finish(self, m: Member, ks: KeyState, w: Way) -> tuple[str, str]:
+        self.handed = None  # from here `finish` gives the member up if it is cancelled
         s = self.lane.s
         assert w.hs is not None and w.rs is not None
         return await s.app.hotrow.answers.finish(
@@ -117,10 +122,14 @@ class LaneMember:
     def abandon(self) -> None:
         """The session ends with the member in flight."""
         got, self.member = self.member, None
+        handed, self.handed = self.handed, None
         self.way = None
         if got is not None:
             m, ks = got
             m.fut.remove_done_callback(self._cb)
+            self.lane.s.app.hotrow.answers.abandon(ks, m)
+        elif handed is not None:  # (its group decided; told to run alone, it must say done)
+            m, ks = handed
             self.lane.s.app.hotrow.answers.abandon(ks, m)
         t, self.task = self.task, None
         if t is not None and not t.done():
