@@ -156,7 +156,10 @@ def start_proxy(tmp: Path, cfg: dict[str, Any]) -> ProxyProc:
     p = ProxyProc(port, int(cfg["admin"]["listen"].rsplit(":", 1)[1]),
                   int(cfg["metrics"]["listen"].rsplit(":", 1)[1]), path, proc, log_path)
     try:
-        wait_port(port)
+        # the client port opens first, the admin and metrics ports just after (server.py):
+        # a test that scrapes at once must not find them still closed
+        for q in (port, p.admin_port, p.metrics_port):
+            wait_port(q)
     except RuntimeError:
         p.stop()
         raise RuntimeError("proxy did not start:\n" + p.log()) from None
