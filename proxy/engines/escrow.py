@@ -196,13 +196,19 @@ class Escrow:
         if self._tasks:
             await asyncio.wait(list(self._tasks.values()), timeout=timeout)
 
+    def outstanding_beyond(self, key_id: Any, own: int) -> bool:
+        """Units of the key reserved here by open transactions other than the asker's own
+        (`own`): what `wait_resolved` waits for."""
+        ke = self.keys.get(key_id)
+        return ke is not None and ke.outstanding > own
+
     async def wait_resolved(self, key_id: Any, timeout: float, own: int = 0) -> bool:
         """Wait until something outstanding on the key is resolved; False on timeout or when
         nothing is outstanding but the waiter's own (its own transaction's units come back
         only when it ends: MySQL would not make it wait for itself either)."""
-        ke = self.keys.get(key_id)
-        if ke is None or ke.outstanding <= own:
+        if not self.outstanding_beyond(key_id, own):
             return False
+        ke = self.keys[key_id]
         ke.changed.clear()
         try:
             await asyncio.wait_for(ke.changed.wait(), timeout)

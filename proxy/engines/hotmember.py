@@ -163,10 +163,11 @@ class Answers:
         d = fut.result()
         if d < 0:
             return None
-        if d == 0 and self.loop().time() < m.deadline and (
-                self._reserved_any(hs, _own(session, hs))
-                or self._reserved_elsewhere(hs, m, _own(session, hs))):
-            return None
+        if d == 0 and self.loop().time() < m.deadline:
+            own = _own(session, hs)
+            if (self.host.escrow.outstanding_beyond(hs.key_id, own)
+                    or self._reserved_elsewhere(hs, m, own)):
+                return None  # (as `finish`: `wait_resolved` would wait, or the sleep)
         ks.waiting -= 1
         if m.gtid:
             session.saw_gtid(m.gtid)
@@ -193,12 +194,6 @@ class Answers:
             session.answered_here(decision)
         M.HOTROW_STATEMENTS.inc("merge", "succeeded" if decision else "sold_out")
         return session.ok_packet(decision, 0, 0, INFO_HIT if decision else INFO_MISS)
-
-    def _reserved_any(self, hs: HotStmt, own: int) -> bool:
-        """Units reserved on the key by this proxy's open transactions, not the member's own
-        (escrow.Escrow.wait_resolved would wait for them)."""
-        ke = self.host.escrow.keys.get(hs.key_id)
-        return ke is not None and ke.outstanding > own
 
     def _reserved_elsewhere(self, hs: HotStmt, m: Member, own: int) -> bool:
         """Units its batch saw reserved that this proxy does not know of (another proxy's)."""

@@ -4,9 +4,9 @@ goes (`decide`: as it is, auto's plain path, queued, merged).
 
 The engine's session path (hotrow.py) and the fast lane (exec/fastlane.py) both decide here,
 so their decisions cannot drift: the lane runs the ways that need no waiting before they start
-(as it is, plain, merged), the session path all of them. The fast lane asks for every hot decrement, so this module is
-compiled (compiled.py); it has no coroutine: mypyc compiled `await` in a `finally` wrongly
-(docs/benchmarks.md), and the engine's waiting stays in interpreted hotrow.py.
+(as it is, plain, merged), the session path all of them. The fast lane asks for every hot
+decrement, so this module is compiled (compiled.py); it has no coroutine: mypyc compiled
+`await` in a `finally` wrongly (docs/benchmarks.md).
 """
 
 from __future__ import annotations

@@ -113,19 +113,26 @@ def client_stmt(s: Statement, payload: bytes, what: str) -> ClientStmt:
     return st
 
 
-async def execute(s: Statement, payload: bytes) -> None:
+def _execution(s: Statement, payload: bytes) -> tuple[
+        ClientStmt, P.ExecuteParts, Callable[[BackendConn, Any], Awaitable[Relayed]]]:
+    """A COM_STMT_EXECUTE read: its statement, its parts, one execution on a connection."""
     st = client_stmt(s, payload, "mysqld_stmt_execute")
     try:
         parts = P.split_execute(payload, st.num_params)
     except ValueError as e:
         raise ProxyError((1835, "08S01"), f"Malformed communication packet ({e})") from None
-    if parts.bound:
-        st.types = parts.types
-    p = plan(st.shape, s, s.app.policy, cursor=bool(parts.flags & 0x01))
 
     async def run(c: BackendConn, out: Any) -> Relayed:
         return await run_execute_on(s, c, st, parts, out)
 
+    return st, parts, run
+
+
+async def execute(s: Statement, payload: bytes) -> None:
+    st, parts, run = _execution(s, payload)
+    if parts.bound:
+        st.types = parts.types
+    p = plan(st.shape, s, s.app.policy, cursor=bool(parts.flags & 0x01))
     await executor.execute(s, Command(
         st.sql, st.shape, p, run, lambda q: execute_on_primary(s, st, q, run),
         lambda fwd: s.app.hotrow.intercept_execute(s, st, parts, fwd)))
@@ -134,12 +141,7 @@ async def execute(s: Statement, payload: bytes) -> None:
 async def forward_execute(s: Statement, payload: bytes, p: Plan) -> Relayed | None:
     """A COM_STMT_EXECUTE's primary path alone (`execute`'s `forward`): for the fast lane's
     merged member told to run its own statement (lanemerge.py)."""
-    st = client_stmt(s, payload, "mysqld_stmt_execute")
-    parts = P.split_execute(payload, st.num_params)
-
-    async def run(c: BackendConn, out: Any) -> Relayed:
-        return await run_execute_on(s, c, st, parts, out)
-
+    st, _, run = _execution(s, payload)
     return await execute_on_primary(s, st, p, run)
 
 
