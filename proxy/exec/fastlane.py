@@ -155,6 +155,8 @@ class FastLane:
             return None
         if shape.uses_last_insert_id and c.last_insert_id != s.last_insert_id:
             return None  # the general path first gives this connection the session's value
+        if shape.keeps_diag and s.foreign_diag(c):
+            return None  # the general path first clears another statement's conditions there
         if p.route is Route.HOTROW and not self._hot(shape, values):
             return None  # the last check: a ticket taken is given back by `done`
         return c, shape, packet, p

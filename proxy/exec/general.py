@@ -95,6 +95,10 @@ async def run_plan(
                 return
         if s.replica_txn and _starts_write_txn(shape):
             await end_replica_txn(s)
+        if shape.keeps_diag and s.lease.conn is not None:
+            # it keeps the area it runs on (a SET, ROLLBACK): one not the session's (the proxy
+            # answered the last statement, or it ran elsewhere) must show none of its conditions
+            await s.clear_foreign_diag(s.lease.conn)
         r = await forward(p)
         if r is None or r.err is not None:
             outcome = "error"

@@ -168,6 +168,10 @@ class Hold:
             return await self.primary_conn()
         return c
 
+    def foreign_diag(self, c: BackendConn) -> bool:
+        """`c`'s diagnostics area holds conditions that are not this session's."""
+        return c.diag and not (c is self.stmt_conn and c.hands == self._stmt_hands)
+
     async def clear_foreign_diag(self, c: BackendConn) -> None:
         """A connection that comes to this session with another session's warnings or error
         still in its diagnostics area gets it cleared first: MySQL keeps that area across
@@ -175,7 +179,7 @@ class Hold:
         show the other's. The session's own connection counts as another's too once someone
         else held it since (the pool reclaimed it for another session, or for the proxy's own
         statements): its area is no longer the session's."""
-        if c.diag and not (c is self.stmt_conn and c.hands == self._stmt_hands):
+        if self.foreign_diag(c):
             try:
                 await c.clear_diagnostics()
             except BackendError:
