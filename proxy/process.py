@@ -45,6 +45,55 @@ def die_with_parent() -> None:
         pass
 
 
+def dump_tasks(app: App) -> None:
+    """SIGUSR1: every task of the loop and where it waits, logged (a client that hangs while
+    the proxy idles is waiting on something: this says on what). Tasks of compiled modules show
+    their coroutine's name only."""
+    tasks = asyncio.all_tasks()
+    lines = [f"{len(tasks)} tasks"]
+    for t in tasks:
+        lines.append(f"-- {t.get_name()}: {' > '.join(awaiting(t.get_coro()))}")
+    for c in list(app.connections):
+        try:
+            lines.append(f"client {c.connection_id}: {describe(c.session)}")
+        except Exception as e:  # noqa: BLE001 - a debugging aid must not raise
+            lines.append(f"client {c.connection_id}: {e!r}")
+    log.warning("SIGUSR1: %s", "\n".join(lines))
+
+
+def awaiting(coro: object) -> list[str]:
+    """Where a task waits: its chain of coroutines (`cr_await`), innermost last; a compiled
+    coroutine or a future ends it."""
+    out = []
+    for _ in range(30):
+        frame = getattr(coro, "cr_frame", None)
+        if frame is None:
+            out.append(repr(coro)[:160])
+            break
+        out.append(f"{getattr(coro, '__qualname__', '?')}:{frame.f_lineno}")
+        coro = getattr(coro, "cr_await", None)
+        if coro is None:
+            break
+    return out
+
+
+def describe(s: object) -> str:
+    """A session as the task dump shows it: what holds it (its lane's command, member,
+    ticket; its lease). """
+    lane = getattr(s, "lane", None)
+    lease = getattr(s, "lease", None)
+    parts = [f"busy={getattr(s, 'busy', '?')} status={getattr(s, 'status', '?')}",
+             f"lease={getattr(lease, 'state', '?')} "
+             f"thread={getattr(getattr(lease, 'conn', None), 'thread_id', None)}"]
+    if lane is not None:
+        hot = getattr(lane, "hot", None)
+        parts.append(f"lane: conn={lane.conn!r} shape={getattr(lane.shape, 'digest', None)!r} "
+                     f"plan={getattr(lane.plan, 'route', None)} ticket={lane.ticket is not None} "
+                     f"member={getattr(hot, 'member', None) is not None} "
+                     f"task={getattr(hot, 'task', None)!r} fail={lane._fail_task!r}")
+    return " ".join(parts)
+
+
 async def serve(cfg: Config) -> None:
     """Run until SIGINT/SIGTERM, then drain and shut down."""
     app = App(cfg)
@@ -69,6 +118,7 @@ async def serve(cfg: Config) -> None:
         log.info("SIGHUP: config reloaded%s", (": " + "; ".join(notes)) if notes else "")
 
     loop.add_signal_handler(signal.SIGHUP, hup)
+    loop.add_signal_handler(signal.SIGUSR1, dump_tasks, app)
     if app.slot is not None:
         log.info("worker %d of %d ready (pid %d)", app.slot.index, app.slot.count, os.getpid())
     else:

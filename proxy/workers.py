@@ -149,6 +149,7 @@ async def supervise(cfg: Config, config_path: str, notify: Callable[[str], None]
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: sup.signal_all(signal.SIGHUP))
+    loop.add_signal_handler(signal.SIGUSR1, lambda: sup.signal_all(signal.SIGUSR1))
     for i in range(sup.n):
         sup.spawn(i)
     http = None

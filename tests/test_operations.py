@@ -93,6 +93,33 @@ def test_sighup_reloads_the_config(sandbox: Sandbox, tmp_path: Path) -> None:
         p.stop()
 
 
+def test_sigusr1_logs_where_every_task_waits(sandbox: Sandbox, tmp_path: Path) -> None:
+    """SIGUSR1 logs each task and where it waits, and each client's session (a client in a
+    transaction shows its lease), and the proxy goes on serving; with workers, sent to the
+    supervisor, every worker logs."""
+    for workers in (1, 2):
+        (tmp_path / f"w{workers}").mkdir()
+        p = start_proxy(tmp_path / f"w{workers}", make_config(sandbox, workers=workers))
+        try:
+            c = p.connect()
+            with c.cursor() as cur:
+                cur.execute("BEGIN")
+                cur.execute("SELECT 1")
+                p.proc.send_signal(signal.SIGUSR1)
+                deadline = time.monotonic() + 10
+                while p.log().count("SIGUSR1:") < workers and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                assert p.log().count("SIGUSR1:") == workers
+                assert "lease=LeaseState.TRANSACTION" in p.log()
+                cur.execute("COMMIT")
+                cur.execute("SELECT 2")
+                assert cur.fetchone() == (2,)
+            c.close()
+            assert p.proc.poll() is None
+        finally:
+            p.stop()
+
+
 def test_sigterm_lets_open_transactions_finish(sandbox: Sandbox, tmp_path: Path) -> None:
     """PgBouncer's safe shutdown: after SIGTERM no new client gets in, an idle client outside a
     transaction is closed, and one inside a transaction may still commit within the grace."""

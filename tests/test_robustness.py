@@ -404,3 +404,118 @@ def test_fuzz_compressed_frames(proxy: ProxyProc, frames: list[bytes]) -> None:
     finally:
         s.close()
     assert alive(proxy)
+
+
+# ---- a multi-statement MariaDB stops without a reply (backends/results.py) -------------------
+
+class _Replies:
+    """A connection that replays framed packets (sequence id, payload) for `read_results`."""
+
+    def __init__(self, packets: list[tuple[int, bytes]]) -> None:
+        self.packets = packets
+        self.seq_in = 0
+        self.ext_meta = False
+        self.diag = False
+        self.status = 2
+
+    async def read_packet(self) -> bytes:
+        self.seq_in, pkt = self.packets.pop(0)
+        return pkt
+
+    def _track(self, status: int, ok: Any) -> None:
+        self.status = status
+
+
+def _ok(status: int, affected: int = 1) -> bytes:
+    return bytes((0, affected, 0)) + struct.pack("<HH", status, 0)
+
+
+@pytest.mark.parametrize(("packets", "want"), [
+    # two OKs, the second ending the reply: both statements' results
+    ([(1, _ok(2 | 8)), (2, _ok(2))], 2),
+    # the first said more results follow, the ping's OK (sequence 1 again) came instead
+    ([(1, _ok(2 | 8)), (1, _ok(2, 0))], "cut"),
+    # a reply long enough for its sequence ids to wrap still continues them
+    ([(255, _ok(2 | 8)), (0, _ok(2))], 2),
+])
+def test_a_multi_statement_cut_short_is_an_error_not_a_wait(packets: list[tuple[int, bytes]],
+                                                            want: Any) -> None:
+    import asyncio
+
+    from proxy.backends.results import read_results
+    from proxy.core.errors import CutShort
+
+    c = _Replies(packets)
+    c.seq_in = (packets[0][0] - 1) & 0xFF
+    if want == "cut":
+        with pytest.raises(CutShort):
+            asyncio.run(read_results(c, None, None, True))  # type: ignore[arg-type]
+    else:
+        assert len(asyncio.run(read_results(c, None, None, True))) == want  # type: ignore[arg-type]
+    assert not c.packets
+
+
+def test_kill_query_storm_on_a_multi_statement_never_hangs(sandbox: Sandbox) -> None:
+    """KILL QUERY sent over and over at a connection running a service-style multi-statement
+    (an UPDATE and INSERTs, as a merged group's batch): MariaDB 10.11 sometimes stops between
+    two statements without a reply (seen: the batch waited forever holding the stock row's
+    lock). Every call ends with its results or an error, and the connection stays usable."""
+    import asyncio
+
+    from proxy.backends.backend import BackendConn
+    from proxy.core.config import Address
+    from proxy.core.errors import BackendError, CutShort
+
+    sandbox.primary.sql("CREATE TABLE IF NOT EXISTS shop.ms_a (id INT PRIMARY KEY, v INT)",
+                        "CREATE TABLE IF NOT EXISTS shop.ms_b (id INT AUTO_INCREMENT PRIMARY KEY, v INT)",
+                        "INSERT IGNORE INTO shop.ms_a VALUES (1, 0)")
+    seen: dict[str, int] = {}
+
+    async def run() -> None:
+        c = await BackendConn.connect(Address("127.0.0.1", sandbox.primary_port), "app", "app", 5)
+        stop = threading.Event()
+
+        def killer(tid: int) -> None:
+            k = sandbox.primary.root()
+            try:
+                while not stop.is_set():
+                    try:
+                        k.cursor().execute(f"KILL QUERY {tid}")
+                    except pymysql.MySQLError:
+                        pass
+                    time.sleep(0.0003)
+            finally:
+                k.close()
+
+        t = threading.Thread(target=killer, args=(c.thread_id,), daemon=True)
+        t.start()
+        try:
+            for _ in range(1500):
+                try:
+                    res = await asyncio.wait_for(c.query_each(
+                        "UPDATE shop.ms_a SET v = v + 1 WHERE id = 1; "
+                        "INSERT INTO shop.ms_b (v) VALUES (1), (2), (3); "
+                        "INSERT INTO shop.ms_b (v) VALUES (4)"), 20)
+                    assert len(res) == 3
+                    seen["ok"] = seen.get("ok", 0) + 1
+                except CutShort:
+                    seen["cut"] = seen.get("cut", 0) + 1
+                    assert c.broken  # closed: its transaction ends at once
+                    stop.set()
+                    t.join()
+                    c = await BackendConn.connect(Address("127.0.0.1", sandbox.primary_port),
+                                                  "app", "app", 5)
+                    stop.clear()
+                    t = threading.Thread(target=killer, args=(c.thread_id,), daemon=True)
+                    t.start()
+                except BackendError as e:
+                    assert e.code == 1317
+                    seen["1317"] = seen.get("1317", 0) + 1
+        finally:
+            stop.set()
+            t.join()
+            c.close()
+
+    asyncio.run(run())
+    print("outcomes", seen)
+    assert seen.get("ok", 0) + seen.get("1317", 0) > 0, seen

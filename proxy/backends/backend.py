@@ -18,9 +18,10 @@ import aiomysql
 
 from proxy.backends import confirms
 from proxy.backends.login import LoginConn
-from proxy.backends.reply import BufferWriter, ConnState, Relayed, ReplyScanner, text_row
+from proxy.backends.reply import BufferWriter, ConnState, Relayed, ReplyScanner
+from proxy.backends.results import read_results
 from proxy.core.config import Address
-from proxy.core.errors import BackendError, BackendLost, CloseReason, ResetReason
+from proxy.core.errors import BackendError, BackendLost, CloseReason, CutShort, ResetReason
 from proxy.core.state import LOGIN_NAMES, Catalog, Names, absorb, split_reported
 from proxy.net import protocol as P
 from proxy.net.wire import PacketIO, adopt
@@ -85,6 +86,7 @@ class BackendConn(ConnState):
         self.last_used = time.monotonic()
         self.pool: Any = None  # the Pool that lent it (set by the pool)
         self.confirms: list[str] = []  # escrow confirm rows its transaction waits for
+        self.seq_in = 0  # the sequence id of the last packet read (`query_each`'s guard)
 
     @classmethod
     async def connect(
@@ -143,6 +145,7 @@ class BackendConn(ConnState):
             while True:
                 hdr = await self.io.readexactly(4)
                 n = hdr[0] | (hdr[1] << 8) | (hdr[2] << 16)
+                self.seq_in = hdr[3]
                 data += await self.io.readexactly(n) if n else b""
                 if n < P.MAX_PACKET:
                     return data
@@ -222,52 +225,29 @@ class BackendConn(ConnState):
         """Each statement's own result, in order: (rows, None) for a result set, (None, OK) for
         a statement without one. The proxy's service transactions check every statement's
         affected rows before they commit (hotrow.py, escrow.py); an ERR raises BackendError
-        (MySQL runs nothing after it)."""
+        (MySQL runs nothing after it).
+
+        A KILL QUERY that lands between two statements of a multi-statement makes MariaDB
+        (10.11) stop there without a word: the last reply said more results follow, none do,
+        and a reader would wait forever, its transaction's locks held. So a multi-statement is
+        followed by a COM_PING: a reply that does not continue the sequence ids is the ping's,
+        and the statements cut short fail as the KILL would have them fail (1317)."""
+        guard = ";" in sql  # (perhaps a multi-statement: the ping costs no round trip)
         await self.command(bytes((P.COM_QUERY,)) + sql.encode())
-        out: list[tuple[list[list[str | None]] | None, P.OkPacket | None]] = []
-        while True:
-            pkt = await self._reply()
-            if pkt[0] == 0x00:
-                ok = P.parse_ok(pkt, True)
-                self._track(ok.status, ok)
-                if ok.warnings:  # a service statement's note (CREATE TABLE IF NOT EXISTS...)
-                    self.diag = True  # must not reach the next session's SHOW WARNINGS
-                out.append((None, ok))
-                if ok.status & P.SERVER_MORE_RESULTS_EXISTS:
-                    continue
-                return out
-            ncols, _ = P.lenenc_int(pkt, 0)
-            if names is not None:
-                names.clear()
-            if types is not None:
-                types.clear()
-            for _ in range(ncols):
-                col = await self.read_packet()
-                if names is not None or types is not None:
-                    pos = 0
-                    for _field in range(4):  # catalog, schema, table, org_table
-                        _, pos = P.lenenc_str(col, pos)
-                    name, pos = P.lenenc_str(col, pos)
-                    if names is not None:
-                        names.append(name.decode("utf-8", "replace"))
-                    if types is not None:  # org_name, 0x0c, charset(2), length(4), type(1)
-                        _, pos = P.lenenc_str(col, pos)
-                        if self.ext_meta:  # MariaDB's extended metadata, before the 0x0c
-                            _, pos = P.lenenc_str(col, pos)
-                        types.append(col[pos + 7] if pos + 7 < len(col) else 0xFD)
-            await self.read_packet()  # EOF
-            rows: list[list[str | None]] = []
-            while True:
-                pkt = await self._reply()
-                if P.is_eof(pkt):
-                    st = P.eof_status(pkt)
-                    self._track(st, None)
-                    self.diag |= len(pkt) >= 3 and (pkt[1] or pkt[2]) != 0
-                    break
-                rows.append(text_row(pkt, ncols))
-            out.append((rows, None))
-            if not self.status & P.SERVER_MORE_RESULTS_EXISTS:
-                return out
+        if guard:
+            self.send(bytes((P.COM_PING,)))
+        try:
+            out = await read_results(self, names, types, guard)
+        except CutShort:
+            self.retire(CloseReason.PROTOCOL_DESYNC)  # (closing it ends its transaction at once)
+            raise
+        except BackendError:
+            if guard:
+                await self.read_packet()  # the ping's OK (MySQL runs nothing after an ERR)
+            raise
+        if guard:
+            await self.read_packet()
+        return out
 
     async def query_raw(self, sql: str) -> tuple[list[bytes], list[bytes]]:
         """One text-protocol statement's result set as the server sent it (internal use): its

@@ -65,6 +65,13 @@ class BackendError(Exception):
         self.raw = raw or make_err(code, sqlstate, message)
 
 
+class CutShort(BackendError):
+    """A multi-statement MariaDB stopped without a reply (backend.BackendConn.query_each)."""
+
+    def __init__(self) -> None:
+        super().__init__(*ER_QUERY_INTERRUPTED, "Query execution was interrupted")
+
+
 class BackendLost(Exception):
     """The backend connection broke; `sent` tells whether the command may have reached MySQL."""
 
