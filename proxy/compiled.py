@@ -19,7 +19,8 @@ from pathlib import Path
 HOT = ("exec/fastlane", "exec/account", "backends/lease", "backends/backend", "backends/reply", "net/protocol", "plan/plan",
        "net/wire", "engines/readsplit", "plan/digest", "core/metrics", "plan/classify", "plan/hotshape",
        "core/gtid", "engines/hotalloc", "engines/hotkeys", "engines/hotauto", "engines/hotpick",
-       "exec/lanemerge", "exec/lazybegin", "engines/hotmember", "backends/results")
+       "exec/lanemerge", "exec/lazybegin", "engines/hotmember", "backends/results",
+       "exec/laneconfirm")
 
 _HERE = Path(__file__).resolve().parent
 

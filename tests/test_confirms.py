@@ -68,6 +68,23 @@ def test_each_dropped_ok_is_seen_and_a_confirm_without_its_row_is_told() -> None
     assert b"".join(got) == _frame(P.make_ok(0, 0, 2, 0), 3)
 
 
+def test_the_ping_behind_the_confirm_rows_and_commit() -> None:
+    """`INSERT confirm...; COMMIT` goes out with a COM_PING behind it (a KILL QUERY between the
+    two makes MariaDB stop without a reply): in a row's place the ping's OK is told apart by
+    its missing "more results" flag, in the COMMIT's by its sequence id (the lane and
+    `commit_with` check that)."""
+    from proxy.backends.confirms import PING, cut_short, with_commit
+
+    assert not cut_short(P.make_ok(1, 0, 2 | P.SERVER_MORE_RESULTS_EXISTS, 0))  # a row's
+    assert cut_short(P.make_ok(0, 0, 2 | P.SERVER_STATUS_IN_TRANS, 0))  # the ping's
+    assert not cut_short(P.make_err(1317, "70100", "Query execution was interrupted"))
+    c = SimpleNamespace(confirms=["INSERT INTO c VALUES (1)"])
+    packet, rows = with_commit(c, b"\x03COMMIT")  # type: ignore[arg-type]
+    assert rows == ["INSERT INTO c VALUES (1)"] and c.confirms == []
+    assert packet.endswith(b"INSERT INTO c VALUES (1); COMMIT" + PING)
+    assert PING == b"\x01\x00\x00\x00" + bytes((P.COM_PING,))
+
+
 # (what the client does after the merged UPDATE, whether its order then commits)
 AFTER = [
     ([], "COMMIT", True),

@@ -75,7 +75,7 @@ async def roll_back(c: BackendConn) -> None:
     raise BackendError(*DEADLOCK, DEADLOCK_ERR)
 
 
-async def failed(c: BackendConn, err: bytes) -> bytes:
+async def failed(c: BackendConn, err: bytes, ping: bool = False) -> bytes:
     """A confirm row failed ahead of the COMMIT (`commit_with`, the fast lane's `with_commit`):
     MariaDB ran nothing after it, the COMMIT neither. The transaction is rolled back here; what
     the client's COMMIT gets: 1213."""
@@ -83,6 +83,8 @@ async def failed(c: BackendConn, err: bytes) -> bytes:
                 P.parse_err(err).message)
     c.diag = c.warned = True
     try:
+        if ping:  # MariaDB stopped at the ERR; the ping behind it is answered still
+            await c.read_packet()
         await roll_back(c)
     except BackendError:
         pass  # (1213, always)
@@ -91,30 +93,51 @@ async def failed(c: BackendConn, err: bytes) -> bytes:
     return DEADLOCK_ERR
 
 
+# A COM_PING goes behind `INSERT confirm...; COMMIT`: a KILL QUERY landing between the two
+# makes MariaDB (10.11) stop without a reply (backend.BackendConn.query_each). The ping's reply
+# in a confirm row's place (no "more results" flag) or in the COMMIT's (sequence id 1) says the
+# COMMIT never ran: the order is rolled back, 1213, as after a failed confirm row.
+PING = b"\x01\x00\x00\x00" + bytes((P.COM_PING,))
+CUT_SHORT_ERR = P.make_err(1317, "70100", "Query execution was interrupted")
+
+
+def cut_short(ok: bytes) -> bool:
+    """A reply packet in a confirm row's place that cannot be one: the ping's."""
+    return len(ok) >= 5 and ok[0] == 0x00 and not P.parse_ok(ok, True).status & \
+        P.SERVER_MORE_RESULTS_EXISTS
+
+
 async def commit_with(c: BackendConn, payload: bytes, out: Any,
                       ok_hook: Any) -> Relayed:
     """The client's plain COMMIT with the waiting confirm rows ahead of it, in one round
     trip; the rows' own OKs are not the client's (the COMMIT's reply goes out renumbered as
     the only one). BackendLost propagates as for any COMMIT (outcome unknown to the client;
     the resolution reads the confirm table, which tells the truth either way)."""
-    from proxy.backends.reply import BufferWriter
+    from proxy.backends.reply import ReplyScanner
 
     rows, body = _take_with(c, payload)
     await c.command(body)
+    c.send(PING[4:])
     late = []
     for sql in rows:
         pkt = await c.read_packet()
         if pkt[0] == 0xFF:  # MariaDB ran nothing after it: the transaction is still open
-            raise BackendError(*DEADLOCK, await failed(c, pkt))
-        ok = P.parse_ok(pkt, True)
-        if not ok.status & P.SERVER_MORE_RESULTS_EXISTS:
-            c.retire(CloseReason.PROTOCOL_DESYNC)  # (never seen: the COMMIT's reply is missing)
-            raise BackendLost(f"protocol desync on {c.addr}: no reply to COMMIT")
+            raise BackendError(*DEADLOCK, await failed(c, pkt, ping=True))
+        if cut_short(pkt):
+            raise BackendError(*DEADLOCK, await failed(c, CUT_SHORT_ERR))
         if not affected_one(pkt):
             late.append(sql)
-    hold = BufferWriter()
-    r = await c.relay(hold, ok_hook)
-    out.write(renumber(bytes(hold.buf), len(rows)))
+    pkt = await c.read_packet()  # the COMMIT's reply: one packet, OK or ERR
+    if c.seq_in == 1:  # the ping's, in the COMMIT's place
+        raise BackendError(*DEADLOCK, await failed(c, CUT_SHORT_ERR))
+    sc = ReplyScanner(c, ok_hook)  # (as `relay` reads it)
+    piece = sc.feed(len(pkt).to_bytes(3, "little") + bytes((c.seq_in,)) + pkt)
+    out.write(renumber(piece, len(rows)))
+    r = sc.r
+    try:
+        await c.read_packet()  # the ping's OK
+    except BackendLost:
+        pass  # (retired; the COMMIT's answer is given)
     if committed_without(late, r, c):
         await write_late(c, late)
     return r
@@ -147,7 +170,7 @@ def with_commit(c: BackendConn, payload: bytes) -> tuple[bytes, list[str]]:
     replies come ahead of the COMMIT's (the lane drops them, wire.py `skip`, and checks that
     each wrote its row; after a failed one it rolls the order back and answers 1213)."""
     rows, body = _take_with(c, payload)
-    return len(body).to_bytes(3, "little") + b"\x00" + body, rows
+    return len(body).to_bytes(3, "little") + b"\x00" + body + PING, rows
 
 
 def _take_with(c: BackendConn, payload: bytes) -> tuple[list[str], bytes]:

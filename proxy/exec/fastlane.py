@@ -29,6 +29,7 @@ from proxy.core.errors import BackendLost, CloseReason, LeaseReason, ProxyError,
 from proxy.engines.hotpick import AS_IS, MERGE, PLAIN
 from proxy.exec import prepared, reply
 from proxy.exec.account import statement_done
+from proxy.exec.laneconfirm import LaneConfirms
 from proxy.exec.lanemerge import LaneMember
 from proxy.exec.lazybegin import begin_ok_as_made, defer_begin
 from proxy.exec.local import local_answer
@@ -71,14 +72,7 @@ class FastLane:
         # not classified again by the session task (`shape_of`)
         self.classified: tuple[str, Shape] | None = None
         self.seq_back = 0  # replies dropped ahead of the client's (confirms): renumbered
-        # escrow confirm rows sent with the COMMIT: their replies, checked as they are dropped
-        # (`_skipped_ok`); `late`: rows that said "0 rows" (written after the COMMIT)
-        self.confirm_rows: list[str] = []
-        self.begin_ahead = False  # a deferred BEGIN's OK comes before the rows'
-        self.late: list[str] = []
-        self.rows_seen = 0
-        self._skipped_cb = self._skipped_ok
-        self._skipped_err_cb = self._skipped_err
+        self.cf = LaneConfirms(self)  # escrow confirm rows sent with a COMMIT (laneconfirm.py)
         self._reply_cb = self._on_reply  # bound once, not per statement
         self._lost_cb = self._on_lost
 
@@ -252,15 +246,8 @@ class FastLane:
         self.conn, self.shape, self.plan, self.command = c, shape, p, data[4:]
         self.scanner = ReplyScanner(c, s.client_ok)
         self.pending, self.size, self.sent = [], 0, False
-        if c.confirms:  # `INSERT confirm...; COMMIT`: their OKs dropped (wire.py `skip`); after
-            # a failed one nothing ran: the order is rolled back, 1213 (`_confirm_failed`)
-            packet, rows = confirms.with_commit(c, data[4:])
-            self.seq_back = len(rows)
-            self.confirm_rows, self.late, self.begin_ahead = rows, [], bool(c.io.prefix)
-            self.rows_seen = 0
-            c.io.skip += self.seq_back
-            c.io.skipped_ok = self._skipped_cb
-            c.io.skipped_err = self._skipped_err_cb
+        if c.confirms:  # `INSERT confirm...; COMMIT` (laneconfirm.py)
+            packet = self.cf.start(c, data[4:])
         self.status_before = s.status
         self.t0 = time.perf_counter()
         s.busy = True
@@ -275,6 +262,10 @@ class FastLane:
     # ---- reply: called by the backend socket ---------------------------------------------
 
     def _on_reply(self, data: bytes) -> None:
+        if self.cf.ping_head is not None:
+            data = self.cf.ping_check(data)
+            if not data:
+                return
         sc = self.scanner
         assert sc is not None
         piece = sc.feed(data)
@@ -308,18 +299,6 @@ class FastLane:
             self.size = 0
             self.sent = True
 
-    def _skipped_ok(self, ok: bytes) -> None:
-        """An OK dropped ahead of the COMMIT's: the deferred BEGIN's, then each confirm row's,
-        which must have written its row (as `confirms.commit_with` checks on the general
-        path)."""
-        if self.begin_ahead:
-            self.begin_ahead = False
-            return
-        n = self.rows_seen
-        self.rows_seen = n + 1
-        if n < len(self.confirm_rows) and not confirms.affected_one(ok):
-            self.late.append(self.confirm_rows[n])
-
     def _complete(self) -> None:
         c, sc, shape = self.conn, self.scanner, self.shape
         assert c is not None and sc is not None and shape is not None
@@ -327,6 +306,10 @@ class FastLane:
         c.io.sink = c.io.sink_lost = None
         c.io.skipped_ok = c.io.skipped_err = None
         self.seq_back = 0
+        if self.cf.ping_tail:  # the ping's OK follows (perhaps begun in this chunk): dropped
+            self.cf.ping_tail = False
+            c.io.skip_reply(sc.tail)
+            sc.tail = b""
         if sc.tail:  # bytes after a complete reply: protocol desync, never reuse the connection
             c.retire(CloseReason.PROTOCOL_DESYNC)
         r = sc.r
@@ -340,52 +323,13 @@ class FastLane:
                 s.lazy_begin = begin_ok_as_made(self.status_before, r.ok)
             s.absorb_reply(c, r, p.row_count)
         s.keeps_diag = False
-        late, self.late, self.confirm_rows = self.late, [], []
+        late = self.cf.take_late()
         outcome, rows = "error" if r.err is not None else "ok", r.rows or r.affected_rows
         if confirms.committed_without(late, r, c):
-            self._fail_task = asyncio.ensure_future(self._write_late(c, late, outcome, rows))
+            self.cf.write_late(c, late, outcome, rows)
             return
         s.settle()
         self.done(outcome, rows)
-
-    def _skipped_err(self, err: bytes) -> bool:
-        """An ERR in a confirm row's place: MariaDB ran nothing after it, the COMMIT neither,
-        and the order must not commit without its row. Answered as the general path answers
-        (`confirms.commit_with`), from a short task while the client stays held. False for
-        the deferred BEGIN's place: wire.py cuts the connection."""
-        c = self.conn
-        if self.begin_ahead or c is None:
-            return False
-        c.io.sink = c.io.sink_lost = None
-        c.io.skipped_ok = c.io.skipped_err = None
-        self._fail_task = asyncio.ensure_future(self._confirm_failed(c, err))
-        return True
-
-    async def _confirm_failed(self, c: BackendConn, err: bytes) -> None:
-        s = self.s
-        self.seq_back = 0
-        self.late, self.confirm_rows = [], []
-        try:
-            out = await confirms.failed(c, err)
-            s.stmt_conn = c
-            s.status = c.status & ~P.SERVER_STATUS_IN_TRANS
-            self.client.write(struct.pack("<I", len(out) | (1 << 24)) + out)
-            s.settle()
-        except Exception:  # noqa: BLE001 - never leave the client held
-            log.exception("fast lane: rolling back after a confirm row failed")
-            self.client.transport.abort()
-        finally:
-            self.done("error", 0)
-
-    async def _write_late(self, c: BackendConn, late: list[str], outcome: str,
-                          rows: int) -> None:
-        """The rows first, then the transaction counts as over (its resolution reads them);
-        the client stays held meanwhile, as on the general path."""
-        try:
-            await confirms.write_late(c, late)
-        finally:
-            self.s.settle()
-            self.done(outcome, rows)
 
     def _on_lost(self) -> None:
         """The backend connection died under the command: the same answer as the general path
@@ -487,6 +431,8 @@ class FastLane:
     def _reset(self) -> None:
         self.conn = self.scanner = self.shape = self.plan = None
         self.pending = []
+        self.cf.ping_head = None
+        self.cf.ping_tail = False
 
     def abandon(self) -> None:
         """The session ends with a command in flight: its connection can never be reused."""

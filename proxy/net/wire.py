@@ -106,9 +106,10 @@ class PacketIO(asyncio.Protocol):
                 self.transport.abort()
                 return b""
             if self.skipped_ok is not None:
-                self.skipped_ok(bytes(b[4:4 + n]))
+                self.skipped_ok(bytes(b[4:4 + n]))  # (it may end the skipping: skip 0)
             del b[:4 + n]
-            self.skip -= 1
+            if self.skip:
+                self.skip -= 1
         out = bytes(b)
         b.clear()
         return out
@@ -166,6 +167,12 @@ class PacketIO(asyncio.Protocol):
         if self._read_paused and len(self.buf) < _READ_LOW:
             self._read_paused = False
             self.transport.resume_reading()
+
+    def skip_reply(self, head: bytes) -> None:
+        """Drop the next one-packet reply, whose first bytes (`head`) may have come already
+        (the COM_PING behind a confirm row's COMMIT, backends/confirms.py)."""
+        self.skip += 1
+        self._skipbuf += head
 
     async def readexactly(self, n: int) -> bytes:
         while len(self.buf) < n:
