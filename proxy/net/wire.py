@@ -96,9 +96,11 @@ class PacketIO(asyncio.Protocol):
                 return b""
             if n and b[4] == 0xFF:
                 if self.skipped_err is not None and self.skipped_err(bytes(b[4:4 + n])):
-                    self.skip = 0  # (MariaDB ran nothing after it: no reply follows)
+                    self.skip = 0  # (MariaDB ran nothing after it: what follows is the reply
+                    del b[:4 + n]  # to a command sent behind, a confirm row's COM_PING)
+                    out = bytes(b)
                     b.clear()
-                    return b""
+                    return out
                 log.error("a command sent ahead of another (a deferred BEGIN, an escrow confirm "
                           "row) failed: %r; connection cut", bytes(b[4:4 + n])[:200])
                 self.skip = 0
