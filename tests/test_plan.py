@@ -66,6 +66,9 @@ class View:
     backend_caps: int = 0
     row_count_local: int | None = None
 
+    def foreign_diag(self, c: Any) -> bool:
+        return False  # (the stub's connection holds no conditions)
+
 
 FULL = Policy(has_replicas=True, wants_ack=False, track_all=False, hotrow=True)
 

@@ -205,14 +205,15 @@ class BackendConn(ConnState):
         return [dict(zip(names, r, strict=False)) for r in rows or []]
 
     async def query(
-        self, sql: str, names: list[str] | None = None, types: list[int] | None = None
+        self, sql: str, names: list[str] | None = None, types: list[int] | None = None,
+        single: bool = False,
     ) -> tuple[list[list[str | None]] | None, P.OkPacket | None]:
         """Run one text-protocol statement and decode its rows as strings (internal use only);
         `names` and `types` receive the last result's column names and type codes. Returns the
         last result set's rows and the last OK packet."""
         rows: list[list[str | None]] | None = None
         ok: P.OkPacket | None = None
-        for r, o in await self.query_each(sql, names, types):
+        for r, o in await self.query_each(sql, names, types, single):
             if r is not None:
                 rows = r
             if o is not None:
@@ -220,7 +221,8 @@ class BackendConn(ConnState):
         return rows, ok
 
     async def query_each(
-        self, sql: str, names: list[str] | None = None, types: list[int] | None = None
+        self, sql: str, names: list[str] | None = None, types: list[int] | None = None,
+        single: bool = False,
     ) -> list[tuple[list[list[str | None]] | None, P.OkPacket | None]]:
         """Each statement's own result, in order: (rows, None) for a result set, (None, OK) for
         a statement without one. The proxy's service transactions check every statement's
@@ -231,8 +233,10 @@ class BackendConn(ConnState):
         (10.11) stop there without a word: the last reply said more results follow, none do,
         and a reader would wait forever, its transaction's locks held. So a multi-statement is
         followed by a COM_PING: a reply that does not continue the sequence ids is the ping's,
-        and the statements cut short fail as the KILL would have them fail (1317)."""
-        guard = ";" in sql  # (perhaps a multi-statement: the ping costs no round trip)
+        and the statements cut short fail as the KILL would have them fail (1317). `single`:
+        one statement with `;` inside (a compound statement), which gets no ping (the ping
+        would change the ROW_COUNT() it may be there to set)."""
+        guard = not single and ";" in sql  # (perhaps a multi-statement; no round trip more)
         await self.command(bytes((P.COM_QUERY,)) + sql.encode())
         if guard:
             self.send(bytes((P.COM_PING,)))

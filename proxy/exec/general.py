@@ -212,7 +212,7 @@ async def diagnostics(s: Statement, run: Callable[[BackendConn, Any], Awaitable[
         await c.clear_diagnostics()
     try:
         if row_count_sync is not None:  # (Plan.row_count_sync)
-            await c.query(row_count_setter(row_count_sync, c.mariadb))
+            await c.query(row_count_setter(row_count_sync, c.mariadb), single=True)
         r = await run(c, s.out)
     except BackendLost as e:
         await lost(s, e, retry=False, shape=None)
