@@ -79,7 +79,7 @@ def awaiting(coro: object) -> list[str]:
 
 def describe(s: object) -> str:
     """A session as the task dump shows it: what holds it (its lane's command, member,
-    ticket; its lease). """
+    ticket; its lease)."""
     lane = getattr(s, "lane", None)
     lease = getattr(s, "lease", None)
     parts = [f"busy={getattr(s, 'busy', '?')} status={getattr(s, 'status', '?')}",

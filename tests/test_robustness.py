@@ -422,6 +422,9 @@ class _Replies:
         self.seq_in, pkt = self.packets.pop(0)
         return pkt
 
+    async def _reply(self) -> bytes:
+        return await self.read_packet()  # (the cases hold no ERR)
+
     def _track(self, status: int, ok: Any) -> None:
         self.status = status
 

@@ -23,7 +23,7 @@ import logging
 import re
 from typing import TYPE_CHECKING, Any
 
-from proxy.core.errors import BackendError, BackendLost, CloseReason
+from proxy.core.errors import BackendError, BackendLost, CloseReason, CutShort
 from proxy.net import protocol as P
 
 if TYPE_CHECKING:
@@ -98,7 +98,7 @@ async def failed(c: BackendConn, err: bytes, ping: bool = False) -> bytes:
 # in a confirm row's place (no "more results" flag) or in the COMMIT's (sequence id 1) says the
 # COMMIT never ran: the order is rolled back, 1213, as after a failed confirm row.
 PING = b"\x01\x00\x00\x00" + bytes((P.COM_PING,))
-CUT_SHORT_ERR = P.make_err(1317, "70100", "Query execution was interrupted")
+CUT_SHORT_ERR = CutShort().raw  # (1317, as the KILL would have the statements fail)
 
 
 def cut_short(ok: bytes) -> bool:

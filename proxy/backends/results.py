@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from proxy.backends.reply import text_row
-from proxy.core.errors import BackendError, CutShort
+from proxy.core.errors import CutShort
 from proxy.net import protocol as P
 
 Results = list[tuple[list[list[str | None]] | None, P.OkPacket | None]]
@@ -26,6 +26,8 @@ class ResultConn(Protocol):
 
     async def read_packet(self) -> bytes: ...
 
+    async def _reply(self) -> bytes: ...  # (the next packet; an ERR raises BackendError)
+
     def _track(self, status: int, ok: P.OkPacket | None) -> None: ...
 
 
@@ -36,13 +38,9 @@ async def read_results(c: ResultConn, names: list[str] | None, types: list[int] 
     out: Results = []
     while True:
         expected = (c.seq_in + 1) & 0xFF
-        pkt = await c.read_packet()
+        pkt = await c._reply()  # (an ERR raises: never the ping's reply, an OK)
         if guard and out and c.seq_in != expected:
             raise CutShort()
-        if pkt[0] == 0xFF:
-            c.diag = True  # (its area now holds the error: cleared before another session)
-            e = P.parse_err(pkt)
-            raise BackendError(e.code, e.sqlstate, e.message, pkt)
         if pkt[0] == 0x00:
             ok = P.parse_ok(pkt, True)
             c._track(ok.status, ok)
@@ -64,11 +62,7 @@ async def read_results(c: ResultConn, names: list[str] | None, types: list[int] 
         await c.read_packet()  # EOF
         rows: list[list[str | None]] = []
         while True:
-            pkt = await c.read_packet()
-            if pkt[0] == 0xFF:
-                c.diag = True
-                e = P.parse_err(pkt)
-                raise BackendError(e.code, e.sqlstate, e.message, pkt)
+            pkt = await c._reply()
             if P.is_eof(pkt):
                 c._track(P.eof_status(pkt), None)
                 c.diag |= len(pkt) >= 3 and (pkt[1] or pkt[2]) != 0

@@ -431,8 +431,7 @@ class FastLane:
     def _reset(self) -> None:
         self.conn = self.scanner = self.shape = self.plan = None
         self.pending = []
-        self.cf.ping_head = None
-        self.cf.ping_tail = False
+        self.cf.reset()
 
     def abandon(self) -> None:
         """The session ends with a command in flight: its connection can never be reused."""

@@ -71,6 +71,11 @@ class LaneConfirms:
         late, self.late, self.rows = self.late, [], []
         return late
 
+    def reset(self) -> None:
+        """The lane's command is over (or abandoned): no reply of its is awaited here."""
+        self.ping_head = None
+        self.ping_tail = False
+
     def ping_check(self, data: bytes) -> bytes:
         """The reply after the rows' OKs: the COMMIT's, or, with sequence id 1, the ping's
         (MariaDB stopped before the COMMIT). Returns what is the COMMIT's."""
@@ -127,7 +132,7 @@ class LaneConfirms:
         lane = self.lane
         s = lane.s
         lane.seq_back = 0
-        self.late, self.rows = [], []
+        self.take_late()  # (the order is rolled back: nothing to write after it)
         try:
             out = await confirms.failed(c, err, ping)
             s.stmt_conn = c
