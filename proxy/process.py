@@ -58,6 +58,8 @@ def dump_tasks(app: App) -> None:
             lines.append(f"client {c.connection_id}: {describe(c.session)}")
         except Exception as e:  # noqa: BLE001 - a debugging aid must not raise
             lines.append(f"client {c.connection_id}: {e!r}")
+    for key, pool in app.pools.items():
+        lines.append(f"pool {key}: {pool.describe()}")
     log.warning("SIGUSR1: %s", "\n".join(lines))
 
 

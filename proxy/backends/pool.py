@@ -113,10 +113,12 @@ class Pool:
                 raise BackendLost(f"pool for {self.addr} is closed", sent=False)
             # Beyond the limit only the engine's batches may take a connection, idle ones too.
             over = not service and self.in_use >= self.cfg.max_connections
-            q = None if fresh or over else self.idle.get(key)
+            q = None if over else self.idle.get(key)
             while q:
                 if prefer is None or prefer not in q:
                     prefer = _matching(q, schema)
+                if fresh and prefer is None:
+                    break  # every idle one had a database: make room instead (_free_idle)
                 if prefer is not None and q[-1] is not prefer:
                     q.remove(prefer)
                     c = prefer
@@ -150,7 +152,7 @@ class Pool:
             stolen = self._take_soft(key)
             if stolen is not None:
                 return stolen
-            if not self._free_idle_other(key):
+            if not self._free_idle(key, fresh):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     M.POOL_EXHAUSTED.labels(self._label()).inc()
@@ -201,10 +203,14 @@ class Pool:
             return None
         return c
 
-    def _free_idle_other(self, key: tuple[str, int]) -> bool:
-        """At the limit, close an idle connection of another user to make room."""
+    def _free_idle(self, key: tuple[str, int], fresh: bool) -> bool:
+        """At the limit, close an idle connection this acquire cannot use to make room: another
+        user's, or (`fresh`: it needs one that never had a database) one of its own user's.
+        The hot-row engine's batches may have left the pool above its limit with idle
+        connections in a database; a session without one waited out acquire_timeout_s beside
+        them before (1040)."""
         for k, q in self.idle.items():
-            if k != key and q:
+            if q and (k != key or fresh):
                 self._discard(q.popleft(), CloseReason.EVICTED)
                 return True
         return False
@@ -289,6 +295,13 @@ class Pool:
         for c in [*(c for q in self.idle.values() for c in q), *self.soft]:
             if not c.broken:  # idle or soft-held: no statement runs on it now
                 c.drop_cached()
+
+    def describe(self) -> str:
+        """The pool as the SIGUSR1 dump shows it: what it holds, who waits."""
+        soft = ", ".join(f"{c.thread_id}:{type(o).__name__}" for c, o in self.soft.items())
+        idle = ", ".join(f"{c.thread_id}:{c.schema}" for q in self.idle.values() for c in q)
+        return (f"total={self.total} in_use={self.in_use} idle=[{idle}] "
+                f"waiters={sum(not w.done() for w in self._waiters)} soft=[{soft}]")
 
     def idle_count(self) -> int:
         return sum(len(q) for q in self.idle.values())

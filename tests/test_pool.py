@@ -1,0 +1,50 @@
+"""The backend pool at its limit, against a real MariaDB: an acquire that cannot use the idle
+connections makes room rather than waiting out acquire_timeout_s beside them (1040).
+
+Found under load in test_session_tracking_as_direct (max_connections: 1): the hot-row engine's
+service acquire may go above the limit, its connection came back idle in a database, and a
+client without a default database (it needs a connection that never had one) waited 20 s
+next to two idle connections it could not use."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from proxy.backends.pool import Pool
+from proxy.core.config import Address, PoolCfg
+from proxy.core.state import LOGIN_NAMES, Wanted
+from proxy.net import protocol as P
+from proxy.tools.sandbox import Sandbox
+
+IN_SHOP = Wanted("shop", LOGIN_NAMES, {})
+NO_DB = Wanted(None, LOGIN_NAMES, {})
+
+
+@pytest.mark.parametrize("then", ["no database", "other capabilities"])
+def test_an_acquire_at_the_limit_evicts_idle_connections_it_cannot_use(
+        sandbox: Sandbox, then: str) -> None:
+    async def run() -> tuple[int, str | None, int]:
+        cfg = PoolCfg(max_connections=1, connect_timeout_s=5, acquire_timeout_s=3)
+        pool = Pool(Address("127.0.0.1", sandbox.primary_port), cfg, "primary")
+        try:
+            a = await pool.acquire("app", "app", want=IN_SHOP)
+            b = await pool.acquire("app", "app", service=True)  # above the limit
+            await pool.apply_state(b, IN_SHOP)
+            await pool.release(a)
+            await pool.release(b)
+            assert (pool.total, pool.idle_count()) == (2, 2)
+            if then == "no database":
+                c = await pool.acquire("app", "app", want=NO_DB)
+            else:
+                c = await pool.acquire("app", "app", P.CLIENT_FOUND_ROWS, want=IN_SHOP)
+            row = await c.fetch_one("SELECT DATABASE()")
+            await pool.release(c)
+            return pool.total, row[0] if row else "?", pool.idle_count()
+        finally:
+            await pool.close()
+
+    total, db, idle = asyncio.run(run())
+    assert total <= 2 and idle == total
+    assert db == (None if then == "no database" else "shop")
