@@ -415,3 +415,18 @@ def test_sql_modes_that_keep_a_session_unmerged(mode: str, blocks: str | None) -
     from proxy.engines.hotalloc import sql_mode_blocks
 
     assert sql_mode_blocks(mode) == blocks
+
+
+_FLAGS = ["NO_BACKSLASH_ESCAPES", "no_backslash_escapes", "ANSI_QUOTES", "STRICT_TRANS_TABLES",
+          "NO_ENGINE_SUBSTITUTION", "ANSI", ""]
+
+
+@given(st.one_of(st.none(), st.lists(st.sampled_from(_FLAGS), max_size=5).map(",".join)))
+def test_backslash_escapes_is_the_sql_modes_flag(mode: str | None) -> None:
+    """Remembered per sql_mode text (asked per hot statement): the same answer as reading the
+    flag each time, asked twice; None (the server's sql_mode not read yet) escapes."""
+    from proxy.engines.hotalloc import backslash_escapes
+
+    want = mode is None or "NO_BACKSLASH_ESCAPES" not in mode.upper()
+    assert backslash_escapes(mode) is want
+    assert backslash_escapes(mode) is want

@@ -62,8 +62,12 @@ def bind(
     rule = rules.get((schema, tpl.table))
     if rule is None or rule.key != tpl.key or rule.column != tpl.column:
         return None
-    need = max(p for p in (tpl.amount_pos, tpl.key_pos, tpl.guard_pos, tpl.guard_sub_pos)
-               if p is not None)
+    # (per hot statement: no generator, no `int | str` union built at run time)
+    need = tpl.amount_pos if tpl.amount_pos > tpl.key_pos else tpl.key_pos
+    if tpl.guard_pos is not None and tpl.guard_pos > need:
+        need = tpl.guard_pos
+    if tpl.guard_sub_pos is not None and tpl.guard_sub_pos > need:
+        need = tpl.guard_sub_pos
     if len(values) <= need:
         return None
     amount = values[tpl.amount_pos]
@@ -74,7 +78,7 @@ def bind(
         if not backslash_escapes:
             return None
         key = key.value
-    if isinstance(key, Unsupported) or not isinstance(key, int | str) or isinstance(key, bool):
+    if isinstance(key, Unsupported) or not isinstance(key, (int, str)) or isinstance(key, bool):
         return None
     if isinstance(key, str) and len(sql_literal(key)) > MAX_KEY_SQL:
         return None  # a key this long is no inventory key; batch records keep 255 characters
@@ -221,6 +225,20 @@ MERGE_SQL_MODES = frozenset({
 
 
 _BLOCKS: dict[str, str | None] = {}  # sql_mode_blocks per sql_mode text (a handful in use)
+_ESCAPES: dict[str, bool] = {}  # backslash_escapes per sql_mode text
+
+
+def backslash_escapes(sql_mode: str | None) -> bool:
+    """Backslashes escape in string literals (no NO_BACKSLASH_ESCAPES; an unknown sql_mode is
+    the server default's). Asked per hot statement: remembered per text, as below."""
+    if sql_mode is None:
+        return True
+    got = _ESCAPES.get(sql_mode)
+    if got is None:
+        if len(_ESCAPES) >= 256:
+            _ESCAPES.clear()
+        got = _ESCAPES[sql_mode] = "NO_BACKSLASH_ESCAPES" not in sql_mode.upper()
+    return got
 
 
 def sql_mode_blocks(sql_mode: str) -> str | None:

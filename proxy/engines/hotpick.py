@@ -22,6 +22,7 @@ from proxy.engines.escrow import Escrow
 from proxy.engines.hotalloc import (
     HotStmt,
     Inventory,
+    backslash_escapes,
     bind,
     inventory_hints,
     normal_key,
@@ -105,13 +106,14 @@ class Picker:
         assert shape.hot is not None
         book = self.book
         sql_mode = session.sysvars.get("sql_mode", book.server_sql_mode)
-        escapes = sql_mode is None or "NO_BACKSLASH_ESCAPES" not in sql_mode.upper()
+        escapes = backslash_escapes(sql_mode)
         hs = bind(shape.hot, values, session.database, book.rules, escapes)
         if hs is None and self.cfg.discover:
             hs = book.discover(shape.hot, values, session.database, escapes)
         if hs is None:
             return None
-        mode = self.mode_for(shape, hs.rule.qualified)
+        # (`qualified` builds its text: only asked for when some table has its own mode)
+        mode = self.mode_for(shape, hs.rule.qualified if self.table_modes else "")
         if mode == "off":
             return None
         rs = book.rule_state.get((hs.rule.schema, hs.rule.table))
