@@ -48,3 +48,63 @@ def test_an_acquire_at_the_limit_evicts_idle_connections_it_cannot_use(
     total, db, idle = asyncio.run(run())
     assert total <= 2 and idle == total
     assert db == (None if then == "no database" else "shop")
+
+
+
+def test_a_waiter_cancelled_after_its_wake_up_loses_nothing(sandbox: Sandbox) -> None:
+    """Two sessions wait for the only connection; it comes back and wakes the first, whose
+    client leaves (its task is cancelled) before it runs. Either the cancel wins (the wake-up
+    goes on to the next waiter) or, as asyncio.wait_for does on 3.11, the connection was
+    already its own and is given back by its caller: the second gets it at once."""
+    async def run() -> str | None:
+        cfg = PoolCfg(max_connections=1, connect_timeout_s=5, acquire_timeout_s=60)
+        pool = Pool(Address("127.0.0.1", sandbox.primary_port), cfg, "primary")
+        try:
+            a = await pool.acquire("app", "app", want=IN_SHOP)
+            first = asyncio.ensure_future(pool.acquire("app", "app", want=IN_SHOP))
+            second = asyncio.ensure_future(pool.acquire("app", "app", want=IN_SHOP))
+            await asyncio.sleep(0.05)
+            assert sum(not w.done() for w in pool._waiters) == 2
+            await pool.release(a)  # wakes `first`...
+            first.cancel()  # ... which is cancelled before it runs
+            got = (await asyncio.gather(first, return_exceptions=True))[0]
+            if not isinstance(got, BaseException):
+                await pool.release(got)
+            c = await asyncio.wait_for(second, 10)
+            row = await c.fetch_one("SELECT DATABASE()")
+            await pool.release(c)
+            return row[0] if row else "?"
+        finally:
+            await pool.close()
+
+    assert asyncio.run(run()) == "shop"
+
+
+def test_an_acquire_cancelled_during_the_state_replay_closes_the_connection(
+        sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client that leaves while its connection's state is being replayed (SET ...): the
+    connection may have a statement on the wire, so it is closed and its place freed (before,
+    it stayed counted in use for good: with max_connections 1 the pool was done)."""
+    async def slow_replay(c: object, want: Wanted) -> bool:
+        await asyncio.sleep(30)
+        return True
+
+    async def run() -> tuple[int, int, str | None]:
+        cfg = PoolCfg(max_connections=1, connect_timeout_s=5, acquire_timeout_s=5)
+        pool = Pool(Address("127.0.0.1", sandbox.primary_port), cfg, "primary")
+        try:
+            with monkeypatch.context() as m:
+                m.setattr(Pool, "apply_state", staticmethod(slow_replay))
+                t = asyncio.ensure_future(pool.acquire("app", "app", want=IN_SHOP))
+                await asyncio.sleep(0.5)
+                t.cancel()
+                await asyncio.gather(t, return_exceptions=True)
+            left = (pool.total, pool.in_use)
+            c = await pool.acquire("app", "app", want=IN_SHOP)
+            row = await c.fetch_one("SELECT DATABASE()")
+            await pool.release(c)
+            return left[0], left[1], row[0] if row else "?"
+        finally:
+            await pool.close()
+
+    assert asyncio.run(run()) == (0, 0, "shop")

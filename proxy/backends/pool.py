@@ -94,6 +94,12 @@ class Pool:
         except (BackendError, BackendLost):
             await self.release(c, "state replay failed")
             raise
+        except BaseException:
+            # Cancelled (its client left) while the state was replayed: a statement may be
+            # on the wire, so the connection is closed, at once (no await: it is cancelled).
+            c.retire(CloseReason.CLIENT_GONE)
+            self._hand_back(c, "cancelled during the state replay")
+            raise
         return c
 
     async def _acquire(
@@ -168,6 +174,12 @@ class Pool:
                     await asyncio.wait_for(w, timeout=left)
                 except TimeoutError:
                     pass
+                except BaseException:
+                    # Cancelled (its client left) after being woken: the connection it was
+                    # woken for is there for the next waiter, who must hear of it.
+                    if w.done() and not w.cancelled():
+                        self._wake()
+                    raise
 
     def can_lend_now(self) -> bool:
         """An acquire would not wait (an idle connection, or room to open one)."""
