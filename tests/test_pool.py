@@ -9,6 +9,7 @@ next to two idle connections it could not use."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -108,3 +109,35 @@ def test_an_acquire_cancelled_during_the_state_replay_closes_the_connection(
             await pool.close()
 
     assert asyncio.run(run()) == (0, 0, "shop")
+
+
+def test_a_failed_replacement_is_counted_once(sandbox: Sandbox) -> None:
+    """A session without a database takes an idle connection in one, closes it, and the new
+    connection it opens instead fails (the server is unreachable now): the closed one is not
+    given back a second time (before, the pool counted it out twice: total and in_use went
+    negative, and the limit stopped holding)."""
+    from proxy.backends.dial import Dial
+    from proxy.core.errors import BackendLost
+
+    class Flaky(Dial):
+        fail = False
+
+        async def connect(self, *a: Any, **k: Any) -> Any:
+            if self.fail:
+                raise BackendLost("refused (test)", sent=False)
+            return await super().connect(*a, **k)
+
+    async def run() -> tuple[int, int]:
+        dial = Flaky()
+        cfg = PoolCfg(max_connections=1, connect_timeout_s=5, acquire_timeout_s=5)
+        pool = Pool(Address("127.0.0.1", sandbox.primary_port), cfg, "primary", dial)
+        try:
+            await pool.release(await pool.acquire("app", "app", want=IN_SHOP))
+            dial.fail = True
+            with pytest.raises(BackendLost):
+                await pool.acquire("app", "app", want=NO_DB)
+            return pool.total, pool.in_use
+        finally:
+            await pool.close()
+
+    assert asyncio.run(run()) == (0, 0)

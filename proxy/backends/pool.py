@@ -84,13 +84,19 @@ class Pool:
             c.hands += 1
         if want is None:
             return c
+        if not await self._replay(c, want):
+            # It has a default database and the session has none: replace it.
+            self.in_use -= 1
+            self._discard(c, CloseReason.NEEDS_NO_DATABASE)
+            c = await self._acquire(user, password, caps, None, None, fresh=True)
+            await self._replay(c, want)
+        return c
+
+    async def _replay(self, c: BackendConn, want: Wanted) -> bool:
+        """`apply_state` on a connection just taken; if it fails, the connection goes back
+        (closed if the failure left it unusable) before the error goes on to the caller."""
         try:
-            if not await self.apply_state(c, want):
-                # It has a default database and the session has none: replace it.
-                self.in_use -= 1
-                self._discard(c, CloseReason.NEEDS_NO_DATABASE)
-                c = await self._acquire(user, password, caps, None, None, fresh=True)
-                await self.apply_state(c, want)
+            return await self.apply_state(c, want)
         except (BackendError, BackendLost):
             await self.release(c, "state replay failed")
             raise
@@ -100,7 +106,6 @@ class Pool:
             c.retire(CloseReason.CLIENT_GONE)
             self._hand_back(c, "cancelled during the state replay")
             raise
-        return c
 
     async def _acquire(
         self, user: str, password: str, caps: int, prefer: BackendConn | None,
