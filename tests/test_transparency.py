@@ -267,6 +267,33 @@ def test_kill_and_connection_id_use_the_handshake_id(tproxy: ProxyProc) -> None:
     assert _q(b, f"KILL {b.thread_id()}") == ("err", 1927)
 
 
+def test_kill_works_when_every_pooled_connection_is_busy(sandbox: Sandbox,
+                                                        tmp_path: Path) -> None:
+    """The pool's one connection runs a client's long statement: another client's KILL QUERY
+    (the same user's, and a DBA's: another user with SUPER) still interrupts it (MySQL keeps a connection for this; the proxy's KILL takes a service
+    connection beyond the limit), where it waited acquire_timeout_s and got 1040 before."""
+    sandbox.primary.sql("CREATE USER IF NOT EXISTS 'tr_dba'@'%' IDENTIFIED BY 'dba'",
+                        "GRANT SUPER ON *.* TO 'tr_dba'@'%'")
+    cfg = make_config(sandbox, routing={"read_consistency": "primary"},
+                      users=[{"name": "app", "password": "app"},
+                             {"name": "tr_dba", "password": "dba"}],
+                      backends={"pool": {"max_connections": 1, "acquire_timeout_s": 20}})
+    p = start_proxy(tmp_path, cfg)
+    try:
+        a = p.connect()
+        for killer in (p.connect(), p.connect(user="tr_dba", password="dba")):
+            res: list[Any] = []
+            th = threading.Thread(target=lambda out=res: out.append(_q(a, "SELECT SLEEP(15)")))
+            th.start()
+            time.sleep(0.5)
+            assert _q(killer, f"KILL QUERY {a.thread_id()}")[0] == "ok"
+            th.join()
+            assert res[0] in (("err", 1317), ("ok", [(1,)], 1))  # interrupted, as directly
+            assert _q(a, "SELECT 1")[1] == [(1,)]
+    finally:
+        p.stop()
+
+
 def test_wait_timeout_closes_an_idle_client(tproxy: ProxyProc) -> None:
     c = tproxy.connect()
     c.cursor().execute("SET SESSION wait_timeout = 1")

@@ -88,7 +88,9 @@ async def stop_client(target: Any, query_only: bool, user: str, password: str,
     ts = target.session
     c, pool = (ts.lease.conn, ts.lease.pool) if ts.busy and not own else (None, None)
     if c is not None and pool is not None and not c.broken:
-        kc = await pool.acquire(user, password)
+        # Beyond the pool's limit if need be (a service connection): a KILL is what a DBA
+        # sends when a stuck statement holds the connections (MySQL keeps one for it too).
+        kc = await pool.acquire(user, password, service=True)
         try:
             await kc.execute(f"KILL {'QUERY ' if query_only else ''}{c.thread_id}")
         except BackendError as e:
@@ -136,12 +138,15 @@ async def kills_in_multi(s: Statement, sql: str) -> str:
 
 
 async def _may_kill_others(s: Statement) -> bool:
-    """MySQL lets a user kill other users' connections with SUPER or CONNECTION ADMIN: ask it."""
-    c = await s.primary_conn()
+    """MySQL lets a user kill other users' connections with SUPER or CONNECTION ADMIN: ask it,
+    as this user, on a service connection (beyond the pool's limit if need be, as the KILL
+    itself: the DBA's session may have no connection while a stuck statement holds them)."""
+    pool = await s.app.writable_primary()
+    c = await pool.acquire(s.username or "", s.password, service=True)
     try:
         row = await c.fetch_one(_PRIVILEGED)
     finally:
-        s.settle()
+        await pool.release(c)
     return row is not None and row[0] not in (None, "0")
 
 
