@@ -1,10 +1,11 @@
 """The backend pool at its limit, against a real MariaDB: an acquire that cannot use the idle
-connections makes room rather than waiting out acquire_timeout_s beside them (1040).
+connections makes room rather than waiting out acquire_timeout_s beside them (1040); a
+cancelled or failed acquire leaves the counts as they were, so the limit keeps holding.
 
 Found under load in test_session_tracking_as_direct (max_connections: 1): the hot-row engine's
 service acquire may go above the limit, its connection came back idle in a database, and a
 client without a default database (it needs a connection that never had one) waited 20 s
-next to two idle connections it could not use."""
+next to two idle connections it could not use. The others were found while testing that."""
 
 from __future__ import annotations
 
@@ -49,7 +50,6 @@ def test_an_acquire_at_the_limit_evicts_idle_connections_it_cannot_use(
     total, db, idle = asyncio.run(run())
     assert total <= 2 and idle == total
     assert db == (None if then == "no database" else "shop")
-
 
 
 def test_a_waiter_cancelled_after_its_wake_up_loses_nothing(sandbox: Sandbox) -> None:

@@ -270,8 +270,9 @@ def test_kill_and_connection_id_use_the_handshake_id(tproxy: ProxyProc) -> None:
 def test_kill_works_when_every_pooled_connection_is_busy(sandbox: Sandbox,
                                                         tmp_path: Path) -> None:
     """The pool's one connection runs a client's long statement: another client's KILL QUERY
-    (the same user's, and a DBA's: another user with SUPER) still interrupts it (MySQL keeps a connection for this; the proxy's KILL takes a service
-    connection beyond the limit), where it waited acquire_timeout_s and got 1040 before."""
+    (the same user's, and a DBA's: another user with SUPER) still interrupts it. MySQL keeps a
+    connection for this; the proxy's KILL takes a service connection beyond the limit, where
+    it waited acquire_timeout_s and got 1040 before."""
     sandbox.primary.sql("CREATE USER IF NOT EXISTS 'tr_dba'@'%' IDENTIFIED BY 'dba'",
                         "GRANT SUPER ON *.* TO 'tr_dba'@'%'")
     cfg = make_config(sandbox, routing={"read_consistency": "primary"},
