@@ -94,8 +94,8 @@ def test_sighup_reloads_the_config(sandbox: Sandbox, tmp_path: Path) -> None:
 
 
 def test_sigusr1_logs_where_every_task_waits(sandbox: Sandbox, tmp_path: Path) -> None:
-    """SIGUSR1 logs each task and where it waits, and each client's session (a client in a
-    transaction shows its lease), and the proxy goes on serving; with workers, sent to the
+    """SIGUSR1 logs each task and where it waits, each client's session (a client in a
+    transaction shows its lease) and each pool, and the proxy goes on serving; with workers, sent to the
     supervisor, every worker logs."""
     for workers in (1, 2):
         (tmp_path / f"w{workers}").mkdir()
@@ -111,6 +111,9 @@ def test_sigusr1_logs_where_every_task_waits(sandbox: Sandbox, tmp_path: Path) -
                     time.sleep(0.1)
                 assert p.log().count("SIGUSR1:") == workers
                 assert "lease=LeaseState.TRANSACTION" in p.log()
+                # the primary's pool: the transaction's connection in use, none waiting
+                assert f"pool 127.0.0.1:{sandbox.primary_port}: total=" in p.log()
+                assert "in_use=1" in p.log() and "waiters=0" in p.log()
                 cur.execute("COMMIT")
                 cur.execute("SELECT 2")
                 assert cur.fetchone() == (2,)
