@@ -435,9 +435,14 @@ def _killer(sb: Sandbox, stop: threading.Event, killed: list[int], connections: 
     try:
         with conn.cursor() as cur:
             while not stop.is_set():
-                cur.execute("SELECT ID, INFO FROM information_schema.PROCESSLIST WHERE "
-                            "USER = 'app' AND (INFO LIKE '%hotrow_%' OR INFO LIKE '%FOR UPDATE%'"
-                            " OR INFO LIKE '%LOCK IN SHARE MODE%')")
+                try:
+                    cur.execute("SELECT ID, INFO FROM information_schema.PROCESSLIST WHERE "
+                                "USER = 'app' AND (INFO LIKE '%hotrow_%' OR INFO LIKE "
+                                "'%FOR UPDATE%' OR INFO LIKE '%LOCK IN SHARE MODE%')")
+                except pymysql.MySQLError:
+                    # MariaDB's own trouble with the query's temporary table (seen once:
+                    # "Error on delete of '/tmp/#sql-temptable-...'", errno 6): next round
+                    continue
                 for tid, _info in cur.fetchall():
                     verb = "CONNECTION" if connections and rnd.random() < 0.1 else "QUERY"
                     try:
