@@ -141,3 +141,34 @@ def test_a_failed_replacement_is_counted_once(sandbox: Sandbox) -> None:
             await pool.close()
 
     assert asyncio.run(run()) == (0, 0)
+
+
+def test_a_session_without_a_database_never_gets_one_in_a_database(sandbox: Sandbox) -> None:
+    """At the limit, with idle sessions soft-holding connections that are in a database: a
+    session without one takes one back, closes it (it cannot be used), and must not be handed
+    the next soft-held one in a database either (before, the second replay's "impossible" was
+    not looked at: the session ran in a database it never chose, `SELECT DATABASE()` 'shop'
+    where MySQL says NULL)."""
+    class Owner:
+        def reclaimed(self, c: object) -> None:
+            pass
+
+    async def run() -> tuple[str | None, int]:
+        cfg = PoolCfg(max_connections=1, connect_timeout_s=5, acquire_timeout_s=60)
+        pool = Pool(Address("127.0.0.1", sandbox.primary_port), cfg, "primary")
+        try:
+            a = await pool.acquire("app", "app", want=IN_SHOP)
+            b = await pool.acquire("app", "app", service=True)  # above the limit
+            await pool.apply_state(b, IN_SHOP)
+            pool.hold_soft(a, Owner())
+            pool.hold_soft(b, Owner())
+            # (taking back a soft-held one it cannot use makes room: no waiting after that)
+            c = await asyncio.wait_for(pool.acquire("app", "app", want=NO_DB), 10)
+            row = await c.fetch_one("SELECT DATABASE()")
+            await pool.release(c)
+            return (row[0] if row else "?"), pool.total
+        finally:
+            await pool.close()
+
+    db, total = asyncio.run(run())
+    assert db is None and total <= 2

@@ -84,12 +84,12 @@ class Pool:
             c.hands += 1
         if want is None:
             return c
-        if not await self._replay(c, want):
-            # It has a default database and the session has none: replace it.
+        while not await self._replay(c, want):
+            # It has a default database and the session has none: replace it (a `fresh`
+            # acquire only gives one that never had a database).
             self.in_use -= 1
             self._discard(c, CloseReason.NEEDS_NO_DATABASE)
             c = await self._acquire(user, password, caps, None, None, fresh=True)
-            await self._replay(c, want)
         return c
 
     async def _replay(self, c: BackendConn, want: Wanted) -> bool:
@@ -160,9 +160,11 @@ class Pool:
                 self.in_use += 1
                 self._m_wait.observe(time.perf_counter() - t0)
                 return c
-            stolen = self._take_soft(key)
-            if stolen is not None:
-                return stolen
+            if self.soft:
+                stolen = self._take_soft(key, fresh)
+                if stolen is not None:
+                    return stolen
+                continue  # it closed one this acquire cannot use: room was made
             if not self._free_idle(key, fresh):
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -200,19 +202,21 @@ class Pool:
     def unhold_soft(self, c: BackendConn) -> None:
         self.soft.pop(c, None)
 
-    def _take_soft(self, key: tuple[str, int]) -> BackendConn | None:
+    def _take_soft(self, key: tuple[str, int], fresh: bool = False) -> BackendConn | None:
         """At the limit: take back a soft-held connection, of this user if there is one (else
-        close another user's to make room). Connections whose session may still ask about its
-        last statement (warnings, an error: SHOW WARNINGS) go last: once taken, that session
-        can only be shown an empty diagnostics area."""
+        close another user's to make room; `fresh`: also one in a database, which the session
+        that needs one that never had a database cannot use). Connections whose session may
+        still ask about its last statement (warnings, an error: SHOW WARNINGS) go last: once
+        taken, that session can only be shown an empty diagnostics area."""
         if not self.soft:
             return None
         c = min(self.soft, key=lambda x: (x.key != key, x.warned))
         owner = self.soft.pop(c)
         owner.reclaimed(c)
-        if c.key != key:
+        if c.key != key or (fresh and c.schema is not None):
             self.in_use -= 1
-            self._discard(c, CloseReason.EVICTED)
+            self._discard(c, CloseReason.EVICTED if c.key != key
+                          else CloseReason.NEEDS_NO_DATABASE)
             return None
         if c.broken or c.io.at_eof():
             self.in_use -= 1
