@@ -24,16 +24,27 @@ IN_SHOP = Wanted("shop", LOGIN_NAMES, {})
 NO_DB = Wanted(None, LOGIN_NAMES, {})
 
 
+def _pool(sb: Sandbox, acquire_timeout_s: float, dial: Any = None) -> Pool:
+    """The primary's pool with room for one connection (the hot-row engine's may go above)."""
+    cfg = PoolCfg(max_connections=1, connect_timeout_s=5, acquire_timeout_s=acquire_timeout_s)
+    return Pool(Address("127.0.0.1", sb.primary_port), cfg, "primary", dial)
+
+
+async def _two_in_shop(pool: Pool) -> tuple[Any, Any]:
+    """A session's connection and a service one above the limit, both in `shop`."""
+    a = await pool.acquire("app", "app", want=IN_SHOP)
+    b = await pool.acquire("app", "app", service=True)
+    await pool.apply_state(b, IN_SHOP)
+    return a, b
+
+
 @pytest.mark.parametrize("then", ["no database", "other capabilities"])
 def test_an_acquire_at_the_limit_evicts_idle_connections_it_cannot_use(
         sandbox: Sandbox, then: str) -> None:
     async def run() -> tuple[int, str | None, int]:
-        cfg = PoolCfg(max_connections=1, connect_timeout_s=5, acquire_timeout_s=3)
-        pool = Pool(Address("127.0.0.1", sandbox.primary_port), cfg, "primary")
+        pool = _pool(sandbox, 3)
         try:
-            a = await pool.acquire("app", "app", want=IN_SHOP)
-            b = await pool.acquire("app", "app", service=True)  # above the limit
-            await pool.apply_state(b, IN_SHOP)
+            a, b = await _two_in_shop(pool)
             await pool.release(a)
             await pool.release(b)
             assert (pool.total, pool.idle_count()) == (2, 2)
@@ -58,8 +69,7 @@ def test_a_waiter_cancelled_after_its_wake_up_loses_nothing(sandbox: Sandbox) ->
     goes on to the next waiter) or, as asyncio.wait_for does on 3.11, the connection was
     already its own and is given back by its caller: the second gets it at once."""
     async def run() -> str | None:
-        cfg = PoolCfg(max_connections=1, connect_timeout_s=5, acquire_timeout_s=60)
-        pool = Pool(Address("127.0.0.1", sandbox.primary_port), cfg, "primary")
+        pool = _pool(sandbox, 60)
         try:
             a = await pool.acquire("app", "app", want=IN_SHOP)
             first = asyncio.ensure_future(pool.acquire("app", "app", want=IN_SHOP))
@@ -91,8 +101,7 @@ def test_an_acquire_cancelled_during_the_state_replay_closes_the_connection(
         return True
 
     async def run() -> tuple[int, int, str | None]:
-        cfg = PoolCfg(max_connections=1, connect_timeout_s=5, acquire_timeout_s=5)
-        pool = Pool(Address("127.0.0.1", sandbox.primary_port), cfg, "primary")
+        pool = _pool(sandbox, 5)
         try:
             with monkeypatch.context() as m:
                 m.setattr(Pool, "apply_state", staticmethod(slow_replay))
@@ -129,8 +138,7 @@ def test_a_failed_replacement_is_counted_once(sandbox: Sandbox) -> None:
 
     async def run() -> tuple[int, int]:
         dial = Flaky()
-        cfg = PoolCfg(max_connections=1, connect_timeout_s=5, acquire_timeout_s=5)
-        pool = Pool(Address("127.0.0.1", sandbox.primary_port), cfg, "primary", dial)
+        pool = _pool(sandbox, 5, dial)
         try:
             await pool.release(await pool.acquire("app", "app", want=IN_SHOP))
             dial.fail = True
@@ -154,12 +162,9 @@ def test_a_session_without_a_database_never_gets_one_in_a_database(sandbox: Sand
             pass
 
     async def run() -> tuple[str | None, int]:
-        cfg = PoolCfg(max_connections=1, connect_timeout_s=5, acquire_timeout_s=60)
-        pool = Pool(Address("127.0.0.1", sandbox.primary_port), cfg, "primary")
+        pool = _pool(sandbox, 60)
         try:
-            a = await pool.acquire("app", "app", want=IN_SHOP)
-            b = await pool.acquire("app", "app", service=True)  # above the limit
-            await pool.apply_state(b, IN_SHOP)
+            a, b = await _two_in_shop(pool)
             pool.hold_soft(a, Owner())
             pool.hold_soft(b, Owner())
             # (taking back a soft-held one it cannot use makes room: no waiting after that)

@@ -207,9 +207,8 @@ class Pool:
         close another user's to make room; `fresh`: also one in a database, which the session
         that needs one that never had a database cannot use). Connections whose session may
         still ask about its last statement (warnings, an error: SHOW WARNINGS) go last: once
-        taken, that session can only be shown an empty diagnostics area."""
-        if not self.soft:
-            return None
+        taken, that session can only be shown an empty diagnostics area. (Asked only while
+        some are soft-held.)"""
         c = min(self.soft, key=lambda x: (x.key != key, x.warned))
         owner = self.soft.pop(c)
         owner.reclaimed(c)

@@ -124,8 +124,8 @@ class HotRowRule:
     key: str
     column: str
 
-    @property
-    def qualified(self) -> str:
+    @cached_property
+    def qualified(self) -> str:  # (asked per hot statement: built once)
         return f"{self.schema}.{self.table}"
 
 

@@ -62,13 +62,7 @@ def bind(
     rule = rules.get((schema, tpl.table))
     if rule is None or rule.key != tpl.key or rule.column != tpl.column:
         return None
-    # (per hot statement: no generator, no `int | str` union built at run time)
-    need = tpl.amount_pos if tpl.amount_pos > tpl.key_pos else tpl.key_pos
-    if tpl.guard_pos is not None and tpl.guard_pos > need:
-        need = tpl.guard_pos
-    if tpl.guard_sub_pos is not None and tpl.guard_sub_pos > need:
-        need = tpl.guard_sub_pos
-    if len(values) <= need:
+    if len(values) <= tpl.need:
         return None
     amount = values[tpl.amount_pos]
     key = values[tpl.key_pos]
@@ -224,39 +218,37 @@ MERGE_SQL_MODES = frozenset({
 })
 
 
-_BLOCKS: dict[str, str | None] = {}  # sql_mode_blocks per sql_mode text (a handful in use)
-_ESCAPES: dict[str, bool] = {}  # backslash_escapes per sql_mode text
+_MODES: dict[str, tuple[bool, str | None]] = {}  # _mode_facts per sql_mode text (a handful)
 
 
-def backslash_escapes(sql_mode: str | None) -> bool:
-    """Backslashes escape in string literals (no NO_BACKSLASH_ESCAPES; an unknown sql_mode is
-    the server default's). Asked per hot statement: remembered per text, as below."""
-    if sql_mode is None:
-        return True
-    got = _ESCAPES.get(sql_mode)
+def _mode_facts(sql_mode: str) -> tuple[bool, str | None]:
+    """What the hot-row engine asks of a session's sql_mode, per hot statement: whether
+    backslashes escape in string literals, and the first flag that keeps its decrements from
+    merging (or None). Remembered per text (bounded: the texts come from clients)."""
+    got = _MODES.get(sql_mode)
     if got is None:
-        if len(_ESCAPES) >= 256:
-            _ESCAPES.clear()
-        got = _ESCAPES[sql_mode] = "NO_BACKSLASH_ESCAPES" not in sql_mode.upper()
+        up = sql_mode.upper()
+        blocks = None
+        for flag in up.split(","):
+            f = flag.strip()
+            if f and f not in MERGE_SQL_MODES:
+                blocks = f
+                break
+        if len(_MODES) >= 256:
+            _MODES.clear()
+        got = _MODES[sql_mode] = ("NO_BACKSLASH_ESCAPES" not in up, blocks)
     return got
 
 
+def backslash_escapes(sql_mode: str | None) -> bool:
+    """Backslashes escape in string literals: no NO_BACKSLASH_ESCAPES (an unknown sql_mode,
+    None, is the server default's)."""
+    return True if sql_mode is None else _mode_facts(sql_mode)[0]
+
+
 def sql_mode_blocks(sql_mode: str) -> str | None:
-    """The first sql_mode flag that keeps a session's hot decrements from merging, or None.
-    Asked per hot statement: remembered per text (bounded: the texts come from clients)."""
-    got = _BLOCKS.get(sql_mode, "")
-    if got != "":
-        return got
-    blocks = None
-    for flag in sql_mode.upper().split(","):
-        f = flag.strip()
-        if f and f not in MERGE_SQL_MODES:
-            blocks = f
-            break
-    if len(_BLOCKS) >= 256:
-        _BLOCKS.clear()
-    _BLOCKS[sql_mode] = blocks
-    return blocks
+    """The first sql_mode flag that keeps a session's hot decrements from merging, or None."""
+    return _mode_facts(sql_mode)[1]
 
 
 def sql_literal(v: int | str) -> str:

@@ -112,8 +112,7 @@ class Picker:
             hs = book.discover(shape.hot, values, session.database, escapes)
         if hs is None:
             return None
-        # (`qualified` builds its text: only asked for when some table has its own mode)
-        mode = self.mode_for(shape, hs.rule.qualified if self.table_modes else "")
+        mode = self.mode_for(shape, hs.rule.qualified)
         if mode == "off":
             return None
         rs = book.rule_state.get((hs.rule.schema, hs.rule.table))

@@ -89,6 +89,7 @@ class HotTemplate:
     guard_op: str | None = None
     guard_pos: int | None = None
     guard_sub_pos: int | None = None
+    need: int = 0  # the highest of the positions: a statement has more values (hot_template)
 
 
 def hot_template(dg: str) -> HotTemplate | None:
@@ -132,6 +133,7 @@ def hot_template(dg: str) -> HotTemplate | None:
     return HotTemplate(
         schema, table, c1, key, 0, key_pos,
         guard[0] if guard else None, guard[1] if guard else None, guard[2] if guard else None,
+        max(key_pos, guard[1]) if guard else key_pos,  # (amount 0; guard_sub_pos < guard_pos)
     )
 
 
