@@ -251,6 +251,49 @@ def test_auto_plain_path_runs_on_the_fast_lane(proxy: ProxyProc, sandbox: Sandbo
         proxy.admin("SET hotrow.mode = 'merge'")
 
 
+def test_auto_glances_while_quiet_and_decides_every_one_after_a_sold_out_answer(
+        sandbox: Sandbox, tmp_path: Any) -> None:
+    """While the engine is quiet, auto sends all but one in GLANCE_EVERY autocommit decrements
+    as they are, undecided (hotpick.Picker.glance): MySQL's own answers, counted as plain, not
+    on their key. Once one answers "0 rows", every decrement is decided (counted on its key)
+    and that key is remembered as sold out; a transaction's decrements are glanced too."""
+    from proxy.engines.hotpick import GLANCE_EVERY
+
+    from .conftest import make_config, start_proxy
+
+    reset_stock(sandbox, {60: 1000, 61: 0, 62: 1000, 63: 1000})
+    p = start_proxy(tmp_path, make_config(sandbox, hotrow={
+        "mode": "auto", "batch_schema": "seckill_glance",  # (no other proxy's reservations)
+        "rules": [{"table": "shop.inventory", "key": "sku_id", "column": "quantity"}]}))
+    plain = 'seckill_proxy_hotrow_statements_total{mode="auto",outcome="plain"}'
+
+    def counted(sku: int) -> int:
+        row = [r for r in p.admin("SHOW HOT KEYS") if str(r[1]) == str(sku)]
+        return int(row[0][8]) if row else 0
+
+    try:
+        c = p.connect()
+        with c.cursor() as cur:
+            cur.execute("BEGIN")
+            for _ in range(GLANCE_EVERY):
+                assert cur.execute(SQL.format(hint="", n=1, sku=63)) == 1
+            cur.execute("COMMIT")
+            for _ in range(2 * GLANCE_EVERY):
+                assert cur.execute(SQL.format(hint="", n=1, sku=60)) == 1
+            assert counted(63) == 1 and counted(60) == 2  # one in GLANCE_EVERY decided
+            assert cur.execute(SQL.format(hint="", n=1, sku=61)) == 0  # sold out
+            assert counted(61) == 1  # its key remembered (glanced or decided)
+            for _ in range(GLANCE_EVERY):
+                assert cur.execute(SQL.format(hint="", n=1, sku=62)) == 1
+            assert counted(62) == GLANCE_EVERY  # every one decided now
+        c.close()
+        assert _metric(p, plain) == 4 * GLANCE_EVERY + 1
+        assert stock_of(sandbox) == {60: 1000 - 2 * GLANCE_EVERY, 61: 0,
+                                     62: 1000 - GLANCE_EVERY, 63: 1000 - GLANCE_EVERY}
+    finally:
+        p.stop()
+
+
 def test_mixed_amounts_several_keys(proxy: ProxyProc, sandbox: Sandbox) -> None:
     initial = {10: 400, 11: 250, 12: 100}
     reset_stock(sandbox, initial)

@@ -11,7 +11,7 @@ import pytest
 from proxy.backends.lease import Lease, LeaseError, LeaseState
 from proxy.core.errors import LeaseReason
 
-from .test_plan import _idle_conn
+from .test_plan import idle_conn
 
 S = LeaseState
 N, SO, ST, TX, PI, RT = S.NONE, S.SOFT, S.STATEMENT, S.TRANSACTION, S.PINNED, S.REPLICA_TXN
@@ -55,7 +55,7 @@ class _Pool:
                          ids=lambda s: s.value)
 def test_every_transition(frm: LeaseState, to: LeaseState) -> None:
     cell = _table()[(frm, to)]
-    lease, conn, pool = Lease(), _idle_conn(), _Pool()
+    lease, conn, pool = Lease(), idle_conn(), _Pool()
     if frm is not N:
         lease.transition(ST, LeaseReason.ACQUIRED, conn, pool)  # type: ignore[arg-type]
         if frm is not ST:
@@ -82,7 +82,7 @@ def test_the_table_is_the_modules() -> None:
 
 
 def test_a_soft_lease_reclaimed_by_the_pool_does_not_give_back() -> None:
-    lease, conn, pool = Lease(), _idle_conn(), _Pool()
+    lease, conn, pool = Lease(), idle_conn(), _Pool()
     lease.transition(ST, LeaseReason.ACQUIRED, conn, pool)  # type: ignore[arg-type]
     lease.transition(SO, LeaseReason.STATEMENT_DONE)
     lease.reclaimed(conn)

@@ -235,7 +235,7 @@ def _command(sql: str) -> bytes:
     return struct.pack("<I", len(payload)) + payload
 
 
-def _idle_conn() -> BackendConn:
+def idle_conn() -> BackendConn:
     """A real BackendConn (the lane is compiled and checks its attributes' types) over a socket
     nobody reads: the test only asks the lane what it would do with a command."""
     transport = SimpleNamespace(set_protocol=lambda p: None, is_closing=lambda: False,
@@ -262,13 +262,14 @@ class _Pool:
 @settings(max_examples=500, deadline=None)  # (asyncio.run per example: slow under load)
 @given(sql=st.sampled_from(STATEMENTS), view=views, policy=policies,
        on_replica=st.booleans(), replica_ready=st.booleans(), same_conn=st.booleans(),
-       way=st.sampled_from([AS_IS, UNCHECKED, PLAIN, LEAVING, QUEUE, MERGE]))
+       way=st.sampled_from([AS_IS, UNCHECKED, PLAIN, LEAVING, QUEUE, MERGE]),
+       glanced=st.booleans())
 def test_lane_takes_exactly_the_lane_plans(sql: str, view: View, policy: Policy,
                                            on_replica: bool, replica_ready: bool,
-                                           same_conn: bool, way: int) -> None:
+                                           same_conn: bool, way: int, glanced: bool) -> None:
     primary, replica = _Pool("primary"), _Pool("replica")
     view.replica_txn = False
-    conn = _idle_conn()
+    conn = idle_conn()
     lease = Lease()
     lease.state = LeaseState.TRANSACTION if view.in_txn else LeaseState.SOFT
     lease.conn = conn
@@ -280,9 +281,11 @@ def test_lane_takes_exactly_the_lane_plans(sql: str, view: View, policy: Policy,
     reads = ReadRouter(SimpleNamespace(  # type: ignore[arg-type]
         monitor=SimpleNamespace(states={"replica": st_replica}),
         cfg=SimpleNamespace(backends=SimpleNamespace(weight=lambda addr: 1))))
-    # the hot-row engine's way for a hot decrement: the lane takes those that start at once
+    # the hot-row engine's way for a hot decrement: the lane takes those that start at once,
+    # and those the engine lets it send undecided (hotpick.Picker.glance)
     hotrow = SimpleNamespace(lane_way=lambda s, shape, values: Way(way),
-                             plain_end=lambda t, ok: None)
+                             plain_end=lambda t, ok: None, glance=lambda s, shape: glanced,
+                             glance_end=lambda *a: None)
     app = SimpleNamespace(policy=policy, primary_pool=lambda: primary, reads=reads, hotrow=hotrow,
                           server_version="10.11.6-MariaDB")
     session = view
@@ -305,7 +308,7 @@ def test_lane_takes_exactly_the_lane_plans(sql: str, view: View, policy: Policy,
         (p.route is Route.REPLICA and lease.state is LeaseState.SOFT and not on_primary
          and p.read is not None and reads.ready_now(replica, p.read, view.last_gtid))
         or (p.route is Route.PRIMARY and (on_primary or lease.state is not LeaseState.SOFT))
-        or (p.route is Route.HOTROW and way in (AS_IS, PLAIN, MERGE)
+        or (p.route is Route.HOTROW and (glanced or way in (AS_IS, PLAIN, MERGE))
             and (on_primary or lease.state is not LeaseState.SOFT))
         # diagnostics: on the previous statement's connection, wherever it is
         or (p.route is Route.DIAG and same_conn))

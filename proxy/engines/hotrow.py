@@ -73,6 +73,8 @@ class HotRowEngine:
         self.auto = self.pick.auto
         self.lane_way = self.pick.lane_way  # (the fast lane's: compiled, no frame here)
         self.plain_end = self.pick.plain_end
+        self.glance = self.pick.glance
+        self.glance_end = self.pick.glance_end
         self.merger = Merger(self)
         self.answers = Answers(self.merger)  # a member's side (the fast lane's too)
 

@@ -66,6 +66,7 @@ class FastLane:
         self.t0 = 0.0
         self._fail_task: asyncio.Future[None] | None = None  # keeps the failure task alive
         self.ticket: KeyState | None = None  # a hot key counting this statement (hotrow.py)
+        self.glanced: Shape | None = None  # a hot decrement sent undecided (Picker.glance)
         self.hot = LaneMember(self)  # a merged hot decrement (lanemerge.py)
         self.status_before = 0  # the session's status flags when the command started
         # the text and shape of a COM_QUERY classified here: a statement the lane declines is
@@ -112,6 +113,7 @@ class FastLane:
         if c.confirms and not confirms.plain_commit(data[4:]):
             return None  # escrow confirm rows wait there: only a COMMIT takes them along
         values: list[object] = []  # a hot decrement's, for the engine's decision (`_hot`)
+        glance = False  # a hot decrement sent as it is, undecided (hotpick.Picker.glance)
         if cmd == P.COM_STMT_EXECUTE:
             if n < 14:
                 return None
@@ -132,18 +134,21 @@ class FastLane:
             payload, st.types = rebound
             packet = _pack_id(len(payload)) + payload
             if p.route is Route.HOTROW:
-                try:
-                    values = statement_values(st.sql, P.decode_binary_params(
-                        P.split_execute(data[4:], st.num_params), st.types, st.num_params))
-                except (ValueError, IndexError):
-                    return None
+                glance = s.app.hotrow.glance(s, shape)
+                if not glance:
+                    got = self._values(data[4:])
+                    if got is None:
+                        return None
+                    values = got
             c.stmts.move_to_end(key)
         elif qp is not None:
             p = qp
             if not self._can_run(p):
                 return None
             if p.route is Route.HOTROW:
-                values = statement_values(sql)
+                glance = s.app.hotrow.glance(s, shape)
+                if not glance:
+                    values = statement_values(sql)
             packet = data
         else:
             return None
@@ -151,9 +156,25 @@ class FastLane:
             return None  # the general path first gives this connection the session's value
         if shape.keeps_diag and s.foreign_diag(c):
             return None  # the general path first clears another statement's conditions there
-        if p.route is Route.HOTROW and not self._hot(shape, values):
+        if p.route is Route.HOTROW and not glance and not self._hot(shape, values):
             return None  # the last check: a ticket taken is given back by `done`
+        if glance:
+            self.glanced = shape  # (after the last check: given back by `done`)
         return c, shape, packet, p
+
+    def _values(self, payload: bytes) -> list[object] | None:
+        """A hot decrement's values from its command (COM_QUERY, COM_STMT_EXECUTE), for the
+        engine; None: its parameters cannot be read (the session task takes it)."""
+        if payload[0] == P.COM_QUERY:
+            return statement_values(payload[1:].decode("utf-8", "surrogateescape"))
+        st = self.s.stmts.get(_unpack_id(payload, 1)[0])
+        if st is None:
+            return None
+        try:
+            return statement_values(st.sql, P.decode_binary_params(
+                P.split_execute(payload, st.num_params), st.types, st.num_params))
+        except (ValueError, IndexError):
+            return None
 
     def _answer_here(self, shape: Shape, p: Plan) -> None:
         """A SELECT the proxy answers itself (local.local_answer, the general path's own
@@ -189,9 +210,16 @@ class FastLane:
         return False
 
     def _release_ticket(self, ok: bool, rows: int = -1) -> None:
+        """A hot decrement run as it is ends: its key's count (`ticket`), or a glanced one's
+        (its values read again only if it found no row: hotpick.Picker.glance_end)."""
         t, self.ticket = self.ticket, None
         if t is not None:
             self.s.app.hotrow.plain_end(t, ok, rows)
+            return
+        g, self.glanced = self.glanced, None
+        if g is not None:
+            values = self._values(self.command) if ok and rows == 0 and self.command else None
+            self.s.app.hotrow.glance_end(self.s, g, ok, rows, values)
 
     def _can_run(self, p: Plan) -> bool:
         """The plan only forwards, and the lease's connection is the one it forwards to."""
@@ -416,7 +444,7 @@ class FastLane:
             return
         dt = time.perf_counter() - self.t0
         p = self.plan
-        if self.ticket is not None:
+        if self.ticket is not None or self.glanced is not None:
             route = "hotrow-plain"
             self._release_ticket(outcome == "ok", rows)
         if p is not None and p.route is Route.REPLICA and p.read is not None:

@@ -4,7 +4,7 @@ settings it keeps for the session, values only it knows, and KILL of its own cli
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Literal
 
 from proxy.core.config import CONSISTENCY
@@ -154,8 +154,24 @@ def coldefs(s: Statement, coldef: bytes) -> bytes:
     """A column definition the proxy built, as this client's backend connections would send it
     (with MariaDB's extended metadata field when the client negotiated it)."""
     if s.backend_caps & P.MARIADB_CLIENT_EXTENDED_METADATA:
-        return P.coldef_ext(coldef)
+        return _with_ext(coldef)
     return coldef
+
+
+# The proxy's own column definitions repeat (SELECT ROW_COUNT() is in every seed order): each
+# is built once per name. Bounded, as an alias of CONNECTION_ID() is the client's text.
+_with_ext = lru_cache(maxsize=256)(P.coldef_ext)
+
+
+@lru_cache(maxsize=256)
+def _local_coldef(route: Route, name: str, mariadb: bool) -> bytes:
+    """The column definition of a local answer (`local_answer`), as MariaDB (or MySQL, for
+    CONNECTION_ID()) gives it."""
+    if route is Route.LOCAL_GTID:
+        return P.column_def(name)
+    if route is Route.LOCAL_CONN_ID:
+        return P.column_def_uint(name, mariadb)
+    return P.column_def_int(name)
 
 
 async def answered(s: Statement, p: Plan, shape: Shape, sql: str,
@@ -184,20 +200,18 @@ def local_answer(s: Statement, p: Plan, shape: Shape, binary: bool = False) -> l
     """The result set of a SELECT the proxy answers itself (plan.LOCAL_ANSWERS), as packet
     payloads, and its effect on the session. The session task (`answer_local`) and the fast
     lane (fastlane.py) each only write them, so the answer is made in one place."""
+    mariadb = False
     if p.route is Route.LOCAL_GTID:
-        cols: list[tuple[str, str | None]] = [("@@last_gtid", s.last_gtid or "")]
-        coldef: Callable[[str], bytes] = P.column_def
+        name, value = "@@last_gtid", s.last_gtid or ""
     elif p.route is Route.LOCAL_CONN_ID:
         assert s.connection is not None
         mariadb = "MariaDB" in s.app.server_version
-        cols = [(conn_id_alias(shape), str(s.connection.connection_id))]
-        coldef = lambda n: P.column_def_uint(n, mariadb)  # noqa: E731
+        name, value = conn_id_alias(shape), str(s.connection.connection_id)
     else:
-        cols = [("ROW_COUNT()", str(s.answered_rows))]
-        coldef = P.column_def_int
+        name, value = "ROW_COUNT()", str(s.answered_rows)
     # A SELECT the proxy answered: as after any SELECT, ROW_COUNT() is now -1; the warnings
     # stay the previous statement's (a SELECT without tables keeps them).
-    out = _result_packets(s, [coldef(n) for n, _ in cols], [[v for _, v in cols]], binary)
+    out = _result_packets(s, [_local_coldef(p.route, name, mariadb)], [[value]], binary)
     s.row_count_local = -1
     return out
 

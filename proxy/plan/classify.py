@@ -331,8 +331,22 @@ _shape_of_cached = lru_cache(maxsize=8192)(_shape_of)
 
 
 def classify(sql: str) -> Shape:
+    """The statement's shape. Short texts repeat exactly (BEGIN, COMMIT, SELECT ROW_COUNT()):
+    they are looked up by their text first, without the digest's regex pass."""
+    got = _BY_TEXT.get(sql)
+    if got is not None:
+        return got
     shape = shape_of(digest(sql))
     if shape.hot is not None and ("/*!" in sql or "/*M!" in sql):
         # the hot path binds values from the raw text, which an executable comment can shift
-        return replace(shape, hot=None)
+        shape = replace(shape, hot=None)
+    if len(sql) <= TEXT_CACHE_MAX_TEXT:
+        if len(_BY_TEXT) >= TEXT_CACHE_SIZE:
+            _BY_TEXT.clear()  # bounded: texts with literals in them are all different
+        _BY_TEXT[sql] = shape
     return shape
+
+
+TEXT_CACHE_MAX_TEXT = 64
+TEXT_CACHE_SIZE = 4096
+_BY_TEXT: dict[str, Shape] = {}

@@ -1,0 +1,183 @@
+"""hotpick.Picker.glance, pure: while the engine is quiet, auto sends most hot decrements as
+they are without deciding them; what keeps it deciding every one (tables of conditions and a
+hypothesis property of its loudness). The same against MariaDB: test_hotrow.py."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from proxy.backends.backend import BackendConn
+from proxy.core.config import HotRowCfg
+from proxy.core.configmodel import HotRowRule
+from proxy.engines.escrow import Escrow
+from proxy.engines.hotkeys import KeyState
+from proxy.engines.hotpick import (
+    GLANCE_EVERY,
+    GLANCED,
+    LOUD_SHARE,
+    MERGE,
+    PLAIN,
+    QUEUE,
+    Picker,
+)
+from proxy.engines.hotrules import RuleBook, RuleState
+from proxy.net import protocol as P
+from proxy.plan.classify import classify, statement_values
+
+from .test_plan import idle_conn
+
+SQL = "UPDATE inventory SET quantity = quantity - 1 WHERE sku_id = {} AND quantity > 0"
+KEY = ("shop", "inventory", 7)
+
+
+class Session:
+    """The engine's view of a session (engines/ports.HotRowMember), as plain fields."""
+
+    def __init__(self, txn: bool = False, conn: BackendConn | None = None) -> None:
+        self.username = "app"
+        self.database: str | None = "shop"
+        self.status = P.SERVER_STATUS_AUTOCOMMIT | (P.SERVER_STATUS_IN_TRANS if txn else 0)
+        self.sysvars = {"sql_mode": "STRICT_TRANS_TABLES", "autocommit": "ON"}
+        self.pin = None
+        self.held_slots: list[Any] = []
+        self.escrow: list[Any] = []
+        self.txn_hot: set[Any] = set()
+        self.conn = conn  # the connection holding its transaction (escrow_conn)
+
+    def escrow_conn(self) -> BackendConn | None:
+        return self.conn
+
+    def locked_hot_key(self, key_id: Any) -> None:
+        self.txn_hot.add(key_id)
+
+
+def picker(mode: str = "auto") -> Picker:
+    rule = HotRowRule("shop", "inventory", "sku_id", "quantity")
+    cfg = dataclasses.replace(HotRowCfg(), mode=mode, rules=(rule,))
+    book = RuleBook(cfg, None, lambda: ["app"])  # type: ignore[arg-type]
+    book.rule_state[("shop", "inventory")] = RuleState(ok=True, reason="ok")
+    book.server_sql_mode = "STRICT_TRANS_TABLES"
+    return Picker(cfg, book, Escrow("seckill", None, None))  # type: ignore[arg-type]
+
+
+def glances(pk: Picker, s: Session, sql: str = SQL.format(7), n: int = GLANCE_EVERY) -> int:
+    shape = classify(sql)
+    return sum(pk.glance(s, shape) for _ in range(n))
+
+
+def test_quiet_glances_at_all_but_one_in_every_glance_every() -> None:
+    pk, s = picker(), Session()
+    assert [pk.glance(s, classify(SQL.format(7))) for _ in range(2 * GLANCE_EVERY)] == (
+        [True] * (GLANCE_EVERY - 1) + [False]) * 2
+
+
+def _loud(pk: Picker) -> None:
+    pk.loud = True
+
+
+def _sold_out_lately(pk: Picker) -> None:
+    pk.zero_at = time.monotonic() - 1
+
+
+def _reserved_here(pk: Picker) -> None:
+    pk.escrow.keys[KEY] = object()  # type: ignore[assignment]
+
+
+def _reserved_on_another_proxy(pk: Picker) -> None:
+    pk.auto.reserved_anywhere.add(KEY)
+
+
+def _a_table_mode(pk: Picker) -> None:
+    pk.table_modes["shop.other"] = "merge"
+
+
+def _mode_merge(pk: Picker) -> None:
+    pk.global_mode = "merge"
+
+
+@pytest.mark.parametrize("why", [_loud, _sold_out_lately, _reserved_here,
+                                 _reserved_on_another_proxy, _a_table_mode, _mode_merge])
+def test_what_keeps_every_decrement_decided(why: Any) -> None:
+    pk = picker()
+    why(pk)
+    assert glances(pk, Session()) == 0
+
+
+@pytest.mark.parametrize("sql, database", [
+    ("UPDATE other SET quantity = quantity - 1 WHERE sku_id = 7", "shop"),  # no rule
+    ("UPDATE inventory SET reserved = reserved - 1 WHERE sku_id = 7", "shop"),  # its column?
+    ("UPDATE inventory SET quantity = quantity - 1 WHERE id = 7", "shop"),  # its key?
+    (SQL.format(7), None),  # no database: no rule's table
+    (SQL.format(7), "other"),
+])
+def test_only_a_rules_decrements_are_glanced(sql: str, database: str | None) -> None:
+    s = Session()
+    s.database = database
+    assert glances(picker(), s, sql) == 0
+
+
+def test_a_sold_out_answer_ends_the_quiet_and_marks_its_key() -> None:
+    pk, s = picker(), Session()
+    shape = classify(SQL.format(7))
+    pk.glance_end(s, shape, True, 1, None)
+    assert glances(pk, s) == GLANCE_EVERY - 1
+    pk.glance_end(s, shape, True, 0, statement_values(SQL.format(7)))
+    assert pk.keys[KEY].sold_out_at > time.monotonic() - 1
+    assert glances(pk, s) == 0
+    assert pk.decide(s, shape, statement_values(SQL.format(7))).kind == MERGE  # group's way
+
+
+def test_a_glanced_transaction_never_merges_a_later_decrement() -> None:
+    """Glanced inside a transaction, the key is not read, yet its row lock is the
+    transaction's: no later decrement in it may merge (its group would wait for that lock)."""
+    conn = idle_conn()
+
+    async def run() -> None:
+        pk = picker()
+        shape = classify(SQL.format(7))
+        crowded = pk.keys[KEY] = KeyState(asyncio.Semaphore(10))
+        crowded.in_flight, crowded.plain_busy = 8, True  # company enough for a group, in a txn too
+        s = Session(txn=True, conn=conn)
+        assert pk.decide(s, shape, statement_values(SQL.format(7))).kind == MERGE
+        assert pk.glance(s, shape) and GLANCED in s.txn_hot
+        assert pk.decide(s, shape, statement_values(SQL.format(7))).kind == QUEUE
+        assert pk.decide(Session(txn=True, conn=conn), shape, statement_values(SQL.format(7))).kind == MERGE
+        assert not Session(txn=False).txn_hot  # (autocommit: nothing to mark)
+        s2 = Session()
+        assert pk.glance(s2, shape) and not s2.txn_hot
+    asyncio.run(run())
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 400), st.integers(0, 12))
+def test_loud_after_a_window_with_crowded_keys(plain: int, crowded: int) -> None:
+    """The engine is loud for the window after one in which more than LOUD_SHARE of the
+    decided decrements found their key crowded; quiet again after a window without."""
+    async def run() -> None:
+        pk = picker()
+        s = Session()
+        crowded_key = pk.keys[KEY] = KeyState(asyncio.Semaphore(10))
+        crowded_key.in_flight, crowded_key.plain_busy = 8, True
+        pk.window_at = 0.0  # a new window starts with the next decision
+        first = pk.decide(s, classify(SQL.format(100_000)), statement_values(SQL.format(100_000)))
+        assert first.kind == PLAIN and not pk.loud
+        ways = [pk.decide(s, classify(SQL.format(7)), statement_values(SQL.format(7))).kind
+                for _ in range(crowded)]
+        ways += [pk.decide(s, classify(SQL.format(8 + i)), statement_values(
+            SQL.format(8 + i))).kind for i in range(plain)]
+        assert ways.count(MERGE) == crowded and ways.count(PLAIN) == plain
+        pk.window_at = 0.0  # the window ends
+        pk.decide(s, classify(SQL.format(9)), statement_values(SQL.format(9)))
+        assert pk.loud == (crowded > LOUD_SHARE * (1 + crowded + plain))
+        assert (glances(pk, s) > 0) == (not pk.loud)
+        pk.window_at = 0.0  # a window with one plain decrement: quiet
+        pk.decide(s, classify(SQL.format(9)), statement_values(SQL.format(9)))
+        assert not pk.loud
+    asyncio.run(run())
