@@ -146,6 +146,7 @@ class Escrow:
         self.connect = connect
         self.release = release
         self.keys: dict[Any, KeyEscrow] = {}
+        self.outstanding = 0  # units reserved and not yet resolved, all keys (`KeyEscrow`)
         # Reservations whose member's transaction is over, per user (service connections are
         # the user's own): one drain per user resolves them, every key at once (drain).
         self.pending: dict[str, list[Reservation]] = {}
@@ -170,6 +171,7 @@ class Escrow:
 
     def reserved(self, r: Reservation) -> None:
         self.key(r.key_id).outstanding += r.amount
+        self.outstanding += r.amount
 
     def confirm_sql(self, r: Reservation) -> str:
         return f"INSERT INTO `{self.schema}`.`{CONFIRM}` VALUES ({r.batch_id}, {r.member})"
@@ -268,6 +270,7 @@ class Escrow:
             self._backoff.pop(r.key_id, None)
             ke = self.key(r.key_id)
             ke.outstanding -= r.amount
+            self.outstanding -= r.amount
             ke.changed.set()
 
     async def resolve(self, rs: list[Reservation]) -> tuple[int, int]:

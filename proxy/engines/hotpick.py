@@ -234,7 +234,7 @@ class Picker:
             return False
         if self.loud or time.monotonic() - self.zero_at < SOLD_OUT_MEMORY_S:
             return False
-        if self.escrow.keys or self.auto.reserved_anywhere:
+        if self.escrow.outstanding > 0 or self.auto.reserved_anywhere:
             return False
         hot = shape.hot
         assert hot is not None
