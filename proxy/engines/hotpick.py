@@ -40,11 +40,12 @@ if TYPE_CHECKING:
     from proxy.engines.ports import HotRowMember
 
 MAX_KEYS = 100_000  # hot keys tracked at once (key values come from clients)
-# While the engine is quiet (`Picker.glance`), auto decides one autocommit decrement in this
-# many and sends the others as they are, unexamined. The engine is loud (every decrement is
+# While the engine is quiet (`Picker.glance`), auto decides one hot decrement in this many
+# and sends the others as they are, unexamined. The engine is loud (every decrement is
 # decided) for a window (LOUD_WINDOW_S) after one in which more than LOUD_SHARE of the decided
-# decrements found their key crowded (merged, queued, or waiting for merged work): by chance
-# that is 0.1% of them on 1,000 keys at 128 threads, 12% or more on 20 keys.
+# decrements found their key crowded (merged, queued, or waiting for merged work). Measured
+# in autocommit at 128 threads, every one decided: 0.03-0.14% merged on 1,000 keys, 80-87% on
+# 20 keys (docs/benchmarks.md, stop 39).
 GLANCE_EVERY = 8
 LOUD_SHARE = 0.01
 LOUD_WINDOW_S = 0.25
@@ -94,7 +95,7 @@ class Picker:
         self.table_modes: dict[str, str] = {}
         self.escrow = escrow
         self.glances = 0
-        self.loud = False  # every decrement is decided (`glance`, `_tally`)
+        self.loud = False  # every decrement is decided (`glance`; set by `decide`)
         self.window_at = 0.0
         self.decided = 0  # decrements decided in this window
         self.crowded = 0  # ... that found their key crowded
@@ -154,7 +155,8 @@ class Picker:
                raw_sql: str = "", may_leave: bool = True) -> Way:
         """The way this decrement goes; `may_leave`: False once auto's wait to leave merged
         work (LEAVING) was done. Raises the inventory hints' errors (a bad TARGET_AFFECT_ROW,
-        COMMIT_ON_SUCCESS in autocommit)."""
+        COMMIT_ON_SUCCESS in autocommit). Each way decided is tallied per window: the share
+        that found their key crowded makes the engine loud or quiet (`glance`)."""
         w = self._way(session, shape, values, raw_sql, may_leave)
         now = time.monotonic()
         if now - self.window_at >= LOUD_WINDOW_S:
