@@ -192,3 +192,14 @@ def test_quiet_again_once_the_reserved_units_are_resolved() -> None:
     pk.escrow._settle([r])  # type: ignore[list-item]  # (what a resolution's commit ends with)
     assert pk.escrow.outstanding == 0 and KEY in pk.escrow.keys  # (the key pruned later)
     assert glances(pk, s) == GLANCE_EVERY - 1
+
+
+def test_with_discover_a_table_is_glanced_once_a_decided_one_found_it() -> None:
+    cfg = dataclasses.replace(HotRowCfg(), mode="auto", rules=(), discover=True)
+    book = RuleBook(cfg, None, lambda: ["app"])  # type: ignore[arg-type]
+    book.server_sql_mode = "STRICT_TRANS_TABLES"
+    pk = Picker(cfg, book, Escrow("seckill", None, None))  # type: ignore[arg-type]
+    s = Session()
+    assert glances(pk, s) == 0  # no rule names the table, none found yet
+    pk.decide(s, classify(SQL.format(7)), statement_values(SQL.format(7)))  # found: a candidate
+    assert glances(pk, s) == GLANCE_EVERY - 1
