@@ -88,7 +88,7 @@ def _sold_out_lately(pk: Picker) -> None:
 
 
 def _reserved_here(pk: Picker) -> None:
-    pk.escrow.reserved(SimpleNamespace(key_id=KEY, amount=1))  # type: ignore[arg-type]
+    pk.auto.escrow.reserved(SimpleNamespace(key_id=KEY, amount=1))  # type: ignore[arg-type]
 
 
 def _reserved_on_another_proxy(pk: Picker) -> None:
@@ -187,10 +187,10 @@ def test_loud_after_a_window_with_crowded_keys(plain: int, crowded: int) -> None
 def test_quiet_again_once_the_reserved_units_are_resolved() -> None:
     pk, s = picker(), Session()
     r = SimpleNamespace(key_id=KEY, amount=2)
-    pk.escrow.reserved(r)  # type: ignore[arg-type]
+    pk.auto.escrow.reserved(r)  # type: ignore[arg-type]
     assert glances(pk, s) == 0
-    pk.escrow._settle([r])  # type: ignore[list-item]  # (what a resolution's commit ends with)
-    assert pk.escrow.outstanding == 0 and KEY in pk.escrow.keys  # (the key pruned later)
+    pk.auto.escrow._settle([r])  # type: ignore[list-item]  # (what a resolution's commit ends with)
+    assert pk.auto.escrow.outstanding == 0 and KEY in pk.auto.escrow.keys  # (the key pruned later)
     assert glances(pk, s) == GLANCE_EVERY - 1
 
 

@@ -48,6 +48,19 @@ class HotStmt:
 MAX_AMOUNT = 1 << 62  # larger amounts (and group totals) take the normal path: BIGINT arithmetic
 
 
+def rule_of(tpl: HotTemplate, database: str | None,
+            rules: dict[tuple[str, str], HotRowRule]) -> HotRowRule | None:
+    """The rule naming the template's table (in the session's database when the statement
+    names no schema), key and column; None: no rule is about this statement."""
+    schema = tpl.schema or database  # case-sensitive, as table names are in MySQL on Linux
+    if schema is None:
+        return None
+    rule = rules.get((schema, tpl.table))
+    if rule is None or rule.key != tpl.key or rule.column != tpl.column:
+        return None
+    return rule
+
+
 def bind(
     tpl: HotTemplate, values: list[object], database: str | None,
     rules: dict[tuple[str, str], HotRowRule], backslash_escapes: bool = True,
@@ -56,11 +69,8 @@ def bind(
 
     A string key written with a backslash escape is decoded as MySQL decodes it, unless the
     session has NO_BACKSLASH_ESCAPES (`backslash_escapes` False): then it is not merged."""
-    schema = tpl.schema or database  # case-sensitive, as table names are in MySQL on Linux
-    if schema is None:
-        return None
-    rule = rules.get((schema, tpl.table))
-    if rule is None or rule.key != tpl.key or rule.column != tpl.column:
+    rule = rule_of(tpl, database, rules)
+    if rule is None:
         return None
     if len(values) <= tpl.need:
         return None

@@ -27,6 +27,7 @@ from proxy.engines.hotalloc import (
     inventory_hints,
     normal_key,
     read_only,
+    rule_of,
     sql_mode_blocks,
 )
 from proxy.engines.hotauto import SOLD_OUT_MEMORY_S, AutoChoice
@@ -93,7 +94,6 @@ class Picker:
         self.book = book
         self.auto = AutoChoice(self.keys, escrow)
         self.table_modes: dict[str, str] = {}
-        self.escrow = escrow
         self.glances = 0
         self.loud = False  # every decrement is decided (`glance`; set by `decide`)
         self.window_at = 0.0
@@ -236,16 +236,14 @@ class Picker:
             return False
         if self.loud or time.monotonic() - self.zero_at < SOLD_OUT_MEMORY_S:
             return False
-        if self.escrow.outstanding > 0 or self.auto.reserved_anywhere:
+        if self.auto.escrow.outstanding > 0 or self.auto.reserved_anywhere:
             return False
         hot = shape.hot
         assert hot is not None
-        k = (hot.schema or session.database or "", hot.table)
-        rule = self.book.rules.get(k)
-        if rule is None and self.cfg.discover:
-            rule = self.book.discovered.get(k)  # (found by a decided one: `target`)
-        if rule is None or rule.key != hot.key or rule.column != hot.column:
-            return False
+        db = session.database
+        if rule_of(hot, db, self.book.rules) is None and not (
+                self.cfg.discover and rule_of(hot, db, self.book.discovered) is not None):
+            return False  # (a discovered one: found by a decided decrement, `target`)
         if in_txn(session):
             session.locked_hot_key(GLANCED)
         return True
