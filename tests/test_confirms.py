@@ -68,6 +68,32 @@ def test_each_dropped_ok_is_seen_and_a_confirm_without_its_row_is_told() -> None
     assert b"".join(got) == _frame(P.make_ok(0, 0, 2, 0), 3)
 
 
+def test_the_pings_reply_come_with_the_commits_is_dropped_at_once() -> None:
+    """The lane hands the bytes after the COMMIT's reply to `skip_reply`: the ping's OK, whole
+    (as nearly always under load), is dropped then and there, so nothing is left to skip and
+    the connection takes the session's next deferred BEGIN (lazybegin.py); in pieces, the
+    rest is dropped on arrival; whatever follows it is handed back (out of step)."""
+    async def run() -> None:
+        ping_ok = _frame(P.make_ok(0, 0, 2, 0), 1)
+        for head, later in ((ping_ok, b""), (ping_ok[:3], ping_ok[3:]), (b"", ping_ok)):
+            io = PacketIO()
+            io.connection_made(SimpleNamespace(is_closing=lambda: False))  # type: ignore[arg-type]
+            got: list[bytes] = []
+            io.sink = got.append
+            assert io.skip_reply(head) == b""
+            assert io.skip == (0 if head == ping_ok else 1)
+            if later:
+                io.data_received(later)
+            assert io.skip == 0 and got == []
+            io.data_received(b"next")
+            assert got == [b"next"]
+        io = PacketIO()
+        io.connection_made(SimpleNamespace(is_closing=lambda: False))  # type: ignore[arg-type]
+        assert io.skip_reply(ping_ok + b"extra") == b"extra" and io.skip == 0
+
+    asyncio.run(run())
+
+
 def test_the_ping_behind_the_confirm_rows_and_commit() -> None:
     """`INSERT confirm...; COMMIT` goes out with a COM_PING behind it (a KILL QUERY between the
     two makes MariaDB stop without a reply): in a row's place the ping's OK is told apart by

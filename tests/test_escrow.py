@@ -490,3 +490,30 @@ def test_a_key_that_cannot_be_resolved_holds_up_no_other(sandbox: Sandbox, tmp_p
     finally:
         p.stop()
         sandbox.primary.sql("DELETE FROM seckill_proxy.hotrow_reservation")
+
+
+def test_the_begin_after_a_merged_commit_is_deferred(proxy: ProxyProc, sandbox: Sandbox) -> None:
+    """A merged order's COMMIT goes out as `INSERT confirm...; COMMIT` and a COM_PING; the
+    ping's OK, come with the COMMIT's, is dropped at once, so the session's next plain BEGIN
+    is deferred too (lazybegin.py) instead of costing a round trip of its own."""
+    setup(sandbox, {1: 100})
+    m0 = reservations_made(sandbox)
+    c = pymysql.connect(host="127.0.0.1", port=proxy.port, user="app", password="app",
+                        database="shop", autocommit=True, ssl_disabled=True)
+    with c.cursor() as cur:
+        for _ in range(2):  # a real BEGIN on the fast lane: what allows deferring
+            cur.execute("BEGIN")
+            cur.execute("COMMIT")
+        before = proxy.metric("seckill_proxy_deferred_begins_total")
+        for _ in range(5):
+            cur.execute("BEGIN")
+            cur.execute(LOG.format(sku=1, n=1))
+            assert cur.execute(UPD.format(sku=1, n=1)) == 1
+            cur.execute("COMMIT")
+            cur.execute("SELECT @@in_transaction")
+            assert cur.fetchone() == (0,)
+    c.close()
+    assert proxy.metric("seckill_proxy_deferred_begins_total") - before == 5
+    settle(sandbox)
+    assert state(sandbox) == ({1: 95}, {1: 5})
+    assert reservations_made(sandbox) - m0 >= 5  # merged

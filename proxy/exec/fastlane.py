@@ -336,8 +336,7 @@ class FastLane:
         self.seq_back = 0
         if self.cf.ping_tail:  # the ping's OK follows (perhaps begun in this chunk): dropped
             self.cf.ping_tail = False
-            c.io.skip_reply(sc.tail)
-            sc.tail = b""
+            sc.tail = c.io.skip_reply(sc.tail)
         if sc.tail:  # bytes after a complete reply: protocol desync, never reuse the connection
             c.retire(CloseReason.PROTOCOL_DESYNC)
         r = sc.r

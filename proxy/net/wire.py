@@ -170,11 +170,17 @@ class PacketIO(asyncio.Protocol):
             self._read_paused = False
             self.transport.resume_reading()
 
-    def skip_reply(self, head: bytes) -> None:
+    def skip_reply(self, head: bytes) -> bytes:
         """Drop the next one-packet reply, whose first bytes (`head`) may have come already
-        (the COM_PING behind a confirm row's COMMIT, backends/confirms.py)."""
+        (the COM_PING behind a confirm row's COMMIT, backends/confirms.py). Dropped at once
+        when it came whole, as it nearly always does: a connection still waiting to drop a
+        reply takes no deferred BEGIN (lazybegin.py), which cost the seed's transaction a
+        round trip per order. Returns what came after it (nothing, unless out of step)."""
         self.skip += 1
+        if not head:
+            return b""
         self._skipbuf += head
+        return self._skip_replies(b"")
 
     async def readexactly(self, n: int) -> bytes:
         while len(self.buf) < n:
