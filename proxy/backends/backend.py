@@ -128,16 +128,19 @@ class BackendConn(ConnState):
 
     # ---- raw packet I/O ---------------------------------------------------------------
 
-    def send(self, payload: bytes, seq: int = 0) -> int:
-        """Frame and write one command; return the next sequence id."""
+    def send(self, payload: bytes, seq: int = 0, then: bytes = b"") -> int:
+        """Frame and write one command (and `then`, framed already, in the same write: the
+        COM_PING behind a multi-statement); return the next sequence id."""
         w = self.io
         while True:
             chunk = payload[:P.MAX_PACKET]
             payload = payload[P.MAX_PACKET:]
-            w.write(struct.pack("<I", len(chunk) | (seq << 24)) + chunk)
+            seq_at = seq
             seq = (seq + 1) & 0xFF
             if len(chunk) < P.MAX_PACKET:
+                w.write(struct.pack("<I", len(chunk) | (seq_at << 24)) + chunk + then)
                 return seq
+            w.write(struct.pack("<I", len(chunk) | (seq_at << 24)) + chunk)
 
     async def read_packet(self) -> bytes:
         try:
@@ -153,11 +156,12 @@ class BackendConn(ConnState):
             self.retire(CloseReason.LOST)
             raise BackendLost(f"lost connection to {self.addr}: {type(e).__name__}") from e
 
-    async def command(self, payload: bytes) -> None:
+    async def command(self, payload: bytes, then: bytes = b"") -> None:
+        """Send one command (`then`: see `send`)."""
         if self.confirms:  # the escrow's confirm rows wait here: first them (confirms.py)
             await confirms.before(self, payload)
         self.last_used = time.monotonic()
-        self.send(payload)
+        self.send(payload, 0, then)
         if self.io.transport.get_write_buffer_size() < 65536 and not self.io.transport.is_closing():
             return  # nothing queued: drain() would return at once, skip the coroutine
         try:
@@ -237,9 +241,7 @@ class BackendConn(ConnState):
         one statement with `;` inside (a compound statement), which gets no ping (the ping
         would change the ROW_COUNT() it may be there to set)."""
         guard = not single and ";" in sql  # (perhaps a multi-statement; no round trip more)
-        await self.command(bytes((P.COM_QUERY,)) + sql.encode())
-        if guard:
-            self.send(bytes((P.COM_PING,)))
+        await self.command(bytes((P.COM_QUERY,)) + sql.encode(), confirms.PING if guard else b"")
         try:
             out = await read_results(self, names, types, guard)
         except CutShort:

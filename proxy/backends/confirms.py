@@ -116,8 +116,7 @@ async def commit_with(c: BackendConn, payload: bytes, out: Any,
     from proxy.backends.reply import ReplyScanner
 
     rows, body = _take_with(c, payload)
-    await c.command(body)
-    c.send(PING[4:])
+    await c.command(body, PING)
     late = []
     for sql in rows:
         pkt = await c.read_packet()
