@@ -68,7 +68,7 @@ def test_each_dropped_ok_is_seen_and_a_confirm_without_its_row_is_told() -> None
     assert b"".join(got) == _frame(P.make_ok(0, 0, 2, 0), 3)
 
 
-def test_the_pings_reply_come_with_the_commits_is_dropped_at_once() -> None:
+def test_a_ping_reply_come_with_the_commits_is_dropped_at_once() -> None:
     """The lane hands the bytes after the COMMIT's reply to `skip_reply`: the ping's OK, whole
     (as nearly always under load), is dropped then and there, so nothing is left to skip and
     the connection takes the session's next deferred BEGIN (lazybegin.py); in pieces, the

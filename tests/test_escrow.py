@@ -494,8 +494,9 @@ def test_a_key_that_cannot_be_resolved_holds_up_no_other(sandbox: Sandbox, tmp_p
 
 def test_the_begin_after_a_merged_commit_is_deferred(proxy: ProxyProc, sandbox: Sandbox) -> None:
     """A merged order's COMMIT goes out as `INSERT confirm...; COMMIT` and a COM_PING; the
-    ping's OK, come with the COMMIT's, is dropped at once, so the session's next plain BEGIN
-    is deferred too (lazybegin.py) instead of costing a round trip of its own."""
+    session's next plain BEGIN is deferred all the same (lazybegin.py), and the orders are
+    exact. (Alone, the ping's OK mostly arrives after the COMMIT's; under load it comes with
+    it, the case `test_a_ping_reply_come_with_the_commits_is_dropped_at_once` holds to.)"""
     setup(sandbox, {1: 100})
     m0 = reservations_made(sandbox)
     c = pymysql.connect(host="127.0.0.1", port=proxy.port, user="app", password="app",
