@@ -135,12 +135,11 @@ class BackendConn(ConnState):
         while True:
             chunk = payload[:P.MAX_PACKET]
             payload = payload[P.MAX_PACKET:]
-            seq_at = seq
+            last = len(chunk) < P.MAX_PACKET
+            w.write(struct.pack("<I", len(chunk) | (seq << 24)) + chunk + (then if last else b""))
             seq = (seq + 1) & 0xFF
-            if len(chunk) < P.MAX_PACKET:
-                w.write(struct.pack("<I", len(chunk) | (seq_at << 24)) + chunk + then)
+            if last:
                 return seq
-            w.write(struct.pack("<I", len(chunk) | (seq_at << 24)) + chunk)
 
     async def read_packet(self) -> bytes:
         try:
