@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.core.config import HotRowRule
-from proxy.engines.hotalloc import MISMATCH, RUN_ALONE, Member, allocate, bind
+from proxy.engines.hotalloc import MISMATCH, RUN_ALONE, Member, all_hit_bound, allocate, bind
 from proxy.plan.classify import (
     classify,
     digest,
@@ -219,6 +219,30 @@ def test_allocation_is_what_serial_execution_gives(
     assert total == sum(m.amount for m, d in zip(members, decisions, strict=True) if d == 1)
     if current is not None and floor is not None and current >= floor:
         assert current - total >= floor  # never below the column type's range
+
+
+@settings(max_examples=500, deadline=None)
+@given(ms=members_st, floor=st.sampled_from([None, 0, -5]),
+       targets=st.lists(st.sampled_from([None, None, None, 0, 1]), min_size=60, max_size=60),
+       above=st.integers(0, 50))
+def test_the_first_try_bound_is_the_least_value_that_serves_everyone(
+    ms: list[tuple[int, str | None, int]], floor: int | None, targets: list[int | None],
+    above: int,
+) -> None:
+    """A group's first try (hotmerge.py) guards its UPDATE with `all_hit_bound`: at or above
+    it, the allocation gives every member its units and deducts the total; one below, it does
+    not (so a guarded UPDATE that matches is exactly the one the allocation would run)."""
+    members = [Member(a, op, b if op else None, target=t, sub=a if op == ">=" and a % 2 else None)
+               for (a, op, b), t in zip(ms, targets, strict=False)]
+    got = all_hit_bound(members, floor)
+    if got is None:  # nothing bounds it from below, or a member wants other than one row
+        assert floor is None and all(m.guard_op is None for m in members) or any(
+            m.target not in (None, 1) for m in members)
+        return
+    need, total = got
+    assert total == sum(m.amount for m in members)
+    assert allocate(need + above, members, floor) == ([1] * len(members), total)
+    assert allocate(need - 1, members, floor)[0] != [1] * len(members)
 
 
 @settings(max_examples=400, deadline=None)

@@ -123,6 +123,36 @@ def _metric(proxy: ProxyProc, sample: str) -> float:
     return 0.0
 
 
+def test_a_group_writes_in_its_first_round_trip_and_redoes_it_when_stock_is_short(
+        proxy: ProxyProc, sandbox: Sandbox) -> None:
+    """A group first locks, reads and writes "every member gets its units" in one round trip
+    (hotmerge.py `_first_try`), and commits that only if the value read allocates exactly that.
+    Near sell-out, and after the stock was lowered behind the proxy's back (the key's last
+    batch said there was plenty), the try is rolled back and the group reads, then writes:
+    the answers are what MySQL gives one by one either way."""
+    held = 'seckill_proxy_hotrow_batch_first_try_total{outcome="held"}'
+    redone = 'seckill_proxy_hotrow_batch_first_try_total{outcome="redone"}'
+    h0 = _metric(proxy, held)
+    reset_stock(sandbox, {1: 100_000})
+    hint = "/*+ HOTROW(merge) */ "
+    t = asyncio.run(buyers(proxy.port, 100, 3, [1], [1, 2, 3], hint=hint))
+    assert t.errors == [] and t.misses == 0
+    assert stock_of(sandbox) == {1: 100_000 - t.ok[1]}
+    h1, r1 = _metric(proxy, held), _metric(proxy, redone)
+    assert h1 > h0  # plenty of stock: groups committed their first try
+    sandbox.primary.sql("UPDATE shop.inventory SET quantity = 0 WHERE sku_id = 1")
+    t = asyncio.run(buyers(proxy.port, 50, 2, [1], [1], hint=hint))
+    assert t.errors == [] and t.hits == 0 and t.misses == 100
+    assert stock_of(sandbox) == {1: 0}
+    r2 = _metric(proxy, redone)
+    assert r2 > r1  # the stale "plenty" was tried, found short, rolled back, read again
+    sandbox.primary.sql("UPDATE shop.inventory SET quantity = 300 WHERE sku_id = 1")
+    t = asyncio.run(buyers(proxy.port, 100, 5, [1], [1], hint=hint))
+    assert t.errors == [] and (t.hits, t.misses) == (300, 200)
+    assert stock_of(sandbox) == {1: 0}
+    assert _metric(proxy, held) > h1  # restocked: read once, then first tries again
+
+
 def test_auto_mode_plain_when_alone_and_vanishing_members_do_not_block_the_key(
         proxy: ProxyProc, sandbox: Sandbox) -> None:
     initial = 100_000

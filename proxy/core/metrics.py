@@ -261,6 +261,11 @@ HOTROW_BATCH_COMMIT = Histogram(
     P + "hotrow_batch_commit_seconds", "Merged batch transaction latency (lock to COMMIT OK)",
     buckets=_LAT,
 )
+HOTROW_FIRST_TRY = LabelCounter(
+    P + "hotrow_batch_first_try_total",
+    "Merged batches tried in one round trip, by outcome (held, or redone read-then-write)",
+    ["outcome"],
+)
 HOTROW_QUEUE_DEPTH = Gauge(P + "hotrow_queue_depth", "Statements waiting in hot-row queues",
                            multiprocess_mode=SUM)
 HOTROW_QUEUE_WAIT = Histogram(

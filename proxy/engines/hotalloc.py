@@ -181,6 +181,34 @@ def allocate(current: int | None, members: list[Member], floor: int | None,
     return out, current - cur
 
 
+def all_hit_bound(members: list[Member], floor: int | None) -> tuple[int, int] | None:
+    """The least value of the locked row for which `allocate` gives every member 1, and the
+    total it then deducts; None where no such bound is known (a TARGET_AFFECT_ROW other than 1,
+    nothing that bounds the value from below, a total past MAX_AMOUNT). A group's first try
+    (hotmerge.py) guards its UPDATE with it: at or above it the UPDATE is the one the
+    allocation would run, below it the UPDATE matches nothing (and so raises no range error)."""
+    need: int | None = None
+    prefix = 0  # what the members before this one deduct
+    for m in members:
+        if m.target is not None and m.target != 1:
+            return None
+        lows = []
+        if m.sub is not None and floor == 0:
+            lows.append(m.sub)  # `c - sub` stays in UNSIGNED range
+        if m.guard_op == ">":
+            lows.append((m.bound or 0) + 1)
+        elif m.guard_op == ">=":
+            lows.append(m.bound or 0)
+        if floor is not None:
+            lows.append(floor + m.amount)  # its own result stays in the type's range
+        for lo in lows:
+            need = lo + prefix if need is None else max(need, lo + prefix)
+        prefix += m.amount
+    if need is None or prefix >= MAX_AMOUNT:
+        return None
+    return need, prefix
+
+
 INT_FLOORS = {"tinyint": -(1 << 7), "smallint": -(1 << 15), "mediumint": -(1 << 23),
               "int": -(1 << 31), "bigint": -(1 << 63)}
 

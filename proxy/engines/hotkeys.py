@@ -36,6 +36,9 @@ class KeyState:
     plain_busy: bool = False  # auto: a statement runs as it is on the key
     plain_done: asyncio.Future[None] | None = None  # made only when a group must wait for it
     sold_out_at: float = -1e9  # auto: when a plain statement last found no stock (monotonic)
+    # the row's value after the key's last batch (None: none yet): a group tries the one-round-
+    # trip form first only while this leaves room for all its members (hotmerge.py)
+    left: int | None = None
 
     def idle(self) -> bool:
         return not self.plain_busy and not self.merging()
