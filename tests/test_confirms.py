@@ -99,13 +99,13 @@ def test_the_ping_behind_the_confirm_rows_and_commit() -> None:
     two makes MariaDB stop without a reply): in a row's place the ping's OK is told apart by
     its missing "more results" flag, in the COMMIT's by its sequence id (the lane and
     `commit_with` check that)."""
-    from proxy.backends.confirms import PING, cut_short, with_commit
+    from proxy.backends.confirms import PING, cut_short, with_rows
 
     assert not cut_short(P.make_ok(1, 0, 2 | P.SERVER_MORE_RESULTS_EXISTS, 0))  # a row's
     assert cut_short(P.make_ok(0, 0, 2 | P.SERVER_STATUS_IN_TRANS, 0))  # the ping's
     assert not cut_short(P.make_err(1317, "70100", "Query execution was interrupted"))
     c = SimpleNamespace(confirms=["INSERT INTO c VALUES (1)"])
-    packet, rows = with_commit(c, b"\x03COMMIT")  # type: ignore[arg-type]
+    packet, rows = with_rows(c, b"\x03COMMIT")  # type: ignore[arg-type]
     assert rows == ["INSERT INTO c VALUES (1)"] and c.confirms == []
     assert packet.endswith(b"INSERT INTO c VALUES (1); COMMIT" + PING)
     assert PING == b"\x01\x00\x00\x00" + bytes((P.COM_PING,))
@@ -196,8 +196,8 @@ def test_a_confirm_row_that_cannot_be_written_rolls_the_order_back(
                 with pytest.raises(pymysql.err.OperationalError) as e:
                     cur.execute(LOG.format(sku=83, n=1) if update_first else "COMMIT")
                 assert e.value.args[0] == 1213
-                if not update_first:  # the COMMIT was the fast lane's
-                    assert proxy.metric("seckill_proxy_fastlane_statements_total") == lane + 1
+                # the COMMIT, or the INSERT carrying the row, was the fast lane's
+                assert proxy.metric("seckill_proxy_fastlane_statements_total") == lane + 1
                 cur.execute("SELECT @@in_transaction")
                 assert cur.fetchall() == ((0,),)
                 cur.execute("COMMIT")  # nothing left to commit
@@ -207,6 +207,45 @@ def test_a_confirm_row_that_cannot_be_written_rolls_the_order_back(
     settle(sandbox)
     stock, logged = state(sandbox)
     assert logged.get(83, 0) == 0 and stock[83] == 10
+
+
+def test_a_write_after_the_merged_update_carries_the_confirm_row(
+        proxy: ProxyProc, sandbox: Sandbox) -> None:
+    """The UPDATE-first order: the INSERT after the merged UPDATE goes out on the fast lane as
+    `INSERT confirm; INSERT order` (confirms.may_carry), one round trip for both. The order
+    commits with its unit sold; an INSERT that fails there fails as it would alone (1366,
+    transaction still open, the UPDATE kept: the order commits without its log row, as on
+    MySQL); a ROLLBACK after it returns the unit."""
+    setup(sandbox, {85: 10})
+    bad = "INSERT INTO inventory_log (sku_id, delta) VALUES (85, 'x')"
+    for then, end, sold, logs in (([LOG], "COMMIT", 1, 1), ([bad], "COMMIT", 1, 0),
+                                  ([LOG], "ROLLBACK", 0, 0), ([LOG, LOG], "COMMIT", 1, 2)):
+        stock0, logged0 = state(sandbox)
+        c = proxy.connect()
+        try:
+            with c.cursor() as cur:
+                cur.execute("SET sql_mode = 'STRICT_TRANS_TABLES'")
+                cur.execute("BEGIN")
+                assert cur.execute(UPD.format(sku=85, n=1)) == 1
+                for sql in then:
+                    lane = proxy.metric("seckill_proxy_fastlane_statements_total")
+                    if sql == bad:
+                        with pytest.raises(pymysql.err.DataError) as e:
+                            cur.execute(sql.format(sku=85, n=1))
+                        assert e.value.args[0] == 1366
+                    else:
+                        assert cur.execute(sql.format(sku=85, n=1)) == 1
+                        assert cur.lastrowid > 0  # the log row's own id, not the confirm's
+                    assert proxy.metric("seckill_proxy_fastlane_statements_total") == lane + 1
+                cur.execute("SELECT @@in_transaction")
+                assert cur.fetchall() == ((1,),)
+                cur.execute(end)
+        finally:
+            c.close()
+        settle(sandbox)
+        stock, logged = state(sandbox)
+        assert stock[85] == stock0[85] - sold
+        assert logged.get(85, 0) - logged0.get(85, 0) == logs
 
 
 def test_kill_9_between_the_merged_answer_and_the_commit(

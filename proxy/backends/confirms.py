@@ -8,6 +8,9 @@ while a confirm row waits, except
 - a plain `COMMIT`, which carries the rows with it as one multi-statement
   (`INSERT ...; COMMIT`): MariaDB runs nothing after a statement that failed or was killed, so
   the order never commits without its row (`commit_with`);
+- on the fast lane, also a single INSERT, UPDATE, DELETE or REPLACE (`INSERT ...; X`, the
+  UPDATE-first order's INSERT): X runs only after every row was written, as below, one round
+  trip sooner (`may_carry`; a row that said "0 rows" waits for the next command);
 - what ends the transaction without committing it (`ROLLBACK`, a reset, a change of user): the
   rows are dropped, the units come back when the transaction is resolved;
 - anything else runs after the rows were written and checked, in their own round trip
@@ -45,6 +48,15 @@ def plain_commit(payload: bytes) -> bool:
     return payload[0] == P.COM_QUERY and _PLAIN_COMMIT.fullmatch(payload, 1) is not None
 
 
+def may_carry(payload: bytes, lane: str) -> bool:
+    """The fast lane's command may go out behind the waiting confirm rows, in the same
+    multi-statement (`with_rows`): a plain COMMIT, or one text-protocol write (classify.py's
+    lane "write": INSERT, UPDATE, DELETE, REPLACE; no multi-statement, no hint). Statements that
+    read the diagnostics area or the session's last results go after the rows' own round trip,
+    where they see the same (`before`)."""
+    return payload[0] == P.COM_QUERY and (lane == "write" or plain_commit(payload))
+
+
 async def before(c: BackendConn, payload: bytes) -> None:
     """A command is about to go to `c` while confirm rows wait there: write them first (or
     drop them when the command ends the transaction without a commit, or it is over)."""
@@ -76,7 +88,7 @@ async def roll_back(c: BackendConn) -> None:
 
 
 async def failed(c: BackendConn, err: bytes, ping: bool = False) -> bytes:
-    """A confirm row failed ahead of the COMMIT (`commit_with`, the fast lane's `with_commit`):
+    """A confirm row failed ahead of the COMMIT (`commit_with`, the fast lane's `with_rows`):
     MariaDB ran nothing after it, the COMMIT neither. The transaction is rolled back here; what
     the client's COMMIT gets: 1213."""
     log.warning("escrow: confirm row not written (%s); the transaction is rolled back",
@@ -164,10 +176,11 @@ def affected_one(ok: bytes) -> bool:
     return len(ok) > 1 and ok[0] == 0x00 and ok[1] == 1
 
 
-def with_commit(c: BackendConn, payload: bytes) -> tuple[bytes, list[str]]:
-    """The fast lane's form of `commit_with`: the framed multi-statement and the rows whose
-    replies come ahead of the COMMIT's (the lane drops them, wire.py `skip`, and checks that
-    each wrote its row; after a failed one it rolls the order back and answers 1213)."""
+def with_rows(c: BackendConn, payload: bytes) -> tuple[bytes, list[str]]:
+    """The fast lane's form of `commit_with`, for the client's COMMIT or write (`may_carry`):
+    the framed multi-statement and the rows whose replies come ahead of the client's (the lane
+    drops them, wire.py `skip`, and checks that each wrote its row; after a failed one it rolls
+    the order back and answers 1213)."""
     rows, body = _take_with(c, payload)
     return len(body).to_bytes(3, "little") + b"\x00" + body + PING, rows
 

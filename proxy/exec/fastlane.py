@@ -110,8 +110,8 @@ class FastLane:
         if (c is None or s.state_stale or c.broken or c.io.eof or c.io.transport.is_closing()
                 or (L.state is not LeaseState.SOFT and L.state is not LeaseState.TRANSACTION)):
             return None
-        if c.confirms and not confirms.plain_commit(data[4:]):
-            return None  # escrow confirm rows wait there: only a COMMIT takes them along
+        if c.confirms and (qp is None or not confirms.may_carry(data[4:], shape.lane)):
+            return None  # escrow confirm rows wait there: a COMMIT or a write takes them along
         values: list[object] = []  # a hot decrement's, for the engine's decision (`_hot`)
         glance = False  # a hot decrement sent as it is, undecided (hotpick.Picker.glance)
         if cmd == P.COM_STMT_EXECUTE:
@@ -274,7 +274,7 @@ class FastLane:
         self.conn, self.shape, self.plan, self.command = c, shape, p, data[4:]
         self.scanner = ReplyScanner(c, s.client_ok)
         self.pending, self.size, self.sent = [], 0, False
-        if c.confirms:  # `INSERT confirm...; COMMIT` (laneconfirm.py)
+        if c.confirms:  # `INSERT confirm...; COMMIT` or `...; INSERT` (laneconfirm.py)
             packet = self.cf.start(c, data[4:])
         self.status_before = s.status
         self.t0 = time.perf_counter()
@@ -351,6 +351,9 @@ class FastLane:
             s.absorb_reply(c, r, p.row_count)
         s.keeps_diag = False
         late = self.cf.take_late()
+        if late and c.in_trans:  # a write carried them: the rows that said "0 rows" wait on
+            c.confirms[:0] = late  # (for the COMMIT, or the next command's `before`)
+            late = []
         outcome, rows = "error" if r.err is not None else "ok", r.rows or r.affected_rows
         if confirms.committed_without(late, r, c):
             self.cf.write_late(c, late, outcome, rows)

@@ -1,5 +1,6 @@
-"""The fast lane's COMMIT with escrow confirm rows ahead of it (backends/confirms.py): one
-framed `INSERT confirm...; COMMIT` and a COM_PING, whose replies the lane checks as they come.
+"""The fast lane's COMMIT (or single write) with escrow confirm rows ahead of it
+(backends/confirms.py `may_carry`): one framed `INSERT confirm...; COMMIT` and a COM_PING, whose
+replies the lane checks as they come. Below, "the COMMIT" is the client's statement.
 
 The confirm rows' OKs are dropped on arrival (wire.py `skip`); each must say one row written,
 else the row is written after the COMMIT (`write_late`, never seen). An ERR in a row's place
@@ -57,7 +58,7 @@ class LaneConfirms:
 
     def start(self, c: BackendConn, payload: bytes) -> bytes:
         """The framed packets to send for the client's COMMIT (`payload`)."""
-        packet, rows = confirms.with_commit(c, payload)
+        packet, rows = confirms.with_rows(c, payload)
         self.lane.seq_back = len(rows)
         self.rows, self.late, self.begin_ahead = rows, [], bool(c.io.prefix)
         self.seen = 0
