@@ -248,6 +248,68 @@ def test_a_write_after_the_merged_update_carries_the_confirm_row(
         assert logged.get(85, 0) - logged0.get(85, 0) == logs
 
 
+@pytest.mark.parametrize("cursors", [2, 1], ids=["prepared_once", "prepared_each_time"])
+def test_a_prepared_write_after_the_merged_update(
+        proxy: ProxyProc, sandbox: Sandbox, cursors: int) -> None:
+    """The UPDATE-first order with server-side prepared statements.
+
+    Prepared once, executed each time (sysbench, Connector/J with useServerPrepStmts): the
+    INSERT's COM_STMT_EXECUTE goes out on the fast lane right behind the confirm row, two
+    commands in one write (confirms.pipelined). One cursor for both statements
+    (Connector/Python closes and prepares again): the COM_STMT_CLOSE carries the deferred
+    BEGIN out, unanswered, and the PREPARE writes the row first (confirms.before), which found
+    the transaction open only since the connection's status says so at once (before that fix,
+    the row was dropped and the order committed with its unit returned: an oversell).
+    Either way: the order commits with its unit sold and its own insert id; a ROLLBACK returns
+    the unit; when the row cannot be written the INSERT gets 1213 and the transaction is gone,
+    the unit back in stock and the log row never committed."""
+    import mysql.connector
+
+    setup(sandbox, {86: 10})
+    m = mysql.connector.connect(host="127.0.0.1", port=proxy.port, user="app", password="app",
+                                database="shop", autocommit=True, use_pure=True)
+    try:
+        cur = m.cursor(prepared=True)
+        icur = m.cursor(prepared=True) if cursors == 2 else cur
+        upd = "UPDATE inventory SET quantity = quantity - ? WHERE sku_id = ? AND quantity >= ?"
+        ins = "INSERT INTO inventory_log (sku_id, delta) VALUES (?, ?)"
+        for i, (end, sold, logs, drop) in enumerate((("COMMIT", 1, 1, False), ("COMMIT", 1, 1, False),
+                                      ("ROLLBACK", 0, 0, False), ("COMMIT", 0, 0, True),
+                                      ("COMMIT", 1, 1, False))):
+            stock0, logged0 = state(sandbox)
+            m.start_transaction()
+            r0 = reservations_made(sandbox)
+            cur.execute(upd, (1, 86, 1))
+            assert cur.rowcount == 1
+            assert reservations_made(sandbox) - r0 == 1  # merged: a confirm row waits
+            if drop:
+                sandbox.primary.sql(f"DROP TABLE seckill_proxy.{escrow.CONFIRM}")
+            lane = proxy.metric("seckill_proxy_fastlane_statements_total")
+            try:
+                icur.execute(ins, (86, -1))
+                assert not drop and icur.rowcount == 1 and icur.lastrowid > 0
+            except mysql.connector.Error as e:
+                assert drop and e.errno == 1213, e
+            finally:
+                if drop:
+                    sandbox.primary.sql(*escrow.ddl("seckill_proxy"))
+            # (the first EXECUTE, and the first after the connection was closed, prepares on
+            # the backend connection too: the session path's)
+            if cursors == 2 and 0 < i < 4:
+                assert proxy.metric("seckill_proxy_fastlane_statements_total") == lane + 1, i
+            plain = m.cursor()
+            plain.execute("SELECT @@in_transaction")
+            assert plain.fetchall() == [(0 if drop else 1,)]
+            plain.close()
+            m.commit() if end == "COMMIT" else m.rollback()
+            settle(sandbox)
+            stock, logged = state(sandbox)
+            assert stock[86] == stock0[86] - sold
+            assert logged.get(86, 0) - logged0.get(86, 0) == logs
+    finally:
+        m.close()
+
+
 def test_kill_9_between_the_merged_answer_and_the_commit(
         sandbox: Sandbox, tmp_path: Path) -> None:
     setup(sandbox, {84: 10})

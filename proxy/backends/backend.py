@@ -132,6 +132,11 @@ class BackendConn(ConnState):
         """Frame and write one command (and `then`, framed already, in the same write: the
         COM_PING behind a multi-statement); return the next sequence id."""
         w = self.io
+        if w.prefix:  # a deferred BEGIN goes out ahead (lazybegin.py), its OK dropped unread
+            # (wire.py `skip`), perhaps behind a command with no reply (COM_STMT_CLOSE): the
+            # status says "in a transaction" from now, or a confirm row waiting here would be
+            # taken for one whose transaction is over (confirms.before) and dropped
+            self.status |= P.SERVER_STATUS_IN_TRANS
         while True:
             chunk = payload[:P.MAX_PACKET]
             payload = payload[P.MAX_PACKET:]

@@ -10,7 +10,9 @@ while a confirm row waits, except
   the order never commits without its row (`commit_with`);
 - on the fast lane, also a single INSERT, UPDATE, DELETE or REPLACE (`INSERT ...; X`, the
   UPDATE-first order's INSERT): X runs only after every row was written, as below, one round
-  trip sooner (`may_carry`; a row that said "0 rows" waits for the next command);
+  trip sooner (`may_carry`; a row that said "0 rows" waits for the next command); prepared,
+  X is sent right behind the row (`may_pipeline`), and a row that failed ends the
+  transaction by closing the connection, whatever X did;
 - what ends the transaction without committing it (`ROLLBACK`, a reset, a change of user): the
   rows are dropped, the units come back when the transaction is resolved;
 - anything else runs after the rows were written and checked, in their own round trip
@@ -94,6 +96,8 @@ async def failed(c: BackendConn, err: bytes, ping: bool = False) -> bytes:
     log.warning("escrow: confirm row not written (%s); the transaction is rolled back",
                 P.parse_err(err).message)
     c.diag = c.warned = True
+    if c.broken:  # closed already (`pipelined`): its transaction died with it
+        return DEADLOCK_ERR
     try:
         if ping:  # MariaDB stopped at the ERR; the ping behind it is answered still
             await c.read_packet()
@@ -174,6 +178,22 @@ async def write_late(c: BackendConn, late: list[str]) -> None:
 def affected_one(ok: bytes) -> bool:
     """An OK packet's payload says exactly one row (a confirm row written)."""
     return len(ok) > 1 and ok[0] == 0x00 and ok[1] == 1
+
+
+def may_pipeline(lane: str, rows: list[str]) -> bool:
+    """A prepared write (COM_STMT_EXECUTE, lane "write") may go out right behind the one waiting
+    confirm row (`pipelined`): two commands in one write, not one multi-statement. If the row
+    fails, the write may have run anyway inside the transaction, which is then ended by
+    closing the connection (MariaDB rolls it back) and the client gets 1213: as if the write
+    had run and the transaction been rolled back under it."""
+    return lane == "write" and len(rows) == 1
+
+
+def pipelined(c: BackendConn, packet: bytes) -> tuple[bytes, list[str]]:
+    """The one waiting row as its own COM_QUERY, then the client's framed command (`packet`)."""
+    rows, c.confirms = c.confirms, []
+    body = bytes((P.COM_QUERY,)) + rows[0].encode()
+    return len(body).to_bytes(3, "little") + b"\x00" + body + packet, rows
 
 
 def with_rows(c: BackendConn, payload: bytes) -> tuple[bytes, list[str]]:
