@@ -29,9 +29,16 @@ AUTO_TXN_COMPANY = 4
 # lately (`Shares`). Measured on the seed's transaction, 128 threads, since merged members are
 # answered on the fast lane (docs/benchmarks.md, stop 36), merged against as it is (mode off),
 # pinned / unpinned: 3 keys 1.24-1.45x, 5 keys 1.28-1.33x, 10 keys 1.05-1.18x (UPDATE first:
-# 0.90-1.06x), 20 keys 0.83x (UPDATE first 0.71x). So up to about 6 equally hot keys merge.
-# (Before that change: 1 key 2.2x, 2 keys 1.2x, 3 keys 1.0x, 10 keys 0.8x; the share was 0.4.)
-AUTO_TXN_SHARE = 0.15
+# 0.90-1.06x), 20 keys 0.83x (UPDATE first 0.71x); the share was 0.15 (about 6 keys).
+# Since a group's first try writes in its locking round trip (hotmerge.py) and a write after
+# the merged UPDATE carries its confirm row (confirms.may_carry), stop 41, pinned, 3 rounds of
+# 6 s: 10 keys 1.13-1.15x (UPDATE first 1.09x), 20 keys 0.94x (1.03x), 40 keys 0.78x
+# (0.99x). So up to about 12 equally hot keys merge.
+# (Before stop 36: 1 key 2.2x, 2 keys 1.2x, 3 keys 1.0x, 10 keys 0.8x; the share was 0.4.)
+AUTO_TXN_SHARE = 0.08
+# Inside a transaction, a key whose last group committed this recently stays merged while it has
+# company (`AutoChoice._little_company`).
+MERGED_LATELY_S = 0.1
 # After a plain statement found a key sold out, its statements take the group's way this long.
 SOLD_OUT_MEMORY_S = 30.0
 # How long a decrement on a key that is one of many waits for the key's merged work to finish
@@ -102,7 +109,12 @@ class AutoChoice:
             return True
         if not in_txn:
             return ks.company() < AUTO_COMPANY
-        return ks.company() < AUTO_TXN_COMPANY or (self.spread(hs) and not ks.merging())
+        if self.spread(hs):
+            return not ks.merging()
+        # A key that merged a moment ago stays merged while it has any company: a plain
+        # decrement in a transaction holds the row lock through its COMMIT, and the key's
+        # next group would wait for it (mixing the two ways was slower than either).
+        return ks.company() < AUTO_TXN_COMPANY and not merged_lately(ks)
 
     def spread(self, hs: HotStmt) -> bool:
         """Inside a transaction: the key is one of many about equally contended lately."""
@@ -112,6 +124,11 @@ class AutoChoice:
         """Units of the key are reserved by transactions on this proxy not resolved yet."""
         ke = self.escrow.keys.get(key_id)
         return ke is not None and ke.outstanding > 0
+
+
+def merged_lately(ks: KeyState) -> bool:
+    """The key's last group committed less than MERGED_LATELY_S ago."""
+    return bool(ks.recent) and time.monotonic() - ks.recent[-1][0] < MERGED_LATELY_S
 
 
 def sold_out_lately(ks: KeyState) -> bool:

@@ -50,6 +50,7 @@ from proxy.engines.hotalloc import (
     allocate,
     sql_literal,
 )
+from proxy.engines.hotauto import merged_lately
 from proxy.engines.hotkeys import Group, KeyState
 from proxy.engines.outcome import find_record
 
@@ -147,10 +148,13 @@ class Merger:
             if ks.collecting is g:
                 ks.collecting = None
             ks.in_flight += len(g.members)
-            if g.auto and len(g.members) == 1 and self.host.may_run_plain(hs):
+            if (g.auto and len(g.members) == 1 and self.host.may_run_plain(hs)
+                    and (g.members[0].conn is None or not merged_lately(ks))):
                 # Nobody came: the lone member runs its own statement; the key's next group
                 # starts once it is done, as after a group. (Not past open reservations: the
                 # group waits for them near sell-out, a plain UPDATE would not, _goes_plain.)
+                # Inside a transaction, not on a key that merged a moment ago: its row lock
+                # would be held through the member's COMMIT, the next group waiting for it.
                 m = g.members[0]
                 if not m.fut.done():  # (its client may be gone)
                     m.plain_done = loop.create_future()
