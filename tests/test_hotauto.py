@@ -42,3 +42,49 @@ def test_nothing_seen_lately_means_share_one() -> None:
     assert sh.share(7, 6.0) == 1.0  # a lull of two windows: the old shares say nothing
     sh.seen(7, 9.0)  # the first statement after the lull: the stale window is dropped
     assert sh.share(7, 9.0) == 1.0 and sh.share(1, 9.0) == 1.0
+
+
+def test_the_way_inside_a_transaction_by_company_spread_and_recent_merging() -> None:
+    """AutoChoice._little_company inside a transaction (True: as it is), as a table: an idle
+    key runs as it is; a key that is one of many (share below AUTO_TXN_SHARE) runs as it is
+    unless a group is on it; otherwise it merges from AUTO_TXN_COMPANY others on, or with any
+    company if its last group committed less than MERGED_LATELY_S ago (a plain decrement
+    would hold the row lock through its COMMIT, the next group waiting for it)."""
+    import asyncio
+    import time
+
+    from proxy.core.config import HotRowRule
+    from proxy.engines.escrow import Escrow
+    from proxy.engines.hotalloc import HotStmt
+    from proxy.engines.hotauto import AUTO_TXN_COMPANY, MERGED_LATELY_S, AutoChoice
+    from proxy.engines.hotkeys import Group, KeyState
+
+    async def run() -> None:
+        rule = HotRowRule(schema="shop", table="inventory", key="sku_id", column="quantity")
+        hs = HotStmt(rule, 1, 1, ">", 0)
+        escrow = Escrow("seckill_proxy", None, None)  # type: ignore[arg-type]
+        now = time.monotonic()
+        # (company, share, merging, last group's age in s or None) -> as it is?
+        table = [
+            (0, 1.0, False, None, True),  # idle
+            (1, 1.0, False, None, True),  # little company, no group lately
+            (AUTO_TXN_COMPANY, 1.0, False, None, False),  # enough company
+            (1, 1.0, False, MERGED_LATELY_S / 4, False),  # merged a moment ago: stays
+            (1, 1.0, False, MERGED_LATELY_S * 4, True),  # merged long ago
+            (AUTO_TXN_COMPANY, 0.01, False, None, True),  # one of many, nothing merging
+            (1, 0.01, True, MERGED_LATELY_S / 4, False),  # one of many, a group on it
+        ]
+        for company, share, merging, age, plain in table:
+            ks = KeyState(sem=asyncio.Semaphore(1))
+            ks.in_flight = company
+            ks.plain_busy = company > 0 and not merging
+            if merging:
+                ks.collecting = Group()
+            if age is not None:
+                ks.recent.append((now - age, 3))
+            ac = AutoChoice({hs.key_id: ks}, escrow)
+            ac.shares.last = {hs.key_id: share, "other": 1 - share}
+            ac.shares.started = now
+            assert ac._little_company(hs, True) is plain, (company, share, merging, age)
+
+    asyncio.run(run())
