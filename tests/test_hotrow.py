@@ -151,6 +151,10 @@ def test_a_group_writes_in_its_first_round_trip_and_redoes_it_when_stock_is_shor
     assert t.errors == [] and (t.hits, t.misses) == (300, 200)
     assert stock_of(sandbox) == {1: 0}
     assert _metric(proxy, held) > h1  # restocked: read once, then first tries again
+    r3 = _metric(proxy, redone)
+    t = asyncio.run(buyers(proxy.port, 1, 5, [999], [1], hint=hint))  # no such row
+    assert t.errors == [] and (t.hits, t.misses) == (0, 5)
+    assert _metric(proxy, redone) == r3 + 1  # tried once; then known to hold nothing
 
 
 def test_auto_mode_plain_when_alone_and_vanishing_members_do_not_block_the_key(

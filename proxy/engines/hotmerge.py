@@ -60,6 +60,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("seckill.hotrow")
 
+# `KeyState.left` after a batch that found no row or NULL: no first try (it could not hold)
+# until a batch reads a value again
+NO_ROOM = -(1 << 64)
 _NO_PRIVILEGE = frozenset({1142, 1143, 1044})  # table, column, database access denied
 _TRANSIENT = frozenset({1317, 1205, 1213, 1969, 3024})
 
@@ -287,7 +290,7 @@ class Merger:
                     c, hs, members, user, floor, batch_id, lock, generation)
             commit_sent = True
             ok = await c.execute("COMMIT")
-            ks.left = current - total if current is not None else None
+            ks.left = current - total if current is not None else NO_ROOM
         except (BackendError, Unverified) as e:
             # An error or an unverified statement: COMMIT was not sent (MySQL also stops a
             # multi-statement at its first error); the pool's reset rolls the batch back.
