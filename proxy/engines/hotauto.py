@@ -24,7 +24,10 @@ from proxy.engines.hotkeys import KeyState
 # merges: with less company than this it queues on the row lock in MySQL for less (measured on
 # 10 SKUs at 16 threads).
 AUTO_COMPANY = 2
-AUTO_TXN_COMPANY = 4
+# Inside a transaction it was 4 until stop 41 (a merged member costs a reservation, a confirm row
+# and a resolution); since the group's first try and the carried confirm row, 2 against 4 on
+# 10 keys: 1.07x (UPDATE first 1.04x), on 20 keys 0.97-1.01x, on 1,000 1.01x (old against new).
+AUTO_TXN_COMPANY = 2
 # Inside a transaction the key must also have at least this share of the hot decrements seen
 # lately (`Shares`). Measured on the seed's transaction, 128 threads, since merged members are
 # answered on the fast lane (docs/benchmarks.md, stop 36), merged against as it is (mode off),
