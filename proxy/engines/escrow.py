@@ -129,7 +129,13 @@ async def run_checked(c: Any, stmts: list[tuple[str, int, str]]) -> list[tuple[s
     """Run a service transaction's statements in one round trip (COMMIT never among them) and
     return those whose affected rows are not what was expected: (what, expected, got). The
     batch (hotrow.py) and the resolution below commit only when this is empty."""
-    res = await c.query_each("; ".join(sql for sql, _, _ in stmts))
+    return unexpected(stmts, await c.query_each("; ".join(sql for sql, _, _ in stmts)))
+
+
+def unexpected(stmts: list[tuple[str, int, str]], res: list[tuple[Any, Any]]
+               ) -> list[tuple[str, int, int]]:
+    """The statements whose results (`BackendConn.query_each`'s, in order) did not affect the
+    rows expected: (what, expected, got; -1 for a result set)."""
     out = []
     for (_sql, want, what), (_, ok) in zip(stmts, res, strict=True):
         got = ok.affected_rows if ok is not None else -1

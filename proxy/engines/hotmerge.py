@@ -40,6 +40,7 @@ from proxy.engines.escrow import (
     reserved_on,
     row_exists,
     run_checked,
+    unexpected,
 )
 from proxy.engines.hotalloc import (
     PLAIN,
@@ -272,22 +273,21 @@ class Merger:
         reserve: list[tuple[Reservation, Member]] = []
         lock = f"START TRANSACTION; SELECT `{r.column}` FROM {tbl} WHERE `{r.key}` = {key} FOR UPDATE"
         try:
-            bound = all_hit_bound(members, floor)
-            first = bound is not None and (ks.left is None or ks.left >= bound[0])
+            first = all_hit_bound(members, floor)
+            if first is not None and ks.left is not None and ks.left < first[0]:
+                first = None  # the last batch left too little: read first
             tried = None
-            if first and bound is not None:
-                tried = await self._first_try(c, hs, members, user, floor, batch_id, lock, bound)
+            if first is not None:
+                tried = await self._first_try(c, hs, members, user, floor, batch_id, lock, first)
                 if not self.host.schema_same(generation):
                     raise SchemaMoved(f"DDL since the rule of {tbl} was checked")
                 M.HOTROW_FIRST_TRY.inc("held" if tried else "redone")
-            if tried is not None:
-                decisions, reserve, current = tried
-                total = bound[1] if bound is not None else 0
-            else:
-                if first:
+            if tried is None:
+                if first is not None:
                     await c.execute("ROLLBACK")  # the first try did not hold: as if never run
-                decisions, reserve, current, total = await self._read_then_write(
+                tried = await self._read_then_write(
                     c, hs, members, user, floor, batch_id, lock, generation)
+            decisions, reserve, current, total = tried
             commit_sent = True
             ok = await c.execute("COMMIT")
             ks.left = current - total if current is not None else NO_ROOM
@@ -324,10 +324,10 @@ class Merger:
     async def _first_try(
         self, c: BackendConn, hs: HotStmt, members: list[Member], user: str, floor: int | None,
         batch_id: int, lock: str, bound: tuple[int, int],
-    ) -> tuple[list[int], list[tuple[Reservation, Member]], int | None] | None:
+    ) -> tuple[list[int], list[tuple[Reservation, Member]], int | None, int] | None:
         """The locking read and every member's writes in one round trip; (decisions,
-        reservations, value read) if the value read allocates every member its units and each
-        write affected what it must, else None (the caller rolls it back)."""
+        reservations, value read, total) if the value read allocates every member its units and
+        each write affected what it must, else None (the caller rolls it back)."""
         need, total = bound
         decisions = [1] * len(members)
         stmts, reserve = self._writes(hs, members, user, decisions, total, batch_id, need)
@@ -336,12 +336,9 @@ class Merger:
         if not rows or rows[0][0] is None:
             return None
         current = int(rows[0][0])
-        if allocate(current, members, floor) != (decisions, total):
+        if allocate(current, members, floor) != (decisions, total) or unexpected(stmts, res[2:]):
             return None
-        for (_sql, want, _what), (_, ok) in zip(stmts, res[2:], strict=True):
-            if ok is None or ok.affected_rows != want:
-                return None
-        return decisions, reserve, current
+        return decisions, reserve, current, total
 
     async def _read_then_write(
         self, c: BackendConn, hs: HotStmt, members: list[Member], user: str, floor: int | None,
