@@ -144,7 +144,7 @@ def test_a_glanced_transaction_never_merges_a_later_decrement() -> None:
         pk = picker()
         shape = classify(SQL.format(7))
         crowded = pk.keys[KEY] = KeyState(asyncio.Semaphore(10))
-        crowded.in_flight, crowded.plain_busy = 8, True  # company enough for a group, in a txn too
+        crowded.in_flight = crowded.plain_running = 8  # company enough for a group, in a txn too
         s = Session(txn=True, conn=conn)
         assert pk.decide(s, shape, statement_values(SQL.format(7))).kind == MERGE
         assert pk.glance(s, shape) and GLANCED in s.txn_hot
@@ -165,7 +165,7 @@ def test_loud_after_a_window_with_crowded_keys(plain: int, crowded: int) -> None
         pk = picker()
         s = Session()
         crowded_key = pk.keys[KEY] = KeyState(asyncio.Semaphore(10))
-        crowded_key.in_flight, crowded_key.plain_busy = 8, True
+        crowded_key.in_flight = crowded_key.plain_running = 8
         pk.window_at = 0.0  # a new window starts with the next decision
         first = pk.decide(s, classify(SQL.format(100_000)), statement_values(SQL.format(100_000)))
         assert first.kind == PLAIN and not pk.loud
@@ -203,3 +203,30 @@ def test_with_discover_a_table_is_glanced_once_a_decided_one_found_it() -> None:
     assert glances(pk, s) == 0  # no rule names the table, none found yet
     pk.decide(s, classify(SQL.format(7)), statement_values(SQL.format(7)))  # found: a candidate
     assert glances(pk, s) == GLANCE_EVERY - 1
+
+
+@pytest.mark.parametrize("txn", [False, True])
+def test_a_key_whose_counted_statements_start_and_end_in_turn_is_not_idle(txn: bool) -> None:
+    """Found in stop 42: after a run over 1,000 cold keys, a key that turned hot stayed plain
+    for every order of the next run. The decided decrements (one in GLANCE_EVERY) queue on the
+    row lock, so one of them ends just before the next is decided; with one flag for "a
+    statement runs as it is", each end cleared it and every decision found the key idle, the
+    engine never got loud. Replayed here: 16 counted statements in flight, then end one,
+    decide one, in turn."""
+    conn = idle_conn()
+
+    async def run() -> None:
+        pk = picker()
+        shape = classify(SQL.format(7))
+        values = statement_values(SQL.format(7))
+        assert pk.lane_way(Session(txn=txn, conn=conn), shape, values).kind == PLAIN
+        ks = pk.keys[KEY]
+        pk.plain_end(ks, True, 1)
+        for _ in range(16):  # the key's row lock queue: 16 counted ones running as they are
+            pk.plain_start(ks)
+        for _ in range(32):
+            pk.plain_end(ks, True, 1)  # the first in the queue got the lock and its answer
+            w = pk.lane_way(Session(txn=txn, conn=conn), shape, values)
+            assert w.kind == MERGE, (w.kind, ks.in_flight)
+            pk.plain_start(ks)  # (its place in the queue taken by the next one counted)
+    asyncio.run(run())

@@ -77,7 +77,7 @@ def test_the_way_inside_a_transaction_by_company_spread_and_recent_merging() -> 
         for company, share, merging, age, plain in table:
             ks = KeyState(sem=asyncio.Semaphore(1))
             ks.in_flight = company
-            ks.plain_busy = company > 0 and not merging
+            ks.plain_running = company if not merging else 0
             if merging:
                 ks.collecting = Group()
             if age is not None:

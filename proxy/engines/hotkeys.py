@@ -33,7 +33,10 @@ class KeyState:
     recent: deque[tuple[float, int]] = field(default_factory=deque)
     last_seen: float = 0.0
     mode: str = ""  # the path the key's last statement took (SHOW HOT KEYS)
-    plain_busy: bool = False  # auto: a statement runs as it is on the key
+    # auto: how many statements run as they are on the key now (counted ones: `hotpick`). A
+    # count, not a flag: with one flag, the end of one of many cleared it, and a key whose
+    # counted statements started and ended in turn looked idle to every decision (stop 42)
+    plain_running: int = 0
     plain_done: asyncio.Future[None] | None = None  # made only when a group must wait for it
     sold_out_at: float = -1e9  # auto: when a plain statement last found no stock (monotonic)
     # the row's value after the key's last batch (None: none yet): a group tries the one-round-
@@ -41,7 +44,7 @@ class KeyState:
     left: int | None = None
 
     def idle(self) -> bool:
-        return not self.plain_busy and not self.merging()
+        return not self.plain_running and not self.merging()
 
     def merging(self) -> bool:
         """A group is gathering or committing on the key."""

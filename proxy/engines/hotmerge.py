@@ -122,7 +122,7 @@ class Merger:
         g = ks.collecting
         if g is None or len(g.members) >= self.host.cfg.max_batch or g.user != user:
             prev = ks.tail
-            if ks.plain_busy and (prev is None or prev.done()):
+            if ks.plain_running and (prev is None or prev.done()):
                 prev = ks.after_plain()  # gather behind the statement running as it is
             g = Group(prev=prev, user=user, auto=auto)
             ks.collecting = g

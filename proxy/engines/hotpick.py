@@ -283,14 +283,14 @@ class Picker:
 
     def plain_start(self, ks: KeyState) -> None:
         ks.mode = "auto:plain"
-        ks.plain_busy = True
+        ks.plain_running += 1
         ks.in_flight += 1
 
     def plain_end(self, ks: KeyState, ok: bool, rows: int = -1) -> None:
         if ok and rows == 0:
             ks.sold_out_at = self.zero_at = time.monotonic()
         ks.in_flight -= 1
-        ks.plain_busy = False
+        ks.plain_running -= 1
         done, ks.plain_done = ks.plain_done, None
         if done is not None:
             done.set_result(None)
