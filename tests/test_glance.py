@@ -230,3 +230,32 @@ def test_a_key_whose_counted_statements_start_and_end_in_turn_is_not_idle(txn: b
             assert w.kind == MERGE, (w.kind, ks.in_flight)
             pk.plain_start(ks)  # (its place in the queue taken by the next one counted)
     asyncio.run(run())
+
+
+def test_a_hot_key_amid_cold_traffic_keeps_its_share() -> None:
+    """Found in stop 42: one SKU with 16 buyers beside 112 buyers of 1,000 others, mode auto,
+    ran as it was (76 orders/s, as mode off; merged 197). Its share of all decided decrements
+    was a few percent, below AUTO_TXN_SHARE, so inside transactions it counted as one of many
+    and ran plain, which kept its share low. The shares count contended decrements only
+    (hotauto.Shares): cold keys with nobody else on them leave it at 1.0."""
+    conn = idle_conn()
+
+    async def run() -> None:
+        pk = picker()
+        hot = pk.keys[KEY] = KeyState(asyncio.Semaphore(10))
+        hot.in_flight = hot.plain_running = 8
+        for i in range(400):  # cold keys, one decrement each, nobody else on them
+            sql = SQL.format(1000 + i)
+            w = pk.lane_way(Session(txn=True, conn=conn), classify(sql), statement_values(sql))
+            assert w.kind == PLAIN and w.ticket is not None
+            pk.plain_end(w.ticket, True, 1)
+        for _ in range(3):
+            w = pk.lane_way(Session(txn=True, conn=conn), classify(SQL.format(7)),
+                            statement_values(SQL.format(7)))
+            assert w.kind == MERGE
+        pk.auto.shares._roll(time.monotonic())  # (the window closes)
+        assert pk.auto.shares.share(KEY, time.monotonic()) == 1.0
+        w = pk.lane_way(Session(txn=True, conn=conn), classify(SQL.format(7)),
+                        statement_values(SQL.format(7)))
+        assert w.kind == MERGE  # (with the cold ones counted: 3 in 403, one of many, plain)
+    asyncio.run(run())

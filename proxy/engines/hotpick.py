@@ -276,7 +276,8 @@ class Picker:
         if ks is None:
             ks = self.keys[hs.key_id] = KeyState(asyncio.Semaphore(self.cfg.queue_concurrency))
         ks.last_seen = now = time.monotonic()
-        self.auto.shares.seen(hs.key_id, now)
+        if ks.company():  # contended: only these make the shares (hotauto.Shares)
+            self.auto.shares.seen(hs.key_id, now)
         ks.statements += 1
         ks.mode = mode
         return ks
