@@ -2,7 +2,7 @@
 SANDBOX ?= .sandbox
 VENV := .venv/bin
 
-.PHONY: deps run stop sandbox demo top test lint fuzz bench bench-hotrow bench-ceiling bench-workers bench-readsplit bench-durability clean
+.PHONY: deps run stop sandbox demo top test lint fuzz bench bench-hotrow bench-ceiling bench-mixed bench-workers bench-readsplit bench-durability clean
 
 deps:
 	./scripts/install-deps.sh
@@ -65,6 +65,10 @@ bench-hotrow:
 bench-ceiling:
 	WITH_BENCH=1 ./scripts/install-deps.sh
 	$(VENV)/python -m bench.ceiling
+
+bench-mixed:
+	WITH_BENCH=1 ./scripts/install-deps.sh
+	$(VENV)/python -m bench.mixed
 
 bench-workers:
 	WITH_BENCH=1 ./scripts/install-deps.sh
