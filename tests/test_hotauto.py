@@ -88,3 +88,50 @@ def test_the_way_inside_a_transaction_by_company_spread_and_recent_merging() -> 
             assert ac._little_company(hs, True) is plain, (company, share, merging, age)
 
     asyncio.run(run())
+
+
+def test_a_key_merged_lately_leaves_only_below_the_lower_share() -> None:
+    """Hysteresis on `spread` (stop 42): a key whose last group committed lately counts as one
+    of many only below AUTO_TXN_SHARE_LEAVE; others below AUTO_TXN_SHARE. Ten equally hot keys
+    (0.1 each) dipped under 0.08 from window to window, and each dip sent a merged key's next
+    decrements to wait for its groups and run plain (old against new, 10 keys: 1.15x, UPDATE
+    first 1.26x)."""
+    import asyncio
+    import time
+
+    from proxy.core.config import HotRowRule
+    from proxy.engines.escrow import Escrow
+    from proxy.engines.hotalloc import HotStmt
+    from proxy.engines.hotauto import (
+        AUTO_TXN_SHARE,
+        AUTO_TXN_SHARE_LEAVE,
+        MERGED_LATELY_S,
+        AutoChoice,
+    )
+    from proxy.engines.hotkeys import KeyState
+
+    assert AUTO_TXN_SHARE_LEAVE < AUTO_TXN_SHARE
+
+    async def run() -> None:
+        rule = HotRowRule(schema="shop", table="inventory", key="sku_id", column="quantity")
+        hs = HotStmt(rule, 1, 1, ">", 0)
+        now = time.monotonic()
+        between = (AUTO_TXN_SHARE + AUTO_TXN_SHARE_LEAVE) / 2
+        # (share, last group's age in s or None) -> spread?
+        table = [
+            (between, None, True),
+            (between, MERGED_LATELY_S / 4, False),
+            (between, MERGED_LATELY_S * 4, True),
+            (AUTO_TXN_SHARE_LEAVE / 2, MERGED_LATELY_S / 4, True),
+            (AUTO_TXN_SHARE * 2, None, False),
+        ]
+        for share, age, spread in table:
+            ks = KeyState(sem=asyncio.Semaphore(1))
+            if age is not None:
+                ks.recent.append((now - age, 3))
+            ac = AutoChoice({hs.key_id: ks}, Escrow("seckill_proxy", None, None))  # type: ignore[arg-type]
+            ac.shares.last = {hs.key_id: share, "other": 1 - share}
+            ac.shares.started = now
+            assert ac.spread(hs) is spread, (share, age)
+
+    asyncio.run(run())

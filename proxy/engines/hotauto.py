@@ -39,6 +39,11 @@ AUTO_TXN_COMPANY = 2
 # (0.99x). So up to about 12 equally hot keys merge.
 # (Before stop 36: 1 key 2.2x, 2 keys 1.2x, 3 keys 1.0x, 10 keys 0.8x; the share was 0.4.)
 AUTO_TXN_SHARE = 0.08
+# ... and a key whose last group committed lately (`merged_lately`) leaves the merged path only
+# below this share: the shares of ten equally hot keys (0.1 each) move by a few hundredths from
+# one quarter second to the next, and each dip under AUTO_TXN_SHARE sent a merged key's next
+# decrements to wait for its groups and run plain (stop 42).
+AUTO_TXN_SHARE_LEAVE = 0.06
 # Inside a transaction, a key whose last group committed this recently stays merged while it has
 # company (`AutoChoice._little_company`).
 MERGED_LATELY_S = 0.1
@@ -124,7 +129,9 @@ class AutoChoice:
 
     def spread(self, hs: HotStmt) -> bool:
         """Inside a transaction: the key is one of many about equally contended lately."""
-        return self.shares.share(hs.key_id, time.monotonic()) < AUTO_TXN_SHARE
+        ks = self.keys.get(hs.key_id)
+        limit = AUTO_TXN_SHARE_LEAVE if ks is not None and merged_lately(ks) else AUTO_TXN_SHARE
+        return self.shares.share(hs.key_id, time.monotonic()) < limit
 
     def reserved_here(self, key_id: Any) -> bool:
         """Units of the key are reserved by transactions on this proxy not resolved yet."""
