@@ -16,7 +16,6 @@ proxy on core 1: the database on a host of its own). Writes docs/bench-ceiling.m
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from typing import Any
 
@@ -26,6 +25,7 @@ from .common import (
     Proxy,
     cpu_seconds,
     machine,
+    pin_threads,
     publish,
     reset,
     sandbox,
@@ -40,12 +40,6 @@ HOT_SKUS = (1, 10)
 RULE = {"table": "shop.inventory", "key": "sku_id", "column": "quantity"}
 
 
-def _pin(pid: int, cpus: str) -> None:
-    """Every thread of `pid` onto `cpus` (taskset -a)."""
-    subprocess.run(["taskset", "-a", "-p", "-c", cpus, str(pid)], check=True,
-                   capture_output=True)
-
-
 def main() -> None:
     sb = sandbox()
     p = Proxy(sb, {"mode": "auto", "rules": [RULE]}, name="ceiling")
@@ -56,8 +50,8 @@ def main() -> None:
         reset(sb, SPREAD)  # SKUs 1..1000, never sold out during a run
         for topology in ("pinned", "unpinned"):
             pinned = topology == "pinned"
-            _pin(db_pid, "0" if pinned else "0,1")
-            _pin(p.proc.pid, "1" if pinned else "0,1")
+            pin_threads(db_pid, "0" if pinned else "0,1")
+            pin_threads(p.proc.pid, "1" if pinned else "0,1")
             for form in FORMS:
                 def run(port: int, skus: int, form: str = form,
                         pinned: bool = pinned) -> dict[str, float]:
@@ -82,7 +76,7 @@ def main() -> None:
                     rows.append(row)
                     print(_line(row), flush=True)
     finally:
-        _pin(db_pid, "0,1")
+        pin_threads(db_pid, "0,1")
         p.stop()
         sb.stop()
     lines = [f"Measured {machine()}; {SECONDS} s per run, {THREADS} threads, all in one run "

@@ -47,6 +47,12 @@ def sysbench(args: list[str], port: int, threads: int, seconds: int, script: str
                   num(r"ignored errors:\s+\d+\s+\(([\d.]+) per sec"))
 
 
+def pin_threads(pid: int, cpus: str) -> None:
+    """Every thread of `pid` onto `cpus` (taskset -a), e.g. MariaDB onto "0"."""
+    subprocess.run(["taskset", "-a", "-p", "-c", cpus, str(pid)], check=True,
+                   capture_output=True)
+
+
 def children(pid: int) -> list[int]:
     out = []
     for d in os.listdir("/proc"):

@@ -12,11 +12,20 @@ missed them (stop 42, docs/benchmarks.md). `python -m bench.mixed [SECONDS] [ROU
 from __future__ import annotations
 
 import statistics
-import subprocess
 import sys
 import threading
 
-from .common import SECKILL, Proxy, Result, machine, publish, reset, sandbox, sysbench
+from .common import (
+    SECKILL,
+    Proxy,
+    Result,
+    machine,
+    pin_threads,
+    publish,
+    reset,
+    sandbox,
+    sysbench,
+)
 
 SECONDS = int(sys.argv[1]) if len(sys.argv) > 1 else 6
 ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 3
@@ -25,10 +34,6 @@ MODES = ("off", "auto", "merge")
 POINTS = [("txn", 1, 16, 112), ("txn", 1, 64, 64), ("txn", 10, 64, 64),
           ("autocommit", 1, 16, 112), ("autocommit", 10, 64, 64)]
 COLD_FIRST = 101  # the cold SKUs: 101..1100, the hot ones from 1
-
-
-def _pin(pid: int, cpus: str) -> None:
-    subprocess.run(["taskset", "-a", "-p", "-c", cpus, str(pid)], check=True, capture_output=True)
 
 
 def both(port: int, form: str, hot: int, ht: int, ct: int) -> tuple[Result, Result]:
@@ -54,8 +59,8 @@ def main() -> None:
                                               "column": "quantity"}]}, name="mixed")
     res: dict[tuple[tuple[str, int, int, int], str], list[tuple[float, float]]] = {}
     try:
-        _pin(db, "0")
-        _pin(p.proc.pid, "1")
+        pin_threads(db, "0")
+        pin_threads(p.proc.pid, "1")
         reset(sb, COLD_FIRST + 1000)
         for r in range(ROUNDS):
             for pt in POINTS:
@@ -65,7 +70,7 @@ def main() -> None:
                     res.setdefault((pt, mode), []).append((h.tps, c.tps))
                     print(r, *pt, mode, round(h.tps), round(c.tps), flush=True)
     finally:
-        _pin(db, "0,1")
+        pin_threads(db, "0,1")
         p.stop()
         sb.stop()
     lines = [f"Measured {machine()}; pinned (MariaDB on core 0, sysbench and the proxy on core "
