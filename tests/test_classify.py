@@ -258,6 +258,21 @@ def test_fast_digest_equals_full_digest(text: str) -> None:
     assert fast == _re.sub(r"\(\s*\?(?:\s*,\s*\?)+\s*\)", "(?,...)", full)
 
 
+@settings(max_examples=1000, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("'\\\"0123456789٣.eEx+-$_aF= \n(,")), max_size=60))
+def test_literal_regex_equals_the_plain_alternation(text: str) -> None:
+    """`_LITERAL` starts with one character class for speed; it matches what the plain form
+    (strings, then numbers not glued to a word) matches, at the same places."""
+    import re as _re
+
+    from proxy.plan.classify import _LITERAL
+    from proxy.plan.hotshape import _STR
+
+    plain = _re.compile(
+        rf"{_STR}|(?<![\w$.])(?:0x[0-9a-fA-F]+|\d+(?:\.\d*)?(?:[eE][+-]?\d+)?|\.\d+)", _re.S)
+    assert [m.span() for m in _LITERAL.finditer(text)] == [m.span() for m in plain.finditer(text)]
+
+
 @settings(max_examples=100, deadline=None)
 @given(st.text(alphabet=st.sampled_from("ab'\\\\x"), min_size=1, max_size=300))
 def test_hot_keys_are_bounded_by_their_record_size(key: str) -> None:

@@ -10,29 +10,45 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from proxy.net import protocol as P
 
 
-@dataclass(slots=True)
+@dataclass(init=False)
 class Relayed:
-    """What the proxy learned while forwarding one command's response."""
+    """What the proxy learned while forwarding one command's response. (`__init__` written
+    out: compiled, as protocol.OkPacket's.)"""
 
-    ok: P.OkPacket | None = None
-    err: P.ErrPacket | None = None
-    status: int = 0
-    rows: int = 0
-    affected_rows: int = 0
-    sysvars: dict[str, str] = field(default_factory=dict)
-    schema: str | None = None
-    state_changed: bool = False
-    gtid: str | None = None
-    sent_to_client: bool = False
-    local_infile: bool = False  # the reply is a request for the client's file (0xFB)
+    ok: P.OkPacket | None
+    err: P.ErrPacket | None
+    status: int
+    rows: int
+    affected_rows: int
+    sysvars: dict[str, str]
+    schema: str | None
+    state_changed: bool
+    gtid: str | None
+    sent_to_client: bool
+    local_infile: bool  # the reply is a request for the client's file (0xFB)
     # it ended with a result set's EOF, not an OK packet: no session tracking came with its
     # end (a write with RETURNING, a SELECT calling a stored function; general.gtid_after)
-    ended_eof: bool = False
+    ended_eof: bool
+
+    def __init__(self, ok: P.OkPacket | None = None, err: P.ErrPacket | None = None,
+                 status: int = 0) -> None:
+        self.ok = ok
+        self.err = err
+        self.status = status
+        self.rows = 0
+        self.affected_rows = 0
+        self.sysvars = {}
+        self.schema = None
+        self.state_changed = False
+        self.gtid = None
+        self.sent_to_client = False
+        self.local_infile = False
+        self.ended_eof = False
 
 
 class BufferWriter:

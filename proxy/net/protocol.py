@@ -8,7 +8,7 @@ the client), EOF (status flags, more-results), ERR and the prepare-OK header.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 # Commands
 COM_QUIT = 0x01
@@ -102,20 +102,38 @@ def enc_lenenc_str(s: bytes) -> bytes:
     return enc_lenenc_int(len(s)) + s
 
 
-@dataclass
+@dataclass(init=False)
 class OkPacket:
-    """A parsed OK packet, including what session-state tracking reported."""
+    """A parsed OK packet, including what session-state tracking reported.
 
-    affected_rows: int = 0
-    last_insert_id: int = 0
-    status: int = 0
-    warnings: int = 0
-    info: bytes = b""
-    sysvars: dict[str, str] = field(default_factory=dict)
-    schema: str | None = None
-    state_changed: bool = False
-    gtid: str | None = None
-    gtid_var: bool = False  # MariaDB reported it as the system variable last_gtid
+    Its `__init__` is written out: mypyc compiles it, where a dataclass's generated one runs
+    interpreted (0.7 µs, for every OK of every statement)."""
+
+    affected_rows: int
+    last_insert_id: int
+    status: int
+    warnings: int
+    info: bytes
+    sysvars: dict[str, str]
+    schema: str | None
+    state_changed: bool
+    gtid: str | None
+    gtid_var: bool  # MariaDB reported it as the system variable last_gtid
+
+    def __init__(self, affected_rows: int = 0, last_insert_id: int = 0, status: int = 0,
+                 warnings: int = 0, info: bytes = b"", sysvars: dict[str, str] | None = None,
+                 schema: str | None = None, state_changed: bool = False,
+                 gtid: str | None = None, gtid_var: bool = False) -> None:
+        self.affected_rows = affected_rows
+        self.last_insert_id = last_insert_id
+        self.status = status
+        self.warnings = warnings
+        self.info = info
+        self.sysvars = {} if sysvars is None else sysvars
+        self.schema = schema
+        self.state_changed = state_changed
+        self.gtid = gtid
+        self.gtid_var = gtid_var
 
 
 def parse_ok(payload: bytes, session_track: bool) -> OkPacket:

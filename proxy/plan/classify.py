@@ -43,9 +43,15 @@ def _digest_sub(m: re.Match[str]) -> str:
 
 
 # Strings and numbers only: for statements without comments or backticks, a plain C-level
-# substitution (no Python callback per literal) gives the same digest.
+# substitution (no Python callback per literal) gives the same digest. Written to start with
+# one character class (the first character of a string or a number: what `_STR` and the
+# number form of `_TOKEN` match, each branch re-checking it behind), so the regex engine skips
+# every other position without trying a branch: half the time of the plain alternation
+# `_STR|(?<![\w$.])(?:0x..|\d+..|\.\d+)` it equals (tests/test_classify.py).
 _LITERAL = re.compile(
-    rf"{_STR}|(?<![\w$.])(?:0x[0-9a-fA-F]+|\d+(?:\.\d*)?(?:[eE][+-]?\d+)?|\.\d+)", re.S)
+    r"['\"\d.](?:(?<=')(?:[^'\\]|\\.|'')*'|(?<=\")(?:[^\"\\]|\\.|\"\")*\""
+    r"|(?<![\w$.][\d.])(?:(?<=0)x[0-9a-fA-F]+|(?<=\d)\d*(?:\.\d*)?(?:[eE][+-]?\d+)?"
+    r"|(?<=\.)\d+))", re.S)
 
 
 # Executable comments: MySQL and MariaDB run what is inside `/*! ... */`, `/*!50000 ... */`
