@@ -12,7 +12,10 @@ from __future__ import annotations
 import logging
 import socket
 import struct
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
+
+from mypy_extensions import mypyc_attr
 
 from proxy.backends.backend import BackendConn
 from proxy.backends.lease import Lease, LeaseState, after_statement
@@ -27,15 +30,16 @@ from proxy.core.errors import (
     ResetReason,
 )
 from proxy.core.state import Answered, Carried, Names, Wanted
+from proxy.engines.escrow import Reservation
+from proxy.exec.context import ClientLink, Services
 from proxy.net import protocol as P
-
-if TYPE_CHECKING:
-    from proxy.engines.escrow import Reservation
-    from proxy.exec.context import ClientLink, Services
 
 log = logging.getLogger("seckill.session")
 
 
+# compiled methods, an ordinary class (compiled.py); its annotations are evaluated when compiled,
+# so what they name is imported to run, not only under TYPE_CHECKING
+@mypyc_attr(native_class=False)
 class Hold:
     """The lease side of a session."""
 
@@ -222,7 +226,7 @@ class Hold:
         client's connection at once, as MySQL's own close would: the client's next command
         then fails in its library (2006 "gone away"), as directly. During a command the
         command's path reports it (the fast lane sets its own hook)."""
-        c.io.sink_lost = lambda: self._held_lost(c)  # (settle: no command runs on it now)
+        c.io.sink_lost = _on_lost(self, c)  # (settle: no command runs on it now)
 
     def _held_lost(self, c: BackendConn) -> None:
         if self.busy or self.lease.conn is not c or self.connection is None:
@@ -245,3 +249,9 @@ class Hold:
         if self.pin:
             c.taint(ResetReason.SESSION_STATE)
         await self.lease.release(reason)
+
+
+def _on_lost(h: Hold, c: BackendConn) -> Callable[[], None]:
+    """`Hold._held_lost` for `c`, as a callback (made outside the class: mypyc does not compile
+    a lambda inside a method of an ordinary class)."""
+    return lambda: h._held_lost(c)

@@ -14,6 +14,7 @@ import logging
 import struct
 from typing import TYPE_CHECKING, Any
 
+from mypy_extensions import mypyc_attr
 from mysql_mimic.session import BaseSession
 from mysql_mimic.variables import GlobalVariables, SessionVariables
 
@@ -39,15 +40,18 @@ from proxy.net.wire import ClientIO
 from proxy.plan.classify import classify, session_txn_as_vars, with_conn_id
 from proxy.plan.plan import plan
 from proxy.session.hold import Hold
+from proxy.session.props import Settable
 
 if TYPE_CHECKING:
     from proxy.exec.context import ClientLink, ClientStmt, Services
+    from proxy.plan.classify import Shape
+    from proxy.plan.plan import Plan
 
 log = logging.getLogger("seckill.session")
 
 
-
-class ProxySession(Hold, BaseSession):
+@mypyc_attr(native_class=False)  # compiled methods, an ordinary class (compiled.py)
+class ProxySession(Settable, Hold, BaseSession):
     def __init__(self, app: Services) -> None:
         self.app = app
         self.variables = SessionVariables(GlobalVariables())
@@ -189,31 +193,14 @@ class ProxySession(Hold, BaseSession):
     async def use(self, database: str) -> None:  # not used: COM_INIT_DB is forwarded
         self.database = database
 
-    @property
-    def database(self) -> str | None:
-        return self._database
-
-    @database.setter
-    def database(self, name: str | None) -> None:
-        """'' is no database: what mysql-mimic leaves after a handshake or COM_CHANGE_USER
-        without one (mysql-connector-python sends CLIENT_CONNECT_WITH_DB and an empty name),
-        and what session tracking reports after the database is dropped."""
-        self._database = name or None
-
     # ---- the view a plan reads (plan.SessionView) -----------------------------------------
 
     @property
     def in_txn(self) -> bool:
         return bool(self.status & P.SERVER_STATUS_IN_TRANS)
 
-    @property
-    def stmt_conn(self) -> BackendConn | Answered | Carried | None:
-        """Where the session's diagnostics area is: the connection that ran its last
-        statement, Answered, or Carried."""
-        return self._stmt_conn
-
-    @stmt_conn.setter
-    def stmt_conn(self, c: BackendConn | Answered | Carried | None) -> None:
+    def diag_moved(self, c: BackendConn | Answered | Carried | None) -> None:
+        """The session's diagnostics area is now `c`'s (props.Settable.stmt_conn's setter)."""
         if not (self.keeps_diag and isinstance(self._stmt_conn, Carried)
                 and isinstance(c, BackendConn) and not c.warned):
             # else it opened no table and raised nothing: the area stays
@@ -344,10 +331,7 @@ class ProxySession(Hold, BaseSession):
             sql = await local.kills_in_multi(self, sql)
         if sql is not text:  # what MySQL gets is what the proxy made of the text
             payload = payload[:1] + sql.encode("utf-8", "surrogateescape")
-        await executor.execute(self, Command(
-            sql, shape, p, lambda c, out: reply.run_on(self, c, payload, out, shape),
-            lambda q: general.forward(self, payload, shape, q),
-            lambda fwd: self.app.hotrow.intercept(self, sql, shape, fwd), payload))
+        await executor.execute(self, _text_command(self, sql, shape, p, payload))
 
     # ---- replica reads ---------------------------------------------------------------------
 
@@ -444,3 +428,11 @@ class ProxySession(Hold, BaseSession):
         await self.send(text)
 
     # ---- prepared statements ------------------------------------------------------------
+
+
+def _text_command(s: ProxySession, sql: str, shape: Shape, p: Plan, payload: bytes) -> Command:
+    """A COM_QUERY's ways to run (executor.Command). Its closures are made here, outside the
+    class: mypyc does not compile a lambda inside a method of an ordinary class."""
+    return Command(sql, shape, p, lambda c, out: reply.run_on(s, c, payload, out, shape),
+                   lambda q: general.forward(s, payload, shape, q),
+                   lambda fwd: s.app.hotrow.intercept(s, sql, shape, fwd), payload)
