@@ -20,7 +20,7 @@ HOT = ("exec/fastlane", "exec/account", "backends/lease", "backends/backend", "b
        "net/wire", "engines/readsplit", "plan/digest", "core/metrics", "plan/classify", "plan/hotshape",
        "core/gtid", "engines/hotalloc", "engines/hotkeys", "engines/hotauto", "engines/hotpick",
        "exec/lanemerge", "exec/lazybegin", "engines/hotmember", "backends/results",
-       "exec/laneconfirm", "net/tracking", "session/hold", "session/session")
+       "exec/laneconfirm", "net/tracking", "session/hold", "session/session", "exec/answers")
 
 _HERE = Path(__file__).resolve().parent
 

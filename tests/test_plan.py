@@ -60,7 +60,7 @@ class View:
     last_insert_id: int = 0
     state_stale: bool = False
     stmts: dict[int, Any] = field(default_factory=dict)
-    # and what a SELECT the lane answers itself (local.local_answer) reads and sets
+    # and what a SELECT the lane answers itself (answers.local_answer) reads and sets
     connection: Any = field(default_factory=lambda: SimpleNamespace(connection_id=7))
     status: int = 2
     backend_caps: int = 0

@@ -29,10 +29,10 @@ from proxy.core.errors import BackendLost, CloseReason, LeaseReason, ProxyError,
 from proxy.engines.hotpick import AS_IS, MERGE, PLAIN
 from proxy.exec import prepared, reply
 from proxy.exec.account import statement_done
+from proxy.exec.answers import local_answer
 from proxy.exec.laneconfirm import LaneConfirms
 from proxy.exec.lanemerge import LaneMember
 from proxy.exec.lazybegin import begin_ok_as_made, defer_begin
-from proxy.exec.local import local_answer
 from proxy.net import protocol as P
 from proxy.plan.classify import Shape, classify, statement_values
 from proxy.plan.plan import LOCAL_ANSWERS, Plan, Route, plan
@@ -179,7 +179,7 @@ class FastLane:
             return None
 
     def _answer_here(self, shape: Shape, p: Plan) -> None:
-        """A SELECT the proxy answers itself (local.local_answer, the general path's own
+        """A SELECT the proxy answers itself (answers.local_answer, the general path's own
         answer), written from here: no connection, no session task wake-up."""
         out = []
         seq = 1

@@ -4,7 +4,6 @@ settings it keeps for the session, values only it knows, and KILL of its own cli
 from __future__ import annotations
 
 import re
-from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Literal
 
 from proxy.core.config import CONSISTENCY
@@ -13,9 +12,10 @@ from proxy.core.gtid import GtidError
 from proxy.core.gtid import parse as gtid_parse
 from proxy.core.state import NAMES_VARS, Carried, Names
 from proxy.exec import general, reply
+from proxy.exec.answers import local_answer, packets, result_packets
 from proxy.net import protocol as P
 from proxy.plan.classify import SKIP_TEXT, Shape
-from proxy.plan.plan import KILL, LOCAL_ANSWERS, Plan, Route, conn_id_alias, names_of
+from proxy.plan.plan import KILL, LOCAL_ANSWERS, Plan, Route, names_of
 
 if TYPE_CHECKING:
     from proxy.exec.context import Statement
@@ -150,30 +150,6 @@ async def _may_kill_others(s: Statement) -> bool:
     return row is not None and row[0] not in (None, "0")
 
 
-def coldefs(s: Statement, coldef: bytes) -> bytes:
-    """A column definition the proxy built, as this client's backend connections would send it
-    (with MariaDB's extended metadata field when the client negotiated it)."""
-    if s.backend_caps & P.MARIADB_CLIENT_EXTENDED_METADATA:
-        return _with_ext(coldef)
-    return coldef
-
-
-# The proxy's own column definitions repeat (SELECT ROW_COUNT() is in every seed order): each
-# is built once per name. Bounded, as an alias of CONNECTION_ID() is the client's text.
-_with_ext = lru_cache(maxsize=256)(P.coldef_ext)
-
-
-@lru_cache(maxsize=256)
-def _local_coldef(route: Route, name: str, mariadb: bool) -> bytes:
-    """The column definition of a local answer (`local_answer`), as MariaDB (or MySQL, for
-    CONNECTION_ID()) gives it."""
-    if route is Route.LOCAL_GTID:
-        return P.column_def(name)
-    if route is Route.LOCAL_CONN_ID:
-        return P.column_def_uint(name, mariadb)
-    return P.column_def_int(name)
-
-
 async def answered(s: Statement, p: Plan, shape: Shape, sql: str,
                    binary: bool = False) -> Plan | None:
     """What the proxy answers itself of a plan, in the text protocol or, for a prepared
@@ -194,26 +170,6 @@ async def answered(s: Statement, p: Plan, shape: Shape, sql: str,
 async def answer_local(s: Statement, p: Plan, shape: Shape, binary: bool = False) -> None:
     """A SELECT the proxy answers itself (plan.LOCAL_ANSWERS), from the session task."""
     await _send(s, local_answer(s, p, shape, binary))
-
-
-def local_answer(s: Statement, p: Plan, shape: Shape, binary: bool = False) -> list[bytes]:
-    """The result set of a SELECT the proxy answers itself (plan.LOCAL_ANSWERS), as packet
-    payloads, and its effect on the session. The session task (`answer_local`) and the fast
-    lane (fastlane.py) each only write them, so the answer is made in one place."""
-    mariadb = False
-    if p.route is Route.LOCAL_GTID:
-        name, value = "@@last_gtid", s.last_gtid or ""
-    elif p.route is Route.LOCAL_CONN_ID:
-        assert s.connection is not None
-        mariadb = "MariaDB" in s.app.server_version
-        name, value = conn_id_alias(shape), str(s.connection.connection_id)
-    else:
-        name, value = "ROW_COUNT()", str(s.answered_rows)
-    # A SELECT the proxy answered: as after any SELECT, ROW_COUNT() is now -1; the warnings
-    # stay the previous statement's (a SELECT without tables keeps them).
-    out = _result_packets(s, [_local_coldef(p.route, name, mariadb)], [[value]], binary)
-    s.row_count_local = -1
-    return out
 
 
 _SHOW_LIST = re.compile(r"SHOW\s+(WARNINGS|ERRORS)(?:\s+LIMIT\s+(\d+)(?:\s*,\s*(\d+))?)?", re.I)
@@ -256,23 +212,12 @@ async def result_set(s: Statement, defs: list[bytes], rows: list[list[str | None
                      binary: bool) -> None:
     """A result set the proxy builds: its column definitions (as this client negotiated
     them) and rows, in the text or the binary protocol."""
-    await _send(s, _result_packets(s, defs, rows, binary))
-
-
-def _result_packets(s: Statement, defs: list[bytes], rows: list[list[str | None]],
-                    binary: bool) -> list[bytes]:
-    return _packets(s, [coldefs(s, d) for d in defs],
-                    [P.binary_row(defs, r) if binary else P.text_row(r) for r in rows])
+    await _send(s, result_packets(s, defs, rows, binary))
 
 
 async def _write_result(s: Statement, defs: list[bytes], rows: list[bytes]) -> None:
     """A result set's packets, from column definitions and rows already encoded."""
-    await _send(s, _packets(s, defs, rows))
-
-
-def _packets(s: Statement, defs: list[bytes], rows: list[bytes]) -> list[bytes]:
-    return [P.enc_lenenc_int(len(defs)), *defs, P.make_eof(s.status), *rows,
-            P.make_eof(s.status)]
+    await _send(s, packets(s, defs, rows))
 
 
 async def _send(s: Statement, packets: list[bytes]) -> None:

@@ -351,7 +351,7 @@ class ProxySession(Settable, Hold, BaseSession):
     def absorb_reply(self, c: BackendConn, r: Relayed, row_count: bool = False) -> None:
         """A backend's reply to the session's statement: its connection holds the diagnostics
         area; `row_count` (Plan.row_count): the OK's affected rows are ROW_COUNT()."""
-        self.stmt_conn = c
+        self.diag_moved(c)  # (the stmt_conn setter, without its interpreted call)
         if row_count and r.ok is not None and r.err is None and not r.ended_eof:
             self.row_count_ok = r.ok.affected_rows
         if r.err is not None and r.ok is None:
