@@ -20,7 +20,8 @@ HOT = ("exec/fastlane", "exec/account", "backends/lease", "backends/backend", "b
        "net/wire", "engines/readsplit", "plan/digest", "core/metrics", "plan/classify", "plan/hotshape",
        "core/gtid", "engines/hotalloc", "engines/hotkeys", "engines/hotauto", "engines/hotpick",
        "exec/lanemerge", "exec/lazybegin", "engines/hotmember", "backends/results",
-       "exec/laneconfirm", "net/tracking", "session/hold", "session/session", "exec/answers")
+       "exec/laneconfirm", "net/tracking", "session/hold", "session/session", "exec/answers",
+       "engines/hotmerge")
 
 _HERE = Path(__file__).resolve().parent
 

@@ -21,6 +21,7 @@ import time
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, Protocol
 
+from mypy_extensions import mypyc_attr
 from pymysql.converters import escape_string
 
 from proxy.core import metrics as M
@@ -92,6 +93,7 @@ class MergeHost(Protocol):
     def may_run_plain(self, hs: HotStmt) -> bool: ...
 
 
+@mypyc_attr(native_class=False)  # compiled methods, an ordinary class (compiled.py)
 class NotCommitted(Exception):
     """The batch provably did not commit (error before or at COMMIT, or connection lost before
     COMMIT was sent, or the batch record is absent after an interrupted COMMIT)."""
@@ -104,11 +106,13 @@ class NotCommitted(Exception):
         self.alone = alone  # the schema moved (`SchemaMoved`): members run alone, no retry
 
 
+@mypyc_attr(native_class=False)  # compiled methods, an ordinary class (compiled.py)
 class SchemaMoved(Unverified):
     """DDL ran or runs since the rule was checked (hotrules.RuleBook.merge_gate): asked before
     the batch and once its locking read holds the table's metadata lock; members run alone."""
 
 
+@mypyc_attr(native_class=False)  # compiled methods, an ordinary class (compiled.py)
 class Merger:
     """Groups per key, their batches and the members' answers."""
 
@@ -423,6 +427,7 @@ class Merger:
                                   "outcome unknown (primary unreachable)"))
 
 
+@mypyc_attr(native_class=False)  # compiled methods, an ordinary class (compiled.py)
 class _Unknown(ProxyError):
     def __init__(self, err: ProxyError) -> None:
         super().__init__((err.code, err.sqlstate), err.message)
