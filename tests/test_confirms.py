@@ -13,6 +13,8 @@ from types import SimpleNamespace
 
 import pymysql
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from proxy.backends.confirms import affected_one, plain_commit, renumber
 from proxy.engines import escrow
@@ -66,6 +68,32 @@ def test_each_dropped_ok_is_seen_and_a_confirm_without_its_row_is_told() -> None
     seen, got = asyncio.run(run())
     assert [affected_one(ok) for ok in seen] == [True, False]
     assert b"".join(got) == _frame(P.make_ok(0, 0, 2, 0), 3)
+
+
+@settings(max_examples=300, deadline=None)
+@given(oks=st.lists(st.integers(0, 300), min_size=1, max_size=4),
+       tail=st.binary(max_size=20), cuts=st.lists(st.integers(1, 40), max_size=12))
+def test_skipped_replies_are_dropped_however_the_bytes_arrive(
+        oks: list[int], tail: bytes, cuts: list[int]) -> None:
+    """`skip` OKs in front of a reply, handed over in arbitrary pieces: each OK is seen once
+    and whole, in order, and exactly the bytes after them reach the reader."""
+    async def run() -> tuple[list[bytes], bytes]:
+        io = PacketIO()
+        io.connection_made(SimpleNamespace(is_closing=lambda: False))  # type: ignore[arg-type]
+        seen: list[bytes] = []
+        got: list[bytes] = []
+        io.skipped_ok, io.sink, io.skip = seen.append, got.append, len(oks)
+        stream = b"".join(_frame(P.make_ok(a, 0, 2, 0), i + 1) for i, a in enumerate(oks)) + tail
+        pos = 0
+        for c in [*cuts, len(stream)]:
+            if pos < len(stream):
+                io.data_received(stream[pos:pos + c])
+                pos += c
+        return seen, b"".join(got)
+
+    seen, got = asyncio.run(run())
+    assert seen == [P.make_ok(a, 0, 2, 0) for a in oks]
+    assert got == tail
 
 
 def test_a_ping_reply_come_with_the_commits_is_dropped_at_once() -> None:

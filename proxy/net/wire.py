@@ -85,36 +85,39 @@ class PacketIO(asyncio.Protocol):
 
     def _skip_replies(self, data: bytes) -> bytes:
         """Drop the next `skip` whole packets (one-packet replies: OK or ERR); the bytes after
-        them, if any, are the reply the reader waits for."""
+        them, if any, are the reply the reader waits for. Read where they arrived: only a
+        packet not yet whole waits in `_skipbuf` (copying every chunk through it cost 2.7% of
+        a seed order's CPU)."""
         b = self._skipbuf
-        b += data
+        if b:
+            b += data
+            data = bytes(b)
+            b.clear()
+        pos, end = 0, len(data)
         while self.skip:
-            if len(b) < 4:
-                return b""
-            n = b[0] | (b[1] << 8) | (b[2] << 16)
-            if len(b) < 4 + n:
-                return b""
-            if n and b[4] == 0xFF:
-                if self.skipped_err is not None and self.skipped_err(bytes(b[4:4 + n])):
+            if end - pos < 4:
+                break
+            n = data[pos] | (data[pos + 1] << 8) | (data[pos + 2] << 16)
+            if end - pos < 4 + n:
+                break
+            if n and data[pos + 4] == 0xFF:
+                if self.skipped_err is not None and self.skipped_err(data[pos + 4:pos + 4 + n]):
                     self.skip = 0  # (MariaDB ran nothing after it: what follows is the reply
-                    del b[:4 + n]  # to a command sent behind, a confirm row's COM_PING)
-                    out = bytes(b)
-                    b.clear()
-                    return out
+                    return data[pos + 4 + n:]  # to a command sent behind, a confirm row's COM_PING)
                 log.error("a command sent ahead of another (a deferred BEGIN, an escrow confirm "
-                          "row) failed: %r; connection cut", bytes(b[4:4 + n])[:200])
+                          "row) failed: %r; connection cut", data[pos + 4:pos + 4 + n][:200])
                 self.skip = 0
-                b.clear()
                 self.transport.abort()
                 return b""
             if self.skipped_ok is not None:
-                self.skipped_ok(bytes(b[4:4 + n]))  # (it may end the skipping: skip 0)
-            del b[:4 + n]
+                self.skipped_ok(data[pos + 4:pos + 4 + n])  # (it may end the skipping: skip 0)
+            pos += 4 + n
             if self.skip:
                 self.skip -= 1
-        out = bytes(b)
-        b.clear()
-        return out
+        if self.skip:  # the next packet to drop is not whole yet
+            b += data[pos:]
+            return b""
+        return data[pos:] if pos else data
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.eof = True
