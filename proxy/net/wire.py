@@ -182,8 +182,7 @@ class PacketIO(asyncio.Protocol):
         self.skip += 1
         if not head:
             return b""
-        self._skipbuf += head
-        return self._skip_replies(b"")
+        return self._skip_replies(head)  # (behind what waits in the buffer, if anything)
 
     async def readexactly(self, n: int) -> bytes:
         while len(self.buf) < n:
