@@ -15,6 +15,7 @@ import time
 from proxy import compiled
 from proxy.core import config as C
 from proxy.core.logctx import ConnIdFilter
+from proxy.core.speedups import fast_enum_members
 
 _RECORD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
     "message", "asctime", "conn_id", "taskName"}
@@ -129,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     low = raise_open_files(cfg)
     if low is not None:
         logging.getLogger("seckill").warning("%s", low)
+    fast_enum_members()  # (speedups.py says why)
     try:
         import uvloop
 

@@ -47,6 +47,26 @@ def test_ok_without_tracking_and_rebuilt_for_clients() -> None:
     assert P.make_ok(3, 7, P.SERVER_STATUS_AUTOCOMMIT | P.SERVER_SESSION_STATE_CHANGED, 2, b"Records: 3") == raw
 
 
+_COUNT = st.one_of(st.integers(0, 300), st.integers(0, 2**64 - 1))
+
+
+@given(_COUNT, _COUNT, st.integers(0, 0xFFFF), st.integers(0, 0xFFFF),
+       st.sampled_from([b"", b"Rows matched: 1  Changed: 1  Warnings: 0"]), st.booleans(),
+       st.sampled_from([b"", b"\x00\x03\x01\x01x"]))
+def test_ok_packet_is_the_protocol_s_layout_whatever_path_builds_it(
+        affected: int, insert_id: int, status: int, warnings: int, info: bytes, eof: bool,
+        state: bytes) -> None:
+    """make_ok's one-struct shortcut (both counts under 251, no strings) and its general
+    path build the same bytes: header, two length-encoded counts, status, warnings, info."""
+    flags = (status | P.SERVER_SESSION_STATE_CHANGED if state
+             else status & ~P.SERVER_SESSION_STATE_CHANGED)
+    want = ((b"\xfe" if eof else b"\x00") + P.enc_lenenc_int(affected)
+            + P.enc_lenenc_int(insert_id) + struct.pack("<HH", flags, warnings)
+            + (P.enc_lenenc_str(info) + P.enc_lenenc_str(state) if state
+               else P.enc_lenenc_str(info) if info else b""))
+    assert P.make_ok(affected, insert_id, status, warnings, info, eof, state) == want
+
+
 @given(st.integers(0, 2**64 - 1))
 def test_lenenc_round_trip(n: int) -> None:
     assert P.lenenc_int(P.enc_lenenc_int(n), 0) == (n, len(P.enc_lenenc_int(n)))

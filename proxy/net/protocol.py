@@ -81,9 +81,13 @@ def lenenc_int(buf: bytes | bytearray | memoryview, pos: int) -> tuple[int, int]
     raise ValueError(f"invalid length-encoded integer prefix 0x{b:02x}")
 
 
+_ONE_BYTE = [bytes((i,)) for i in range(0xFB)]  # made once: the common length-encoded ints
+_OK_SMALL = struct.Struct("<BBBHH")  # an OK whose two counts fit in a byte each, no strings
+
+
 def enc_lenenc_int(n: int) -> bytes:
-    if n < 0xFB:
-        return bytes((n,))
+    if 0 <= n < 0xFB:
+        return _ONE_BYTE[n]
     if n < 1 << 16:
         return b"\xfc" + struct.pack("<H", n)
     if n < 1 << 24:
@@ -197,6 +201,9 @@ def make_ok(
     The info string is length-encoded, as MySQL's net_send_ok() writes it (and as libmariadb
     reads it) whatever the capability flags say.
     """
+    if not state and not info and 0 <= affected_rows < 0xFB and 0 <= last_insert_id < 0xFB:
+        return _OK_SMALL.pack(0xFE if eof_header else 0, affected_rows, last_insert_id,
+                              status & ~SERVER_SESSION_STATE_CHANGED, warnings)
     head = ((b"\xfe" if eof_header else b"\x00")
             + enc_lenenc_int(affected_rows) + enc_lenenc_int(last_insert_id))
     if state:

@@ -1,0 +1,54 @@
+"""speedups.fast_enum_members: with EnumType's __getattr__ gone (as in Python 3.12), every
+enum the proxy uses reads its members, and misses names, exactly as before."""
+
+from __future__ import annotations
+
+import enum
+import http
+import re
+import signal
+import socket
+
+import pytest
+
+from proxy.backends.lease import LeaseState
+from proxy.core import errors
+from proxy.core.speedups import fast_enum_members
+from proxy.plan.plan import Route, Track
+
+
+def _enums() -> list[type[enum.Enum]]:
+    ours = [v for v in vars(errors).values()
+            if isinstance(v, type) and issubclass(v, enum.Enum) and v is not errors.Label]
+    return [*ours, LeaseState, Route, Track, http.HTTPStatus, signal.Signals, socket.AddressFamily,
+            re.RegexFlag, enum.Enum]
+
+
+def test_members_and_misses_read_as_before() -> None:
+    fast_enum_members()
+    assert "__getattr__" not in vars(enum.EnumType)
+    for e in _enums():
+        for name, member in e.__members__.items():  # aliases included
+            assert getattr(e, name) is member
+            assert e[name] is member
+            assert e(member.value) is e(member.value)
+        with pytest.raises(AttributeError):
+            e.NOT_A_MEMBER  # noqa: B018
+        with pytest.raises(AttributeError):
+            e.__not_a_dunder__  # noqa: B018
+    assert fast_enum_members() is False  # once is enough
+
+
+def test_a_new_enum_with_member_names_that_are_properties_elsewhere() -> None:
+    """Members named like Enum's own properties (`name`, `value`) are reached through the
+    redirect enum.py puts in the class dict, not through the removed __getattr__."""
+    fast_enum_members()
+
+    class Odd(enum.Enum):
+        name = "n"
+        value = "v"
+        PLAIN = "p"
+
+    assert Odd.PLAIN.value == "p"
+    assert Odd["name"].value == "n"
+    assert Odd.name is Odd["name"] and Odd.value is Odd["value"]  # type: ignore[comparison-overlap]
