@@ -12,7 +12,7 @@ import struct
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 import aiomysql
 
@@ -30,22 +30,22 @@ log = logging.getLogger("seckill.backend")
 
 # What the proxy asks of every backend connection: session-state tracking tells it, from the OK
 # packets it already reads, which variables/schema changed and the GTID of each commit.
-_TRACK_MARIADB = (
+_TRACK_MARIADB: Final = (
     "SET SESSION session_track_system_variables='*', session_track_schema=ON, "
     "session_track_state_change=ON"
 )
-_TRACK_MYSQL = (
+_TRACK_MYSQL: Final = (
     "SET SESSION session_track_system_variables='*', session_track_schema=ON, "
     "session_track_state_change=ON, session_track_gtids=OWN_GTID"
 )
 BACKEND_FLAGS = (P.CLIENT_SESSION_TRACK | P.CLIENT_PS_MULTI_RESULTS | P.CLIENT_MULTI_RESULTS
                  | P.CLIENT_LOCAL_FILES)
-STMT_CACHE = 64  # per connection: x 200 pooled, well under max_prepared_stmt_count (16382)
-ER_MAX_PREPARED_STMT_COUNT = 1461
+STMT_CACHE: Final = 64  # per connection: x 200 pooled, well under max_prepared_stmt_count (16382)
+ER_MAX_PREPARED_STMT_COUNT: Final = 1461
 # its ERR packet's first bytes: how a relayed COM_STMT_PREPARE's refusal is recognised
 STMT_LIMIT_ERR = b"\xff" + ER_MAX_PREPARED_STMT_COUNT.to_bytes(2, "little")
-_READ_CHUNK = 256 * 1024
-_FLUSH_AT = 256 * 1024
+_READ_CHUNK: Final = 256 * 1024
+_FLUSH_AT: Final = 256 * 1024
 
 
 class BackendConn(ConnState):

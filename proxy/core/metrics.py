@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from bisect import bisect_left
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from prometheus_client import (
     REGISTRY,
@@ -32,7 +32,7 @@ from prometheus_client.registry import Collector
 # A `_created` series per counter child doubles the series count and no dashboard uses it.
 disable_created_metrics()
 
-P = "seckill_proxy_"
+P: Final = "seckill_proxy_"
 # set by the supervisor for its workers (workers.py), before prometheus-client is imported
 MULTIPROC_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 # how workers' values of a gauge combine
@@ -85,12 +85,12 @@ CLIENT_DISCONNECTS = Counter(
     P + "client_disconnects_total", "Client disconnects, by reason", ["reason"]
 )
 
-STATEMENTS_NAME = P + "statements_total"
-STATEMENTS_HELP = "Statements handled, by kind, route and outcome"
-FASTLANE_NAME = P + "fastlane_statements_total"
-FASTLANE_HELP = "Statements (of statements_total) run by the fast lane, without waking a session task"
-STATEMENT_LATENCY_NAME = P + "statement_duration_seconds"
-STATEMENT_LATENCY_HELP = "Statement latency seen by the proxy, by route"
+STATEMENTS_NAME: Final = P + "statements_total"
+STATEMENTS_HELP: Final = "Statements handled, by kind, route and outcome"
+FASTLANE_NAME: Final = P + "fastlane_statements_total"
+FASTLANE_HELP: Final = "Statements (of statements_total) run by the fast lane, without waking a session task"
+STATEMENT_LATENCY_NAME: Final = P + "statement_duration_seconds"
+STATEMENT_LATENCY_HELP: Final = "Statement latency seen by the proxy, by route"
 
 POOL_IN_USE = Gauge(P + "backend_pool_in_use", "Backend connections lent out", ["backend"],
                     multiprocess_mode=SUM)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from pymysql.converters import escape_string
 
@@ -19,7 +19,7 @@ from proxy.engines.escrow import Reservation
 from proxy.plan.classify import parse_hints
 from proxy.plan.hotshape import Escaped, HotTemplate, Unsupported
 
-MAX_KEY_SQL = 250  # a hot key's SQL literal fits the batch and reservation records
+MAX_KEY_SQL: Final = 250  # a hot key's SQL literal fits the batch and reservation records
 
 
 class HotStmt:
@@ -45,7 +45,7 @@ class HotStmt:
                 f"guard={self.guard_op} {self.bound}, sub={self.sub})")
 
 
-MAX_AMOUNT = 1 << 62  # larger amounts (and group totals) take the normal path: BIGINT arithmetic
+MAX_AMOUNT: Final = 1 << 62  # larger amounts (and group totals) take the normal path: BIGINT arithmetic
 
 
 def rule_of(tpl: HotTemplate, database: str | None,
@@ -130,9 +130,9 @@ class Member:
     deadline: float = 0.0  # loop time until which "0 rows" may wait for reserved units
 
 
-RUN_ALONE = -1  # decision: the member runs its own statement after the group (MySQL answers it)
-PLAIN = -2  # decision for a member of a group of one in auto mode: run your own statement
-MISMATCH = -3  # TARGET_AFFECT_ROW(n) differs from the member's rows: it fails, changes nothing
+RUN_ALONE: Final = -1  # decision: the member runs its own statement after the group (MySQL answers it)
+PLAIN: Final = -2  # decision for a member of a group of one in auto mode: run your own statement
+MISMATCH: Final = -3  # TARGET_AFFECT_ROW(n) differs from the member's rows: it fails, changes nothing
 
 
 def allocate(current: int | None, members: list[Member], floor: int | None,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from proxy.engines.escrow import Escrow
 from proxy.engines.hotalloc import HotStmt
@@ -23,11 +23,11 @@ from proxy.engines.hotkeys import KeyState
 # How many other decrements must be on a key (running, or gathering into a group) before one
 # merges: with less company than this it queues on the row lock in MySQL for less (measured on
 # 10 SKUs at 16 threads).
-AUTO_COMPANY = 2
+AUTO_COMPANY: Final = 2
 # Inside a transaction it was 4 until stop 41 (a merged member costs a reservation, a confirm row
 # and a resolution); since the group's first try and the carried confirm row, 2 against 4 on
 # 10 keys: 1.07x (UPDATE first 1.04x), on 20 keys 0.97-1.01x, on 1,000 1.01x (old against new).
-AUTO_TXN_COMPANY = 2
+AUTO_TXN_COMPANY: Final = 2
 # Inside a transaction the key must also have at least this share of the contended hot
 # decrements seen lately (`Shares`). Measured on the seed's transaction, 128 threads, since merged members are
 # answered on the fast lane (docs/benchmarks.md, stop 36), merged against as it is (mode off),
@@ -38,20 +38,20 @@ AUTO_TXN_COMPANY = 2
 # 6 s: 10 keys 1.13-1.15x (UPDATE first 1.09x), 20 keys 0.94x (1.03x), 40 keys 0.78x
 # (0.99x). So up to about 12 equally hot keys merge.
 # (Before stop 36: 1 key 2.2x, 2 keys 1.2x, 3 keys 1.0x, 10 keys 0.8x; the share was 0.4.)
-AUTO_TXN_SHARE = 0.08
+AUTO_TXN_SHARE: Final = 0.08
 # ... and a key whose last group committed lately (`merged_lately`) leaves the merged path only
 # below this share: the shares of ten equally hot keys (0.1 each) move by a few hundredths from
 # one quarter second to the next, and each dip under AUTO_TXN_SHARE sent a merged key's next
 # decrements to wait for its groups and run plain (stop 42).
-AUTO_TXN_SHARE_LEAVE = 0.06
+AUTO_TXN_SHARE_LEAVE: Final = 0.06
 # Inside a transaction, a key whose last group committed this recently stays merged while it has
 # company (`AutoChoice._little_company`).
-MERGED_LATELY_S = 0.1
+MERGED_LATELY_S: Final = 0.1
 # After a plain statement found a key sold out, its statements take the group's way this long.
-SOLD_OUT_MEMORY_S = 30.0
+SOLD_OUT_MEMORY_S: Final = 30.0
 # How long a decrement on a key that is one of many waits for the key's merged work to finish
 # before it runs as it is (hotrow.HotRowEngine._leaves_merge); past that it merges.
-LEAVE_MERGE_S = 0.25
+LEAVE_MERGE_S: Final = 0.25
 
 
 @dataclass

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from proxy.core import metrics as M
 from proxy.core.errors import (
@@ -33,8 +33,8 @@ from proxy.net import protocol as P
 if TYPE_CHECKING:
     from proxy.engines.ports import HotRowMember
 
-INFO_HIT = b"Rows matched: 1  Changed: 1  Warnings: 0"
-INFO_MISS = b"Rows matched: 0  Changed: 0  Warnings: 0"
+INFO_HIT: Final = b"Rows matched: 1  Changed: 1  Warnings: 0"
+INFO_MISS: Final = b"Rows matched: 0  Changed: 0  Warnings: 0"
 
 
 class Answers:

@@ -19,7 +19,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from mypy_extensions import mypyc_attr
 from pymysql.converters import escape_string
@@ -64,7 +64,7 @@ log = logging.getLogger("seckill.hotrow")
 
 # `KeyState.left` after a batch that found no row or NULL: no first try (it could not hold)
 # until a batch reads a value again
-NO_ROOM = -(1 << 64)
+NO_ROOM: Final = -(1 << 64)
 _NO_PRIVILEGE = frozenset({1142, 1143, 1044})  # table, column, database access denied
 _TRANSIENT = frozenset({1317, 1205, 1213, 1969, 3024})
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from proxy.core import metrics as M
 from proxy.core.config import HOTROW_MODES, HotRowCfg
@@ -40,29 +40,29 @@ if TYPE_CHECKING:
     from proxy.backends.backend import BackendConn
     from proxy.engines.ports import HotRowMember
 
-MAX_KEYS = 100_000  # hot keys tracked at once (key values come from clients)
+MAX_KEYS: Final = 100_000  # hot keys tracked at once (key values come from clients)
 # While the engine is quiet (`Picker.glance`), auto decides one hot decrement in this many
 # and sends the others as they are, unexamined. The engine is loud (every decrement is
 # decided) for a window (LOUD_WINDOW_S) after one in which more than LOUD_SHARE of the decided
 # decrements found their key crowded (merged, queued, or waiting for merged work). Measured
 # in autocommit at 128 threads, every one decided: 0.03-0.14% merged on 1,000 keys, 80-87% on
 # 20 keys (docs/benchmarks.md, stop 39).
-GLANCE_EVERY = 8
-LOUD_SHARE = 0.01
-LOUD_WINDOW_S = 0.25
+GLANCE_EVERY: Final = 8
+LOUD_SHARE: Final = 0.01
+LOUD_WINDOW_S: Final = 0.25
 
 KeyId = tuple[str, str, int | str]
 # In a transaction's `txn_hot`: it ran a decrement glanced (`Picker.glance`), of a key not read
 GLANCED: KeyId = ("", "", "")
 
 # The ways a hot decrement goes (`Way.kind`).
-AS_IS = 0  # the engine leaves it alone: no rule, mode off, a rule that does not hold, ...
-UNCHECKED = 1  # the rule not checked against the schema yet: checked (I/O), then decided again
-PLAIN = 2  # auto, little company on the key: as it is, counted on the key (`take_plain`)
-LEAVING = 3  # auto, in a transaction, a key one of many with merged work under way: wait for
+AS_IS: Final = 0  # the engine leaves it alone: no rule, mode off, a rule that does not hold, ...
+UNCHECKED: Final = 1  # the rule not checked against the schema yet: checked (I/O), then decided again
+PLAIN: Final = 2  # auto, little company on the key: as it is, counted on the key (`take_plain`)
+LEAVING: Final = 3  # auto, in a transaction, a key one of many with merged work under way: wait for
 #              that work, then decide again without this way (hotrow.HotRowEngine._leaves_merge)
-QUEUE = 4  # queued per key (hotqueue.py), on the session's own connection
-MERGE = 5  # merged into the key's group (hotmerge.py)
+QUEUE: Final = 4  # queued per key (hotqueue.py), on the session's own connection
+MERGE: Final = 5  # merged into the key's group (hotmerge.py)
 
 
 class Way:

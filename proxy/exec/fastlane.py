@@ -19,7 +19,7 @@ import logging
 import struct
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from proxy.backends import confirms
 from proxy.backends.backend import BackendConn
@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("seckill.fastlane")
 
-_FLUSH_AT = 256 * 1024
+_FLUSH_AT: Final = 256 * 1024
 _unpack_id = struct.Struct("<I").unpack_from
 _pack_id = struct.Struct("<I").pack
 

@@ -9,62 +9,63 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import Final
 
 # Commands
-COM_QUIT = 0x01
-COM_INIT_DB = 0x02
-COM_QUERY = 0x03
-COM_FIELD_LIST = 0x04
-COM_STATISTICS = 0x09
-COM_PROCESS_KILL = 0x0C
-COM_PING = 0x0E
-COM_CHANGE_USER = 0x11
-COM_STMT_PREPARE = 0x16
-COM_STMT_EXECUTE = 0x17
-COM_STMT_SEND_LONG_DATA = 0x18
-COM_STMT_CLOSE = 0x19
-COM_STMT_RESET = 0x1A
-COM_SET_OPTION = 0x1B
-COM_STMT_FETCH = 0x1C
-COM_STMT_BULK_EXECUTE = 0xFA  # MariaDB: one prepared statement, many rows of parameters
+COM_QUIT: Final = 0x01
+COM_INIT_DB: Final = 0x02
+COM_QUERY: Final = 0x03
+COM_FIELD_LIST: Final = 0x04
+COM_STATISTICS: Final = 0x09
+COM_PROCESS_KILL: Final = 0x0C
+COM_PING: Final = 0x0E
+COM_CHANGE_USER: Final = 0x11
+COM_STMT_PREPARE: Final = 0x16
+COM_STMT_EXECUTE: Final = 0x17
+COM_STMT_SEND_LONG_DATA: Final = 0x18
+COM_STMT_CLOSE: Final = 0x19
+COM_STMT_RESET: Final = 0x1A
+COM_SET_OPTION: Final = 0x1B
+COM_STMT_FETCH: Final = 0x1C
+COM_STMT_BULK_EXECUTE: Final = 0xFA  # MariaDB: one prepared statement, many rows of parameters
 STMT_COMMANDS = frozenset({COM_STMT_PREPARE, COM_STMT_EXECUTE, COM_STMT_SEND_LONG_DATA,
                            COM_STMT_CLOSE, COM_STMT_RESET, COM_STMT_FETCH, COM_STMT_BULK_EXECUTE})
-BULK_SEND_TYPES = 128  # its flag: parameter types precede the rows
-STMT_LAST_PREPARED = 0xFFFFFFFF  # MariaDB: a statement id meaning "the last one prepared"
-COM_RESET_CONNECTION = 0x1F
+BULK_SEND_TYPES: Final = 128  # its flag: parameter types precede the rows
+STMT_LAST_PREPARED: Final = 0xFFFFFFFF  # MariaDB: a statement id meaning "the last one prepared"
+COM_RESET_CONNECTION: Final = 0x1F
 
 # Server status flags
-SERVER_STATUS_IN_TRANS = 0x0001
-SERVER_STATUS_AUTOCOMMIT = 0x0002
-SERVER_MORE_RESULTS_EXISTS = 0x0008
-SERVER_STATUS_CURSOR_EXISTS = 0x0040
-CURSOR_TYPE_READ_ONLY = 0x01  # COM_STMT_EXECUTE flags: open a cursor
-SERVER_STATUS_NO_BACKSLASH_ESCAPES = 0x0200
-SERVER_STATUS_IN_TRANS_READONLY = 0x2000
-SERVER_SESSION_STATE_CHANGED = 0x4000
+SERVER_STATUS_IN_TRANS: Final = 0x0001
+SERVER_STATUS_AUTOCOMMIT: Final = 0x0002
+SERVER_MORE_RESULTS_EXISTS: Final = 0x0008
+SERVER_STATUS_CURSOR_EXISTS: Final = 0x0040
+CURSOR_TYPE_READ_ONLY: Final = 0x01  # COM_STMT_EXECUTE flags: open a cursor
+SERVER_STATUS_NO_BACKSLASH_ESCAPES: Final = 0x0200
+SERVER_STATUS_IN_TRANS_READONLY: Final = 0x2000
+SERVER_SESSION_STATE_CHANGED: Final = 0x4000
 
 # Capability flags (the ones the proxy reasons about)
-CLIENT_MYSQL = 1  # CLIENT_LONG_PASSWORD; a MariaDB server clears it to announce extended caps
-CLIENT_FOUND_ROWS = 1 << 1
-CLIENT_COMPRESS = 1 << 5
-CLIENT_LOCAL_FILES = 1 << 7
-CLIENT_INTERACTIVE = 1 << 10
-CLIENT_MULTI_STATEMENTS = 1 << 16
-CLIENT_MULTI_RESULTS = 1 << 17
-CLIENT_PS_MULTI_RESULTS = 1 << 18
-CLIENT_SESSION_TRACK = 1 << 23
-CLIENT_DEPRECATE_EOF = 1 << 24
+CLIENT_MYSQL: Final = 1  # CLIENT_LONG_PASSWORD; a MariaDB server clears it to announce extended caps
+CLIENT_FOUND_ROWS: Final = 1 << 1
+CLIENT_COMPRESS: Final = 1 << 5
+CLIENT_LOCAL_FILES: Final = 1 << 7
+CLIENT_INTERACTIVE: Final = 1 << 10
+CLIENT_MULTI_STATEMENTS: Final = 1 << 16
+CLIENT_MULTI_RESULTS: Final = 1 << 17
+CLIENT_PS_MULTI_RESULTS: Final = 1 << 18
+CLIENT_SESSION_TRACK: Final = 1 << 23
+CLIENT_DEPRECATE_EOF: Final = 1 << 24
 # MariaDB's extended capabilities (bits 32-63, sent in the handshakes' reserved bytes)
-MARIADB_CLIENT_STMT_BULK_OPERATIONS = 1 << 34
-MARIADB_CLIENT_EXTENDED_METADATA = 1 << 35
+MARIADB_CLIENT_STMT_BULK_OPERATIONS: Final = 1 << 34
+MARIADB_CLIENT_EXTENDED_METADATA: Final = 1 << 35
 
 # Session state tracker types
-TRACK_SYSTEM_VARIABLES = 0
-TRACK_SCHEMA = 1
-TRACK_STATE_CHANGE = 2
-TRACK_GTIDS = 3
+TRACK_SYSTEM_VARIABLES: Final = 0
+TRACK_SCHEMA: Final = 1
+TRACK_STATE_CHANGE: Final = 2
+TRACK_GTIDS: Final = 3
 
-MAX_PACKET = 0xFFFFFF
+MAX_PACKET: Final = 0xFFFFFF
 
 
 def lenenc_int(buf: bytes | bytearray | memoryview, pos: int) -> tuple[int, int]:

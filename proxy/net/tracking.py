@@ -17,11 +17,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Final
 
 from proxy.net import protocol as P
 
 # MariaDB 10.11's defaults (used until the primary's globals are read at start)
-DEFAULT_SYSVARS = "autocommit,character_set_client,character_set_connection,character_set_results,time_zone"
+DEFAULT_SYSVARS: Final = "autocommit,character_set_client,character_set_connection,character_set_results,time_zone"
 VARS = ("session_track_schema", "session_track_state_change", "session_track_system_variables")
 
 

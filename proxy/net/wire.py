@@ -13,15 +13,15 @@ import asyncio
 import logging
 import ssl
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from proxy.net.compress import Compression, CompressionError
 from proxy.net.tls import TLSTransport
 
 log = logging.getLogger("seckill.wire")
 
-_READ_HIGH = 1 << 20  # stop reading a socket whose unread bytes exceed this
-_READ_LOW = 1 << 18
+_READ_HIGH: Final = 1 << 20  # stop reading a socket whose unread bytes exceed this
+_READ_LOW: Final = 1 << 18
 
 
 class PacketIO(asyncio.Protocol):

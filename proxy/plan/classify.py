@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
-from typing import Any
+from typing import Any, Final
 
 from proxy.core.errors import PinReason
 from proxy.plan.builtins import BUILTIN
@@ -353,6 +353,6 @@ def classify(sql: str) -> Shape:
     return shape
 
 
-TEXT_CACHE_MAX_TEXT = 64
-TEXT_CACHE_SIZE = 4096
+TEXT_CACHE_MAX_TEXT: Final = 64
+TEXT_CACHE_SIZE: Final = 4096
 _BY_TEXT: dict[str, Shape] = {}

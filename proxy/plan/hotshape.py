@@ -12,10 +12,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Final
 
-_STR = r"'(?:[^'\\]|\\.|'')*'|\"(?:[^\"\\]|\\.|\"\")*\""
+_STR: Final = r"'(?:[^'\\]|\\.|'')*'|\"(?:[^\"\\]|\\.|\"\")*\""
 
-_IDENT = r"(?:`(?:[^`]|``)+`|[A-Za-z_$][\w$]*)"
+_IDENT: Final = r"(?:`(?:[^`]|``)+`|[A-Za-z_$][\w$]*)"
 _HOT_UPDATE = re.compile(
     rf"^UPDATE\s+(?:/\*\+.*?\*/\s*)?(?P<tbl>{_IDENT}(?:\s*\.\s*{_IDENT})?)\s+SET\s+"
     rf"(?P<c1>{_IDENT})\s*=\s*(?P<c2>{_IDENT})\s*-\s*(?P<amt>\?)\s+WHERE\s+(?P<where>.+)$",
@@ -194,7 +195,7 @@ class Param:
 
 
 # Caches are keyed by client text: bounded in entries and, by skipping long texts, in bytes.
-CACHE_MAX_TEXT = 4096
+CACHE_MAX_TEXT: Final = 4096
 
 
 def value_template(sql: str) -> tuple[object, ...]:
