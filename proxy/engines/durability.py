@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from proxy.core import gtid as G
 from proxy.core import metrics as M
+from proxy.core.configmodel import DurabilityCfg
 from proxy.core.errors import BackendError, BackendLost, ProxyError
 from proxy.engines.monitor import durable_problems
 
@@ -37,7 +38,7 @@ class Durability:
         self._last_warn = 0.0
 
     @property
-    def cfg(self):  # type: ignore[no-untyped-def]
+    def cfg(self) -> DurabilityCfg:
         return self.app.cfg.durability
 
     def check_write(self) -> None:
