@@ -21,7 +21,7 @@ HOT = ("exec/fastlane", "exec/account", "backends/lease", "backends/backend", "b
        "core/gtid", "engines/hotalloc", "engines/hotkeys", "engines/hotauto", "engines/hotpick",
        "exec/lanemerge", "exec/lazybegin", "engines/hotmember", "backends/results",
        "exec/laneconfirm", "net/tracking", "session/hold", "session/session", "exec/answers",
-       "engines/hotmerge", "backends/confirms", "engines/durability")
+       "engines/hotmerge", "backends/confirms", "engines/durability", "engines/escrow")
 
 _HERE = Path(__file__).resolve().parent
 

@@ -115,11 +115,11 @@ def test_an_extension_of_a_module_taken_off_the_list_counts_as_stale(tmp_path: P
     next build removes it (setup.py)."""
     hot = compiled.HOT[0]
     for rel in (*(f"{m}.py" for m in compiled.HOT), f"{hot}.cpython-311-x86_64-linux-gnu.so",
-                "engines/escrow.py", "engines/escrow.cpython-311-x86_64-linux-gnu.so"):
+                "engines/hotrow.py", "engines/hotrow.cpython-311-x86_64-linux-gnu.so"):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text("")
     compiled.record(tmp_path)
-    assert compiled.stale(tmp_path) == ["engines/escrow.cpython-311-x86_64-linux-gnu.so"]
+    assert compiled.stale(tmp_path) == ["engines/hotrow.cpython-311-x86_64-linux-gnu.so"]
     compiled.remove_unlisted(tmp_path)
     assert compiled.stale(tmp_path) == []
     assert (tmp_path / f"{hot}.cpython-311-x86_64-linux-gnu.so").exists()

@@ -32,8 +32,10 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from mypy_extensions import mypyc_attr
 from pymysql.converters import escape_string
 
+from proxy.core.aio import after
 from proxy.core.errors import BackendError, BackendLost, ProxyError
 
 log = logging.getLogger("seckill.escrow")
@@ -97,6 +99,7 @@ def by_key(rs: list[Reservation]) -> list[list[Reservation]]:
     return list(out.values())
 
 
+@mypyc_attr(native_class=False)  # an ordinary class: hotmerge.SchemaMoved extends it
 class Unverified(Exception):
     """A service transaction's statement did not do what was checked for (affected rows, rows
     left): it is rolled back, never committed, and retried from what the database holds."""
@@ -295,7 +298,7 @@ class Escrow:
         of = {(r.batch_id, r.member): r for r in rs}
         c = await self.connect(rs[0].user)
         broken = True
-        try:
+        async with after(lambda: self.release(c, broken)):  # (broken: as the block left it)
             rows, _ = await c.query(
                 "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION; "
                 f"SELECT batch_id, member FROM `{self.schema}`.`{CONFIRM}` "
@@ -346,8 +349,6 @@ class Escrow:
                 log.info("escrow: %d units returned to %s %s (buyers rolled back)", n,
                          r.table, r.key_sql)
             return len(confirmed), sum(n for _, n in back.values())
-        finally:
-            await self.release(c, broken)
 
     async def orphans(self, user: str) -> list[tuple[int, int, str, str, int]]:
         """Reservations left by a crashed proxy or made on a former primary: older than
@@ -355,15 +356,13 @@ class Escrow:
         (batch id, member, table, key literal, amount)."""
         c = await self.connect(user)
         broken = True
-        try:
+        async with after(lambda: self.release(c, broken)):
             rows, _ = await c.query(
                 "SELECT batch_id, member, table_name, key_value, amount FROM "
                 f"`{self.schema}`.`{RESERVATION}` WHERE created_at < NOW(6) - INTERVAL "
                 f"{self.recover_after_s} SECOND AND (server_id <> @@server_id OR conn_id NOT IN "
                 "(SELECT ID FROM information_schema.PROCESSLIST)) LIMIT 1000")
             broken = False
-        finally:
-            await self.release(c, broken)
         mine = {(r.batch_id, r.member)
                 for rs in (*self.pending.values(), *self.later.values()) for r in rs}
         out = []
