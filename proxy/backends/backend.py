@@ -38,12 +38,12 @@ _TRACK_MYSQL: Final = (
     "SET SESSION session_track_system_variables='*', session_track_schema=ON, "
     "session_track_state_change=ON, session_track_gtids=OWN_GTID"
 )
-BACKEND_FLAGS = (P.CLIENT_SESSION_TRACK | P.CLIENT_PS_MULTI_RESULTS | P.CLIENT_MULTI_RESULTS
+BACKEND_FLAGS: Final = (P.CLIENT_SESSION_TRACK | P.CLIENT_PS_MULTI_RESULTS | P.CLIENT_MULTI_RESULTS
                  | P.CLIENT_LOCAL_FILES)
 STMT_CACHE: Final = 64  # per connection: x 200 pooled, well under max_prepared_stmt_count (16382)
 ER_MAX_PREPARED_STMT_COUNT: Final = 1461
 # its ERR packet's first bytes: how a relayed COM_STMT_PREPARE's refusal is recognised
-STMT_LIMIT_ERR = b"\xff" + ER_MAX_PREPARED_STMT_COUNT.to_bytes(2, "little")
+STMT_LIMIT_ERR: Final = b"\xff" + ER_MAX_PREPARED_STMT_COUNT.to_bytes(2, "little")
 _READ_CHUNK: Final = 256 * 1024
 _FLUSH_AT: Final = 256 * 1024
 

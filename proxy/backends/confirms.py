@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from proxy.core.errors import BackendError, BackendLost, CloseReason, CutShort
 from proxy.net import protocol as P
@@ -39,11 +39,11 @@ BackendConn = Any
 
 log = logging.getLogger("seckill.escrow")
 
-_PLAIN_COMMIT = re.compile(rb"\s*COMMIT(?:\s+WORK)?\s*;?\s*", re.I)
-_PLAIN_ROLLBACK = re.compile(rb"\s*ROLLBACK(?:\s+WORK)?\s*;?\s*", re.I)
-_ENDS_WITHOUT_COMMIT = frozenset({P.COM_RESET_CONNECTION, P.COM_CHANGE_USER, P.COM_QUIT})
+_PLAIN_COMMIT: Final = re.compile(rb"\s*COMMIT(?:\s+WORK)?\s*;?\s*", re.I)
+_PLAIN_ROLLBACK: Final = re.compile(rb"\s*ROLLBACK(?:\s+WORK)?\s*;?\s*", re.I)
+_ENDS_WITHOUT_COMMIT: Final = frozenset({P.COM_RESET_CONNECTION, P.COM_CHANGE_USER, P.COM_QUIT})
 DEADLOCK = (1213, "40001", "Deadlock found when trying to get lock; try restarting transaction")
-DEADLOCK_ERR = P.make_err(*DEADLOCK)
+DEADLOCK_ERR: Final = P.make_err(*DEADLOCK)
 
 
 def plain_commit(payload: bytes) -> bool:
@@ -113,8 +113,8 @@ async def failed(c: BackendConn, err: bytes, ping: bool = False) -> bytes:
 # makes MariaDB (10.11) stop without a reply (backend.BackendConn.query_each). The ping's reply
 # in a confirm row's place (no "more results" flag) or in the COMMIT's (sequence id 1) says the
 # COMMIT never ran: the order is rolled back, 1213, as after a failed confirm row.
-PING = b"\x01\x00\x00\x00" + bytes((P.COM_PING,))
-CUT_SHORT_ERR = CutShort().raw  # (1317, as the KILL would have the statements fail)
+PING: Final = b"\x01\x00\x00\x00" + bytes((P.COM_PING,))
+CUT_SHORT_ERR: Final = CutShort().raw  # (1317, as the KILL would have the statements fail)
 
 
 def cut_short(ok: bytes) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Final
 
 from proxy.net import protocol as P
 
@@ -83,7 +84,7 @@ class ConnState:
         self.status = status
 
 
-_MAX_PACKET = P.MAX_PACKET  # a global, not a module attribute, in the scanner's loop
+_MAX_PACKET: Final = P.MAX_PACKET  # a global, not a module attribute, in the scanner's loop
 
 
 class ReplyScanner:

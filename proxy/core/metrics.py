@@ -34,11 +34,11 @@ disable_created_metrics()
 
 P: Final = "seckill_proxy_"
 # set by the supervisor for its workers (workers.py), before prometheus-client is imported
-MULTIPROC_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+MULTIPROC_DIR: Final = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 # how workers' values of a gauge combine
 SUM: Literal["livesum"] = "livesum"
 RECENT: Literal["livemostrecent"] = "livemostrecent"
-_LAT = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+_LAT: Final = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
 # Resolved label children of counters incremented on every statement: `labels()` takes a lock
 # and a lookup each call. Bounded like the label values themselves.
@@ -54,34 +54,34 @@ def child(metric: Any, *labels: str) -> Any:
     return ch
 
 
-BUILD = Gauge(P + "build_info", "Build information of the running proxy", ["version"],
+BUILD: Final = Gauge(P + "build_info", "Build information of the running proxy", ["version"],
               multiprocess_mode="livemax")
-CONFIG_RELOADS = Counter(P + "config_reloads_total", "Config reloads by outcome", ["outcome"])
+CONFIG_RELOADS: Final = Counter(P + "config_reloads_total", "Config reloads by outcome", ["outcome"])
 
-CLIENT_CONNECTIONS = Gauge(P + "client_connections", "Client connections currently open",
+CLIENT_CONNECTIONS: Final = Gauge(P + "client_connections", "Client connections currently open",
                            multiprocess_mode=SUM)
-CLIENT_ACCEPTED = Counter(P + "client_connections_accepted_total", "Client connections accepted")
-CLIENT_REJECTED = Counter(
+CLIENT_ACCEPTED: Final = Counter(P + "client_connections_accepted_total", "Client connections accepted")
+CLIENT_REJECTED: Final = Counter(
     P + "client_connections_rejected_total", "Client connections rejected, by reason", ["reason"]
 )
-DEFERRED_BEGINS = Counter(
+DEFERRED_BEGINS: Final = Counter(
     P + "deferred_begins_total",
     "Plain BEGINs answered by the proxy and sent with the transaction's first statement",
 )
-SHA2_LOGINS = Counter(
+SHA2_LOGINS: Final = Counter(
     P + "caching_sha2_logins_total",
     "caching_sha2_password logins by path (fast, full_tls, full_rsa) and outcome (ok, denied)",
     ["path", "outcome"],
 )
-LOGIN_FAILURES = Counter(
+LOGIN_FAILURES: Final = Counter(
     P + "login_failures_total", "Failed logins, by port (client, admin)", ["port"]
 )
-LOGIN_BLOCKS = Counter(
+LOGIN_BLOCKS: Final = Counter(
     P + "login_blocks_total",
     "Users or client addresses blocked after too many failed logins, by port and kind",
     ["port", "kind"],
 )
-CLIENT_DISCONNECTS = Counter(
+CLIENT_DISCONNECTS: Final = Counter(
     P + "client_disconnects_total", "Client disconnects, by reason", ["reason"]
 )
 
@@ -92,27 +92,27 @@ FASTLANE_HELP: Final = "Statements (of statements_total) run by the fast lane, w
 STATEMENT_LATENCY_NAME: Final = P + "statement_duration_seconds"
 STATEMENT_LATENCY_HELP: Final = "Statement latency seen by the proxy, by route"
 
-POOL_IN_USE = Gauge(P + "backend_pool_in_use", "Backend connections lent out", ["backend"],
+POOL_IN_USE: Final = Gauge(P + "backend_pool_in_use", "Backend connections lent out", ["backend"],
                     multiprocess_mode=SUM)
-POOL_IDLE = Gauge(P + "backend_pool_idle", "Idle backend connections", ["backend"],
+POOL_IDLE: Final = Gauge(P + "backend_pool_idle", "Idle backend connections", ["backend"],
                   multiprocess_mode=SUM)
-POOL_WAIT = Histogram(
+POOL_WAIT: Final = Histogram(
     P + "backend_pool_wait_seconds", "Time to get a backend connection", ["backend"], buckets=_LAT
 )
-POOL_EXHAUSTED = Counter(
+POOL_EXHAUSTED: Final = Counter(
     P + "backend_pool_exhausted_total", "Acquires that timed out on a full pool", ["backend"]
 )
-BACKEND_CONNECTS = Counter(
+BACKEND_CONNECTS: Final = Counter(
     P + "backend_connects_total", "Backend connections opened", ["backend"]
 )
-BACKEND_CONNECT_ERRORS = Counter(
+BACKEND_CONNECT_ERRORS: Final = Counter(
     P + "backend_connect_errors_total", "Failed backend connection attempts", ["backend"]
 )
-BACKEND_RESETS = Counter(
+BACKEND_RESETS: Final = Counter(
     P + "backend_resets_total", "Backend connections reset before reuse, by reason",
     ["backend", "reason"]
 )
-BACKEND_DISCONNECTS = Counter(
+BACKEND_DISCONNECTS: Final = Counter(
     P + "backend_disconnects_total", "Backend connections closed, by reason", ["backend", "reason"]
 )
 
@@ -195,89 +195,89 @@ class LabelCounter(Collector):
         yield c
 
 
-LEASE_TRANSITIONS = LabelCounter(
+LEASE_TRANSITIONS: Final = LabelCounter(
     P + "lease_transitions_total", "Changes of sessions' hold on backend connections (lease.py)",
     ["to", "reason"],
 )
-BACKEND_UP = Gauge(P + "backend_up", "1 if the backend answered its last check", ["backend", "role"],
+BACKEND_UP: Final = Gauge(P + "backend_up", "1 if the backend answered its last check", ["backend", "role"],
                    multiprocess_mode=RECENT)
-REPLICA_LAG = Gauge(P + "replica_lag_seconds", "Seconds_Behind_Master of each replica", ["backend"],
+REPLICA_LAG: Final = Gauge(P + "replica_lag_seconds", "Seconds_Behind_Master of each replica", ["backend"],
                     multiprocess_mode=RECENT)
-BACKEND_GTID_SEQ = Gauge(
+BACKEND_GTID_SEQ: Final = Gauge(
     P + "backend_gtid_sequence", "Highest GTID sequence number per replication domain",
     ["backend", "domain"], multiprocess_mode="livemax",
 )
-PRIMARY_SETTING = Gauge(
+PRIMARY_SETTING: Final = Gauge(
     P + "primary_durability_setting", "Durability-relevant settings of the primary", ["setting"],
     multiprocess_mode=RECENT,
 )
-PRIMARY_DURABLE = Gauge(
+PRIMARY_DURABLE: Final = Gauge(
     P + "primary_durable",
     "1 if innodb_flush_log_at_trx_commit=1, sync_binlog=1 and the binlog is on, else 0",
     multiprocess_mode=RECENT,
 )
 
-READS = LabelCounter(
+READS: Final = LabelCounter(
     P + "reads_total",
     "Replica-eligible reads by consistency level and outcome (replica, replica_waited, "
     "primary_fallback)", ["consistency", "outcome"],
 )
 
-DURABILITY_REFUSED = Counter(
+DURABILITY_REFUSED: Final = Counter(
     P + "durability_refused_writes_total", "Writes refused because the primary is not durable (strict)"
 )
-DURABILITY_UNSAFE_WRITES = Counter(
+DURABILITY_UNSAFE_WRITES: Final = Counter(
     P + "durability_unsafe_writes_total", "Writes sent to a primary that is not durable (warn)"
 )
-ACKS = Counter(
+ACKS: Final = Counter(
     P + "replica_acks_total", "Write acknowledgements under ack: replica, by outcome "
     "(replica, degraded, error)", ["outcome"],
 )
-ACK_WAIT = Histogram(
+ACK_WAIT: Final = Histogram(
     P + "replica_ack_wait_seconds", "Time a write's OK was held for replica confirmation",
     buckets=_LAT,
 )
-COMMIT_IN_DOUBT = Counter(
+COMMIT_IN_DOUBT: Final = Counter(
     P + "commit_in_doubt_total", "Tracked COMMITs interrupted by a lost connection, by resolution",
     ["resolution"],
 )
-SPLIT_BRAIN = Gauge(P + "split_brain", "1 while more than one backend is writable (writes stopped)",
+SPLIT_BRAIN: Final = Gauge(P + "split_brain", "1 while more than one backend is writable (writes stopped)",
                     multiprocess_mode=RECENT)
-FAILOVERS = Counter(P + "failovers_total", "Times writes moved to a newly promoted primary")
-PRIMARY_SEMI_SYNC = Gauge(
+FAILOVERS: Final = Counter(P + "failovers_total", "Times writes moved to a newly promoted primary")
+PRIMARY_SEMI_SYNC: Final = Gauge(
     P + "primary_semi_sync", "Semi-synchronous replication on the primary", ["state"],
     multiprocess_mode=RECENT,
 )
 
-HOTROW_STATEMENTS = LabelCounter(
+HOTROW_STATEMENTS: Final = LabelCounter(
     P + "hotrow_statements_total", "Hot-row statements by mode and outcome", ["mode", "outcome"]
 )
 HOTROW_STATEMENTS.counts.update({("merge", "succeeded"): 0, ("merge", "sold_out"): 0})
-HOTROW_BATCH_SIZE = Histogram(
+HOTROW_BATCH_SIZE: Final = Histogram(
     P + "hotrow_batch_size", "Members per merged batch",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
 )
-HOTROW_BATCH_COMMIT = Histogram(
+HOTROW_BATCH_COMMIT: Final = Histogram(
     P + "hotrow_batch_commit_seconds", "Merged batch transaction latency (lock to COMMIT OK)",
     buckets=_LAT,
 )
-HOTROW_FIRST_TRY = LabelCounter(
+HOTROW_FIRST_TRY: Final = LabelCounter(
     P + "hotrow_batch_first_try_total",
     "Merged batches tried in one round trip, by outcome (held, or redone read-then-write)",
     ["outcome"],
 )
-HOTROW_QUEUE_DEPTH = Gauge(P + "hotrow_queue_depth", "Statements waiting in hot-row queues",
+HOTROW_QUEUE_DEPTH: Final = Gauge(P + "hotrow_queue_depth", "Statements waiting in hot-row queues",
                            multiprocess_mode=SUM)
-HOTROW_QUEUE_WAIT = Histogram(
+HOTROW_QUEUE_WAIT: Final = Histogram(
     P + "hotrow_queue_wait_seconds", "Time waiting for a hot-row queue slot", buckets=_LAT
 )
-HOTROW_IN_DOUBT = Counter(
+HOTROW_IN_DOUBT: Final = Counter(
     P + "hotrow_batch_in_doubt_total", "Batches whose COMMIT was interrupted, by resolution",
     ["resolution"],
 )
 
 
-_VERBS = frozenset({"select", "insert", "update", "delete", "replace", "begin", "start", "commit",
+_VERBS: Final = frozenset({"select", "insert", "update", "delete", "replace", "begin", "start", "commit",
                     "rollback", "set", "use", "show", "call", "create", "drop", "alter"})
 
 
@@ -345,7 +345,7 @@ class _StatementStats(Collector):
         yield CounterMetricFamily(FASTLANE_NAME, FASTLANE_HELP, value=self.lane)
 
 
-STATEMENT_STATS = _StatementStats()
+STATEMENT_STATS: Final = _StatementStats()
 REGISTRY.register(STATEMENT_STATS)
 
 

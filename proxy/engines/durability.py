@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from proxy.core import gtid as G
 from proxy.core import metrics as M
@@ -28,8 +28,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("seckill.durability")
 
-ER_SECKILL_ACK_TIMEOUT = (9101, "HY000")
-ER_SECKILL_NOT_DURABLE = (1290, "HY000")  # ER_OPTION_PREVENTS_STATEMENT
+ER_SECKILL_ACK_TIMEOUT: Final = (9101, "HY000")
+ER_SECKILL_NOT_DURABLE: Final = (1290, "HY000")  # ER_OPTION_PREVENTS_STATEMENT
 
 
 class Durability:

@@ -30,7 +30,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from mypy_extensions import mypyc_attr
 from pymysql.converters import escape_string
@@ -40,8 +40,8 @@ from proxy.core.errors import BackendError, BackendLost, ProxyError
 
 log = logging.getLogger("seckill.escrow")
 
-RESERVATION = "hotrow_reservation"
-CONFIRM = "hotrow_confirm"
+RESERVATION: Final = "hotrow_reservation"
+CONFIRM: Final = "hotrow_confirm"
 
 
 def ddl(schema: str) -> list[str]:
@@ -88,8 +88,8 @@ Connect = Callable[[str], Awaitable[Any]]  # user -> a service BackendConn on th
 Release = Callable[[Any, bool], Awaitable[None]]  # (conn, broken) -> back to its pool
 
 
-_RETURNED = "stock returned"  # the one statement allowed 0 rows: when the stock row is gone
-MAX_RESOLVE = 500  # reservations resolved in one transaction
+_RETURNED: Final = "stock returned"  # the one statement allowed 0 rows: when the stock row is gone
+MAX_RESOLVE: Final = 500  # reservations resolved in one transaction
 
 
 def by_key(rs: list[Reservation]) -> list[list[Reservation]]:

@@ -209,7 +209,7 @@ def all_hit_bound(members: list[Member], floor: int | None) -> tuple[int, int] |
     return need, prefix
 
 
-INT_FLOORS = {"tinyint": -(1 << 7), "smallint": -(1 << 15), "mediumint": -(1 << 23),
+INT_FLOORS: Final = {"tinyint": -(1 << 7), "smallint": -(1 << 15), "mediumint": -(1 << 23),
               "int": -(1 << 31), "bigint": -(1 << 63)}
 
 
@@ -220,7 +220,7 @@ def column_floor(data_type: str, column_type: str) -> int | None:
     return INT_FLOORS.get(data_type.lower())
 
 
-_INT_TEXT = re.compile(r"-?(?:0|[1-9][0-9]{0,14})")
+_INT_TEXT: Final = re.compile(r"-?(?:0|[1-9][0-9]{0,14})")
 
 
 def normal_key(key: int | str, kind: str, ci: bool) -> int | str | None:
@@ -246,7 +246,7 @@ def normal_key(key: int | str, kind: str, ci: bool) -> int | str | None:
 # IGNORE_SPACE, HIGH_NOT_PRECEDENCE, ORACLE, ...) changes how the statement parses or computes:
 # such a session takes the normal path. Range errors, clipping and NO_BACKSLASH_ESCAPES are
 # handled per member (allocate, bind).
-MERGE_SQL_MODES = frozenset({
+MERGE_SQL_MODES: Final = frozenset({
     "STRICT_TRANS_TABLES", "STRICT_ALL_TABLES", "ERROR_FOR_DIVISION_BY_ZERO",
     "NO_AUTO_CREATE_USER", "NO_ENGINE_SUBSTITUTION", "NO_ZERO_DATE", "NO_ZERO_IN_DATE",
     "ONLY_FULL_GROUP_BY", "NO_AUTO_VALUE_ON_ZERO", "NO_DIR_IN_CREATE", "PAD_CHAR_TO_FULL_LENGTH",

@@ -65,8 +65,8 @@ log = logging.getLogger("seckill.hotrow")
 # `KeyState.left` after a batch that found no row or NULL: no first try (it could not hold)
 # until a batch reads a value again
 NO_ROOM: Final = -(1 << 64)
-_NO_PRIVILEGE = frozenset({1142, 1143, 1044})  # table, column, database access denied
-_TRANSIENT = frozenset({1317, 1205, 1213, 1969, 3024})
+_NO_PRIVILEGE: Final = frozenset({1142, 1143, 1044})  # table, column, database access denied
+_TRANSIENT: Final = frozenset({1317, 1205, 1213, 1969, 3024})
 
 
 class MergeHost(Protocol):

@@ -83,7 +83,7 @@ class Way:
         self.ticket: KeyState | None = None  # PLAIN on the fast lane: counted on its key
 
 
-_AS_IS = Way(AS_IS)
+_AS_IS: Final = Way(AS_IS)
 
 
 class Picker:

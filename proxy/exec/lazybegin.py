@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import struct
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from proxy.backends.lease import LeaseState
 from proxy.core import metrics as M
@@ -24,11 +24,11 @@ if TYPE_CHECKING:
 # A plain BEGIN's effect at BEGIN time is nothing InnoDB or a client can see: no snapshot, no
 # lock (those come with the first statement). WITH CONSISTENT SNAPSHOT, READ ONLY, READ WRITE
 # (refused on a read-only server) are not deferred.
-PLAIN_BEGIN = frozenset({"BEGIN", "BEGIN WORK", "START TRANSACTION"})
+PLAIN_BEGIN: Final = frozenset({"BEGIN", "BEGIN WORK", "START TRANSACTION"})
 # the status flags a plain BEGIN's OK keeps from the session's state; IN_TRANS is added.
 # IN_TRANS_READONLY: MariaDB leaves it set after a read-only transaction ended by
 # SET autocommit = 1, and its next BEGIN's OK still carries it (found by the generated test)
-_BEGIN_KEEPS = (P.SERVER_STATUS_AUTOCOMMIT | P.SERVER_STATUS_NO_BACKSLASH_ESCAPES
+_BEGIN_KEEPS: Final = (P.SERVER_STATUS_AUTOCOMMIT | P.SERVER_STATUS_NO_BACKSLASH_ESCAPES
                 | P.SERVER_STATUS_IN_TRANS_READONLY)
 
 

@@ -28,7 +28,7 @@ COM_STMT_RESET: Final = 0x1A
 COM_SET_OPTION: Final = 0x1B
 COM_STMT_FETCH: Final = 0x1C
 COM_STMT_BULK_EXECUTE: Final = 0xFA  # MariaDB: one prepared statement, many rows of parameters
-STMT_COMMANDS = frozenset({COM_STMT_PREPARE, COM_STMT_EXECUTE, COM_STMT_SEND_LONG_DATA,
+STMT_COMMANDS: Final = frozenset({COM_STMT_PREPARE, COM_STMT_EXECUTE, COM_STMT_SEND_LONG_DATA,
                            COM_STMT_CLOSE, COM_STMT_RESET, COM_STMT_FETCH, COM_STMT_BULK_EXECUTE})
 BULK_SEND_TYPES: Final = 128  # its flag: parameter types precede the rows
 STMT_LAST_PREPARED: Final = 0xFFFFFFFF  # MariaDB: a statement id meaning "the last one prepared"
@@ -82,8 +82,8 @@ def lenenc_int(buf: bytes | bytearray | memoryview, pos: int) -> tuple[int, int]
     raise ValueError(f"invalid length-encoded integer prefix 0x{b:02x}")
 
 
-_ONE_BYTE = [bytes((i,)) for i in range(0xFB)]  # made once: the common length-encoded ints
-_OK_SMALL = struct.Struct("<BBBHH")  # an OK whose two counts fit in a byte each, no strings
+_ONE_BYTE: Final = [bytes((i,)) for i in range(0xFB)]  # made once: the common length-encoded ints
+_OK_SMALL: Final = struct.Struct("<BBBHH")  # an OK whose two counts fit in a byte each, no strings
 
 
 def enc_lenenc_int(n: int) -> bytes:

@@ -23,7 +23,7 @@ from proxy.net import protocol as P
 
 # MariaDB 10.11's defaults (used until the primary's globals are read at start)
 DEFAULT_SYSVARS: Final = "autocommit,character_set_client,character_set_connection,character_set_results,time_zone"
-VARS = ("session_track_schema", "session_track_state_change", "session_track_system_variables")
+VARS: Final = ("session_track_schema", "session_track_state_change", "session_track_system_variables")
 
 
 def _on(v: str | None) -> bool:

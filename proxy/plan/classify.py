@@ -26,12 +26,12 @@ from proxy.plan.hotshape import (  # noqa: F401 - read through this module too
 )
 
 # Literal-aware tokenisation for digests: strings, quoted identifiers, numbers, comments.
-_TOKEN = re.compile(
+_TOKEN: Final = re.compile(
     rf"(?P<s>{_STR})|(?P<q>`(?:[^`]|``)*`)|(?P<c>/\*(?!\+).*?\*/|--[ \t][^\n]*|#[^\n]*)"
     r"|(?P<n>(?<![\w$.])(?:0x[0-9a-fA-F]+|\d+(?:\.\d*)?(?:[eE][+-]?\d+)?|\.\d+))",
     re.S,
 )
-_IN_LIST = re.compile(r"\(\s*\?(?:\s*,\s*\?)+\s*\)")
+_IN_LIST: Final = re.compile(r"\(\s*\?(?:\s*,\s*\?)+\s*\)")
 
 
 def _digest_sub(m: re.Match[str]) -> str:
@@ -48,7 +48,7 @@ def _digest_sub(m: re.Match[str]) -> str:
 # number form of `_TOKEN` match, each branch re-checking it behind), so the regex engine skips
 # every other position without trying a branch: half the time of the plain alternation
 # `_STR|(?<![\w$.])(?:0x..|\d+..|\.\d+)` it equals (tests/test_classify.py).
-_LITERAL = re.compile(
+_LITERAL: Final = re.compile(
     r"['\"\d.](?:(?<=')(?:[^'\\]|\\.|'')*'|(?<=\")(?:[^\"\\]|\\.|\"\")*\""
     r"|(?<![\w$.][\d.])(?:(?<=0)x[0-9a-fA-F]+|(?<=\d)\d*(?:\.\d*)?(?:[eE][+-]?\d+)?"
     r"|(?<=\.)\d+))", re.S)
@@ -56,7 +56,7 @@ _LITERAL = re.compile(
 
 # Executable comments: MySQL and MariaDB run what is inside `/*! ... */`, `/*!50000 ... */`
 # and `/*M!100100 ... */`, so for deciding a statement they are text, not comments.
-_EXECUTABLE = re.compile(r"/\*M?!\d{0,6}(.*?)\*/", re.S)
+_EXECUTABLE: Final = re.compile(r"/\*M?!\d{0,6}(.*?)\*/", re.S)
 
 
 def digest(sql: str) -> str:
@@ -83,8 +83,8 @@ def literals(sql: str) -> list[str]:
 
 # ---- hints -----------------------------------------------------------------------------
 
-_HINT_BLOCK = re.compile(r"/\*\+(.*?)\*/", re.S)
-_HINT = re.compile(r"([A-Za-z_]+)(?:\s*\(([^)]*)\))?")  # NAME(arg) or a bare NAME
+_HINT_BLOCK: Final = re.compile(r"/\*\+(.*?)\*/", re.S)
+_HINT: Final = re.compile(r"([A-Za-z_]+)(?:\s*\(([^)]*)\))?")  # NAME(arg) or a bare NAME
 
 
 def parse_hints(sql: str) -> dict[str, str]:
@@ -100,8 +100,8 @@ def parse_hints(sql: str) -> dict[str, str]:
 
 # ---- shape inference -----------------------------------------------------------------------
 
-_LEADING = re.compile(r"^(?:\s|/\*.*?\*/|\(|--[ \t][^\n]*\n|#[^\n]*\n)*", re.S)
-_WORD = re.compile(r"[A-Za-z_]+")
+_LEADING: Final = re.compile(r"^(?:\s|/\*.*?\*/|\(|--[ \t][^\n]*\n|#[^\n]*\n)*", re.S)
+_WORD: Final = re.compile(r"[A-Za-z_]+")
 
 # Statements that leave state on the backend connection that the proxy cannot replay on another
 # one: the session then keeps its backend connection until it disconnects or resets.
@@ -136,7 +136,7 @@ _NOT_FOR_REPLICA: list[tuple[re.Pattern[str], str]] = [
 
 # An identifier (optionally qualified or quoted) directly followed by `(`: a function call, or
 # a keyword such as IN ( / USING ( / VALUES (.
-_CALL = re.compile(
+_CALL: Final = re.compile(
     r"(?<![\w$.`])((?:`(?:[^`]|``)+`|[A-Za-z_$][\w$]*)(?:\s*\.\s*(?:`(?:[^`]|``)+`|[A-Za-z_$][\w$]*))?)"
     r"\s*\(")
 
@@ -153,7 +153,7 @@ def stored_call(dg: str) -> str | None:
             return name
     return None
 
-_WRITE_VERBS = frozenset(
+_WRITE_VERBS: Final = frozenset(
     {"INSERT", "UPDATE", "DELETE", "REPLACE", "CREATE", "DROP", "ALTER", "TRUNCATE", "RENAME",
      "GRANT", "REVOKE", "CALL", "LOAD", "OPTIMIZE", "ANALYZE", "REPAIR"}
 )
@@ -230,11 +230,11 @@ def _shape_of(dg: str) -> Shape:
 # handshake, SHOW PROCESSLIST and KILL through the proxy), not the backend thread's: an audit
 # row or a SET gets it as a literal. (In a SELECT's column list the literal would rename the
 # column, so SELECTs keep the backend's, except the forms the plan answers itself.)
-_CONN_ID_VERBS = frozenset({"INSERT", "REPLACE", "UPDATE", "DELETE", "SET", "DO"})
+_CONN_ID_VERBS: Final = frozenset({"INSERT", "REPLACE", "UPDATE", "DELETE", "SET", "DO"})
 # Text where a keyword is not a keyword: strings, quoted names, comments (executable comments
 # are text). with_conn_id and local.kills_in_multi look past these.
-SKIP_TEXT = rf"{_STR}|`(?:[^`]|``)*`|/\*(?!!|M!).*?\*/|--[ \t][^\n]*|#[^\n]*"
-_CONN_ID_TEXT = re.compile(
+SKIP_TEXT: Final = rf"{_STR}|`(?:[^`]|``)*`|/\*(?!!|M!).*?\*/|--[ \t][^\n]*|#[^\n]*"
+_CONN_ID_TEXT: Final = re.compile(
     rf"(?P<skip>{SKIP_TEXT})"
     r"|(?<![\w$.`])(?P<call>CONNECTION_ID\s*\(\s*\))", re.S | re.I)
 
@@ -245,7 +245,7 @@ def with_conn_id(sql: str, conn_id: int) -> str:
     return _CONN_ID_TEXT.sub(lambda m: str(conn_id) if m.group("call") else m.group(0), sql)
 
 
-_SESSION_TXN = re.compile(
+_SESSION_TXN: Final = re.compile(
     r"^\s*SET\s+(?:SESSION|LOCAL)\s+TRANSACTION\s+((?:ISOLATION\s+LEVEL\s+(?:READ\s+UNCOMMITTED|"
     r"READ\s+COMMITTED|REPEATABLE\s+READ|SERIALIZABLE)|READ\s+ONLY|READ\s+WRITE)"
     r"(?:\s*,\s*(?:ISOLATION\s+LEVEL\s+(?:READ\s+UNCOMMITTED|READ\s+COMMITTED|REPEATABLE\s+READ|"
@@ -275,19 +275,19 @@ def session_txn_as_vars(sql: str, mariadb: bool) -> str | None:
 
 # Statements about the previous statement (its warnings, errors, counters): they belong on the
 # connection that ran it.
-_DIAG = re.compile(
+_DIAG: Final = re.compile(
     r"^SHOW\s+(?:COUNT\s*\(\s*\*\s*\)\s+)?(?:WARNINGS|ERRORS)\b|^SHOW\s+(?:SESSION\s+|LOCAL\s+)?STATUS\b"
     r"|^SHOW\s+PROFILES?\b|@@(?:SESSION\.|LOCAL\.)?(?:warning_count|error_count)\b|\bROW_COUNT\s*\(",
     re.I)
-_KEEPING_SHOW = re.compile(
+_KEEPING_SHOW: Final = re.compile(
     r"SHOW\s+(?:COUNT\s*\(\s*\*\s*\)\s+)?(?:WARNINGS|ERRORS)\b|SHOW\s+PROFILES\b", re.I)
-_LANE_WRITES = frozenset({"INSERT", "UPDATE", "DELETE", "REPLACE"})
+_LANE_WRITES: Final = frozenset({"INSERT", "UPDATE", "DELETE", "REPLACE"})
 # Statements that open no table unless their text names one (a subquery, SELECT ... INTO) or
 # calls a stored function (its tables are opened with the statement's): MariaDB clears the
 # diagnostics area at the start of a statement only when it opens tables (sql_parse.cc).
-_TABLELESS_VERBS = frozenset({"SET", "DO", "SELECT", "COMMIT", "ROLLBACK", "BEGIN", "START",
+_TABLELESS_VERBS: Final = frozenset({"SET", "DO", "SELECT", "COMMIT", "ROLLBACK", "BEGIN", "START",
                               "SAVEPOINT", "RELEASE", "XA"})
-_NAMES_TABLE = re.compile(r"\b(?:FROM|INTO|JOIN|TABLE|UPDATE)\b", re.I)
+_NAMES_TABLE: Final = re.compile(r"\b(?:FROM|INTO|JOIN|TABLE|UPDATE)\b", re.I)
 
 
 def _keeps_diag(verb: str, dg: str) -> bool:
@@ -300,7 +300,7 @@ def _keeps_diag(verb: str, dg: str) -> bool:
     return "(" not in dg or stored_call(dg) is None
 
 
-_BEGIN = re.compile(r"^(?:BEGIN(?:\s+WORK)?|START\s+TRANSACTION(?:\s+READ\s+WRITE)?)$", re.I)
+_BEGIN: Final = re.compile(r"^(?:BEGIN(?:\s+WORK)?|START\s+TRANSACTION(?:\s+READ\s+WRITE)?)$", re.I)
 
 
 def _lane(verb: str, dg: str) -> str:
@@ -329,8 +329,8 @@ def _replica_reason(verb: str, dg: str, calls_stored: bool) -> str | None:
 
 
 # Answered by the proxy itself: it knows the session's last GTID, the backend may not.
-LAST_GTID = re.compile(r"SELECT\s+@@(?:SESSION\.)?last_gtid", re.I)
-READ_ONLY_TXN = re.compile(r"^START\s+TRANSACTION\s+READ\s+ONLY$", re.I)
+LAST_GTID: Final = re.compile(r"SELECT\s+@@(?:SESSION\.)?last_gtid", re.I)
+READ_ONLY_TXN: Final = re.compile(r"^START\s+TRANSACTION\s+READ\s+ONLY$", re.I)
 
 
 _shape_of_cached = lru_cache(maxsize=8192)(_shape_of)

@@ -17,16 +17,16 @@ from typing import Final
 _STR: Final = r"'(?:[^'\\]|\\.|'')*'|\"(?:[^\"\\]|\\.|\"\")*\""
 
 _IDENT: Final = r"(?:`(?:[^`]|``)+`|[A-Za-z_$][\w$]*)"
-_HOT_UPDATE = re.compile(
+_HOT_UPDATE: Final = re.compile(
     rf"^UPDATE\s+(?:/\*\+.*?\*/\s*)?(?P<tbl>{_IDENT}(?:\s*\.\s*{_IDENT})?)\s+SET\s+"
     rf"(?P<c1>{_IDENT})\s*=\s*(?P<c2>{_IDENT})\s*-\s*(?P<amt>\?)\s+WHERE\s+(?P<where>.+)$",
     re.I | re.S,
 )
-_AND = re.compile(r"\s+AND\s+", re.I)
-_PAREN = re.compile(r"[()]")
-_P_KEY = re.compile(rf"^(?P<col>{_IDENT})\s*=\s*\?$")
-_P_CMP = re.compile(rf"^(?P<col>{_IDENT})\s*(?P<op>>=|>)\s*\?$")
-_P_SUB = re.compile(rf"^(?P<col>{_IDENT})\s*-\s*\?\s*(?P<op>>=|>)\s*\?$")
+_AND: Final = re.compile(r"\s+AND\s+", re.I)
+_PAREN: Final = re.compile(r"[()]")
+_P_KEY: Final = re.compile(rf"^(?P<col>{_IDENT})\s*=\s*\?$")
+_P_CMP: Final = re.compile(rf"^(?P<col>{_IDENT})\s*(?P<op>>=|>)\s*\?$")
+_P_SUB: Final = re.compile(rf"^(?P<col>{_IDENT})\s*-\s*\?\s*(?P<op>>=|>)\s*\?$")
 
 
 def _closing(p: str) -> int:
@@ -148,7 +148,7 @@ class Escaped:
 
 # MySQL's escapes in string literals (sql_lex.cc): these, `\%` and `\_` keep their backslash
 # (they are LIKE patterns' escapes), and any other character stands for itself.
-_ESCAPES = {"0": "\0", "b": "\b", "n": "\n", "r": "\r", "t": "\t", "Z": "\x1a",
+_ESCAPES: Final = {"0": "\0", "b": "\b", "n": "\n", "r": "\r", "t": "\t", "Z": "\x1a",
             "%": "\\%", "_": "\\_"}
 
 
@@ -180,7 +180,7 @@ class Unsupported:
     text: str
 
 
-_VALUE = re.compile(
+_VALUE: Final = re.compile(
     rf"(?P<s>{_STR})|(?P<q>`(?:[^`]|``)*`)|(?P<c>/\*.*?\*/|--[ \t][^\n]*|#[^\n]*)"
     r"|(?P<n>(?<![\w$.])(?:0x[0-9a-fA-F]+|\d+(?:\.\d*)?(?:[eE][+-]?\d+)?|\.\d+))|(?P<p>\?)",
     re.S,
@@ -221,7 +221,7 @@ def fill(template: tuple[object, ...], params: list[object]) -> list[object]:
             for v in template]
 
 
-_MARKER = object()
+_MARKER: Final = object()
 
 
 def statement_values(sql: str, params: list[object] | None = None) -> list[object]:

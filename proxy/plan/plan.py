@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Final, Protocol
 
 from proxy.core.config import CONSISTENCY
 from proxy.core.errors import Label, PinReason
@@ -40,7 +40,7 @@ class Route(Label):
 
 
 # SELECTs the proxy answers itself, in either protocol (local.answered)
-LOCAL_ANSWERS = frozenset({Route.LOCAL_GTID, Route.LOCAL_CONN_ID, Route.LOCAL_ROW_COUNT})
+LOCAL_ANSWERS: Final = frozenset({Route.LOCAL_GTID, Route.LOCAL_CONN_ID, Route.LOCAL_ROW_COUNT})
 
 
 class Track(Label):
@@ -116,16 +116,16 @@ class Plan:
 
 
 # Settings the proxy keeps itself (the value is read from the statement text at execution).
-_PROXY_VAR = re.compile(
+_PROXY_VAR: Final = re.compile(
     r"SET\s+(?:SESSION\s+|@@SESSION\.|@@)?(?:read_after_gtid|read_consistency)\s*=\s*\?", re.I)
-_NAMES = re.compile(r"SET\s+NAMES\s+('?\w+'?|`\w+`)(?:\s+COLLATE\s+('?\w+'?|`\w+`))?", re.I)
-_TRACK_VAR = re.compile(r"\bsession_track_", re.I)
+_NAMES: Final = re.compile(r"SET\s+NAMES\s+('?\w+'?|`\w+`)(?:\s+COLLATE\s+('?\w+'?|`\w+`))?", re.I)
+_TRACK_VAR: Final = re.compile(r"\bsession_track_", re.I)
 # SELECT CONNECTION_ID() [[AS] alias]: the column is named as MySQL would name it
-_CONN_ID = re.compile(
+_CONN_ID: Final = re.compile(
     r"SELECT\s+(?P<item>CONNECTION_ID\s*\(\s*\))"
     r"(?:\s+(?:AS\s+)?(?P<alias>`(?:[^`]|``)+`|[A-Za-z_$][\w$]*))??(?:\s+FROM\s+DUAL)?",
     re.I)
-_KEYWORDS_AFTER = frozenset({"FROM", "LIMIT", "FOR", "INTO", "WHERE", "UNION", "ORDER",
+_KEYWORDS_AFTER: Final = frozenset({"FROM", "LIMIT", "FOR", "INTO", "WHERE", "UNION", "ORDER",
                              "GROUP", "HAVING", "LOCK", "PROCEDURE", "WINDOW"})
 
 
@@ -138,23 +138,23 @@ def conn_id_alias(shape: Shape) -> str:
     if not a:
         return m.group("item")  # as the client wrote it (MySQL names the column so)
     return a[1:-1].replace("``", "`") if a.startswith("`") else a
-_ROW_COUNT = re.compile(r"SELECT\s+ROW_COUNT\s*\(\s*\)", re.I)
-_ROW_COUNT_ANY = re.compile(r"\bROW_COUNT\s*\(", re.I)
+_ROW_COUNT: Final = re.compile(r"SELECT\s+ROW_COUNT\s*\(\s*\)", re.I)
+_ROW_COUNT_ANY: Final = re.compile(r"\bROW_COUNT\s*\(", re.I)
 # the values of ROW_COUNT() a statement can leave on a connection while keeping its
 # diagnostics area (general.row_count_setter has the statement for each)
-ROW_COUNT_SYNCABLE = frozenset({-1, 0, 1})
-_STATUS_LIKE = re.compile(r"SHOW\s+(?:SESSION\s+|LOCAL\s+)?STATUS\s+LIKE\s+\?", re.I)
+ROW_COUNT_SYNCABLE: Final = frozenset({-1, 0, 1})
+_STATUS_LIKE: Final = re.compile(r"SHOW\s+(?:SESSION\s+|LOCAL\s+)?STATUS\s+LIKE\s+\?", re.I)
 KILL = re.compile(r"KILL\s+(?:(CONNECTION|QUERY)\s+)?(\d+)", re.I)  # on the raw text
-_PROCESSLIST = re.compile(r"SHOW\s+(?:FULL\s+)?PROCESSLIST", re.I)
-_IS_PROCESSLIST = re.compile(r"\bINFORMATION_SCHEMA`?\s*\.\s*`?PROCESSLIST\b", re.I)
-_KILL = re.compile(r"KILL\s+(?:(?:CONNECTION|QUERY)\s+)?\?", re.I)
+_PROCESSLIST: Final = re.compile(r"SHOW\s+(?:FULL\s+)?PROCESSLIST", re.I)
+_IS_PROCESSLIST: Final = re.compile(r"\bINFORMATION_SCHEMA`?\s*\.\s*`?PROCESSLIST\b", re.I)
+_KILL: Final = re.compile(r"KILL\s+(?:(?:CONNECTION|QUERY)\s+)?\?", re.I)
 # Character sets whose SET NAMES the proxy records instead of sending (what drivers send on
 # every connect); others go to MySQL, which answers them, errors included.
-NAMES_CHARSETS = frozenset(
+NAMES_CHARSETS: Final = frozenset(
     {"utf8mb4", "utf8", "utf8mb3", "latin1", "ascii", "binary", "gbk", "gb2312", "big5", "ujis",
      "sjis", "cp1250", "cp1251", "cp1252", "latin2", "euckr", "koi8r"})
 # Autocommit writes whose commit can be tracked: one statement, no result set, not DDL.
-_UNTRACKED_VERBS = frozenset(
+_UNTRACKED_VERBS: Final = frozenset(
     {"CALL", "CREATE", "DROP", "ALTER", "TRUNCATE", "RENAME", "GRANT", "REVOKE", "LOAD"})
 
 
@@ -276,9 +276,9 @@ def _primary(shape: Shape, s: SessionView, policy: Policy, held: bool, pin: PinR
                 row_count=row_count)
 
 
-_SELECT_1 = classify("SELECT 1")
-_RETURNING = re.compile(r"\bRETURNING\b", re.I)
-_ROW_COUNT_VERBS = frozenset({"INSERT", "UPDATE", "DELETE", "REPLACE"})
+_SELECT_1: Final = classify("SELECT 1")
+_RETURNING: Final = re.compile(r"\bRETURNING\b", re.I)
+_ROW_COUNT_VERBS: Final = frozenset({"INSERT", "UPDATE", "DELETE", "REPLACE"})
 
 
 @dataclass(frozen=True)
