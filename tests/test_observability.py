@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -259,3 +260,30 @@ def test_backend_resets_are_counted_by_reason(proxy: ProxyProc) -> None:
             proxy.metric(series % r) > before[r] for r in before):
         time.sleep(0.1)
     assert all(proxy.metric(series % r) > before[r] for r in before), proxy.scrape()
+
+
+_FLUSH_ONE = """
+from prometheus_client import CollectorRegistry, generate_latest, multiprocess
+from proxy.core import metrics as M
+M.count_statement("SELECT", "primary", "ok", 0.001, 1)  # one statement, on the fast lane
+M.LEASE_TRANSITIONS.inc("soft", "statement_done")
+M.flush()
+r = CollectorRegistry()
+multiprocess.MultiProcessCollector(r)
+print(generate_latest(r).decode())
+"""
+
+
+def test_a_worker_s_flush_writes_every_counter_once_the_fast_lane_ran(tmp_path: Path) -> None:
+    """With workers, the plain-number collectors reach the multiprocess files at each flush:
+    also the unlabelled fast-lane counter (prometheus-client's `labels()` refused it, the
+    flush stopped there, and the latency histogram and later counters never reached a scrape)."""
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    r = subprocess.run([sys.executable, "-c", _FLUSH_ONE], env=env, capture_output=True,
+                       text=True, timeout=60, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    lines = set(r.stdout.splitlines())
+    assert "seckill_proxy_fastlane_statements_total 1.0" in lines
+    assert 'seckill_proxy_statement_duration_seconds_count{route="primary"} 1.0' in lines
+    assert ('seckill_proxy_lease_transitions_total{reason="statement_done",to="soft"} 1.0'
+            in lines)

@@ -46,11 +46,12 @@ _CHILDREN: dict[tuple[int, tuple[str, ...]], Any] = {}
 
 
 def child(metric: Any, *labels: str) -> Any:
-    """`metric.labels(*labels)`, resolved once."""
+    """`metric.labels(*labels)`, resolved once; an unlabelled metric is its own child
+    (prometheus-client's `labels()` refuses one)."""
     key = (id(metric), labels)
     ch = _CHILDREN.get(key)
     if ch is None:
-        ch = _CHILDREN[key] = metric.labels(*labels)
+        ch = _CHILDREN[key] = metric.labels(*labels) if labels else metric
     return ch
 
 
