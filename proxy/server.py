@@ -364,7 +364,10 @@ class App:
     async def _housekeeping(self) -> None:
         while True:
             await asyncio.sleep(5)
-            M.flush()  # (workers: counters reach the files even if no scrape asks)
+            try:
+                M.flush()  # (workers: counters reach the files even if no scrape asks)
+            except Exception:  # a metrics fault must not stop pool reaping with it
+                log.exception("metrics flush failed")
             for p in self.pools.values():
                 await p.reap()
                 M.POOL_IDLE.labels(str(p.addr)).set(p.idle_count())
