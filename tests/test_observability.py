@@ -267,6 +267,7 @@ from prometheus_client import CollectorRegistry, generate_latest, multiprocess
 from proxy.core import metrics as M
 M.count_statement("SELECT", "primary", "ok", 0.001, 1)  # one statement, on the fast lane
 M.LEASE_TRANSITIONS.inc("soft", "statement_done")
+M.DEFERRED_BEGINS.inc()
 M.flush()
 r = CollectorRegistry()
 multiprocess.MultiProcessCollector(r)
@@ -284,6 +285,7 @@ def test_a_worker_s_flush_writes_every_counter_once_the_fast_lane_ran(tmp_path: 
     assert r.returncode == 0, r.stderr
     lines = set(r.stdout.splitlines())
     assert "seckill_proxy_fastlane_statements_total 1.0" in lines
+    assert "seckill_proxy_deferred_begins_total 1.0" in lines
     assert 'seckill_proxy_statement_duration_seconds_count{route="primary"} 1.0' in lines
     assert ('seckill_proxy_lease_transitions_total{reason="statement_done",to="soft"} 1.0'
             in lines)

@@ -65,10 +65,6 @@ CLIENT_ACCEPTED: Final = Counter(P + "client_connections_accepted_total", "Clien
 CLIENT_REJECTED: Final = Counter(
     P + "client_connections_rejected_total", "Client connections rejected, by reason", ["reason"]
 )
-DEFERRED_BEGINS: Final = Counter(
-    P + "deferred_begins_total",
-    "Plain BEGINs answered by the proxy and sent with the transaction's first statement",
-)
 SHA2_LOGINS: Final = Counter(
     P + "caching_sha2_logins_total",
     "caching_sha2_password logins by path (fast, full_tls, full_rsa) and outcome (ok, denied)",
@@ -169,7 +165,8 @@ class LabelCounter(Collector):
 
     def __init__(self, name: str, help: str, labels: list[str]) -> None:
         self.name, self.help, self.labels = name, help, labels
-        self.counts: dict[tuple[Any, ...], int] = {}
+        # an unlabelled one shows its one series from the start, as a prometheus Counter does
+        self.counts: dict[tuple[Any, ...], int] = {} if labels else {(): 0}
         self._files = _Files(lambda: Counter(name, help, labels, registry=None))
         REGISTRY.register(self)
         _FLUSHED.append(self)
@@ -196,6 +193,10 @@ class LabelCounter(Collector):
         yield c
 
 
+DEFERRED_BEGINS: Final = LabelCounter(  # (one per seed order: no lock per inc)
+    P + "deferred_begins_total",
+    "Plain BEGINs answered by the proxy and sent with the transaction's first statement", [],
+)
 LEASE_TRANSITIONS: Final = LabelCounter(
     P + "lease_transitions_total", "Changes of sessions' hold on backend connections (lease.py)",
     ["to", "reason"],
