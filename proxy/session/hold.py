@@ -214,10 +214,11 @@ class Hold:
                                c.dirty or c.in_trans)
         if step is None:
             return
-        if step[0] is LeaseState.PINNED:
+        to = step[0]
+        if to is LeaseState.PINNED:
             c.taint(ResetReason.SESSION_STATE)
-        L.transition(*step)
-        if step[0] in (LeaseState.PINNED, LeaseState.TRANSACTION):
+        L.transition(to, step[1])  # (not *step: a direct call in the compiled module)
+        if to is LeaseState.PINNED or to is LeaseState.TRANSACTION:
             self._watch_held(c)
 
     def _watch_held(self, c: BackendConn) -> None:
