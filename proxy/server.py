@@ -364,10 +364,7 @@ class App:
     async def _housekeeping(self) -> None:
         while True:
             await asyncio.sleep(5)
-            try:
-                M.flush()  # (workers: counters reach the files even if no scrape asks)
-            except Exception:  # a metrics fault must not stop pool reaping with it
-                log.exception("metrics flush failed")
+            M.flush()  # (workers: counters reach the files even if no scrape asks)
             for p in self.pools.values():
                 await p.reap()
                 M.POOL_IDLE.labels(str(p.addr)).set(p.idle_count())

@@ -13,6 +13,7 @@ The plain-number collectors below (per-statement counters) are pushed into those
 
 from __future__ import annotations
 
+import logging
 import os
 from bisect import bisect_left
 from collections.abc import Iterator
@@ -28,6 +29,8 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+_log: Final = logging.getLogger("seckill.metrics")
 
 # A `_created` series per counter child doubles the series count and no dashboard uses it.
 disable_created_metrics()
@@ -150,10 +153,15 @@ def live(gauge: Any, fn: Any) -> None:
 
 def flush() -> None:
     """Push every plain-number collector's counts into the multiprocess files (a worker's
-    part of the next scrape); nothing to do with one process."""
+    part of the next scrape); nothing to do with one process. One collector's fault is logged
+    and skips only that collector: the others, and the caller (housekeeping, which also reaps
+    the pools), go on."""
     if MULTIPROC_DIR is not None:
         for c in _FLUSHED:
-            c.flush()
+            try:
+                c.flush()
+            except Exception:
+                _log.exception("metrics flush failed for %s", type(c).__name__)
         for g, fn in list(_LIVE.values()):
             g.set(fn())
 
