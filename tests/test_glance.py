@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -17,7 +16,7 @@ from hypothesis import strategies as st
 from proxy.backends.backend import BackendConn
 from proxy.core.config import HotRowCfg
 from proxy.core.configmodel import HotRowRule
-from proxy.engines.escrow import Escrow
+from proxy.engines.escrow import Escrow, Reservation
 from proxy.engines.hotkeys import KeyState
 from proxy.engines.hotpick import (
     GLANCE_EVERY,
@@ -59,6 +58,11 @@ class Session:
         self.txn_hot.add(key_id)
 
 
+
+def _reservation(amount: int) -> Reservation:
+    """Units of KEY reserved by a merged member (escrow.py, compiled: a real Reservation)."""
+    return Reservation("`shop`.`inventory`", "sku_id", "quantity", "1", KEY, 1, 1, amount, "app")
+
 def picker(mode: str = "auto") -> Picker:
     rule = HotRowRule("shop", "inventory", "sku_id", "quantity")
     cfg = dataclasses.replace(HotRowCfg(), mode=mode, rules=(rule,))
@@ -88,7 +92,7 @@ def _sold_out_lately(pk: Picker) -> None:
 
 
 def _reserved_here(pk: Picker) -> None:
-    pk.auto.escrow.reserved(SimpleNamespace(key_id=KEY, amount=1))  # type: ignore[arg-type]
+    pk.auto.escrow.reserved(_reservation(1))
 
 
 def _reserved_on_another_proxy(pk: Picker) -> None:
@@ -186,10 +190,10 @@ def test_loud_after_a_window_with_crowded_keys(plain: int, crowded: int) -> None
 
 def test_quiet_again_once_the_reserved_units_are_resolved() -> None:
     pk, s = picker(), Session()
-    r = SimpleNamespace(key_id=KEY, amount=2)
-    pk.auto.escrow.reserved(r)  # type: ignore[arg-type]
+    r = _reservation(2)
+    pk.auto.escrow.reserved(r)
     assert glances(pk, s) == 0
-    pk.auto.escrow._settle([r])  # type: ignore[list-item]  # (what a resolution's commit ends with)
+    pk.auto.escrow._settle([r])  # (what a resolution's commit ends with)
     assert pk.auto.escrow.outstanding == 0 and KEY in pk.auto.escrow.keys  # (the key pruned later)
     assert glances(pk, s) == GLANCE_EVERY - 1
 
