@@ -201,6 +201,47 @@ class LabelCounter(Collector):
         yield c
 
 
+def _cumulative(bounds: tuple[float, ...], h: list[float]) -> list[tuple[str, float]]:
+    """A plain histogram's per-bucket counts (then +Inf, then the sum) as Prometheus buckets."""
+    acc = 0.0
+    out = []
+    for bound, cnt in zip([*map(str, bounds), "+Inf"], h[:-1], strict=True):
+        acc += cnt
+        out.append((bound, acc))
+    return out
+
+
+def _push_histogram(files: _Files, labels: tuple[str, ...], h: list[float]) -> None:
+    for i, cnt in enumerate(h[:-1]):  # each bucket's own count, then the sum
+        files.add(labels, cnt, i)
+    files.add(labels, h[-1], -2)
+
+
+class PlainHistogram(Collector):
+    """An unlabelled histogram kept as plain numbers (per-bucket counts, +Inf, sum), for one
+    observed per merged batch: prometheus-client's `observe` is interpreted and takes a lock."""
+
+    def __init__(self, name: str, help: str, buckets: tuple[float, ...]) -> None:
+        self.name, self.help, self.bounds = name, help, buckets
+        self.h = [0.0] * (len(buckets) + 2)
+        self._files = _Files(lambda: Histogram(name, help, buckets=buckets, registry=None))
+        REGISTRY.register(self)
+        _FLUSHED.append(self)
+
+    def observe(self, value: float) -> None:
+        h = self.h
+        h[bisect_left(self.bounds, value)] += 1
+        h[-1] += value
+
+    def flush(self) -> None:
+        _push_histogram(self._files, (), self.h)
+
+    def collect(self) -> Iterator[Metric]:
+        hf = HistogramMetricFamily(self.name, self.help)
+        hf.add_metric([], _cumulative(self.bounds, self.h), self.h[-1])
+        yield hf
+
+
 DEFERRED_BEGINS: Final = LabelCounter(  # (one per seed order: no lock per inc)
     P + "deferred_begins_total",
     "Plain BEGINs answered by the proxy and sent with the transaction's first statement", [],
@@ -263,13 +304,13 @@ HOTROW_STATEMENTS: Final = LabelCounter(
     P + "hotrow_statements_total", "Hot-row statements by mode and outcome", ["mode", "outcome"]
 )
 HOTROW_STATEMENTS.counts.update({("merge", "succeeded"): 0, ("merge", "sold_out"): 0})
-HOTROW_BATCH_SIZE: Final = Histogram(
+HOTROW_BATCH_SIZE: Final = PlainHistogram(
     P + "hotrow_batch_size", "Members per merged batch",
-    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+    (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
 )
-HOTROW_BATCH_COMMIT: Final = Histogram(
+HOTROW_BATCH_COMMIT: Final = PlainHistogram(
     P + "hotrow_batch_commit_seconds", "Merged batch transaction latency (lock to COMMIT OK)",
-    buckets=_LAT,
+    _LAT,
 )
 HOTROW_FIRST_TRY: Final = LabelCounter(
     P + "hotrow_batch_first_try_total",
@@ -332,9 +373,7 @@ class _StatementStats(Collector):
         if self.lane:
             self._lane_files.add((), self.lane)
         for route, h in list(self.hist.items()):
-            for i, cnt in enumerate(h[:-1]):  # each bucket's own count, then the sum
-                self._hist_files.add((route,), cnt, i)
-            self._hist_files.add((route,), h[-1], -2)
+            _push_histogram(self._hist_files, (route,), h)
 
     def collect(self) -> Iterator[Metric]:
         c = CounterMetricFamily(STATEMENTS_NAME, STATEMENTS_HELP,
@@ -345,12 +384,7 @@ class _StatementStats(Collector):
         hf = HistogramMetricFamily(STATEMENT_LATENCY_NAME, STATEMENT_LATENCY_HELP,
                                    labels=["route"])
         for route, h in list(self.hist.items()):
-            acc = 0.0
-            buckets = []
-            for bound, cnt in zip([*map(str, _LAT), "+Inf"], h[:-1], strict=True):
-                acc += cnt
-                buckets.append((bound, acc))
-            hf.add_metric([route], buckets, h[-1])
+            hf.add_metric([route], _cumulative(_LAT, h), h[-1])
         yield hf
         yield CounterMetricFamily(FASTLANE_NAME, FASTLANE_HELP, value=self.lane)
 

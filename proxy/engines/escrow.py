@@ -61,19 +61,35 @@ def ddl(schema: str) -> list[str]:
     ]
 
 
-@dataclass(frozen=True)
+@dataclass(init=False, eq=False)
 class Reservation:
-    """Units a batch deducted for a member inside a transaction, not final yet."""
+    """Units a batch deducted for a member inside a transaction, not final yet. A record: its
+    fields are Final (mypy keeps them unchanged), each reservation its own (identity equality).
 
-    table: str  # `schema`.`table`, quoted
-    key_col: str
-    column: str
-    key_sql: str  # the key as an SQL literal
-    key_id: Any  # the hot-row engine's key (schema, table, value)
-    batch_id: int
-    member: int
-    amount: int
-    user: str
+    Its `__init__` is written out: mypyc compiles it, where a dataclass's generated one runs
+    interpreted (a frozen one's 2.1 µs, once per merged member in a transaction)."""
+
+    table: Final[str]  # `schema`.`table`, quoted
+    key_col: Final[str]
+    column: Final[str]
+    key_sql: Final[str]  # the key as an SQL literal
+    key_id: Final[Any]  # the hot-row engine's key (schema, table, value)
+    batch_id: Final[int]
+    member: Final[int]
+    amount: Final[int]
+    user: Final[str]
+
+    def __init__(self, table: str, key_col: str, column: str, key_sql: str, key_id: Any,
+                 batch_id: int, member: int, amount: int, user: str) -> None:
+        self.table = table
+        self.key_col = key_col
+        self.column = column
+        self.key_sql = key_sql
+        self.key_id = key_id
+        self.batch_id = batch_id
+        self.member = member
+        self.amount = amount
+        self.user = user
 
 
 @dataclass

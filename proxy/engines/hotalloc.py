@@ -108,26 +108,47 @@ def read_only(sysvars: dict[str, str]) -> bool:
     return v.upper() in ("ON", "1")
 
 
-@dataclass
+@dataclass(init=False, eq=False)
 class Member:
+    """One merged statement waiting for its group's decision. Its `__init__` is written out:
+    mypyc compiles it, where a dataclass's generated one runs interpreted (once per merged
+    statement). Each member is its own (identity equality)."""
+
     amount: int
     guard_op: str | None
     bound: int | None
-    fut: asyncio.Future[int] = field(repr=False, default=None)  # type: ignore[arg-type]
-    arrived: float = 0.0
-    gtid: str | None = None
+    fut: asyncio.Future[int] = field(repr=False)
+    arrived: float
+    gtid: str | None
     # auto mode: a member alone in its group runs its own statement (decision PLAIN) and sets
     # this when done, so the key's next group waits for it as for a group.
-    plain_done: asyncio.Future[None] | None = field(repr=False, default=None)
+    plain_done: asyncio.Future[None] | None = field(repr=False)
     # inside a transaction: the member's own connection (its confirm row goes there) and,
     # once the batch committed, its reservation
-    conn: Any = field(repr=False, default=None)
-    reservation: Reservation | None = None
+    conn: Any = field(repr=False)
+    reservation: Reservation | None
     # told 0 rows: units reserved on the key (by any proxy) when its batch allocated
-    reserved_seen: int = 0
-    target: int | None = None  # TARGET_AFFECT_ROW(n): the rows it must have, or it fails
-    sub: int | None = None  # its guard is `c - sub OP b` (HotStmt.sub)
-    deadline: float = 0.0  # loop time until which "0 rows" may wait for reserved units
+    reserved_seen: int
+    target: int | None  # TARGET_AFFECT_ROW(n): the rows it must have, or it fails
+    sub: int | None  # its guard is `c - sub OP b` (HotStmt.sub)
+    deadline: float  # loop time until which "0 rows" may wait for reserved units
+
+    def __init__(self, amount: int, guard_op: str | None, bound: int | None,
+                 fut: asyncio.Future[int] | None = None, arrived: float = 0.0,
+                 conn: Any = None, target: int | None = None, sub: int | None = None) -> None:
+        self.amount = amount
+        self.guard_op = guard_op
+        self.bound = bound
+        self.fut = fut  # type: ignore[assignment]  # (None only in allocation's tests)
+        self.arrived = arrived
+        self.gtid = None
+        self.plain_done = None
+        self.conn = conn
+        self.reservation = None
+        self.reserved_seen = 0
+        self.target = target
+        self.sub = sub
+        self.deadline = 0.0
 
 
 RUN_ALONE: Final = -1  # decision: the member runs its own statement after the group (MySQL answers it)

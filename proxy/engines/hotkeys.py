@@ -11,14 +11,48 @@ from dataclasses import dataclass, field
 from proxy.engines.hotalloc import Member
 
 
-@dataclass
+@dataclass(init=False, eq=False)
 class Group:
-    members: list[Member] = field(default_factory=list)
-    full: asyncio.Event = field(default_factory=asyncio.Event)
-    done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
-    prev: asyncio.Future[None] | None = None
-    user: str = ""  # the batch runs as its members' user: MySQL checks their privileges
-    auto: bool = False  # auto mode: a group that ends up with one member runs it plain
+    """Members gathering for one batch. Its `__init__` is written out: mypyc compiles it,
+    where a dataclass's generated one runs interpreted (once per batch)."""
+
+    members: list[Member]
+    full: asyncio.Future[None] | None  # the leader waits on it for the group to fill (`fill`)
+    done: asyncio.Future[None]
+    prev: asyncio.Future[None] | None
+    user: str  # the batch runs as its members' user: MySQL checks their privileges
+    auto: bool  # auto mode: a group that ends up with one member runs it plain
+
+    def __init__(self, prev: asyncio.Future[None] | None = None, user: str = "",
+                 auto: bool = False) -> None:
+        self.members = []
+        self.full = None
+        self.done = asyncio.get_running_loop().create_future()
+        self.prev = prev
+        self.user = user
+        self.auto = auto
+
+    async def fill(self, timeout: float) -> None:
+        """Until `filled` or `timeout` seconds pass: a future and a timer, where
+        `asyncio.wait_for` would make a task (once per batch)."""
+        loop = asyncio.get_running_loop()
+        w = self.full = loop.create_future()
+        h = loop.call_later(timeout, _wake, w)
+        try:
+            await w
+        finally:
+            h.cancel()
+            self.full = None
+
+    def filled(self) -> None:
+        """The group has its most members: its leader waits no longer."""
+        if self.full is not None and not self.full.done():
+            self.full.set_result(None)
+
+
+def _wake(w: asyncio.Future[None]) -> None:
+    if not w.done():
+        w.set_result(None)
 
 
 @dataclass

@@ -134,7 +134,7 @@ class Merger:
             self.host.spawn(self._lead(hs, ks, g, user, floor))
         g.members.append(m)
         if len(g.members) >= self.host.cfg.max_batch:
-            g.full.set()
+            g.filled()
 
     async def _lead(self, hs: HotStmt, ks: KeyState, g: Group, user: str,
                     floor: int | None) -> None:
@@ -148,11 +148,8 @@ class Merger:
             # No earlier group in flight: the leader commits at once. One in flight: followers
             # gather while it commits, then up to max_wait_us more for the group to fill.
             left = deadline - loop.time()
-            if busy and left > 0 and not g.full.is_set():
-                try:
-                    await asyncio.wait_for(g.full.wait(), left)
-                except TimeoutError:
-                    pass
+            if busy and left > 0 and len(g.members) < self.host.cfg.max_batch:
+                await g.fill(left)
             if ks.collecting is g:
                 ks.collecting = None
             ks.in_flight += len(g.members)

@@ -365,9 +365,10 @@ def with_stmt_id(payload: bytes, stmt_id: int) -> bytes:
     return payload[:1] + struct.pack("<I", stmt_id) + payload[5:]
 
 
-@dataclass
+@dataclass(init=False)
 class ExecuteParts:
-    """COM_STMT_EXECUTE split so params can be re-bound on another backend connection."""
+    """COM_STMT_EXECUTE split so params can be re-bound on another backend connection. Its
+    `__init__` is written out (compiled, see OkPacket): one per prepared statement executed."""
 
     stmt_id: int
     flags: int
@@ -376,6 +377,16 @@ class ExecuteParts:
     bound: bool
     types: bytes
     values: bytes
+
+    def __init__(self, stmt_id: int, flags: int, iterations: bytes, null_bitmap: bytes,
+                 bound: bool, types: bytes, values: bytes) -> None:
+        self.stmt_id = stmt_id
+        self.flags = flags
+        self.iterations = iterations
+        self.null_bitmap = null_bitmap
+        self.bound = bound
+        self.types = types
+        self.values = values
 
 
 def split_execute(payload: bytes, num_params: int) -> ExecuteParts:
