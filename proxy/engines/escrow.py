@@ -115,6 +115,13 @@ def by_key(rs: list[Reservation]) -> list[list[Reservation]]:
     return list(out.values())
 
 
+def _count(rows: list[list[str | None]] | None) -> int:
+    """The value of a one-row `SELECT COUNT(*)`; a result cut short (no row) is not a count."""
+    if not rows or rows[0][0] is None:
+        raise Unverified("a locking count returned nothing")
+    return int(rows[0][0])
+
+
 @mypyc_attr(native_class=False)  # an ordinary class: hotmerge.SchemaMoved extends it
 class Unverified(Exception):
     """A service transaction's statement did not do what was checked for (affected rows, rows
@@ -302,61 +309,66 @@ class Escrow:
         """One transaction for reservations of one user, any keys; returns (confirmed, units
         returned).
 
-        Idempotent, and verified before it commits: it reads what is still reserved (locked,
-        so each reservation is resolved once, whoever resolves), deletes those reservation
-        rows and returns the unconfirmed units (last: a stock row is locked for the shortest
-        time), then checks every statement's affected rows and that nothing of `rs` is left in
-        either table. Only then COMMIT, in its own round trip: a statement a KILL or a timeout
-        cut short ("OK, 0 rows" without an error happens on MariaDB 10.11) rolls the whole
-        transaction back, and the retry starts again from what the database holds, so no unit
-        is ever returned twice."""
+        Idempotent, and verified before it commits. First round trip: a locking count of the
+        confirm rows (it waits for a member's COMMIT still in flight, so it sees the truth),
+        a locking count of the reservations still present (locked, so each is resolved once,
+        whoever resolves), and the few of those without a confirm row (their units go back).
+        Second: delete both kinds of rows and return the unconfirmed units (last: a stock
+        row is locked for the shortest time), each statement's affected rows checked against
+        the counts, then a count that nothing of `rs` is left in either table. Only then
+        COMMIT, in its own round trip: a statement a KILL or a timeout cut short ("OK, 0 rows"
+        without an error happens on MariaDB 10.11) rolls the whole transaction back, and the
+        retry starts again from what the database holds, so no unit is ever returned twice.
+        (Counts, not every pair read back: a resolution of hundreds reads four rows.)"""
         pairs = ", ".join(f"({r.batch_id}, {r.member})" for r in rs)
         of = {(r.batch_id, r.member): r for r in rs}
+        res_t = f"`{self.schema}`.`{RESERVATION}`"
+        conf_t = f"`{self.schema}`.`{CONFIRM}`"
         c = await self.connect(rs[0].user)
         broken = True
         async with after(lambda: self.release(c, broken)):  # (broken: as the block left it)
-            rows, _ = await c.query(
+            got = await c.query_each(
                 "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION; "
-                f"SELECT batch_id, member FROM `{self.schema}`.`{CONFIRM}` "
-                f"WHERE (batch_id, member) IN ({pairs}) LOCK IN SHARE MODE")
-            confirmed = {(int(a or 0), int(b or 0)) for a, b in rows or []}
-            present, _ = await c.query(
-                f"SELECT batch_id, member, amount FROM `{self.schema}`.`{RESERVATION}` "
-                f"FORCE INDEX (PRIMARY) WHERE (batch_id, member) IN ({pairs}) FOR UPDATE")
-            still = {(int(a or 0), int(b or 0)): int(n or 0) for a, b, n in present or []}
+                f"SELECT COUNT(*) FROM {conf_t} WHERE (batch_id, member) IN ({pairs}) "
+                "LOCK IN SHARE MODE; "
+                f"SELECT COUNT(*) FROM {res_t} FORCE INDEX (PRIMARY) "
+                f"WHERE (batch_id, member) IN ({pairs}) FOR UPDATE; "
+                f"SELECT r.batch_id, r.member, r.amount FROM {res_t} r FORCE INDEX (PRIMARY) "
+                f"WHERE (r.batch_id, r.member) IN ({pairs}) AND NOT EXISTS (SELECT 1 FROM "
+                f"{conf_t} k WHERE k.batch_id = r.batch_id AND k.member = r.member)")
+            confirmed, still = _count(got[2][0]), _count(got[3][0])
             back: dict[Any, tuple[Reservation, int]] = {}
-            for k, n in still.items():
-                if k not in confirmed and n:
-                    r = of[k]
-                    back[r.key_id] = (r, back.get(r.key_id, (r, 0))[1] + n)
+            for a, b, n in got[4][0] or []:
+                r = of.get((int(a or 0), int(b or 0)))
+                if r is None:
+                    raise Unverified(f"unconfirmed reservation ({a}, {b}) not asked for")
+                if n and int(n):
+                    back[r.key_id] = (r, back.get(r.key_id, (r, 0))[1] + int(n))
             stmts: list[tuple[str, int, str]] = []  # (sql, rows it must affect, what)
             if still:
-                gone = ", ".join(f"({a}, {b})" for a, b in still)
-                stmts.append((f"DELETE FROM `{self.schema}`.`{RESERVATION}` "
-                              f"WHERE (batch_id, member) IN ({gone})", len(still),
-                              "reservations deleted"))
+                stmts.append((f"DELETE FROM {res_t} WHERE (batch_id, member) IN ({pairs})",
+                              still, "reservations deleted"))
             if confirmed:
-                done = ", ".join(f"({a}, {b})" for a, b in confirmed)
-                stmts.append((f"DELETE FROM `{self.schema}`.`{CONFIRM}` "
-                              f"WHERE (batch_id, member) IN ({done})", len(confirmed),
-                              "confirm rows deleted"))
+                stmts.append((f"DELETE FROM {conf_t} WHERE (batch_id, member) IN ({pairs})",
+                              confirmed, "confirm rows deleted"))
             returns = {}
             for r, n in back.values():
                 what = f"{_RETURNED} to {r.table} {r.key_sql}"
                 returns[what] = r
                 stmts.append((f"UPDATE {r.table} SET `{r.column}` = `{r.column}` + {n} "
                               f"WHERE `{r.key_col}` = {r.key_sql}", 1, what))
-            for what, want, got in await run_checked(c, stmts) if stmts else []:
-                gone_row = returns.get(what)
-                if not (gone_row is not None and got == 0 and not await row_exists(
-                        c, gone_row.table, gone_row.key_col, gone_row.key_sql)):
-                    raise Unverified(f"{what}: {got} rows, expected {want}")
-            # A locking read cut short would have left rows out of both lists above: nothing
+            # A locking read cut short would have left rows out of the counts above: nothing
             # of `rs` may be left in either table when this transaction commits.
-            left, _ = await c.query(
-                f"SELECT (SELECT COUNT(*) FROM `{self.schema}`.`{RESERVATION}` WHERE "
-                f"(batch_id, member) IN ({pairs})), (SELECT COUNT(*) FROM "
-                f"`{self.schema}`.`{CONFIRM}` WHERE (batch_id, member) IN ({pairs}))")
+            stmts.append((f"SELECT (SELECT COUNT(*) FROM {res_t} WHERE (batch_id, member) IN "
+                          f"({pairs})), (SELECT COUNT(*) FROM {conf_t} WHERE "
+                          f"(batch_id, member) IN ({pairs}))", -1, "rows left"))
+            done = await c.query_each("; ".join(sql for sql, _, _ in stmts))
+            for what, want, n in unexpected(stmts, done):
+                gone_row = returns.get(what)
+                if not (gone_row is not None and n == 0 and not await row_exists(
+                        c, gone_row.table, gone_row.key_col, gone_row.key_sql)):
+                    raise Unverified(f"{what}: {n} rows, expected {want}")
+            left = done[-1][0]
             if left != [["0", "0"]]:
                 raise Unverified(f"rows left after resolving: {left}")
             await c.execute("COMMIT")
@@ -364,7 +376,7 @@ class Escrow:
             for r, n in back.values():
                 log.info("escrow: %d units returned to %s %s (buyers rolled back)", n,
                          r.table, r.key_sql)
-            return len(confirmed), sum(n for _, n in back.values())
+            return confirmed, sum(n for _, n in back.values())
 
     async def orphans(self, user: str) -> list[tuple[int, int, str, str, int]]:
         """Reservations left by a crashed proxy or made on a former primary: older than
