@@ -1,5 +1,6 @@
-"""speedups.fast_enum_members: with EnumType's __getattr__ gone (as in Python 3.12), every
-enum the proxy uses reads its members, and misses names, exactly as before."""
+"""Rewrites made for speed keep what they replaced: speedups.fast_enum_members (with
+EnumType's __getattr__ gone, as in Python 3.12, every enum the proxy uses reads its members,
+and misses names, exactly as before) and the metrics kept as native numbers."""
 
 from __future__ import annotations
 
@@ -10,9 +11,14 @@ import signal
 import socket
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.utils import floatToGoString
 
 from proxy.backends.lease import LeaseState
 from proxy.core import errors
+from proxy.core import metrics as M
 from proxy.core.speedups import fast_enum_members
 from proxy.plan.plan import Route, Track
 
@@ -52,3 +58,28 @@ def test_a_new_enum_with_member_names_that_are_properties_elsewhere() -> None:
     assert Odd.PLAIN.value == "p"
     assert Odd["name"].value == "n"
     assert Odd.name is Odd["name"] and Odd.value is Odd["value"]  # type: ignore[comparison-overlap]
+
+
+# metrics._Hist: a histogram kept as native numbers must export what prometheus-client's
+# own Histogram would for the same observations (bucket edges inclusive, +Inf, count, sum).
+
+
+_EDGES = [0.0, *M._LAT, 1e-9, 7.0]  # exactly on every bound, and around them
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.sampled_from(_EDGES), st.floats(0, 10, allow_nan=False)),
+                max_size=40))
+def test_a_plain_histogram_exports_what_prometheus_client_s_would(values: list[float]) -> None:
+    ours = M._Hist(M._LAT)
+    reg = CollectorRegistry()
+    theirs = Histogram("h", "h", buckets=M._LAT, registry=reg)
+    for v in values:
+        ours.add(v)
+        theirs.observe(v)
+    want = {s.labels["le"]: s.value for s in next(iter(reg.collect())).samples
+            if s.name == "h_bucket"}
+    got = dict(ours.cumulative())
+    assert [got[le] for le in ours.les] == [want[le] for le in
+                                            [*map(floatToGoString, M._LAT), "+Inf"]]
+    assert ours.sum == pytest.approx(sum(values))

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-from bisect import bisect_left
 from collections.abc import Iterator
 from typing import Any, Final, Literal
 
@@ -201,44 +200,57 @@ class LabelCounter(Collector):
         yield c
 
 
-def _cumulative(bounds: tuple[float, ...], h: list[float]) -> list[tuple[str, float]]:
-    """A plain histogram's per-bucket counts (then +Inf, then the sum) as Prometheus buckets."""
-    acc = 0.0
-    out = []
-    for bound, cnt in zip([*map(str, bounds), "+Inf"], h[:-1], strict=True):
-        acc += cnt
-        out.append((bound, acc))
-    return out
+class _Hist:
+    """One histogram series as native numbers: per-bucket counts (then +Inf) and the sum. An
+    observation allocates no float (a list of floats did, twice per statement)."""
 
+    def __init__(self, buckets: tuple[float, ...]) -> None:
+        self.bounds = tuple(float(b) for b in buckets)
+        self.les = [*map(str, buckets), "+Inf"]  # (the bucket labels as they were written)
+        self.counts = [0] * (len(buckets) + 1)
+        self.sum = 0.0
 
-def _push_histogram(files: _Files, labels: tuple[str, ...], h: list[float]) -> None:
-    for i, cnt in enumerate(h[:-1]):  # each bucket's own count, then the sum
-        files.add(labels, cnt, i)
-    files.add(labels, h[-1], -2)
+    def add(self, value: float) -> None:
+        i = 0
+        for b in self.bounds:  # (most values fall in the first few buckets)
+            if value <= b:
+                break
+            i += 1
+        self.counts[i] += 1
+        self.sum += value
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        acc = 0
+        out = []
+        for le, cnt in zip(self.les, self.counts, strict=True):
+            acc += cnt
+            out.append((le, float(acc)))
+        return out
+
+    def push(self, files: _Files, labels: tuple[str, ...]) -> None:
+        for i, cnt in enumerate(self.counts):  # each bucket's own count, then the sum
+            files.add(labels, cnt, i)
+        files.add(labels, self.sum, -2)
 
 
 class PlainHistogram(Collector):
-    """An unlabelled histogram kept as plain numbers (per-bucket counts, +Inf, sum), for one
-    observed per merged batch: prometheus-client's `observe` is interpreted and takes a lock."""
+    """An unlabelled histogram kept as plain numbers, for one observed per merged batch:
+    prometheus-client's `observe` is interpreted and takes a lock."""
 
     def __init__(self, name: str, help: str, buckets: tuple[float, ...]) -> None:
-        self.name, self.help, self.bounds = name, help, buckets
-        self.h = [0.0] * (len(buckets) + 2)
+        self.name, self.help = name, help
+        self.h = _Hist(buckets)
+        self.observe = self.h.add
         self._files = _Files(lambda: Histogram(name, help, buckets=buckets, registry=None))
         REGISTRY.register(self)
         _FLUSHED.append(self)
 
-    def observe(self, value: float) -> None:
-        h = self.h
-        h[bisect_left(self.bounds, value)] += 1
-        h[-1] += value
-
     def flush(self) -> None:
-        _push_histogram(self._files, (), self.h)
+        self.h.push(self._files, ())
 
     def collect(self) -> Iterator[Metric]:
         hf = HistogramMetricFamily(self.name, self.help)
-        hf.add_metric([], _cumulative(self.bounds, self.h), self.h[-1])
+        hf.add_metric([], self.h.cumulative(), self.h.sum)
         yield hf
 
 
@@ -339,7 +351,7 @@ class _StatementStats(Collector):
 
     def __init__(self) -> None:
         self.counts: dict[tuple[str, str, str], int] = {}
-        self.hist: dict[str, list[float]] = {}  # route -> bucket counts..., +Inf count, sum
+        self.hist: dict[str, _Hist] = {}  # route -> its latency histogram
         self.lane = 0
         self._files = _Files(lambda: Counter(STATEMENTS_NAME, STATEMENTS_HELP,
                                              ["kind", "route", "outcome"], registry=None))
@@ -356,9 +368,8 @@ class _StatementStats(Collector):
         self.counts[key] = self.counts.get(key, 0) + 1
         h = self.hist.get(route)
         if h is None:
-            h = self.hist[route] = [0.0] * (len(_LAT) + 2)
-        h[bisect_left(_LAT, seconds)] += 1
-        h[-1] += seconds
+            h = self.hist[route] = _Hist(_LAT)
+        h.add(seconds)
 
     def _merged(self) -> dict[tuple[str, str, str], int]:
         merged: dict[tuple[str, str, str], int] = {}
@@ -373,7 +384,7 @@ class _StatementStats(Collector):
         if self.lane:
             self._lane_files.add((), self.lane)
         for route, h in list(self.hist.items()):
-            _push_histogram(self._hist_files, (route,), h)
+            h.push(self._hist_files, (route,))
 
     def collect(self) -> Iterator[Metric]:
         c = CounterMetricFamily(STATEMENTS_NAME, STATEMENTS_HELP,
@@ -384,7 +395,7 @@ class _StatementStats(Collector):
         hf = HistogramMetricFamily(STATEMENT_LATENCY_NAME, STATEMENT_LATENCY_HELP,
                                    labels=["route"])
         for route, h in list(self.hist.items()):
-            hf.add_metric([route], _cumulative(_LAT, h), h[-1])
+            hf.add_metric([route], h.cumulative(), h.sum)
         yield hf
         yield CounterMetricFamily(FASTLANE_NAME, FASTLANE_HELP, value=self.lane)
 
