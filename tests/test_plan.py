@@ -18,6 +18,7 @@ from proxy.core.config import Address
 from proxy.core.errors import PinReason
 from proxy.core.state import (
     LOGIN_NAMES,
+    Answered,
     Catalog,
     Names,
     Wanted,
@@ -36,6 +37,7 @@ from proxy.plan.plan import (
     LOCAL_ANSWERS,
     ROW_COUNT_SYNCABLE,
     Plan,
+    PlanInputs,
     Policy,
     Route,
     Track,
@@ -43,6 +45,7 @@ from proxy.plan.plan import (
     conn_id_alias,
     plan,
 )
+from proxy.session.session import ProxySession
 
 
 @dataclass
@@ -60,6 +63,10 @@ class View:
     last_insert_id: int = 0
     state_stale: bool = False
     stmts: dict[int, Any] = field(default_factory=dict)
+
+    def plan_inputs(self) -> PlanInputs:
+        return (self.in_txn, self.autocommit_off, self.pin, self.consistency,
+                self.read_after_gtid, self.replica_txn, self.answered_rows, self.made_rows)
     # and what a SELECT the lane answers itself (answers.local_answer) reads and sets
     connection: Any = field(default_factory=lambda: SimpleNamespace(connection_id=7))
     status: int = 2
@@ -444,3 +451,29 @@ def test_router_and_lane_share_one_rotation_test() -> None:
 def test_connection_id_column_name(sql: str, name: str) -> None:
     """Named as MySQL names it: the alias, else the item as the client wrote it."""
     assert conn_id_alias(classify(sql)) == name
+
+
+_VIEW_PROPS = ("in_txn", "autocommit_off", "pin", "consistency", "read_after_gtid", "replica_txn",
+               "answered_rows", "made_rows")
+
+
+@settings(max_examples=300, deadline=None)
+@given(status=st.integers(0, 0xFFFF), autocommit=st.sampled_from([None, "ON", "off", "0", "1"]),
+       pin=st.sampled_from([None, *PinReason]), mine=st.sampled_from([None, "strong", "eventual"]),
+       token=st.sampled_from([None, "0-1-5"]), state=st.sampled_from(list(LeaseState)),
+       local=st.sampled_from([None, -1, 0, 1, 5]), ok=st.sampled_from([None, -1, 0, 3]),
+       answered=st.sampled_from([None, 0, 1, 2]))
+def test_a_session_s_plan_inputs_are_its_properties(
+        status: int, autocommit: str | None, pin: PinReason | None, mine: str | None,
+        token: str | None, state: LeaseState, local: int | None, ok: int | None,
+        answered: int | None) -> None:
+    """plan.plan keys its memo on ProxySession.plan_inputs(), _plan reads the properties: the
+    two must agree in every state (one call was made to replace eight property reads)."""
+    s = ProxySession(SimpleNamespace(server_version="10.11", read_consistency="session"))
+    s.status, s.pin, s.read_consistency, s.read_after_gtid = status, pin, mine, token
+    if autocommit is not None:
+        s.sysvars["autocommit"] = autocommit
+    s.lease.state = state
+    s._stmt_conn = Answered(answered) if answered is not None else None
+    s.row_count_local, s.row_count_ok = local, ok
+    assert s.plan_inputs() == tuple(getattr(s, p) for p in _VIEW_PROPS)

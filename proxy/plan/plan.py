@@ -49,8 +49,14 @@ class Track(Label):
     COMMIT = "commit"  # an outcome record written just before the client's COMMIT
 
 
+# Everything a plan reads of a session, in SessionView's order (in_txn ... made_rows)
+PlanInputs = tuple[bool, bool, PinReason | None, str, str | None, bool, int | None, int | None]
+
+
 class SessionView(Protocol):
     """What a plan may read of a session (ProxySession implements it)."""
+
+    def plan_inputs(self) -> PlanInputs: ...  # the eight below, in their order, in one call
 
     @property
     def in_txn(self) -> bool: ...  # an explicit transaction is open
@@ -180,8 +186,8 @@ def plan(shape: Shape, s: SessionView, policy: Policy, cursor: bool = False,
     command, which runs as it is on the primary). Pure: the same inputs give the same plan,
     so it is made once per shape and view of the session and then looked up (`Shape.memo`;
     the key is everything `_plan` reads; a shape keeps at most 64)."""
-    key = (s.in_txn, s.autocommit_off, s.pin, s.consistency, s.read_after_gtid, s.replica_txn,
-           s.answered_rows is not None, _sync_value(s.made_rows), cursor, bulk,
+    i = s.plan_inputs()  # (one call: eight property reads cost 2 µs a statement)
+    key = (i[0], i[1], i[2], i[3], i[4], i[5], i[6] is not None, _sync_value(i[7]), cursor, bulk,
            policy)
     memo = shape.memo
     got = memo.get(key)

@@ -38,7 +38,7 @@ from proxy.net import tracking
 from proxy.net.tracking import Tracking
 from proxy.net.wire import ClientIO
 from proxy.plan.classify import classify, session_txn_as_vars, with_conn_id
-from proxy.plan.plan import plan
+from proxy.plan.plan import PlanInputs, plan
 from proxy.session.hold import Hold
 from proxy.session.props import Settable
 
@@ -195,6 +195,15 @@ class ProxySession(Settable, Hold, BaseSession):
 
     # ---- the view a plan reads (plan.SessionView) -----------------------------------------
 
+    def plan_inputs(self) -> PlanInputs:
+        """The properties below in one call, each read once (plan.plan, every statement)."""
+        local = self.row_count_local
+        made = local if local is not None else _rows_of(self._stmt_conn)
+        return (bool(self.status & P.SERVER_STATUS_IN_TRANS), _autocommit_off(self.sysvars),
+                self.pin, self.read_consistency or self.app.read_consistency,
+                self.read_after_gtid, self.lease.state is LeaseState.REPLICA_TXN,
+                _answered(local, self.row_count_ok, made), made)
+
     @property
     def in_txn(self) -> bool:
         return bool(self.status & P.SERVER_STATUS_IN_TRANS)
@@ -219,16 +228,12 @@ class ProxySession(Settable, Hold, BaseSession):
 
     @property
     def answered_rows(self) -> int | None:
-        if self.row_count_local is None and self.row_count_ok is not None:
-            return self.row_count_ok  # (a value made later, such as a deferred BEGIN's 0, wins)
-        return self.made_rows
+        return _answered(self.row_count_local, self.row_count_ok, self.made_rows)
 
     @property
     def made_rows(self) -> int | None:
-        if self.row_count_local is not None:
-            return self.row_count_local
-        c = self._stmt_conn
-        return c.rows if isinstance(c, Answered) else None
+        local = self.row_count_local
+        return local if local is not None else _rows_of(self._stmt_conn)
 
     @property
     def replica_txn(self) -> bool:
@@ -337,7 +342,7 @@ class ProxySession(Settable, Hold, BaseSession):
 
     @property
     def autocommit_off(self) -> bool:
-        return self.sysvars.get("autocommit", "ON").upper() in ("OFF", "0")
+        return _autocommit_off(self.sysvars)
 
     @property
     def consistency(self) -> str:
@@ -436,3 +441,18 @@ def _text_command(s: ProxySession, sql: str, shape: Shape, p: Plan, payload: byt
     return Command(sql, shape, p, lambda c, out: reply.run_on(s, c, payload, out, shape),
                    lambda q: general.forward(s, payload, shape, q),
                    lambda fwd: s.app.hotrow.intercept(s, sql, shape, fwd), payload)
+
+
+def _rows_of(c: BackendConn | Answered | Carried | None) -> int | None:
+    """ROW_COUNT() of a statement the proxy answered itself (a merged UPDATE), else unknown."""
+    return c.rows if isinstance(c, Answered) else None
+
+
+def _answered(local: int | None, ok: int | None, made: int | None) -> int | None:
+    """ROW_COUNT() where the proxy knows it: read from an OK (a value made later, such as a
+    deferred BEGIN's 0, wins), else what the proxy made."""
+    return ok if local is None and ok is not None else made
+
+
+def _autocommit_off(sysvars: dict[str, str]) -> bool:
+    return sysvars.get("autocommit", "ON").upper() in ("OFF", "0")
