@@ -147,6 +147,10 @@ class BackendConn(ConnState):
                 return seq
 
     async def read_packet(self) -> bytes:
+        pkt = self.io.take_packet()  # (it came whole: no coroutine per part)
+        if pkt is not None:
+            self.seq_in = self.io.taken_seq
+            return pkt
         try:
             data = b""
             while True:

@@ -22,6 +22,7 @@ log = logging.getLogger("seckill.wire")
 
 _READ_HIGH: Final = 1 << 20  # stop reading a socket whose unread bytes exceed this
 _READ_LOW: Final = 1 << 18
+_MAX_PACKET: Final = 0xFFFFFF  # (protocol.MAX_PACKET: a longer payload continues in the next)
 
 
 class PacketIO(asyncio.Protocol):
@@ -57,6 +58,7 @@ class PacketIO(asyncio.Protocol):
         # kept from connection_made: asking for the running loop costs a getpid() each time
         # (Python 3.11), and a read waits once per command
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+        self.taken_seq = 0  # the sequence id of the packet `take_packet` returned
 
     # ---- protocol callbacks ---------------------------------------------------------------
 
@@ -183,6 +185,23 @@ class PacketIO(asyncio.Protocol):
         if not head:
             return b""
         return self._skip_replies(head)  # (behind what waits in the buffer, if anything)
+
+    def take_packet(self) -> bytes | None:
+        """The next packet's payload when the buffer holds all of it (its sequence id in
+        `taken_seq`), else None and the buffer untouched: a reader of a reply that came whole
+        (nearly every service statement's) skips two coroutines a packet (read_packet)."""
+        buf = self.buf
+        have = len(buf)
+        if have < 4:
+            return None
+        n = buf[0] | (buf[1] << 8) | (buf[2] << 16)
+        if n >= _MAX_PACKET or have < 4 + n:  # (a packet in parts: the awaiting reader's)
+            return None
+        self.taken_seq = buf[3]
+        data = bytes(buf[4:4 + n])
+        del buf[:4 + n]
+        self._consumed()
+        return data
 
     async def readexactly(self, n: int) -> bytes:
         while len(self.buf) < n:
