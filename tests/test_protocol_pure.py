@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from proxy.net import protocol as P
 from proxy.net.checks import check_handshake_response
+from proxy.net.wire import PacketIO
 
 U = "3e11fa47-71ca-11e1-9e33-c80aa9429562"
 
@@ -168,3 +169,23 @@ def test_a_bad_compressed_frame_is_refused() -> None:
     garbage = (5).to_bytes(3, "little") + b"\x00" + (50).to_bytes(3, "little") + b"hello"
     with pytest.raises(CompressionError):
         Compression(_Sink()).feed(garbage)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.binary(max_size=300), st.integers(0, 255)), max_size=12),
+       st.data())
+def test_take_packet_takes_each_whole_packet_as_sent(
+        packets: list[tuple[bytes, int]], data: st.DataObject) -> None:
+    """PacketIO.take_packet (a backend reply read without a coroutine when it came whole): the
+    stream cut anywhere, fed piece by piece, gives back every payload and sequence id in order,
+    and nothing of a packet not yet whole."""
+    stream = b"".join(struct.pack("<I", len(p))[:3] + bytes((seq,)) + p for p, seq in packets)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=8)))
+    io = PacketIO()
+    got = []
+    for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True):
+        io.data_received(stream[a:b])
+        while (pkt := io.take_packet()) is not None:
+            got.append((pkt, io.taken_seq))
+    assert got == packets
+    assert not io.buf
