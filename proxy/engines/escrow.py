@@ -151,11 +151,14 @@ async def reserved_on(c: Any, schema: str, tbl: str, key: str) -> int:
     return int(rows[0][0] or 0) if rows else 0
 
 
-async def run_checked(c: Any, stmts: list[tuple[str, int, str]]) -> list[tuple[str, int, int]]:
-    """Run a service transaction's statements in one round trip (COMMIT never among them) and
-    return those whose affected rows are not what was expected: (what, expected, got). The
-    batch (hotrow.py) and the resolution below commit only when this is empty."""
-    return unexpected(stmts, await c.query_each("; ".join(sql for sql, _, _ in stmts)))
+async def run_checked(c: Any, stmts: list[tuple[str, int, str]]
+                      ) -> tuple[list[tuple[str, int, int]], list[tuple[Any, Any]]]:
+    """Run a service transaction's statements in one round trip (COMMIT never among them);
+    return those whose affected rows are not what was expected, (what, expected, got), and
+    every statement's result (`BackendConn.query_each`'s). The batch (hotmerge.py) and the
+    resolution below commit only when the first is empty."""
+    res = await c.query_each("; ".join(sql for sql, _, _ in stmts))
+    return unexpected(stmts, res), res
 
 
 def unexpected(stmts: list[tuple[str, int, str]], res: list[tuple[Any, Any]]
@@ -362,8 +365,8 @@ class Escrow:
             stmts.append((f"SELECT (SELECT COUNT(*) FROM {res_t} WHERE (batch_id, member) IN "
                           f"({pairs})), (SELECT COUNT(*) FROM {conf_t} WHERE "
                           f"(batch_id, member) IN ({pairs}))", -1, "rows left"))
-            done = await c.query_each("; ".join(sql for sql, _, _ in stmts))
-            for what, want, n in unexpected(stmts, done):
+            bad, done = await run_checked(c, stmts)
+            for what, want, n in bad:
                 gone_row = returns.get(what)
                 if not (gone_row is not None and n == 0 and not await row_exists(
                         c, gone_row.table, gone_row.key_col, gone_row.key_sql)):

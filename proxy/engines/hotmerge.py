@@ -363,7 +363,7 @@ class Merger:
                 if d == 0:
                     m.reserved_seen = held
         stmts, reserve = self._writes(hs, members, user, decisions, total, batch_id, None)
-        bad = await run_checked(c, stmts)
+        bad, _ = await run_checked(c, stmts)
         if bad:
             what, want, got = bad[0]
             raise Unverified(f"{what} affected {got} rows, expected {want}")

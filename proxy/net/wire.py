@@ -15,6 +15,7 @@ import ssl
 from collections.abc import Callable
 from typing import Any, Final
 
+from proxy.net import protocol as P
 from proxy.net.compress import Compression, CompressionError
 from proxy.net.tls import TLSTransport
 
@@ -22,7 +23,6 @@ log = logging.getLogger("seckill.wire")
 
 _READ_HIGH: Final = 1 << 20  # stop reading a socket whose unread bytes exceed this
 _READ_LOW: Final = 1 << 18
-_MAX_PACKET: Final = 0xFFFFFF  # (protocol.MAX_PACKET: a longer payload continues in the next)
 
 
 class PacketIO(asyncio.Protocol):
@@ -195,7 +195,7 @@ class PacketIO(asyncio.Protocol):
         if have < 4:
             return None
         n = buf[0] | (buf[1] << 8) | (buf[2] << 16)
-        if n >= _MAX_PACKET or have < 4 + n:  # (a packet in parts: the awaiting reader's)
+        if n >= P.MAX_PACKET or have < 4 + n:  # (a packet in parts: the awaiting reader's)
             return None
         self.taken_seq = buf[3]
         data = bytes(buf[4:4 + n])

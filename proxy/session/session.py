@@ -198,7 +198,7 @@ class ProxySession(Settable, Hold, BaseSession):
     def plan_inputs(self) -> PlanInputs:
         """The properties below in one call, each read once (plan.plan, every statement)."""
         local = self.row_count_local
-        made = local if local is not None else _rows_of(self._stmt_conn)
+        made = _made(local, self._stmt_conn)
         return (bool(self.status & P.SERVER_STATUS_IN_TRANS), _autocommit_off(self.sysvars),
                 self.pin, self.read_consistency or self.app.read_consistency,
                 self.read_after_gtid, self.lease.state is LeaseState.REPLICA_TXN,
@@ -232,8 +232,7 @@ class ProxySession(Settable, Hold, BaseSession):
 
     @property
     def made_rows(self) -> int | None:
-        local = self.row_count_local
-        return local if local is not None else _rows_of(self._stmt_conn)
+        return _made(self.row_count_local, self._stmt_conn)
 
     @property
     def replica_txn(self) -> bool:
@@ -443,8 +442,11 @@ def _text_command(s: ProxySession, sql: str, shape: Shape, p: Plan, payload: byt
                    lambda fwd: s.app.hotrow.intercept(s, sql, shape, fwd), payload)
 
 
-def _rows_of(c: BackendConn | Answered | Carried | None) -> int | None:
-    """ROW_COUNT() of a statement the proxy answered itself (a merged UPDATE), else unknown."""
+def _made(local: int | None, c: BackendConn | Answered | Carried | None) -> int | None:
+    """ROW_COUNT() the proxy made: set here (`row_count_local`), or of a statement it answered
+    itself (a merged UPDATE); else unknown."""
+    if local is not None:
+        return local
     return c.rows if isinstance(c, Answered) else None
 
 
