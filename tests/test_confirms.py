@@ -17,7 +17,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.backends.confirms import affected_one, plain_commit, renumber
-from proxy.engines import escrow
 from proxy.net import protocol as P
 from proxy.net.wire import PacketIO
 from proxy.tools.sandbox import Sandbox
@@ -25,6 +24,16 @@ from proxy.tools.sandbox import Sandbox
 from .conftest import ProxyProc, make_config, start_proxy
 from .test_escrow import LOG, UPD, reservations_made, settle, setup, state
 
+# The member's confirm row (the DELETE of its reservation) refused, as a failed write would be
+REFUSE = ("CREATE TRIGGER seckill_proxy.refuse_sale BEFORE DELETE ON seckill_proxy.hotrow_reservation "
+          "FOR EACH ROW SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'refused'")
+UNREFUSE = "DROP TRIGGER IF EXISTS seckill_proxy.refuse_sale"
+
+
+def ends(proxy: ProxyProc) -> dict[str, float]:
+    """Reserved units by how they ended (seckill_proxy_hotrow_reservations_total)."""
+    return {k: proxy.metric(f'seckill_proxy_hotrow_reservations_total{{outcome="{k}"}}')
+            for k in ("sold_at_commit", "sold", "returned")}
 
 def test_renumber_and_plain_commit() -> None:
     ok = b"\x07\x00\x00\x03\x00\x00\x00\x02\x00\x00\x00"
@@ -161,6 +170,7 @@ def test_after_the_merged_update_the_unit_is_sold_exactly_when_the_order_commits
 ) -> None:
     setup(sandbox, {81: 10})
     m0 = reservations_made(sandbox)
+    ends0 = ends(proxy)
     c = proxy.connect()
     try:
         with c.cursor() as cur:
@@ -179,6 +189,11 @@ def test_after_the_merged_update_the_unit_is_sold_exactly_when_the_order_commits
     settle(sandbox)
     stock, logged = state(sandbox)
     assert logged.get(81, 0) == (1 if commits else 0)
+    # sold at its COMMIT (which carried the delete), or resolved: sold or returned
+    at_commit = bool(commits) and not between and plain_commit(b"\x03" + end.encode())
+    got = {k: n - ends0[k] for k, n in ends(proxy).items()}
+    assert got == {"sold_at_commit": int(at_commit), "returned": int(not commits),
+                   "sold": int(bool(commits) and not at_commit)}, got
     assert stock[81] == 10 - logged.get(81, 0)
     sandbox.primary.sql("DROP TABLE IF EXISTS shop.ddl_commits")
 
@@ -206,7 +221,8 @@ def test_change_of_database_and_reset_and_quit(proxy: ProxyProc, sandbox: Sandbo
 
 def test_a_confirm_row_that_cannot_be_written_rolls_the_order_back(
         proxy: ProxyProc, sandbox: Sandbox) -> None:
-    """The confirm table is gone between the UPDATE's answer and what follows: the order must
+    """The confirm row cannot be written (a trigger refuses the reservation's delete) between
+    the UPDATE's answer and what follows: the order must
     not commit (its unit would be returned although sold). The client gets 1213 (rolled back),
     before another statement and at a COMMIT (which the fast lane runs), and its connection
     goes on outside any transaction."""
@@ -219,7 +235,7 @@ def test_a_confirm_row_that_cannot_be_written_rolls_the_order_back(
                 if not update_first:
                     cur.execute(LOG.format(sku=83, n=1))
                 assert cur.execute(UPD.format(sku=83, n=1)) == 1
-                sandbox.primary.sql(f"DROP TABLE seckill_proxy.{escrow.CONFIRM}")
+                sandbox.primary.sql(REFUSE)
                 lane = proxy.metric("seckill_proxy_fastlane_statements_total")
                 with pytest.raises(pymysql.err.OperationalError) as e:
                     cur.execute(LOG.format(sku=83, n=1) if update_first else "COMMIT")
@@ -231,7 +247,7 @@ def test_a_confirm_row_that_cannot_be_written_rolls_the_order_back(
                 cur.execute("COMMIT")  # nothing left to commit
         finally:
             c.close()
-            sandbox.primary.sql(*escrow.ddl("seckill_proxy"))
+            sandbox.primary.sql(UNREFUSE)
     settle(sandbox)
     stock, logged = state(sandbox)
     assert logged.get(83, 0) == 0 and stock[83] == 10
@@ -311,7 +327,7 @@ def test_a_prepared_write_after_the_merged_update(
             assert cur.rowcount == 1
             assert reservations_made(sandbox) - r0 == 1  # merged: a confirm row waits
             if drop:
-                sandbox.primary.sql(f"DROP TABLE seckill_proxy.{escrow.CONFIRM}")
+                sandbox.primary.sql(REFUSE)
             lane = proxy.metric("seckill_proxy_fastlane_statements_total")
             try:
                 icur.execute(ins, (86, -1))
@@ -320,7 +336,7 @@ def test_a_prepared_write_after_the_merged_update(
                 assert drop and e.errno == 1213, e
             finally:
                 if drop:
-                    sandbox.primary.sql(*escrow.ddl("seckill_proxy"))
+                    sandbox.primary.sql(UNREFUSE)
             # (the first EXECUTE, and the first after the connection was closed, prepares on
             # the backend connection too: the session path's)
             if cursors == 2 and 0 < i < 4:

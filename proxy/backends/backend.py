@@ -86,6 +86,9 @@ class BackendConn(ConnState):
         self.last_used = time.monotonic()
         self.pool: Any = None  # the Pool that lent it (set by the pool)
         self.confirms: list[str] = []  # escrow confirm rows its transaction waits for
+        # the rows a COMMIT carried and committed (confirms.sold_at_commit), until the session
+        # hands their reservations over as sold (session.txn_over)
+        self.sold: list[str] = []
         self.seq_in = 0  # the sequence id of the last packet read (`query_each`'s guard)
 
     @classmethod

@@ -1,7 +1,8 @@
 """The escrow's confirm rows, written late (engines/escrow.py): a merged UPDATE inside a
-transaction is answered once its group committed, and its confirm row waits on the member's
-connection (`BackendConn.confirms`) for the next command there, so a seed order costs one
-round trip less.
+transaction is answered once its group committed, and its confirm row (the DELETE of its
+reservation, one row) waits on the member's connection (`BackendConn.confirms`) for the next
+command there, so a seed order costs one round trip less. A COMMIT that carried them and
+committed makes those sales final at once (`sold_at_commit`).
 
 The rule, kept at the lowest level so no path can skip it: nothing reaches that connection
 while a confirm row waits, except
@@ -155,7 +156,18 @@ async def commit_with(c: BackendConn, payload: bytes, out: Any,
         pass  # (retired; the COMMIT's answer is given)
     if committed_without(late, r, c):
         await write_late(c, late)
+    sold_at_commit(c, payload, rows, late, r)
     return r
+
+
+def sold_at_commit(c: BackendConn, payload: bytes, rows: list[str], late: list[str],
+                   r: Relayed) -> None:
+    """The client's plain COMMIT carried `rows`, each deleted its reservation, and it
+    committed: those sales are final, nothing is left to resolve (session.txn_over hands
+    them to escrow.sold). Anything else (a row that said "0 rows", an error, a transaction
+    still open) leaves them to a resolution, which reads the truth. Both paths call this."""
+    if rows and not late and r.err is None and not c.in_trans and plain_commit(payload):
+        c.sold = rows
 
 
 def committed_without(late: list[str], r: Relayed, c: BackendConn) -> bool:

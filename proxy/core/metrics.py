@@ -181,6 +181,9 @@ class LabelCounter(Collector):
     def inc(self, *labels: Any) -> None:
         self.counts[labels] = self.counts.get(labels, 0) + 1
 
+    def add(self, n: int, *labels: Any) -> None:
+        self.counts[labels] = self.counts.get(labels, 0) + n
+
     def _merged(self) -> dict[tuple[str, ...], int]:
         merged: dict[tuple[str, ...], int] = {}
         for labels, n in list(self.counts.items()):
@@ -329,6 +332,12 @@ HOTROW_FIRST_TRY: Final = LabelCounter(
     "Merged batches tried in one round trip, by outcome (held, or redone read-then-write)",
     ["outcome"],
 )
+HOTROW_RESERVATIONS: Final = LabelCounter(
+    P + "hotrow_reservations_total",
+    "Units reserved for merged members inside transactions, by how they ended: sold at the "
+    "member's COMMIT, sold or returned to stock by a resolution", ["outcome"],
+)
+HOTROW_RESERVATIONS.counts.update({("sold_at_commit",): 0, ("sold",): 0, ("returned",): 0})
 HOTROW_QUEUE_DEPTH: Final = Gauge(P + "hotrow_queue_depth", "Statements waiting in hot-row queues",
                            multiprocess_mode=SUM)
 HOTROW_QUEUE_WAIT: Final = Histogram(

@@ -1,23 +1,29 @@
-"""Escrow for hot decrements merged inside transactions: reserve in the group, confirm in the
-member's own transaction, return on rollback.
+"""Escrow for hot decrements merged inside transactions: reserve in the group, consume the
+reservation in the member's own transaction, return on rollback.
 
 A merged batch can commit only its own short transaction; a member's transaction commits or
 rolls back later, on its own connection. So the batch deducts the member's units and records a
 **reservation** (batch id, member number, amount, the member's server and backend connection
-id) in the same commit. A **confirm** row (batch id, member number) is inserted inside the
-member's transaction (with its next command there, its COMMIT's round trip for the seed's
-order: backends/confirms.py): it commits exactly when the member's transaction does (with its
-order rows), and vanishes with a rollback or a dead connection.
+id) in the same commit. The member's transaction **deletes** its reservation row (with its next
+command there, its COMMIT's round trip for the seed's order: backends/confirms.py): the delete
+commits exactly when the member's transaction does (with its order rows), and is undone by a
+rollback or a dead connection. So a reservation row still there once its member's transaction
+is over means "not sold": its units go back.
 
-When the member's transaction is over (COMMIT, ROLLBACK, an error that rolled it back, a lost
-connection, a client gone), its reservations are **resolved** in one short transaction (all
-that is pending for a user, every key; one at a time per user and proxy: `_drain`):
-a locking read of the confirm rows (it would wait for a transaction still holding an
-uncommitted confirm row, so it always sees the truth), then for each reservation still present
-(locked, so each is resolved exactly once, whoever resolves): confirmed ones are deleted with
-their confirm row (the sale is final); unconfirmed ones are deleted and their units added back
-to stock. After a proxy crash or a failover, reservations whose member connection no longer
-exists on the server (or that were made on another server) are resolved the same way.
+When the member's transaction ends with an OK to a COMMIT that carried its delete
+(`BackendConn.sold`), the sale is final and nothing is left in the database: the proxy only
+forgets the units (`sold`). Whatever else ends it (ROLLBACK, an error that rolled it back, a
+lost connection, a client gone, a COMMIT whose delete went earlier) has its reservations
+**resolved** in one short transaction (all that is pending for a user, every key; one at a time
+per user and proxy: `_drain`): a locking read of the reservations still there (it waits for a
+transaction still holding an uncommitted delete, so it sees the truth; locked, so each is
+resolved exactly once, whoever resolves), then those are deleted and their units added back to
+stock. After a proxy crash or a failover, reservations whose member connection no longer exists
+on the server (or that were made on another server) are resolved the same way.
+
+Before stop 46 the member inserted a **confirm** row instead (a reservation row stayed until a
+resolution deleted both). The confirm table is still created and read: a reservation with a
+confirm row, left by an older proxy, is sold (deleted with its confirm row, not returned).
 
 No XA: MariaDB's replicated XA PREPARE is fragile (MDEV-32020, MDEV-31949). What observers see:
 reserved units leave `quantity` when the group commits and come back if the buyer rolls back
@@ -35,6 +41,7 @@ from typing import Any, Final
 from mypy_extensions import mypyc_attr
 from pymysql.converters import escape_string
 
+from proxy.core import metrics as M
 from proxy.core.aio import after
 from proxy.core.errors import BackendError, BackendLost, ProxyError
 
@@ -45,8 +52,7 @@ CONFIRM: Final = "hotrow_confirm"
 
 
 def ddl(schema: str) -> list[str]:
-    """Both tables; the confirm table has no AUTO_INCREMENT column, so the member's
-    LAST_INSERT_ID() is not changed by its confirm row."""
+    """Both tables (the confirm table for reservations an older proxy left: see above)."""
     s = schema.replace("`", "``")
     return [
         f"CREATE TABLE IF NOT EXISTS `{s}`.`{RESERVATION}` ("
@@ -209,7 +215,10 @@ class Escrow:
         self.outstanding += r.amount
 
     def confirm_sql(self, r: Reservation) -> str:
-        return f"INSERT INTO `{self.schema}`.`{CONFIRM}` VALUES ({r.batch_id}, {r.member})"
+        """The member's own statement that makes its reservation a sale when its transaction
+        commits (one row, or the reservation is not there: confirms.py rolls the order back)."""
+        return (f"DELETE FROM `{self.schema}`.`{RESERVATION}` "
+                f"WHERE batch_id = {r.batch_id} AND member = {r.member}")
 
     def reservation_sql(self, rs: Iterable[tuple[Reservation, int]]) -> str:
         """The batch's INSERT of its reservations: (reservation, member's connection id)."""
@@ -226,6 +235,12 @@ class Escrow:
             self.pending.setdefault(r.user, []).append(r)
             if r.user not in self._tasks:
                 self._tasks[r.user] = asyncio.create_task(self._drain(r.user))
+
+    def sold(self, rs: list[Reservation]) -> None:
+        """The members' transactions committed with their reservations deleted (a COMMIT's OK
+        that carried the deletes, `BackendConn.sold`): nothing is left to resolve."""
+        M.HOTROW_RESERVATIONS.add(sum(r.amount for r in rs), "sold_at_commit")
+        self._settle(rs)
 
     async def settled(self, timeout: float) -> None:
         """At shutdown: let the drains resolve what is pending (a reservation left behind
@@ -274,7 +289,7 @@ class Escrow:
             while parts:
                 part = parts.pop()
                 try:
-                    await self.resolve(part)
+                    sold, returned = await self.resolve(part)
                 except (BackendError, BackendLost, ProxyError, OSError, Unverified) as e:
                     keys = by_key(part)
                     if len(keys) > 1:
@@ -282,6 +297,8 @@ class Escrow:
                     else:
                         self._retry_later(part, e)
                     continue
+                M.HOTROW_RESERVATIONS.add(sold, "sold")
+                M.HOTROW_RESERVATIONS.add(returned, "returned")
                 self._settle(part)
 
     def _retry_later(self, rs: list[Reservation], e: Exception) -> None:
@@ -309,77 +326,87 @@ class Escrow:
             ke.changed.set()
 
     async def resolve(self, rs: list[Reservation]) -> tuple[int, int]:
-        """One transaction for reservations of one user, any keys; returns (confirmed, units
+        """One transaction for reservations of one user, any keys; returns (units sold, units
         returned).
 
-        Idempotent, and verified before it commits. First round trip: a locking count of the
-        confirm rows (it waits for a member's COMMIT still in flight, so it sees the truth),
-        a locking count of the reservations still present (locked, so each is resolved once,
-        whoever resolves), and the few of those without a confirm row (their units go back).
-        Second: delete both kinds of rows and return the unconfirmed units (last: a stock
-        row is locked for the shortest time), each statement's affected rows checked against
-        the counts, then a count that nothing of `rs` is left in either table. Only then
-        COMMIT, in its own round trip: a statement a KILL or a timeout cut short ("OK, 0 rows"
-        without an error happens on MariaDB 10.11) rolls the whole transaction back, and the
-        retry starts again from what the database holds, so no unit is ever returned twice.
-        (Counts, not every pair read back: a resolution of hundreds reads four rows.)"""
+        Idempotent, and verified before it commits. First round trip: a locking read of the
+        reservations still there (it waits for a member's transaction still holding its delete
+        uncommitted, so it sees the truth; locked, so each is resolved once, whoever resolves),
+        each with whether an older proxy's confirm row sold it. Usually none is there (their
+        members committed): then a count that none is there indeed, and a ROLLBACK, in one
+        round trip (nothing was written). Else: delete them (and the confirm rows), return the
+        unconfirmed units (last: a stock row is locked for the shortest time), each statement's
+        affected rows checked, then a count that nothing of `rs` is left. Only then COMMIT, in
+        its own round trip: a statement a KILL or a timeout cut short ("OK, 0 rows" without an
+        error happens on MariaDB 10.11) rolls the whole transaction back, and the retry starts
+        again from what the database holds, so no unit is ever returned twice."""
         pairs = ", ".join(f"({r.batch_id}, {r.member})" for r in rs)
         of = {(r.batch_id, r.member): r for r in rs}
         res_t = f"`{self.schema}`.`{RESERVATION}`"
         conf_t = f"`{self.schema}`.`{CONFIRM}`"
+        left = (f"SELECT COUNT(*) FROM {res_t} WHERE (batch_id, member) IN ({pairs})", -1,
+                "rows left")
         c = await self.connect(rs[0].user)
         broken = True
         async with after(lambda: self.release(c, broken)):  # (broken: as the block left it)
             got = await c.query_each(
                 "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION; "
-                f"SELECT COUNT(*) FROM {conf_t} WHERE (batch_id, member) IN ({pairs}) "
-                "LOCK IN SHARE MODE; "
-                f"SELECT COUNT(*) FROM {res_t} FORCE INDEX (PRIMARY) "
-                f"WHERE (batch_id, member) IN ({pairs}) FOR UPDATE; "
-                f"SELECT r.batch_id, r.member, r.amount FROM {res_t} r FORCE INDEX (PRIMARY) "
-                f"WHERE (r.batch_id, r.member) IN ({pairs}) AND NOT EXISTS (SELECT 1 FROM "
-                f"{conf_t} k WHERE k.batch_id = r.batch_id AND k.member = r.member)")
-            confirmed, still = _count(got[2][0]), _count(got[3][0])
-            back: dict[Any, tuple[Reservation, int]] = {}
-            for a, b, n in got[4][0] or []:
+                f"SELECT r.batch_id, r.member, r.amount, k.member IS NOT NULL "
+                f"FROM {res_t} r FORCE INDEX (PRIMARY) LEFT JOIN {conf_t} k "
+                "ON k.batch_id = r.batch_id AND k.member = r.member "
+                f"WHERE (r.batch_id, r.member) IN ({pairs}) FOR UPDATE")
+            there: list[tuple[Reservation, int, bool]] = []
+            for a, b, n, confirmed in got[2][0] or []:
                 r = of.get((int(a or 0), int(b or 0)))
                 if r is None:
-                    raise Unverified(f"unconfirmed reservation ({a}, {b}) not asked for")
-                if n and int(n):
-                    back[r.key_id] = (r, back.get(r.key_id, (r, 0))[1] + int(n))
-            stmts: list[tuple[str, int, str]] = []  # (sql, rows it must affect, what)
-            if still:
-                stmts.append((f"DELETE FROM {res_t} WHERE (batch_id, member) IN ({pairs})",
-                              still, "reservations deleted"))
-            if confirmed:
-                stmts.append((f"DELETE FROM {conf_t} WHERE (batch_id, member) IN ({pairs})",
-                              confirmed, "confirm rows deleted"))
+                    raise Unverified(f"reservation ({a}, {b}) not asked for")
+                there.append((r, int(n or 0), confirmed == "1"))
+            sold_units = sum(r.amount for r in rs) - sum(n for _, n, _ in there)
+            if not there:
+                bad, done = await run_checked(c, [left, ("ROLLBACK", 0, "rollback")])
+                if bad or done[0][0] != [["0"]]:
+                    raise Unverified(f"reservations left unread: {done[0][0]}")
+                broken = False
+                return sold_units, 0
+            back: dict[Any, tuple[Reservation, int]] = {}
+            for r, n, confirmed in there:
+                if confirmed:
+                    sold_units += n
+                elif n:
+                    back[r.key_id] = (r, back.get(r.key_id, (r, 0))[1] + n)
+            stmts: list[tuple[str, int, str]] = [(  # (sql, rows it must affect, what)
+                f"DELETE FROM {res_t} WHERE (batch_id, member) IN "
+                f"({', '.join(f'({r.batch_id}, {r.member})' for r, _, _ in there)})",
+                len(there), "reservations deleted")]
+            conf = [r for r, _, confirmed in there if confirmed]
+            if conf:
+                stmts.append((f"DELETE FROM {conf_t} WHERE (batch_id, member) IN "
+                              f"({', '.join(f'({r.batch_id}, {r.member})' for r in conf)})",
+                              len(conf), "confirm rows deleted"))
             returns = {}
             for r, n in back.values():
                 what = f"{_RETURNED} to {r.table} {r.key_sql}"
                 returns[what] = r
                 stmts.append((f"UPDATE {r.table} SET `{r.column}` = `{r.column}` + {n} "
                               f"WHERE `{r.key_col}` = {r.key_sql}", 1, what))
-            # A locking read cut short would have left rows out of the counts above: nothing
-            # of `rs` may be left in either table when this transaction commits.
-            stmts.append((f"SELECT (SELECT COUNT(*) FROM {res_t} WHERE (batch_id, member) IN "
-                          f"({pairs})), (SELECT COUNT(*) FROM {conf_t} WHERE "
-                          f"(batch_id, member) IN ({pairs}))", -1, "rows left"))
+            # A locking read cut short would have left rows out of the list above: nothing
+            # of `rs` may be left when this transaction commits.
+            stmts.append(left)
             bad, done = await run_checked(c, stmts)
             for what, want, n in bad:
                 gone_row = returns.get(what)
                 if not (gone_row is not None and n == 0 and not await row_exists(
                         c, gone_row.table, gone_row.key_col, gone_row.key_sql)):
                     raise Unverified(f"{what}: {n} rows, expected {want}")
-            left = done[-1][0]
-            if left != [["0", "0"]]:
-                raise Unverified(f"rows left after resolving: {left}")
+            if done[-1][0] != [["0"]]:
+                raise Unverified(f"rows left after resolving: {done[-1][0]}")
             await c.execute("COMMIT")
             broken = False
+            returned = sum(n for _, n in back.values())
             for r, n in back.values():
                 log.info("escrow: %d units returned to %s %s (buyers rolled back)", n,
                          r.table, r.key_sql)
-            return confirmed, sum(n for _, n in back.values())
+            return sold_units, returned
 
     async def orphans(self, user: str) -> list[tuple[int, int, str, str, int]]:
         """Reservations left by a crashed proxy or made on a former primary: older than

@@ -168,7 +168,7 @@ class HotRowEngine:
 
     async def recover_escrow(self) -> int:
         """Resolve reservations whose member is gone without this proxy knowing (a crashed
-        proxy, a failover): returned to stock unless their confirm row committed."""
+        proxy, a failover): returned to stock unless their member's delete committed."""
         users = [u.name for u in self.app.cfg.users]
         rules = {f"`{r.schema}`.`{r.table}`": r for r in self.book.rules.values()}
         if not users or not any(st.ok for st in self.book.rule_state.values()):

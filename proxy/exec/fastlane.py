@@ -352,7 +352,10 @@ class FastLane:
                 s.lazy_begin = begin_ok_as_made(self.status_before, r.ok)
             s.absorb_reply(c, r, p.row_count)
         s.keeps_diag = False
+        carried = self.cf.rows
         late = self.cf.take_late()
+        if carried:
+            confirms.sold_at_commit(c, self.command, carried, late, r)
         if late and c.in_trans:  # a write carried them: the rows that said "0 rows" wait on
             c.confirms[:0] = late  # (for the COMMIT, or the next command's `before`)
             late = []

@@ -160,9 +160,19 @@ class ProxySession(Settable, Hold, BaseSession):
 
     def txn_over(self) -> None:
         """The session's transaction is over (committed, rolled back, or its connection gone):
-        the hot-row engine resolves what it reserved for it (escrow.py)."""
+        what it reserved is sold where its COMMIT carried the deletes (`BackendConn.sold`),
+        else resolved by the hot-row engine (escrow.py)."""
         if self.escrow:
-            self.app.hotrow.escrow.ended(self.escrow)
+            escrow = self.app.hotrow.escrow
+            c = self.lease.conn
+            if c is not None and c.sold:  # its COMMIT carried the reservations' deletes
+                done, c.sold = set(c.sold), []
+                sold = [r for r in self.escrow if escrow.confirm_sql(r) in done]
+                if sold:
+                    escrow.sold(sold)
+                    self.escrow = [r for r in self.escrow if r not in sold]
+            if self.escrow:
+                escrow.ended(self.escrow)
             self.escrow = []
         self.txn_hot.clear()
 
