@@ -190,7 +190,9 @@ def test_after_the_merged_update_the_unit_is_sold_exactly_when_the_order_commits
     stock, logged = state(sandbox)
     assert logged.get(81, 0) == (1 if commits else 0)
     # sold at its COMMIT (which carried the delete), or resolved: sold or returned
-    at_commit = bool(commits) and not between and plain_commit(b"\x03" + end.encode())
+    # (a write passes ahead of the waiting row; anything else has it written first)
+    at_commit = (bool(commits) and plain_commit(b"\x03" + end.encode())
+                 and all(sql.startswith("INSERT") for sql in between))
     got = {k: n - ends0[k] for k, n in ends(proxy).items()}
     assert got == {"sold_at_commit": int(at_commit), "returned": int(not commits),
                    "sold": int(bool(commits) and not at_commit)}, got
@@ -222,10 +224,10 @@ def test_change_of_database_and_reset_and_quit(proxy: ProxyProc, sandbox: Sandbo
 def test_a_confirm_row_that_cannot_be_written_rolls_the_order_back(
         proxy: ProxyProc, sandbox: Sandbox) -> None:
     """The confirm row cannot be written (a trigger refuses the reservation's delete) between
-    the UPDATE's answer and what follows: the order must
-    not commit (its unit would be returned although sold). The client gets 1213 (rolled back),
-    before another statement and at a COMMIT (which the fast lane runs), and its connection
-    goes on outside any transaction."""
+    the UPDATE's answer and the COMMIT that carries it: the order must not commit (its unit
+    would be returned although sold). The client's COMMIT (the fast lane's) gets 1213 (rolled
+    back), a write in between (the UPDATE-first order's INSERT) having passed ahead of the row,
+    and its connection goes on outside any transaction."""
     setup(sandbox, {83: 10})
     for update_first in (False, True):
         c = proxy.connect()
@@ -236,11 +238,12 @@ def test_a_confirm_row_that_cannot_be_written_rolls_the_order_back(
                     cur.execute(LOG.format(sku=83, n=1))
                 assert cur.execute(UPD.format(sku=83, n=1)) == 1
                 sandbox.primary.sql(REFUSE)
+                if update_first:
+                    assert cur.execute(LOG.format(sku=83, n=1)) == 1
                 lane = proxy.metric("seckill_proxy_fastlane_statements_total")
                 with pytest.raises(pymysql.err.OperationalError) as e:
-                    cur.execute(LOG.format(sku=83, n=1) if update_first else "COMMIT")
+                    cur.execute("COMMIT")
                 assert e.value.args[0] == 1213
-                # the COMMIT, or the INSERT carrying the row, was the fast lane's
                 assert proxy.metric("seckill_proxy_fastlane_statements_total") == lane + 1
                 cur.execute("SELECT @@in_transaction")
                 assert cur.fetchall() == ((0,),)
@@ -253,11 +256,12 @@ def test_a_confirm_row_that_cannot_be_written_rolls_the_order_back(
     assert logged.get(83, 0) == 0 and stock[83] == 10
 
 
-def test_a_write_after_the_merged_update_carries_the_confirm_row(
+def test_a_write_after_the_merged_update_passes_the_confirm_row(
         proxy: ProxyProc, sandbox: Sandbox) -> None:
-    """The UPDATE-first order: the INSERT after the merged UPDATE goes out on the fast lane as
-    `INSERT confirm; INSERT order` (confirms.may_carry), one round trip for both. The order
-    commits with its unit sold; an INSERT that fails there fails as it would alone (1366,
+    """The UPDATE-first order: the INSERT after the merged UPDATE goes out on the fast lane
+    ahead of the waiting confirm row (confirms.may_pass), which the COMMIT carries, so the
+    sale is final at the COMMIT (no resolution). The order commits with its unit sold; an
+    INSERT that fails there fails as it would alone (1366,
     transaction still open, the UPDATE kept: the order commits without its log row, as on
     MySQL); a ROLLBACK after it returns the unit."""
     setup(sandbox, {85: 10})
@@ -265,6 +269,7 @@ def test_a_write_after_the_merged_update_carries_the_confirm_row(
     for then, end, sold, logs in (([LOG], "COMMIT", 1, 1), ([bad], "COMMIT", 1, 0),
                                   ([LOG], "ROLLBACK", 0, 0), ([LOG, LOG], "COMMIT", 1, 2)):
         stock0, logged0 = state(sandbox)
+        ends0 = ends(proxy)
         c = proxy.connect()
         try:
             with c.cursor() as cur:
@@ -281,8 +286,9 @@ def test_a_write_after_the_merged_update_carries_the_confirm_row(
                         assert cur.execute(sql.format(sku=85, n=1)) == 1
                         assert cur.lastrowid > 0  # the log row's own id, not the confirm's
                     assert proxy.metric("seckill_proxy_fastlane_statements_total") == lane + 1
-                cur.execute("SELECT @@in_transaction")
-                assert cur.fetchall() == ((1,),)
+                if bad in then:  # (this has the waiting row written first: resolved, below)
+                    cur.execute("SELECT @@in_transaction")
+                    assert cur.fetchall() == ((1,),)
                 cur.execute(end)
         finally:
             c.close()
@@ -290,6 +296,10 @@ def test_a_write_after_the_merged_update_carries_the_confirm_row(
         stock, logged = state(sandbox)
         assert stock[85] == stock0[85] - sold
         assert logged.get(85, 0) - logged0.get(85, 0) == logs
+        at_commit = sold if bad not in then else 0
+        got = {k: n - ends0[k] for k, n in ends(proxy).items()}
+        assert got == {"sold_at_commit": at_commit, "sold": sold - at_commit,
+                       "returned": 1 - sold}, got
 
 
 @pytest.mark.parametrize("cursors", [2, 1], ids=["prepared_once", "prepared_each_time"])
@@ -298,14 +308,14 @@ def test_a_prepared_write_after_the_merged_update(
     """The UPDATE-first order with server-side prepared statements.
 
     Prepared once, executed each time (sysbench, Connector/J with useServerPrepStmts): the
-    INSERT's COM_STMT_EXECUTE goes out on the fast lane right behind the confirm row, two
-    commands in one write (confirms.pipelined). One cursor for both statements
+    INSERT's COM_STMT_EXECUTE goes out on the fast lane ahead of the waiting confirm row,
+    which the COMMIT carries (confirms.may_pass). One cursor for both statements
     (Connector/Python closes and prepares again): the COM_STMT_CLOSE carries the deferred
     BEGIN out, unanswered, and the PREPARE writes the row first (confirms.before), which found
     the transaction open only since the connection's status says so at once (before that fix,
     the row was dropped and the order committed with its unit returned: an oversell).
     Either way: the order commits with its unit sold and its own insert id; a ROLLBACK returns
-    the unit; when the row cannot be written the INSERT gets 1213 and the transaction is gone,
+    the unit; when the row cannot be written the COMMIT gets 1213 and the transaction is gone,
     the unit back in stock and the log row never committed."""
     import mysql.connector
 
@@ -330,22 +340,27 @@ def test_a_prepared_write_after_the_merged_update(
                 sandbox.primary.sql(REFUSE)
             lane = proxy.metric("seckill_proxy_fastlane_statements_total")
             try:
+                # (prepared each time, the PREPARE goes first and writes the row: refused,
+                # it gets the 1213; else the COMMIT that carries it)
                 icur.execute(ins, (86, -1))
-                assert not drop and icur.rowcount == 1 and icur.lastrowid > 0
+                assert icur.rowcount == 1 and icur.lastrowid > 0
+                # (the first EXECUTE, and the first after the connection was closed, prepares
+                # on the backend connection too: the session path's)
+                if cursors == 2 and 0 < i < 4:
+                    assert proxy.metric("seckill_proxy_fastlane_statements_total") == lane + 1, i
+                if not drop:
+                    plain = m.cursor()
+                    plain.execute("SELECT @@in_transaction")
+                    assert plain.fetchall() == [(1,)]
+                    plain.close()
+                m.commit() if end == "COMMIT" else m.rollback()
+                assert not drop
             except mysql.connector.Error as e:
                 assert drop and e.errno == 1213, e
+                m.rollback()  # (nothing left: the order was rolled back)
             finally:
                 if drop:
                     sandbox.primary.sql(UNREFUSE)
-            # (the first EXECUTE, and the first after the connection was closed, prepares on
-            # the backend connection too: the session path's)
-            if cursors == 2 and 0 < i < 4:
-                assert proxy.metric("seckill_proxy_fastlane_statements_total") == lane + 1, i
-            plain = m.cursor()
-            plain.execute("SELECT @@in_transaction")
-            assert plain.fetchall() == [(0 if drop else 1,)]
-            plain.close()
-            m.commit() if end == "COMMIT" else m.rollback()
             settle(sandbox)
             stock, logged = state(sandbox)
             assert stock[86] == stock0[86] - sold

@@ -48,8 +48,8 @@ def test_seckill_forms_sell_exactly_the_stock(sandbox: Sandbox, tmp_path: Path, 
     """sysbench's buyers (proxy/tools/seckill.lua: prepared statements, as in the benchmarks)
     through the proxy on 10 SKUs of 150 units each, 32 threads, until past sell-out: every
     unit gone from stock is one committed order and no stock goes below zero, checked on
-    MariaDB once the escrow settled. The UPDATE-first order sends its INSERT right behind the
-    waiting confirm row (confirms.pipelined)."""
+    MariaDB once the escrow settled. The UPDATE-first order sends its INSERT ahead of the
+    waiting confirm row, which its COMMIT carries (confirms.may_pass)."""
     db = "sbshop"
     sandbox.primary.sql(f"DROP DATABASE IF EXISTS {db}", *shop.statements(db),
                         f"DELETE FROM {db}.inventory",

@@ -9,11 +9,12 @@ while a confirm row waits, except
 - a plain `COMMIT`, which carries the rows with it as one multi-statement
   (`INSERT ...; COMMIT`): MariaDB runs nothing after a statement that failed or was killed, so
   the order never commits without its row (`commit_with`);
-- on the fast lane, also a single INSERT, UPDATE, DELETE or REPLACE (`INSERT ...; X`, the
-  UPDATE-first order's INSERT): X runs only after every row was written, as below, one round
-  trip sooner (`may_carry`; a row that said "0 rows" waits for the next command); prepared,
-  X is sent right behind the row (`may_pipeline`), and a row that failed ends the
-  transaction by closing the connection, whatever X did;
+- on the fast lane, a single INSERT, UPDATE, DELETE or REPLACE, text or prepared (the
+  UPDATE-first order's INSERT), goes ahead of them and they keep waiting for the COMMIT
+  (`may_pass`): such a write reads nothing of the reservations and leaves the session's
+  diagnostics its own either way; if it rolls the transaction back (a deadlock), the rows are
+  dropped with it. (Until stop 46 the write carried them, `DELETE ...; X`; then no COMMIT
+  carried any, and every UPDATE-first order needed a resolution.)
 - what ends the transaction without committing it (`ROLLBACK`, a reset, a change of user): the
   rows are dropped, the units come back when the transaction is resolved;
 - anything else runs after the rows were written and checked, in their own round trip
@@ -51,13 +52,13 @@ def plain_commit(payload: bytes) -> bool:
     return payload[0] == P.COM_QUERY and _PLAIN_COMMIT.fullmatch(payload, 1) is not None
 
 
-def may_carry(payload: bytes, lane: str) -> bool:
-    """The fast lane's command may go out behind the waiting confirm rows, in the same
-    multi-statement (`with_rows`): a plain COMMIT, or one text-protocol write (classify.py's
-    lane "write": INSERT, UPDATE, DELETE, REPLACE; no multi-statement, no hint). Statements that
-    read the diagnostics area or the session's last results go after the rows' own round trip,
-    where they see the same (`before`)."""
-    return payload[0] == P.COM_QUERY and (lane == "write" or plain_commit(payload))
+def may_pass(payload: bytes, lane: str) -> bool:
+    """The fast lane may run the client's command while confirm rows wait: a plain COMMIT
+    (it carries them, `with_rows`) or one write (classify.py's lane "write": INSERT, UPDATE,
+    DELETE, REPLACE; no multi-statement, no hint; a COM_STMT_EXECUTE of one), which goes ahead
+    of them. Statements that read the diagnostics area or the session's last results go after
+    the rows' own round trip, where they see the same (`before`)."""
+    return lane == "write" or plain_commit(payload)
 
 
 async def before(c: BackendConn, payload: bytes) -> None:
@@ -97,7 +98,7 @@ async def failed(c: BackendConn, err: bytes, ping: bool = False) -> bytes:
     log.warning("escrow: confirm row not written (%s); the transaction is rolled back",
                 P.parse_err(err).message)
     c.diag = c.warned = True
-    if c.broken:  # closed already (`pipelined`): its transaction died with it
+    if c.broken:  # closed already: its transaction died with it
         return DEADLOCK_ERR
     try:
         if ping:  # MariaDB stopped at the ERR; the ping behind it is answered still
@@ -192,24 +193,8 @@ def affected_one(ok: bytes) -> bool:
     return len(ok) > 1 and ok[0] == 0x00 and ok[1] == 1
 
 
-def may_pipeline(lane: str, rows: list[str]) -> bool:
-    """A prepared write (COM_STMT_EXECUTE, lane "write") may go out right behind the one waiting
-    confirm row (`pipelined`): two commands in one write, not one multi-statement. If the row
-    fails, the write may have run anyway inside the transaction, which is then ended by
-    closing the connection (MariaDB rolls it back) and the client gets 1213: as if the write
-    had run and the transaction been rolled back under it."""
-    return lane == "write" and len(rows) == 1
-
-
-def pipelined(c: BackendConn, packet: bytes) -> tuple[bytes, list[str]]:
-    """The one waiting row as its own COM_QUERY, then the client's framed command (`packet`)."""
-    rows, c.confirms = c.confirms, []
-    body = bytes((P.COM_QUERY,)) + rows[0].encode()
-    return len(body).to_bytes(3, "little") + b"\x00" + body + packet, rows
-
-
 def with_rows(c: BackendConn, payload: bytes) -> tuple[bytes, list[str]]:
-    """The fast lane's form of `commit_with`, for the client's COMMIT or write (`may_carry`):
+    """The fast lane's form of `commit_with`, for the client's plain COMMIT:
     the framed multi-statement and the rows whose replies come ahead of the client's (the lane
     drops them, wire.py `skip`, and checks that each wrote its row; after a failed one it rolls
     the order back and answers 1213)."""

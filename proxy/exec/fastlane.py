@@ -110,8 +110,8 @@ class FastLane:
         if (c is None or s.state_stale or c.broken or c.io.eof or c.io.transport.is_closing()
                 or (L.state is not LeaseState.SOFT and L.state is not LeaseState.TRANSACTION)):
             return None
-        if c.confirms and qp is not None and not confirms.may_carry(data[4:], shape.lane):
-            return None  # escrow confirm rows wait there: a COMMIT or a write takes them along
+        if c.confirms and qp is not None and not confirms.may_pass(data[4:], shape.lane):
+            return None  # escrow confirm rows wait there: a COMMIT takes them, a write passes
         values: list[object] = []  # a hot decrement's, for the engine's decision (`_hot`)
         glance = False  # a hot decrement sent as it is, undecided (hotpick.Picker.glance)
         if cmd == P.COM_STMT_EXECUTE:
@@ -120,7 +120,7 @@ class FastLane:
             st = s.stmts.get(_unpack_id(data, 5)[0])
             if st is None or not st.shape.lane or data[9] & 0x01:  # flags & 1: a cursor
                 return None
-            if c.confirms and not confirms.may_pipeline(st.shape.lane, c.confirms):
+            if c.confirms and not confirms.may_pass(data[4:], st.shape.lane):
                 return None
             key = c.stmt_key(st.sql)
             pok = c.stmts.get(key)
@@ -276,8 +276,8 @@ class FastLane:
         self.conn, self.shape, self.plan, self.command = c, shape, p, data[4:]
         self.scanner = ReplyScanner(c, s.client_ok)
         self.pending, self.size, self.sent = [], 0, False
-        if c.confirms:  # `INSERT confirm...; COMMIT` or `...; INSERT` (laneconfirm.py)
-            packet = self.cf.start(c, data[4:], packet)
+        if c.confirms and confirms.plain_commit(data[4:]):  # `DELETE ...; COMMIT`
+            packet = self.cf.start(c, data[4:], packet)  # (laneconfirm.py)
         self.status_before = s.status
         self.t0 = time.perf_counter()
         s.busy = True

@@ -1,6 +1,6 @@
-"""The fast lane's COMMIT (or single write) with escrow confirm rows ahead of it
-(backends/confirms.py `may_carry`): one framed `INSERT confirm...; COMMIT` and a COM_PING, whose
-replies the lane checks as they come. Below, "the COMMIT" is the client's statement.
+"""The fast lane's plain COMMIT with escrow confirm rows ahead of it (backends/confirms.py
+`may_pass`): one framed `DELETE ...; COMMIT` and a COM_PING, whose replies the lane checks as
+they come. Below, "the COMMIT" is the client's statement.
 
 The confirm rows' OKs are dropped on arrival (wire.py `skip`); each must say one row written,
 else the row is written after the COMMIT (`write_late`, never seen). An ERR in a row's place
@@ -18,7 +18,6 @@ import struct
 from typing import TYPE_CHECKING, Protocol
 
 from proxy.backends import confirms
-from proxy.core.errors import CloseReason
 from proxy.net import protocol as P
 
 if TYPE_CHECKING:
@@ -54,23 +53,17 @@ class LaneConfirms:
         self.ping_head: bytes | None = None
         self.ping_tail = False
         self.task: asyncio.Future[None] | None = None  # keeps a failure task alive
-        self.pipelined = False  # a prepared write sent behind the row (confirms.pipelined)
         self._ok_cb = self.skipped_ok
         self._err_cb = self.skipped_err
 
     def start(self, c: BackendConn, payload: bytes, packet: bytes) -> bytes:
-        """The framed packets to send for the client's COMMIT or write (`payload`, framed:
-        `packet`): a text statement joins the rows' multi-statement, a prepared one follows
-        them as its own command (no ping: nothing is cut short between two commands)."""
-        self.pipelined = payload[0] != P.COM_QUERY
-        if self.pipelined:
-            packet, rows = confirms.pipelined(c, packet)
-        else:
-            packet, rows = confirms.with_rows(c, payload)
-        self.lane.seq_back = 0 if self.pipelined else len(rows)
+        """The framed packets to send for the client's plain COMMIT (`payload`): the rows and
+        the COMMIT as one multi-statement, a ping behind it."""
+        packet, rows = confirms.with_rows(c, payload)
+        self.lane.seq_back = len(rows)
         self.rows, self.late, self.begin_ahead = rows, [], bool(c.io.prefix)
         self.seen = 0
-        self.ping_head = None if self.pipelined else b""
+        self.ping_head = b""
         c.io.skip += len(rows)
         c.io.skipped_ok = self._ok_cb
         c.io.skipped_err = self._err_cb
@@ -113,7 +106,7 @@ class LaneConfirms:
         if n >= len(self.rows):
             return
         c = self.lane.conn
-        if not self.pipelined and confirms.cut_short(ok) and c is not None:  # the ping's OK
+        if confirms.cut_short(ok) and c is not None:  # the ping's OK
             c.io.skip = 0
             self._stop(c)
             self.task = asyncio.ensure_future(self._failed(c, confirms.CUT_SHORT_ERR, False))
@@ -127,9 +120,7 @@ class LaneConfirms:
         if self.begin_ahead or c is None:
             return False
         self._stop(c)
-        if self.pipelined:  # the write behind it may have run: the transaction dies with
-            c.retire(CloseReason.STATE_UNKNOWN)  # the connection (MariaDB rolls it back)
-        self.task = asyncio.ensure_future(self._failed(c, err, not self.pipelined))
+        self.task = asyncio.ensure_future(self._failed(c, err, True))
         return True
 
     def _stop(self, c: BackendConn) -> None:
