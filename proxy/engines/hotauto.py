@@ -1,7 +1,8 @@
 """auto mode's choice per key: run a hot decrement as it is, or merge it (hotmerge.py).
 
 Merging pays when members would queue on one row lock; it costs a batch transaction per group
-and, inside a transaction, a reservation, a confirm row and a resolution per member (escrow.py).
+and, inside a transaction, a reservation and its delete per member (escrow.py; before stop 46
+also a confirm row and a resolution).
 So a decrement runs as it is while its key has little company, or, inside a transaction, while
 the key is one of many about equally contended (their row locks are then held side by side and
 the database's group commit already serves them together). Never past units reserved by open
