@@ -53,7 +53,7 @@ def _frame(payload: bytes, seq: int) -> bytes:
 
 
 def test_each_dropped_ok_is_seen_and_a_confirm_without_its_row_is_told() -> None:
-    """The fast lane sends `INSERT confirm; COMMIT` and drops the rows' OKs (wire `skip`):
+    """The fast lane sends `DELETE reservation; COMMIT` and drops the rows' OKs (wire `skip`):
     it sees each one (`skipped_ok`) and so can tell a row that answered "0 rows" without an
     error (MariaDB then went on to COMMIT), which it writes after the COMMIT as the general
     path does (confirms.write_late)."""
@@ -132,7 +132,7 @@ def test_a_ping_reply_come_with_the_commits_is_dropped_at_once() -> None:
 
 
 def test_the_ping_behind_the_confirm_rows_and_commit() -> None:
-    """`INSERT confirm...; COMMIT` goes out with a COM_PING behind it (a KILL QUERY between the
+    """`DELETE reservation...; COMMIT` goes out with a COM_PING behind it (a KILL QUERY between the
     two makes MariaDB stop without a reply): in a row's place the ping's OK is told apart by
     its missing "more results" flag, in the COMMIT's by its sequence id (the lane and
     `commit_with` check that)."""

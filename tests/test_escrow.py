@@ -493,7 +493,7 @@ def test_a_key_that_cannot_be_resolved_holds_up_no_other(sandbox: Sandbox, tmp_p
 
 
 def test_the_begin_after_a_merged_commit_is_deferred(proxy: ProxyProc, sandbox: Sandbox) -> None:
-    """A merged order's COMMIT goes out as `INSERT confirm...; COMMIT` and a COM_PING; the
+    """A merged order's COMMIT goes out as `DELETE reservation...; COMMIT` and a COM_PING; the
     session's next plain BEGIN is deferred all the same (lazybegin.py), and the orders are
     exact. (Alone, the ping's OK mostly arrives after the COMMIT's; under load it comes with
     it, the case `test_a_ping_reply_come_with_the_commits_is_dropped_at_once` holds to.)"""

@@ -7,7 +7,7 @@ committed makes those sales final at once (`sold_at_commit`).
 The rule, kept at the lowest level so no path can skip it: nothing reaches that connection
 while a confirm row waits, except
 - a plain `COMMIT`, which carries the rows with it as one multi-statement
-  (`INSERT ...; COMMIT`): MariaDB runs nothing after a statement that failed or was killed, so
+  (`DELETE ...; COMMIT`): MariaDB runs nothing after a statement that failed or was killed, so
   the order never commits without its row (`commit_with`);
 - on the fast lane, a single INSERT, UPDATE, DELETE or REPLACE, text or prepared (the
   UPDATE-first order's INSERT), goes ahead of them and they keep waiting for the COMMIT
@@ -111,7 +111,7 @@ async def failed(c: BackendConn, err: bytes, ping: bool = False) -> bytes:
     return DEADLOCK_ERR
 
 
-# A COM_PING goes behind `INSERT confirm...; COMMIT`: a KILL QUERY landing between the two
+# A COM_PING goes behind `DELETE reservation...; COMMIT`: a KILL QUERY landing between the two
 # makes MariaDB (10.11) stop without a reply (backend.BackendConn.query_each). The ping's reply
 # in a confirm row's place (no "more results" flag) or in the COMMIT's (sequence id 1) says the
 # COMMIT never ran: the order is rolled back, 1213, as after a failed confirm row.

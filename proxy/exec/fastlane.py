@@ -356,8 +356,8 @@ class FastLane:
         late = self.cf.take_late()
         if carried:
             confirms.sold_at_commit(c, self.command, carried, late, r)
-        if late and c.in_trans:  # a write carried them: the rows that said "0 rows" wait on
-            c.confirms[:0] = late  # (for the COMMIT, or the next command's `before`)
+        if late and c.in_trans:  # the COMMIT did not end it: the rows that said "0 rows" wait
+            c.confirms[:0] = late  # (for the next COMMIT, or the next command's `before`)
             late = []
         outcome, rows = "error" if r.err is not None else "ok", r.rows or r.affected_rows
         if confirms.committed_without(late, r, c):
