@@ -237,6 +237,43 @@ def test_kill_9_of_the_proxy_mid_transactions_returns_unconfirmed_units(
         p2.stop()
 
 
+def test_reservations_an_older_proxy_left_are_resolved_by_their_confirm_rows(
+        sandbox: Sandbox, tmp_path: Path) -> None:
+    """Before stop 46 a member inserted a confirm row and its reservation stayed until a
+    resolution. Two such reservations left by a crashed older proxy (its connections gone):
+    the one with a confirm row was sold (its unit stays sold, both rows go), the other's unit
+    comes back (escrow.resolve reads the confirm table still)."""
+    from proxy.engines import escrow
+
+    setup(sandbox, {91: 8})  # (10, less the two units the old batch reserved)
+    sandbox.primary.sql("CREATE DATABASE IF NOT EXISTS seckill_proxy",
+                        *escrow.ddl("seckill_proxy"))
+    b = 9_000_000_000_001
+    sandbox.primary.sql(
+        f"INSERT INTO seckill_proxy.{escrow.RESERVATION} (batch_id, member, table_name, "
+        "key_value, amount, server_id, conn_id, created_at) VALUES "
+        f"({b}, 0, '`shop`.`inventory`', '91', 1, @@server_id, 4000000000, NOW(6) - INTERVAL 60 SECOND), "
+        f"({b}, 1, '`shop`.`inventory`', '91', 1, @@server_id, 4000000000, NOW(6) - INTERVAL 60 SECOND)",
+        f"INSERT INTO seckill_proxy.{escrow.CONFIRM} VALUES ({b}, 0)")
+    p = start_proxy(tmp_path, make_config(sandbox, hotrow={
+        "mode": "merge", "recover_after_s": 1,
+        "rules": [{"table": "shop.inventory", "key": "sku_id", "column": "quantity"}]}))
+    try:
+        c = p.connect()
+        with c.cursor() as cur:  # the rule is checked on first use, then recovery runs
+            cur.execute(UPD.format(sku=91, n=1))
+        c.close()
+        settle(sandbox, 60)
+        assert state(sandbox)[0] == {91: 8}  # 8, less the UPDATE above, plus the unit back
+        assert sandbox.primary.sql(
+            f"SELECT COUNT(*) FROM seckill_proxy.{escrow.CONFIRM} WHERE batch_id = {b}") == [(0,)]
+        got = p.metric('seckill_proxy_hotrow_reservations_total{outcome="sold"}'), \
+            p.metric('seckill_proxy_hotrow_reservations_total{outcome="returned"}')
+        assert got == (1.0, 1.0), got
+    finally:
+        p.stop()
+
+
 HINTED = ("UPDATE /*+ COMMIT_ON_SUCCESS ROLLBACK_ON_FAIL TARGET_AFFECT_ROW(1) */ inventory "
           "SET quantity = quantity - 1 WHERE sku_id = {sku} AND quantity > 0")
 
