@@ -121,11 +121,9 @@ def by_key(rs: list[Reservation]) -> list[list[Reservation]]:
     return list(out.values())
 
 
-def _count(rows: list[list[str | None]] | None) -> int:
-    """The value of a one-row `SELECT COUNT(*)`; a result cut short (no row) is not a count."""
-    if not rows or rows[0][0] is None:
-        raise Unverified("a locking count returned nothing")
-    return int(rows[0][0])
+def _pairs(rs: Iterable[Reservation]) -> str:
+    """Reservations' keys as an SQL row list, for `(batch_id, member) IN (...)`."""
+    return ", ".join(f"({r.batch_id}, {r.member})" for r in rs)
 
 
 @mypyc_attr(native_class=False)  # an ordinary class: hotmerge.SchemaMoved extends it
@@ -340,7 +338,7 @@ class Escrow:
         its own round trip: a statement a KILL or a timeout cut short ("OK, 0 rows" without an
         error happens on MariaDB 10.11) rolls the whole transaction back, and the retry starts
         again from what the database holds, so no unit is ever returned twice."""
-        pairs = ", ".join(f"({r.batch_id}, {r.member})" for r in rs)
+        pairs = _pairs(rs)
         of = {(r.batch_id, r.member): r for r in rs}
         res_t = f"`{self.schema}`.`{RESERVATION}`"
         conf_t = f"`{self.schema}`.`{CONFIRM}`"
@@ -376,12 +374,12 @@ class Escrow:
                     back[r.key_id] = (r, back.get(r.key_id, (r, 0))[1] + n)
             stmts: list[tuple[str, int, str]] = [(  # (sql, rows it must affect, what)
                 f"DELETE FROM {res_t} WHERE (batch_id, member) IN "
-                f"({', '.join(f'({r.batch_id}, {r.member})' for r, _, _ in there)})",
+                f"({_pairs(r for r, _, _ in there)})",
                 len(there), "reservations deleted")]
             conf = [r for r, _, confirmed in there if confirmed]
             if conf:
                 stmts.append((f"DELETE FROM {conf_t} WHERE (batch_id, member) IN "
-                              f"({', '.join(f'({r.batch_id}, {r.member})' for r in conf)})",
+                              f"({_pairs(conf)})",
                               len(conf), "confirm rows deleted"))
             returns = {}
             for r, n in back.values():
