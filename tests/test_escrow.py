@@ -201,12 +201,25 @@ def test_outside_writer_on_the_same_row(proxy: ProxyProc, sandbox: Sandbox) -> N
     assert logged.get(30, 0) == t.committed.get(30, 0)
 
 
+# Merged, and reservations whose member connection is gone recovered after 1 s
+RECOVERING = {"mode": "merge", "recover_after_s": 1,
+              "rules": [{"table": "shop.inventory", "key": "sku_id", "column": "quantity"}]}
+
+
+def recovered(p: ProxyProc, sb: Sandbox, sku: int) -> None:
+    """Have `p` recover what another proxy left, and wait until nothing is reserved: its rule
+    is checked on first use (one unit of `sku` decremented), then recovery runs."""
+    c = p.connect()
+    with c.cursor() as cur:
+        cur.execute(UPD.format(sku=sku, n=1))
+    c.close()
+    settle(sb, 60)
+
+
 def test_kill_9_of_the_proxy_mid_transactions_returns_unconfirmed_units(
         sandbox: Sandbox, tmp_path: Path) -> None:
     setup(sandbox, {40: 5000})
-    cfg = make_config(sandbox, hotrow={
-        "mode": "merge", "recover_after_s": 1,
-        "rules": [{"table": "shop.inventory", "key": "sku_id", "column": "quantity"}]})
+    cfg = make_config(sandbox, hotrow=RECOVERING)
     p = start_proxy(tmp_path, cfg)
 
     async def hold_forever() -> None:
@@ -225,11 +238,7 @@ def test_kill_9_of_the_proxy_mid_transactions_returns_unconfirmed_units(
     print("reservations left by the killed proxy:", leftovers(sandbox))
     p2 = start_proxy(tmp_path, cfg)  # a new proxy recovers what the dead one left
     try:
-        c = p2.connect()
-        with c.cursor() as cur:  # the rule is checked on first use, then recovery runs
-            cur.execute(UPD.format(sku=40, n=1))
-        c.close()
-        settle(sandbox, 60)
+        recovered(p2, sandbox, 40)
         stock, logged = state(sandbox)
         assert stock[40] >= 0
         assert 5000 - 1 - stock[40] == logged.get(40, 0)  # sold units = committed orders
@@ -255,15 +264,9 @@ def test_reservations_an_older_proxy_left_are_resolved_by_their_confirm_rows(
         f"({b}, 0, '`shop`.`inventory`', '91', 1, @@server_id, 4000000000, NOW(6) - INTERVAL 60 SECOND), "
         f"({b}, 1, '`shop`.`inventory`', '91', 1, @@server_id, 4000000000, NOW(6) - INTERVAL 60 SECOND)",
         f"INSERT INTO seckill_proxy.{escrow.CONFIRM} VALUES ({b}, 0)")
-    p = start_proxy(tmp_path, make_config(sandbox, hotrow={
-        "mode": "merge", "recover_after_s": 1,
-        "rules": [{"table": "shop.inventory", "key": "sku_id", "column": "quantity"}]}))
+    p = start_proxy(tmp_path, make_config(sandbox, hotrow=RECOVERING))
     try:
-        c = p.connect()
-        with c.cursor() as cur:  # the rule is checked on first use, then recovery runs
-            cur.execute(UPD.format(sku=91, n=1))
-        c.close()
-        settle(sandbox, 60)
+        recovered(p, sandbox, 91)
         assert state(sandbox)[0] == {91: 8}  # 8, less the UPDATE above, plus the unit back
         assert sandbox.primary.sql(
             f"SELECT COUNT(*) FROM seckill_proxy.{escrow.CONFIRM} WHERE batch_id = {b}") == [(0,)]
