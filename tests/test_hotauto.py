@@ -135,3 +135,78 @@ def test_a_key_merged_lately_leaves_only_below_the_lower_share() -> None:
             assert ac.spread(hs) is spread, (share, age)
 
     asyncio.run(run())
+
+
+@given(st.lists(st.tuples(st.floats(0.0, 12.0), st.integers(1, 40)), min_size=1, max_size=60))
+def test_a_keys_batches_are_counted_per_run_since_its_last_pause(gaps: list[tuple[float, int]]) -> None:
+    """hotauto.counted, against a model: a batch after a pause of SMALL_WINDOW_S or more starts
+    a new run (judged afresh); within a run, the average lies between the run's smallest and
+    largest group and the run's batches are counted; `recent` keeps only RECENT_S seconds
+    (it grew for as long as a key stayed hot)."""
+    import asyncio
+
+    from proxy.engines.hotauto import SMALL_WINDOW_S, counted
+    from proxy.engines.hotkeys import RECENT_S, KeyState
+
+    ks = KeyState(sem=asyncio.Semaphore(1))
+    now = 100.0
+    run: list[int] = []
+    times: list[float] = []
+    for gap, n in gaps:
+        now += gap
+        if not times or now - times[-1] >= SMALL_WINDOW_S:
+            run = []
+        run.append(n)
+        times.append(now)
+        counted(ks, n, now)
+        assert ks.run_batches == len(run)
+        assert min(run) - 1e-9 <= ks.group_avg <= max(run) + 1e-9
+        assert [t for t, _ in ks.recent] == [t for t in times if now - t <= RECENT_S]
+
+
+def test_a_key_whose_groups_stay_small_runs_as_it_is_inside_transactions() -> None:
+    """AutoChoice.spread (True: as a key that is one of many, it runs as it is inside a
+    transaction) by the key's groups, as a table: small groups (below SMALL_GROUP on average
+    over SMALL_AFTER batches or more since its last pause) make it so while the last group is
+    younger than SMALL_WINDOW_S and fewer than SMALL_CROWD decrements are on the key (stop 47:
+    10 hot SKUs beside cold traffic merged in groups of 2.5 and cost both cores more than
+    the row lock saved)."""
+    import asyncio
+    import time
+
+    from proxy.core.config import HotRowRule
+    from proxy.engines.escrow import Escrow
+    from proxy.engines.hotalloc import HotStmt
+    from proxy.engines.hotauto import (
+        SMALL_AFTER,
+        SMALL_CROWD,
+        SMALL_GROUP,
+        SMALL_WINDOW_S,
+        AutoChoice,
+    )
+    from proxy.engines.hotkeys import KeyState
+
+    async def run() -> None:
+        rule = HotRowRule(schema="shop", table="inventory", key="sku_id", column="quantity")
+        hs = HotStmt(rule, 1, 1, ">", 0)
+        now = time.monotonic()
+        small, big = SMALL_GROUP - 0.5, SMALL_GROUP + 0.5
+        # (batches in the run, their average, last group's age, company) -> spread?
+        table = [
+            (SMALL_AFTER, small, 0.1, 0, True),
+            (SMALL_AFTER - 1, small, 0.1, 0, False),  # too few to tell
+            (SMALL_AFTER, big, 0.1, 0, False),  # groups worth it
+            (SMALL_AFTER, small, SMALL_WINDOW_S + 1, 0, False),  # long ago: merge, and see
+            (SMALL_AFTER, small, 0.1, SMALL_CROWD, False),  # a crowd now
+            (SMALL_AFTER * 4, small, 0.1, SMALL_CROWD - 1, True),
+        ]
+        for batches, avg, age, company, spread in table:
+            ks = KeyState(sem=asyncio.Semaphore(1))
+            ks.run_batches, ks.group_avg, ks.in_flight = batches, avg, company
+            ks.recent.append((now - age, 2))
+            ac = AutoChoice({hs.key_id: ks}, Escrow("seckill_proxy", None, None))  # type: ignore[arg-type]
+            ac.shares.last = {hs.key_id: 1.0}  # the only hot key: not one of many by share
+            ac.shares.started = now
+            assert ac.spread(hs) is spread, (batches, avg, age, company)
+
+    asyncio.run(run())

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Final
 
 from proxy.engines.hotalloc import Member
 
@@ -55,6 +56,9 @@ def _wake(w: asyncio.Future[None]) -> None:
         w.set_result(None)
 
 
+RECENT_S: Final = 10.0  # KeyState.recent: the key's batches this many seconds back (SHOW HOT KEYS)
+
+
 @dataclass
 class KeyState:
     sem: asyncio.Semaphore
@@ -76,6 +80,10 @@ class KeyState:
     # the row's value after the key's last batch (None: none yet): a group tries the one-round-
     # trip form first only while this leaves room for all its members (hotmerge.py)
     left: int | None = None
+    # members per batch, a moving average over the key's batches since it last merged again
+    # after a pause (`run_batches` of them; hotauto.small_groups)
+    group_avg: float = 0.0
+    run_batches: int = 0
 
     def idle(self) -> bool:
         return not self.plain_running and not self.merging()

@@ -52,7 +52,7 @@ from proxy.engines.hotalloc import (
     allocate,
     sql_literal,
 )
-from proxy.engines.hotauto import merged_lately
+from proxy.engines.hotauto import counted, merged_lately
 from proxy.engines.hotkeys import Group, KeyState
 from proxy.engines.outcome import find_record
 
@@ -203,7 +203,7 @@ class Merger:
                     await self.host.app.monitor.next_round()
                 continue
             ks.batches += 1
-            ks.recent.append((time.monotonic(), len(g.members)))
+            counted(ks, len(g.members), time.monotonic())
             ack_err: ProxyError | None = None
             gtid = g.members[0].gtid if g.members else None
             if gtid and self.host.app.durability.wants_ack and any(

@@ -32,7 +32,7 @@ from proxy.core.state import SERVICE, SERVICE_MARIADB
 from proxy.engines.escrow import RESERVATION, Escrow, Reservation
 from proxy.engines.hotalloc import HotStmt
 from proxy.engines.hotauto import LEAVE_MERGE_S, sold_out_lately
-from proxy.engines.hotkeys import KeyState
+from proxy.engines.hotkeys import RECENT_S, KeyState
 from proxy.engines.hotmember import Answers
 from proxy.engines.hotmerge import Merger
 from proxy.engines.hotpick import AS_IS, LEAVING, PLAIN, QUEUE, UNCHECKED, Picker, Way
@@ -140,12 +140,12 @@ class HotRowEngine:
         now = time.monotonic()
         rows = []
         for (s, t, k), ks in self.keys.items():
-            while ks.recent and now - ks.recent[0][0] > 10:
+            while ks.recent and now - ks.recent[0][0] > RECENT_S:
                 ks.recent.popleft()
             b = len(ks.recent)
             members = sum(x for _, x in ks.recent)
             ke = self.escrow.keys.get((s, t, k))
-            rows.append((f"{s}.{t}", str(k), ks.mode, ks.waiting, ks.in_flight, round(b / 10, 1),
+            rows.append((f"{s}.{t}", str(k), ks.mode, ks.waiting, ks.in_flight, round(b / RECENT_S, 1),
                          round(members / b, 1) if b else 0.0, ks.batches, ks.statements,
                          ke.outstanding if ke else 0))
         rows.sort(key=lambda r: (r[3] + r[4], r[5], r[8]), reverse=True)
