@@ -56,8 +56,12 @@ MERGED_LATELY_S: Final = 0.1
 # member costs the proxy its share of a batch transaction and the database a reservation and
 # its delete; in groups of 2.5 (35% of them alone) that cost both cores more than the row lock
 # saved: 10 hot SKUs with 64 threads beside 64 on 1,000 cold ones, auto against off, the cold
-# part 0.78, both parts together 0.89 (stop 46). Ten keys at 128 threads merge in groups of
-# 4-5 (1.14x off), one key at 16 threads beside 112 cold in groups of 7 (3.1x).
+# part 0.78, both parts together 0.89 (stop 46); with this rule 0.90 and 0.92 (UPDATE first:
+# 0.72 and 0.84 before, 1.00 and 1.02 after). Ten keys at 128 threads merge in groups of 4-7
+# (old against new 1.02x), one key at 16 threads beside 112 cold in groups of 7 (3.1-3.3x off).
+# Judged from the first 8 batches with a faster average (0.2), the ramp-up's small groups sent
+# the ten keys at 128 threads plain (1.03x off where merged gave 1.09x); probing again every
+# 2 s cost the mixed load more than it saved (stop 47).
 SMALL_GROUP: Final = 3.0
 SMALL_AFTER: Final = 16
 SMALL_WINDOW_S: Final = 5.0
