@@ -20,7 +20,7 @@ from typing import Any, Final
 
 from proxy.engines.escrow import Escrow
 from proxy.engines.hotalloc import HotStmt
-from proxy.engines.hotkeys import RECENT_S, KeyState
+from proxy.engines.hotkeys import KeyState
 
 # How many other decrements must be on a key (running, or gathering into a group) before one
 # merges: with less company than this it queues on the row lock in MySQL for less (measured on
@@ -188,5 +188,4 @@ def counted(ks: KeyState, members: int, now: float) -> None:
         ks.run_batches += 1
         ks.group_avg += (members - ks.group_avg) * GROUP_AVG_WEIGHT
     recent.append((now, members))
-    while now - recent[0][0] > RECENT_S:  # (only SHOW HOT KEYS trimmed it: it grew while hot)
-        recent.popleft()
+    ks.forget_old(now)  # (only SHOW HOT KEYS did: `recent` grew for as long as a key was hot)

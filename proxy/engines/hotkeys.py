@@ -85,6 +85,12 @@ class KeyState:
     group_avg: float = 0.0
     run_batches: int = 0
 
+    def forget_old(self, now: float) -> None:
+        """Drop the batches older than RECENT_S from `recent`."""
+        recent = self.recent
+        while recent and now - recent[0][0] > RECENT_S:
+            recent.popleft()
+
     def idle(self) -> bool:
         return not self.plain_running and not self.merging()
 

@@ -140,8 +140,7 @@ class HotRowEngine:
         now = time.monotonic()
         rows = []
         for (s, t, k), ks in self.keys.items():
-            while ks.recent and now - ks.recent[0][0] > RECENT_S:
-                ks.recent.popleft()
+            ks.forget_old(now)
             b = len(ks.recent)
             members = sum(x for _, x in ks.recent)
             ke = self.escrow.keys.get((s, t, k))
