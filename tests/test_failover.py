@@ -225,10 +225,9 @@ def test_split_brain_stops_writes_and_old_primary_stays_fenced(tmp_path_factory:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("trigger,action,phase", [
-    (b"FOR UPDATE", "drop_request", "batch collected, row not yet locked"),
-    (b"hotrow_batch", "drop_request", "row locked, UPDATE + record not delivered"),
-    (b"\x03COMMIT", "drop_request", "UPDATE + record verified, COMMIT not delivered"),
-    (b"\x03COMMIT", "drop_reply", "COMMIT executed, reply lost"),
+    # a batch's locking read, writes and COMMIT travel together (hotmerge._checked_commit)
+    (b"FOR UPDATE", "drop_request", "batch collected, nothing of it delivered"),
+    (b"FOR UPDATE", "drop_reply", "batch committed, its reply lost"),
 ])
 def test_kill9_primary_at_batch_phase(tmp_path_factory: pytest.TempPathFactory, trigger: bytes,
                                       action: str, phase: str) -> None:

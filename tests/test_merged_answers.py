@@ -397,6 +397,50 @@ def test_trigger_created_while_the_rule_is_checked_is_never_bypassed(
         sandbox.primary.sql("DROP TRIGGER IF EXISTS shop.mi_trg_au")
 
 
+def test_ddl_waits_for_a_batch_that_commits_with_its_lock(
+        sandbox: Sandbox, tmp_path: Path) -> None:
+    """A group's first try sends its locking read, writes and COMMIT at once: nothing looks at
+    the schema after its lock (hotmerge._checked_commit). So a DDL through the proxy is not
+    sent while one is in flight (`Merger.quiet`): held here with the try's reply held back,
+    the CREATE TRIGGER is not on the server yet; once the reply comes it runs, and every
+    decrement after it fires the trigger once."""
+    reset(sandbox, "mi_trg")
+    sandbox.primary.sql("DROP TRIGGER IF EXISTS shop.mi_trg_au", "DELETE FROM shop.mi_fired")
+    fp = FaultProxy(sandbox.primary_port)
+    p = start_proxy(tmp_path, make_config(
+        sandbox, hotrow={"mode": "merge", "rules": [
+            {"table": "shop.mi_trg", "key": "sku_id", "column": "quantity"}]},
+        backends={"primary": f"127.0.0.1:{fp.port}", "replicas": []}))
+    sql = "UPDATE mi_trg SET quantity = quantity - 1 WHERE sku_id = 1 AND quantity > 0"
+    try:
+        assert asyncio.run(_loop(p.port, sql, 1)) == [1]  # the rule checked, its tables made
+        fp.hold_on = b"hotrow_batch"  # the next batch's reply waits
+        got: list[list[Any]] = []
+        buyer = threading.Thread(target=lambda: got.append(asyncio.run(_loop(p.port, sql, 1))))
+        buyer.start()
+        assert fp.held.wait(10)
+        ddl = threading.Thread(target=_create_trigger, args=(p,))
+        ddl.start()
+        time.sleep(0.5)
+        running = [r[0] for r in sandbox.primary.sql(
+            "SELECT info FROM information_schema.PROCESSLIST WHERE info LIKE 'CREATE TRIGGER%'")]
+        assert running == [] and ddl.is_alive()  # waiting in the proxy, not on the server
+        fp.release.set()
+        buyer.join(10)
+        ddl.join(10)
+        assert got == [[1]] and not ddl.is_alive()
+        assert sandbox.primary.sql("SELECT COUNT(*) FROM information_schema.TRIGGERS "
+                                   "WHERE TRIGGER_NAME = 'mi_trg_au'")[0][0] in (1, "1")
+        assert asyncio.run(_burst(p.port, sql)) == 200
+        fired = int(sandbox.primary.sql("SELECT COUNT(*) FROM shop.mi_fired")[0][0])
+        assert fired == 200
+    finally:
+        fp.release.set()
+        p.stop()
+        fp.close()
+        sandbox.primary.sql("DROP TRIGGER IF EXISTS shop.mi_trg_au")
+
+
 def test_trigger_created_later_is_never_bypassed(mproxy: ProxyProc, sandbox: Sandbox) -> None:
     """A trigger created after the rule was checked (through the proxy, or directly on the
     server) fires once per statement, as in MySQL: such a table is no longer merged."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from proxy.backends.reply import text_row
-from proxy.core.errors import CutShort
+from proxy.core.errors import BackendError, CutShort
 from proxy.net import protocol as P
 
 Results = list[tuple[list[list[str | None]] | None, P.OkPacket | None]]
@@ -38,7 +38,11 @@ async def read_results(c: ResultConn, names: list[str] | None, types: list[int] 
     out: Results = []
     while True:
         expected = (c.seq_in + 1) & 0xFF
-        pkt = await c._reply()  # (an ERR raises: never the ping's reply, an OK)
+        try:
+            pkt = await c._reply()  # (an ERR raises: never the ping's reply, an OK)
+        except BackendError as e:
+            e.at = len(out)  # which statement failed (a service transaction's check, hotmerge)
+            raise
         if guard and out and c.seq_in != expected:
             raise CutShort()
         if pkt[0] == 0x00:

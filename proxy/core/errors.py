@@ -15,6 +15,7 @@ ER_UNKNOWN_COM_ERROR = (1047, "08S01")
 ER_NET_PACKET_TOO_LARGE = (1153, "08S01")
 ER_LOCK_WAIT_TIMEOUT = (1205, "HY000")
 ER_PARSE_ERROR = (1064, "42000")
+ER_BAD_NULL_ERROR = (1048, "23000")  # how a service transaction's own check stops it (hotmerge.py)
 ER_UNKNOWN_SYSTEM_VARIABLE = (1193, "HY000")
 ER_UNKNOWN_STMT_HANDLER = (1243, "HY000")
 ER_WRONG_VALUE_FOR_VAR = (1231, "42000")
@@ -63,6 +64,7 @@ class BackendError(Exception):
         self.sqlstate = sqlstate
         self.message = message
         self.raw = raw or make_err(code, sqlstate, message)
+        self.at = -1  # a multi-statement's: the statement that failed (results.read_results)
 
 
 class CutShort(BackendError):

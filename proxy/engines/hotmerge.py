@@ -6,8 +6,10 @@ merge: the first decrement for a key opens a group; followers join while the pre
 that key commits (two groups alternate), then up to `max_wait_us` or `max_batch` members. A
 leader with no group ahead commits at once. One backend transaction per group: lock the row,
 allocate members in arrival order with each one's amount and guard (`hotalloc.allocate`), one
-UPDATE by the total, one batch record, COMMIT, each statement's affected rows checked first,
-and that no DDL moved the schema since the rule was checked (`SchemaMoved`).
+UPDATE by the total, one batch record, COMMIT, each statement's affected rows checked first
+(by the server, in the round trip that carries the COMMIT: `_checked_commit`), and that no
+DDL moved the schema since the rule was checked (`SchemaMoved`; a DDL through the proxy waits
+for the batches that commit with no look after their lock, `quiet`).
 No reply before COMMIT returned OK. A connection lost during COMMIT: the batch record tells;
 a batch that provably did not commit is retried once. Members inside transactions get
 reservations (escrow.py) confirmed in their own transactions.
@@ -28,6 +30,7 @@ from proxy.core import metrics as M
 from proxy.core.config import HotRowCfg
 from proxy.core.errors import (
     CR_SERVER_LOST,
+    ER_BAD_NULL_ERROR,
     ER_SECKILL_NOT_COMMITTED,
     BackendError,
     BackendLost,
@@ -40,7 +43,6 @@ from proxy.engines.escrow import (
     Unverified,
     reserved_on,
     row_exists,
-    run_checked,
     unexpected,
 )
 from proxy.engines.hotalloc import (
@@ -59,12 +61,14 @@ from proxy.engines.outcome import find_record
 if TYPE_CHECKING:
     from proxy.backends.backend import BackendConn
     from proxy.engines.ports import HotRowHost
+    from proxy.net.protocol import OkPacket
 
 log = logging.getLogger("seckill.hotrow")
 
 # `KeyState.left` after a batch that found no row or NULL: no first try (it could not hold)
 # until a batch reads a value again
 NO_ROOM: Final = -(1 << 64)
+_UPDATED: Final = "@seckill_proxy_updated"  # a first try's UPDATE's ROW_COUNT() (`_writes`)
 _NO_PRIVILEGE: Final = frozenset({1142, 1143, 1044})  # table, column, database access denied
 _TRANSIENT: Final = frozenset({1317, 1205, 1213, 1969, 3024})
 
@@ -118,6 +122,23 @@ class Merger:
 
     def __init__(self, host: MergeHost) -> None:
         self.host = host
+        # first tries on the wire: they commit with no schema check after their locking
+        # read, so a DDL through the proxy waits for them (`quiet`)
+        self.unchecked = 0
+        self.waiters: list[asyncio.Future[None]] = []
+
+    async def quiet(self, timeout: float) -> None:
+        """A DDL is about to be sent (merges already stopped, hotrules.RuleBook.ddl_started):
+        wait until no first try is in flight, at most `timeout` seconds (one already holding
+        the table's metadata lock makes the DDL wait for it anyway)."""
+        if not self.unchecked:
+            return
+        w: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiters.append(w)
+        try:
+            await asyncio.wait_for(asyncio.shield(w), timeout)
+        except TimeoutError:
+            log.warning("DDL sent with a hot-row batch still running after %.1f s", timeout)
 
     def join(self, ks: KeyState, hs: HotStmt, m: Member, user: str, floor: int | None,
              auto: bool) -> None:
@@ -248,15 +269,17 @@ class Merger:
         """One backend transaction for the whole group; returns each member's decision.
         Verified before it commits: the locked row's value (and whether it exists) is read,
         the statements after must affect exactly the rows allocated (the stock row, one
-        reservation per member in a transaction, the batch record), COMMIT in its own round
-        trip. A statement cut short (KILL QUERY, a timeout: MariaDB may answer "OK, 0 rows"
-        without an error) rolls the batch back as not committed.
+        reservation per member in a transaction, the batch record), checked by the server
+        before the COMMIT that follows them in the same round trip (`_checked_commit`). A
+        statement cut short (KILL QUERY, a timeout: MariaDB may answer "OK, 0 rows" without
+        an error) leaves the batch not committed.
 
-        First try (`_first_try`), while the key's last batch left room for every member: the
-        locking read and the writes for "every member gets its units" in one round trip, the
-        UPDATE guarded by the least value at which that is the allocation. It commits only if
-        the value read allocates exactly that; otherwise it is rolled back and the group runs
-        as below (read, allocate, write): one round trip fewer per group, the same outcome."""
+        First try, while the key's last batch left room for every member: the locking read,
+        the writes for "every member gets its units" and COMMIT in one round trip, the UPDATE
+        guarded by the least value at which that is the allocation (`all_hit_bound`), so it
+        commits only if the value read allocates exactly that; otherwise it is rolled back and
+        the group reads, allocates, then writes and commits: one round trip per group (two
+        near sell-out), the same outcome."""
         r = hs.rule
         tbl = f"`{r.schema}`.`{r.table}`"
         key = sql_literal(hs.key_value)
@@ -277,24 +300,41 @@ class Merger:
             first = all_hit_bound(members, floor)
             if first is not None and ks.left is not None and ks.left < first[0]:
                 first = None  # the last batch left too little: read first
-            tried = None
+            res = None
+            current: int | None = None
             if first is not None:
-                tried = await self._first_try(c, hs, members, user, floor, batch_id, lock, first)
-                if not self.host.schema_same(generation):
+                if not self.host.schema_same(generation):  # the last look before it may commit
                     raise SchemaMoved(f"DDL since the rule of {tbl} was checked")
-                M.HOTROW_FIRST_TRY.inc("held" if tried else "redone")
-            if tried is None:
+                need, total = first
+                decisions = [1] * len(members)
+                stmts, reserve = self._writes(hs, members, user, decisions, total, batch_id, need)
+                commit_sent = True  # with its COMMIT: a reply lost is in doubt (`_in_doubt`)
+                res = await self._checked_commit(c, hs, lock, 2, stmts)
+                M.HOTROW_FIRST_TRY.inc("held" if res is not None else "redone")
+                if res is not None:
+                    rows = res[1][0]
+                    current = int(rows[0][0]) if rows and rows[0][0] is not None else None
+                    if current is None or allocate(current, members, floor) != (decisions, total):
+                        log.error("hot-row batch for %s: first try committed at value %s, which "
+                                  "its bound says it could not", r.qualified, current)
+            if res is None:
+                commit_sent = False
+                decisions, reserve = [], []
                 if first is not None:
                     await c.execute("ROLLBACK")  # the first try did not hold: as if never run
-                tried = await self._read_then_write(
+                got = await self._read_and_allocate(
                     c, hs, members, user, floor, batch_id, lock, generation)
-            decisions, reserve, current, total = tried
-            commit_sent = True
-            ok = await c.execute("COMMIT")
+                decisions, reserve, current, total, stmts = got
+                commit_sent = True
+                res = await self._checked_commit(c, hs, "", 0, stmts)
+                if res is None:
+                    raise Unverified("a write affected other rows than allocated")
+            ok = res[-1][1]
             ks.left = current - total if current is not None else NO_ROOM
         except (BackendError, Unverified) as e:
-            # An error or an unverified statement: COMMIT was not sent (MySQL also stops a
-            # multi-statement at its first error); the pool's reset rolls the batch back.
+            # An error or a failed check: MySQL runs nothing after an error in a
+            # multi-statement, so the COMMIT after it did not run; the pool's reset rolls the
+            # batch back.
             c.taint(ResetReason.SERVICE)
             await pool.release(c, "batch error")
             if isinstance(e, SchemaMoved):
@@ -322,30 +362,50 @@ class Merger:
         M.HOTROW_BATCH_COMMIT.observe(time.perf_counter() - t0)
         return decisions
 
-    async def _first_try(
-        self, c: BackendConn, hs: HotStmt, members: list[Member], user: str, floor: int | None,
-        batch_id: int, lock: str, bound: tuple[int, int],
-    ) -> tuple[list[int], list[tuple[Reservation, Member]], int | None, int] | None:
-        """The locking read and every member's writes in one round trip; (decisions,
-        reservations, value read, total) if the value read allocates every member its units and
-        each write affected what it must, else None (the caller rolls it back)."""
-        need, total = bound
-        decisions = [1] * len(members)
-        stmts, reserve = self._writes(hs, members, user, decisions, total, batch_id, need)
-        res = await c.query_each(lock + "; " + "; ".join(sql for sql, _, _ in stmts))
-        rows = res[1][0]
-        if not rows or rows[0][0] is None:
-            return None
-        current = int(rows[0][0])
-        if allocate(current, members, floor) != (decisions, total) or unexpected(stmts, res[2:]):
-            return None
-        return decisions, reserve, current, total
+    async def _checked_commit(
+        self, c: BackendConn, hs: HotStmt, head: str, heads: int, stmts: list[tuple[str, int, str]],
+    ) -> list[tuple[list[list[str | None]] | None, OkPacket | None]] | None:
+        """`head` (`heads` statements: the locking read of a first try, or none), the writes
+        and COMMIT in one round trip; every statement's result if it committed, None if the
+        server's check stopped it before its COMMIT (the caller rolls it back). The check:
+        the batch record's INSERT fails (1048, a NULL total) unless each write before it
+        affected what it must (`_writes`), and MariaDB runs nothing after an error, nor after
+        a statement a KILL cut short (`BackendConn.query_each`). A DDL through the proxy
+        waits for it (`quiet`): a first try has no schema check after its lock."""
+        parts = [head] if head else []
+        parts += [sql for sql, _, _ in stmts]
+        parts.append("COMMIT")
+        self.unchecked += 1
+        try:
+            res = await c.query_each("; ".join(parts))
+        except BackendError as e:
+            if e.code == ER_BAD_NULL_ERROR[0] and e.at == heads + len(stmts) - 1:
+                return None
+            raise
+        finally:
+            self._tried()
+        bad = unexpected(stmts, res[heads:-1])
+        if bad:  # (cannot be: the server checked them first)
+            log.error("hot-row batch for %s committed writes its own check rejects: %s",
+                      hs.rule.qualified, bad)
+        return res
 
-    async def _read_then_write(
+    def _tried(self) -> None:
+        """A `_checked_commit` is over: a DDL waiting for it goes on (`quiet`)."""
+        self.unchecked -= 1
+        if not self.unchecked:
+            for w in self.waiters:
+                if not w.done():
+                    w.set_result(None)
+            self.waiters.clear()
+
+    async def _read_and_allocate(
         self, c: BackendConn, hs: HotStmt, members: list[Member], user: str, floor: int | None,
         batch_id: int, lock: str, generation: int,
-    ) -> tuple[list[int], list[tuple[Reservation, Member]], int | None, int]:
-        """Lock and read the row, allocate, then write what was allocated, checked."""
+    ) -> tuple[list[int], list[tuple[Reservation, Member]], int | None, int,
+               list[tuple[str, int, str]]]:
+        """Lock and read the row, allocate; (decisions, reservations, value read, total, the
+        writes to commit)."""
         r = hs.rule
         tbl = f"`{r.schema}`.`{r.table}`"
         key = sql_literal(hs.key_value)
@@ -363,11 +423,7 @@ class Merger:
                 if d == 0:
                     m.reserved_seen = held
         stmts, reserve = self._writes(hs, members, user, decisions, total, batch_id, None)
-        bad, _ = await run_checked(c, stmts)
-        if bad:
-            what, want, got = bad[0]
-            raise Unverified(f"{what} affected {got} rows, expected {want}")
-        return decisions, reserve, current, total
+        return decisions, reserve, current, total, stmts
 
     def _writes(
         self, hs: HotStmt, members: list[Member], user: str, decisions: list[int], total: int,
@@ -375,7 +431,9 @@ class Merger:
     ) -> tuple[list[tuple[str, int, str]], list[tuple[Reservation, Member]]]:
         """The batch's writes, each with the rows it must affect: the UPDATE by the total
         (guarded by `need` on a first try), the reservations of members inside transactions
-        (escrow.py: their units are reserved, not sold), the batch record."""
+        (escrow.py: their units are reserved, not sold), the batch record, whose total is NULL, an error, unless the writes before it affected
+        what they must (ROW_COUNT(), kept in a user variable across the reservations' INSERT):
+        the server's check before the COMMIT that follows (`_checked_commit`)."""
         r = hs.rule
         tbl = f"`{r.schema}`.`{r.table}`"
         key = sql_literal(hs.key_value)
@@ -384,18 +442,26 @@ class Merger:
                    for i, (m, d) in enumerate(zip(members, decisions, strict=True))
                    if d == 1 and m.conn is not None]
         stmts: list[tuple[str, int, str]] = []  # (statement, rows it must affect, what)
+        checks: list[str] = []
         if total:
             guard = f" AND `{r.column}` >= {need}" if need is not None else ""
             stmts.append((f"UPDATE {tbl} SET `{r.column}` = `{r.column}` - {total} "
                           f"WHERE `{r.key}` = {key}{guard}", 1, "UPDATE"))
+            if reserve:
+                stmts.append((f"SET {_UPDATED} = ROW_COUNT()", 0, "SET"))
+                checks.append(f"{_UPDATED} = 1")
+            else:
+                checks.append("ROW_COUNT() = 1")
         if reserve:
             stmts.append((self.host.escrow.reservation_sql(
                 (rv, m.conn.thread_id) for rv, m in reserve), len(reserve), "INSERT"))
+            checks.append(f"ROW_COUNT() = {len(reserve)}")
+        total_sql = f"IF({' AND '.join(checks)}, {total}, NULL)" if checks else str(total)
         stmts.append((
             f"INSERT INTO `{self.host.cfg.batch_schema}`.`hotrow_batch` "
             f"(id, table_name, key_value, members, total) VALUES ({batch_id}, "
             f"'{escape_string(r.qualified)}', {sql_literal(str(hs.key_value))}, "
-            f"{len(members)}, {total})", 1, "INSERT"))
+            f"{len(members)}, {total_sql})", 1, "INSERT"))
         return stmts, reserve
 
     async def _in_doubt(

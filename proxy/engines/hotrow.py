@@ -18,7 +18,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from proxy.core.config import HOTROW_MODES, HotRowCfg
 from proxy.core.errors import (
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from proxy.engines.ports import HotRowHost, HotRowMember, Prepared
     from proxy.net.protocol import ExecuteParts
 
+DDL_WAIT_S: Final = 5.0  # at most, for a DDL behind first tries in flight (`ddl_started`)
 log = logging.getLogger("seckill.hotrow")
 
 # ---- runtime ----------------------------------------------------------------------------------
@@ -114,8 +115,12 @@ class HotRowEngine:
     def schema_changed(self) -> None:
         self.book.schema_changed()
 
-    def ddl_started(self) -> None:
+    async def ddl_started(self) -> None:
+        """A statement that may change a hot table's schema is about to be sent: merges stop
+        (hotrules.RuleBook.ddl_started), and it waits for the first tries in flight, which
+        commit in their own round trip with no schema check after their lock (hotmerge.py)."""
         self.book.ddl_started()
+        await self.merger.quiet(DDL_WAIT_S)
 
     def ddl_ended(self) -> None:
         self.book.ddl_ended()

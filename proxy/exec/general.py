@@ -69,9 +69,9 @@ async def run_plan(
     rows = 0
     s.keeps_diag = shape.keeps_diag
     ddl = (shape.verb in _SCHEMA_VERBS or shape.multi) and s.app.hotrow is not None
-    if ddl:
-        s.app.hotrow.ddl_started()  # a trigger or constraint on a hot table, perhaps
     try:
+        if ddl:
+            await s.app.hotrow.ddl_started()  # a trigger or constraint on a hot table, perhaps
         if p.gate_write:
             s.app.durability.check_write()  # the gate runs once, here
         if p.route is Route.HOTROW:
