@@ -62,7 +62,12 @@ MERGED_LATELY_S: Final = 0.1
 # Judged from the first 8 batches with a faster average (0.2), the ramp-up's small groups sent
 # the ten keys at 128 threads plain (1.03x off where merged gave 1.09x); probing again every
 # 2 s cost the mixed load more than it saved (stop 47).
-SMALL_GROUP: Final = 3.0
+# 3.0 until stop 48: since a group commits in one round trip (hotmerge._checked_commit), ten
+# keys at 128 threads merge in groups of 3-4 on a slow day and 3.0 sent most of them plain.
+# Auto against off, 4 rounds of 5 s, pinned (stop 48), pure 10 keys / mixed hot / mixed cold:
+# 3.0: 0.98 / 0.98 / 0.86; 2.0: 1.06 / 1.02 / 0.96; 1.5: 1.18 / 1.11 / 0.86 (never: 1.14 /
+# 1.24 / 0.77 in a 3-round run where 2.0 gave 1.05 / 1.04 / 0.97).
+SMALL_GROUP: Final = 2.0
 SMALL_AFTER: Final = 16
 SMALL_WINDOW_S: Final = 5.0
 SMALL_CROWD: Final = 32  # ... unless this many decrements are on it now (a sale starting)
