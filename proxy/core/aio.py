@@ -1,5 +1,5 @@
 """`async with after(fn)`: what `try: ... finally: await fn()` says, in a form mypyc compiles
-correctly.
+correctly; `InFlight`: operations under way that others may wait out.
 
 The modules in compiled.HOT are compiled with mypyc. mypyc (2.4.1) gets one thing wrong: after
 an `await` inside a `finally` block, it re-raises an exception that another task was handling
@@ -13,6 +13,7 @@ in the compiled modules.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -31,3 +32,38 @@ class after:  # noqa: N801 - reads as the statement it stands for: `async with a
 
     async def __aexit__(self, *exc: object) -> None:
         await self.fn()
+
+
+class InFlight:
+    """A count of operations under way that others may wait out (`idle`): a DDL through the
+    proxy waits for the hot-row groups that commit with no schema look after their lock
+    (hotmerge.Merger._checked_commit)."""
+
+    __slots__ = ("n", "waiters")
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.waiters: list[asyncio.Future[None]] = []
+
+    def enter(self) -> None:
+        self.n += 1
+
+    def leave(self) -> None:
+        self.n -= 1
+        if not self.n:
+            for w in self.waiters:
+                if not w.done():
+                    w.set_result(None)
+            self.waiters.clear()
+
+    async def idle(self, timeout: float) -> bool:
+        """Until none is under way, at most `timeout` seconds: False if some still were."""
+        if not self.n:
+            return True
+        w: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiters.append(w)
+        try:
+            await asyncio.wait_for(asyncio.shield(w), timeout)
+        except TimeoutError:
+            return False
+        return True

@@ -27,6 +27,7 @@ from mypy_extensions import mypyc_attr
 from pymysql.converters import escape_string
 
 from proxy.core import metrics as M
+from proxy.core.aio import InFlight
 from proxy.core.config import HotRowCfg
 from proxy.core.errors import (
     CR_SERVER_LOST,
@@ -68,7 +69,10 @@ log = logging.getLogger("seckill.hotrow")
 # `KeyState.left` after a batch that found no row or NULL: no first try (it could not hold)
 # until a batch reads a value again
 NO_ROOM: Final = -(1 << 64)
-_UPDATED: Final = "@seckill_proxy_updated"  # a first try's UPDATE's ROW_COUNT() (`_writes`)
+# a batch's writes' ROW_COUNT()s, which its record's INSERT checks (`_writes`): user variables
+# go to a statement-format binlog as values, where ROW_COUNT() in the INSERT would be unsafe
+_UPDATED: Final = "@seckill_proxy_updated"
+_RESERVED: Final = "@seckill_proxy_reserved"
 _NO_PRIVILEGE: Final = frozenset({1142, 1143, 1044})  # table, column, database access denied
 _TRANSIENT: Final = frozenset({1317, 1205, 1213, 1969, 3024})
 
@@ -122,22 +126,14 @@ class Merger:
 
     def __init__(self, host: MergeHost) -> None:
         self.host = host
-        # first tries on the wire: they commit with no schema check after their locking
-        # read, so a DDL through the proxy waits for them (`quiet`)
-        self.unchecked = 0
-        self.waiters: list[asyncio.Future[None]] = []
+        self.unchecked = InFlight()  # `_checked_commit`s on the wire (`quiet`)
 
     async def quiet(self, timeout: float) -> None:
         """A DDL is about to be sent (merges already stopped, hotrules.RuleBook.ddl_started):
-        wait until no first try is in flight, at most `timeout` seconds (one already holding
-        the table's metadata lock makes the DDL wait for it anyway)."""
-        if not self.unchecked:
-            return
-        w: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.waiters.append(w)
-        try:
-            await asyncio.wait_for(asyncio.shield(w), timeout)
-        except TimeoutError:
+        wait until no group commits with no schema look after its lock (`_checked_commit`),
+        at most `timeout` seconds (one holding the table's metadata lock by then makes the
+        DDL wait for it anyway)."""
+        if not await self.unchecked.idle(timeout):
             log.warning("DDL sent with a hot-row batch still running after %.1f s", timeout)
 
     def join(self, ks: KeyState, hs: HotStmt, m: Member, user: str, floor: int | None,
@@ -375,7 +371,7 @@ class Merger:
         parts = [head] if head else []
         parts += [sql for sql, _, _ in stmts]
         parts.append("COMMIT")
-        self.unchecked += 1
+        self.unchecked.enter()
         try:
             res = await c.query_each("; ".join(parts))
         except BackendError as e:
@@ -383,21 +379,12 @@ class Merger:
                 return None
             raise
         finally:
-            self._tried()
+            self.unchecked.leave()
         bad = unexpected(stmts, res[heads:-1])
         if bad:  # (cannot be: the server checked them first)
             log.error("hot-row batch for %s committed writes its own check rejects: %s",
                       hs.rule.qualified, bad)
         return res
-
-    def _tried(self) -> None:
-        """A `_checked_commit` is over: a DDL waiting for it goes on (`quiet`)."""
-        self.unchecked -= 1
-        if not self.unchecked:
-            for w in self.waiters:
-                if not w.done():
-                    w.set_result(None)
-            self.waiters.clear()
 
     async def _read_and_allocate(
         self, c: BackendConn, hs: HotStmt, members: list[Member], user: str, floor: int | None,
@@ -431,9 +418,10 @@ class Merger:
     ) -> tuple[list[tuple[str, int, str]], list[tuple[Reservation, Member]]]:
         """The batch's writes, each with the rows it must affect: the UPDATE by the total
         (guarded by `need` on a first try), the reservations of members inside transactions
-        (escrow.py: their units are reserved, not sold), the batch record, whose total is NULL, an error, unless the writes before it affected
-        what they must (ROW_COUNT(), kept in a user variable across the reservations' INSERT):
-        the server's check before the COMMIT that follows (`_checked_commit`)."""
+        (escrow.py: their units are reserved, not sold), the batch record, whose total is
+        NULL, an error, unless the writes before it affected what they must (their
+        ROW_COUNT()s, read into user variables): the server's check before the COMMIT that
+        follows (`_checked_commit`)."""
         r = hs.rule
         tbl = f"`{r.schema}`.`{r.table}`"
         key = sql_literal(hs.key_value)
@@ -442,20 +430,18 @@ class Merger:
                    for i, (m, d) in enumerate(zip(members, decisions, strict=True))
                    if d == 1 and m.conn is not None]
         stmts: list[tuple[str, int, str]] = []  # (statement, rows it must affect, what)
-        checks: list[str] = []
+        checks: list[str] = []  # each write's ROW_COUNT(), read into a user variable
         if total:
             guard = f" AND `{r.column}` >= {need}" if need is not None else ""
             stmts.append((f"UPDATE {tbl} SET `{r.column}` = `{r.column}` - {total} "
                           f"WHERE `{r.key}` = {key}{guard}", 1, "UPDATE"))
-            if reserve:
-                stmts.append((f"SET {_UPDATED} = ROW_COUNT()", 0, "SET"))
-                checks.append(f"{_UPDATED} = 1")
-            else:
-                checks.append("ROW_COUNT() = 1")
+            stmts.append((f"SET {_UPDATED} = ROW_COUNT()", 0, "SET"))
+            checks.append(f"{_UPDATED} = 1")
         if reserve:
             stmts.append((self.host.escrow.reservation_sql(
                 (rv, m.conn.thread_id) for rv, m in reserve), len(reserve), "INSERT"))
-            checks.append(f"ROW_COUNT() = {len(reserve)}")
+            stmts.append((f"SET {_RESERVED} = ROW_COUNT()", 0, "SET"))
+            checks.append(f"{_RESERVED} = {len(reserve)}")
         total_sql = f"IF({' AND '.join(checks)}, {total}, NULL)" if checks else str(total)
         stmts.append((
             f"INSERT INTO `{self.host.cfg.batch_schema}`.`hotrow_batch` "
