@@ -366,11 +366,8 @@ def test_trigger_created_while_a_batch_waits_for_the_table_is_never_bypassed(
     assert fired == list(range(final, final + len(fired))), fired
 
 
-def test_trigger_created_while_the_rule_is_checked_is_never_bypassed(
-        sandbox: Sandbox, tmp_path: Path) -> None:
-    """A rule's check read the schema, then a trigger was created through the proxy, then the
-    check's answer came: that verdict is stale and decides nothing (the rule is checked again),
-    so the trigger fires once per statement. Seen once in the suite as 20 firings of 200."""
+def _trigger_proxy(sandbox: Sandbox, tmp_path: Path) -> tuple[FaultProxy, ProxyProc]:
+    """mi_trg without its trigger, and a proxy merging it behind a fault-injecting forwarder."""
     reset(sandbox, "mi_trg")
     sandbox.primary.sql("DROP TRIGGER IF EXISTS shop.mi_trg_au", "DELETE FROM shop.mi_fired")
     fp = FaultProxy(sandbox.primary_port)
@@ -378,6 +375,15 @@ def test_trigger_created_while_the_rule_is_checked_is_never_bypassed(
         sandbox, hotrow={"mode": "merge", "rules": [
             {"table": "shop.mi_trg", "key": "sku_id", "column": "quantity"}]},
         backends={"primary": f"127.0.0.1:{fp.port}", "replicas": []}))
+    return fp, p
+
+
+def test_trigger_created_while_the_rule_is_checked_is_never_bypassed(
+        sandbox: Sandbox, tmp_path: Path) -> None:
+    """A rule's check read the schema, then a trigger was created through the proxy, then the
+    check's answer came: that verdict is stale and decides nothing (the rule is checked again),
+    so the trigger fires once per statement. Seen once in the suite as 20 firings of 200."""
+    fp, p = _trigger_proxy(sandbox, tmp_path)
     sql = "UPDATE mi_trg SET quantity = quantity - 1 WHERE sku_id = 1 AND quantity > 0"
     try:
         asyncio.run(_loop(p.port, sql, 1))  # the rule checked, its tables made
@@ -404,13 +410,7 @@ def test_ddl_waits_for_a_batch_that_commits_with_its_lock(
     sent while one is in flight (`Merger.quiet`): held here with the try's reply held back,
     the CREATE TRIGGER is not on the server yet; once the reply comes it runs, and every
     decrement after it fires the trigger once."""
-    reset(sandbox, "mi_trg")
-    sandbox.primary.sql("DROP TRIGGER IF EXISTS shop.mi_trg_au", "DELETE FROM shop.mi_fired")
-    fp = FaultProxy(sandbox.primary_port)
-    p = start_proxy(tmp_path, make_config(
-        sandbox, hotrow={"mode": "merge", "rules": [
-            {"table": "shop.mi_trg", "key": "sku_id", "column": "quantity"}]},
-        backends={"primary": f"127.0.0.1:{fp.port}", "replicas": []}))
+    fp, p = _trigger_proxy(sandbox, tmp_path)
     sql = "UPDATE mi_trg SET quantity = quantity - 1 WHERE sku_id = 1 AND quantity > 0"
     try:
         assert asyncio.run(_loop(p.port, sql, 1)) == [1]  # the rule checked, its tables made
