@@ -159,8 +159,9 @@ async def run_checked(c: Any, stmts: list[tuple[str, int, str]]
                       ) -> tuple[list[tuple[str, int, int]], list[tuple[Any, Any]]]:
     """Run a service transaction's statements in one round trip (COMMIT never among them);
     return those whose affected rows are not what was expected, (what, expected, got), and
-    every statement's result (`BackendConn.query_each`'s). The batch (hotmerge.py) and the
-    resolution below commit only when the first is empty."""
+    every statement's result (`BackendConn.query_each`'s). The resolution below commits only
+    when the first is empty (a hot-row batch has the server check its writes before the COMMIT
+    in the same round trip instead: hotmerge._checked_commit)."""
     res = await c.query_each("; ".join(sql for sql, _, _ in stmts))
     return unexpected(stmts, res), res
 
