@@ -33,6 +33,19 @@ def test_equally_contended_keys_each_get_one_nth(n: int) -> None:
     assert all(abs(sh.share(k, 1.3) - 1 / n) < 1e-9 for k in range(n))
 
 
+@given(st.lists(st.booleans(), min_size=1, max_size=200))
+def test_others_is_the_last_windows_share_of_lone_decrements(lone: list[bool]) -> None:
+    """Shares.others: the last whole window's share of decided decrements on keys with no
+    batch lately; 1.0 before anything was decided and after a lull of two windows."""
+    sh = Shares(window_s=0.25)
+    assert sh.others(0.0) == 1.0
+    for i, x in enumerate(lone):
+        sh.decided(x, 1.0 + i * 0.2 / len(lone))
+    sh.decided(False, 1.3)  # closes the window
+    assert abs(sh.others(1.3) - sum(lone) / len(lone)) < 1e-9
+    assert sh.others(1.3 + 0.5) == 1.0
+
+
 def test_nothing_seen_lately_means_share_one() -> None:
     sh = Shares(window_s=0.25)
     assert sh.share(1, 0.0) == 1.0  # at start
@@ -170,7 +183,8 @@ def test_a_key_whose_groups_stay_small_runs_as_it_is_inside_transactions() -> No
     over SMALL_AFTER batches or more since its last pause) make it so while the last group is
     younger than SMALL_WINDOW_S and fewer than SMALL_CROWD decrements are on the key (stop 47:
     10 hot SKUs beside cold traffic merged in groups of 2.5 and cost both cores more than
-    the row lock saved)."""
+    the row lock saved), and at least SMALL_OTHERS of the decided decrements are on keys with
+    no batch lately (stop 49: with no other traffic, ten keys' small groups pay)."""
     import asyncio
     import time
 
@@ -181,6 +195,7 @@ def test_a_key_whose_groups_stay_small_runs_as_it_is_inside_transactions() -> No
         SMALL_AFTER,
         SMALL_CROWD,
         SMALL_GROUP,
+        SMALL_OTHERS,
         SMALL_WINDOW_S,
         AutoChoice,
     )
@@ -191,22 +206,26 @@ def test_a_key_whose_groups_stay_small_runs_as_it_is_inside_transactions() -> No
         hs = HotStmt(rule, 1, 1, ">", 0)
         now = time.monotonic()
         small, big = SMALL_GROUP - 0.5, SMALL_GROUP + 0.5
-        # (batches in the run, their average, last group's age, company) -> spread?
+        alone, shared = SMALL_OTHERS / 2, SMALL_OTHERS
+        # (batches in the run, their average, last group's age, company, others) -> spread?
         table = [
-            (SMALL_AFTER, small, 0.1, 0, True),
-            (SMALL_AFTER - 1, small, 0.1, 0, False),  # too few to tell
-            (SMALL_AFTER, big, 0.1, 0, False),  # groups worth it
-            (SMALL_AFTER, small, SMALL_WINDOW_S + 1, 0, False),  # long ago: merge, and see
-            (SMALL_AFTER, small, 0.1, SMALL_CROWD, False),  # a crowd now
-            (SMALL_AFTER * 4, small, 0.1, SMALL_CROWD - 1, True),
+            (SMALL_AFTER, small, 0.1, 0, shared, True),
+            (SMALL_AFTER, small, 0.1, 0, alone, False),  # nothing else pays for small groups
+            (SMALL_AFTER, small, 0.1, 0, None, True),  # nothing decided lately: as if shared
+            (SMALL_AFTER - 1, small, 0.1, 0, shared, False),  # too few to tell
+            (SMALL_AFTER, big, 0.1, 0, shared, False),  # groups worth it
+            (SMALL_AFTER, small, SMALL_WINDOW_S + 1, 0, shared, False),  # long ago: merge, see
+            (SMALL_AFTER, small, 0.1, SMALL_CROWD, shared, False),  # a crowd now
+            (SMALL_AFTER * 4, small, 0.1, SMALL_CROWD - 1, shared, True),
         ]
-        for batches, avg, age, company, spread in table:
+        for batches, avg, age, company, others, spread in table:
             ks = KeyState(sem=asyncio.Semaphore(1))
             ks.run_batches, ks.group_avg, ks.in_flight = batches, avg, company
             ks.recent.append((now - age, 2))
             ac = AutoChoice({hs.key_id: ks}, Escrow("seckill_proxy", None, None))  # type: ignore[arg-type]
             ac.shares.last = {hs.key_id: 1.0}  # the only hot key: not one of many by share
-            ac.shares.started = now
-            assert ac.spread(hs) is spread, (batches, avg, age, company)
+            ac.shares.started = now if others is not None else now - 1.0
+            ac.shares.last_lone = 1.0 if others is None else others
+            assert ac.spread(hs) is spread, (batches, avg, age, company, others)
 
     asyncio.run(run())

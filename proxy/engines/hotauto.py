@@ -67,10 +67,17 @@ MERGED_LATELY_S: Final = 0.1
 # Auto against off, 4 rounds of 5 s, pinned (stop 48), pure 10 keys / mixed hot / mixed cold:
 # 3.0: 0.98 / 0.98 / 0.86; 2.0: 1.06 / 1.02 / 0.96; 1.5: 1.18 / 1.11 / 0.86 (never: 1.14 /
 # 1.24 / 0.77 in a 3-round run where 2.0 gave 1.05 / 1.04 / 0.97).
+# The rule holds only while other traffic shares the proxy and the database: at least
+# SMALL_OTHERS of the decided hot decrements lately were on keys with no batch in the last
+# SMALL_WINDOW_S (`Shares.others`). The small groups' cost falls on that traffic; with none,
+# the row lock is what limits the hot keys, and their groups pay even when small: ten keys
+# alone at 128 threads merge in groups of 2-2.5, merged 1.14-1.18x plain, and until stop 49
+# this rule held them plain (after a first run's last groups had judged them; stop 48).
 SMALL_GROUP: Final = 2.0
 SMALL_AFTER: Final = 16
 SMALL_WINDOW_S: Final = 5.0
 SMALL_CROWD: Final = 32  # ... unless this many decrements are on it now (a sale starting)
+SMALL_OTHERS: Final = 0.2
 GROUP_AVG_WEIGHT: Final = 0.1  # KeyState.group_avg: a moving average over batches
 # After a plain statement found a key sold out, its statements take the group's way this long.
 SOLD_OUT_MEMORY_S: Final = 30.0
@@ -93,21 +100,44 @@ class Shares:
     total: int = 0
     started: float = 0.0
     last: dict[object, float] = field(default_factory=dict)
+    # every decided hot decrement in the window, and those of them on keys with no batch lately
+    # (`others`)
+    decided_n: int = 0
+    lone_n: int = 0
+    last_lone: float = 1.0
 
     def seen(self, key: object, now: float) -> None:
+        """A contended decrement of `key`."""
         if now - self.started >= self.window_s:
             self._roll(now)
         self.counts[key] = self.counts.get(key, 0) + 1
         self.total += 1
 
+    def decided(self, lone: bool, now: float) -> None:
+        """A decided decrement; `lone`: its key had no batch lately (hotpick.Picker.key)."""
+        if now - self.started >= self.window_s:
+            self._roll(now)
+        self.decided_n += 1
+        if lone:
+            self.lone_n += 1
+
     def _roll(self, now: float) -> None:
         """Close the window: its counts become the shares, unless it ended long ago (then
         nothing is known about now)."""
-        recent = now - self.started < 2 * self.window_s and self.total > 0
+        lately = now - self.started < 2 * self.window_s
+        recent = lately and self.total > 0
         self.last = {k: n / self.total for k, n in self.counts.items()} if recent else {}
+        self.last_lone = self.lone_n / self.decided_n if lately and self.decided_n else 1.0
         self.counts = {}
-        self.total = 0
+        self.total = self.decided_n = self.lone_n = 0
         self.started = now
+
+    def others(self, now: float) -> float:
+        """The share of the decided decrements in the last window that were on keys with no
+        batch lately; 1.0 when nothing was decided lately (nothing says the load is all hot)."""
+        if now - self.started >= 2 * self.window_s:
+            return 1.0
+        return self.last_lone
 
     def share(self, key: object, now: float) -> float:
         if now - self.started >= 2 * self.window_s or not self.last:
@@ -154,12 +184,14 @@ class AutoChoice:
 
     def spread(self, hs: HotStmt) -> bool:
         """Inside a transaction: the key is one of many about equally contended lately, or
-        its groups stay small (`small_groups`)."""
+        its groups stay small (`small_groups`) while other traffic shares the proxy
+        (SMALL_OTHERS)."""
         ks = self.keys.get(hs.key_id)
-        if ks is not None and small_groups(ks):
+        now = time.monotonic()
+        if ks is not None and small_groups(ks) and self.shares.others(now) >= SMALL_OTHERS:
             return True
         limit = AUTO_TXN_SHARE_LEAVE if ks is not None and merged_lately(ks) else AUTO_TXN_SHARE
-        return self.shares.share(hs.key_id, time.monotonic()) < limit
+        return self.shares.share(hs.key_id, now) < limit
 
     def reserved_here(self, key_id: Any) -> bool:
         """Units of the key are reserved by transactions on this proxy not resolved yet."""

@@ -30,7 +30,7 @@ from proxy.engines.hotalloc import (
     rule_of,
     sql_mode_blocks,
 )
-from proxy.engines.hotauto import SOLD_OUT_MEMORY_S, AutoChoice
+from proxy.engines.hotauto import SMALL_WINDOW_S, SOLD_OUT_MEMORY_S, AutoChoice
 from proxy.engines.hotkeys import KeyState
 from proxy.engines.hotrules import RuleBook, RuleState
 from proxy.net import protocol as P
@@ -276,8 +276,11 @@ class Picker:
         if ks is None:
             ks = self.keys[hs.key_id] = KeyState(asyncio.Semaphore(self.cfg.queue_concurrency))
         ks.last_seen = now = time.monotonic()
+        shares = self.auto.shares
+        recent = ks.recent
+        shares.decided(not recent or now - recent[-1][0] >= SMALL_WINDOW_S, now)
         if ks.company():  # contended: only these make the shares (hotauto.Shares)
-            self.auto.shares.seen(hs.key_id, now)
+            shares.seen(hs.key_id, now)
         ks.statements += 1
         ks.mode = mode
         return ks
