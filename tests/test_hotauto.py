@@ -58,7 +58,7 @@ def test_nothing_seen_lately_means_share_one() -> None:
 
 
 def test_the_way_inside_a_transaction_by_company_spread_and_recent_merging() -> None:
-    """AutoChoice._little_company inside a transaction (True: as it is), as a table: an idle
+    """AutoChoice.why inside a transaction (PLAIN_WHYS: as it is), as a table: an idle
     key runs as it is; a key that is one of many (share below AUTO_TXN_SHARE) runs as it is
     unless a group is on it; otherwise it merges from AUTO_TXN_COMPANY others on, or with any
     company if its last group committed less than MERGED_LATELY_S ago (a plain decrement
@@ -67,6 +67,7 @@ def test_the_way_inside_a_transaction_by_company_spread_and_recent_merging() -> 
     import time
 
     from proxy.core.config import HotRowRule
+    from proxy.engines import hotauto as A
     from proxy.engines.escrow import Escrow
     from proxy.engines.hotalloc import HotStmt
     from proxy.engines.hotauto import AUTO_TXN_COMPANY, MERGED_LATELY_S, AutoChoice
@@ -77,17 +78,17 @@ def test_the_way_inside_a_transaction_by_company_spread_and_recent_merging() -> 
         hs = HotStmt(rule, 1, 1, ">", 0)
         escrow = Escrow("seckill_proxy", None, None)  # type: ignore[arg-type]
         now = time.monotonic()
-        # (company, share, merging, last group's age in s or None) -> as it is?
+        # (company, share, merging, last group's age in s or None) -> why (as it is or not)
         table = [
-            (0, 1.0, False, None, True),  # idle
-            (1, 1.0, False, None, True),  # little company, no group lately
-            (AUTO_TXN_COMPANY, 1.0, False, None, False),  # enough company
-            (1, 1.0, False, MERGED_LATELY_S / 4, False),  # merged a moment ago: stays
-            (1, 1.0, False, MERGED_LATELY_S * 4, True),  # merged long ago
-            (AUTO_TXN_COMPANY, 0.01, False, None, True),  # one of many, nothing merging
-            (1, 0.01, True, MERGED_LATELY_S / 4, False),  # one of many, a group on it
+            (0, 1.0, False, None, A.WHY_IDLE),
+            (1, 1.0, False, None, A.WHY_LITTLE),  # little company, no group lately
+            (AUTO_TXN_COMPANY, 1.0, False, None, A.WHY_CROWDED),  # enough company
+            (1, 1.0, False, MERGED_LATELY_S / 4, A.WHY_LATELY),  # merged a moment ago: stays
+            (1, 1.0, False, MERGED_LATELY_S * 4, A.WHY_LITTLE),  # merged long ago
+            (AUTO_TXN_COMPANY, 0.01, False, None, A.WHY_MANY),  # one of many, nothing merging
+            (1, 0.01, True, MERGED_LATELY_S / 4, A.WHY_LEAVING),  # one of many, a group on it
         ]
-        for company, share, merging, age, plain in table:
+        for company, share, merging, age, why in table:
             ks = KeyState(sem=asyncio.Semaphore(1))
             ks.in_flight = company
             ks.plain_running = company if not merging else 0
@@ -98,7 +99,8 @@ def test_the_way_inside_a_transaction_by_company_spread_and_recent_merging() -> 
             ac = AutoChoice({hs.key_id: ks}, escrow)
             ac.shares.last = {hs.key_id: share, "other": 1 - share}
             ac.shares.started = now
-            assert ac._little_company(hs, True) is plain, (company, share, merging, age)
+            assert ac.why(hs, True) == why, (company, share, merging, age)
+            assert ac.goes_plain(hs, True) is (why in A.PLAIN_WHYS)
 
     asyncio.run(run())
 

@@ -45,11 +45,13 @@ def test_admin_answers_add_up() -> None:
          [("p:1", "primary", "up", "", 0, None, "0-1-5", "durable", 1, 4, 5, 7)]]
     assert fanout.backends(b) == [("p:1", "primary", "up", "", 0, None, "0-1-5", "durable",
                                    3, 7, 10, 7)]
-    hk = [[("shop.inventory", "1", "merge", 2, 1, 4.0, 10.0, 40, 400, 3)],
-          [("shop.inventory", "1", "auto:plain", 0, 1, 1.0, 5.0, 10, 50, 0),
-           ("shop.inventory", "2", "merge", 0, 0, 0.0, 0.0, 1, 1, 0)]]
+    hk = [[("shop.inventory", "1", "auto:merge", 2, 1, 4.0, 10.0, 40, 400, 3, "crowded")],
+          [("shop.inventory", "1", "auto:plain", 0, 1, 1.0, 5.0, 10, 50, 0, "little company"),
+           ("shop.inventory", "2", "merge", 0, 0, 0.0, 0.0, 1, 1, 0, "")]]
     got = fanout.hot_keys(hk)
-    assert got[0] == ("shop.inventory", "1", "merge", 2, 2, 5.0, 9.0, 50, 450, 3)
+    # the path and auto's reason of the worker that ran the most statements on the key
+    assert got[0] == ("shop.inventory", "1", "auto:merge", 2, 2, 5.0, 9.0, 50, 450, 3, "crowded")
+    assert fanout.hot_keys(hk[::-1])[0] == got[0]
     assert got[1][1] == "2"
     d = [[("SELECT ?", 2, 300, 150, 200, 2, "primary", "-")],
          [("SELECT ?", 1, 100, 100, 100, 1, "primary", "-"), ("DO ?", 5, 500, 100, 120, 0, "primary", "-")]]

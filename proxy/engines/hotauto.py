@@ -47,7 +47,7 @@ AUTO_TXN_SHARE: Final = 0.08
 # decrements to wait for its groups and run plain (stop 42).
 AUTO_TXN_SHARE_LEAVE: Final = 0.06
 # Inside a transaction, a key whose last group committed this recently stays merged while it has
-# company (`AutoChoice._little_company`).
+# company (`AutoChoice.why`).
 MERGED_LATELY_S: Final = 0.1
 # Inside a transaction a key whose groups stay small (SMALL_GROUP members on average over the
 # SMALL_AFTER or more batches since it last merged after a pause) runs as it is, as a key that
@@ -84,6 +84,21 @@ SOLD_OUT_MEMORY_S: Final = 30.0
 # How long a decrement on a key that is one of many waits for the key's merged work to finish
 # before it runs as it is (hotrow.HotRowEngine._leaves_merge); past that it merges.
 LEAVE_MERGE_S: Final = 0.25
+
+
+# Why auto sends a decided decrement its way (`AutoChoice.why`; SHOW HOT KEYS, column `why`).
+# As it is:
+WHY_IDLE: Final = "idle"  # nothing else runs on the key
+WHY_LITTLE: Final = "little company"  # fewer others on it than AUTO_COMPANY / AUTO_TXN_COMPANY
+WHY_MANY: Final = "one of many"  # in a transaction: many keys about equally contended
+WHY_SMALL: Final = "small groups"  # in a transaction: its groups stay small, others share
+PLAIN_WHYS: Final = frozenset({WHY_IDLE, WHY_LITTLE, WHY_MANY, WHY_SMALL})
+# Merged:
+WHY_RESERVED: Final = "units reserved"  # open transactions hold units of it
+WHY_SOLD_OUT: Final = "sold out lately"
+WHY_CROWDED: Final = "crowded"
+WHY_LATELY: Final = "merged lately"  # in a transaction: its last group committed a moment ago
+WHY_LEAVING: Final = "merged work on it"  # one of many, but a group is on it: waits, or merges
 
 
 @dataclass
@@ -156,42 +171,55 @@ class AutoChoice:
         self.reserved_anywhere: set[Any] = set()
 
     def goes_plain(self, hs: HotStmt, in_txn: bool) -> bool:
-        return self.may_run_plain(hs) and self._little_company(hs, in_txn)
+        return self.why(hs, in_txn) in PLAIN_WHYS
 
     def may_run_plain(self, hs: HotStmt) -> bool:
         """No units of the key are reserved by open transactions (here, or by any proxy as
         last read from the reservation table), and no plain statement found it sold out
         lately."""
-        if self.reserved_here(hs.key_id) or hs.key_id in self.reserved_anywhere:
-            return False
-        ks = self.keys.get(hs.key_id)
-        return ks is None or not sold_out_lately(ks)
+        return self.why_not_plain(hs) == ""
 
-    def _little_company(self, hs: HotStmt, in_txn: bool) -> bool:
-        """The key has too little company for a group to pay (AUTO_COMPANY), or, inside a
-        transaction, it is one of many keys about equally contended and no group is on it."""
+    def why_not_plain(self, hs: HotStmt) -> str:
+        if self.reserved_here(hs.key_id) or hs.key_id in self.reserved_anywhere:
+            return WHY_RESERVED
+        ks = self.keys.get(hs.key_id)
+        return WHY_SOLD_OUT if ks is not None and sold_out_lately(ks) else ""
+
+    def why(self, hs: HotStmt, in_txn: bool) -> str:
+        """The way auto would send this decrement, as its reason (PLAIN_WHYS: as it is). As it
+        is while the key has too little company for a group to pay (AUTO_COMPANY), or, inside
+        a transaction, while it is one of many keys about equally contended and no group is
+        on it; never while `may_run_plain` says no."""
+        no = self.why_not_plain(hs)
+        if no:
+            return no
         ks = self.keys.get(hs.key_id)
         if ks is None or ks.idle():
-            return True
+            return WHY_IDLE
         if not in_txn:
-            return ks.company() < AUTO_COMPANY
-        if self.spread(hs):
-            return not ks.merging()
+            return WHY_LITTLE if ks.company() < AUTO_COMPANY else WHY_CROWDED
+        spread = self._spread_why(hs, ks)
+        if spread:
+            return WHY_LEAVING if ks.merging() else spread
         # A key that merged a moment ago stays merged while it has any company: a plain
         # decrement in a transaction holds the row lock through its COMMIT, and the key's
         # next group would wait for it (mixing the two ways was slower than either).
-        return ks.company() < AUTO_TXN_COMPANY and not merged_lately(ks)
+        if ks.company() >= AUTO_TXN_COMPANY:
+            return WHY_CROWDED
+        return WHY_LATELY if merged_lately(ks) else WHY_LITTLE
 
     def spread(self, hs: HotStmt) -> bool:
         """Inside a transaction: the key is one of many about equally contended lately, or
         its groups stay small (`small_groups`) while other traffic shares the proxy
         (SMALL_OTHERS)."""
-        ks = self.keys.get(hs.key_id)
+        return self._spread_why(hs, self.keys.get(hs.key_id)) != ""
+
+    def _spread_why(self, hs: HotStmt, ks: KeyState | None) -> str:
         now = time.monotonic()
         if ks is not None and small_groups(ks) and self.shares.others(now) >= SMALL_OTHERS:
-            return True
+            return WHY_SMALL
         limit = AUTO_TXN_SHARE_LEAVE if ks is not None and merged_lately(ks) else AUTO_TXN_SHARE
-        return self.shares.share(hs.key_id, now) < limit
+        return WHY_MANY if self.shares.share(hs.key_id, now) < limit else ""
 
     def reserved_here(self, key_id: Any) -> bool:
         """Units of the key are reserved by transactions on this proxy not resolved yet."""

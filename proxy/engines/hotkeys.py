@@ -71,6 +71,7 @@ class KeyState:
     recent: deque[tuple[float, int]] = field(default_factory=deque)
     last_seen: float = 0.0
     mode: str = ""  # the path the key's last statement took (SHOW HOT KEYS)
+    why: str = ""  # auto's reason for it (hotauto.AutoChoice.why; SHOW HOT KEYS)
     # auto: how many statements run as they are on the key now (counted ones: `hotpick`). A
     # count, not a flag: with one flag, the end of one of many cleared it, and a key whose
     # counted statements started and ended in turn looked idle to every decision (stop 42)

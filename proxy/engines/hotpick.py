@@ -30,7 +30,7 @@ from proxy.engines.hotalloc import (
     rule_of,
     sql_mode_blocks,
 )
-from proxy.engines.hotauto import SMALL_WINDOW_S, SOLD_OUT_MEMORY_S, AutoChoice
+from proxy.engines.hotauto import PLAIN_WHYS, SMALL_WINDOW_S, SOLD_OUT_MEMORY_S, AutoChoice
 from proxy.engines.hotkeys import KeyState
 from proxy.engines.hotrules import RuleBook, RuleState
 from proxy.net import protocol as P
@@ -68,12 +68,13 @@ MERGE: Final = 5  # merged into the key's group (hotmerge.py)
 class Way:
     """How a hot decrement goes, and what its path needs: decided once (`Picker.decide`)."""
 
-    __slots__ = ("kind", "hs", "mode", "rs", "txn", "inv", "txn_conn", "ticket")
+    __slots__ = ("kind", "hs", "mode", "rs", "txn", "inv", "txn_conn", "ticket", "why")
 
     def __init__(self, kind: int, hs: HotStmt | None = None, mode: str = "",
                  rs: RuleState | None = None, txn: bool = False, inv: Inventory | None = None,
-                 txn_conn: BackendConn | None = None) -> None:
+                 txn_conn: BackendConn | None = None, why: str = "") -> None:
         self.kind = kind
+        self.why = why  # auto's reason (hotauto.AutoChoice.why), shown per key
         self.hs = hs
         self.mode = mode
         self.rs = rs
@@ -180,13 +181,15 @@ class Picker:
             return _AS_IS
         txn = in_txn(session)
         inv = inventory_hints(shape.hints, raw_sql) if shape.hints else None
+        why = ""
         if mode == "auto" and inv is None:
-            if self.auto.goes_plain(hs, txn):
+            why = self.auto.why(hs, txn)
+            if why in PLAIN_WHYS:
                 # Little or nothing on the key: as it is, whatever the session (MySQL answers).
-                return Way(PLAIN, hs, mode, rs, txn)
+                return Way(PLAIN, hs, mode, rs, txn, why=why)
             if may_leave and txn and self.auto.spread(hs) and not any(
                     r.key_id == hs.key_id for r in session.escrow):
-                return Way(LEAVING, hs, mode, rs, txn)
+                return Way(LEAVING, hs, mode, rs, txn, why=why)
         if inv is not None and (inv.commit_on_success or inv.rollback_on_fail) and not txn:
             raise ProxyError(ER_INVENTORY_AUTOCOMMIT,
                              "Inventory transactional hints didn't allowed in autocommit mode")
@@ -203,8 +206,8 @@ class Picker:
             # LOCK TABLES, user variables), a read-only session, or a transaction that already
             # locked the row itself. Queued, it runs on the session's own connection and MySQL
             # answers it. (Inventory hints are honoured merged, so a hinted statement merges.)
-            return Way(QUEUE, hs, "queue", rs, txn, inv)
-        return Way(MERGE, hs, mode, rs, txn, inv, txn_conn)
+            return Way(QUEUE, hs, "queue", rs, txn, inv, why=why)
+        return Way(MERGE, hs, mode, rs, txn, inv, txn_conn, why)
 
     def lane_way(self, session: HotRowMember, shape: Shape, values: list[object]) -> Way:
         """The fast lane's question (its statements have no hints): `decide`, and way PLAIN
@@ -262,16 +265,19 @@ class Picker:
     def start_plain(self, session: HotRowMember, w: Way) -> KeyState:
         """Way PLAIN: the statement is counted on its key until `plain_end`."""
         assert w.hs is not None
-        ks = self.take_plain(session, w.hs, w.mode, w.txn)
+        ks = self.take_plain(session, w.hs, w.mode, w.txn, w.why)
         self.plain_start(ks)
         return ks
 
-    def take_plain(self, session: HotRowMember, hs: HotStmt, mode: str, txn: bool) -> KeyState:
+    def take_plain(self, session: HotRowMember, hs: HotStmt, mode: str, txn: bool,
+                   why: str = "") -> KeyState:
         if txn:
             session.locked_hot_key(hs.key_id)  # its transaction now holds the row lock
-        return self.key(hs, mode)
+        return self.key(hs, mode, why)
 
-    def key(self, hs: HotStmt, mode: str) -> KeyState:
+    def key(self, hs: HotStmt, mode: str, why: str = "") -> KeyState:
+        """The key's state, counted for a decided decrement taking `mode` (`why`: auto's
+        reason, SHOW HOT KEYS)."""
         ks = self.keys.get(hs.key_id)
         if ks is None:
             ks = self.keys[hs.key_id] = KeyState(asyncio.Semaphore(self.cfg.queue_concurrency))
@@ -283,6 +289,7 @@ class Picker:
             shares.seen(hs.key_id, now)
         ks.statements += 1
         ks.mode = mode
+        ks.why = why
         return ks
 
     def plain_start(self, ks: KeyState) -> None:

@@ -151,10 +151,11 @@ class HotRowEngine:
             ke = self.escrow.keys.get((s, t, k))
             rows.append((f"{s}.{t}", str(k), ks.mode, ks.waiting, ks.in_flight, round(b / RECENT_S, 1),
                          round(members / b, 1) if b else 0.0, ks.batches, ks.statements,
-                         ke.outstanding if ke else 0))
+                         ke.outstanding if ke else 0, ks.why))
         rows.sort(key=lambda r: (r[3] + r[4], r[5], r[8]), reverse=True)
         return rows[:n], ["table", "key", "mode", "waiting", "in_flight", "batches_per_s_10s",
-                          "avg_batch_10s", "batches_total", "statements_total", "reserved_units"]
+                          "avg_batch_10s", "batches_total", "statements_total", "reserved_units",
+                          "why"]
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -312,17 +313,18 @@ class HotRowEngine:
             await self.book.check(w.hs.rule, session.username or "")
             w = pick.decide(session, shape, values, raw_sql)  # again, with the schema known
         if w.kind == LEAVING:
-            assert w.hs is not None
-            if not await self._leaves_merge(w.hs):
+            left = w.hs
+            assert left is not None
+            if not await self._leaves_merge(left):
                 w = pick.decide(session, shape, values, raw_sql, may_leave=False)
             else:
-                w = Way(PLAIN, w.hs, w.mode, w.rs, w.txn)
+                w = Way(PLAIN, left, w.mode, w.rs, w.txn, why=self.auto.why(left, True))
         hs, rs = w.hs, w.rs
         if w.kind in (AS_IS, UNCHECKED) or hs is None or rs is None:
             return None
         if w.kind == PLAIN:
             return await self._plain(pick.start_plain(session, w), forward)
-        ks = pick.key(hs, w.mode)
+        ks = pick.key(hs, w.mode, w.why)
         if w.kind == QUEUE:
             if w.txn:
                 session.locked_hot_key(hs.key_id)  # its transaction now holds the row lock

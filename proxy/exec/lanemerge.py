@@ -67,7 +67,7 @@ class LaneMember:
         assert w is not None and w.hs is not None and w.rs is not None
         s = self.lane.s
         eng = s.app.hotrow
-        ks = eng.pick.key(w.hs, w.mode)
+        ks = eng.pick.key(w.hs, w.mode, w.why)
         m = eng.answers.enter(s, w.hs, ks, w.rs.floor, w.mode == "auto", w.txn_conn, None)
         self.member = (m, ks)
         m.fut.add_done_callback(self._cb)

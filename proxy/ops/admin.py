@@ -83,7 +83,7 @@ audit = logging.getLogger("seckill.admin.audit")
 HELP = [
     ("SHOW BACKENDS", "servers, role, state and reason, pool connections"),
     ("SHOW HOTROW RULES", "configured hot-row rules, mode per table, primary-key check"),
-    ("SHOW HOT KEYS", "top hot keys now: waiting, in flight, batches/s, average batch size"),
+    ("SHOW HOT KEYS", "top hot keys now: path and why, waiting, in flight, batches/s, average batch"),
     ("SET hotrow.mode = 'off|queue|merge' [FOR TABLE db.tbl]", "change hot-row mode at once"),
     ("RELOAD CONFIG", "re-read the config file (users, hot-row rules and mode, routing, log level)"),
     ("SET routing.read_consistency = 'eventual|session|global|primary'", "default read consistency"),

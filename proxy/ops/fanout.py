@@ -36,7 +36,8 @@ def backends(parts: list[list[Row]]) -> list[tuple[Any, ...]]:
 
 def hot_keys(parts: list[list[Row]], n: int = 20) -> list[tuple[Any, ...]]:
     """SHOW HOT KEYS: one row per key; counts and rates summed, the average batch weighted by
-    each worker's batches, the mode of the worker that ran the most statements on it."""
+    each worker's batches, the mode (and auto's reason) of the worker that ran the most
+    statements on it."""
     out: dict[tuple[Any, Any], list[Any]] = {}
     for rows in parts:
         for r in rows:
@@ -49,6 +50,7 @@ def hot_keys(parts: list[list[Row]], n: int = 20) -> list[tuple[Any, ...]]:
             have[6] = round((_num(have[6]) * b0 + _num(r[6]) * b1) / (b0 + b1), 1) if b0 + b1 else 0.0
             if _num(r[8]) > _num(have[8]):
                 have[2] = r[2]
+                have[10:] = r[10:]  # (auto's reason, from the same worker)
             for i in (3, 4, 7, 8, 9):
                 have[i] = int(_num(have[i]) + _num(r[i]))
             have[5] = round(b0 + b1, 1)
