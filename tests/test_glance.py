@@ -263,3 +263,34 @@ def test_a_hot_key_amid_cold_traffic_keeps_its_share() -> None:
                         statement_values(SQL.format(7)))
         assert w.kind == MERGE  # (with the cold ones counted: 3 in 403, one of many, plain)
     asyncio.run(run())
+
+
+@pytest.mark.parametrize("cold", [0, 10, 30])
+def test_other_traffic_is_the_share_of_decisions_on_keys_with_no_batch_lately(cold: int) -> None:
+    """Shares.others as Picker.key counts it (stop 49): a decided decrement of a key with a
+    recent batch is the hot keys' traffic, one of any other key other traffic. A key whose
+    groups stay small runs as it is inside transactions (`AutoChoice.spread`) only with
+    SMALL_OTHERS or more of other traffic: ten keys alone kept merging in small groups that
+    paid, and the rule had held them plain."""
+    from proxy.engines.hotauto import SMALL_AFTER, SMALL_GROUP, SMALL_OTHERS
+
+    conn = idle_conn()
+
+    async def run() -> None:
+        pk = picker()
+        hot = pk.keys[KEY] = KeyState(asyncio.Semaphore(10))
+        hot.recent.append((time.monotonic(), 1))
+        hot.run_batches, hot.group_avg = SMALL_AFTER, SMALL_GROUP - 0.5
+        hs = None
+        for sku in [7] * 30 + [1000 + i for i in range(cold)]:
+            sql = SQL.format(sku)
+            w = pk.lane_way(Session(conn=conn), classify(sql), statement_values(sql))
+            assert w.kind == PLAIN and w.ticket is not None  # (nothing else on either)
+            pk.plain_end(w.ticket, True, 1)
+            hs = w.hs if sku == 7 else hs
+        assert hs is not None
+        pk.auto.shares._roll(time.monotonic())  # (the window closes)
+        others = pk.auto.shares.others(time.monotonic())
+        assert abs(others - cold / (30 + cold)) < 1e-9
+        assert pk.auto.spread(hs) is (others >= SMALL_OTHERS)
+    asyncio.run(run())
