@@ -72,7 +72,8 @@ MERGED_LATELY_S: Final = 0.1
 # SMALL_WINDOW_S (`Shares.others`). The small groups' cost falls on that traffic; with none,
 # the row lock is what limits the hot keys, and their groups pay even when small: ten keys
 # alone at 128 threads merge in groups of 2-2.5, merged 1.14-1.18x plain, and until stop 49
-# this rule held them plain (after a first run's last groups had judged them; stop 48).
+# this rule judged them small after about half a second of merging and held them plain 5 s at
+# a time (stop 48 saw it after a pause of the load).
 SMALL_GROUP: Final = 2.0
 SMALL_AFTER: Final = 16
 SMALL_WINDOW_S: Final = 5.0
