@@ -31,7 +31,7 @@ from proxy.core.logctx import detached
 from proxy.core.state import SERVICE, SERVICE_MARIADB
 from proxy.engines.escrow import RESERVATION, Escrow, Reservation
 from proxy.engines.hotalloc import HotStmt
-from proxy.engines.hotauto import LEAVE_MERGE_S, sold_out_lately
+from proxy.engines.hotauto import LEAVE_MERGE_S, PLAIN_WHYS, sold_out_lately
 from proxy.engines.hotkeys import RECENT_S, KeyState
 from proxy.engines.hotmember import Answers
 from proxy.engines.hotmerge import Merger
@@ -313,12 +313,13 @@ class HotRowEngine:
             await self.book.check(w.hs.rule, session.username or "")
             w = pick.decide(session, shape, values, raw_sql)  # again, with the schema known
         if w.kind == LEAVING:
-            left = w.hs
-            assert left is not None
-            if not await self._leaves_merge(left):
+            leaving = w.hs
+            assert leaving is not None
+            why = await self._leaves_merge(leaving)
+            if not why:
                 w = pick.decide(session, shape, values, raw_sql, may_leave=False)
             else:
-                w = Way(PLAIN, left, w.mode, w.rs, w.txn, why=self.auto.why(left, True))
+                w = Way(PLAIN, leaving, w.mode, w.rs, w.txn, why=why)
         hs, rs = w.hs, w.rs
         if w.kind in (AS_IS, UNCHECKED) or hs is None or rs is None:
             return None
@@ -353,24 +354,25 @@ class HotRowEngine:
     def may_run_plain(self, hs: HotStmt) -> bool:  # (hotmerge.MergeHost)
         return self.auto.may_run_plain(hs)
 
-    async def _leaves_merge(self, hs: HotStmt) -> bool:
+    async def _leaves_merge(self, hs: HotStmt) -> str:
         """Way LEAVING (hotpick.Picker.decide): inside a transaction, on a key that is one of
         many (`AutoChoice.spread`) but still has merged work under way (a group gathering or
         committing, units its members reserved): wait for that work (their transactions end
-        within moments; at most LEAVE_MERGE_S); True: it runs as it is. A session holding
-        units of the key itself stays merged on it (decided there)."""
+        within moments; at most LEAVE_MERGE_S). Returns auto's reason once it runs as it is
+        (hotauto.PLAIN_WHYS), "" when it merges. A session holding units of the key itself
+        stays merged on it (decided there)."""
         auto = self.auto
         loop = asyncio.get_running_loop()
         deadline = loop.time() + LEAVE_MERGE_S
-        while not auto.goes_plain(hs, True):  # (in a transaction)
+        while (why := auto.why(hs, True)) not in PLAIN_WHYS:  # (in a transaction)
             ks = self.keys.get(hs.key_id)
             left = deadline - loop.time()
             if ks is None or left <= 0 or not auto.spread(hs) or sold_out_lately(ks):
-                return False  # (sold out lately: the group's way, which waits for units)
+                return ""  # (sold out lately: the group's way, which waits for units)
             if ks.tail is not None and not ks.tail.done():
                 await asyncio.wait([ks.tail], timeout=left)
             elif auto.reserved_here(hs.key_id):
                 await self.escrow.wait_resolved(hs.key_id, min(left, 0.05))
             else:  # another proxy's units (the reservation table is read every 0.5 s)
                 await asyncio.sleep(min(left, 0.05))
-        return True
+        return why
