@@ -6,6 +6,13 @@ per client, bytes copied both ways, nothing else), alternating, and prints the r
 relay's user/system CPU per query. Whatever the proxy does per statement (plan, lease, reply
 scanning, metrics) is on top of this; the kernel part (four socket syscalls per query and the
 wake-ups they cause) is the same for both.
+
+`python -m bench.relay seed [SECONDS]`: issue 24's yardstick for the proxy's CPU per order. The
+seed's order (BEGIN; INSERT; UPDATE; COMMIT, 128 threads) through the relay on 1,000 SKUs, through
+the proxy (mode auto) on 1,000 SKUs and on 1 SKU, and directly, pinned (MariaDB on core 0, the
+rest on core 1) and unpinned: orders per second and CPU per order of the relay or proxy and of
+MariaDB. The relay makes four backend round trips per order where the proxy makes two (BEGIN
+goes with the INSERT, the confirm row with the COMMIT, the UPDATE is the group's).
 """
 
 from __future__ import annotations
@@ -70,17 +77,63 @@ def _cpu(pid: int) -> tuple[float, float]:
     return int(f[11]) / 100, int(f[12]) / 100
 
 
+def _start(port: int, backend: int) -> subprocess.Popen[bytes]:
+    relay = subprocess.Popen([sys.executable, "-c", f"from bench.relay import _relay; "
+                              f"_relay({port}, {backend})"],
+                             cwd=Path(__file__).resolve().parent.parent)
+    time.sleep(1)
+    return relay
+
+
+def seed(seconds: int) -> None:
+    """The seed order through the relay, the proxy and directly (see the module's docstring)."""
+    from proxy.tools.sandbox import free_port
+
+    from .common import SECKILL, Proxy, cpu_seconds, machine, pin_threads, reset
+
+    sb = sandbox()
+    db = sb.primary.pid()
+    assert db is not None
+    port = free_port()
+    relay = _start(port, sb.primary_port)
+    rule = {"table": "shop.inventory", "key": "sku_id", "column": "quantity"}
+    p = Proxy(sb, {"mode": "auto", "rules": [rule]}, name="relay-seed")
+    print(f"Measured {machine()}; seed order, 128 threads, {seconds} s per run")
+    try:
+        reset(sb, 1000)
+        for pinned in (True, False):
+            pin_threads(db, "0" if pinned else "0,1")
+            for pid in (relay.pid, p.proc.pid):
+                pin_threads(pid, "1" if pinned else "0,1")
+            for label, at, pid, skus in (("relay, 1000 SKUs", port, relay.pid, 1000),
+                                         ("proxy, 1000 SKUs", p.port, p.proc.pid, 1000),
+                                         ("proxy, 1 SKU", p.port, p.proc.pid, 1),
+                                         ("direct, 1000 SKUs", sb.primary_port, 0, 1000)):
+                c0, d0 = cpu_seconds(pid) if pid else 0.0, cpu_seconds(db)
+                r = sysbench([f"--skus={skus}", "--sku=1", "--form=txn"], at, 128, seconds,
+                             SECKILL, pin="1" if pinned else None)
+                n = r.tps * seconds or 1
+                own = (cpu_seconds(pid) - c0) / n * 1e6 if pid else 0.0
+                print(f"{'pinned' if pinned else 'unpinned':8s} {label:18s} {r.tps:6.0f} orders/s"
+                      f" | own CPU {own:4.0f} us | MariaDB {(cpu_seconds(db) - d0) / n * 1e6:4.0f}"
+                      " us per order", flush=True)
+    finally:
+        pin_threads(db, "0,1")
+        relay.kill()
+        p.stop()
+
+
 def main() -> None:
     from proxy.tools.sandbox import free_port
 
+    if len(sys.argv) > 1 and sys.argv[1] == "seed":
+        seed(int(sys.argv[2]) if len(sys.argv) > 2 else 8)
+        return
     seconds = int(sys.argv[1]) if len(sys.argv) > 1 else 10
     pairs = int(sys.argv[2]) if len(sys.argv) > 2 else 3
     sb = sandbox("sandbox-rs", replicas=1)
     port = free_port()
-    relay = subprocess.Popen([sys.executable, "-c", f"from bench.relay import _relay; "
-                              f"_relay({port}, {sb.primary_port})"],
-                             cwd=Path(__file__).resolve().parent.parent)
-    time.sleep(1)
+    relay = _start(port, sb.primary_port)
     try:
         prepare_oltp(sb, TABLE)
         for _ in range(pairs):
