@@ -9,9 +9,9 @@ import asyncio
 import logging
 import ssl as ssl_mod
 import struct
-import time
 from collections import OrderedDict
 from collections.abc import Callable
+from time import monotonic
 from typing import Any, Final
 
 import aiomysql
@@ -83,7 +83,7 @@ class BackendConn(ConnState):
         # tables in the database current when it was prepared.
         self.stmts: OrderedDict[tuple[str | None, str], P.PrepareOk] = OrderedDict()
         self.last_insert_id = 0
-        self.last_used = time.monotonic()
+        self.last_used = monotonic()
         self.pool: Any = None  # the Pool that lent it (set by the pool)
         self.confirms: list[str] = []  # escrow confirm rows its transaction waits for
         # the rows a COMMIT carried and committed (confirms.sold_at_commit), until the session
@@ -144,7 +144,7 @@ class BackendConn(ConnState):
             chunk = payload[:P.MAX_PACKET]
             payload = payload[P.MAX_PACKET:]
             last = len(chunk) < P.MAX_PACKET
-            w.write(struct.pack("<I", len(chunk) | (seq << 24)) + chunk + (then if last else b""))
+            w.write(P.packet(chunk, seq) + (then if last else b""))
             seq = (seq + 1) & 0xFF
             if last:
                 return seq
@@ -171,7 +171,7 @@ class BackendConn(ConnState):
         """Send one command (`then`: see `send`)."""
         if self.confirms:  # the escrow's confirm rows wait here: first them (confirms.py)
             await confirms.before(self, payload)
-        self.last_used = time.monotonic()
+        self.last_used = monotonic()
         self.send(payload, 0, then)
         if self.io.transport.get_write_buffer_size() < 65536 and not self.io.transport.is_closing():
             return  # nothing queued: drain() would return at once, skip the coroutine

@@ -61,17 +61,17 @@ def after_statement(state: LeaseState, in_txn: bool, pinned: bool, broken: bool,
     the connection is lost, `must_reset` it carries state another session must not get (or
     a transaction of its own). None: stays as it is (a replica's read-only transaction goes
     on)."""
-    if state is S.REPLICA_TXN:
-        return None if in_txn else (S.NONE, LeaseReason.STATEMENT_DONE)
+    if state is LeaseState.REPLICA_TXN:
+        return None if in_txn else (LeaseState.NONE, LeaseReason.STATEMENT_DONE)
     if broken:
-        return S.NONE, LeaseReason.BACKEND_LOST
+        return LeaseState.NONE, LeaseReason.BACKEND_LOST
     if pinned:
-        return S.PINNED, LeaseReason.PINNED
+        return LeaseState.PINNED, LeaseReason.PINNED
     if in_txn:
-        return S.TRANSACTION, LeaseReason.TRANSACTION
+        return LeaseState.TRANSACTION, LeaseReason.TRANSACTION
     if must_reset:
-        return S.NONE, LeaseReason.STATEMENT_DONE
-    return S.SOFT, LeaseReason.STATEMENT_DONE
+        return LeaseState.NONE, LeaseReason.STATEMENT_DONE
+    return LeaseState.SOFT, LeaseReason.STATEMENT_DONE
 
 
 class LeaseError(Exception):
@@ -82,7 +82,7 @@ class Lease:
     __slots__ = ("state", "reason", "conn", "pool", "_back")
 
     def __init__(self) -> None:
-        self.state = S.NONE
+        self.state = LeaseState.NONE
         self.reason = LeaseReason.ACQUIRED
         self.conn: BackendConn | None = None
         self.pool: Pool | None = None
@@ -94,25 +94,25 @@ class Lease:
         To NONE, the connection goes back to its pool (reset there if it needs it), unless
         the reason is that the pool reclaimed it."""
         frm = self.state
-        if to is frm and to is not S.NONE:
+        if to is frm and to is not LeaseState.NONE:
             self.reason = reason
             return
         if to not in _ALLOWED[frm]:
             raise LeaseError(f"lease {frm.value} -> {to.value} ({reason.value})")
-        if frm is S.SOFT and reason is not LeaseReason.POOL_RECLAIMED:
+        if frm is LeaseState.SOFT and reason is not LeaseReason.POOL_RECLAIMED:
             assert self.pool is not None and self.conn is not None
             self.pool.unhold_soft(self.conn)
-        if frm is S.NONE:
+        if frm is LeaseState.NONE:
             assert conn is not None and pool is not None
             self.conn, self.pool = conn, pool
             if conn.holder is not self:
                 conn.holder = self
                 conn.hands += 1
         self.state, self.reason = to, reason
-        if to is S.SOFT:
+        if to is LeaseState.SOFT:
             assert self.pool is not None and self.conn is not None
             self.pool.hold_soft(self.conn, self)
-        elif to is S.NONE:
+        elif to is LeaseState.NONE:
             c, p = self.conn, self.pool
             self.conn = self.pool = None
             if c is not None and c.io.prefix:
@@ -123,13 +123,13 @@ class Lease:
 
     async def release(self, reason: LeaseReason) -> None:
         """To NONE, and wait until the connection is back in its pool (reset included)."""
-        if self.state is not S.NONE:
-            self.transition(S.NONE, reason)
+        if self.state is not LeaseState.NONE:
+            self.transition(LeaseState.NONE, reason)
         back, self._back = self._back, None
         if back is not None:
             await asyncio.shield(back)  # a cancelled client must not cut a reset short
 
     def reclaimed(self, c: BackendConn) -> None:
         """Called by the pool when it takes back the connection this lease soft-holds."""
-        if self.conn is c and self.state is S.SOFT:
-            self.transition(S.NONE, LeaseReason.POOL_RECLAIMED)
+        if self.conn is c and self.state is LeaseState.SOFT:
+            self.transition(LeaseState.NONE, LeaseReason.POOL_RECLAIMED)

@@ -8,7 +8,6 @@ state an OK packet reports (`_track`, which the connection implements).
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
@@ -180,7 +179,7 @@ class ReplyScanner:
                     ok.affected_rows, ok.last_insert_id, ok.status, ok.warnings, ok.info
                 )
                 pieces.append(buf[start:pos])
-                pieces.append(struct.pack("<I", len(payload) | (buf[pos + 3] << 24)) + payload)
+                pieces.append(P.packet(payload, buf[pos + 3]))
                 start = end
                 state = 0 if ok.status & P.SERVER_MORE_RESULTS_EXISTS else 9
             elif b0 == 0xFF:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
+from time import monotonic, perf_counter
 from typing import TYPE_CHECKING, Final
 
 from proxy.core import gtid as G
@@ -36,6 +36,10 @@ class Durability:
     def __init__(self, app: DurabilityHost) -> None:
         self.app = app
         self._last_warn = 0.0
+        # the verdict on the monitor's last reading: it makes a new dict at each poll, so one
+        # verdict per poll, not one per write
+        self._seen: dict[str, str] | None = None
+        self._problems: list[str] = []
 
     @property
     def cfg(self) -> DurabilityCfg:
@@ -51,7 +55,9 @@ class Durability:
         st = self.app.monitor.states.get(self.app.primary_key())
         if st is None or not st.up or not st.durability:
             return  # unknown yet: the connection attempt itself will tell the client
-        problems = durable_problems(st.durability)
+        if st.durability is not self._seen:
+            self._seen, self._problems = st.durability, durable_problems(st.durability)
+        problems = self._problems
         if not problems:
             return
         if self.cfg.require == "strict":
@@ -60,7 +66,7 @@ class Durability:
                              "seckill-proxy refuses writes: the primary is not durable ("
                              + ", ".join(problems) + "); durability.require is strict")
         M.DURABILITY_UNSAFE_WRITES.inc()
-        now = time.monotonic()
+        now = monotonic()
         if now - self._last_warn > 10:
             self._last_warn = now
             log.warning("writing to a primary that is not durable: %s", ", ".join(problems))
@@ -71,7 +77,7 @@ class Durability:
 
     async def wait_ack(self, gtid: str) -> None:
         """Hold a write's acknowledgement until enough replicas applied `gtid`."""
-        t0 = time.perf_counter()
+        t0 = perf_counter()
         need = self.cfg.replica_acks
         timeout = self.cfg.replica_ack_timeout_ms / 1000
         try:
@@ -88,7 +94,7 @@ class Durability:
             rest = [p for p in pools if p not in have]
             results = await asyncio.gather(*(self._wait_one(p, wm, timeout) for p in rest))
             have += [p for p, ok in zip(rest, results, strict=True) if ok]
-        M.ACK_WAIT.observe(time.perf_counter() - t0)
+        M.ACK_WAIT.observe(perf_counter() - t0)
         if len(have) >= need:
             M.ACKS.labels("replica").inc()
             return

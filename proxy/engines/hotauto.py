@@ -14,8 +14,8 @@ units; a group waits for them. No I/O and no waiting here (the engine waits: hot
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
+from time import monotonic
 from typing import Any, Final
 
 from proxy.engines.escrow import Escrow
@@ -216,7 +216,7 @@ class AutoChoice:
         return self._spread_why(hs, self.keys.get(hs.key_id)) != ""
 
     def _spread_why(self, hs: HotStmt, ks: KeyState | None) -> str:
-        now = time.monotonic()
+        now = monotonic()
         if ks is not None and small_groups(ks) and self.shares.others(now) >= SMALL_OTHERS:
             return WHY_SMALL
         limit = AUTO_TXN_SHARE_LEAVE if ks is not None and merged_lately(ks) else AUTO_TXN_SHARE
@@ -230,17 +230,17 @@ class AutoChoice:
 
 def merged_lately(ks: KeyState) -> bool:
     """The key's last group committed less than MERGED_LATELY_S ago."""
-    return bool(ks.recent) and time.monotonic() - ks.recent[-1][0] < MERGED_LATELY_S
+    return bool(ks.recent) and monotonic() - ks.recent[-1][0] < MERGED_LATELY_S
 
 
 def sold_out_lately(ks: KeyState) -> bool:
-    return time.monotonic() - ks.sold_out_at < SOLD_OUT_MEMORY_S
+    return monotonic() - ks.sold_out_at < SOLD_OUT_MEMORY_S
 
 
 def small_groups(ks: KeyState) -> bool:
     """The key's groups stayed small lately (SMALL_GROUP)."""
     return (ks.run_batches >= SMALL_AFTER and ks.group_avg < SMALL_GROUP and bool(ks.recent)
-            and time.monotonic() - ks.recent[-1][0] < SMALL_WINDOW_S
+            and monotonic() - ks.recent[-1][0] < SMALL_WINDOW_S
             and ks.company() < SMALL_CROWD)
 
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Coroutine
+from time import monotonic, perf_counter
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from mypy_extensions import mypyc_attr
@@ -220,7 +220,7 @@ class Merger:
                     await self.host.app.monitor.next_round()
                 continue
             ks.batches += 1
-            counted(ks, len(g.members), time.monotonic())
+            counted(ks, len(g.members), monotonic())
             ack_err: ProxyError | None = None
             gtid = g.members[0].gtid if g.members else None
             if gtid and self.host.app.durability.wants_ack and any(
@@ -280,7 +280,7 @@ class Merger:
         tbl = f"`{r.schema}`.`{r.table}`"
         key = sql_literal(hs.key_value)
         batch_id = self.host.next_batch_id()
-        t0 = time.perf_counter()
+        t0 = perf_counter()
         if (generation := self.host.merge_gate(hs)) is None:
             raise NotCommitted(ProxyError(CR_SERVER_LOST, "schema changing"), True, True)
         try:
@@ -355,7 +355,7 @@ class Merger:
             for m in members:
                 m.gtid = ok.gtid
         M.HOTROW_BATCH_SIZE.observe(len(members))
-        M.HOTROW_BATCH_COMMIT.observe(time.perf_counter() - t0)
+        M.HOTROW_BATCH_COMMIT.observe(perf_counter() - t0)
         return decisions
 
     async def _checked_commit(

@@ -12,7 +12,7 @@ decrement, so this module is compiled (compiled.py); it has no coroutine: mypyc 
 from __future__ import annotations
 
 import asyncio
-import time
+from time import monotonic
 from typing import TYPE_CHECKING, Final
 
 from proxy.core import metrics as M
@@ -159,7 +159,7 @@ class Picker:
         COMMIT_ON_SUCCESS in autocommit). Each way decided is tallied per window: the share
         that found their key crowded makes the engine loud or quiet (`glance`)."""
         w = self._way(session, shape, values, raw_sql, may_leave)
-        now = time.monotonic()
+        now = monotonic()
         if now - self.window_at >= LOUD_WINDOW_S:
             self.loud = self.crowded > LOUD_SHARE * self.decided
             self.window_at = now
@@ -237,7 +237,7 @@ class Picker:
         if self.glances >= GLANCE_EVERY:
             self.glances = 0
             return False
-        if self.loud or time.monotonic() - self.zero_at < SOLD_OUT_MEMORY_S:
+        if self.loud or monotonic() - self.zero_at < SOLD_OUT_MEMORY_S:
             return False
         if self.auto.escrow.outstanding > 0 or self.auto.reserved_anywhere:
             return False
@@ -257,7 +257,7 @@ class Picker:
         its key (`values`, read only then) is remembered sold out, as after `plain_end`."""
         M.HOTROW_STATEMENTS.inc("auto", "plain" if ok else "error")
         if ok and rows == 0:
-            self.zero_at = now = time.monotonic()
+            self.zero_at = now = monotonic()
             t = self.target(session, shape, values) if values is not None else None
             if t is not None:
                 self.key(t[0], t[1]).sold_out_at = now
@@ -281,7 +281,7 @@ class Picker:
         ks = self.keys.get(hs.key_id)
         if ks is None:
             ks = self.keys[hs.key_id] = KeyState(asyncio.Semaphore(self.cfg.queue_concurrency))
-        ks.last_seen = now = time.monotonic()
+        ks.last_seen = now = monotonic()
         shares = self.auto.shares
         recent = ks.recent
         shares.decided(not recent or now - recent[-1][0] >= SMALL_WINDOW_S, now)
@@ -299,7 +299,7 @@ class Picker:
 
     def plain_end(self, ks: KeyState, ok: bool, rows: int = -1) -> None:
         if ok and rows == 0:
-            ks.sold_out_at = self.zero_at = time.monotonic()
+            ks.sold_out_at = self.zero_at = monotonic()
         ks.in_flight -= 1
         ks.plain_running -= 1
         done, ks.plain_done = ks.plain_done, None

@@ -17,8 +17,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
-import time
 from collections.abc import Awaitable, Callable
+from time import monotonic, perf_counter
 from typing import TYPE_CHECKING, Final
 
 from proxy.backends import confirms
@@ -39,13 +39,13 @@ from proxy.plan.plan import LOCAL_ANSWERS, Plan, Route, plan
 
 if TYPE_CHECKING:
     from proxy.engines.hotkeys import KeyState
-    from proxy.exec.context import Statement
+    from proxy.exec.context import Services, Statement
     from proxy.net.wire import ClientIO
 
 log = logging.getLogger("seckill.fastlane")
 
 _FLUSH_AT: Final = 256 * 1024
-_unpack_id = struct.Struct("<I").unpack_from
+_unpack_id: Final = struct.Struct("<I").unpack_from
 _pack_id = struct.Struct("<I").pack
 
 
@@ -54,6 +54,7 @@ class FastLane:
 
     def __init__(self, session: Statement, client: ClientIO) -> None:
         self.s = session
+        self.app: Services = session.app  # the process's, for the session's life: read once
         self.client = client
         self.conn: BackendConn | None = None
         self.shape: Shape | None = None
@@ -101,7 +102,7 @@ class FastLane:
             self.classified = (sql, shape)
             if not shape.lane:
                 return None
-            qp = plan(shape, s, s.app.policy)
+            qp = plan(shape, s, self.app.policy)
             if qp.route in LOCAL_ANSWERS:  # SELECT ROW_COUNT() after a merged UPDATE, ...
                 self._answer_here(shape, qp)  # (needs no connection: before the lease's checks)
                 return True
@@ -127,16 +128,16 @@ class FastLane:
             if pok is None:
                 return None
             shape = st.shape
-            p = plan(shape, s, s.app.policy)
+            p = plan(shape, s, self.app.policy)
             if not self._can_run(p):
                 return None
             rebound = P.rebind_execute(data, 4, st.num_params, pok.stmt_id, st.types)
             if rebound is None:
                 return None
             payload, st.types = rebound
-            packet = _pack_id(len(payload)) + payload
+            packet = P.packet(payload, 0)
             if p.route is Route.HOTROW:
-                glance = s.app.hotrow.glance(s, shape)
+                glance = self.app.hotrow.glance(s, shape)
                 if not glance:
                     got = self._values(data[4:])
                     if got is None:
@@ -148,7 +149,7 @@ class FastLane:
             if not self._can_run(p):
                 return None
             if p.route is Route.HOTROW:
-                glance = s.app.hotrow.glance(s, shape)
+                glance = self.app.hotrow.glance(s, shape)
                 if not glance:
                     values = statement_values(sql)
             packet = data
@@ -184,7 +185,7 @@ class FastLane:
         out = []
         seq = 1
         for payload in local_answer(self.s, p, shape):
-            out.append(_pack_id(len(payload) | (seq << 24)) + payload)
+            out.append(P.packet(payload, seq))
             seq += 1
         self.client.write(b"".join(out))
 
@@ -200,7 +201,7 @@ class FastLane:
         """A hot decrement, the way the engine decides (hotpick.Picker.decide): as it is (no
         rule for it), auto's plain path (a ticket on its key) or merged (lanemerge.py). A way
         that waits before it starts (a rule to check, a queue) is the session task's."""
-        w = self.s.app.hotrow.lane_way(self.s, shape, values)
+        w = self.app.hotrow.lane_way(self.s, shape, values)
         if w.kind == AS_IS:
             return True
         if w.kind == PLAIN:
@@ -216,12 +217,12 @@ class FastLane:
         (its values read again only if it found no row: hotpick.Picker.glance_end)."""
         t, self.ticket = self.ticket, None
         if t is not None:
-            self.s.app.hotrow.plain_end(t, ok, rows)
+            self.app.hotrow.plain_end(t, ok, rows)
             return
         g, self.glanced = self.glanced, None
         if g is not None:
             values = self._values(self.command) if ok and rows == 0 and self.command else None
-            self.s.app.hotrow.glance_end(self.s, g, ok, rows, values)
+            self.app.hotrow.glance_end(self.s, g, ok, rows, values)
 
     def _can_run(self, p: Plan) -> bool:
         """The plan only forwards, and the lease's connection is the one it forwards to."""
@@ -234,8 +235,8 @@ class FastLane:
         if p.route is Route.REPLICA:
             assert L.pool is not None and p.read is not None
             return (L.state is LeaseState.SOFT and L.pool.role == "replica"
-                    and s.app.reads.ready_now(L.pool, p.read, s.last_gtid))
-        if L.state is LeaseState.SOFT and L.pool is not s.app.primary_pool():
+                    and self.app.reads.ready_now(L.pool, p.read, s.last_gtid))
+        if L.state is LeaseState.SOFT and L.pool is not self.app.primary_pool():
             return False  # a replica's connection: the general path changes to the primary
         return True
 
@@ -255,17 +256,17 @@ class FastLane:
             return True
         if p.gate_write:
             try:
-                s.app.durability.check_write()  # the gate runs once, here
+                self.app.durability.check_write()  # the gate runs once, here
             except ProxyError as e:
                 self._release_ticket(False)
                 self.hot.way = None
                 err = e.packet()
-                self.client.write(struct.pack("<I", len(err) | (1 << 24)) + err)
+                self.client.write(P.packet(err, 1))
                 statement_done(s, shape, "primary", "error", 0.0, 0, 1)
                 return True
         if self.hot.way is not None:  # merged: no statement on the session's connection
             self.shape, self.plan, self.command = shape, p, data[4:]
-            self.t0 = time.perf_counter()
+            self.t0 = perf_counter()
             s.busy = True
             self.client.held = True
             self.hot.start()
@@ -279,10 +280,10 @@ class FastLane:
         if c.confirms and confirms.plain_commit(data[4:]):  # `DELETE ...; COMMIT`
             packet = self.cf.start(c, data[4:], packet)  # (laneconfirm.py)
         self.status_before = s.status
-        self.t0 = time.perf_counter()
+        self.t0 = perf_counter()
         s.busy = True
         self.client.held = True
-        c.last_used = time.monotonic()
+        c.last_used = monotonic()
         io = c.io
         io.sink = self._reply_cb
         io.sink_lost = self._lost_cb
@@ -437,7 +438,7 @@ class FastLane:
             self.client.transport.close()
             return
         err = e.packet()
-        self.client.write(struct.pack("<I", len(err) | (1 << 24)) + err)
+        self.client.write(P.packet(err, 1))
         if e.fatal:
             s.end_reason = f"fatal error {e.code}: {e.message}"
             self.client.transport.close()
@@ -449,7 +450,7 @@ class FastLane:
             self._release_ticket(False)
             self.client.release()
             return
-        dt = time.perf_counter() - self.t0
+        dt = perf_counter() - self.t0
         p = self.plan
         if self.ticket is not None or self.glanced is not None:
             route = "hotrow-plain"
@@ -457,7 +458,7 @@ class FastLane:
         if p is not None and p.route is Route.REPLICA and p.read is not None:
             route = "replica"
             pool = s.lease.pool
-            s.app.reads.count(p.read.consistency, "replica", pool.label if pool else None)
+            self.app.reads.count(p.read.consistency, "replica", pool.label if pool else None)
         self._reset()
         statement_done(s, shape, route, outcome, dt, rows, 1)
         s.busy = False

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import struct
 from typing import TYPE_CHECKING, Protocol
 
 from proxy.backends import confirms
@@ -139,7 +138,7 @@ class LaneConfirms:
             out = await confirms.failed(c, err, ping)
             s.stmt_conn = c
             s.status = c.status & ~P.SERVER_STATUS_IN_TRANS
-            lane.client.write(struct.pack("<I", len(out) | (1 << 24)) + out)
+            lane.client.write(P.packet(out, 1))
             s.settle()
         except Exception:  # noqa: BLE001 - never leave the client held
             log.exception("fast lane: rolling back after a confirm row failed")

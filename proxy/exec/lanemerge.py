@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import struct
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol
 
@@ -92,7 +91,7 @@ class LaneMember:
             self.task = asyncio.ensure_future(self._rest(m, ks, w))
             return
         self.way = None
-        lane.client.write(struct.pack("<I", len(ok) | (1 << 24)) + ok)
+        lane.client.write(P.packet(ok, 1))
         lane.done("ok", 0, "hotrow-merge")
 
     async def _rest(self, m: Member, ks: KeyState, w: Way) -> None:

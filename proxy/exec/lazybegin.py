@@ -5,8 +5,7 @@ gives it, and sent on the session's connection ahead of the transaction's first 
 
 from __future__ import annotations
 
-import struct
-import time
+from time import perf_counter
 from typing import TYPE_CHECKING, Final
 
 from proxy.backends.lease import LeaseState
@@ -45,7 +44,7 @@ def defer_begin(s: Statement, client: ClientIO, c: BackendConn, shape: Shape,
             or L.pool is not s.app.primary_pool() or c.io.prefix or c.io.skip
             or shape.digest.upper() not in PLAIN_BEGIN):
         return False
-    t0 = time.perf_counter()
+    t0 = perf_counter()
     L.transition(LeaseState.STATEMENT, LeaseReason.ACQUIRED)  # the pool cannot take it now
     c.io.prefix = packet
     s.status = begin_status(s.status)
@@ -54,9 +53,9 @@ def defer_begin(s: Statement, client: ClientIO, c: BackendConn, shape: Shape,
     # statement before's) and makes ROW_COUNT() 0
     s.row_count_local = 0
     s.settle()  # held: a transaction
-    client.write(struct.pack("<I", len(ok) | (1 << 24)) + ok)
+    client.write(P.packet(ok, 1))
     M.DEFERRED_BEGINS.inc()
-    statement_done(s, shape, "primary", "ok", time.perf_counter() - t0, 0, 1)
+    statement_done(s, shape, "primary", "ok", perf_counter() - t0, 0, 1)
     return True
 
 

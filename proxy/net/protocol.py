@@ -83,16 +83,25 @@ def lenenc_int(buf: bytes | bytearray | memoryview, pos: int) -> tuple[int, int]
 
 
 _ONE_BYTE: Final = [bytes((i,)) for i in range(0xFB)]  # made once: the common length-encoded ints
-_OK_SMALL: Final = struct.Struct("<BBBHH")  # an OK whose two counts fit in a byte each, no strings
+# Bound `pack`s as Final names: mypyc keeps them in C statics, where `struct.pack` or
+# `Struct.pack` is an attribute lookup by name on every call (a few per statement).
+_pack_ok_small: Final = struct.Struct("<BBBHH").pack  # an OK whose counts fit a byte, no strings
+_pack_u32: Final = struct.Struct("<I").pack
+_pack_u16x2: Final = struct.Struct("<HH").pack
+
+
+def packet(payload: bytes, seq: int) -> bytes:
+    """One wire packet: three bytes of length, the sequence id, the payload (under 16 MB)."""
+    return _pack_u32(len(payload) | (seq << 24)) + payload
 
 
 def enc_lenenc_int(n: int) -> bytes:
     if 0 <= n < 0xFB:
         return _ONE_BYTE[n]
-    if n < 1 << 16:
-        return b"\xfc" + struct.pack("<H", n)
+    if n < 1 << 16:  # (an INSERT's id in most OKs: bytes by hand, no `struct` lookup)
+        return bytes((0xFC, n & 0xFF, n >> 8))
     if n < 1 << 24:
-        return b"\xfd" + struct.pack("<I", n)[:3]
+        return bytes((0xFD, n & 0xFF, (n >> 8) & 0xFF, n >> 16))
     return b"\xfe" + struct.pack("<Q", n)
 
 
@@ -146,7 +155,10 @@ def parse_ok(payload: bytes, session_track: bool) -> OkPacket:
     pos = 1
     affected, pos = lenenc_int(payload, pos)
     insert_id, pos = lenenc_int(payload, pos)
-    status, warnings = struct.unpack_from("<HH", payload, pos)
+    if len(payload) < pos + 4:
+        raise ValueError("truncated OK packet")
+    status = payload[pos] | (payload[pos + 1] << 8)
+    warnings = payload[pos + 2] | (payload[pos + 3] << 8)
     pos += 4
     ok = OkPacket(affected, insert_id, status, warnings)
     if not session_track:
@@ -203,16 +215,16 @@ def make_ok(
     reads it) whatever the capability flags say.
     """
     if not state and not info and 0 <= affected_rows < 0xFB and 0 <= last_insert_id < 0xFB:
-        return _OK_SMALL.pack(0xFE if eof_header else 0, affected_rows, last_insert_id,
+        return _pack_ok_small(0xFE if eof_header else 0, affected_rows, last_insert_id,
                               status & ~SERVER_SESSION_STATE_CHANGED, warnings)
     head = ((b"\xfe" if eof_header else b"\x00")
             + enc_lenenc_int(affected_rows) + enc_lenenc_int(last_insert_id))
     if state:
-        return (head + struct.pack("<HH", status | SERVER_SESSION_STATE_CHANGED, warnings)
+        return (head + _pack_u16x2(status | SERVER_SESSION_STATE_CHANGED, warnings)
                 + enc_lenenc_str(info) + enc_lenenc_str(state))
     return (
         head
-        + struct.pack("<HH", status & ~SERVER_SESSION_STATE_CHANGED, warnings)
+        + _pack_u16x2(status & ~SERVER_SESSION_STATE_CHANGED, warnings)
         + (enc_lenenc_str(info) if info else b"")
     )
 
@@ -362,7 +374,7 @@ def parse_prepare_ok(payload: bytes) -> PrepareOk:
 
 def with_stmt_id(payload: bytes, stmt_id: int) -> bytes:
     """Replace the 4-byte statement id that follows the first byte (command or 0x00 status)."""
-    return payload[:1] + struct.pack("<I", stmt_id) + payload[5:]
+    return payload[:1] + _pack_u32(stmt_id) + payload[5:]
 
 
 @dataclass(init=False)
@@ -428,7 +440,7 @@ def rebind_execute(payload: bytes, start: int, num_params: int, stmt_id: int,
     payload[start:] for backend statement `stmt_id`, with the parameter types it carries or
     else `types`; returns (command, types) or None where the careful path must decide."""
     n = len(payload)
-    head = b"\x17" + struct.pack("<I", stmt_id)
+    head = b"\x17" + _pack_u32(stmt_id)
     if n < start + 10:
         return None
     if num_params == 0:

@@ -52,6 +52,19 @@ log = logging.getLogger("seckill.session")
 
 @mypyc_attr(native_class=False)  # compiled methods, an ordinary class (compiled.py)
 class ProxySession(Settable, Hold, BaseSession):
+    # What `__init__` sets, as slots: compiled code reads a few dozen of these by name per
+    # statement (an ordinary class, mysql-mimic's BaseSession's subclass), and a slot is
+    # found on the class without a lookup in the instance's dict.
+    __slots__ = (
+        "_database", "_stmt_conn", "_stmt_hands", "app", "area_warned", "backend_caps",
+        "busy", "connection", "end_reason", "escrow", "found_rows", "handshake_names",
+        "held_slots", "keeps_diag", "lane", "last_conn", "last_gtid", "last_insert_id",
+        "last_stmt", "lazy_begin", "lease", "multi", "names", "next_stmt_id", "pin",
+        "read_after_gtid", "read_consistency", "replica_vars", "row_count_local",
+        "row_count_ok", "state_stale", "status", "stmt_bytes", "stmts", "sysvars",
+        "track", "txn_hot", "username", "variables"
+    )
+
     def __init__(self, app: Services) -> None:
         self.app = app
         self.variables = SessionVariables(GlobalVariables())
@@ -302,7 +315,7 @@ class ProxySession(Settable, Hold, BaseSession):
             await stream.write(payload)
             return
         w = stream.writer
-        w.write(struct.pack("<I", len(payload) | (seq << 24)) + payload)
+        w.write(P.packet(payload, seq))
         if w.transport.get_write_buffer_size() >= 65536:
             await w.drain()
 
