@@ -265,7 +265,7 @@ def test_backend_resets_are_counted_by_reason(proxy: ProxyProc) -> None:
 _FLUSH_ONE = """
 from prometheus_client import CollectorRegistry, generate_latest, multiprocess
 from proxy.core import metrics as M
-M.count_statement("SELECT", "primary", "ok", 0.001, 1)  # one statement, on the fast lane
+M.STATEMENT_STATS.observe("SELECT", "primary", "ok", 0.001, 1)  # one statement, on the fast lane
 M.LEASE_TRANSITIONS.inc("soft", "statement_done")
 M.DEFERRED_BEGINS.inc()
 M.flush()

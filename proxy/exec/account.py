@@ -23,7 +23,7 @@ log = logging.getLogger("seckill.session")
 def statement_done(s: Statement, shape: Shape, route: str, outcome: str, dt: float, rows: int,
                    lane: int = 0) -> None:
     """`route`: primary, replica, hotrow-* (a bounded label); `lane` 1: the fast lane ran it."""
-    M.count_statement(shape.verb, route, outcome, dt, lane)
+    M.STATEMENT_STATS.observe(shape.verb, route, outcome, dt, lane)
     s.app.digest.record(shape, dt, route, rows)
     if dt * 1000 >= s.app.slow_ms > 0:
         slow(s, shape, dt, route, outcome)
