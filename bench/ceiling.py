@@ -1,4 +1,4 @@
-"""`make bench-ceiling` (`python -m bench.ceiling [SECONDS]`): a hot SKU against the ceiling.
+"""`make bench-ceiling` (`python -m bench.ceiling [SECONDS] [ROUNDS]`): a hot SKU against the ceiling.
 
 Issue 24's measure. Direct hot-row throughput is one fsync per order and swings 2x between
 runs; the stable yardstick is what MariaDB does when nothing is hot. Per form (autocommit,
@@ -11,11 +11,14 @@ txn = the seed's BEGIN; INSERT; UPDATE; COMMIT, txn_update_first), 128 threads, 
 
 then P/H, P/C, Pc/C, and CPU per order from /proc (user + system over the run / orders) of the
 proxy and of MariaDB. Two topologies: unpinned, and pinned (MariaDB on core 0, sysbench and the
-proxy on core 1: the database on a host of its own). Writes docs/bench-ceiling.md and .png.
+proxy on core 1: the database on a host of its own). Each point ROUNDS times (default 3), the
+order of the runs reversed every round, medians: the machine's slow and fast phases last minutes.
+Writes docs/bench-ceiling.md and .png.
 """
 
 from __future__ import annotations
 
+import statistics
 import sys
 from typing import Any
 
@@ -33,6 +36,7 @@ from .common import (
 )
 
 SECONDS = int(sys.argv[1]) if len(sys.argv) > 1 else 10
+ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 3
 THREADS = 128
 SPREAD = 1000
 FORMS = ("autocommit", "txn", "txn_update_first")
@@ -66,21 +70,28 @@ def main() -> None:
                             "db_us": (cpu_seconds(db_pid) - d0) / n * 1e6 if n else 0.0,
                             "proxy_us": (cpu_seconds(p.proc.pid) - p0) / n * 1e6 if n else 0.0}
 
-                c = run(sb.primary_port, SPREAD)
-                pc = run(p.port, SPREAD)
+                # each point ROUNDS times, the order reversed every round, so that a slow or
+                # fast phase of this shared machine falls on both sides of each ratio; medians
+                points = [("C", sb.primary_port, SPREAD), ("Pc", p.port, SPREAD)] + [
+                    (f"{k}{skus}", port, skus) for skus in HOT_SKUS
+                    for k, port in (("H", sb.primary_port), ("P", p.port))]
+                got: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in points}
+                for rnd in range(ROUNDS):
+                    for name, port, skus in (points if rnd % 2 == 0 else points[::-1]):
+                        got[name].append(run(port, skus))
+                med = {name: _median(runs) for name, runs in got.items()}
                 for skus in HOT_SKUS:
-                    h = run(sb.primary_port, skus)
-                    pp = run(p.port, skus)
-                    row = {"form": form, "skus": skus, "topology": topology, "H": h, "C": c,
-                           "P": pp, "Pc": pc}
+                    row = {"form": form, "skus": skus, "topology": topology,
+                           "H": med[f"H{skus}"], "C": med["C"], "P": med[f"P{skus}"],
+                           "Pc": med["Pc"]}
                     rows.append(row)
                     print(_line(row), flush=True)
     finally:
         pin_threads(db_pid, "0,1")
         p.stop()
         sb.stop()
-    lines = [f"Measured {machine()}; {SECONDS} s per run, {THREADS} threads, all in one run "
-             "(taskset for the pinned topology: MariaDB on core 0, sysbench and the proxy on "
+    lines = [f"Measured {machine()}; {SECONDS} s per run, {THREADS} threads, all in one run, "
+             f"medians of {ROUNDS} rounds, the order reversed every round (taskset for the pinned topology: MariaDB on core 0, sysbench and the proxy on "
              "core 1). Orders per second; CPU per order in microseconds of user + system time "
              "(/proc) over the run.", "",
              "| form | SKUs | topology | H | C | P | Pc | P/H | P/C | Pc/C | proxy CPU/order P "
@@ -89,6 +100,10 @@ def main() -> None:
     lines += [_line(r) for r in rows]
     publish("bench-ceiling.md", lines)
     _plot(rows)
+
+
+def _median(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
 
 
 def _ratio(a: float, b: float) -> str:
