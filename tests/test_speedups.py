@@ -4,11 +4,13 @@ and misses names, exactly as before) and the metrics kept as native numbers."""
 
 from __future__ import annotations
 
+import ast
 import enum
 import http
 import re
 import signal
 import socket
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -17,10 +19,13 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.utils import floatToGoString
 
 from proxy.backends.lease import LeaseState
+from proxy.compiled import HOT
 from proxy.core import errors
 from proxy.core import metrics as M
 from proxy.core.speedups import fast_enum_members
 from proxy.plan.plan import Route, Track
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _enums() -> list[type[enum.Enum]]:
@@ -83,3 +88,32 @@ def test_a_plain_histogram_exports_what_prometheus_client_s_would(values: list[f
     assert [got[le] for le in ours.les] == [want[le] for le in
                                             [*map(floatToGoString, M._LAT), "+Inf"]]
     assert ours.sum == pytest.approx(sum(values))
+
+
+def _bare_raises_after_await(tree: ast.AST) -> list[int]:
+    """Lines of a bare `raise` in an except block after an `await` in that block."""
+    out = []
+    for h in ast.walk(tree):
+        if isinstance(h, ast.ExceptHandler):
+            awaited = False
+            for node in ast.walk(ast.Module(body=h.body, type_ignores=[])):
+                if isinstance(node, ast.Await):
+                    awaited = True
+            if awaited:
+                out += [n.lineno for n in ast.walk(ast.Module(body=h.body, type_ignores=[]))
+                        if isinstance(n, ast.Raise) and n.exc is None]
+    return out
+
+
+def test_compiled_modules_never_reraise_bare_after_an_await() -> None:
+    """mypyc (2.4.1) compiles a bare `raise` as "raise the exception being handled now": after
+    an `await` inside the except block that is whatever the task that ran meanwhile left, so
+    one task raised another's exception (seen: a batch's first-try check failure surfacing in
+    other buyers' statements, their connections lost, the exception object reused after it
+    was freed). The compiled modules name the exception instead (`except E as e: ... raise e`)."""
+    found = {m: _bare_raises_after_await(ast.parse((ROOT / "proxy" / f"{m}.py").read_text()))
+             for m in HOT}
+    assert {m: lines for m, lines in found.items() if lines} == {}
+    sample = ast.parse("async def f():\n    try:\n        pass\n    except E:\n"
+                       "        await g()\n        raise\n")
+    assert _bare_raises_after_await(sample) == [6]  # the check finds what it looks for

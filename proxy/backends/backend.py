@@ -258,10 +258,10 @@ class BackendConn(ConnState):
         except CutShort:
             self.retire(CloseReason.PROTOCOL_DESYNC)  # (closing it ends its transaction at once)
             raise
-        except BackendError:
+        except BackendError as e:
             if guard:
                 await self.read_packet()  # the ping's OK (MySQL runs nothing after an ERR)
-            raise
+            raise e  # (never a bare raise after an await in compiled code: test_speedups)
         if guard:
             await self.read_packet()
         return out

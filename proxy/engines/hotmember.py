@@ -88,10 +88,10 @@ class Answers:
         while True:
             try:
                 decision = await self._decided(ks, m)
-            except ProxyError:
+            except ProxyError as e:
                 if inv is not None and inv.rollback_on_fail and txn_conn is not None:
                     await self._end_txn(session, txn_conn, "ROLLBACK")
-                raise
+                raise e  # (never a bare raise after an await in compiled code: test_speedups)
             # Near sell-out "0 rows" while reserved units may still come back would be a lie
             # in time (MySQL's member would wait on the row lock): wait (bounded), try again.
             own = _own(session, hs)
@@ -138,11 +138,11 @@ class Answers:
         if m.reservation is not None:
             try:
                 await self._confirm_now(session, m, m.reservation)
-            except ProxyError:
+            except ProxyError as e:
                 M.HOTROW_STATEMENTS.inc("merge", "error")
                 if inv.rollback_on_fail:
                     await self._end_txn(session, txn_conn, "ROLLBACK")
-                raise
+                raise e  # (never a bare raise after an await in compiled code: test_speedups)
         else:
             session.answered_here(decision)
         if txn_conn is not None:
