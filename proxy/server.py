@@ -493,7 +493,7 @@ def _peer_host(transport: Any) -> str:
 
 async def _say_and_close(writer: ClientIO, payload: bytes) -> None:
     try:
-        writer.write(len(payload).to_bytes(3, "little") + b"\x00" + payload)
+        writer.write(P.packet(payload, 0))
         await writer.drain()
     except ConnectionError:
         pass

@@ -148,7 +148,7 @@ async def commit_with(c: BackendConn, payload: bytes, out: Any,
     if c.seq_in == 1:  # the ping's, in the COMMIT's place
         raise BackendError(*DEADLOCK, await failed(c, CUT_SHORT_ERR))
     sc = ReplyScanner(c, ok_hook)  # (as `relay` reads it)
-    piece = sc.feed(len(pkt).to_bytes(3, "little") + bytes((c.seq_in,)) + pkt)
+    piece = sc.feed(P.packet(pkt, c.seq_in))
     out.write(renumber(piece, len(rows)))
     r = sc.r
     try:
@@ -199,7 +199,7 @@ def with_rows(c: BackendConn, payload: bytes) -> tuple[bytes, list[str]]:
     drops them, wire.py `skip`, and checks that each wrote its row; after a failed one it rolls
     the order back and answers 1213)."""
     rows, body = _take_with(c, payload)
-    return len(body).to_bytes(3, "little") + b"\x00" + body + PING, rows
+    return P.packet(body, 0) + PING, rows
 
 
 def _take_with(c: BackendConn, payload: bytes) -> tuple[list[str], bytes]:

@@ -40,7 +40,8 @@ class LeaseState(Label):
     REPLICA_TXN = "replica_txn"
 
 
-S = LeaseState
+S = LeaseState  # shorthand for this table; functions name the members in full (compiled,
+# `LeaseState.X` is a C static, `S.X` a global and an attribute looked up by name)
 _ALLOWED: dict[LeaseState, frozenset[LeaseState]] = {
     S.NONE: frozenset({S.STATEMENT, S.REPLICA_TXN}),
     S.SOFT: frozenset({S.STATEMENT, S.NONE}),

@@ -91,8 +91,12 @@ _pack_u16x2: Final = struct.Struct("<HH").pack
 
 
 def packet(payload: bytes, seq: int) -> bytes:
-    """One wire packet: three bytes of length, the sequence id, the payload (under 16 MB)."""
-    return _pack_u32(len(payload) | (seq << 24)) + payload
+    """One wire packet: three bytes of length, the sequence id, the payload (at most
+    MAX_PACKET bytes: a longer one is split by its sender, `BackendConn.send`)."""
+    n = len(payload)
+    if n > MAX_PACKET:
+        raise ValueError(f"a packet of {n} bytes: more than one packet holds")
+    return _pack_u32(n | (seq << 24)) + payload
 
 
 def enc_lenenc_int(n: int) -> bytes:

@@ -304,14 +304,14 @@ class AdminConsole:
         refusal = self.gate.refusal(host)
         if refusal is not None:
             audit.warning("admin connection from %s refused: blocked after failed logins", peer)
-            writer.write(len(refusal).to_bytes(3, "little") + b"\x00" + refusal)
+            writer.write(P.packet(refusal, 0))
             writer.close()
             return
         if self.active >= self.app.cfg.admin.max_connections:
             audit.warning("admin connection from %s refused: %d open (admin.max_connections)",
                           peer, self.active)
             err = P.make_err(*ER_CON_COUNT_ERROR, "Too many connections")
-            writer.write(len(err).to_bytes(3, "little") + b"\x00" + err)
+            writer.write(P.packet(err, 0))
             writer.close()
             return
         self.active += 1
