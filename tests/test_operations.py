@@ -361,3 +361,57 @@ def test_install_deps_leaves_other_servers_alone(sandbox: Sandbox) -> None:
                    env={**os.environ, "WITH_TEST": "1"})
     assert sandbox.primary.pid() == pid  # the same process, still serving
     assert sandbox.primary.sql("SELECT 1")[0][0] == 1
+
+
+def test_old_records_are_pruned_however_many(sandbox: Sandbox, tmp_path: Path) -> None:
+    """Batch and outcome records older than `hotrow.prune_after_s` all go in one pass, chunk by
+    chunk (one chunk of 10,000 a minute fell behind a flash sale's load, and the tables grew
+    without end); newer ones stay."""
+    schema, old, new = "prune_t", 25_000, 3
+    cfg = make_config(sandbox, hotrow={"batch_schema": schema},
+                      durability={"track_commits": "all"})
+    tables = {"hotrow_batch": "(id, created_at, table_name, key_value, members, total) "
+                              "SELECT seq, {at}, 'shop.inventory', '1', 1, 1",
+              "commit_outcome": "(id, created_at) SELECT seq, {at}"}
+    root = sandbox.primary.root()
+    # the rule's table (as test_hotrow.py makes it): the proxy makes its own once it checked it
+    sandbox.primary.sql("CREATE DATABASE IF NOT EXISTS shop", "CREATE TABLE IF NOT EXISTS "
+                        "shop.inventory (sku_id INT PRIMARY KEY, quantity INT NOT NULL)")
+
+    def count(sql: str) -> int:
+        with root.cursor() as cur:
+            cur.execute(sql)
+            return int(cur.fetchone()[0])
+
+    try:
+        p = start_proxy(tmp_path, cfg)  # creates the tables
+        try:
+            deadline = time.monotonic() + 30
+            while count("SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = "
+                        f"'{schema}' AND TABLE_NAME IN ('hotrow_batch', 'commit_outcome')") < 2:
+                assert time.monotonic() < deadline, p.log()
+                time.sleep(0.2)
+        finally:
+            p.stop()
+        with root.cursor() as cur:
+            for t, cols in tables.items():
+                cur.execute(f"DELETE FROM {schema}.{t}")
+                cur.execute(f"INSERT INTO {schema}.{t} " + cols.format(
+                    at="NOW(6) - INTERVAL 2 HOUR") + f" FROM {schema}.seq_1_to_{old}")
+                cur.execute(f"INSERT INTO {schema}.{t} " + cols.format(at="NOW(6)")
+                            + f" FROM {schema}.seq_{old + 1}_to_{old + new}")
+        root.commit()
+        p = start_proxy(tmp_path, cfg)
+        try:
+            deadline = time.monotonic() + 60
+            while any(count(f"SELECT COUNT(*) FROM {schema}.{t}") > new for t in tables):
+                assert time.monotonic() < deadline, p.log()
+                time.sleep(0.5)
+        finally:
+            p.stop()
+        for t in tables:
+            assert count(f"SELECT COUNT(*) FROM {schema}.{t} WHERE id > {old}") == new
+    finally:
+        with root.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS {schema}")
+        root.close()

@@ -38,6 +38,7 @@ from proxy.engines.hotmerge import Merger
 from proxy.engines.hotpick import AS_IS, LEAVING, PLAIN, QUEUE, UNCHECKED, Picker, Way
 from proxy.engines.hotqueue import queue
 from proxy.engines.hotrules import RuleBook, key_value
+from proxy.engines.outcome import prune_old
 from proxy.net import protocol as P
 from proxy.plan.classify import Shape, statement_values
 
@@ -161,6 +162,7 @@ class HotRowEngine:
 
     async def start(self) -> None:
         self._bg.append(asyncio.create_task(self._housekeeping()))
+        self._bg.append(asyncio.create_task(self._prune_records()))
         self._bg.append(asyncio.create_task(self._watch_reservations()))
         self._bg.append(asyncio.create_task(self.check_rules(force=False)))
 
@@ -226,7 +228,6 @@ class HotRowEngine:
         return out
 
     async def _housekeeping(self) -> None:
-        last_prune = 0.0
         while True:
             await asyncio.sleep(5)
             try:
@@ -241,26 +242,32 @@ class HotRowEngine:
                         and now - ks.last_seen > 60):
                     del self.keys[k]
             self.escrow.prune()
-            if now - last_prune > 60:
-                last_prune = now
-                try:
-                    await self._prune()
-                    if self.app.outcomes.ready:
-                        await self.app.outcomes.prune()
-                except (BackendError, BackendLost, ProxyError) as e:
-                    log.info("outcome record pruning skipped: %s", e)
+
+    async def _prune_records(self) -> None:
+        """Old batch and outcome records, every minute (the first pass 5 s after start): a
+        task of its own, since a pass after a long busy spell takes seconds
+        (outcome.prune_old) and the housekeeping's escrow recovery must not wait for it."""
+        await asyncio.sleep(5)
+        while True:
+            try:
+                await self._prune()
+                if self.app.outcomes.ready:
+                    await self.app.outcomes.prune()
+            except (BackendError, BackendLost, ProxyError) as e:
+                log.info("record pruning skipped: %s", e)
+            await asyncio.sleep(60)
 
     async def _prune(self) -> None:
-        if not self.book.rules:
-            return
+        if not any(st.ok for st in self.book.rule_state.values()):
+            return  # no rule checked yet: its tables may not exist
         c = await self.service_conn(self.app.cfg.users[0].name)
         try:
-            await c.execute(
-                f"DELETE FROM `{self.cfg.batch_schema}`.`hotrow_batch` WHERE created_at < "
-                f"NOW(6) - INTERVAL {self.cfg.prune_after_s} SECOND LIMIT 10000"
-            )
-        except BackendError:
-            pass
+            gone = await prune_old(c, f"`{self.cfg.batch_schema}`.`hotrow_batch`",
+                                   self.cfg.prune_after_s)
+            if gone:
+                log.debug("%d hot-row batch records pruned", gone)
+        except BackendError as e:
+            log.info("hot-row batch record pruning stopped: %s", e)
         finally:
             await c.pool.release(c)
 
