@@ -41,15 +41,18 @@ def test_sysbench_through_proxy(proxy: ProxyProc, sbtables: None, test: str, mod
     assert errors <= max(5, n // 20)
 
 
-@pytest.mark.parametrize("form", ["txn", "txn_update_first", "autocommit"])
+@pytest.mark.parametrize(("form", "abandon"), [
+    ("txn", 0), ("txn_update_first", 0), ("autocommit", 0), ("txn", 30), ("txn_update_first", 30)])
 @pytest.mark.parametrize("mode", ["merge", "auto"])
 def test_seckill_forms_sell_exactly_the_stock(sandbox: Sandbox, tmp_path: Path, form: str,
-                                              mode: str) -> None:
+                                              abandon: int, mode: str) -> None:
     """sysbench's buyers (proxy/tools/seckill.lua: prepared statements, as in the benchmarks)
     through the proxy on 10 SKUs of 150 units each, 32 threads, until past sell-out: every
     unit gone from stock is one committed order and no stock goes below zero, checked on
     MariaDB once the escrow settled. The UPDATE-first order sends its INSERT ahead of the
-    waiting confirm row, which its COMMIT carries (confirms.may_pass)."""
+    waiting confirm row, which its COMMIT carries (confirms.may_pass). With `abandon`, 30% of
+    the buyers who got a unit roll back: their reservations are resolved, the units go back
+    and are sold to others near sell-out."""
     db = "sbshop"
     sandbox.primary.sql(f"DROP DATABASE IF EXISTS {db}", *shop.statements(db),
                         f"DELETE FROM {db}.inventory",
@@ -63,7 +66,8 @@ def test_seckill_forms_sell_exactly_the_stock(sandbox: Sandbox, tmp_path: Path, 
             ["sysbench", str(ROOT / "proxy" / "tools" / "seckill.lua"), "--mysql-host=127.0.0.1",
              f"--mysql-port={p.port}", "--mysql-user=app", "--mysql-password=app",
              f"--mysql-db={db}", "--threads=32", "--time=3", "--skus=10", "--sku=1",
-             f"--form={form}", "run"], capture_output=True, text=True, cwd=ROOT, timeout=60)
+             f"--form={form}", f"--abandon={abandon}", "run"],
+            capture_output=True, text=True, cwd=ROOT, timeout=60)
         assert out.returncode == 0, out.stdout + out.stderr
         assert "FATAL" not in out.stdout + out.stderr
         settle(sandbox)

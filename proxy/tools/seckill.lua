@@ -2,11 +2,14 @@
 --   form=txn:        BEGIN; INSERT order; UPDATE inventory ... AND quantity > 0;
 --                    COMMIT if the UPDATE sold a unit, else ROLLBACK (the seed's transaction)
 --   form=autocommit: UPDATE inventory ... AND quantity > 0; INSERT order if it sold a unit
+--   --abandon=P:     in the transaction forms, P% of the buyers who got a unit roll back
+--                    instead of committing (a payment that failed): the unit goes back
 -- sysbench's Lua API returns nothing for DML, so the UPDATE's answer is read with ROW_COUNT().
 sysbench.cmdline.options = {
   sku = {"SKU bought (the first of --skus)", 1001},
   skus = {"number of SKUs, chosen uniformly from --sku on", 1},
   form = {"txn (INSERT first), txn_update_first, or autocommit", "txn"},
+  abandon = {"percent of the transaction forms' buyers who got a unit and roll back", 0},
 }
 
 function thread_init()
@@ -25,6 +28,10 @@ local function sold()
   return tonumber(con:query_row("SELECT ROW_COUNT()")) == 1
 end
 
+local function pays()
+  return sysbench.opt.abandon <= 0 or sysbench.rand.uniform(1, 100) > sysbench.opt.abandon
+end
+
 function event()
   local sku = sysbench.opt.sku + sysbench.rand.uniform(0, sysbench.opt.skus - 1)
   upd_sku:set(sku)
@@ -34,11 +41,11 @@ function event()
     con:query("BEGIN")
     ins:execute()
     upd:execute()
-    if sold() then con:query("COMMIT") else con:query("ROLLBACK") end
+    if sold() and pays() then con:query("COMMIT") else con:query("ROLLBACK") end
   elseif sysbench.opt.form == "txn_update_first" then
     con:query("BEGIN")
     upd:execute()
-    if sold() then
+    if sold() and pays() then
       ins:execute()
       con:query("COMMIT")
     else
