@@ -368,15 +368,16 @@ def test_old_records_are_pruned_however_many(sandbox: Sandbox, tmp_path: Path) -
     chunk (one chunk of 10,000 a minute fell behind a flash sale's load, and the tables grew
     without end); newer ones stay."""
     schema, old, new = "prune_t", 25_000, 3
-    cfg = make_config(sandbox, hotrow={"batch_schema": schema},
-                      durability={"track_commits": "all"})
+    cfg = make_config(sandbox, hotrow={"batch_schema": schema, "rules": [
+        {"table": f"{schema}.stock", "key": "id", "column": "n"}]},
+        durability={"track_commits": "all"})
     tables = {"hotrow_batch": "(id, created_at, table_name, key_value, members, total) "
-                              "SELECT seq, {at}, 'shop.inventory', '1', 1, 1",
+                              "SELECT seq, {at}, 'stock', '1', 1, 1",
               "commit_outcome": "(id, created_at) SELECT seq, {at}"}
     root = sandbox.primary.root()
-    # the rule's table (as test_hotrow.py makes it): the proxy makes its own once it checked it
-    sandbox.primary.sql("CREATE DATABASE IF NOT EXISTS shop", "CREATE TABLE IF NOT EXISTS "
-                        "shop.inventory (sku_id INT PRIMARY KEY, quantity INT NOT NULL)")
+    # the rule's table: the proxy makes its own tables once it checked the rule
+    sandbox.primary.sql(f"DROP DATABASE IF EXISTS {schema}", f"CREATE DATABASE {schema}",
+                        f"CREATE TABLE {schema}.stock (id INT PRIMARY KEY, n INT NOT NULL)")
 
     def count(sql: str) -> int:
         with root.cursor() as cur:
