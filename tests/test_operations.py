@@ -363,14 +363,16 @@ def test_install_deps_leaves_other_servers_alone(sandbox: Sandbox) -> None:
     assert sandbox.primary.sql("SELECT 1")[0][0] == 1
 
 
-def test_old_records_are_pruned_however_many(sandbox: Sandbox, tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_old_records_are_pruned_however_many(sandbox: Sandbox, tmp_path: Path,
+                                             workers: int) -> None:
     """Batch and outcome records older than `hotrow.prune_after_s` all go in one pass, chunk by
     chunk (one chunk of 10,000 a minute fell behind a flash sale's load, and the tables grew
-    without end); newer ones stay."""
+    without end); newer ones stay. With two workers both prune, each its chunks in turn."""
     schema, old, new = "prune_t", 25_000, 3
     cfg = make_config(sandbox, hotrow={"batch_schema": schema, "rules": [
         {"table": f"{schema}.stock", "key": "id", "column": "n"}]},
-        durability={"track_commits": "all"})
+        durability={"track_commits": "all"}, workers=workers)
     tables = {"hotrow_batch": "(id, created_at, table_name, key_value, members, total) "
                               "SELECT seq, {at}, 'stock', '1', 1, 1",
               "commit_outcome": "(id, created_at) SELECT seq, {at}"}
