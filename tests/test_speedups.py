@@ -10,7 +10,6 @@ import http
 import re
 import signal
 import socket
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -25,7 +24,7 @@ from proxy.core import metrics as M
 from proxy.core.speedups import fast_enum_members
 from proxy.plan.plan import Route, Track
 
-ROOT = Path(__file__).resolve().parent.parent
+from .conftest import ROOT
 
 
 def _enums() -> list[type[enum.Enum]]:
@@ -95,13 +94,9 @@ def _bare_raises_after_await(tree: ast.AST) -> list[int]:
     out = []
     for h in ast.walk(tree):
         if isinstance(h, ast.ExceptHandler):
-            awaited = False
-            for node in ast.walk(ast.Module(body=h.body, type_ignores=[])):
-                if isinstance(node, ast.Await):
-                    awaited = True
-            if awaited:
-                out += [n.lineno for n in ast.walk(ast.Module(body=h.body, type_ignores=[]))
-                        if isinstance(n, ast.Raise) and n.exc is None]
+            body = list(ast.walk(ast.Module(body=h.body, type_ignores=[])))
+            if any(isinstance(n, ast.Await) for n in body):
+                out += [n.lineno for n in body if isinstance(n, ast.Raise) and n.exc is None]
     return out
 
 
