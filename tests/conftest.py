@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -88,6 +89,16 @@ class ProxyProc:
 
     def log(self) -> str:
         return self.log_path.read_text()
+
+    def hang_report(self) -> str:
+        """What the proxy waits on (its SIGUSR1 task dump), for a test whose clients hung:
+        a failure that says where, not a bare timeout."""
+        n = self.log().count("SIGUSR1:")
+        self.proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 5
+        while self.log().count("SIGUSR1:") <= n and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return self.log()[-20000:]
 
     def scrape(self) -> str:
         """The proxy's /metrics page."""

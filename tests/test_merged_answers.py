@@ -505,7 +505,7 @@ def test_kill_storm_on_service_connections_never_returns_a_unit_twice(
     service statement is being killed, then kill -9 of the proxy and a new one: per key,
     initial - final - outstanding reservations = units in committed orders, and stock is
     never negative."""
-    from .test_escrow import buyers, leftovers, setup, state  # noqa: I001
+    from .test_escrow import Tally, buyers, leftovers, setup, state  # noqa: I001
 
     setup(sandbox, {71: 400, 72: 400})
     p = start_proxy(tmp_path, make_config(sandbox, hotrow={"mode": "merge", "recover_after_s": 1}))
@@ -514,8 +514,16 @@ def test_kill_storm_on_service_connections_never_returns_a_unit_twice(
     t = threading.Thread(target=_killer, args=(sandbox, stop, killed, True), daemon=True)
     t.start()
     try:
-        tally = asyncio.run(buyers(p.port, 40, 12, [71, 72], [1, 2], rollback_share=0.3,
-                                   vanish_share=0.1))
+        async def run() -> Tally:
+            return await asyncio.wait_for(buyers(
+                p.port, 40, 12, [71, 72], [1, 2], rollback_share=0.3, vanish_share=0.1), 120)
+        try:
+            tally = asyncio.run(run())
+        except TimeoutError:
+            stop.set()
+            pl = sandbox.primary.sql("SELECT ID, COMMAND, TIME, STATE, INFO FROM "
+                                     "information_schema.PROCESSLIST WHERE USER = 'app'")
+            pytest.fail(f"buyers hung; processlist {pl}\n{p.hang_report()}")
     finally:
         stop.set()
         t.join()

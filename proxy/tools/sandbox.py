@@ -29,11 +29,21 @@ REPL_USER = "repl"
 REPL_PASSWORD = "repl"
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """Ask the kernel for a free loopback port (the race with another binder is acceptable in tests)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """Ask the kernel for a free loopback port, never one this process handed out already: the
+    kernel may give the same port twice in a row when nothing bound it in between (seen: a
+    proxy's client and metrics ports the same). The race with another process is acceptable
+    in tests."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def _find(binary: str) -> str:
