@@ -60,6 +60,8 @@ def dump_tasks(app: App) -> None:
             lines.append(f"client {c.connection_id}: {e!r}")
     for key, pool in app.pools.items():
         lines.append(f"pool {key}: {pool.describe()}")
+    if hasattr(app, "hotrow"):  # (built by start)
+        lines += app.hotrow.describe()
     log.warning("SIGUSR1: %s", "\n".join(lines))
 
 

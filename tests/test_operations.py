@@ -95,8 +95,9 @@ def test_sighup_reloads_the_config(sandbox: Sandbox, tmp_path: Path) -> None:
 
 def test_sigusr1_logs_where_every_task_waits(sandbox: Sandbox, tmp_path: Path) -> None:
     """SIGUSR1 logs each task and where it waits, each client's session (a client in a
-    transaction shows its lease) and each pool, and the proxy goes on serving; with workers, sent to the
-    supervisor, every worker logs."""
+    transaction shows its lease), each pool, each hot-row group not done (where its leader
+    waits: test_merged_answers' kill storm reports one that hangs with it) and the escrow, and
+    the proxy goes on serving; with workers, sent to the supervisor, every worker logs."""
     for workers in (1, 2):
         (tmp_path / f"w{workers}").mkdir()
         p = start_proxy(tmp_path / f"w{workers}", make_config(sandbox, workers=workers))
@@ -114,6 +115,8 @@ def test_sigusr1_logs_where_every_task_waits(sandbox: Sandbox, tmp_path: Path) -
                 # the primary's pool: the transaction's connection in use, none waiting
                 assert f"pool 127.0.0.1:{sandbox.primary_port}: total=" in p.log()
                 assert "in_use=1" in p.log() and "waiters=0" in p.log()
+                # the hot-row engine's groups (none now) and its reservations
+                assert "escrow: 0 units outstanding, 0 reservations pending" in p.log()
                 cur.execute("COMMIT")
                 cur.execute("SELECT 2")
                 assert cur.fetchone() == (2,)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from dataclasses import dataclass, field
+from time import monotonic
 from typing import Final
 
 from proxy.engines.hotalloc import Member
@@ -23,6 +24,10 @@ class Group:
     prev: asyncio.Future[None] | None
     user: str  # the batch runs as its members' user: MySQL checks their privileges
     auto: bool  # auto mode: a group that ends up with one member runs it plain
+    # where its leader is (hotmerge.py sets it at each wait): the SIGUSR1 dump shows it, a
+    # compiled coroutine showing no more than its name
+    phase: str
+    since: float  # time.monotonic() when the phase began
 
     def __init__(self, prev: asyncio.Future[None] | None = None, user: str = "",
                  auto: bool = False) -> None:
@@ -32,6 +37,12 @@ class Group:
         self.prev = prev
         self.user = user
         self.auto = auto
+        self.phase = "gathering"
+        self.since = monotonic()
+
+    def at(self, phase: str) -> None:
+        self.phase = phase
+        self.since = monotonic()
 
     async def fill(self, timeout: float) -> None:
         """Until `filled` or `timeout` seconds pass: a future and a timer, where

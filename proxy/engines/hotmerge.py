@@ -127,6 +127,7 @@ class Merger:
     def __init__(self, host: MergeHost) -> None:
         self.host = host
         self.unchecked = InFlight()  # `_checked_commit`s on the wire (`quiet`)
+        self.groups: dict[Group, str] = {}  # groups not done, with their table and key (`describe`)
 
     async def quiet(self, timeout: float) -> None:
         """A DDL is about to be sent (merges already stopped, hotrules.RuleBook.ddl_started):
@@ -148,6 +149,7 @@ class Merger:
             g = Group(prev=prev, user=user, auto=auto)
             ks.collecting = g
             ks.tail = g.done
+            self.groups[g] = f"{hs.rule.qualified} {hs.key_value!r}"
             self.host.spawn(self._lead(hs, ks, g, user, floor))
         g.members.append(m)
         if len(g.members) >= self.host.cfg.max_batch:
@@ -161,11 +163,13 @@ class Merger:
             busy = g.prev is not None and not g.prev.done()
             if busy:
                 assert g.prev is not None
+                g.at("after the key's previous group")
                 await asyncio.shield(g.prev)
             # No earlier group in flight: the leader commits at once. One in flight: followers
             # gather while it commits, then up to max_wait_us more for the group to fill.
             left = deadline - loop.time()
             if busy and left > 0 and len(g.members) < self.host.cfg.max_batch:
+                g.at("filling")
                 await g.fill(left)
             if ks.collecting is g:
                 ks.collecting = None
@@ -181,6 +185,7 @@ class Merger:
                 if not m.fut.done():  # (its client may be gone)
                     m.plain_done = loop.create_future()
                     m.fut.set_result(PLAIN)
+                    g.at("its lone member running plain")
                     await asyncio.shield(m.plain_done)
                 return
             await self._commit_group(hs, g, user, floor, ks)
@@ -193,6 +198,7 @@ class Merger:
             if not isinstance(e, Exception):
                 raise
         finally:
+            self.groups.pop(g, None)
             ks.in_flight -= len(g.members)
             if ks.collecting is g:
                 ks.collecting = None
@@ -205,7 +211,7 @@ class Merger:
         last: NotCommitted | None = None
         for attempt in (1, 2):
             try:
-                decisions = await self._batch(hs, g.members, user, floor, ks)
+                decisions = await self._batch(hs, g, attempt, user, floor, ks)
             except NotCommitted as e:
                 last = e
                 if e.alone:
@@ -217,6 +223,7 @@ class Merger:
                 if attempt == 1 and e.err.code in (2013, 9102) and self.host.app.monitor is not None:
                     # The connection died: the monitor looks again (a restart, a failover)
                     # before the one retry, so it goes to a live primary.
+                    g.at("the monitor's next round")
                     await self.host.app.monitor.next_round()
                 continue
             ks.batches += 1
@@ -226,6 +233,7 @@ class Merger:
             if gtid and self.host.app.durability.wants_ack and any(
                     d == 1 and m.conn is None for m, d in zip(g.members, decisions, strict=True)):
                 try:
+                    g.at("a replica's ack")
                     await self.host.app.durability.wait_ack(gtid)  # one wait serves the whole batch
                 except ProxyError as e:
                     ack_err = e
@@ -260,7 +268,7 @@ class Merger:
                 m.fut.set_exception(err if isinstance(err, ProxyError) else _as_proxy_error(err))
 
     async def _batch(
-        self, hs: HotStmt, members: list[Member], user: str, floor: int | None, ks: KeyState
+        self, hs: HotStmt, g: Group, attempt: int, user: str, floor: int | None, ks: KeyState
     ) -> list[int]:
         """One backend transaction for the whole group; returns each member's decision.
         Verified before it commits: the locked row's value (and whether it exists) is read,
@@ -279,10 +287,11 @@ class Merger:
         r = hs.rule
         tbl = f"`{r.schema}`.`{r.table}`"
         key = sql_literal(hs.key_value)
-        batch_id = self.host.next_batch_id()
+        members, batch_id = g.members, self.host.next_batch_id()
         t0 = perf_counter()
         if (generation := self.host.merge_gate(hs)) is None:
             raise NotCommitted(ProxyError(CR_SERVER_LOST, "schema changing"), True, True)
+        g.at(f"batch {batch_id} (try {attempt}): a service connection")
         try:
             c = await self.host.service_conn(user)
         except (BackendLost, BackendError) as e:
@@ -292,6 +301,7 @@ class Merger:
         decisions: list[int] = []
         reserve: list[tuple[Reservation, Member]] = []
         lock = f"START TRANSACTION; SELECT `{r.column}` FROM {tbl} WHERE `{r.key}` = {key} FOR UPDATE"
+        g.at(f"batch {batch_id} (try {attempt}) on connection {c.thread_id}")
         try:
             first = all_hit_bound(members, floor)
             if first is not None and ks.left is not None and ks.left < first[0]:
@@ -344,6 +354,7 @@ class Merger:
             await pool.release(c, "batch connection lost")
             if not commit_sent:
                 raise NotCommitted(_as_proxy_error(e)) from None
+            g.at(f"batch {batch_id}: in doubt, its record looked up")
             decisions = await self._in_doubt(hs, batch_id, user, decisions, e)
             ok = None
         else:
@@ -461,13 +472,11 @@ class Merger:
         log.warning("hot-row batch %d: connection lost during COMMIT (%s); resolving", batch_id, e)
         found = await find_record(self.host.app, f"`{self.host.cfg.batch_schema}`.`hotrow_batch`", batch_id,
                                   user, self.host.app.password_of(user) or "")
-        if found:
-            M.HOTROW_IN_DOUBT.labels("committed").inc()
-            log.warning("hot-row batch %d committed", batch_id)
-            return decisions
-        if found is False:
-            M.HOTROW_IN_DOUBT.labels("not_committed").inc()
-            log.warning("hot-row batch %d did not commit", batch_id)
+        if found is not None:
+            M.HOTROW_IN_DOUBT.labels("committed" if found else "not_committed").inc()
+            log.warning("hot-row batch %d %s", batch_id, "committed" if found else "did not commit")
+            if found:
+                return decisions
             raise NotCommitted(ProxyError(
                 ER_SECKILL_NOT_COMMITTED, "Lost connection to MySQL server during COMMIT; "
                 "seckill-proxy verified the statement was NOT applied"))

@@ -142,6 +142,17 @@ class HotRowEngine:
         """Unique across proxies (a random proxy id) and within this one."""
         return (self.proxy_id << 32) | (next(self._seq) & 0xFFFFFFFF)
 
+    def describe(self) -> list[str]:
+        """For the SIGUSR1 dump: each group not done (where its leader waits, how long) and
+        the reservations waiting to be resolved."""
+        now = time.monotonic()
+        out = [f"group on {where}: {len(g.members)} members, {g.phase} for {now - g.since:.1f} s"
+               for g, where in list(self.merger.groups.items())]
+        e = self.escrow
+        out.append(f"escrow: {e.outstanding} units outstanding, {sum(map(len, e.pending.values()))} "
+                   f"reservations pending, {sum(map(len, e.later.values()))} to retry")
+        return out
+
     def hot_keys_table(self, n: int = 20) -> Any:
         now = time.monotonic()
         rows = []
