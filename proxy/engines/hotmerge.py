@@ -92,6 +92,8 @@ class MergeHost(Protocol):
 
     async def service_conn(self, user: str) -> BackendConn: ...
 
+    async def primary_answers(self, user: str) -> bool: ...
+
     def schema_changed(self) -> None: ...
 
     def merge_gate(self, hs: HotStmt) -> int | None: ...  # hotrules.RuleBook.merge_gate
@@ -220,9 +222,11 @@ class Merger:
                             hs.rule.qualified, attempt, e)
                 if isinstance(e.err, BackendError):
                     break  # the database refused it: no retry of the same (see below)
-                if attempt == 1 and e.err.code in (2013, 9102) and self.host.app.monitor is not None:
-                    # The connection died: the monitor looks again (a restart, a failover)
-                    # before the one retry, so it goes to a live primary.
+                if (attempt == 1 and e.err.code in (2013, 9102) and self.host.app.monitor
+                        is not None and not await self.host.primary_answers(user)):
+                    # The connection died and the primary does not answer: the monitor looks
+                    # again (a restart, a failover) before the one retry, so it goes to a live
+                    # primary. (One killed: the retry at once, the key held up no longer.)
                     g.at("the monitor's next round")
                     await self.host.app.monitor.next_round()
                 continue
@@ -277,18 +281,15 @@ class Merger:
         before the COMMIT that follows them in the same round trip (`_checked_commit`). A
         statement cut short (KILL QUERY, a timeout: MariaDB may answer "OK, 0 rows" without
         an error) leaves the batch not committed.
-
         First try, while the key's last batch left room for every member: the locking read,
         the writes for "every member gets its units" and COMMIT in one round trip, the UPDATE
         guarded by the least value at which that is the allocation (`all_hit_bound`), so it
         commits only if the value read allocates exactly that; otherwise it is rolled back and
         the group reads, allocates, then writes and commits: one round trip per group (two
         near sell-out), the same outcome."""
-        r = hs.rule
+        r, key, t0 = hs.rule, sql_literal(hs.key_value), perf_counter()
         tbl = f"`{r.schema}`.`{r.table}`"
-        key = sql_literal(hs.key_value)
         members, batch_id = g.members, self.host.next_batch_id()
-        t0 = perf_counter()
         if (generation := self.host.merge_gate(hs)) is None:
             raise NotCommitted(ProxyError(CR_SERVER_LOST, "schema changing"), True, True)
         g.at(f"batch {batch_id} (try {attempt}): a service connection")
@@ -355,8 +356,7 @@ class Merger:
             if not commit_sent:
                 raise NotCommitted(_as_proxy_error(e)) from None
             g.at(f"batch {batch_id}: in doubt, its record looked up")
-            decisions = await self._in_doubt(hs, batch_id, user, decisions, e)
-            ok = None
+            decisions, ok = await self._in_doubt(hs, batch_id, user, decisions, e), None
         else:
             await pool.release(c)
         for rv, m in reserve:

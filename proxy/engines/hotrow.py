@@ -282,6 +282,22 @@ class HotRowEngine:
         finally:
             await c.pool.release(c)
 
+    async def primary_answers(self, user: str) -> bool:
+        """A service connection to the primary answers a statement now (a batch's connection
+        died: killed, or the server gone? hotmerge.py)."""
+        try:
+            c = await self.service_conn(user)
+        except (BackendLost, BackendError, ProxyError):
+            return False
+        try:
+            await c.execute("DO 0")
+        except (BackendLost, BackendError):
+            c.taint(ResetReason.SERVICE)
+            await c.pool.release(c, "probe failed")
+            return False
+        await c.pool.release(c)
+        return True
+
     async def service_conn(self, user: str) -> BackendConn:
         """A service connection on the primary: its own sql_mode (what the proxy's statements
         are written for) and, on MariaDB, no max_statement_time (a timeout must not cut a
