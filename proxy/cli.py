@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 import time
+from typing import Any
 
 from proxy import compiled
 from proxy.core import config as C
@@ -19,6 +20,16 @@ from proxy.core.speedups import fast_enum_members
 
 _RECORD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
     "message", "asctime", "conn_id", "taskName"}
+
+
+def _exc_text(fmt: logging.Formatter, exc_info: Any) -> str:
+    """The record's traceback, or what can be said of it when formatting it fails (seen: a
+    mypyc re-raise handed the loop a freed exception object, core/aio.py, whose traceback
+    raised TypeError; raised out of the loop's exception handler, that stopped the proxy)."""
+    try:
+        return fmt.formatException(exc_info)
+    except Exception as e:  # noqa: BLE001 - a log line must never stop the proxy
+        return f"(traceback not formatted: {type(e).__name__}: {e}) {exc_info[0]!r}"
 
 
 class JsonFormatter(logging.Formatter):
@@ -39,7 +50,7 @@ class JsonFormatter(logging.Formatter):
             if k not in _RECORD_ATTRS and k not in d and not k.startswith("_"):
                 d[k] = v if isinstance(v, (str, int, float, bool)) or v is None else str(v)
         if record.exc_info:
-            d["exc"] = self.formatException(record.exc_info)
+            d["exc"] = _exc_text(self, record.exc_info)
         return json.dumps(d)
 
 
@@ -52,7 +63,7 @@ class TextFormatter(logging.Formatter):
                 + f".{int(record.msecs):03d} {record.levelname:<7} {record.name}"
                 + (f" [{conn_id}]" if conn_id is not None else "") + f": {record.getMessage()}")
         if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
+            line += "\n" + _exc_text(self, record.exc_info)
         return line
 
 

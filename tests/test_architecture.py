@@ -85,25 +85,31 @@ KNOWN_LARGE: dict[str, int] = {}
 
 
 def awaits_in_finally(source: str) -> list[int]:
-    """Lines of `await` (or `async with` / `async for`) inside a `finally` block."""
+    """Lines of `await` (or `async with` / `async for`) inside a `finally` block, and of
+    every `async with` (its exit is a `finally` that awaits)."""
     out = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Try | ast.TryStar):
             for st in node.finalbody:
                 out += [n.lineno for n in ast.walk(st)
                         if isinstance(n, ast.Await | ast.AsyncWith | ast.AsyncFor)]
-    return out
+        elif isinstance(node, ast.AsyncWith):
+            out.append(node.lineno)
+    return sorted(set(out))
 
 
 def test_await_in_finally_finder() -> None:
     src = ("async def f():\n    try:\n        pass\n    finally:\n        await g()\n"
-           "async def h():\n    async with after(g):\n        await g()\n")
-    assert awaits_in_finally(src) == [5]
+           "async def h():\n    async with after(g):\n        await g()\n"
+           "async def k():\n    try:\n        await g()\n    except BaseException as e:\n"
+           "        await g()\n        raise e\n")
+    assert awaits_in_finally(src) == [5, 7]
 
 
-def test_no_compiled_module_awaits_in_a_finally_block() -> None:
-    """mypyc re-raises, after an await in a finally block, an exception another task was
-    handling meanwhile (core/aio.py: `async with after(...)` instead)."""
+def test_no_compiled_module_awaits_in_a_finally_block_or_an_async_with() -> None:
+    """mypyc re-raises, after an await in a finally block or an `async with`'s exit, an
+    exception another task was handling meanwhile, or a freed one (core/aio.py: the exception
+    named and raised again by the module itself instead)."""
     found = {m: lines for m in compiled.HOT
              if (lines := awaits_in_finally((ROOT / f"{m}.py").read_text()))}
     assert found == {}

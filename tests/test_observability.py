@@ -289,3 +289,34 @@ def test_a_worker_s_flush_writes_every_counter_once_the_fast_lane_ran(tmp_path: 
     assert 'seckill_proxy_statement_duration_seconds_count{route="primary"} 1.0' in lines
     assert ('seckill_proxy_lease_transitions_total{reason="statement_done",to="soft"} 1.0'
             in lines)
+
+
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_a_log_line_whose_traceback_cannot_be_formatted_is_still_written(fmt: str) -> None:
+    """The event loop logs a task's exception with its traceback; an exception object that
+    breaks the traceback module (seen: a freed one a mypyc re-raise handed the loop,
+    core/aio.py) once raised out of the loop's exception handler and stopped the proxy. The
+    formatters write the line anyway, saying the traceback was not formatted."""
+    import logging
+
+    from proxy.cli import JsonFormatter, TextFormatter
+
+    class Broken(logging.Formatter):
+        def formatException(self, ei: Any) -> str:  # noqa: N802 - logging's name
+            raise TypeError("issubclass() arg 1 must be a class")
+
+    class J(JsonFormatter, Broken): ...
+
+    class T(TextFormatter, Broken): ...
+
+    f = J() if fmt == "json" else T()
+    try:
+        raise ValueError("x")
+    except ValueError:
+        rec = logging.LogRecord("asyncio", logging.ERROR, "", 0, "Task exception was never "
+                                "retrieved", None, sys.exc_info())
+    line = f.format(rec)
+    assert "Task exception was never retrieved" in line
+    assert "traceback not formatted: TypeError" in line
+    if fmt == "json":
+        assert json.loads(line)["level"] == "error"

@@ -1,37 +1,39 @@
-"""`async with after(fn)`: what `try: ... finally: await fn()` says, in a form mypyc compiles
-correctly; `InFlight`: operations under way that others may wait out.
+"""`InFlight`: operations under way that others may wait out; and the one rule for a clean-up
+awaited on the way out of a block in a compiled module.
 
-The modules in compiled.HOT are compiled with mypyc. mypyc (2.4.1) gets one thing wrong: after
-an `await` inside a `finally` block, it re-raises an exception that another task was handling
-while this one was suspended (mypyc/mypyc#1114 is the same defect seen from the other side).
-Seen here as the escrow's recovery failing every round with a NotCommitted raised in a merge
-batch elsewhere, and reproduced with a ten-line module. An async context manager's exit is
-compiled correctly (return, raise and fall-through all checked), so a compiled module awaits
-its clean-up through `after`; tests/test_architecture.py keeps `await` out of `finally` blocks
-in the compiled modules.
+The modules in compiled.HOT are compiled with mypyc, and mypyc (2.4.1) gets one thing wrong:
+where it re-raises the exception being handled after an `await` (a bare `raise` in an except
+block, the end of a `finally` block, and the exit of an `async with`), it raises whatever
+exception the thread handles by then: after a suspension, another task's, or a freed object
+("TypeError: invalid exception object" from the task's step, the task never finished).
+mypyc/mypyc#1114 is the same defect seen from the other side. Seen here: the escrow's recovery
+failing every round with a NotCommitted raised in a merge batch elsewhere (through a
+`finally`, commit bb222e5), then (stop 52, through `async with`, which that commit took for
+safe) its drain task ending with such a NotCommitted or broken by the TypeError: reservations
+no longer resolved, and the logging of the TypeError itself raised out of the event loop and
+stopped the proxy. Reproduced with a twenty-line module: `async with` over an interpreted
+context manager, its body raising after an await, another compiled task handling an exception
+across an await meanwhile: in two of eight interleavings the body's exception came out as the
+other task's, and one run left the loop waiting forever.
+
+So a compiled module names the exception and re-raises it itself:
+
+    c = await acquire()
+    try:
+        out = await work(c)
+    except BaseException as e:
+        await release(c, broken=True)
+        raise e
+    await release(c, broken=False)
+
+tests/test_architecture.py keeps `await` out of `finally` blocks and `async with` out of the
+compiled modules; tests/test_speedups.py keeps bare `raise` after an `await` out of their
+except blocks.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from typing import Any
-
-
-class after:  # noqa: N801 - reads as the statement it stands for: `async with after(...)`
-    """Awaits `fn()` when the block is left, however it is left (the exception, if any, goes
-    on). `fn` is called then, so a lambda reads the block's variables as they are at the end."""
-
-    __slots__ = ("fn",)
-
-    def __init__(self, fn: Callable[[], Awaitable[Any]]) -> None:
-        self.fn = fn
-
-    async def __aenter__(self) -> None:
-        return None
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.fn()
 
 
 class InFlight:

@@ -42,7 +42,6 @@ from mypy_extensions import mypyc_attr
 from pymysql.converters import escape_string
 
 from proxy.core import metrics as M
-from proxy.core.aio import after
 from proxy.core.errors import BackendError, BackendLost, ProxyError
 
 log = logging.getLogger("seckill.escrow")
@@ -339,87 +338,96 @@ class Escrow:
         its own round trip: a statement a KILL or a timeout cut short ("OK, 0 rows" without an
         error happens on MariaDB 10.11) rolls the whole transaction back, and the retry starts
         again from what the database holds, so no unit is ever returned twice."""
+        c = await self.connect(rs[0].user)
+        try:
+            out = await self._resolve_on(c, rs)
+        except BaseException as e:  # (named; no `async with`, no `finally`: core/aio.py)
+            await self.release(c, True)
+            raise e
+        await self.release(c, False)
+        return out
+
+    async def _resolve_on(self, c: Any, rs: list[Reservation]) -> tuple[int, int]:
+        """`resolve`'s transaction on `c`: returns once it committed or rolled back; raises
+        with it perhaps still open (the connection is reset as it goes back)."""
         pairs = _pairs(rs)
         of = {(r.batch_id, r.member): r for r in rs}
         res_t = f"`{self.schema}`.`{RESERVATION}`"
         conf_t = f"`{self.schema}`.`{CONFIRM}`"
         left = (f"SELECT COUNT(*) FROM {res_t} WHERE (batch_id, member) IN ({pairs})", -1,
                 "rows left")
-        c = await self.connect(rs[0].user)
-        broken = True
-        async with after(lambda: self.release(c, broken)):  # (broken: as the block left it)
-            got = await c.query_each(
-                "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION; "
-                f"SELECT r.batch_id, r.member, r.amount, k.member IS NOT NULL "
-                f"FROM {res_t} r FORCE INDEX (PRIMARY) LEFT JOIN {conf_t} k "
-                "ON k.batch_id = r.batch_id AND k.member = r.member "
-                f"WHERE (r.batch_id, r.member) IN ({pairs}) FOR UPDATE")
-            there: list[tuple[Reservation, int, bool]] = []
-            for a, b, n, confirmed in got[2][0] or []:
-                r = of.get((int(a or 0), int(b or 0)))
-                if r is None:
-                    raise Unverified(f"reservation ({a}, {b}) not asked for")
-                there.append((r, int(n or 0), confirmed == "1"))
-            sold_units = sum(r.amount for r in rs) - sum(n for _, n, _ in there)
-            if not there:
-                bad, done = await run_checked(c, [left, ("ROLLBACK", 0, "rollback")])
-                if bad or done[0][0] != [["0"]]:
-                    raise Unverified(f"reservations left unread: {done[0][0]}")
-                broken = False
-                return sold_units, 0
-            back: dict[Any, tuple[Reservation, int]] = {}
-            for r, n, confirmed in there:
-                if confirmed:
-                    sold_units += n
-                elif n:
-                    back[r.key_id] = (r, back.get(r.key_id, (r, 0))[1] + n)
-            stmts: list[tuple[str, int, str]] = [(  # (sql, rows it must affect, what)
-                f"DELETE FROM {res_t} WHERE (batch_id, member) IN "
-                f"({_pairs(r for r, _, _ in there)})",
-                len(there), "reservations deleted")]
-            conf = [r for r, _, confirmed in there if confirmed]
-            if conf:
-                stmts.append((f"DELETE FROM {conf_t} WHERE (batch_id, member) IN "
-                              f"({_pairs(conf)})",
-                              len(conf), "confirm rows deleted"))
-            returns = {}
-            for r, n in back.values():
-                what = f"{_RETURNED} to {r.table} {r.key_sql}"
-                returns[what] = r
-                stmts.append((f"UPDATE {r.table} SET `{r.column}` = `{r.column}` + {n} "
-                              f"WHERE `{r.key_col}` = {r.key_sql}", 1, what))
-            # A locking read cut short would have left rows out of the list above: nothing
-            # of `rs` may be left when this transaction commits.
-            stmts.append(left)
-            bad, done = await run_checked(c, stmts)
-            for what, want, n in bad:
-                gone_row = returns.get(what)
-                if not (gone_row is not None and n == 0 and not await row_exists(
-                        c, gone_row.table, gone_row.key_col, gone_row.key_sql)):
-                    raise Unverified(f"{what}: {n} rows, expected {want}")
-            if done[-1][0] != [["0"]]:
-                raise Unverified(f"rows left after resolving: {done[-1][0]}")
-            await c.execute("COMMIT")
-            broken = False
-            returned = sum(n for _, n in back.values())
-            for r, n in back.values():
-                log.info("escrow: %d units returned to %s %s (buyers rolled back)", n,
-                         r.table, r.key_sql)
-            return sold_units, returned
+        got = await c.query_each(
+            "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION; "
+            f"SELECT r.batch_id, r.member, r.amount, k.member IS NOT NULL "
+            f"FROM {res_t} r FORCE INDEX (PRIMARY) LEFT JOIN {conf_t} k "
+            "ON k.batch_id = r.batch_id AND k.member = r.member "
+            f"WHERE (r.batch_id, r.member) IN ({pairs}) FOR UPDATE")
+        there: list[tuple[Reservation, int, bool]] = []
+        for a, b, n, confirmed in got[2][0] or []:
+            r = of.get((int(a or 0), int(b or 0)))
+            if r is None:
+                raise Unverified(f"reservation ({a}, {b}) not asked for")
+            there.append((r, int(n or 0), confirmed == "1"))
+        sold_units = sum(r.amount for r in rs) - sum(n for _, n, _ in there)
+        if not there:
+            bad, done = await run_checked(c, [left, ("ROLLBACK", 0, "rollback")])
+            if bad or done[0][0] != [["0"]]:
+                raise Unverified(f"reservations left unread: {done[0][0]}")
+            return sold_units, 0
+        back: dict[Any, tuple[Reservation, int]] = {}
+        for r, n, confirmed in there:
+            if confirmed:
+                sold_units += n
+            elif n:
+                back[r.key_id] = (r, back.get(r.key_id, (r, 0))[1] + n)
+        stmts: list[tuple[str, int, str]] = [(  # (sql, rows it must affect, what)
+            f"DELETE FROM {res_t} WHERE (batch_id, member) IN "
+            f"({_pairs(r for r, _, _ in there)})",
+            len(there), "reservations deleted")]
+        conf = [r for r, _, confirmed in there if confirmed]
+        if conf:
+            stmts.append((f"DELETE FROM {conf_t} WHERE (batch_id, member) IN "
+                          f"({_pairs(conf)})",
+                          len(conf), "confirm rows deleted"))
+        returns = {}
+        for r, n in back.values():
+            what = f"{_RETURNED} to {r.table} {r.key_sql}"
+            returns[what] = r
+            stmts.append((f"UPDATE {r.table} SET `{r.column}` = `{r.column}` + {n} "
+                          f"WHERE `{r.key_col}` = {r.key_sql}", 1, what))
+        # A locking read cut short would have left rows out of the list above: nothing
+        # of `rs` may be left when this transaction commits.
+        stmts.append(left)
+        bad, done = await run_checked(c, stmts)
+        for what, want, n in bad:
+            gone_row = returns.get(what)
+            if not (gone_row is not None and n == 0 and not await row_exists(
+                    c, gone_row.table, gone_row.key_col, gone_row.key_sql)):
+                raise Unverified(f"{what}: {n} rows, expected {want}")
+        if done[-1][0] != [["0"]]:
+            raise Unverified(f"rows left after resolving: {done[-1][0]}")
+        await c.execute("COMMIT")
+        returned = sum(n for _, n in back.values())
+        for r, n in back.values():
+            log.info("escrow: %d units returned to %s %s (buyers rolled back)", n,
+                     r.table, r.key_sql)
+        return sold_units, returned
 
     async def orphans(self, user: str) -> list[tuple[int, int, str, str, int]]:
         """Reservations left by a crashed proxy or made on a former primary: older than
         `recover_after_s`, whose member connection is not on this server, not pending here.
         (batch id, member, table, key literal, amount)."""
         c = await self.connect(user)
-        broken = True
-        async with after(lambda: self.release(c, broken)):
+        try:
             rows, _ = await c.query(
                 "SELECT batch_id, member, table_name, key_value, amount FROM "
                 f"`{self.schema}`.`{RESERVATION}` WHERE created_at < NOW(6) - INTERVAL "
                 f"{self.recover_after_s} SECOND AND (server_id <> @@server_id OR conn_id NOT IN "
                 "(SELECT ID FROM information_schema.PROCESSLIST)) LIMIT 1000")
-            broken = False
+        except BaseException as e:  # (named; no `async with`, no `finally`: core/aio.py)
+            await self.release(c, True)
+            raise e
+        await self.release(c, False)
         mine = {(r.batch_id, r.member)
                 for rs in (*self.pending.values(), *self.later.values()) for r in rs}
         out = []

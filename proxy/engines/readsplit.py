@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 from proxy.backends.backend import BackendConn
 from proxy.core import gtid as G
 from proxy.core import metrics as M
-from proxy.core.aio import after
 from proxy.core.errors import BackendError, BackendLost, ProxyError
 from proxy.core.logctx import detached
 from proxy.plan.plan import ReadPlan
@@ -78,8 +77,12 @@ class ReadRouter:
         try:
             pool = await self.app.writable_primary()
             c = await pool.acquire(user.name, user.password)
-            async with after(lambda: pool.release(c)):
+            try:
                 row = await c.fetch_one("SELECT @@gtid_binlog_pos" if c.mariadb else "SELECT @@gtid_executed")
+            except BaseException as e:  # (named; no `async with`, no `finally`: core/aio.py)
+                await pool.release(c)
+                raise e
+            await pool.release(c)
             fut.set_result(G.parse((row or [""])[0] or ""))
         except (BackendError, BackendLost, ProxyError, G.GtidError) as e:
             fut.set_exception(ProxyError((2013, "HY000"), f"cannot read the primary's GTID position: {e}"))
