@@ -288,7 +288,10 @@ class Escrow:
                 part = parts.pop()
                 try:
                     sold, returned = await self.resolve(part)
-                except (BackendError, BackendLost, ProxyError, OSError, Unverified) as e:
+                except Exception as e:  # noqa: BLE001 - any failure: tried again, never dropped
+                    if not isinstance(e, (BackendError, BackendLost, ProxyError, OSError,
+                                          Unverified)):
+                        log.error("escrow: resolving %d reservations raised %r", len(part), e)
                     keys = by_key(part)
                     if len(keys) > 1:
                         parts += keys
