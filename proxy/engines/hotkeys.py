@@ -28,6 +28,8 @@ class Group:
     # compiled coroutine showing no more than its name
     phase: str
     since: float  # time.monotonic() when the phase began
+    batch: int  # the batch its leader runs (with `phase`: formatted only when dumped)
+    conn: int  # the batch's backend connection (thread id)
 
     def __init__(self, prev: asyncio.Future[None] | None = None, user: str = "",
                  auto: bool = False) -> None:
@@ -39,10 +41,12 @@ class Group:
         self.auto = auto
         self.phase = "gathering"
         self.since = monotonic()
+        self.batch = self.conn = 0
 
-    def at(self, phase: str) -> None:
+    def at(self, phase: str, batch: int = 0, conn: int = 0) -> None:
         self.phase = phase
         self.since = monotonic()
+        self.batch, self.conn = batch, conn
 
     async def fill(self, timeout: float) -> None:
         """Until `filled` or `timeout` seconds pass: a future and a timer, where

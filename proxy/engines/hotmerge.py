@@ -129,7 +129,7 @@ class Merger:
     def __init__(self, host: MergeHost) -> None:
         self.host = host
         self.unchecked = InFlight()  # `_checked_commit`s on the wire (`quiet`)
-        self.groups: dict[Group, str] = {}  # groups not done, with their table and key (`describe`)
+        self.groups: dict[Group, HotStmt] = {}  # groups not done, with their statement (`describe`)
 
     async def quiet(self, timeout: float) -> None:
         """A DDL is about to be sent (merges already stopped, hotrules.RuleBook.ddl_started):
@@ -151,7 +151,7 @@ class Merger:
             g = Group(prev=prev, user=user, auto=auto)
             ks.collecting = g
             ks.tail = g.done
-            self.groups[g] = f"{hs.rule.qualified} {hs.key_value!r}"
+            self.groups[g] = hs
             self.host.spawn(self._lead(hs, ks, g, user, floor))
         g.members.append(m)
         if len(g.members) >= self.host.cfg.max_batch:
@@ -213,7 +213,7 @@ class Merger:
         last: NotCommitted | None = None
         for attempt in (1, 2):
             try:
-                decisions = await self._batch(hs, g, attempt, user, floor, ks)
+                decisions = await self._batch(hs, g, user, floor, ks)
             except NotCommitted as e:
                 last = e
                 if e.alone:
@@ -272,7 +272,7 @@ class Merger:
                 m.fut.set_exception(err if isinstance(err, ProxyError) else _as_proxy_error(err))
 
     async def _batch(
-        self, hs: HotStmt, g: Group, attempt: int, user: str, floor: int | None, ks: KeyState
+        self, hs: HotStmt, g: Group, user: str, floor: int | None, ks: KeyState
     ) -> list[int]:
         """One backend transaction for the whole group; returns each member's decision.
         Verified before it commits: the locked row's value (and whether it exists) is read,
@@ -292,7 +292,7 @@ class Merger:
         members, batch_id = g.members, self.host.next_batch_id()
         if (generation := self.host.merge_gate(hs)) is None:
             raise NotCommitted(ProxyError(CR_SERVER_LOST, "schema changing"), True, True)
-        g.at(f"batch {batch_id} (try {attempt}): a service connection")
+        g.at("a service connection for its batch", batch_id)
         try:
             c = await self.host.service_conn(user)
         except (BackendLost, BackendError) as e:
@@ -302,7 +302,7 @@ class Merger:
         decisions: list[int] = []
         reserve: list[tuple[Reservation, Member]] = []
         lock = f"START TRANSACTION; SELECT `{r.column}` FROM {tbl} WHERE `{r.key}` = {key} FOR UPDATE"
-        g.at(f"batch {batch_id} (try {attempt}) on connection {c.thread_id}")
+        g.at("its batch running", batch_id, c.thread_id)
         try:
             first = all_hit_bound(members, floor)
             if first is not None and ks.left is not None and ks.left < first[0]:
@@ -355,7 +355,7 @@ class Merger:
             await pool.release(c, "batch connection lost")
             if not commit_sent:
                 raise NotCommitted(_as_proxy_error(e)) from None
-            g.at(f"batch {batch_id}: in doubt, its record looked up")
+            g.at("its batch in doubt: the record looked up", batch_id)
             decisions, ok = await self._in_doubt(hs, batch_id, user, decisions, e), None
         else:
             await pool.release(c)

@@ -146,8 +146,10 @@ class HotRowEngine:
         """For the SIGUSR1 dump: each group not done (where its leader waits, how long) and
         the reservations waiting to be resolved."""
         now = time.monotonic()
-        out = [f"group on {where}: {len(g.members)} members, {g.phase} for {now - g.since:.1f} s"
-               for g, where in list(self.merger.groups.items())]
+        out = [f"group on {hs.rule.qualified} {hs.key_value!r}: {len(g.members)} members, "
+               f"{g.phase}{f' (batch {g.batch})' if g.batch else ''}"
+               f"{f' on backend connection {g.conn}' if g.conn else ''} for {now - g.since:.1f} s"
+               for g, hs in list(self.merger.groups.items())]
         e = self.escrow
         out.append(f"escrow: {e.outstanding} units outstanding, {sum(map(len, e.pending.values()))} "
                    f"reservations pending, {sum(map(len, e.later.values()))} to retry")
