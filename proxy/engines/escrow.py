@@ -246,6 +246,12 @@ class Escrow:
         if self._tasks:
             await asyncio.wait(list(self._tasks.values()), timeout=timeout)
 
+    def describe(self) -> str:
+        """The escrow as the SIGUSR1 dump shows it."""
+        return (f"escrow: {self.outstanding} units outstanding, "
+                f"{sum(map(len, self.pending.values()))} reservations pending, "
+                f"{sum(map(len, self.later.values()))} to retry")
+
     def outstanding_beyond(self, key_id: Any, own: int) -> bool:
         """Units of the key reserved here by open transactions other than the asker's own
         (`own`): what `wait_resolved` waits for."""
@@ -341,9 +347,14 @@ class Escrow:
         its own round trip: a statement a KILL or a timeout cut short ("OK, 0 rows" without an
         error happens on MariaDB 10.11) rolls the whole transaction back, and the retry starts
         again from what the database holds, so no unit is ever returned twice."""
-        c = await self.connect(rs[0].user)
+        return await self._on_service(rs[0].user, lambda c: self._resolve_on(c, rs))
+
+    async def _on_service(self, user: str, work: Callable[[Any], Awaitable[Any]]) -> Any:
+        """`work` on a service connection of `user`'s, which goes back after it (reset when
+        `work` raised: a transaction may be open)."""
+        c = await self.connect(user)
         try:
-            out = await self._resolve_on(c, rs)
+            out = await work(c)
         except BaseException as e:  # (named; no `async with`, no `finally`: core/aio.py)
             await self.release(c, True)
             raise e
@@ -420,17 +431,11 @@ class Escrow:
         """Reservations left by a crashed proxy or made on a former primary: older than
         `recover_after_s`, whose member connection is not on this server, not pending here.
         (batch id, member, table, key literal, amount)."""
-        c = await self.connect(user)
-        try:
-            rows, _ = await c.query(
-                "SELECT batch_id, member, table_name, key_value, amount FROM "
-                f"`{self.schema}`.`{RESERVATION}` WHERE created_at < NOW(6) - INTERVAL "
-                f"{self.recover_after_s} SECOND AND (server_id <> @@server_id OR conn_id NOT IN "
-                "(SELECT ID FROM information_schema.PROCESSLIST)) LIMIT 1000")
-        except BaseException as e:  # (named; no `async with`, no `finally`: core/aio.py)
-            await self.release(c, True)
-            raise e
-        await self.release(c, False)
+        sql = ("SELECT batch_id, member, table_name, key_value, amount FROM "
+               f"`{self.schema}`.`{RESERVATION}` WHERE created_at < NOW(6) - INTERVAL "
+               f"{self.recover_after_s} SECOND AND (server_id <> @@server_id OR conn_id NOT IN "
+               "(SELECT ID FROM information_schema.PROCESSLIST)) LIMIT 1000")
+        rows, _ = await self._on_service(user, lambda c: c.query(sql))
         mine = {(r.batch_id, r.member)
                 for rs in (*self.pending.values(), *self.later.values()) for r in rs}
         out = []

@@ -150,10 +150,7 @@ class HotRowEngine:
                f"{g.phase}{f' (batch {g.batch})' if g.batch else ''}"
                f"{f' on backend connection {g.conn}' if g.conn else ''} for {now - g.since:.1f} s"
                for g, hs in list(self.merger.groups.items())]
-        e = self.escrow
-        out.append(f"escrow: {e.outstanding} units outstanding, {sum(map(len, e.pending.values()))} "
-                   f"reservations pending, {sum(map(len, e.later.values()))} to retry")
-        return out
+        return [*out, self.escrow.describe()]
 
     def hot_keys_table(self, n: int = 20) -> Any:
         now = time.monotonic()
@@ -291,14 +288,13 @@ class HotRowEngine:
             c = await self.service_conn(user)
         except (BackendLost, BackendError, ProxyError):
             return False
+        ok = True
         try:
             await c.execute("DO 0")
         except (BackendLost, BackendError):
-            c.taint(ResetReason.SERVICE)
-            await c.pool.release(c, "probe failed")
-            return False
-        await c.pool.release(c)
-        return True
+            ok = False
+        await self._release(c, not ok)
+        return ok
 
     async def service_conn(self, user: str) -> BackendConn:
         """A service connection on the primary: its own sql_mode (what the proxy's statements
