@@ -12,7 +12,13 @@ sysbench.cmdline.options = {
   abandon = {"percent of the transaction forms' buyers who got a unit and roll back", 0},
 }
 
+local FORMS = {txn = true, txn_update_first = true, autocommit = true}
+
 function thread_init()
+  if not FORMS[sysbench.opt.form] then
+    -- (an unknown form used to run the autocommit branch, silently)
+    error("unknown --form=" .. sysbench.opt.form .. ": txn, txn_update_first or autocommit")
+  end
   drv = sysbench.sql.driver()
   con = drv:connect()
   upd = con:prepare("UPDATE inventory SET quantity = quantity - 1 WHERE sku_id = ? AND quantity > 0")
