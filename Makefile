@@ -2,7 +2,7 @@
 SANDBOX ?= .sandbox
 VENV := .venv/bin
 
-.PHONY: deps run stop sandbox demo top test lint fuzz bench bench-hotrow bench-ceiling bench-mixed bench-workers bench-readsplit bench-durability clean
+.PHONY: deps run stop sandbox demo top test lint fuzz bench bench-hotrow bench-ceiling bench-modes bench-mixed bench-workers bench-readsplit bench-durability clean
 
 deps:
 	./scripts/install-deps.sh
@@ -58,13 +58,15 @@ bench-readsplit:
 	WITH_BENCH=1 ./scripts/install-deps.sh
 	$(VENV)/python -m bench.readsplit
 
-bench-hotrow:
-	WITH_BENCH=1 ./scripts/install-deps.sh
-	$(VENV)/python -m bench.hotrow
-
-bench-ceiling:
+# issue 24's table: H, C, P, Pc, workers 1 and 2, pinned and unpinned (bench/ceiling.py)
+bench-hotrow bench-ceiling:
 	WITH_BENCH=1 ./scripts/install-deps.sh
 	$(VENV)/python -m bench.ceiling
+
+# the hot-row modes (off / queue / merge / auto) across threads and SKUs (bench/hotrow.py)
+bench-modes:
+	WITH_BENCH=1 ./scripts/install-deps.sh
+	$(VENV)/python -m bench.hotrow
 
 bench-mixed:
 	WITH_BENCH=1 ./scripts/install-deps.sh

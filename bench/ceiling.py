@@ -1,4 +1,4 @@
-"""`make bench-ceiling` (`python -m bench.ceiling [SECONDS] [ROUNDS]`): a hot SKU against the ceiling.
+"""`make bench-hotrow` (`python -m bench.ceiling [SECONDS] [ROUNDS]`): a hot SKU against the ceiling.
 
 Issue 24's measure. Direct hot-row throughput is one fsync per order and swings 2x between
 runs; the stable yardstick is what MariaDB does when nothing is hot. Per form (autocommit,
@@ -9,8 +9,10 @@ txn = the seed's BEGIN; INSERT; UPDATE; COMMIT, txn_update_first), 128 threads, 
 - **P**: through the proxy (hot-row mode auto), 1 (or 10) SKUs;
 - **Pc**: through the proxy, 1,000 SKUs: what passing through costs when nothing is hot;
 
-then P/H, P/C, Pc/C, and CPU per order from /proc (user + system over the run / orders) of the
-proxy and of MariaDB. Two topologies: unpinned, and pinned (MariaDB on core 0, sysbench and the
+- **P2**: P again through a second proxy with `workers: 2` (both proxies are up all along);
+
+then P/H, P/C, Pc/C, P2/P, and CPU per order from /proc (user + system over the run / orders)
+of the proxy (all its processes) and of MariaDB. Two topologies: unpinned, and pinned (MariaDB on core 0, sysbench and the
 proxy on core 1: the database on a host of its own). Each point ROUNDS times (default 3), the
 order of the runs reversed every round, medians: the machine's slow and fast phases last minutes.
 Writes docs/bench-ceiling.md and .png.
@@ -47,6 +49,7 @@ RULE = {"table": "shop.inventory", "key": "sku_id", "column": "quantity"}
 def main() -> None:
     sb = sandbox()
     p = Proxy(sb, {"mode": "auto", "rules": [RULE]}, name="ceiling")
+    p2 = Proxy(sb, {"mode": "auto", "rules": [RULE]}, name="ceiling-w2", workers=2)
     db_pid = sb.primary.pid()
     assert db_pid is not None
     rows: list[dict[str, Any]] = []
@@ -55,26 +58,28 @@ def main() -> None:
         for topology in ("pinned", "unpinned"):
             pinned = topology == "pinned"
             pin_threads(db_pid, "0" if pinned else "0,1")
-            pin_threads(p.proc.pid, "1" if pinned else "0,1")
+            for pid in (*p.pids(), *p2.pids()):
+                pin_threads(pid, "1" if pinned else "0,1")
             for form in FORMS:
                 def run(port: int, skus: int, form: str = form,
                         pinned: bool = pinned) -> dict[str, float]:
                     args = ([f"--skus={skus}"] if form == "autocommit"
                             else [f"--skus={skus}", "--sku=1", f"--form={form}"])
                     script = "inventory.lua" if form == "autocommit" else SECKILL
-                    d0, p0 = cpu_seconds(db_pid), cpu_seconds(p.proc.pid)
+                    via = p2 if port == p2.port else p
+                    d0, p0 = cpu_seconds(db_pid), via.cpu()
                     r = sysbench(args, port, THREADS, SECONDS, script,
                                  pin="1" if pinned else None)
                     n = r.tps * SECONDS
                     return {"tps": r.tps,
                             "db_us": (cpu_seconds(db_pid) - d0) / n * 1e6 if n else 0.0,
-                            "proxy_us": (cpu_seconds(p.proc.pid) - p0) / n * 1e6 if n else 0.0}
+                            "proxy_us": (via.cpu() - p0) / n * 1e6 if n else 0.0}
 
                 # each point ROUNDS times, the order reversed every round, so that a slow or
                 # fast phase of this shared machine falls on both sides of each ratio; medians
                 points = [("C", sb.primary_port, SPREAD), ("Pc", p.port, SPREAD)] + [
                     (f"{k}{skus}", port, skus) for skus in HOT_SKUS
-                    for k, port in (("H", sb.primary_port), ("P", p.port))]
+                    for k, port in (("H", sb.primary_port), ("P", p.port), ("P2", p2.port))]
                 got: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in points}
                 for rnd in range(ROUNDS):
                     for name, port, skus in (points if rnd % 2 == 0 else points[::-1]):
@@ -83,20 +88,22 @@ def main() -> None:
                 for skus in HOT_SKUS:
                     row = {"form": form, "skus": skus, "topology": topology,
                            "H": med[f"H{skus}"], "C": med["C"], "P": med[f"P{skus}"],
-                           "Pc": med["Pc"]}
+                           "Pc": med["Pc"], "P2": med[f"P2{skus}"]}
                     rows.append(row)
                     print(_line(row), flush=True)
     finally:
         pin_threads(db_pid, "0,1")
         p.stop()
+        p2.stop()
         sb.stop()
     lines = [f"Measured {machine()}; {SECONDS} s per run, {THREADS} threads, all in one run, "
              f"medians of {ROUNDS} rounds, the order reversed every round (taskset for the pinned topology: MariaDB on core 0, sysbench and the proxy on "
              "core 1). Orders per second; CPU per order in microseconds of user + system time "
-             "(/proc) over the run.", "",
+             "(/proc, all of a proxy's processes) over the run. P2: P through a proxy with "
+             "`workers: 2`.", "",
              "| form | SKUs | topology | H | C | P | Pc | P/H | P/C | Pc/C | proxy CPU/order P "
-             "| MariaDB CPU/order H / C / P |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| MariaDB CPU/order H / C / P | P2 | P2/P | proxy CPU/order P2 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     lines += [_line(r) for r in rows]
     publish("bench-ceiling.md", lines)
     _plot(rows)
@@ -115,7 +122,8 @@ def _line(r: dict[str, Any]) -> str:
     return (f"| {r['form']} | {r['skus']} | {r['topology']} | {h:.0f} | {c:.0f} | {p:.0f} | "
             f"{pc:.0f} | {_ratio(p, h)} | **{_ratio(p, c)}** | {_ratio(pc, c)} | "
             f"{r['P']['proxy_us']:.0f} | {r['H']['db_us']:.0f} / {r['C']['db_us']:.0f} / "
-            f"{r['P']['db_us']:.0f} |")
+            f"{r['P']['db_us']:.0f} | {r['P2']['tps']:.0f} | {_ratio(r['P2']['tps'], p)} | "
+            f"{r['P2']['proxy_us']:.0f} |")
 
 
 def _plot(rows: list[dict[str, Any]]) -> None:
@@ -131,11 +139,13 @@ def _plot(rows: list[dict[str, Any]]) -> None:
     labels = [f"{r['form']}\n{r['topology']}" for r in one]
     xs = range(len(one))
     fig, ax = plt.subplots(figsize=(10, 4))
-    ax.bar([x - 0.2 for x in xs], [r["P"]["tps"] / r["C"]["tps"] for r in one], 0.4,
+    ax.bar([x - 0.27 for x in xs], [r["P"]["tps"] / r["C"]["tps"] for r in one], 0.27,
            label="P/C (proxy, 1 hot SKU / direct, 1,000 SKUs)")
-    ax.bar([x + 0.2 for x in xs], [r["Pc"]["tps"] / r["C"]["tps"] for r in one], 0.4,
+    ax.bar(list(xs), [r["P2"]["tps"] / r["C"]["tps"] for r in one], 0.27,
+           label="P2/C (the same, workers: 2)")
+    ax.bar([x + 0.27 for x in xs], [r["Pc"]["tps"] / r["C"]["tps"] for r in one], 0.27,
            label="Pc/C (proxy / direct, both 1,000 SKUs)")
-    ax.bar([x - 0.2 for x in xs], [r["H"]["tps"] / r["C"]["tps"] for r in one], 0.1,
+    ax.bar([x - 0.27 for x in xs], [r["H"]["tps"] / r["C"]["tps"] for r in one], 0.1,
            color="black", label="H/C (direct, 1 hot SKU / 1,000 SKUs)")
     ax.axhline(1.0, color="grey", lw=0.8)
     ax.set_xticks(list(xs), labels, fontsize=8)

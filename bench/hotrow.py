@@ -1,4 +1,4 @@
-"""`make bench-hotrow`: hot SKUs, direct MariaDB vs the proxy in modes off / queue / merge / auto.
+"""`make bench-modes`: hot SKUs, direct MariaDB vs the proxy in modes off / queue / merge / auto.
 
 Forms: `autocommit` (the bare UPDATE, bench/inventory.lua), `txn` (BEGIN; INSERT order;
 UPDATE; COMMIT) and `txn_update_first` (proxy/tools/seckill.lua). `python -m bench.hotrow
