@@ -12,7 +12,8 @@ txn = the seed's BEGIN; INSERT; UPDATE; COMMIT, txn_update_first), 128 threads, 
 - **P2**: P again through a second proxy with `workers: 2` (both proxies are up all along);
 
 then P/H, P/C, Pc/C, P2/P, and CPU per order from /proc (user + system over the run / orders)
-of the proxy (all its processes) and of MariaDB. Two topologies: unpinned, and pinned (MariaDB on core 0, sysbench and the
+of the proxy (all its processes), of MariaDB and of sysbench (pinned, sysbench shares the
+proxy's core: the proxy can spend there only what sysbench leaves). Two topologies: unpinned, and pinned (MariaDB on core 0, sysbench and the
 proxy on core 1: the database on a host of its own). Each point ROUNDS times (default 3), the
 order of the runs reversed every round, medians: the machine's slow and fast phases last minutes.
 Writes docs/bench-ceiling.md and .png.
@@ -20,6 +21,7 @@ Writes docs/bench-ceiling.md and .png.
 
 from __future__ import annotations
 
+import resource
 import statistics
 import sys
 from typing import Any
@@ -67,11 +69,12 @@ def main() -> None:
                             else [f"--skus={skus}", "--sku=1", f"--form={form}"])
                     script = "inventory.lua" if form == "autocommit" else SECKILL
                     via = p2 if port == p2.port else p
-                    d0, p0 = cpu_seconds(db_pid), via.cpu()
+                    d0, p0, s0 = cpu_seconds(db_pid), via.cpu(), _children_cpu()
                     r = sysbench(args, port, THREADS, SECONDS, script,
                                  pin="1" if pinned else None)
                     n = r.tps * SECONDS
                     return {"tps": r.tps,
+                            "sb_us": (_children_cpu() - s0) / n * 1e6 if n else 0.0,
                             "db_us": (cpu_seconds(db_pid) - d0) / n * 1e6 if n else 0.0,
                             "proxy_us": (via.cpu() - p0) / n * 1e6 if n else 0.0}
 
@@ -100,13 +103,20 @@ def main() -> None:
              f"medians of {ROUNDS} rounds, the order reversed every round (taskset for the pinned topology: MariaDB on core 0, sysbench and the proxy on "
              "core 1). Orders per second; CPU per order in microseconds of user + system time "
              "(/proc, all of a proxy's processes) over the run. P2: P through a proxy with "
-             "`workers: 2`.", "",
+             "`workers: 2`. sysbench: the load generator's own CPU per order (pinned, it shares "
+             "the proxy's core: what the proxy may spend there is what sysbench leaves).", "",
              "| form | SKUs | topology | H | C | P | Pc | P/H | P/C | Pc/C | proxy CPU/order P "
-             "| MariaDB CPU/order H / C / P | P2 | P2/P | proxy CPU/order P2 |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| MariaDB CPU/order H / C / P | P2 | P2/P | proxy CPU/order P2 | sysbench CPU/order C / P |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     lines += [_line(r) for r in rows]
     publish("bench-ceiling.md", lines)
     _plot(rows)
+
+
+def _children_cpu() -> float:
+    """User + system seconds of this process's waited-for children (each sysbench run)."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
 
 
 def _median(runs: list[dict[str, float]]) -> dict[str, float]:
@@ -123,7 +133,7 @@ def _line(r: dict[str, Any]) -> str:
             f"{pc:.0f} | {_ratio(p, h)} | **{_ratio(p, c)}** | {_ratio(pc, c)} | "
             f"{r['P']['proxy_us']:.0f} | {r['H']['db_us']:.0f} / {r['C']['db_us']:.0f} / "
             f"{r['P']['db_us']:.0f} | {r['P2']['tps']:.0f} | {_ratio(r['P2']['tps'], p)} | "
-            f"{r['P2']['proxy_us']:.0f} |")
+            f"{r['P2']['proxy_us']:.0f} | {r['C']['sb_us']:.0f} / {r['P']['sb_us']:.0f} |")
 
 
 def _plot(rows: list[dict[str, Any]]) -> None:
