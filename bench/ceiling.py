@@ -2,20 +2,21 @@
 
 Issue 24's measure. Direct hot-row throughput is one fsync per order and swings 2x between
 runs; the stable yardstick is what MariaDB does when nothing is hot. Per form (autocommit,
-txn = the seed's BEGIN; INSERT; UPDATE; COMMIT, txn_update_first), 128 threads, in one run:
+txn = the seed's BEGIN; INSERT; UPDATE; COMMIT, with sysbench's SELECT ROW_COUNT() before the
+COMMIT: its Lua API does not return affected rows; txn_update_first), 128 threads, in one run:
 
 - **H**: directly, every thread on 1 (or 10) SKUs: the problem;
 - **C**: directly, the same threads spread over 1,000 SKUs: the ceiling (no contention);
 - **P**: through the proxy (hot-row mode auto), 1 (or 10) SKUs;
 - **Pc**: through the proxy, 1,000 SKUs: what passing through costs when nothing is hot;
-
 - **P2**: P again through a second proxy with `workers: 2` (both proxies are up all along);
 
 then P/H, P/C, Pc/C, P2/P, and CPU per order from /proc (user + system over the run / orders)
 of the proxy (all its processes), of MariaDB and of sysbench (pinned, sysbench shares the
-proxy's core: the proxy can spend there only what sysbench leaves). Two topologies: unpinned, and pinned (MariaDB on core 0, sysbench and the
-proxy on core 1: the database on a host of its own). Each point ROUNDS times (default 3), the
-order of the runs reversed every round, medians: the machine's slow and fast phases last minutes.
+proxy's core: the proxy can spend there only what sysbench leaves). Two topologies: unpinned,
+and pinned (MariaDB on core 0, sysbench and the proxy on core 1: the database on a host of its
+own). Each point ROUNDS times (default 3), the order of the runs reversed every round, medians:
+the machine's slow and fast phases last minutes.
 Writes docs/bench-ceiling.md and .png.
 """
 

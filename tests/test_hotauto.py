@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -186,7 +188,9 @@ def test_a_key_whose_groups_stay_small_runs_as_it_is_inside_transactions() -> No
     younger than SMALL_WINDOW_S and fewer than SMALL_CROWD decrements are on the key (stop 47:
     10 hot SKUs beside cold traffic merged in groups of 2.5 and cost both cores more than
     the row lock saved), and at least SMALL_OTHERS of the decided decrements are on keys with
-    no batch lately (stop 49: with no other traffic, ten keys' small groups pay)."""
+    no batch lately (stop 49: with no other traffic, ten keys' small groups pay), or the proxy
+    has more than one worker (stop 53: each worker's groups of the same keys take the row lock
+    in turn, and small ones lose to plain even alone)."""
     import asyncio
     import time
 
@@ -209,10 +213,15 @@ def test_a_key_whose_groups_stay_small_runs_as_it_is_inside_transactions() -> No
         now = time.monotonic()
         small, big = SMALL_GROUP - 0.5, SMALL_GROUP + 0.5
         alone, shared = SMALL_OTHERS / 2, SMALL_OTHERS
-        # (batches in the run, their average, last group's age, company, others) -> spread?
-        table = [
+        # (batches in the run, their average, last group's age, company, others[, workers])
+        # -> spread?
+        table: list[tuple[Any, ...]] = [
             (SMALL_AFTER, small, 0.1, 0, shared, True),
             (SMALL_AFTER, small, 0.1, 0, alone, False),  # nothing else pays for small groups
+            (SMALL_AFTER, small, 0.1, 0, alone, True, 2),  # other workers' groups of the key
+            (SMALL_AFTER, big, 0.1, 0, alone, False, 2),
+            (SMALL_AFTER - 1, small, 0.1, 0, alone, False, 2),
+            (SMALL_AFTER, small, 0.1, SMALL_CROWD, alone, False, 2),
             (SMALL_AFTER, small, 0.1, 0, None, True),  # nothing decided lately: as if shared
             (SMALL_AFTER - 1, small, 0.1, 0, shared, False),  # too few to tell
             (SMALL_AFTER, big, 0.1, 0, shared, False),  # groups worth it
@@ -220,14 +229,15 @@ def test_a_key_whose_groups_stay_small_runs_as_it_is_inside_transactions() -> No
             (SMALL_AFTER, small, 0.1, SMALL_CROWD, shared, False),  # a crowd now
             (SMALL_AFTER * 4, small, 0.1, SMALL_CROWD - 1, shared, True),
         ]
-        for batches, avg, age, company, others, spread in table:
+        for batches, avg, age, company, others, spread, *workers in table:
             ks = KeyState(sem=asyncio.Semaphore(1))
             ks.run_batches, ks.group_avg, ks.in_flight = batches, avg, company
             ks.recent.append((now - age, 2))
-            ac = AutoChoice({hs.key_id: ks}, Escrow("seckill_proxy", None, None))  # type: ignore[arg-type]
+            ac = AutoChoice({hs.key_id: ks}, Escrow("seckill_proxy", None, None),  # type: ignore[arg-type]
+                            *workers)
             ac.shares.last = {hs.key_id: 1.0}  # the only hot key: not one of many by share
             ac.shares.started = now if others is not None else now - 1.0
             ac.shares.last_lone = 1.0 if others is None else others
-            assert ac.spread(hs) is spread, (batches, avg, age, company, others)
+            assert ac.spread(hs) is spread, (batches, avg, age, company, others, workers)
 
     asyncio.run(run())

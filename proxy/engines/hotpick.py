@@ -90,10 +90,10 @@ _AS_IS: Final = Way(AS_IS)
 class Picker:
     """The keys' runtime state and the tables' modes, read and counted per statement."""
 
-    def __init__(self, cfg: HotRowCfg, book: RuleBook, escrow: Escrow) -> None:
+    def __init__(self, cfg: HotRowCfg, book: RuleBook, escrow: Escrow, workers: int = 1) -> None:
         self.keys: dict[KeyId, KeyState] = {}
         self.book = book
-        self.auto = AutoChoice(self.keys, escrow)
+        self.auto = AutoChoice(self.keys, escrow, workers)
         self.table_modes: dict[str, str] = {}
         self.glances = 0
         self.loud = False  # every decrement is decided (`glance`; set by `decide`)

@@ -70,7 +70,7 @@ class HotRowEngine:
         self.escrow = Escrow(self.cfg.batch_schema, self.service_conn, self._release,
                              self.cfg.recover_after_s)
         # the per-statement decision (hotpick.py, compiled), shared with the fast lane
-        self.pick = Picker(self.cfg, self.book, self.escrow)
+        self.pick = Picker(self.cfg, self.book, self.escrow, max(1, app.cfg.workers))
         self.keys = self.pick.keys
         self.auto = self.pick.auto
         self.lane_way = self.pick.lane_way  # (the fast lane's: compiled, no frame here)
