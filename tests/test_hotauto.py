@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from proxy.engines.hotauto import Shares
@@ -154,15 +154,29 @@ def test_a_key_merged_lately_leaves_only_below_the_lower_share() -> None:
     asyncio.run(run())
 
 
-@given(st.lists(st.tuples(st.floats(0.0, 12.0), st.integers(1, 40)), min_size=1, max_size=60))
-def test_a_keys_batches_are_counted_per_run_since_its_last_pause(gaps: list[tuple[float, int]]) -> None:
+@given(st.lists(st.tuples(st.sampled_from([0.0, 0.01, 0.3, 4.9, 5.0, 7.0, 59.9, 60.0, 90.0]),
+                          st.sampled_from([1, 2, 3, 40])), min_size=1, max_size=80),
+       st.sampled_from([1, 2, 4]))
+@example([(0.01, 1)] * 16 + [(7.0, 1), (59.9, 1), (60.0, 3)], 2)  # kept twice, then afresh
+@example([(0.01, 1)] * 16 + [(7.0, 1)], 1)
+def test_a_keys_batches_are_counted_per_run_since_its_last_pause(
+        gaps: list[tuple[float, int]], workers: int) -> None:
     """hotauto.counted, against a model: a batch after a pause of SMALL_WINDOW_S or more starts
-    a new run (judged afresh); within a run, the average lies between the run's smallest and
-    largest group and the run's batches are counted; `recent` keeps only RECENT_S seconds
-    (it grew for as long as a key stayed hot)."""
+    a new run (judged afresh), unless the proxy has more than one worker, the pause is shorter
+    than SMALL_MEMORY_S and the run so far was judged small (SMALL_AFTER batches or more,
+    average below SMALL_GROUP: each worker's look again, or a batch forced by units another
+    worker reserved, started a fresh run of SMALL_AFTER batches, stop 54); within a run, the
+    average lies between the run's smallest and largest group and the run's batches are
+    counted; `recent` keeps only RECENT_S seconds (it grew for as long as a key stayed hot)."""
     import asyncio
 
-    from proxy.engines.hotauto import SMALL_WINDOW_S, counted
+    from proxy.engines.hotauto import (
+        SMALL_AFTER,
+        SMALL_GROUP,
+        SMALL_MEMORY_S,
+        SMALL_WINDOW_S,
+        counted,
+    )
     from proxy.engines.hotkeys import RECENT_S, KeyState
 
     ks = KeyState(sem=asyncio.Semaphore(1))
@@ -171,11 +185,13 @@ def test_a_keys_batches_are_counted_per_run_since_its_last_pause(gaps: list[tupl
     times: list[float] = []
     for gap, n in gaps:
         now += gap
-        if not times or now - times[-1] >= SMALL_WINDOW_S:
+        pause = now - times[-1] if times else SMALL_MEMORY_S
+        small = len(run) >= SMALL_AFTER and ks.group_avg < SMALL_GROUP
+        if pause >= SMALL_WINDOW_S and not (workers > 1 and pause < SMALL_MEMORY_S and small):
             run = []
         run.append(n)
         times.append(now)
-        counted(ks, n, now)
+        counted(ks, n, now, workers)
         assert ks.run_batches == len(run)
         assert min(run) - 1e-9 <= ks.group_avg <= max(run) + 1e-9
         assert [t for t, _ in ks.recent] == [t for t in times if now - t <= RECENT_S]

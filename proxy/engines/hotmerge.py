@@ -2,17 +2,16 @@
 transaction for the whole group, every member told what MySQL would have told it alone
 (hotmember.py: a member's side, from joining to its answer).
 
-merge: the first decrement for a key opens a group; followers join while the previous group of
-that key commits (two groups alternate), then up to `max_wait_us` or `max_batch` members. A
-leader with no group ahead commits at once. One backend transaction per group: lock the row,
-allocate members in arrival order with each one's amount and guard (`hotalloc.allocate`), one
-UPDATE by the total, one batch record, COMMIT, each statement's affected rows checked first
-(by the server, in the round trip that carries the COMMIT: `_checked_commit`), and that no
-DDL moved the schema since the rule was checked (`SchemaMoved`; a DDL through the proxy waits
-for the batches that commit with no look after their lock, `quiet`).
-No reply before COMMIT returned OK. A connection lost during COMMIT: the batch record tells;
-a batch that provably did not commit is retried once. Members inside transactions get
-reservations (escrow.py) confirmed in their own transactions.
+merge: the first decrement for a key opens a group; followers join while the previous group of that
+key commits (two groups alternate), then up to `max_wait_us` or `max_batch` members. A leader with
+no group ahead commits at once. One backend transaction per group: lock the row, allocate members
+in arrival order with each one's amount and guard (`hotalloc.allocate`), one UPDATE by the total,
+one batch record, COMMIT, each statement's affected rows checked first (by the server, in the round
+trip that carries the COMMIT: `_checked_commit`), and that no DDL moved the schema since the rule
+was checked (`SchemaMoved`; a DDL through the proxy waits for the batches that commit with no look
+after their lock, `quiet`). No reply before COMMIT returned OK. A connection lost during COMMIT:
+the batch record tells; a batch that provably did not commit is retried once. Members inside
+transactions get reservations (escrow.py) confirmed in their own transactions.
 """
 
 from __future__ import annotations
@@ -82,6 +81,7 @@ class MergeHost(Protocol):
 
     cfg: HotRowCfg
     escrow: Escrow
+    workers: int  # the proxy's processes (hotauto.counted)
 
     @property
     def app(self) -> HotRowHost: ...
@@ -231,7 +231,7 @@ class Merger:
                     await self.host.app.monitor.next_round()
                 continue
             ks.batches += 1
-            counted(ks, len(g.members), monotonic())
+            counted(ks, len(g.members), monotonic(), self.host.workers)
             ack_err: ProxyError | None = None
             gtid = g.members[0].gtid if g.members else None
             if gtid and self.host.app.durability.wants_ack and any(

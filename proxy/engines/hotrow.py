@@ -69,8 +69,9 @@ class HotRowEngine:
                              lambda: [u.name for u in self.app.cfg.users])
         self.escrow = Escrow(self.cfg.batch_schema, self.service_conn, self._release,
                              self.cfg.recover_after_s)
+        self.workers = max(1, app.cfg.workers)  # the proxy's processes (hotauto.py)
         # the per-statement decision (hotpick.py, compiled), shared with the fast lane
-        self.pick = Picker(self.cfg, self.book, self.escrow, max(1, app.cfg.workers))
+        self.pick = Picker(self.cfg, self.book, self.escrow, self.workers)
         self.keys = self.pick.keys
         self.auto = self.pick.auto
         self.lane_way = self.pick.lane_way  # (the fast lane's: compiled, no frame here)
