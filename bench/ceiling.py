@@ -31,6 +31,7 @@ from .common import (
     ROOT,
     SECKILL,
     Proxy,
+    clear_orders,
     cpu_seconds,
     machine,
     pin_threads,
@@ -70,6 +71,7 @@ def main() -> None:
                             else [f"--skus={skus}", "--sku=1", f"--form={form}"])
                     script = "inventory.lua" if form == "autocommit" else SECKILL
                     via = p2 if port == p2.port else p
+                    clear_orders(sb)  # every point from an empty orders table
                     d0, p0, s0 = cpu_seconds(db_pid), via.cpu(), _children_cpu()
                     r = sysbench(args, port, THREADS, SECONDS, script,
                                  pin="1" if pinned else None)

@@ -91,8 +91,8 @@ SMALL_OTHERS: Final = 0.2
 # such run reserved units of the key, the other worker then found them reserved and had to
 # merge too, starting its own run: ten keys alone, workers 2, pinned, 7-14% of the orders
 # merged in groups of 2; with the memory 3-9%, auto 0.93-1.08 of off against 0.90-1.11, and
-# 0.91-1.12 (median 1.05) of the build without it, proxy CPU per order lower in 8 of 9 rounds
-# (stop 54). A crowd on the key (SMALL_CROWD) still merges it at once, and groups that grew
+# 0.91-1.12 (median 1.05) of the build without it, proxy CPU per order lower in 6 of 9 rounds
+# (stop 54; within the noise of single rounds). A crowd on the key (SMALL_CROWD) still merges it at once, and groups that grew
 # move the average above SMALL_GROUP within a few batches.
 SMALL_MEMORY_S: Final = 60.0
 GROUP_AVG_WEIGHT: Final = 0.1  # KeyState.group_avg: a moving average over batches
