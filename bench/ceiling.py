@@ -103,7 +103,7 @@ def main() -> None:
         p2.stop()
         sb.stop()
     lines = [f"Measured {machine()}; {SECONDS} s per run, {THREADS} threads, all in one run, "
-             f"medians of {ROUNDS} rounds, the order reversed every round (taskset for the pinned topology: MariaDB on core 0, sysbench and the proxy on "
+             f"medians of {ROUNDS} rounds, the order reversed every round, shop.orders emptied (TRUNCATE) before every point (taskset for the pinned topology: MariaDB on core 0, sysbench and the proxy on "
              "core 1). Orders per second; CPU per order in microseconds of user + system time "
              "(/proc, all of a proxy's processes) over the run. P2: P through a proxy with "
              "`workers: 2`. sysbench: the load generator's own CPU per order (pinned, it shares "
