@@ -186,10 +186,10 @@ SECKILL = str(ROOT / "proxy" / "tools" / "seckill.lua")
 
 
 def clear_orders(sb) -> None:  # type: ignore[no-untyped-def]
-    """Empty shop.orders with TRUNCATE. Right after a DELETE of the million rows a benchmark
-    run leaves there, MariaDB spent 3-4x its CPU per order (stop 54; presumably purging them),
-    and a table that grows all through a run (beyond the sandbox's 128 MB buffer pool) makes
-    its later points slower than its first."""
+    """Empty shop.orders with TRUNCATE. In the minute after a DELETE of the million rows a
+    benchmark run leaves there, MariaDB spent 3-4x its CPU per order (stop 54; the purge alone
+    took about 9 CPU-seconds), and a table that grows all through a run (beyond the sandbox's
+    128 MB buffer pool) makes its later points slower than its first."""
     c = sb.primary.root()
     try:
         with c.cursor() as cur:
