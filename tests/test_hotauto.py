@@ -171,6 +171,7 @@ def test_a_keys_batches_are_counted_per_run_since_its_last_pause(
     import asyncio
 
     from proxy.engines.hotauto import (
+        GROUP_AVG_WEIGHT,
         SMALL_AFTER,
         SMALL_GROUP,
         SMALL_MEMORY_S,
@@ -182,17 +183,20 @@ def test_a_keys_batches_are_counted_per_run_since_its_last_pause(
     ks = KeyState(sem=asyncio.Semaphore(1))
     now = 100.0
     run: list[int] = []
+    avg = 0.0  # the model's own moving average of the run
     times: list[float] = []
     for gap, n in gaps:
         now += gap
         pause = now - times[-1] if times else SMALL_MEMORY_S
-        small = len(run) >= SMALL_AFTER and ks.group_avg < SMALL_GROUP
+        small = len(run) >= SMALL_AFTER and avg < SMALL_GROUP
         if pause >= SMALL_WINDOW_S and not (workers > 1 and pause < SMALL_MEMORY_S and small):
             run = []
+        avg = avg + (n - avg) * GROUP_AVG_WEIGHT if run else float(n)
         run.append(n)
         times.append(now)
         counted(ks, n, now, workers)
         assert ks.run_batches == len(run)
+        assert abs(ks.group_avg - avg) < 1e-9
         assert min(run) - 1e-9 <= ks.group_avg <= max(run) + 1e-9
         assert [t for t, _ in ks.recent] == [t for t in times if now - t <= RECENT_S]
 

@@ -92,8 +92,8 @@ SMALL_OTHERS: Final = 0.2
 # merge too, starting its own run: ten keys alone, workers 2, pinned, 7-14% of the orders
 # merged in groups of 2; with the memory 3-9%, auto 0.93-1.08 of off against 0.90-1.11, and
 # 0.91-1.12 (median 1.05) of the build without it, proxy CPU per order lower in 6 of 9 rounds
-# (stop 54; within the noise of single rounds). A crowd on the key (SMALL_CROWD) still merges it at once, and groups that grew
-# move the average above SMALL_GROUP within a few batches.
+# (stop 54; within the noise of single rounds). A crowd on the key (SMALL_CROWD) still merges
+# it at once, and groups that grew move the average above SMALL_GROUP within a few batches.
 SMALL_MEMORY_S: Final = 60.0
 GROUP_AVG_WEIGHT: Final = 0.1  # KeyState.group_avg: a moving average over batches
 # After a plain statement found a key sold out, its statements take the group's way this long.
@@ -271,7 +271,7 @@ def small_groups(ks: KeyState) -> bool:
 def counted(ks: KeyState, members: int, now: float, workers: int = 1) -> None:
     """A batch of the key committed with this many members (`small_groups`, SHOW HOT KEYS).
     After a pause of SMALL_WINDOW_S its run starts afresh, unless the proxy has more than one
-    worker and the run was judged small less than SMALL_MEMORY_S ago (SMALL_MEMORY_S)."""
+    worker and the run was judged small less than SMALL_MEMORY_S ago."""
     recent = ks.recent
     gap = now - recent[-1][0] if recent else SMALL_MEMORY_S
     if gap >= SMALL_WINDOW_S and not (workers > 1 and gap < SMALL_MEMORY_S and small_run(ks)):
