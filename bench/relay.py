@@ -11,7 +11,8 @@ wake-ups they cause) is the same for both.
 seed's order (BEGIN; INSERT; UPDATE; COMMIT, 128 threads) through the relay on 1,000 SKUs, through
 the proxy (mode auto) on 1,000 SKUs and on 1 SKU, and directly, pinned (MariaDB on core 0, the
 rest on core 1) and unpinned: orders per second and CPU per order of the relay or proxy and of
-MariaDB. The relay makes four backend round trips per order where the proxy makes two (BEGIN
+MariaDB (the relay's and the proxy's split into user and system time). The relay makes four
+backend round trips per order where the proxy makes two (BEGIN
 goes with the INSERT, the confirm row with the COMMIT, the UPDATE is the group's).
 """
 
@@ -89,7 +90,7 @@ def seed(seconds: int) -> None:
     """The seed order through the relay, the proxy and directly (see the module's docstring)."""
     from proxy.tools.sandbox import free_port
 
-    from .common import SECKILL, Proxy, cpu_seconds, machine, pin_threads, reset
+    from .common import SECKILL, Proxy, clear_orders, cpu_seconds, machine, pin_threads, reset
 
     sb = sandbox()
     db = sb.primary.pid()
@@ -109,14 +110,16 @@ def seed(seconds: int) -> None:
                                          ("proxy, 1000 SKUs", p.port, p.proc.pid, 1000),
                                          ("proxy, 1 SKU", p.port, p.proc.pid, 1),
                                          ("direct, 1000 SKUs", sb.primary_port, 0, 1000)):
-                c0, d0 = cpu_seconds(pid) if pid else 0.0, cpu_seconds(db)
+                clear_orders(sb)
+                c0, d0 = _cpu(pid) if pid else (0.0, 0.0), cpu_seconds(db)
                 r = sysbench([f"--skus={skus}", "--sku=1", "--form=txn"], at, 128, seconds,
                              SECKILL, pin="1" if pinned else None)
                 n = r.tps * seconds or 1
-                own = (cpu_seconds(pid) - c0) / n * 1e6 if pid else 0.0
+                c1 = _cpu(pid) if pid else (0.0, 0.0)
+                user, system = ((c1[i] - c0[i]) / n * 1e6 for i in (0, 1))
                 print(f"{'pinned' if pinned else 'unpinned':8s} {label:18s} {r.tps:6.0f} orders/s"
-                      f" | own CPU {own:4.0f} us | MariaDB {(cpu_seconds(db) - d0) / n * 1e6:4.0f}"
-                      " us per order", flush=True)
+                      f" | own CPU {user + system:4.0f} us ({user:.0f} user + {system:.0f} system)"
+                      f" | MariaDB {(cpu_seconds(db) - d0) / n * 1e6:4.0f} us per order", flush=True)
     finally:
         pin_threads(db, "0,1")
         relay.kill()
