@@ -17,6 +17,10 @@ it, to log the proxy in as that user) and serves the fast path after.
 
 Host patterns follow MySQL's rules in the common forms: `%`, literal addresses, `%`/`_`
 wildcards, `localhost` (= 127.0.0.1 and ::1 for a TCP proxy); the most specific match wins.
+A server with `skip_name_resolve` matches `localhost` only for socket connections, so a TCP
+client from 127.0.0.1 gets its `%` account there (MariaDB's `root@localhost` has no password
+a TCP login could give): read with the accounts, the proxy then leaves `localhost` accounts
+out as the server does (found by aiomysql's suite, which logs in as `root@%`).
 Locked accounts and accounts with another plugin (ed25519, sha256_password, unix_socket,
 PAM...) are refused, the plugin named: their stored string does not let a proxy check a
 password.
@@ -260,8 +264,12 @@ async def load_mariadb(query: Callable[[str], Awaitable[list[list[str | None]]]]
     except Exception:  # noqa: BLE001 - not MariaDB 10.4+: MySQL's table
         rows = await query("SELECT User, Host, authentication_string, plugin, account_locked "
                            "FROM mysql.user")
+    by_ip = await query("SELECT @@skip_name_resolve")
+    only_ip = bool(by_ip) and str(by_ip[0][0]).lower() in ("1", "on")
     out = []
     for user, host, auth, plugin, locked in rows:
+        if only_ip and (host or "").lower() == "localhost":
+            continue  # matches socket connections only there; the proxy's clients are TCP
         out.append(Account(user or "", host or "", auth or "", plugin or "mysql_native_password",
                            str(locked).lower() in ("true", "1", "y")))
     return out
