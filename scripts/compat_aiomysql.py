@@ -15,48 +15,32 @@ The last lines are `direct: N passed, M failed` and `proxy: N passed, M failed`.
 
 from __future__ import annotations
 
-import shutil
 import sys
-import tempfile
 from pathlib import Path
-from typing import Any
 
-from compat_common import report, run_pytest, sandbox_and_proxy
+from compat_common import MONITOR_SQL, Verdicts, backend_accounts, compare, copy_suite, run_pytest
 
 ROOT_PASSWORD = "compat-root"
 
 
-def _accounts(cfg: dict[str, Any]) -> None:
-    cfg["users"] = []
-    cfg["auth"] = {"mode": "backend", "user": "monitor", "password": "compat-monitor",
-                   "refresh_s": 5}
-
-
-def _run(src: Path, port: int, label: str, extra: list[str]) -> tuple[int, int, str]:
-    return run_pytest(src, "tests", {"MYSQL_ROOT_PASSWORD": ROOT_PASSWORD},
-                      src.parent / f"{label}.log",
+def _run(src: Path, port: int, log: Path, extra: list[str]) -> Verdicts:
+    return run_pytest(src, "tests", {"MYSQL_ROOT_PASSWORD": ROOT_PASSWORD}, log,
                       [f"--mysql-address=127.0.0.1:{port}", *extra])
 
 
 def main(argv: list[str]) -> int:
-    if not argv or not (Path(argv[0]) / "tests" / "conftest.py").is_file():
+    if (copied := copy_suite(argv, "tests/conftest.py", "aiomysql", "tests")) is None:
         print(__doc__)
         return 2
-    work = Path(tempfile.mkdtemp(prefix="compat-aiomysql-"))
-    src = work / "aiomysql"
-    shutil.copytree(Path(argv[0]) / "tests", src / "tests")
+    work, src = copied
     setup = [
         f"CREATE USER IF NOT EXISTS 'root'@'%' IDENTIFIED BY '{ROOT_PASSWORD}'",
         "GRANT ALL ON *.* TO 'root'@'%' WITH GRANT OPTION",
-        "CREATE USER IF NOT EXISTS 'monitor'@'%' IDENTIFIED BY 'compat-monitor'",
-        "GRANT ALL ON *.* TO 'monitor'@'%'",
+        *MONITOR_SQL,
         "SET GLOBAL local_infile = 1",
     ]
-    with sandbox_and_proxy(work, setup, _accounts) as (sb, port):
-        d = _run(src, sb.primary_port, "direct", argv[1:])
-        p = _run(src, port, "proxy", argv[1:])
-    report(work, d, p)
-    return 0
+    return compare(work, setup, backend_accounts,
+                   lambda port, log: _run(src, port, log, argv[1:]))
 
 
 if __name__ == "__main__":

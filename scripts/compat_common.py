@@ -5,8 +5,10 @@ and running pytest on a peer's test directory once directly and once through the
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -58,8 +60,25 @@ def sandbox_and_proxy(work: Path, setup_sql: list[str],
         sb.destroy()
 
 
+def copy_suite(argv: list[str], marker: str, name: str, part: str = "") -> tuple[Path, Path] | None:
+    """A peer's checkout (argv[0], which must hold `marker`) copied to a new work directory,
+    its `part` only or all of it but .git: (work, the copy); None if argv names none."""
+    if not argv or not (Path(argv[0]) / marker).exists():
+        return None
+    work = Path(tempfile.mkdtemp(prefix=f"compat-{name}-"))
+    src = work / name
+    if part:
+        shutil.copytree(Path(argv[0]) / part, src / part)
+    else:
+        shutil.copytree(argv[0], src, ignore=shutil.ignore_patterns(".git"))
+    return work, src
+
+
+Verdicts = tuple[int, int, str]  # passed, failed or errored, the FAILED/ERROR lines
+
+
 def run_pytest(cwd: Path, tests: str, env: dict[str, str], log: Path,
-               extra: list[str]) -> tuple[int, int, str]:
+               extra: list[str]) -> Verdicts:
     """pytest on a peer's tests: (passed, failed or errored, the FAILED/ERROR lines)."""
     out = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
@@ -74,7 +93,30 @@ def run_pytest(cwd: Path, tests: str, env: dict[str, str], log: Path,
     return passed, failed, fails
 
 
-def report(work: Path, d: tuple[int, int, str], p: tuple[int, int, str]) -> None:
+# For suites that create accounts and log in as them: the proxy reads the accounts from MariaDB.
+MONITOR_SQL = ["CREATE USER IF NOT EXISTS 'monitor'@'%' IDENTIFIED BY 'compat-monitor'",
+               "GRANT ALL ON *.* TO 'monitor'@'%'"]
+
+
+def backend_accounts(cfg: dict[str, Any]) -> None:
+    """`auth: backend` with the account MONITOR_SQL creates."""
+    cfg["users"] = []
+    cfg["auth"] = {"mode": "backend", "user": "monitor", "password": "compat-monitor",
+                   "refresh_s": 5}
+
+
+def compare(work: Path, setup_sql: list[str], configure: Callable[[dict[str, Any]], None],
+            run: Callable[[int, Path], Verdicts]) -> int:
+    """`run(port, log)` once against MariaDB and once through the proxy (`sandbox_and_proxy`),
+    then `report`."""
+    with sandbox_and_proxy(work, setup_sql, configure) as (sb, port):
+        d = run(sb.primary_port, work / "direct.log")
+        p = run(port, work / "proxy.log")
+    report(work, d, p)
+    return 0
+
+
+def report(work: Path, d: Verdicts, p: Verdicts) -> None:
     only = sorted(set(p[2].splitlines()) - set(d[2].splitlines()))
     print(f"work dir: {work} (direct.log, proxy.log, proxy.out)")
     if only:

@@ -13,19 +13,9 @@ the suite creates users and logs in as them), and runs it on both; the last line
 
 from __future__ import annotations
 
-import shutil
 import sys
-import tempfile
-from pathlib import Path
-from typing import Any
 
-from compat_common import report, run_pytest, sandbox_and_proxy
-
-
-def _accounts(cfg: dict[str, Any]) -> None:
-    cfg["users"] = []
-    cfg["auth"] = {"mode": "backend", "user": "monitor", "password": "compat-monitor",
-                   "refresh_s": 5}
+from compat_common import MONITOR_SQL, backend_accounts, compare, copy_suite, run_pytest
 
 
 def _env(port: int) -> dict[str, str]:
@@ -34,22 +24,13 @@ def _env(port: int) -> dict[str, str]:
 
 
 def main(argv: list[str]) -> int:
-    if not argv or not (Path(argv[0]) / "testing" / "test").is_dir():
+    if (copied := copy_suite(argv, "testing/test", "mariadb", "testing")) is None:
         print(__doc__)
         return 2
-    work = Path(tempfile.mkdtemp(prefix="compat-mariadb-"))
-    src = work / "testing"
-    shutil.copytree(Path(argv[0]) / "testing", src)
-    setup = [
-        "CREATE DATABASE IF NOT EXISTS testp",
-        "CREATE USER IF NOT EXISTS 'monitor'@'%' IDENTIFIED BY 'compat-monitor'",
-        "GRANT ALL ON *.* TO 'monitor'@'%'",
-    ]
-    with sandbox_and_proxy(work, setup, _accounts) as (sb, port):
-        d = run_pytest(src, "test", _env(sb.primary_port), work / "direct.log", argv[1:])
-        p = run_pytest(src, "test", _env(port), work / "proxy.log", argv[1:])
-    report(work, d, p)
-    return 0
+    work, src = copied[0], copied[1] / "testing"
+    return compare(work, ["CREATE DATABASE IF NOT EXISTS testp", *MONITOR_SQL],
+                   backend_accounts,
+                   lambda port, log: run_pytest(src, "test", _env(port), log, argv[1:]))
 
 
 if __name__ == "__main__":

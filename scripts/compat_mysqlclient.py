@@ -14,40 +14,28 @@ proxy (TLS, the `app` account of conf/proxy.yaml), and runs it on both; the last
 
 from __future__ import annotations
 
-import shutil
 import sys
-import tempfile
 from pathlib import Path
-from typing import Any
 
-from compat_common import report, run_pytest, sandbox_and_proxy
+from compat_common import Verdicts, compare, copy_suite, run_pytest
 
 
-def _run(src: Path, port: int, label: str, extra: list[str]) -> tuple[int, int, str]:
-    cnf = src / f"{label}.cnf"
+def _run(src: Path, port: int, log: Path, extra: list[str]) -> Verdicts:
+    cnf = src / f"{log.stem}.cnf"
     cnf.write_text("[MySQLdb-tests]\nhost = 127.0.0.1\n"
                    f"port = {port}\nuser = app\npassword = app\ndatabase = test\n"
                    "default-character-set = utf8mb4\n")
-    return run_pytest(src, "tests", {"TESTDB": str(cnf)}, src.parent / f"{label}.log", extra)
-
-
-def _same(cfg: dict[str, Any]) -> None:
-    pass
+    return run_pytest(src, "tests", {"TESTDB": str(cnf)}, log, extra)
 
 
 def main(argv: list[str]) -> int:
-    if not argv or not (Path(argv[0]) / "tests" / "configdb.py").is_file():
+    if (copied := copy_suite(argv, "tests/configdb.py", "mysqlclient", "tests")) is None:
         print(__doc__)
         return 2
-    work = Path(tempfile.mkdtemp(prefix="compat-mysqlclient-"))
-    src = work / "mysqlclient"
-    shutil.copytree(Path(argv[0]) / "tests", src / "tests")
+    work, src = copied
     setup = ["CREATE DATABASE IF NOT EXISTS test", "GRANT ALL ON test.* TO 'app'@'%'"]
-    with sandbox_and_proxy(work, setup, _same) as (sb, port):
-        d = _run(src, sb.primary_port, "direct", argv[1:])
-        p = _run(src, port, "proxy", argv[1:])
-    report(work, d, p)
-    return 0
+    return compare(work, setup, lambda cfg: None,
+                   lambda port, log: _run(src, port, log, argv[1:]))
 
 
 if __name__ == "__main__":

@@ -13,13 +13,11 @@ lines are machine-readable: `direct: N passed, M failed` and `proxy: N passed, M
 from __future__ import annotations
 
 import json
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from compat_common import report, run_pytest, sandbox_and_proxy
+from compat_common import Verdicts, compare, copy_suite, run_pytest
 
 
 def _databases(port: int) -> list[dict[str, object]]:
@@ -31,10 +29,9 @@ def _databases(port: int) -> list[dict[str, object]]:
     ]
 
 
-def _run(src: Path, port: int, label: str, extra: list[str]) -> tuple[int, int, str]:
+def _run(src: Path, port: int, log: Path, extra: list[str]) -> Verdicts:
     (src / "pymysql" / "tests" / "databases.json").write_text(json.dumps(_databases(port)))
-    return run_pytest(src, "pymysql/tests", {"PYTHONPATH": str(src)}, src.parent / f"{label}.log",
-                      extra)
+    return run_pytest(src, "pymysql/tests", {"PYTHONPATH": str(src)}, log, extra)
 
 
 def _users(cfg: dict[str, Any]) -> None:
@@ -43,12 +40,10 @@ def _users(cfg: dict[str, Any]) -> None:
 
 
 def main(argv: list[str]) -> int:
-    if not argv or not (Path(argv[0]) / "pymysql" / "tests").is_dir():
+    if (copied := copy_suite(argv, "pymysql/tests", "PyMySQL")) is None:
         print(__doc__)
         return 2
-    work = Path(tempfile.mkdtemp(prefix="compat-pymysql-"))
-    src = work / "PyMySQL"
-    shutil.copytree(argv[0], src, ignore=shutil.ignore_patterns(".git"))
+    work, src = copied
     setup = [
         "CREATE DATABASE IF NOT EXISTS test1 DEFAULT CHARACTER SET utf8mb4",
         "CREATE DATABASE IF NOT EXISTS test2 DEFAULT CHARACTER SET utf8mb4",
@@ -56,11 +51,7 @@ def main(argv: list[str]) -> int:
         "GRANT ALL ON test2.* TO test2",
         "SET GLOBAL local_infile = 1",
     ]
-    with sandbox_and_proxy(work, setup, _users) as (sb, port):
-        d = _run(src, sb.primary_port, "direct", argv[1:])
-        p = _run(src, port, "proxy", argv[1:])
-    report(work, d, p)
-    return 0
+    return compare(work, setup, _users, lambda port, log: _run(src, port, log, argv[1:]))
 
 
 if __name__ == "__main__":
