@@ -250,6 +250,64 @@ def test_tls_for_clients(sandbox: Sandbox, tmp_path: Path) -> None:
         p.stop()
 
 
+def test_a_tls_client_that_leaves_with_close_notify_leaves_no_lock_behind(
+        sandbox: Sandbox, tmp_path: Path) -> None:
+    """Python's asyncio ends a TLS connection with close_notify and keeps the socket open for
+    the peer's reply (up to 30 s); aiomysql's `close()` (no COM_QUIT) does that. MariaDB ends
+    the session at the alert, and so must the proxy: `ssl.SSLObject.read` reports the alert
+    with an empty read, not an exception, and the proxy took it for "no data yet" and kept the
+    client's backend connection, its open transaction and row locks with it, for the 30 s
+    (found by aiomysql's suite: a DROP TABLE waited 30 s after a client left in the middle of
+    LOAD DATA LOCAL). Against MariaDB directly and through the proxy: the row a client locked
+    and left is free for the next one within MariaDB's own lock wait of 5 s."""
+    import asyncio
+    import ssl
+
+    import aiomysql
+
+    from proxy.tools.sandbox import make_certs
+
+    certs = make_certs(tmp_path / "tls")
+    cfg = make_config(sandbox, tls={"cert": certs["cert"], "key": certs["key"]})
+    sandbox.primary.sql("CREATE TABLE IF NOT EXISTS shop.inventory (sku_id INT PRIMARY KEY, "
+                        "quantity INT NOT NULL)",
+                        "REPLACE INTO shop.inventory (sku_id, quantity) VALUES (4243, 10)")
+    p = start_proxy(tmp_path, cfg)
+
+    def next_buyer(port: int) -> int:
+        c = pymysql.connect(host="127.0.0.1", port=port, user="app", password="app",
+                            database="shop", ssl_disabled=True)
+        try:
+            with c.cursor() as cur:
+                cur.execute("SET SESSION innodb_lock_wait_timeout = 5")
+                cur.execute("BEGIN")
+                cur.execute("SELECT quantity FROM inventory WHERE sku_id = 4243 FOR UPDATE")
+                got = int(cur.fetchone()[0])
+                cur.execute("ROLLBACK")
+                return got
+        finally:
+            c.close()
+
+    async def lock_and_leave(port: int) -> int:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        conn = await aiomysql.connect(host="127.0.0.1", port=port, user="app", password="app",
+                                      db="shop", ssl=ctx)
+        cur = await conn.cursor()
+        await cur.execute("BEGIN")
+        await cur.execute("SELECT quantity FROM inventory WHERE sku_id = 4243 FOR UPDATE")
+        assert conn.get_transaction_status()
+        conn.close()  # close_notify; this loop keeps waiting for the answer meanwhile
+        return await asyncio.get_running_loop().run_in_executor(None, next_buyer, port)
+
+    try:
+        for port in (sandbox.primary_port, p.port):  # MariaDB, then the same through the proxy
+            assert asyncio.run(lock_and_leave(port)) == 10, port
+    finally:
+        p.stop()
+
+
 def test_tls_to_the_backends_verified_against_the_sandbox_ca(sandbox: Sandbox,
                                                               tmp_path: Path) -> None:
     from proxy.tools.sandbox import make_certs

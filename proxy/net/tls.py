@@ -77,7 +77,8 @@ class TLSTransport(LayerTransport):
                 self.closed_by_peer = True
                 self.raw.abort()
                 break
-            if not chunk:
+            if not chunk:  # SSLObject.read gives b"" (no exception) once the peer's
+                self.closed_by_peer = True  # close_notify is in: the client is gone
                 break
             out += chunk
         self._flush()
