@@ -49,7 +49,8 @@ def _digest_sub(m: re.Match[str]) -> str:
 # every other position without trying a branch: half the time of the plain alternation
 # `_STR|(?<![\w$.])(?:0x..|\d+..|\.\d+)` it equals (tests/test_classify.py).
 _LITERAL: Final = re.compile(
-    r"['\"\d.](?:(?<=')(?:[^'\\]|\\.|'')*'|(?<=\")(?:[^\"\\]|\\.|\"\")*\""
+    r"['\"\d.](?:(?<=')[^'\\]*(?:(?:\\.|'')[^'\\]*)*'"
+    r"|(?<=\")[^\"\\]*(?:(?:\\.|\"\")[^\"\\]*)*\""
     r"|(?<![\w$.][\d.])(?:(?<=0)x[0-9a-fA-F]+|(?<=\d)\d*(?:\.\d*)?(?:[eE][+-]?\d+)?"
     r"|(?<=\.)\d+))", re.S)
 
