@@ -8,8 +8,10 @@ pools, `nextset`, LOAD DATA LOCAL, bulk inserts, connection loss, TLS. It logs i
 with `MYSQL_ROOT_PASSWORD` and creates its databases itself. It is not ours to copy: this
 script copies the checkout's `tests` to a temporary directory, starts a throwaway sandbox and
 a proxy (TLS, accounts read from MariaDB), and runs it on both, each on the asyncio and the
-uvloop loop (the suite's own parametrisation). `tests/sa` needs aiomysql's pin of SQLAlchemy
-(`.venv/bin/pip install SQLAlchemy==1.3.24`; not a dependency of the proxy).
+uvloop loop (the suite's own parametrisation). It needs aiomysql's pin of SQLAlchemy
+(`.venv/bin/pip install SQLAlchemy==1.3.24`; not a dependency of the proxy): `tests/sa`,
+`test_async_with.py` and `test_async_iter.py` import it, and without it pytest stops at
+collection and runs nothing.
 The last lines are `direct: N passed, M failed` and `proxy: N passed, M failed`.
 """
 
